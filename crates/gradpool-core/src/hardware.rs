@@ -1,0 +1,51 @@
+//! What a provider runs on.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// The device a provider trains on, as it advertises it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hardware {
+    pub device: DeviceKind,
+    /// "AMD EPYC 7B13" or "NVIDIA GeForce RTX 3090".
+    pub name: String,
+    /// CPU threads the runtime uses.
+    pub threads: u32,
+    pub memory_bytes: u64,
+    /// CPU instruction-set level (`x86-64-v3`, `aarch64`) or GPU model and
+    /// driver.
+    pub isa: String,
+}
+
+impl Hardware {
+    /// The reproducibility class: runtime version, device kind and
+    /// instruction set. Inside a class, the same segment gives bit-identical
+    /// checkpoints.
+    pub fn class(&self) -> String {
+        format!("{}/{}/{}", crate::RUNTIME_VERSION, self.device, self.isa)
+    }
+}
+
+/// What a provider reports with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// One-minute load average of the machine.
+    pub load: f64,
+    pub memory_used_bytes: u64,
+    pub tasks_running: u32,
+}

@@ -1,0 +1,688 @@
+//! The job spec: what a customer asks for, in TOML.
+//!
+//! ```toml
+//! name = "shakespeare-gpt"
+//!
+//! [model]
+//! kind = "gpt"
+//! n_layer = 4
+//! n_head = 4
+//! n_embd = 128
+//! block_size = 64
+//!
+//! [data]
+//! format = "text"
+//! file = "../data/tinyshakespeare.txt"
+//!
+//! [train]
+//! seed = 1337
+//! steps = 300
+//! batch_size = 12
+//! checkpoint_every = 50
+//! lr = 0.001
+//! ```
+//!
+//! Parsing refuses unknown fields and wrong types with the field's full path
+//! (`train.lr: invalid type: string "fast", expected f64`), then validates
+//! values ([`SpecError::Invalid`] names the field and what was expected).
+//! Everything a provider could choose is fixed here: that is what makes
+//! training deterministic and checkable.
+
+use crate::money::Piconero;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    pub model: ModelConfig,
+    pub data: DataSpec,
+    pub train: TrainConfig,
+    pub resources: Resources,
+    pub verification: VerificationLevel,
+    pub budget: Budget,
+}
+
+/// The model to train.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Gpt(GptConfig),
+    Mlp(MlpConfig),
+}
+
+/// A character-level GPT: token and position embeddings, `n_layer` pre-norm
+/// blocks of causal self-attention and a GELU MLP, a final LayerNorm and a
+/// linear head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GptConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub block_size: usize,
+}
+
+/// An MLP classifier for tabular data: ReLU hidden layers of the given widths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlpConfig {
+    pub hidden: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// UTF-8 text, modelled character by character.
+    Text,
+    /// CSV with a header row: numeric feature columns and one label column.
+    Csv,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub format: DataFormat,
+    /// The data file, relative to the spec file. `--data` overrides it.
+    pub file: Option<PathBuf>,
+    /// For CSV: the column holding the class label.
+    pub label_column: Option<String>,
+    /// If set, the data must have this sha256.
+    pub sha256: Option<crate::Sha256Hex>,
+    /// Fraction of the examples held out for evaluation (CSV only).
+    pub eval_fraction: f64,
+}
+
+/// Optimisation: AdamW with linear warm-up, cosine decay and gradient
+/// clipping, with every choice fixed by the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub steps: u64,
+    pub batch_size: usize,
+    /// Steps per segment: a checkpoint is committed every this many steps.
+    pub checkpoint_every: u64,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this value; `None` disables clipping.
+    pub grad_clip: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceRequest {
+    /// Any device the pool has.
+    #[default]
+    Any,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub device: DeviceRequest,
+    /// Minimum device memory, in GiB.
+    pub min_memory_gib: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationLevel {
+    None,
+    #[default]
+    Standard,
+    Paranoid,
+}
+
+/// What the customer is willing to pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Budget {
+    pub max_price_per_hour: Option<Piconero>,
+    pub total: Option<Piconero>,
+}
+
+/// Why a spec was refused. Every variant names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not TOML, an unknown field, a missing field or a wrong type.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// Well-formed but a value is out of range or inconsistent.
+    #[error("{field}: {expected}")]
+    Invalid { field: String, expected: String },
+}
+
+impl SpecError {
+    /// The dotted path of the field the error is about (`train.lr`).
+    pub fn field(&self) -> &str {
+        match self {
+            SpecError::Parse { path, .. } => path,
+            SpecError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+fn invalid(field: &str, expected: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+// The TOML schema. Kept flat (no internally tagged enums) so that serde can
+// report the exact path of an unknown or mistyped field.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default = "default_runtime")]
+    runtime: String,
+    model: RawModel,
+    data: RawData,
+    train: RawTrain,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    verification: RawVerification,
+    #[serde(default)]
+    budget: RawBudget,
+}
+
+fn default_runtime() -> String {
+    "native".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: ModelKind,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_embd: Option<usize>,
+    block_size: Option<usize>,
+    hidden: Option<Vec<usize>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ModelKind {
+    Gpt,
+    Mlp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    format: DataFormat,
+    file: Option<PathBuf>,
+    label_column: Option<String>,
+    sha256: Option<String>,
+    eval_fraction: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    seed: u64,
+    steps: u64,
+    batch_size: usize,
+    checkpoint_every: u64,
+    lr: f64,
+    min_lr: Option<f64>,
+    warmup_steps: Option<u64>,
+    #[serde(default = "default_weight_decay")]
+    weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    beta1: f64,
+    #[serde(default = "default_beta2")]
+    beta2: f64,
+    #[serde(default = "default_eps")]
+    eps: f64,
+    #[serde(default = "default_grad_clip")]
+    grad_clip: f64,
+}
+
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.99
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerification {
+    #[serde(default)]
+    level: VerificationLevel,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max_price_xmr_per_hour: Option<String>,
+    total_xmr: Option<String>,
+}
+
+/// Upper bounds that keep one job within what a provider can hold.
+const MAX_STEPS: u64 = 10_000_000;
+const MAX_WIDTH: usize = 16_384;
+const MAX_LAYERS: usize = 256;
+const MAX_BLOCK: usize = 65_536;
+const MAX_BATCH: usize = 65_536;
+
+impl JobSpec {
+    /// Parses and validates a spec from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<JobSpec, SpecError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().trim().to_owned();
+            let message = match inner.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("{message} (line {line})")
+                }
+                None => message,
+            };
+            SpecError::Parse {
+                path: if path == "." { "spec".to_owned() } else { path },
+                message,
+            }
+        })?;
+        raw.validate()
+    }
+
+    /// Reads a spec file; relative `data.file` paths are resolved against the
+    /// spec's directory.
+    pub fn from_file(path: &std::path::Path) -> Result<JobSpec, SpecFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut spec = JobSpec::from_toml_str(&text).map_err(|source| SpecFileError::Spec {
+            path: path.to_owned(),
+            source,
+        })?;
+        if let (Some(file), Some(dir)) = (&spec.data.file, path.parent()) {
+            if file.is_relative() {
+                spec.data.file = Some(dir.join(file));
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Number of segments: `ceil(steps / checkpoint_every)`.
+    pub fn segment_count(&self) -> u32 {
+        self.train.steps.div_ceil(self.train.checkpoint_every) as u32
+    }
+
+    /// Steps `[start, end)` of segment `index`.
+    pub fn segment_steps(&self, index: u32) -> (u64, u64) {
+        let k = self.train.checkpoint_every;
+        let start = u64::from(index) * k;
+        (start, (start + k).min(self.train.steps))
+    }
+}
+
+/// A spec file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecFileError {
+    #[error("cannot read job spec {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job spec {path} refused: {source}")]
+    Spec { path: PathBuf, source: SpecError },
+}
+
+impl RawSpec {
+    fn validate(self) -> Result<JobSpec, SpecError> {
+        if self.name.trim().is_empty() || self.name.len() > 128 {
+            return Err(invalid(
+                "name",
+                "a non-empty name of at most 128 characters",
+            ));
+        }
+        if self.runtime != "native" {
+            return Err(invalid(
+                "runtime",
+                format!(
+                    "\"native\" (the only runtime this pool runs), got {:?}",
+                    self.runtime
+                ),
+            ));
+        }
+        let model = self.model.validate()?;
+        let data = self.data.validate(&model)?;
+        let train = self.train.validate()?;
+        let budget = Budget {
+            max_price_per_hour: parse_amount(
+                "budget.max_price_xmr_per_hour",
+                self.budget.max_price_xmr_per_hour,
+            )?,
+            total: parse_amount("budget.total_xmr", self.budget.total_xmr)?,
+        };
+        Ok(JobSpec {
+            name: self.name,
+            model,
+            data,
+            train,
+            resources: self.resources,
+            verification: self.verification.level,
+            budget,
+        })
+    }
+}
+
+fn parse_amount(field: &str, value: Option<String>) -> Result<Option<Piconero>, SpecError> {
+    value
+        .map(|v| Piconero::from_xmr_str(&v).map_err(|e| invalid(field, e.to_string())))
+        .transpose()
+}
+
+fn require<T>(field: &str, kind: &str, value: Option<T>) -> Result<T, SpecError> {
+    value.ok_or_else(|| invalid(field, format!("required for model kind \"{kind}\"")))
+}
+
+fn in_range(field: &str, value: usize, lo: usize, hi: usize) -> Result<usize, SpecError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            field,
+            format!("an integer from {lo} to {hi}, got {value}"),
+        ))
+    }
+}
+
+impl RawModel {
+    fn validate(self) -> Result<ModelConfig, SpecError> {
+        match self.kind {
+            ModelKind::Gpt => {
+                if self.hidden.is_some() {
+                    return Err(invalid("model.hidden", "only for model kind \"mlp\""));
+                }
+                let n_layer = in_range(
+                    "model.n_layer",
+                    require("model.n_layer", "gpt", self.n_layer)?,
+                    1,
+                    MAX_LAYERS,
+                )?;
+                let n_head = in_range(
+                    "model.n_head",
+                    require("model.n_head", "gpt", self.n_head)?,
+                    1,
+                    1024,
+                )?;
+                let n_embd = in_range(
+                    "model.n_embd",
+                    require("model.n_embd", "gpt", self.n_embd)?,
+                    1,
+                    MAX_WIDTH,
+                )?;
+                let block_size = in_range(
+                    "model.block_size",
+                    require("model.block_size", "gpt", self.block_size)?,
+                    1,
+                    MAX_BLOCK,
+                )?;
+                if n_embd % n_head != 0 {
+                    return Err(invalid(
+                        "model.n_embd",
+                        format!("a multiple of model.n_head ({n_head}), got {n_embd}"),
+                    ));
+                }
+                Ok(ModelConfig::Gpt(GptConfig {
+                    n_layer,
+                    n_head,
+                    n_embd,
+                    block_size,
+                }))
+            }
+            ModelKind::Mlp => {
+                for (field, present) in [
+                    ("model.n_layer", self.n_layer.is_some()),
+                    ("model.n_head", self.n_head.is_some()),
+                    ("model.n_embd", self.n_embd.is_some()),
+                    ("model.block_size", self.block_size.is_some()),
+                ] {
+                    if present {
+                        return Err(invalid(field, "only for model kind \"gpt\""));
+                    }
+                }
+                let hidden = require("model.hidden", "mlp", self.hidden)?;
+                if hidden.is_empty() || hidden.len() > 64 {
+                    return Err(invalid("model.hidden", "a list of 1 to 64 layer widths"));
+                }
+                for (i, &w) in hidden.iter().enumerate() {
+                    in_range(&format!("model.hidden[{i}]"), w, 1, MAX_WIDTH)?;
+                }
+                Ok(ModelConfig::Mlp(MlpConfig { hidden }))
+            }
+        }
+    }
+}
+
+impl RawData {
+    fn validate(self, model: &ModelConfig) -> Result<DataSpec, SpecError> {
+        match (model, self.format) {
+            (ModelConfig::Gpt(_), DataFormat::Text) | (ModelConfig::Mlp(_), DataFormat::Csv) => {}
+            (ModelConfig::Gpt(_), DataFormat::Csv) => {
+                return Err(invalid("data.format", "\"text\" for model kind \"gpt\""))
+            }
+            (ModelConfig::Mlp(_), DataFormat::Text) => {
+                return Err(invalid("data.format", "\"csv\" for model kind \"mlp\""))
+            }
+        }
+        if self.format == DataFormat::Csv && self.label_column.is_none() {
+            return Err(invalid(
+                "data.label_column",
+                "required for data format \"csv\"",
+            ));
+        }
+        if self.format == DataFormat::Text && self.label_column.is_some() {
+            return Err(invalid("data.label_column", "only for data format \"csv\""));
+        }
+        let sha256 = self
+            .sha256
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: crate::hash::BadDigest| invalid("data.sha256", e.to_string()))
+            })
+            .transpose()?;
+        let eval_fraction = self.eval_fraction.unwrap_or(match self.format {
+            DataFormat::Text => 0.0,
+            DataFormat::Csv => 0.2,
+        });
+        if !(0.0..0.9).contains(&eval_fraction) {
+            return Err(invalid(
+                "data.eval_fraction",
+                format!("a number from 0 to 0.9, got {eval_fraction}"),
+            ));
+        }
+        Ok(DataSpec {
+            format: self.format,
+            file: self.file,
+            label_column: self.label_column,
+            sha256,
+            eval_fraction,
+        })
+    }
+}
+
+impl RawTrain {
+    fn validate(self) -> Result<TrainConfig, SpecError> {
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            return Err(invalid(
+                "train.steps",
+                format!("an integer from 1 to {MAX_STEPS}, got {}", self.steps),
+            ));
+        }
+        in_range("train.batch_size", self.batch_size, 1, MAX_BATCH)?;
+        if !(1..=self.steps).contains(&self.checkpoint_every) {
+            return Err(invalid(
+                "train.checkpoint_every",
+                format!(
+                    "an integer from 1 to train.steps ({}), got {}",
+                    self.steps, self.checkpoint_every
+                ),
+            ));
+        }
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(invalid(field, format!("a positive number, got {v}")))
+            }
+        };
+        let lr = positive("train.lr", self.lr)?;
+        let min_lr = self.min_lr.unwrap_or(lr / 10.0);
+        if !(min_lr.is_finite() && (0.0..=lr).contains(&min_lr)) {
+            return Err(invalid(
+                "train.min_lr",
+                format!("a number from 0 to train.lr ({lr}), got {min_lr}"),
+            ));
+        }
+        let warmup_steps = self.warmup_steps.unwrap_or(0);
+        if warmup_steps > self.steps {
+            return Err(invalid(
+                "train.warmup_steps",
+                format!("at most train.steps ({}), got {warmup_steps}", self.steps),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid(
+                "train.weight_decay",
+                format!("a number >= 0, got {}", self.weight_decay),
+            ));
+        }
+        for (field, b) in [("train.beta1", self.beta1), ("train.beta2", self.beta2)] {
+            if !(b.is_finite() && (0.0..1.0).contains(&b)) {
+                return Err(invalid(field, format!("a number in [0, 1), got {b}")));
+            }
+        }
+        let eps = positive("train.eps", self.eps)?;
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(invalid(
+                "train.grad_clip",
+                format!(
+                    "a number >= 0 (0 disables clipping), got {}",
+                    self.grad_clip
+                ),
+            ));
+        }
+        Ok(TrainConfig {
+            seed: self.seed,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            checkpoint_every: self.checkpoint_every,
+            lr,
+            min_lr,
+            warmup_steps,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps,
+            grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "tiny"
+[model]
+kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 16
+[data]
+format = "text"
+[train]
+seed = 7
+steps = 100
+batch_size = 4
+checkpoint_every = 30
+lr = 0.001
+"#;
+
+    #[test]
+    fn parses_a_good_spec_with_defaults() {
+        let spec = JobSpec::from_toml_str(GOOD).unwrap();
+        assert_eq!(spec.segment_count(), 4);
+        assert_eq!(spec.segment_steps(3), (90, 100));
+        assert_eq!(spec.train.min_lr, 0.0001);
+        assert_eq!(spec.train.grad_clip, Some(1.0));
+        assert_eq!(spec.verification, VerificationLevel::Standard);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let text = GOOD.replace("lr = 0.001", "lr = 0.001\nlearning_rate = 3");
+        let err = JobSpec::from_toml_str(&text).unwrap_err();
+        assert_eq!(err.field(), "train.learning_rate");
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `learning_rate`"), "{msg}");
+        assert!(msg.contains("expected one of"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let text = GOOD.replace("lr = 0.001", "lr = \"fast\"");
+        let err = JobSpec::from_toml_str(&text).unwrap_err();
+        assert_eq!(err.field(), "train.lr", "{err}");
+        assert!(err.to_string().contains("expected f64"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_named() {
+        let text = GOOD.replace("n_embd = 32", "n_embd = 33");
+        let err = JobSpec::from_toml_str(&text).unwrap_err();
+        assert_eq!(err.field(), "model.n_embd");
+        let text = GOOD.replace("checkpoint_every = 30", "checkpoint_every = 0");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "train.checkpoint_every"
+        );
+        let text = GOOD.replace("block_size = 16", "");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "model.block_size"
+        );
+        let text = GOOD.replace("format = \"text\"", "format = \"csv\"");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "data.format"
+        );
+        let text = GOOD.replace("lr = 0.001", "lr = -1.0");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "train.lr"
+        );
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let text = GOOD.replace("[data]\nformat = \"text\"\n", "");
+        let err = JobSpec::from_toml_str(&text).unwrap_err();
+        assert!(err.to_string().contains("missing field `data`"), "{err}");
+    }
+}
