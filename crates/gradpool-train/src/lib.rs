@@ -1,1 +1,35 @@
+//! The native training runtime of gradpool.
+//!
+//! Trains the models of a [`JobSpec`](gradpool_core::JobSpec)
+//! deterministically: the same spec, data and start checkpoint give
+//! byte-identical checkpoints on every run, whatever the thread count.
+//!
+//! - [`dataset`]: text (character-level) and CSV data.
+//! - [`model`]: the GPT and MLP architectures and seeded initialisation.
+//! - [`ops`]: fused CPU kernels with backward passes.
+//! - [`optim`]: AdamW with clipping; [`schedule`]: the learning rate.
+//! - [`checkpoint`]: deterministic safetensors checkpoints, validated on load.
+//! - [`segment`]: [`run_segment`], the unit of work a provider runs.
+//! - [`sample`]: [`export_model`] and [`sample()`](sample::sample).
+//! - [`bench`]: the reference training benchmark.
+//! - [`rng`]: the crate's seeded generator.
 
+pub mod bench;
+pub mod checkpoint;
+pub mod dataset;
+mod error;
+pub mod model;
+pub mod ops;
+pub(crate) mod optim;
+pub mod rng;
+pub mod sample;
+pub mod schedule;
+pub mod segment;
+
+pub use candle_core::Device;
+pub use checkpoint::{spec_fingerprint, CHECKPOINT_FORMAT, MODEL_FORMAT};
+pub use dataset::{CsvInfo, Dataset};
+pub use error::TrainError;
+pub use model::ModelMeta;
+pub use sample::{export_model, sample};
+pub use segment::{evaluate, run_segment, Evaluation, SegmentOutcome, StepReport};

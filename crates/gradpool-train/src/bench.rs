@@ -1,0 +1,120 @@
+//! The training benchmark: the reference character GPT of
+//! `shared/bench/torch_gpt.py` (4 layers, 4 heads, width 128, block 64,
+//! batch 12, AdamW lr 1e-3, weight decay 0.1, betas (0.9, 0.999), no
+//! clipping, constant learning rate), timed the same way: `warmup` untimed
+//! steps, then `steps` timed ones.
+
+use crate::dataset::Dataset;
+use crate::model::{Model, ModelMeta};
+use crate::optim::AdamW;
+use crate::segment::train_step;
+use crate::TrainError;
+use candle_core::Device;
+use gradpool_core::spec::{
+    Budget, DataFormat, DataSpec, GptConfig, JobSpec, ModelConfig, Resources, TrainConfig,
+    VerificationLevel,
+};
+use std::time::Instant;
+
+/// What one benchmark run measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BenchReport {
+    /// Always `"gradpool-native"`.
+    pub runtime: String,
+    /// Timed steps per second.
+    pub steps_per_sec: f64,
+    /// Timed tokens (`batch * block` per step) per second.
+    pub tokens_per_sec: f64,
+    /// Number of scalar parameters.
+    pub params: usize,
+    /// Loss of the first (warm-up) step.
+    pub first_loss: f32,
+    /// Loss of the last step.
+    pub last_loss: f32,
+    /// Timed steps.
+    pub steps: u64,
+    /// Seconds the timed steps took.
+    pub seconds: f64,
+    /// Worker threads of the CPU backend.
+    pub threads: usize,
+}
+
+/// The reference spec the benchmark trains.
+pub fn reference_spec(total_steps: u64) -> JobSpec {
+    JobSpec {
+        name: "bench-gpt".into(),
+        model: ModelConfig::Gpt(GptConfig {
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+        }),
+        data: DataSpec {
+            format: DataFormat::Text,
+            file: None,
+            label_column: None,
+            sha256: None,
+            eval_fraction: 0.0,
+        },
+        train: TrainConfig {
+            seed: 1337,
+            steps: total_steps.max(1),
+            batch_size: 12,
+            checkpoint_every: total_steps.max(1),
+            lr: 1e-3,
+            min_lr: 1e-3,
+            warmup_steps: 0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            grad_clip: None,
+        },
+        resources: Resources::default(),
+        verification: VerificationLevel::default(),
+        budget: Budget::default(),
+    }
+}
+
+/// Trains the reference GPT on `data` (UTF-8 text) for `warmup + steps`
+/// steps and reports the speed of the last `steps`.
+pub fn train(
+    steps: u64,
+    warmup: u64,
+    data: &[u8],
+    device: &Device,
+) -> Result<BenchReport, TrainError> {
+    if steps == 0 {
+        return Err(TrainError::Segment(
+            "bench needs at least one timed step".into(),
+        ));
+    }
+    let spec = reference_spec(warmup + steps);
+    let dataset = Dataset::from_bytes(&spec, data)?;
+    let meta = ModelMeta::new(&spec, &dataset)?;
+    let model = Model::init(meta, spec.train.seed, device)?;
+    let mut opt = AdamW::new(&model)?;
+    let mut first_loss = None;
+    let mut last_loss = 0.0;
+    let mut t0 = Instant::now();
+    for step in 0..warmup + steps {
+        if step == warmup {
+            t0 = Instant::now();
+        }
+        let loss = train_step(&model, &mut opt, &spec, &dataset, step, device)?;
+        first_loss.get_or_insert(loss);
+        last_loss = loss;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        runtime: "gradpool-native".into(),
+        steps_per_sec: steps as f64 / seconds,
+        tokens_per_sec: (steps * 12 * 64) as f64 / seconds,
+        params: model.param_count(),
+        first_loss: first_loss.unwrap_or(0.0),
+        last_loss,
+        steps,
+        seconds,
+        threads: candle_core::utils::get_num_threads(),
+    })
+}

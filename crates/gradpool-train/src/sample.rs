@@ -1,0 +1,161 @@
+//! Exporting trained weights and sampling text from them.
+
+use crate::checkpoint::{self, HostTensor, MODEL_FORMAT};
+use crate::dataset::parse_vocab;
+use crate::model::{Model, ModelMeta};
+use crate::rng::Rng;
+use crate::TrainError;
+use candle_core::{Device, Tensor};
+use gradpool_core::spec::JobSpec;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Writes a weights-only model file (safetensors) from a checkpoint of
+/// `spec`: the model tensors (named like the parameters) plus the
+/// checkpoint's metadata (`model`, `vocab` or `csv`, `step`,
+/// `spec_fingerprint`, `data_blake3`) with `format` = [`MODEL_FORMAT`]. The
+/// checkpoint is fully validated against the spec first.
+pub fn export_model(spec: &JobSpec, checkpoint: &Path, out: &Path) -> Result<(), TrainError> {
+    let metadata = checkpoint::read(checkpoint)?.metadata;
+    let (meta, state) = checkpoint::load(spec, None, checkpoint, None)?;
+    let mut md = metadata;
+    md.insert("format".into(), MODEL_FORMAT.into());
+    let tensors: BTreeMap<String, HostTensor> = meta
+        .params()
+        .into_iter()
+        .zip(state.params)
+        .map(|(p, data)| {
+            (
+                p.name,
+                HostTensor {
+                    shape: p.shape,
+                    data,
+                },
+            )
+        })
+        .collect();
+    checkpoint::write_atomic(out, &checkpoint::to_bytes(&tensors, &md))
+}
+
+/// Loads a model file written by [`export_model`] (config and vocabulary
+/// come from its metadata) and generates `tokens` characters after `prompt`.
+/// `temperature` 0 is greedy; otherwise sampling is seeded by `seed`. GPT
+/// models only. Returns the generated characters (without the prompt).
+pub fn sample(
+    model: &Path,
+    prompt: &str,
+    tokens: usize,
+    temperature: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<String, TrainError> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(TrainError::Sample(format!(
+            "temperature must be a number >= 0, got {temperature}"
+        )));
+    }
+    let mut parsed = checkpoint::read(model)?;
+    let format = parsed.meta(model, "format")?;
+    if format != MODEL_FORMAT {
+        return Err(TrainError::checkpoint(
+            model,
+            format!("format is {format:?}, expected {MODEL_FORMAT:?} (export a checkpoint first)"),
+        ));
+    }
+    let meta: ModelMeta = serde_json::from_str(parsed.meta(model, "model")?)
+        .map_err(|e| TrainError::checkpoint(model, format!("bad model metadata: {e}")))?;
+    let ModelMeta::Gpt {
+        block_size,
+        vocab_size,
+        ..
+    } = meta
+    else {
+        return Err(TrainError::Sample(
+            "sampling needs a GPT model; this file holds an MLP classifier".into(),
+        ));
+    };
+    let vocab =
+        parse_vocab(parsed.meta(model, "vocab")?).map_err(|e| TrainError::checkpoint(model, e))?;
+    if vocab.len() != vocab_size {
+        return Err(TrainError::checkpoint(
+            model,
+            format!(
+                "vocab has {} entries, model expects {vocab_size}",
+                vocab.len()
+            ),
+        ));
+    }
+    let values = parsed.take_params(model, &meta, "")?;
+    parsed.no_extra(model)?;
+    let net = Model::from_values(meta, values, device)?;
+
+    let mut unknown: Vec<char> = prompt
+        .chars()
+        .filter(|c| vocab.binary_search(c).is_err())
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        return Err(TrainError::Sample(format!(
+            "prompt has characters not in the model's vocabulary: {}",
+            unknown
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut ids: Vec<u32> = prompt
+        .chars()
+        .filter_map(|c| vocab.binary_search(&c).ok().map(|i| i as u32))
+        .collect();
+    if ids.is_empty() {
+        // An empty prompt starts from a newline if the vocab has one, else
+        // from the first character.
+        ids.push(vocab.binary_search(&'\n').unwrap_or(0) as u32);
+    }
+    let mut rng = Rng::derive(seed, "sample", 0);
+    let mut out = String::new();
+    for _ in 0..tokens {
+        let ctx = &ids[ids.len().saturating_sub(block_size)..];
+        let input = Tensor::from_slice(ctx, (1, ctx.len()), device)?;
+        let logits = net.gpt_logits(&input)?.detach();
+        let last = logits
+            .get(ctx.len() - 1)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
+        let next = if temperature == 0.0 {
+            argmax(&last)
+        } else {
+            let max = last.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+            let w: Vec<f64> = last
+                .iter()
+                .map(|&v| ((v - max) / temperature).exp())
+                .collect();
+            let total: f64 = w.iter().sum();
+            let mut u = rng.next_f64() * total;
+            let mut pick = w.len() - 1;
+            for (i, &wi) in w.iter().enumerate() {
+                if u < wi {
+                    pick = i;
+                    break;
+                }
+                u -= wi;
+            }
+            pick
+        };
+        ids.push(next as u32);
+        out.push(vocab[next]);
+    }
+    Ok(out)
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
