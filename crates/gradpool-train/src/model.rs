@@ -232,7 +232,7 @@ impl Model {
     fn linear(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
         let w = self.p(&format!("{name}.weight"))?;
         let b = self.p(&format!("{name}.bias"))?;
-        x.matmul(w)?.broadcast_add(b)
+        crate::ops::add_bias(&x.matmul(w)?, b)
     }
 
     fn layer_norm(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
@@ -257,9 +257,7 @@ impl Model {
         let scale = 1.0 / (hd as f64).sqrt();
         let tok = self.p("tok_emb")?.embedding(&idx.flatten_all()?)?;
         let pos = self.p("pos_emb")?.narrow(0, 0, t)?;
-        let mut x = tok
-            .reshape((b, t, c))?
-            .broadcast_add(&pos)?
+        let mut x = crate::ops::add_bias(&tok.reshape((b, t * c))?, &pos.flatten_all()?)?
             .reshape((b * t, c))?;
         let mask = match &self.mask {
             Some(m) => m.narrow(0, 0, t)?.narrow(1, 0, t)?,

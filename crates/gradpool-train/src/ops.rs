@@ -143,6 +143,71 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+// ---------------------------------------------------------------- bias add
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "gradpool-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice::<f32>(s1, l1)?;
+        let b = cpu_slice::<f32>(s2, l2)?;
+        if b.is_empty() || x.len() % b.len() != 0 {
+            bail!(
+                "add-bias: {} elements do not fit a bias of {}",
+                x.len(),
+                b.len()
+            )
+        }
+        let mut y = x.to_vec();
+        for row in y.chunks_exact_mut(b.len()) {
+            for (v, bi) in row.iter_mut().zip(b) {
+                *v += bi;
+            }
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = b.elem_count();
+        let db = with_f32(grad, |g| {
+            let mut db = vec![0f32; n];
+            for row in g.chunks_exact(n) {
+                for (d, gi) in db.iter_mut().zip(row) {
+                    *d += gi;
+                }
+            }
+            db
+        })?;
+        Ok((Some(grad.clone()), Some(new_tensor(db, b.shape(), b)?)))
+    }
+}
+
+/// `x + b`, where `b`'s shape is the trailing part of `x`'s shape (a bias
+/// row added to every row).
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+    } else {
+        x.broadcast_add(b)
+    }
+}
+
 // ---------------------------------------------------------------- GELU (erf)
 
 struct Gelu;
