@@ -121,6 +121,8 @@ pub struct JobView {
     pub id: JobId,
     pub name: String,
     pub status: JobStatus,
+    /// The job spec as submitted (TOML).
+    pub spec_toml: String,
     pub steps: u64,
     pub checkpoint_every: u64,
     /// The step of the last accepted checkpoint.

@@ -1,1 +1,68 @@
+//! The provider agent.
+//!
+//! A provider connects *outbound* to a pool (it works behind NAT, like a
+//! miner), proves it holds its Ed25519 node key, heart-beats with telemetry
+//! and long-polls for work. Each assignment is one segment of a job: the
+//! agent fetches the data and the start checkpoint, trains the segment in a
+//! child process (`gradpool segment run`, so a crash or a cancel kills only
+//! that task), uploads the end checkpoint and commits to it with a signed
+//! commitment `H_i = BLAKE3(checkpoint_i ‖ H_{i-1})`.
+//!
+//! - [`device`]: what the agent trains on, behind the [`Device`] trait.
+//! - [`client`]: the pool's HTTP API.
+//! - [`segment`]: one segment run in a child process and its event protocol.
+//! - [`state`]: the agent's data directory (node key, blob cache, tasks in
+//!   flight), so that a restart resumes what was running.
+//! - [`agent`]: the main loop.
 
+pub mod agent;
+pub mod client;
+pub mod device;
+pub mod segment;
+pub mod state;
+
+pub use agent::{run, ProviderConfig};
+pub use device::{CpuDevice, Device};
+
+/// Errors of the provider agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("pool at {url} is unreachable: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("pool refused {what}: {status} {message}")]
+    Refused {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("pool sent an unreadable reply to {what}: {source}")]
+    BadReply {
+        what: String,
+        source: reqwest::Error,
+    },
+    #[error("blob {sha256} from the pool does not match its digest")]
+    CorruptBlob { sha256: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("node key: {0}")]
+    NodeKey(#[from] gradpool_core::commitment::CommitmentError),
+    #[error("segment failed: {0}")]
+    Segment(String),
+}
+
+impl ProviderError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProviderError {
+        let context = context.into();
+        move |source| ProviderError::Io { context, source }
+    }
+
+    /// True when the pool no longer knows this provider's session (it must
+    /// register again).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ProviderError::Refused { status: 401, .. })
+    }
+}

@@ -1,0 +1,285 @@
+//! `gradpool job …`: the customer's view of training jobs.
+
+use crate::credentials::CustomerArgs;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use gradpool_core::wire::{self, JobStatus, JobView};
+use gradpool_core::{JobSpec, Sha256Hex};
+use gradpool_provider::client::Api;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Upload the data and submit a job spec; prints the job id.
+    Submit {
+        /// The job spec (TOML).
+        spec: PathBuf,
+        /// The dataset (overrides `data.file` of the spec).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Follow the job's progress after submitting.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Follow a job live: step, loss, tokens/s, provider.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Download a finished job's model as DIR/model.safetensors.
+    Fetch {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also keep the full final checkpoint (weights and optimizer state).
+        #[arg(long)]
+        checkpoint: bool,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// List your jobs.
+    List {
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Show one job and its committed segments.
+    Show {
+        id: String,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+}
+
+pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        JobCommand::Submit {
+            spec,
+            data,
+            watch,
+            customer,
+        } => {
+            let api = customer.api()?;
+            let job = submit(&api, &spec, data.as_deref(), true).await?;
+            println!("{}", job.id);
+            if watch {
+                let end = crate::watch::follow(&api, &job.id.to_string(), true).await?;
+                return Ok(status_code(end.status));
+            }
+        }
+        JobCommand::Watch { id, customer } => {
+            let end = crate::watch::follow(&customer.api()?, &id, true).await?;
+            return Ok(status_code(end.status));
+        }
+        JobCommand::Fetch {
+            id,
+            out,
+            checkpoint,
+            customer,
+        } => {
+            let api = customer.api()?;
+            let path = fetch_model(&api, &id, &out, checkpoint).await?;
+            println!("wrote {}", path.display());
+        }
+        JobCommand::List { customer } => {
+            let jobs: Vec<JobView> = customer.api()?.get("/v1/jobs").await?;
+            println!(
+                "{:<22} {:<20} {:<10} {:>11} {:>9}  {}",
+                "JOB", "NAME", "STATUS", "STEP", "LOSS", "CREATED"
+            );
+            for j in jobs {
+                println!(
+                    "{:<22} {:<20} {:<10} {:>5}/{:<5} {:>9}  {}",
+                    j.id,
+                    truncate(&j.name, 20),
+                    j.status.as_str(),
+                    j.step,
+                    j.steps,
+                    j.last_loss
+                        .map(|l| format!("{l:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    j.created_at
+                );
+            }
+        }
+        JobCommand::Show { id, customer } => {
+            let api = customer.api()?;
+            let j: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+            let segments: Vec<wire::SegmentView> =
+                api.get(&format!("/v1/jobs/{id}/segments")).await?;
+            println!(
+                "job        {}\nname       {}\nstatus     {}",
+                j.id,
+                j.name,
+                j.status.as_str()
+            );
+            println!(
+                "step       {}/{} ({} of {} segments)",
+                j.step, j.steps, j.segments_done, j.segments_total
+            );
+            if let Some(l) = j.last_loss {
+                println!("loss       {l:.4}");
+            }
+            if let Some(p) = &j.provider {
+                println!("provider   {p}");
+            }
+            if let Some(e) = &j.error {
+                println!("error      {e}");
+            }
+            println!("data       {}", j.data_sha256);
+            if !segments.is_empty() {
+                println!(
+                    "\n{:>4} {:>13} {:<22} {:>9}  {}",
+                    "SEG", "STEPS", "PROVIDER", "LOSS", "COMMITMENT"
+                );
+                for s in segments {
+                    println!(
+                        "{:>4} {:>6}-{:<6} {:<22} {:>9}  {}…",
+                        s.segment,
+                        s.start_step,
+                        s.end_step,
+                        s.provider,
+                        s.loss_trace
+                            .last()
+                            .map(|l| format!("{l:.4}"))
+                            .unwrap_or_default(),
+                        &s.commitment.commitment.hash[..16]
+                    );
+                }
+            }
+        }
+        JobCommand::Cancel { id, customer } => {
+            let j: JobView = customer
+                .api()?
+                .post(&format!("/v1/jobs/{id}/cancel"), &())
+                .await?;
+            println!("{} {}", j.id, j.status.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_code(s: JobStatus) -> ExitCode {
+    if s == JobStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+/// Validates the spec locally, uploads the data (with a progress bar when
+/// `progress`), and submits the job.
+pub async fn submit(
+    api: &Api,
+    spec_path: &Path,
+    data: Option<&Path>,
+    progress: bool,
+) -> anyhow::Result<JobView> {
+    let spec = JobSpec::from_file(spec_path)?;
+    let spec_toml = std::fs::read_to_string(spec_path)?;
+    let data = match (data, &spec.data.file) {
+        (Some(d), _) => d.to_owned(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => bail!(
+            "no data: pass --data FILE or set data.file in {}",
+            spec_path.display()
+        ),
+    };
+    submit_text(api, &spec_toml, &data, progress).await
+}
+
+/// Uploads `data` and submits `spec_toml`.
+pub async fn submit_text(
+    api: &Api,
+    spec_toml: &str,
+    data: &Path,
+    progress: bool,
+) -> anyhow::Result<JobView> {
+    let sha = Sha256Hex::of_file(data)
+        .with_context(|| format!("cannot read data file {}", data.display()))?;
+    let size = std::fs::metadata(data)?.len();
+    let bar = if progress {
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "uploading {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(
+            data.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let b = bar.clone();
+    api.put_blob(data, &sha, move |n| b.inc(n))
+        .await
+        .with_context(|| format!("cannot upload {}", data.display()))?;
+    bar.finish_and_clear();
+    let job: JobView = api
+        .post(
+            "/v1/jobs",
+            &wire::SubmitJob {
+                spec_toml: spec_toml.to_owned(),
+                data_sha256: sha,
+            },
+        )
+        .await?;
+    Ok(job)
+}
+
+/// Downloads a finished job's final checkpoint and writes
+/// `out/model.safetensors` (weights only).
+pub async fn fetch_model(
+    api: &Api,
+    id: &str,
+    out: &Path,
+    keep_checkpoint: bool,
+) -> anyhow::Result<PathBuf> {
+    let job: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+    if job.status != JobStatus::Succeeded {
+        bail!(
+            "job {id} is {} (step {}/{}): a model is ready once it has succeeded",
+            job.status.as_str(),
+            job.step,
+            job.steps
+        );
+    }
+    let Some(sha) = job.checkpoint_sha256 else {
+        bail!("job {id} succeeded but has no checkpoint");
+    };
+    let spec = JobSpec::from_toml_str(&job.spec_toml)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let ckpt = out.join("checkpoint.safetensors");
+    api.get_blob(&sha, &ckpt).await?;
+    let model = out.join("model.safetensors");
+    gradpool_train::export_model(&spec, &ckpt, &model).with_context(|| {
+        format!("checkpoint {sha} of job {id} is not a valid checkpoint for its spec")
+    })?;
+    if !keep_checkpoint {
+        std::fs::remove_file(&ckpt)?;
+    }
+    Ok(model)
+}

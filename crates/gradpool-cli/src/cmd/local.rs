@@ -1,0 +1,284 @@
+//! Commands that run the native training runtime in this process:
+//! `gradpool train`, `gradpool segment run`, `gradpool sample`,
+//! `gradpool bench train`.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use gradpool_core::JobSpec;
+use gradpool_provider::segment::SegmentEvent;
+use gradpool_train::{Dataset, Device, StepReport};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The reference corpus, shipped inside the binary.
+pub const SHAKESPEARE: &[u8] = include_bytes!("../../../../data/tinyshakespeare.txt");
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+/// Where training runs.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// The device to train on.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// Fixes the thread count (before any thread pool starts) and opens the
+    /// device.
+    fn open(&self) -> anyhow::Result<Device> {
+        if let Some(t) = self.threads {
+            // The CPU backend sizes its thread pools from this variable on
+            // first use; nothing has started a thread pool yet.
+            std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+        }
+        match self.device {
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Cuda => Device::new_cuda(0).context(
+                "cannot use CUDA: this gradpool was built without `--features cuda`, or no NVIDIA driver was found",
+            ),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The job spec (TOML).
+    spec: PathBuf,
+    /// The dataset (overrides `data.file` of the spec).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Writes DIR/checkpoint.safetensors after every segment and
+    /// DIR/model.safetensors at the end.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A model written by `gradpool job fetch` or `gradpool train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 300)]
+    tokens: usize,
+    /// Sampling temperature; 0 always takes the most likely character.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Train the reference GPT (4 layers, 4 heads, width 128, block 64,
+    /// batch 12, AdamW) and report its speed.
+    Train {
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Timed steps.
+        #[arg(long, default_value_t = 100)]
+        steps: u64,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SegmentCommand {
+    /// Train steps [FROM, TO) of a job and write the end checkpoint. Prints
+    /// one JSON event per line on stdout.
+    Run(SegmentRunArgs),
+}
+
+#[derive(Args)]
+pub struct SegmentRunArgs {
+    #[arg(long)]
+    spec: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    from: u64,
+    #[arg(long)]
+    to: u64,
+    /// The checkpoint at FROM (absent for the first segment).
+    #[arg(long)]
+    start: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
+    let SegmentCommand::Run(a) = c;
+    // Die with the agent: a segment nobody waits for is wasted work.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let device = a.device.open()?;
+    let spec = JobSpec::from_toml_str(
+        &std::fs::read_to_string(&a.spec)
+            .with_context(|| format!("cannot read {}", a.spec.display()))?,
+    )?;
+    let bytes =
+        std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let data = Dataset::from_bytes(&spec, &bytes)?;
+    let stdout = std::io::stdout();
+    let emit = |e: &SegmentEvent| {
+        let mut out = stdout.lock();
+        // A closed stdout means the agent is gone; the death signal follows.
+        let _ = serde_json::to_writer(&mut out, e);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    };
+    let outcome = gradpool_train::run_segment(
+        &spec,
+        &data,
+        a.start.as_deref(),
+        a.from,
+        a.to,
+        &device,
+        &a.out,
+        &mut |r: StepReport| {
+            emit(&SegmentEvent::Step {
+                step: r.step,
+                loss: r.loss,
+                tokens_per_sec: r.tokens_per_sec,
+            })
+        },
+    )?;
+    emit(&SegmentEvent::Done {
+        losses: outcome.losses,
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    let device = a.device.open()?;
+    let spec = JobSpec::from_file(&a.spec)?;
+    let data_path = match (&a.data, &spec.data.file) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => bail!(
+            "no data: pass --data FILE or set data.file in {}",
+            a.spec.display()
+        ),
+    };
+    let bytes = std::fs::read(&data_path)
+        .with_context(|| format!("cannot read {}", data_path.display()))?;
+    let data = Dataset::from_bytes(&spec, &bytes)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let ckpt = a.out.join("checkpoint.safetensors");
+    let bar = ProgressBar::new(spec.train.steps);
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut first_loss = None;
+    let mut last_loss = f32::NAN;
+    for segment in 0..spec.segment_count() {
+        let (from, to) = spec.segment_steps(segment);
+        let start = (from > 0).then_some(ckpt.as_path());
+        let next = a.out.join("checkpoint.next.safetensors");
+        gradpool_train::run_segment(
+            &spec,
+            &data,
+            start,
+            from,
+            to,
+            &device,
+            &next,
+            &mut |r: StepReport| {
+                first_loss.get_or_insert(r.loss);
+                last_loss = r.loss;
+                bar.set_position(r.step + 1);
+                bar.set_message(format!("loss {:.4}  {:.0} tok/s", r.loss, r.tokens_per_sec));
+            },
+        )?;
+        std::fs::rename(&next, &ckpt)?;
+    }
+    bar.finish_and_clear();
+    let model = a.out.join("model.safetensors");
+    gradpool_train::export_model(&spec, &ckpt, &model)?;
+    println!(
+        "trained {} steps: loss {:.4} → {:.4}\nwrote {} and {}",
+        spec.train.steps,
+        first_loss.unwrap_or(f32::NAN),
+        last_loss,
+        ckpt.display(),
+        model.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
+    let device = a.device.open()?;
+    let text = sample_text(
+        &a.model,
+        &a.prompt,
+        a.tokens,
+        a.temperature,
+        a.seed,
+        &device,
+    )?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sample_text(
+    model: &Path,
+    prompt: &str,
+    tokens: usize,
+    temperature: f64,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<String> {
+    gradpool_train::sample(model, prompt, tokens, temperature, seed, device)
+        .with_context(|| format!("cannot sample from {}", model.display()))
+}
+
+pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Train {
+        json,
+        steps,
+        warmup,
+        device,
+    } = c;
+    let device = device.open()?;
+    let report = gradpool_train::bench::train(steps, warmup, SHAKESPEARE, &device)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{:.2} steps/s, {:.0} tokens/s, {} parameters, {} threads, loss {:.4} → {:.4}",
+            report.steps_per_sec,
+            report.tokens_per_sec,
+            report.params,
+            report.threads,
+            report.first_loss,
+            report.last_loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,53 @@
+//! `gradpool pool`.
+
+use anyhow::Context;
+use clap::Args;
+use gradpool_pool::{Pool, PoolConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct PoolArgs {
+    /// Where the pool keeps its database (pool.sqlite) and blobs.
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// A lease expires when its provider has not heart-beaten for this long.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u32,
+    /// How often providers heart-beat while they work.
+    #[arg(long, default_value_t = 3)]
+    heartbeat_seconds: u32,
+    /// Largest blob (dataset, checkpoint) accepted, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    max_blob_mib: u64,
+    /// Refuse `POST /v1/accounts`: accounts are created by the operator only.
+    #[arg(long)]
+    closed_signup: bool,
+}
+
+pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
+    let config = PoolConfig {
+        data_dir: a.data_dir.clone(),
+        lease_seconds: a.lease_seconds,
+        heartbeat_seconds: a.heartbeat_seconds,
+        max_blob_bytes: a.max_blob_mib * 1024 * 1024,
+        open_signup: !a.closed_signup,
+    };
+    let pool = Pool::open(config)
+        .await
+        .with_context(|| format!("cannot open the pool in {}", a.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %a.data_dir.display(), "pool listening");
+    println!(
+        "pool listening on http://{addr} (data in {})",
+        a.data_dir.display()
+    );
+    pool.serve(listener, super::interrupted()).await?;
+    Ok(ExitCode::SUCCESS)
+}

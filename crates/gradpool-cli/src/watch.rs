@@ -1,0 +1,127 @@
+//! Following a job live over server-sent events.
+
+use anyhow::Context;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView};
+use gradpool_provider::client::Api;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+
+/// Shows a progress bar (step, loss, tokens/s, provider) until the job ends,
+/// and returns the job as it ended. Reconnects if the stream drops.
+pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobView> {
+    let job: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+    let bar = if visible {
+        ProgressBar::new(job.steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(job.id.to_string());
+    bar.set_position(job.step);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last_id: i64 = 0;
+    loop {
+        let rb = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}/events?after={last_id}"),
+            )
+            .header("accept", "text/event-stream");
+        let resp = api.send("event stream", rb).await?;
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(ev) = events.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(error = %e, "event stream broke; reconnecting");
+                    break;
+                }
+            };
+            if ev.data.is_empty() {
+                continue;
+            }
+            let event: JobEvent = serde_json::from_str(&ev.data).context("unreadable job event")?;
+            last_id = event.id;
+            match event.kind {
+                JobEventKind::Status { status, reason } => {
+                    bar.println(format!(
+                        "  job {}{}",
+                        status.as_str(),
+                        reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                    if status.is_final() {
+                        if status == JobStatus::Succeeded {
+                            bar.set_position(job.steps);
+                        }
+                        bar.finish_and_clear();
+                        return api.get(&format!("/v1/jobs/{id}")).await.map_err(Into::into);
+                    }
+                }
+                JobEventKind::Assigned {
+                    provider: p,
+                    segment,
+                    start_step,
+                    end_step,
+                    ..
+                } => {
+                    bar.println(format!(
+                        "  segment {segment} (steps {start_step}..{end_step}) → {p}"
+                    ));
+                }
+                JobEventKind::Progress {
+                    provider: p,
+                    step,
+                    loss,
+                    tokens_per_sec,
+                } => {
+                    bar.set_position(step);
+                    bar.set_message(format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}"));
+                }
+                JobEventKind::Checkpoint {
+                    segment,
+                    step,
+                    loss,
+                    commitment,
+                    ..
+                } => {
+                    bar.set_position(step);
+                    bar.println(format!(
+                        "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
+                        &commitment[..commitment.len().min(16)]
+                    ));
+                }
+                JobEventKind::LeaseExpired {
+                    provider: p,
+                    segment,
+                    ..
+                } => {
+                    bar.println(format!(
+                        "  {p} stopped answering; segment {segment} goes back to the queue"
+                    ));
+                }
+                JobEventKind::TaskFailed {
+                    provider: p,
+                    segment,
+                    reason,
+                    ..
+                } => {
+                    bar.println(format!("  segment {segment} failed on {p}: {reason}"));
+                }
+            }
+        }
+        // The stream ended without a final status: check, then reconnect.
+        let now: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+        if now.status.is_final() {
+            bar.finish_and_clear();
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

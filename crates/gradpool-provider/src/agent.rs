@@ -1,0 +1,470 @@
+//! The agent's main loop: register, heart-beat, take segments, train them,
+//! commit them.
+
+use crate::client::Api;
+use crate::device::Device;
+use crate::segment::{self, SegmentEnd, SegmentFiles};
+use crate::state::DataDir;
+use crate::ProviderError;
+use gradpool_core::commitment::{self, registration_message, Commitment};
+use gradpool_core::wire::{self, Assignment};
+use gradpool_core::{NodeKey, Sha256Hex, TaskId, RUNTIME_VERSION};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The pool's base URL (`http://127.0.0.1:7070`).
+    pub pool_url: String,
+    /// Node key, blob cache and tasks in flight.
+    pub data_dir: PathBuf,
+    /// A name shown in the pool's listings.
+    pub name: String,
+    /// The `gradpool` binary, run as `gradpool segment run …` for each segment.
+    pub program: PathBuf,
+    /// How many segments may train at once.
+    pub max_concurrent_tasks: u32,
+}
+
+/// What every task worker shares.
+struct Shared {
+    api: tokio::sync::RwLock<Api>,
+    dir: DataDir,
+    key: NodeKey,
+    device: Arc<dyn Device>,
+    config: ProviderConfig,
+    /// Woken when a worker ends, so the loop asks for more work at once.
+    worker_ended: Notify,
+}
+
+struct Worker {
+    cancel: CancellationToken,
+    step: Arc<AtomicU64>,
+    handle: JoinHandle<()>,
+}
+
+/// Runs the agent until `shutdown` is cancelled. Tasks in flight at shutdown
+/// are killed but stay recorded, so the next start resumes them if the pool
+/// still leases them to this provider.
+pub async fn run(
+    config: ProviderConfig,
+    device: Arc<dyn Device>,
+    shutdown: CancellationToken,
+) -> Result<(), ProviderError> {
+    let dir = DataDir::open(&config.data_dir)?;
+    let key = NodeKey::load_or_create(&dir.node_key_path())?;
+    tracing::info!(provider = %key.provider_id(), pool = %config.pool_url, "provider starting");
+    let shared = Arc::new(Shared {
+        api: tokio::sync::RwLock::new(Api::new(&config.pool_url, None)),
+        dir,
+        key,
+        device,
+        config,
+        worker_ended: Notify::new(),
+    });
+    let mut workers: HashMap<TaskId, Worker> = HashMap::new();
+
+    let in_flight: Vec<TaskId> = shared
+        .dir
+        .tasks_in_flight()
+        .into_iter()
+        .map(|a| a.task_id)
+        .collect();
+    let Some(mut session) = register(&shared, in_flight, &shutdown).await else {
+        return Ok(());
+    };
+    start_resumed(&shared, &mut workers, &session, &shutdown);
+
+    let mut backoff = 1u64;
+    while !shutdown.is_cancelled() {
+        workers.retain(|_, w| !w.handle.is_finished());
+        let running: Vec<wire::RunningTask> = workers
+            .iter()
+            .map(|(id, w)| wire::RunningTask {
+                task_id: id.clone(),
+                step: w.step.load(Ordering::Relaxed),
+            })
+            .collect();
+        let capacity = shared
+            .config
+            .max_concurrent_tasks
+            .saturating_sub(running.len() as u32);
+        let wait_seconds = if running.is_empty() {
+            (session.lease_seconds / 2).max(1)
+        } else {
+            0
+        };
+        let mut telemetry = shared.device.telemetry();
+        telemetry.tasks_running = running.len() as u32;
+        let beat = wire::Heartbeat {
+            telemetry,
+            running,
+            capacity,
+            wait_seconds,
+        };
+        let api = shared.api.read().await.clone();
+        let reply = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = api.heartbeat(&beat) => r,
+        };
+        match reply {
+            Ok(reply) => {
+                backoff = 1;
+                for id in &reply.cancel {
+                    if let Some(w) = workers.get(id) {
+                        tracing::info!(task = %id, "pool cancelled the task");
+                        w.cancel.cancel();
+                    }
+                }
+                let got_work = !reply.assignments.is_empty();
+                for a in reply.assignments {
+                    spawn_worker(&shared, &mut workers, a, &shutdown);
+                }
+                if got_work && workers.len() < shared.config.max_concurrent_tasks as usize {
+                    continue;
+                }
+            }
+            Err(e) if e.is_unauthorized() => {
+                tracing::warn!("the pool no longer knows this session; registering again");
+                let ids = workers.keys().cloned().collect();
+                match register(&shared, ids, &shutdown).await {
+                    Some(s) => {
+                        for id in &s.dropped {
+                            if let Some(w) = workers.get(id) {
+                                w.cancel.cancel();
+                            }
+                        }
+                        session = s;
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff, "heartbeat failed");
+                sleep_or_shutdown(Duration::from_secs(backoff), &shutdown).await;
+                backoff = (backoff * 2).min(30);
+                continue;
+            }
+        }
+        if wait_seconds == 0 || !workers.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = shared.worker_ended.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(session.heartbeat_seconds.max(1)))) => {}
+            }
+        }
+    }
+
+    for w in workers.values() {
+        w.cancel.cancel();
+    }
+    for (_, w) in workers {
+        let _ = w.handle.await;
+    }
+    tracing::info!("provider stopped");
+    Ok(())
+}
+
+/// Registers with the pool, retrying while it is unreachable. `None` means
+/// shutdown was requested first.
+async fn register(
+    shared: &Arc<Shared>,
+    resuming: Vec<TaskId>,
+    shutdown: &CancellationToken,
+) -> Option<wire::Registered> {
+    let mut backoff = 1u64;
+    loop {
+        let time = unix_now();
+        let public_key = shared.key.public_hex();
+        let req = wire::Register {
+            signature: shared.key.sign(&registration_message(&public_key, time)),
+            public_key,
+            name: shared.config.name.clone(),
+            hardware: shared.device.hardware(),
+            time,
+            resuming: resuming.clone(),
+        };
+        let api = Api::new(&shared.config.pool_url, None);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = api.register(&req) => r,
+        };
+        match result {
+            Ok(reg) => {
+                tracing::info!(provider = %reg.provider_id, resumed = reg.resume.len(), "registered with the pool");
+                let mut api = api;
+                api.set_token(reg.token.clone());
+                *shared.api.write().await = api;
+                return Some(reg);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff, "cannot register with the pool");
+                sleep_or_shutdown(Duration::from_secs(backoff), shutdown).await;
+                backoff = (backoff * 2).min(30);
+            }
+        }
+    }
+}
+
+fn start_resumed(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<TaskId, Worker>,
+    session: &wire::Registered,
+    shutdown: &CancellationToken,
+) {
+    for id in &session.dropped {
+        tracing::info!(task = %id, "the pool gave the task to someone else; dropping it");
+        shared.dir.end_task(id);
+    }
+    let known: Vec<&TaskId> = session
+        .resume
+        .iter()
+        .map(|a| &a.task_id)
+        .chain(&session.dropped)
+        .collect();
+    for a in shared.dir.tasks_in_flight() {
+        if !known.contains(&&a.task_id) {
+            shared.dir.end_task(&a.task_id);
+        }
+    }
+    for a in &session.resume {
+        tracing::info!(task = %a.task_id, segment = a.segment, "resuming a task from before the restart");
+        spawn_worker(shared, workers, a.clone(), shutdown);
+    }
+}
+
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<TaskId, Worker>,
+    a: Assignment,
+    shutdown: &CancellationToken,
+) {
+    if workers.contains_key(&a.task_id) {
+        return;
+    }
+    let cancel = shutdown.child_token();
+    let step = Arc::new(AtomicU64::new(a.start_step));
+    let id = a.task_id.clone();
+    let handle = {
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        let step = step.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let task = a.task_id.clone();
+            match run_task(&shared, &a, &cancel, &step).await {
+                Ok(TaskEnd::Committed) => shared.dir.end_task(&task),
+                Ok(TaskEnd::Cancelled) if shutdown.is_cancelled() => {
+                    tracing::info!(task = %task, "task stopped by shutdown; it resumes on restart if the lease holds");
+                }
+                Ok(TaskEnd::Cancelled) => shared.dir.end_task(&task),
+                Err(e) => {
+                    tracing::warn!(task = %task, error = %e, "task failed");
+                    let api = shared.api.read().await.clone();
+                    if let Err(e2) = api.fail(&task, &e.to_string()).await {
+                        tracing::warn!(task = %task, error = %e2, "cannot report the failure");
+                    }
+                    shared.dir.end_task(&task);
+                }
+            }
+            shared.worker_ended.notify_one();
+        })
+    };
+    workers.insert(
+        id,
+        Worker {
+            cancel,
+            step,
+            handle,
+        },
+    );
+}
+
+enum TaskEnd {
+    Committed,
+    Cancelled,
+}
+
+/// Trains one segment and commits it.
+async fn run_task(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    cancel: &CancellationToken,
+    step: &Arc<AtomicU64>,
+) -> Result<TaskEnd, ProviderError> {
+    let task_dir = shared.dir.begin_task(a)?;
+    let out = task_dir.join("end.safetensors");
+    let losses = match shared.dir.finished_losses(&a.task_id) {
+        Some(losses) => {
+            tracing::info!(task = %a.task_id, "segment was trained before the restart; committing it");
+            losses
+        }
+        None => {
+            tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
+            let data = fetch(shared, &a.data_sha256).await?;
+            let start = match &a.start_checkpoint_sha256 {
+                Some(sha) => Some(fetch(shared, sha).await?),
+                None => None,
+            };
+            let files = SegmentFiles {
+                spec: task_dir.join("spec.toml"),
+                data,
+                start,
+                out: out.clone(),
+            };
+            let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
+            let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
+            let end = segment::run_child(
+                &shared.config.program,
+                &files,
+                (a.start_step, a.end_step),
+                &shared.device.segment_args(),
+                cancel.clone(),
+                |s, loss, tokens_per_sec| {
+                    step.store(s + 1, Ordering::Relaxed);
+                    let _ = tx.send(Some(wire::Progress {
+                        step: s + 1,
+                        loss,
+                        tokens_per_sec,
+                    }));
+                },
+            )
+            .await
+            .map_err(ProviderError::io("cannot run the segment process"))?;
+            drop(tx);
+            let _ = reporter.await;
+            match end {
+                SegmentEnd::Done { losses } => {
+                    shared.dir.finish_training(&a.task_id, &losses)?;
+                    losses
+                }
+                SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
+                SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
+            }
+        }
+    };
+    commit(shared, a, &out, losses, cancel).await
+}
+
+/// Sends the latest progress at most twice a second, and the last one.
+async fn report_progress(
+    shared: Arc<Shared>,
+    task: TaskId,
+    mut rx: tokio::sync::watch::Receiver<Option<wire::Progress>>,
+) {
+    while rx.changed().await.is_ok() {
+        let p = rx.borrow_and_update().clone();
+        if let Some(p) = p {
+            let api = shared.api.read().await.clone();
+            if let Err(e) = api.progress(&task, &p).await {
+                tracing::debug!(task = %task, error = %e, "progress report failed");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let last = rx.borrow().clone();
+    if let Some(p) = last {
+        let api = shared.api.read().await.clone();
+        let _ = api.progress(&task, &p).await;
+    }
+}
+
+/// Uploads the end checkpoint and commits to it, retrying while the pool is
+/// unreachable.
+async fn commit(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    out: &std::path::Path,
+    loss_trace: Vec<f32>,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, ProviderError> {
+    let sha = Sha256Hex::of_file(out)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let hash = commitment::chain_file(out, &a.prev_commitment)?;
+    let signed = shared.key.sign_commitment(Commitment {
+        job_id: a.job_id.clone(),
+        segment: a.segment,
+        start_step: a.start_step,
+        end_step: a.end_step,
+        checkpoint_sha256: sha.clone(),
+        prev: a.prev_commitment.clone(),
+        hash,
+        loss_trace_blake3: commitment::loss_trace_hash(&loss_trace),
+        runtime: RUNTIME_VERSION.to_owned(),
+        class: shared.device.hardware().class(),
+    });
+    let body = wire::Commit {
+        commitment: signed,
+        loss_trace,
+    };
+    let mut backoff = 1u64;
+    loop {
+        let api = shared.api.read().await.clone();
+        let attempt = async {
+            api.put_blob(out, &sha, |_| {}).await?;
+            api.commit(&a.task_id, &body).await
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            r = attempt => r,
+        };
+        match result {
+            Ok(reply) => {
+                tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %sha, job_done = reply.job_done, "segment committed");
+                // Keep the new checkpoint: the next segment may come here.
+                let cached = shared.dir.blob_path(&sha);
+                if std::fs::rename(out, &cached).is_err() {
+                    tracing::debug!("cannot keep the checkpoint in the cache");
+                }
+                if let Some(start) = &a.start_checkpoint_sha256 {
+                    let _ = std::fs::remove_file(shared.dir.blob_path(start));
+                }
+                return Ok(TaskEnd::Committed);
+            }
+            Err(ProviderError::Refused {
+                status, message, ..
+            }) if status != 401 && status < 500 => {
+                tracing::warn!(task = %a.task_id, status, message, "the pool refused the commitment");
+                return Ok(TaskEnd::Cancelled);
+            }
+            Err(e) => {
+                tracing::warn!(task = %a.task_id, error = %e, retry_in_s = backoff, "cannot commit yet");
+                sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
+                backoff = (backoff * 2).min(15);
+            }
+        }
+    }
+}
+
+/// A blob from the cache, or downloaded into it.
+async fn fetch(shared: &Arc<Shared>, sha: &Sha256Hex) -> Result<PathBuf, ProviderError> {
+    let path = shared.dir.blob_path(sha);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let api = shared.api.read().await.clone();
+    api.get_blob(sha, &path).await?;
+    Ok(path)
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,167 @@
+//! The agent's data directory.
+//!
+//! ```text
+//! DIR/node.key                     Ed25519 node key (0600)
+//! DIR/blobs/<sha256>               cache of datasets and checkpoints, verified
+//! DIR/tasks/<task_id>/assignment.json   a task in flight (written first)
+//! DIR/tasks/<task_id>/spec.toml
+//! DIR/tasks/<task_id>/end.safetensors   the segment's end checkpoint
+//! DIR/tasks/<task_id>/done.json         its loss trace, once training ended
+//! ```
+//!
+//! A task directory exists exactly while the task is the agent's. After a
+//! crash, the agent lists them and tells the pool what it was doing; a
+//! segment whose `done.json` is present is committed without retraining.
+
+use crate::ProviderError;
+use gradpool_core::wire::Assignment;
+use gradpool_core::{Sha256Hex, TaskId};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn open(root: &Path) -> Result<DataDir, ProviderError> {
+        for sub in ["blobs", "tasks"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p)
+                .map_err(ProviderError::io(format!("cannot create {}", p.display())))?;
+        }
+        Ok(DataDir {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn node_key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+
+    pub fn blob_path(&self, sha: &Sha256Hex) -> PathBuf {
+        self.root.join("blobs").join(sha.as_str())
+    }
+
+    pub fn task_dir(&self, task: &TaskId) -> PathBuf {
+        self.root.join("tasks").join(task.as_str())
+    }
+
+    /// Records a task as the agent's, before any work starts on it.
+    pub fn begin_task(&self, a: &Assignment) -> Result<PathBuf, ProviderError> {
+        let dir = self.task_dir(&a.task_id);
+        std::fs::create_dir_all(&dir).map_err(ProviderError::io(format!(
+            "cannot create {}",
+            dir.display()
+        )))?;
+        write_atomic(&dir.join("spec.toml"), a.spec_toml.as_bytes())?;
+        let json =
+            serde_json::to_vec_pretty(a).map_err(|e| ProviderError::Segment(e.to_string()))?;
+        write_atomic(&dir.join("assignment.json"), &json)?;
+        Ok(dir)
+    }
+
+    /// Records the loss trace of a finished segment (its checkpoint is
+    /// already in place).
+    pub fn finish_training(&self, task: &TaskId, losses: &[f32]) -> Result<(), ProviderError> {
+        let json = serde_json::to_vec(losses).map_err(|e| ProviderError::Segment(e.to_string()))?;
+        write_atomic(&self.task_dir(task).join("done.json"), &json)
+    }
+
+    /// The loss trace of a segment whose training finished, if it did.
+    pub fn finished_losses(&self, task: &TaskId) -> Option<Vec<f32>> {
+        let dir = self.task_dir(task);
+        if !dir.join("end.safetensors").is_file() {
+            return None;
+        }
+        let bytes = std::fs::read(dir.join("done.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forgets a task: it was committed, cancelled or dropped.
+    pub fn end_task(&self, task: &TaskId) {
+        let dir = self.task_dir(task);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(task = %task, error = %e, "cannot remove task directory");
+            }
+        }
+    }
+
+    /// The tasks in flight when the agent last stopped.
+    pub fn tasks_in_flight(&self) -> Vec<Assignment> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("tasks")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join("assignment.json");
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<Assignment>(&b)) {
+                Ok(Ok(a)) => out.push(a),
+                _ => {
+                    tracing::warn!(dir = %entry.path().display(), "removing an unreadable task directory");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Writes a file so that readers see either the old or the whole new
+/// content: temp file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
+    use std::io::Write;
+    let tmp = path.with_extension("partial");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(ProviderError::io(format!(
+        "cannot write {}",
+        path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradpool_core::{JobId, Sha256Hex};
+
+    fn assignment() -> Assignment {
+        Assignment {
+            task_id: TaskId::from("task_1"),
+            job_id: JobId::from("job_1"),
+            segment: 2,
+            start_step: 20,
+            end_step: 30,
+            spec_toml: "name = 'x'".into(),
+            data_sha256: Sha256Hex::of(b"data"),
+            start_checkpoint_sha256: Some(Sha256Hex::of(b"ckpt")),
+            prev_commitment: "00".repeat(32),
+            lease_seconds: 10,
+        }
+    }
+
+    #[test]
+    fn tasks_survive_a_restart_until_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let a = assignment();
+        dir.begin_task(&a).unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.tasks_in_flight(), vec![a.clone()]);
+        assert_eq!(dir.finished_losses(&a.task_id), None);
+        std::fs::write(dir.task_dir(&a.task_id).join("end.safetensors"), b"x").unwrap();
+        dir.finish_training(&a.task_id, &[1.0, 2.0]).unwrap();
+        assert_eq!(dir.finished_losses(&a.task_id), Some(vec![1.0, 2.0]));
+        dir.end_task(&a.task_id);
+        assert!(dir.tasks_in_flight().is_empty());
+    }
+}
