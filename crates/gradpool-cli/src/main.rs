@@ -1,17 +1,4 @@
-//! `gradpool`: one binary for every role.
-//!
-//! - `gradpool pool` runs a pool; `gradpool provider` runs the agent on a rig;
-//! - `gradpool account …` and `gradpool job …` are the customer's commands;
-//! - `gradpool train`, `gradpool sample` and `gradpool bench` run the native
-//!   runtime locally; `gradpool segment run` is what a provider runs in a
-//!   child process for each segment;
-//! - `gradpool devnet` starts a whole pool with providers on this machine and
-//!   trains a model end to end.
-
-mod cmd;
-mod credentials;
-mod devnet;
-mod watch;
+//! `gradpool`: see the `gradpool_cli` library for the commands.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,28 +17,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pool: the coordinator providers and customers connect to.
-    Pool(cmd::pool::PoolArgs),
+    Pool(gradpool_cli::cmd::pool::PoolArgs),
     /// Run the provider agent on this machine.
-    Provider(cmd::provider::ProviderArgs),
+    Provider(gradpool_cli::cmd::provider::ProviderArgs),
     /// Customer accounts.
     #[command(subcommand)]
-    Account(cmd::account::AccountCommand),
+    Account(gradpool_cli::cmd::account::AccountCommand),
     /// Submit, follow and fetch training jobs.
     #[command(subcommand)]
-    Job(cmd::job::JobCommand),
+    Job(gradpool_cli::cmd::job::JobCommand),
     /// Train a job spec locally, without a pool.
-    Train(cmd::local::TrainArgs),
+    Train(gradpool_cli::cmd::local::TrainArgs),
     /// Generate text with a trained model.
-    Sample(cmd::local::SampleArgs),
+    Sample(gradpool_cli::cmd::local::SampleArgs),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(cmd::local::BenchCommand),
+    Bench(gradpool_cli::cmd::local::BenchCommand),
     /// Segments: the unit of work a provider trains.
     #[command(subcommand, hide = true)]
-    Segment(cmd::local::SegmentCommand),
+    Segment(gradpool_cli::cmd::local::SegmentCommand),
     /// Start a pool and providers on this machine and train a GPT on
     /// Shakespeare, end to end.
-    Devnet(devnet::DevnetArgs),
+    Devnet(gradpool_cli::devnet::DevnetArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,10 +59,10 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         // Commands that train set their thread count before any thread pool starts.
-        Command::Segment(c) => cmd::local::segment(c),
-        Command::Train(a) => cmd::local::train(a),
-        Command::Sample(a) => cmd::local::sample(a),
-        Command::Bench(c) => cmd::local::bench(c),
+        Command::Segment(c) => gradpool_cli::cmd::local::segment(c),
+        Command::Train(a) => gradpool_cli::cmd::local::train(a),
+        Command::Sample(a) => gradpool_cli::cmd::local::sample(a),
+        Command::Bench(c) => gradpool_cli::cmd::local::bench(c),
         other => runtime().and_then(|rt| rt.block_on(run_async(other))),
     };
     match result {
@@ -95,11 +82,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Pool(a) => cmd::pool::run(a).await,
-        Command::Provider(a) => cmd::provider::run(a).await,
-        Command::Account(c) => cmd::account::run(c).await,
-        Command::Job(c) => cmd::job::run(c).await,
-        Command::Devnet(a) => devnet::run(a).await,
+        Command::Pool(a) => gradpool_cli::cmd::pool::run(a).await,
+        Command::Provider(a) => gradpool_cli::cmd::provider::run(a).await,
+        Command::Account(c) => gradpool_cli::cmd::account::run(c).await,
+        Command::Job(c) => gradpool_cli::cmd::job::run(c).await,
+        Command::Devnet(a) => gradpool_cli::devnet::run(a).await,
         Command::Segment(_) | Command::Train(_) | Command::Sample(_) | Command::Bench(_) => {
             unreachable!("handled before the runtime starts")
         }

@@ -1,0 +1,143 @@
+//! What the integration tests share: a pool on a temporary SQLite database
+//! and a real socket, small GPT specs, a local reference run, and waiting
+//! for jobs.
+#![allow(dead_code)]
+
+use gradpool_core::wire::{JobEvent, JobView};
+use gradpool_core::JobSpec;
+use gradpool_pool::{Pool, PoolConfig};
+use gradpool_provider::client::Api;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gradpool");
+
+/// A small GPT: 2 layers, width 48, context 32.
+pub fn tiny_spec(name: &str, seed: u64, steps: u64, every: u64) -> String {
+    format!(
+        r#"name = "{name}"
+[model]
+kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 48
+block_size = 32
+[data]
+format = "text"
+[train]
+seed = {seed}
+steps = {steps}
+batch_size = 8
+checkpoint_every = {every}
+lr = 0.003
+warmup_steps = 5
+"#
+    )
+}
+
+/// The first 60 kB of the reference corpus, written into `dir`.
+pub fn small_corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, &gradpool_cli::cmd::local::SHAKESPEARE[..60_000]).unwrap();
+    path
+}
+
+pub struct TestPool {
+    pub pool: Pool,
+    pub url: String,
+    pub stop: CancellationToken,
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A pool serving on 127.0.0.1 with a free port.
+pub async fn start_pool(dir: &Path, lease_seconds: u32) -> TestPool {
+    let pool = Pool::open(PoolConfig {
+        data_dir: dir.to_owned(),
+        lease_seconds,
+        heartbeat_seconds: 1,
+        ..PoolConfig::default()
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(
+        pool.clone()
+            .serve(listener, async move { s.cancelled().await }),
+    );
+    TestPool { pool, url, stop }
+}
+
+/// A customer client with a new account.
+pub async fn customer(p: &TestPool) -> Api {
+    let account = p.pool.create_account("test customer").await.unwrap();
+    Api::new(&p.url, Some(account.api_key))
+}
+
+/// Waits until the job reaches a final status.
+pub async fn wait_final(api: &Api, id: &str, limit: Duration) -> JobView {
+    let start = Instant::now();
+    loop {
+        let job: JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+        if job.status.is_final() {
+            return job;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "job {id} did not finish in {limit:?}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// All events of a job so far (the stream closes once the job is final).
+pub async fn events(api: &Api, id: &str) -> Vec<JobEvent> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = api
+        .send(
+            "events",
+            api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream().eventsource();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        if !ev.data.is_empty() {
+            out.push(serde_json::from_str(&ev.data).unwrap());
+        }
+    }
+    out
+}
+
+/// The model file a single uninterrupted local run of the spec produces.
+pub fn local_model(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
+    let spec = JobSpec::from_toml_str(spec_text).unwrap();
+    let bytes = std::fs::read(data).unwrap();
+    let dataset = gradpool_train::Dataset::from_bytes(&spec, &bytes).unwrap();
+    let ckpt = dir.join("local.ckpt.safetensors");
+    gradpool_train::run_segment(
+        &spec,
+        &dataset,
+        None,
+        0,
+        spec.train.steps,
+        &gradpool_train::Device::Cpu,
+        &ckpt,
+        &mut |_| {},
+    )
+    .unwrap();
+    let model = dir.join("local.model.safetensors");
+    gradpool_train::export_model(&spec, &ckpt, &model).unwrap();
+    std::fs::read(model).unwrap()
+}
