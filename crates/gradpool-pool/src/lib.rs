@@ -1,1 +1,136 @@
+//! The gradpool pool: the coordinator between customers and providers.
+//!
+//! A [`Pool`] owns a SQLite database and a content-addressed blob store
+//! under [`PoolConfig::data_dir`], and serves the HTTP API described in
+//! [`gradpool_core::wire`]:
+//!
+//! - [`api`]: the routes and their handlers.
+//! - [`auth`]: API keys of customers and session tokens of providers.
+//! - [`store`]: the database: schema, rows and views.
+//! - [`scheduler`]: jobs, the task queue, leases and their reaper, commits.
+//! - [`blob`]: the blob store (datasets, checkpoints), streamed and size-capped.
+//! - [`events`]: the job event log and its live stream (server-sent events).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), gradpool_pool::PoolError> {
+//! use gradpool_pool::{Pool, PoolConfig};
+//! let pool = Pool::open(PoolConfig { data_dir: "data".into(), ..PoolConfig::default() }).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+//! pool.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
+pub mod api;
+pub mod auth;
+pub mod blob;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod scheduler;
+pub mod store;
+
+pub use config::PoolConfig;
+pub use error::PoolError;
+
+use gradpool_core::wire::{AccountCreated, JobEvent};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{broadcast, Mutex, Notify};
+
+/// A running pool: a cheap, clonable handle to its database, blob store,
+/// scheduler and event bus.
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: PoolConfig,
+    pub(crate) db: sqlx::SqlitePool,
+    pub(crate) blobs: blob::BlobStore,
+    /// Serialises write transactions: SQLite has one writer anyway, and
+    /// taking the lock up front avoids busy-snapshot failures of deferred
+    /// transactions that read before they write.
+    pub(crate) write_lock: Mutex<()>,
+    /// Woken whenever a task is queued; long-polling heartbeats wait on it.
+    pub(crate) work: Notify,
+    /// Every job event, after its transaction committed.
+    pub(crate) events: broadcast::Sender<Arc<JobEvent>>,
+    /// Cancelled when serving stops: ends event streams and long polls.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
+}
+
+impl Pool {
+    /// Opens (or creates) the pool's data directory: the database
+    /// `pool.sqlite` (WAL, busy timeout, foreign keys, migrated) and the blob
+    /// store `blobs/`.
+    pub async fn open(config: PoolConfig) -> Result<Pool, PoolError> {
+        if config.lease_seconds == 0 {
+            return Err(PoolError::BadRequest(
+                "lease_seconds must be at least 1".into(),
+            ));
+        }
+        tokio::fs::create_dir_all(&config.data_dir).await?;
+        let db = store::open(&config.data_dir.join("pool.sqlite")).await?;
+        let blobs = blob::BlobStore::open(config.data_dir.join("blobs")).await?;
+        let (events, _) = broadcast::channel(1024);
+        tracing::info!(data_dir = %config.data_dir.display(), "pool opened");
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                blobs,
+                write_lock: Mutex::new(()),
+                work: Notify::new(),
+                events,
+                stop: tokio_util::sync::CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// The HTTP API as an axum router (state included).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves; runs the
+    /// lease reaper in the background meanwhile. When `shutdown` resolves,
+    /// event streams and long polls end and in-flight requests finish; a
+    /// pool serves once (open it again to serve again).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), PoolError> {
+        let stop = self.inner.stop.clone();
+        let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "pool listening");
+        }
+        let app = self.router();
+        let stop_serving = stop.clone();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop_serving.cancelled() => {}
+                }
+                stop_serving.cancel();
+            })
+            .await;
+        stop.cancel();
+        let _ = reaper.await;
+        result.map_err(PoolError::Io)
+    }
+
+    /// Creates a customer account, as `POST /v1/accounts` does (but
+    /// regardless of [`PoolConfig::open_signup`]).
+    pub async fn create_account(&self, name: &str) -> Result<AccountCreated, PoolError> {
+        auth::create_account(self, name).await
+    }
+}

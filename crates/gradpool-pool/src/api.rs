@@ -1,0 +1,270 @@
+//! The HTTP API: routes of [`gradpool_core::wire`] and their handlers.
+
+use crate::auth::{Caller, Customer, ProviderSession};
+use crate::blob::too_large;
+use crate::error::PoolError;
+use crate::store;
+use crate::Pool;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gradpool_core::wire::{
+    AccountView, BlobStored, Commit, CreateAccount, Heartbeat, Progress, Register, SubmitJob,
+    TaskFailed,
+};
+use gradpool_core::Sha256Hex;
+use serde::Deserialize;
+
+/// A JSON body whose rejections are [`PoolError`]s (so they reply with an
+/// `ApiError` body).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(PoolError))]
+pub struct ApiJson<T>(pub T);
+
+/// The pool's routes, with `pool` as state.
+pub fn router(pool: Pool) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/account", get(account))
+        .route(
+            "/v1/blobs/{sha256}",
+            get(get_blob)
+                .put(put_blob)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/segments", get(job_segments))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/providers", get(list_providers))
+        .route("/v1/providers/register", post(register))
+        .route("/v1/providers/heartbeat", post(heartbeat))
+        .route("/v1/tasks/{id}/progress", post(progress))
+        .route("/v1/tasks/{id}/commit", post(commit))
+        .route("/v1/tasks/{id}/fail", post(fail))
+        .fallback(|| async { PoolError::NotFound("no such route".into()) })
+        .with_state(pool)
+}
+
+async fn create_account(
+    State(pool): State<Pool>,
+    ApiJson(req): ApiJson<CreateAccount>,
+) -> Result<impl IntoResponse, PoolError> {
+    if !pool.inner.config.open_signup {
+        return Err(PoolError::Forbidden(
+            "this pool does not take sign-ups; ask its operator for an account".into(),
+        ));
+    }
+    let created = pool.create_account(&req.name).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn account(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+) -> Result<Json<AccountView>, PoolError> {
+    let (name, created_at): (String, i64) =
+        sqlx::query_as("SELECT name, created_at FROM accounts WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_one(&pool.inner.db)
+            .await?;
+    Ok(Json(AccountView {
+        id,
+        name,
+        created_at: store::rfc3339(created_at),
+    }))
+}
+
+fn parse_digest(s: &str) -> Result<Sha256Hex, PoolError> {
+    s.parse().map_err(|e| PoolError::BadRequest(format!("{e}")))
+}
+
+async fn put_blob(
+    State(pool): State<Pool>,
+    caller: Caller,
+    Path(sha): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, PoolError> {
+    let sha = parse_digest(&sha)?;
+    let max = pool.inner.config.max_blob_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let size = pool
+        .inner
+        .blobs
+        .put(&sha, body.into_data_stream(), max)
+        .await?;
+    pool.record_blob(&sha, size, &caller).await?;
+    tracing::debug!(sha256 = %sha, size, by = caller.principal(), "blob stored");
+    Ok((StatusCode::CREATED, Json(BlobStored { sha256: sha, size })))
+}
+
+async fn get_blob(
+    State(pool): State<Pool>,
+    caller: Caller,
+    Path(sha): Path<String>,
+) -> Result<Response, PoolError> {
+    let sha = parse_digest(&sha)?;
+    let missing = || PoolError::not_found(format!("blob {sha}"));
+    if !pool.can_read_blob(&caller, &sha).await? {
+        return Err(missing());
+    }
+    let file = match tokio::fs::File::open(pool.inner.blobs.path_of(&sha)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(e.into()),
+    };
+    let len = file.metadata().await?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn submit_job(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    ApiJson(req): ApiJson<SubmitJob>,
+) -> Result<impl IntoResponse, PoolError> {
+    let view = pool.submit_job(&account, req).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn list_jobs(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    let jobs = store::jobs_of(&mut conn, account.as_str())
+        .await?
+        .iter()
+        .map(store::JobRow::view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(jobs))
+}
+
+async fn get_job(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    Ok(Json(
+        store::owned_job(&mut conn, account.as_str(), &id)
+            .await?
+            .view()?,
+    ))
+}
+
+async fn cancel_job(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.cancel_job(&account, &id).await?))
+}
+
+async fn job_segments(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    store::owned_job(&mut conn, account.as_str(), &id).await?;
+    Ok(Json(store::segments(&mut conn, &id).await?))
+}
+
+/// `?after=<event id>` of the event stream.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+}
+
+async fn job_events(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, PoolError> {
+    let Query(query) = query?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let after = query.after.or(last_event_id).unwrap_or(0);
+    {
+        let mut conn = pool.inner.db.acquire().await?;
+        store::owned_job(&mut conn, account.as_str(), &id).await?;
+    }
+    Ok(pool.event_stream(id, after).into_response())
+}
+
+async fn list_providers(
+    State(pool): State<Pool>,
+    _caller: Caller,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    Ok(Json(
+        store::providers(&mut conn, pool.inner.config.lease_seconds).await?,
+    ))
+}
+
+async fn register(
+    State(pool): State<Pool>,
+    ApiJson(req): ApiJson<Register>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.register_provider(req).await?))
+}
+
+async fn heartbeat(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.heartbeat(&provider, hb).await?))
+}
+
+async fn progress(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<Progress>,
+) -> Result<StatusCode, PoolError> {
+    pool.progress(&provider, &id, p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn commit(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<Commit>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.commit(&provider, &id, c).await?))
+}
+
+async fn fail(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(f): ApiJson<TaskFailed>,
+) -> Result<StatusCode, PoolError> {
+    pool.fail_task(&provider, &id, f).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

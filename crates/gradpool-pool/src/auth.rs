@@ -1,0 +1,154 @@
+//! Who is calling: customers by API key, providers by session token.
+//!
+//! Both are `Authorization: Bearer <secret>`. API keys look like
+//! `gp_<64 hex>`, provider session tokens `gps_<64 hex>`; the pool stores
+//! only their sha256.
+
+use crate::error::PoolError;
+use crate::store::now_ms;
+use crate::Pool;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use gradpool_core::id::random_hex;
+use gradpool_core::wire::AccountCreated;
+use gradpool_core::{AccountId, ProviderId};
+use sha2::{Digest, Sha256};
+
+/// The sha256 (hex) under which a secret is stored.
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh customer API key.
+pub fn new_api_key() -> String {
+    format!("gp_{}", random_hex(32))
+}
+
+/// A fresh provider session token.
+pub fn new_session_token() -> String {
+    format!("gps_{}", random_hex(32))
+}
+
+/// Creates an account and returns its (only) copy of the API key.
+pub(crate) async fn create_account(pool: &Pool, name: &str) -> Result<AccountCreated, PoolError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 {
+        return Err(PoolError::BadRequest(
+            "name: a non-empty account name of at most 128 characters".into(),
+        ));
+    }
+    let id = AccountId::random();
+    let key = new_api_key();
+    sqlx::query("INSERT INTO accounts (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)")
+        .bind(id.as_str())
+        .bind(name)
+        .bind(secret_hash(&key))
+        .bind(now_ms())
+        .execute(&pool.inner.db)
+        .await?;
+    tracing::info!(account = %id, name, "account created");
+    Ok(AccountCreated {
+        account_id: id,
+        api_key: key,
+    })
+}
+
+fn bearer(parts: &Parts) -> Result<&str, PoolError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| PoolError::Unauthorized("missing Authorization: Bearer header".into()))?;
+    let value = header
+        .to_str()
+        .map_err(|_| PoolError::Unauthorized("malformed Authorization header".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| PoolError::Unauthorized("expected Authorization: Bearer <key>".into()))
+}
+
+async fn account_by_key(pool: &Pool, key: &str) -> Result<Option<AccountId>, PoolError> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE key_hash = ?")
+        .bind(secret_hash(key))
+        .fetch_optional(&pool.inner.db)
+        .await?;
+    Ok(id.map(AccountId::from))
+}
+
+async fn provider_by_token(pool: &Pool, token: &str) -> Result<Option<ProviderId>, PoolError> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM providers WHERE token_hash = ?")
+        .bind(secret_hash(token))
+        .fetch_optional(&pool.inner.db)
+        .await?;
+    Ok(id.map(ProviderId::from))
+}
+
+fn unknown_key() -> PoolError {
+    PoolError::Unauthorized("unknown API key or session token".into())
+}
+
+/// A customer, authenticated by API key.
+#[derive(Debug, Clone)]
+pub struct Customer(pub AccountId);
+
+impl FromRequestParts<Pool> for Customer {
+    type Rejection = PoolError;
+
+    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts)?;
+        account_by_key(pool, key)
+            .await?
+            .map(Customer)
+            .ok_or_else(unknown_key)
+    }
+}
+
+/// A provider, authenticated by the session token it got when it registered.
+#[derive(Debug, Clone)]
+pub struct ProviderSession(pub ProviderId);
+
+impl FromRequestParts<Pool> for ProviderSession {
+    type Rejection = PoolError;
+
+    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        provider_by_token(pool, token)
+            .await?
+            .map(ProviderSession)
+            .ok_or_else(unknown_key)
+    }
+}
+
+/// Either kind of caller (blob routes, provider list).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A customer account.
+    Customer(AccountId),
+    /// A registered provider.
+    Provider(ProviderId),
+}
+
+impl Caller {
+    /// The id recorded as a blob's uploader.
+    pub fn principal(&self) -> &str {
+        match self {
+            Caller::Customer(id) => id.as_str(),
+            Caller::Provider(id) => id.as_str(),
+        }
+    }
+}
+
+impl FromRequestParts<Pool> for Caller {
+    type Rejection = PoolError;
+
+    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, Self::Rejection> {
+        let secret = bearer(parts)?;
+        if secret.starts_with("gps_") {
+            provider_by_token(pool, secret).await?.map(Caller::Provider)
+        } else {
+            account_by_key(pool, secret).await?.map(Caller::Customer)
+        }
+        .ok_or_else(unknown_key)
+    }
+}

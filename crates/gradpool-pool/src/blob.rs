@@ -1,0 +1,187 @@
+//! The blob store: datasets, checkpoints and models, named by the sha256 of
+//! their bytes and kept at `blobs/ab/abcd…`.
+//!
+//! Uploads stream to a temporary file in `blobs/tmp/` while being hashed
+//! and counted; only a complete upload whose digest matches its name and
+//! that stays within the size limit is fsynced and renamed into place.
+//! Anything else leaves nothing behind.
+
+use crate::auth::Caller;
+use crate::error::PoolError;
+use crate::store::now_ms;
+use crate::Pool;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use gradpool_core::id::random_hex;
+use gradpool_core::Sha256Hex;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// Content-addressed files under one directory.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+/// Deletes a temporary file unless it was moved into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl BlobStore {
+    /// Opens (creating) the store at `dir`; clears leftovers of interrupted
+    /// uploads.
+    pub async fn open(dir: PathBuf) -> Result<BlobStore, PoolError> {
+        let tmp = dir.join("tmp");
+        if tokio::fs::try_exists(&tmp).await? {
+            tokio::fs::remove_dir_all(&tmp).await?;
+        }
+        tokio::fs::create_dir_all(&tmp).await?;
+        Ok(BlobStore { dir })
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn path_of(&self, sha: &Sha256Hex) -> PathBuf {
+        let s = sha.as_str();
+        self.dir.join(&s[..2]).join(s)
+    }
+
+    /// Whether the blob's file is present.
+    pub async fn exists(&self, sha: &Sha256Hex) -> Result<bool, PoolError> {
+        Ok(tokio::fs::try_exists(self.path_of(sha)).await?)
+    }
+
+    /// Streams `body` into the store under `expected`, refusing more than
+    /// `max_bytes` ([`PoolError::TooLarge`]) or bytes with another digest
+    /// ([`PoolError::DigestMismatch`]). Returns the size.
+    pub async fn put<S, E>(
+        &self,
+        expected: &Sha256Hex,
+        body: S,
+        max_bytes: u64,
+    ) -> Result<u64, PoolError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut body = body;
+        let mut temp = TempFile {
+            path: self.dir.join("tmp").join(random_hex(12)),
+            keep: false,
+        };
+        let mut file = tokio::fs::File::create(&temp.path).await?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| PoolError::BadRequest(format!("reading the upload failed: {e}")))?;
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                return Err(too_large(max_bytes));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        let actual = Sha256Hex::from_digest(hasher.finalize().into());
+        if &actual != expected {
+            return Err(PoolError::DigestMismatch(format!(
+                "the uploaded bytes have sha256 {actual}, not {expected}"
+            )));
+        }
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        let dest = self.path_of(expected);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // Same content, same name: replacing an existing copy is harmless.
+        tokio::fs::rename(&temp.path, &dest).await?;
+        temp.keep = true;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent).await;
+        }
+        Ok(size)
+    }
+}
+
+async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
+    }
+}
+
+pub(crate) fn too_large(max_bytes: u64) -> PoolError {
+    PoolError::TooLarge(format!("blobs are limited to {max_bytes} bytes"))
+}
+
+impl Pool {
+    /// Records that `caller` uploaded the blob.
+    pub(crate) async fn record_blob(
+        &self,
+        sha: &Sha256Hex,
+        size: u64,
+        caller: &Caller,
+    ) -> Result<(), PoolError> {
+        let now = now_ms();
+        let size = i64::try_from(size).map_err(|_| too_large(self.inner.config.max_blob_bytes))?;
+        let mut tx = self.inner.db.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")
+            .bind(sha.as_str())
+            .bind(size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO blob_uploads (sha256, principal, uploaded_at) VALUES (?, ?, ?)",
+        )
+        .bind(sha.as_str())
+        .bind(caller.principal())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `caller` may read the blob. A customer reads what it uploaded
+    /// and what its jobs reference (data, checkpoints); a provider reads what
+    /// it uploaded and what the jobs it holds or held a task of reference.
+    pub(crate) async fn can_read_blob(
+        &self,
+        caller: &Caller,
+        sha: &Sha256Hex,
+    ) -> Result<bool, PoolError> {
+        let sql = match caller {
+            Caller::Customer(_) => {
+                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
+                 OR EXISTS (SELECT 1 FROM jobs WHERE account_id = ?2 AND data_sha256 = ?1) \
+                 OR EXISTS (SELECT 1 FROM commitments c JOIN jobs j ON j.id = c.job_id \
+                            WHERE j.account_id = ?2 AND c.checkpoint_sha256 = ?1)"
+            }
+            Caller::Provider(_) => {
+                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
+                 OR EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                            WHERE t.provider_id = ?2 AND j.data_sha256 = ?1) \
+                 OR EXISTS (SELECT 1 FROM tasks t JOIN commitments c ON c.job_id = t.job_id \
+                            WHERE t.provider_id = ?2 AND c.checkpoint_sha256 = ?1)"
+            }
+        };
+        let ok: bool = sqlx::query_scalar(sql)
+            .bind(sha.as_str())
+            .bind(caller.principal())
+            .fetch_one(&self.inner.db)
+            .await?;
+        Ok(ok)
+    }
+}

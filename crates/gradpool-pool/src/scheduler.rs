@@ -1,0 +1,900 @@
+//! Jobs, the task queue, leases and commits.
+//!
+//! A job of `S` steps with `checkpoint_every = K` has `ceil(S/K)` segments,
+//! done one after the other. A *task* is one lease of one segment: the pool
+//! queues a task for segment 0 on submit, leases queued tasks to providers
+//! that heart-beat with spare capacity (oldest first, device permitting),
+//! and queues the next segment when a commitment is accepted. A lease that
+//! is not renewed by heartbeats expires: the reaper marks the task
+//! `expired` and queues a new task for the same segment, which resumes from
+//! the job's last accepted checkpoint.
+//!
+//! Task statuses: `queued`, `leased`, `committed`, `expired`, `failed`,
+//! `cancelled`.
+
+use crate::auth::{new_session_token, secret_hash};
+use crate::error::PoolError;
+use crate::store::{self, now_ms, JobRow, TaskRow};
+use crate::Pool;
+use gradpool_core::commitment::{
+    chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
+};
+use gradpool_core::spec::DeviceRequest;
+use gradpool_core::wire::{
+    Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
+    JobView, Progress, Register, Registered, SubmitJob, TaskFailed,
+};
+use gradpool_core::{AccountId, JobId, JobSpec, ProviderId, SignedCommitment, TaskId};
+use sqlx::SqliteConnection;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A segment that failed this many times fails its job.
+pub const MAX_SEGMENT_FAILURES: i64 = 3;
+/// The longest a heartbeat is held waiting for work.
+pub const MAX_WAIT_SECONDS: u32 = 30;
+/// How far a registration's timestamp may be from the pool's clock.
+pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
+
+/// A write transaction: holds the pool's write lock, collects the events it
+/// appends and publishes them (and wakes waiting providers if it queued
+/// work) only once it has committed.
+pub(crate) struct Write<'a> {
+    pool: &'a Pool,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    events: Vec<JobEvent>,
+    queued_work: bool,
+    now: i64,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> Write<'a> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    async fn event(&mut self, job_id: &str, kind: JobEventKind) -> Result<(), PoolError> {
+        let now = self.now;
+        let event = store::insert_event(&mut self.tx, job_id, kind, now).await?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Queues a new task for a segment of a job.
+    async fn queue_segment(&mut self, job: &JobRow, segment: u32) -> Result<TaskId, PoolError> {
+        let k = job.checkpoint_every;
+        let start = i64::from(segment) * k;
+        let end = (start + k).min(job.steps);
+        let id = TaskId::random();
+        sqlx::query(
+            "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(&job.id)
+        .bind(i64::from(segment))
+        .bind(start)
+        .bind(end)
+        .bind(self.now)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.queued_work = true;
+        Ok(id)
+    }
+
+    /// Sets a job's status (and error) and logs the change.
+    async fn set_job_status(
+        &mut self,
+        job_id: &str,
+        status: JobStatus,
+        reason: Option<String>,
+    ) -> Result<(), PoolError> {
+        sqlx::query(
+            "UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(reason.as_deref())
+        .bind(self.now)
+        .bind(job_id)
+        .execute(&mut *self.tx)
+        .await?;
+        self.event(job_id, JobEventKind::Status { status, reason })
+            .await
+    }
+
+    async fn commit(self) -> Result<(), PoolError> {
+        self.tx.commit().await?;
+        self.pool.publish(self.events);
+        if self.queued_work {
+            self.pool.inner.work.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn device_str(d: DeviceRequest) -> &'static str {
+    match d {
+        DeviceRequest::Any => "any",
+        DeviceRequest::Cpu => "cpu",
+        DeviceRequest::Cuda => "cuda",
+    }
+}
+
+/// The assignment a provider gets for a leased task.
+fn assignment(job: &JobRow, task: &TaskRow, lease_seconds: u32) -> Result<Assignment, PoolError> {
+    let parse = |s: &str| {
+        s.parse()
+            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
+    };
+    Ok(Assignment {
+        task_id: TaskId::from(task.id.as_str()),
+        job_id: JobId::from(job.id.as_str()),
+        segment: to_u32(task.segment),
+        start_step: to_u64(task.start_step),
+        end_step: to_u64(task.end_step),
+        spec_toml: job.spec_toml.clone(),
+        data_sha256: parse(&job.data_sha256)?,
+        start_checkpoint_sha256: job.checkpoint_sha256.as_deref().map(parse).transpose()?,
+        prev_commitment: job.commitment.clone(),
+        lease_seconds,
+    })
+}
+
+async fn job_of(conn: &mut SqliteConnection, task: &TaskRow) -> Result<JobRow, PoolError> {
+    store::job(conn, &task.job_id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("task {} has no job", task.id)))
+}
+
+/// A task the caller must hold: it exists and is leased to `provider`.
+async fn leased_task(
+    conn: &mut SqliteConnection,
+    provider: &ProviderId,
+    task_id: &str,
+) -> Result<TaskRow, PoolError> {
+    let task = store::task(conn, task_id)
+        .await?
+        .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
+    if task.status != "leased" || task.provider_id.as_deref() != Some(provider.as_str()) {
+        return Err(PoolError::Conflict(format!(
+            "task {task_id} is not leased to you (it is {})",
+            task.status
+        )));
+    }
+    Ok(task)
+}
+
+impl Pool {
+    /// Starts a write transaction (taking the write lock).
+    pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
+        let lock = self.inner.write_lock.lock().await;
+        let tx = self.inner.db.begin().await?;
+        Ok(Write {
+            pool: self,
+            tx,
+            events: Vec::new(),
+            queued_work: false,
+            now: now_ms(),
+            _lock: lock,
+        })
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::from(self.inner.config.lease_seconds) * 1000
+    }
+
+    /// Submits a job: validates the spec and the data, creates the job and
+    /// queues its first segment.
+    pub async fn submit_job(
+        &self,
+        account: &AccountId,
+        req: SubmitJob,
+    ) -> Result<JobView, PoolError> {
+        let spec = JobSpec::from_toml_str(&req.spec_toml)
+            .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
+        if let Some(want) = &spec.data.sha256 {
+            if want != &req.data_sha256 {
+                return Err(PoolError::BadRequest(format!(
+                    "data.sha256: the spec wants data {want}, but data_sha256 is {}",
+                    req.data_sha256
+                )));
+            }
+        }
+        let caller = crate::auth::Caller::Customer(account.clone());
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
+                .bind(req.data_sha256.as_str())
+                .fetch_one(&self.inner.db)
+                .await?;
+        if !known
+            || !self.can_read_blob(&caller, &req.data_sha256).await?
+            || !self.inner.blobs.exists(&req.data_sha256).await?
+        {
+            return Err(PoolError::BadRequest(format!(
+                "data_sha256: blob {} not found; upload the data first",
+                req.data_sha256
+            )));
+        }
+        let id = JobId::random();
+        let min_memory = i64::from(spec.resources.min_memory_gib) << 30;
+        let steps = i64::try_from(spec.train.steps)
+            .map_err(|_| PoolError::InvalidSpec("train.steps: too large".into()))?;
+        let every = i64::try_from(spec.train.checkpoint_every)
+            .map_err(|_| PoolError::InvalidSpec("train.checkpoint_every: too large".into()))?;
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
+             steps, checkpoint_every, segments_total, commitment, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .bind(&spec.name)
+        .bind(&req.spec_toml)
+        .bind(req.data_sha256.as_str())
+        .bind(device_str(spec.resources.device))
+        .bind(min_memory)
+        .bind(steps)
+        .bind(every)
+        .bind(i64::from(spec.segment_count()))
+        .bind(genesis(&id))
+        .bind(now)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            id.as_str(),
+            JobEventKind::Status {
+                status: JobStatus::Queued,
+                reason: None,
+            },
+        )
+        .await?;
+        let job = store::job(w.conn(), id.as_str())
+            .await?
+            .ok_or_else(|| PoolError::Internal("job vanished".into()))?;
+        w.queue_segment(&job, 0).await?;
+        let view = store::job(w.conn(), id.as_str())
+            .await?
+            .ok_or_else(|| PoolError::Internal("job vanished".into()))?
+            .view()?;
+        w.commit().await?;
+        tracing::info!(job = %id, account = %account, name = %spec.name, steps = spec.train.steps,
+            segments = spec.segment_count(), "job submitted");
+        Ok(view)
+    }
+
+    /// Cancels a job of `account` and every task of it that is queued or
+    /// leased.
+    pub async fn cancel_job(
+        &self,
+        account: &AccountId,
+        job_id: &str,
+    ) -> Result<JobView, PoolError> {
+        let mut w = self.write().await?;
+        let job = store::owned_job(w.conn(), account.as_str(), job_id).await?;
+        match job.status()? {
+            JobStatus::Cancelled => return job.view(),
+            s if s.is_final() => {
+                return Err(PoolError::Conflict(format!(
+                    "job {job_id} already {}",
+                    s.as_str()
+                )));
+            }
+            _ => {}
+        }
+        let now = w.now;
+        sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', updated_at = ? WHERE job_id = ? AND status IN ('queued', 'leased')",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(w.conn())
+        .await?;
+        w.set_job_status(
+            job_id,
+            JobStatus::Cancelled,
+            Some("cancelled by the customer".into()),
+        )
+        .await?;
+        let view = store::owned_job(w.conn(), account.as_str(), job_id)
+            .await?
+            .view()?;
+        w.commit().await?;
+        tracing::info!(job = %job_id, "job cancelled");
+        Ok(view)
+    }
+
+    /// Registers (or re-registers) a provider that proved it holds its node
+    /// key; issues a new session token and sorts the tasks it was resuming.
+    pub async fn register_provider(&self, req: Register) -> Result<Registered, PoolError> {
+        let now_s = now_ms() / 1000;
+        if (req.time - now_s).abs() > REGISTRATION_SKEW_SECONDS {
+            return Err(PoolError::Unauthorized(format!(
+                "registration time {} is more than {REGISTRATION_SKEW_SECONDS} s from the pool's clock ({now_s})",
+                req.time
+            )));
+        }
+        let key = verifying_key(&req.public_key)
+            .map_err(|e| PoolError::BadRequest(format!("public_key: {e}")))?;
+        let sig = gradpool_core::commitment::decode_signature(&req.signature)
+            .map_err(|e| PoolError::BadRequest(format!("signature: {e}")))?;
+        key.verify_strict(&registration_message(&req.public_key, req.time), &sig)
+            .map_err(|_| {
+                PoolError::Unauthorized("registration signature does not verify".into())
+            })?;
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(PoolError::BadRequest(
+                "name: a non-empty provider name of at most 128 characters".into(),
+            ));
+        }
+        let provider = ProviderId::from_public_key(&key.to_bytes());
+        let token = new_session_token();
+        let hardware = serde_json::to_string(&req.hardware)?;
+        let memory = i64::try_from(req.hardware.memory_bytes).unwrap_or(i64::MAX);
+        let lease_seconds = self.inner.config.lease_seconds;
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
+             registered_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+             ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
+             class = ?7, token_hash = ?8, last_seen = ?9",
+        )
+        .bind(provider.as_str())
+        .bind(&req.public_key)
+        .bind(name)
+        .bind(hardware)
+        .bind(req.hardware.device.to_string())
+        .bind(memory)
+        .bind(req.hardware.class())
+        .bind(secret_hash(&token))
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        let mut resume = Vec::new();
+        let mut dropped = Vec::new();
+        for task_id in req.resuming {
+            let renewed = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = ?, updated_at = ? \
+                 WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
+            )
+            .bind(now + self.lease_ms())
+            .bind(now)
+            .bind(task_id.as_str())
+            .bind(provider.as_str())
+            .bind(now)
+            .execute(w.conn())
+            .await?
+            .rows_affected();
+            let task = match store::task(w.conn(), task_id.as_str()).await? {
+                Some(task) if renewed == 1 => task,
+                _ => {
+                    dropped.push(task_id);
+                    continue;
+                }
+            };
+            let job = job_of(w.conn(), &task).await?;
+            resume.push(assignment(&job, &task, lease_seconds)?);
+        }
+        w.commit().await?;
+        tracing::info!(provider = %provider, name, class = %req.hardware.class(),
+            resumed = resume.len(), dropped = dropped.len(), "provider registered");
+        Ok(Registered {
+            provider_id: provider,
+            token,
+            heartbeat_seconds: self.inner.config.heartbeat_seconds,
+            lease_seconds,
+            resume,
+            dropped,
+        })
+    }
+
+    /// A heartbeat: renews the leases of the running tasks, names those the
+    /// provider must stop, and leases it up to `capacity` queued tasks,
+    /// waiting up to `wait_seconds` for work if there is none.
+    pub async fn heartbeat(
+        &self,
+        provider: &ProviderId,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, PoolError> {
+        // Enabled before looking for work, so a task queued between the
+        // look and the wait still wakes us.
+        let mut notified = Box::pin(self.inner.work.notified());
+        notified.as_mut().enable();
+
+        let telemetry = serde_json::to_string(&hb.telemetry)?;
+        let mut w = self.write().await?;
+        let now = w.now;
+        let (device, memory): (String, i64) =
+            sqlx::query_as("UPDATE providers SET last_seen = ?, telemetry = ? WHERE id = ? RETURNING device, memory_bytes")
+                .bind(now)
+                .bind(telemetry)
+                .bind(provider.as_str())
+                .fetch_optional(w.conn())
+                .await?
+                .ok_or_else(|| PoolError::Unauthorized("unknown provider; register again".into()))?;
+        let mut cancel = Vec::new();
+        for running in &hb.running {
+            let renewed = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = ?, step = ?, updated_at = ? \
+                 WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
+            )
+            .bind(now + self.lease_ms())
+            .bind(i64::try_from(running.step).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(running.task_id.as_str())
+            .bind(provider.as_str())
+            .bind(now)
+            .execute(w.conn())
+            .await?
+            .rows_affected();
+            if renewed == 0 {
+                // A task this provider already committed is done, not lost.
+                let done = store::task(w.conn(), running.task_id.as_str())
+                    .await?
+                    .is_some_and(|t| {
+                        t.status == "committed"
+                            && t.provider_id.as_deref() == Some(provider.as_str())
+                    });
+                if !done {
+                    cancel.push(running.task_id.clone());
+                }
+            }
+        }
+        let mut assignments = self
+            .claim(&mut w, provider, &device, memory, hb.capacity)
+            .await?;
+        w.commit().await?;
+        tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,
+            assigned = assignments.len(), cancelled = cancel.len(), "heartbeat");
+
+        let mut wait = hb.wait_seconds.min(MAX_WAIT_SECONDS);
+        if !hb.running.is_empty() {
+            // Never hold a reply so long that the running leases lapse.
+            wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
+        }
+        if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
+            // Wait for work that fits this provider, re-checking whenever any
+            // task is queued, until the deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+            let stop = self.inner.stop.clone();
+            loop {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stop.cancelled() => {}
+                }
+                notified = Box::pin(self.inner.work.notified());
+                notified.as_mut().enable();
+                let mut w = self.write().await?;
+                let now = w.now;
+                sqlx::query("UPDATE providers SET last_seen = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(provider.as_str())
+                    .execute(w.conn())
+                    .await?;
+                assignments = self
+                    .claim(&mut w, provider, &device, memory, hb.capacity)
+                    .await?;
+                w.commit().await?;
+                if !assignments.is_empty()
+                    || stop.is_cancelled()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+            }
+        }
+        Ok(HeartbeatReply {
+            assignments,
+            cancel,
+        })
+    }
+
+    /// Leases up to `capacity` queued tasks to a provider, oldest first.
+    /// Each claim is one `UPDATE … WHERE status = 'queued'` under the write
+    /// lock, so no task is ever leased twice.
+    async fn claim(
+        &self,
+        w: &mut Write<'_>,
+        provider: &ProviderId,
+        device: &str,
+        memory: i64,
+        capacity: u32,
+    ) -> Result<Vec<Assignment>, PoolError> {
+        let mut out = Vec::new();
+        let now = w.now;
+        for _ in 0..capacity {
+            let task: Option<TaskRow> = sqlx::query_as(
+                "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+                 updated_at = ?3 \
+                 WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                             WHERE t.status = 'queued' AND j.status IN ('queued', 'running') \
+                               AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                             ORDER BY t.created_at, t.rowid LIMIT 1) \
+                   AND status = 'queued' \
+                 RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
+            )
+            .bind(provider.as_str())
+            .bind(now + self.lease_ms())
+            .bind(now)
+            .bind(device)
+            .bind(memory)
+            .fetch_optional(w.conn())
+            .await?;
+            let Some(task) = task else { break };
+            let job = job_of(w.conn(), &task).await?;
+            if job.status()? == JobStatus::Queued {
+                w.set_job_status(&job.id, JobStatus::Running, None).await?;
+            }
+            w.event(
+                &job.id,
+                JobEventKind::Assigned {
+                    task_id: TaskId::from(task.id.as_str()),
+                    provider: provider.clone(),
+                    segment: to_u32(task.segment),
+                    start_step: to_u64(task.start_step),
+                    end_step: to_u64(task.end_step),
+                },
+            )
+            .await?;
+            tracing::info!(job = %job.id, task = %task.id, provider = %provider, segment = task.segment, "segment assigned");
+            out.push(assignment(&job, &task, self.inner.config.lease_seconds)?);
+        }
+        Ok(out)
+    }
+
+    /// Records training progress of a leased task.
+    pub async fn progress(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        p: Progress,
+    ) -> Result<(), PoolError> {
+        if !p.loss.is_finite() || !p.tokens_per_sec.is_finite() {
+            return Err(PoolError::BadRequest(
+                "loss and tokens_per_sec must be finite".into(),
+            ));
+        }
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let now = w.now;
+        sqlx::query("UPDATE tasks SET step = ?, updated_at = ? WHERE id = ?")
+            .bind(i64::try_from(p.step).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(task_id)
+            .execute(w.conn())
+            .await?;
+        sqlx::query("UPDATE jobs SET last_loss = ?, updated_at = ? WHERE id = ?")
+            .bind(f64::from(p.loss))
+            .bind(now)
+            .bind(&task.job_id)
+            .execute(w.conn())
+            .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::Progress {
+                provider: provider.clone(),
+                step: p.step,
+                loss: p.loss,
+                tokens_per_sec: p.tokens_per_sec,
+            },
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// Checks a segment's signed commitment and, if it holds, accepts it:
+    /// the job advances to the next segment or succeeds.
+    pub async fn commit(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        c: Commit,
+    ) -> Result<CommitReply, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        let task = store::task(&mut conn, task_id)
+            .await?
+            .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
+        let job = job_of(&mut conn, &task).await?;
+        // Idempotence: the same accepted commitment, sent again.
+        if task.status == "committed" && task.provider_id.as_deref() == Some(provider.as_str()) {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT signed FROM commitments WHERE task_id = ?")
+                    .bind(task_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some(stored) = stored {
+                if serde_json::from_str::<SignedCommitment>(&stored)? == c.commitment {
+                    return Ok(CommitReply {
+                        accepted: true,
+                        job_done: to_u64(task.end_step) == to_u64(job.steps),
+                    });
+                }
+            }
+        }
+        drop(conn);
+        self.check_commit(provider, &task, &job, &c).await?;
+
+        let mut w = self.write().await?;
+        // The state may have moved while the checkpoint was hashed.
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let job = job_of(w.conn(), &task).await?;
+        if job.commitment != c.commitment.commitment.prev {
+            return Err(PoolError::Conflict(
+                "the job's commitment chain moved on while this commit was checked".into(),
+            ));
+        }
+        let now = w.now;
+        let cm = &c.commitment.commitment;
+        let end = i64::try_from(cm.end_step)
+            .map_err(|_| PoolError::BadRequest("end_step too large".into()))?;
+        sqlx::query(
+            "INSERT INTO commitments (job_id, segment, provider_id, task_id, start_step, end_step, checkpoint_sha256, \
+             prev, hash, signed, loss_trace, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(task.segment)
+        .bind(provider.as_str())
+        .bind(task_id)
+        .bind(task.start_step)
+        .bind(end)
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(&cm.prev)
+        .bind(&cm.hash)
+        .bind(serde_json::to_string(&c.commitment)?)
+        .bind(serde_json::to_string(&c.loss_trace)?)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        sqlx::query("UPDATE tasks SET status = 'committed', step = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?")
+            .bind(end)
+            .bind(now)
+            .bind(task_id)
+            .execute(w.conn())
+            .await?;
+        let loss = c.loss_trace.last().copied().unwrap_or(0.0);
+        sqlx::query(
+            "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
+             last_loss = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(end)
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(&cm.hash)
+        .bind(f64::from(loss))
+        .bind(now)
+        .bind(&job.id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &job.id,
+            JobEventKind::Checkpoint {
+                provider: provider.clone(),
+                segment: cm.segment,
+                step: cm.end_step,
+                checkpoint_sha256: cm.checkpoint_sha256.clone(),
+                commitment: cm.hash.clone(),
+                loss,
+            },
+        )
+        .await?;
+        let job_done = end >= job.steps;
+        if job_done {
+            w.set_job_status(&job.id, JobStatus::Succeeded, None)
+                .await?;
+        } else {
+            w.queue_segment(&job, cm.segment + 1).await?;
+        }
+        w.commit().await?;
+        tracing::info!(job = %job.id, task = %task_id, provider = %provider, segment = cm.segment,
+            step = cm.end_step, "segment committed");
+        if job_done {
+            tracing::info!(job = %job.id, "job succeeded");
+        }
+        Ok(CommitReply {
+            accepted: true,
+            job_done,
+        })
+    }
+
+    /// Every check of a commitment that needs no write: lease, signature,
+    /// signer, segment, chain, checkpoint hash and loss trace.
+    async fn check_commit(
+        &self,
+        provider: &ProviderId,
+        task: &TaskRow,
+        job: &JobRow,
+        c: &Commit,
+    ) -> Result<(), PoolError> {
+        if task.status != "leased" || task.provider_id.as_deref() != Some(provider.as_str()) {
+            return Err(PoolError::Conflict(format!(
+                "task {} is not leased to you (it is {})",
+                task.id, task.status
+            )));
+        }
+        let signed = &c.commitment;
+        signed
+            .verify()
+            .map_err(|e| PoolError::BadRequest(format!("commitment signature: {e}")))?;
+        let signer = signed
+            .signer()
+            .map_err(|e| PoolError::BadRequest(format!("commitment node_key: {e}")))?;
+        if &signer != provider {
+            return Err(PoolError::BadRequest(format!(
+                "the commitment is signed by {signer}, not by you ({provider})"
+            )));
+        }
+        let cm = &signed.commitment;
+        let want = (
+            job.id.as_str(),
+            to_u32(task.segment),
+            to_u64(task.start_step),
+            to_u64(task.end_step),
+        );
+        let got = (cm.job_id.as_str(), cm.segment, cm.start_step, cm.end_step);
+        if got != want {
+            return Err(PoolError::BadRequest(format!(
+                "the commitment is for job {} segment {} steps [{}, {}), but the task is job {} segment {} steps [{}, {})",
+                got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
+            )));
+        }
+        if cm.prev != job.commitment {
+            return Err(PoolError::Conflict(format!(
+                "commitment.prev {} does not chain from the job's last accepted commitment {}",
+                cm.prev, job.commitment
+            )));
+        }
+        let steps = cm.end_step - cm.start_step;
+        if c.loss_trace.len() as u64 != steps {
+            return Err(PoolError::BadRequest(format!(
+                "loss_trace has {} entries, the segment has {steps} steps",
+                c.loss_trace.len()
+            )));
+        }
+        if loss_trace_hash(&c.loss_trace) != cm.loss_trace_blake3 {
+            return Err(PoolError::BadRequest(
+                "commitment.loss_trace_blake3 does not match the loss trace".into(),
+            ));
+        }
+        let path = self.inner.blobs.path_of(&cm.checkpoint_sha256);
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
+                .bind(cm.checkpoint_sha256.as_str())
+                .fetch_one(&self.inner.db)
+                .await?;
+        if !known || !tokio::fs::try_exists(&path).await? {
+            return Err(PoolError::BadRequest(format!(
+                "checkpoint blob {} not found; upload it before committing",
+                cm.checkpoint_sha256
+            )));
+        }
+        let prev = cm.prev.clone();
+        let hash = tokio::task::spawn_blocking(move || chain_file(&path, &prev))
+            .await?
+            .map_err(|e| PoolError::BadRequest(format!("cannot hash the checkpoint: {e}")))?;
+        if hash != cm.hash {
+            return Err(PoolError::BadRequest(format!(
+                "commitment.hash {} is not BLAKE3(checkpoint ‖ prev) = {hash}",
+                cm.hash
+            )));
+        }
+        Ok(())
+    }
+
+    /// A provider gave up on a task: the segment is queued again, or the job
+    /// fails once the segment failed [`MAX_SEGMENT_FAILURES`] times.
+    pub async fn fail_task(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        f: TaskFailed,
+    ) -> Result<(), PoolError> {
+        let reason: String = f.reason.chars().take(2000).collect();
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let now = w.now;
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&reason)
+        .bind(now)
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::TaskFailed {
+                task_id: TaskId::from(task_id),
+                provider: provider.clone(),
+                segment: to_u32(task.segment),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        let failures: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed'",
+        )
+        .bind(&task.job_id)
+        .bind(task.segment)
+        .fetch_one(w.conn())
+        .await?;
+        let job = job_of(w.conn(), &task).await?;
+        if failures >= MAX_SEGMENT_FAILURES {
+            let why = format!(
+                "segment {} failed {failures} times; last: {reason}",
+                task.segment
+            );
+            w.set_job_status(&job.id, JobStatus::Failed, Some(why.clone()))
+                .await?;
+            w.commit().await?;
+            tracing::info!(job = %job.id, reason = %why, "job failed");
+        } else {
+            w.queue_segment(&job, to_u32(task.segment)).await?;
+            w.commit().await?;
+            tracing::info!(job = %job.id, task = %task_id, provider = %provider, reason = %reason, "task failed; segment requeued");
+        }
+        Ok(())
+    }
+
+    /// Expires every lease past its time and queues its segment again.
+    /// Returns how many leases expired.
+    pub async fn reap_expired_leases(&self) -> Result<usize, PoolError> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let expired: Vec<TaskRow> = sqlx::query_as(
+            "UPDATE tasks SET status = 'expired', updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at < ?1 \
+             RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
+        )
+        .bind(now)
+        .fetch_all(w.conn())
+        .await?;
+        for task in &expired {
+            let provider = ProviderId::from(task.provider_id.clone().unwrap_or_default());
+            w.event(
+                &task.job_id,
+                JobEventKind::LeaseExpired {
+                    task_id: TaskId::from(task.id.as_str()),
+                    provider: provider.clone(),
+                    segment: to_u32(task.segment),
+                },
+            )
+            .await?;
+            let job = job_of(w.conn(), task).await?;
+            if !job.status()?.is_final() {
+                w.queue_segment(&job, to_u32(task.segment)).await?;
+            }
+            tracing::info!(job = %task.job_id, task = %task.id, provider = %provider, segment = task.segment,
+                "lease expired; segment requeued");
+        }
+        w.commit().await?;
+        Ok(expired.len())
+    }
+
+    /// Runs [`Pool::reap_expired_leases`] periodically until `stop`.
+    pub(crate) async fn run_reaper(self, stop: CancellationToken) {
+        let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
+        let period = Duration::from_millis((lease_ms / 4).clamp(100, 1000));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.reap_expired_leases().await {
+                tracing::warn!(error = %e, "lease reaper failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The database: connection setup, rows and the views built from them.
+//!
+//! Schema (see `migrations/`): `accounts`, `providers`, `blobs`,
+//! `blob_uploads`, `jobs`, `tasks`, `commitments`, `job_events`. Times are
+//! stored as unix milliseconds and rendered as RFC 3339 UTC.
+
+use crate::error::PoolError;
+use gradpool_core::hardware::Hardware;
+use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, ProviderView, SegmentView};
+use gradpool_core::{JobId, ProviderId, Sha256Hex, SignedCommitment};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqliteConnection, SqlitePool};
+use std::path::Path;
+use std::time::Duration;
+
+/// Opens the database file (creating it), with WAL, a busy timeout and
+/// foreign keys, and brings its schema up to date.
+pub async fn open(path: &Path) -> Result<SqlitePool, PoolError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let db = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./migrations").run(&db).await?;
+    Ok(db)
+}
+
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-01-01T00:00:00.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub spec_toml: String,
+    pub data_sha256: String,
+    pub device: String,
+    pub status: String,
+    pub steps: i64,
+    pub checkpoint_every: i64,
+    pub segments_total: i64,
+    pub step: i64,
+    pub segments_done: i64,
+    pub last_loss: Option<f64>,
+    pub checkpoint_sha256: Option<String>,
+    pub commitment: String,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The provider holding the job's current lease, if any.
+    pub provider: Option<String>,
+}
+
+const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
+    checkpoint_every, segments_total, step, segments_done, last_loss, checkpoint_sha256, \
+    commitment, error, created_at, updated_at, \
+    (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' \
+     ORDER BY t.assigned_at DESC LIMIT 1) AS provider";
+
+impl JobRow {
+    /// The job's status, parsed.
+    pub fn status(&self) -> Result<JobStatus, PoolError> {
+        self.status.parse().map_err(PoolError::Internal)
+    }
+
+    /// The job as its owner sees it.
+    pub fn view(&self) -> Result<JobView, PoolError> {
+        Ok(JobView {
+            id: JobId::from(self.id.as_str()),
+            name: self.name.clone(),
+            status: self.status()?,
+            spec_toml: self.spec_toml.clone(),
+            steps: to_u64(self.steps),
+            checkpoint_every: to_u64(self.checkpoint_every),
+            step: to_u64(self.step),
+            segments_done: to_u32(self.segments_done),
+            segments_total: to_u32(self.segments_total),
+            last_loss: self.last_loss.map(|l| l as f32),
+            provider: self.provider.as_deref().map(ProviderId::from),
+            data_sha256: parse_sha(&self.data_sha256)?,
+            checkpoint_sha256: self
+                .checkpoint_sha256
+                .as_deref()
+                .map(parse_sha)
+                .transpose()?,
+            error: self.error.clone(),
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        })
+    }
+}
+
+fn parse_sha(s: &str) -> Result<Sha256Hex, PoolError> {
+    s.parse()
+        .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
+}
+
+/// A job by id, whoever owns it.
+pub async fn job(conn: &mut SqliteConnection, id: &str) -> Result<Option<JobRow>, PoolError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    Ok(sqlx::query_as::<_, JobRow>(&sql)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// A job by id if `account` owns it; `NotFound` otherwise (a job of another
+/// account is never revealed).
+pub async fn owned_job(
+    conn: &mut SqliteConnection,
+    account: &str,
+    id: &str,
+) -> Result<JobRow, PoolError> {
+    match job(conn, id).await? {
+        Some(job) if job.account_id == account => Ok(job),
+        _ => Err(PoolError::not_found(format!("job {id}"))),
+    }
+}
+
+/// The jobs of an account, newest first.
+pub async fn jobs_of(conn: &mut SqliteConnection, account: &str) -> Result<Vec<JobRow>, PoolError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE account_id = ? ORDER BY created_at DESC, rowid DESC"
+    );
+    Ok(sqlx::query_as::<_, JobRow>(&sql)
+        .bind(account)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub id: String,
+    pub job_id: String,
+    pub segment: i64,
+    pub start_step: i64,
+    pub end_step: i64,
+    pub status: String,
+    pub provider_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+}
+
+/// A task by id.
+pub async fn task(conn: &mut SqliteConnection, id: &str) -> Result<Option<TaskRow>, PoolError> {
+    Ok(sqlx::query_as::<_, TaskRow>(
+        "SELECT id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at \
+         FROM tasks WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Appends an event to a job's log. The caller publishes it once its
+/// transaction has committed.
+pub async fn insert_event(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    kind: JobEventKind,
+    at: i64,
+) -> Result<JobEvent, PoolError> {
+    let body = serde_json::to_string(&kind)?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_events (job_id, at, body) VALUES (?, ?, ?) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(at)
+    .bind(body)
+    .fetch_one(conn)
+    .await?;
+    Ok(JobEvent {
+        id,
+        job_id: JobId::from(job_id),
+        at: rfc3339(at),
+        kind,
+    })
+}
+
+/// A job's events with id greater than `after`, in order.
+pub async fn events_after(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    after: i64,
+) -> Result<Vec<JobEvent>, PoolError> {
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT id, at, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id",
+    )
+    .bind(job_id)
+    .bind(after)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, at, body)| {
+            Ok(JobEvent {
+                id,
+                job_id: JobId::from(job_id),
+                at: rfc3339(at),
+                kind: serde_json::from_str(&body)?,
+            })
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct SegmentRow {
+    segment: i64,
+    start_step: i64,
+    end_step: i64,
+    provider_id: String,
+    checkpoint_sha256: String,
+    signed: String,
+    loss_trace: String,
+    committed_at: i64,
+}
+
+/// The accepted commitments of a job, in segment order.
+pub async fn segments(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+) -> Result<Vec<SegmentView>, PoolError> {
+    let rows: Vec<SegmentRow> = sqlx::query_as(
+        "SELECT segment, start_step, end_step, provider_id, checkpoint_sha256, signed, loss_trace, \
+         committed_at FROM commitments WHERE job_id = ? ORDER BY segment",
+    )
+    .bind(job_id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(SegmentView {
+                segment: to_u32(r.segment),
+                start_step: to_u64(r.start_step),
+                end_step: to_u64(r.end_step),
+                provider: ProviderId::from(r.provider_id),
+                checkpoint_sha256: parse_sha(&r.checkpoint_sha256)?,
+                commitment: serde_json::from_str::<SignedCommitment>(&r.signed)?,
+                loss_trace: serde_json::from_str(&r.loss_trace)?,
+                committed_at: rfc3339(r.committed_at),
+            })
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct ProviderRow {
+    id: String,
+    name: String,
+    hardware: String,
+    class: String,
+    last_seen: i64,
+    leased: i64,
+    committed: i64,
+}
+
+/// All providers, as anyone sees them: `disconnected` when not seen for a
+/// lease period, `sharing` when holding a lease, else `idle`.
+pub async fn providers(
+    conn: &mut SqliteConnection,
+    lease_seconds: u32,
+) -> Result<Vec<ProviderView>, PoolError> {
+    let rows: Vec<ProviderRow> = sqlx::query_as(
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, \
+           (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
+           (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
+         FROM providers p ORDER BY p.registered_at, p.id",
+    )
+    .fetch_all(conn)
+    .await?;
+    let now = now_ms();
+    rows.into_iter()
+        .map(|r| {
+            let status = if now - r.last_seen > i64::from(lease_seconds) * 1000 {
+                "disconnected"
+            } else if r.leased > 0 {
+                "sharing"
+            } else {
+                "idle"
+            };
+            Ok(ProviderView {
+                id: ProviderId::from(r.id),
+                name: r.name,
+                status: status.to_owned(),
+                hardware: serde_json::from_str::<Hardware>(&r.hardware)?,
+                class: r.class,
+                last_seen: rfc3339(r.last_seen),
+                segments_committed: to_u64(r.committed),
+            })
+        })
+        .collect()
+}
