@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// The default job: a character-level GPT on Shakespeare.
 pub const SHAKESPEARE_SPEC: &str = include_str!("../../../examples/shakespeare-gpt.toml");
 
+/// The sample of text devnet prints starts with this.
+const SAMPLE_PROMPT: &str = "ROMEO:";
+
 #[derive(Args)]
 pub struct DevnetArgs {
     /// Provider agents to start.
@@ -255,7 +258,7 @@ async fn drive(
     let sample = tokio::task::spawn_blocking(move || {
         sample_text(
             &model_path,
-            "ROMEO:",
+            SAMPLE_PROMPT,
             tokens,
             0.8,
             0,
@@ -263,6 +266,7 @@ async fn drive(
         )
     })
     .await??;
+    let sample = format!("{SAMPLE_PROMPT}{sample}");
 
     let summary = Summary {
         job_id: id.clone(),

@@ -1,0 +1,233 @@
+//! The real `gradpool` binary: a pool and providers as separate processes on
+//! 127.0.0.1, driven by the customer commands, one short job end to end.
+
+mod common;
+
+use common::{small_corpus, tiny_spec, BIN};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gradpool(home: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("GRADPOOL_HOME", home)
+        .env_remove("GRADPOOL_POOL")
+        .env_remove("GRADPOOL_API_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn refused(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Starts `gradpool pool` on a free port and returns its URL.
+fn start_pool(dir: &Path) -> (Killed, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "pool",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-seconds",
+            "5",
+            "--heartbeat-seconds",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (Killed(child), url)
+}
+
+#[test]
+fn pool_providers_and_customer_as_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (_pool, url) = start_pool(&tmp.path().join("pool"));
+    let _providers: Vec<Killed> = (0..2)
+        .map(|i| {
+            Killed(
+                Command::new(BIN)
+                    .args([
+                        "provider",
+                        "--pool",
+                        &url,
+                        "--threads",
+                        "1",
+                        "--name",
+                        &format!("rig{i}"),
+                        "--data-dir",
+                    ])
+                    .arg(tmp.path().join(format!("provider-{i}")))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+
+    // An account; its key is saved for the next commands.
+    let created = ok(gradpool(
+        &home,
+        &["account", "create", "--pool", &url, "--name", "ada"],
+    ));
+    assert!(created.contains("api key   gp_"), "{created}");
+    let shown = ok(gradpool(&home, &["account", "show"]));
+    assert!(shown.contains("ada"), "{shown}");
+
+    let data = small_corpus(tmp.path());
+    let spec = tmp.path().join("tiny.toml");
+    std::fs::write(&spec, tiny_spec("e2e", 3, 40, 20)).unwrap();
+
+    // A malformed spec is refused locally, naming the field.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        tiny_spec("bad", 3, 40, 20).replace("batch_size = 8", "batch_size = \"eight\""),
+    )
+    .unwrap();
+    let err = refused(gradpool(
+        &home,
+        &[
+            "job",
+            "submit",
+            bad.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("train.batch_size"), "{err}");
+
+    let submitted = ok(gradpool(
+        &home,
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--watch",
+        ],
+    ));
+    let id = submitted.lines().next().unwrap().trim().to_owned();
+    assert!(id.starts_with("job_"), "{submitted}");
+
+    let list = ok(gradpool(&home, &["job", "list"]));
+    assert!(list.contains(&id) && list.contains("succeeded"), "{list}");
+    let show = ok(gradpool(&home, &["job", "show", &id]));
+    assert!(show.contains("40/40 (2 of 2 segments)"), "{show}");
+
+    let out = tmp.path().join("model");
+    ok(gradpool(
+        &home,
+        &["job", "fetch", &id, "--out", out.to_str().unwrap()],
+    ));
+    let model = out.join("model.safetensors");
+    assert!(model.is_file());
+    let text = ok(gradpool(
+        &home,
+        &[
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "ROMEO:",
+            "--tokens",
+            "40",
+        ],
+    ));
+    assert_eq!(text.trim_end_matches('\n').chars().count(), 40, "{text:?}");
+
+    // Wrong key, unknown job, a cancel of a finished job.
+    let err = refused(gradpool(&home, &["job", "list", "--api-key", "gp_wrong"]));
+    assert!(err.contains("401"), "{err}");
+    let err = refused(gradpool(&home, &["job", "show", "job_doesnotexist"]));
+    assert!(err.contains("404"), "{err}");
+}
+
+#[test]
+fn devnet_trains_and_writes_its_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_corpus(tmp.path());
+    let spec = tmp.path().join("tiny.toml");
+    std::fs::write(&spec, tiny_spec("devnet", 5, 60, 20)).unwrap();
+    let out = tmp.path().join("out");
+    let stdout = ok(Command::new(BIN)
+        .args([
+            "devnet",
+            "--providers",
+            "2",
+            "--threads",
+            "1",
+            "--sample-tokens",
+            "80",
+            "--spec",
+        ])
+        .arg(&spec)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    assert!(stdout.contains("PROVIDER"), "{stdout}");
+    assert!(out.join("model.safetensors").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["job_id"].as_str().unwrap().starts_with("job_"));
+    assert_eq!(summary["steps"], 60);
+    let initial = summary["initial_loss"].as_f64().unwrap();
+    let last = summary["final_loss"].as_f64().unwrap();
+    assert!(last < initial - 0.5, "loss {initial} → {last}");
+    assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
+    let segments: u64 = summary["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["segments"].as_u64().unwrap())
+        .sum();
+    assert_eq!(segments, 3);
+    assert!(summary["sample"].as_str().unwrap().starts_with("ROMEO:"));
+}
