@@ -39,13 +39,15 @@ pub(crate) async fn create_account(pool: &Pool, name: &str) -> Result<AccountCre
     }
     let id = AccountId::random();
     let key = new_api_key();
+    let mut w = pool.write().await?;
     sqlx::query("INSERT INTO accounts (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)")
         .bind(id.as_str())
         .bind(name)
         .bind(secret_hash(&key))
         .bind(now_ms())
-        .execute(&pool.inner.db)
+        .execute(w.conn())
         .await?;
+    w.commit().await?;
     tracing::info!(account = %id, name, "account created");
     Ok(AccountCreated {
         account_id: id,

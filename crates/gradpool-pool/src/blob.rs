@@ -135,12 +135,12 @@ impl Pool {
     ) -> Result<(), PoolError> {
         let now = now_ms();
         let size = i64::try_from(size).map_err(|_| too_large(self.inner.config.max_blob_bytes))?;
-        let mut tx = self.inner.db.begin().await?;
+        let mut w = self.write().await?;
         sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")
             .bind(sha.as_str())
             .bind(size)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?;
         sqlx::query(
             "INSERT OR IGNORE INTO blob_uploads (sha256, principal, uploaded_at) VALUES (?, ?, ?)",
@@ -148,10 +148,9 @@ impl Pool {
         .bind(sha.as_str())
         .bind(caller.principal())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(w.conn())
         .await?;
-        tx.commit().await?;
-        Ok(())
+        w.commit().await
     }
 
     /// Whether `caller` may read the blob. A customer reads what it uploaded

@@ -3,7 +3,7 @@
 //! A job of `S` steps with `checkpoint_every = K` has `ceil(S/K)` segments,
 //! done one after the other. A *task* is one lease of one segment: the pool
 //! queues a task for segment 0 on submit, leases queued tasks to providers
-//! that heart-beat with spare capacity (oldest first, device permitting),
+//! that heart-beat with spare capacity (oldest job first, device permitting),
 //! and queues the next segment when a commitment is accepted. A lease that
 //! is not renewed by heartbeats expires: the reaper marks the task
 //! `expired` and queues a new task for the same segment, which resumes from
@@ -49,7 +49,7 @@ pub(crate) struct Write<'a> {
 }
 
 impl<'a> Write<'a> {
-    fn conn(&mut self) -> &mut SqliteConnection {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
         &mut self.tx
     }
 
@@ -103,7 +103,7 @@ impl<'a> Write<'a> {
             .await
     }
 
-    async fn commit(self) -> Result<(), PoolError> {
+    pub(crate) async fn commit(self) -> Result<(), PoolError> {
         self.tx.commit().await?;
         self.pool.publish(self.events);
         if self.queued_work {
@@ -523,7 +523,7 @@ impl Pool {
                  WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                              WHERE t.status = 'queued' AND j.status IN ('queued', 'running') \
                                AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
-                             ORDER BY t.created_at, t.rowid LIMIT 1) \
+                             ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                    AND status = 'queued' \
                  RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
             )
