@@ -909,3 +909,15 @@ async fn state_survives_a_restart() {
     assert!(p.finish(&a, b"ckpt").await.accepted);
     tp.shutdown().await;
 }
+
+#[tokio::test]
+async fn blobs_larger_than_axums_default_limit_stream_through() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = alice.upload(&big).await;
+    let (status, got) = alice.get_bytes(&format!("/v1/blobs/{sha}")).await;
+    assert_eq!(status, 200);
+    assert!(got == big, "downloaded bytes differ");
+    tp.shutdown().await;
+}
