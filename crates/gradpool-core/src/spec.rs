@@ -121,6 +121,7 @@ pub enum DeviceRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Resources {
     pub device: DeviceRequest,
     /// Minimum device memory, in GiB.
@@ -677,6 +678,16 @@ lr = 0.001
             JobSpec::from_toml_str(&text).unwrap_err().field(),
             "train.lr"
         );
+    }
+
+    #[test]
+    fn resources_fields_are_optional_and_checked() {
+        let text = format!("{GOOD}[resources]\ndevice = \"cuda\"\n");
+        let spec = JobSpec::from_toml_str(&text).unwrap();
+        assert_eq!(spec.resources.device, DeviceRequest::Cuda);
+        assert_eq!(spec.resources.min_memory_gib, 0);
+        let text = format!("{GOOD}[resources]\ngpus = 2\n");
+        assert_eq!(JobSpec::from_toml_str(&text).unwrap_err().field(), "resources.gpus");
     }
 
     #[test]
