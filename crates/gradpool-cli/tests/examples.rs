@@ -1,0 +1,49 @@
+//! The example specs shipped in `examples/` parse, and train locally with
+//! the `gradpool train` command.
+
+mod common;
+
+use common::BIN;
+use std::path::Path;
+use std::process::Command;
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+#[test]
+fn every_example_spec_is_valid_and_its_data_exists() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(examples()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let spec = gradpool_core::JobSpec::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            let data = spec.data.file.expect("examples name their data file");
+            assert!(data.is_file(), "{} names missing data {}", path.display(), data.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn the_iris_mlp_learns_to_classify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("train")
+        .arg(examples().join("iris-mlp.toml"))
+        .arg("--out")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let accuracy: f64 = stdout
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {stdout}"));
+    assert!(accuracy >= 90.0, "{stdout}");
+    assert!(tmp.path().join("model.safetensors").is_file());
+}
