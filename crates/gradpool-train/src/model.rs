@@ -222,6 +222,14 @@ impl Model {
         Model::from_values(meta, values, device)
     }
 
+    /// The position of parameter `name` in `vars`.
+    pub(crate) fn index_of(&self, name: &str) -> candle_core::Result<usize> {
+        match self.index.get(name) {
+            Some(&i) => Ok(i),
+            None => candle_core::bail!("no parameter {name}"),
+        }
+    }
+
     fn p(&self, name: &str) -> candle_core::Result<&Tensor> {
         match self.index.get(name) {
             Some(&i) => Ok(self.vars[i].as_tensor()),

@@ -171,9 +171,29 @@ impl AdamW {
             };
             gs.push(g);
         }
+        self.step_with(model, &gs, train, step, lr)
+    }
+
+    /// [`AdamW::step`] with the gradient of every parameter given in order
+    /// (contiguous, shaped like the parameter).
+    pub fn step_with(
+        &mut self,
+        model: &Model,
+        gs: &[Tensor],
+        train: &TrainConfig,
+        step: u64,
+        lr: f64,
+    ) -> Result<f64, TrainError> {
+        if gs.len() != model.vars.len() {
+            return Err(TrainError::Segment(format!(
+                "{} gradients for {} parameters",
+                gs.len(),
+                model.vars.len()
+            )));
+        }
         // Global norm, accumulated in f64 in parameter order.
         let mut sq = 0f64;
-        for g in &gs {
+        for g in gs {
             sq += if g.device().is_cpu() {
                 with_f32(g, |s| {
                     s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
@@ -200,7 +220,7 @@ impl AdamW {
             .specs
             .iter()
             .zip(&model.vars)
-            .zip(&gs)
+            .zip(gs)
             .zip(&mut self.moments)
         {
             let u = Update {

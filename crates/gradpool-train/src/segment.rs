@@ -204,6 +204,7 @@ pub fn run_segment(
             spec.train.steps
         )));
     }
+    crate::runtime::configure();
     let (model, mut opt) = match start {
         None if start_step != 0 => {
             return Err(TrainError::Segment(format!(
@@ -270,17 +271,26 @@ pub(crate) fn train_step(
         step,
         device,
     )?;
+    let lr = learning_rate(&spec.train, step);
+    let diverged = |value: f32| TrainError::Diverged {
+        step,
+        what: format!("loss is {value}"),
+    };
+    if device.is_cpu() && matches!(model.meta, ModelMeta::Gpt { .. }) {
+        let (value, grads) = crate::gpt_cpu::loss_and_grads(model, &batch.inputs, &batch.targets)?;
+        if !value.is_finite() {
+            return Err(diverged(value));
+        }
+        opt.step_with(model, &grads, &spec.train, step, lr)?;
+        return Ok(value);
+    }
     let lg = logits(model, &batch.inputs)?;
     let loss = crate::ops::cross_entropy(&lg, &batch.targets)?;
     let value = loss.to_scalar::<f32>()?;
     if !value.is_finite() {
-        return Err(TrainError::Diverged {
-            step,
-            what: format!("loss is {value}"),
-        });
+        return Err(diverged(value));
     }
     let grads = loss.backward()?;
-    let lr = learning_rate(&spec.train, step);
     opt.step(model, &grads, &spec.train, step, lr)?;
     Ok(value)
 }
