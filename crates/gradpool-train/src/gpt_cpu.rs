@@ -24,19 +24,19 @@ use std::ops::Deref;
 /// Below about this many elements of work an op stays on the calling thread.
 const PAR_MIN_WORK: usize = 16 * 1024;
 /// Elements per unit of the elementwise kernels.
-const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 
 /// A raw pointer into an output buffer whose disjoint parts are written by
 /// different threads.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(*mut f32);
 // SAFETY: used only to hand disjoint ranges of one live buffer to the units
 // of `par_units`, which all finish before the buffer is used again.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
-    fn new(v: &mut [f32]) -> SyncPtr {
+    pub(crate) fn new(v: &mut [f32]) -> SyncPtr {
         SyncPtr(v.as_mut_ptr())
     }
 
@@ -44,14 +44,14 @@ impl SyncPtr {
     /// `start + len` must be within the buffer and no other live reference
     /// may overlap the range.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice<'a>(&self, start: usize, len: usize) -> &'a mut [f32] {
+    pub(crate) unsafe fn slice<'a>(&self, start: usize, len: usize) -> &'a mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
 /// Runs `f(unit)` for every unit of `0..n`, over candle's CPU pool when there
 /// are several threads and `work` (elements touched) makes it worth it.
-fn par_units(n: usize, work: usize, f: impl Fn(usize) + Sync) {
+pub(crate) fn par_units(n: usize, work: usize, f: impl Fn(usize) + Sync) {
     if n > 1 && work >= PAR_MIN_WORK && candle_core::utils::get_num_threads() > 1 {
         candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
     } else {
@@ -202,6 +202,7 @@ struct BlockCache {
     xmid: Vec<f32>,
     st2: Vec<f32>,
     h2: CpuStorage,
+    /// GELU's derivative at the MLP's pre-activations.
     f: Vec<f32>,
     g: CpuStorage,
 }
@@ -289,56 +290,78 @@ fn attn_fwd(
     (b, t, nh, hd): (usize, usize, usize, usize),
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let c = nh * hd;
-    let c3 = 3 * c;
-    let mut y = vec![0f32; b * t * c];
+    let mut y = vec![0f32; b * t * nh * hd];
     let mut att = vec![0f32; b * nh * t * t];
     let yp = SyncPtr::new(&mut y);
     let ap = SyncPtr::new(&mut att);
     par_units(b * nh, b * nh * t * t * hd, |u| {
-        let (bi, h) = (u / nh, u % nh);
-        let row = |i: usize, part: usize| {
-            let o = (bi * t + i) * c3 + part * c + h * hd;
-            &qkv[o..o + hd]
-        };
-        // Keys transposed: kt[d * t + j] = k[j][d].
-        let mut kt = vec![0f32; hd * t];
-        for j in 0..t {
-            for (d, &kv) in row(j, 1).iter().enumerate() {
-                kt[d * t + j] = kv;
-            }
-        }
-        for i in 0..t {
-            // SAFETY: row i of unit u's attention matrix and head h's
-            // columns of output row i belong to this unit only.
-            let s = unsafe { ap.slice((u * t + i) * t, i + 1) };
-            let yr = unsafe { yp.slice((bi * t + i) * c + h * hd, hd) };
-            for (d, &qd) in row(i, 0).iter().enumerate() {
-                let qd = qd * scale;
-                for (sj, &kj) in s.iter_mut().zip(&kt[d * t..d * t + i + 1]) {
-                    *sj += qd * kj;
-                }
-            }
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for v in s.iter_mut() {
-                *v = exp_f32(*v - max);
-            }
-            for v in s.iter() {
-                sum += v;
-            }
-            let inv = 1.0 / sum;
-            for v in s.iter_mut() {
-                *v *= inv;
-            }
-            for (j, &p) in s.iter().enumerate() {
-                for (a, &vv) in yr.iter_mut().zip(row(j, 2)) {
-                    *a += p * vv;
-                }
-            }
-        }
+        attn_fwd_unit(qkv, (b, t, nh, hd), scale, u, yp, ap)
     });
     (y, att)
+}
+
+simd_dispatch!(attn_fwd_unit => attn_fwd_unit_body(
+    qkv: &[f32],
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+    u: usize,
+    yp: SyncPtr,
+    ap: SyncPtr,
+));
+
+/// Unit `u` (sequence `u / H`, head `u % H`) of [`attn_fwd`].
+#[inline(always)]
+fn attn_fwd_unit_body(
+    qkv: &[f32],
+    (_, t, nh, hd): (usize, usize, usize, usize),
+    scale: f32,
+    u: usize,
+    yp: SyncPtr,
+    ap: SyncPtr,
+) {
+    let c = nh * hd;
+    let c3 = 3 * c;
+    let (bi, h) = (u / nh, u % nh);
+    let row = |i: usize, part: usize| {
+        let o = (bi * t + i) * c3 + part * c + h * hd;
+        &qkv[o..o + hd]
+    };
+    // Keys transposed: kt[d * t + j] = k[j][d].
+    let mut kt = vec![0f32; hd * t];
+    for j in 0..t {
+        for (d, &kv) in row(j, 1).iter().enumerate() {
+            kt[d * t + j] = kv;
+        }
+    }
+    for i in 0..t {
+        // SAFETY: row i of unit u's attention matrix and head h's columns
+        // of output row i belong to this unit only.
+        let s = unsafe { ap.slice((u * t + i) * t, i + 1) };
+        let yr = unsafe { yp.slice((bi * t + i) * c + h * hd, hd) };
+        for (d, &qd) in row(i, 0).iter().enumerate() {
+            let qd = qd * scale;
+            for (sj, &kj) in s.iter_mut().zip(&kt[d * t..d * t + i + 1]) {
+                *sj += qd * kj;
+            }
+        }
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in s.iter_mut() {
+            *v = exp_f32(*v - max);
+        }
+        for v in s.iter() {
+            sum += v;
+        }
+        let inv = 1.0 / sum;
+        for v in s.iter_mut() {
+            *v *= inv;
+        }
+        for (j, &p) in s.iter().enumerate() {
+            for (a, &vv) in yr.iter_mut().zip(row(j, 2)) {
+                *a += p * vv;
+            }
+        }
+    }
 }
 
 /// Backward of [`attn_fwd`]: the gradient of `qkv` from that of the output.
@@ -349,65 +372,110 @@ fn attn_bwd(
     (b, t, nh, hd): (usize, usize, usize, usize),
     scale: f32,
 ) -> Vec<f32> {
-    let c = nh * hd;
-    let c3 = 3 * c;
-    let mut dqkv = vec![0f32; b * t * c3];
-    let dp_ = SyncPtr::new(&mut dqkv);
+    let mut dqkv = vec![0f32; b * t * 3 * nh * hd];
+    let dp = SyncPtr::new(&mut dqkv);
     par_units(b * nh, b * nh * t * t * hd, |u| {
-        let (bi, h) = (u / nh, u % nh);
-        let off = |i: usize, part: usize| (bi * t + i) * c3 + part * c + h * hd;
-        let row = |i: usize, part: usize| &qkv[off(i, part)..off(i, part) + hd];
-        let mut vt = vec![0f32; hd * t];
-        for j in 0..t {
-            for (d, &vv) in row(j, 2).iter().enumerate() {
-                vt[d * t + j] = vv;
-            }
-        }
-        let mut dk = vec![0f32; t * hd];
-        let mut dv = vec![0f32; t * hd];
-        let mut ds = vec![0f32; t];
-        for i in 0..t {
-            let p = &att[(u * t + i) * t..(u * t + i) * t + i + 1];
-            let dyr = &dy[(bi * t + i) * c + h * hd..(bi * t + i) * c + (h + 1) * hd];
-            let ds = &mut ds[..=i];
-            ds.fill(0.0);
-            for (d, &g) in dyr.iter().enumerate() {
-                for (a, &vv) in ds.iter_mut().zip(&vt[d * t..d * t + i + 1]) {
-                    *a += g * vv;
-                }
-            }
-            for (j, &pj) in p.iter().enumerate() {
-                for (a, &g) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyr) {
-                    *a += pj * g;
-                }
-            }
-            let mut dot = 0f32;
-            for (&pj, &dj) in p.iter().zip(ds.iter()) {
-                dot += pj * dj;
-            }
-            for (a, &pj) in ds.iter_mut().zip(p) {
-                *a = scale * pj * (*a - dot);
-            }
-            // SAFETY: head h's query columns of row i belong to this unit.
-            let dq = unsafe { dp_.slice(off(i, 0), hd) };
-            let q = row(i, 0);
-            for (j, &sj) in ds.iter().enumerate() {
-                for (a, &kv) in dq.iter_mut().zip(row(j, 1)) {
-                    *a += sj * kv;
-                }
-                for (a, &qv) in dk[j * hd..(j + 1) * hd].iter_mut().zip(q) {
-                    *a += sj * qv;
-                }
-            }
-        }
-        for j in 0..t {
-            // SAFETY: head h's key and value columns of row j belong to
-            // this unit.
-            unsafe { dp_.slice(off(j, 1), hd) }.copy_from_slice(&dk[j * hd..(j + 1) * hd]);
-            unsafe { dp_.slice(off(j, 2), hd) }.copy_from_slice(&dv[j * hd..(j + 1) * hd]);
-        }
+        attn_bwd_unit(qkv, att, dy, (b, t, nh, hd), scale, u, dp)
     });
     dqkv
+}
+
+simd_dispatch!(attn_bwd_unit => attn_bwd_unit_body(
+    qkv: &[f32],
+    att: &[f32],
+    dy: &[f32],
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+    u: usize,
+    dp: SyncPtr,
+));
+
+/// Unit `u` (sequence `u / H`, head `u % H`) of [`attn_bwd`].
+#[inline(always)]
+fn attn_bwd_unit_body(
+    qkv: &[f32],
+    att: &[f32],
+    dy: &[f32],
+    (_, t, nh, hd): (usize, usize, usize, usize),
+    scale: f32,
+    u: usize,
+    dp: SyncPtr,
+) {
+    let c = nh * hd;
+    let c3 = 3 * c;
+    let (bi, h) = (u / nh, u % nh);
+    let off = |i: usize, part: usize| (bi * t + i) * c3 + part * c + h * hd;
+    let row = |i: usize, part: usize| &qkv[off(i, part)..off(i, part) + hd];
+    let mut vt = vec![0f32; hd * t];
+    for j in 0..t {
+        for (d, &vv) in row(j, 2).iter().enumerate() {
+            vt[d * t + j] = vv;
+        }
+    }
+    let mut dk = vec![0f32; t * hd];
+    let mut dv = vec![0f32; t * hd];
+    let mut ds = vec![0f32; t];
+    for i in 0..t {
+        let p = &att[(u * t + i) * t..(u * t + i) * t + i + 1];
+        let dyr = &dy[(bi * t + i) * c + h * hd..(bi * t + i) * c + (h + 1) * hd];
+        let ds = &mut ds[..=i];
+        ds.fill(0.0);
+        for (d, &g) in dyr.iter().enumerate() {
+            for (a, &vv) in ds.iter_mut().zip(&vt[d * t..d * t + i + 1]) {
+                *a += g * vv;
+            }
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            for (a, &g) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyr) {
+                *a += pj * g;
+            }
+        }
+        let mut dot = 0f32;
+        for (&pj, &dj) in p.iter().zip(ds.iter()) {
+            dot += pj * dj;
+        }
+        for (a, &pj) in ds.iter_mut().zip(p) {
+            *a = scale * pj * (*a - dot);
+        }
+        // SAFETY: head h's query columns of row i belong to this unit.
+        let dq = unsafe { dp.slice(off(i, 0), hd) };
+        let q = row(i, 0);
+        for (j, &sj) in ds.iter().enumerate() {
+            for (a, &kv) in dq.iter_mut().zip(row(j, 1)) {
+                *a += sj * kv;
+            }
+            for (a, &qv) in dk[j * hd..(j + 1) * hd].iter_mut().zip(q) {
+                *a += sj * qv;
+            }
+        }
+    }
+    for j in 0..t {
+        // SAFETY: head h's key and value columns of row j belong to this
+        // unit.
+        unsafe { dp.slice(off(j, 1), hd) }.copy_from_slice(&dk[j * hd..(j + 1) * hd]);
+        unsafe { dp.slice(off(j, 2), hd) }.copy_from_slice(&dv[j * hd..(j + 1) * hd]);
+    }
+}
+
+simd_dispatch!(gelu_fwd_chunk => gelu_fwd_chunk_body(x: &mut [f32], d: &mut [f32]));
+
+/// GELU in place, and its derivative into `d`.
+#[inline(always)]
+fn gelu_fwd_chunk_body(x: &mut [f32], d: &mut [f32]) {
+    for (v, dv) in x.iter_mut().zip(d.iter_mut()) {
+        let (cdf, pdf) = gelu_parts(*v);
+        *dv = cdf + *v * pdf;
+        *v *= cdf;
+    }
+}
+
+simd_dispatch!(mul_chunk => mul_chunk_body(x: &mut [f32], d: &[f32]));
+
+#[inline(always)]
+fn mul_chunk_body(x: &mut [f32], d: &[f32]) {
+    for (v, &dv) in x.iter_mut().zip(d) {
+        *v *= dv;
+    }
 }
 
 /// Mean cross-entropy of `logits` (`[N, V]`) against `targets`; turns
@@ -574,11 +642,12 @@ pub(crate) fn loss_and_grads(
         let CpuStorage::F32(f) = f else {
             bail!("expected f32 storage")
         };
-        let mut g = f.clone();
-        par_chunks(&mut g, |_, ch| {
-            for v in ch.iter_mut() {
-                *v *= gelu_parts(*v).0;
-            }
+        let mut g = f;
+        let mut f = vec![0f32; g.len()];
+        let fp = SyncPtr::new(&mut f);
+        par_chunks(&mut g, |lo, ch| {
+            // SAFETY: the derivative's chunk belongs to this unit.
+            gelu_fwd_chunk(ch, unsafe { fp.slice(lo, ch.len()) })
         });
         let g = CpuStorage::F32(g);
         let mut xout = mm(
@@ -676,10 +745,7 @@ pub(crate) fn loss_and_grads(
         let f = &ca.f;
         par_chunks(f32s_mut(&mut df)?, |lo, ch| {
             let len = ch.len();
-            for (d, &xv) in ch.iter_mut().zip(&f[lo..lo + len]) {
-                let (cdf, pdf) = gelu_parts(xv);
-                *d *= cdf + xv * pdf;
-            }
+            mul_chunk(ch, &f[lo..lo + len])
         });
         grads[bl.fc_w] = Some(into_vec(mm(
             (&ca.h2, lay_t(c, n, 0)),
@@ -842,6 +908,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The AVX2 builds of the kernels give the same bits as the baseline
+    /// builds (the `_body` functions called directly).
+    #[test]
+    fn simd_builds_are_bit_identical() {
+        let mut rng = Rng::new(3);
+        let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * 3.0).collect() };
+        let dims = (2, 9, 3, 8);
+        let n = 2 * 9;
+        let qkv = r(n * 72);
+        let dy = r(n * 24);
+        let run = |simd: bool| {
+            let mut y = vec![0f32; n * 24];
+            let mut att = vec![0f32; 6 * 81];
+            let mut dq = vec![0f32; n * 72];
+            let (yp, ap, dp) = (
+                SyncPtr::new(&mut y),
+                SyncPtr::new(&mut att),
+                SyncPtr::new(&mut dq),
+            );
+            for u in 0..6 {
+                if simd {
+                    attn_fwd_unit(&qkv, dims, 0.3, u, yp, ap);
+                } else {
+                    attn_fwd_unit_body(&qkv, dims, 0.3, u, yp, ap);
+                }
+            }
+            for u in 0..6 {
+                if simd {
+                    attn_bwd_unit(&qkv, &att, &dy, dims, 0.3, u, dp);
+                } else {
+                    attn_bwd_unit_body(&qkv, &att, &dy, dims, 0.3, u, dp);
+                }
+            }
+            let mut g = qkv.clone();
+            let mut d = vec![0f32; g.len()];
+            if simd {
+                gelu_fwd_chunk(&mut g, &mut d);
+            } else {
+                gelu_fwd_chunk_body(&mut g, &mut d);
+            }
+            (y, att, dq, g, d)
+        };
+        let a = run(false);
+        let b = run(true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.0), bits(&b.0));
+        assert_eq!(bits(&a.1), bits(&b.1));
+        assert_eq!(bits(&a.2), bits(&b.2));
+        assert_eq!(bits(&a.3), bits(&b.3));
+        assert_eq!(bits(&a.4), bits(&b.4));
     }
 
     #[test]

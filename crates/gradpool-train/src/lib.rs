@@ -14,6 +14,29 @@
 //! - [`bench`]: the reference training benchmark.
 //! - [`rng`]: the crate's seeded generator.
 
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$body` built
+/// for AVX2 when the CPU has it and for the baseline target otherwise. Both
+/// builds compute bit-identical results: Rust never contracts `a * b + c`
+/// into a fused multiply-add on its own, so wider vectors only change speed.
+macro_rules! simd_dispatch {
+    ($name:ident => $body:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod dataset;

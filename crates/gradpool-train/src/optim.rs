@@ -5,6 +5,7 @@
 //! (moments kept in host memory); on other devices it is written with tensor
 //! ops. Weight decay applies only to tensors with at least 2 dimensions.
 
+use crate::gpt_cpu::{par_units, SyncPtr, CHUNK};
 use crate::model::Model;
 use crate::ops::with_f32;
 use crate::TrainError;
@@ -72,16 +73,38 @@ impl InplaceOp2 for FusedAdam<'_> {
             candle_core::bail!("adamw: size mismatch");
         }
         let u = self.u;
-        for i in 0..p.len() {
-            let gi = g[i] * u.grad_scale;
-            let mi = m[i] + (gi - m[i]) * (1.0 - u.beta1);
-            let vi = v[i] * u.beta2 + gi * gi * (1.0 - u.beta2);
-            m[i] = mi;
-            v[i] = vi;
-            let denom = vi.sqrt() / u.bc2_sqrt + u.eps;
-            p[i] = p[i] * u.decay_factor - u.step_size * mi / denom;
-        }
+        let n = p.len();
+        let (pp, mp, vp) = (SyncPtr::new(p), SyncPtr::new(&mut m), SyncPtr::new(&mut v));
+        // Elementwise, so any split gives the same result.
+        par_units(n.div_ceil(CHUNK), 4 * n, |k| {
+            let lo = k * CHUNK;
+            let len = CHUNK.min(n - lo);
+            // SAFETY: chunk k of each buffer belongs to unit k only.
+            let (p, m, v) = unsafe { (pp.slice(lo, len), mp.slice(lo, len), vp.slice(lo, len)) };
+            adam_chunk(p, &g[lo..lo + len], m, v, u)
+        });
         Ok(())
+    }
+}
+
+simd_dispatch!(adam_chunk => adam_chunk_body(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    u: Update,
+));
+
+#[inline(always)]
+fn adam_chunk_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], u: Update) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let gi = g * u.grad_scale;
+        let mi = *m + (gi - *m) * (1.0 - u.beta1);
+        let vi = *v * u.beta2 + gi * gi * (1.0 - u.beta2);
+        *m = mi;
+        *v = vi;
+        let denom = vi.sqrt() / u.bc2_sqrt + u.eps;
+        *p = *p * u.decay_factor - u.step_size * mi / denom;
     }
 }
 
