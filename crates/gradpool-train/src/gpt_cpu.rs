@@ -544,6 +544,9 @@ pub(crate) fn loss_and_grads(
     };
     let (b, t) = inputs.dims2()?;
     let n = b * t;
+    if nh == 0 || c % nh != 0 {
+        bail!("width {c} is not a multiple of the {nh} heads")
+    }
     let hd = c / nh;
     let dims = (b, t, nh, hd);
     let scale = 1.0 / (hd as f32).sqrt();
