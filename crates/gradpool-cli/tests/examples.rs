@@ -19,7 +19,12 @@ fn every_example_spec_is_valid_and_its_data_exists() {
         if path.extension().is_some_and(|e| e == "toml") {
             let spec = gradpool_core::JobSpec::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
             let data = spec.data.file.expect("examples name their data file");
-            assert!(data.is_file(), "{} names missing data {}", path.display(), data.display());
+            assert!(
+                data.is_file(),
+                "{} names missing data {}",
+                path.display(),
+                data.display()
+            );
             n += 1;
         }
     }
@@ -37,7 +42,11 @@ fn the_iris_mlp_learns_to_classify() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let accuracy: f64 = stdout
         .split("accuracy ")
         .nth(1)
@@ -46,4 +55,30 @@ fn the_iris_mlp_learns_to_classify() {
         .unwrap_or_else(|| panic!("no accuracy in {stdout}"));
     assert!(accuracy >= 90.0, "{stdout}");
     assert!(tmp.path().join("model.safetensors").is_file());
+}
+
+/// The reference configuration (the PyTorch benchmark's: AdamW at a
+/// constant 1e-3) brings the loss on Shakespeare below 2.6 in 300 steps.
+#[test]
+fn the_reference_gpt_learns_shakespeare_in_300_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = gradpool_train::bench::reference_spec(300);
+    let data =
+        gradpool_train::Dataset::from_bytes(&spec, gradpool_cli::cmd::local::SHAKESPEARE).unwrap();
+    let outcome = gradpool_train::run_segment(
+        &spec,
+        &data,
+        None,
+        0,
+        300,
+        &gradpool_train::Device::Cpu,
+        &tmp.path().join("ckpt.safetensors"),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = outcome.losses[0];
+    let tail = &outcome.losses[280..];
+    let last = tail.iter().sum::<f32>() / tail.len() as f32;
+    assert!(first > 4.0, "initial loss {first}");
+    assert!(last < 2.6, "mean loss of the last 20 steps {last}");
 }
