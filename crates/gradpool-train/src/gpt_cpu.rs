@@ -19,7 +19,7 @@
 //! without splitting sums.
 
 use crate::model::{Model, ModelMeta};
-use crate::ops::{exp_f32, gelu_parts, row_stats};
+use crate::ops::{exp_f32, gelu_parts, lane_sum, row_stats};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
 use std::ops::Deref;
@@ -219,17 +219,30 @@ fn ln_fwd(x: &[f32], w: &[f32], b: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
     let mut st = vec![0f32; 2 * rows];
     let sp = SyncPtr::new(&mut st);
     par_rows(&mut y, c, |r, yr| {
-        let xr = &x[r * c..(r + 1) * c];
-        let (mean, rstd) = row_stats(xr);
-        for i in 0..c {
-            yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-        }
         // SAFETY: row r's two statistics belong to row r's unit.
         let s = unsafe { sp.slice(2 * r, 2) };
-        s[0] = mean;
-        s[1] = rstd;
+        ln_fwd_row(&x[r * c..(r + 1) * c], w, b, yr, s)
     });
     (y, st)
+}
+
+simd_dispatch!(ln_fwd_row => ln_fwd_row_body(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    st: &mut [f32],
+));
+
+/// One row of [`ln_fwd`]; `st` receives `(mean, rstd)`.
+#[inline(always)]
+fn ln_fwd_row_body(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], st: &mut [f32]) {
+    let (mean, rstd) = row_stats(x);
+    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *y = (x - mean) * rstd * w + b;
+    }
+    st[0] = mean;
+    st[1] = rstd;
 }
 
 /// LayerNorm backward: adds the input gradient to `dx` and returns the
@@ -243,23 +256,8 @@ fn ln_bwd(
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     par_rows(dx, c, |r, dxr| {
-        let xr = &x[r * c..(r + 1) * c];
-        let gr = &dy[r * c..(r + 1) * c];
-        let (mean, rstd) = (st[2 * r], st[2 * r + 1]);
-        let mut s1 = 0f32;
-        let mut s2 = 0f32;
-        for i in 0..c {
-            let xh = (xr[i] - mean) * rstd;
-            let d = gr[i] * w[i];
-            s1 += d;
-            s2 += d * xh;
-        }
-        let m1 = s1 / c as f32;
-        let m2 = s2 / c as f32;
-        for i in 0..c {
-            let xh = (xr[i] - mean) * rstd;
-            dxr[i] += rstd * (gr[i] * w[i] - m1 - xh * m2);
-        }
+        let rows = r * c..(r + 1) * c;
+        ln_bwd_row(&x[rows.clone()], &st[2 * r..2 * r + 2], w, &dy[rows], dxr)
     });
     let mut dw = vec![0f32; c];
     let mut db = vec![0f32; c];
@@ -271,6 +269,29 @@ fn ln_bwd(
         }
     }
     (dw, db)
+}
+
+simd_dispatch!(ln_bwd_row => ln_bwd_row_body(
+    x: &[f32],
+    st: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+));
+
+/// One row of [`ln_bwd`]: adds the input gradient to `dx`.
+#[inline(always)]
+fn ln_bwd_row_body(x: &[f32], st: &[f32], w: &[f32], g: &[f32], dx: &mut [f32]) {
+    let c = x.len();
+    let (mean, rstd) = (st[0], st[1]);
+    let s1 = lane_sum(c, |i| g[i] * w[i]);
+    let s2 = lane_sum(c, |i| g[i] * w[i] * ((x[i] - mean) * rstd));
+    let m1 = s1 / c as f32;
+    let m2 = s2 / c as f32;
+    for i in 0..c {
+        let xh = (x[i] - mean) * rstd;
+        dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
+    }
 }
 
 /// Sum of the `cols`-wide rows of `g`, in row order.

@@ -124,9 +124,28 @@ impl CustomOp3 for LayerNorm {
 
 pub(crate) fn row_stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x.len(), |i| x[i]) / n;
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
     (mean, 1.0 / (var + LN_EPS).sqrt())
+}
+
+/// `f(0) + .. + f(n - 1)` in f32, accumulated in 8 lanes (`i mod 8`)
+/// combined in a fixed order, so that the loop vectorizes; the result does
+/// not depend on the vector width the compiler picks.
+#[inline(always)]
+pub(crate) fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = n / 8 * 8;
+    for base in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in full..n {
+        s += f(i);
+    }
+    s
 }
 
 /// LayerNorm over the last dimension with weight and bias.
