@@ -957,6 +957,17 @@ mod tests {
             let mut ds = d.clone();
             let mut g = x.clone();
             let mut dg = vec![0f32; g.len()];
+            let (w, b) = (&s[..100], &d[..100]);
+            let mut y = vec![0f32; 100];
+            let mut st = vec![0f32; 2];
+            let mut dx = x[..100].to_vec();
+            if simd {
+                ln_fwd_row(&x[..100], w, b, &mut y, &mut st);
+                ln_bwd_row(&x[..100], &st, w, &x[100..200], &mut dx);
+            } else {
+                ln_fwd_row_body(&x[..100], w, b, &mut y, &mut st);
+                ln_bwd_row_body(&x[..100], &st, w, &x[100..200], &mut dx);
+            }
             if simd {
                 causal_softmax_rows(&mut p, t, 0.3);
                 causal_softmax_bwd_rows(&p, &mut ds, t, 0.3);
@@ -966,7 +977,7 @@ mod tests {
                 causal_softmax_bwd_rows_body(&p, &mut ds, t, 0.3);
                 gelu_fwd_chunk_body(&mut g, &mut dg);
             }
-            [p, ds, g, dg]
+            [p, ds, g, dg, y, st, dx]
         };
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (a, b) in run(false).iter().zip(&run(true)) {
