@@ -134,10 +134,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> 
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let io = |what, p: &Path| {
         let p = p.to_owned();
-        move |source| TrainError::Io {
+        move |error| TrainError::Io {
             what,
             path: p,
-            source,
+            error,
         }
     };
     let mut f = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
@@ -159,10 +159,10 @@ pub(crate) struct Parsed {
 /// Reads and parses a safetensors file; any defect is a
 /// [`TrainError::Checkpoint`] naming the file.
 pub(crate) fn read(path: &Path) -> Result<Parsed, TrainError> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+    let bytes = std::fs::read(path).map_err(|error| TrainError::Io {
         what: "cannot read",
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let bad = |r: String| TrainError::checkpoint(path, r);
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {

@@ -24,11 +24,11 @@ pub enum TrainError {
     #[error("training diverged at step {step}: {what}")]
     Diverged { step: u64, what: String },
     /// Reading or writing a file failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A tensor operation failed.
     #[error("tensor error: {0}")]

@@ -277,7 +277,12 @@ pub(crate) fn train_step(
         what: format!("loss is {value}"),
     };
     if device.is_cpu() && matches!(model.meta, ModelMeta::Gpt { .. }) {
-        let (value, grads) = crate::gpt_cpu::loss_and_grads(model, &batch.inputs, &batch.targets)?;
+        // Inside candle's own rayon pool, the thread that runs the step also
+        // works on gemm's parallel products instead of sleeping while two
+        // other threads run them.
+        let (value, grads) = candle_core::utils::with_threadpool(|| {
+            crate::gpt_cpu::loss_and_grads(model, &batch.inputs, &batch.targets)
+        })?;
         if !value.is_finite() {
             return Err(diverged(value));
         }
