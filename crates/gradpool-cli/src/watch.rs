@@ -8,6 +8,19 @@ use gradpool_provider::client::Api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 
+/// Prints a line above the progress bar; without a terminal (logs, CI),
+/// where the bar is hidden, prints it plainly.
+fn note(bar: &ProgressBar, visible: bool, line: impl AsRef<str>) {
+    if !visible {
+        return;
+    }
+    if bar.is_hidden() {
+        println!("{}", line.as_ref());
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Shows a progress bar (step, loss, tokens/s, provider) until the job ends,
 /// and returns the job as it ended. Reconnects if the stream drops.
 pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobView> {
@@ -51,11 +64,15 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
             last_id = event.id;
             match event.kind {
                 JobEventKind::Status { status, reason } => {
-                    bar.println(format!(
-                        "  job {}{}",
-                        status.as_str(),
-                        reason.map(|r| format!(": {r}")).unwrap_or_default()
-                    ));
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  job {}{}",
+                            status.as_str(),
+                            reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
+                    );
                     if status.is_final() {
                         if status == JobStatus::Succeeded {
                             bar.set_position(job.steps);
@@ -71,9 +88,11 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     end_step,
                     ..
                 } => {
-                    bar.println(format!(
-                        "  segment {segment} (steps {start_step}..{end_step}) → {p}"
-                    ));
+                    note(
+                        &bar,
+                        visible,
+                        format!("  segment {segment} (steps {start_step}..{end_step}) → {p}"),
+                    );
                 }
                 JobEventKind::Progress {
                     provider: p,
@@ -92,19 +111,27 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     ..
                 } => {
                     bar.set_position(step);
-                    bar.println(format!(
-                        "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
-                        &commitment[..commitment.len().min(16)]
-                    ));
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
+                            &commitment[..commitment.len().min(16)]
+                        ),
+                    );
                 }
                 JobEventKind::LeaseExpired {
                     provider: p,
                     segment,
                     ..
                 } => {
-                    bar.println(format!(
-                        "  {p} stopped answering; segment {segment} goes back to the queue"
-                    ));
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  {p} stopped answering; segment {segment} goes back to the queue"
+                        ),
+                    );
                 }
                 JobEventKind::TaskFailed {
                     provider: p,
@@ -112,7 +139,11 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     reason,
                     ..
                 } => {
-                    bar.println(format!("  segment {segment} failed on {p}: {reason}"));
+                    note(
+                        &bar,
+                        visible,
+                        format!("  segment {segment} failed on {p}: {reason}"),
+                    );
                 }
             }
         }

@@ -309,13 +309,13 @@ impl JobSpec {
     /// Reads a spec file; relative `data.file` paths are resolved against the
     /// spec's directory.
     pub fn from_file(path: &std::path::Path) -> Result<JobSpec, SpecFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecFileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecFileError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let mut spec = JobSpec::from_toml_str(&text).map_err(|source| SpecFileError::Spec {
+        let mut spec = JobSpec::from_toml_str(&text).map_err(|error| SpecFileError::Spec {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         if let (Some(file), Some(dir)) = (&spec.data.file, path.parent()) {
             if file.is_relative() {
@@ -341,13 +341,13 @@ impl JobSpec {
 /// A spec file that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecFileError {
-    #[error("cannot read job spec {path}: {source}")]
+    #[error("cannot read job spec {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("job spec {path} refused: {source}")]
-    Spec { path: PathBuf, source: SpecError },
+    #[error("job spec {path} refused: {error}")]
+    Spec { path: PathBuf, error: SpecError },
 }
 
 impl RawSpec {
@@ -687,7 +687,10 @@ lr = 0.001
         assert_eq!(spec.resources.device, DeviceRequest::Cuda);
         assert_eq!(spec.resources.min_memory_gib, 0);
         let text = format!("{GOOD}[resources]\ngpus = 2\n");
-        assert_eq!(JobSpec::from_toml_str(&text).unwrap_err().field(), "resources.gpus");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "resources.gpus"
+        );
     }
 
     #[test]

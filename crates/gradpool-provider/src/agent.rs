@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +40,9 @@ struct Shared {
     key: NodeKey,
     device: Arc<dyn Device>,
     config: ProviderConfig,
-    /// Woken when a worker ends, so the loop asks for more work at once.
-    worker_ended: Notify,
+    /// Each worker sends its task id here when it ends, so the loop frees
+    /// its slot and asks for more work at once.
+    worker_ended: mpsc::UnboundedSender<TaskId>,
 }
 
 struct Worker {
@@ -61,13 +62,14 @@ pub async fn run(
     let dir = DataDir::open(&config.data_dir)?;
     let key = NodeKey::load_or_create(&dir.node_key_path())?;
     tracing::info!(provider = %key.provider_id(), pool = %config.pool_url, "provider starting");
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         api: tokio::sync::RwLock::new(Api::new(&config.pool_url, None)),
         dir,
         key,
         device,
         config,
-        worker_ended: Notify::new(),
+        worker_ended: ended_tx,
     });
     let mut workers: HashMap<TaskId, Worker> = HashMap::new();
 
@@ -84,7 +86,9 @@ pub async fn run(
 
     let mut backoff = 1u64;
     while !shutdown.is_cancelled() {
-        workers.retain(|_, w| !w.handle.is_finished());
+        while let Ok(id) = ended.try_recv() {
+            workers.remove(&id);
+        }
         let running: Vec<wire::RunningTask> = workers
             .iter()
             .map(|(id, w)| wire::RunningTask {
@@ -148,7 +152,7 @@ pub async fn run(
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = backoff, "heartbeat failed");
+                tracing::warn!(error = %e.report(), retry_in_s = backoff, "heartbeat failed");
                 sleep_or_shutdown(Duration::from_secs(backoff), &shutdown).await;
                 backoff = (backoff * 2).min(30);
                 continue;
@@ -157,7 +161,7 @@ pub async fn run(
         if wait_seconds == 0 || !workers.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = shared.worker_ended.notified() => {}
+                Some(id) = ended.recv() => { workers.remove(&id); }
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(session.heartbeat_seconds.max(1)))) => {}
             }
         }
@@ -206,7 +210,7 @@ async fn register(
                 return Some(reg);
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = backoff, "cannot register with the pool");
+                tracing::warn!(error = %e.report(), retry_in_s = backoff, "cannot register with the pool");
                 sleep_or_shutdown(Duration::from_secs(backoff), shutdown).await;
                 backoff = (backoff * 2).min(30);
             }
@@ -267,15 +271,15 @@ fn spawn_worker(
                 }
                 Ok(TaskEnd::Cancelled) => shared.dir.end_task(&task),
                 Err(e) => {
-                    tracing::warn!(task = %task, error = %e, "task failed");
+                    tracing::warn!(task = %task, error = %e.report(), "task failed");
                     let api = shared.api.read().await.clone();
                     if let Err(e2) = api.fail(&task, &e.to_string()).await {
-                        tracing::warn!(task = %task, error = %e2, "cannot report the failure");
+                        tracing::warn!(task = %task, error = %e2.report(), "cannot report the failure");
                     }
                     shared.dir.end_task(&task);
                 }
             }
-            shared.worker_ended.notify_one();
+            let _ = shared.worker_ended.send(task);
         })
     };
     workers.insert(
@@ -365,7 +369,7 @@ async fn report_progress(
         if let Some(p) = p {
             let api = shared.api.read().await.clone();
             if let Err(e) = api.progress(&task, &p).await {
-                tracing::debug!(task = %task, error = %e, "progress report failed");
+                tracing::debug!(task = %task, error = %e.report(), "progress report failed");
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -436,7 +440,7 @@ async fn commit(
                 return Ok(TaskEnd::Cancelled);
             }
             Err(e) => {
-                tracing::warn!(task = %a.task_id, error = %e, retry_in_s = backoff, "cannot commit yet");
+                tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot commit yet");
                 sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
                 backoff = (backoff * 2).min(15);
             }

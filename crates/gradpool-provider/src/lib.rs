@@ -27,7 +27,7 @@ pub use device::{CpuDevice, Device};
 /// Errors of the provider agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("pool at {url} is unreachable: {source}")]
+    #[error("pool at {url} is unreachable")]
     Unreachable { url: String, source: reqwest::Error },
     #[error("pool refused {what}: {status} {message}")]
     Refused {
@@ -36,17 +36,17 @@ pub enum ProviderError {
         code: String,
         message: String,
     },
-    #[error("pool sent an unreadable reply to {what}: {source}")]
+    #[error("pool sent an unreadable reply to {what}")]
     BadReply {
         what: String,
         source: reqwest::Error,
     },
     #[error("blob {sha256} from the pool does not match its digest")]
     CorruptBlob { sha256: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("node key: {0}")]
     NodeKey(#[from] gradpool_core::commitment::CommitmentError),
@@ -57,7 +57,20 @@ pub enum ProviderError {
 impl ProviderError {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProviderError {
         let context = context.into();
-        move |source| ProviderError::Io { context, source }
+        move |error| ProviderError::Io { context, error }
+    }
+
+    /// The error with its causes, for logs: `pool at … is unreachable:
+    /// error sending request …: connection refused`.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
     }
 
     /// True when the pool no longer knows this provider's session (it must

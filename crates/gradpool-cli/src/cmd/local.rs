@@ -249,7 +249,7 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
         a.seed,
         &device,
     )?;
-    println!("{text}");
+    println!("{}{text}", a.prompt);
     Ok(ExitCode::SUCCESS)
 }
 
