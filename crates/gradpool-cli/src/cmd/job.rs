@@ -99,12 +99,11 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             );
             for j in jobs {
                 println!(
-                    "{:<22} {:<20} {:<10} {:>5}/{:<5} {:>9}  {}",
+                    "{:<22} {:<20} {:<10} {:>11} {:>9}  {}",
                     j.id,
                     truncate(&j.name, 20),
                     j.status.as_str(),
-                    j.step,
-                    j.steps,
+                    format!("{}/{}", j.step, j.steps),
                     j.last_loss
                         .map(|l| format!("{l:.4}"))
                         .unwrap_or_else(|| "-".into()),

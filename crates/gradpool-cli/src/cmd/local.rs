@@ -221,13 +221,6 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let model = a.out.join("model.safetensors");
     gradpool_train::export_model(&spec, &ckpt, &model)?;
-    if let Some(e) = gradpool_train::evaluate(&spec, &data, &ckpt, &device)? {
-        println!(
-            "held-out data: loss {:.4}, accuracy {:.1}%",
-            e.loss,
-            e.accuracy * 100.0
-        );
-    }
     println!(
         "trained {} steps: loss {:.4} → {:.4}\nwrote {} and {}",
         spec.train.steps,
@@ -236,6 +229,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         ckpt.display(),
         model.display()
     );
+    if let Some(e) = gradpool_train::evaluate(&spec, &data, &ckpt, &device)? {
+        println!(
+            "held-out data: loss {:.4}, accuracy {:.1}%",
+            e.loss,
+            e.accuracy * 100.0
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
