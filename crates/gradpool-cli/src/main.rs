@@ -43,6 +43,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Segment(_) | Command::Train(_) | Command::Sample(_) | Command::Bench(_)
+    ) {
+        // Still single-threaded here, as the runtime settings require.
+        gradpool_train::runtime::configure_process();
+    }
     // The segment process talks JSON on stdout; keep its logs on stderr and quiet.
     let default_filter = match cli.command {
         Command::Segment(_) | Command::Sample(_) | Command::Bench(_) => "warn",

@@ -22,7 +22,8 @@ fn note(bar: &ProgressBar, visible: bool, line: impl AsRef<str>) {
 }
 
 /// Shows a progress bar (step, loss, tokens/s, provider) until the job ends,
-/// and returns the job as it ended. Reconnects if the stream drops.
+/// and returns the job as it ended. When the stream ends before the job
+/// does, it reconnects and resumes after the last event it saw.
 pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobView> {
     let job: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
     let bar = if visible {
@@ -116,7 +117,7 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         visible,
                         format!(
                             "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
-                            &commitment[..commitment.len().min(16)]
+                            commitment.get(..16).unwrap_or(&commitment)
                         ),
                     );
                 }

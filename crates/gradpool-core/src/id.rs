@@ -10,8 +10,12 @@ use std::fmt;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
+        ///
+        /// Ids from outside (the network, a file) are checked when they are
+        /// deserialised: the prefix, `_`, then lowercase hex. They are used in
+        /// paths and URLs, so nothing else may pass.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(pub String);
 
         impl $name {
@@ -26,6 +30,31 @@ macro_rules! id_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Checks the shape of an id read from outside.
+            pub fn parse(s: &str) -> Result<Self, BadId> {
+                if well_formed(s, $prefix) {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(BadId {
+                        kind: stringify!($name),
+                        value: s.chars().take(80).collect(),
+                    })
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = BadId;
+            fn try_from(s: String) -> Result<Self, BadId> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
         }
 
         impl fmt::Display for $name {
@@ -34,15 +63,11 @@ macro_rules! id_type {
             }
         }
 
+        /// For ids the program made or stored itself; ids from outside go
+        /// through [`Self::parse`] or deserialisation.
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
                 Self(s.to_owned())
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(s: String) -> Self {
-                Self(s)
             }
         }
     };
@@ -77,6 +102,26 @@ impl ProviderId {
     }
 }
 
+/// An id that does not have the shape of its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a valid {kind}")]
+pub struct BadId {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// `prefix_` followed by 1 to 64 lowercase hex digits.
+fn well_formed(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| {
+            (1..=64).contains(&hex.len())
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
 /// `n` random bytes from the operating system, hex-encoded.
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
@@ -84,4 +129,27 @@ pub fn random_hex(n: usize) -> String {
     // ever does there is no safe fallback for ids and keys.
     getrandom::getrandom(&mut buf).expect("operating system random source failed");
     hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_outside_are_checked() {
+        let ok: TaskId = serde_json::from_str("\"task_0123456789abcdef\"").unwrap();
+        assert_eq!(ok.as_str(), "task_0123456789abcdef");
+        for bad in [
+            "\"/home/alice\"",
+            "\"task_../..\"",
+            "\"job_0123\"",
+            "\"task_\"",
+            "\"task_ABC\"",
+        ] {
+            assert!(serde_json::from_str::<TaskId>(bad).is_err(), "{bad}");
+        }
+        assert!(TaskId::parse(TaskId::random().as_str()).is_ok());
+        let key = [7u8; 32];
+        assert!(ProviderId::parse(ProviderId::from_public_key(&key).as_str()).is_ok());
+    }
 }

@@ -278,6 +278,8 @@ struct RawBudget {
 
 /// Upper bounds that keep one job within what a provider can hold.
 const MAX_STEPS: u64 = 10_000_000;
+/// The longest segment: its loss trace travels in one commit request.
+pub const MAX_CHECKPOINT_EVERY: u64 = 100_000;
 const MAX_WIDTH: usize = 16_384;
 const MAX_LAYERS: usize = 256;
 const MAX_BLOCK: usize = 65_536;
@@ -534,12 +536,13 @@ impl RawTrain {
             ));
         }
         in_range("train.batch_size", self.batch_size, 1, MAX_BATCH)?;
-        if !(1..=self.steps).contains(&self.checkpoint_every) {
+        let longest = self.steps.min(MAX_CHECKPOINT_EVERY);
+        if !(1..=longest).contains(&self.checkpoint_every) {
             return Err(invalid(
                 "train.checkpoint_every",
                 format!(
-                    "an integer from 1 to train.steps ({}), got {}",
-                    self.steps, self.checkpoint_every
+                    "an integer from 1 to {longest} (train.steps, and at most {MAX_CHECKPOINT_EVERY}), got {}",
+                    self.checkpoint_every
                 ),
             ));
         }

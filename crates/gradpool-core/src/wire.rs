@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     /// A stable machine-readable code: `not_found`, `unauthorized`,
-    /// `bad_request`, `invalid_spec`, `too_large`, `digest_mismatch`,
-    /// `conflict`, `internal`.
+    /// `forbidden`, `bad_request`, `invalid_spec`, `too_large`,
+    /// `digest_mismatch`, `conflict`, `internal`.
     pub code: String,
     pub message: String,
 }
@@ -332,10 +332,10 @@ mod tests {
     fn job_events_are_tagged_and_flat() {
         let ev = JobEvent {
             id: 3,
-            job_id: JobId::from("job_1"),
+            job_id: JobId::from("job_00000001"),
             at: "2026-01-01T00:00:00Z".into(),
             kind: JobEventKind::Progress {
-                provider: ProviderId::from("prov_1"),
+                provider: ProviderId::from("prov_00000001"),
                 step: 10,
                 loss: 3.5,
                 tokens_per_sec: 100.0,

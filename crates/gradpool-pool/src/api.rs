@@ -44,11 +44,19 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/providers/register", post(register))
         .route("/v1/providers/heartbeat", post(heartbeat))
         .route("/v1/tasks/{id}/progress", post(progress))
-        .route("/v1/tasks/{id}/commit", post(commit))
+        // A loss trace takes about 12 bytes a step in JSON.
+        .route(
+            "/v1/tasks/{id}/commit",
+            post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
+        )
         .route("/v1/tasks/{id}/fail", post(fail))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .with_state(pool)
 }
+
+/// The largest commit body: a segment of [`gradpool_core::spec::MAX_CHECKPOINT_EVERY`]
+/// steps fits with room to spare.
+const COMMIT_BODY_LIMIT: usize = 16 << 20;
 
 async fn create_account(
     State(pool): State<Pool>,

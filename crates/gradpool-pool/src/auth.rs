@@ -75,7 +75,7 @@ async fn account_by_key(pool: &Pool, key: &str) -> Result<Option<AccountId>, Poo
         .bind(secret_hash(key))
         .fetch_optional(&pool.inner.db)
         .await?;
-    Ok(id.map(AccountId::from))
+    Ok(id.as_deref().map(AccountId::from))
 }
 
 async fn provider_by_token(pool: &Pool, token: &str) -> Result<Option<ProviderId>, PoolError> {
@@ -83,7 +83,7 @@ async fn provider_by_token(pool: &Pool, token: &str) -> Result<Option<ProviderId
         .bind(secret_hash(token))
         .fetch_optional(&pool.inner.db)
         .await?;
-    Ok(id.map(ProviderId::from))
+    Ok(id.as_deref().map(ProviderId::from))
 }
 
 fn unknown_key() -> PoolError {

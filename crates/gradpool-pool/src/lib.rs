@@ -65,10 +65,12 @@ impl Pool {
     /// `pool.sqlite` (WAL, busy timeout, foreign keys, migrated) and the blob
     /// store `blobs/`.
     pub async fn open(config: PoolConfig) -> Result<Pool, PoolError> {
-        if config.lease_seconds == 0 {
-            return Err(PoolError::BadRequest(
-                "lease_seconds must be at least 1".into(),
-            ));
+        if config.heartbeat_seconds == 0 || 2 * config.heartbeat_seconds > config.lease_seconds {
+            return Err(PoolError::BadRequest(format!(
+                "lease_seconds ({}) must be at least twice heartbeat_seconds ({}, at least 1): \
+                 otherwise a working provider loses its lease between two heartbeats",
+                config.lease_seconds, config.heartbeat_seconds
+            )));
         }
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let db = store::open(&config.data_dir.join("pool.sqlite")).await?;

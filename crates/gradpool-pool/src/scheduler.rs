@@ -29,7 +29,9 @@ use sqlx::SqliteConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// A segment that failed this many times fails its job.
+/// A segment that failed on this many different providers fails its job.
+/// A provider never gets a segment it failed again, so one broken rig cannot
+/// fail a job alone.
 pub const MAX_SEGMENT_FAILURES: i64 = 3;
 /// The longest a heartbeat is held waiting for work.
 pub const MAX_WAIT_SECONDS: u32 = 30;
@@ -523,6 +525,8 @@ impl Pool {
                  WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                              WHERE t.status = 'queued' AND j.status IN ('queued', 'running') \
                                AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                               AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
+                                   AND f.segment = t.segment AND f.status = 'failed' AND f.provider_id = ?1) \
                              ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                    AND status = 'queued' \
                  RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
@@ -769,14 +773,18 @@ impl Pool {
             ));
         }
         let path = self.inner.blobs.path_of(&cm.checkpoint_sha256);
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
-                .bind(cm.checkpoint_sha256.as_str())
-                .fetch_one(&self.inner.db)
-                .await?;
-        if !known || !tokio::fs::try_exists(&path).await? {
+        // The checkpoint must be a blob this provider uploaded: committing
+        // to someone else's blob by its digest would grant read access to it.
+        let uploaded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        )
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(provider.as_str())
+        .fetch_one(&self.inner.db)
+        .await?;
+        if !uploaded || !tokio::fs::try_exists(&path).await? {
             return Err(PoolError::BadRequest(format!(
-                "checkpoint blob {} not found; upload it before committing",
+                "checkpoint blob {} not found among this provider's uploads; upload it before committing",
                 cm.checkpoint_sha256
             )));
         }
@@ -786,15 +794,16 @@ impl Pool {
             .map_err(|e| PoolError::BadRequest(format!("cannot hash the checkpoint: {e}")))?;
         if hash != cm.hash {
             return Err(PoolError::BadRequest(format!(
-                "commitment.hash {} is not BLAKE3(checkpoint ‖ prev) = {hash}",
+                "commitment.hash {} is not BLAKE3(checkpoint ‖ prev)",
                 cm.hash
             )));
         }
         Ok(())
     }
 
-    /// A provider gave up on a task: the segment is queued again, or the job
-    /// fails once the segment failed [`MAX_SEGMENT_FAILURES`] times.
+    /// A provider gave up on a task: the segment is queued again (for other
+    /// providers), or the job fails once [`MAX_SEGMENT_FAILURES`] providers
+    /// failed the segment.
     pub async fn fail_task(
         &self,
         provider: &ProviderId,
@@ -824,7 +833,7 @@ impl Pool {
         )
         .await?;
         let failures: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed'",
+            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed'",
         )
         .bind(&task.job_id)
         .bind(task.segment)
@@ -862,7 +871,7 @@ impl Pool {
         .fetch_all(w.conn())
         .await?;
         for task in &expired {
-            let provider = ProviderId::from(task.provider_id.clone().unwrap_or_default());
+            let provider = ProviderId::from(task.provider_id.as_deref().unwrap_or_default());
             w.event(
                 &task.job_id,
                 JobEventKind::LeaseExpired {

@@ -262,7 +262,7 @@ pub async fn segments(
                 segment: to_u32(r.segment),
                 start_step: to_u64(r.start_step),
                 end_step: to_u64(r.end_step),
-                provider: ProviderId::from(r.provider_id),
+                provider: ProviderId::from(r.provider_id.as_str()),
                 checkpoint_sha256: parse_sha(&r.checkpoint_sha256)?,
                 commitment: serde_json::from_str::<SignedCommitment>(&r.signed)?,
                 loss_trace: serde_json::from_str(&r.loss_trace)?,
@@ -308,7 +308,7 @@ pub async fn providers(
                 "idle"
             };
             Ok(ProviderView {
-                id: ProviderId::from(r.id),
+                id: ProviderId::from(r.id.as_str()),
                 name: r.name,
                 status: status.to_owned(),
                 hardware: serde_json::from_str::<Hardware>(&r.hardware)?,

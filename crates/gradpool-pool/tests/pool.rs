@@ -785,7 +785,7 @@ async fn re_registering_resumes_or_drops_tasks() {
     let r = p.heartbeat(&[], 2, 0).await;
     assert_eq!(r.assignments.len(), 2);
     let (t1, t2) = (r.assignments[0].clone(), r.assignments[1].clone());
-    let bogus = TaskId::from("task_bogus");
+    let bogus = TaskId::random(); // well-formed, unknown to the pool
     let reg = p.register(vec![t1.task_id.clone(), bogus.clone()]).await;
     assert_eq!(reg.resume, vec![t1.clone()]);
     assert_eq!(reg.dropped, vec![bogus]);
@@ -807,8 +807,12 @@ async fn failures_requeue_then_fail_the_job() {
     let tp = TestPool::start().await;
     let alice = tp.customer("alice").await;
     let job = alice.submit(SPEC, b"data").await;
-    let p = tp.provider("rig").await;
-    for round in 0..3 {
+    let rigs = [
+        tp.provider("rig-a").await,
+        tp.provider("rig-b").await,
+        tp.provider("rig-c").await,
+    ];
+    for (round, p) in rigs.iter().enumerate() {
         let a = p.take().await;
         assert_eq!(a.segment, 0);
         let r = p
@@ -831,6 +835,10 @@ async fn failures_requeue_then_fail_the_job() {
             )
             .await
             .err(409);
+        // A provider never gets back a segment it failed.
+        if round < 2 {
+            assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+        }
     }
     let view = alice.job(&job.id).await;
     assert_eq!(view.status, JobStatus::Failed);
@@ -839,7 +847,9 @@ async fn failures_requeue_then_fail_the_job() {
         "{:?}",
         view.error
     );
-    assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    for p in &rigs {
+        assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    }
     let events = alice.events(&job.id, None).await;
     assert_eq!(events.iter().filter(|e| e.1 == "task_failed").count(), 3);
     assert!(matches!(

@@ -33,6 +33,10 @@ pub struct ProviderConfig {
     pub max_concurrent_tasks: u32,
 }
 
+/// A segment process that reports nothing for this long is stuck (a hung
+/// device, a deadlock): it is killed and the segment reported as failed.
+const SEGMENT_STALL: Duration = Duration::from_secs(600);
+
 /// What every task worker shares.
 struct Shared {
     api: tokio::sync::RwLock<Api>,
@@ -331,6 +335,7 @@ async fn run_task(
                 &files,
                 (a.start_step, a.end_step),
                 &shared.device.segment_args(),
+                SEGMENT_STALL,
                 cancel.clone(),
                 |s, loss, tokens_per_sec| {
                     step.store(s + 1, Ordering::Relaxed);
@@ -433,11 +438,23 @@ async fn commit(
                 }
                 return Ok(TaskEnd::Committed);
             }
+            // The lease is gone (expired, cancelled): nothing to report.
+            Err(ProviderError::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(task = %a.task_id, message, "the pool no longer leases this task to us");
+                return Ok(TaskEnd::Cancelled);
+            }
+            // Refused for good: report it, so the segment goes to another
+            // provider and repeated refusals fail the job.
             Err(ProviderError::Refused {
                 status, message, ..
             }) if status != 401 && status < 500 => {
-                tracing::warn!(task = %a.task_id, status, message, "the pool refused the commitment");
-                return Ok(TaskEnd::Cancelled);
+                return Err(ProviderError::Segment(format!(
+                    "the pool refused the commitment ({status}): {message}"
+                )));
             }
             Err(e) => {
                 tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot commit yet");

@@ -170,7 +170,8 @@ impl Api {
                 self.request(reqwest::Method::GET, &format!("/v1/blobs/{sha}")),
             )
             .await?;
-        let tmp = dest.with_extension("download");
+        // Unique: two workers may fetch the same blob at once.
+        let tmp = dest.with_extension(format!("download-{}", gradpool_core::id::random_hex(6)));
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(ProviderError::io(format!(

@@ -44,12 +44,14 @@ pub enum SegmentEnd {
 }
 
 /// Runs one segment in a child process of `program`, calling `on_step` for
-/// each step, until it ends or `cancel` fires (the child is then killed).
+/// each step, until it ends, `cancel` fires, or it prints nothing for
+/// `stall` (the child is then killed).
 pub async fn run_child(
     program: &Path,
     files: &SegmentFiles,
     steps: (u64, u64),
     device_args: &[String],
+    stall: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
     mut on_step: impl FnMut(u64, f32, f64),
 ) -> std::io::Result<SegmentEnd> {
@@ -101,7 +103,13 @@ pub async fn run_child(
                 child.kill().await?;
                 return Ok(SegmentEnd::Cancelled);
             }
-            line = lines.next_line() => {
+            line = tokio::time::timeout(stall, lines.next_line()) => {
+                let Ok(line) = line else {
+                    child.kill().await?;
+                    return Ok(SegmentEnd::Failed {
+                        reason: format!("segment process reported nothing for {} s; killed", stall.as_secs()),
+                    });
+                };
                 match line? {
                     None => break,
                     Some(line) => match serde_json::from_str::<SegmentEvent>(&line) {
@@ -151,5 +159,90 @@ mod tests {
         let done: SegmentEvent =
             serde_json::from_str(r#"{"event":"done","losses":[1.0]}"#).unwrap();
         assert_eq!(done, SegmentEvent::Done { losses: vec![1.0] });
+    }
+
+    fn files(dir: &Path) -> SegmentFiles {
+        SegmentFiles {
+            spec: dir.join("spec.toml"),
+            data: dir.join("data"),
+            start: None,
+            out: dir.join("out"),
+        }
+    }
+
+    /// A stand-in for the `gradpool` binary: a shell script.
+    fn program(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-gradpool");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_silent_child_is_killed_as_stalled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prog = program(tmp.path(), "sleep 30");
+        let started = std::time::Instant::now();
+        let end = run_child(
+            &prog,
+            &files(tmp.path()),
+            (0, 10),
+            &[],
+            std::time::Duration::from_millis(300),
+            tokio_util::sync::CancellationToken::new(),
+            |_, _, _| {},
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&end, SegmentEnd::Failed { reason } if reason.contains("reported nothing")),
+            "{end:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn steps_and_the_result_are_read_and_a_failure_keeps_stderr() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prog = program(
+            tmp.path(),
+            r#"echo '{"event":"step","step":0,"loss":4.0,"tokens_per_sec":1.0}'
+echo '{"event":"done","losses":[4.0]}'"#,
+        );
+        let mut steps = Vec::new();
+        let end = run_child(
+            &prog,
+            &files(tmp.path()),
+            (0, 1),
+            &[],
+            std::time::Duration::from_secs(10),
+            tokio_util::sync::CancellationToken::new(),
+            |s, l, _| steps.push((s, l)),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(end, SegmentEnd::Done { ref losses } if losses == &[4.0]),
+            "{end:?}"
+        );
+        assert_eq!(steps, [(0, 4.0)]);
+
+        let prog = program(tmp.path(), "echo 'checkpoint is corrupt' >&2; exit 3");
+        let end = run_child(
+            &prog,
+            &files(tmp.path()),
+            (0, 1),
+            &[],
+            std::time::Duration::from_secs(10),
+            tokio_util::sync::CancellationToken::new(),
+            |_, _, _| {},
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&end, SegmentEnd::Failed { reason } if reason.contains("checkpoint is corrupt")),
+            "{end:?}"
+        );
     }
 }

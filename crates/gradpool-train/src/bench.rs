@@ -89,7 +89,6 @@ pub fn train(
             "bench needs at least one timed step".into(),
         ));
     }
-    crate::runtime::configure();
     let spec = reference_spec(warmup + steps);
     let dataset = Dataset::from_bytes(&spec, data)?;
     let meta = ModelMeta::new(&spec, &dataset)?;

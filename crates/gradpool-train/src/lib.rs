@@ -46,7 +46,7 @@ pub mod model;
 pub mod ops;
 pub(crate) mod optim;
 pub mod rng;
-mod runtime;
+pub mod runtime;
 pub mod sample;
 pub mod schedule;
 pub mod segment;

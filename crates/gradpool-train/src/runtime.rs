@@ -12,9 +12,11 @@ use std::sync::Once;
 /// separate pool) when there are no spare cores.
 const SPIN_LIMIT: &str = "200";
 
-/// Applies the settings once per process, before the first training step
-/// creates candle's thread pools.
-pub(crate) fn configure() {
+/// Applies the settings once per process. Call it at the start of `main`,
+/// before any other thread exists: it sets an environment variable, which
+/// is not safe while other threads may read the environment. Without it
+/// training gives the same results, only slower on busy machines.
+pub fn configure_process() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {

@@ -204,7 +204,6 @@ pub fn run_segment(
             spec.train.steps
         )));
     }
-    crate::runtime::configure();
     let (model, mut opt) = match start {
         None if start_step != 0 => {
             return Err(TrainError::Segment(format!(

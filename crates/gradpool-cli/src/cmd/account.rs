@@ -16,6 +16,10 @@ pub enum AccountCommand {
         /// Print the key but do not save it.
         #[arg(long)]
         no_save: bool,
+        /// Replace saved credentials (the old key is lost: the pool keeps
+        /// only its hash).
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         customer: CustomerArgs,
     },
@@ -31,9 +35,19 @@ pub async fn run(c: AccountCommand) -> anyhow::Result<ExitCode> {
         AccountCommand::Create {
             name,
             no_save,
+            replace,
             customer,
         } => {
             let pool = customer.pool_url()?;
+            let saved = credentials::load()?;
+            if let (Some(old), false, false) = (&saved, no_save, replace) {
+                anyhow::bail!(
+                    "{} already holds the key of account {} on {}: pass --replace to overwrite it, or --no-save",
+                    credentials::path().display(),
+                    old.account_id,
+                    old.pool
+                );
+            }
             let api = Api::new(&pool, None);
             let created: wire::AccountCreated = api
                 .post("/v1/accounts", &wire::CreateAccount { name })

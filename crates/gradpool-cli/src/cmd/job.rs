@@ -94,8 +94,8 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::List { customer } => {
             let jobs: Vec<JobView> = customer.api()?.get("/v1/jobs").await?;
             println!(
-                "{:<22} {:<20} {:<10} {:>11} {:>9}  {}",
-                "JOB", "NAME", "STATUS", "STEP", "LOSS", "CREATED"
+                "{:<22} {:<20} {:<10} {:>11} {:>9}  CREATED",
+                "JOB", "NAME", "STATUS", "STEP", "LOSS"
             );
             for j in jobs {
                 println!(
@@ -138,8 +138,8 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             println!("data       {}", j.data_sha256);
             if !segments.is_empty() {
                 println!(
-                    "\n{:>4} {:>13} {:<22} {:>9}  {}",
-                    "SEG", "STEPS", "PROVIDER", "LOSS", "COMMITMENT"
+                    "\n{:>4} {:>13} {:<22} {:>9}  COMMITMENT",
+                    "SEG", "STEPS", "PROVIDER", "LOSS"
                 );
                 for s in segments {
                     println!(
@@ -152,7 +152,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                             .last()
                             .map(|l| format!("{l:.4}"))
                             .unwrap_or_default(),
-                        &s.commitment.commitment.hash[..16]
+                        s.commitment.commitment.hash.get(..16).unwrap_or_default()
                     );
                 }
             }
@@ -212,8 +212,17 @@ pub async fn submit_text(
     data: &Path,
     progress: bool,
 ) -> anyhow::Result<JobView> {
+    let spec = JobSpec::from_toml_str(spec_toml)?;
     let sha = Sha256Hex::of_file(data)
         .with_context(|| format!("cannot read data file {}", data.display()))?;
+    if let Some(expected) = &spec.data.sha256 {
+        if *expected != sha {
+            bail!(
+                "data.sha256: the spec expects {expected}, but {} has sha256 {sha}",
+                data.display()
+            );
+        }
+    }
     let size = std::fs::metadata(data)?.len();
     let bar = if progress {
         let bar = ProgressBar::new(size);
