@@ -16,6 +16,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
+/// Events read from the database at a time when replaying.
+const REPLAY_PAGE: u32 = 256;
+
 /// The SSE `event:` name of an event: its kind's `type`.
 pub fn kind_name(kind: &JobEventKind) -> &'static str {
     match kind {
@@ -69,16 +72,24 @@ impl Follower {
         }
     }
 
+    /// Sends the stored events after the last one sent, a page at a time,
+    /// so a long job's history never sits in memory whole and no database
+    /// connection waits on a slow client.
     async fn replay(&mut self) -> Result<Step, PoolError> {
-        let mut conn = self.pool.inner.db.acquire().await?;
-        let events = store::events_after(&mut conn, &self.job_id, self.last).await?;
-        drop(conn);
-        for event in &events {
-            if let Step::Done = self.send(event).await {
-                return Ok(Step::Done);
+        loop {
+            let mut conn = self.pool.inner.db.acquire().await?;
+            let events =
+                store::events_after(&mut conn, &self.job_id, self.last, REPLAY_PAGE).await?;
+            drop(conn);
+            for event in &events {
+                if let Step::Done = self.send(event).await {
+                    return Ok(Step::Done);
+                }
+            }
+            if events.len() < REPLAY_PAGE as usize {
+                return Ok(Step::More);
             }
         }
-        Ok(Step::More)
     }
 
     async fn job_is_final(&self) -> Result<bool, PoolError> {

@@ -14,7 +14,7 @@
 
 use crate::auth::{new_session_token, secret_hash};
 use crate::error::PoolError;
-use crate::store::{self, now_ms, JobRow, TaskRow};
+use crate::store::{self, now_ms, to_u32, to_u64, JobRow, TaskRow};
 use crate::Pool;
 use gradpool_core::commitment::{
     chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
@@ -113,14 +113,6 @@ impl<'a> Write<'a> {
         }
         Ok(())
     }
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_u32(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(0)
 }
 
 fn device_str(d: DeviceRequest) -> &'static str {

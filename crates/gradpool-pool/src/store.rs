@@ -48,11 +48,13 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn to_u64(v: i64) -> u64 {
+/// A count or step stored as SQLite's signed integer (never negative).
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn to_u32(v: i64) -> u32 {
+/// A segment index stored as SQLite's signed integer (never negative).
+pub(crate) fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
@@ -207,17 +209,19 @@ pub async fn insert_event(
     })
 }
 
-/// A job's events with id greater than `after`, in order.
+/// Up to `limit` of a job's events with id greater than `after`, in order.
 pub async fn events_after(
     conn: &mut SqliteConnection,
     job_id: &str,
     after: i64,
+    limit: u32,
 ) -> Result<Vec<JobEvent>, PoolError> {
     let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT id, at, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id",
+        "SELECT id, at, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
     )
     .bind(job_id)
     .bind(after)
+    .bind(limit)
     .fetch_all(conn)
     .await?;
     rows.into_iter()

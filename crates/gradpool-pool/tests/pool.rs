@@ -931,3 +931,53 @@ async fn blobs_larger_than_axums_default_limit_stream_through() {
     assert!(got == big, "downloaded bytes differ");
     tp.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_long_event_log_replays_whole_and_in_order() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let job = alice.submit(SPEC, b"data").await;
+    let p = tp.provider("rig").await;
+    let a = p.take().await;
+    // More events than one replay page.
+    for step in 1..=600u64 {
+        let r = p
+            .client
+            .post(
+                &format!("/v1/tasks/{}/progress", a.task_id),
+                &Progress {
+                    step,
+                    loss: 4.0,
+                    tokens_per_sec: 1.0,
+                },
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    let _: JobView = alice
+        .post(&format!("/v1/jobs/{}/cancel", job.id), &())
+        .await
+        .ok();
+    let events = alice.events(&job.id, None).await;
+    let steps: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.2.kind {
+            JobEventKind::Progress { step, .. } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, (1..=600).collect::<Vec<_>>());
+    assert!(events.windows(2).all(|w| w[0].2.id < w[1].2.id));
+    assert!(matches!(
+        events.last().unwrap().2.kind,
+        JobEventKind::Status {
+            status: JobStatus::Cancelled,
+            ..
+        }
+    ));
+    // Resuming after an id in the middle gives exactly the rest.
+    let middle = events[300].2.id;
+    let rest = alice.events(&job.id, Some(middle)).await;
+    assert_eq!(rest.len(), events.len() - 301);
+    tp.shutdown().await;
+}
