@@ -26,6 +26,7 @@ pub mod blob;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod ledger;
 pub mod scheduler;
 pub mod store;
 

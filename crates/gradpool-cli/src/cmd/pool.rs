@@ -1,13 +1,17 @@
-//! `gradpool pool`.
+//! `gradpool pool`: serve a pool, or `gradpool pool audit` its ledger.
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
+use gradpool_pool::ledger::Ledger;
 use gradpool_pool::{Pool, PoolConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PoolArgs {
+    #[command(subcommand)]
+    command: Option<PoolCommand>,
     /// Where the pool keeps its database (pool.sqlite) and blobs.
     #[arg(long, default_value = "gradpool-pool")]
     data_dir: PathBuf,
@@ -28,7 +32,50 @@ pub struct PoolArgs {
     closed_signup: bool,
 }
 
+#[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Check the money ledger: recompute every balance and entry from the
+    /// postings; exits non-zero if an invariant is broken.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// The pool's data directory (holding pool.sqlite).
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
+}
+
 pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        Some(PoolCommand::Audit(audit_args)) => audit(audit_args).await,
+        None => serve(a).await,
+    }
+}
+
+async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
+    let path = a.data_dir.join("pool.sqlite");
+    anyhow::ensure!(
+        path.is_file(),
+        "no pool database at {} (is --data-dir the pool's data directory?)",
+        path.display()
+    );
+    let db = gradpool_pool::store::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let report = Ledger::new(db)
+        .audit()
+        .await
+        .with_context(|| format!("cannot audit the ledger in {}", path.display()))?;
+    println!("{report}");
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
     let config = PoolConfig {
         data_dir: a.data_dir.clone(),
         lease_seconds: a.lease_seconds,
