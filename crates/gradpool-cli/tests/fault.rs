@@ -140,6 +140,23 @@ async fn a_restarted_provider_resumes_its_segment() {
         .unwrap();
     let id = job.id.to_string();
     let (at_kill, _) = wait_for_lease_after_first_segment(&api, &id).await;
+    // Kill it once it has written the task down (a lease it never recorded
+    // cannot be resumed; the pool releases those at registration).
+    let recorded = dir.join("tasks");
+    let start = Instant::now();
+    while !std::fs::read_dir(&recorded)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().join("assignment.json").is_file())
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the provider never recorded its task"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     provider.child.kill().unwrap();
     provider.child.wait().unwrap();
     drop(provider);

@@ -226,9 +226,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The message a provider signs to prove it holds its node key when it
-/// registers: a domain tag, the key and a timestamp (seconds since the epoch).
-pub fn registration_message(public_hex: &str, unix_time: i64) -> Vec<u8> {
-    format!("gradpool/register/v1\n{public_hex}\n{unix_time}").into_bytes()
+/// registers: a domain tag, the key, a timestamp (seconds since the epoch)
+/// and the single-use nonce the pool issued
+/// ([`crate::wire::RegistrationChallenge`]), so a captured registration
+/// cannot be replayed.
+pub fn registration_message(public_hex: &str, unix_time: i64, nonce: &str) -> Vec<u8> {
+    format!("gradpool/register/v2\n{public_hex}\n{unix_time}\n{nonce}").into_bytes()
 }
 
 #[cfg(test)]

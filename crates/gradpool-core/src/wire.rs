@@ -13,6 +13,7 @@
 //! | `GET  /v1/jobs/{id}/segments`     | customer | → `[SegmentView]`                         |
 //! | `GET  /v1/jobs/{id}/events`       | customer | server-sent [`JobEvent`]s                 |
 //! | `GET  /v1/providers`              | any key  | → `[ProviderView]`                        |
+//! | `POST /v1/providers/challenge`    | anyone   | → [`RegistrationChallenge`]               |
 //! | `POST /v1/providers/register`     | anyone   | [`Register`] → [`Registered`]             |
 //! | `POST /v1/providers/heartbeat`    | provider | [`Heartbeat`] → [`HeartbeatReply`]        |
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
@@ -225,6 +226,14 @@ pub struct ProviderView {
     pub segments_committed: u64,
 }
 
+/// A single-use nonce a provider signs to register.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationChallenge {
+    pub nonce: String,
+    /// The nonce is refused after this long.
+    pub expires_in_seconds: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Register {
     /// Hex Ed25519 public key.
@@ -234,6 +243,8 @@ pub struct Register {
     /// Seconds since the epoch; must be within a few minutes of the pool's
     /// clock.
     pub time: i64,
+    /// The nonce of a [`RegistrationChallenge`], used once.
+    pub nonce: String,
     /// Signature over [`crate::commitment::registration_message`].
     pub signature: String,
     /// Tasks the provider was working on before it (re)started.

@@ -41,6 +41,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}/segments", get(job_segments))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/providers", get(list_providers))
+        .route("/v1/providers/challenge", post(challenge))
         .route("/v1/providers/register", post(register))
         .route("/v1/providers/heartbeat", post(heartbeat))
         .route("/v1/tasks/{id}/progress", post(progress))
@@ -231,6 +232,10 @@ async fn list_providers(
     Ok(Json(
         store::providers(&mut conn, pool.inner.config.lease_seconds).await?,
     ))
+}
+
+async fn challenge(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.issue_challenge()?))
 }
 
 async fn register(

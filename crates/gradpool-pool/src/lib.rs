@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<Arc<JobEvent>>,
     /// Cancelled when serving stops: ends event streams and long polls.
     pub(crate) stop: tokio_util::sync::CancellationToken,
+    /// Registration nonces issued and not yet used, with their expiry (ms).
+    pub(crate) challenges: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Pool {
@@ -87,6 +89,7 @@ impl Pool {
                 work: Notify::new(),
                 events,
                 stop: tokio_util::sync::CancellationToken::new(),
+                challenges: Default::default(),
             }),
         })
     }

@@ -22,7 +22,7 @@ use gradpool_core::commitment::{
 use gradpool_core::spec::DeviceRequest;
 use gradpool_core::wire::{
     Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
-    JobView, Progress, Register, Registered, SubmitJob, TaskFailed,
+    JobView, Progress, Register, Registered, RegistrationChallenge, SubmitJob, TaskFailed,
 };
 use gradpool_core::{AccountId, JobId, JobSpec, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_SEGMENT_FAILURES: i64 = 3;
 /// The longest a heartbeat is held waiting for work.
 pub const MAX_WAIT_SECONDS: u32 = 30;
+/// How long a registration nonce is valid.
+pub const CHALLENGE_SECONDS: u32 = 60;
+/// Registration nonces outstanding at most.
+const MAX_PENDING_CHALLENGES: usize = 100_000;
 /// How far a registration's timestamp may be from the pool's clock.
 pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
 
@@ -311,6 +315,44 @@ impl Pool {
 
     /// Registers (or re-registers) a provider that proved it holds its node
     /// key; issues a new session token and sorts the tasks it was resuming.
+    /// Issues a single-use registration nonce, valid for
+    /// [`CHALLENGE_SECONDS`].
+    pub fn issue_challenge(&self) -> Result<RegistrationChallenge, PoolError> {
+        let now = now_ms();
+        let mut pending = self
+            .inner
+            .challenges
+            .lock()
+            .map_err(|_| PoolError::Internal("challenge table poisoned".into()))?;
+        pending.retain(|_, expires| *expires > now);
+        if pending.len() >= MAX_PENDING_CHALLENGES {
+            return Err(PoolError::Conflict(
+                "too many registrations in progress; retry in a minute".into(),
+            ));
+        }
+        let nonce = gradpool_core::id::random_hex(32);
+        pending.insert(nonce.clone(), now + i64::from(CHALLENGE_SECONDS) * 1000);
+        Ok(RegistrationChallenge {
+            nonce,
+            expires_in_seconds: CHALLENGE_SECONDS,
+        })
+    }
+
+    /// Consumes a nonce: unknown, used or expired ones are refused.
+    fn take_challenge(&self, nonce: &str) -> Result<(), PoolError> {
+        let mut pending = self
+            .inner
+            .challenges
+            .lock()
+            .map_err(|_| PoolError::Internal("challenge table poisoned".into()))?;
+        match pending.remove(nonce) {
+            Some(expires) if expires > now_ms() => Ok(()),
+            _ => Err(PoolError::Unauthorized(
+                "unknown, used or expired registration challenge; ask for a new one".into(),
+            )),
+        }
+    }
+
     pub async fn register_provider(&self, req: Register) -> Result<Registered, PoolError> {
         let now_s = now_ms() / 1000;
         if (req.time - now_s).abs() > REGISTRATION_SKEW_SECONDS {
@@ -323,10 +365,13 @@ impl Pool {
             .map_err(|e| PoolError::BadRequest(format!("public_key: {e}")))?;
         let sig = gradpool_core::commitment::decode_signature(&req.signature)
             .map_err(|e| PoolError::BadRequest(format!("signature: {e}")))?;
-        key.verify_strict(&registration_message(&req.public_key, req.time), &sig)
-            .map_err(|_| {
-                PoolError::Unauthorized("registration signature does not verify".into())
-            })?;
+        key.verify_strict(
+            &registration_message(&req.public_key, req.time, &req.nonce),
+            &sig,
+        )
+        .map_err(|_| PoolError::Unauthorized("registration signature does not verify".into()))?;
+        // Only after the signature: a forged request must not burn a nonce.
+        self.take_challenge(&req.nonce)?;
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(PoolError::BadRequest(
@@ -382,7 +427,26 @@ impl Pool {
             let job = job_of(w.conn(), &task).await?;
             resume.push(assignment(&job, &task, lease_seconds)?);
         }
+        // Leases the provider did not claim were granted after its last
+        // record of work (it died between the pool's reply and writing the
+        // task down): nobody works on them, so they end now, not when the
+        // lease runs out.
+        let kept: Vec<&str> = resume.iter().map(|a| a.task_id.as_str()).collect();
+        let abandoned = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = 0, updated_at = ?1 \
+             WHERE provider_id = ?2 AND status = 'leased' \
+               AND id NOT IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(now)
+        .bind(provider.as_str())
+        .bind(serde_json::to_string(&kept)?)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
         w.commit().await?;
+        if abandoned > 0 {
+            self.reap_expired_leases().await?;
+        }
         tracing::info!(provider = %provider, name, class = %req.hardware.class(),
             resumed = resume.len(), dropped = dropped.len(), "provider registered");
         Ok(Registered {

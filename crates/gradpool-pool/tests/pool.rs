@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use gradpool_core::commitment::registration_message;
 use gradpool_core::wire::*;
 use gradpool_core::{NodeKey, Sha256Hex, TaskId};
 use std::collections::HashSet;
@@ -286,24 +287,43 @@ async fn submit_validation_and_job_visibility() {
 async fn registration_is_checked() {
     let tp = TestPool::start().await;
     let p = tp.provider("rig").await;
-    let mut body = p.register_body(vec![]);
+    let mut body = p.register_body(vec![]).await;
     body.time -= 1000;
     tp.anon()
         .post("/v1/providers/register", &body)
         .await
         .err(401);
-    let mut body = p.register_body(vec![]);
+    let mut body = p.register_body(vec![]).await;
     body.signature = NodeKey::generate().sign(b"whatever");
     tp.anon()
         .post("/v1/providers/register", &body)
         .await
         .err(401);
-    let mut body = p.register_body(vec![]);
+    let mut body = p.register_body(vec![]).await;
     body.public_key = "zz".into();
     tp.anon()
         .post("/v1/providers/register", &body)
         .await
         .err(400);
+    // A registration is good once: replaying it, or signing a nonce the
+    // pool never issued, is refused.
+    let body = p.register_body(vec![]).await;
+    let _: Registered = tp.anon().post("/v1/providers/register", &body).await.ok();
+    tp.anon()
+        .post("/v1/providers/register", &body)
+        .await
+        .err(401);
+    let mut forged = p.register_body(vec![]).await;
+    forged.nonce = "00".repeat(32);
+    forged.signature = p.key.sign(&registration_message(
+        &forged.public_key,
+        forged.time,
+        &forged.nonce,
+    ));
+    tp.anon()
+        .post("/v1/providers/register", &forged)
+        .await
+        .err(401);
     // Heartbeat without a token, or with an old token.
     tp.anon()
         .post("/v1/providers/heartbeat", &serde_json::json!({}))
@@ -789,6 +809,12 @@ async fn re_registering_resumes_or_drops_tasks() {
     let reg = p.register(vec![t1.task_id.clone(), bogus.clone()]).await;
     assert_eq!(reg.resume, vec![t1.clone()]);
     assert_eq!(reg.dropped, vec![bogus]);
+    // t2 was leased but not claimed (the provider died before writing it
+    // down): it is released at once and its segment goes to someone else.
+    let third = tp.provider("third").await;
+    let got = third.take().await;
+    assert_eq!((&got.job_id, got.segment), (&t2.job_id, t2.segment));
+    assert_ne!(got.task_id, t2.task_id);
     // Another provider cannot claim this provider's tasks.
     let mut other = tp.provider("other").await;
     let reg = other.register(vec![t2.task_id.clone()]).await;

@@ -190,20 +190,29 @@ async fn register(
 ) -> Option<wire::Registered> {
     let mut backoff = 1u64;
     loop {
-        let time = unix_now();
-        let public_key = shared.key.public_hex();
-        let req = wire::Register {
-            signature: shared.key.sign(&registration_message(&public_key, time)),
-            public_key,
-            name: shared.config.name.clone(),
-            hardware: shared.device.hardware(),
-            time,
-            resuming: resuming.clone(),
-        };
         let api = Api::new(&shared.config.pool_url, None);
+        let attempt = async {
+            let challenge = api.challenge().await?;
+            let time = unix_now();
+            let public_key = shared.key.public_hex();
+            let req = wire::Register {
+                signature: shared.key.sign(&registration_message(
+                    &public_key,
+                    time,
+                    &challenge.nonce,
+                )),
+                nonce: challenge.nonce,
+                public_key,
+                name: shared.config.name.clone(),
+                hardware: shared.device.hardware(),
+                time,
+                resuming: resuming.clone(),
+            };
+            api.register(&req).await
+        };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = api.register(&req) => r,
+            r = attempt => r,
         };
         match result {
             Ok(reg) => {

@@ -209,6 +209,10 @@ impl Api {
 
     // The provider's calls.
 
+    pub async fn challenge(&self) -> Result<wire::RegistrationChallenge, ProviderError> {
+        self.post("/v1/providers/challenge", &()).await
+    }
+
     pub async fn register(&self, req: &wire::Register) -> Result<wire::Registered, ProviderError> {
         self.post("/v1/providers/register", req).await
     }

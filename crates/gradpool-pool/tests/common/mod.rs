@@ -290,11 +290,17 @@ impl TestProvider {
         }
     }
 
-    pub fn register_body(&self, resuming: Vec<TaskId>) -> Register {
+    /// A signed registration over a fresh challenge from the pool.
+    pub async fn register_body(&self, resuming: Vec<TaskId>) -> Register {
+        let challenge: RegistrationChallenge =
+            self.client.post("/v1/providers/challenge", &()).await.ok();
         let time = time_now();
         let public_key = self.key.public_hex();
         Register {
-            signature: self.key.sign(&registration_message(&public_key, time)),
+            signature: self
+                .key
+                .sign(&registration_message(&public_key, time, &challenge.nonce)),
+            nonce: challenge.nonce,
             public_key,
             name: self.name.clone(),
             hardware: self.hardware(),
@@ -304,7 +310,7 @@ impl TestProvider {
     }
 
     pub async fn register(&mut self, resuming: Vec<TaskId>) -> Registered {
-        let body = self.register_body(resuming);
+        let body = self.register_body(resuming).await;
         let reg: Registered = self.client.post("/v1/providers/register", &body).await.ok();
         self.client.token = Some(reg.token.clone());
         reg
