@@ -11,6 +11,11 @@ use crate::cmd::local::{sample_text, SHAKESPEARE};
 use anyhow::{bail, Context};
 use clap::Args;
 use gradpool_core::wire::{JobStatus, ProviderView, SegmentView};
+use gradpool_core::{Piconero, ProviderId};
+use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
+use gradpool_monero::{Address, Regtest, WalletRpcProcess};
+use gradpool_pool::chain::MoneroBackend;
+use gradpool_pool::MoneyBackend;
 use gradpool_pool::{Pool, PoolConfig};
 use gradpool_provider::client::Api;
 use serde::Serialize;
@@ -59,6 +64,77 @@ pub struct DevnetArgs {
     /// Characters of text to sample from the trained model.
     #[arg(long, default_value_t = 400)]
     sample_tokens: usize,
+    /// Pay with real Monero on a private chain: starts `monerod --regtest
+    /// --offline` and wallet RPCs, mines coins to the customer, deposits
+    /// them, and pays the providers on chain (needs `apt-get install
+    /// monero`).
+    #[arg(long)]
+    monero: bool,
+}
+
+/// A private Monero chain for `devnet --monero`: the pool's wallet, the
+/// customer's, and one wallet whose subaddresses the providers are paid to.
+struct DevChain {
+    regtest: Regtest,
+    customer: WalletRpcProcess,
+    providers: WalletRpcProcess,
+    customer_address: Address,
+    /// Each provider's payout subaddress, by provider number.
+    payout: Vec<Subaddress>,
+}
+
+/// Confirmations before a devnet deposit counts.
+const DEVNET_CONFIRMATIONS: u64 = 2;
+
+impl DevChain {
+    async fn start(dir: &Path, providers: usize) -> anyhow::Result<DevChain> {
+        Regtest::binaries_available().map_err(|e| anyhow::anyhow!("devnet --monero: {e}"))?;
+        let regtest = Regtest::start(dir).await?;
+        regtest.wallet().create_wallet("pool", "").await?;
+        let customer = regtest.spawn_wallet_rpc().await?;
+        customer.wallet().create_wallet("customer", "").await?;
+        let provider_wallets = regtest.spawn_wallet_rpc().await?;
+        provider_wallets
+            .wallet()
+            .create_wallet("providers", "")
+            .await?;
+        let mut payout = Vec::new();
+        for i in 0..providers {
+            payout.push(
+                provider_wallets
+                    .wallet()
+                    .create_address(Some(&format!("devnet-{}", i + 1)))
+                    .await?,
+            );
+        }
+        let customer_address = customer.wallet().get_address().await?;
+        // Coinbases unlock after 60 blocks; a spend needs rings of 16.
+        regtest.mine(80, &customer_address).await?;
+        customer.wallet().refresh().await?;
+        Ok(DevChain {
+            regtest,
+            customer,
+            providers: provider_wallets,
+            customer_address,
+            payout,
+        })
+    }
+
+    async fn mine(&self, blocks: u64) -> anyhow::Result<()> {
+        self.regtest.mine(blocks, &self.customer_address).await?;
+        self.customer.wallet().refresh().await?;
+        Ok(())
+    }
+
+    /// The customer's wallet pays `amount` to `to`; returns the txid.
+    async fn send(&self, to: &str, amount: Piconero) -> anyhow::Result<String> {
+        let receipt = self
+            .customer
+            .wallet()
+            .transfer(&[(Address::parse(to)?, amount)], &TransferOptions::relay())
+            .await?;
+        Ok(receipt.tx_hash.as_str().to_owned())
+    }
 }
 
 #[derive(Serialize)]
@@ -73,6 +149,7 @@ struct Summary {
     sample: String,
     model: PathBuf,
     pool: String,
+    payments: Payments,
 }
 
 #[derive(Serialize)]
@@ -80,6 +157,34 @@ struct ProviderSummary {
     id: String,
     name: String,
     segments: u32,
+    price_per_hour_piconero: u64,
+    earned_piconero: u64,
+}
+
+/// Where the job's money went.
+#[derive(Serialize)]
+struct Payments {
+    /// `dev` (faucet, no chain) or `monero`.
+    backend: String,
+    deposit_txids: Vec<String>,
+    payout_txids: Vec<String>,
+    /// What each provider was credited (dev) or paid on chain (monero).
+    paid_piconero: BTreeMap<String, u64>,
+    /// The pool's and the validators' fees.
+    fees_piconero: u64,
+    budget_piconero: u64,
+    spent_piconero: u64,
+    refunded_piconero: u64,
+    /// `gradpool pool audit` found every invariant holding.
+    ledger_balanced: bool,
+}
+
+/// What the devnet customer gets from the dev faucet.
+const DEVNET_FUNDS: Piconero = Piconero(1_000_000_000_000);
+
+/// Provider `i`'s price floor: 0.01 XMR/h, 0.02 XMR/h, …
+fn devnet_price(i: usize) -> Piconero {
+    Piconero(10_000_000_000 * (i as u64 % 5 + 1))
 }
 
 pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
@@ -93,15 +198,37 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     let work_path = work.path().to_owned();
     let (spec_text, data_path) = job_input(&a, &work_path)?;
 
+    let chain = if a.monero {
+        let chain = DevChain::start(&work_path.join("chain"), a.providers)
+            .await
+            .context("cannot start the private Monero chain")?;
+        println!(
+            "monero     monerod --regtest at {}, wallets in {}",
+            chain.regtest.daemon_address(),
+            chain.regtest.wallet_dir().display()
+        );
+        Some(chain)
+    } else {
+        None
+    };
+
     // The pool.
-    let pool = Pool::open(PoolConfig {
+    let mut config = PoolConfig {
         data_dir: work_path.join("pool"),
         lease_seconds: a.lease_seconds,
         heartbeat_seconds: 1,
         ..PoolConfig::default()
-    })
-    .await
-    .context("cannot start the pool")?;
+    };
+    if let Some(chain) = &chain {
+        config.money.backend = MoneyBackend::Monero(MoneroBackend {
+            wallet_rpc: chain.regtest.wallet_process().url().to_owned(),
+            daemon_rpc: format!("http://{}", chain.regtest.daemon_address()),
+            confirmations: DEVNET_CONFIRMATIONS,
+            payout_threshold: Piconero(1),
+            poll_seconds: 1,
+        });
+    }
+    let pool = Pool::open(config).await.context("cannot start the pool")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop_pool = CancellationToken::new();
@@ -121,7 +248,11 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     // The providers.
     let mut providers = Vec::new();
     for i in 0..a.providers {
-        providers.push(start_provider(&url, &work_path, i, a.threads)?);
+        let payout = chain
+            .as_ref()
+            .and_then(|c| c.payout.get(i))
+            .map(|s| s.address.as_str().to_owned());
+        providers.push(start_provider(&url, &work_path, i, a.threads, payout)?);
     }
     println!(
         "providers  {} agents, logs in {}/provider-*.log",
@@ -130,7 +261,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     );
 
     let outcome = tokio::select! {
-        r = drive(&a, &pool, &url, &spec_text, &data_path, started) => r,
+        r = drive(&a, &pool, &url, &spec_text, &data_path, started, chain.as_ref()) => r,
         _ = crate::cmd::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
 
@@ -199,6 +330,12 @@ fn job_input(a: &DevnetArgs, work: &Path) -> anyhow::Result<(String, PathBuf)> {
             toml::Value::Integer(every as i64),
         );
     }
+    // devnet pays its providers: a spec without a budget gets one.
+    if !doc.contains_key("budget") {
+        let mut budget = toml::Table::new();
+        budget.insert("total_xmr".into(), toml::Value::String("0.1".into()));
+        doc.insert("budget".into(), toml::Value::Table(budget));
+    }
     // The pool receives the spec alone: the data goes as a blob.
     if let Some(d) = doc.get_mut("data").and_then(|t| t.as_table_mut()) {
         d.remove("file");
@@ -215,10 +352,55 @@ async fn drive(
     spec_text: &str,
     data: &Path,
     started: Instant,
+    chain: Option<&DevChain>,
 ) -> anyhow::Result<ExitCode> {
     let account = pool.create_account("devnet customer").await?;
-    println!("customer   {}", account.account_id);
-    let api = Api::new(url, Some(account.api_key));
+    let api = Api::new(url, Some(account.api_key.clone()));
+    let mut deposit_txids = Vec::new();
+    match chain {
+        None => {
+            pool.faucet(&account.account_id, DEVNET_FUNDS).await?;
+            println!(
+                "customer   {}  ({} from the dev faucet)",
+                account.account_id, DEVNET_FUNDS
+            );
+        }
+        Some(chain) => {
+            // The customer deposits; the operator funds the pool's fee
+            // account (network fees of payouts); both wait for confirmations.
+            let deposit: gradpool_core::wire::DepositAddress = api
+                .post("/v1/account/deposit", &serde_json::json!({}))
+                .await?;
+            let fees = pool.fee_deposit_address().await?;
+            deposit_txids.push(chain.send(&deposit.address, DEVNET_FUNDS).await?);
+            deposit_txids.push(
+                chain
+                    .send(&fees.address, Piconero(DEVNET_FUNDS.0 / 10))
+                    .await?,
+            );
+            chain.mine(DEVNET_CONFIRMATIONS).await?;
+            let waited = Instant::now();
+            loop {
+                let b = pool.balance(&account.account_id).await?;
+                if b.available >= DEVNET_FUNDS {
+                    break;
+                }
+                if waited.elapsed() > Duration::from_secs(60) {
+                    bail!("the deposit of {DEVNET_FUNDS} was not credited within a minute");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            // Deposits are spendable by the pool's wallet 10 blocks later.
+            chain.mine(10).await?;
+            println!(
+                "customer   {}  (deposited {} to {}…, tx {}…)",
+                account.account_id,
+                DEVNET_FUNDS,
+                deposit.address.get(..12).unwrap_or_default(),
+                deposit_txids[0].get(..16).unwrap_or_default()
+            );
+        }
+    }
     let job = submit_text(&api, spec_text, data, true).await?;
     println!(
         "job        {}  ({} steps, {} segments of {})\n",
@@ -236,9 +418,9 @@ async fn drive(
     let model = fetch_model(&api, &id, &a.out, false).await?;
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await?;
     let provider_views: Vec<ProviderView> = api.get("/v1/providers").await?;
-    let names: BTreeMap<String, String> = provider_views
+    let names: BTreeMap<String, (String, Piconero)> = provider_views
         .into_iter()
-        .map(|p| (p.id.to_string(), p.name))
+        .map(|p| (p.id.to_string(), (p.name, p.price_per_hour)))
         .collect();
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for s in &segments {
@@ -268,6 +450,90 @@ async fn drive(
     .await??;
     let sample = format!("{SAMPLE_PROMPT}{sample}");
 
+    let mut paid = BTreeMap::new();
+    let mut payout_txids = Vec::new();
+    match chain {
+        None => {
+            for id in names.keys() {
+                let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
+                let credited = e.available.0 + e.pending.0 + e.paid.0;
+                if credited > 0 {
+                    paid.insert(id.clone(), credited);
+                }
+            }
+        }
+        Some(chain) => {
+            // Wait for the pool's payout loop to pay everyone, then confirm.
+            let waited = Instant::now();
+            loop {
+                let mut due = 0;
+                for id in names.keys() {
+                    due += pool
+                        .earnings(&ProviderId::from(id.as_str()))
+                        .await?
+                        .available
+                        .0;
+                }
+                if due == 0 {
+                    break;
+                }
+                if waited.elapsed() > Duration::from_secs(60) {
+                    bail!("providers were not paid within a minute ({due} piconero due)");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            chain.mine(1).await?;
+            chain.providers.wallet().refresh().await?;
+            let incoming = chain
+                .providers
+                .wallet()
+                .get_transfers(&TransferQuery::incoming())
+                .await?
+                .incoming;
+            for id in names.keys() {
+                let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
+                for p in &e.payouts {
+                    if let Some(txid) = &p.txid {
+                        if !payout_txids.contains(txid) {
+                            payout_txids.push(txid.clone());
+                        }
+                    }
+                }
+                // What reached the provider's subaddress on chain.
+                let Some(split) = e.payout.first() else {
+                    continue;
+                };
+                let received: u64 = incoming
+                    .iter()
+                    .filter(|t| t.address.as_str() == split.address)
+                    .map(|t| t.amount.0)
+                    .sum();
+                if received > 0 {
+                    paid.insert(id.clone(), received);
+                }
+            }
+        }
+    }
+    let ledger = pool.ledger();
+    let fees = ledger
+        .balance(&gradpool_pool::escrow::pool_fees_account())
+        .await?
+        + ledger
+            .balance(&gradpool_pool::escrow::validator_fund_account())
+            .await?;
+    let audit = ledger.audit().await?;
+    let payments = Payments {
+        backend: pool.config().money.backend.name().to_owned(),
+        deposit_txids,
+        payout_txids,
+        paid_piconero: paid,
+        fees_piconero: u64::try_from(fees).unwrap_or(0),
+        budget_piconero: end.budget.0,
+        spent_piconero: end.spent.0,
+        refunded_piconero: end.budget.0 - end.spent.0,
+        ledger_balanced: audit.is_clean(),
+    };
+
     let summary = Summary {
         job_id: id.clone(),
         steps: end.steps,
@@ -277,15 +543,21 @@ async fn drive(
         wall_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         providers: counts
             .iter()
-            .map(|(id, n)| ProviderSummary {
-                id: id.clone(),
-                name: names.get(id).cloned().unwrap_or_default(),
-                segments: *n,
+            .map(|(id, n)| {
+                let (name, price) = names.get(id).cloned().unwrap_or_default();
+                ProviderSummary {
+                    id: id.clone(),
+                    name,
+                    segments: *n,
+                    price_per_hour_piconero: price.0,
+                    earned_piconero: payments.paid_piconero.get(id).copied().unwrap_or(0),
+                }
             })
             .collect(),
         sample,
         model: model.clone(),
         pool: url.to_owned(),
+        payments,
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(
@@ -307,9 +579,34 @@ async fn drive(
         summary.initial_loss, summary.final_loss
     );
     println!("wall time     {:.1} s", summary.wall_seconds);
-    println!("\n{:<24} {:<12} {:>8}", "PROVIDER", "NAME", "SEGMENTS");
+    println!(
+        "cost          {} of a {} budget ({} refunded), fees {}, ledger {}",
+        Piconero(summary.payments.spent_piconero),
+        Piconero(summary.payments.budget_piconero),
+        Piconero(summary.payments.refunded_piconero),
+        Piconero(summary.payments.fees_piconero),
+        if summary.payments.ledger_balanced {
+            "balanced"
+        } else {
+            "NOT BALANCED"
+        }
+    );
+    for txid in &summary.payments.payout_txids {
+        println!("payout tx     {txid}");
+    }
+    println!(
+        "\n{:<24} {:<12} {:>8} {:>14} {:>16}",
+        "PROVIDER", "NAME", "SEGMENTS", "XMR/HOUR", "EARNED XMR"
+    );
     for p in &summary.providers {
-        println!("{:<24} {:<12} {:>8}", p.id, p.name, p.segments);
+        println!(
+            "{:<24} {:<12} {:>8} {:>14} {:>16}",
+            p.id,
+            p.name,
+            p.segments,
+            Piconero(p.price_per_hour_piconero).xmr(),
+            Piconero(p.earned_piconero).xmr()
+        );
     }
     println!("\nwrote {} and {}", model.display(), summary_path.display());
     Ok(ExitCode::SUCCESS)
@@ -325,6 +622,7 @@ fn start_provider(
     work: &Path,
     i: usize,
     threads: Option<u32>,
+    payout: Option<String>,
 ) -> anyhow::Result<ProviderProcess> {
     let name = format!("devnet-{}", i + 1);
     let log = std::fs::File::create(work.join(format!("provider-{}.log", i + 1)))?;
@@ -335,9 +633,14 @@ fn start_provider(
         .arg("--data-dir")
         .arg(work.join(format!("provider-{}", i + 1)))
         .arg("--name")
-        .arg(&name);
+        .arg(&name)
+        .arg("--price-xmr-per-hour")
+        .arg(devnet_price(i).xmr());
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
+    }
+    if let Some(address) = payout {
+        cmd.arg("--payout").arg(address);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))

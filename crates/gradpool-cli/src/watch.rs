@@ -38,6 +38,9 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(job.id.to_string());
+    // The cost so far, shown beside loss and speed.
+    let mut spent = job.spent;
+    let mut progress = String::new();
     bar.set_position(job.step);
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut last_id: i64 = 0;
@@ -102,7 +105,8 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     tokens_per_sec,
                 } => {
                     bar.set_position(step);
-                    bar.set_message(format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}"));
+                    progress = format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}");
+                    bar.set_message(format!("{progress}  cost {spent}"));
                 }
                 JobEventKind::Checkpoint {
                     segment,
@@ -144,6 +148,35 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         &bar,
                         visible,
                         format!("  segment {segment} failed on {p}: {reason}"),
+                    );
+                }
+                JobEventKind::Payment {
+                    provider: p,
+                    segment,
+                    billed_ms,
+                    price_per_hour,
+                    price,
+                    spent: total,
+                    ..
+                } => {
+                    spent = total;
+                    bar.set_message(format!("{progress}  cost {spent}"));
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  segment {segment} paid: {price} to {p} ({:.1} s at {price_per_hour}/h); job cost so far {spent}",
+                            billed_ms as f64 / 1000.0
+                        ),
+                    );
+                }
+                JobEventKind::Settled { refunded, released } => {
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  settled: {refunded} back to your balance, {released} released to providers"
+                        ),
                     );
                 }
             }

@@ -29,7 +29,9 @@ fn start_provider(url: &str, dir: &Path) -> Provider {
         .provider_id();
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     let child = Command::new(BIN)
-        .args(["provider", "--pool", url, "--threads", "1", "--data-dir"])
+        .args(["provider", "--pool", url, "--threads", "1"])
+        // Volunteers: the test jobs carry no budget.
+        .args(["--price-xmr-per-hour", "0", "--data-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

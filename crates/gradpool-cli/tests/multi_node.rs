@@ -28,6 +28,10 @@ async fn three_providers_train_three_jobs_bit_identically() {
             name: format!("p{i}"),
             program: BIN.into(),
             max_concurrent_tasks: 1,
+            // Volunteers: the jobs carry no budget.
+            price_per_hour: gradpool_core::Piconero::ZERO,
+            payout: Vec::new(),
+            benchmark_gflops: None,
         };
         let device = Arc::new(CpuDevice::new(Some(1)));
         agents.push(tokio::spawn(gradpool_provider::run(

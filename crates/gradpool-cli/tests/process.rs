@@ -115,10 +115,16 @@ fn pool_providers_and_customer_as_processes() {
     assert!(created.contains("api key   gp_"), "{created}");
     let shown = ok(gradpool(&home, &["account", "show"]));
     assert!(shown.contains("ada"), "{shown}");
+    let funded = ok(gradpool(&home, &["account", "faucet", "--amount", "1"]));
+    assert!(funded.contains("available    1 XMR"), "{funded}");
 
     let data = small_corpus(tmp.path());
     let spec = tmp.path().join("tiny.toml");
-    std::fs::write(&spec, tiny_spec("e2e", 3, 40, 20)).unwrap();
+    std::fs::write(
+        &spec,
+        tiny_spec("e2e", 3, 40, 20) + "\n[budget]\ntotal_xmr = \"0.01\"\n",
+    )
+    .unwrap();
 
     // A malformed spec is refused locally, naming the field.
     let bad = tmp.path().join("bad.toml");
@@ -186,6 +192,58 @@ fn pool_providers_and_customer_as_processes() {
     assert!(err.contains("401"), "{err}");
     let err = refused(gradpool(&home, &["job", "show", "job_doesnotexist"]));
     assert!(err.contains("404"), "{err}");
+
+    // The money: the job's cost came out of the balance, the providers
+    // earned it less the fees, and a withdrawal is checked.
+    let balance: serde_json::Value =
+        serde_json::from_str(&ok(gradpool(&home, &["account", "balance", "--json"]))).unwrap();
+    let available = balance["available"].as_u64().unwrap();
+    assert!(available < 1_000_000_000_000, "{balance}");
+    assert_eq!(balance["escrowed"], 0);
+    let mut earned = 0;
+    for i in 0..2 {
+        let dir = tmp.path().join(format!("provider-{i}"));
+        let e: serde_json::Value = serde_json::from_str(&ok(gradpool(
+            &home,
+            &[
+                "provider",
+                "earnings",
+                "--pool",
+                &url,
+                "--json",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+        )))
+        .unwrap();
+        earned += e["available"].as_u64().unwrap();
+    }
+    let spent = 1_000_000_000_000 - available;
+    assert!(earned > 0 && earned < spent, "earned {earned} of {spent}");
+    let err = refused(gradpool(
+        &home,
+        &[
+            "account",
+            "withdraw",
+            "--to",
+            "44AFFq5kSiGBoZ4NMDw",
+            "--amount",
+            "0.1",
+        ],
+    ));
+    assert!(err.contains("to:"), "{err}");
+    let out = ok(gradpool(
+        &home,
+        &[
+            "account",
+            "withdraw",
+            "--to",
+            "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A",
+            "--amount",
+            "0.1",
+        ],
+    ));
+    assert!(out.contains("status      settled"), "{out}");
 }
 
 #[test]
@@ -232,4 +290,18 @@ fn devnet_trains_and_writes_its_summary() {
         .sum();
     assert_eq!(segments, 3);
     assert!(summary["sample"].as_str().unwrap().starts_with("ROMEO:"));
+    // The job was paid through the ledger: providers' shares plus fees make
+    // the cost, and the audit is clean.
+    let payments = &summary["payments"];
+    assert_eq!(payments["backend"], "dev");
+    assert_eq!(payments["ledger_balanced"], true);
+    let paid: u64 = payments["paid_piconero"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let fees = payments["fees_piconero"].as_u64().unwrap();
+    assert!(paid > 0 && fees > 0, "{payments}");
+    assert_eq!(paid + fees, payments["spent_piconero"].as_u64().unwrap());
 }

@@ -234,6 +234,13 @@ pub fn registration_message(public_hex: &str, unix_time: i64, nonce: &str) -> Ve
     format!("gradpool/register/v2\n{public_hex}\n{unix_time}\n{nonce}").into_bytes()
 }
 
+/// The bytes a node key signs to prove itself for `purpose` (`earnings`,
+/// `stake`) outside a session: like [`registration_message`], but a
+/// signature for one purpose is worthless for another.
+pub fn node_proof_message(purpose: &str, public_hex: &str, unix_time: i64, nonce: &str) -> Vec<u8> {
+    format!("gradpool/{purpose}/v1\n{public_hex}\n{unix_time}\n{nonce}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

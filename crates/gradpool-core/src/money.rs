@@ -41,6 +41,11 @@ impl Piconero {
     /// Parses an XMR decimal string exactly ("1.5" → 1.5 × 10^12 piconero).
     pub fn from_xmr_str(s: &str) -> Result<Piconero, AmountError> {
         let t = s.trim();
+        // "1.5 XMR" reads as "1.5": what Display prints parses back.
+        let t = t
+            .strip_suffix("XMR")
+            .or_else(|| t.strip_suffix("xmr"))
+            .map_or(t, str::trim_end);
         let (whole, frac) = match t.split_once('.') {
             Some((w, f)) => (w, f),
             None => (t, ""),
@@ -78,17 +83,26 @@ impl FromStr for Piconero {
     }
 }
 
-impl fmt::Display for Piconero {
-    /// Prints the amount in XMR with trailing zeros trimmed: `1.5 XMR`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Piconero {
+    /// The amount as an exact XMR decimal without a unit, trailing zeros
+    /// trimmed: `1.5`, `0.000000000001`. [`Piconero::from_xmr_str`] reads it
+    /// back.
+    pub fn xmr(&self) -> String {
         let whole = self.0 / PICONERO_PER_XMR;
         let frac = self.0 % PICONERO_PER_XMR;
         if frac == 0 {
-            write!(f, "{whole} XMR")
+            format!("{whole}")
         } else {
             let frac = format!("{frac:012}");
-            write!(f, "{whole}.{} XMR", frac.trim_end_matches('0'))
+            format!("{whole}.{}", frac.trim_end_matches('0'))
         }
+    }
+}
+
+impl fmt::Display for Piconero {
+    /// Prints the amount in XMR with trailing zeros trimmed: `1.5 XMR`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} XMR", self.xmr())
     }
 }
 
@@ -114,6 +128,13 @@ mod tests {
             Piconero::from_xmr_str("2.25").unwrap().to_string(),
             "2.25 XMR"
         );
+        assert_eq!(Piconero::from_xmr_str("2.25").unwrap().xmr(), "2.25");
+        assert_eq!(
+            Piconero::from_xmr_str("2.25 XMR").unwrap(),
+            Piconero(2_250_000_000_000)
+        );
+        assert_eq!(Piconero(7).xmr(), "0.000000000007");
+        assert!(Piconero::from_xmr_str("XMR").is_err());
     }
 
     #[test]

@@ -338,7 +338,30 @@ impl JobSpec {
         let start = u64::from(index) * k;
         (start, (start + k).min(self.train.steps))
     }
+
+    /// An estimate of the floating-point operations of one training step
+    /// (forward and backward), from which the pool caps the time it bills
+    /// for a segment. For a GPT: `6 × parameters × tokens` for the dense
+    /// layers plus `12 × layers × block² × width` per sequence for
+    /// attention, with a vocabulary of at most [`MAX_VOCAB_ESTIMATE`]
+    /// characters. `None` for an MLP, whose input width depends on the data.
+    pub fn flops_per_step(&self) -> Option<f64> {
+        match &self.model {
+            ModelConfig::Gpt(g) => {
+                let (l, d, t) = (g.n_layer as f64, g.n_embd as f64, g.block_size as f64);
+                let v = MAX_VOCAB_ESTIMATE;
+                let params = 12.0 * l * d * d + 2.0 * v * d + t * d;
+                let batch = self.train.batch_size as f64;
+                Some(batch * (6.0 * params * t + 12.0 * l * t * t * d))
+            }
+            ModelConfig::Mlp(_) => None,
+        }
+    }
 }
+
+/// The vocabulary size assumed by [`JobSpec::flops_per_step`]: a
+/// character-level model of text rarely sees more distinct characters.
+pub const MAX_VOCAB_ESTIMATE: f64 = 256.0;
 
 /// A spec file that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]

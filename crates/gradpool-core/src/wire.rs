@@ -19,6 +19,12 @@
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
+//! | `GET  /v1/account/balance`        | customer | → [`Balance`]                             |
+//! | `POST /v1/account/deposit`        | customer | → [`DepositAddress`]                      |
+//! | `POST /v1/account/faucet`         | customer | [`Faucet`] → [`Balance`] (dev backend)    |
+//! | `POST /v1/account/withdraw`       | customer | [`Withdraw`] → [`PayoutView`]             |
+//! | `POST /v1/providers/earnings`     | node key | [`NodeProof`] → [`Earnings`]              |
+//! | `POST /v1/providers/stake`        | node key | [`StakeRequest`] → [`Earnings`]           |
 //!
 //! Customers authenticate with `Authorization: Bearer <api key>`; providers
 //! with the session token [`Registered::token`] they got by proving they
@@ -28,6 +34,7 @@ use crate::commitment::SignedCommitment;
 use crate::hardware::{Hardware, Telemetry};
 use crate::hash::Sha256Hex;
 use crate::id::{AccountId, JobId, ProviderId, TaskId};
+use crate::money::Piconero;
 use serde::{Deserialize, Serialize};
 
 /// The body of every error reply.
@@ -137,6 +144,15 @@ pub struct JobView {
     /// The last accepted checkpoint; the trained model once succeeded.
     pub checkpoint_sha256: Option<Sha256Hex>,
     pub error: Option<String>,
+    /// The job's budget, held in escrow from submit.
+    #[serde(default)]
+    pub budget: Piconero,
+    /// What the job's paid segments cost so far, fees included.
+    #[serde(default)]
+    pub spent: Piconero,
+    /// What is still held in escrow; refunded when the job ends.
+    #[serde(default)]
+    pub escrow: Piconero,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -211,6 +227,27 @@ pub enum JobEventKind {
         segment: u32,
         reason: String,
     },
+    /// A verified segment was paid from the job's escrow: `price` =
+    /// `price_per_hour` × `billed_ms`, split into the provider's share, the
+    /// pool's fee and the validator's fee.
+    Payment {
+        provider: ProviderId,
+        segment: u32,
+        billed_ms: u64,
+        price_per_hour: Piconero,
+        price: Piconero,
+        provider_share: Piconero,
+        pool_fee: Piconero,
+        validator_fee: Piconero,
+        /// The job's cost so far.
+        spent: Piconero,
+    },
+    /// The job ended: what was left in escrow went back to the customer and
+    /// the providers' pending earnings became available to pay out.
+    Settled {
+        refunded: Piconero,
+        released: Piconero,
+    },
 }
 
 /// A provider as others see it.
@@ -224,6 +261,9 @@ pub struct ProviderView {
     pub class: String,
     pub last_seen: String,
     pub segments_committed: u64,
+    /// The provider's price floor per GPU-hour.
+    #[serde(default)]
+    pub price_per_hour: Piconero,
 }
 
 /// A single-use nonce a provider signs to register.
@@ -250,6 +290,26 @@ pub struct Register {
     /// Tasks the provider was working on before it (re)started.
     #[serde(default)]
     pub resuming: Vec<TaskId>,
+    /// The least the provider takes per GPU-hour (per CPU-hour on a CPU).
+    #[serde(default)]
+    pub price_per_hour: Piconero,
+    /// What the provider's matrix-multiplication benchmark measured, in
+    /// GFLOP/s: with the job's size, the cap on a segment's billed time.
+    #[serde(default)]
+    pub benchmark_gflops: Option<f64>,
+    /// Where payouts go, split by shares. Empty: earnings accumulate until
+    /// an address is set.
+    #[serde(default)]
+    pub payout: Vec<PayoutSplit>,
+}
+
+/// One destination of a provider's payouts and its share of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutSplit {
+    /// A Monero address of the pool's network.
+    pub address: String,
+    /// A weight: a destination gets `share / sum of shares` of each payout.
+    pub share: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +381,9 @@ pub struct Commit {
     pub commitment: SignedCommitment,
     /// One loss per step of the segment.
     pub loss_trace: Vec<f32>,
+    /// How long the segment trained, in milliseconds of wall-clock time.
+    #[serde(default)]
+    pub compute_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +396,105 @@ pub struct CommitReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskFailed {
     pub reason: String,
+}
+
+/// A customer's money at the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub account_id: AccountId,
+    /// Spendable: funds new jobs, can be withdrawn.
+    pub available: Piconero,
+    /// Held in the escrow of running jobs.
+    pub escrowed: Piconero,
+    /// Withdrawals on their way out.
+    pub withdrawing: Piconero,
+    /// `dev` (a faucet, no chain) or `monero`.
+    pub backend: String,
+}
+
+/// Free money from the dev backend's faucet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Faucet {
+    pub amount: Piconero,
+}
+
+/// Where to send Monero to fund an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DepositAddress {
+    /// A subaddress of the pool's wallet, this account's alone.
+    pub address: String,
+    /// Confirmations before a deposit is credited.
+    pub confirmations: u64,
+}
+
+/// Money out of a customer's balance to a Monero address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Withdraw {
+    pub to: String,
+    pub amount: Piconero,
+    /// The same key twice withdraws once.
+    pub idempotency_key: String,
+}
+
+/// A payout or withdrawal as its recipient sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutView {
+    pub id: String,
+    /// `reserved`, `built`, `relayed` or `cancelled`.
+    pub status: String,
+    pub address: String,
+    pub amount: Piconero,
+    pub txid: Option<String>,
+    pub created_at: String,
+}
+
+/// A provider proving it holds its node key, outside a session: a
+/// signature of [`crate::commitment::node_proof_message`] over a fresh
+/// nonce from `POST /v1/providers/challenge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeProof {
+    pub public_key: String,
+    pub time: i64,
+    pub nonce: String,
+    pub signature: String,
+}
+
+/// What to do with a provider's stake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum StakeAction {
+    /// Move available earnings into the stake.
+    Add { amount: Piconero },
+    /// Start the cool-down after which the stake becomes available.
+    Withdraw,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StakeRequest {
+    pub proof: NodeProof,
+    #[serde(flatten)]
+    pub action: StakeAction,
+}
+
+/// A provider's money at the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earnings {
+    pub provider_id: ProviderId,
+    /// Earned for verified segments of jobs still running.
+    pub pending: Piconero,
+    /// Ready to be paid out.
+    pub available: Piconero,
+    /// At stake: slashed if the provider cheats.
+    pub stake: Piconero,
+    /// When a requested stake withdrawal completes (RFC 3339), if one is
+    /// under way.
+    pub unstake_at: Option<String>,
+    /// Paid out so far (relayed transactions).
+    pub paid: Piconero,
+    /// The payout addresses and their shares.
+    pub payout: Vec<PayoutSplit>,
+    /// Payouts, newest first.
+    pub payouts: Vec<PayoutView>,
 }
 
 #[cfg(test)]

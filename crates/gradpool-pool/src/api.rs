@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gradpool_core::wire::{
-    AccountView, BlobStored, Commit, CreateAccount, Heartbeat, Progress, Register, SubmitJob,
-    TaskFailed,
+    AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, NodeProof, Progress,
+    Register, StakeRequest, SubmitJob, TaskFailed, Withdraw,
 };
 use gradpool_core::Sha256Hex;
 use serde::Deserialize;
@@ -51,6 +51,12 @@ pub fn router(pool: Pool) -> Router {
             post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
         )
         .route("/v1/tasks/{id}/fail", post(fail))
+        .route("/v1/account/balance", get(balance))
+        .route("/v1/account/deposit", post(deposit_address))
+        .route("/v1/account/faucet", post(faucet))
+        .route("/v1/account/withdraw", post(withdraw))
+        .route("/v1/providers/earnings", post(earnings))
+        .route("/v1/providers/stake", post(stake))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .with_state(pool)
 }
@@ -280,4 +286,50 @@ async fn fail(
 ) -> Result<StatusCode, PoolError> {
     pool.fail_task(&provider, &id, f).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn balance(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.balance(&id).await?))
+}
+
+async fn deposit_address(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.deposit_address(&id).await?))
+}
+
+async fn faucet(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+    ApiJson(req): ApiJson<Faucet>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.faucet(&id, req.amount).await?))
+}
+
+async fn withdraw(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+    ApiJson(req): ApiJson<Withdraw>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.withdraw(&id, req).await?))
+}
+
+async fn earnings(
+    State(pool): State<Pool>,
+    ApiJson(proof): ApiJson<NodeProof>,
+) -> Result<impl IntoResponse, PoolError> {
+    let provider = pool.verify_node_proof("earnings", &proof)?;
+    Ok(Json(pool.earnings(&provider).await?))
+}
+
+async fn stake(
+    State(pool): State<Pool>,
+    ApiJson(req): ApiJson<StakeRequest>,
+) -> Result<impl IntoResponse, PoolError> {
+    let provider = pool.verify_node_proof("stake", &req.proof)?;
+    Ok(Json(pool.stake(&provider, &req).await?))
 }

@@ -1,5 +1,8 @@
 //! How a pool is set up.
 
+pub use crate::chain::MoneroBackend;
+use gradpool_core::Piconero;
+use gradpool_monero::address::Network;
 use std::path::PathBuf;
 
 /// Settings of a pool.
@@ -15,6 +18,8 @@ pub struct PoolConfig {
     pub max_blob_bytes: u64,
     /// Whether anyone may create an account with `POST /v1/accounts`.
     pub open_signup: bool,
+    /// Fees, stakes and where the money lives.
+    pub money: MoneyConfig,
 }
 
 impl Default for PoolConfig {
@@ -25,6 +30,71 @@ impl Default for PoolConfig {
             heartbeat_seconds: 3,
             max_blob_bytes: 4 << 30,
             open_signup: true,
+            money: MoneyConfig::default(),
+        }
+    }
+}
+
+/// Where money enters and leaves the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoneyBackend {
+    /// No chain: a faucet credits customers for local use, and payouts are
+    /// recorded but sent nowhere.
+    Dev,
+    /// Real Monero through the pool's wallet in `monero-wallet-rpc`:
+    /// deposits to subaddresses, batched payouts.
+    Monero(MoneroBackend),
+}
+
+impl MoneyBackend {
+    /// `dev` or `monero`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MoneyBackend::Dev => "dev",
+            MoneyBackend::Monero(_) => "monero",
+        }
+    }
+}
+
+/// Fees, stakes and payouts.
+#[derive(Debug, Clone)]
+pub struct MoneyConfig {
+    pub backend: MoneyBackend,
+    /// The network payout and withdrawal addresses must belong to (a
+    /// regtest chain uses mainnet addresses).
+    pub network: Network,
+    /// The pool's fee on every verified segment, in basis points (200 = 2%).
+    pub pool_fee_bps: u32,
+    /// The validators' fee on every verified segment, in basis points; it
+    /// goes to the validator fund that pays for replays.
+    pub validator_fee_bps: u32,
+    /// Jobs with a budget above this go only to providers with a stake of
+    /// at least [`MoneyConfig::min_stake`].
+    pub stake_required_above: Piconero,
+    /// The stake a provider needs for large jobs.
+    pub min_stake: Piconero,
+    /// How long a provider waits between asking for its stake back and
+    /// getting it, in seconds (time for a late fraud verdict to slash it).
+    pub unstake_cooldown_seconds: u64,
+    /// The most one faucet call gives (dev backend only).
+    pub faucet_limit: Piconero,
+    /// The share of a slashed stake that goes to the validator that caught
+    /// the fraud, in basis points; the rest goes to the customer harmed.
+    pub slash_validator_bps: u32,
+}
+
+impl Default for MoneyConfig {
+    fn default() -> Self {
+        MoneyConfig {
+            backend: MoneyBackend::Dev,
+            network: Network::Mainnet,
+            pool_fee_bps: 200,
+            validator_fee_bps: 100,
+            stake_required_above: Piconero(1_000_000_000_000),
+            min_stake: Piconero(100_000_000_000),
+            unstake_cooldown_seconds: 7 * 24 * 3600,
+            faucet_limit: Piconero(100_000_000_000_000),
+            slash_validator_bps: 1_000,
         }
     }
 }

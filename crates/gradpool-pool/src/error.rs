@@ -1,5 +1,6 @@
 //! Errors of the pool and how they become HTTP replies.
 
+use crate::ledger::LedgerError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,13 @@ pub enum PoolError {
     /// The request conflicts with the current state (lease lost, chain moved on).
     #[error("{0}")]
     Conflict(String),
+    /// Not enough money: a budget or a withdrawal above the balance.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// The pool's money backend cannot do this (a faucet on a Monero pool,
+    /// a deposit address on a dev pool) or is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
     /// A database failure.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -59,6 +67,8 @@ impl PoolError {
             PoolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             PoolError::DigestMismatch(_) => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            PoolError::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
+            PoolError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             PoolError::Db(_)
             | PoolError::Migrate(_)
             | PoolError::Io(_)
@@ -92,6 +102,22 @@ impl IntoResponse for PoolError {
             tracing::error!(error = %self, "request failed");
         }
         (status, axum::Json(self.to_api_error())).into_response()
+    }
+}
+
+impl From<LedgerError> for PoolError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Insufficient { .. } => PoolError::InsufficientFunds(e.to_string()),
+            LedgerError::ZeroAmount | LedgerError::AmountTooLarge(_) | LedgerError::BadKey => {
+                PoolError::BadRequest(e.to_string())
+            }
+            LedgerError::KeyReused { .. } | LedgerError::Overflow(_) => {
+                PoolError::Conflict(e.to_string())
+            }
+            LedgerError::Db(e) => PoolError::Db(e),
+            other => PoolError::Internal(format!("ledger: {other}")),
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::Checkpoint { .. } => "checkpoint",
         JobEventKind::LeaseExpired { .. } => "lease_expired",
         JobEventKind::TaskFailed { .. } => "task_failed",
+        JobEventKind::Payment { .. } => "payment",
+        JobEventKind::Settled { .. } => "settled",
     }
 }
 

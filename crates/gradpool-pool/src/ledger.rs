@@ -12,8 +12,12 @@
 //! take it below zero, inside the same `BEGIN IMMEDIATE` transaction that
 //! writes the entry, so concurrent withdrawals cannot overdraw.
 //!
-//! Schema: `migrations/0002_ledger.sql`. Not yet wired into jobs, providers
-//! or Monero.
+//! The `*_in` functions post on a connection inside the caller's
+//! transaction, so a money movement commits together with the state change
+//! that causes it (a job submitted, a segment accepted); the [`Ledger`]
+//! methods post in a transaction of their own.
+//!
+//! Schema: `migrations/0002_ledger.sql`.
 
 use crate::store::now_ms;
 use futures::TryStreamExt;
@@ -40,13 +44,17 @@ pub enum AccountKind {
     Validator,
     /// The pool's fees.
     PoolFees,
-    /// The outside world: money that entered or left through Monero. The
-    /// only kind that may go negative.
+    /// The outside world: money that entered or left through Monero (or,
+    /// with the dev backend, the faucet). The only kind that may go
+    /// negative.
     Wallet,
+    /// Money on its way out: a payout or withdrawal built but not yet
+    /// settled on chain.
+    Payout,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 8] = [
+    pub const ALL: [AccountKind; 9] = [
         AccountKind::Customer,
         AccountKind::Escrow,
         AccountKind::ProviderPending,
@@ -55,6 +63,7 @@ impl AccountKind {
         AccountKind::Validator,
         AccountKind::PoolFees,
         AccountKind::Wallet,
+        AccountKind::Payout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +76,7 @@ impl AccountKind {
             AccountKind::Validator => "validator",
             AccountKind::PoolFees => "pool_fees",
             AccountKind::Wallet => "wallet",
+            AccountKind::Payout => "payout",
         }
     }
 
@@ -98,7 +108,9 @@ impl FromStr for AccountKind {
 pub struct LedgerAccountId(String);
 
 impl LedgerAccountId {
-    fn new(kind: AccountKind, owner: &str) -> LedgerAccountId {
+    /// The id of the account of `kind` owned by `owner` (whether or not it
+    /// exists yet).
+    pub fn new(kind: AccountKind, owner: &str) -> LedgerAccountId {
         LedgerAccountId(format!("{}:{owner}", kind.as_str()))
     }
 
@@ -270,6 +282,158 @@ async fn balance_in(conn: &mut SqliteConnection, account: &str) -> Result<i64, L
     Ok(sum)
 }
 
+/// The account of `kind` owned by `owner`, created if missing, on `conn`
+/// (inside the caller's transaction, if any).
+pub async fn account_in(
+    conn: &mut SqliteConnection,
+    kind: AccountKind,
+    owner: &str,
+) -> Result<LedgerAccountId, LedgerError> {
+    if owner.is_empty() || owner.len() > MAX_TEXT || owner.chars().any(char::is_control) {
+        return Err(LedgerError::BadOwner);
+    }
+    let id = LedgerAccountId::new(kind, owner);
+    sqlx::query(
+        "INSERT INTO ledger_accounts (id, kind, owner, may_go_negative, created_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id.as_str())
+    .bind(kind.as_str())
+    .bind(owner)
+    .bind(i64::from(kind.may_go_negative()))
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// An account's balance on `conn`; 0 for an account that does not exist.
+pub async fn balance_of(
+    conn: &mut SqliteConnection,
+    account: &LedgerAccountId,
+) -> Result<i64, LedgerError> {
+    balance_in(conn, account.as_str()).await
+}
+
+/// Posts one journal entry on `conn`, which must be inside a write
+/// transaction (the caller commits it, together with whatever else it
+/// changed). Refuses an empty entry, a zero posting, postings that do not
+/// sum to zero, an unknown account, a balance that would overflow, and a
+/// posting that would take an account other than a wallet below zero. A key
+/// seen before returns the original entry if its postings are the same (in
+/// any order), and [`LedgerError::KeyReused`] if not.
+pub async fn post_in(
+    conn: &mut SqliteConnection,
+    key: &str,
+    memo: &str,
+    postings: &[(LedgerAccountId, i64)],
+) -> Result<EntryId, LedgerError> {
+    if key.is_empty() || key.len() > MAX_TEXT {
+        return Err(LedgerError::BadKey);
+    }
+    if postings.is_empty() {
+        return Err(LedgerError::Empty);
+    }
+    let mut sum: i128 = 0;
+    let mut net: BTreeMap<&str, i128> = BTreeMap::new();
+    for (account, amount) in postings {
+        if *amount == 0 {
+            return Err(LedgerError::ZeroPosting(account.clone()));
+        }
+        sum += i128::from(*amount);
+        *net.entry(account.as_str()).or_default() += i128::from(*amount);
+    }
+    if sum != 0 {
+        return Err(LedgerError::Unbalanced(sum));
+    }
+    let wanted = canonical(postings);
+
+    let seen: Option<(i64,)> =
+        sqlx::query_as("SELECT id FROM journal_entries WHERE idempotency_key = ?")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((id,)) = seen {
+        let mut stored: Vec<(String, i64)> =
+            sqlx::query_as("SELECT account_id, amount FROM postings WHERE entry_id = ?")
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?;
+        stored.sort();
+        return if stored == wanted {
+            Ok(EntryId(id))
+        } else {
+            Err(LedgerError::KeyReused {
+                key: key.to_owned(),
+                entry: EntryId(id),
+            })
+        };
+    }
+
+    for (account, change) in &net {
+        let id = LedgerAccountId((*account).to_owned());
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT kind, may_go_negative FROM ledger_accounts WHERE id = ?")
+                .bind(*account)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some((kind, may_go_negative)) = row else {
+            return Err(LedgerError::UnknownAccount(id));
+        };
+        let kind: AccountKind = kind.parse()?;
+        let may_go_negative = kind.may_go_negative() && may_go_negative == 1;
+        let balance = balance_in(conn, account).await?;
+        let after = i128::from(balance) + change;
+        if i64::try_from(after).is_err() {
+            return Err(LedgerError::Overflow(id));
+        }
+        if after < 0 && !may_go_negative {
+            return Err(LedgerError::Insufficient {
+                account: id,
+                balance,
+                // |change| <= |after| + |balance| fits: after >= i64::MIN.
+                needed: i64::try_from(-change).unwrap_or(i64::MAX),
+            });
+        }
+    }
+
+    let entry = sqlx::query(
+        "INSERT INTO journal_entries (idempotency_key, memo, created_at) VALUES (?, ?, ?)",
+    )
+    .bind(key)
+    .bind(memo)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?
+    .last_insert_rowid();
+    for (account, amount) in postings {
+        sqlx::query("INSERT INTO postings (entry_id, account_id, amount) VALUES (?, ?, ?)")
+            .bind(entry)
+            .bind(account.as_str())
+            .bind(*amount)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(EntryId(entry))
+}
+
+/// Moves a positive `amount` from one account to another on `conn` (see
+/// [`post_in`]).
+pub async fn transfer_in(
+    conn: &mut SqliteConnection,
+    from: &LedgerAccountId,
+    to: &LedgerAccountId,
+    amount: Piconero,
+    key: &str,
+    memo: &str,
+) -> Result<EntryId, LedgerError> {
+    let x = positive(amount)?;
+    if from == to {
+        return Err(LedgerError::SameAccount(from.clone()));
+    }
+    post_in(conn, key, memo, &[(from.clone(), -x), (to.clone(), x)]).await
+}
+
 impl Ledger {
     /// A ledger over a migrated pool database (see [`crate::store::open`]).
     pub fn new(db: SqlitePool) -> Ledger {
@@ -282,22 +446,8 @@ impl Ledger {
         kind: AccountKind,
         owner: &str,
     ) -> Result<LedgerAccountId, LedgerError> {
-        if owner.is_empty() || owner.len() > MAX_TEXT || owner.chars().any(char::is_control) {
-            return Err(LedgerError::BadOwner);
-        }
-        let id = LedgerAccountId::new(kind, owner);
-        sqlx::query(
-            "INSERT INTO ledger_accounts (id, kind, owner, may_go_negative, created_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(kind.as_str())
-        .bind(owner)
-        .bind(i64::from(kind.may_go_negative()))
-        .bind(now_ms())
-        .execute(&self.db)
-        .await?;
-        Ok(id)
+        let mut conn = self.db.acquire().await?;
+        account_in(&mut conn, kind, owner).await
     }
 
     /// The pool's Monero wallet: where deposits come from and withdrawals go.
@@ -311,108 +461,18 @@ impl Ledger {
         balance_in(&mut conn, account.as_str()).await
     }
 
-    /// Posts one journal entry, all or nothing. Refuses an empty entry, a
-    /// zero posting, postings that do not sum to zero, an unknown account,
-    /// a balance that would overflow, and a posting that would take an
-    /// account other than a wallet below zero. A key seen before returns the
-    /// original entry if its postings are the same (in any order), and
-    /// [`LedgerError::KeyReused`] if not.
+    /// Posts one journal entry in its own `BEGIN IMMEDIATE` transaction;
+    /// see [`post_in`].
     pub async fn post(
         &self,
         key: &str,
         memo: &str,
         postings: &[(LedgerAccountId, i64)],
     ) -> Result<EntryId, LedgerError> {
-        if key.is_empty() || key.len() > MAX_TEXT {
-            return Err(LedgerError::BadKey);
-        }
-        if postings.is_empty() {
-            return Err(LedgerError::Empty);
-        }
-        let mut sum: i128 = 0;
-        let mut net: BTreeMap<&str, i128> = BTreeMap::new();
-        for (account, amount) in postings {
-            if *amount == 0 {
-                return Err(LedgerError::ZeroPosting(account.clone()));
-            }
-            sum += i128::from(*amount);
-            *net.entry(account.as_str()).or_default() += i128::from(*amount);
-        }
-        if sum != 0 {
-            return Err(LedgerError::Unbalanced(sum));
-        }
-        let wanted = canonical(postings);
-
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
-
-        let seen: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM journal_entries WHERE idempotency_key = ?")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((id,)) = seen {
-            let mut stored: Vec<(String, i64)> =
-                sqlx::query_as("SELECT account_id, amount FROM postings WHERE entry_id = ?")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            stored.sort();
-            return if stored == wanted {
-                Ok(EntryId(id))
-            } else {
-                Err(LedgerError::KeyReused {
-                    key: key.to_owned(),
-                    entry: EntryId(id),
-                })
-            };
-        }
-
-        for (account, change) in &net {
-            let id = LedgerAccountId((*account).to_owned());
-            let row: Option<(String, i64)> =
-                sqlx::query_as("SELECT kind, may_go_negative FROM ledger_accounts WHERE id = ?")
-                    .bind(*account)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some((kind, may_go_negative)) = row else {
-                return Err(LedgerError::UnknownAccount(id));
-            };
-            let kind: AccountKind = kind.parse()?;
-            let may_go_negative = kind.may_go_negative() && may_go_negative == 1;
-            let balance = balance_in(&mut tx, account).await?;
-            let after = i128::from(balance) + change;
-            if i64::try_from(after).is_err() {
-                return Err(LedgerError::Overflow(id));
-            }
-            if after < 0 && !may_go_negative {
-                return Err(LedgerError::Insufficient {
-                    account: id,
-                    balance,
-                    // |change| <= |after| + |balance| fits: after >= i64::MIN.
-                    needed: i64::try_from(-change).unwrap_or(i64::MAX),
-                });
-            }
-        }
-
-        let entry = sqlx::query(
-            "INSERT INTO journal_entries (idempotency_key, memo, created_at) VALUES (?, ?, ?)",
-        )
-        .bind(key)
-        .bind(memo)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        for (account, amount) in postings {
-            sqlx::query("INSERT INTO postings (entry_id, account_id, amount) VALUES (?, ?, ?)")
-                .bind(entry)
-                .bind(account.as_str())
-                .bind(*amount)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let entry = post_in(&mut tx, key, memo, postings).await?;
         tx.commit().await?;
-        Ok(EntryId(entry))
+        Ok(entry)
     }
 
     fn expect_kind(account: &LedgerAccountId, expected: AccountKind) -> Result<(), LedgerError> {
@@ -452,16 +512,18 @@ impl Ledger {
         amount: Piconero,
         key: &str,
     ) -> Result<EntryId, LedgerError> {
-        let x = positive(amount)?;
-        if from == to {
-            return Err(LedgerError::SameAccount(from.clone()));
-        }
-        self.post(
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let entry = transfer_in(
+            &mut tx,
+            from,
+            to,
+            amount,
             key,
             &format!("transfer of {amount} from {from} to {to}"),
-            &[(from.clone(), -x), (to.clone(), x)],
         )
-        .await
+        .await?;
+        tx.commit().await?;
+        Ok(entry)
     }
 
     /// Money that leaves through Monero: `customer` → wallet.

@@ -10,6 +10,9 @@
 //! - [`scheduler`]: jobs, the task queue, leases and their reaper, commits.
 //! - [`blob`]: the blob store (datasets, checkpoints), streamed and size-capped.
 //! - [`events`]: the job event log and its live stream (server-sent events).
+//! - [`ledger`]: double-entry bookkeeping of every piconero.
+//! - [`escrow`]: budgets held from submit, segments paid, the rest refunded.
+//! - [`money`]: balances, the faucet, deposits, withdrawals and stakes.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gradpool_pool::PoolError> {
@@ -23,14 +26,17 @@
 pub mod api;
 pub mod auth;
 pub mod blob;
+pub mod chain;
 pub mod config;
 pub mod error;
+pub mod escrow;
 pub mod events;
 pub mod ledger;
+pub mod money;
 pub mod scheduler;
 pub mod store;
 
-pub use config::PoolConfig;
+pub use config::{MoneyBackend, MoneyConfig, PoolConfig};
 pub use error::PoolError;
 
 use gradpool_core::wire::{AccountCreated, JobEvent};
@@ -75,6 +81,13 @@ impl Pool {
                 config.lease_seconds, config.heartbeat_seconds
             )));
         }
+        let fees = u64::from(config.money.pool_fee_bps) + u64::from(config.money.validator_fee_bps);
+        if fees > 10_000 {
+            return Err(PoolError::BadRequest(format!(
+                "pool_fee_bps + validator_fee_bps is {fees}: fees above 10000 basis points (100%) \
+                 would take more than a segment's price"
+            )));
+        }
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let db = store::open(&config.data_dir.join("pool.sqlite")).await?;
         let blobs = blob::BlobStore::open(config.data_dir.join("blobs")).await?;
@@ -92,6 +105,11 @@ impl Pool {
                 challenges: Default::default(),
             }),
         })
+    }
+
+    /// The pool's money ledger.
+    pub fn ledger(&self) -> ledger::Ledger {
+        ledger::Ledger::new(self.inner.db.clone())
     }
 
     /// The pool's settings.
@@ -115,6 +133,7 @@ impl Pool {
     ) -> Result<(), PoolError> {
         let stop = self.inner.stop.clone();
         let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
+        let chain = tokio::spawn(self.clone().run_chain(stop.clone()));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "pool listening");
         }
@@ -131,6 +150,7 @@ impl Pool {
             .await;
         stop.cancel();
         let _ = reaper.await;
+        let _ = chain.await;
         result.map_err(PoolError::Io)
     }
 

@@ -16,6 +16,7 @@ use crate::auth::{new_session_token, secret_hash};
 use crate::error::PoolError;
 use crate::store::{self, now_ms, to_u32, to_u64, JobRow, TaskRow};
 use crate::Pool;
+use crate::{escrow, ledger};
 use gradpool_core::commitment::{
     chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
 };
@@ -24,7 +25,7 @@ use gradpool_core::wire::{
     Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
     JobView, Progress, Register, Registered, RegistrationChallenge, SubmitJob, TaskFailed,
 };
-use gradpool_core::{AccountId, JobId, JobSpec, ProviderId, SignedCommitment, TaskId};
+use gradpool_core::{AccountId, JobId, JobSpec, Piconero, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +51,7 @@ pub(crate) struct Write<'a> {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     events: Vec<JobEvent>,
     queued_work: bool,
-    now: i64,
+    pub(crate) now: i64,
     _lock: tokio::sync::MutexGuard<'a, ()>,
 }
 
@@ -59,7 +60,11 @@ impl<'a> Write<'a> {
         &mut self.tx
     }
 
-    async fn event(&mut self, job_id: &str, kind: JobEventKind) -> Result<(), PoolError> {
+    pub(crate) async fn event(
+        &mut self,
+        job_id: &str,
+        kind: JobEventKind,
+    ) -> Result<(), PoolError> {
         let now = self.now;
         let event = store::insert_event(&mut self.tx, job_id, kind, now).await?;
         self.events.push(event);
@@ -186,6 +191,14 @@ impl Pool {
         })
     }
 
+    /// The fees taken from every segment's price.
+    pub(crate) fn fees(&self) -> escrow::Fees {
+        escrow::Fees {
+            pool_bps: self.inner.config.money.pool_fee_bps,
+            validator_bps: self.inner.config.money.validator_fee_bps,
+        }
+    }
+
     fn lease_ms(&self) -> i64 {
         i64::from(self.inner.config.lease_seconds) * 1000
     }
@@ -228,12 +241,25 @@ impl Pool {
             .map_err(|_| PoolError::InvalidSpec("train.steps: too large".into()))?;
         let every = i64::try_from(spec.train.checkpoint_every)
             .map_err(|_| PoolError::InvalidSpec("train.checkpoint_every: too large".into()))?;
+        let budget = spec.budget.total.unwrap_or(Piconero::ZERO);
+        let budget_i64 = i64::try_from(budget.0)
+            .map_err(|_| PoolError::InvalidSpec("budget.total_xmr: too large".into()))?;
+        let max_price = spec
+            .budget
+            .max_price_per_hour
+            .map(|p| {
+                i64::try_from(p.0).map_err(|_| {
+                    PoolError::InvalidSpec("budget.max_price_xmr_per_hour: too large".into())
+                })
+            })
+            .transpose()?;
         let mut w = self.write().await?;
         let now = w.now;
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
-             steps, checkpoint_every, segments_total, commitment, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+             steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
+             max_price_per_hour, flops_per_step) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -248,8 +274,12 @@ impl Pool {
         .bind(genesis(&id))
         .bind(now)
         .bind(now)
+        .bind(budget_i64)
+        .bind(max_price)
+        .bind(spec.flops_per_step())
         .execute(w.conn())
         .await?;
+        w.hold_budget(account.as_str(), id.as_str(), budget).await?;
         w.event(
             id.as_str(),
             JobEventKind::Status {
@@ -299,6 +329,8 @@ impl Pool {
         .bind(job_id)
         .execute(w.conn())
         .await?;
+        // Settled first: a job's event stream ends with its final status.
+        w.settle_job(&job).await?;
         w.set_job_status(
             job_id,
             JobStatus::Cancelled,
@@ -339,7 +371,7 @@ impl Pool {
     }
 
     /// Consumes a nonce: unknown, used or expired ones are refused.
-    fn take_challenge(&self, nonce: &str) -> Result<(), PoolError> {
+    pub(crate) fn take_challenge(&self, nonce: &str) -> Result<(), PoolError> {
         let mut pending = self
             .inner
             .challenges
@@ -378,6 +410,12 @@ impl Pool {
                 "name: a non-empty provider name of at most 128 characters".into(),
             ));
         }
+        crate::money::check_payout(self, &req.payout)?;
+        let price = i64::try_from(req.price_per_hour.0)
+            .map_err(|_| PoolError::BadRequest("price_per_hour: too large".into()))?;
+        let gflops = req
+            .benchmark_gflops
+            .filter(|g| g.is_finite() && *g > 0.0 && *g < 1e9);
         let provider = ProviderId::from_public_key(&key.to_bytes());
         let token = new_session_token();
         let hardware = serde_json::to_string(&req.hardware)?;
@@ -387,9 +425,10 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
-             registered_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+             registered_at, last_seen, price_per_hour, benchmark_gflops) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
-             class = ?7, token_hash = ?8, last_seen = ?9",
+             class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11",
         )
         .bind(provider.as_str())
         .bind(&req.public_key)
@@ -400,8 +439,22 @@ impl Pool {
         .bind(req.hardware.class())
         .bind(secret_hash(&token))
         .bind(now)
+        .bind(price)
+        .bind(gflops)
         .execute(w.conn())
         .await?;
+        sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")
+            .bind(provider.as_str())
+            .execute(w.conn())
+            .await?;
+        for split in &req.payout {
+            sqlx::query("INSERT INTO payout_splits (provider_id, address, share) VALUES (?, ?, ?)")
+                .bind(provider.as_str())
+                .bind(&split.address)
+                .bind(i64::from(split.share))
+                .execute(w.conn())
+                .await?;
+        }
         let mut resume = Vec::new();
         let mut dropped = Vec::new();
         for task_id in req.resuming {
@@ -574,13 +627,26 @@ impl Pool {
     ) -> Result<Vec<Assignment>, PoolError> {
         let mut out = Vec::new();
         let now = w.now;
+        let (price, unstaking): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT price_per_hour, unstake_requested_at FROM providers WHERE id = ?",
+        )
+        .bind(provider.as_str())
+        .fetch_one(w.conn())
+        .await?;
+        let stake = ledger::balance_of(w.conn(), &escrow::stake_account(provider.as_str())).await?;
+        let money = &self.inner.config.money;
+        let staked = unstaking.is_none() && u64::try_from(stake).unwrap_or(0) >= money.min_stake.0;
+        let stake_free_budget = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
         for _ in 0..capacity {
             let task: Option<TaskRow> = sqlx::query_as(
                 "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
-                 updated_at = ?3 \
+                 updated_at = ?3, price_per_hour = ?6 \
                  WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                              WHERE t.status = 'queued' AND j.status IN ('queued', 'running') \
                                AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                               AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                               AND (j.budget > 0 OR ?6 = 0) \
+                               AND (?7 OR j.budget <= ?8) \
                                AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
                                    AND f.segment = t.segment AND f.status = 'failed' AND f.provider_id = ?1) \
                              ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
@@ -592,6 +658,9 @@ impl Pool {
             .bind(now)
             .bind(device)
             .bind(memory)
+            .bind(price)
+            .bind(staked)
+            .bind(stake_free_budget)
             .fetch_optional(w.conn())
             .await?;
             let Some(task) = task else { break };
@@ -750,9 +819,28 @@ impl Pool {
             },
         )
         .await?;
+        w.pay_segment(
+            &job,
+            task_id,
+            cm.segment,
+            provider,
+            c.compute_ms,
+            self.fees(),
+        )
+        .await?;
         let job_done = end >= job.steps;
+        let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
         if job_done {
+            w.settle_job(&job).await?;
             w.set_job_status(&job.id, JobStatus::Succeeded, None)
+                .await?;
+        } else if job.budget > 0 && left == 0 {
+            let why = format!(
+                "budget exhausted after segment {} (step {}): submit again with a larger budget.total_xmr",
+                cm.segment, cm.end_step
+            );
+            w.settle_job(&job).await?;
+            w.set_job_status(&job.id, JobStatus::Failed, Some(why))
                 .await?;
         } else {
             w.queue_segment(&job, cm.segment + 1).await?;
@@ -901,6 +989,7 @@ impl Pool {
                 "segment {} failed {failures} times; last: {reason}",
                 task.segment
             );
+            w.settle_job(&job).await?;
             w.set_job_status(&job.id, JobStatus::Failed, Some(why.clone()))
                 .await?;
             w.commit().await?;

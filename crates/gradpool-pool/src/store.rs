@@ -7,7 +7,7 @@
 use crate::error::PoolError;
 use gradpool_core::hardware::Hardware;
 use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, ProviderView, SegmentView};
-use gradpool_core::{JobId, ProviderId, Sha256Hex, SignedCommitment};
+use gradpool_core::{JobId, Piconero, ProviderId, Sha256Hex, SignedCommitment};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqliteConnection, SqlitePool};
 use std::path::Path;
@@ -81,13 +81,22 @@ pub struct JobRow {
     pub updated_at: i64,
     /// The provider holding the job's current lease, if any.
     pub provider: Option<String>,
+    pub budget: i64,
+    pub max_price_per_hour: Option<i64>,
+    pub flops_per_step: Option<f64>,
+    /// What the paid segments cost so far.
+    pub spent: i64,
+    /// What is left in the job's escrow.
+    pub escrow: i64,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
     checkpoint_every, segments_total, step, segments_done, last_loss, checkpoint_sha256, \
     commitment, error, created_at, updated_at, \
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' \
-     ORDER BY t.assigned_at DESC LIMIT 1) AS provider";
+     ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
+    (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow";
 
 impl JobRow {
     /// The job's status, parsed.
@@ -116,10 +125,18 @@ impl JobRow {
                 .map(parse_sha)
                 .transpose()?,
             error: self.error.clone(),
+            budget: pico(self.budget),
+            spent: pico(self.spent),
+            escrow: pico(self.escrow),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         })
     }
+}
+
+/// A stored amount (never negative) as piconero.
+pub(crate) fn pico(v: i64) -> Piconero {
+    Piconero(u64::try_from(v).unwrap_or(0))
 }
 
 fn parse_sha(s: &str) -> Result<Sha256Hex, PoolError> {
@@ -283,6 +300,7 @@ struct ProviderRow {
     hardware: String,
     class: String,
     last_seen: i64,
+    price_per_hour: i64,
     leased: i64,
     committed: i64,
 }
@@ -294,7 +312,7 @@ pub async fn providers(
     lease_seconds: u32,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -319,6 +337,7 @@ pub async fn providers(
                 class: r.class,
                 last_seen: rfc3339(r.last_seen),
                 segments_committed: to_u64(r.committed),
+                price_per_hour: pico(r.price_per_hour),
             })
         })
         .collect()

@@ -335,6 +335,10 @@ async fn registration_is_checked() {
         name: "rig".into(),
         client: p.client.clone(),
         device: p.device,
+        price: p.price,
+        gflops: None,
+        payout: Vec::new(),
+        compute_ms: 0,
     };
     p2.register(vec![]).await;
     old.post(
@@ -470,6 +474,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
     let foreign = Commit {
         commitment: stranger.sign_commitment(good.commitment.commitment.clone()),
         loss_trace: good.loss_trace.clone(),
+        compute_ms: 0,
     };
     let e = p.commit(&a.task_id, &foreign).await.err(400);
     assert!(e.message.contains("signed by"), "{}", e.message);

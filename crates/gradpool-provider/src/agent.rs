@@ -8,7 +8,7 @@ use crate::state::DataDir;
 use crate::ProviderError;
 use gradpool_core::commitment::{self, registration_message, Commitment};
 use gradpool_core::wire::{self, Assignment};
-use gradpool_core::{NodeKey, Sha256Hex, TaskId, RUNTIME_VERSION};
+use gradpool_core::{NodeKey, Piconero, Sha256Hex, TaskId, RUNTIME_VERSION};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +31,14 @@ pub struct ProviderConfig {
     pub program: PathBuf,
     /// How many segments may train at once.
     pub max_concurrent_tasks: u32,
+    /// The least this rig takes per GPU-hour (per CPU-hour on a CPU).
+    pub price_per_hour: Piconero,
+    /// Where payouts go, by shares. Checked against the pool's network when
+    /// the provider is configured (see `gradpool_monero::Address`).
+    pub payout: Vec<wire::PayoutSplit>,
+    /// The device's matrix-multiplication speed in GFLOP/s, if measured:
+    /// the pool caps a segment's billed time with it.
+    pub benchmark_gflops: Option<f64>,
 }
 
 /// A segment process that reports nothing for this long is stuck (a hung
@@ -207,6 +215,9 @@ async fn register(
                 hardware: shared.device.hardware(),
                 time,
                 resuming: resuming.clone(),
+                price_per_hour: shared.config.price_per_hour,
+                benchmark_gflops: shared.config.benchmark_gflops,
+                payout: shared.config.payout.clone(),
             };
             api.register(&req).await
         };
@@ -319,10 +330,12 @@ async fn run_task(
 ) -> Result<TaskEnd, ProviderError> {
     let task_dir = shared.dir.begin_task(a)?;
     let out = task_dir.join("end.safetensors");
-    let losses = match shared.dir.finished_losses(&a.task_id) {
+    let (losses, compute_ms) = match shared.dir.finished_losses(&a.task_id) {
         Some(losses) => {
             tracing::info!(task = %a.task_id, "segment was trained before the restart; committing it");
-            losses
+            // The training time died with the process: the pool bills what
+            // it saw between lease and commit.
+            (losses, 0)
         }
         None => {
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
@@ -339,6 +352,7 @@ async fn run_task(
             };
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
+            let started = std::time::Instant::now();
             let end = segment::run_child(
                 &shared.config.program,
                 &files,
@@ -362,14 +376,15 @@ async fn run_task(
             match end {
                 SegmentEnd::Done { losses } => {
                     shared.dir.finish_training(&a.task_id, &losses)?;
-                    losses
+                    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    (losses, ms.max(1))
                 }
                 SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
                 SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
             }
         }
     };
-    commit(shared, a, &out, losses, cancel).await
+    commit(shared, a, &out, losses, compute_ms, cancel).await
 }
 
 /// Sends the latest progress at most twice a second, and the last one.
@@ -402,6 +417,7 @@ async fn commit(
     a: &Assignment,
     out: &std::path::Path,
     loss_trace: Vec<f32>,
+    compute_ms: u64,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
     let sha = Sha256Hex::of_file(out)
@@ -422,6 +438,7 @@ async fn commit(
     let body = wire::Commit {
         commitment: signed,
         loss_trace,
+        compute_ms,
     };
     let mut backoff = 1u64;
     loop {

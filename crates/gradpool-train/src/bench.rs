@@ -118,3 +118,40 @@ pub fn train(
         threads: candle_core::utils::get_num_threads(),
     })
 }
+
+/// What the matrix-multiplication benchmark measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MatmulReport {
+    /// The side of the square f32 matrices.
+    pub n: usize,
+    /// Multiplications timed.
+    pub rounds: u32,
+    /// `2 n³ × rounds / seconds / 10⁹`.
+    pub gflops: f64,
+    pub seconds: f64,
+}
+
+/// Times square f32 matrix multiplications of side `n` on `device` for
+/// about `seconds` (after one untimed round): the speed a provider
+/// advertises, from which the pool caps the time it bills for a segment.
+pub fn matmul(n: usize, seconds: f64, device: &Device) -> Result<MatmulReport, TrainError> {
+    let n = n.clamp(16, 8192);
+    let a = candle_core::Tensor::rand(-1f32, 1f32, (n, n), device)?;
+    let b = candle_core::Tensor::rand(-1f32, 1f32, (n, n), device)?;
+    a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+    let started = Instant::now();
+    let mut rounds = 0u32;
+    while rounds == 0 || (started.elapsed().as_secs_f64() < seconds && rounds < 10_000) {
+        // Reading a scalar back waits for the device to finish.
+        a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+        rounds += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let flops = 2.0 * (n as f64).powi(3) * f64::from(rounds);
+    Ok(MatmulReport {
+        n,
+        rounds,
+        gflops: flops / elapsed / 1e9,
+        seconds: elapsed,
+    })
+}

@@ -2,7 +2,7 @@
 
 use crate::credentials::{self, Credentials, CustomerArgs};
 use clap::Subcommand;
-use gradpool_core::wire;
+use gradpool_core::{wire, Piconero};
 use gradpool_provider::client::Api;
 use std::process::ExitCode;
 
@@ -28,6 +28,50 @@ pub enum AccountCommand {
         #[command(flatten)]
         customer: CustomerArgs,
     },
+    /// Show the account's money: available, held in escrow, withdrawing.
+    Balance {
+        /// Print JSON (amounts in piconero).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Print the Monero address that funds this account (a subaddress of the
+    /// pool's wallet, this account's alone).
+    Deposit {
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Credit free money on a dev pool (no chain behind it).
+    Faucet {
+        /// XMR, e.g. 1.5.
+        #[arg(long)]
+        amount: Piconero,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+    /// Send money from the balance to a Monero address.
+    Withdraw {
+        /// The Monero address to pay.
+        #[arg(long)]
+        to: String,
+        /// XMR, e.g. 0.25.
+        #[arg(long)]
+        amount: Piconero,
+        /// Retrying with the same key withdraws once (default: a new key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
+}
+
+fn print_balance(b: &wire::Balance) {
+    println!("account      {}", b.account_id);
+    println!("available    {}", b.available);
+    println!("in escrow    {}", b.escrowed);
+    println!("withdrawing  {}", b.withdrawing);
+    println!("backend      {}", b.backend);
 }
 
 pub async fn run(c: AccountCommand) -> anyhow::Result<ExitCode> {
@@ -72,6 +116,58 @@ pub async fn run(c: AccountCommand) -> anyhow::Result<ExitCode> {
                 "account   {}\nname      {}\ncreated   {}",
                 view.id, view.name, view.created_at
             );
+        }
+        AccountCommand::Balance { json, customer } => {
+            let b: wire::Balance = customer.api()?.get("/v1/account/balance").await?;
+            if json {
+                println!("{}", serde_json::to_string(&b)?);
+            } else {
+                print_balance(&b);
+            }
+        }
+        AccountCommand::Deposit { customer } => {
+            let d: wire::DepositAddress = customer
+                .api()?
+                .post("/v1/account/deposit", &serde_json::json!({}))
+                .await?;
+            println!("{}", d.address);
+            eprintln!(
+                "send XMR to this address; it is credited after {} confirmations",
+                d.confirmations
+            );
+        }
+        AccountCommand::Faucet { amount, customer } => {
+            let b: wire::Balance = customer
+                .api()?
+                .post("/v1/account/faucet", &wire::Faucet { amount })
+                .await?;
+            print_balance(&b);
+        }
+        AccountCommand::Withdraw {
+            to,
+            amount,
+            idempotency_key,
+            customer,
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| gradpool_core::id::random_hex(16));
+            let p: wire::PayoutView = customer
+                .api()?
+                .post(
+                    "/v1/account/withdraw",
+                    &wire::Withdraw {
+                        to,
+                        amount,
+                        idempotency_key: key,
+                    },
+                )
+                .await?;
+            println!("withdrawal  {}", p.id);
+            println!("amount      {}", p.amount);
+            println!("to          {}", p.address);
+            println!("status      {}", p.status);
+            if let Some(txid) = &p.txid {
+                println!("txid        {txid}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

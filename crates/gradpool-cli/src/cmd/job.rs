@@ -135,6 +135,10 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             if let Some(e) = &j.error {
                 println!("error      {e}");
             }
+            println!(
+                "cost       {} of a {} budget ({} in escrow)",
+                j.spent, j.budget, j.escrow
+            );
             println!("data       {}", j.data_sha256);
             if !segments.is_empty() {
                 println!(

@@ -102,6 +102,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Time square f32 matrix multiplications and report GFLOP/s: the speed
+    /// a provider advertises to its pool.
+    Matmul {
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// The matrices' side.
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+        /// About how long to measure.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,12 +281,32 @@ pub fn sample_text(
 }
 
 pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Train {
-        json,
-        steps,
-        warmup,
-        device,
-    } = c;
+    let (json, steps, warmup, device) = match c {
+        BenchCommand::Train {
+            json,
+            steps,
+            warmup,
+            device,
+        } => (json, steps, warmup, device),
+        BenchCommand::Matmul {
+            json,
+            n,
+            seconds,
+            device,
+        } => {
+            let device = device.open()?;
+            let report = gradpool_train::bench::matmul(n, seconds, &device)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{:.1} GFLOP/s ({} multiplications of {}×{} f32 in {:.2} s)",
+                    report.gflops, report.rounds, report.n, report.n, report.seconds
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let device = device.open()?;
     let report = gradpool_train::bench::train(steps, warmup, SHAKESPEARE, &device)?;
     if json {

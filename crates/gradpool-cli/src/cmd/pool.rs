@@ -2,8 +2,10 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use gradpool_core::Piconero;
+use gradpool_pool::chain::MoneroBackend;
 use gradpool_pool::ledger::Ledger;
-use gradpool_pool::{Pool, PoolConfig};
+use gradpool_pool::{MoneyBackend, MoneyConfig, Pool, PoolConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +32,42 @@ pub struct PoolArgs {
     /// Refuse `POST /v1/accounts`: accounts are created by the operator only.
     #[arg(long)]
     closed_signup: bool,
+    /// The pool's fee on every verified segment, in basis points (200 = 2%).
+    #[arg(long, default_value_t = 200)]
+    pool_fee_bps: u32,
+    /// The validators' fee on every verified segment, in basis points.
+    #[arg(long, default_value_t = 100)]
+    validator_fee_bps: u32,
+    /// Jobs with a budget above this (XMR) go only to staked providers.
+    #[arg(long, default_value = "1")]
+    stake_required_above_xmr: Piconero,
+    /// The stake (XMR) a provider needs for those jobs.
+    #[arg(long, default_value = "0.1")]
+    min_stake_xmr: Piconero,
+    /// Hours between a provider asking for its stake back and getting it.
+    #[arg(long, default_value_t = 168)]
+    unstake_cooldown_hours: u64,
+    /// Pay and be paid in Monero through this `monero-wallet-rpc` (the
+    /// pool's wallet open in it), e.g. http://127.0.0.1:18083. Without it the
+    /// pool is a dev pool with a faucet.
+    #[arg(long, requires = "monero_daemon")]
+    monero_wallet_rpc: Option<String>,
+    /// The `monerod` RPC the wallet uses, e.g. http://127.0.0.1:18081.
+    #[arg(long)]
+    monero_daemon: Option<String>,
+    /// The network payout and withdrawal addresses must belong to (a
+    /// regtest chain uses mainnet addresses).
+    #[arg(long, value_enum, default_value = "mainnet")]
+    network: super::provider::NetworkArg,
+    /// Confirmations before a deposit is credited.
+    #[arg(long, default_value_t = 10)]
+    deposit_confirmations: u64,
+    /// Provider earnings below this (XMR) wait for a later payout.
+    #[arg(long, default_value = "0.01")]
+    payout_threshold_xmr: Piconero,
+    /// Seconds between deposit checks and payout rounds.
+    #[arg(long, default_value_t = 60)]
+    payout_interval_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +120,25 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         heartbeat_seconds: a.heartbeat_seconds,
         max_blob_bytes: a.max_blob_mib * 1024 * 1024,
         open_signup: !a.closed_signup,
+        money: MoneyConfig {
+            backend: match (a.monero_wallet_rpc, a.monero_daemon) {
+                (Some(wallet_rpc), Some(daemon_rpc)) => MoneyBackend::Monero(MoneroBackend {
+                    wallet_rpc,
+                    daemon_rpc,
+                    confirmations: a.deposit_confirmations.max(1),
+                    payout_threshold: a.payout_threshold_xmr,
+                    poll_seconds: a.payout_interval_seconds.max(1),
+                }),
+                _ => MoneyBackend::Dev,
+            },
+            network: a.network.into(),
+            pool_fee_bps: a.pool_fee_bps,
+            validator_fee_bps: a.validator_fee_bps,
+            stake_required_above: a.stake_required_above_xmr,
+            min_stake: a.min_stake_xmr,
+            unstake_cooldown_seconds: a.unstake_cooldown_hours.saturating_mul(3600),
+            ..MoneyConfig::default()
+        },
     };
     let pool = Pool::open(config)
         .await

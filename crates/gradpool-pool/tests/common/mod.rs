@@ -5,7 +5,7 @@
 use gradpool_core::commitment::{chain, genesis, loss_trace_hash, registration_message};
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 use gradpool_core::wire::*;
-use gradpool_core::{Commitment, JobId, NodeKey, Sha256Hex, SignedCommitment, TaskId};
+use gradpool_core::{Commitment, JobId, NodeKey, Piconero, Sha256Hex, SignedCommitment, TaskId};
 use gradpool_pool::{Pool, PoolConfig};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -106,13 +106,27 @@ impl TestPool {
     }
 
     pub async fn provider(&self, name: &str) -> TestProvider {
+        self.provider_with(name, |_| {}).await
+    }
+
+    /// A registered provider, set up by `f` before it registers.
+    pub async fn provider_with(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut TestProvider),
+    ) -> TestProvider {
         let key = NodeKey::generate();
         let mut p = TestProvider {
             key,
             name: name.to_owned(),
             client: Client::new(&self.url, None),
             device: DeviceKind::Cpu,
+            price: Piconero::ZERO,
+            gflops: None,
+            payout: Vec::new(),
+            compute_ms: 0,
         };
+        f(&mut p);
         let reg = p.register(vec![]).await;
         assert_eq!(reg.provider_id, p.key.provider_id());
         p
@@ -277,6 +291,12 @@ pub struct TestProvider {
     pub name: String,
     pub client: Client,
     pub device: DeviceKind,
+    /// The price floor it registers with.
+    pub price: Piconero,
+    pub gflops: Option<f64>,
+    pub payout: Vec<PayoutSplit>,
+    /// The compute time its commits report.
+    pub compute_ms: u64,
 }
 
 impl TestProvider {
@@ -306,6 +326,9 @@ impl TestProvider {
             hardware: self.hardware(),
             time,
             resuming,
+            price_per_hour: self.price,
+            benchmark_gflops: self.gflops,
+            payout: self.payout.clone(),
         }
     }
 
@@ -374,6 +397,7 @@ impl TestProvider {
         Commit {
             commitment: self.key.sign_commitment(commitment),
             loss_trace,
+            compute_ms: self.compute_ms,
         }
     }
 
@@ -384,6 +408,7 @@ impl TestProvider {
         Commit {
             commitment: self.key.sign_commitment(cm),
             loss_trace: c.loss_trace.clone(),
+            compute_ms: c.compute_ms,
         }
     }
 

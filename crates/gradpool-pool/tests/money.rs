@@ -1,0 +1,508 @@
+//! Money through a real pool over HTTP: budgets held in escrow, segments
+//! paid at the agreed rate, refunds, withdrawals, stakes. After every
+//! scenario the ledger audit must be clean.
+
+mod common;
+
+use common::*;
+use gradpool_core::commitment::node_proof_message;
+use gradpool_core::wire::*;
+use gradpool_core::Piconero;
+use std::time::Duration;
+
+/// A mainnet address (the Monero general fund's).
+const ADDRESS: &str =
+    "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+
+/// 3.6 XMR an hour: exactly 10⁶ piconero a millisecond.
+const RATE: Piconero = Piconero(3_600_000_000_000);
+
+fn budgeted(total: &str, max_price: Option<&str>) -> String {
+    let mut spec = format!("{SPEC}\n[budget]\ntotal_xmr = \"{total}\"\n");
+    if let Some(m) = max_price {
+        spec.push_str(&format!("max_price_xmr_per_hour = \"{m}\"\n"));
+    }
+    spec
+}
+
+async fn assert_clean(tp: &TestPool) {
+    let report = tp.pool.ledger().audit().await.unwrap();
+    assert!(report.is_clean(), "ledger audit:\n{report}");
+}
+
+async fn balance(c: &Client) -> Balance {
+    c.get("/v1/account/balance").await.ok()
+}
+
+async fn faucet(c: &Client, xmr: &str) -> Balance {
+    c.post(
+        "/v1/account/faucet",
+        &Faucet {
+            amount: xmr.parse().unwrap(),
+        },
+    )
+    .await
+    .ok()
+}
+
+async fn submit_reply(c: &Client, spec: &str) -> Reply {
+    let sha = c.upload(b"some text to train on, long enough").await;
+    c.post(
+        "/v1/jobs",
+        &SubmitJob {
+            spec_toml: spec.to_owned(),
+            data_sha256: sha,
+        },
+    )
+    .await
+}
+
+/// Takes, waits a little (so the pool sees more time pass than the
+/// provider reports) and commits one segment.
+async fn work_one(p: &TestProvider, n: u8) -> (Assignment, CommitReply) {
+    let a = p.take().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reply = p.finish(&a, &[n; 64]).await;
+    (a, reply)
+}
+
+async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof {
+    let challenge: RegistrationChallenge =
+        tp.anon().post("/v1/providers/challenge", &()).await.ok();
+    let time = time_now();
+    let public_key = p.key.public_hex();
+    NodeProof {
+        signature: p.key.sign(&node_proof_message(
+            purpose,
+            &public_key,
+            time,
+            &challenge.nonce,
+        )),
+        public_key,
+        time,
+        nonce: challenge.nonce,
+    }
+}
+
+async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
+    let proof = proof(tp, p, "earnings").await;
+    tp.anon().post("/v1/providers/earnings", &proof).await.ok()
+}
+
+#[tokio::test]
+async fn a_budget_needs_a_balance_and_is_held_in_escrow() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    let spec = budgeted("0.5", None);
+
+    let e = submit_reply(&c, &spec).await.err(402);
+    assert_eq!(e.code, "insufficient_funds");
+    assert!(e.message.contains("budget.total_xmr"), "{}", e.message);
+    let jobs: Vec<JobView> = c.get("/v1/jobs").await.ok();
+    assert!(jobs.is_empty(), "a refused job must not exist");
+
+    assert_eq!(faucet(&c, "2").await.available, Piconero(2_000_000_000_000));
+    let job: JobView = submit_reply(&c, &spec).await.ok();
+    assert_eq!(job.budget, Piconero(500_000_000_000));
+    assert_eq!(job.escrow, job.budget);
+    assert_eq!(job.spent, Piconero::ZERO);
+    let b = balance(&c).await;
+    assert_eq!(b.available, Piconero(1_500_000_000_000));
+    assert_eq!(b.escrowed, Piconero(500_000_000_000));
+    assert_eq!(b.backend, "dev");
+
+    // Faucet limits; a dev pool has no deposit address.
+    let e = c
+        .post(
+            "/v1/account/faucet",
+            &Faucet {
+                amount: Piconero::ZERO,
+            },
+        )
+        .await
+        .err(400);
+    assert!(e.message.contains("amount"), "{}", e.message);
+    let e = c
+        .post("/v1/account/deposit", &serde_json::json!({}))
+        .await
+        .err(503);
+    assert!(e.message.contains("faucet"), "{}", e.message);
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn verified_segments_are_paid_at_the_agreed_rate_and_the_rest_refunded() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    let job: JobView = submit_reply(&c, &budgeted("0.001", Some("5"))).await.ok();
+    let p = tp
+        .provider_with("rig", |p| {
+            p.price = RATE;
+            p.compute_ms = 2;
+        })
+        .await;
+    for n in 0..3u8 {
+        let (_, reply) = work_one(&p, n).await;
+        assert_eq!(reply.job_done, n == 2);
+    }
+
+    // 2 ms at 10⁶ piconero/ms = 2·10⁶ a segment; 2% pool fee, 1% validators.
+    let done = c.job(&job.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.spent, Piconero(6_000_000));
+    assert_eq!(done.escrow, Piconero::ZERO);
+    let b = balance(&c).await;
+    assert_eq!(b.available, Piconero(1_000_000_000_000 - 6_000_000));
+    assert_eq!(b.escrowed, Piconero::ZERO);
+
+    let e = earnings(&tp, &p).await;
+    assert_eq!(e.available, Piconero(3 * 1_940_000));
+    assert_eq!(e.pending, Piconero::ZERO);
+    let ledger = tp.pool.ledger();
+    assert_eq!(
+        ledger
+            .balance(&gradpool_pool::escrow::pool_fees_account())
+            .await
+            .unwrap(),
+        3 * 40_000
+    );
+    assert_eq!(
+        ledger
+            .balance(&gradpool_pool::escrow::validator_fund_account())
+            .await
+            .unwrap(),
+        3 * 20_000
+    );
+
+    // The customer saw each payment, then the settlement, then the end.
+    let events = c.events(&job.id, None).await;
+    let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "payment").count(), 3);
+    let settled = kinds.iter().position(|k| *k == "settled").unwrap();
+    assert_eq!(settled, kinds.len() - 2, "{kinds:?}");
+    match &events[settled].2.kind {
+        JobEventKind::Settled { refunded, released } => {
+            assert_eq!(*refunded, Piconero(1_000_000_000 - 6_000_000));
+            assert_eq!(*released, Piconero(3 * 1_940_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn the_billed_time_is_capped_by_what_the_pool_saw() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    let job: JobView = submit_reply(&c, &budgeted("0.001", None)).await.ok();
+    // Claims an hour per segment.
+    let p = tp
+        .provider_with("greedy", |p| {
+            p.price = RATE;
+            p.compute_ms = 3_600_000;
+        })
+        .await;
+    let (_, _) = work_one(&p, 1).await;
+    let spent = c.job(&job.id).await.spent;
+    // Billed for the milliseconds the pool saw between lease and commit,
+    // not for the hour it claimed.
+    assert!(spent.0 >= 20_000_000, "{spent}");
+    assert!(spent.0 < 10_000_000_000, "{spent}");
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn price_and_budget_decide_who_gets_a_job() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    // A job that pays at most 1 XMR/h, and one without a budget.
+    let paid: JobView = submit_reply(&c, &budgeted("0.001", Some("1"))).await.ok();
+    let dear = tp.provider_with("dear", |p| p.price = RATE).await;
+    assert!(dear.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let cheap = tp
+        .provider_with("cheap", |p| p.price = Piconero(500_000_000_000))
+        .await;
+    let a = cheap.take().await;
+    assert_eq!(a.job_id, paid.id);
+
+    // An unbudgeted job goes only to providers that work for free.
+    let free_job: JobView = submit_reply(&c, SPEC).await.ok();
+    assert!(dear.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let volunteer = tp.provider("volunteer").await;
+    assert_eq!(volunteer.take().await.job_id, free_job.id);
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn cancel_and_an_exhausted_budget_refund_what_is_left() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    let p = tp
+        .provider_with("rig", |p| {
+            p.price = RATE;
+            p.compute_ms = 2;
+        })
+        .await;
+
+    // Cancelled after one paid segment: everything else comes back.
+    let job: JobView = submit_reply(&c, &budgeted("0.001", None)).await.ok();
+    work_one(&p, 1).await;
+    let cancelled: JobView = c
+        .post(&format!("/v1/jobs/{}/cancel", job.id), &())
+        .await
+        .ok();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert_eq!(cancelled.spent, Piconero(2_000_000));
+    assert_eq!(cancelled.escrow, Piconero::ZERO);
+    assert_eq!(
+        balance(&c).await.available,
+        Piconero(1_000_000_000_000 - 2_000_000)
+    );
+    // Cancelling again moves nothing.
+    let again: JobView = c
+        .post(&format!("/v1/jobs/{}/cancel", job.id), &())
+        .await
+        .ok();
+    assert_eq!(again.status, JobStatus::Cancelled);
+    assert_eq!(earnings(&tp, &p).await.available, Piconero(1_940_000));
+
+    // A budget of 3·10⁶ pays one segment and a half: the job fails,
+    // having spent exactly its budget.
+    let job: JobView = submit_reply(&c, &budgeted("0.000003", None)).await.ok();
+    work_one(&p, 2).await;
+    work_one(&p, 3).await;
+    let failed = c.job(&job.id).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("budget exhausted"),
+        "{:?}",
+        failed.error
+    );
+    assert_eq!(failed.spent, Piconero(3_000_000));
+    assert_eq!(failed.escrow, Piconero::ZERO);
+    assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    let withdraw = |to: &str, amount: u64, key: &str| Withdraw {
+        to: to.to_owned(),
+        amount: Piconero(amount),
+        idempotency_key: key.to_owned(),
+    };
+
+    let e = c
+        .post(
+            "/v1/account/withdraw",
+            &withdraw("4AFFq5kSiGBoZ4NM", 1, "k"),
+        )
+        .await
+        .err(400);
+    assert!(e.message.starts_with("to:"), "{}", e.message);
+    // One character changed: the checksum catches it.
+    let typo = ADDRESS.replacen("44AFFq5", "44AFFq6", 1);
+    let e = c
+        .post("/v1/account/withdraw", &withdraw(&typo, 1, "k"))
+        .await
+        .err(400);
+    assert!(e.message.starts_with("to:"), "{}", e.message);
+    let e = c
+        .post("/v1/account/withdraw", &withdraw(ADDRESS, 0, "k"))
+        .await
+        .err(400);
+    assert!(e.message.contains("amount"), "{}", e.message);
+    let e = c
+        .post("/v1/account/withdraw", &withdraw(ADDRESS, u64::MAX, "k"))
+        .await
+        .err(400);
+    assert!(e.message.contains("amount"), "{}", e.message);
+    let e = c
+        .post(
+            "/v1/account/withdraw",
+            &withdraw(ADDRESS, 2_000_000_000_000, "k"),
+        )
+        .await
+        .err(402);
+    assert_eq!(e.code, "insufficient_funds");
+    assert_eq!(balance(&c).await.available, Piconero(1_000_000_000_000));
+
+    // The same key twice withdraws once.
+    let first: PayoutView = c
+        .post("/v1/account/withdraw", &withdraw(ADDRESS, 100, "once"))
+        .await
+        .ok();
+    let second: PayoutView = c
+        .post("/v1/account/withdraw", &withdraw(ADDRESS, 100, "once"))
+        .await
+        .ok();
+    assert_eq!(first, second);
+    assert_eq!(first.status, "settled");
+    let e = c
+        .post("/v1/account/withdraw", &withdraw(ADDRESS, 101, "once"))
+        .await
+        .err(409);
+    assert!(e.message.contains("once"), "{}", e.message);
+    assert_eq!(
+        balance(&c).await.available,
+        Piconero(1_000_000_000_000 - 100)
+    );
+
+    // Ten concurrent withdrawals of 0.3 XMR from 0.9999999999 XMR: three
+    // succeed, the others are refused, the balance never goes negative.
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            c.post(
+                "/v1/account/withdraw",
+                &withdraw(ADDRESS, 300_000_000_000, &format!("race-{i}")),
+            )
+            .await
+            .status
+        }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        match h.await.unwrap().as_u16() {
+            200 => ok += 1,
+            402 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    assert_eq!(
+        balance(&c).await.available,
+        Piconero(1_000_000_000_000 - 100 - 900_000_000_000)
+    );
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
+    let tp = TestPool::start_with(|c| {
+        c.money.stake_required_above = Piconero(10_000_000);
+        c.money.min_stake = Piconero(1_000_000);
+        c.money.unstake_cooldown_seconds = 1;
+    })
+    .await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    let p = tp
+        .provider_with("rig", |p| {
+            p.price = RATE;
+            p.compute_ms = 2;
+        })
+        .await;
+
+    // A small job earns the provider 3 × 1 940 000.
+    submit_reply(&c, &budgeted("0.000006", None))
+        .await
+        .ok::<JobView>();
+    for n in 0..3 {
+        work_one(&p, n).await;
+    }
+    // A large job is not offered to a provider without a stake.
+    let large: JobView = submit_reply(&c, &budgeted("0.001", None)).await.ok();
+    assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+
+    // Staking more than it has is refused; staking enough gets it the job.
+    let too_much = StakeRequest {
+        proof: proof(&tp, &p, "stake").await,
+        action: StakeAction::Add {
+            amount: Piconero(10_000_000),
+        },
+    };
+    let e = tp
+        .anon()
+        .post("/v1/providers/stake", &too_much)
+        .await
+        .err(402);
+    assert_eq!(e.code, "insufficient_funds");
+    // A proof for another purpose is worthless here.
+    let wrong = StakeRequest {
+        proof: proof(&tp, &p, "earnings").await,
+        action: StakeAction::Add {
+            amount: Piconero(1_000_000),
+        },
+    };
+    tp.anon().post("/v1/providers/stake", &wrong).await.err(401);
+    let add = StakeRequest {
+        proof: proof(&tp, &p, "stake").await,
+        action: StakeAction::Add {
+            amount: Piconero(1_000_000),
+        },
+    };
+    let e: Earnings = tp.anon().post("/v1/providers/stake", &add).await.ok();
+    assert_eq!(e.stake, Piconero(1_000_000));
+    assert_eq!(e.available, Piconero(3 * 1_940_000 - 1_000_000));
+    // The nonce is single-use: replaying the request is refused.
+    tp.anon().post("/v1/providers/stake", &add).await.err(401);
+    assert_eq!(p.take().await.job_id, large.id);
+
+    // Withdrawing starts the cool-down, during which large jobs wait.
+    let w = StakeRequest {
+        proof: proof(&tp, &p, "stake").await,
+        action: StakeAction::Withdraw,
+    };
+    let e: Earnings = tp.anon().post("/v1/providers/stake", &w).await.ok();
+    assert!(e.unstake_at.is_some());
+    assert_eq!(e.stake, Piconero(1_000_000));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = earnings(&tp, &p).await;
+    assert_eq!(e.stake, Piconero::ZERO);
+    assert_eq!(e.unstake_at, None);
+    assert_eq!(e.available, Piconero(3 * 1_940_000));
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
+async fn payout_addresses_are_checked_at_registration() {
+    let tp = TestPool::start().await;
+    let mut p = tp.provider("rig").await;
+    p.payout = vec![PayoutSplit {
+        address: ADDRESS.replacen("44AFFq5", "44AFFq6", 1),
+        share: 1,
+    }];
+    let body = p.register_body(vec![]).await;
+    let e = p
+        .client
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+    assert!(e.message.starts_with("payout[0].address:"), "{}", e.message);
+    p.payout = vec![
+        PayoutSplit {
+            address: ADDRESS.into(),
+            share: 70,
+        },
+        PayoutSplit {
+            address: ADDRESS.into(),
+            share: 30,
+        },
+    ];
+    let body = p.register_body(vec![]).await;
+    let e = p
+        .client
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+    assert!(e.message.contains("named twice"), "{}", e.message);
+    p.payout = vec![PayoutSplit {
+        address: ADDRESS.into(),
+        share: 3,
+    }];
+    p.register(vec![]).await;
+    assert_eq!(earnings(&tp, &p).await.payout, p.payout);
+}
