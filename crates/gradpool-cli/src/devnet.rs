@@ -514,20 +514,20 @@ async fn drive(
             }
         }
     }
-    let ledger = pool.ledger();
-    let fees = ledger
-        .balance(&gradpool_pool::escrow::pool_fees_account())
-        .await?
-        + ledger
-            .balance(&gradpool_pool::escrow::validator_fund_account())
-            .await?;
-    let audit = ledger.audit().await?;
+    // The job's fees: its cost less what its providers were credited.
+    let mut shares = 0u64;
+    for id in names.keys() {
+        let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
+        shares += e.available.0 + e.pending.0 + e.paid.0;
+    }
+    let fees = end.spent.0.saturating_sub(shares);
+    let audit = pool.ledger().audit().await?;
     let payments = Payments {
         backend: pool.config().money.backend.name().to_owned(),
         deposit_txids,
         payout_txids,
         paid_piconero: paid,
-        fees_piconero: u64::try_from(fees).unwrap_or(0),
+        fees_piconero: fees,
         budget_piconero: end.budget.0,
         spent_piconero: end.spent.0,
         refunded_piconero: end.budget.0 - end.spent.0,

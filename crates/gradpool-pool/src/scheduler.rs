@@ -180,7 +180,10 @@ impl Pool {
     /// Starts a write transaction (taking the write lock).
     pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
         let lock = self.inner.write_lock.lock().await;
-        let tx = self.inner.db.begin().await?;
+        // IMMEDIATE: take SQLite's write lock now, waiting (busy timeout) for a
+        // writer outside this lock (a blob upload, another process) instead
+        // of failing when a read snapshot turns out stale at the first write.
+        let tx = self.inner.db.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Write {
             pool: self,
             tx,
