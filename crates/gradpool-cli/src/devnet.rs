@@ -450,75 +450,65 @@ async fn drive(
     .await??;
     let sample = format!("{SAMPLE_PROMPT}{sample}");
 
+    let mut incoming = Vec::new();
+    if let Some(chain) = chain {
+        // Wait for the pool's payout loop to pay everyone, then confirm.
+        let waited = Instant::now();
+        loop {
+            let mut due = 0;
+            for id in names.keys() {
+                due += pool
+                    .earnings(&ProviderId::from(id.as_str()))
+                    .await?
+                    .available
+                    .0;
+            }
+            if due == 0 {
+                break;
+            }
+            if waited.elapsed() > Duration::from_secs(60) {
+                bail!("providers were not paid within a minute ({due} piconero due)");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        chain.mine(1).await?;
+        chain.providers.wallet().refresh().await?;
+        incoming = chain
+            .providers
+            .wallet()
+            .get_transfers(&TransferQuery::incoming())
+            .await?
+            .incoming;
+    }
     let mut paid = BTreeMap::new();
     let mut payout_txids = Vec::new();
-    match chain {
-        None => {
-            for id in names.keys() {
-                let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
-                let credited = e.available.0 + e.pending.0 + e.paid.0;
-                if credited > 0 {
-                    paid.insert(id.clone(), credited);
-                }
-            }
-        }
-        Some(chain) => {
-            // Wait for the pool's payout loop to pay everyone, then confirm.
-            let waited = Instant::now();
-            loop {
-                let mut due = 0;
-                for id in names.keys() {
-                    due += pool
-                        .earnings(&ProviderId::from(id.as_str()))
-                        .await?
-                        .available
-                        .0;
-                }
-                if due == 0 {
-                    break;
-                }
-                if waited.elapsed() > Duration::from_secs(60) {
-                    bail!("providers were not paid within a minute ({due} piconero due)");
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            chain.mine(1).await?;
-            chain.providers.wallet().refresh().await?;
-            let incoming = chain
-                .providers
-                .wallet()
-                .get_transfers(&TransferQuery::incoming())
-                .await?
-                .incoming;
-            for id in names.keys() {
-                let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
-                for p in &e.payouts {
-                    if let Some(txid) = &p.txid {
-                        if !payout_txids.contains(txid) {
-                            payout_txids.push(txid.clone());
-                        }
-                    }
-                }
-                // What reached the provider's subaddress on chain.
-                let Some(split) = e.payout.first() else {
-                    continue;
-                };
-                let received: u64 = incoming
-                    .iter()
-                    .filter(|t| t.address.as_str() == split.address)
-                    .map(|t| t.amount.0)
-                    .sum();
-                if received > 0 {
-                    paid.insert(id.clone(), received);
-                }
-            }
-        }
-    }
-    // The job's fees: its cost less what its providers were credited.
+    // What the providers were credited; the job's fees are its cost less that.
     let mut shares = 0u64;
     for id in names.keys() {
         let e = pool.earnings(&ProviderId::from(id.as_str())).await?;
-        shares += e.available.0 + e.pending.0 + e.paid.0;
+        let credited = e.available.0 + e.pending.0 + e.paid.0;
+        shares += credited;
+        let received = match chain {
+            None => credited,
+            Some(_) => {
+                for txid in e.payouts.iter().filter_map(|p| p.txid.as_ref()) {
+                    if !payout_txids.contains(txid) {
+                        payout_txids.push(txid.clone());
+                    }
+                }
+                // What reached the provider's subaddress on chain.
+                e.payout.first().map_or(0, |split| {
+                    incoming
+                        .iter()
+                        .filter(|t| t.address.as_str() == split.address)
+                        .map(|t| t.amount.0)
+                        .sum()
+                })
+            }
+        };
+        if received > 0 {
+            paid.insert(id.clone(), received);
+        }
     }
     let fees = end.spent.0.saturating_sub(shares);
     let audit = pool.ledger().audit().await?;

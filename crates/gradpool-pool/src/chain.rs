@@ -121,12 +121,7 @@ impl Pool {
         let kind = ledger_account
             .kind()
             .ok_or_else(|| PoolError::Internal(format!("bad account {ledger_account}")))?;
-        let owner = ledger_account
-            .as_str()
-            .split_once(':')
-            .map(|(_, o)| o.to_owned())
-            .unwrap_or_default();
-        ledger::account_in(w.conn(), kind, &owner).await?;
+        ledger::account_in(w.conn(), kind, ledger_account.owner()).await?;
         let now = w.now;
         sqlx::query(
             "INSERT INTO deposit_addresses (address, subaddr_index, ledger_account, created_at) \
@@ -214,7 +209,7 @@ impl Pool {
             .bind(i64::from(subaddr))
             .bind(amount)
             .bind(i64::try_from(t.height).unwrap_or(i64::MAX))
-            .bind(&account)
+            .bind(account.as_str())
             .bind(now)
             .execute(w.conn())
             .await?
@@ -224,13 +219,8 @@ impl Pool {
             }
             let wallet_account =
                 ledger::account_in(w.conn(), AccountKind::Wallet, "monero").await?;
-            let to = LedgerAccountId::new(
-                account
-                    .split_once(':')
-                    .and_then(|(k, _)| k.parse().ok())
-                    .unwrap_or(AccountKind::Customer),
-                account.split_once(':').map_or("", |(_, o)| o),
-            );
+            // Created with its deposit address.
+            let to = LedgerAccountId::from_stored(account);
             ledger::transfer_in(
                 w.conn(),
                 &wallet_account,

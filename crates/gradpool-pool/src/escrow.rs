@@ -309,8 +309,8 @@ impl Write<'_> {
             )
             .await?;
         }
-        let pending: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT a.id, a.owner, SUM(p.amount) FROM ledger_accounts a \
+        let pending: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT a.id, SUM(p.amount) FROM ledger_accounts a \
              JOIN postings p ON p.account_id = a.id \
              WHERE a.kind = 'provider_pending' AND a.owner LIKE '%:' || ? \
              GROUP BY a.id HAVING SUM(p.amount) > 0",
@@ -319,14 +319,15 @@ impl Write<'_> {
         .fetch_all(self.conn())
         .await?;
         let mut released: u64 = 0;
-        for (id, owner, amount) in pending {
-            let Some((provider, _)) = owner.split_once(':') else {
+        for (id, amount) in pending {
+            let from = LedgerAccountId::from_stored(id);
+            // The owner is `PROVIDER:JOB`.
+            let Some((provider, _)) = from.owner().split_once(':') else {
                 continue;
             };
-            let from = LedgerAccountId::new(AccountKind::ProviderPending, &owner);
-            debug_assert_eq!(from.as_str(), id);
+            let provider = provider.to_owned();
             let to =
-                ledger::account_in(self.conn(), AccountKind::ProviderAvailable, provider).await?;
+                ledger::account_in(self.conn(), AccountKind::ProviderAvailable, &provider).await?;
             let amount = Piconero(u64::try_from(amount).unwrap_or(0));
             ledger::transfer_in(
                 self.conn(),

@@ -118,10 +118,21 @@ impl LedgerAccountId {
         &self.0
     }
 
+    /// An id as the database stores it (`ledger_accounts.id`): posting to
+    /// an id that names no account is refused by [`post_in`].
+    pub(crate) fn from_stored(id: String) -> LedgerAccountId {
+        LedgerAccountId(id)
+    }
+
     /// The kind named by the id's prefix.
     pub fn kind(&self) -> Option<AccountKind> {
         let (kind, _) = self.0.split_once(':')?;
         kind.parse().ok()
+    }
+
+    /// The owner: what follows the kind's prefix.
+    pub fn owner(&self) -> &str {
+        self.0.split_once(':').map_or("", |(_, owner)| owner)
     }
 }
 

@@ -131,7 +131,8 @@ async fn payouts_from(
 
 impl Write<'_> {
     /// Moves a provider's stake to its available earnings once the
-    /// cool-down after its withdrawal request has passed.
+    /// cool-down after its withdrawal request has passed. `NotFound` for a
+    /// provider the pool does not know.
     pub(crate) async fn release_stake_if_due(
         &mut self,
         provider: &str,
@@ -142,7 +143,7 @@ impl Write<'_> {
                 .bind(provider)
                 .fetch_optional(self.conn())
                 .await?
-                .flatten();
+                .ok_or_else(|| PoolError::not_found(format!("provider {provider}")))?;
         let Some(requested) = requested else {
             return Ok(());
         };
@@ -466,14 +467,6 @@ impl Pool {
     pub async fn earnings(&self, provider: &ProviderId) -> Result<Earnings, PoolError> {
         let cooldown = self.inner.config.money.unstake_cooldown_seconds;
         let mut w = self.write().await?;
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM providers WHERE id = ?)")
-                .bind(provider.as_str())
-                .fetch_one(w.conn())
-                .await?;
-        if !known {
-            return Err(PoolError::not_found(format!("provider {provider}")));
-        }
         w.release_stake_if_due(provider.as_str(), cooldown).await?;
         let earnings = self.earnings_in(w.conn(), provider).await?;
         w.commit().await?;
@@ -544,14 +537,6 @@ impl Pool {
         let cooldown = self.inner.config.money.unstake_cooldown_seconds;
         let p = provider.as_str();
         let mut w = self.write().await?;
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM providers WHERE id = ?)")
-                .bind(p)
-                .fetch_one(w.conn())
-                .await?;
-        if !known {
-            return Err(PoolError::not_found(format!("provider {provider}")));
-        }
         w.release_stake_if_due(p, cooldown).await?;
         match &req.action {
             StakeAction::Add { amount } => {

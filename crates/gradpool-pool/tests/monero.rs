@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use gradpool_core::commitment::node_proof_message;
 use gradpool_core::wire::*;
 use gradpool_core::Piconero;
 use gradpool_monero::rpc::{TransferOptions, TransferQuery};
@@ -197,25 +196,6 @@ async fn run_job(c: &Client, p: &TestProvider, budget: &str) -> JobView {
     let done = c.job(&job.id).await;
     assert_eq!(done.status, JobStatus::Succeeded);
     done
-}
-
-async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
-    let challenge: RegistrationChallenge =
-        tp.anon().post("/v1/providers/challenge", &()).await.ok();
-    let time = time_now();
-    let public_key = p.key.public_hex();
-    let proof = NodeProof {
-        signature: p.key.sign(&node_proof_message(
-            "earnings",
-            &public_key,
-            time,
-            &challenge.nonce,
-        )),
-        public_key,
-        time,
-        nonce: challenge.nonce,
-    };
-    tp.anon().post("/v1/providers/earnings", &proof).await.ok()
 }
 
 /// A provider paid 70/30 to the provider wallet's main address and a

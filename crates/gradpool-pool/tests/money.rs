@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use gradpool_core::commitment::node_proof_message;
 use gradpool_core::wire::*;
 use gradpool_core::Piconero;
 use std::time::Duration;
@@ -64,29 +63,6 @@ async fn work_one(p: &TestProvider, n: u8) -> (Assignment, CommitReply) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let reply = p.finish(&a, &[n; 64]).await;
     (a, reply)
-}
-
-async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof {
-    let challenge: RegistrationChallenge =
-        tp.anon().post("/v1/providers/challenge", &()).await.ok();
-    let time = time_now();
-    let public_key = p.key.public_hex();
-    NodeProof {
-        signature: p.key.sign(&node_proof_message(
-            purpose,
-            &public_key,
-            time,
-            &challenge.nonce,
-        )),
-        public_key,
-        time,
-        nonce: challenge.nonce,
-    }
-}
-
-async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
-    let proof = proof(tp, p, "earnings").await;
-    tp.anon().post("/v1/providers/earnings", &proof).await.ok()
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! customers and providers that talk to it over HTTP.
 #![allow(dead_code)]
 
-use gradpool_core::commitment::{chain, genesis, loss_trace_hash, registration_message};
+use gradpool_core::commitment::{
+    chain, genesis, loss_trace_hash, node_proof_message, registration_message,
+};
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 use gradpool_core::wire::*;
 use gradpool_core::{Commitment, JobId, NodeKey, Piconero, Sha256Hex, SignedCommitment, TaskId};
@@ -440,4 +442,28 @@ pub fn genesis_of(job: &JobId) -> String {
 
 pub fn signed_by(key: &NodeKey, cm: Commitment) -> SignedCommitment {
     key.sign_commitment(cm)
+}
+
+/// A proof that `p` holds its node key, for `purpose`, over a fresh nonce.
+pub async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof {
+    let challenge: RegistrationChallenge =
+        tp.anon().post("/v1/providers/challenge", &()).await.ok();
+    let time = time_now();
+    let public_key = p.key.public_hex();
+    NodeProof {
+        signature: p.key.sign(&node_proof_message(
+            purpose,
+            &public_key,
+            time,
+            &challenge.nonce,
+        )),
+        public_key,
+        time,
+        nonce: challenge.nonce,
+    }
+}
+
+pub async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
+    let proof = proof(tp, p, "earnings").await;
+    tp.anon().post("/v1/providers/earnings", &proof).await.ok()
 }
