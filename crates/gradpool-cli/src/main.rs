@@ -36,6 +36,9 @@ enum Command {
     /// Segments: the unit of work a provider trains.
     #[command(subcommand, hide = true)]
     Segment(gradpool_cli::cmd::local::SegmentCommand),
+    /// Checkpoints: compare a replay with a claimed checkpoint.
+    #[command(subcommand)]
+    Checkpoint(gradpool_cli::cmd::local::CheckpointCommand),
     /// Start a pool and providers on this machine and train a GPT on
     /// Shakespeare, end to end.
     Devnet(gradpool_cli::devnet::DevnetArgs),
@@ -52,7 +55,9 @@ fn main() -> ExitCode {
     }
     // The segment process talks JSON on stdout; keep its logs on stderr and quiet.
     let default_filter = match cli.command {
-        Command::Segment(_) | Command::Sample(_) | Command::Bench(_) => "warn",
+        Command::Segment(_) | Command::Sample(_) | Command::Bench(_) | Command::Checkpoint(_) => {
+            "warn"
+        }
         Command::Devnet(_) | Command::Job(_) | Command::Account(_) => "warn",
         _ => "info",
     };
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
         Command::Train(a) => gradpool_cli::cmd::local::train(a),
         Command::Sample(a) => gradpool_cli::cmd::local::sample(a),
         Command::Bench(c) => gradpool_cli::cmd::local::bench(c),
+        Command::Checkpoint(c) => gradpool_cli::cmd::local::checkpoint(c),
         other => runtime().and_then(|rt| rt.block_on(run_async(other))),
     };
     match result {
@@ -94,7 +100,11 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Account(c) => gradpool_cli::cmd::account::run(c).await,
         Command::Job(c) => gradpool_cli::cmd::job::run(c).await,
         Command::Devnet(a) => gradpool_cli::devnet::run(a).await,
-        Command::Segment(_) | Command::Train(_) | Command::Sample(_) | Command::Bench(_) => {
+        Command::Segment(_)
+        | Command::Train(_)
+        | Command::Sample(_)
+        | Command::Bench(_)
+        | Command::Checkpoint(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

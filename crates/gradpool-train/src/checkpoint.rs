@@ -435,3 +435,231 @@ pub(crate) fn validate(
     }
     Ok((meta, step))
 }
+
+/// How far apart two checkpoints of the same job are: the relative L2
+/// distance `‖a − b‖ / ‖b‖` of every tensor (parameters and both AdamW
+/// moments), computed in f64, and the largest of them.
+///
+/// A validator compares its replay of a segment with the checkpoint a
+/// provider committed: inside one reproducibility class the two must be
+/// equal byte for byte (a distance of exactly 0); across classes the
+/// largest distance must stay within
+/// [`CROSS_CLASS_TOLERANCE`](gradpool_core::verification::CROSS_CLASS_TOLERANCE).
+///
+/// Serialised as one JSON object (what `gradpool checkpoint distance`
+/// prints), without the per-tensor list:
+///
+/// ```text
+/// {"comparable":true,"max_rel_l2":0.0,"tensor":"param.head.weight","step_a":100,"step_b":100}
+/// ```
+///
+/// JSON has no infinity: an infinite `max_rel_l2` is written as `null`.
+/// It is infinite when the checkpoints are at different steps
+/// (`comparable: false`, `tensor: null`) or when a tensor holds NaN or
+/// infinite values where the other does not; either way they do not match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distance {
+    /// The largest relative L2 distance over all tensors; `f64::INFINITY`
+    /// when the checkpoints are not comparable or hold non-finite values.
+    pub max_rel_l2: f64,
+    /// The tensor with the largest distance (`param.NAME`, `adam_m.NAME` or
+    /// `adam_v.NAME`; the first one when all are equally far, as when the
+    /// checkpoints are identical); empty when the steps differ.
+    pub tensor: String,
+    /// The step of the first checkpoint.
+    pub step_a: u64,
+    /// The step of the second checkpoint.
+    pub step_b: u64,
+    /// Every tensor's relative L2 distance, parameters first, then the
+    /// first and second moments, each in model order; empty when the steps
+    /// differ.
+    pub tensors: Vec<(String, f64)>,
+}
+
+impl Distance {
+    /// Whether the checkpoints are at the same step, so that their tensors
+    /// were compared at all.
+    pub fn comparable(&self) -> bool {
+        self.step_a == self.step_b
+    }
+
+    /// Whether the checkpoints match within `tolerance`: comparable, and no
+    /// tensor further apart than `tolerance`.
+    pub fn within(&self, tolerance: f64) -> bool {
+        self.comparable() && self.max_rel_l2 <= tolerance
+    }
+
+    /// The largest distance over the tensors whose name starts with
+    /// `prefix` (`"param."`, `"adam_m."`, `"adam_v."`), with that tensor's
+    /// name; `None` when there are none.
+    pub fn max_with_prefix(&self, prefix: &str) -> Option<(&str, f64)> {
+        let mut worst: Option<(&str, f64)> = None;
+        for (name, d) in self.tensors.iter().filter(|(n, _)| n.starts_with(prefix)) {
+            if worst.is_none_or(|(_, w)| *d > w) {
+                worst = Some((name, *d));
+            }
+        }
+        worst
+    }
+}
+
+impl serde::Serialize for Distance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Distance", 5)?;
+        st.serialize_field("comparable", &self.comparable())?;
+        st.serialize_field(
+            "max_rel_l2",
+            &self.max_rel_l2.is_finite().then_some(self.max_rel_l2),
+        )?;
+        st.serialize_field(
+            "tensor",
+            &(!self.tensor.is_empty()).then_some(self.tensor.as_str()),
+        )?;
+        st.serialize_field("step_a", &self.step_a)?;
+        st.serialize_field("step_b", &self.step_b)?;
+        st.end()
+    }
+}
+
+/// The distance between checkpoints `a` and `b` of `spec` on `data`.
+///
+/// Both files are loaded and validated like a segment's start checkpoint
+/// (format, spec fingerprint, data, every tensor's name, dtype and shape);
+/// a file that fails is an error, not a distance. Checkpoints at different
+/// steps are not comparable: their distance is `f64::INFINITY`, because a
+/// replay that ends at another step than the claimed checkpoint can never
+/// match it. See [`Distance`] for how each tensor is compared.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), gradpool_train::TrainError> {
+/// # let spec: gradpool_core::JobSpec = todo!();
+/// # let data: gradpool_train::Dataset = todo!();
+/// use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
+/// use std::path::Path;
+///
+/// let d = gradpool_train::checkpoint::distance(
+///     &spec,
+///     &data,
+///     Path::new("replay.safetensors"),
+///     Path::new("claimed.safetensors"),
+/// )?;
+/// if !d.within(CROSS_CLASS_TOLERANCE) {
+///     println!("mismatch: {} is {} apart", d.tensor, d.max_rel_l2);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn distance(
+    spec: &JobSpec,
+    data: &Dataset,
+    a: &Path,
+    b: &Path,
+) -> Result<Distance, TrainError> {
+    let (_, sa) = load(spec, Some(data), a, None)?;
+    let (meta, sb) = load(spec, Some(data), b, None)?;
+    if sa.step != sb.step {
+        return Ok(Distance {
+            max_rel_l2: f64::INFINITY,
+            tensor: String::new(),
+            step_a: sa.step,
+            step_b: sb.step,
+            tensors: Vec::new(),
+        });
+    }
+    Ok(compare(&meta, &sa, &sb))
+}
+
+/// The distance between the tensors of checkpoints `a` and `b` of `spec`
+/// on `data`, whatever their steps: how far training moved the state
+/// between two steps. Validates both files like [`distance`].
+pub fn tensor_distance(
+    spec: &JobSpec,
+    data: &Dataset,
+    a: &Path,
+    b: &Path,
+) -> Result<Distance, TrainError> {
+    let (_, sa) = load(spec, Some(data), a, None)?;
+    let (meta, sb) = load(spec, Some(data), b, None)?;
+    Ok(compare(&meta, &sa, &sb))
+}
+
+/// Compares every tensor of two states of the same model.
+fn compare(meta: &ModelMeta, a: &State, b: &State) -> Distance {
+    let specs = meta.params();
+    let mut tensors = Vec::with_capacity(3 * specs.len());
+    for (prefix, xs, ys) in [
+        ("param.", &a.params, &b.params),
+        ("adam_m.", &a.m, &b.m),
+        ("adam_v.", &a.v, &b.v),
+    ] {
+        for ((p, x), y) in specs.iter().zip(xs).zip(ys) {
+            tensors.push((format!("{prefix}{}", p.name), rel_l2(x, y)));
+        }
+    }
+    let mut worst = (String::new(), 0f64);
+    for (name, d) in &tensors {
+        if worst.0.is_empty() || *d > worst.1 {
+            worst = (name.clone(), *d);
+        }
+    }
+    Distance {
+        max_rel_l2: worst.1,
+        tensor: worst.0,
+        step_a: a.step,
+        step_b: b.step,
+        tensors,
+    }
+}
+
+/// `‖a − b‖ / ‖b‖` in f64 (`‖a − b‖` when `‖b‖` is 0): 0 for bitwise equal
+/// tensors, `f64::INFINITY` when the result is not finite (a NaN or
+/// infinite value in one of them).
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    if a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()) {
+        return 0.0;
+    }
+    let mut diff = 0f64;
+    let mut norm = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = x as f64 - y as f64;
+        diff += d * d;
+        norm += y as f64 * y as f64;
+    }
+    let d = if norm > 0.0 {
+        (diff / norm).sqrt()
+    } else {
+        diff.sqrt()
+    };
+    if d.is_finite() {
+        d
+    } else {
+        f64::INFINITY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rel_l2;
+
+    #[test]
+    fn rel_l2_is_relative_to_the_second_tensor() {
+        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        // ‖(3, 4)‖ / ‖(0, 10)‖ = 5 / 10.
+        assert_eq!(rel_l2(&[3.0, 14.0], &[0.0, 10.0]), 0.5);
+        // A zero second tensor: the plain norm of the difference.
+        assert_eq!(rel_l2(&[3.0, 4.0], &[0.0, 0.0]), 5.0);
+        assert_eq!(rel_l2(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
+        // Non-finite values never pass as close.
+        assert_eq!(rel_l2(&[f32::NAN, 1.0], &[1.0, 1.0]), f64::INFINITY);
+        assert_eq!(rel_l2(&[1.0, 1.0], &[f32::INFINITY, 1.0]), f64::INFINITY);
+        assert_eq!(rel_l2(&[f32::NAN], &[0.0]), f64::INFINITY);
+        // Signed zeros differ in bits but not in value.
+        assert_eq!(rel_l2(&[-0.0], &[0.0]), 0.0);
+    }
+}

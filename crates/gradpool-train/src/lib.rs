@@ -8,7 +8,8 @@
 //! - [`model`]: the GPT and MLP architectures and seeded initialisation.
 //! - [`ops`]: fused CPU kernels with backward passes.
 //! - [`optim`]: AdamW with clipping; [`schedule`]: the learning rate.
-//! - [`checkpoint`]: deterministic safetensors checkpoints, validated on load.
+//! - [`checkpoint`]: deterministic safetensors checkpoints, validated on load,
+//!   and the [`distance`](checkpoint::distance) between two of them.
 //! - [`segment`]: [`run_segment`], the unit of work a provider runs.
 //! - [`sample`]: [`export_model`] and [`sample()`](sample::sample).
 //! - [`bench`]: the reference training benchmark.

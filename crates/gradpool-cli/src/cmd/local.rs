@@ -1,6 +1,6 @@
 //! Commands that run the native training runtime in this process:
 //! `gradpool train`, `gradpool segment run`, `gradpool sample`,
-//! `gradpool bench train`.
+//! `gradpool bench train`, `gradpool checkpoint distance`.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -145,6 +145,50 @@ pub struct SegmentRunArgs {
     device: DeviceArgs,
 }
 
+#[derive(Subcommand)]
+pub enum CheckpointCommand {
+    /// Compare two checkpoints of a job; prints one JSON line.
+    ///
+    /// Prints
+    /// `{"comparable":BOOL,"max_rel_l2":NUMBER|null,"tensor":NAME|null,"step_a":N,"step_b":N}`:
+    /// the largest relative L2 distance ‖A − B‖ / ‖B‖ over all tensors
+    /// (parameters and AdamW moments) and the tensor where it is largest.
+    /// `max_rel_l2` is null (infinite) when the checkpoints are at different
+    /// steps (`comparable` is then false) or hold NaN or infinite values. A
+    /// file that is not a valid checkpoint of the job is an error (exit
+    /// status 1, nothing on stdout).
+    Distance(CheckpointDistanceArgs),
+}
+
+#[derive(Args)]
+pub struct CheckpointDistanceArgs {
+    /// The job spec (TOML) both checkpoints belong to.
+    #[arg(long)]
+    spec: PathBuf,
+    /// The job's data.
+    #[arg(long)]
+    data: PathBuf,
+    /// The first checkpoint (e.g. a replay).
+    a: PathBuf,
+    /// The second checkpoint, the reference of the relative distance (e.g.
+    /// the claimed one).
+    b: PathBuf,
+}
+
+pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
+    let CheckpointCommand::Distance(a) = c;
+    let spec = JobSpec::from_toml_str(
+        &std::fs::read_to_string(&a.spec)
+            .with_context(|| format!("cannot read {}", a.spec.display()))?,
+    )?;
+    let bytes =
+        std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let data = Dataset::from_bytes(&spec, &bytes)?;
+    let d = gradpool_train::checkpoint::distance(&spec, &data, &a.a, &a.b)?;
+    println!("{}", serde_json::to_string(&d)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     let SegmentCommand::Run(a) = c;
     // Die with the agent: a segment nobody waits for is wasted work.
@@ -166,6 +210,13 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
+    let mut on_step = |r: StepReport| {
+        emit(&SegmentEvent::Step {
+            step: r.step,
+            loss: r.loss,
+            tokens_per_sec: r.tokens_per_sec,
+        })
+    };
     let outcome = gradpool_train::run_segment(
         &spec,
         &data,
@@ -174,13 +225,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         a.to,
         &device,
         &a.out,
-        &mut |r: StepReport| {
-            emit(&SegmentEvent::Step {
-                step: r.step,
-                loss: r.loss,
-                tokens_per_sec: r.tokens_per_sec,
-            })
-        },
+        &mut on_step,
     )?;
     emit(&SegmentEvent::Done {
         losses: outcome.losses,
