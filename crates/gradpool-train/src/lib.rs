@@ -58,4 +58,6 @@ pub use dataset::{CsvInfo, Dataset};
 pub use error::TrainError;
 pub use model::ModelMeta;
 pub use sample::{export_model, sample};
-pub use segment::{evaluate, run_segment, Evaluation, SegmentOutcome, StepReport};
+pub use segment::{
+    evaluate, run_segment, run_segment_autograd, Evaluation, SegmentOutcome, StepReport,
+};

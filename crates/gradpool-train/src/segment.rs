@@ -9,6 +9,7 @@ use crate::schedule::learning_rate;
 use crate::TrainError;
 use candle_core::{Device, Tensor};
 use gradpool_core::spec::JobSpec;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -198,39 +199,164 @@ pub fn run_segment(
     out: &Path,
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
+    run_segment_as(
+        Recipe::HONEST,
+        spec,
+        data,
+        start,
+        start_step,
+        end_step,
+        device,
+        out,
+        on_step,
+    )
+}
+
+/// [`run_segment`] with the GPT step computed through candle's autograd
+/// instead of the hand-written CPU step.
+///
+/// Autograd is the path every non-CPU device takes (there this function is
+/// [`run_segment`]); on the CPU it is a second implementation of the same
+/// arithmetic in another order. Its checkpoints differ from
+/// [`run_segment`]'s only by f32 rounding and what training makes of it,
+/// which is what a replay in another reproducibility class shows: the
+/// `tolerance` tests calibrate
+/// [`CROSS_CLASS_TOLERANCE`](gradpool_core::verification::CROSS_CLASS_TOLERANCE)
+/// with it. A few times slower than [`run_segment`] on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn run_segment_autograd(
+    spec: &JobSpec,
+    data: &Dataset,
+    start: Option<&Path>,
+    start_step: u64,
+    end_step: u64,
+    device: &Device,
+    out: &Path,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<SegmentOutcome, TrainError> {
+    let recipe = Recipe {
+        autograd: true,
+        ..Recipe::HONEST
+    };
+    run_segment_as(
+        recipe, spec, data, start, start_step, end_step, device, out, on_step,
+    )
+}
+
+/// How the steps of a segment are computed: [`Recipe::HONEST`] for a real
+/// segment; the cross-implementation check and the cheats change it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recipe {
+    /// Computes the GPT step through candle's autograd even on the CPU.
+    pub autograd: bool,
+    /// Factor on the schedule's learning rate.
+    pub lr_scale: f64,
+    /// Seed of the batch stream; `None` for the spec's seed.
+    pub batch_seed: Option<u64>,
+}
+
+impl Recipe {
+    /// What the spec says.
+    pub const HONEST: Recipe = Recipe {
+        autograd: false,
+        lr_scale: 1.0,
+        batch_seed: None,
+    };
+}
+
+/// A whole segment trained by `recipe`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_segment_as(
+    recipe: Recipe,
+    spec: &JobSpec,
+    data: &Dataset,
+    start: Option<&Path>,
+    start_step: u64,
+    end_step: u64,
+    device: &Device,
+    out: &Path,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<SegmentOutcome, TrainError> {
+    check_range(spec, start_step, end_step)?;
+    let (model, mut opt) = start_state(spec, data, start, start_step, device)?;
+    let losses = train_steps(
+        &model,
+        &mut opt,
+        spec,
+        data,
+        start_step..end_step,
+        device,
+        recipe,
+        on_step,
+    )?;
+    finish(spec, data, &model, &opt, end_step, device, out, losses)
+}
+
+/// Refuses a segment that is empty or reaches past the job's steps.
+pub(crate) fn check_range(
+    spec: &JobSpec,
+    start_step: u64,
+    end_step: u64,
+) -> Result<(), TrainError> {
     if start_step >= end_step || end_step > spec.train.steps {
         return Err(TrainError::Segment(format!(
             "steps [{start_step}, {end_step}) are not a non-empty range within the job's {} steps",
             spec.train.steps
         )));
     }
-    let (model, mut opt) = match start {
-        None if start_step != 0 => {
-            return Err(TrainError::Segment(format!(
-                "a segment starting at step {start_step} needs the checkpoint of that step"
-            )))
-        }
+    Ok(())
+}
+
+/// The model and optimizer at `start_step`: the checkpoint `start`
+/// (validated), or the seeded initialisation when `start_step` is 0 and
+/// there is no checkpoint.
+pub(crate) fn start_state(
+    spec: &JobSpec,
+    data: &Dataset,
+    start: Option<&Path>,
+    start_step: u64,
+    device: &Device,
+) -> Result<(Model, AdamW), TrainError> {
+    match start {
+        None if start_step != 0 => Err(TrainError::Segment(format!(
+            "a segment starting at step {start_step} needs the checkpoint of that step"
+        ))),
         None => {
             let meta = ModelMeta::new(spec, data)?;
             let model = Model::init(meta, spec.train.seed, device)?;
             let opt = AdamW::new(&model)?;
-            (model, opt)
+            Ok((model, opt))
         }
         Some(path) => {
             let (meta, state) = checkpoint::load(spec, Some(data), path, Some(start_step))?;
             let model = Model::from_values(meta, state.params, device)?;
             let opt = AdamW::from_values(&model, state.m, state.v)?;
-            (model, opt)
+            Ok((model, opt))
         }
-    };
+    }
+}
+
+/// Trains `steps` by `recipe`, calling `on_step` after each; returns their
+/// losses.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_steps(
+    model: &Model,
+    opt: &mut AdamW,
+    spec: &JobSpec,
+    data: &Dataset,
+    steps: Range<u64>,
+    device: &Device,
+    recipe: Recipe,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<Vec<f32>, TrainError> {
     let units = match model.meta {
         ModelMeta::Gpt { block_size, .. } => spec.train.batch_size * block_size,
         ModelMeta::Mlp { .. } => spec.train.batch_size,
     } as f64;
-    let mut losses = Vec::with_capacity((end_step - start_step) as usize);
-    for step in start_step..end_step {
+    let mut losses = Vec::with_capacity(steps.end.saturating_sub(steps.start) as usize);
+    for step in steps {
         let t0 = Instant::now();
-        let loss = train_step(&model, &mut opt, spec, data, step, device)?;
+        let loss = train_step_as(model, opt, spec, data, step, device, recipe)?;
         losses.push(loss);
         let dt = t0.elapsed().as_secs_f64().max(1e-9);
         on_step(StepReport {
@@ -239,8 +365,23 @@ pub fn run_segment(
             tokens_per_sec: units / dt,
         });
     }
+    Ok(losses)
+}
+
+/// Evaluates the model and writes the checkpoint at `end_step` to `out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish(
+    spec: &JobSpec,
+    data: &Dataset,
+    model: &Model,
+    opt: &AdamW,
+    end_step: u64,
+    device: &Device,
+    out: &Path,
+    losses: Vec<f32>,
+) -> Result<SegmentOutcome, TrainError> {
     let eval_loss =
-        eval_metrics(&model, data, spec.train.batch_size, spec.train.seed, device)?.map(|(l, _)| l);
+        eval_metrics(model, data, spec.train.batch_size, spec.train.seed, device)?.map(|(l, _)| l);
     let (m, v) = opt.values()?;
     let state = State {
         step: end_step,
@@ -262,20 +403,33 @@ pub(crate) fn train_step(
     step: u64,
     device: &Device,
 ) -> Result<f32, TrainError> {
+    train_step_as(model, opt, spec, data, step, device, Recipe::HONEST)
+}
+
+/// One training step by `recipe`.
+fn train_step_as(
+    model: &Model,
+    opt: &mut AdamW,
+    spec: &JobSpec,
+    data: &Dataset,
+    step: u64,
+    device: &Device,
+    recipe: Recipe,
+) -> Result<f32, TrainError> {
     let batch = train_batch(
         data,
         &model.meta,
         spec.train.batch_size,
-        spec.train.seed,
+        recipe.batch_seed.unwrap_or(spec.train.seed),
         step,
         device,
     )?;
-    let lr = learning_rate(&spec.train, step);
+    let lr = learning_rate(&spec.train, step) * recipe.lr_scale;
     let diverged = |value: f32| TrainError::Diverged {
         step,
         what: format!("loss is {value}"),
     };
-    if device.is_cpu() && matches!(model.meta, ModelMeta::Gpt { .. }) {
+    if device.is_cpu() && matches!(model.meta, ModelMeta::Gpt { .. }) && !recipe.autograd {
         // Inside candle's own rayon pool, the thread that runs the step also
         // works on gemm's parallel products instead of sleeping while two
         // other threads run them.
