@@ -1,5 +1,5 @@
-//! `gradpool checkpoint distance` as the provider agent runs it: a child
-//! process of the real binary.
+//! `gradpool checkpoint distance` and `gradpool segment run --cheat` as the
+//! provider agent runs them: child processes of the real binary.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -152,6 +152,42 @@ fn distance_of_replays_and_cheats() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("truncated or corrupt"), "{stderr}");
 
+    #[cfg(feature = "cheat")]
+    {
+        use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
+        segment(
+            dir.path(),
+            10,
+            20,
+            Some("a10"),
+            "c20",
+            &["--cheat", "lower-lr"],
+        );
+        let d = distance(dir.path(), "c20", "a20");
+        assert_eq!(d["comparable"], true, "{d}");
+        let x = d["max_rel_l2"].as_f64().expect("a finite distance");
+        assert!(x > CROSS_CLASS_TOLERANCE, "{d}");
+        let out = gradpool(&[
+            "segment",
+            "run",
+            "--spec",
+            &path("spec.toml"),
+            "--data",
+            &path("data.txt"),
+            "--from",
+            "0",
+            "--to",
+            "10",
+            "--out",
+            &path("x"),
+            "--cheat",
+            "sloppy",
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("skip-steps"), "{stderr}");
+    }
+    #[cfg(not(feature = "cheat"))]
     {
         let out = gradpool(&[
             "segment",

@@ -13,6 +13,8 @@
 //! - [`segment`]: [`run_segment`], the unit of work a provider runs.
 //! - [`sample`]: [`export_model`] and [`sample()`](sample::sample).
 //! - [`bench`]: the reference training benchmark.
+//! - `cheat` (feature `cheat`): segments that fake their work, for testing
+//!   audits.
 //! - [`rng`]: the crate's seeded generator.
 
 /// Defines `$name`, which runs the `#[inline(always)]` kernel `$body` built
@@ -39,6 +41,8 @@ macro_rules! simd_dispatch {
 }
 
 pub mod bench;
+#[cfg(feature = "cheat")]
+pub mod cheat;
 pub mod checkpoint;
 pub mod dataset;
 mod error;

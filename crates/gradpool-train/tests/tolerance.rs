@@ -12,7 +12,7 @@
 //!   (candle's autograd instead of the hand-written CPU step), standing in
 //!   for another reproducibility class: within the tolerance;
 //! - one optimizer step late in the schedule, and segments that skip one
-//!   step: beyond the tolerance.
+//!   step (or cheat, with the `cheat` feature): beyond the tolerance.
 //!
 //! `reference_model_measurements` (ignored: about 5 minutes) measures the
 //! same on the reference model of `examples/shakespeare-gpt.toml` with its
@@ -335,6 +335,36 @@ fn skipping_one_step_is_beyond_the_tolerance() {
                 d.max_rel_l2
             );
         }
+    }
+}
+
+#[cfg(feature = "cheat")]
+#[test]
+fn every_cheat_in_the_last_segment_is_beyond_the_tolerance() {
+    use gradpool_train::cheat::{run_segment_cheating, CheatKind};
+    let job = small();
+    for kind in CheatKind::ALL {
+        let out = job.path(&format!("cheat-{kind}"));
+        run_segment_cheating(
+            kind,
+            &job.spec,
+            &job.data,
+            Some(&job.path("start")),
+            LATE,
+            STEPS,
+            &Device::Cpu,
+            &out,
+            &mut |_| {},
+        )
+        .expect("the cheat writes a checkpoint");
+        let d = job.distance(&out, &job.path("late"));
+        eprintln!("[{LATE}, {STEPS}) cheating by {kind}: {}", describe(&d));
+        assert!(d.comparable());
+        assert!(
+            !d.within(CROSS_CLASS_TOLERANCE),
+            "{kind} is only {} from the honest checkpoint",
+            d.max_rel_l2
+        );
     }
 }
 

@@ -143,6 +143,12 @@ pub struct SegmentRunArgs {
     out: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Fake the segment's work: skip-steps, random-weights,
+    /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
+    /// builds with the `cheat` feature, for testing audits).
+    #[cfg(feature = "cheat")]
+    #[arg(long, value_name = "KIND")]
+    cheat: Option<gradpool_train::cheat::CheatKind>,
 }
 
 #[derive(Subcommand)]
@@ -217,6 +223,25 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
             tokens_per_sec: r.tokens_per_sec,
         })
     };
+    #[cfg(feature = "cheat")]
+    if let Some(kind) = a.cheat {
+        tracing::warn!("cheating: {kind}");
+        let outcome = gradpool_train::cheat::run_segment_cheating(
+            kind,
+            &spec,
+            &data,
+            a.start.as_deref(),
+            a.from,
+            a.to,
+            &device,
+            &a.out,
+            &mut on_step,
+        )?;
+        emit(&SegmentEvent::Done {
+            losses: outcome.losses,
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
     let outcome = gradpool_train::run_segment(
         &spec,
         &data,
