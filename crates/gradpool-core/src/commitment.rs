@@ -12,7 +12,7 @@
 //! provider cannot later deny having produced a checkpoint.
 
 use crate::hash::Sha256Hex;
-use crate::id::{JobId, ProviderId};
+use crate::id::{JobId, ProviderId, TaskId};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -117,6 +117,64 @@ impl SignedCommitment {
     }
 }
 
+/// What a validator reports after replaying an audited segment: the end
+/// checkpoint it produced, and, when its reproducibility class differs from
+/// the trainer's, its distance to the checkpoint the trainer committed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    pub task_id: TaskId,
+    pub job_id: JobId,
+    pub segment: u32,
+    /// sha256 of the end checkpoint the replay produced.
+    pub end_checkpoint_sha256: Sha256Hex,
+    pub loss_trace_blake3: String,
+    /// The validator's reproducibility class.
+    pub class: String,
+    /// The largest relative L2 distance over the tensors between the
+    /// replay's end checkpoint and the claimed one; `None` inside one class,
+    /// where the hashes are compared exactly. Checkpoints that cannot be
+    /// compared (another step, other tensors) report `f64::MAX`.
+    pub distance: Option<f64>,
+    /// How long the replay trained, in milliseconds.
+    pub compute_ms: u64,
+}
+
+impl ReplayReport {
+    /// The exact bytes that are signed.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = b"gradpool/replay/v1\n".to_vec();
+        // Strings, integers and a finite float: serialising cannot fail.
+        out.extend(serde_json::to_vec(self).expect("replay report serialises"));
+        out
+    }
+}
+
+/// A replay report with the validator's node key and signature: the
+/// evidence a verdict rests on, next to the trainer's [`SignedCommitment`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedReplay {
+    pub report: ReplayReport,
+    /// Hex Ed25519 public key.
+    pub node_key: String,
+    /// Hex Ed25519 signature over [`ReplayReport::signing_bytes`].
+    pub signature: String,
+}
+
+impl SignedReplay {
+    /// Checks the signature against the embedded key.
+    pub fn verify(&self) -> Result<(), CommitmentError> {
+        let key = verifying_key(&self.node_key)?;
+        let sig = decode_signature(&self.signature)?;
+        key.verify(&self.report.signing_bytes(), &sig)
+            .map_err(|_| CommitmentError::BadSignature)
+    }
+
+    /// The validator whose node key signed the report.
+    pub fn signer(&self) -> Result<ProviderId, CommitmentError> {
+        Ok(ProviderId::from_public_key(&decode32(&self.node_key)?))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommitmentError {
     #[error("expected 32 hex-encoded bytes")]
@@ -194,6 +252,15 @@ impl NodeKey {
 
     pub fn sign(&self, message: &[u8]) -> String {
         hex::encode(self.key.sign(message).to_bytes())
+    }
+
+    pub fn sign_replay(&self, report: ReplayReport) -> SignedReplay {
+        let signature = self.sign(&report.signing_bytes());
+        SignedReplay {
+            report,
+            node_key: self.public_hex(),
+            signature,
+        }
     }
 
     pub fn sign_commitment(&self, commitment: Commitment) -> SignedCommitment {

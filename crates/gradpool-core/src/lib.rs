@@ -9,6 +9,7 @@
 //! - [`commitment`]: the signed hash chain over a job's checkpoints.
 //! - [`hash`]: content addresses (sha256) of blobs.
 //! - [`hardware`]: what a provider runs on and its reproducibility class.
+//! - [`verification`]: audit sampling, reputation, replay tolerance.
 //! - [`wire`]: the JSON messages of the pool's HTTP API.
 
 pub mod commitment;
@@ -17,9 +18,10 @@ pub mod hash;
 pub mod id;
 pub mod money;
 pub mod spec;
+pub mod verification;
 pub mod wire;
 
-pub use commitment::{Commitment, NodeKey, SignedCommitment};
+pub use commitment::{Commitment, NodeKey, ReplayReport, SignedCommitment, SignedReplay};
 pub use hash::Sha256Hex;
 pub use id::{AccountId, JobId, ProviderId, TaskId};
 pub use money::Piconero;

@@ -19,6 +19,8 @@
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
+//! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
+//! | `GET  /v1/jobs/{id}/verdicts`     | customer | → `[VerdictView]`                         |
 //! | `GET  /v1/account/balance`        | customer | → [`Balance`]                             |
 //! | `POST /v1/account/deposit`        | customer | → [`DepositAddress`]                      |
 //! | `POST /v1/account/faucet`         | customer | [`Faucet`] → [`Balance`] (dev backend)    |
@@ -30,7 +32,7 @@
 //! with the session token [`Registered::token`] they got by proving they
 //! hold their node key. Errors are [`ApiError`] bodies.
 
-use crate::commitment::SignedCommitment;
+use crate::commitment::{SignedCommitment, SignedReplay};
 use crate::hardware::{Hardware, Telemetry};
 use crate::hash::Sha256Hex;
 use crate::id::{AccountId, JobId, ProviderId, TaskId};
@@ -168,6 +170,37 @@ pub struct SegmentView {
     pub commitment: SignedCommitment,
     pub loss_trace: Vec<f32>,
     pub committed_at: String,
+    /// `accepted` (not drawn for an audit), `auditing` or `verified`.
+    #[serde(default)]
+    pub status: String,
+}
+
+/// The outcome of one audit, with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictView {
+    pub audit_id: String,
+    pub job_id: JobId,
+    pub segment: u32,
+    /// Why the segment was audited: `sampled`, `paranoid`, `follow_up`.
+    pub reason: String,
+    /// `open`, `verified`, `provider_fault`, `validator_fault` or `void`
+    /// (the segment was discarded by a rollback before it was decided).
+    pub outcome: String,
+    /// Who was found at fault, if anyone.
+    pub at_fault: Option<ProviderId>,
+    /// The trainer's signed commitment.
+    pub commitment: SignedCommitment,
+    /// Each validator's signed report and whether it matched the claim.
+    pub replays: Vec<ReplayView>,
+    pub opened_at: String,
+    pub decided_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayView {
+    pub validator: ProviderId,
+    pub matches: bool,
+    pub replay: SignedReplay,
 }
 
 /// One entry of a job's event log, streamed over server-sent events with
@@ -241,6 +274,34 @@ pub enum JobEventKind {
         validator_fee: Piconero,
         /// The job's cost so far.
         spent: Piconero,
+        /// `train` for a segment, `replay` for a validator's audit of one.
+        #[serde(default)]
+        kind: TaskKind,
+    },
+    /// A committed segment was drawn for an audit (or a dispute needs
+    /// another replay).
+    Audit {
+        segment: u32,
+        provider: ProviderId,
+        /// `sampled`, `paranoid`, `follow_up` or `dispute`.
+        reason: String,
+    },
+    /// An audit was decided. `outcome`: `verified`, `provider_fault` or
+    /// `validator_fault`; the evidence is under `GET /v1/jobs/{id}/verdicts`.
+    Verdict {
+        segment: u32,
+        provider: ProviderId,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_fault: Option<ProviderId>,
+        validators: Vec<ProviderId>,
+    },
+    /// A provider was found cheating: the job went back to the checkpoint
+    /// before `segment` and continues from there on other providers.
+    RolledBack {
+        segment: u32,
+        step: u64,
+        provider: ProviderId,
     },
     /// The job ended: what was left in escrow went back to the customer and
     /// the providers' pending earnings became available to pay out.
@@ -264,6 +325,24 @@ pub struct ProviderView {
     /// The provider's price floor per GPU-hour.
     #[serde(default)]
     pub price_per_hour: Piconero,
+    /// Whether it replays other providers' segments.
+    #[serde(default)]
+    pub validate: bool,
+    /// Audits passed since the last fault (trained segments replayed with a
+    /// match, and replays of its own that were right).
+    #[serde(default)]
+    pub streak: u64,
+    /// Verdicts against it, ever.
+    #[serde(default)]
+    pub faults: u64,
+    /// `streak / (streak + 10)`, in `[0, 1)`; see
+    /// [`crate::verification::reputation`].
+    #[serde(default)]
+    pub reputation: f64,
+    /// The probability that a segment it trains for a `standard` job is
+    /// audited.
+    #[serde(default)]
+    pub audit_probability: f64,
 }
 
 /// A single-use nonce a provider signs to register.
@@ -301,6 +380,9 @@ pub struct Register {
     /// an address is set.
     #[serde(default)]
     pub payout: Vec<PayoutSplit>,
+    /// Accept replay tasks (audits of other providers' segments).
+    #[serde(default)]
+    pub validate: bool,
 }
 
 /// One destination of a provider's payouts and its share of them.
@@ -367,6 +449,34 @@ pub struct Assignment {
     /// `H_{i-1}`: the commitment the new one must chain from.
     pub prev_commitment: String,
     pub lease_seconds: u32,
+    /// Train the segment and commit it, or replay it for an audit.
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// For a replay: what the trainer committed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayTarget>,
+}
+
+/// What a task asks of a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Train the segment and commit the end checkpoint.
+    #[default]
+    Train,
+    /// Re-execute a committed segment and report the end checkpoint
+    /// ([`SignedReplay`]); only providers that validate get these.
+    Replay,
+}
+
+/// The trainer's claim a replay is judged against. Inside one
+/// reproducibility class the validator only reports its own end hash; across
+/// classes it measures its distance to the claimed checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayTarget {
+    pub claimed_checkpoint_sha256: Sha256Hex,
+    /// The trainer's reproducibility class.
+    pub claimed_class: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
