@@ -51,6 +51,8 @@ pub fn router(pool: Pool) -> Router {
             post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
         )
         .route("/v1/tasks/{id}/fail", post(fail))
+        .route("/v1/tasks/{id}/replay", post(replay))
+        .route("/v1/jobs/{id}/verdicts", get(job_verdicts))
         .route("/v1/account/balance", get(balance))
         .route("/v1/account/deposit", post(deposit_address))
         .route("/v1/account/faucet", post(faucet))
@@ -236,7 +238,12 @@ async fn list_providers(
 ) -> Result<impl IntoResponse, PoolError> {
     let mut conn = pool.inner.db.acquire().await?;
     Ok(Json(
-        store::providers(&mut conn, pool.inner.config.lease_seconds).await?,
+        store::providers(
+            &mut conn,
+            pool.inner.config.lease_seconds,
+            pool.inner.config.verification.sampling,
+        )
+        .await?,
     ))
 }
 
@@ -286,6 +293,24 @@ async fn fail(
 ) -> Result<StatusCode, PoolError> {
     pool.fail_task(&provider, &id, f).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn replay(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<gradpool_core::SignedReplay>,
+) -> Result<StatusCode, PoolError> {
+    pool.replay(&provider, &id, r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn job_verdicts(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.verdicts(&account, &id).await?))
 }
 
 async fn balance(

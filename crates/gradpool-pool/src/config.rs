@@ -1,6 +1,7 @@
 //! How a pool is set up.
 
 pub use crate::chain::MoneroBackend;
+use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
 use gradpool_monero::address::Network;
 use std::path::PathBuf;
@@ -20,6 +21,28 @@ pub struct PoolConfig {
     pub open_signup: bool,
     /// Fees, stakes and where the money lives.
     pub money: MoneyConfig,
+    /// How segments are audited.
+    pub verification: VerificationConfig,
+}
+
+/// How committed segments are audited (see [`gradpool_core::verification`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerificationConfig {
+    /// The audit probability of a new provider and its floor.
+    pub sampling: Sampling,
+    /// The probability that an audit is accompanied by a planted one: a
+    /// replay of an already verified segment presented with a wrong claim,
+    /// so that a validator that answers without computing is caught.
+    pub plant_rate: f64,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        VerificationConfig {
+            sampling: Sampling::default(),
+            plant_rate: 0.05,
+        }
+    }
 }
 
 impl Default for PoolConfig {
@@ -31,6 +54,7 @@ impl Default for PoolConfig {
             max_blob_bytes: 4 << 30,
             open_signup: true,
             money: MoneyConfig::default(),
+            verification: VerificationConfig::default(),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::error::PoolError;
 use crate::ledger::{self, AccountKind, LedgerAccountId};
 use crate::scheduler::Write;
 use crate::store::JobRow;
-use gradpool_core::wire::JobEventKind;
+use gradpool_core::wire::{JobEventKind, TaskKind};
 use gradpool_core::{Piconero, ProviderId};
 
 /// A segment is billed at most this many times the time its estimated
@@ -160,6 +160,16 @@ fn credit(postings: &mut Vec<(LedgerAccountId, i64)>, to: LedgerAccountId, amoun
     }
 }
 
+/// A task whose work is paid: who did it and how long it says it took.
+pub(crate) struct WorkDone<'a> {
+    pub task_id: &'a str,
+    pub segment: u32,
+    pub provider: &'a ProviderId,
+    /// The compute time the provider reported, in milliseconds.
+    pub reported_ms: u64,
+    pub kind: TaskKind,
+}
+
 impl Write<'_> {
     /// Holds a new job's budget in escrow: customer → escrow. Refused with
     /// [`PoolError::InsufficientFunds`] when the balance is short.
@@ -194,17 +204,22 @@ impl Write<'_> {
         Ok(())
     }
 
-    /// Pays a verified segment from the job's escrow and records the price
-    /// on its task. Returns what was paid (nothing for a price of zero).
+    /// Pays a verified segment (or a replay of one) from the job's escrow and
+    /// records the price on its task. Returns what was paid (nothing for a
+    /// price of zero).
     pub(crate) async fn pay_segment(
         &mut self,
         job: &JobRow,
-        task_id: &str,
-        segment: u32,
-        provider: &ProviderId,
-        reported_ms: u64,
+        work: WorkDone<'_>,
         fees: Fees,
     ) -> Result<SegmentPrice, PoolError> {
+        let WorkDone {
+            task_id,
+            segment,
+            provider,
+            reported_ms,
+            kind,
+        } = work;
         let (rate, assigned_at, start, end): (Option<i64>, Option<i64>, i64, i64) = sqlx::query_as(
             "SELECT price_per_hour, assigned_at, start_step, end_step FROM tasks WHERE id = ?",
         )
@@ -256,10 +271,17 @@ impl Write<'_> {
             credit(&mut postings, fund, price.validator_fee);
             ledger::post_in(
                 self.conn(),
-                &format!("job:{}:segment:{segment}:pay", job.id),
+                // One payment per task: a segment trained again after a
+                // rollback, or replayed, is another task.
+                &format!("task:{task_id}:pay"),
                 &format!(
-                    "segment {segment} of job {}: {} ms at {rate}/h by {provider}",
-                    job.id, billed
+                    "{} of segment {segment} of job {}: {} ms at {rate}/h by {provider}",
+                    match kind {
+                        TaskKind::Train => "training",
+                        TaskKind::Replay => "replay",
+                    },
+                    job.id,
+                    billed
                 ),
                 &postings,
             )
@@ -282,10 +304,59 @@ impl Write<'_> {
                 pool_fee: price.pool_fee,
                 validator_fee: price.validator_fee,
                 spent: Piconero(u64::try_from(spent).unwrap_or(0)),
+                kind,
             },
         )
         .await?;
         Ok(price)
+    }
+
+    /// Pays a validator for a planted replay (the pool's own check, which no
+    /// customer pays for) from the validator fund, at most what the fund
+    /// holds, straight to its available earnings.
+    pub(crate) async fn pay_planted_replay(
+        &mut self,
+        task_id: &str,
+        validator: &ProviderId,
+        reported_ms: u64,
+    ) -> Result<Piconero, PoolError> {
+        let (rate, assigned_at): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT price_per_hour, assigned_at FROM tasks WHERE id = ?")
+                .bind(task_id)
+                .fetch_one(self.conn())
+                .await?;
+        let rate = Piconero(u64::try_from(rate.unwrap_or(0)).unwrap_or(0));
+        let observed = u64::try_from(self.now - assigned_at.unwrap_or(self.now)).unwrap_or(0);
+        let billed = billed_ms(reported_ms, observed, None);
+        let fund = validator_fund_account();
+        let held = ledger::balance_of(self.conn(), &fund).await?;
+        let due = u128::from(rate.0) * u128::from(billed) / 3_600_000;
+        let pay = u64::try_from(due)
+            .unwrap_or(u64::MAX)
+            .min(u64::try_from(held).unwrap_or(0));
+        if pay > 0 {
+            let to = ledger::account_in(
+                self.conn(),
+                AccountKind::ProviderAvailable,
+                validator.as_str(),
+            )
+            .await?;
+            ledger::transfer_in(
+                self.conn(),
+                &fund,
+                &to,
+                Piconero(pay),
+                &format!("task:{task_id}:pay"),
+                &format!("planted replay {task_id} by {validator}: {billed} ms at {rate}/h"),
+            )
+            .await?;
+        }
+        sqlx::query("UPDATE tasks SET billed_ms = ? WHERE id = ?")
+            .bind(i64::try_from(billed).unwrap_or(i64::MAX))
+            .bind(task_id)
+            .execute(self.conn())
+            .await?;
+        Ok(Piconero(pay))
     }
 
     /// Settles a job that ended (succeeded, failed or cancelled): refunds

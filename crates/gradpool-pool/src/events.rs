@@ -30,6 +30,9 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::TaskFailed { .. } => "task_failed",
         JobEventKind::Payment { .. } => "payment",
         JobEventKind::Settled { .. } => "settled",
+        JobEventKind::Audit { .. } => "audit",
+        JobEventKind::Verdict { .. } => "verdict",
+        JobEventKind::RolledBack { .. } => "rolled_back",
     }
 }
 

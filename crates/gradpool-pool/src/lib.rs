@@ -8,6 +8,7 @@
 //! - [`auth`]: API keys of customers and session tokens of providers.
 //! - [`store`]: the database: schema, rows and views.
 //! - [`scheduler`]: jobs, the task queue, leases and their reaper, commits.
+//! - [`audit`]: sampled replays by validators, verdicts, slashing, rollback.
 //! - [`blob`]: the blob store (datasets, checkpoints), streamed and size-capped.
 //! - [`events`]: the job event log and its live stream (server-sent events).
 //! - [`ledger`]: double-entry bookkeeping of every piconero.
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod chain;
@@ -36,7 +38,7 @@ pub mod money;
 pub mod scheduler;
 pub mod store;
 
-pub use config::{MoneyBackend, MoneyConfig, PoolConfig};
+pub use config::{MoneyBackend, MoneyConfig, PoolConfig, VerificationConfig};
 pub use error::PoolError;
 
 use gradpool_core::wire::{AccountCreated, JobEvent};

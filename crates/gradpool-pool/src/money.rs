@@ -217,7 +217,7 @@ impl Write<'_> {
                 postings.push((c, i64::try_from(to_customer).unwrap_or(i64::MAX)));
             }
             if let (Some(v), true) = (validator, to_validator > 0) {
-                let v = ledger::account_in(self.conn(), AccountKind::Validator, v).await?;
+                let v = ledger::account_in(self.conn(), AccountKind::ProviderAvailable, v).await?;
                 postings.push((v, i64::try_from(to_validator).unwrap_or(i64::MAX)));
             }
             ledger::post_in(
@@ -229,6 +229,34 @@ impl Write<'_> {
             .await?;
         }
         Ok((Piconero(forfeited), Piconero(slashed)))
+    }
+}
+
+impl Write<'_> {
+    /// Slashes a validator that answered a replay wrongly: its whole stake
+    /// goes to the validator fund. Returns the amount.
+    pub(crate) async fn slash_validator(
+        &mut self,
+        validator: &str,
+        audit_id: &str,
+    ) -> Result<Piconero, PoolError> {
+        let stake = ledger::account_in(self.conn(), AccountKind::ProviderStake, validator).await?;
+        let slashed = balance(self.conn(), &stake).await?;
+        if slashed > 0 {
+            let fund = ledger::account_in(self.conn(), AccountKind::Validator, "fund").await?;
+            ledger::transfer_in(
+                self.conn(),
+                &stake,
+                &fund,
+                Piconero(slashed),
+                &format!("slash:{validator}:{audit_id}:validator"),
+                &format!(
+                    "stake of validator {validator} slashed for a wrong replay in audit {audit_id}"
+                ),
+            )
+            .await?;
+        }
+        Ok(Piconero(slashed))
     }
 }
 

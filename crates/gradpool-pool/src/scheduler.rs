@@ -14,16 +14,18 @@
 
 use crate::auth::{new_session_token, secret_hash};
 use crate::error::PoolError;
-use crate::store::{self, now_ms, to_u32, to_u64, JobRow, TaskRow};
+use crate::escrow::WorkDone;
+use crate::store::{self, now_ms, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
 use crate::Pool;
 use crate::{escrow, ledger};
 use gradpool_core::commitment::{
     chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
 };
-use gradpool_core::spec::DeviceRequest;
+use gradpool_core::spec::{DeviceRequest, VerificationLevel};
 use gradpool_core::wire::{
     Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
-    JobView, Progress, Register, Registered, RegistrationChallenge, SubmitJob, TaskFailed,
+    JobView, Progress, Register, Registered, RegistrationChallenge, ReplayTarget, SubmitJob,
+    TaskFailed, TaskKind,
 };
 use gradpool_core::{AccountId, JobId, JobSpec, Piconero, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
@@ -60,6 +62,15 @@ impl<'a> Write<'a> {
         &mut self.tx
     }
 
+    pub(crate) fn pool(&self) -> &'a Pool {
+        self.pool
+    }
+
+    /// Wakes long-polling providers once this transaction commits.
+    pub(crate) fn wake_providers(&mut self) {
+        self.queued_work = true;
+    }
+
     pub(crate) async fn event(
         &mut self,
         job_id: &str,
@@ -72,7 +83,11 @@ impl<'a> Write<'a> {
     }
 
     /// Queues a new task for a segment of a job.
-    async fn queue_segment(&mut self, job: &JobRow, segment: u32) -> Result<TaskId, PoolError> {
+    pub(crate) async fn queue_segment(
+        &mut self,
+        job: &JobRow,
+        segment: u32,
+    ) -> Result<TaskId, PoolError> {
         let k = job.checkpoint_every;
         let start = i64::from(segment) * k;
         let end = (start + k).min(job.steps);
@@ -94,13 +109,17 @@ impl<'a> Write<'a> {
         Ok(id)
     }
 
-    /// Sets a job's status (and error) and logs the change.
-    async fn set_job_status(
+    /// Sets a job's status (and error) and logs the change. A job that ends
+    /// takes its open audits with it.
+    pub(crate) async fn set_job_status(
         &mut self,
         job_id: &str,
         status: JobStatus,
         reason: Option<String>,
     ) -> Result<(), PoolError> {
+        if status.is_final() {
+            self.void_audits(job_id).await?;
+        }
         sqlx::query(
             "UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
         )
@@ -132,13 +151,19 @@ fn device_str(d: DeviceRequest) -> &'static str {
     }
 }
 
-/// The assignment a provider gets for a leased task.
-fn assignment(job: &JobRow, task: &TaskRow, lease_seconds: u32) -> Result<Assignment, PoolError> {
+/// The assignment a provider gets for a leased task: a segment to train
+/// from the job's last accepted checkpoint, or one to replay for an audit.
+async fn assignment(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+    task: &TaskRow,
+    lease_seconds: u32,
+) -> Result<Assignment, PoolError> {
     let parse = |s: &str| {
         s.parse()
             .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
     };
-    Ok(Assignment {
+    let mut out = Assignment {
         task_id: TaskId::from(task.id.as_str()),
         job_id: JobId::from(job.id.as_str()),
         segment: to_u32(task.segment),
@@ -149,7 +174,29 @@ fn assignment(job: &JobRow, task: &TaskRow, lease_seconds: u32) -> Result<Assign
         start_checkpoint_sha256: job.checkpoint_sha256.as_deref().map(parse).transpose()?,
         prev_commitment: job.commitment.clone(),
         lease_seconds,
-    })
+        kind: TaskKind::Train,
+        replay: None,
+    };
+    if task.kind == "replay" {
+        let audit_id = task
+            .audit_id
+            .as_deref()
+            .ok_or_else(|| PoolError::Internal(format!("replay task {} has no audit", task.id)))?;
+        let a = crate::audit::audit(conn, audit_id).await?;
+        let signed: SignedCommitment = serde_json::from_str(&a.signed)?;
+        out.start_checkpoint_sha256 = a
+            .start_checkpoint_sha256
+            .as_deref()
+            .map(parse)
+            .transpose()?;
+        out.prev_commitment = signed.commitment.prev;
+        out.kind = TaskKind::Replay;
+        out.replay = Some(ReplayTarget {
+            claimed_checkpoint_sha256: parse(&a.claimed_checkpoint_sha256)?,
+            claimed_class: a.class,
+        });
+    }
+    Ok(out)
 }
 
 async fn job_of(conn: &mut SqliteConnection, task: &TaskRow) -> Result<JobRow, PoolError> {
@@ -159,7 +206,7 @@ async fn job_of(conn: &mut SqliteConnection, task: &TaskRow) -> Result<JobRow, P
 }
 
 /// A task the caller must hold: it exists and is leased to `provider`.
-async fn leased_task(
+pub(crate) async fn leased_task(
     conn: &mut SqliteConnection,
     provider: &ProviderId,
     task_id: &str,
@@ -261,8 +308,8 @@ impl Pool {
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
-             max_price_per_hour, flops_per_step) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_price_per_hour, flops_per_step, verification) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -280,6 +327,11 @@ impl Pool {
         .bind(budget_i64)
         .bind(max_price)
         .bind(spec.flops_per_step())
+        .bind(match spec.verification {
+            VerificationLevel::None => "none",
+            VerificationLevel::Standard => "standard",
+            VerificationLevel::Paranoid => "paranoid",
+        })
         .execute(w.conn())
         .await?;
         w.hold_budget(account.as_str(), id.as_str(), budget).await?;
@@ -326,7 +378,8 @@ impl Pool {
         }
         let now = w.now;
         sqlx::query(
-            "UPDATE tasks SET status = 'cancelled', updated_at = ? WHERE job_id = ? AND status IN ('queued', 'leased')",
+            "UPDATE tasks SET status = 'cancelled', updated_at = ? \
+             WHERE job_id = ? AND kind = 'train' AND status IN ('queued', 'leased')",
         )
         .bind(now)
         .bind(job_id)
@@ -428,10 +481,11 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
-             registered_at, last_seen, price_per_hour, benchmark_gflops) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11) \
+             registered_at, last_seen, price_per_hour, benchmark_gflops, validate) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
-             class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11",
+             class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
+             validate = ?12",
         )
         .bind(provider.as_str())
         .bind(&req.public_key)
@@ -444,6 +498,7 @@ impl Pool {
         .bind(now)
         .bind(price)
         .bind(gflops)
+        .bind(req.validate)
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")
@@ -481,7 +536,7 @@ impl Pool {
                 }
             };
             let job = job_of(w.conn(), &task).await?;
-            resume.push(assignment(&job, &task, lease_seconds)?);
+            resume.push(assignment(w.conn(), &job, &task, lease_seconds).await?);
         }
         // Leases the provider did not claim were granted after its last
         // record of work (it died between the pool's reply and writing the
@@ -630,8 +685,9 @@ impl Pool {
     ) -> Result<Vec<Assignment>, PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT price_per_hour, unstake_requested_at FROM providers WHERE id = ?",
+        let (price, unstaking, validates): (i64, Option<i64>, bool) = sqlx::query_as(
+            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0 \
+             FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
         .fetch_one(w.conn())
@@ -640,34 +696,72 @@ impl Pool {
         let money = &self.inner.config.money;
         let staked = unstaking.is_none() && u64::try_from(stake).unwrap_or(0) >= money.min_stake.0;
         let stake_free_budget = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
+        // Replays first: an open audit holds its job's completion.
+        let replay_sql = format!(
+            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+             updated_at = ?3, price_per_hour = ?6 \
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN audits a ON a.id = t.audit_id \
+                         WHERE t.status = 'queued' AND t.kind = 'replay' AND a.status = 'open' \
+                           AND a.provider_id != ?1 \
+                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
+                                           WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
+                         ORDER BY t.created_at, t.rowid LIMIT 1) \
+               AND status = 'queued' \
+             RETURNING {TASK_COLUMNS}"
+        );
+        let train_sql = format!(
+            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+             updated_at = ?3, price_per_hour = ?6 \
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                         WHERE t.status = 'queued' AND t.kind = 'train' AND j.status IN ('queued', 'running') \
+                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                           AND (j.budget > 0 OR ?6 = 0) \
+                           AND (?7 OR j.budget <= ?8) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
+                               AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
+                               AND f.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                         ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
+               AND status = 'queued' \
+             RETURNING {TASK_COLUMNS}"
+        );
         for _ in 0..capacity {
-            let task: Option<TaskRow> = sqlx::query_as(
-                "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
-                 updated_at = ?3, price_per_hour = ?6 \
-                 WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
-                             WHERE t.status = 'queued' AND j.status IN ('queued', 'running') \
-                               AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
-                               AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
-                               AND (j.budget > 0 OR ?6 = 0) \
-                               AND (?7 OR j.budget <= ?8) \
-                               AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
-                                   AND f.segment = t.segment AND f.status = 'failed' AND f.provider_id = ?1) \
-                             ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
-                   AND status = 'queued' \
-                 RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
-            )
-            .bind(provider.as_str())
-            .bind(now + self.lease_ms())
-            .bind(now)
-            .bind(device)
-            .bind(memory)
-            .bind(price)
-            .bind(staked)
-            .bind(stake_free_budget)
-            .fetch_optional(w.conn())
-            .await?;
+            let mut task: Option<TaskRow> = None;
+            if validates {
+                task = sqlx::query_as(&replay_sql)
+                    .bind(provider.as_str())
+                    .bind(now + self.lease_ms())
+                    .bind(now)
+                    .bind(device)
+                    .bind(memory)
+                    .bind(price)
+                    .fetch_optional(w.conn())
+                    .await?;
+            }
+            if task.is_none() {
+                task = sqlx::query_as(&train_sql)
+                    .bind(provider.as_str())
+                    .bind(now + self.lease_ms())
+                    .bind(now)
+                    .bind(device)
+                    .bind(memory)
+                    .bind(price)
+                    .bind(staked)
+                    .bind(stake_free_budget)
+                    .fetch_optional(w.conn())
+                    .await?;
+            }
             let Some(task) = task else { break };
             let job = job_of(w.conn(), &task).await?;
+            if task.kind == "replay" {
+                tracing::info!(job = %job.id, task = %task.id, validator = %provider, segment = task.segment, "replay assigned");
+                out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
+                continue;
+            }
             if job.status()? == JobStatus::Queued {
                 w.set_job_status(&job.id, JobStatus::Running, None).await?;
             }
@@ -683,7 +777,7 @@ impl Pool {
             )
             .await?;
             tracing::info!(job = %job.id, task = %task.id, provider = %provider, segment = task.segment, "segment assigned");
-            out.push(assignment(&job, &task, self.inner.config.lease_seconds)?);
+            out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
         }
         Ok(out)
     }
@@ -824,19 +918,26 @@ impl Pool {
         .await?;
         w.pay_segment(
             &job,
-            task_id,
-            cm.segment,
-            provider,
-            c.compute_ms,
+            WorkDone {
+                task_id,
+                segment: cm.segment,
+                provider,
+                reported_ms: c.compute_ms,
+                kind: TaskKind::Train,
+            },
             self.fees(),
         )
         .await?;
+        // Drawn only now, after the commitment is accepted, so the provider
+        // cannot know beforehand which segments are replayed.
+        w.draw_audit(&job.id, &job.verification, cm.segment, provider)
+            .await?;
         let job_done = end >= job.steps;
         let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
         if job_done {
-            w.settle_job(&job).await?;
-            w.set_job_status(&job.id, JobStatus::Succeeded, None)
-                .await?;
+            if !w.finish_if_done(&job.id).await? {
+                tracing::info!(job = %job.id, "last segment committed; the job succeeds once its audits are decided");
+            }
         } else if job.budget > 0 && left == 0 {
             let why = format!(
                 "budget exhausted after segment {} (step {}): submit again with a larger budget.total_xmr",
@@ -851,9 +952,6 @@ impl Pool {
         w.commit().await?;
         tracing::info!(job = %job.id, task = %task_id, provider = %provider, segment = cm.segment,
             step = cm.end_step, "segment committed");
-        if job_done {
-            tracing::info!(job = %job.id, "job succeeded");
-        }
         Ok(CommitReply {
             accepted: true,
             job_done,
@@ -873,6 +971,12 @@ impl Pool {
             return Err(PoolError::Conflict(format!(
                 "task {} is not leased to you (it is {})",
                 task.id, task.status
+            )));
+        }
+        if task.kind != "train" {
+            return Err(PoolError::BadRequest(format!(
+                "task {} is a replay: report it with POST /v1/tasks/{}/replay",
+                task.id, task.id
             )));
         }
         let signed = &c.commitment;
@@ -918,6 +1022,31 @@ impl Pool {
             return Err(PoolError::BadRequest(
                 "commitment.loss_trace_blake3 does not match the loss trace".into(),
             ));
+        }
+        let class: String = sqlx::query_scalar("SELECT class FROM providers WHERE id = ?")
+            .bind(provider.as_str())
+            .fetch_one(&self.inner.db)
+            .await?;
+        if cm.class != class {
+            return Err(PoolError::BadRequest(format!(
+                "commitment.class {} is not the class you registered ({class})",
+                cm.class
+            )));
+        }
+        // Every segment moves the weights: a checkpoint the job already has
+        // (or its start) is an old one submitted again.
+        let earlier: Option<i64> = sqlx::query_scalar(
+            "SELECT segment FROM commitments WHERE job_id = ? AND checkpoint_sha256 = ?",
+        )
+        .bind(&job.id)
+        .bind(cm.checkpoint_sha256.as_str())
+        .fetch_optional(&self.inner.db)
+        .await?;
+        if let Some(earlier) = earlier {
+            return Err(PoolError::BadRequest(format!(
+                "checkpoint {} is the one committed for segment {earlier}: a segment must produce a new checkpoint",
+                cm.checkpoint_sha256
+            )));
         }
         let path = self.inner.blobs.path_of(&cm.checkpoint_sha256);
         // The checkpoint must be a blob this provider uploaded: committing
@@ -979,8 +1108,16 @@ impl Pool {
             },
         )
         .await?;
+        if let Some(audit_id) = task.audit_id.as_deref() {
+            // A replay that failed on one validator goes to another.
+            w.requeue_replay(audit_id).await?;
+            w.commit().await?;
+            tracing::info!(task = %task_id, validator = %provider, reason = %reason, "replay failed; requeued");
+            return Ok(());
+        }
         let failures: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed'",
+            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed' \
+             AND kind = 'train'",
         )
         .bind(&task.job_id)
         .bind(task.segment)
@@ -1010,11 +1147,11 @@ impl Pool {
     pub async fn reap_expired_leases(&self) -> Result<usize, PoolError> {
         let mut w = self.write().await?;
         let now = w.now;
-        let expired: Vec<TaskRow> = sqlx::query_as(
+        let expired: Vec<TaskRow> = sqlx::query_as(&format!(
             "UPDATE tasks SET status = 'expired', updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at < ?1 \
-             RETURNING id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at",
-        )
+             RETURNING {TASK_COLUMNS}"
+        ))
         .bind(now)
         .fetch_all(w.conn())
         .await?;
@@ -1029,6 +1166,10 @@ impl Pool {
                 },
             )
             .await?;
+            if let Some(audit_id) = task.audit_id.as_deref() {
+                w.requeue_replay(audit_id).await?;
+                continue;
+            }
             let job = job_of(w.conn(), task).await?;
             if !job.status()?.is_final() {
                 w.queue_segment(&job, to_u32(task.segment)).await?;

@@ -6,6 +6,8 @@
 
 use crate::error::PoolError;
 use gradpool_core::hardware::Hardware;
+use gradpool_core::spec::VerificationLevel;
+use gradpool_core::verification::{audit_probability, reputation, Sampling};
 use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, ProviderView, SegmentView};
 use gradpool_core::{JobId, Piconero, ProviderId, Sha256Hex, SignedCommitment};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -88,15 +90,17 @@ pub struct JobRow {
     pub spent: i64,
     /// What is left in the job's escrow.
     pub escrow: i64,
+    /// `none`, `standard` or `paranoid`.
+    pub verification: String,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
     checkpoint_every, segments_total, step, segments_done, last_loss, checkpoint_sha256, \
     commitment, error, created_at, updated_at, \
-    (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' \
+    (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification";
 
 impl JobRow {
     /// The job's status, parsed.
@@ -188,17 +192,24 @@ pub struct TaskRow {
     pub status: String,
     pub provider_id: Option<String>,
     pub lease_expires_at: Option<i64>,
+    /// `train` or `replay`.
+    pub kind: String,
+    /// The audit a replay task belongs to.
+    pub audit_id: Option<String>,
 }
+
+/// The columns of a [`TaskRow`], for `SELECT` and `RETURNING`.
+pub(crate) const TASK_COLUMNS: &str =
+    "id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at, kind, audit_id";
 
 /// A task by id.
 pub async fn task(conn: &mut SqliteConnection, id: &str) -> Result<Option<TaskRow>, PoolError> {
-    Ok(sqlx::query_as::<_, TaskRow>(
-        "SELECT id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at \
-         FROM tasks WHERE id = ?",
+    Ok(
+        sqlx::query_as::<_, TaskRow>(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
     )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
 }
 
 /// Appends an event to a job's log. The caller publishes it once its
@@ -263,6 +274,7 @@ struct SegmentRow {
     signed: String,
     loss_trace: String,
     committed_at: i64,
+    status: String,
 }
 
 /// The accepted commitments of a job, in segment order.
@@ -272,7 +284,7 @@ pub async fn segments(
 ) -> Result<Vec<SegmentView>, PoolError> {
     let rows: Vec<SegmentRow> = sqlx::query_as(
         "SELECT segment, start_step, end_step, provider_id, checkpoint_sha256, signed, loss_trace, \
-         committed_at FROM commitments WHERE job_id = ? ORDER BY segment",
+         committed_at, status FROM commitments WHERE job_id = ? ORDER BY segment",
     )
     .bind(job_id)
     .fetch_all(conn)
@@ -288,6 +300,7 @@ pub async fn segments(
                 commitment: serde_json::from_str::<SignedCommitment>(&r.signed)?,
                 loss_trace: serde_json::from_str(&r.loss_trace)?,
                 committed_at: rfc3339(r.committed_at),
+                status: r.status,
             })
         })
         .collect()
@@ -303,6 +316,9 @@ struct ProviderRow {
     price_per_hour: i64,
     leased: i64,
     committed: i64,
+    validate: bool,
+    streak: i64,
+    faults: i64,
 }
 
 /// All providers, as anyone sees them: `disconnected` when not seen for a
@@ -310,9 +326,10 @@ struct ProviderRow {
 pub async fn providers(
     conn: &mut SqliteConnection,
     lease_seconds: u32,
+    sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -338,6 +355,15 @@ pub async fn providers(
                 last_seen: rfc3339(r.last_seen),
                 segments_committed: to_u64(r.committed),
                 price_per_hour: pico(r.price_per_hour),
+                validate: r.validate,
+                streak: to_u64(r.streak),
+                faults: to_u64(r.faults),
+                reputation: reputation(to_u64(r.streak)),
+                audit_probability: audit_probability(
+                    VerificationLevel::Standard,
+                    to_u64(r.streak),
+                    sampling,
+                ),
             })
         })
         .collect()

@@ -339,6 +339,8 @@ async fn registration_is_checked() {
         gflops: None,
         payout: Vec::new(),
         compute_ms: 0,
+        validate: false,
+        isa: "x86-64-v3".into(),
     };
     p2.register(vec![]).await;
     old.post(

@@ -7,7 +7,10 @@ use gradpool_core::commitment::{
 };
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 use gradpool_core::wire::*;
-use gradpool_core::{Commitment, JobId, NodeKey, Piconero, Sha256Hex, SignedCommitment, TaskId};
+use gradpool_core::{
+    Commitment, JobId, NodeKey, Piconero, ReplayReport, Sha256Hex, SignedCommitment, SignedReplay,
+    TaskId,
+};
 use gradpool_pool::{Pool, PoolConfig};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -127,6 +130,8 @@ impl TestPool {
             gflops: None,
             payout: Vec::new(),
             compute_ms: 0,
+            validate: false,
+            isa: "x86-64-v3".into(),
         };
         f(&mut p);
         let reg = p.register(vec![]).await;
@@ -299,6 +304,10 @@ pub struct TestProvider {
     pub payout: Vec<PayoutSplit>,
     /// The compute time its commits report.
     pub compute_ms: u64,
+    /// Whether it takes replay tasks.
+    pub validate: bool,
+    /// Its instruction-set level: part of its reproducibility class.
+    pub isa: String,
 }
 
 impl TestProvider {
@@ -308,7 +317,7 @@ impl TestProvider {
             name: "test cpu".into(),
             threads: 2,
             memory_bytes: 8 << 30,
-            isa: "x86-64-v3".into(),
+            isa: self.isa.clone(),
         }
     }
 
@@ -331,6 +340,7 @@ impl TestProvider {
             price_per_hour: self.price,
             benchmark_gflops: self.gflops,
             payout: self.payout.clone(),
+            validate: self.validate,
         }
     }
 
@@ -426,6 +436,30 @@ impl TestProvider {
         self.commit(&a.task_id, &self.commit_for(a, ckpt))
             .await
             .ok()
+    }
+}
+
+impl TestProvider {
+    /// A signed replay report for a replay assignment: the end checkpoint
+    /// bytes its replay produced, and its distance to the claim (needed
+    /// across classes).
+    pub fn replay_for(&self, a: &Assignment, end: &[u8], distance: Option<f64>) -> SignedReplay {
+        self.key.sign_replay(ReplayReport {
+            task_id: a.task_id.clone(),
+            job_id: a.job_id.clone(),
+            segment: a.segment,
+            end_checkpoint_sha256: Sha256Hex::of(end),
+            loss_trace_blake3: loss_trace_hash(&[]),
+            class: self.hardware().class(),
+            distance,
+            compute_ms: self.compute_ms,
+        })
+    }
+
+    pub async fn report(&self, a: &Assignment, r: &SignedReplay) -> Reply {
+        self.client
+            .post(&format!("/v1/tasks/{}/replay", a.task_id), r)
+            .await
     }
 }
 
