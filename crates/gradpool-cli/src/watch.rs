@@ -170,6 +170,55 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                     );
                 }
+                JobEventKind::Audit {
+                    segment,
+                    provider: p,
+                    reason,
+                } => {
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  segment {segment} of {p} audited ({reason}): a validator replays it"
+                        ),
+                    );
+                }
+                JobEventKind::Verdict {
+                    segment,
+                    provider: p,
+                    outcome,
+                    at_fault,
+                    validators,
+                } => {
+                    let by = validators
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let line = match (outcome.as_str(), at_fault) {
+                        ("verified", _) => format!("  segment {segment} verified by {by}"),
+                        (_, Some(f)) if f == p => format!(
+                            "  segment {segment}: {p} cheated (replayed by {by}); it is slashed and barred from the job"
+                        ),
+                        (_, Some(f)) => format!(
+                            "  segment {segment}: validator {f} answered wrongly; the segment of {p} stands"
+                        ),
+                        (other, None) => format!("  segment {segment}: {other}"),
+                    };
+                    note(&bar, visible, line);
+                }
+                JobEventKind::RolledBack {
+                    segment,
+                    step,
+                    provider: p,
+                } => {
+                    bar.set_position(step);
+                    note(
+                        &bar,
+                        visible,
+                        format!("  rolled back to step {step}: {p}'s segment {segment} and all after it are trained again"),
+                    );
+                }
                 JobEventKind::Settled { refunded, released } => {
                     note(
                         &bar,

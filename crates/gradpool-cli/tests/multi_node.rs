@@ -30,8 +30,7 @@ async fn three_providers_train_three_jobs_bit_identically() {
             max_concurrent_tasks: 1,
             // Volunteers: the jobs carry no budget.
             price_per_hour: gradpool_core::Piconero::ZERO,
-            payout: Vec::new(),
-            benchmark_gflops: None,
+            ..ProviderConfig::default()
         };
         let device = Arc::new(CpuDevice::new(Some(1)));
         agents.push(tokio::spawn(gradpool_provider::run(

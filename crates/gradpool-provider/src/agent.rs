@@ -6,8 +6,9 @@ use crate::device::Device;
 use crate::segment::{self, SegmentEnd, SegmentFiles};
 use crate::state::DataDir;
 use crate::ProviderError;
+use gradpool_core::commitment::ReplayReport;
 use gradpool_core::commitment::{self, registration_message, Commitment};
-use gradpool_core::wire::{self, Assignment};
+use gradpool_core::wire::{self, Assignment, TaskKind};
 use gradpool_core::{NodeKey, Piconero, Sha256Hex, TaskId, RUNTIME_VERSION};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +40,30 @@ pub struct ProviderConfig {
     /// The device's matrix-multiplication speed in GFLOP/s, if measured:
     /// the pool caps a segment's billed time with it.
     pub benchmark_gflops: Option<f64>,
+    /// Take replay tasks: re-execute other providers' segments for audits
+    /// (paid at this rig's rate).
+    pub validate: bool,
+    /// How this provider cheats (test builds only).
+    #[cfg(feature = "cheat")]
+    pub cheat: crate::cheat::Cheat,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> ProviderConfig {
+        ProviderConfig {
+            pool_url: "http://127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("gradpool-provider"),
+            name: "provider".into(),
+            program: PathBuf::from("gradpool"),
+            max_concurrent_tasks: 1,
+            price_per_hour: Piconero::ZERO,
+            payout: Vec::new(),
+            benchmark_gflops: None,
+            validate: false,
+            #[cfg(feature = "cheat")]
+            cheat: crate::cheat::Cheat::default(),
+        }
+    }
 }
 
 /// A segment process that reports nothing for this long is stuck (a hung
@@ -218,6 +243,7 @@ async fn register(
                 price_per_hour: shared.config.price_per_hour,
                 benchmark_gflops: shared.config.benchmark_gflops,
                 payout: shared.config.payout.clone(),
+                validate: shared.config.validate,
             };
             api.register(&req).await
         };
@@ -321,13 +347,16 @@ enum TaskEnd {
     Cancelled,
 }
 
-/// Trains one segment and commits it.
+/// Trains one segment and commits it, or replays one and reports it.
 async fn run_task(
     shared: &Arc<Shared>,
     a: &Assignment,
     cancel: &CancellationToken,
     step: &Arc<AtomicU64>,
 ) -> Result<TaskEnd, ProviderError> {
+    if a.kind == TaskKind::Replay {
+        return replay(shared, a, cancel).await;
+    }
     let task_dir = shared.dir.begin_task(a)?;
     let out = task_dir.join("end.safetensors");
     let (losses, compute_ms) = match shared.dir.finished_losses(&a.task_id) {
@@ -353,11 +382,18 @@ async fn run_task(
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
+            #[allow(unused_mut)]
+            let mut args = shared.device.segment_args();
+            #[cfg(feature = "cheat")]
+            if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
+                tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
+                args.extend(["--cheat".to_owned(), kind.to_owned()]);
+            }
             let end = segment::run_child(
                 &shared.config.program,
                 &files,
                 (a.start_step, a.end_step),
-                &shared.device.segment_args(),
+                &args,
                 SEGMENT_STALL,
                 cancel.clone(),
                 |s, loss, tokens_per_sec| {
@@ -484,6 +520,186 @@ async fn commit(
             }
             Err(e) => {
                 tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot commit yet");
+                sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
+                backoff = (backoff * 2).min(15);
+            }
+        }
+    }
+}
+
+/// Replays a segment another provider committed, for an audit: trains it
+/// from the same start checkpoint, then reports the end checkpoint's hash
+/// and, when the trainer's reproducibility class is not this rig's, the
+/// distance to the checkpoint it claimed.
+async fn replay(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, ProviderError> {
+    let target = a
+        .replay
+        .as_ref()
+        .ok_or_else(|| ProviderError::Segment("a replay task without its claim".into()))?;
+    let class = shared.device.hardware().class();
+    let cross_class = class != target.claimed_class;
+    #[cfg(feature = "cheat")]
+    if shared.config.cheat.lazy_validator {
+        tracing::warn!(task = %a.task_id, "lazy validator: echoing the claim without computing");
+        let report = ReplayReport {
+            task_id: a.task_id.clone(),
+            job_id: a.job_id.clone(),
+            segment: a.segment,
+            end_checkpoint_sha256: target.claimed_checkpoint_sha256.clone(),
+            loss_trace_blake3: String::new(),
+            class,
+            distance: cross_class.then_some(0.0),
+            compute_ms: 1,
+        };
+        return send_replay(shared, a, report, cancel).await;
+    }
+    let task_dir = shared.dir.begin_task(a)?;
+    tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "replaying segment for an audit");
+    let data = fetch(shared, &a.data_sha256).await?;
+    let start = match &a.start_checkpoint_sha256 {
+        Some(sha) => Some(fetch(shared, sha).await?),
+        None => None,
+    };
+    let out = task_dir.join("replay.safetensors");
+    let files = SegmentFiles {
+        spec: task_dir.join("spec.toml"),
+        data: data.clone(),
+        start,
+        out: out.clone(),
+    };
+    let started = std::time::Instant::now();
+    let end = segment::run_child(
+        &shared.config.program,
+        &files,
+        (a.start_step, a.end_step),
+        &shared.device.segment_args(),
+        SEGMENT_STALL,
+        cancel.clone(),
+        |_, _, _| {},
+    )
+    .await
+    .map_err(ProviderError::io("cannot run the segment process"))?;
+    let losses = match end {
+        SegmentEnd::Done { losses } => losses,
+        SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
+        SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
+    };
+    let compute_ms = u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let sha = Sha256Hex::of_file(&out)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let distance = if cross_class {
+        let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
+        Some(distance(shared, &files.spec, &data, &out, &claimed).await)
+    } else {
+        None
+    };
+    let report = ReplayReport {
+        task_id: a.task_id.clone(),
+        job_id: a.job_id.clone(),
+        segment: a.segment,
+        end_checkpoint_sha256: sha,
+        loss_trace_blake3: commitment::loss_trace_hash(&losses),
+        class,
+        distance,
+        compute_ms,
+    };
+    let sent = send_replay(shared, a, report, cancel).await;
+    let _ = std::fs::remove_file(&out);
+    sent
+}
+
+/// The largest relative L2 distance between the replay's checkpoint and the
+/// claimed one, from `gradpool checkpoint distance`; `f64::MAX` when they
+/// cannot be compared (other steps, non-finite values, a claimed file that
+/// is no checkpoint of the job).
+async fn distance(
+    shared: &Arc<Shared>,
+    spec: &std::path::Path,
+    data: &std::path::Path,
+    replayed: &std::path::Path,
+    claimed: &std::path::Path,
+) -> f64 {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        comparable: bool,
+        max_rel_l2: Option<f64>,
+    }
+    let out = tokio::process::Command::new(&shared.config.program)
+        .args(["checkpoint", "distance", "--spec"])
+        .arg(spec)
+        .arg("--data")
+        .arg(data)
+        .arg(replayed)
+        .arg(claimed)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => match serde_json::from_slice::<Report>(&o.stdout) {
+            Ok(Report {
+                comparable: true,
+                max_rel_l2: Some(d),
+            }) if d.is_finite() => d,
+            Ok(_) => f64::MAX,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable distance report; counting the claim as far off");
+                f64::MAX
+            }
+        },
+        Ok(o) => {
+            tracing::info!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "the claimed checkpoint is not comparable");
+            f64::MAX
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run the distance check; counting the claim as far off");
+            f64::MAX
+        }
+    }
+}
+
+/// Signs a replay report and sends it, retrying while the pool is
+/// unreachable.
+async fn send_replay(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    report: ReplayReport,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, ProviderError> {
+    let signed = shared.key.sign_replay(report);
+    let mut backoff = 1u64;
+    loop {
+        let api = shared.api.read().await.clone();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            r = api.replay(&a.task_id, &signed) => r,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %signed.report.end_checkpoint_sha256, "replay reported");
+                return Ok(TaskEnd::Committed);
+            }
+            Err(ProviderError::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(task = %a.task_id, message, "the pool no longer leases this replay to us");
+                return Ok(TaskEnd::Cancelled);
+            }
+            Err(ProviderError::Refused {
+                status, message, ..
+            }) if status != 401 && status < 500 => {
+                return Err(ProviderError::Segment(format!(
+                    "the pool refused the replay ({status}): {message}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot report the replay yet");
                 sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
                 backoff = (backoff * 2).min(15);
             }

@@ -242,6 +242,15 @@ impl Api {
         self.post(&format!("/v1/tasks/{task}/commit"), c).await
     }
 
+    /// Reports a replay's result (an audit's evidence).
+    pub async fn replay(
+        &self,
+        task: &TaskId,
+        r: &gradpool_core::SignedReplay,
+    ) -> Result<(), ProviderError> {
+        self.post_unit(&format!("/v1/tasks/{task}/replay"), r).await
+    }
+
     pub async fn fail(&self, task: &TaskId, reason: &str) -> Result<(), ProviderError> {
         self.post_unit(
             &format!("/v1/tasks/{task}/fail"),

@@ -13,9 +13,14 @@
 //! - [`segment`]: one segment run in a child process and its event protocol.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
 //!   flight), so that a restart resumes what was running.
-//! - [`agent`]: the main loop.
+//! - [`agent`]: the main loop, training segments and, for a provider that
+//!   validates, replaying other providers' segments for audits.
+//! - `cheat` (feature `cheat` only): cheating trainers and lazy validators
+//!   for testing audits.
 
 pub mod agent;
+#[cfg(feature = "cheat")]
+pub mod cheat;
 pub mod client;
 pub mod device;
 pub mod segment;

@@ -146,6 +146,8 @@ mod tests {
             start_checkpoint_sha256: Some(Sha256Hex::of(b"ckpt")),
             prev_commitment: "00".repeat(32),
             lease_seconds: 10,
+            kind: Default::default(),
+            replay: None,
         }
     }
 

@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
 use gradpool_pool::chain::MoneroBackend;
 use gradpool_pool::ledger::Ledger;
-use gradpool_pool::{MoneyBackend, MoneyConfig, Pool, PoolConfig};
+use gradpool_pool::{MoneyBackend, MoneyConfig, Pool, PoolConfig, VerificationConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,6 +69,28 @@ pub struct PoolArgs {
     /// Seconds between deposit checks and payout rounds.
     #[arg(long, default_value_t = 60)]
     payout_interval_seconds: u64,
+    /// The probability that a segment of a provider with no record is
+    /// audited; it falls as the provider's streak of verified segments grows.
+    #[arg(long, default_value_t = 0.2, value_parser = probability)]
+    audit_p_new: f64,
+    /// The audit probability never falls below this.
+    #[arg(long, default_value_t = 0.02, value_parser = probability)]
+    audit_floor: f64,
+    /// The probability that an audit comes with a planted one (a verified
+    /// segment presented with a wrong claim) to catch validators that answer
+    /// without computing.
+    #[arg(long, default_value_t = 0.05, value_parser = probability)]
+    plant_rate: f64,
+}
+
+/// A probability from 0 to 1.
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability (from 0 to 1)"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -138,6 +161,13 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             min_stake: a.min_stake_xmr,
             unstake_cooldown_seconds: a.unstake_cooldown_hours.saturating_mul(3600),
             ..MoneyConfig::default()
+        },
+        verification: VerificationConfig {
+            sampling: Sampling {
+                p_new: a.audit_p_new,
+                floor: a.audit_floor,
+            },
+            plant_rate: a.plant_rate,
         },
     };
     let pool = Pool::open(config)

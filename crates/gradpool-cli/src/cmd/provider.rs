@@ -44,6 +44,25 @@ pub struct ProviderArgs {
     /// addresses).
     #[arg(long, value_enum, default_value = "mainnet")]
     network: NetworkArg,
+    /// Also take replay tasks: re-execute other providers' segments for the
+    /// pool's audits, paid at this rig's rate.
+    #[arg(long)]
+    validate: bool,
+    /// Fake a share of the segments this provider trains: skip-steps,
+    /// random-weights, perturb-weights, old-checkpoint, other-data or
+    /// lower-lr (only in builds with the `cheat` feature, for testing
+    /// audits).
+    #[cfg(feature = "cheat")]
+    #[arg(long, value_name = "KIND")]
+    cheat: Option<gradpool_train::cheat::CheatKind>,
+    /// The share of segments `--cheat` fakes, from 0 to 1.
+    #[cfg(feature = "cheat")]
+    #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
+    cheat_fraction: f64,
+    /// Answer replay tasks with the trainer's claim without computing.
+    #[cfg(feature = "cheat")]
+    #[arg(long)]
+    lazy_validator: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -186,6 +205,13 @@ async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
         price_per_hour: a.price_xmr_per_hour,
         payout,
         benchmark_gflops,
+        validate: a.validate,
+        #[cfg(feature = "cheat")]
+        cheat: gradpool_provider::cheat::Cheat {
+            kind: a.cheat.map(|k| k.name().to_owned()),
+            fraction: a.cheat_fraction.clamp(0.0, 1.0),
+            lazy_validator: a.lazy_validator,
+        },
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

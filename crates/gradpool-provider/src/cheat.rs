@@ -1,0 +1,63 @@
+//! A provider that cheats, for testing audits. Only in builds with the
+//! `cheat` feature; a normal build has no way to reach any of it.
+//!
+//! A cheating trainer passes `--cheat KIND` to the segment process for a
+//! fraction of its segments (`gradpool segment run --cheat`, see
+//! `gradpool_train::cheat`); a lazy validator answers replays with the
+//! trainer's own claim instead of computing.
+
+use gradpool_core::TaskId;
+use sha2::{Digest, Sha256};
+
+/// How this provider cheats.
+#[derive(Debug, Clone, Default)]
+pub struct Cheat {
+    /// The segment process's `--cheat` kind (`skip-steps`, …); `None`
+    /// trains honestly.
+    pub kind: Option<String>,
+    /// The share of train tasks faked, from 0 to 1.
+    pub fraction: f64,
+    /// Answer replays with the claimed checkpoint's hash, computing nothing.
+    pub lazy_validator: bool,
+}
+
+impl Cheat {
+    /// The `--cheat` kind for `task`, when this task is one of the faked
+    /// ones. The choice hashes the task id, so it is the same after a
+    /// restart and spread evenly over tasks.
+    pub fn kind_for(&self, task: &TaskId) -> Option<&str> {
+        let kind = self.kind.as_deref()?;
+        let digest = Sha256::digest(task.as_str().as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        let draw = u64::from_le_bytes(head) as f64 / u64::MAX as f64;
+        (draw < self.fraction).then_some(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fraction_of_faked_tasks_is_close_to_the_one_asked() {
+        let cheat = Cheat {
+            kind: Some("skip-steps".into()),
+            fraction: 0.3,
+            lazy_validator: false,
+        };
+        let tasks: Vec<TaskId> = (0..2000).map(|_| TaskId::random()).collect();
+        let faked = tasks.iter().filter(|t| cheat.kind_for(t).is_some()).count();
+        assert!((500..700).contains(&faked), "{faked} of 2000");
+        let all = Cheat {
+            fraction: 1.0,
+            ..cheat.clone()
+        };
+        assert_eq!(all.kind_for(&tasks[0]), Some("skip-steps"));
+        let none = Cheat {
+            fraction: 0.0,
+            ..cheat
+        };
+        assert_eq!(none.kind_for(&tasks[0]), None);
+    }
+}
