@@ -328,6 +328,9 @@ pub struct ProviderView {
     /// Whether it replays other providers' segments.
     #[serde(default)]
     pub validate: bool,
+    /// Whether it trains (a dedicated validator does not).
+    #[serde(default = "yes")]
+    pub train: bool,
     /// Audits passed since the last fault (trained segments replayed with a
     /// match, and replays of its own that were right).
     #[serde(default)]
@@ -383,6 +386,14 @@ pub struct Register {
     /// Accept replay tasks (audits of other providers' segments).
     #[serde(default)]
     pub validate: bool,
+    /// Accept training tasks. `false` with `validate` makes a dedicated
+    /// validator (such as one the pool's operator runs).
+    #[serde(default = "yes")]
+    pub train: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One destination of a provider's payouts and its share of them.

@@ -2,6 +2,8 @@
 -- reputation and rollbacks.
 
 ALTER TABLE providers ADD COLUMN validate INTEGER NOT NULL DEFAULT 0;
+-- 0 for a dedicated validator: replays only.
+ALTER TABLE providers ADD COLUMN trains INTEGER NOT NULL DEFAULT 1;
 -- Audits passed since the last fault (the reputation's input).
 ALTER TABLE providers ADD COLUMN streak INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE providers ADD COLUMN faults INTEGER NOT NULL DEFAULT 0;

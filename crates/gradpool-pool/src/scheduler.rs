@@ -481,11 +481,11 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
-             registered_at, last_seen, price_per_hour, benchmark_gflops, validate) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12) \
+             registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
              class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
-             validate = ?12",
+             validate = ?12, trains = ?13",
         )
         .bind(provider.as_str())
         .bind(&req.public_key)
@@ -499,6 +499,7 @@ impl Pool {
         .bind(price)
         .bind(gflops)
         .bind(req.validate)
+        .bind(req.train)
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")
@@ -685,8 +686,8 @@ impl Pool {
     ) -> Result<Vec<Assignment>, PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking, validates): (i64, Option<i64>, bool) = sqlx::query_as(
-            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0 \
+        let (price, unstaking, validates, trains): (i64, Option<i64>, bool, bool) = sqlx::query_as(
+            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1 \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -742,7 +743,7 @@ impl Pool {
                     .fetch_optional(w.conn())
                     .await?;
             }
-            if task.is_none() {
+            if task.is_none() && trains {
                 task = sqlx::query_as(&train_sql)
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())

@@ -317,6 +317,7 @@ struct ProviderRow {
     leased: i64,
     committed: i64,
     validate: bool,
+    trains: bool,
     streak: i64,
     faults: i64,
 }
@@ -329,7 +330,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -356,6 +357,7 @@ pub async fn providers(
                 segments_committed: to_u64(r.committed),
                 price_per_hour: pico(r.price_per_hour),
                 validate: r.validate,
+                train: r.trains,
                 streak: to_u64(r.streak),
                 faults: to_u64(r.faults),
                 reputation: reputation(to_u64(r.streak)),

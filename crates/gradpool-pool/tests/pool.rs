@@ -340,6 +340,7 @@ async fn registration_is_checked() {
         payout: Vec::new(),
         compute_ms: 0,
         validate: false,
+        train: true,
         isa: "x86-64-v3".into(),
     };
     p2.register(vec![]).await;

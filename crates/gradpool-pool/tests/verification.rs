@@ -512,6 +512,33 @@ async fn nobody_replays_their_own_work_or_their_owners() {
 }
 
 #[tokio::test]
+async fn a_dedicated_validator_replays_but_never_trains() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    let validator = tp
+        .provider_with("pool's own validator", |p| {
+            p.validate = true;
+            p.train = false;
+        })
+        .await;
+    let trainer = tp.provider("trainer").await;
+    let job = c
+        .submit(&spec("paranoid", None), b"some text to train on")
+        .await;
+    // The queue holds a training task, but not for this one.
+    assert!(validator.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a = take_kind(&trainer, TaskKind::Train).await;
+    trainer.finish(&a, &honest(0)).await;
+    let r = take_kind(&validator, TaskKind::Replay).await;
+    assert_eq!(r.segment, 0);
+    replay_honestly(&validator, &r).await;
+    assert_eq!(segments(&c, &job.id).await[0].status, "verified");
+    let view = provider_view(&tp, &c, &validator).await;
+    assert!(view.validate && !view.train, "{view:?}");
+    assert_clean(&tp).await;
+}
+
+#[tokio::test]
 async fn an_old_checkpoint_submitted_again_is_refused() {
     let tp = TestPool::start().await;
     let c = tp.customer("alice").await;

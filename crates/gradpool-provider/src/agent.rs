@@ -43,6 +43,9 @@ pub struct ProviderConfig {
     /// Take replay tasks: re-execute other providers' segments for audits
     /// (paid at this rig's rate).
     pub validate: bool,
+    /// Take training tasks; `false` (with `validate`) makes a dedicated
+    /// validator.
+    pub train: bool,
     /// How this provider cheats (test builds only).
     #[cfg(feature = "cheat")]
     pub cheat: crate::cheat::Cheat,
@@ -60,6 +63,7 @@ impl Default for ProviderConfig {
             payout: Vec::new(),
             benchmark_gflops: None,
             validate: false,
+            train: true,
             #[cfg(feature = "cheat")]
             cheat: crate::cheat::Cheat::default(),
         }
@@ -244,6 +248,7 @@ async fn register(
                 benchmark_gflops: shared.config.benchmark_gflops,
                 payout: shared.config.payout.clone(),
                 validate: shared.config.validate,
+                train: shared.config.train,
             };
             api.register(&req).await
         };

@@ -48,6 +48,9 @@ pub struct ProviderArgs {
     /// pool's audits, paid at this rig's rate.
     #[arg(long)]
     validate: bool,
+    /// Only replay: a dedicated validator that takes no training work.
+    #[arg(long)]
+    validate_only: bool,
     /// Fake a share of the segments this provider trains: skip-steps,
     /// random-weights, perturb-weights, old-checkpoint, other-data or
     /// lower-lr (only in builds with the `cheat` feature, for testing
@@ -205,7 +208,8 @@ async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
         price_per_hour: a.price_xmr_per_hour,
         payout,
         benchmark_gflops,
-        validate: a.validate,
+        validate: a.validate || a.validate_only,
+        train: !a.validate_only,
         #[cfg(feature = "cheat")]
         cheat: gradpool_provider::cheat::Cheat {
             kind: a.cheat.map(|k| k.name().to_owned()),

@@ -57,14 +57,23 @@ impl Drop for TestPool {
 
 /// A pool serving on 127.0.0.1 with a free port.
 pub async fn start_pool(dir: &Path, lease_seconds: u32) -> TestPool {
-    let pool = Pool::open(PoolConfig {
+    start_pool_with(dir, lease_seconds, |_| {}).await
+}
+
+/// A pool serving on 127.0.0.1 with a free port, configured by `f`.
+pub async fn start_pool_with(
+    dir: &Path,
+    lease_seconds: u32,
+    f: impl FnOnce(&mut PoolConfig),
+) -> TestPool {
+    let mut config = PoolConfig {
         data_dir: dir.to_owned(),
         lease_seconds,
         heartbeat_seconds: 1,
         ..PoolConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    f(&mut config);
+    let pool = Pool::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();

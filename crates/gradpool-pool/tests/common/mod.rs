@@ -131,6 +131,7 @@ impl TestPool {
             payout: Vec::new(),
             compute_ms: 0,
             validate: false,
+            train: true,
             isa: "x86-64-v3".into(),
         };
         f(&mut p);
@@ -306,6 +307,8 @@ pub struct TestProvider {
     pub compute_ms: u64,
     /// Whether it takes replay tasks.
     pub validate: bool,
+    /// Whether it takes training tasks.
+    pub train: bool,
     /// Its instruction-set level: part of its reproducibility class.
     pub isa: String,
 }
@@ -341,6 +344,7 @@ impl TestProvider {
             benchmark_gflops: self.gflops,
             payout: self.payout.clone(),
             validate: self.validate,
+            train: self.train,
         }
     }
 
