@@ -53,6 +53,23 @@ pub enum JobCommand {
         #[command(flatten)]
         customer: CustomerArgs,
     },
+    /// Check the pool's claims: every commitment's signature and chain
+    /// link, and N random segments downloaded and trained again here; prints
+    /// a pass/fail table and exits non-zero on any failure.
+    Verify {
+        id: String,
+        /// How many segments to replay (all when larger than the job).
+        #[arg(long, default_value_t = 3)]
+        segments: usize,
+        /// CPU threads for the replays (default: all).
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        customer: CustomerArgs,
+    },
     /// Cancel a job.
     Cancel {
         id: String,
@@ -160,6 +177,33 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        JobCommand::Verify {
+            id,
+            segments,
+            threads,
+            json,
+            customer,
+        } => {
+            let api = customer.api()?;
+            let work = tempfile::tempdir()?;
+            let opts = super::verify::VerifyOptions {
+                segments,
+                threads,
+                program: std::env::current_exe()?,
+                work_dir: work.path().to_owned(),
+            };
+            let report = super::verify::verify_job(&api, &id, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                super::verify::print_report(&report);
+            }
+            return Ok(if report.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         JobCommand::Cancel { id, customer } => {
             let j: JobView = customer

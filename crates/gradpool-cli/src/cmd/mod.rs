@@ -5,6 +5,7 @@ pub mod job;
 pub mod local;
 pub mod pool;
 pub mod provider;
+pub mod verify;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn interrupted() {
