@@ -309,3 +309,41 @@ async fn honest_work_always_matches_and_a_lazy_validator_is_caught() {
     lazy.stop().await;
     honest_validator.stop().await;
 }
+
+/// `gradpool bench verify`, small: the JSON line has its fields, honest
+/// work is never found at fault, and a cheater faking every segment is
+/// caught (it escapes 60 audits at 0.2 with probability 0.8^60 ≈ 1.5e-6;
+/// 80 honest segments go unaudited with probability below 0.8^80 ≈ 2e-8).
+#[test]
+fn the_verification_benchmark_reports_its_figures() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "bench",
+            "verify",
+            "--json",
+            "--honest-segments",
+            "80",
+            "--cheat-segments",
+            "60",
+            "--kinds",
+            "skip-steps,random-weights",
+            "--fractions",
+            "1.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["detection_rate"], 1.0, "{r:#}");
+    assert_eq!(r["detection_rate_by_kind"]["skip-steps"]["caught"], 1);
+    assert_eq!(r["detection_rate_by_kind"]["random-weights"]["caught"], 1);
+    assert_eq!(r["false_positive_rate"], 0.0, "{r:#}");
+    assert_eq!(r["honest_segments"], 80);
+    let overhead = r["verification_overhead"].as_f64().unwrap();
+    assert!(overhead > 0.0 && overhead < 1.0, "{overhead}");
+    assert!(r["segments"].as_u64().unwrap() > 80);
+}

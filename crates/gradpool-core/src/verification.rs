@@ -103,6 +103,51 @@ pub fn detection_probability(p: f64, faked: u64) -> f64 {
     1.0 - (1.0 - p).powf(faked as f64)
 }
 
+/// What adaptive sampling predicts for a provider that starts with no
+/// record, trains `segments` segments of standard jobs and fakes each one
+/// independently with probability `fraction`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// The probability that at least one fake is audited (and so caught)
+    /// within the segments.
+    pub detection: f64,
+    /// The expected number of audits of its segments, while not caught.
+    pub audits: f64,
+}
+
+/// The exact prediction for adaptive sampling: the provider's streak grows
+/// by one with every audit of an honest segment, so its audit probability
+/// falls, while every audit of a faked segment catches it. Computed over the
+/// distribution of the streak, segment by segment.
+///
+/// Each audit lands on a fake with probability `fraction` whatever the
+/// audit probability, so a cheater escapes `a` audits with probability
+/// `(1 − fraction)^a`: against a falling audit probability it is the number
+/// of audits, not of segments, that catches it. With `fraction = 0` the
+/// expected audits give the verification overhead of an honest provider.
+pub fn predict(fraction: f64, segments: u64, sampling: Sampling) -> Prediction {
+    // dist[s]: probability of streak s and not caught yet.
+    let mut dist = vec![1.0f64];
+    let mut audits = 0.0;
+    for _ in 0..segments {
+        let mut next = vec![0.0; dist.len() + 1];
+        for (s, &q) in dist.iter().enumerate() {
+            if q == 0.0 {
+                continue;
+            }
+            let p = audit_probability(VerificationLevel::Standard, s as u64, sampling);
+            audits += q * p;
+            next[s] += q * (1.0 - p);
+            next[s + 1] += q * p * (1.0 - fraction);
+        }
+        dist = next;
+    }
+    Prediction {
+        detection: 1.0 - dist.iter().sum::<f64>(),
+        audits,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +162,35 @@ mod tests {
         assert_eq!(audit_probability(level, 1_000_000, s), 0.02);
         assert_eq!(audit_probability(VerificationLevel::Paranoid, 1000, s), 1.0);
         assert_eq!(audit_probability(VerificationLevel::None, 0, s), 0.0);
+    }
+
+    #[test]
+    fn the_prediction_agrees_with_the_closed_form_without_adaptation() {
+        // A floor equal to p_new makes the audit probability constant.
+        let flat = Sampling {
+            p_new: 0.2,
+            floor: 0.2,
+        };
+        let pr = predict(1.0, 21, flat);
+        assert!((pr.detection - detection_probability(0.2, 21)).abs() < 1e-12);
+        // Faking a tenth: each segment is caught with probability 0.02.
+        let pr = predict(0.1, 100, flat);
+        assert!((pr.detection - detection_probability(0.02, 100)).abs() < 1e-12);
+        // An honest provider is never caught, and audited p·n times.
+        let pr = predict(0.0, 50, flat);
+        assert!(pr.detection.abs() < 1e-12, "{}", pr.detection);
+        assert!((pr.audits - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn adaptive_sampling_audits_honest_providers_less_over_time() {
+        let s = Sampling::default();
+        let short = predict(0.0, 100, s).audits / 100.0;
+        let long = predict(0.0, 2000, s).audits / 2000.0;
+        assert!(short > long && long > s.floor, "{short} {long}");
+        // A cheater faking a tenth is still caught, later.
+        let d = predict(0.1, 1000, s).detection;
+        assert!(d > 0.99, "{d}");
     }
 
     #[test]

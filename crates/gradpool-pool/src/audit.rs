@@ -689,6 +689,26 @@ impl Write<'_> {
     }
 }
 
+/// One provider's record in [`Pool::audit_stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderAuditStats {
+    pub provider: ProviderId,
+    /// The training tasks it committed (rolled-back ones included).
+    pub train_tasks: Vec<gradpool_core::TaskId>,
+    /// Their billed compute time, in milliseconds.
+    pub train_ms: u64,
+    /// Replays it reported (planted audits included).
+    pub replays: u64,
+    /// Their reported compute time, in milliseconds.
+    pub replay_ms: u64,
+    /// Decided audits of its own segments (not planted ones).
+    pub audited: u64,
+    /// Of those, how many found it cheating.
+    pub provider_faults: u64,
+    /// Audits in which it, as a validator, was found answering wrongly.
+    pub validator_faults: u64,
+}
+
 impl Pool {
     /// A validator's answer to a replay task it holds.
     pub async fn replay(
@@ -841,6 +861,68 @@ impl Pool {
                     .collect::<Result<_, PoolError>>()?,
                 opened_at: store::rfc3339(a.created_at),
                 decided_at: a.decided_at.map(store::rfc3339),
+            });
+        }
+        Ok(out)
+    }
+
+    /// What every provider trained and replayed and the verdicts on it,
+    /// over the pool's whole history: the figures `gradpool bench verify`
+    /// measures detection, false positives and overhead with.
+    pub async fn audit_stats(&self) -> Result<Vec<ProviderAuditStats>, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM providers ORDER BY registered_at, id")
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let train_tasks: Vec<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT id, billed_ms FROM tasks WHERE provider_id = ? AND kind = 'train' \
+                 AND status = 'committed' ORDER BY updated_at, rowid",
+            )
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+            let signed: Vec<String> =
+                sqlx::query_scalar("SELECT signed FROM replays WHERE validator_id = ?")
+                    .bind(&id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let mut replay_ms = 0u64;
+            for s in &signed {
+                let r: SignedReplay = serde_json::from_str(s)?;
+                replay_ms = replay_ms.saturating_add(r.report.compute_ms);
+            }
+            let (audited, provider_faults): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'provider_fault'), 0) FROM audits \
+                 WHERE provider_id = ?1 AND reason != 'planted' \
+                   AND status IN ('verified', 'provider_fault', 'validator_fault')",
+            )
+            .bind(&id)
+            .fetch_one(&mut *conn)
+            .await?;
+            let validator_faults: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM audits WHERE status = 'validator_fault' AND at_fault = ?",
+            )
+            .bind(&id)
+            .fetch_one(&mut *conn)
+            .await?;
+            out.push(ProviderAuditStats {
+                provider: ProviderId::from(id.as_str()),
+                train_ms: train_tasks
+                    .iter()
+                    .map(|(_, ms)| to_u64(ms.unwrap_or(0)))
+                    .sum(),
+                train_tasks: train_tasks
+                    .into_iter()
+                    .map(|(t, _)| gradpool_core::TaskId::from(t.as_str()))
+                    .collect(),
+                replays: signed.len() as u64,
+                replay_ms,
+                audited: to_u64(audited),
+                provider_faults: to_u64(provider_faults),
+                validator_faults: to_u64(validator_faults),
             });
         }
         Ok(out)

@@ -428,26 +428,57 @@ async fn run_task(
     commit(shared, a, &out, losses, compute_ms, cancel).await
 }
 
-/// Sends the latest progress at most twice a second, and the last one.
+/// Sends the latest progress at most twice a second, and the last one as
+/// soon as the segment ends (the sender is dropped): a short segment is not
+/// held up by the pause between reports.
 async fn report_progress(
     shared: Arc<Shared>,
     task: TaskId,
     mut rx: tokio::sync::watch::Receiver<Option<wire::Progress>>,
 ) {
-    while rx.changed().await.is_ok() {
-        let p = rx.borrow_and_update().clone();
-        if let Some(p) = p {
+    let send = |p: wire::Progress| {
+        let shared = shared.clone();
+        let task = task.clone();
+        async move {
             let api = shared.api.read().await.clone();
             if let Err(e) = api.progress(&task, &p).await {
                 tracing::debug!(task = %task, error = %e.report(), "progress report failed");
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // A value arrived while pausing and is not sent yet.
+    let mut pending = false;
+    loop {
+        if !pending && rx.changed().await.is_err() {
+            break;
+        }
+        pending = false;
+        let p = rx.borrow_and_update().clone();
+        if let Some(p) = p {
+            send(p).await;
+        }
+        let pause = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(pause);
+        let mut ended = false;
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                r = rx.changed() => match r {
+                    Ok(()) => pending = true,
+                    Err(_) => {
+                        ended = true;
+                        break;
+                    }
+                },
+            }
+        }
+        if ended {
+            break;
+        }
     }
     let last = rx.borrow().clone();
     if let Some(p) = last {
-        let api = shared.api.read().await.clone();
-        let _ = api.progress(&task, &p).await;
+        send(p).await;
     }
 }
 

@@ -117,6 +117,11 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Run pools with honest and cheating providers and validators, and
+    /// report how many cheaters the audits catch, false positives, and the
+    /// validators' compute against the training's (needs a build with
+    /// `--features cheat`).
+    Verify(super::bench_verify::VerifyBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -375,6 +380,12 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        BenchCommand::Verify(a) => {
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(super::bench_verify::run(a));
         }
     };
     let device = device.open()?;

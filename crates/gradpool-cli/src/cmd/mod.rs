@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod account;
+pub mod bench_verify;
 pub mod job;
 pub mod local;
 pub mod pool;
