@@ -10,8 +10,8 @@ use crate::cmd::job::{fetch_model, submit_text};
 use crate::cmd::local::{sample_text, SHAKESPEARE};
 use anyhow::{bail, Context};
 use clap::Args;
-use gradpool_core::wire::{JobStatus, ProviderView, SegmentView};
-use gradpool_core::{Piconero, ProviderId};
+use gradpool_core::wire::{JobStatus, ProviderView, SegmentView, VerdictView};
+use gradpool_core::{JobSpec, Piconero, ProviderId};
 use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Regtest, WalletRpcProcess};
 use gradpool_pool::chain::MoneroBackend;
@@ -150,6 +150,19 @@ struct Summary {
     model: PathBuf,
     pool: String,
     payments: Payments,
+    verification: VerificationSummary,
+}
+
+/// The job's audits: every provider also validates, so segments drawn for
+/// an audit were replayed by another provider.
+#[derive(Serialize)]
+struct VerificationSummary {
+    /// `none`, `standard` or `paranoid`.
+    level: String,
+    audits: usize,
+    verified: usize,
+    provider_faults: usize,
+    validator_faults: usize,
 }
 
 #[derive(Serialize)]
@@ -157,6 +170,8 @@ struct ProviderSummary {
     id: String,
     name: String,
     segments: u32,
+    /// Replays it ran for audits of others' segments.
+    replays: u32,
     price_per_hour_piconero: u64,
     earned_piconero: u64,
 }
@@ -422,10 +437,25 @@ async fn drive(
         .into_iter()
         .map(|p| (p.id.to_string(), (p.name, p.price_per_hour)))
         .collect();
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let verdicts: Vec<VerdictView> = api.get(&format!("/v1/jobs/{id}/verdicts")).await?;
+    let mut counts: BTreeMap<String, u32> = names.keys().map(|id| (id.clone(), 0)).collect();
     for s in &segments {
         *counts.entry(s.provider.to_string()).or_default() += 1;
     }
+    let mut replays: BTreeMap<String, u32> = BTreeMap::new();
+    for r in verdicts.iter().flat_map(|v| &v.replays) {
+        *replays.entry(r.validator.to_string()).or_default() += 1;
+    }
+    let outcomes = |o: &str| verdicts.iter().filter(|v| v.outcome == o).count();
+    let verification = VerificationSummary {
+        level: JobSpec::from_toml_str(&end.spec_toml)
+            .map(|s| s.verification.as_str().to_owned())
+            .unwrap_or_default(),
+        audits: verdicts.len(),
+        verified: outcomes("verified"),
+        provider_faults: outcomes("provider_fault"),
+        validator_faults: outcomes("validator_fault"),
+    };
     let initial_loss = segments
         .first()
         .and_then(|s| s.loss_trace.first().copied())
@@ -539,6 +569,7 @@ async fn drive(
                     id: id.clone(),
                     name,
                     segments: *n,
+                    replays: replays.get(id).copied().unwrap_or(0),
                     price_per_hour_piconero: price.0,
                     earned_piconero: payments.paid_piconero.get(id).copied().unwrap_or(0),
                 }
@@ -548,6 +579,7 @@ async fn drive(
         model: model.clone(),
         pool: url.to_owned(),
         payments,
+        verification,
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(
@@ -584,16 +616,22 @@ async fn drive(
     for txid in &summary.payments.payout_txids {
         println!("payout tx     {txid}");
     }
+    let v = &summary.verification;
     println!(
-        "\n{:<24} {:<12} {:>8} {:>14} {:>16}",
-        "PROVIDER", "NAME", "SEGMENTS", "XMR/HOUR", "EARNED XMR"
+        "audits        {} ({}): {} verified, {} providers and {} validators at fault",
+        v.audits, v.level, v.verified, v.provider_faults, v.validator_faults
+    );
+    println!(
+        "\n{:<24} {:<12} {:>8} {:>8} {:>14} {:>16}",
+        "PROVIDER", "NAME", "SEGMENTS", "REPLAYS", "XMR/HOUR", "EARNED XMR"
     );
     for p in &summary.providers {
         println!(
-            "{:<24} {:<12} {:>8} {:>14} {:>16}",
+            "{:<24} {:<12} {:>8} {:>8} {:>14} {:>16}",
             p.id,
             p.name,
             p.segments,
+            p.replays,
             Piconero(p.price_per_hour_piconero).xmr(),
             Piconero(p.earned_piconero).xmr()
         );
@@ -625,7 +663,9 @@ fn start_provider(
         .arg("--name")
         .arg(&name)
         .arg("--price-xmr-per-hour")
-        .arg(devnet_price(i).xmr());
+        .arg(devnet_price(i).xmr())
+        // Every devnet provider also replays the others' segments.
+        .arg("--validate");
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
     }

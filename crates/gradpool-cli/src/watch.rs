@@ -3,7 +3,7 @@
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView};
+use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, TaskKind};
 use gradpool_provider::client::Api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
@@ -157,15 +157,20 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     price_per_hour,
                     price,
                     spent: total,
+                    kind,
                     ..
                 } => {
                     spent = total;
                     bar.set_message(format!("{progress}  cost {spent}"));
+                    let what = match kind {
+                        TaskKind::Train => "segment",
+                        TaskKind::Replay => "replay of segment",
+                    };
                     note(
                         &bar,
                         visible,
                         format!(
-                            "  segment {segment} paid: {price} to {p} ({:.1} s at {price_per_hour}/h); job cost so far {spent}",
+                            "  {what} {segment} paid: {price} to {p} ({:.1} s at {price_per_hour}/h); job cost so far {spent}",
                             billed_ms as f64 / 1000.0
                         ),
                     );

@@ -137,6 +137,17 @@ pub enum VerificationLevel {
     Paranoid,
 }
 
+impl VerificationLevel {
+    /// The spec's spelling: `none`, `standard` or `paranoid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationLevel::None => "none",
+            VerificationLevel::Standard => "standard",
+            VerificationLevel::Paranoid => "paranoid",
+        }
+    }
+}
+
 /// What the customer is willing to pay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Budget {

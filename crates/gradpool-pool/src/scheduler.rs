@@ -21,7 +21,7 @@ use crate::{escrow, ledger};
 use gradpool_core::commitment::{
     chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
 };
-use gradpool_core::spec::{DeviceRequest, VerificationLevel};
+use gradpool_core::spec::DeviceRequest;
 use gradpool_core::wire::{
     Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
     JobView, Progress, Register, Registered, RegistrationChallenge, ReplayTarget, SubmitJob,
@@ -327,11 +327,7 @@ impl Pool {
         .bind(budget_i64)
         .bind(max_price)
         .bind(spec.flops_per_step())
-        .bind(match spec.verification {
-            VerificationLevel::None => "none",
-            VerificationLevel::Standard => "standard",
-            VerificationLevel::Paranoid => "paranoid",
-        })
+        .bind(spec.verification.as_str())
         .execute(w.conn())
         .await?;
         w.hold_budget(account.as_str(), id.as_str(), budget).await?;
