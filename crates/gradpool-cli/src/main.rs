@@ -55,6 +55,8 @@ fn main() -> ExitCode {
     }
     // The segment process talks JSON on stdout; keep its logs on stderr and quiet.
     let default_filter = match cli.command {
+        // Cheaters being caught are the point of the run, not warnings.
+        Command::Bench(gradpool_cli::cmd::local::BenchCommand::Verify(_)) => "error",
         Command::Segment(_) | Command::Sample(_) | Command::Bench(_) | Command::Checkpoint(_) => {
             "warn"
         }
