@@ -15,4 +15,5 @@
 pub mod cmd;
 pub mod credentials;
 pub mod devnet;
+pub mod provider_config;
 pub mod watch;

@@ -19,7 +19,7 @@ enum Command {
     /// Run a pool: the coordinator providers and customers connect to.
     Pool(gradpool_cli::cmd::pool::PoolArgs),
     /// Run the provider agent on this machine.
-    Provider(gradpool_cli::cmd::provider::ProviderArgs),
+    Provider(Box<gradpool_cli::cmd::provider::ProviderArgs>),
     /// Customer accounts.
     #[command(subcommand)]
     Account(gradpool_cli::cmd::account::AccountCommand),
@@ -98,7 +98,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pool(a) => gradpool_cli::cmd::pool::run(a).await,
-        Command::Provider(a) => gradpool_cli::cmd::provider::run(a).await,
+        Command::Provider(a) => gradpool_cli::cmd::provider::run(*a).await,
         Command::Account(c) => gradpool_cli::cmd::account::run(c).await,
         Command::Job(c) => gradpool_cli::cmd::job::run(c).await,
         Command::Devnet(a) => gradpool_cli::devnet::run(a).await,

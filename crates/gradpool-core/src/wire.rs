@@ -316,8 +316,12 @@ pub enum JobEventKind {
 pub struct ProviderView {
     pub id: ProviderId,
     pub name: String,
-    /// `idle`, `sharing` or `disconnected`.
+    /// `idle`, `sharing`, `paused` (with `paused_reason`) or
+    /// `disconnected`.
     pub status: String,
+    /// Why a paused provider takes no work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
     pub hardware: Hardware,
     pub class: String,
     pub last_seen: String,
@@ -430,6 +434,10 @@ pub struct Heartbeat {
     /// Long-poll: with no work to hand out, the pool may hold the reply this
     /// many seconds (at most 30) waiting for work.
     pub wait_seconds: u32,
+    /// Why the provider takes no work now (`schedule`, `temperature`,
+    /// `owner_busy`, `owner_request`); `None` while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -583,14 +583,43 @@ impl Pool {
         let telemetry = serde_json::to_string(&hb.telemetry)?;
         let mut w = self.write().await?;
         let now = w.now;
-        let (device, memory): (String, i64) =
-            sqlx::query_as("UPDATE providers SET last_seen = ?, telemetry = ? WHERE id = ? RETURNING device, memory_bytes")
-                .bind(now)
-                .bind(telemetry)
+        let was_paused: Option<String> =
+            sqlx::query_scalar::<_, Option<String>>("SELECT paused FROM providers WHERE id = ?")
                 .bind(provider.as_str())
                 .fetch_optional(w.conn())
                 .await?
-                .ok_or_else(|| PoolError::Unauthorized("unknown provider; register again".into()))?;
+                .ok_or_else(|| {
+                    PoolError::Unauthorized("unknown provider; register again".into())
+                })?;
+        let paused = hb
+            .paused
+            .as_deref()
+            .map(|r| r.chars().take(64).collect::<String>());
+        let (device, memory): (String, i64) = sqlx::query_as(
+            "UPDATE providers SET last_seen = ?, telemetry = ?, paused = ? WHERE id = ? RETURNING device, memory_bytes",
+        )
+        .bind(now)
+        .bind(telemetry)
+        .bind(paused.as_deref())
+        .bind(provider.as_str())
+        .fetch_one(w.conn())
+        .await?;
+        if paused != was_paused {
+            sqlx::query(
+                "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(provider.as_str())
+            .bind(if paused.is_some() {
+                "paused"
+            } else {
+                "resumed"
+            })
+            .bind(paused.as_deref().or(was_paused.as_deref()))
+            .bind(now)
+            .execute(w.conn())
+            .await?;
+            tracing::info!(provider = %provider, paused = ?paused, "provider pause changed");
+        }
         let mut cancel = Vec::new();
         for running in &hb.running {
             let renewed = sqlx::query(
@@ -619,8 +648,10 @@ impl Pool {
                 }
             }
         }
+        // A paused provider gets no work, whatever capacity it reports.
+        let capacity = if paused.is_some() { 0 } else { hb.capacity };
         let mut assignments = self
-            .claim(&mut w, provider, &device, memory, hb.capacity)
+            .claim(&mut w, provider, &device, memory, capacity)
             .await?;
         w.commit().await?;
         tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,

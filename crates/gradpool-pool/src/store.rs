@@ -318,6 +318,7 @@ struct ProviderRow {
     committed: i64,
     validate: bool,
     trains: bool,
+    paused: Option<String>,
     streak: i64,
     faults: i64,
 }
@@ -330,7 +331,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -344,6 +345,8 @@ pub async fn providers(
                 "disconnected"
             } else if r.leased > 0 {
                 "sharing"
+            } else if r.paused.is_some() {
+                "paused"
             } else {
                 "idle"
             };
@@ -351,6 +354,11 @@ pub async fn providers(
                 id: ProviderId::from(r.id.as_str()),
                 name: r.name,
                 status: status.to_owned(),
+                paused_reason: if status == "disconnected" {
+                    None
+                } else {
+                    r.paused.clone()
+                },
                 hardware: serde_json::from_str::<Hardware>(&r.hardware)?,
                 class: r.class,
                 last_seen: rfc3339(r.last_seen),

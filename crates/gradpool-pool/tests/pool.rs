@@ -341,6 +341,7 @@ async fn registration_is_checked() {
         compute_ms: 0,
         validate: false,
         train: true,
+        paused: None,
         isa: "x86-64-v3".into(),
     };
     p2.register(vec![]).await;
@@ -351,6 +352,7 @@ async fn registration_is_checked() {
             running: vec![],
             capacity: 0,
             wait_seconds: 0,
+            paused: None,
         },
     )
     .await
@@ -1014,4 +1016,31 @@ async fn a_long_event_log_replays_whole_and_in_order() {
     let rest = alice.events(&job.id, Some(middle)).await;
     assert_eq!(rest.len(), events.len() - 301);
     tp.shutdown().await;
+}
+
+/// A provider that reports a pause gets no work, whatever capacity it
+/// reports, and is listed as paused with the reason; resuming brings work.
+#[tokio::test]
+async fn a_paused_provider_gets_no_work_until_it_resumes() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    let mut p = tp.provider("night rig").await;
+    c.submit(SPEC, b"some text to train on").await;
+
+    p.paused = Some("schedule".into());
+    assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let views: Vec<ProviderView> = c.get("/v1/providers").await.ok();
+    let view = views.iter().find(|v| v.name == "night rig").unwrap();
+    assert_eq!(view.status, "paused");
+    assert_eq!(view.paused_reason.as_deref(), Some("schedule"));
+
+    p.paused = None;
+    let a = p.take().await;
+    assert_eq!(a.segment, 0);
+    let views: Vec<ProviderView> = c.get("/v1/providers").await.ok();
+    let view = views.iter().find(|v| v.name == "night rig").unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.paused_reason.as_deref()),
+        ("sharing", None)
+    );
 }

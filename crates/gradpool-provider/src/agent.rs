@@ -3,6 +3,7 @@
 
 use crate::client::Api;
 use crate::device::Device;
+use crate::limits::{Gate, PauseReason};
 use crate::segment::{self, SegmentEnd, SegmentFiles};
 use crate::state::DataDir;
 use crate::ProviderError;
@@ -46,6 +47,9 @@ pub struct ProviderConfig {
     /// Take training tasks; `false` (with `validate`) makes a dedicated
     /// validator.
     pub train: bool,
+    /// The owner's limits; outside its schedule the agent finishes what it
+    /// runs and takes nothing new.
+    pub limits: crate::limits::Limits,
     /// How this provider cheats (test builds only).
     #[cfg(feature = "cheat")]
     pub cheat: crate::cheat::Cheat,
@@ -64,6 +68,7 @@ impl Default for ProviderConfig {
             benchmark_gflops: None,
             validate: false,
             train: true,
+            limits: crate::limits::Limits::default(),
             #[cfg(feature = "cheat")]
             cheat: crate::cheat::Cheat::default(),
         }
@@ -125,10 +130,22 @@ pub async fn run(
     };
     start_resumed(&shared, &mut workers, &session, &shutdown);
 
+    let mut gate = Gate::new(shared.config.limits.clone());
+    let mut paused: Option<PauseReason> = None;
     let mut backoff = 1u64;
     while !shutdown.is_cancelled() {
         while let Ok(id) = ended.try_recv() {
             workers.remove(&id);
+        }
+        let pause = gate.check(shared.config.limits.schedule.is_open_now(), None, 0);
+        if pause != paused {
+            match pause {
+                Some(reason) => {
+                    tracing::info!(%reason, running = workers.len(), "pausing: finishing what runs, taking no new work")
+                }
+                None => tracing::info!(was = ?paused.map(|r| r.as_str()), "resuming work"),
+            }
+            paused = pause;
         }
         let running: Vec<wire::RunningTask> = workers
             .iter()
@@ -137,11 +154,16 @@ pub async fn run(
                 step: w.step.load(Ordering::Relaxed),
             })
             .collect();
-        let capacity = shared
-            .config
-            .max_concurrent_tasks
-            .saturating_sub(running.len() as u32);
-        let wait_seconds = if running.is_empty() {
+        let capacity = if paused.is_some() {
+            0
+        } else {
+            shared
+                .config
+                .max_concurrent_tasks
+                .saturating_sub(running.len() as u32)
+        };
+        // While paused, check the limits again at every heartbeat.
+        let wait_seconds = if running.is_empty() && paused.is_none() {
             (session.lease_seconds / 2).max(1)
         } else {
             0
@@ -153,6 +175,7 @@ pub async fn run(
             running,
             capacity,
             wait_seconds,
+            paused: paused.map(|r| r.as_str().to_owned()),
         };
         let api = shared.api.read().await.clone();
         let reply = tokio::select! {

@@ -9,6 +9,8 @@
 //! commitment `H_i = BLAKE3(checkpoint_i ‖ H_{i-1})`.
 //!
 //! - [`device`]: what the agent trains on, behind the [`Device`] trait.
+//! - [`limits`]: the owner's limits (GPU share, temperature, power,
+//!   schedule, yielding to the owner) and when they pause work.
 //! - [`client`]: the pool's HTTP API.
 //! - [`segment`]: one segment run in a child process and its event protocol.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod cheat;
 pub mod client;
 pub mod device;
+pub mod limits;
 pub mod segment;
 pub mod state;
 

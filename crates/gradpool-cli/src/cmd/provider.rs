@@ -1,6 +1,6 @@
 //! `gradpool provider`: run the agent, or see and move its money.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use gradpool_core::commitment::node_proof_message;
 use gradpool_core::wire::{self, PayoutSplit};
@@ -17,37 +17,8 @@ use std::sync::Arc;
 pub struct ProviderArgs {
     #[command(subcommand)]
     command: Option<ProviderCommand>,
-    /// The pool to work for.
-    #[arg(long, env = "GRADPOOL_POOL", default_value = "http://127.0.0.1:7070")]
-    pool: String,
-    /// Node key, cache and tasks in flight.
-    #[arg(long, default_value = "gradpool-provider")]
-    data_dir: PathBuf,
-    /// Name shown in the pool (default: the host name).
-    #[arg(long)]
-    name: Option<String>,
-    /// CPU threads training may use (default: all).
-    #[arg(long)]
-    threads: Option<u32>,
-    /// Segments trained at once.
-    #[arg(long, default_value_t = 1)]
-    max_concurrent_tasks: u32,
-    /// The least this rig takes, in XMR per GPU-hour (per CPU-hour on a
-    /// CPU). Jobs whose maximum price is lower are not offered to it.
-    #[arg(long, default_value = "0.01")]
-    price_xmr_per_hour: Piconero,
-    /// A Monero address to pay, with its share after `=` (default 1):
-    /// `--payout ADDR_OWNER=70 --payout ADDR_INVESTOR=30`. Repeatable.
-    #[arg(long = "payout", value_name = "ADDRESS[=SHARE]")]
-    payout: Vec<String>,
-    /// The Monero network the pool pays on (regtest pools use mainnet
-    /// addresses).
-    #[arg(long, value_enum, default_value = "mainnet")]
-    network: NetworkArg,
-    /// Also take replay tasks: re-execute other providers' segments for the
-    /// pool's audits, paid at this rig's rate.
-    #[arg(long)]
-    validate: bool,
+    #[command(flatten)]
+    rig: RigArgs,
     /// Only replay: a dedicated validator that takes no training work.
     #[arg(long)]
     validate_only: bool,
@@ -68,11 +39,88 @@ pub struct ProviderArgs {
     lazy_validator: bool,
 }
 
+/// Where the rig works, who gets paid, and the owner's limits: the flags
+/// over the config file.
+#[derive(Args, Clone)]
+pub struct RigArgs {
+    /// A provider config file (TOML: pool, name, payout, prices and the
+    /// `[limits]`); flags given here win over it.
+    #[arg(long, env = "GRADPOOL_PROVIDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The pool to work for (default http://127.0.0.1:7070).
+    #[arg(long, env = "GRADPOOL_POOL")]
+    pool: Option<String>,
+    /// Node key, cache and tasks in flight (default ./gradpool-provider).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name shown in the pool (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU threads training may use (default: all).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Segments trained at once (default 1).
+    #[arg(long)]
+    max_concurrent_tasks: Option<u32>,
+    /// The least this rig takes, in XMR per GPU-hour (per CPU-hour on a
+    /// CPU; default 0.01). Jobs whose maximum price is lower are not
+    /// offered to it.
+    #[arg(long, alias = "min-price-xmr-per-hour")]
+    price_xmr_per_hour: Option<Piconero>,
+    /// A Monero address to pay, with its share after `=` (default 1):
+    /// `--payout ADDR_OWNER=70 --payout ADDR_INVESTOR=30`. Repeatable;
+    /// replaces the config file's list.
+    #[arg(long = "payout", value_name = "ADDRESS[=SHARE]")]
+    payout: Vec<String>,
+    /// The Monero network the pool pays on (default mainnet; regtest pools
+    /// use mainnet addresses).
+    #[arg(long, value_enum)]
+    network: Option<NetworkArg>,
+    /// Also take replay tasks: re-execute other providers' segments for the
+    /// pool's audits, paid at this rig's rate.
+    #[arg(long)]
+    validate: bool,
+    /// Percent of the time the device may train (1–100).
+    #[arg(long, value_name = "PERCENT")]
+    max_gpu_share: Option<u8>,
+    /// Pause work at or above this temperature (°C).
+    #[arg(long, value_name = "CELSIUS")]
+    pause_above_c: Option<f32>,
+    /// Resume below this temperature (°C; default 10 below the pause).
+    #[arg(long, value_name = "CELSIUS")]
+    resume_below_c: Option<f32>,
+    /// The device's power cap (W).
+    #[arg(long, value_name = "WATTS")]
+    power_limit_w: Option<u32>,
+    /// When the rig may work, in local time, e.g.
+    /// "mon-fri 22:00-07:00, sat-sun all-day" (default: always).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Yield the device when another process starts using it.
+    #[arg(long)]
+    pause_when_busy: bool,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum NetworkArg {
     Mainnet,
     Stagenet,
     Testnet,
+}
+
+impl std::str::FromStr for NetworkArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NetworkArg, String> {
+        match s {
+            "mainnet" => Ok(NetworkArg::Mainnet),
+            "stagenet" => Ok(NetworkArg::Stagenet),
+            "testnet" => Ok(NetworkArg::Testnet),
+            other => Err(format!(
+                "{other:?} is not a Monero network (mainnet, stagenet or testnet)"
+            )),
+        }
+    }
 }
 
 impl From<NetworkArg> for Network {
@@ -93,6 +141,10 @@ pub enum ProviderCommand {
     /// Stake earnings (required for large jobs), or ask for the stake back.
     #[command(subcommand)]
     Stake(StakeCommand),
+    /// Show the settings and the owner's limits this provider runs with
+    /// (from --config and the flags), whether its schedule lets it work now,
+    /// and its earnings at the pool.
+    Status(RigArgs),
 }
 
 #[derive(Subcommand)]
@@ -138,7 +190,7 @@ pub fn parse_payout(values: &[String], network: Network) -> anyhow::Result<Vec<P
         };
         Address::parse(address)
             .and_then(|a| a.expect_network(network))
-            .with_context(|| format!("--payout {address}"))?;
+            .with_context(|| format!("payout {address}"))?;
         out.push(PayoutSplit {
             address: address.to_owned(),
             share,
@@ -170,8 +222,9 @@ async fn benchmark(program: &Path, device: &dyn Device) -> Option<f64> {
     }
 }
 
-pub async fn run(a: ProviderArgs) -> anyhow::Result<ExitCode> {
-    match a.command {
+pub async fn run(mut a: ProviderArgs) -> anyhow::Result<ExitCode> {
+    match a.command.take() {
+        Some(ProviderCommand::Status(rig)) => status(&rig).await,
         Some(ProviderCommand::Earnings(node)) => earnings(&node).await,
         Some(ProviderCommand::Stake(StakeCommand::Add { amount, node })) => {
             stake(&node, wire::StakeAction::Add { amount }).await
@@ -183,33 +236,174 @@ pub async fn run(a: ProviderArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The agent's settings: the flags, then the config file, then defaults;
+/// every value checked.
+struct Settings {
+    pool: String,
+    data_dir: PathBuf,
+    name: String,
+    threads: Option<u32>,
+    max_concurrent_tasks: u32,
+    price: Piconero,
+    payout: Vec<PayoutSplit>,
+    validate: bool,
+    limits: gradpool_provider::limits::Limits,
+}
+
+fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
+    use crate::provider_config::{limits, price, LimitsFile, ProviderFile};
+    let file = match &a.config {
+        Some(path) => ProviderFile::read(path)?,
+        None => ProviderFile::default(),
+    };
+    let network: NetworkArg = match (a.network, &file.network) {
+        (Some(n), _) => n,
+        (None, Some(n)) => n.parse().map_err(|e| anyhow::anyhow!("network: {e}"))?,
+        (None, None) => NetworkArg::Mainnet,
+    };
+    let payout = if a.payout.is_empty() {
+        parse_payout(&file.payout, network.into()).context("payout")?
+    } else {
+        parse_payout(&a.payout, network.into())?
+    };
+    let price = match (a.price_xmr_per_hour, &file.min_price_xmr_per_hour) {
+        (Some(p), _) => p,
+        (None, Some(s)) => price("min_price_xmr_per_hour", s)?,
+        (None, None) => Piconero(10_000_000_000),
+    };
+    let limits = limits(
+        &file.limits,
+        &LimitsFile {
+            max_gpu_share: a.max_gpu_share,
+            pause_above_c: a.pause_above_c,
+            resume_below_c: a.resume_below_c,
+            power_limit_w: a.power_limit_w,
+            schedule: a.schedule.clone(),
+            pause_when_busy: a.pause_when_busy.then_some(true),
+        },
+    )?;
+    let max_concurrent_tasks = a
+        .max_concurrent_tasks
+        .or(file.max_concurrent_tasks)
+        .unwrap_or(1);
+    if max_concurrent_tasks == 0 {
+        bail!("max_concurrent_tasks: must be at least 1");
+    }
+    Ok(Settings {
+        pool: a
+            .pool
+            .clone()
+            .or(file.pool)
+            .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned()),
+        data_dir: a
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("gradpool-provider")),
+        name: a.name.clone().or(file.name).unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "provider".to_owned())
+        }),
+        threads: a.threads.or(file.threads),
+        max_concurrent_tasks,
+        price,
+        payout,
+        validate: a.validate || file.validate.unwrap_or(false),
+        limits,
+    })
+}
+
+async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
+    let s = settings(a)?;
+    let l = &s.limits;
+    println!("pool               {}", s.pool);
+    println!("name               {}", s.name);
+    println!("data dir           {}", s.data_dir.display());
+    println!("min price          {}/hour", s.price);
+    println!("concurrent tasks   {}", s.max_concurrent_tasks);
+    println!(
+        "validates          {}",
+        if s.validate { "yes" } else { "no" }
+    );
+    println!("max GPU share      {}%", l.max_gpu_share);
+    match (l.pause_above_c, l.thermal()) {
+        (Some(p), Some(_)) => println!(
+            "temperature        pause at {p} °C, resume at {} °C",
+            l.resume_below_c.unwrap_or(p - 10.0)
+        ),
+        _ => println!("temperature        no limit"),
+    }
+    match l.power_limit_w {
+        Some(w) => println!("power limit        {w} W"),
+        None => println!("power limit        none"),
+    }
+    println!(
+        "schedule           {} (local time; {} now)",
+        l.schedule,
+        if l.schedule.is_open_now() {
+            "open"
+        } else {
+            "closed"
+        }
+    );
+    println!(
+        "pause when busy    {}",
+        if l.pause_when_busy { "yes" } else { "no" }
+    );
+    if s.payout.is_empty() {
+        println!("payout to          (no address: earnings wait at the pool)");
+    }
+    for split in &s.payout {
+        println!(
+            "payout to          {} (share {})",
+            split.address, split.share
+        );
+    }
+    if s.data_dir.join("node.key").is_file() {
+        let api = Api::new(&s.pool, None);
+        match node_proof(&api, &s.data_dir, "earnings").await {
+            Ok(proof) => match api
+                .post::<_, wire::Earnings>("/v1/providers/earnings", &proof)
+                .await
+            {
+                Ok(e) => println!(
+                    "at the pool        {}: pending {}, available {}, paid {}, stake {}",
+                    e.provider_id, e.pending, e.available, e.paid, e.stake
+                ),
+                Err(e) => println!("at the pool        {}", e.report()),
+            },
+            Err(e) => println!("at the pool        {e:#}"),
+        }
+    } else {
+        println!("at the pool        not registered yet (no node key in the data dir)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
-    let payout = parse_payout(&a.payout, a.network.into())?;
-    if payout.is_empty() {
+    let s = settings(&a.rig)?;
+    if s.payout.is_empty() {
         eprintln!(
             "note: no --payout address: earnings accumulate at the pool until one is set \
              (restart with --payout ADDRESS)"
         );
     }
-    let name = a.name.unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "provider".to_owned())
-    });
     let program = std::env::current_exe()?;
-    let device = Arc::new(CpuDevice::new(a.threads));
+    let device = Arc::new(CpuDevice::new(s.threads));
     let benchmark_gflops = benchmark(&program, device.as_ref()).await;
     let config = ProviderConfig {
-        pool_url: a.pool,
-        data_dir: a.data_dir,
-        name,
+        pool_url: s.pool,
+        data_dir: s.data_dir,
+        name: s.name,
         program,
-        max_concurrent_tasks: a.max_concurrent_tasks.max(1),
-        price_per_hour: a.price_xmr_per_hour,
-        payout,
+        max_concurrent_tasks: s.max_concurrent_tasks,
+        price_per_hour: s.price,
+        payout: s.payout,
         benchmark_gflops,
-        validate: a.validate || a.validate_only,
+        validate: s.validate || a.validate_only,
         train: !a.validate_only,
+        limits: s.limits,
         #[cfg(feature = "cheat")]
         cheat: gradpool_provider::cheat::Cheat {
             kind: a.cheat.map(|k| k.name().to_owned()),

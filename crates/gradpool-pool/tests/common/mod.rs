@@ -132,6 +132,7 @@ impl TestPool {
             compute_ms: 0,
             validate: false,
             train: true,
+            paused: None,
             isa: "x86-64-v3".into(),
         };
         f(&mut p);
@@ -309,6 +310,8 @@ pub struct TestProvider {
     pub validate: bool,
     /// Whether it takes training tasks.
     pub train: bool,
+    /// The pause reason its heartbeats report.
+    pub paused: Option<String>,
     /// Its instruction-set level: part of its reproducibility class.
     pub isa: String,
 }
@@ -383,6 +386,7 @@ impl TestProvider {
                 .collect(),
             capacity,
             wait_seconds,
+            paused: self.paused.clone(),
         };
         self.client.post("/v1/providers/heartbeat", &hb).await
     }

@@ -1,0 +1,117 @@
+//! The provider's config file and flags, through the binary: a wrong
+//! address, an unparseable schedule or an out-of-range limit is refused
+//! before anything starts, with the field's name; a good file is shown by
+//! `gradpool provider status` with the flags over it.
+
+mod common;
+
+use common::BIN;
+use std::process::Output;
+
+/// A mainnet address (the Monero general fund's).
+const ADDRESS: &str =
+    "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+
+fn provider(dir: &std::path::Path, config: &str, args: &[&str]) -> Output {
+    let path = dir.join("provider.toml");
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new(BIN)
+        .arg("provider")
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        // Nothing listens here: a refused config must not get that far.
+        .args(["--pool", "http://127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("GRADPOOL_POOL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_settings_are_refused_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            // One character changed: the checksum fails.
+            format!("payout = [\"{}\"]\n", ADDRESS.replacen("44A", "44B", 1)),
+            "payout",
+        ),
+        (
+            format!("network = \"stagenet\"\npayout = [\"{ADDRESS}\"]\n"),
+            "payout",
+        ),
+        (
+            "[limits]\nschedule = \"weeknights\"\n".to_owned(),
+            "limits.schedule",
+        ),
+        (
+            "[limits]\nmax_gpu_share = 0\n".to_owned(),
+            "limits.max_gpu_share",
+        ),
+        (
+            "[limits]\npause_above_c = 80\nresume_below_c = 85\n".to_owned(),
+            "limits.resume_below_c",
+        ),
+        (
+            "[limits]\npower_limit_w = 5000\n".to_owned(),
+            "limits.power_limit_w",
+        ),
+        (
+            "[limits]\ntemperature = 80\n".to_owned(),
+            "limits.temperature",
+        ),
+        (
+            "min_price_xmr_per_hour = \"cheap\"\n".to_owned(),
+            "min_price_xmr_per_hour",
+        ),
+    ];
+    for (config, field) in cases {
+        for args in [&["status"][..], &[][..]] {
+            let out = provider(tmp.path(), &config, args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{config} {args:?}: accepted");
+            assert!(
+                stderr.contains(field),
+                "{config} {args:?}: the error does not name {field}: {stderr}"
+            );
+        }
+    }
+    // The agent refused before it created anything.
+    assert!(!tmp.path().join("data").exists());
+}
+
+#[test]
+fn status_shows_the_file_with_the_flags_over_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"name = "garage-rig"
+payout = ["{ADDRESS}=70", "{ADDRESS}=30"]
+min_price_xmr_per_hour = "0.02"
+[limits]
+max_gpu_share = 80
+pause_above_c = 83
+resume_below_c = 75
+schedule = "mon-fri 22:00-07:00, sat-sun all-day"
+"#
+    );
+    let out = provider(tmp.path(), &config, &["status", "--max-gpu-share", "60"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "name               garage-rig",
+        "min price          0.02 XMR/hour",
+        "max GPU share      60%",
+        "temperature        pause at 83 °C, resume at 75 °C",
+        "schedule           mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day (local time;",
+        "(share 70)",
+        "not registered yet",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}

@@ -1,0 +1,520 @@
+//! The owner's limits: how hard, how hot and when the rig may work.
+//!
+//! [`Limits`] is what a rig owner sets (in the provider's config file or by
+//! flags); [`Limits::validate`] refuses an out-of-range value naming its
+//! field. [`Schedule`] parses availability windows in local time
+//! (`"mon-fri 22:00-07:00, sat-sun all-day"`). [`Thermal`] pauses above one
+//! temperature and resumes below a lower one, so a rig hovering at the
+//! threshold does not flap. [`Gate`] combines them into whether the agent may
+//! take work now and, if not, why.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// What the owner allows. Defaults: the whole device, always, no
+/// temperature or power limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Percent of the time the device may train (1–100); the segment
+    /// process rests between steps to keep to it.
+    pub max_gpu_share: u8,
+    /// Pause work at or above this temperature (°C).
+    pub pause_above_c: Option<f32>,
+    /// Resume once the temperature is at or below this (°C); must be below
+    /// `pause_above_c`. Default: 10 °C below it.
+    pub resume_below_c: Option<f32>,
+    /// The device's power cap (W).
+    pub power_limit_w: Option<u32>,
+    /// When the rig may take work.
+    pub schedule: Schedule,
+    /// Yield the device when another process starts using it.
+    pub pause_when_busy: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_gpu_share: 100,
+            pause_above_c: None,
+            resume_below_c: None,
+            power_limit_w: None,
+            schedule: Schedule::always(),
+            pause_when_busy: false,
+        }
+    }
+}
+
+/// A limit out of range; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct LimitError {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> LimitError {
+    LimitError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Limits {
+    /// Checks every limit's range and their consistency.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if !(1..=100).contains(&self.max_gpu_share) {
+            return Err(invalid(
+                "max_gpu_share",
+                format!("{} is not a percentage from 1 to 100", self.max_gpu_share),
+            ));
+        }
+        for (field, t) in [
+            ("pause_above_c", self.pause_above_c),
+            ("resume_below_c", self.resume_below_c),
+        ] {
+            if let Some(t) = t {
+                if !(30.0..=110.0).contains(&t) {
+                    return Err(invalid(field, format!("{t} °C is outside 30–110 °C")));
+                }
+            }
+        }
+        match (self.pause_above_c, self.resume_below_c) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "resume_below_c",
+                    "set pause_above_c too: resuming needs a pause",
+                ))
+            }
+            (Some(p), Some(r)) if r >= p => {
+                return Err(invalid(
+                    "resume_below_c",
+                    format!("{r} °C must be below pause_above_c ({p} °C), or the rig would flap"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(w) = self.power_limit_w {
+            if !(10..=2000).contains(&w) {
+                return Err(invalid(
+                    "power_limit_w",
+                    format!("{w} W is outside 10–2000 W"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The temperature hysteresis these limits ask for, if any.
+    pub fn thermal(&self) -> Option<Thermal> {
+        let pause = self.pause_above_c?;
+        Some(Thermal::new(
+            pause,
+            self.resume_below_c.unwrap_or(pause - 10.0),
+        ))
+    }
+}
+
+/// Days of the week, Monday first.
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Availability windows in local time. Empty: always available.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schedule {
+    windows: Vec<Window>,
+}
+
+/// Days on which a window starts, and its span in minutes since midnight.
+/// `end <= start` wraps past midnight into the next day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    days: [bool; 7],
+    start: u16,
+    end: u16,
+}
+
+/// A schedule that does not parse; the message says where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("schedule {text:?}: {message} (expected e.g. \"mon-fri 22:00-07:00, sat-sun all-day\")")]
+pub struct ScheduleError {
+    pub text: String,
+    pub message: String,
+}
+
+impl Schedule {
+    /// Always available.
+    pub fn always() -> Schedule {
+        Schedule::default()
+    }
+
+    /// Whether the rig may work at `minute` (since midnight, local time) of
+    /// `weekday` (0 = Monday).
+    pub fn is_open(&self, weekday: u8, minute: u16) -> bool {
+        if self.windows.is_empty() {
+            return true;
+        }
+        let day = usize::from(weekday % 7);
+        let yesterday = (day + 6) % 7;
+        self.windows.iter().any(|w| {
+            if w.start < w.end {
+                w.days[day] && (w.start..w.end).contains(&minute)
+            } else {
+                (w.days[day] && minute >= w.start) || (w.days[yesterday] && minute < w.end)
+            }
+        })
+    }
+
+    /// Whether the rig may work now, by the machine's local time.
+    pub fn is_open_now(&self) -> bool {
+        use chrono::{Datelike, Timelike};
+        let now = chrono::Local::now();
+        let minute = now.hour() * 60 + now.minute();
+        self.is_open(now.weekday().num_days_from_monday() as u8, minute as u16)
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = ScheduleError;
+
+    fn from_str(text: &str) -> Result<Schedule, ScheduleError> {
+        let fail = |message: String| ScheduleError {
+            text: text.to_owned(),
+            message,
+        };
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("always") {
+            return Ok(Schedule::always());
+        }
+        let mut windows = Vec::new();
+        for part in trimmed.split(',') {
+            let part = part.trim().to_ascii_lowercase();
+            let mut words = part.split_whitespace();
+            let (Some(days), Some(span), None) = (words.next(), words.next(), words.next()) else {
+                return Err(fail(format!(
+                    "{part:?} is not DAYS TIMES (like \"mon-fri 22:00-07:00\" or \"sat all-day\")"
+                )));
+            };
+            let days = parse_days(days).map_err(&fail)?;
+            let (start, end) = if span == "all-day" {
+                (0, 24 * 60)
+            } else {
+                let (a, b) = span
+                    .split_once('-')
+                    .ok_or_else(|| fail(format!("{span:?} is not HH:MM-HH:MM or all-day")))?;
+                let (start, end) = (parse_time(a).map_err(&fail)?, parse_time(b).map_err(&fail)?);
+                if start == end {
+                    return Err(fail(format!(
+                        "{span:?} is empty; for the whole day write all-day"
+                    )));
+                }
+                (start, end)
+            };
+            windows.push(Window { days, start, end });
+        }
+        Ok(Schedule { windows })
+    }
+}
+
+fn parse_days(s: &str) -> Result<[bool; 7], String> {
+    let index = |d: &str| {
+        DAYS.iter()
+            .position(|x| *x == d)
+            .ok_or_else(|| format!("{d:?} is not a day (mon, tue, wed, thu, fri, sat, sun)"))
+    };
+    let mut days = [false; 7];
+    if s == "daily" || s == "every-day" {
+        return Ok([true; 7]);
+    }
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (index(a)?, index(b)?);
+            let mut d = a;
+            loop {
+                days[d] = true;
+                if d == b {
+                    break;
+                }
+                d = (d + 1) % 7;
+            }
+        }
+        None => days[index(s)?] = true,
+    }
+    Ok(days)
+}
+
+fn parse_time(s: &str) -> Result<u16, String> {
+    let bad = || format!("{s:?} is not a time HH:MM (00:00 to 24:00)");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if m >= 60 || h > 24 || (h == 24 && m > 0) {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.windows.is_empty() {
+            return f.write_str("always");
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            let days: Vec<&str> = DAYS
+                .iter()
+                .zip(w.days)
+                .filter(|(_, on)| *on)
+                .map(|(d, _)| *d)
+                .collect();
+            f.write_str(&days.join("+"))?;
+            if w.start == 0 && w.end == 24 * 60 {
+                f.write_str(" all-day")?;
+            } else {
+                write!(
+                    f,
+                    " {:02}:{:02}-{:02}:{:02}",
+                    w.start / 60,
+                    w.start % 60,
+                    w.end / 60,
+                    w.end % 60
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pauses at or above `pause_at` and resumes at or below `resume_at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thermal {
+    pause_at: f32,
+    resume_at: f32,
+    hot: bool,
+}
+
+impl Thermal {
+    pub fn new(pause_at: f32, resume_at: f32) -> Thermal {
+        Thermal {
+            pause_at,
+            resume_at,
+            hot: false,
+        }
+    }
+
+    /// Takes a temperature reading; returns whether work is paused.
+    pub fn update(&mut self, celsius: f32) -> bool {
+        if self.hot {
+            if celsius <= self.resume_at {
+                self.hot = false;
+            }
+        } else if celsius >= self.pause_at {
+            self.hot = true;
+        }
+        self.hot
+    }
+}
+
+/// Why the agent takes no work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Outside the schedule's windows.
+    Schedule,
+    /// Too hot.
+    Temperature,
+    /// Another process uses the device.
+    OwnerBusy,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Schedule => "schedule",
+            PauseReason::Temperature => "temperature",
+            PauseReason::OwnerBusy => "owner_busy",
+        }
+    }
+}
+
+impl fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The limits applied to readings: whether the agent may take work now.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    limits: Limits,
+    thermal: Option<Thermal>,
+}
+
+impl Gate {
+    pub fn new(limits: Limits) -> Gate {
+        Gate {
+            thermal: limits.thermal(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// `None` when work may go on; else the first reason it may not.
+    /// `temperature_c` and `foreign_processes` are the device's readings
+    /// (`None`: the device cannot tell); `open` is the schedule's answer for
+    /// now.
+    pub fn check(
+        &mut self,
+        open: bool,
+        temperature_c: Option<f32>,
+        foreign_processes: usize,
+    ) -> Option<PauseReason> {
+        let hot = match (&mut self.thermal, temperature_c) {
+            (Some(t), Some(c)) => t.update(c),
+            _ => false,
+        };
+        if !open {
+            Some(PauseReason::Schedule)
+        } else if hot {
+            Some(PauseReason::Temperature)
+        } else if self.limits.pause_when_busy && foreign_processes > 0 {
+            Some(PauseReason::OwnerBusy)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: u16, m: u16) -> u16 {
+        h * 60 + m
+    }
+
+    #[test]
+    fn windows_past_midnight_belong_to_the_day_they_start() {
+        let s: Schedule = "mon-fri 22:00-07:00, sat-sun all-day".parse().unwrap();
+        // Monday 23:00 and Tuesday 06:59 are in; Tuesday 07:00 and noon are not.
+        assert!(s.is_open(0, at(23, 0)));
+        assert!(s.is_open(1, at(6, 59)));
+        assert!(!s.is_open(1, at(7, 0)));
+        assert!(!s.is_open(1, at(12, 0)));
+        // Monday 03:00 would belong to a Sunday night window; Sunday has
+        // only its own day.
+        assert!(!s.is_open(0, at(3, 0)));
+        // Saturday 06:00 is Friday night's window; Saturday noon all-day.
+        assert!(s.is_open(5, at(6, 0)));
+        assert!(s.is_open(5, at(12, 0)));
+        assert!(s.is_open(6, at(23, 59)));
+        assert_eq!(
+            s.to_string(),
+            "mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day"
+        );
+    }
+
+    #[test]
+    fn daytime_windows_and_wrapping_day_ranges() {
+        let s: Schedule = "fri-mon 09:00-17:30".parse().unwrap();
+        assert!(s.is_open(4, at(9, 0)));
+        assert!(s.is_open(0, at(17, 29)));
+        assert!(!s.is_open(0, at(17, 30)));
+        assert!(!s.is_open(2, at(12, 0)));
+        let always: Schedule = "".parse().unwrap();
+        assert!(always.is_open(3, at(4, 0)));
+        assert_eq!(always.to_string(), "always");
+        let daily: Schedule = "daily 00:00-24:00".parse().unwrap();
+        assert!(daily.is_open(6, at(23, 59)));
+    }
+
+    #[test]
+    fn a_schedule_that_does_not_parse_says_why() {
+        for (text, why) in [
+            ("mon-fri", "is not DAYS TIMES"),
+            ("monday 10:00-12:00", "\"monday\" is not a day"),
+            ("mon 25:00-26:00", "\"25:00\" is not a time"),
+            ("mon 10:00-10:00", "for the whole day write all-day"),
+            ("mon 10-12", "\"10\" is not a time"),
+            ("sat all-day extra", "is not DAYS TIMES"),
+        ] {
+            let e = text.parse::<Schedule>().unwrap_err();
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_out_of_range_name_their_field() {
+        let cases: [(Limits, &str); 5] = [
+            (
+                Limits {
+                    max_gpu_share: 0,
+                    ..Limits::default()
+                },
+                "max_gpu_share",
+            ),
+            (
+                Limits {
+                    max_gpu_share: 120,
+                    ..Limits::default()
+                },
+                "max_gpu_share",
+            ),
+            (
+                Limits {
+                    pause_above_c: Some(150.0),
+                    ..Limits::default()
+                },
+                "pause_above_c",
+            ),
+            (
+                Limits {
+                    pause_above_c: Some(80.0),
+                    resume_below_c: Some(85.0),
+                    ..Limits::default()
+                },
+                "resume_below_c",
+            ),
+            (
+                Limits {
+                    power_limit_w: Some(5),
+                    ..Limits::default()
+                },
+                "power_limit_w",
+            ),
+        ];
+        for (limits, field) in cases {
+            let e = limits.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(Limits::default().validate().is_ok());
+    }
+
+    #[test]
+    fn temperature_pauses_with_hysteresis() {
+        let mut t = Thermal::new(83.0, 75.0);
+        let readings = [70.0, 82.9, 83.0, 80.0, 76.0, 75.1, 75.0, 79.0, 82.0, 84.0];
+        let paused: Vec<bool> = readings.iter().map(|&c| t.update(c)).collect();
+        assert_eq!(
+            paused,
+            [false, false, true, true, true, true, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn the_gate_names_the_first_reason() {
+        let mut g = Gate::new(Limits {
+            pause_above_c: Some(80.0),
+            pause_when_busy: true,
+            ..Limits::default()
+        });
+        assert_eq!(g.check(true, Some(60.0), 0), None);
+        assert_eq!(g.check(true, Some(60.0), 1), Some(PauseReason::OwnerBusy));
+        assert_eq!(g.check(true, Some(81.0), 0), Some(PauseReason::Temperature));
+        // Still hot above the default resume point (70 °C).
+        assert_eq!(g.check(true, Some(75.0), 0), Some(PauseReason::Temperature));
+        assert_eq!(g.check(false, Some(60.0), 0), Some(PauseReason::Schedule));
+        assert_eq!(g.check(true, Some(69.0), 0), None);
+    }
+}
