@@ -138,6 +138,20 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                     );
                 }
+                JobEventKind::Released {
+                    provider: p,
+                    segment,
+                    reason,
+                    ..
+                } => {
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  {p} paused ({reason}); segment {segment} goes back to the queue"
+                        ),
+                    );
+                }
                 JobEventKind::TaskFailed {
                     provider: p,
                     segment,

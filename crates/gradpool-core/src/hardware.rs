@@ -48,4 +48,11 @@ pub struct Telemetry {
     pub load: f64,
     pub memory_used_bytes: u64,
     pub tasks_running: u32,
+    /// The device's temperature, where it can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f32>,
+    /// Processes other than gradpool's using the device (a game, the
+    /// owner's own work).
+    #[serde(default)]
+    pub foreign_processes: u32,
 }

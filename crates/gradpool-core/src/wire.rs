@@ -19,6 +19,7 @@
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
+//! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
 //! | `GET  /v1/jobs/{id}/verdicts`     | customer | → `[VerdictView]`                         |
 //! | `GET  /v1/account/balance`        | customer | → [`Balance`]                             |
@@ -252,6 +253,14 @@ pub enum JobEventKind {
         task_id: TaskId,
         provider: ProviderId,
         segment: u32,
+    },
+    /// A provider paused on its owner's limits and handed the segment back;
+    /// it goes back to the queue (not a failure).
+    Released {
+        task_id: TaskId,
+        provider: ProviderId,
+        segment: u32,
+        reason: String,
     },
     /// A provider reported that the segment failed.
     TaskFailed {

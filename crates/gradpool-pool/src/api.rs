@@ -51,6 +51,7 @@ pub fn router(pool: Pool) -> Router {
             post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
         )
         .route("/v1/tasks/{id}/fail", post(fail))
+        .route("/v1/tasks/{id}/release", post(release))
         .route("/v1/tasks/{id}/replay", post(replay))
         .route("/v1/jobs/{id}/verdicts", get(job_verdicts))
         .route("/v1/account/balance", get(balance))
@@ -292,6 +293,16 @@ async fn fail(
     ApiJson(f): ApiJson<TaskFailed>,
 ) -> Result<StatusCode, PoolError> {
     pool.fail_task(&provider, &id, f).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn release(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(f): ApiJson<TaskFailed>,
+) -> Result<StatusCode, PoolError> {
+    pool.release_task(&provider, &id, f).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -27,6 +27,7 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::Progress { .. } => "progress",
         JobEventKind::Checkpoint { .. } => "checkpoint",
         JobEventKind::LeaseExpired { .. } => "lease_expired",
+        JobEventKind::Released { .. } => "released",
         JobEventKind::TaskFailed { .. } => "task_failed",
         JobEventKind::Payment { .. } => "payment",
         JobEventKind::Settled { .. } => "settled",

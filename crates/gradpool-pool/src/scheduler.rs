@@ -9,7 +9,8 @@
 //! `expired` and queues a new task for the same segment, which resumes from
 //! the job's last accepted checkpoint.
 //!
-//! Task statuses: `queued`, `leased`, `committed`, `expired`, `failed`,
+//! Task statuses: `queued`, `leased`, `committed`, `expired`, `released`
+//! (handed back by a pausing provider), `failed`,
 //! `cancelled`.
 
 use crate::auth::{new_session_token, secret_hash};
@@ -1167,6 +1168,49 @@ impl Pool {
             w.commit().await?;
             tracing::info!(job = %job.id, task = %task_id, provider = %provider, reason = %reason, "task failed; segment requeued");
         }
+        Ok(())
+    }
+
+    /// A provider hands a leased task back because it pauses (its owner's
+    /// limits): the segment goes back to the queue at once, from the job's
+    /// last accepted checkpoint, and does not count as a failure.
+    pub async fn release_task(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        f: TaskFailed,
+    ) -> Result<(), PoolError> {
+        let reason: String = f.reason.chars().take(200).collect();
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        sqlx::query(
+            "UPDATE tasks SET status = 'released', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&reason)
+        .bind(w.now)
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::Released {
+                task_id: TaskId::from(task_id),
+                provider: provider.clone(),
+                segment: to_u32(task.segment),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        if let Some(audit_id) = task.audit_id.as_deref() {
+            w.requeue_replay(audit_id).await?;
+        } else {
+            let job = job_of(w.conn(), &task).await?;
+            if !job.status()?.is_final() {
+                w.queue_segment(&job, to_u32(task.segment)).await?;
+            }
+        }
+        w.commit().await?;
+        tracing::info!(task = %task_id, provider = %provider, reason = %reason, "task released; segment requeued");
         Ok(())
     }
 

@@ -1044,3 +1044,38 @@ async fn a_paused_provider_gets_no_work_until_it_resumes() {
         ("sharing", None)
     );
 }
+
+/// A task handed back by a pausing provider is queued again at once and is
+/// not a failure: the same provider may take it again.
+#[tokio::test]
+async fn a_released_task_is_requeued_and_not_a_failure() {
+    let tp = TestPool::start().await;
+    let c = tp.customer("alice").await;
+    let p = tp.provider("hot rig").await;
+    let job = c.submit(SPEC, b"some text to train on").await;
+    let a = p.take().await;
+    let r = p
+        .client
+        .post(
+            &format!("/v1/tasks/{}/release", a.task_id),
+            &TaskFailed {
+                reason: "temperature".into(),
+            },
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204);
+    // Released twice: the lease is gone.
+    p.client
+        .post(
+            &format!("/v1/tasks/{}/release", a.task_id),
+            &TaskFailed {
+                reason: "temperature".into(),
+            },
+        )
+        .await
+        .err(409);
+    let again = p.take().await;
+    assert_eq!(again.segment, a.segment);
+    assert_ne!(again.task_id, a.task_id);
+    assert_eq!(c.job(&job.id).await.status, JobStatus::Running);
+}

@@ -137,13 +137,34 @@ pub async fn run(
         while let Ok(id) = ended.try_recv() {
             workers.remove(&id);
         }
-        let pause = gate.check(shared.config.limits.schedule.is_open_now(), None, 0);
+        let mut telemetry = shared.device.telemetry(workers.len() as u32);
+        let pause = gate.check(
+            shared.config.limits.schedule.is_open_now(),
+            telemetry.temperature_c,
+            telemetry.foreign_processes as usize,
+        );
         if pause != paused {
             match pause {
+                // Outside the schedule the segments in flight finish.
+                Some(PauseReason::Schedule) => tracing::info!(
+                    running = workers.len(),
+                    "schedule closed: finishing what runs, taking no new work"
+                ),
+                // Too hot, or the owner wants the device: hand the work back now.
                 Some(reason) => {
-                    tracing::info!(%reason, running = workers.len(), "pausing: finishing what runs, taking no new work")
+                    tracing::info!(%reason, temperature_c = ?telemetry.temperature_c, released = workers.len(), "pausing: handing running tasks back");
+                    let api = shared.api.read().await.clone();
+                    for (id, w) in &workers {
+                        if let Err(e) = api.release(id, reason.as_str()).await {
+                            tracing::warn!(task = %id, error = %e.report(), "cannot hand the task back; its lease will lapse");
+                        }
+                        w.cancel.cancel();
+                    }
+                    telemetry.tasks_running = 0;
                 }
-                None => tracing::info!(was = ?paused.map(|r| r.as_str()), "resuming work"),
+                None => {
+                    tracing::info!(was = ?paused.map(|r| r.as_str()), temperature_c = ?telemetry.temperature_c, "resuming work")
+                }
             }
             paused = pause;
         }
@@ -168,8 +189,6 @@ pub async fn run(
         } else {
             0
         };
-        let mut telemetry = shared.device.telemetry();
-        telemetry.tasks_running = running.len() as u32;
         let beat = wire::Heartbeat {
             telemetry,
             running,
@@ -410,8 +429,11 @@ async fn run_task(
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
-            #[allow(unused_mut)]
             let mut args = shared.device.segment_args();
+            let share = shared.config.limits.max_gpu_share;
+            if share < 100 {
+                args.extend(["--max-share".to_owned(), share.to_string()]);
+            }
             #[cfg(feature = "cheat")]
             if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
                 tracing::warn!(task = %a.task_id, kind, "cheating on this segment");

@@ -251,6 +251,17 @@ impl Api {
         self.post_unit(&format!("/v1/tasks/{task}/replay"), r).await
     }
 
+    /// Hands a leased task back (the provider pauses); not a failure.
+    pub async fn release(&self, task: &TaskId, reason: &str) -> Result<(), ProviderError> {
+        self.post_unit(
+            &format!("/v1/tasks/{task}/release"),
+            &wire::TaskFailed {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
     pub async fn fail(&self, task: &TaskId, reason: &str) -> Result<(), ProviderError> {
         self.post_unit(
             &format!("/v1/tasks/{task}/fail"),

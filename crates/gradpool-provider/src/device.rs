@@ -11,8 +11,9 @@ use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 pub trait Device: Send + Sync {
     /// The hardware as advertised to the pool.
     fn hardware(&self) -> Hardware;
-    /// A fresh telemetry reading.
-    fn telemetry(&self) -> Telemetry;
+    /// A fresh telemetry reading, while the agent runs `tasks_running`
+    /// tasks on the device.
+    fn telemetry(&self, tasks_running: u32) -> Telemetry;
     /// Arguments passed to `gradpool segment run` so it trains here.
     fn segment_args(&self) -> Vec<String>;
 }
@@ -46,13 +47,15 @@ impl Device for CpuDevice {
         }
     }
 
-    fn telemetry(&self) -> Telemetry {
+    fn telemetry(&self, tasks_running: u32) -> Telemetry {
         let total = meminfo_kib("MemTotal:").unwrap_or(0);
         let available = meminfo_kib("MemAvailable:").unwrap_or(total);
         Telemetry {
             load: load_average().unwrap_or(0.0),
             memory_used_bytes: total.saturating_sub(available) * 1024,
-            tasks_running: 0,
+            tasks_running,
+            temperature_c: None,
+            foreign_processes: 0,
         }
     }
 
@@ -63,6 +66,79 @@ impl Device for CpuDevice {
             "--threads".into(),
             self.threads.to_string(),
         ]
+    }
+}
+
+/// A device for tests of the agent's control logic: it trains on the CPU,
+/// but its temperature follows the load the agent puts on it (each reading
+/// moves it halfway from where it was to `busy_c` while tasks run, to
+/// `idle_c` while none do), and foreign processes appear when a test says so.
+#[derive(Debug)]
+pub struct SimulatedDevice {
+    cpu: CpuDevice,
+    idle_c: f32,
+    busy_c: std::sync::Mutex<f32>,
+    temperature: std::sync::Mutex<f32>,
+    foreign: std::sync::atomic::AtomicU32,
+}
+
+impl SimulatedDevice {
+    pub fn new(idle_c: f32, busy_c: f32) -> SimulatedDevice {
+        SimulatedDevice {
+            cpu: CpuDevice::new(Some(1)),
+            idle_c,
+            busy_c: std::sync::Mutex::new(busy_c),
+            temperature: std::sync::Mutex::new(idle_c),
+            foreign: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Sets the temperature the device approaches under load (better or
+    /// worse cooling).
+    pub fn set_busy_c(&self, c: f32) {
+        *self
+            .busy_c
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+    }
+
+    /// Sets how many foreign processes use the device.
+    pub fn set_foreign_processes(&self, n: u32) {
+        self.foreign.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Device for SimulatedDevice {
+    fn hardware(&self) -> Hardware {
+        self.cpu.hardware()
+    }
+
+    fn telemetry(&self, tasks_running: u32) -> Telemetry {
+        let target = if tasks_running > 0 {
+            *self
+                .busy_c
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        } else {
+            self.idle_c
+        };
+        let temperature = {
+            let mut t = self
+                .temperature
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *t += (target - *t) / 2.0;
+            *t
+        };
+        Telemetry {
+            temperature_c: Some(temperature),
+            foreign_processes: self.foreign.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.cpu.telemetry(tasks_running)
+        }
+    }
+
+    fn segment_args(&self) -> Vec<String> {
+        self.cpu.segment_args()
     }
 }
 

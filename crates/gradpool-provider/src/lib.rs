@@ -30,7 +30,7 @@ pub mod segment;
 pub mod state;
 
 pub use agent::{run, ProviderConfig};
-pub use device::{CpuDevice, Device};
+pub use device::{CpuDevice, Device, SimulatedDevice};
 
 /// Errors of the provider agent.
 #[derive(Debug, thiserror::Error)]

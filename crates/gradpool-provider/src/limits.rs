@@ -314,6 +314,29 @@ impl Thermal {
     }
 }
 
+/// Keeps training to a share of the time: after each step that kept the
+/// device busy for `b`, rest `b × (100 − share) / share`, so busy time over
+/// busy plus rest is `share` percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacer {
+    share: u8,
+}
+
+impl Pacer {
+    /// `share` in percent, 1–100 (100: never rests).
+    pub fn new(share: u8) -> Pacer {
+        Pacer {
+            share: share.clamp(1, 100),
+        }
+    }
+
+    /// How long to rest after a step that took `busy`.
+    pub fn rest_after(&self, busy: std::time::Duration) -> std::time::Duration {
+        let share = u32::from(self.share);
+        busy * (100 - share) / share
+    }
+}
+
 /// Why the agent takes no work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseReason {
@@ -489,6 +512,24 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
         }
         assert!(Limits::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_pacer_holds_the_share_of_busy_time() {
+        use std::time::Duration;
+        for share in [1u8, 25, 60, 99, 100] {
+            let pacer = Pacer::new(share);
+            let (mut busy, mut rest) = (Duration::ZERO, Duration::ZERO);
+            // Steps of uneven length, as training gives them.
+            for i in 0..200u64 {
+                let step = Duration::from_micros(3_000 + (i * 7919) % 20_000);
+                busy += step;
+                rest += pacer.rest_after(step);
+            }
+            let measured = busy.as_secs_f64() / (busy + rest).as_secs_f64();
+            let want = f64::from(share) / 100.0;
+            assert!((measured - want).abs() < 1e-6, "{share}%: {measured}");
+        }
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub struct SegmentRunArgs {
     out: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Train only this percent of the time: rest after each step in
+    /// proportion to how long it took (the owner's `max_gpu_share`).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    max_share: u8,
     /// Fake the segment's work: skip-steps, random-weights,
     /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
     /// builds with the `cheat` feature, for testing audits).
@@ -221,12 +226,19 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
+    let pacer = gradpool_provider::limits::Pacer::new(a.max_share);
+    let mut busy_since = std::time::Instant::now();
     let mut on_step = |r: StepReport| {
         emit(&SegmentEvent::Step {
             step: r.step,
             loss: r.loss,
             tokens_per_sec: r.tokens_per_sec,
-        })
+        });
+        let rest = pacer.rest_after(busy_since.elapsed());
+        if !rest.is_zero() {
+            std::thread::sleep(rest);
+        }
+        busy_since = std::time::Instant::now();
     };
     #[cfg(feature = "cheat")]
     if let Some(kind) = a.cheat {

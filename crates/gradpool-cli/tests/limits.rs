@@ -1,0 +1,154 @@
+//! The owner's limits, enforced by a real agent against a real pool, on a
+//! simulated device whose temperature follows the load the agent puts on it
+//! and whose foreign processes the test controls. A pause hands the running
+//! segment back; the job finishes elsewhere or later, and the model is bit
+//! for bit the one an uninterrupted local run gives: nothing is lost.
+
+mod common;
+
+use common::*;
+use gradpool_core::wire::{JobEventKind, JobStatus};
+use gradpool_provider::limits::Limits;
+use gradpool_provider::{ProviderConfig, SimulatedDevice};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Follows the job's event stream until a `released` event with `reason`.
+async fn wait_released(api: &gradpool_provider::client::Api, id: &str, reason: &str) {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let follow = async {
+        let resp = api
+            .send(
+                "events",
+                api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
+            )
+            .await
+            .unwrap();
+        let mut stream = resp.bytes_stream().eventsource();
+        while let Some(ev) = stream.next().await {
+            let ev = ev.unwrap();
+            if ev.data.is_empty() {
+                continue;
+            }
+            let e: gradpool_core::wire::JobEvent = serde_json::from_str(&ev.data).unwrap();
+            if matches!(&e.kind, JobEventKind::Released { reason: r, .. } if r == reason) {
+                return;
+            }
+        }
+        panic!("the job ended without a pause for {reason}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), follow)
+        .await
+        .unwrap_or_else(|_| panic!("no pause for {reason} within a minute"));
+}
+
+async fn run(
+    limits: Limits,
+    device: Arc<SimulatedDevice>,
+    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
+) -> Vec<gradpool_core::wire::JobEvent> {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool(&tmp.path().join("pool"), 10).await;
+    let api = customer(&pool).await;
+    let data = small_corpus(tmp.path());
+    let spec = tiny_spec("limits", 21, 60, 20);
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let stop = CancellationToken::new();
+    let agent = tokio::spawn(gradpool_provider::run(
+        ProviderConfig {
+            pool_url: pool.url.clone(),
+            data_dir: tmp.path().join("rig"),
+            program: BIN.into(),
+            limits,
+            ..ProviderConfig::default()
+        },
+        device,
+        stop.clone(),
+    ));
+    during(&api, &id).await;
+    let end = wait_final(&api, &id, Duration::from_secs(120)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let out = tmp.path().join("fetched");
+    let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(model).unwrap() == local_model(&spec, &data, &out),
+        "the model differs from an uninterrupted local run"
+    );
+    let log = events(&api, &id).await;
+    stop.cancel();
+    agent.await.unwrap().unwrap();
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_device_hands_its_segment_back_and_resumes_once_cool() {
+    // Under load the device heads for 95 °C: it passes 80 °C at the second
+    // reading (one a second), while a segment (slowed to a 2% share) still
+    // runs.
+    let device = Arc::new(SimulatedDevice::new(40.0, 95.0));
+    let limits = Limits {
+        pause_above_c: Some(80.0),
+        resume_below_c: Some(60.0),
+        max_gpu_share: 2,
+        ..Limits::default()
+    };
+    let d = device.clone();
+    let log = run(limits, device, async move |api, id| {
+        wait_released(api, id, "temperature").await;
+        // Better cooling: under load it now stays at 70 °C.
+        d.set_busy_c(70.0);
+    })
+    .await;
+    let released = log
+        .iter()
+        .filter(
+            |e| matches!(&e.kind, JobEventKind::Released { reason, .. } if reason == "temperature"),
+        )
+        .count();
+    assert!(released >= 1);
+    // The released segment was trained again after the device cooled down.
+    let checkpoints = log
+        .iter()
+        .filter(|e| matches!(e.kind, JobEventKind::Checkpoint { .. }))
+        .count();
+    assert_eq!(checkpoints, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_process_makes_the_agent_yield_the_device() {
+    let device = Arc::new(SimulatedDevice::new(40.0, 60.0));
+    let limits = Limits {
+        pause_when_busy: true,
+        max_gpu_share: 2,
+        ..Limits::default()
+    };
+    let d = device.clone();
+    let log = run(limits, device, async move |api, id| {
+        // The owner starts a game while the first segment trains.
+        let start = Instant::now();
+        loop {
+            let job: gradpool_core::wire::JobView =
+                api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+            if job.status == JobStatus::Running {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d.set_foreign_processes(1);
+        wait_released(api, id, "owner_busy").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        d.set_foreign_processes(0);
+    })
+    .await;
+    assert!(log.iter().any(
+        |e| matches!(&e.kind, JobEventKind::Released { reason, .. } if reason == "owner_busy")
+    ));
+}
