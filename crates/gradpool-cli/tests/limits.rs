@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use gradpool_core::wire::{JobEventKind, JobStatus};
-use gradpool_provider::limits::Limits;
+use gradpool_core::wire::{JobEventKind, JobStatus, ProviderView};
+use gradpool_provider::limits::{Limits, LocalClock, SetClock, SystemClock};
 use gradpool_provider::{ProviderConfig, SimulatedDevice};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,15 @@ async fn run(
     device: Arc<SimulatedDevice>,
     during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
 ) -> Vec<gradpool_core::wire::JobEvent> {
+    run_with_clock(limits, device, Arc::new(SystemClock), during).await
+}
+
+async fn run_with_clock(
+    limits: Limits,
+    device: Arc<SimulatedDevice>,
+    clock: Arc<dyn LocalClock>,
+    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
+) -> Vec<gradpool_core::wire::JobEvent> {
     let tmp = tempfile::tempdir().unwrap();
     let pool = start_pool(&tmp.path().join("pool"), 10).await;
     let api = customer(&pool).await;
@@ -65,6 +74,7 @@ async fn run(
             data_dir: tmp.path().join("rig"),
             program: BIN.into(),
             limits,
+            clock,
             ..ProviderConfig::default()
         },
         device,
@@ -151,4 +161,62 @@ async fn a_foreign_process_makes_the_agent_yield_the_device() {
     assert!(log.iter().any(
         |e| matches!(&e.kind, JobEventKind::Released { reason, .. } if reason == "owner_busy")
     ));
+}
+
+/// The schedule's window closes while a segment trains: the segment is
+/// finished and committed, nothing new is taken, the pool lists the rig as
+/// paused for its schedule; when the window opens again the job goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_window_lets_the_segment_finish_then_pauses() {
+    let device = Arc::new(SimulatedDevice::new(40.0, 60.0));
+    // Weeknights from 22:00; the clock starts Monday 23:00.
+    let clock = Arc::new(SetClock::new(0, 23 * 60));
+    let limits = Limits {
+        schedule: "mon-fri 22:00-07:00".parse().unwrap(),
+        max_gpu_share: 2,
+        ..Limits::default()
+    };
+    let c = clock.clone();
+    let log = run_with_clock(limits, device, clock, async move |api, id| {
+        let start = Instant::now();
+        loop {
+            let job: gradpool_core::wire::JobView =
+                api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+            if job.status == JobStatus::Running {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Tuesday 07:00: the window closes mid-segment.
+        c.set(1, 7 * 60);
+        let start = Instant::now();
+        let paused = loop {
+            let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
+            let job: gradpool_core::wire::JobView =
+                api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+            if all[0].status == "paused" {
+                break job;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{all:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            paused.segments_done, 1,
+            "the segment in flight was finished, and nothing after it: {paused:?}"
+        );
+        let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
+        assert_eq!(all[0].paused_reason.as_deref(), Some("schedule"));
+        // Still paused a while later: no new work outside the window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+        assert_eq!(job.segments_done, 1, "{job:?}");
+        // Tuesday 22:00: open again.
+        c.set(1, 22 * 60);
+    })
+    .await;
+    // Nothing was handed back: the closing window let the segment finish.
+    assert!(!log
+        .iter()
+        .any(|e| matches!(e.kind, JobEventKind::Released { .. })));
 }

@@ -50,6 +50,9 @@ pub struct ProviderConfig {
     /// The owner's limits; outside its schedule the agent finishes what it
     /// runs and takes nothing new.
     pub limits: crate::limits::Limits,
+    /// The local time the schedule is read by (the system's; tests set
+    /// their own).
+    pub clock: Arc<dyn crate::limits::LocalClock>,
     /// How this provider cheats (test builds only).
     #[cfg(feature = "cheat")]
     pub cheat: crate::cheat::Cheat,
@@ -69,6 +72,7 @@ impl Default for ProviderConfig {
             validate: false,
             train: true,
             limits: crate::limits::Limits::default(),
+            clock: Arc::new(crate::limits::SystemClock),
             #[cfg(feature = "cheat")]
             cheat: crate::cheat::Cheat::default(),
         }
@@ -139,7 +143,11 @@ pub async fn run(
         }
         let mut telemetry = shared.device.telemetry(workers.len() as u32);
         let pause = gate.check(
-            shared.config.limits.schedule.is_open_now(),
+            shared
+                .config
+                .limits
+                .schedule
+                .is_open_at(shared.config.clock.as_ref()),
             telemetry.temperature_c,
             telemetry.foreign_processes as usize,
         );

@@ -165,10 +165,60 @@ impl Schedule {
 
     /// Whether the rig may work now, by the machine's local time.
     pub fn is_open_now(&self) -> bool {
+        self.is_open_at(&SystemClock)
+    }
+
+    /// Whether the rig may work at `clock`'s time.
+    pub fn is_open_at(&self, clock: &dyn LocalClock) -> bool {
+        let (weekday, minute) = clock.now();
+        self.is_open(weekday, minute)
+    }
+}
+
+/// Local time as the schedule reads it: the weekday (0 = Monday) and the
+/// minute since midnight.
+pub trait LocalClock: Send + Sync + fmt::Debug {
+    fn now(&self) -> (u8, u16);
+}
+
+/// The machine's clock in its time zone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl LocalClock for SystemClock {
+    fn now(&self) -> (u8, u16) {
         use chrono::{Datelike, Timelike};
         let now = chrono::Local::now();
-        let minute = now.hour() * 60 + now.minute();
-        self.is_open(now.weekday().num_days_from_monday() as u8, minute as u16)
+        (
+            now.weekday().num_days_from_monday() as u8,
+            (now.hour() * 60 + now.minute()) as u16,
+        )
+    }
+}
+
+/// A clock that shows what it is set to, for tests of schedules.
+#[derive(Debug, Default)]
+pub struct SetClock(std::sync::atomic::AtomicU32);
+
+impl SetClock {
+    pub fn new(weekday: u8, minute: u16) -> SetClock {
+        let c = SetClock::default();
+        c.set(weekday, minute);
+        c
+    }
+
+    pub fn set(&self, weekday: u8, minute: u16) {
+        self.0.store(
+            u32::from(weekday % 7) * 1440 + u32::from(minute % 1440),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl LocalClock for SetClock {
+    fn now(&self) -> (u8, u16) {
+        let v = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        ((v / 1440) as u8, (v % 1440) as u16)
     }
 }
 

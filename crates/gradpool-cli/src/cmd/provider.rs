@@ -404,6 +404,7 @@ async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
         validate: s.validate || a.validate_only,
         train: !a.validate_only,
         limits: s.limits,
+        clock: Arc::new(gradpool_provider::limits::SystemClock),
         #[cfg(feature = "cheat")]
         cheat: gradpool_provider::cheat::Cheat {
             kind: a.cheat.map(|k| k.name().to_owned()),
