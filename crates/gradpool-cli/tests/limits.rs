@@ -49,14 +49,20 @@ async fn run(
     device: Arc<SimulatedDevice>,
     during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
 ) -> Vec<gradpool_core::wire::JobEvent> {
-    run_with_clock(limits, device, Arc::new(SystemClock), during).await
+    run_with_clock(
+        limits,
+        device,
+        Arc::new(SystemClock),
+        async move |api, id, _| during(api, id).await,
+    )
+    .await
 }
 
 async fn run_with_clock(
     limits: Limits,
     device: Arc<SimulatedDevice>,
     clock: Arc<dyn LocalClock>,
-    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
+    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str, &std::path::Path),
 ) -> Vec<gradpool_core::wire::JobEvent> {
     let tmp = tempfile::tempdir().unwrap();
     let pool = start_pool(&tmp.path().join("pool"), 10).await;
@@ -80,7 +86,7 @@ async fn run_with_clock(
         device,
         stop.clone(),
     ));
-    during(&api, &id).await;
+    during(&api, &id, &tmp.path().join("rig")).await;
     let end = wait_final(&api, &id, Duration::from_secs(120)).await;
     assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
     let out = tmp.path().join("fetched");
@@ -177,7 +183,7 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         ..Limits::default()
     };
     let c = clock.clone();
-    let log = run_with_clock(limits, device, clock, async move |api, id| {
+    let log = run_with_clock(limits, device, clock, async move |api, id, rig_dir| {
         let start = Instant::now();
         loop {
             let job: gradpool_core::wire::JobView =
@@ -207,6 +213,24 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         );
         let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
         assert_eq!(all[0].paused_reason.as_deref(), Some("schedule"));
+        // The owner sees it too, with the history of pauses.
+        let out = std::process::Command::new(BIN)
+            .args(["provider", "status", "--pool", api.base(), "--data-dir"])
+            .arg(&rig_dir)
+            .env_remove("GRADPOOL_PROVIDER_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("status             paused: schedule"),
+            "{text}"
+        );
+        assert!(text.contains("paused (schedule)"), "{text}");
         // Still paused a while later: no new work outside the window.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();

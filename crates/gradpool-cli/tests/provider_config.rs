@@ -115,3 +115,24 @@ schedule = "mon-fri 22:00-07:00, sat-sun all-day"
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/provider.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["provider", "status", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("max GPU share      80%"), "{stdout}");
+}

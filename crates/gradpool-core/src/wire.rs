@@ -19,6 +19,7 @@
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
+//! | `POST /v1/providers/status`       | node proof | [`NodeProof`] → [`ProviderStatus`]      |
 //! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
 //! | `GET  /v1/jobs/{id}/verdicts`     | customer | → `[VerdictView]`                         |
@@ -407,6 +408,25 @@ pub struct Register {
 
 fn yes() -> bool {
     true
+}
+
+/// A provider's own view of itself at the pool (`POST
+/// /v1/providers/status` with a node proof): its listing and its recent
+/// pauses and resumes, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    pub provider: ProviderView,
+    pub history: Vec<StatusChange>,
+}
+
+/// A pause or a resume, as the provider reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// `paused` or `resumed`.
+    pub status: String,
+    /// Why it paused (for a resume: the pause it ends).
+    pub reason: Option<String>,
+    pub at: String,
 }
 
 /// One destination of a provider's payouts and its share of them.

@@ -59,6 +59,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/account/faucet", post(faucet))
         .route("/v1/account/withdraw", post(withdraw))
         .route("/v1/providers/earnings", post(earnings))
+        .route("/v1/providers/status", post(provider_status))
         .route("/v1/providers/stake", post(stake))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .with_state(pool)
@@ -360,6 +361,40 @@ async fn earnings(
 ) -> Result<impl IntoResponse, PoolError> {
     let provider = pool.verify_node_proof("earnings", &proof)?;
     Ok(Json(pool.earnings(&provider).await?))
+}
+
+async fn provider_status(
+    State(pool): State<Pool>,
+    ApiJson(proof): ApiJson<NodeProof>,
+) -> Result<impl IntoResponse, PoolError> {
+    let provider = pool.verify_node_proof("status", &proof)?;
+    let mut conn = pool.inner.db.acquire().await?;
+    let view = store::providers(
+        &mut conn,
+        pool.inner.config.lease_seconds,
+        pool.inner.config.verification.sampling,
+    )
+    .await?
+    .into_iter()
+    .find(|p| p.id == provider)
+    .ok_or_else(|| PoolError::NotFound(format!("provider {provider} has never registered here")))?;
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT status, reason, at FROM provider_status WHERE provider_id = ? ORDER BY at DESC, rowid DESC LIMIT 50",
+    )
+    .bind(provider.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Json(gradpool_core::wire::ProviderStatus {
+        provider: view,
+        history: rows
+            .into_iter()
+            .map(|(status, reason, at)| gradpool_core::wire::StatusChange {
+                status,
+                reason,
+                at: store::rfc3339(at),
+            })
+            .collect(),
+    }))
 }
 
 async fn stake(

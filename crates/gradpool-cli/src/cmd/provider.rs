@@ -362,6 +362,43 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
     }
     if s.data_dir.join("node.key").is_file() {
         let api = Api::new(&s.pool, None);
+        match node_proof(&api, &s.data_dir, "status").await {
+            Ok(proof) => match api
+                .post::<_, wire::ProviderStatus>("/v1/providers/status", &proof)
+                .await
+            {
+                Ok(st) => {
+                    let p = &st.provider;
+                    println!(
+                        "status             {}{} (last seen {})",
+                        p.status,
+                        p.paused_reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default(),
+                        p.last_seen
+                    );
+                    println!(
+                        "reputation         {:.2} ({} audits passed in a row, {} faults; audited at {:.3})",
+                        p.reputation, p.streak, p.faults, p.audit_probability
+                    );
+                    for change in st.history.iter().take(5) {
+                        println!(
+                            "  {}  {}{}",
+                            change.at,
+                            change.status,
+                            change
+                                .reason
+                                .as_deref()
+                                .map(|r| format!(" ({r})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Err(e) => println!("status             {}", e.report()),
+            },
+            Err(e) => println!("status             {e:#}"),
+        }
         match node_proof(&api, &s.data_dir, "earnings").await {
             Ok(proof) => match api
                 .post::<_, wire::Earnings>("/v1/providers/earnings", &proof)
