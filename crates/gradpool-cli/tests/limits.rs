@@ -216,7 +216,7 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         // The owner sees it too, with the history of pauses.
         let out = std::process::Command::new(BIN)
             .args(["provider", "status", "--pool", api.base(), "--data-dir"])
-            .arg(&rig_dir)
+            .arg(rig_dir)
             .env_remove("GRADPOOL_PROVIDER_CONFIG")
             .output()
             .unwrap();
