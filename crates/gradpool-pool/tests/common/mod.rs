@@ -49,6 +49,9 @@ impl TestPool {
         TestPool::start_with(|_| {}).await
     }
 
+    /// A pool configured by `f`. Planted audits are off unless `f` turns
+    /// them on: drawn at random, they would make the replays a test expects
+    /// unpredictable.
     pub async fn start_with(f: impl FnOnce(&mut PoolConfig)) -> TestPool {
         let dir = tempfile::tempdir().unwrap();
         let mut config = PoolConfig {
@@ -57,6 +60,7 @@ impl TestPool {
             heartbeat_seconds: 1,
             ..PoolConfig::default()
         };
+        config.verification.plant_rate = 0.0;
         f(&mut config);
         let mut tp = TestPool::serve(config).await;
         tp.dir = dir;
