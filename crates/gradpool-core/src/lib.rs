@@ -17,6 +17,7 @@ pub mod hardware;
 pub mod hash;
 pub mod id;
 pub mod money;
+pub mod proof;
 pub mod spec;
 pub mod verification;
 pub mod wire;

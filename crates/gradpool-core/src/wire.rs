@@ -19,6 +19,7 @@
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
+//! | `POST /v1/providers/proofs/{id}`  | provider | [`ProofAnswer`](crate::proof::ProofAnswer) → [`ProofResult`](crate::proof::ProofResult) |
 //! | `POST /v1/providers/status`       | node proof | [`NodeProof`] → [`ProviderStatus`]      |
 //! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
@@ -326,12 +327,19 @@ pub enum JobEventKind {
 pub struct ProviderView {
     pub id: ProviderId,
     pub name: String,
-    /// `idle`, `sharing`, `paused` (with `paused_reason`) or
-    /// `disconnected`.
+    /// `idle`, `sharing`, `paused` (with `paused_reason`), `held` (with
+    /// `held`: no work until its hardware is proven) or `disconnected`.
     pub status: String,
     /// Why a paused provider takes no work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_reason: Option<String>,
+    /// Why the pool gives it no work (a hardware proof pending or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// The speed its last hardware proof measured, in GFLOP/s: its
+    /// performance score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_gflops: Option<f64>,
     pub hardware: Hardware,
     pub class: String,
     pub last_seen: String,
@@ -451,6 +459,10 @@ pub struct Registered {
     /// Of [`Register::resuming`], the tasks no longer this provider's: drop
     /// them.
     pub dropped: Vec<TaskId>,
+    /// A hardware proof to answer before any work is given
+    /// (`POST /v1/providers/proofs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::proof::ProofChallenge>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

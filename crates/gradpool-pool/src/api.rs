@@ -60,6 +60,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/account/withdraw", post(withdraw))
         .route("/v1/providers/earnings", post(earnings))
         .route("/v1/providers/status", post(provider_status))
+        .route("/v1/providers/proofs/{id}", post(answer_proof))
         .route("/v1/providers/stake", post(stake))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .with_state(pool)
@@ -361,6 +362,15 @@ async fn earnings(
 ) -> Result<impl IntoResponse, PoolError> {
     let provider = pool.verify_node_proof("earnings", &proof)?;
     Ok(Json(pool.earnings(&provider).await?))
+}
+
+async fn answer_proof(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(answer): ApiJson<gradpool_core::proof::ProofAnswer>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.answer_proof(&provider, &id, answer).await?))
 }
 
 async fn provider_status(

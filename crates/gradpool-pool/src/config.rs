@@ -23,6 +23,9 @@ pub struct PoolConfig {
     pub money: MoneyConfig,
     /// How segments are audited.
     pub verification: VerificationConfig,
+    /// Challenge every provider at registration to prove its hardware
+    /// (see [`crate::proof`]); until it passes it gets no work.
+    pub hardware_proof: bool,
 }
 
 /// How committed segments are audited (see [`gradpool_core::verification`]).
@@ -55,6 +58,7 @@ impl Default for PoolConfig {
             open_signup: true,
             money: MoneyConfig::default(),
             verification: VerificationConfig::default(),
+            hardware_proof: true,
         }
     }
 }

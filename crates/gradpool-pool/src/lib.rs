@@ -35,6 +35,7 @@ pub mod escrow;
 pub mod events;
 pub mod ledger;
 pub mod money;
+pub mod proof;
 pub mod scheduler;
 pub mod store;
 

@@ -540,6 +540,14 @@ impl Pool {
         // record of work (it died between the pool's reply and writing the
         // task down): nobody works on them, so they end now, not when the
         // lease runs out.
+        let proof = if self.inner.config.hardware_proof {
+            Some(
+                w.issue_proof(&provider, gflops, req.hardware.memory_bytes)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let kept: Vec<&str> = resume.iter().map(|a| a.task_id.as_str()).collect();
         let abandoned = sqlx::query(
             "UPDATE tasks SET lease_expires_at = 0, updated_at = ?1 \
@@ -565,6 +573,7 @@ impl Pool {
             lease_seconds,
             resume,
             dropped,
+            proof,
         })
     }
 
@@ -714,8 +723,8 @@ impl Pool {
     ) -> Result<Vec<Assignment>, PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking, validates, trains): (i64, Option<i64>, bool, bool) = sqlx::query_as(
-            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1 \
+        let (price, unstaking, validates, trains, held): (i64, Option<i64>, bool, bool, Option<String>) = sqlx::query_as(
+            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, held \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -758,6 +767,8 @@ impl Pool {
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
+        // A provider whose hardware is unproven gets nothing.
+        let capacity = if held.is_some() { 0 } else { capacity };
         for _ in 0..capacity {
             let mut task: Option<TaskRow> = None;
             if validates {

@@ -319,6 +319,8 @@ struct ProviderRow {
     validate: bool,
     trains: bool,
     paused: Option<String>,
+    held: Option<String>,
+    proven_gflops: Option<f64>,
     streak: i64,
     faults: i64,
 }
@@ -331,7 +333,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -345,6 +347,8 @@ pub async fn providers(
                 "disconnected"
             } else if r.leased > 0 {
                 "sharing"
+            } else if r.held.is_some() {
+                "held"
             } else if r.paused.is_some() {
                 "paused"
             } else {
@@ -354,6 +358,8 @@ pub async fn providers(
                 id: ProviderId::from(r.id.as_str()),
                 name: r.name,
                 status: status.to_owned(),
+                held: r.held.clone(),
+                proven_gflops: r.proven_gflops,
                 paused_reason: if status == "disconnected" {
                     None
                 } else {

@@ -73,6 +73,8 @@ fn monero_config(chain: &Chain, data_dir: &Path) -> PoolConfig {
         data_dir: data_dir.to_owned(),
         lease_seconds: 5,
         heartbeat_seconds: 1,
+        // Its test providers answer no hardware proof.
+        hardware_proof: false,
         ..PoolConfig::default()
     };
     config.money.backend = MoneyBackend::Monero(MoneroBackend {
@@ -360,6 +362,7 @@ async fn crash_child() {
     let parts: Vec<&str> = config.split(' ').collect();
     let mut config = PoolConfig {
         data_dir: dir.clone().into(),
+        hardware_proof: false,
         ..PoolConfig::default()
     };
     config.money.backend = MoneyBackend::Monero(MoneroBackend {

@@ -342,6 +342,7 @@ async fn registration_is_checked() {
         validate: false,
         train: true,
         paused: None,
+        memory_bytes: 8 << 30,
         isa: "x86-64-v3".into(),
     };
     p2.register(vec![]).await;

@@ -311,6 +311,16 @@ async fn register(
                 tracing::info!(provider = %reg.provider_id, resumed = reg.resume.len(), "registered with the pool");
                 let mut api = api;
                 api.set_token(reg.token.clone());
+                if let Some(challenge) = &reg.proof {
+                    match prove(shared, &api, challenge).await {
+                        Ok(r) => {
+                            tracing::info!(outcome = %r.outcome, n = challenge.n, elapsed_ms = r.elapsed_ms, proven_gflops = r.proven_gflops, "hardware proof answered")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e.report(), "cannot answer the pool's hardware proof; it gives no work until one passes")
+                        }
+                    }
+                }
                 *shared.api.write().await = api;
                 return Some(reg);
             }
@@ -614,6 +624,47 @@ async fn commit(
             }
         }
     }
+}
+
+/// Answers the pool's hardware proof: the seeded product computed by
+/// `gradpool bench proof` on this device, uploaded, then named.
+async fn prove(
+    shared: &Arc<Shared>,
+    api: &Api,
+    challenge: &gradpool_core::proof::ProofChallenge,
+) -> Result<gradpool_core::proof::ProofResult, ProviderError> {
+    let out = shared.dir.root().join(format!("{}.f32", challenge.id));
+    let status = tokio::process::Command::new(&shared.config.program)
+        .args(["bench", "proof", "--seed"])
+        .arg(challenge.seed.to_string())
+        .arg("--n")
+        .arg(challenge.n.to_string())
+        .arg("--out")
+        .arg(&out)
+        .args(shared.device.segment_args())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(ProviderError::io("cannot run the hardware proof"))?;
+    if !status.success() {
+        return Err(ProviderError::Segment(format!(
+            "the hardware proof process {status}"
+        )));
+    }
+    let sha = Sha256Hex::of_file(&out)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let result = async {
+        api.put_blob(&out, &sha, |_| {}).await?;
+        api.post::<_, gradpool_core::proof::ProofResult>(
+            &format!("/v1/providers/proofs/{}", challenge.id),
+            &gradpool_core::proof::ProofAnswer { answer_sha256: sha },
+        )
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_file(&out);
+    result
 }
 
 /// Replays a segment another provider committed, for an audit: trains it

@@ -155,3 +155,13 @@ pub fn matmul(n: usize, seconds: f64, device: &Device) -> Result<MatmulReport, T
         seconds: elapsed,
     })
 }
+
+/// Answers a hardware-proof challenge on `device`: `C = A·B` for the
+/// matrices [`gradpool_core::proof::matrices`] derives from `seed`, row-major.
+pub fn proof_product(seed: u64, n: u32, device: &Device) -> Result<Vec<f32>, TrainError> {
+    let (a, b) = gradpool_core::proof::matrices(seed, n);
+    let side = n as usize;
+    let a = candle_core::Tensor::from_vec(a, (side, side), device)?;
+    let b = candle_core::Tensor::from_vec(b, (side, side), device)?;
+    Ok(a.matmul(&b)?.flatten_all()?.to_vec1::<f32>()?)
+}

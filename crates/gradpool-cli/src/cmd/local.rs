@@ -117,6 +117,19 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Answer a hardware-proof challenge: write `A·B` for the seeded
+    /// matrices as little-endian f32 (what the provider agent runs when its
+    /// pool challenges it).
+    Proof {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        n: u32,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Run pools with honest and cheating providers and validators, and
     /// report how many cheaters the audits catch, false positives, and the
     /// validators' compute against the training's (needs a build with
@@ -391,6 +404,26 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                     report.gflops, report.rounds, report.n, report.n, report.seconds
                 );
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        BenchCommand::Proof {
+            seed,
+            n,
+            out,
+            device,
+        } => {
+            anyhow::ensure!(
+                (1..=gradpool_core::proof::MAX_N).contains(&n),
+                "--n: {n} is outside 1..={}",
+                gradpool_core::proof::MAX_N
+            );
+            let device = device.open()?;
+            let c = gradpool_train::bench::proof_product(seed, n, &device)?;
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, gradpool_core::proof::to_bytes(&c))
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             return Ok(ExitCode::SUCCESS);
         }
         BenchCommand::Verify(a) => {

@@ -81,6 +81,10 @@ pub struct PoolArgs {
     /// without computing.
     #[arg(long, default_value_t = 0.05, value_parser = probability)]
     plant_rate: f64,
+    /// Do not challenge providers to prove their hardware at registration
+    /// (a pool of machines its operator owns).
+    #[arg(long)]
+    no_hardware_proof: bool,
 }
 
 /// A probability from 0 to 1.
@@ -169,6 +173,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             },
             plant_rate: a.plant_rate,
         },
+        hardware_proof: !a.no_hardware_proof,
     };
     let pool = Pool::open(config)
         .await

@@ -61,6 +61,8 @@ impl TestPool {
             ..PoolConfig::default()
         };
         config.verification.plant_rate = 0.0;
+        // Test providers here answer no hardware proof; tests of it ask.
+        config.hardware_proof = false;
         f(&mut config);
         let mut tp = TestPool::serve(config).await;
         tp.dir = dir;
@@ -137,6 +139,7 @@ impl TestPool {
             validate: false,
             train: true,
             paused: None,
+            memory_bytes: 8 << 30,
             isa: "x86-64-v3".into(),
         };
         f(&mut p);
@@ -316,6 +319,8 @@ pub struct TestProvider {
     pub train: bool,
     /// The pause reason its heartbeats report.
     pub paused: Option<String>,
+    /// The device memory it claims.
+    pub memory_bytes: u64,
     /// Its instruction-set level: part of its reproducibility class.
     pub isa: String,
 }
@@ -326,7 +331,7 @@ impl TestProvider {
             device: self.device,
             name: "test cpu".into(),
             threads: 2,
-            memory_bytes: 8 << 30,
+            memory_bytes: self.memory_bytes,
             isa: self.isa.clone(),
         }
     }

@@ -1,0 +1,176 @@
+//! Hardware proofs: at registration the pool challenges a provider to
+//! multiply two seeded matrices sized to the speed and memory it claims,
+//! and checks the answer with Freivalds' algorithm
+//! ([`gradpool_core::proof`]) — O(n²), the pool never redoes the work — and
+//! against a deadline the claimed speed allows. A wrong, late or missing
+//! answer holds the provider: it gets no work until it registers again and
+//! passes. A passed proof's measured speed is the provider's performance
+//! score (`proven_gflops`).
+
+use crate::error::PoolError;
+use crate::scheduler::Write;
+use crate::Pool;
+use gradpool_core::proof::{self, ProofAnswer, ProofChallenge, ProofResult};
+use gradpool_core::ProviderId;
+
+/// Freivalds rounds: a wrong answer passes with probability at most 2⁻¹⁰.
+const ROUNDS: u32 = 10;
+/// Work a challenge is sized for at the claimed speed, in seconds.
+const TARGET_SECONDS: f64 = 0.5;
+/// The deadline allows this many times the claimed compute time …
+const SLACK: f64 = 4.0;
+/// … plus this much for starting the process, generating the matrices and
+/// uploading the answer, in milliseconds.
+const OVERHEAD_MS: f64 = 5_000.0;
+/// The speed assumed for a provider that claims none, in GFLOP/s.
+const UNCLAIMED_GFLOPS: f64 = 1.0;
+
+fn random_u64() -> u64 {
+    u64::from_str_radix(&gradpool_core::id::random_hex(8), 16).unwrap_or(0x5eed)
+}
+
+impl Write<'_> {
+    /// Issues a challenge to `provider`, which claims `gflops` and
+    /// `memory_bytes`.
+    pub(crate) async fn issue_proof(
+        &mut self,
+        provider: &ProviderId,
+        gflops: Option<f64>,
+        memory_bytes: u64,
+    ) -> Result<ProofChallenge, PoolError> {
+        let claimed = gflops.unwrap_or(UNCLAIMED_GFLOPS);
+        let n = proof::side_for(claimed, memory_bytes, TARGET_SECONDS);
+        let compute_ms = 2.0 * f64::from(n).powi(3) / (claimed * 1e9) * 1000.0;
+        let deadline_ms = (compute_ms * SLACK + OVERHEAD_MS).ceil() as u64;
+        let challenge = ProofChallenge {
+            id: format!("proof_{}", gradpool_core::id::random_hex(8)),
+            // SQLite integers are signed: keep the seed in 63 bits.
+            seed: random_u64() >> 1,
+            n,
+            deadline_ms,
+        };
+        sqlx::query(
+            "INSERT INTO proofs (id, provider_id, seed, n, claimed_gflops, issued_at, deadline_ms, status) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+        )
+        .bind(&challenge.id)
+        .bind(provider.as_str())
+        .bind(challenge.seed as i64)
+        .bind(i64::from(n))
+        .bind(gflops)
+        .bind(self.now)
+        .bind(deadline_ms as i64)
+        .execute(self.conn())
+        .await?;
+        // Until it answers, it is held: a provider that cannot prove its
+        // hardware gets no work.
+        sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = ?")
+            .bind(provider.as_str())
+            .execute(self.conn())
+            .await?;
+        Ok(challenge)
+    }
+}
+
+impl Pool {
+    /// Judges a provider's answer to its challenge `id` (the product
+    /// uploaded as a blob).
+    pub async fn answer_proof(
+        &self,
+        provider: &ProviderId,
+        id: &str,
+        answer: ProofAnswer,
+    ) -> Result<ProofResult, PoolError> {
+        let received = crate::store::now_ms();
+        let row: Option<(i64, i64, i64, i64, String)> = {
+            let mut conn = self.inner.db.acquire().await?;
+            sqlx::query_as(
+                "SELECT seed, n, issued_at, deadline_ms, status FROM proofs WHERE id = ? AND provider_id = ?",
+            )
+            .bind(id)
+            .bind(provider.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+        };
+        let Some((seed, n, issued_at, deadline_ms, status)) = row else {
+            return Err(PoolError::NotFound(format!("proof {id} not found")));
+        };
+        if status != "open" {
+            return Err(PoolError::Conflict(format!(
+                "proof {id} is already {status}"
+            )));
+        }
+        let n = u32::try_from(n).map_err(|_| PoolError::Internal("bad proof size".into()))?;
+        let elapsed_ms = u64::try_from(received - issued_at).unwrap_or(0).max(1);
+        let path = self.inner.blobs.path_of(&answer.answer_sha256);
+        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+            PoolError::BadRequest(format!(
+                "answer_sha256: blob {} is not uploaded",
+                answer.answer_sha256
+            ))
+        })?;
+        // O(n²): on a blocking thread, off the async workers.
+        let correct = tokio::task::spawn_blocking(move || {
+            let (a, b) = proof::matrices(seed as u64, n);
+            proof::from_bytes(&bytes)
+                .is_some_and(|c| proof::freivalds(&a, &b, &c, n, ROUNDS, random_u64()))
+        })
+        .await
+        .map_err(|e| PoolError::Internal(format!("proof check: {e}")))?;
+        let proven_gflops = 2.0 * f64::from(n).powi(3) / (elapsed_ms as f64 / 1000.0) / 1e9;
+        let outcome = if !correct {
+            "wrong_answer"
+        } else if elapsed_ms > u64::try_from(deadline_ms).unwrap_or(0) {
+            "too_slow"
+        } else {
+            "passed"
+        };
+        let mut w = self.write().await?;
+        sqlx::query(
+            "UPDATE proofs SET status = ?, elapsed_ms = ?, proven_gflops = ? WHERE id = ? AND status = 'open'",
+        )
+        .bind(outcome)
+        .bind(elapsed_ms as i64)
+        .bind(proven_gflops)
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+        if outcome == "passed" {
+            sqlx::query("UPDATE providers SET held = NULL, proven_gflops = ? WHERE id = ?")
+                .bind(proven_gflops)
+                .bind(provider.as_str())
+                .execute(w.conn())
+                .await?;
+        } else {
+            let why = if outcome == "wrong_answer" {
+                "hardware proof failed: wrong answer".to_owned()
+            } else {
+                format!(
+                    "hardware proof failed: {elapsed_ms} ms where the claimed speed allows {deadline_ms} ms"
+                )
+            };
+            sqlx::query("UPDATE providers SET held = ? WHERE id = ?")
+                .bind(&why)
+                .bind(provider.as_str())
+                .execute(w.conn())
+                .await?;
+        }
+        // The answer served its purpose; nothing else can name it.
+        sqlx::query("DELETE FROM blob_uploads WHERE sha256 = ?")
+            .bind(answer.answer_sha256.as_str())
+            .execute(w.conn())
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE sha256 = ?")
+            .bind(answer.answer_sha256.as_str())
+            .execute(w.conn())
+            .await?;
+        w.commit().await?;
+        let _ = tokio::fs::remove_file(&path).await;
+        tracing::info!(provider = %provider, proof = id, n, elapsed_ms, proven_gflops, outcome, "hardware proof answered");
+        Ok(ProofResult {
+            outcome: outcome.to_owned(),
+            elapsed_ms,
+            proven_gflops,
+        })
+    }
+}
