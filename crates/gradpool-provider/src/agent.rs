@@ -575,50 +575,70 @@ async fn commit(
         loss_trace,
         compute_ms,
     };
+    let (sha_ref, body) = (&sha, &body);
+    let sent = until_answered("commitment", &a.task_id, cancel, shared, |api| async move {
+        api.put_blob(out, sha_ref, |_| {}).await?;
+        api.commit(&a.task_id, body).await
+    })
+    .await?;
+    let Some(reply) = sent else {
+        return Ok(TaskEnd::Cancelled);
+    };
+    tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %sha, job_done = reply.job_done, "segment committed");
+    // Keep the new checkpoint: the next segment may come here.
+    let cached = shared.dir.blob_path(&sha);
+    if std::fs::rename(out, &cached).is_err() {
+        tracing::debug!("cannot keep the checkpoint in the cache");
+    }
+    if let Some(start) = &a.start_checkpoint_sha256 {
+        let _ = std::fs::remove_file(shared.dir.blob_path(start));
+    }
+    Ok(TaskEnd::Committed)
+}
+
+/// Sends what `call` sends until the pool answers: it retries (backing off
+/// up to 15 s) while the pool is unreachable, has lost the session or
+/// fails; `None` when the task is cancelled or the pool no longer leases it
+/// to us (409: expired or cancelled, nothing to report); an error for any
+/// other refusal, which the caller reports so the task goes to another
+/// provider.
+async fn until_answered<T, F, Fut>(
+    what: &str,
+    task: &TaskId,
+    cancel: &CancellationToken,
+    shared: &Arc<Shared>,
+    mut call: F,
+) -> Result<Option<T>, ProviderError>
+where
+    F: FnMut(Api) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
     let mut backoff = 1u64;
     loop {
         let api = shared.api.read().await.clone();
-        let attempt = async {
-            api.put_blob(out, &sha, |_| {}).await?;
-            api.commit(&a.task_id, &body).await
-        };
         let result = tokio::select! {
-            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
-            r = attempt => r,
+            _ = cancel.cancelled() => return Ok(None),
+            r = call(api) => r,
         };
         match result {
-            Ok(reply) => {
-                tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %sha, job_done = reply.job_done, "segment committed");
-                // Keep the new checkpoint: the next segment may come here.
-                let cached = shared.dir.blob_path(&sha);
-                if std::fs::rename(out, &cached).is_err() {
-                    tracing::debug!("cannot keep the checkpoint in the cache");
-                }
-                if let Some(start) = &a.start_checkpoint_sha256 {
-                    let _ = std::fs::remove_file(shared.dir.blob_path(start));
-                }
-                return Ok(TaskEnd::Committed);
-            }
-            // The lease is gone (expired, cancelled): nothing to report.
+            Ok(v) => return Ok(Some(v)),
             Err(ProviderError::Refused {
                 status: 409,
                 message,
                 ..
             }) => {
-                tracing::warn!(task = %a.task_id, message, "the pool no longer leases this task to us");
-                return Ok(TaskEnd::Cancelled);
+                tracing::warn!(task = %task, message, "the pool no longer leases this task to us");
+                return Ok(None);
             }
-            // Refused for good: report it, so the segment goes to another
-            // provider and repeated refusals fail the job.
             Err(ProviderError::Refused {
                 status, message, ..
             }) if status != 401 && status < 500 => {
                 return Err(ProviderError::Segment(format!(
-                    "the pool refused the commitment ({status}): {message}"
+                    "the pool refused the {what} ({status}): {message}"
                 )));
             }
             Err(e) => {
-                tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot commit yet");
+                tracing::warn!(task = %task, error = %e.report(), retry_in_s = backoff, "cannot send the {what} yet");
                 sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
                 backoff = (backoff * 2).min(15);
             }
@@ -811,40 +831,16 @@ async fn send_replay(
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
     let signed = shared.key.sign_replay(report);
-    let mut backoff = 1u64;
-    loop {
-        let api = shared.api.read().await.clone();
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
-            r = api.replay(&a.task_id, &signed) => r,
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %signed.report.end_checkpoint_sha256, "replay reported");
-                return Ok(TaskEnd::Committed);
-            }
-            Err(ProviderError::Refused {
-                status: 409,
-                message,
-                ..
-            }) => {
-                tracing::warn!(task = %a.task_id, message, "the pool no longer leases this replay to us");
-                return Ok(TaskEnd::Cancelled);
-            }
-            Err(ProviderError::Refused {
-                status, message, ..
-            }) if status != 401 && status < 500 => {
-                return Err(ProviderError::Segment(format!(
-                    "the pool refused the replay ({status}): {message}"
-                )));
-            }
-            Err(e) => {
-                tracing::warn!(task = %a.task_id, error = %e.report(), retry_in_s = backoff, "cannot report the replay yet");
-                sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
-                backoff = (backoff * 2).min(15);
-            }
-        }
+    let signed = &signed;
+    let sent = until_answered("replay", &a.task_id, cancel, shared, |api| async move {
+        api.replay(&a.task_id, signed).await
+    })
+    .await?;
+    if sent.is_none() {
+        return Ok(TaskEnd::Cancelled);
     }
+    tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %signed.report.end_checkpoint_sha256, "replay reported");
+    Ok(TaskEnd::Committed)
 }
 
 /// A blob from the cache, or downloaded into it.
