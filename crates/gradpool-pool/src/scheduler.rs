@@ -83,6 +83,20 @@ impl<'a> Write<'a> {
         Ok(())
     }
 
+    /// Puts the work of a task that ended unfinished (lease lost, handed
+    /// back) in the queue again: a replay goes to another validator, a
+    /// training segment is queued unless its job has ended.
+    pub(crate) async fn requeue(&mut self, task: &TaskRow) -> Result<(), PoolError> {
+        if let Some(audit_id) = task.audit_id.as_deref() {
+            return self.requeue_replay(audit_id).await;
+        }
+        let job = job_of(self.conn(), task).await?;
+        if !job.status()?.is_final() {
+            self.queue_segment(&job, to_u32(task.segment)).await?;
+        }
+        Ok(())
+    }
+
     /// Queues a new task for a segment of a job.
     pub(crate) async fn queue_segment(
         &mut self,
@@ -1212,14 +1226,7 @@ impl Pool {
             },
         )
         .await?;
-        if let Some(audit_id) = task.audit_id.as_deref() {
-            w.requeue_replay(audit_id).await?;
-        } else {
-            let job = job_of(w.conn(), &task).await?;
-            if !job.status()?.is_final() {
-                w.queue_segment(&job, to_u32(task.segment)).await?;
-            }
-        }
+        w.requeue(&task).await?;
         w.commit().await?;
         tracing::info!(task = %task_id, provider = %provider, reason = %reason, "task released; segment requeued");
         Ok(())
@@ -1249,14 +1256,7 @@ impl Pool {
                 },
             )
             .await?;
-            if let Some(audit_id) = task.audit_id.as_deref() {
-                w.requeue_replay(audit_id).await?;
-                continue;
-            }
-            let job = job_of(w.conn(), task).await?;
-            if !job.status()?.is_final() {
-                w.queue_segment(&job, to_u32(task.segment)).await?;
-            }
+            w.requeue(task).await?;
             tracing::info!(job = %task.job_id, task = %task.id, provider = %provider, segment = task.segment,
                 "lease expired; segment requeued");
         }
