@@ -296,15 +296,9 @@ fn draw(len: usize, n: usize) -> Vec<usize> {
         all.truncate(n);
         return all;
     }
-    let mut state = u64::from_le_bytes(seed);
+    let mut rng = gradpool_train::rng::Rng::new(u64::from_le_bytes(seed));
     for i in 0..n {
-        // splitmix64
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let j = i + (z % (len - i) as u64) as usize;
+        let j = i + rng.below((len - i) as u64) as usize;
         all.swap(i, j);
     }
     all.truncate(n);
