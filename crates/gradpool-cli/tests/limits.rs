@@ -244,3 +244,39 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         .iter()
         .any(|e| matches!(e.kind, JobEventKind::Released { .. })));
 }
+
+/// Proof of time-lock: with a 50% GPU share and a foreign process on the
+/// device (the owner does not ask to yield), every segment records the share
+/// it really got, within a few percent of the limit, and the foreign
+/// process; the customer reads both from the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_segment_records_the_share_it_got_and_the_foreign_processes() {
+    let device = Arc::new(SimulatedDevice::new(40.0, 60.0));
+    device.set_foreign_processes(2);
+    let limits = Limits {
+        max_gpu_share: 50,
+        ..Limits::default()
+    };
+    let segments = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = segments.clone();
+    run(limits, device, async move |api, id| {
+        let end = wait_final(api, id, Duration::from_secs(120)).await;
+        assert_eq!(end.status, JobStatus::Succeeded);
+        let s: Vec<gradpool_core::wire::SegmentView> =
+            api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+        *seen.lock().unwrap() = s;
+    })
+    .await;
+    let segments = segments.lock().unwrap().clone();
+    assert_eq!(segments.len(), 3);
+    for s in &segments {
+        let d = s.dedication.expect("every segment records its dedication");
+        assert!(
+            (d.share - 0.5).abs() < 0.1,
+            "segment {}: share {} for a 50% limit",
+            s.segment,
+            d.share
+        );
+        assert_eq!(d.foreign_processes, 2, "segment {}", s.segment);
+    }
+}

@@ -305,3 +305,100 @@ fn devnet_trains_and_writes_its_summary() {
     assert!(paid > 0 && fees > 0, "{payments}");
     assert_eq!(paid + fees, payments["spent_piconero"].as_u64().unwrap());
 }
+
+/// `gradpool provider status` for the rig in `dir`, as its owner runs it.
+fn provider_status(url: &str, dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["provider", "status", "--pool", url, "--data-dir"])
+        .arg(dir)
+        .env_remove("GRADPOOL_PROVIDER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(out)
+}
+
+fn spawn_provider(url: &str, dir: &Path) -> Killed {
+    Killed(
+        Command::new(BIN)
+            .args([
+                "provider",
+                "--pool",
+                url,
+                "--threads",
+                "1",
+                "--name",
+                "rig",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls the rig's status until its status line contains `want`.
+fn wait_status(url: &str, dir: &Path, want: &str, limit: std::time::Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = provider_status(url, dir);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("status "))
+            .unwrap_or_default()
+            .to_owned();
+        if line.contains(want) {
+            return text;
+        }
+        assert!(start.elapsed() < limit, "never {want}:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// The statuses the pool records for a rig: registered and held until its
+/// hardware proof passes, idle, `disconnected` once the agent is killed
+/// (SIGKILL: no goodbye) and its heartbeats stop, then connected again when
+/// it restarts.
+#[test]
+fn a_killed_provider_is_seen_disconnected_and_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_pool, url) = start_pool(&tmp.path().join("pool"));
+    let rig = tmp.path().join("rig");
+    let limit = std::time::Duration::from_secs(60);
+
+    let mut agent = spawn_provider(&url, &rig);
+    wait_status(&url, &rig, "idle", limit);
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    wait_status(&url, &rig, "disconnected", limit);
+    // The pool's reaper records it within a second or so.
+    let start = std::time::Instant::now();
+    while !provider_status(&url, &rig).contains("disconnected (no heartbeat for a lease period)") {
+        assert!(
+            start.elapsed() < limit,
+            "the disconnection was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    let _agent = spawn_provider(&url, &rig);
+    let text = wait_status(&url, &rig, "idle", limit);
+    // Newest first: back, the proof passed again, and before that the story
+    // of the first run.
+    let history: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let position = |s: &str| history.iter().position(|h| *h == s);
+    let (connected, disconnected) = (position("connected"), position("disconnected"));
+    assert!(
+        connected.is_some() && disconnected.is_some() && connected < disconnected,
+        "{history:?}\n{text}"
+    );
+    assert!(history.contains(&"released"), "{history:?}");
+    assert!(history.contains(&"registered"), "{history:?}");
+}

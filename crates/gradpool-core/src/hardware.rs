@@ -30,6 +30,10 @@ pub struct Hardware {
     /// CPU instruction-set level (`x86-64-v3`, `aarch64`) or GPU model and
     /// driver.
     pub isa: String,
+    /// A GPU's UUID as NVML reports it (`GPU-…`): one physical device, so
+    /// the pool holds two providers that claim the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 impl Hardware {

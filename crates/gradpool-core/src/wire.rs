@@ -176,6 +176,10 @@ pub struct SegmentView {
     /// `accepted` (not drawn for an audit), `auditing` or `verified`.
     #[serde(default)]
     pub status: String,
+    /// The device's share and the foreign processes seen while it trained,
+    /// as its provider reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedication: Option<Dedication>,
 }
 
 /// The outcome of one audit, with its evidence.
@@ -492,6 +496,11 @@ pub struct HeartbeatReply {
     pub assignments: Vec<Assignment>,
     /// Tasks to stop now (the job was cancelled or the lease was lost).
     pub cancel: Vec<TaskId>,
+    /// A hardware proof the pool asks for now, at a random time after
+    /// registration: answered like the one in [`Registered::proof`]; no
+    /// new work is given until it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::proof::ProofChallenge>,
 }
 
 /// A segment leased to a provider.
@@ -554,6 +563,23 @@ pub struct Commit {
     /// How long the segment trained, in milliseconds of wall-clock time.
     #[serde(default)]
     pub compute_ms: u64,
+    /// Whether the device was really the customer's while the segment ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedication: Option<Dedication>,
+}
+
+/// The time a segment had the device to itself (proof of time-lock), as the
+/// provider's agent measured it: recorded per segment and shown to the
+/// customer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Dedication {
+    /// Of the time between the segment's first and last step, the share
+    /// the device spent training it, from 0 to 1 (below 1 when the owner's
+    /// `max_gpu_share` rests the device between steps).
+    pub share: f64,
+    /// The most processes other than gradpool's seen using the device while
+    /// the segment trained.
+    pub foreign_processes: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -637,6 +663,10 @@ pub enum StakeAction {
     Add { amount: Piconero },
     /// Start the cool-down after which the stake becomes available.
     Withdraw,
+    /// Ask for the subaddress that funds the stake from outside the pool
+    /// (Monero pools only): a transfer to it is credited to the stake after
+    /// the pool's confirmations.
+    Deposit,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -665,6 +695,10 @@ pub struct Earnings {
     pub payout: Vec<PayoutSplit>,
     /// Payouts, newest first.
     pub payouts: Vec<PayoutView>,
+    /// The subaddress that funds the stake, once asked for
+    /// ([`StakeAction::Deposit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stake_deposit_address: Option<String>,
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ pub struct PoolConfig {
     /// Challenge every provider at registration to prove its hardware
     /// (see [`crate::proof`]); until it passes it gets no work.
     pub hardware_proof: bool,
+    /// The mean time between hardware proofs after registration, in
+    /// seconds: each next one comes at an exponentially distributed random
+    /// time, so a provider cannot predict it. 0: only at registration.
+    pub proof_interval_seconds: u64,
 }
 
 /// How committed segments are audited (see [`gradpool_core::verification`]).
@@ -59,6 +63,7 @@ impl Default for PoolConfig {
             money: MoneyConfig::default(),
             verification: VerificationConfig::default(),
             hardware_proof: true,
+            proof_interval_seconds: 6 * 3600,
         }
     }
 }

@@ -14,6 +14,11 @@
 //! - [`ledger`]: double-entry bookkeeping of every piconero.
 //! - [`escrow`]: budgets held from submit, segments paid, the rest refunded.
 //! - [`money`]: balances, the faucet, deposits, withdrawals and stakes.
+//! - [`chain`]: Monero deposits and payouts through the pool's wallet.
+//! - [`proof`]: hardware proofs (a seeded multiplication checked with
+//!   Freivalds' algorithm) at registration and at random times after.
+//! - [`presence`]: providers' status history, disconnections, GPUs claimed
+//!   twice.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gradpool_pool::PoolError> {
@@ -35,6 +40,7 @@ pub mod escrow;
 pub mod events;
 pub mod ledger;
 pub mod money;
+pub mod presence;
 pub mod proof;
 pub mod scheduler;
 pub mod store;

@@ -543,6 +543,11 @@ impl Pool {
             share: u32::try_from(share).unwrap_or(0),
         })
         .collect();
+        let stake_deposit_address: Option<String> =
+            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = ?")
+                .bind(stake_account(p).as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
         Ok(Earnings {
             provider_id: provider.clone(),
             pending: Piconero(pending),
@@ -552,11 +557,13 @@ impl Pool {
             paid: Piconero(paid),
             payout,
             payouts,
+            stake_deposit_address,
         })
     }
 
-    /// Adds to a provider's stake from its available earnings, or starts
-    /// the cool-down of a stake withdrawal.
+    /// Adds to a provider's stake from its available earnings, starts the
+    /// cool-down of a stake withdrawal, or gives the subaddress that funds
+    /// the stake from outside (credited by [`Pool::watch_deposits`]).
     pub async fn stake(
         &self,
         provider: &ProviderId,
@@ -564,9 +571,14 @@ impl Pool {
     ) -> Result<Earnings, PoolError> {
         let cooldown = self.inner.config.money.unstake_cooldown_seconds;
         let p = provider.as_str();
+        if let StakeAction::Deposit = req.action {
+            // Its own write: created in the wallet first, then recorded.
+            self.deposit_subaddress(&stake_account(p)).await?;
+        }
         let mut w = self.write().await?;
         w.release_stake_if_due(p, cooldown).await?;
         match &req.action {
+            StakeAction::Deposit => {}
             StakeAction::Add { amount } => {
                 if amount.0 == 0 {
                     return Err(PoolError::BadRequest(

@@ -4,7 +4,8 @@
 //! ([`gradpool_core::proof`]) — O(n²), the pool never redoes the work — and
 //! against a deadline the claimed speed allows. A wrong, late or missing
 //! answer holds the provider: it gets no work until it registers again and
-//! passes. A passed proof's measured speed is the provider's performance
+//! passes. After registration, proofs come again at random times
+//! ([`crate::presence`]). A passed proof's measured speed is the provider's performance
 //! score (`proven_gflops`).
 
 use crate::error::PoolError;
@@ -67,6 +68,8 @@ impl Write<'_> {
         sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = ?")
             .bind(provider.as_str())
             .execute(self.conn())
+            .await?;
+        self.record_status(provider.as_str(), "held", Some("hardware proof pending"))
             .await?;
         Ok(challenge)
     }
@@ -141,6 +144,8 @@ impl Pool {
                 .bind(provider.as_str())
                 .execute(w.conn())
                 .await?;
+            w.record_status(provider.as_str(), "released", Some("hardware proof passed"))
+                .await?;
         } else {
             let why = if outcome == "wrong_answer" {
                 "hardware proof failed: wrong answer".to_owned()
@@ -153,6 +158,8 @@ impl Pool {
                 .bind(&why)
                 .bind(provider.as_str())
                 .execute(w.conn())
+                .await?;
+            w.record_status(provider.as_str(), "held", Some(&why))
                 .await?;
         }
         // The answer served its purpose; nothing else can name it.

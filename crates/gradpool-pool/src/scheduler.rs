@@ -525,6 +525,15 @@ impl Pool {
                 .execute(w.conn())
                 .await?;
         }
+        w.seen(provider.as_str()).await?;
+        w.record_status(provider.as_str(), "registered", None)
+            .await?;
+        w.check_gpu_claim(&provider, req.hardware.uuid.as_deref(), self.lease_ms())
+            .await?;
+        if self.inner.config.hardware_proof {
+            w.plan_next_proof(provider.as_str(), self.inner.config.proof_interval_seconds)
+                .await?;
+        }
         let mut resume = Vec::new();
         let mut dropped = Vec::new();
         for task_id in req.resuming {
@@ -629,21 +638,27 @@ impl Pool {
         .fetch_one(w.conn())
         .await?;
         if paused != was_paused {
-            sqlx::query(
-                "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
+            w.record_status(
+                provider.as_str(),
+                if paused.is_some() {
+                    "paused"
+                } else {
+                    "resumed"
+                },
+                paused.as_deref().or(was_paused.as_deref()),
             )
-            .bind(provider.as_str())
-            .bind(if paused.is_some() {
-                "paused"
-            } else {
-                "resumed"
-            })
-            .bind(paused.as_deref().or(was_paused.as_deref()))
-            .bind(now)
-            .execute(w.conn())
             .await?;
             tracing::info!(provider = %provider, paused = ?paused, "provider pause changed");
         }
+        w.seen(provider.as_str()).await?;
+        w.release_duplicate_if_gone(provider.as_str(), self.lease_ms())
+            .await?;
+        let proof = if self.inner.config.hardware_proof {
+            w.proof_if_due(provider, self.inner.config.proof_interval_seconds)
+                .await?
+        } else {
+            None
+        };
         let mut cancel = Vec::new();
         for running in &hb.running {
             let renewed = sqlx::query(
@@ -721,6 +736,7 @@ impl Pool {
         Ok(HeartbeatReply {
             assignments,
             cancel,
+            proof,
         })
     }
 
@@ -738,7 +754,8 @@ impl Pool {
         let mut out = Vec::new();
         let now = w.now;
         let (price, unstaking, validates, trains, held): (i64, Option<i64>, bool, bool, Option<String>) = sqlx::query_as(
-            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, held \
+            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END) \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -781,7 +798,8 @@ impl Pool {
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
-        // A provider whose hardware is unproven gets nothing.
+        // A provider whose hardware is unproven, or whose GPU another
+        // provider claims too, gets nothing.
         let capacity = if held.is_some() { 0 } else { capacity };
         for _ in 0..capacity {
             let mut task: Option<TaskRow> = None;
@@ -906,6 +924,14 @@ impl Pool {
             }
         }
         drop(conn);
+        if let Some(d) = &c.dedication {
+            if !(0.0..=1.0).contains(&d.share) {
+                return Err(PoolError::BadRequest(format!(
+                    "dedication.share: {} is not a share from 0 to 1",
+                    d.share
+                )));
+            }
+        }
         self.check_commit(provider, &task, &job, &c).await?;
 
         let mut w = self.write().await?;
@@ -939,12 +965,17 @@ impl Pool {
         .bind(now)
         .execute(w.conn())
         .await?;
-        sqlx::query("UPDATE tasks SET status = 'committed', step = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?")
-            .bind(end)
-            .bind(now)
-            .bind(task_id)
-            .execute(w.conn())
-            .await?;
+        sqlx::query(
+            "UPDATE tasks SET status = 'committed', step = ?, lease_expires_at = NULL, updated_at = ?, \
+             share = ?, foreign_processes = ? WHERE id = ?",
+        )
+        .bind(end)
+        .bind(now)
+        .bind(c.dedication.map(|d| d.share))
+        .bind(c.dedication.map(|d| i64::from(d.foreign_processes)))
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
         let loss = c.loss_trace.last().copied().unwrap_or(0.0);
         sqlx::query(
             "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
@@ -1264,7 +1295,8 @@ impl Pool {
         Ok(expired.len())
     }
 
-    /// Runs [`Pool::reap_expired_leases`] periodically until `stop`.
+    /// Runs [`Pool::reap_expired_leases`] and [`Pool::mark_absent`]
+    /// periodically until `stop`.
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
         let period = Duration::from_millis((lease_ms / 4).clamp(100, 1000));
@@ -1275,6 +1307,9 @@ impl Pool {
             }
             if let Err(e) = self.reap_expired_leases().await {
                 tracing::warn!(error = %e, "lease reaper failed");
+            }
+            if let Err(e) = self.mark_absent().await {
+                tracing::warn!(error = %e, "marking absent providers failed");
             }
         }
     }

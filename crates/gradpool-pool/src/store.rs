@@ -275,6 +275,8 @@ struct SegmentRow {
     loss_trace: String,
     committed_at: i64,
     status: String,
+    share: Option<f64>,
+    foreign_processes: Option<i64>,
 }
 
 /// The accepted commitments of a job, in segment order.
@@ -283,8 +285,9 @@ pub async fn segments(
     job_id: &str,
 ) -> Result<Vec<SegmentView>, PoolError> {
     let rows: Vec<SegmentRow> = sqlx::query_as(
-        "SELECT segment, start_step, end_step, provider_id, checkpoint_sha256, signed, loss_trace, \
-         committed_at, status FROM commitments WHERE job_id = ? ORDER BY segment",
+        "SELECT c.segment, c.start_step, c.end_step, c.provider_id, c.checkpoint_sha256, c.signed, c.loss_trace, \
+         c.committed_at, c.status, t.share, t.foreign_processes \
+         FROM commitments c LEFT JOIN tasks t ON t.id = c.task_id WHERE c.job_id = ? ORDER BY c.segment",
     )
     .bind(job_id)
     .fetch_all(conn)
@@ -301,6 +304,13 @@ pub async fn segments(
                 loss_trace: serde_json::from_str(&r.loss_trace)?,
                 committed_at: rfc3339(r.committed_at),
                 status: r.status,
+                dedication: r.share.map(|share| gradpool_core::wire::Dedication {
+                    share,
+                    foreign_processes: r
+                        .foreign_processes
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(0),
+                }),
             })
         })
         .collect()
@@ -320,6 +330,8 @@ struct ProviderRow {
     trains: bool,
     paused: Option<String>,
     held: Option<String>,
+    duplicate_of: Option<String>,
+    gpu_uuid: Option<String>,
     proven_gflops: Option<f64>,
     streak: i64,
     faults: i64,
@@ -333,7 +345,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.proven_gflops, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
          FROM providers p ORDER BY p.registered_at, p.id",
@@ -343,11 +355,17 @@ pub async fn providers(
     let now = now_ms();
     rows.into_iter()
         .map(|r| {
+            // A proof pending or failed first; then a GPU claimed twice.
+            let held = r.held.clone().or_else(|| {
+                r.duplicate_of.as_deref().map(|other| {
+                    crate::presence::duplicate_reason(r.gpu_uuid.as_deref().unwrap_or("?"), other)
+                })
+            });
             let status = if now - r.last_seen > i64::from(lease_seconds) * 1000 {
                 "disconnected"
             } else if r.leased > 0 {
                 "sharing"
-            } else if r.held.is_some() {
+            } else if held.is_some() {
                 "held"
             } else if r.paused.is_some() {
                 "paused"
@@ -358,7 +376,7 @@ pub async fn providers(
                 id: ProviderId::from(r.id.as_str()),
                 name: r.name,
                 status: status.to_owned(),
-                held: r.held.clone(),
+                held,
                 proven_gflops: r.proven_gflops,
                 paused_reason: if status == "disconnected" {
                     None

@@ -272,6 +272,40 @@ async fn deposits_are_credited_once_after_enough_confirmations() {
         .await
         .err(503);
     assert!(e.message.contains("deposit"), "{}", e.message);
+
+    // A provider funds its stake from outside: its own subaddress, credited
+    // to the stake (not to its earnings) after the same confirmations.
+    let p = tp.provider("rig").await;
+    let stake = |action: StakeAction| {
+        let tp = &tp;
+        let p = &p;
+        async move {
+            let proof = proof(tp, p, "stake").await;
+            tp.anon()
+                .post("/v1/providers/stake", &StakeRequest { proof, action })
+                .await
+                .ok::<Earnings>()
+        }
+    };
+    let e = stake(StakeAction::Deposit).await;
+    let stake_address = e.stake_deposit_address.clone().expect("a stake address");
+    assert!(Address::parse(&stake_address).unwrap().is_subaddress());
+    assert_ne!(stake_address, deposit.address);
+    assert_eq!(
+        stake(StakeAction::Deposit).await.stake_deposit_address,
+        Some(stake_address.clone()),
+        "one stake subaddress per provider"
+    );
+    // The customer's change from its deposit unlocks after 10 blocks.
+    chain.mine(10).await;
+    chain.send(&stake_address, XMR / 4).await;
+    chain.mine(CONFIRMATIONS).await;
+    assert_eq!(tp.pool.watch_deposits().await.unwrap(), 1);
+    assert_eq!(tp.pool.watch_deposits().await.unwrap(), 0);
+    let e = earnings(&tp, &p).await;
+    assert_eq!(e.stake, Piconero(XMR / 4));
+    assert_eq!(e.available, Piconero::ZERO);
+    assert_eq!(e.stake_deposit_address, Some(stake_address));
     assert_clean(&tp.pool).await;
     assert_wallet_mirrors_chain(&tp.pool, &chain).await;
 }

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use gradpool_core::wire::*;
-use gradpool_core::Piconero;
+use gradpool_core::{JobId, Piconero, TaskId};
+use proptest::prelude::*;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A mainnet address (the Monero general fund's).
@@ -414,6 +416,17 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
         },
     };
     tp.anon().post("/v1/providers/stake", &wrong).await.err(401);
+    // A dev pool has no chain to deposit a stake from.
+    let deposit = StakeRequest {
+        proof: proof(&tp, &p, "stake").await,
+        action: StakeAction::Deposit,
+    };
+    let e = tp
+        .anon()
+        .post("/v1/providers/stake", &deposit)
+        .await
+        .err(503);
+    assert!(e.message.contains("without a chain"), "{}", e.message);
     let add = StakeRequest {
         proof: proof(&tp, &p, "stake").await,
         action: StakeAction::Add {
@@ -481,4 +494,293 @@ async fn payout_addresses_are_checked_at_registration() {
     }];
     p.register(vec![]).await;
     assert_eq!(earnings(&tp, &p).await.payout, p.payout);
+}
+
+// --- random sequences through the whole pool --------------------------------
+
+/// One step of a random scenario, all through the HTTP API of a dev pool.
+#[derive(Debug, Clone)]
+enum MoneyOp {
+    /// The faucet credits a customer (0 is refused).
+    Faucet { customer: usize, amount: u64 },
+    /// A customer submits a job with this budget (refused above its
+    /// balance).
+    Submit { customer: usize, budget: u64 },
+    /// A provider takes the next task, if any, and commits it.
+    Work { provider: usize },
+    /// A provider takes the next task, if any, and reports it failed.
+    Fail { provider: usize },
+    /// The provider that committed last sends the same commit again.
+    Recommit,
+    /// A customer cancels one of its jobs (refused once it has ended).
+    Cancel { customer: usize, job: usize },
+    /// A customer withdraws (refused above its balance, or at 0).
+    Withdraw {
+        customer: usize,
+        amount: u64,
+        key: u8,
+    },
+    /// A provider stakes some of its available earnings.
+    Stake { provider: usize, amount: u64 },
+}
+
+const MONEY_CUSTOMERS: usize = 2;
+const MONEY_PROVIDERS: usize = 2;
+
+fn money_op() -> impl Strategy<Value = MoneyOp> {
+    // A segment costs about 10⁷ piconero (10 ms at RATE): budgets from
+    // less than one segment to the whole job, so budgets run out.
+    let amount = prop_oneof![1 => Just(0u64), 6 => 1u64..60_000_000];
+    prop_oneof![
+        2 => (0..MONEY_CUSTOMERS, amount.clone())
+            .prop_map(|(customer, amount)| MoneyOp::Faucet { customer, amount }),
+        2 => (0..MONEY_CUSTOMERS, 5_000_000u64..50_000_000)
+            .prop_map(|(customer, budget)| MoneyOp::Submit { customer, budget }),
+        4 => (0..MONEY_PROVIDERS).prop_map(|provider| MoneyOp::Work { provider }),
+        1 => (0..MONEY_PROVIDERS).prop_map(|provider| MoneyOp::Fail { provider }),
+        1 => Just(MoneyOp::Recommit),
+        1 => (0..MONEY_CUSTOMERS, 0usize..4).prop_map(|(customer, job)| MoneyOp::Cancel { customer, job }),
+        1 => (0..MONEY_CUSTOMERS, amount.clone(), 0u8..4)
+            .prop_map(|(customer, amount, key)| MoneyOp::Withdraw { customer, amount, key }),
+        1 => (0..MONEY_PROVIDERS, amount)
+            .prop_map(|(provider, amount)| MoneyOp::Stake { provider, amount }),
+    ]
+}
+
+/// The status an HTTP reply must have: a success when the model says the
+/// operation is allowed (`ok`), else `refused`.
+fn expect_status(op: &MoneyOp, reply: &Reply, ok: bool, refused: u16) -> Result<(), TestCaseError> {
+    prop_assert_eq!(reply.status.is_success(), ok, "{:?}: {}", op, reply.body);
+    if !ok {
+        prop_assert_eq!(reply.status.as_u16(), refused, "{:?}: {}", op, reply.body);
+    }
+    Ok(())
+}
+
+/// Runs `ops` on a fresh pool. After every operation: the ledger audit is
+/// clean; each customer's balance is what it put in, less withdrawals, less
+/// what its jobs spent and still hold; a running job's escrow plus its
+/// spending is its budget, an ended job's escrow is empty (the rest was
+/// refunded); and everything
+/// jobs spent sits with providers (pending, available or staked), the pool's
+/// fees and the validator fund.
+async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
+    let tp = TestPool::start_with(|c| {
+        // No audits: every segment's money moves at its commit.
+        c.verification.sampling.p_new = 0.0;
+        c.verification.sampling.floor = 0.0;
+    })
+    .await;
+    let mut customers = Vec::new();
+    for i in 0..MONEY_CUSTOMERS {
+        customers.push(tp.customer(&format!("c{i}")).await);
+    }
+    let mut providers = Vec::new();
+    for i in 0..MONEY_PROVIDERS {
+        providers.push(
+            tp.provider_with(&format!("p{i}"), |p| {
+                p.price = RATE;
+                p.compute_ms = 10;
+            })
+            .await,
+        );
+    }
+    let mut put_in = [0u64; MONEY_CUSTOMERS];
+    let mut taken_out = [0u64; MONEY_CUSTOMERS];
+    let mut jobs: Vec<Vec<JobId>> = vec![Vec::new(); MONEY_CUSTOMERS];
+    let mut withdrawals: HashMap<(usize, u8), u64> = HashMap::new();
+    let mut last_commit: Option<(usize, TaskId, Commit)> = None;
+
+    for op in ops {
+        match &op {
+            &MoneyOp::Faucet { customer, amount } => {
+                let reply = customers[customer]
+                    .post(
+                        "/v1/account/faucet",
+                        &Faucet {
+                            amount: Piconero(amount),
+                        },
+                    )
+                    .await;
+                expect_status(&op, &reply, amount > 0, 400)?;
+                if amount > 0 {
+                    put_in[customer] += amount;
+                }
+            }
+            &MoneyOp::Submit { customer, budget } => {
+                let c = &customers[customer];
+                let available = balance(c).await.available.0;
+                let spec = format!("{SPEC}\n[budget]\ntotal_xmr = \"{}\"\n", Piconero(budget));
+                let reply = submit_reply(c, &spec).await;
+                expect_status(&op, &reply, budget <= available, 402)?;
+                if budget <= available {
+                    jobs[customer].push(reply.ok::<JobView>().id);
+                }
+            }
+            &MoneyOp::Work { provider } | &MoneyOp::Fail { provider } => {
+                let p = &providers[provider];
+                let reply = p.heartbeat(&[], 1, 0).await;
+                if let Some(a) = reply.assignments.into_iter().next() {
+                    if matches!(op, MoneyOp::Work { .. }) {
+                        let ckpt = [a.segment as u8, provider as u8, 7, 7];
+                        p.client.upload(&ckpt).await;
+                        let commit = p.commit_for(&a, &ckpt);
+                        let reply = p.commit(&a.task_id, &commit).await;
+                        prop_assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+                        last_commit = Some((provider, a.task_id, commit));
+                    } else {
+                        let reply = p
+                            .client
+                            .post(
+                                &format!("/v1/tasks/{}/fail", a.task_id),
+                                &TaskFailed {
+                                    reason: "out of memory".into(),
+                                },
+                            )
+                            .await;
+                        prop_assert_eq!(reply.status.as_u16(), 204, "{}", reply.body);
+                    }
+                }
+            }
+            MoneyOp::Recommit => {
+                if let Some((provider, task, commit)) = &last_commit {
+                    // Answered like the first time or refused; never paid twice
+                    // (the conservation checks below would see it).
+                    let reply = providers[*provider].commit(task, commit).await;
+                    let s = reply.status.as_u16();
+                    prop_assert!(s == 200 || s == 409, "recommit: {} {}", s, reply.body);
+                }
+            }
+            &MoneyOp::Cancel { customer, job } => {
+                if let Some(id) = jobs[customer].get(job) {
+                    let c = &customers[customer];
+                    let before = c.job(id).await;
+                    let reply = c.post(&format!("/v1/jobs/{id}/cancel"), &()).await;
+                    let running = !before.status.is_final();
+                    expect_status(&op, &reply, running, 409)?;
+                }
+            }
+            &MoneyOp::Withdraw {
+                customer,
+                amount,
+                key,
+            } => {
+                let c = &customers[customer];
+                let available = balance(c).await.available.0;
+                let reply = c
+                    .post(
+                        "/v1/account/withdraw",
+                        &Withdraw {
+                            to: ADDRESS.into(),
+                            amount: Piconero(amount),
+                            idempotency_key: format!("w{key}"),
+                        },
+                    )
+                    .await;
+                match withdrawals.get(&(customer, key)) {
+                    // The same key again: the same withdrawal, once.
+                    Some(&previous) if previous == amount => expect_status(&op, &reply, true, 0)?,
+                    Some(_) => expect_status(&op, &reply, false, 409)?,
+                    None if amount == 0 => expect_status(&op, &reply, false, 400)?,
+                    None => {
+                        expect_status(&op, &reply, amount <= available, 402)?;
+                        if amount <= available {
+                            withdrawals.insert((customer, key), amount);
+                            taken_out[customer] += amount;
+                        }
+                    }
+                }
+            }
+            &MoneyOp::Stake { provider, amount } => {
+                let p = &providers[provider];
+                let available = earnings(&tp, p).await.available.0;
+                let reply = tp
+                    .anon()
+                    .post(
+                        "/v1/providers/stake",
+                        &StakeRequest {
+                            proof: proof(&tp, p, "stake").await,
+                            action: StakeAction::Add {
+                                amount: Piconero(amount),
+                            },
+                        },
+                    )
+                    .await;
+                let refused = if amount == 0 { 400 } else { 402 };
+                expect_status(&op, &reply, amount > 0 && amount <= available, refused)?;
+            }
+        }
+
+        // The invariants, after every operation.
+        let report = tp.pool.ledger().audit().await.unwrap();
+        prop_assert!(report.is_clean(), "after {:?}:\n{}", op, report);
+        let mut spent_total = 0u64;
+        for (i, c) in customers.iter().enumerate() {
+            let mut held = 0u64;
+            for id in &jobs[i] {
+                let j = c.job(id).await;
+                if j.status.is_final() {
+                    // The rest was refunded.
+                    prop_assert_eq!(j.escrow.0, 0, "ended job {} holds money", id);
+                    prop_assert!(j.spent <= j.budget, "job {} overspent", id);
+                } else {
+                    prop_assert_eq!(
+                        j.escrow.0 + j.spent.0,
+                        j.budget.0,
+                        "job {} after {:?}",
+                        id,
+                        op
+                    );
+                }
+                held += j.escrow.0 + j.spent.0;
+                spent_total += j.spent.0;
+            }
+            let b = balance(c).await.available.0;
+            prop_assert_eq!(
+                b,
+                put_in[i] - taken_out[i] - held,
+                "customer {} after {:?}",
+                i,
+                op
+            );
+        }
+        let mut earned = 0u64;
+        for p in &providers {
+            let e = earnings(&tp, p).await;
+            earned += e.pending.0 + e.available.0 + e.stake.0;
+        }
+        let l = tp.pool.ledger();
+        let fees = l
+            .balance(&gradpool_pool::escrow::pool_fees_account())
+            .await
+            .unwrap();
+        let fund = l
+            .balance(&gradpool_pool::escrow::validator_fund_account())
+            .await
+            .unwrap();
+        prop_assert_eq!(
+            earned as i64 + fees + fund,
+            spent_total as i64,
+            "spent money is not all with providers, fees and validators after {:?}",
+            op
+        );
+    }
+    tp.shutdown().await;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_escrow_payment_and_settlement_sequences_conserve_money(
+        ops in proptest::collection::vec(money_op(), 1..40)
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run_money_ops(ops))?;
+    }
 }

@@ -344,6 +344,8 @@ async fn registration_is_checked() {
         paused: None,
         memory_bytes: 8 << 30,
         isa: "x86-64-v3".into(),
+        gpu_uuid: None,
+        dedication: None,
     };
     p2.register(vec![]).await;
     old.post(
@@ -481,6 +483,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
         commitment: stranger.sign_commitment(good.commitment.commitment.clone()),
         loss_trace: good.loss_trace.clone(),
         compute_ms: 0,
+        dedication: None,
     };
     let e = p.commit(&a.task_id, &foreign).await.err(400);
     assert!(e.message.contains("signed by"), "{}", e.message);

@@ -120,3 +120,107 @@ async fn a_device_slower_than_claimed_is_caught() {
     let v = view(&c, "overclaimed rig").await;
     assert!(v.held.unwrap().contains("the claimed speed allows"));
 }
+
+/// After registration, proofs come again at random times, in a heartbeat
+/// reply: the provider is held until it answers, released when it passes,
+/// and held again if it lets one lapse.
+#[tokio::test]
+async fn proofs_come_again_at_random_times_after_registration() {
+    let tp = TestPool::start_with(|c| {
+        c.hardware_proof = true;
+        c.proof_interval_seconds = 1;
+        c.lease_seconds = 2;
+    })
+    .await;
+    let c = tp.customer("alice").await;
+    let mut p = tp.provider("rig").await;
+    let first = p.register(vec![]).await.proof.expect("a challenge");
+    assert_eq!(answer(&p, &first, &product(&first)).await.outcome, "passed");
+    assert_eq!(view(&c, "rig").await.status, "idle");
+
+    // The next one arrives with a heartbeat, within a few mean intervals.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        if let Some(challenge) = p.heartbeat(&[], 0, 0).await.proof {
+            break challenge;
+        }
+        assert!(Instant::now() < deadline, "no proof after registration");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(again.id, first.id);
+    assert_ne!(again.seed, first.seed, "a fresh seed each time");
+    let v = view(&c, "rig").await;
+    assert_eq!(v.status, "held");
+    assert_eq!(v.held.as_deref(), Some("hardware proof pending"));
+    assert_eq!(answer(&p, &again, &product(&again)).await.outcome, "passed");
+    assert_eq!(view(&c, "rig").await.status, "idle");
+
+    // One left unanswered past its deadline holds the provider.
+    let ignored = loop {
+        if let Some(challenge) = p.heartbeat(&[], 0, 0).await.proof {
+            break challenge;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lapse = Duration::from_millis(ignored.deadline_ms) + Duration::from_secs(3);
+    let until = Instant::now() + lapse + Duration::from_secs(5);
+    loop {
+        p.heartbeat(&[], 0, 0).await;
+        let v = view(&c, "rig").await;
+        if v.held.as_deref().is_some_and(|h| h.contains("no answer")) {
+            break;
+        }
+        assert!(Instant::now() < until, "an ignored proof must hold: {v:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    c.submit(SPEC, b"some text to train on").await;
+    assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
+}
+
+/// Two providers claiming one GPU UUID are both held; when one of them
+/// goes away, the other is released at its next heartbeat.
+#[tokio::test]
+async fn a_gpu_claimed_by_two_providers_holds_both() {
+    let tp = TestPool::start_with(|c| c.lease_seconds = 2).await;
+    let c = tp.customer("alice").await;
+    let uuid = "GPU-5c4d3a2b-1111-2222-3333-444455556666";
+    let real = tp
+        .provider_with("real rig", |p| p.gpu_uuid = Some(uuid.into()))
+        .await;
+    assert_eq!(view(&c, "real rig").await.status, "idle");
+    let copy = tp
+        .provider_with("copied rig", |p| p.gpu_uuid = Some(uuid.into()))
+        .await;
+    // Another GPU is no one's business.
+    tp.provider_with("other rig", |p| {
+        p.gpu_uuid = Some("GPU-00000000-aaaa-bbbb-cccc-dddddddddddd".into())
+    })
+    .await;
+    for (name, other) in [("real rig", &copy), ("copied rig", &real)] {
+        let v = view(&c, name).await;
+        assert_eq!(v.status, "held", "{name}");
+        let held = v.held.unwrap();
+        assert!(held.contains(uuid), "{held}");
+        assert!(held.contains(other.key.provider_id().as_str()), "{held}");
+    }
+    assert_eq!(view(&c, "other rig").await.status, "idle");
+    c.submit(SPEC, b"some text to train on").await;
+    assert!(real.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert!(copy.heartbeat(&[], 1, 0).await.assignments.is_empty());
+
+    // The copy stops; once it is gone a lease period, the real rig works.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let a = real.take().await;
+    assert_eq!(a.segment, 0);
+    assert_eq!(view(&c, "real rig").await.status, "sharing");
+    let history = status_history(&tp, &real).await;
+    let statuses: Vec<&str> = history.iter().map(|h| h.status.as_str()).collect();
+    assert!(statuses.contains(&"released"), "{statuses:?}");
+    assert!(statuses.contains(&"held"), "{statuses:?}");
+}
+
+async fn status_history(tp: &TestPool, p: &TestProvider) -> Vec<StatusChange> {
+    let proof = proof(tp, p, "status").await;
+    let s: ProviderStatus = tp.anon().post("/v1/providers/status", &proof).await.ok();
+    s.history
+}

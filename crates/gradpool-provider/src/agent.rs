@@ -13,7 +13,7 @@ use gradpool_core::wire::{self, Assignment, TaskKind};
 use gradpool_core::{NodeKey, Piconero, Sha256Hex, TaskId, RUNTIME_VERSION};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -98,6 +98,8 @@ struct Shared {
 struct Worker {
     cancel: CancellationToken,
     step: Arc<AtomicU64>,
+    /// The most foreign processes seen on the device while it ran.
+    foreign: Arc<AtomicU32>,
     handle: JoinHandle<()>,
 }
 
@@ -142,6 +144,10 @@ pub async fn run(
             workers.remove(&id);
         }
         let mut telemetry = shared.device.telemetry(workers.len() as u32);
+        let foreign_now = telemetry.foreign_processes;
+        for w in workers.values() {
+            w.foreign.fetch_max(foreign_now, Ordering::Relaxed);
+        }
         let pause = gate.check(
             shared
                 .config
@@ -218,9 +224,21 @@ pub async fn run(
                         w.cancel.cancel();
                     }
                 }
+                if let Some(challenge) = reply.proof {
+                    // Beside the running tasks, whose leases the next
+                    // heartbeats keep renewing.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        answer_proof(&shared, &api, &challenge).await;
+                    });
+                }
                 let got_work = !reply.assignments.is_empty();
                 for a in reply.assignments {
                     spawn_worker(&shared, &mut workers, a, &shutdown);
+                }
+                // What the device ran beside them when they started.
+                for w in workers.values() {
+                    w.foreign.fetch_max(foreign_now, Ordering::Relaxed);
                 }
                 if got_work && workers.len() < shared.config.max_concurrent_tasks as usize {
                     continue;
@@ -312,14 +330,7 @@ async fn register(
                 let mut api = api;
                 api.set_token(reg.token.clone());
                 if let Some(challenge) = &reg.proof {
-                    match prove(shared, &api, challenge).await {
-                        Ok(r) => {
-                            tracing::info!(outcome = %r.outcome, n = challenge.n, elapsed_ms = r.elapsed_ms, proven_gflops = r.proven_gflops, "hardware proof answered")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e.report(), "cannot answer the pool's hardware proof; it gives no work until one passes")
-                        }
-                    }
+                    answer_proof(shared, &api, challenge).await;
                 }
                 *shared.api.write().await = api;
                 return Some(reg);
@@ -371,15 +382,17 @@ fn spawn_worker(
     }
     let cancel = shutdown.child_token();
     let step = Arc::new(AtomicU64::new(a.start_step));
+    let foreign = Arc::new(AtomicU32::new(0));
     let id = a.task_id.clone();
     let handle = {
         let shared = shared.clone();
         let cancel = cancel.clone();
         let step = step.clone();
+        let foreign = foreign.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let task = a.task_id.clone();
-            match run_task(&shared, &a, &cancel, &step).await {
+            match run_task(&shared, &a, &cancel, &step, &foreign).await {
                 Ok(TaskEnd::Committed) => shared.dir.end_task(&task),
                 Ok(TaskEnd::Cancelled) if shutdown.is_cancelled() => {
                     tracing::info!(task = %task, "task stopped by shutdown; it resumes on restart if the lease holds");
@@ -402,6 +415,7 @@ fn spawn_worker(
         Worker {
             cancel,
             step,
+            foreign,
             handle,
         },
     );
@@ -418,18 +432,20 @@ async fn run_task(
     a: &Assignment,
     cancel: &CancellationToken,
     step: &Arc<AtomicU64>,
+    foreign: &AtomicU32,
 ) -> Result<TaskEnd, ProviderError> {
     if a.kind == TaskKind::Replay {
         return replay(shared, a, cancel).await;
     }
     let task_dir = shared.dir.begin_task(a)?;
     let out = task_dir.join("end.safetensors");
-    let (losses, compute_ms) = match shared.dir.finished_losses(&a.task_id) {
+    let (losses, compute_ms, dedication) = match shared.dir.finished_losses(&a.task_id) {
         Some(losses) => {
             tracing::info!(task = %a.task_id, "segment was trained before the restart; committing it");
             // The training time died with the process: the pool bills what
-            // it saw between lease and commit.
-            (losses, 0)
+            // it saw between lease and commit, and nothing is claimed about
+            // the device's dedication.
+            (losses, 0, None)
         }
         None => {
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
@@ -478,17 +494,32 @@ async fn run_task(
             drop(tx);
             let _ = reporter.await;
             match end {
-                SegmentEnd::Done { losses } => {
+                SegmentEnd::Done {
+                    losses,
+                    busy_ms,
+                    rest_ms,
+                } => {
                     shared.dir.finish_training(&a.task_id, &losses)?;
-                    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    (losses, ms.max(1))
+                    let ms = u64::try_from(started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    let stepping = busy_ms.saturating_add(rest_ms);
+                    let dedication = wire::Dedication {
+                        share: if stepping == 0 {
+                            1.0
+                        } else {
+                            busy_ms as f64 / stepping as f64
+                        },
+                        foreign_processes: foreign.load(Ordering::Relaxed),
+                    };
+                    (losses, ms, Some(dedication))
                 }
                 SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
                 SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
             }
         }
     };
-    commit(shared, a, &out, losses, compute_ms, cancel).await
+    commit(shared, a, &out, losses, compute_ms, dedication, cancel).await
 }
 
 /// Sends the latest progress at most twice a second, and the last one as
@@ -553,6 +584,7 @@ async fn commit(
     out: &std::path::Path,
     loss_trace: Vec<f32>,
     compute_ms: u64,
+    dedication: Option<wire::Dedication>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
     let sha = Sha256Hex::of_file(out)
@@ -574,6 +606,7 @@ async fn commit(
         commitment: signed,
         loss_trace,
         compute_ms,
+        dedication,
     };
     let (sha_ref, body) = (&sha, &body);
     let sent = until_answered("commitment", &a.task_id, cancel, shared, |api| async move {
@@ -642,6 +675,22 @@ where
                 sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
                 backoff = (backoff * 2).min(15);
             }
+        }
+    }
+}
+
+/// Answers a hardware proof and logs the outcome.
+async fn answer_proof(
+    shared: &Arc<Shared>,
+    api: &Api,
+    challenge: &gradpool_core::proof::ProofChallenge,
+) {
+    match prove(shared, api, challenge).await {
+        Ok(r) => {
+            tracing::info!(outcome = %r.outcome, n = challenge.n, elapsed_ms = r.elapsed_ms, proven_gflops = r.proven_gflops, "hardware proof answered")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.report(), "cannot answer the pool's hardware proof; it gives no work until one passes")
         }
     }
 }
@@ -744,7 +793,7 @@ async fn replay(
     .await
     .map_err(ProviderError::io("cannot run the segment process"))?;
     let losses = match end {
-        SegmentEnd::Done { losses } => losses,
+        SegmentEnd::Done { losses, .. } => losses,
         SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
         SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
     };

@@ -44,6 +44,7 @@ impl Device for CpuDevice {
             threads: self.threads,
             memory_bytes: meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
             isa: isa_level().to_owned(),
+            uuid: None,
         }
     }
 

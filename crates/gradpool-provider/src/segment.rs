@@ -23,7 +23,16 @@ pub enum SegmentEvent {
         tokens_per_sec: f64,
     },
     /// The segment finished and its end checkpoint is in place.
-    Done { losses: Vec<f32> },
+    Done {
+        losses: Vec<f32>,
+        /// How long the device trained the steps, in milliseconds.
+        #[serde(default)]
+        busy_ms: u64,
+        /// How long it rested between steps for `--max-share`, in
+        /// milliseconds.
+        #[serde(default)]
+        rest_ms: u64,
+    },
 }
 
 /// Where a segment's inputs and output live.
@@ -38,8 +47,14 @@ pub struct SegmentFiles {
 /// How a segment ended.
 #[derive(Debug)]
 pub enum SegmentEnd {
-    Done { losses: Vec<f32> },
-    Failed { reason: String },
+    Done {
+        losses: Vec<f32>,
+        busy_ms: u64,
+        rest_ms: u64,
+    },
+    Failed {
+        reason: String,
+    },
     Cancelled,
 }
 
@@ -96,7 +111,7 @@ pub async fn run_child(
     });
 
     let mut lines = BufReader::new(stdout).lines();
-    let mut losses = None;
+    let mut done = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -114,7 +129,7 @@ pub async fn run_child(
                     None => break,
                     Some(line) => match serde_json::from_str::<SegmentEvent>(&line) {
                         Ok(SegmentEvent::Step { step, loss, tokens_per_sec }) => on_step(step, loss, tokens_per_sec),
-                        Ok(SegmentEvent::Done { losses: l }) => losses = Some(l),
+                        Ok(SegmentEvent::Done { losses, busy_ms, rest_ms }) => done = Some((losses, busy_ms, rest_ms)),
                         Err(_) => tracing::debug!(line, "ignoring a non-event line from the segment"),
                     },
                 }
@@ -129,8 +144,12 @@ pub async fn run_child(
         status = child.wait() => status?,
     };
     let stderr_tail = stderr_task.await.unwrap_or_default();
-    match (status.success(), losses) {
-        (true, Some(losses)) => Ok(SegmentEnd::Done { losses }),
+    match (status.success(), done) {
+        (true, Some((losses, busy_ms, rest_ms))) => Ok(SegmentEnd::Done {
+            losses,
+            busy_ms,
+            rest_ms,
+        }),
         (true, None) => Ok(SegmentEnd::Failed {
             reason: "segment process exited without reporting its result".into(),
         }),
@@ -158,7 +177,14 @@ mod tests {
         );
         let done: SegmentEvent =
             serde_json::from_str(r#"{"event":"done","losses":[1.0]}"#).unwrap();
-        assert_eq!(done, SegmentEvent::Done { losses: vec![1.0] });
+        assert_eq!(
+            done,
+            SegmentEvent::Done {
+                losses: vec![1.0],
+                busy_ms: 0,
+                rest_ms: 0
+            }
+        );
     }
 
     fn files(dir: &Path) -> SegmentFiles {
@@ -223,7 +249,7 @@ echo '{"event":"done","losses":[4.0]}'"#,
         .await
         .unwrap();
         assert!(
-            matches!(end, SegmentEnd::Done { ref losses } if losses == &[4.0]),
+            matches!(end, SegmentEnd::Done { ref losses, .. } if losses == &[4.0]),
             "{end:?}"
         );
         assert_eq!(steps, [(0, 4.0)]);

@@ -158,13 +158,22 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             );
             println!("data       {}", j.data_sha256);
             if !segments.is_empty() {
+                // DEVICE: the share of the segment's time the device trained
+                // it; FOREIGN: other processes seen on the device meanwhile.
                 println!(
-                    "\n{:>4} {:>13} {:<22} {:>9}  COMMITMENT",
-                    "SEG", "STEPS", "PROVIDER", "LOSS"
+                    "\n{:>4} {:>13} {:<22} {:>9} {:>6} {:>7}  COMMITMENT",
+                    "SEG", "STEPS", "PROVIDER", "LOSS", "DEVICE", "FOREIGN"
                 );
                 for s in segments {
+                    let (share, foreign) = match s.dedication {
+                        Some(d) => (
+                            format!("{:.0}%", d.share * 100.0),
+                            d.foreign_processes.to_string(),
+                        ),
+                        None => ("-".to_owned(), "-".to_owned()),
+                    };
                     println!(
-                        "{:>4} {:>6}-{:<6} {:<22} {:>9}  {}…",
+                        "{:>4} {:>6}-{:<6} {:<22} {:>9} {:>6} {:>7}  {}…",
                         s.segment,
                         s.start_step,
                         s.end_step,
@@ -173,6 +182,8 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                             .last()
                             .map(|l| format!("{l:.4}"))
                             .unwrap_or_default(),
+                        share,
+                        foreign,
                         s.commitment.commitment.hash.get(..16).unwrap_or_default()
                     );
                 }

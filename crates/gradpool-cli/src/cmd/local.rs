@@ -241,17 +241,28 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     };
     let pacer = gradpool_provider::limits::Pacer::new(a.max_share);
     let mut busy_since = std::time::Instant::now();
+    // Time training and time resting, as measured: the share the task
+    // really got.
+    let busy = std::cell::Cell::new(std::time::Duration::ZERO);
+    let rested = std::cell::Cell::new(std::time::Duration::ZERO);
     let mut on_step = |r: StepReport| {
         emit(&SegmentEvent::Step {
             step: r.step,
             loss: r.loss,
             tokens_per_sec: r.tokens_per_sec,
         });
-        let rest = pacer.rest_after(busy_since.elapsed());
+        let worked = busy_since.elapsed();
+        busy.set(busy.get() + worked);
+        let rest = pacer.rest_after(worked);
         if !rest.is_zero() {
+            let resting = std::time::Instant::now();
             std::thread::sleep(rest);
+            rested.set(rested.get() + resting.elapsed());
         }
         busy_since = std::time::Instant::now();
+    };
+    let ms = |d: &std::cell::Cell<std::time::Duration>| {
+        u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
     #[cfg(feature = "cheat")]
     if let Some(kind) = a.cheat {
@@ -269,6 +280,8 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         )?;
         emit(&SegmentEvent::Done {
             losses: outcome.losses,
+            busy_ms: ms(&busy),
+            rest_ms: ms(&rested),
         });
         return Ok(ExitCode::SUCCESS);
     }
@@ -284,6 +297,8 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     )?;
     emit(&SegmentEvent::Done {
         losses: outcome.losses,
+        busy_ms: ms(&busy),
+        rest_ms: ms(&rested),
     });
     Ok(ExitCode::SUCCESS)
 }

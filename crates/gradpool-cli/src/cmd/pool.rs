@@ -85,6 +85,11 @@ pub struct PoolArgs {
     /// (a pool of machines its operator owns).
     #[arg(long)]
     no_hardware_proof: bool,
+    /// The mean time between a provider's hardware proofs after its
+    /// registration, in seconds (each comes at a random time); 0: only at
+    /// registration.
+    #[arg(long, default_value_t = 6 * 3600, value_name = "SECONDS")]
+    proof_interval_s: u64,
 }
 
 /// A probability from 0 to 1.
@@ -174,6 +179,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             plant_rate: a.plant_rate,
         },
         hardware_proof: !a.no_hardware_proof,
+        proof_interval_seconds: a.proof_interval_s,
     };
     let pool = Pool::open(config)
         .await

@@ -159,6 +159,10 @@ pub enum StakeCommand {
     },
     /// Start the cool-down after which the whole stake becomes available.
     Withdraw(NodeArgs),
+    /// Print the Monero subaddress that funds the stake from any wallet
+    /// (pools with the Monero backend): a transfer to it is added to the
+    /// stake after the pool's confirmations.
+    Deposit(NodeArgs),
 }
 
 #[derive(Args)]
@@ -231,6 +235,9 @@ pub async fn run(mut a: ProviderArgs) -> anyhow::Result<ExitCode> {
         }
         Some(ProviderCommand::Stake(StakeCommand::Withdraw(node))) => {
             stake(&node, wire::StakeAction::Withdraw).await
+        }
+        Some(ProviderCommand::Stake(StakeCommand::Deposit(node))) => {
+            stake(&node, wire::StakeAction::Deposit).await
         }
         None => agent(a).await,
     }
@@ -374,6 +381,7 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
                         p.status,
                         p.paused_reason
                             .as_deref()
+                            .or(p.held.as_deref())
                             .map(|r| format!(": {r}"))
                             .unwrap_or_default(),
                         p.last_seen
@@ -382,7 +390,7 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
                         "reputation         {:.2} ({} audits passed in a row, {} faults; audited at {:.3})",
                         p.reputation, p.streak, p.faults, p.audit_probability
                     );
-                    for change in st.history.iter().take(5) {
+                    for change in st.history.iter().take(8) {
                         println!(
                             "  {}  {}{}",
                             change.at,
@@ -496,6 +504,9 @@ fn print_earnings(e: &wire::Earnings) {
     match &e.unstake_at {
         Some(at) => println!("stake       {}  (returned at {at})", e.stake),
         None => println!("stake       {}", e.stake),
+    }
+    if let Some(address) = &e.stake_deposit_address {
+        println!("stake deposit address  {address}");
     }
     if e.payout.is_empty() {
         println!("payout to   (no address: restart the provider with --payout ADDRESS)");

@@ -141,6 +141,8 @@ impl TestPool {
             paused: None,
             memory_bytes: 8 << 30,
             isa: "x86-64-v3".into(),
+            gpu_uuid: None,
+            dedication: None,
         };
         f(&mut p);
         let reg = p.register(vec![]).await;
@@ -323,6 +325,10 @@ pub struct TestProvider {
     pub memory_bytes: u64,
     /// Its instruction-set level: part of its reproducibility class.
     pub isa: String,
+    /// The GPU UUID it claims.
+    pub gpu_uuid: Option<String>,
+    /// The device's dedication its commits report.
+    pub dedication: Option<Dedication>,
 }
 
 impl TestProvider {
@@ -333,6 +339,7 @@ impl TestProvider {
             threads: 2,
             memory_bytes: self.memory_bytes,
             isa: self.isa.clone(),
+            uuid: self.gpu_uuid.clone(),
         }
     }
 
@@ -427,6 +434,7 @@ impl TestProvider {
             commitment: self.key.sign_commitment(commitment),
             loss_trace,
             compute_ms: self.compute_ms,
+            dedication: self.dedication,
         }
     }
 
@@ -438,6 +446,7 @@ impl TestProvider {
             commitment: self.key.sign_commitment(cm),
             loss_trace: c.loss_trace.clone(),
             compute_ms: c.compute_ms,
+            dedication: c.dedication,
         }
     }
 

@@ -1,0 +1,271 @@
+//! Where a provider stands over time, as the pool sees it: registrations,
+//! pauses, holds and disconnections, each recorded in `provider_status`
+//! with its reason; the GPU a provider claims, held with its twin when two
+//! providers claim the same one; and hardware proofs at random times after
+//! registration.
+//!
+//! History rows (`status`): `registered`, `paused` / `resumed` (the owner's
+//! limits, reported in heartbeats), `held` / `released` (a hardware proof
+//! pending or failed, a GPU claimed twice), `disconnected` (heartbeats
+//! stopped for a lease period) / `connected` (heard from again).
+
+use crate::error::PoolError;
+use crate::scheduler::Write;
+use crate::Pool;
+use gradpool_core::proof::ProofChallenge;
+use gradpool_core::ProviderId;
+
+/// The `held` text of a provider whose GPU another provider also claims.
+pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
+    format!("GPU {uuid} is also claimed by provider {other}")
+}
+
+/// An exponentially distributed delay with mean `mean_s` seconds, in
+/// milliseconds, drawn from the OS's randomness.
+fn random_delay_ms(mean_s: u64) -> i64 {
+    let bits = u64::from_str_radix(&gradpool_core::id::random_hex(8), 16).unwrap_or(1 << 52);
+    // Uniform in (0, 1]: never ln(0).
+    let u = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let ms = -u.ln() * mean_s as f64 * 1000.0;
+    ms.min(i64::MAX as f64 / 2.0) as i64
+}
+
+impl Write<'_> {
+    /// Appends to the provider's status history.
+    pub(crate) async fn record_status(
+        &mut self,
+        provider: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), PoolError> {
+        let now = self.now;
+        sqlx::query(
+            "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(provider)
+        .bind(status)
+        .bind(reason)
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The provider was heard from: if the pool had recorded it
+    /// disconnected, it is connected again.
+    pub(crate) async fn seen(&mut self, provider: &str) -> Result<(), PoolError> {
+        let was: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT disconnected_at FROM providers WHERE id = ?")
+                .bind(provider)
+                .fetch_optional(self.conn())
+                .await?;
+        if let Some(Some(_)) = was {
+            sqlx::query("UPDATE providers SET disconnected_at = NULL WHERE id = ?")
+                .bind(provider)
+                .execute(self.conn())
+                .await?;
+            self.record_status(provider, "connected", None).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the GPU `provider` claims and holds it, and every connected
+    /// provider claiming the same GPU, until the others are gone. A
+    /// provider that no longer shares its GPU with anyone is released.
+    pub(crate) async fn check_gpu_claim(
+        &mut self,
+        provider: &ProviderId,
+        uuid: Option<&str>,
+        lease_ms: i64,
+    ) -> Result<(), PoolError> {
+        let p = provider.as_str();
+        sqlx::query("UPDATE providers SET gpu_uuid = ? WHERE id = ?")
+            .bind(uuid)
+            .bind(p)
+            .execute(self.conn())
+            .await?;
+        let others: Vec<String> = match uuid {
+            Some(uuid) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM providers WHERE gpu_uuid = ? AND id != ? AND last_seen >= ? ORDER BY registered_at",
+                )
+                .bind(uuid)
+                .bind(p)
+                .bind(self.now - lease_ms)
+                .fetch_all(self.conn())
+                .await?
+            }
+            None => Vec::new(),
+        };
+        let (Some(uuid), Some(first)) = (uuid, others.first()) else {
+            return self.release_duplicate(p).await;
+        };
+        let reason = duplicate_reason(uuid, first);
+        sqlx::query("UPDATE providers SET duplicate_of = ? WHERE id = ?")
+            .bind(first)
+            .bind(p)
+            .execute(self.conn())
+            .await?;
+        self.record_status(p, "held", Some(&reason)).await?;
+        for other in &others {
+            let set = sqlx::query(
+                "UPDATE providers SET duplicate_of = ? WHERE id = ? AND duplicate_of IS NULL",
+            )
+            .bind(p)
+            .bind(other)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+            if set > 0 {
+                self.record_status(other, "held", Some(&duplicate_reason(uuid, p)))
+                    .await?;
+            }
+        }
+        tracing::warn!(provider = %provider, gpu = uuid, others = ?others, "a GPU is claimed by more than one provider; all are held");
+        Ok(())
+    }
+
+    /// Releases a provider held for a GPU another provider claimed, once
+    /// that one is disconnected (or claims another GPU).
+    pub(crate) async fn release_duplicate_if_gone(
+        &mut self,
+        provider: &str,
+        lease_ms: i64,
+    ) -> Result<(), PoolError> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT duplicate_of, gpu_uuid FROM providers WHERE id = ?")
+                .bind(provider)
+                .fetch_optional(self.conn())
+                .await?;
+        let Some((Some(other), uuid)) = row else {
+            return Ok(());
+        };
+        let still: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM providers WHERE id = ? AND gpu_uuid IS ? AND last_seen >= ?",
+        )
+        .bind(&other)
+        .bind(uuid)
+        .bind(self.now - lease_ms)
+        .fetch_optional(self.conn())
+        .await?;
+        if still.is_none() {
+            self.release_duplicate(provider).await?;
+        }
+        Ok(())
+    }
+
+    async fn release_duplicate(&mut self, provider: &str) -> Result<(), PoolError> {
+        let released = sqlx::query(
+            "UPDATE providers SET duplicate_of = NULL WHERE id = ? AND duplicate_of IS NOT NULL",
+        )
+        .bind(provider)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        if released > 0 {
+            self.record_status(
+                provider,
+                "released",
+                Some("its GPU is no longer claimed twice"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Plans the provider's next hardware proof at a random time (none when
+    /// the pool's interval is 0).
+    pub(crate) async fn plan_next_proof(
+        &mut self,
+        provider: &str,
+        mean_s: u64,
+    ) -> Result<(), PoolError> {
+        let next = (mean_s > 0).then(|| self.now + random_delay_ms(mean_s));
+        sqlx::query("UPDATE providers SET next_proof_at = ? WHERE id = ?")
+            .bind(next)
+            .bind(provider)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Issues the provider's next hardware proof if it is due and none is
+    /// open, and plans the one after.
+    pub(crate) async fn proof_if_due(
+        &mut self,
+        provider: &ProviderId,
+        mean_s: u64,
+    ) -> Result<Option<ProofChallenge>, PoolError> {
+        let row: Option<(Option<i64>, Option<f64>, i64)> = sqlx::query_as(
+            "SELECT next_proof_at, benchmark_gflops, memory_bytes FROM providers WHERE id = ?",
+        )
+        .bind(provider.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        let Some((Some(due), gflops, memory)) = row else {
+            return Ok(None);
+        };
+        if due > self.now {
+            return Ok(None);
+        }
+        let open: Option<String> =
+            sqlx::query_scalar("SELECT id FROM proofs WHERE provider_id = ? AND status = 'open'")
+                .bind(provider.as_str())
+                .fetch_optional(self.conn())
+                .await?;
+        self.plan_next_proof(provider.as_str(), mean_s).await?;
+        if open.is_some() {
+            return Ok(None);
+        }
+        let challenge = self
+            .issue_proof(provider, gflops, u64::try_from(memory).unwrap_or(0))
+            .await?;
+        tracing::info!(provider = %provider, proof = %challenge.id, n = challenge.n, "hardware proof at a random time");
+        Ok(Some(challenge))
+    }
+}
+
+impl Pool {
+    /// Records as `disconnected` every provider not heard from for a lease
+    /// period, and closes the hardware proofs whose deadline has passed
+    /// unanswered (the provider stays held). Run by the reaper.
+    pub async fn mark_absent(&self) -> Result<usize, PoolError> {
+        let lease_ms = i64::from(self.inner.config.lease_seconds) * 1000;
+        let mut w = self.write().await?;
+        let now = w.now;
+        let gone: Vec<String> = sqlx::query_scalar(
+            "UPDATE providers SET disconnected_at = ?1 \
+             WHERE disconnected_at IS NULL AND last_seen < ?1 - ?2 RETURNING id",
+        )
+        .bind(now)
+        .bind(lease_ms)
+        .fetch_all(w.conn())
+        .await?;
+        for p in &gone {
+            w.record_status(p, "disconnected", Some("no heartbeat for a lease period"))
+                .await?;
+            tracing::info!(provider = %p, "provider disconnected");
+        }
+        // Answers are judged when they arrive; an upload may take a while,
+        // so an open proof is closed only a lease period after its deadline.
+        let unanswered: Vec<String> = sqlx::query_scalar(
+            "UPDATE proofs SET status = 'no_answer' \
+             WHERE status = 'open' AND issued_at + deadline_ms + ?2 < ?1 RETURNING provider_id",
+        )
+        .bind(now)
+        .bind(lease_ms)
+        .fetch_all(w.conn())
+        .await?;
+        for p in &unanswered {
+            let why = "hardware proof failed: no answer before its deadline";
+            sqlx::query("UPDATE providers SET held = ? WHERE id = ?")
+                .bind(why)
+                .bind(p)
+                .execute(w.conn())
+                .await?;
+            w.record_status(p, "held", Some(why)).await?;
+        }
+        w.commit().await?;
+        Ok(gone.len())
+    }
+}
