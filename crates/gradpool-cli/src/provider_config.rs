@@ -47,6 +47,10 @@ pub struct ProviderFile {
     pub min_price_xmr_per_hour: Option<String>,
     pub max_concurrent_tasks: Option<u32>,
     pub threads: Option<u32>,
+    /// `auto` (a GPU when NVML finds one, else the CPU), `cpu` or `cuda`.
+    pub device: Option<String>,
+    /// The GPU to share, by NVML's index (`nvidia-smi -i`).
+    pub gpu: Option<u32>,
     pub validate: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,

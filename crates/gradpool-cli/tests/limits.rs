@@ -53,6 +53,7 @@ async fn run(
         limits,
         device,
         Arc::new(SystemClock),
+        &tiny_spec("limits", 21, 60, 20),
         async move |api, id, _| during(api, id).await,
     )
     .await
@@ -62,14 +63,14 @@ async fn run_with_clock(
     limits: Limits,
     device: Arc<SimulatedDevice>,
     clock: Arc<dyn LocalClock>,
+    spec: &str,
     during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str, &std::path::Path),
 ) -> Vec<gradpool_core::wire::JobEvent> {
     let tmp = tempfile::tempdir().unwrap();
     let pool = start_pool(&tmp.path().join("pool"), 10).await;
     let api = customer(&pool).await;
     let data = small_corpus(tmp.path());
-    let spec = tiny_spec("limits", 21, 60, 20);
-    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+    let job = gradpool_cli::cmd::job::submit_text(&api, spec, &data, false)
         .await
         .unwrap();
     let id = job.id.to_string();
@@ -94,7 +95,7 @@ async fn run_with_clock(
         .await
         .unwrap();
     assert!(
-        std::fs::read(model).unwrap() == local_model(&spec, &data, &out),
+        std::fs::read(model).unwrap() == local_model(spec, &data, &out),
         "the model differs from an uninterrupted local run"
     );
     let log = events(&api, &id).await;
@@ -183,61 +184,68 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         ..Limits::default()
     };
     let c = clock.clone();
-    let log = run_with_clock(limits, device, clock, async move |api, id, rig_dir| {
-        let start = Instant::now();
-        loop {
-            let job: gradpool_core::wire::JobView =
-                api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-            if job.status == JobStatus::Running {
-                break;
+    let log = run_with_clock(
+        limits,
+        device,
+        clock,
+        &tiny_spec("limits", 21, 60, 20),
+        async move |api, id, rig_dir| {
+            let start = Instant::now();
+            loop {
+                let job: gradpool_core::wire::JobView =
+                    api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+                if job.status == JobStatus::Running {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(start.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Tuesday 07:00: the window closes mid-segment.
-        c.set(1, 7 * 60);
-        let start = Instant::now();
-        let paused = loop {
+            // Tuesday 07:00: the window closes mid-segment.
+            c.set(1, 7 * 60);
+            let start = Instant::now();
+            let paused = loop {
+                let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
+                let job: gradpool_core::wire::JobView =
+                    api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+                if all[0].status == "paused" {
+                    break job;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "{all:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(
+                paused.segments_done, 1,
+                "the segment in flight was finished, and nothing after it: {paused:?}"
+            );
             let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
+            assert_eq!(all[0].paused_reason.as_deref(), Some("schedule"));
+            // The owner sees it too, with the history of pauses.
+            let out = std::process::Command::new(BIN)
+                .args(["provider", "status", "--pool", api.base(), "--data-dir"])
+                .arg(rig_dir)
+                .env_remove("GRADPOOL_PROVIDER_CONFIG")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("status             paused: schedule"),
+                "{text}"
+            );
+            assert!(text.contains("paused (schedule)"), "{text}");
+            // Still paused a while later: no new work outside the window.
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let job: gradpool_core::wire::JobView =
                 api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-            if all[0].status == "paused" {
-                break job;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{all:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(
-            paused.segments_done, 1,
-            "the segment in flight was finished, and nothing after it: {paused:?}"
-        );
-        let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
-        assert_eq!(all[0].paused_reason.as_deref(), Some("schedule"));
-        // The owner sees it too, with the history of pauses.
-        let out = std::process::Command::new(BIN)
-            .args(["provider", "status", "--pool", api.base(), "--data-dir"])
-            .arg(rig_dir)
-            .env_remove("GRADPOOL_PROVIDER_CONFIG")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.contains("status             paused: schedule"),
-            "{text}"
-        );
-        assert!(text.contains("paused (schedule)"), "{text}");
-        // Still paused a while later: no new work outside the window.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-        assert_eq!(job.segments_done, 1, "{job:?}");
-        // Tuesday 22:00: open again.
-        c.set(1, 22 * 60);
-    })
+            assert_eq!(job.segments_done, 1, "{job:?}");
+            // Tuesday 22:00: open again.
+            c.set(1, 22 * 60);
+        },
+    )
     .await;
     // Nothing was handed back: the closing window let the segment finish.
     assert!(!log
@@ -279,4 +287,44 @@ async fn each_segment_records_the_share_it_got_and_the_foreign_processes() {
         );
         assert_eq!(d.foreign_processes, 2, "segment {}", s.segment);
     }
+}
+
+/// A power cap the device does not let the agent set (the simulated device,
+/// like a GPU without permission to change its limit): the agent holds it by
+/// resting between steps against the measured draw. The device draws 50 W
+/// idle and 300 W training all the time, so 150 W allows at most 40%; the
+/// segments after the first run at that share, and the model is still
+/// bit-identical to an uninterrupted local run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_limit_is_held_by_resting_against_the_measured_draw() {
+    let device = Arc::new(SimulatedDevice::new(40.0, 60.0).with_power(50.0, 300.0));
+    let limits = Limits {
+        power_limit_w: Some(150),
+        ..Limits::default()
+    };
+    let segments = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = segments.clone();
+    run_with_clock(
+        limits,
+        device,
+        Arc::new(SystemClock),
+        &tiny_spec("power", 5, 480, 80),
+        async move |api, id, _| {
+            let end = wait_final(api, id, Duration::from_secs(180)).await;
+            assert_eq!(end.status, JobStatus::Succeeded);
+            let s: Vec<gradpool_core::wire::SegmentView> =
+                api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+            *seen.lock().unwrap() = s;
+        },
+    )
+    .await;
+    let segments = segments.lock().unwrap().clone();
+    let shares: Vec<f64> = segments
+        .iter()
+        .map(|s| s.dedication.expect("dedication").share)
+        .collect();
+    let last = *shares.last().unwrap();
+    // 40% of the time at most, within what sleeping can overshoot.
+    assert!(last <= 0.45, "{shares:?}");
+    assert!(last >= 0.2, "{shares:?}");
 }

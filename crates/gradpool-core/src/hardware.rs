@@ -59,4 +59,13 @@ pub struct Telemetry {
     /// owner's own work).
     #[serde(default)]
     pub foreign_processes: u32,
+    /// How busy the device is, in percent, where it can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_pct: Option<f32>,
+    /// The device's power draw in watts, where it can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_w: Option<f32>,
+    /// The device's graphics clock in MHz, where it can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_mhz: Option<u32>,
 }

@@ -13,7 +13,7 @@ use gradpool_core::wire::{self, Assignment, TaskKind};
 use gradpool_core::{NodeKey, Piconero, Sha256Hex, TaskId, RUNTIME_VERSION};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -93,6 +93,32 @@ struct Shared {
     /// Each worker sends its task id here when it ends, so the loop frees
     /// its slot and asks for more work at once.
     worker_ended: mpsc::UnboundedSender<TaskId>,
+    /// The percent of the time segments may train: the owner's
+    /// `max_gpu_share`, lowered further while a power cap is held by
+    /// resting. Segment processes re-read it from [`Shared::share_file`]
+    /// at every step.
+    share: AtomicU8,
+    share_file: PathBuf,
+    /// Segments and replays running now.
+    running: AtomicU32,
+}
+
+impl Shared {
+    fn share(&self) -> u8 {
+        self.share.load(Ordering::Relaxed)
+    }
+
+    /// Sets the share and tells the running segment processes (written
+    /// aside, then renamed: a process never reads half a file).
+    fn set_share(&self, share: u8) {
+        self.share.store(share, Ordering::Relaxed);
+        let tmp = self.share_file.with_extension("tmp");
+        let written = std::fs::write(&tmp, share.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &self.share_file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, file = %self.share_file.display(), "cannot write the GPU share for running segments");
+        }
+    }
 }
 
 struct Worker {
@@ -115,14 +141,53 @@ pub async fn run(
     let key = NodeKey::load_or_create(&dir.node_key_path())?;
     tracing::info!(provider = %key.provider_id(), pool = %config.pool_url, "provider starting");
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    // The power cap: the driver's if it lets us set it, else held here by
+    // resting between steps against the measured draw.
+    let mut governor = match config.limits.power_limit_w {
+        None => None,
+        Some(watts) => match device.set_power_limit(watts) {
+            Ok(()) => {
+                tracing::info!(watts, "power limit set in the driver");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(watts, reason = %e, "holding the power limit by resting between steps");
+                Some(crate::limits::PowerGovernor::new(
+                    watts,
+                    config.limits.max_gpu_share,
+                ))
+            }
+        },
+    };
+    let share_file = dir.root().join("gpu-share");
     let shared = Arc::new(Shared {
         api: tokio::sync::RwLock::new(Api::new(&config.pool_url, None)),
         dir,
         key,
         device,
+        share: AtomicU8::new(config.limits.max_gpu_share),
         config,
         worker_ended: ended_tx,
+        share_file,
+        running: AtomicU32::new(0),
     });
+    shared.set_share(shared.config.limits.max_gpu_share);
+    if governor.is_some()
+        && shared
+            .device
+            .telemetry(crate::device::Load {
+                tasks_running: 0,
+                share: shared.share(),
+            })
+            .power_w
+            .is_none()
+    {
+        tracing::warn!(
+            "power_limit_w: this device does not report its power draw, so the limit cannot be held; \
+             use max_gpu_share to bound its work instead"
+        );
+        governor = None;
+    }
     let mut workers: HashMap<TaskId, Worker> = HashMap::new();
 
     let in_flight: Vec<TaskId> = shared
@@ -135,6 +200,9 @@ pub async fn run(
         return Ok(());
     };
     start_resumed(&shared, &mut workers, &session, &shutdown);
+    if let Some(g) = governor {
+        tokio::spawn(hold_power(shared.clone(), g, shutdown.clone()));
+    }
 
     let mut gate = Gate::new(shared.config.limits.clone());
     let mut paused: Option<PauseReason> = None;
@@ -143,7 +211,11 @@ pub async fn run(
         while let Ok(id) = ended.try_recv() {
             workers.remove(&id);
         }
-        let mut telemetry = shared.device.telemetry(workers.len() as u32);
+        let mut telemetry = shared.device.telemetry(crate::device::Load {
+            tasks_running: workers.len() as u32,
+            share: shared.share(),
+        });
+
         let foreign_now = telemetry.foreign_processes;
         for w in workers.values() {
             w.foreign.fetch_max(foreign_now, Ordering::Relaxed);
@@ -392,7 +464,10 @@ fn spawn_worker(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let task = a.task_id.clone();
-            match run_task(&shared, &a, &cancel, &step, &foreign).await {
+            shared.running.fetch_add(1, Ordering::Relaxed);
+            let outcome = run_task(&shared, &a, &cancel, &step, &foreign).await;
+            shared.running.fetch_sub(1, Ordering::Relaxed);
+            match outcome {
                 Ok(TaskEnd::Committed) => shared.dir.end_task(&task),
                 Ok(TaskEnd::Cancelled) if shutdown.is_cancelled() => {
                     tracing::info!(task = %task, "task stopped by shutdown; it resumes on restart if the lease holds");
@@ -464,9 +539,13 @@ async fn run_task(
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
             let mut args = shared.device.segment_args();
-            let share = shared.config.limits.max_gpu_share;
-            if share < 100 {
+            let share = shared.share();
+            if share < 100 || shared.config.limits.power_limit_w.is_some() {
                 args.extend(["--max-share".to_owned(), share.to_string()]);
+                args.extend([
+                    "--max-share-file".to_owned(),
+                    shared.share_file.display().to_string(),
+                ]);
             }
             #[cfg(feature = "cheat")]
             if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
@@ -675,6 +754,41 @@ where
                 sleep_or_shutdown(Duration::from_secs(backoff), cancel).await;
                 backoff = (backoff * 2).min(15);
             }
+        }
+    }
+}
+
+/// How often the power draw is read while a power cap is held by resting.
+const POWER_SAMPLE: Duration = Duration::from_millis(250);
+
+/// Holds the owner's power cap while segments run: reads the draw, lets
+/// the governor set the share, and tells the segment processes.
+async fn hold_power(
+    shared: Arc<Shared>,
+    mut governor: crate::limits::PowerGovernor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POWER_SAMPLE) => {}
+        }
+        let running = shared.running.load(Ordering::Relaxed);
+        if running == 0 {
+            continue;
+        }
+        let reading = shared.device.telemetry(crate::device::Load {
+            tasks_running: running,
+            share: shared.share(),
+        });
+        let Some(power_w) = reading.power_w else {
+            continue;
+        };
+        let before = governor.share();
+        let share = governor.update(power_w);
+        if share != before {
+            tracing::info!(power_w, limit_w = ?shared.config.limits.power_limit_w, share, "GPU share changed to hold the power limit");
+            shared.set_share(share);
         }
     }
 }

@@ -7,15 +7,40 @@
 
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 
+/// The load the agent puts on the device when it reads its telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Tasks running on the device.
+    pub tasks_running: u32,
+    /// The percent of the time they may train (`max_gpu_share`, lowered
+    /// further to hold a power limit).
+    pub share: u8,
+}
+
+/// Why a device's power limit was not set.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerCapError {
+    #[error("this device has no power limit the agent can set")]
+    Unsupported,
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
 /// A device the agent can train on.
 pub trait Device: Send + Sync {
     /// The hardware as advertised to the pool.
     fn hardware(&self) -> Hardware;
-    /// A fresh telemetry reading, while the agent runs `tasks_running`
-    /// tasks on the device.
-    fn telemetry(&self, tasks_running: u32) -> Telemetry;
+    /// A fresh telemetry reading under `load`.
+    fn telemetry(&self, load: Load) -> Telemetry;
     /// Arguments passed to `gradpool segment run` so it trains here.
     fn segment_args(&self) -> Vec<String>;
+    /// Sets the device's own power limit. When this fails the agent holds
+    /// the limit itself, by resting between steps against the measured
+    /// power draw.
+    fn set_power_limit(&self, watts: u32) -> Result<(), PowerCapError> {
+        let _ = watts;
+        Err(PowerCapError::Unsupported)
+    }
 }
 
 /// The CPU, with a fixed number of threads.
@@ -48,15 +73,14 @@ impl Device for CpuDevice {
         }
     }
 
-    fn telemetry(&self, tasks_running: u32) -> Telemetry {
+    fn telemetry(&self, load: Load) -> Telemetry {
         let total = meminfo_kib("MemTotal:").unwrap_or(0);
         let available = meminfo_kib("MemAvailable:").unwrap_or(total);
         Telemetry {
             load: load_average().unwrap_or(0.0),
             memory_used_bytes: total.saturating_sub(available) * 1024,
-            tasks_running,
-            temperature_c: None,
-            foreign_processes: 0,
+            tasks_running: load.tasks_running,
+            ..Telemetry::default()
         }
     }
 
@@ -71,15 +95,19 @@ impl Device for CpuDevice {
 }
 
 /// A device for tests of the agent's control logic: it trains on the CPU,
-/// but its temperature follows the load the agent puts on it (each reading
-/// moves it halfway from where it was to `busy_c` while tasks run, to
-/// `idle_c` while none do), and foreign processes appear when a test says so.
+/// but its readings follow the load the agent puts on it. Each reading moves
+/// the temperature halfway from where it was to `busy_c` while tasks run,
+/// to `idle_c` while none do; the power draw is `idle_w` plus the share of
+/// the time the tasks may train times `busy_w - idle_w`; utilization is
+/// that share. Foreign processes appear when a test says so.
 #[derive(Debug)]
 pub struct SimulatedDevice {
     cpu: CpuDevice,
     idle_c: f32,
     busy_c: std::sync::Mutex<f32>,
     temperature: std::sync::Mutex<f32>,
+    idle_w: f32,
+    busy_w: f32,
     foreign: std::sync::atomic::AtomicU32,
 }
 
@@ -90,8 +118,17 @@ impl SimulatedDevice {
             idle_c,
             busy_c: std::sync::Mutex::new(busy_c),
             temperature: std::sync::Mutex::new(idle_c),
+            idle_w: 30.0,
+            busy_w: 300.0,
             foreign: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// Sets the power draw idle and when training all the time.
+    pub fn with_power(mut self, idle_w: f32, busy_w: f32) -> SimulatedDevice {
+        self.idle_w = idle_w;
+        self.busy_w = busy_w;
+        self
     }
 
     /// Sets the temperature the device approaches under load (better or
@@ -114,8 +151,9 @@ impl Device for SimulatedDevice {
         self.cpu.hardware()
     }
 
-    fn telemetry(&self, tasks_running: u32) -> Telemetry {
-        let target = if tasks_running > 0 {
+    fn telemetry(&self, load: Load) -> Telemetry {
+        let busy = load.tasks_running > 0;
+        let target = if busy {
             *self
                 .busy_c
                 .lock()
@@ -131,10 +169,17 @@ impl Device for SimulatedDevice {
             *t += (target - *t) / 2.0;
             *t
         };
+        let duty = if busy {
+            f32::from(load.share.min(100)) / 100.0
+        } else {
+            0.0
+        };
         Telemetry {
             temperature_c: Some(temperature),
             foreign_processes: self.foreign.load(std::sync::atomic::Ordering::Relaxed),
-            ..self.cpu.telemetry(tasks_running)
+            utilization_pct: Some(duty * 100.0),
+            power_w: Some(self.idle_w + (self.busy_w - self.idle_w) * duty),
+            ..self.cpu.telemetry(load)
         }
     }
 

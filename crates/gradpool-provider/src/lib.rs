@@ -8,9 +8,13 @@
 //! that task), uploads the end checkpoint and commits to it with a signed
 //! commitment `H_i = BLAKE3(checkpoint_i ‖ H_{i-1})`.
 //!
-//! - [`device`]: what the agent trains on, behind the [`Device`] trait.
+//! - [`device`]: what the agent trains on, behind the [`Device`] trait: the
+//!   CPU, or a simulated device for tests of the control logic.
+//! - [`gpu`]: NVIDIA GPUs through NVML, loaded at run time: discovery,
+//!   telemetry, the power limit.
 //! - [`limits`]: the owner's limits (GPU share, temperature, power,
-//!   schedule, yielding to the owner) and when they pause work.
+//!   schedule, yielding to the owner), when they pause work, and the power
+//!   governor that rests the device to hold a power cap.
 //! - [`client`]: the pool's HTTP API.
 //! - [`segment`]: one segment run in a child process and its event protocol.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
@@ -25,12 +29,13 @@ pub mod agent;
 pub mod cheat;
 pub mod client;
 pub mod device;
+pub mod gpu;
 pub mod limits;
 pub mod segment;
 pub mod state;
 
 pub use agent::{run, ProviderConfig};
-pub use device::{CpuDevice, Device, SimulatedDevice};
+pub use device::{CpuDevice, Device, Load, SimulatedDevice};
 
 /// Errors of the provider agent.
 #[derive(Debug, thiserror::Error)]

@@ -387,6 +387,53 @@ impl Pacer {
     }
 }
 
+/// Holds a power cap by lowering the share of the time the device trains,
+/// when the driver does not let the agent set the cap itself.
+///
+/// Each reading taken while training scales the share by `limit / power`
+/// when the draw is above the limit (the draw falls at least in proportion,
+/// since part of it is idle power); below 90% of the limit the share grows
+/// by a tenth, back up to the owner's `max_gpu_share`. Between 90% and 100%
+/// it holds, so the share settles instead of hunting.
+#[derive(Debug, Clone)]
+pub struct PowerGovernor {
+    limit_w: f32,
+    max_share: u8,
+    share: u8,
+}
+
+impl PowerGovernor {
+    pub fn new(limit_w: u32, max_share: u8) -> PowerGovernor {
+        let max_share = max_share.clamp(1, 100);
+        PowerGovernor {
+            limit_w: limit_w as f32,
+            max_share,
+            share: max_share,
+        }
+    }
+
+    /// The share the device may train now, in percent.
+    pub fn share(&self) -> u8 {
+        self.share
+    }
+
+    /// Takes a power reading made while training at [`Self::share`];
+    /// returns the new share.
+    pub fn update(&mut self, power_w: f32) -> u8 {
+        if !power_w.is_finite() || power_w <= 0.0 {
+            return self.share;
+        }
+        if power_w > self.limit_w {
+            let scaled = (f32::from(self.share) * self.limit_w / power_w).floor();
+            self.share = (scaled as u8).clamp(1, self.share.saturating_sub(1).max(1));
+        } else if power_w < 0.9 * self.limit_w && self.share < self.max_share {
+            let step = (self.share / 10).max(1);
+            self.share = self.share.saturating_add(step).min(self.max_share);
+        }
+        self.share
+    }
+}
+
 /// Why the agent takes no work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseReason {
@@ -465,6 +512,49 @@ mod tests {
 
     fn at(h: u16, m: u16) -> u16 {
         h * 60 + m
+    }
+
+    /// A device drawing `idle + (full - idle) × share`.
+    fn draw(share: u8) -> f32 {
+        50.0 + 250.0 * f32::from(share) / 100.0
+    }
+
+    #[test]
+    fn the_power_governor_settles_under_the_limit_and_recovers() {
+        let mut g = PowerGovernor::new(150, 100);
+        // 300 W at full share: it comes down under 150 W and stays.
+        let mut shares = Vec::new();
+        for _ in 0..10 {
+            let s = g.share();
+            shares.push(g.update(draw(s)));
+        }
+        let settled = g.share();
+        assert!(draw(settled) <= 150.0, "{shares:?}");
+        assert!(draw(settled) >= 0.9 * 150.0 * 0.9, "{shares:?}");
+        assert_eq!(shares[8], shares[9], "it settles: {shares:?}");
+        // (150 - 50) / 250: at most 40%.
+        assert!(settled <= 40, "{settled}");
+        // The owner's own share cap is never exceeded, even with room.
+        let mut g = PowerGovernor::new(1000, 30);
+        for _ in 0..20 {
+            let s = g.share();
+            g.update(draw(s));
+        }
+        assert_eq!(g.share(), 30);
+        // A cooler GPU (a lower draw) earns its share back step by step.
+        let mut g = PowerGovernor::new(150, 100);
+        g.update(600.0);
+        let low = g.share();
+        assert_eq!(low, 25);
+        for _ in 0..30 {
+            let s = g.share();
+            g.update(draw(s) * 0.5);
+        }
+        assert!(g.share() > low);
+        // Readings that mean nothing change nothing.
+        let before = g.share();
+        assert_eq!(g.update(f32::NAN), before);
+        assert_eq!(g.update(0.0), before);
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct DeviceArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Which GPU, by NVML's index (`nvidia-smi -i`), with `--device cuda`.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
 }
 
 impl DeviceArgs {
@@ -43,7 +46,7 @@ impl DeviceArgs {
         }
         match self.device {
             DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda => Device::new_cuda(0).context(
+            DeviceArg::Cuda => Device::new_cuda(self.gpu).context(
                 "cannot use CUDA: this gradpool was built without `--features cuda`, or no NVIDIA driver was found",
             ),
         }
@@ -166,6 +169,11 @@ pub struct SegmentRunArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 100,
           value_parser = clap::value_parser!(u8).range(1..=100))]
     max_share: u8,
+    /// Re-read the percent from this file before each rest (the agent
+    /// lowers it to hold a power limit while the segment runs); the
+    /// `--max-share` value stands while the file is missing or unreadable.
+    #[arg(long, value_name = "FILE")]
+    max_share_file: Option<PathBuf>,
     /// Fake the segment's work: skip-steps, random-weights,
     /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
     /// builds with the `cheat` feature, for testing audits).
@@ -239,7 +247,14 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
-    let pacer = gradpool_provider::limits::Pacer::new(a.max_share);
+    let share_now = || {
+        a.max_share_file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| t.trim().parse::<u8>().ok())
+            .filter(|s| (1..=100).contains(s))
+            .unwrap_or(a.max_share)
+    };
     let mut busy_since = std::time::Instant::now();
     // Time training and time resting, as measured: the share the task
     // really got.
@@ -253,7 +268,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         });
         let worked = busy_since.elapsed();
         busy.set(busy.get() + worked);
-        let rest = pacer.rest_after(worked);
+        let rest = gradpool_provider::limits::Pacer::new(share_now()).rest_after(worked);
         if !rest.is_zero() {
             let resting = std::time::Instant::now();
             std::thread::sleep(rest);

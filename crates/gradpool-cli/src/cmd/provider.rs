@@ -59,6 +59,14 @@ pub struct RigArgs {
     /// CPU threads training may use (default: all).
     #[arg(long)]
     threads: Option<u32>,
+    /// What to train on: auto (the GPU when the NVIDIA driver is found,
+    /// else the CPU), cpu or cuda (default auto).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// The GPU to share, by its index in `nvidia-smi` (default 0). One
+    /// agent shares one GPU: run one per GPU, each with its own data dir.
+    #[arg(long)]
+    gpu: Option<u32>,
     /// Segments trained at once (default 1).
     #[arg(long)]
     max_concurrent_tasks: Option<u32>,
@@ -99,6 +107,57 @@ pub struct RigArgs {
     /// Yield the device when another process starts using it.
     #[arg(long)]
     pause_when_busy: bool,
+}
+
+/// What the agent trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DeviceChoice, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(format!("{other:?} is not a device (auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// Opens the device the settings name. `auto` takes the GPU when NVML
+/// finds one and this build can train on it, else the CPU.
+fn open_device(s: &Settings) -> anyhow::Result<Arc<dyn Device>> {
+    use gradpool_provider::gpu::Gpus;
+    let cpu = || -> Arc<dyn Device> { Arc::new(CpuDevice::new(s.threads)) };
+    let gpu = || -> anyhow::Result<Arc<dyn Device>> {
+        let device = Gpus::open()?.device(s.gpu)?;
+        if !cfg!(feature = "cuda") {
+            bail!(
+                "found {} (GPU {}), but this gradpool was built without CUDA: build it with \
+                 `cargo build --release --features cuda` to train on the GPU",
+                device.info().name,
+                s.gpu
+            );
+        }
+        Ok(Arc::new(device))
+    };
+    match s.device {
+        DeviceChoice::Cpu => Ok(cpu()),
+        DeviceChoice::Cuda => gpu().context("device = cuda"),
+        DeviceChoice::Auto => match gpu() {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                eprintln!("note: training on the CPU: {e:#}");
+                Ok(cpu())
+            }
+        },
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -250,6 +309,8 @@ struct Settings {
     data_dir: PathBuf,
     name: String,
     threads: Option<u32>,
+    device: DeviceChoice,
+    gpu: u32,
     max_concurrent_tasks: u32,
     price: Piconero,
     payout: Vec<PayoutSplit>,
@@ -313,6 +374,12 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
                 .unwrap_or_else(|_| "provider".to_owned())
         }),
         threads: a.threads.or(file.threads),
+        device: match (a.device, &file.device) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d.parse().map_err(|e| anyhow::anyhow!("device: {e}"))?,
+            (None, None) => DeviceChoice::Auto,
+        },
+        gpu: a.gpu.or(file.gpu).unwrap_or(0),
         max_concurrent_tasks,
         price,
         payout,
@@ -332,6 +399,17 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
     println!(
         "validates          {}",
         if s.validate { "yes" } else { "no" }
+    );
+    println!(
+        "device             {}",
+        match s.device {
+            DeviceChoice::Auto => format!(
+                "auto (GPU {} if the NVIDIA driver finds it, else the CPU)",
+                s.gpu
+            ),
+            DeviceChoice::Cpu => "cpu".to_owned(),
+            DeviceChoice::Cuda => format!("cuda (GPU {})", s.gpu),
+        }
     );
     println!("max GPU share      {}%", l.max_gpu_share);
     match (l.pause_above_c, l.thermal()) {
@@ -435,7 +513,9 @@ async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let program = std::env::current_exe()?;
-    let device = Arc::new(CpuDevice::new(s.threads));
+    let device = open_device(&s)?;
+    let hw = device.hardware();
+    eprintln!("training on {} ({})", hw.name, hw.class());
     let benchmark_gflops = benchmark(&program, device.as_ref()).await;
     let config = ProviderConfig {
         pool_url: s.pool,

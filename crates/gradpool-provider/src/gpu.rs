@@ -1,0 +1,287 @@
+//! NVIDIA GPUs through NVML.
+//!
+//! NVML (`libnvidia-ml.so`, part of the driver) is loaded at run time by
+//! `nvml-wrapper`, so the same binary runs on a machine without a driver:
+//! [`Gpus::open`] then fails with [`GpuError::NoDriver`] and the agent
+//! trains on the CPU. [`Gpus::list`] describes every GPU (name, UUID,
+//! memory, compute capability, driver and CUDA version, PCIe link, power
+//! limit); [`NvmlDevice`] is one GPU as a [`Device`]: its telemetry (every
+//! heartbeat: temperature, utilization, memory used, power draw, clocks, and
+//! the processes other than gradpool's using it) and its power cap.
+
+use crate::device::{isa_level, Device, Load, PowerCapError};
+use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::Nvml;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Why a GPU cannot be used, said so a rig owner knows what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no NVIDIA driver found ({0}): install the NVIDIA driver (Debian: `apt install nvidia-driver`) \
+         and check that `nvidia-smi` lists the GPUs; until then the CPU is used"
+    )]
+    NoDriver(String),
+    #[error(
+        "the NVIDIA driver is installed but not loaded: reboot, or check `nvidia-smi`; until then \
+         the CPU is used"
+    )]
+    DriverNotLoaded,
+    #[error(
+        "no permission to talk to the NVIDIA driver: run the provider as a user in the `video` \
+         group (or as the service user of the shipped systemd unit)"
+    )]
+    NoPermission,
+    #[error(
+        "GPU {index} does not exist: this rig has {count} GPU(s) (see `gradpool provider init`)"
+    )]
+    NoSuchGpu { index: u32, count: u32 },
+    #[error(
+        "no permission to set GPU {index}'s power limit: run `sudo nvidia-smi -i {index} -pl {watts}` \
+         once, or run the provider as root; until then the limit is held by resting between steps"
+    )]
+    PowerLimitDenied { index: u32, watts: u32 },
+    #[error("{watts} W is outside GPU {index}'s power limit range, {min}–{max} W")]
+    PowerLimitRange {
+        index: u32,
+        watts: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error("NVML: {0}")]
+    Nvml(#[from] NvmlError),
+}
+
+fn opening(e: NvmlError) -> GpuError {
+    match e {
+        NvmlError::LibloadingError(e) => GpuError::NoDriver(e.to_string()),
+        NvmlError::FailedToLoadSymbol(s) => GpuError::NoDriver(format!("symbol {s} missing")),
+        NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded,
+        NvmlError::NoPermission => GpuError::NoPermission,
+        e => GpuError::Nvml(e),
+    }
+}
+
+/// One GPU as NVML describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuInfo {
+    /// NVML's index (`nvidia-smi -i`).
+    pub index: u32,
+    /// "NVIDIA GeForce RTX 3090".
+    pub name: String,
+    /// "GPU-5c4d3a2b-…": one physical device.
+    pub uuid: String,
+    pub memory_bytes: u64,
+    /// "8.6".
+    pub compute_capability: String,
+    /// "550.54.15".
+    pub driver_version: String,
+    /// The CUDA version the driver supports, "12.4".
+    pub cuda_version: String,
+    /// "gen4 x16", when NVML tells.
+    pub pcie_link: Option<String>,
+    /// The power limit in force, in watts.
+    pub power_limit_w: Option<u32>,
+    /// The range the power limit may be set in, in watts.
+    pub power_limit_range_w: Option<(u32, u32)>,
+}
+
+/// NVML, loaded.
+#[derive(Clone)]
+pub struct Gpus {
+    nvml: Arc<Nvml>,
+}
+
+impl Gpus {
+    /// Loads NVML; fails on a machine without the NVIDIA driver.
+    pub fn open() -> Result<Gpus, GpuError> {
+        let nvml = Nvml::init().map_err(opening)?;
+        Ok(Gpus {
+            nvml: Arc::new(nvml),
+        })
+    }
+
+    /// Every GPU, in NVML's order.
+    pub fn list(&self) -> Result<Vec<GpuInfo>, GpuError> {
+        let count = self.nvml.device_count()?;
+        (0..count).map(|i| self.info(i)).collect()
+    }
+
+    fn info(&self, index: u32) -> Result<GpuInfo, GpuError> {
+        let count = self.nvml.device_count()?;
+        if index >= count {
+            return Err(GpuError::NoSuchGpu { index, count });
+        }
+        let d = self.nvml.device_by_index(index)?;
+        let cc = d.cuda_compute_capability()?;
+        let cuda = self.nvml.sys_cuda_driver_version()?;
+        let pcie = match (d.current_pcie_link_gen(), d.current_pcie_link_width()) {
+            (Ok(g), Ok(w)) => Some(format!("gen{g} x{w}")),
+            _ => None,
+        };
+        Ok(GpuInfo {
+            index,
+            name: d.name()?,
+            uuid: d.uuid()?,
+            memory_bytes: d.memory_info()?.total,
+            compute_capability: format!("{}.{}", cc.major, cc.minor),
+            driver_version: self.nvml.sys_driver_version()?,
+            cuda_version: format!(
+                "{}.{}",
+                nvml_wrapper::cuda_driver_version_major(cuda),
+                nvml_wrapper::cuda_driver_version_minor(cuda)
+            ),
+            pcie_link: pcie,
+            power_limit_w: d.power_management_limit().ok().map(|mw| mw / 1000),
+            power_limit_range_w: d
+                .power_management_limit_constraints()
+                .ok()
+                .map(|c| (c.min_limit / 1000, c.max_limit / 1000)),
+        })
+    }
+
+    /// GPU `index` as a device to train on.
+    pub fn device(&self, index: u32) -> Result<NvmlDevice, GpuError> {
+        let info = self.info(index)?;
+        Ok(NvmlDevice {
+            nvml: self.nvml.clone(),
+            info,
+        })
+    }
+}
+
+/// One NVIDIA GPU: training runs there (`--device cuda`), telemetry comes
+/// from NVML.
+pub struct NvmlDevice {
+    nvml: Arc<Nvml>,
+    info: GpuInfo,
+}
+
+impl NvmlDevice {
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+}
+
+/// Whether `pid` runs this same program (a segment process of this agent,
+/// or another gradpool): such processes are not foreign.
+fn is_gradpool(pid: u32) -> bool {
+    let Ok(ours) = std::env::current_exe() else {
+        return false;
+    };
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == ours)
+}
+
+impl Device for NvmlDevice {
+    fn hardware(&self) -> Hardware {
+        Hardware {
+            device: DeviceKind::Cuda,
+            name: self.info.name.clone(),
+            threads: 1,
+            memory_bytes: self.info.memory_bytes,
+            // Kernels, and so rounding, differ by architecture and driver.
+            isa: format!(
+                "sm{}-driver{}",
+                self.info.compute_capability.replace('.', ""),
+                self.info.driver_version
+            ),
+            uuid: Some(self.info.uuid.clone()),
+        }
+    }
+
+    fn telemetry(&self, load: Load) -> Telemetry {
+        let mut t = Telemetry {
+            tasks_running: load.tasks_running,
+            ..Telemetry::default()
+        };
+        let Ok(d) = self.nvml.device_by_index(self.info.index) else {
+            return t;
+        };
+        t.temperature_c = d.temperature(TemperatureSensor::Gpu).ok().map(|c| c as f32);
+        t.utilization_pct = d.utilization_rates().ok().map(|u| u.gpu as f32);
+        t.memory_used_bytes = d.memory_info().map(|m| m.used).unwrap_or(0);
+        t.power_w = d.power_usage().ok().map(|mw| mw as f32 / 1000.0);
+        t.clock_mhz = d.clock_info(Clock::Graphics).ok();
+        let mut pids: Vec<u32> = d
+            .running_compute_processes()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(d.running_graphics_processes().unwrap_or_default())
+            .map(|p| p.pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        t.foreign_processes = pids.into_iter().filter(|p| !is_gradpool(*p)).count() as u32;
+        t.load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        t
+    }
+
+    fn segment_args(&self) -> Vec<String> {
+        vec![
+            "--device".into(),
+            "cuda".into(),
+            "--gpu".into(),
+            self.info.index.to_string(),
+        ]
+    }
+
+    fn set_power_limit(&self, watts: u32) -> Result<(), PowerCapError> {
+        let index = self.info.index;
+        if let Some((min, max)) = self.info.power_limit_range_w {
+            if !(min..=max).contains(&watts) {
+                return Err(GpuError::PowerLimitRange {
+                    index,
+                    watts,
+                    min,
+                    max,
+                }
+                .into());
+            }
+        }
+        let mut d = self.nvml.device_by_index(index).map_err(GpuError::from)?;
+        match d.set_power_management_limit(watts.saturating_mul(1000)) {
+            Ok(()) => Ok(()),
+            Err(NvmlError::NoPermission) => Err(GpuError::PowerLimitDenied { index, watts }.into()),
+            Err(NvmlError::NotSupported) => Err(PowerCapError::Unsupported),
+            Err(e) => Err(GpuError::from(e).into()),
+        }
+    }
+}
+
+/// The CPU's description for `gradpool provider init`, beside the GPUs.
+pub fn cpu_summary(threads: u32) -> String {
+    let hw = crate::device::CpuDevice::new(Some(threads)).hardware();
+    format!(
+        "{} ({} threads, {}, {:.1} GiB)",
+        hw.name,
+        hw.threads,
+        isa_level(),
+        hw.memory_bytes as f64 / (1u64 << 30) as f64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without the driver (CI, this crate's tests) NVML does
+    /// not load, and the error says what to do.
+    #[test]
+    fn without_a_driver_the_error_says_what_to_do() {
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            return; // A real GPU machine: the device tests run there.
+        }
+        let e = Gpus::open().err().expect("no NVML without a driver");
+        let text = e.to_string();
+        assert!(
+            text.contains("NVIDIA driver") && text.contains("the CPU is used"),
+            "{text}"
+        );
+    }
+}
