@@ -136,3 +136,104 @@ fn the_shipped_config_is_valid() {
     );
     assert!(stdout.contains("max GPU share      80%"), "{stdout}");
 }
+
+/// Runs `gradpool provider init` with `answers` on its stdin.
+async fn init(config: &std::path::Path, pool: &str, answers: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["provider", "init", "--pool", pool, "--config"])
+        .arg(config)
+        .env_remove("GRADPOOL_POOL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(answers.as_bytes()).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+/// Onboarding, as a rig owner answers it: a pool address that does not
+/// answer, an address with a typo, a share and a schedule out of range are
+/// each refused on the spot with the reason and asked again; the config
+/// written runs `gradpool provider status` with those answers, and the
+/// estimate uses the pool's prices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = common::start_pool(&tmp.path().join("pool"), 10).await;
+    let config = tmp.path().join("rig").join("provider.toml");
+    let mut typo = ADDRESS.to_owned();
+    typo.replace_range(10..11, if &ADDRESS[10..11] == "a" { "b" } else { "a" });
+    let answers = [
+        "http://127.0.0.1:9",                   // nothing listens
+        "",                                     // the default: the test pool
+        &typo,                                  // a checksum error
+        ADDRESS,                                // right
+        "attic rig",                            // name
+        "150",                                  // out of range
+        "80",                                   // share
+        "",                                     // pause at 83 °C
+        "",                                     // no power limit
+        "mon-fri 25:00-07:00",                  // no such hour
+        "mon-fri 22:00-07:00, sat-sun all-day", // schedule
+        "",                                     // yield to the owner: yes
+        "0.02",                                 // price
+    ]
+    .join("\n")
+        + "\n";
+    let out = init(&config, &pool.url, &answers).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cannot reach a gradpool pool at http://127.0.0.1:9"),
+        "{text}"
+    );
+    assert!(text.contains("checksum"), "{text}");
+    assert!(
+        text.contains("\"150\": a percentage from 1 to 100"),
+        "{text}"
+    );
+    assert!(text.contains("25:00"), "{text}");
+    assert!(text.contains("training on:"), "{text}");
+    // 0.02 XMR less 3% fees an hour; 86 h a week at 80%: 9.83 h a day.
+    assert!(
+        text.contains("0.0194 XMR an hour of work") && text.contains("9.8 working hours a day"),
+        "{text}"
+    );
+
+    let status = std::process::Command::new(BIN)
+        .args(["provider", "status", "--config"])
+        .arg(&config)
+        .args(["--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env_remove("GRADPOOL_POOL")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{shown}");
+    for expect in [
+        format!("pool               {}", pool.url),
+        "name               attic rig".to_owned(),
+        "max GPU share      80%".to_owned(),
+        "mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day".to_owned(),
+        "pause when busy    yes".to_owned(),
+        "min price          0.02 XMR/hour".to_owned(),
+        ADDRESS.to_owned(),
+    ] {
+        assert!(shown.contains(&expect), "{expect:?} not in:\n{shown}");
+    }
+
+    // Run again: it does not overwrite without asking.
+    let before = std::fs::read_to_string(&config).unwrap();
+    let out = init(&config, &pool.url, "no\n").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing written"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}

@@ -614,6 +614,36 @@ pub struct Faucet {
     pub amount: Piconero,
 }
 
+/// What a pool is and what it pays, for anyone (`GET /v1/pool`): a rig
+/// owner deciding to join, `gradpool provider init` estimating earnings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// The pool's gradpool version.
+    pub version: String,
+    /// `dev` (a faucet, no chain) or `monero`.
+    pub backend: String,
+    /// The Monero network payout addresses must be on: `mainnet`,
+    /// `stagenet` or `testnet`.
+    pub network: String,
+    /// The pool's fee on each verified segment, in basis points.
+    pub pool_fee_bps: u32,
+    /// The validators' fee on each verified segment, in basis points.
+    pub validator_fee_bps: u32,
+    /// Providers heard from within a lease period.
+    pub providers_connected: u32,
+    /// The median price floor of those providers, per GPU-hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_provider_price_per_hour: Option<Piconero>,
+    /// The median maximum price of jobs waiting or running, per GPU-hour
+    /// (jobs without a maximum are not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_job_price_per_hour: Option<Piconero>,
+    /// Jobs queued or running.
+    pub jobs_open: u32,
+    /// Whether providers must pass hardware proofs.
+    pub hardware_proof: bool,
+}
+
 /// Where to send Monero to fund an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DepositAddress {

@@ -40,6 +40,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/segments", get(job_segments))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/pool", get(pool_info))
         .route("/v1/providers", get(list_providers))
         .route("/v1/providers/challenge", post(challenge))
         .route("/v1/providers/register", post(register))
@@ -248,6 +249,10 @@ async fn list_providers(
         )
         .await?,
     ))
+}
+
+async fn pool_info(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.info().await?))
 }
 
 async fn challenge(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {

@@ -2,7 +2,7 @@
 //! pauses, holds and disconnections, each recorded in `provider_status`
 //! with its reason; the GPU a provider claims, held with its twin when two
 //! providers claim the same one; and hardware proofs at random times after
-//! registration.
+//! registration; and what the pool pays now (`GET /v1/pool`).
 //!
 //! History rows (`status`): `registered`, `paused` / `resumed` (the owner's
 //! limits, reported in heartbeats), `held` / `released` (a hardware proof
@@ -13,7 +13,8 @@ use crate::error::PoolError;
 use crate::scheduler::Write;
 use crate::Pool;
 use gradpool_core::proof::ProofChallenge;
-use gradpool_core::ProviderId;
+use gradpool_core::wire::PoolInfo;
+use gradpool_core::{Piconero, ProviderId};
 
 /// The `held` text of a provider whose GPU another provider also claims.
 pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
@@ -225,7 +226,54 @@ impl Write<'_> {
     }
 }
 
+/// The median of `values` (the lower middle of an even count).
+fn median(mut values: Vec<i64>) -> Option<Piconero> {
+    values.sort_unstable();
+    let m = *values.get(values.len().saturating_sub(1) / 2)?;
+    u64::try_from(m).ok().map(Piconero)
+}
+
 impl Pool {
+    /// What the pool is and what it pays now: for rig owners deciding to
+    /// join, and for `gradpool provider init`'s estimate.
+    pub async fn info(&self) -> Result<PoolInfo, PoolError> {
+        let config = &self.inner.config;
+        let lease_ms = i64::from(config.lease_seconds) * 1000;
+        let mut conn = self.inner.db.acquire().await?;
+        let now = crate::store::now_ms();
+        let provider_prices: Vec<i64> = sqlx::query_scalar(
+            "SELECT price_per_hour FROM providers WHERE last_seen >= ? AND trains = 1",
+        )
+        .bind(now - lease_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+        let job_prices: Vec<i64> = sqlx::query_scalar(
+            "SELECT max_price_per_hour FROM jobs WHERE status IN ('queued', 'running') \
+             AND max_price_per_hour IS NOT NULL",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let jobs_open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(PoolInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            backend: match config.money.backend {
+                crate::MoneyBackend::Dev => "dev".to_owned(),
+                crate::MoneyBackend::Monero(_) => "monero".to_owned(),
+            },
+            network: config.money.network.as_str().to_owned(),
+            pool_fee_bps: config.money.pool_fee_bps,
+            validator_fee_bps: config.money.validator_fee_bps,
+            providers_connected: u32::try_from(provider_prices.len()).unwrap_or(u32::MAX),
+            median_provider_price_per_hour: median(provider_prices),
+            median_job_price_per_hour: median(job_prices),
+            jobs_open: u32::try_from(jobs_open).unwrap_or(0),
+            hardware_proof: config.hardware_proof,
+        })
+    }
+
     /// Records as `disconnected` every provider not heard from for a lease
     /// period, and closes the hardware proofs whose deadline has passed
     /// unanswered (the provider stays held). Run by the reaper.

@@ -784,3 +784,37 @@ proptest! {
         rt.block_on(run_money_ops(ops))?;
     }
 }
+
+/// `GET /v1/pool` needs no key: what the pool charges and what its
+/// providers and jobs pay, as medians.
+#[tokio::test]
+async fn the_pool_says_what_it_pays_to_anyone() {
+    let tp = TestPool::start().await;
+    let info: PoolInfo = tp.anon().get("/v1/pool").await.ok();
+    assert_eq!(info.backend, "dev");
+    assert_eq!(info.network, "mainnet");
+    assert_eq!((info.pool_fee_bps, info.validator_fee_bps), (200, 100));
+    assert_eq!(info.providers_connected, 0);
+    assert_eq!(info.median_provider_price_per_hour, None);
+
+    for (name, xmr) in [("a", "0.01"), ("b", "0.03"), ("c", "0.02")] {
+        tp.provider_with(name, |p| p.price = xmr.parse().unwrap())
+            .await;
+    }
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+    submit_reply(&c, &budgeted("0.1", Some("0.05")))
+        .await
+        .ok::<JobView>();
+    let info: PoolInfo = tp.anon().get("/v1/pool").await.ok();
+    assert_eq!(info.providers_connected, 3);
+    assert_eq!(
+        info.median_provider_price_per_hour,
+        Some("0.02".parse().unwrap())
+    );
+    assert_eq!(
+        info.median_job_price_per_hour,
+        Some("0.05".parse().unwrap())
+    );
+    assert_eq!(info.jobs_open, 1);
+}

@@ -164,6 +164,15 @@ impl Schedule {
     }
 
     /// Whether the rig may work now, by the machine's local time.
+    /// How many hours a week the schedule is open.
+    pub fn hours_per_week(&self) -> f64 {
+        let open = (0..7u8)
+            .flat_map(|d| (0..24 * 60u16).map(move |m| (d, m)))
+            .filter(|&(d, m)| self.is_open(d, m))
+            .count();
+        open as f64 / 60.0
+    }
+
     pub fn is_open_now(&self) -> bool {
         self.is_open_at(&SystemClock)
     }
@@ -555,6 +564,15 @@ mod tests {
         let before = g.share();
         assert_eq!(g.update(f32::NAN), before);
         assert_eq!(g.update(0.0), before);
+    }
+
+    #[test]
+    fn a_schedule_counts_its_hours() {
+        assert_eq!(Schedule::always().hours_per_week(), 168.0);
+        let s: Schedule = "mon-fri 22:00-07:00, sat-sun all-day".parse().unwrap();
+        // Friday night runs into Saturday, which is open all day anyway;
+        // Monday before 07:00 would be Sunday night's, and Sunday has none.
+        assert_eq!(s.hours_per_week(), 2.0 + 4.0 * 9.0 + 2.0 * 24.0);
     }
 
     #[test]

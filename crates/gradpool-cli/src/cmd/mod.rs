@@ -4,6 +4,7 @@ pub mod account;
 pub mod bench_verify;
 pub mod job;
 pub mod local;
+pub mod onboarding;
 pub mod pool;
 pub mod provider;
 pub mod verify;

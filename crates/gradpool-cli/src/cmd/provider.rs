@@ -18,6 +18,14 @@ pub struct ProviderArgs {
     #[command(subcommand)]
     command: Option<ProviderCommand>,
     #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// The agent's flags: `gradpool provider start` (or bare `gradpool
+/// provider`).
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
     rig: RigArgs,
     /// Only replay: a dedicated validator that takes no training work.
     #[arg(long)]
@@ -194,6 +202,22 @@ impl From<NetworkArg> for Network {
 
 #[derive(Subcommand)]
 pub enum ProviderCommand {
+    /// Set up this rig: asks for the pool, your Monero address and your
+    /// limits (checking each on the spot), detects the hardware, runs the
+    /// benchmark, prints what the rig may earn at the pool's prices, and
+    /// writes the config file `start` runs with.
+    Init {
+        /// Where to write the config.
+        #[arg(long, default_value = "gradpool-provider.toml")]
+        config: PathBuf,
+        /// The pool address offered by default.
+        #[arg(long, env = "GRADPOOL_POOL", default_value = "http://127.0.0.1:7070")]
+        pool: String,
+    },
+    /// Run the agent: register with the pool, take work within the owner's
+    /// limits, train, commit, get paid (the same as bare `gradpool
+    /// provider`).
+    Start(AgentArgs),
     /// Show this provider's earnings (pending, available, paid), stake and
     /// payouts.
     Earnings(NodeArgs),
@@ -298,7 +322,19 @@ pub async fn run(mut a: ProviderArgs) -> anyhow::Result<ExitCode> {
         Some(ProviderCommand::Stake(StakeCommand::Deposit(node))) => {
             stake(&node, wire::StakeAction::Deposit).await
         }
-        None => agent(a).await,
+        Some(ProviderCommand::Init { config, pool }) => {
+            let onboarding = super::onboarding::Onboarding {
+                program: std::env::current_exe()?,
+                config,
+                default_pool: pool,
+            };
+            let stdin = std::io::stdin();
+            let mut prompt = super::onboarding::Prompt::new(stdin.lock(), std::io::stdout());
+            onboarding.run(&mut prompt).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ProviderCommand::Start(agent_args)) => agent(agent_args).await,
+        None => agent(a.agent).await,
     }
 }
 
@@ -504,7 +540,7 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn agent(a: ProviderArgs) -> anyhow::Result<ExitCode> {
+async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let s = settings(&a.rig)?;
     if s.payout.is_empty() {
         eprintln!(
