@@ -26,6 +26,9 @@ enum Command {
     /// Submit, follow and fetch training jobs.
     #[command(subcommand)]
     Job(gradpool_cli::cmd::job::JobCommand),
+    /// Reserve providers for a future window (`book --gpus N --from T
+    /// --hours H`), list or cancel bookings.
+    Book(gradpool_cli::cmd::book::BookArgs),
     /// Train a job spec locally, without a pool.
     Train(gradpool_cli::cmd::local::TrainArgs),
     /// Generate text with a trained model.
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
         Command::Segment(_) | Command::Sample(_) | Command::Bench(_) | Command::Checkpoint(_) => {
             "warn"
         }
-        Command::Devnet(_) | Command::Job(_) | Command::Account(_) => "warn",
+        Command::Devnet(_) | Command::Job(_) | Command::Account(_) | Command::Book(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -101,6 +104,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Provider(a) => gradpool_cli::cmd::provider::run(*a).await,
         Command::Account(c) => gradpool_cli::cmd::account::run(c).await,
         Command::Job(c) => gradpool_cli::cmd::job::run(c).await,
+        Command::Book(a) => gradpool_cli::cmd::book::run(a).await,
         Command::Devnet(a) => gradpool_cli::devnet::run(a).await,
         Command::Segment(_)
         | Command::Train(_)

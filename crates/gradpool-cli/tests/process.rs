@@ -402,3 +402,56 @@ fn a_killed_provider_is_seen_disconnected_and_back() {
     assert!(history.contains(&"released"), "{history:?}");
     assert!(history.contains(&"registered"), "{history:?}");
 }
+
+/// `gradpool book` as a customer runs it: a rig is reserved for a window two
+/// hours from now, the pool shows it `reserved`, asking for more GPUs than
+/// there are says how many are free, and a cancel returns the hold.
+#[test]
+fn a_customer_books_a_rig_for_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (_pool, url) = start_pool(&tmp.path().join("pool"));
+    let rig = tmp.path().join("rig");
+    let _agent = spawn_provider(&url, &rig);
+    wait_status(&url, &rig, "idle", std::time::Duration::from_secs(60));
+    ok(gradpool(
+        &home,
+        &["account", "create", "--pool", &url, "--name", "ada"],
+    ));
+    ok(gradpool(&home, &["account", "faucet", "--amount", "1"]));
+
+    let booked = ok(gradpool(
+        &home,
+        &["book", "--gpus", "1", "--from", "+2h", "--hours", "3"],
+    ));
+    assert!(booked.contains("status     reserved"), "{booked}");
+    // 3 hours at the rig's default 0.01 XMR an hour.
+    assert!(booked.contains("held       0.03 XMR"), "{booked}");
+    let id = booked
+        .lines()
+        .find_map(|l| l.strip_prefix("booking    "))
+        .unwrap()
+        .to_owned();
+    let shown = provider_status(&url, &rig);
+    assert!(shown.contains("status             reserved"), "{shown}");
+    let balance = ok(gradpool(&home, &["account", "balance"]));
+    assert!(balance.contains("0.97 XMR"), "{balance}");
+
+    let refused = refused(gradpool(
+        &home,
+        &["book", "--gpus", "3", "--from", "+2h", "--hours", "1"],
+    ));
+    assert!(
+        refused.contains("only 0 connected provider(s)"),
+        "{refused}"
+    );
+    let listed = ok(gradpool(&home, &["book", "list"]));
+    assert!(
+        listed.contains(&id) && listed.contains("reserved"),
+        "{listed}"
+    );
+    let cancelled = ok(gradpool(&home, &["book", "cancel", &id]));
+    assert!(cancelled.contains("status     cancelled"), "{cancelled}");
+    let balance = ok(gradpool(&home, &["account", "balance"]));
+    assert!(balance.contains("available    1 XMR"), "{balance}");
+}

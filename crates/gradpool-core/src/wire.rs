@@ -331,8 +331,10 @@ pub enum JobEventKind {
 pub struct ProviderView {
     pub id: ProviderId,
     pub name: String,
-    /// `idle`, `sharing`, `paused` (with `paused_reason`), `held` (with
-    /// `held`: no work until its hardware is proven) or `disconnected`.
+    /// `idle`, `sharing`, `reserved` (booked for a future window; other
+    /// work goes on until then), `paused` (with `paused_reason`), `held`
+    /// (with `held`: no work until its hardware is proven) or
+    /// `disconnected`.
     pub status: String,
     /// Why a paused provider takes no work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -612,6 +614,41 @@ pub struct Balance {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Faucet {
     pub amount: Piconero,
+}
+
+/// A customer reserves providers for a window (`POST /v1/bookings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Book {
+    /// How many providers (GPUs) to reserve.
+    pub gpus: u32,
+    /// When the window opens (RFC 3339).
+    pub from: String,
+    /// When it closes (RFC 3339).
+    pub until: String,
+    /// The least performance score (proven GFLOP/s) a provider needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f64>,
+}
+
+/// A booking as its customer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingView {
+    pub id: String,
+    /// `reserved` (before the window), `active` (in it), `ended` or
+    /// `cancelled`.
+    pub status: String,
+    pub gpus: u32,
+    pub from: String,
+    pub until: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f64>,
+    /// The reserved providers.
+    pub providers: Vec<ProviderId>,
+    /// Their prices together, per hour.
+    pub price_per_hour: Piconero,
+    /// The window's price, held in escrow until it ends.
+    pub held: Piconero,
+    pub created_at: String,
 }
 
 /// What a pool is and what it pays, for anyone (`GET /v1/pool`): a rig

@@ -41,6 +41,8 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}/segments", get(job_segments))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/pool", get(pool_info))
+        .route("/v1/bookings", post(book).get(list_bookings))
+        .route("/v1/bookings/{id}/cancel", post(cancel_booking))
         .route("/v1/providers", get(list_providers))
         .route("/v1/providers/challenge", post(challenge))
         .route("/v1/providers/register", post(register))
@@ -249,6 +251,29 @@ async fn list_providers(
         )
         .await?,
     ))
+}
+
+async fn book(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+    ApiJson(req): ApiJson<gradpool_core::wire::Book>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok((StatusCode::CREATED, Json(pool.book(&id, req).await?)))
+}
+
+async fn list_bookings(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.bookings(&id).await?))
+}
+
+async fn cancel_booking(
+    State(pool): State<Pool>,
+    Customer(id): Customer,
+    Path(booking): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.cancel_booking(&id, &booking).await?))
 }
 
 async fn pool_info(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {

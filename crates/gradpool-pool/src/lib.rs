@@ -18,7 +18,8 @@
 //! - [`proof`]: hardware proofs (a seeded multiplication checked with
 //!   Freivalds' algorithm) at registration and at random times after.
 //! - [`presence`]: providers' status history, disconnections, GPUs claimed
-//!   twice.
+//!   twice, what the pool pays.
+//! - [`booking`]: providers reserved for a customer's window.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gradpool_pool::PoolError> {
@@ -33,6 +34,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod blob;
+pub mod booking;
 pub mod chain;
 pub mod config;
 pub mod error;

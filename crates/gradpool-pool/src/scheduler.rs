@@ -794,6 +794,9 @@ impl Pool {
                                AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
                                AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
+                               WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
+                                 AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
                          ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
@@ -1310,6 +1313,9 @@ impl Pool {
             }
             if let Err(e) = self.mark_absent().await {
                 tracing::warn!(error = %e, "marking absent providers failed");
+            }
+            if let Err(e) = self.end_bookings().await {
+                tracing::warn!(error = %e, "ending bookings failed");
             }
         }
     }

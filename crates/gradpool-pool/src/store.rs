@@ -326,6 +326,7 @@ struct ProviderRow {
     price_per_hour: i64,
     leased: i64,
     committed: i64,
+    booked: i64,
     validate: bool,
     trains: bool,
     paused: Option<String>,
@@ -347,9 +348,12 @@ pub async fn providers(
     let rows: Vec<ProviderRow> = sqlx::query_as(
         "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
-           (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed \
+           (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
+           (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
+              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked \
          FROM providers p ORDER BY p.registered_at, p.id",
     )
+    .bind(now_ms())
     .fetch_all(conn)
     .await?;
     let now = now_ms();
@@ -369,6 +373,8 @@ pub async fn providers(
                 "held"
             } else if r.paused.is_some() {
                 "paused"
+            } else if r.booked > 0 {
+                "reserved"
             } else {
                 "idle"
             };

@@ -818,3 +818,150 @@ async fn the_pool_says_what_it_pays_to_anyone() {
     );
     assert_eq!(info.jobs_open, 1);
 }
+
+fn in_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Booking: the best free providers are reserved and their price for the
+/// window held; inside the window a reserved provider trains only for the
+/// booker; when the window ends (or the booking is cancelled) the hold
+/// returns. Refusals name what is missing.
+#[tokio::test]
+async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
+    let tp = TestPool::start().await;
+    let xmr_h = |s: &str| s.parse::<Piconero>().unwrap();
+    let slow = tp
+        .provider_with("slow", |p| {
+            p.gflops = Some(10.0);
+            p.price = xmr_h("0.01");
+        })
+        .await;
+    let mid = tp
+        .provider_with("mid", |p| {
+            p.gflops = Some(50.0);
+            p.price = xmr_h("0.02");
+        })
+        .await;
+    let fast = tp
+        .provider_with("fast", |p| {
+            p.gflops = Some(100.0);
+            p.price = xmr_h("3.6");
+        })
+        .await;
+    let alice = tp.customer("alice").await;
+    let bob = tp.customer("bob").await;
+    faucet(&alice, "1").await;
+
+    let book = |gpus: u32, from: i64, until: i64, min_score: Option<f64>| Book {
+        gpus,
+        from: in_ms(from),
+        until: in_ms(until),
+        min_score,
+    };
+    // 3 s of the fast rig at 3.6 XMR/h: 0.003 XMR.
+    let b: BookingView = alice
+        .post("/v1/bookings", &book(1, 1_500, 4_500, Some(60.0)))
+        .await
+        .ok();
+    assert_eq!(b.providers, vec![fast.key.provider_id()]);
+    assert_eq!(b.status, "reserved");
+    assert_eq!(b.held, Piconero(3_000_000_000));
+    assert_eq!(
+        balance(&alice).await.available,
+        Piconero(1_000_000_000_000 - 3_000_000_000)
+    );
+    let views: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    let status = |name: &str| {
+        views
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.status.clone())
+            .unwrap()
+    };
+    assert_eq!(status("fast"), "reserved");
+    assert_eq!(status("mid"), "idle");
+
+    // Nobody else scores 60; more GPUs than exist; no money.
+    let e = bob
+        .post("/v1/bookings", &book(1, 1_500, 4_500, Some(60.0)))
+        .await
+        .err(409);
+    assert!(
+        e.message.contains("only 0 connected provider(s)"),
+        "{}",
+        e.message
+    );
+    let e = bob
+        .post("/v1/bookings", &book(2, 1_500, 4_500, None))
+        .await
+        .err(402);
+    assert_eq!(e.code, "insufficient_funds");
+    let e = bob
+        .post("/v1/bookings", &book(1, -3_600_000, 4_500, None))
+        .await
+        .err(400);
+    assert!(e.message.starts_with("from:"), "{}", e.message);
+    faucet(&bob, "1").await;
+    let later: BookingView = bob
+        .post("/v1/bookings", &book(2, 60_000, 120_000, None))
+        .await
+        .ok();
+    // Alice's window is over by then: the fast rig is free again.
+    assert_eq!(
+        later.providers,
+        vec![fast.key.provider_id(), mid.key.provider_id()]
+    );
+    // Overlapping hers, the fast rig is taken: the next best come.
+    let overlapping: BookingView = bob
+        .post("/v1/bookings", &book(2, 2_000, 3_000, None))
+        .await
+        .ok();
+    assert_eq!(
+        overlapping.providers,
+        vec![mid.key.provider_id(), slow.key.provider_id()]
+    );
+
+    // Inside alice's window the fast rig trains only for her.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let mine: Vec<BookingView> = alice.get("/v1/bookings").await.ok();
+    assert_eq!(mine[0].status, "active");
+    let bobs_job = submit_reply(&bob, &budgeted("0.1", None))
+        .await
+        .ok::<JobView>();
+    assert!(fast.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let alices_job = submit_reply(&alice, &budgeted("0.1", None))
+        .await
+        .ok::<JobView>();
+    let a = fast.take().await;
+    assert_eq!(a.job_id, alices_job.id);
+
+    // After it, the hold is back and the rig takes anyone's work.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let mine: Vec<BookingView> = alice.get("/v1/bookings").await.ok();
+    assert_eq!(mine[0].status, "ended");
+    let alice_job_now = alice.job(&alices_job.id).await;
+    assert_eq!(
+        balance(&alice).await.available,
+        Piconero(1_000_000_000_000 - alice_job_now.budget.0),
+        "the hold returned; the job's budget is held by the job"
+    );
+    fast.finish(&a, &[1, 2, 3]).await;
+    let next = fast.take().await;
+    assert!(next.job_id == bobs_job.id || next.job_id == alices_job.id);
+
+    // Bob cancels his: the hold returns, the rigs are free.
+    let cancelled: BookingView = bob
+        .post(&format!("/v1/bookings/{}/cancel", later.id), &())
+        .await
+        .ok();
+    assert_eq!(cancelled.status, "cancelled");
+    bob.post(&format!("/v1/bookings/{}/cancel", later.id), &())
+        .await
+        .err(409);
+    let b = balance(&bob).await.available;
+    assert_eq!(b.0, 1_000_000_000_000 - bobs_job.budget.0);
+    assert_clean(&tp).await;
+}

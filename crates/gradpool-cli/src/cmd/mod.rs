@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod bench_verify;
+pub mod book;
 pub mod job;
 pub mod local;
 pub mod onboarding;
