@@ -373,12 +373,16 @@ impl Thermal {
     }
 }
 
-/// Keeps training to a share of the time: after each step that kept the
-/// device busy for `b`, rest `b × (100 − share) / share`, so busy time over
-/// busy plus rest is `share` percent.
+/// Keeps training to a share of the time. After each step it rests so that,
+/// since the share last changed, busy time over busy plus rested time is
+/// `share` percent: `busy × (100 − share) / share` less what it already
+/// rested. Counting what was really rested (a sleep overshoots, most of all
+/// after short steps) keeps the measured share at the limit, not below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacer {
     share: u8,
+    busy: std::time::Duration,
+    rested: std::time::Duration,
 }
 
 impl Pacer {
@@ -386,13 +390,29 @@ impl Pacer {
     pub fn new(share: u8) -> Pacer {
         Pacer {
             share: share.clamp(1, 100),
+            busy: std::time::Duration::ZERO,
+            rested: std::time::Duration::ZERO,
         }
     }
 
-    /// How long to rest after a step that took `busy`.
-    pub fn rest_after(&self, busy: std::time::Duration) -> std::time::Duration {
+    /// Sets the share; a new share starts a new count.
+    pub fn set_share(&mut self, share: u8) {
+        let share = share.clamp(1, 100);
+        if share != self.share {
+            *self = Pacer::new(share);
+        }
+    }
+
+    /// How long to rest after a step that kept the device busy for `busy`.
+    pub fn rest_after(&mut self, busy: std::time::Duration) -> std::time::Duration {
+        self.busy += busy;
         let share = u32::from(self.share);
-        busy * (100 - share) / share
+        (self.busy * (100 - share) / share).saturating_sub(self.rested)
+    }
+
+    /// Records how long the rest really lasted.
+    pub fn rested(&mut self, d: std::time::Duration) {
+        self.rested += d;
     }
 }
 
@@ -676,18 +696,41 @@ mod tests {
     fn the_pacer_holds_the_share_of_busy_time() {
         use std::time::Duration;
         for share in [1u8, 25, 60, 99, 100] {
-            let pacer = Pacer::new(share);
-            let (mut busy, mut rest) = (Duration::ZERO, Duration::ZERO);
-            // Steps of uneven length, as training gives them.
-            for i in 0..200u64 {
-                let step = Duration::from_micros(3_000 + (i * 7919) % 20_000);
-                busy += step;
-                rest += pacer.rest_after(step);
+            for overshoot in [Duration::ZERO, Duration::from_micros(150)] {
+                let mut pacer = Pacer::new(share);
+                let (mut busy, mut rest) = (Duration::ZERO, Duration::ZERO);
+                // Steps of uneven length, as training gives them, some far
+                // shorter than a sleep's overshoot.
+                for i in 0..2000u64 {
+                    let step = Duration::from_micros(20 + (i * 7919) % 20_000);
+                    busy += step;
+                    let r = pacer.rest_after(step);
+                    if !r.is_zero() {
+                        // A sleep lasts longer than asked.
+                        let slept = r + overshoot;
+                        pacer.rested(slept);
+                        rest += slept;
+                    }
+                }
+                let measured = busy.as_secs_f64() / (busy + rest).as_secs_f64();
+                let want = f64::from(share) / 100.0;
+                assert!(
+                    (measured - want).abs() < 1e-3,
+                    "{share}% with {overshoot:?} overshoot: {measured}"
+                );
             }
-            let measured = busy.as_secs_f64() / (busy + rest).as_secs_f64();
-            let want = f64::from(share) / 100.0;
-            assert!((measured - want).abs() < 1e-6, "{share}%: {measured}");
         }
+        // A new share starts a new count.
+        let mut pacer = Pacer::new(50);
+        assert_eq!(
+            pacer.rest_after(Duration::from_millis(10)),
+            Duration::from_millis(10)
+        );
+        pacer.set_share(25);
+        assert_eq!(
+            pacer.rest_after(Duration::from_millis(10)),
+            Duration::from_millis(30)
+        );
     }
 
     #[test]

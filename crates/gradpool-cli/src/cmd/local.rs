@@ -255,6 +255,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
             .filter(|s| (1..=100).contains(s))
             .unwrap_or(a.max_share)
     };
+    let mut pacer = gradpool_provider::limits::Pacer::new(a.max_share);
     let mut busy_since = std::time::Instant::now();
     // Time training and time resting, as measured: the share the task
     // really got.
@@ -268,11 +269,14 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         });
         let worked = busy_since.elapsed();
         busy.set(busy.get() + worked);
-        let rest = gradpool_provider::limits::Pacer::new(share_now()).rest_after(worked);
+        pacer.set_share(share_now());
+        let rest = pacer.rest_after(worked);
         if !rest.is_zero() {
             let resting = std::time::Instant::now();
             std::thread::sleep(rest);
-            rested.set(rested.get() + resting.elapsed());
+            let slept = resting.elapsed();
+            pacer.rested(slept);
+            rested.set(rested.get() + slept);
         }
         busy_since = std::time::Instant::now();
     };
