@@ -374,6 +374,10 @@ pub struct ProviderView {
     /// audited.
     #[serde(default)]
     pub audit_probability: f64,
+    /// Its last heartbeat's readings: temperature, power, utilization,
+    /// foreign processes, where its device tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::hardware::Telemetry>,
 }
 
 /// A single-use nonce a provider signs to register.

@@ -333,6 +333,7 @@ struct ProviderRow {
     held: Option<String>,
     duplicate_of: Option<String>,
     gpu_uuid: Option<String>,
+    telemetry: Option<String>,
     proven_gflops: Option<f64>,
     streak: i64,
     faults: i64,
@@ -346,7 +347,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.proven_gflops, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
@@ -404,6 +405,11 @@ pub async fn providers(
                     to_u64(r.streak),
                     sampling,
                 ),
+                // Written by the pool from a parsed heartbeat.
+                telemetry: r
+                    .telemetry
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok()),
             })
         })
         .collect()

@@ -40,7 +40,7 @@ pub use device::{CpuDevice, Device, Load, SimulatedDevice};
 /// Errors of the provider agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("pool at {url} is unreachable")]
+    #[error("pool at {url} is unreachable: check the pool address and that the pool is running")]
     Unreachable { url: String, source: reqwest::Error },
     #[error("pool refused {what}: {status} {message}")]
     Refused {

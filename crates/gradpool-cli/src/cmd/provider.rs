@@ -500,6 +500,23 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
                             .unwrap_or_default(),
                         p.last_seen
                     );
+                    if let Some(t) = &p.telemetry {
+                        let mut parts = Vec::new();
+                        if let Some(c) = t.temperature_c {
+                            parts.push(format!("{c:.0} °C"));
+                        }
+                        if let Some(w) = t.power_w {
+                            parts.push(format!("{w:.0} W"));
+                        }
+                        if let Some(u) = t.utilization_pct {
+                            parts.push(format!("{u:.0}% busy"));
+                        }
+                        parts.push(format!(
+                            "{} task(s), {} foreign process(es)",
+                            t.tasks_running, t.foreign_processes
+                        ));
+                        println!("device at the pool {}", parts.join(", "));
+                    }
                     println!(
                         "reputation         {:.2} ({} audits passed in a row, {} faults; audited at {:.3})",
                         p.reputation, p.streak, p.faults, p.audit_probability
