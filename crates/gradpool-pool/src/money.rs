@@ -129,6 +129,53 @@ async fn payouts_from(
         .collect())
 }
 
+/// One destination of a payout or withdrawal, for the pool's operator.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayoutLine {
+    pub id: String,
+    /// `provider` or `withdrawal`.
+    pub kind: String,
+    /// `reserved`, `built`, `relayed`, `settled` (dev backend) or
+    /// `cancelled`.
+    pub status: String,
+    /// The ledger account paid from (`provider_available:prov_…`,
+    /// `customer:acct_…`).
+    pub account: String,
+    pub address: String,
+    pub amount: Piconero,
+    pub txid: Option<String>,
+    pub created_at: String,
+}
+
+/// Every payout and withdrawal destination, newest first, at most `limit`:
+/// the operator's view of money leaving the pool (`gradpool pool payouts`).
+pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<PayoutLine>, PoolError> {
+    let rows: Vec<(String, String, String, String, String, i64, Option<String>, i64)> =
+        sqlx::query_as(
+            "SELECT p.id, p.kind, p.status, d.ledger_account, d.address, d.amount, p.txid, p.created_at \
+             FROM payouts p JOIN payout_destinations d ON d.payout_id = p.id \
+             ORDER BY p.created_at DESC, p.rowid DESC, d.rowid LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, kind, status, account, address, amount, txid, at)| PayoutLine {
+                id,
+                kind,
+                status,
+                account,
+                address,
+                amount: pico(amount),
+                txid,
+                created_at: rfc3339(at),
+            },
+        )
+        .collect())
+}
+
 impl Write<'_> {
     /// Moves a provider's stake to its available earnings once the
     /// cool-down after its withdrawal request has passed. `NotFound` for a

@@ -365,6 +365,31 @@ async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
         Piconero(1_000_000_000_000 - 100 - 900_000_000_000)
     );
     assert_clean(&tp).await;
+
+    // The operator's listing (`gradpool pool payouts`) has each withdrawal
+    // once, from a second connection to the same database.
+    let db = gradpool_pool::store::open(&tp.pool.config().data_dir.join("pool.sqlite"))
+        .await
+        .unwrap();
+    let lines = gradpool_pool::money::payout_lines(&db, 50).await.unwrap();
+    assert_eq!(lines.len(), 4);
+    assert!(lines
+        .iter()
+        .all(|l| l.kind == "withdrawal" && l.status == "settled" && l.address == ADDRESS));
+    assert_eq!(
+        lines.iter().map(|l| l.amount.0).sum::<u64>(),
+        100 + 900_000_000_000
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l.account.starts_with("customer:acct_")));
+    assert_eq!(
+        gradpool_pool::money::payout_lines(&db, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]

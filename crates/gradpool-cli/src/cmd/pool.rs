@@ -1,4 +1,5 @@
-//! `gradpool pool`: serve a pool, or `gradpool pool audit` its ledger.
+//! `gradpool pool`: serve a pool, `gradpool pool audit` its ledger, or list
+//! its payouts (`gradpool pool payouts`).
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -107,6 +108,24 @@ pub enum PoolCommand {
     /// Check the money ledger: recompute every balance and entry from the
     /// postings; exits non-zero if an invariant is broken.
     Audit(AuditArgs),
+    /// Money leaving the pool: every provider payout and customer
+    /// withdrawal with its address, amount, status and transaction, newest
+    /// first, and the balance of the pool's fee account (which pays the
+    /// network fees of payouts).
+    Payouts(PayoutsArgs),
+}
+
+#[derive(Args)]
+pub struct PayoutsArgs {
+    /// The pool's data directory (holding pool.sqlite).
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
+    /// How many to show.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -119,17 +138,61 @@ pub struct AuditArgs {
 pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
     match a.command {
         Some(PoolCommand::Audit(audit_args)) => audit(audit_args).await,
+        Some(PoolCommand::Payouts(p)) => payouts(p).await,
         None => serve(a).await,
     }
 }
 
-async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let path = a.data_dir.join("pool.sqlite");
+/// The database file of the pool in `data_dir`, which must exist.
+fn db_path(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("pool.sqlite");
     anyhow::ensure!(
         path.is_file(),
         "no pool database at {} (is --data-dir the pool's data directory?)",
         path.display()
     );
+    Ok(path)
+}
+
+async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&a.data_dir)?;
+    let db = gradpool_pool::store::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let lines = gradpool_pool::money::payout_lines(&db, a.limit).await?;
+    let fees = Ledger::new(db.clone())
+        .balance(&gradpool_pool::escrow::pool_fees_account())
+        .await?;
+    if a.json {
+        for l in &lines {
+            println!("{}", serde_json::to_string(l)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "fee account  {} (pays the network fees of payouts)",
+        gradpool_core::Piconero(u64::try_from(fees).unwrap_or(0))
+    );
+    if lines.is_empty() {
+        println!("no payouts yet");
+    }
+    for l in &lines {
+        println!(
+            "{}  {:<10} {:<9} {:>18}  {}…  {}  {}",
+            l.created_at,
+            l.kind,
+            l.status,
+            l.amount.to_string(),
+            l.address.get(..12).unwrap_or(&l.address),
+            l.account,
+            l.txid.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&a.data_dir)?;
     let db = gradpool_pool::store::open(&path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
