@@ -150,29 +150,37 @@ pub struct PayoutLine {
 /// Every payout and withdrawal destination, newest first, at most `limit`:
 /// the operator's view of money leaving the pool (`gradpool pool payouts`).
 pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<PayoutLine>, PoolError> {
-    let rows: Vec<(String, String, String, String, String, i64, Option<String>, i64)> =
-        sqlx::query_as(
-            "SELECT p.id, p.kind, p.status, d.ledger_account, d.address, d.amount, p.txid, p.created_at \
-             FROM payouts p JOIN payout_destinations d ON d.payout_id = p.id \
-             ORDER BY p.created_at DESC, p.rowid DESC, d.rowid LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(db)
-        .await?;
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        kind: String,
+        status: String,
+        account: String,
+        address: String,
+        amount: i64,
+        txid: Option<String>,
+        created_at: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT p.id, p.kind, p.status, d.ledger_account AS account, d.address, d.amount, p.txid, \
+         p.created_at FROM payouts p JOIN payout_destinations d ON d.payout_id = p.id \
+         ORDER BY p.created_at DESC, p.rowid DESC, d.rowid LIMIT ?",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(id, kind, status, account, address, amount, txid, at)| PayoutLine {
-                id,
-                kind,
-                status,
-                account,
-                address,
-                amount: pico(amount),
-                txid,
-                created_at: rfc3339(at),
-            },
-        )
+        .map(|r| PayoutLine {
+            id: r.id,
+            kind: r.kind,
+            status: r.status,
+            account: r.account,
+            address: r.address,
+            amount: pico(r.amount),
+            txid: r.txid,
+            created_at: rfc3339(r.created_at),
+        })
         .collect())
 }
 
