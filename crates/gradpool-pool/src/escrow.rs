@@ -226,11 +226,16 @@ impl Write<'_> {
         .bind(task_id)
         .fetch_one(self.conn())
         .await?;
-        let gflops: Option<f64> =
-            sqlx::query_scalar("SELECT benchmark_gflops FROM providers WHERE id = ?")
-                .bind(provider.as_str())
-                .fetch_one(self.conn())
-                .await?;
+        // The faster of the claimed benchmark and the proven speed: a
+        // provider cannot widen its cap by claiming to be slow, since its
+        // hardware proof measures it.
+        let gflops: Option<f64> = sqlx::query_scalar(
+            "SELECT NULLIF(MAX(COALESCE(benchmark_gflops, 0), COALESCE(proven_gflops, 0)), 0) \
+             FROM providers WHERE id = ?",
+        )
+        .bind(provider.as_str())
+        .fetch_one(self.conn())
+        .await?;
         let rate = Piconero(u64::try_from(rate.unwrap_or(0)).unwrap_or(0));
         let observed = u64::try_from(self.now - assigned_at.unwrap_or(self.now)).unwrap_or(0);
         let steps = u64::try_from(end - start).unwrap_or(0);

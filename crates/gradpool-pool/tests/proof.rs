@@ -224,3 +224,60 @@ async fn status_history(tp: &TestPool, p: &TestProvider) -> Vec<StatusChange> {
     let s: ProviderStatus = tp.anon().post("/v1/providers/status", &proof).await.ok();
     s.history
 }
+
+/// The billing cap uses the proven speed: a provider that claims to be a
+/// million times slower than it is (to widen the time it may bill) is
+/// capped by what its hardware proof measured.
+#[tokio::test]
+async fn the_billing_cap_uses_the_proven_speed_not_a_low_claim() {
+    let tp = TestPool::start_with(|c| c.hardware_proof = true).await;
+    let c = tp.customer("alice").await;
+    let _: Balance = c
+        .post(
+            "/v1/account/faucet",
+            &Faucet {
+                amount: "1".parse().unwrap(),
+            },
+        )
+        .await
+        .ok();
+    let sha = c.upload(b"some text to train on, long enough").await;
+    let job: JobView = c
+        .post(
+            "/v1/jobs",
+            &SubmitJob {
+                spec_toml: format!("{SPEC}\n[budget]\ntotal_xmr = \"0.01\"\n"),
+                data_sha256: sha,
+            },
+        )
+        .await
+        .ok();
+    let mut p = tp
+        .provider_with("sandbagger", |p| {
+            // 1 MFLOP/s claimed; 3.6 XMR/h = 10⁶ piconero a millisecond.
+            p.gflops = Some(0.001);
+            p.price = "3.6".parse().unwrap();
+            p.compute_ms = 3_600_000;
+        })
+        .await;
+    let challenge = p.register(vec![]).await.proof.expect("a challenge");
+    let r = answer(&p, &challenge, &product(&challenge)).await;
+    assert_eq!(r.outcome, "passed");
+    assert!(r.proven_gflops > 0.01, "{r:?}");
+    let a = p.take().await;
+    // The pool sees 400 ms pass; the claimed speed would let it bill all
+    // of them, the proven one a few.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.finish(&a, &[9, 9, 9]).await;
+    let spent = c.job(&job.id).await.spent;
+    let flops_per_step = 6.0 * 4_000.0 * 16.0; // an upper bound for SPEC
+    let cap_ms = (4.0 * 10.0 * flops_per_step / (r.proven_gflops * 1e9) * 1000.0).ceil() + 1.0;
+    assert!(
+        (spent.0 as f64) <= cap_ms * 1e6,
+        "{spent} billed; the proven cap allows {cap_ms} ms"
+    );
+    assert!(
+        spent.0 < 100_000_000,
+        "{spent}: far less than the 400 ms seen"
+    );
+}
