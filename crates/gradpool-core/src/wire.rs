@@ -30,6 +30,10 @@
 //! | `POST /v1/account/withdraw`       | customer | [`Withdraw`] → [`PayoutView`]             |
 //! | `POST /v1/providers/earnings`     | node key | [`NodeProof`] → [`Earnings`]              |
 //! | `POST /v1/providers/stake`        | node key | [`StakeRequest`] → [`Earnings`]           |
+//! | `GET  /v1/pool`                   | anyone   | → [`PoolInfo`]                            |
+//! | `POST /v1/bookings`               | customer | [`Book`] → [`BookingView`]                |
+//! | `GET  /v1/bookings`               | customer | → `[BookingView]`                         |
+//! | `POST /v1/bookings/{id}/cancel`   | customer | → [`BookingView`]                         |
 //!
 //! Customers authenticate with `Authorization: Bearer <api key>`; providers
 //! with the session token [`Registered::token`] they got by proving they
