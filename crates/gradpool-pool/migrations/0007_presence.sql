@@ -14,3 +14,6 @@ ALTER TABLE providers ADD COLUMN disconnected_at INTEGER;
 -- processes seen while it trained, as its provider reported them.
 ALTER TABLE tasks ADD COLUMN share REAL;
 ALTER TABLE tasks ADD COLUMN foreign_processes INTEGER;
+
+-- proofs.status may also be 'void': replaced by a newer challenge before
+-- it was answered.

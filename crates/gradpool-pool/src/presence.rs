@@ -197,16 +197,31 @@ impl Write<'_> {
         provider: &ProviderId,
         mean_s: u64,
     ) -> Result<Option<ProofChallenge>, PoolError> {
-        let row: Option<(Option<i64>, Option<f64>, i64)> = sqlx::query_as(
-            "SELECT next_proof_at, benchmark_gflops, memory_bytes FROM providers WHERE id = ?",
+        #[derive(sqlx::FromRow)]
+        struct Due {
+            next_proof_at: Option<i64>,
+            benchmark_gflops: Option<f64>,
+            memory_bytes: i64,
+            held: Option<String>,
+        }
+        let row: Option<Due> = sqlx::query_as(
+            "SELECT next_proof_at, benchmark_gflops, memory_bytes, held FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
         .fetch_optional(self.conn())
         .await?;
-        let Some((Some(due), gflops, memory)) = row else {
+        let Some(Due {
+            next_proof_at: Some(due),
+            benchmark_gflops: gflops,
+            memory_bytes: memory,
+            held,
+        }) = row
+        else {
             return Ok(None);
         };
-        if due > self.now {
+        // A provider already held (a proof pending, or one failed: it must
+        // register again) gets no new proof meanwhile.
+        if due > self.now || held.is_some() {
             return Ok(None);
         }
         let open: Option<String> =

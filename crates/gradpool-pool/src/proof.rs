@@ -50,6 +50,13 @@ impl Write<'_> {
             n,
             deadline_ms,
         };
+        // A new challenge replaces any still open (from an earlier
+        // registration): only the newest can be answered, and an old one
+        // lapsing must not hold a provider that passed since.
+        sqlx::query("UPDATE proofs SET status = 'void' WHERE provider_id = ? AND status = 'open'")
+            .bind(provider.as_str())
+            .execute(self.conn())
+            .await?;
         sqlx::query(
             "INSERT INTO proofs (id, provider_id, seed, n, claimed_gflops, issued_at, deadline_ms, status) \
              VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
