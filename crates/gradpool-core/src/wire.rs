@@ -570,7 +570,9 @@ pub struct Commit {
     pub commitment: SignedCommitment,
     /// One loss per step of the segment.
     pub loss_trace: Vec<f32>,
-    /// How long the segment trained, in milliseconds of wall-clock time.
+    /// How long the segment trained, in milliseconds of wall-clock time,
+    /// less the rests the owner's `max_gpu_share` imposed (the customer
+    /// does not pay for those).
     #[serde(default)]
     pub compute_ms: u64,
     /// Whether the device was really the customer's while the segment ran.

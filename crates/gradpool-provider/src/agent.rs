@@ -108,6 +108,22 @@ impl Shared {
         self.share.load(Ordering::Relaxed)
     }
 
+    /// The arguments of a segment process, training or replaying: the
+    /// device's, and the owner's share of the time (re-read from the share
+    /// file while a power cap is held by resting).
+    fn segment_args(&self) -> Vec<String> {
+        let mut args = self.device.segment_args();
+        let share = self.share();
+        if share < 100 || self.config.limits.power_limit_w.is_some() {
+            args.extend(["--max-share".to_owned(), share.to_string()]);
+            args.extend([
+                "--max-share-file".to_owned(),
+                self.share_file.display().to_string(),
+            ]);
+        }
+        args
+    }
+
     /// Sets the share and tells the running segment processes (written
     /// aside, then renamed: a process never reads half a file).
     fn set_share(&self, share: u8) {
@@ -538,20 +554,16 @@ async fn run_task(
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
-            let mut args = shared.device.segment_args();
-            let share = shared.share();
-            if share < 100 || shared.config.limits.power_limit_w.is_some() {
-                args.extend(["--max-share".to_owned(), share.to_string()]);
-                args.extend([
-                    "--max-share-file".to_owned(),
-                    shared.share_file.display().to_string(),
-                ]);
-            }
+            let args = shared.segment_args();
             #[cfg(feature = "cheat")]
-            if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
-                tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
-                args.extend(["--cheat".to_owned(), kind.to_owned()]);
-            }
+            let args = {
+                let mut args = args;
+                if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
+                    tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
+                    args.extend(["--cheat".to_owned(), kind.to_owned()]);
+                }
+                args
+            };
             let end = segment::run_child(
                 &shared.config.program,
                 &files,
@@ -579,8 +591,11 @@ async fn run_task(
                     rest_ms,
                 } => {
                     shared.dir.finish_training(&a.task_id, &losses)?;
+                    // Billed: the segment's time less the rests the owner's
+                    // share imposed; the customer does not pay for those.
                     let ms = u64::try_from(started.elapsed().as_millis())
                         .unwrap_or(u64::MAX)
+                        .saturating_sub(rest_ms)
                         .max(1);
                     let stepping = busy_ms.saturating_add(rest_ms);
                     let dedication = wire::Dedication {
@@ -899,20 +914,24 @@ async fn replay(
         &shared.config.program,
         &files,
         (a.start_step, a.end_step),
-        &shared.device.segment_args(),
+        &shared.segment_args(),
         SEGMENT_STALL,
         cancel.clone(),
         |_, _, _| {},
     )
     .await
     .map_err(ProviderError::io("cannot run the segment process"))?;
-    let losses = match end {
-        SegmentEnd::Done { losses, .. } => losses,
+    let (losses, rest_ms) = match end {
+        SegmentEnd::Done {
+            losses, rest_ms, ..
+        } => (losses, rest_ms),
         SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
         SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
     };
+    // As for training: the owner's rests are not billed.
     let compute_ms = u64::try_from(started.elapsed().as_millis())
         .unwrap_or(u64::MAX)
+        .saturating_sub(rest_ms)
         .max(1);
     let sha = Sha256Hex::of_file(&out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
