@@ -95,6 +95,23 @@ async fn view(conn: &mut SqliteConnection, r: BookingRow) -> Result<BookingView,
 const COLUMNS: &str =
     "id, account_id, gpus, starts_at, ends_at, min_score, held, status, created_at";
 
+async fn row_of(conn: &mut SqliteConnection, id: &str) -> Result<Option<BookingRow>, PoolError> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+/// The booking `id` as it stands now.
+async fn view_of(conn: &mut SqliteConnection, id: &str) -> Result<BookingView, PoolError> {
+    let row = row_of(conn, id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("booking {id} vanished")))?;
+    view(conn, row).await
+}
+
 impl Pool {
     /// Reserves providers for a window and holds its price.
     pub async fn book(&self, account: &AccountId, req: Book) -> Result<BookingView, PoolError> {
@@ -227,12 +244,7 @@ impl Pool {
             )
             .await?;
         }
-        let row: BookingRow =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = ?"))
-                .bind(&id)
-                .fetch_one(w.conn())
-                .await?;
-        let v = view(w.conn(), row).await?;
+        let v = view_of(w.conn(), &id).await?;
         w.commit().await?;
         tracing::info!(booking = %id, account = %account, gpus = req.gpus, held = %Piconero(held), "booking made");
         Ok(v)
@@ -261,12 +273,8 @@ impl Pool {
         id: &str,
     ) -> Result<BookingView, PoolError> {
         let mut w = self.write().await?;
-        let row: Option<BookingRow> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(w.conn())
-                .await?;
-        let row = row
+        let row = row_of(w.conn(), id)
+            .await?
             .filter(|r| r.account_id == account.as_str())
             .ok_or_else(|| PoolError::NotFound(format!("booking {id} not found")))?;
         if row.status != "reserved" || w.now >= row.ends_at {
@@ -275,12 +283,7 @@ impl Pool {
             )));
         }
         close(&mut w, &row, "cancelled").await?;
-        let row: BookingRow =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = ?"))
-                .bind(id)
-                .fetch_one(w.conn())
-                .await?;
-        let v = view(w.conn(), row).await?;
+        let v = view_of(w.conn(), id).await?;
         w.commit().await?;
         Ok(v)
     }

@@ -24,7 +24,7 @@ pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
 /// An exponentially distributed delay with mean `mean_s` seconds, in
 /// milliseconds, drawn from the OS's randomness.
 fn random_delay_ms(mean_s: u64) -> i64 {
-    let bits = u64::from_str_radix(&gradpool_core::id::random_hex(8), 16).unwrap_or(1 << 52);
+    let bits = crate::proof::random_u64();
     // Uniform in (0, 1]: never ln(0).
     let u = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let ms = -u.ln() * mean_s as f64 * 1000.0;
@@ -55,16 +55,14 @@ impl Write<'_> {
     /// The provider was heard from: if the pool had recorded it
     /// disconnected, it is connected again.
     pub(crate) async fn seen(&mut self, provider: &str) -> Result<(), PoolError> {
-        let was: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT disconnected_at FROM providers WHERE id = ?")
-                .bind(provider)
-                .fetch_optional(self.conn())
-                .await?;
-        if let Some(Some(_)) = was {
-            sqlx::query("UPDATE providers SET disconnected_at = NULL WHERE id = ?")
-                .bind(provider)
-                .execute(self.conn())
-                .await?;
+        let reconnected = sqlx::query(
+            "UPDATE providers SET disconnected_at = NULL WHERE id = ? AND disconnected_at IS NOT NULL",
+        )
+        .bind(provider)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        if reconnected > 0 {
             self.record_status(provider, "connected", None).await?;
         }
         Ok(())
@@ -127,32 +125,25 @@ impl Write<'_> {
     }
 
     /// Releases a provider held for a GPU another provider claimed, once
-    /// that one is disconnected (or claims another GPU).
+    /// that one is disconnected (or claims another GPU). One statement: it
+    /// runs with every heartbeat.
     pub(crate) async fn release_duplicate_if_gone(
         &mut self,
         provider: &str,
         lease_ms: i64,
     ) -> Result<(), PoolError> {
-        let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT duplicate_of, gpu_uuid FROM providers WHERE id = ?")
-                .bind(provider)
-                .fetch_optional(self.conn())
-                .await?;
-        let Some((Some(other), uuid)) = row else {
-            return Ok(());
-        };
-        let still: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM providers WHERE id = ? AND gpu_uuid IS ? AND last_seen >= ?",
+        let released = sqlx::query(
+            "UPDATE providers SET duplicate_of = NULL \
+             WHERE id = ?1 AND duplicate_of IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM providers o WHERE o.id = providers.duplicate_of \
+                               AND o.gpu_uuid IS providers.gpu_uuid AND o.last_seen >= ?2)",
         )
-        .bind(&other)
-        .bind(uuid)
+        .bind(provider)
         .bind(self.now - lease_ms)
-        .fetch_optional(self.conn())
-        .await?;
-        if still.is_none() {
-            self.release_duplicate(provider).await?;
-        }
-        Ok(())
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        self.record_released(provider, released).await
     }
 
     async fn release_duplicate(&mut self, provider: &str) -> Result<(), PoolError> {
@@ -163,6 +154,10 @@ impl Write<'_> {
         .execute(self.conn())
         .await?
         .rows_affected();
+        self.record_released(provider, released).await
+    }
+
+    async fn record_released(&mut self, provider: &str, released: u64) -> Result<(), PoolError> {
         if released > 0 {
             self.record_status(
                 provider,

@@ -26,7 +26,8 @@ const OVERHEAD_MS: f64 = 5_000.0;
 /// The speed assumed for a provider that claims none, in GFLOP/s.
 const UNCLAIMED_GFLOPS: f64 = 1.0;
 
-fn random_u64() -> u64 {
+/// 64 bits from the OS's randomness.
+pub(crate) fn random_u64() -> u64 {
     u64::from_str_radix(&gradpool_core::id::random_hex(8), 16).unwrap_or(0x5eed)
 }
 
