@@ -322,11 +322,7 @@ pub async fn run(
                 }
                 let got_work = !reply.assignments.is_empty();
                 for a in reply.assignments {
-                    spawn_worker(&shared, &mut workers, a, &shutdown);
-                }
-                // What the device ran beside them when they started.
-                for w in workers.values() {
-                    w.foreign.fetch_max(foreign_now, Ordering::Relaxed);
+                    spawn_worker(&shared, &mut workers, a, foreign_now, &shutdown);
                 }
                 if got_work && workers.len() < shared.config.max_concurrent_tasks as usize {
                     continue;
@@ -455,14 +451,17 @@ fn start_resumed(
     }
     for a in &session.resume {
         tracing::info!(task = %a.task_id, segment = a.segment, "resuming a task from before the restart");
-        spawn_worker(shared, workers, a.clone(), shutdown);
+        spawn_worker(shared, workers, a.clone(), 0, shutdown);
     }
 }
 
+/// Starts a worker for `a`; `foreign` is how many foreign processes the
+/// device runs as it starts.
 fn spawn_worker(
     shared: &Arc<Shared>,
     workers: &mut HashMap<TaskId, Worker>,
     a: Assignment,
+    foreign: u32,
     shutdown: &CancellationToken,
 ) {
     if workers.contains_key(&a.task_id) {
@@ -470,7 +469,7 @@ fn spawn_worker(
     }
     let cancel = shutdown.child_token();
     let step = Arc::new(AtomicU64::new(a.start_step));
-    let foreign = Arc::new(AtomicU32::new(0));
+    let foreign = Arc::new(AtomicU32::new(foreign));
     let id = a.task_id.clone();
     let handle = {
         let shared = shared.clone();

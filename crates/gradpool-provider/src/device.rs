@@ -234,7 +234,8 @@ fn meminfo_kib(key: &str) -> Option<u64> {
         .ok()
 }
 
-fn load_average() -> Option<f64> {
+/// The one-minute load average of the machine.
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()

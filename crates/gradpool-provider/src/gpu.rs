@@ -9,7 +9,7 @@
 //! heartbeat: temperature, utilization, memory used, power draw, clocks, and
 //! the processes other than gradpool's using it) and its power cap.
 
-use crate::device::{isa_level, Device, Load, PowerCapError};
+use crate::device::{Device, Load, PowerCapError};
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
@@ -215,10 +215,7 @@ impl Device for NvmlDevice {
         pids.sort_unstable();
         pids.dedup();
         t.foreign_processes = pids.into_iter().filter(|p| !is_gradpool(*p)).count() as u32;
-        t.load = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        t.load = crate::device::load_average().unwrap_or(0.0);
         t
     }
 
@@ -254,14 +251,15 @@ impl Device for NvmlDevice {
     }
 }
 
-/// The CPU's description for `gradpool provider init`, beside the GPUs.
-pub fn cpu_summary(threads: u32) -> String {
-    let hw = crate::device::CpuDevice::new(Some(threads)).hardware();
+/// The CPU's description for `gradpool provider init`, beside the GPUs:
+/// all its threads, as the agent would use them by default.
+pub fn cpu_summary() -> String {
+    let hw = crate::device::CpuDevice::new(None).hardware();
     format!(
         "{} ({} threads, {}, {:.1} GiB)",
         hw.name,
         hw.threads,
-        isa_level(),
+        hw.isa,
         hw.memory_bytes as f64 / (1u64 << 30) as f64
     )
 }

@@ -14,7 +14,7 @@ use gradpool_provider::client::Api;
 use gradpool_provider::gpu::Gpus;
 use gradpool_provider::limits::{Limits, Schedule};
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Questions on one stream, answers from another (a terminal, or a pipe in
 /// tests and scripts). An empty answer takes the default.
@@ -111,26 +111,6 @@ async fn pool_info(url: &str) -> Result<PoolInfo, String> {
         })
 }
 
-/// Runs `gradpool bench matmul` on the chosen device.
-async fn benchmark(program: &Path, device_args: &[String]) -> anyhow::Result<f64> {
-    let out = tokio::process::Command::new(program)
-        .args(["bench", "matmul", "--json"])
-        .args(device_args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("cannot run the benchmark")?;
-    if !out.status.success() {
-        bail!(
-            "the benchmark failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let report: gradpool_train::bench::MatmulReport =
-        serde_json::from_slice(&out.stdout).context("the benchmark's report")?;
-    Ok(report.gflops)
-}
-
 impl Onboarding {
     /// Asks, detects, measures, estimates and writes the config. Returns
     /// the config's path.
@@ -183,9 +163,7 @@ impl Onboarding {
                     .map_err(|e| format!("{a:.12}…: {e}"))
             },
         )?;
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "my-rig".to_owned());
+        let host = super::provider::host_name().unwrap_or_else(|| "my-rig".to_owned());
         let name = p.ask_until("Name shown at the pool", &host, |n| {
             if n.is_empty() || n.len() > 128 {
                 Err("1 to 128 characters".into())
@@ -195,6 +173,14 @@ impl Onboarding {
         })?;
 
         // The hardware.
+        let on_cpu = || {
+            (
+                "cpu",
+                None,
+                vec!["--device".to_owned(), "cpu".to_owned()],
+                gradpool_provider::gpu::cpu_summary(),
+            )
+        };
         let (device, gpu, device_args, device_name) = match Gpus::open().and_then(|g| g.list()) {
             Ok(gpus) if !gpus.is_empty() => {
                 for g in &gpus {
@@ -233,28 +219,13 @@ impl Onboarding {
                     ("cuda", Some(index), args, name)
                 } else {
                     p.say("  this gradpool was built without CUDA: it trains on the CPU until you build it with `cargo build --release --features cuda`")?;
-                    (
-                        "cpu",
-                        None,
-                        vec!["--device".into(), "cpu".into()],
-                        gradpool_provider::gpu::cpu_summary(num_threads()),
-                    )
+                    on_cpu()
                 }
             }
-            Ok(_) => (
-                "cpu",
-                None,
-                vec!["--device".into(), "cpu".into()],
-                gradpool_provider::gpu::cpu_summary(num_threads()),
-            ),
+            Ok(_) => on_cpu(),
             Err(e) => {
                 p.say(&format!("  {e}"))?;
-                (
-                    "cpu",
-                    None,
-                    vec!["--device".into(), "cpu".into()],
-                    gradpool_provider::gpu::cpu_summary(num_threads()),
-                )
+                on_cpu()
             }
         };
         p.say(&format!("  training on: {device_name}"))?;
@@ -337,7 +308,7 @@ impl Onboarding {
 
         // The benchmark and the estimate.
         p.say("  measuring the device (a few seconds)…")?;
-        let gflops = match benchmark(&self.program, &device_args).await {
+        let gflops = match super::provider::matmul_gflops(&self.program, &device_args).await {
             Ok(g) => {
                 p.say(&format!("  {g:.1} GFLOP/s"))?;
                 Some(g)
@@ -417,10 +388,4 @@ impl Onboarding {
         ))?;
         Ok(self.config.clone())
     }
-}
-
-fn num_threads() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
 }

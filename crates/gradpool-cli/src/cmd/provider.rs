@@ -286,27 +286,47 @@ pub fn parse_payout(values: &[String], network: Network) -> anyhow::Result<Vec<P
     Ok(out)
 }
 
-/// Measures the device's matrix-multiplication speed in a child process
-/// (the same way segments run). `None`, with a warning, if it fails.
-async fn benchmark(program: &Path, device: &dyn Device) -> Option<f64> {
+/// Measures a device's matrix-multiplication speed in GFLOP/s, in a child
+/// process (`gradpool bench matmul`, the same way segments run) given the
+/// device's segment arguments.
+pub(crate) async fn matmul_gflops(program: &Path, device_args: &[String]) -> anyhow::Result<f64> {
     let out = tokio::process::Command::new(program)
         .args(["bench", "matmul", "--json"])
-        .args(device.segment_args())
+        .args(device_args)
+        .stdin(std::process::Stdio::null())
         .output()
-        .await;
-    let report = out.ok().filter(|o| o.status.success()).and_then(|o| {
-        serde_json::from_slice::<gradpool_train::bench::MatmulReport>(&o.stdout).ok()
-    });
-    match report {
-        Some(r) => {
-            tracing::info!(gflops = r.gflops, "matmul benchmark");
-            Some(r.gflops)
+        .await
+        .context("cannot run the benchmark")?;
+    if !out.status.success() {
+        bail!(
+            "the benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let report: gradpool_train::bench::MatmulReport =
+        serde_json::from_slice(&out.stdout).context("the benchmark's report")?;
+    Ok(report.gflops)
+}
+
+/// The agent's benchmark at start: `None`, with a warning, if it fails.
+async fn benchmark(program: &Path, device: &dyn Device) -> Option<f64> {
+    match matmul_gflops(program, &device.segment_args()).await {
+        Ok(gflops) => {
+            tracing::info!(gflops, "matmul benchmark");
+            Some(gflops)
         }
-        None => {
-            tracing::warn!("the matmul benchmark failed; registering without it");
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the matmul benchmark failed; registering without it");
             None
         }
     }
+}
+
+/// This machine's host name, the default name of a rig.
+pub(crate) fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 pub async fn run(mut a: ProviderArgs) -> anyhow::Result<ExitCode> {
@@ -404,11 +424,12 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("gradpool-provider")),
-        name: a.name.clone().or(file.name).unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "provider".to_owned())
-        }),
+        name: a
+            .name
+            .clone()
+            .or(file.name)
+            .or_else(host_name)
+            .unwrap_or_else(|| "provider".to_owned()),
         threads: a.threads.or(file.threads),
         device: match (a.device, &file.device) {
             (Some(d), _) => d,
