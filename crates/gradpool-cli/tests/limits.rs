@@ -44,6 +44,19 @@ async fn wait_released(api: &gradpool_provider::client::Api, id: &str, reason: &
         .unwrap_or_else(|_| panic!("no pause for {reason} within a minute"));
 }
 
+/// Waits (up to 30 s) until the job is running: its first segment trains.
+async fn wait_running(api: &gradpool_provider::client::Api, id: &str) {
+    let start = Instant::now();
+    loop {
+        let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+        if job.status == JobStatus::Running {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run(
     limits: Limits,
     device: Arc<SimulatedDevice>,
@@ -149,16 +162,7 @@ async fn a_foreign_process_makes_the_agent_yield_the_device() {
     let d = device.clone();
     let log = run(limits, device, async move |api, id| {
         // The owner starts a game while the first segment trains.
-        let start = Instant::now();
-        loop {
-            let job: gradpool_core::wire::JobView =
-                api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-            if job.status == JobStatus::Running {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_running(api, id).await;
         d.set_foreign_processes(1);
         wait_released(api, id, "owner_busy").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -190,16 +194,7 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         clock,
         &tiny_spec("limits", 21, 60, 20),
         async move |api, id, rig_dir| {
-            let start = Instant::now();
-            loop {
-                let job: gradpool_core::wire::JobView =
-                    api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-                if job.status == JobStatus::Running {
-                    break;
-                }
-                assert!(start.elapsed() < Duration::from_secs(30));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_running(api, id).await;
             // Tuesday 07:00: the window closes mid-segment.
             c.set(1, 7 * 60);
             let start = Instant::now();
