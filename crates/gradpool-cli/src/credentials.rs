@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use gradpool_provider::client::Api;
+use gradpool_client::Api;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -98,6 +98,6 @@ impl CustomerArgs {
                 "no API key for {pool}: run `gradpool account create --pool {pool}`, or pass --api-key / set GRADPOOL_API_KEY"
             ),
         };
-        Ok(Api::new(&pool, Some(key)))
+        crate::pool_trust::api(&pool, Some(key))
     }
 }

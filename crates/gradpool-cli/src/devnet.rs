@@ -10,14 +10,16 @@ use crate::cmd::job::{fetch_model, submit_text};
 use crate::cmd::local::{sample_text, SHAKESPEARE};
 use anyhow::{bail, Context};
 use clap::Args;
+use gradpool_client::{Api, Trust};
+use gradpool_core::state::AuditStatus;
 use gradpool_core::wire::{JobStatus, ProviderView, SegmentView, VerdictView};
 use gradpool_core::{JobSpec, Piconero, ProviderId};
 use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Regtest, WalletRpcProcess};
 use gradpool_pool::chain::MoneroBackend;
+use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
 use gradpool_pool::MoneyBackend;
 use gradpool_pool::{Pool, PoolConfig};
-use gradpool_provider::client::Api;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,6 +151,8 @@ struct Summary {
     sample: String,
     model: PathBuf,
     pool: String,
+    /// The SHA-256 fingerprint of the pool's self-signed TLS certificate.
+    pool_fingerprint: Option<String>,
     payments: Payments,
     verification: VerificationSummary,
 }
@@ -244,8 +248,22 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let pool = Pool::open(config).await.context("cannot start the pool")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    // Over TLS, as a real pool: a self-signed certificate that the
+    // providers and the customer pin by its fingerprint.
+    let tls = Tls::load(&TlsSource::SelfSigned {
+        dir: work_path.join("pool").join("tls"),
+        names: vec!["localhost".into(), "127.0.0.1".into()],
+    })?;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = Endpoint {
+        url: format!("https://{}", tcp.local_addr()?),
+        trust: Trust {
+            fingerprint: Some(tls.fingerprint),
+            ..Trust::default()
+        },
+    };
+    let listener = TlsListener::new(tcp, &tls)?;
+    let url = endpoint.url.clone();
     let stop_pool = CancellationToken::new();
     let pool_task = {
         let stop = stop_pool.clone();
@@ -256,8 +274,9 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
         })
     };
     println!(
-        "pool       {url}  (SQLite in {})",
-        work_path.join("pool").display()
+        "pool       {url}  (SQLite in {}; TLS certificate {})",
+        work_path.join("pool").display(),
+        tls.fingerprint
     );
 
     // The providers.
@@ -267,7 +286,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .and_then(|c| c.payout.get(i))
             .map(|s| s.address.as_str().to_owned());
-        providers.push(start_provider(&url, &work_path, i, a.threads, payout)?);
+        providers.push(start_provider(&endpoint, &work_path, i, a.threads, payout)?);
     }
     println!(
         "providers  {} agents, logs in {}/provider-*.log",
@@ -276,7 +295,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     );
 
     let outcome = tokio::select! {
-        r = drive(&a, &pool, &url, &spec_text, &data_path, started, chain.as_ref()) => r,
+        r = drive(&a, &pool, &endpoint, &spec_text, &data_path, started, chain.as_ref()) => r,
         _ = crate::cmd::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
 
@@ -363,14 +382,18 @@ fn job_input(a: &DevnetArgs, work: &Path) -> anyhow::Result<(String, PathBuf)> {
 async fn drive(
     a: &DevnetArgs,
     pool: &Pool,
-    url: &str,
+    endpoint: &Endpoint,
     spec_text: &str,
     data: &Path,
     started: Instant,
     chain: Option<&DevChain>,
 ) -> anyhow::Result<ExitCode> {
     let account = pool.create_account("devnet customer").await?;
-    let api = Api::new(url, Some(account.api_key.clone()));
+    let api = Api::new(
+        &endpoint.url,
+        Some(account.api_key.clone()),
+        &endpoint.trust,
+    )?;
     let mut deposit_txids = Vec::new();
     match chain {
         None => {
@@ -446,15 +469,15 @@ async fn drive(
     for r in verdicts.iter().flat_map(|v| &v.replays) {
         *replays.entry(r.validator.to_string()).or_default() += 1;
     }
-    let outcomes = |o: &str| verdicts.iter().filter(|v| v.outcome == o).count();
+    let outcomes = |o: AuditStatus| verdicts.iter().filter(|v| v.outcome == o).count();
     let verification = VerificationSummary {
         level: JobSpec::from_toml_str(&end.spec_toml)
             .map(|s| s.verification.as_str().to_owned())
             .unwrap_or_default(),
         audits: verdicts.len(),
-        verified: outcomes("verified"),
-        provider_faults: outcomes("provider_fault"),
-        validator_faults: outcomes("validator_fault"),
+        verified: outcomes(AuditStatus::Verified),
+        provider_faults: outcomes(AuditStatus::ProviderFault),
+        validator_faults: outcomes(AuditStatus::ValidatorFault),
     };
     let initial_loss = segments
         .first()
@@ -577,7 +600,8 @@ async fn drive(
             .collect(),
         sample,
         model: model.clone(),
-        pool: url.to_owned(),
+        pool: endpoint.url.clone(),
+        pool_fingerprint: endpoint.trust.fingerprint.map(|f| f.to_string()),
         payments,
         verification,
     };
@@ -645,8 +669,14 @@ struct ProviderProcess {
     child: Child,
 }
 
+/// Where the pool answers and how its certificate is trusted.
+struct Endpoint {
+    url: String,
+    trust: Trust,
+}
+
 fn start_provider(
-    url: &str,
+    endpoint: &Endpoint,
     work: &Path,
     i: usize,
     threads: Option<u32>,
@@ -657,7 +687,7 @@ fn start_provider(
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("provider")
         .arg("--pool")
-        .arg(url)
+        .arg(&endpoint.url)
         .arg("--data-dir")
         .arg(work.join(format!("provider-{}", i + 1)))
         .arg("--name")
@@ -666,6 +696,9 @@ fn start_provider(
         .arg(devnet_price(i).xmr())
         // Every devnet provider also replays the others' segments.
         .arg("--validate");
+    if let Some(fingerprint) = endpoint.trust.fingerprint {
+        cmd.arg("--pool-fingerprint").arg(fingerprint.to_string());
+    }
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
     }

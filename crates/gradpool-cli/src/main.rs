@@ -12,6 +12,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    trust: gradpool_cli::pool_trust::PoolTrustArgs,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +51,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    gradpool_cli::pool_trust::set(cli.trust.clone());
     if matches!(
         cli.command,
         Command::Segment(_) | Command::Train(_) | Command::Sample(_) | Command::Bench(_)

@@ -2,7 +2,8 @@
 //! owner's limits.
 //!
 //! ```toml
-//! pool = "http://pool.example:7070"
+//! pool = "https://pool.example:7443"
+//! pool_fingerprint = "sha256:3f1c…"   # as `gradpool pool --tls-self-signed` printed it
 //! name = "garage-rig"
 //! data_dir = "/var/lib/gradpool-provider"
 //! network = "mainnet"
@@ -37,6 +38,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct ProviderFile {
     pub pool: Option<String>,
+    /// The SHA-256 fingerprint of the pool's TLS certificate (`sha256:…`).
+    pub pool_fingerprint: Option<String>,
     pub name: Option<String>,
     pub data_dir: Option<PathBuf>,
     /// `mainnet`, `stagenet` or `testnet`.

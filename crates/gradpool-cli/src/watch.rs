@@ -3,8 +3,8 @@
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use gradpool_client::Api;
 use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, TaskKind};
-use gradpool_provider::client::Api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         visible,
                         format!(
                             "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
-                            commitment.get(..16).unwrap_or(&commitment)
+                            &commitment.to_string()[..16]
                         ),
                     );
                 }

@@ -11,9 +11,10 @@
 mod common;
 
 use common::*;
+use gradpool_client::Api;
+use gradpool_core::state::{AuditStatus, CommitmentStatus};
 use gradpool_core::wire::{JobEventKind, JobStatus, ProviderView, SegmentView, VerdictView};
 use gradpool_provider::cheat::Cheat;
-use gradpool_provider::client::Api;
 use gradpool_provider::{CpuDevice, ProviderConfig, ProviderError};
 use std::path::Path;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ async fn verdicts(api: &Api, job: &str) -> Vec<VerdictView> {
 }
 
 /// Waits until the job has a decided verdict with `outcome`.
-async fn wait_verdict(api: &Api, job: &str, outcome: &str) -> VerdictView {
+async fn wait_verdict(api: &Api, job: &str, outcome: AuditStatus) -> VerdictView {
     let start = Instant::now();
     loop {
         if let Some(v) = verdicts(api, job)
@@ -137,7 +138,7 @@ async fn caught(kind: &str) {
             lazy_validator: false,
         }
     });
-    let fault = wait_verdict(&api, &id, "provider_fault").await;
+    let fault = wait_verdict(&api, &id, AuditStatus::ProviderFault).await;
     let cheater_id = provider(&api, "cheater").await.id;
     assert_eq!(fault.at_fault.as_ref(), Some(&cheater_id), "{fault:#?}");
     assert_eq!(fault.commitment.commitment.job_id, job.id);
@@ -164,14 +165,19 @@ async fn caught(kind: &str) {
     assert_eq!(segments.len(), 3);
     for s in &segments {
         assert_eq!(s.provider, honest_id, "segment {}", s.segment);
-        assert_eq!(s.status, "verified", "segment {}", s.segment);
+        assert_eq!(
+            s.status,
+            CommitmentStatus::Verified,
+            "segment {}",
+            s.segment
+        );
     }
     for v in verdicts(&api, &id).await {
         assert!(
             matches!(v.outcome.as_str(), "verified" | "provider_fault" | "void"),
             "{v:#?}"
         );
-        if v.outcome == "provider_fault" {
+        if v.outcome == AuditStatus::ProviderFault {
             assert_eq!(v.at_fault.as_ref(), Some(&cheater_id));
         }
     }

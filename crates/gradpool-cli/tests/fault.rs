@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
+use gradpool_client::Api;
 use gradpool_core::wire::{JobEventKind, JobStatus, JobView};
 use gradpool_core::{NodeKey, ProviderId};
-use gradpool_provider::client::Api;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use gradpool_core::state::ProviderStatus;
 use gradpool_core::wire::{JobEventKind, JobStatus, ProviderView};
 use gradpool_provider::limits::{Limits, LocalClock, SetClock, SystemClock};
 use gradpool_provider::{ProviderConfig, SimulatedDevice};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Follows the job's event stream until a `released` event with `reason`.
-async fn wait_released(api: &gradpool_provider::client::Api, id: &str, reason: &str) {
+async fn wait_released(api: &gradpool_client::Api, id: &str, reason: &str) {
     use eventsource_stream::Eventsource;
     use futures::StreamExt;
     let follow = async {
@@ -45,7 +46,7 @@ async fn wait_released(api: &gradpool_provider::client::Api, id: &str, reason: &
 }
 
 /// Waits (up to 30 s) until the job is running: its first segment trains.
-async fn wait_running(api: &gradpool_provider::client::Api, id: &str) {
+async fn wait_running(api: &gradpool_client::Api, id: &str) {
     let start = Instant::now();
     loop {
         let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
@@ -60,7 +61,7 @@ async fn wait_running(api: &gradpool_provider::client::Api, id: &str) {
 async fn run(
     limits: Limits,
     device: Arc<SimulatedDevice>,
-    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str),
+    during: impl AsyncFnOnce(&gradpool_client::Api, &str),
 ) -> Vec<gradpool_core::wire::JobEvent> {
     run_with_clock(
         limits,
@@ -77,7 +78,7 @@ async fn run_with_clock(
     device: Arc<SimulatedDevice>,
     clock: Arc<dyn LocalClock>,
     spec: &str,
-    during: impl AsyncFnOnce(&gradpool_provider::client::Api, &str, &std::path::Path),
+    during: impl AsyncFnOnce(&gradpool_client::Api, &str, &std::path::Path),
 ) -> Vec<gradpool_core::wire::JobEvent> {
     let tmp = tempfile::tempdir().unwrap();
     let pool = start_pool(&tmp.path().join("pool"), 10).await;
@@ -202,7 +203,7 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
                 let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
                 let job: gradpool_core::wire::JobView =
                     api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-                if all[0].status == "paused" {
+                if all[0].status == ProviderStatus::Paused {
                     break job;
                 }
                 assert!(start.elapsed() < Duration::from_secs(30), "{all:?}");

@@ -277,6 +277,15 @@ fn devnet_trains_and_writes_its_summary() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert!(summary["job_id"].as_str().unwrap().starts_with("job_"));
+    // Over TLS, its certificate pinned by the providers and the customer.
+    assert!(summary["pool"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://127.0.0.1:"));
+    assert!(summary["pool_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert_eq!(summary["steps"], 60);
     let initial = summary["initial_loss"].as_f64().unwrap();
     let last = summary["final_loss"].as_f64().unwrap();

@@ -44,7 +44,8 @@ async fn run_job(
     spec: &str,
     config: impl FnOnce(&mut ProviderConfig),
 ) -> String {
-    let api = gradpool_provider::client::Api::new(&pool.url, Some(key.to_owned()));
+    let api =
+        gradpool_client::Api::new(&pool.url, Some(key.to_owned()), &Default::default()).unwrap();
     let data = small_corpus(dir);
     let job = gradpool_cli::cmd::job::submit_text(&api, spec, &data, false)
         .await
@@ -96,7 +97,7 @@ async fn an_honest_job_passes_and_a_tampered_checkpoint_fails() {
     );
 
     // Flip one byte of segment 1's checkpoint in the pool's blob store.
-    let api = gradpool_provider::client::Api::new(&pool.url, Some(key.clone()));
+    let api = gradpool_client::Api::new(&pool.url, Some(key.clone()), &Default::default()).unwrap();
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
     let sha = segments[1].checkpoint_sha256.as_str();
     let blob = tmp.path().join("pool/blobs").join(&sha[..2]).join(sha);

@@ -8,39 +8,36 @@
 //!
 //! and signs a [`Commitment`] (segment, steps, checkpoint digest, chain
 //! hashes, loss trace digest, runtime and reproducibility class) with its
-//! Ed25519 node key. The signed commitment is non-repudiable evidence: a
+//! Ed25519 node key, over the fixed encoding of [`crate::signing`]. The signed commitment is non-repudiable evidence: a
 //! provider cannot later deny having produced a checkpoint.
 
 use crate::hash::Sha256Hex;
 use crate::id::{JobId, ProviderId, TaskId};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use crate::signing::Encoding;
+pub use crate::signing::{ChainHash, PublicKey, Signature, TraceHash};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::Path;
-
-/// A 32-byte BLAKE3 chain hash, hex-encoded on the wire.
-pub type ChainHash = String;
 
 /// `H_{-1}` for a job: the chain starts from the job id.
 pub fn genesis(job_id: &JobId) -> ChainHash {
     let mut h = blake3::Hasher::new();
     h.update(b"gradpool/genesis/v1");
     h.update(job_id.as_str().as_bytes());
-    h.finalize().to_hex().to_string()
+    ChainHash(*h.finalize().as_bytes())
 }
 
 /// `H_i = BLAKE3(checkpoint_i ‖ H_{i-1})` over checkpoint bytes in memory.
-pub fn chain(checkpoint: &[u8], prev: &str) -> Result<ChainHash, CommitmentError> {
-    let prev = decode32(prev)?;
+pub fn chain(checkpoint: &[u8], prev: &ChainHash) -> ChainHash {
     let mut h = blake3::Hasher::new();
     h.update(checkpoint);
-    h.update(&prev);
-    Ok(h.finalize().to_hex().to_string())
+    h.update(&prev.0);
+    ChainHash(*h.finalize().as_bytes())
 }
 
 /// `H_i` over a checkpoint file, streamed.
-pub fn chain_file(path: &Path, prev: &str) -> Result<ChainHash, CommitmentError> {
-    let prev = decode32(prev)?;
+pub fn chain_file(path: &Path, prev: &ChainHash) -> std::io::Result<ChainHash> {
     let mut h = blake3::Hasher::new();
     let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 16];
@@ -51,17 +48,17 @@ pub fn chain_file(path: &Path, prev: &str) -> Result<ChainHash, CommitmentError>
         }
         h.update(&buf[..n]);
     }
-    h.update(&prev);
-    Ok(h.finalize().to_hex().to_string())
+    h.update(&prev.0);
+    Ok(ChainHash(*h.finalize().as_bytes()))
 }
 
 /// BLAKE3 over the little-endian bytes of a loss trace.
-pub fn loss_trace_hash(losses: &[f32]) -> String {
+pub fn loss_trace_hash(losses: &[f32]) -> TraceHash {
     let mut h = blake3::Hasher::new();
     for l in losses {
         h.update(&l.to_le_bytes());
     }
-    h.finalize().to_hex().to_string()
+    TraceHash(*h.finalize().as_bytes())
 }
 
 /// What a provider commits to at the end of a segment.
@@ -76,19 +73,29 @@ pub struct Commitment {
     pub prev: ChainHash,
     /// `H_i`.
     pub hash: ChainHash,
-    pub loss_trace_blake3: String,
+    pub loss_trace_blake3: TraceHash,
     pub runtime: String,
     pub class: String,
 }
 
 impl Commitment {
-    /// The exact bytes that are signed: a domain tag and the JSON of the
-    /// commitment (fields in declaration order, so the encoding is stable).
+    /// The exact bytes that are signed ([`crate::signing`]): the tag
+    /// `gradpool/commitment/v2`, then job id, segment, start step, end
+    /// step, checkpoint sha256, prev, hash, loss trace hash, runtime and
+    /// class.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = b"gradpool/commitment/v1\n".to_vec();
-        // Serialising a struct of strings and integers cannot fail.
-        out.extend(serde_json::to_vec(self).expect("commitment serialises"));
-        out
+        Encoding::new("gradpool/commitment/v2")
+            .str(self.job_id.as_str())
+            .u32(self.segment)
+            .u64(self.start_step)
+            .u64(self.end_step)
+            .fixed(&self.checkpoint_sha256.to_bytes())
+            .fixed(&self.prev.0)
+            .fixed(&self.hash.0)
+            .fixed(&self.loss_trace_blake3.0)
+            .str(&self.runtime)
+            .str(&self.class)
+            .finish()
     }
 }
 
@@ -96,24 +103,30 @@ impl Commitment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignedCommitment {
     pub commitment: Commitment,
-    /// Hex Ed25519 public key.
-    pub node_key: String,
-    /// Hex Ed25519 signature over [`Commitment::signing_bytes`].
-    pub signature: String,
+    pub node_key: PublicKey,
+    /// Over [`Commitment::signing_bytes`].
+    pub signature: Signature,
 }
 
 impl SignedCommitment {
     /// Checks the signature against the embedded key.
     pub fn verify(&self) -> Result<(), CommitmentError> {
-        let key = verifying_key(&self.node_key)?;
-        let sig = decode_signature(&self.signature)?;
-        key.verify(&self.commitment.signing_bytes(), &sig)
-            .map_err(|_| CommitmentError::BadSignature)
+        self.node_key
+            .verifying_key()
+            .map_err(|_| CommitmentError::BadKey)?;
+        if self
+            .node_key
+            .verifies(&self.commitment.signing_bytes(), &self.signature)
+        {
+            Ok(())
+        } else {
+            Err(CommitmentError::BadSignature)
+        }
     }
 
     /// The provider whose node key signed this commitment.
-    pub fn signer(&self) -> Result<ProviderId, CommitmentError> {
-        Ok(ProviderId::from_public_key(&decode32(&self.node_key)?))
+    pub fn signer(&self) -> ProviderId {
+        ProviderId::from_public_key(&self.node_key.0)
     }
 }
 
@@ -127,25 +140,43 @@ pub struct ReplayReport {
     pub segment: u32,
     /// sha256 of the end checkpoint the replay produced.
     pub end_checkpoint_sha256: Sha256Hex,
-    pub loss_trace_blake3: String,
+    pub loss_trace_blake3: TraceHash,
     /// The validator's reproducibility class.
     pub class: String,
     /// The largest relative L2 distance over the tensors between the
     /// replay's end checkpoint and the claimed one; `None` inside one class,
     /// where the hashes are compared exactly. Checkpoints that cannot be
     /// compared (another step, other tensors) report `f64::MAX`.
+    #[serde(default, deserialize_with = "crate::finite::option_f64")]
     pub distance: Option<f64>,
     /// How long the replay trained, in milliseconds.
     pub compute_ms: u64,
 }
 
 impl ReplayReport {
-    /// The exact bytes that are signed.
+    /// Checks that the numbers are possible: a distance is ≥ 0.
+    pub fn check(&self) -> Result<(), String> {
+        match self.distance {
+            Some(d) => crate::finite::check_range("distance", d, 0.0, f64::MAX),
+            None => Ok(()),
+        }
+    }
+
+    /// The exact bytes that are signed ([`crate::signing`]): the tag
+    /// `gradpool/replay/v2`, then task id, job id, segment, end checkpoint
+    /// sha256, loss trace hash, class, distance (an option of f64) and
+    /// compute time.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = b"gradpool/replay/v1\n".to_vec();
-        // Strings, integers and a finite float: serialising cannot fail.
-        out.extend(serde_json::to_vec(self).expect("replay report serialises"));
-        out
+        Encoding::new("gradpool/replay/v2")
+            .str(self.task_id.as_str())
+            .str(self.job_id.as_str())
+            .u32(self.segment)
+            .fixed(&self.end_checkpoint_sha256.to_bytes())
+            .fixed(&self.loss_trace_blake3.0)
+            .str(&self.class)
+            .option_f64(self.distance)
+            .u64(self.compute_ms)
+            .finish()
     }
 }
 
@@ -154,55 +185,41 @@ impl ReplayReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignedReplay {
     pub report: ReplayReport,
-    /// Hex Ed25519 public key.
-    pub node_key: String,
-    /// Hex Ed25519 signature over [`ReplayReport::signing_bytes`].
-    pub signature: String,
+    pub node_key: PublicKey,
+    /// Over [`ReplayReport::signing_bytes`].
+    pub signature: Signature,
 }
 
 impl SignedReplay {
     /// Checks the signature against the embedded key.
     pub fn verify(&self) -> Result<(), CommitmentError> {
-        let key = verifying_key(&self.node_key)?;
-        let sig = decode_signature(&self.signature)?;
-        key.verify(&self.report.signing_bytes(), &sig)
-            .map_err(|_| CommitmentError::BadSignature)
+        self.node_key
+            .verifying_key()
+            .map_err(|_| CommitmentError::BadKey)?;
+        if self
+            .node_key
+            .verifies(&self.report.signing_bytes(), &self.signature)
+        {
+            Ok(())
+        } else {
+            Err(CommitmentError::BadSignature)
+        }
     }
 
     /// The validator whose node key signed the report.
-    pub fn signer(&self) -> Result<ProviderId, CommitmentError> {
-        Ok(ProviderId::from_public_key(&decode32(&self.node_key)?))
+    pub fn signer(&self) -> ProviderId {
+        ProviderId::from_public_key(&self.node_key.0)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitmentError {
-    #[error("expected 32 hex-encoded bytes")]
-    BadHash,
     #[error("malformed public key")]
     BadKey,
     #[error("signature does not verify")]
     BadSignature,
     #[error("cannot read node key or checkpoint: {0}")]
     Io(#[from] std::io::Error),
-}
-
-fn decode32(s: &str) -> Result<[u8; 32], CommitmentError> {
-    let bytes = hex::decode(s).map_err(|_| CommitmentError::BadHash)?;
-    bytes.try_into().map_err(|_| CommitmentError::BadHash)
-}
-
-pub fn verifying_key(hex_key: &str) -> Result<VerifyingKey, CommitmentError> {
-    let bytes = decode32(hex_key).map_err(|_| CommitmentError::BadKey)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| CommitmentError::BadKey)
-}
-
-pub fn decode_signature(hex_sig: &str) -> Result<Signature, CommitmentError> {
-    let bytes = hex::decode(hex_sig).map_err(|_| CommitmentError::BadSignature)?;
-    let bytes: [u8; 64] = bytes
-        .try_into()
-        .map_err(|_| CommitmentError::BadSignature)?;
-    Ok(Signature::from_bytes(&bytes))
 }
 
 /// A provider's Ed25519 node key.
@@ -223,7 +240,10 @@ impl NodeKey {
     pub fn load_or_create(path: &Path) -> Result<NodeKey, CommitmentError> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let seed = decode32(text.trim()).map_err(|_| CommitmentError::BadKey)?;
+                let seed: [u8; 32] = hex::decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(CommitmentError::BadKey)?;
                 Ok(NodeKey {
                     key: SigningKey::from_bytes(&seed),
                 })
@@ -242,23 +262,23 @@ impl NodeKey {
         }
     }
 
-    pub fn public_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.key.verifying_key().to_bytes())
     }
 
     pub fn provider_id(&self) -> ProviderId {
         ProviderId::from_public_key(&self.key.verifying_key().to_bytes())
     }
 
-    pub fn sign(&self, message: &[u8]) -> String {
-        hex::encode(self.key.sign(message).to_bytes())
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        Signature(self.key.sign(message).to_bytes())
     }
 
     pub fn sign_replay(&self, report: ReplayReport) -> SignedReplay {
         let signature = self.sign(&report.signing_bytes());
         SignedReplay {
             report,
-            node_key: self.public_hex(),
+            node_key: self.public_key(),
             signature,
         }
     }
@@ -267,7 +287,7 @@ impl NodeKey {
         let signature = self.sign(&commitment.signing_bytes());
         SignedCommitment {
             commitment,
-            node_key: self.public_hex(),
+            node_key: self.public_key(),
             signature,
         }
     }
@@ -297,15 +317,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// and the single-use nonce the pool issued
 /// ([`crate::wire::RegistrationChallenge`]), so a captured registration
 /// cannot be replayed.
-pub fn registration_message(public_hex: &str, unix_time: i64, nonce: &str) -> Vec<u8> {
-    format!("gradpool/register/v2\n{public_hex}\n{unix_time}\n{nonce}").into_bytes()
+pub fn registration_message(key: &PublicKey, unix_time: i64, nonce: &str) -> Vec<u8> {
+    format!("gradpool/register/v2\n{key}\n{unix_time}\n{nonce}").into_bytes()
 }
 
 /// The bytes a node key signs to prove itself for `purpose` (`earnings`,
 /// `stake`) outside a session: like [`registration_message`], but a
 /// signature for one purpose is worthless for another.
-pub fn node_proof_message(purpose: &str, public_hex: &str, unix_time: i64, nonce: &str) -> Vec<u8> {
-    format!("gradpool/{purpose}/v1\n{public_hex}\n{unix_time}\n{nonce}").into_bytes()
+pub fn node_proof_message(purpose: &str, key: &PublicKey, unix_time: i64, nonce: &str) -> Vec<u8> {
+    format!("gradpool/{purpose}/v1\n{key}\n{unix_time}\n{nonce}").into_bytes()
 }
 
 #[cfg(test)]
@@ -322,7 +342,7 @@ mod tests {
             start_step: 0,
             end_step: 10,
             checkpoint_sha256: Sha256Hex::of(ckpt),
-            hash: chain(ckpt, &prev).unwrap(),
+            hash: chain(ckpt, &prev),
             prev,
             loss_trace_blake3: loss_trace_hash(&[4.2, 4.1]),
             runtime: crate::RUNTIME_VERSION.into(),
@@ -335,7 +355,7 @@ mod tests {
         let key = NodeKey::generate();
         let signed = sample(&key);
         signed.verify().unwrap();
-        assert_eq!(signed.signer().unwrap(), key.provider_id());
+        assert_eq!(signed.signer(), key.provider_id());
     }
 
     #[test]
@@ -348,20 +368,62 @@ mod tests {
             Err(CommitmentError::BadSignature)
         ));
         let mut signed = sample(&key);
-        signed.node_key = NodeKey::generate().public_hex();
+        signed.node_key = NodeKey::generate().public_key();
         assert!(signed.verify().is_err());
     }
 
     #[test]
     fn chain_depends_on_content_and_history() {
         let g = genesis(&JobId::from("job_1"));
-        let a = chain(b"x", &g).unwrap();
-        assert_ne!(a, chain(b"y", &g).unwrap());
-        assert_ne!(a, chain(b"x", &genesis(&JobId::from("job_2"))).unwrap());
+        let a = chain(b"x", &g);
+        assert_ne!(a, chain(b"y", &g));
+        assert_ne!(a, chain(b"x", &genesis(&JobId::from("job_2"))));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         std::fs::write(&p, b"x").unwrap();
         assert_eq!(chain_file(&p, &g).unwrap(), a);
+    }
+
+    /// The signed bytes are the documented encoding, field by field: a
+    /// change of any field changes them, and they do not depend on JSON.
+    #[test]
+    fn the_signed_bytes_are_the_fixed_encoding() {
+        let key = NodeKey::generate();
+        let c = sample(&key).commitment;
+        let bytes = c.signing_bytes();
+        assert!(bytes.starts_with(b"gradpool/commitment/v2\0"));
+        // tag, job id (4 + 5), segment, two steps, four 32-byte hashes,
+        // runtime and class.
+        let want = 23 + 9 + 4 + 16 + 4 * 32 + (4 + c.runtime.len()) + (4 + 3);
+        assert_eq!(bytes.len(), want);
+        let mut other = c.clone();
+        other.class = "cpy".into();
+        assert_ne!(other.signing_bytes(), bytes);
+        // A replay's distance is signed by its bits: 0.1 and 0.1000000001
+        // differ even where JSON might print them alike.
+        let report = |distance| ReplayReport {
+            task_id: TaskId::from("task_1"),
+            job_id: JobId::from("job_1"),
+            segment: 0,
+            end_checkpoint_sha256: Sha256Hex::of(b"x"),
+            loss_trace_blake3: loss_trace_hash(&[]),
+            class: "cpu".into(),
+            distance,
+            compute_ms: 5,
+        };
+        assert_ne!(
+            report(Some(0.1)).signing_bytes(),
+            report(Some(0.1 + f64::EPSILON)).signing_bytes()
+        );
+        assert_ne!(
+            report(None).signing_bytes(),
+            report(Some(0.0)).signing_bytes()
+        );
+        let signed = key.sign_replay(report(Some(0.1)));
+        signed.verify().unwrap();
+        let mut tampered = signed.clone();
+        tampered.report.distance = Some(0.01);
+        assert!(tampered.verify().is_err());
     }
 
     #[test]
@@ -370,6 +432,6 @@ mod tests {
         let p = dir.path().join("node.key");
         let a = NodeKey::load_or_create(&p).unwrap();
         let b = NodeKey::load_or_create(&p).unwrap();
-        assert_eq!(a.public_hex(), b.public_hex());
+        assert_eq!(a.public_key(), b.public_key());
     }
 }

@@ -49,23 +49,55 @@ impl Hardware {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
     /// One-minute load average of the machine.
+    #[serde(deserialize_with = "crate::finite::f64")]
     pub load: f64,
     pub memory_used_bytes: u64,
     pub tasks_running: u32,
     /// The device's temperature, where it can tell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub temperature_c: Option<f32>,
     /// Processes other than gradpool's using the device (a game, the
     /// owner's own work).
     #[serde(default)]
     pub foreign_processes: u32,
     /// How busy the device is, in percent, where it can tell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub utilization_pct: Option<f32>,
     /// The device's power draw in watts, where it can tell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub power_w: Option<f32>,
     /// The device's graphics clock in MHz, where it can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_mhz: Option<u32>,
+}
+
+impl Telemetry {
+    /// Checks that every reading is one a device can give: a refusal names
+    /// the field.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::finite::check_range;
+        check_range("telemetry.load", self.load, 0.0, 1e6)?;
+        if let Some(t) = self.temperature_c {
+            check_range("telemetry.temperature_c", t, -100.0, 250.0)?;
+        }
+        if let Some(u) = self.utilization_pct {
+            check_range("telemetry.utilization_pct", u, 0.0, 100.0)?;
+        }
+        if let Some(w) = self.power_w {
+            check_range("telemetry.power_w", w, 0.0, 100_000.0)?;
+        }
+        Ok(())
+    }
 }

@@ -1,5 +1,5 @@
 //! Content addresses: blobs (datasets, checkpoints, models) are named by the
-//! sha256 of their bytes.
+//! sha256 of their bytes; a pool's TLS certificate by its [`Fingerprint`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -26,6 +26,23 @@ impl Sha256Hex {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The digest's 32 bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // Checked at construction: 64 lowercase hex digits.
+        for (o, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
+            let digit = |c: u8| {
+                if c.is_ascii_digit() {
+                    c - b'0'
+                } else {
+                    c - b'a' + 10
+                }
+            };
+            *o = digit(pair[0]) << 4 | digit(pair[1]);
+        }
+        out
     }
 
     /// The sha256 of a file, read in chunks.
@@ -78,9 +95,76 @@ impl fmt::Display for Sha256Hex {
     }
 }
 
+/// The SHA-256 of a certificate's DER bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER-encoded certificate.
+    pub fn of(der: &[u8]) -> Fingerprint {
+        Fingerprint(Sha256::digest(der).into())
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    /// `sha256:` and 64 lowercase hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A fingerprint that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a certificate fingerprint: expected sha256: and 64 hex digits (colons allowed), got {0:?}"
+)]
+pub struct BadFingerprint(pub String);
+
+impl FromStr for Fingerprint {
+    type Err = BadFingerprint;
+
+    /// `sha256:ab12…`, `AB:12:…` or plain hex: 32 bytes in any case, with
+    /// or without colons.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadFingerprint(s.chars().take(120).collect());
+        let t = s.trim();
+        let t = t
+            .strip_prefix("sha256:")
+            .or_else(|| t.strip_prefix("SHA256:"))
+            .unwrap_or(t);
+        let digits: String = t.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(digits.to_ascii_lowercase()).map_err(|_| bad())?;
+        Ok(Fingerprint(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_every_usual_spelling() {
+        let fp = Fingerprint::of(b"certificate");
+        let plain = hex::encode(fp.0);
+        let colons: Vec<String> = fp.0.iter().map(|b| format!("{b:02X}")).collect();
+        for text in [
+            fp.to_string(),
+            plain.clone(),
+            colons.join(":"),
+            format!("SHA256:{plain}"),
+        ] {
+            assert_eq!(text.parse::<Fingerprint>().unwrap(), fp, "{text}");
+        }
+        for bad in ["", "sha256:", "zz", &plain[..62]] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn digest_of_known_bytes() {
@@ -88,6 +172,12 @@ mod tests {
             Sha256Hex::of(b"abc").as_str(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_digest_gives_its_bytes() {
+        let d = Sha256Hex::of(b"abc");
+        assert_eq!(hex::encode(d.to_bytes()), d.as_str());
     }
 
     #[test]

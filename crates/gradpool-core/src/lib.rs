@@ -6,19 +6,34 @@
 //! - [`id`]: typed identifiers of accounts, providers, jobs and tasks.
 //! - [`money`]: [`Piconero`], the only way amounts are represented.
 //! - [`spec`]: the job spec (TOML) a customer submits, parsed and validated.
+//! - [`model`]: a model's parameters and the memory training it takes.
+//! - [`data`]: what a dataset fixes of the model (vocabulary, features).
+//! - [`checkpoint`]: the checkpoint file, written byte-deterministically,
+//!   and the pool's check of one.
 //! - [`commitment`]: the signed hash chain over a job's checkpoints.
+//! - [`finite`]: floats from the network, refused unless finite.
 //! - [`hash`]: content addresses (sha256) of blobs.
 //! - [`hardware`]: what a provider runs on and its reproducibility class.
+//! - [`signing`]: hashes, keys and signatures as types; the fixed encoding
+//!   signatures cover.
+//! - [`state`]: the states of jobs, tasks, providers, audits, payouts…,
+//!   each with one spelling.
 //! - [`verification`]: audit sampling, reputation, replay tolerance.
 //! - [`wire`]: the JSON messages of the pool's HTTP API.
 
+pub mod checkpoint;
 pub mod commitment;
+pub mod data;
+pub mod finite;
 pub mod hardware;
 pub mod hash;
 pub mod id;
+pub mod model;
 pub mod money;
 pub mod proof;
+pub mod signing;
 pub mod spec;
+pub mod state;
 pub mod verification;
 pub mod wire;
 

@@ -39,7 +39,7 @@ pub struct ProofAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProofResult {
     /// `passed`, `wrong_answer` or `too_slow`.
-    pub outcome: String,
+    pub outcome: crate::state::ProofStatus,
     /// From the challenge to the answer, as the pool saw it.
     pub elapsed_ms: u64,
     /// `2n³ / elapsed`: the speed the device proved, all overheads included.

@@ -148,6 +148,28 @@ impl VerificationLevel {
     }
 }
 
+impl std::str::FromStr for VerificationLevel {
+    type Err = crate::state::UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(VerificationLevel::None),
+            "standard" => Ok(VerificationLevel::Standard),
+            "paranoid" => Ok(VerificationLevel::Paranoid),
+            other => Err(crate::state::UnknownState {
+                kind: "verification level",
+                value: other.to_owned(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for VerificationLevel {
+    type Error = crate::state::UnknownState;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// What the customer is willing to pay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Budget {

@@ -20,7 +20,7 @@
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
 //! | `POST /v1/providers/proofs/{id}`  | provider | [`ProofAnswer`](crate::proof::ProofAnswer) → [`ProofResult`](crate::proof::ProofResult) |
-//! | `POST /v1/providers/status`       | node proof | [`NodeProof`] → [`ProviderStatus`]      |
+//! | `POST /v1/providers/status`       | node proof | [`NodeProof`] → [`ProviderStatusReply`] |
 //! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
 //! | `GET  /v1/jobs/{id}/verdicts`     | customer | → `[VerdictView]`                         |
@@ -44,6 +44,11 @@ use crate::hardware::{Hardware, Telemetry};
 use crate::hash::Sha256Hex;
 use crate::id::{AccountId, JobId, ProviderId, TaskId};
 use crate::money::Piconero;
+use crate::state::{
+    AuditReason, AuditStatus, BookingStatus, CommitmentStatus, PayoutStatus, ProviderChange,
+    ProviderStatus,
+};
+pub use crate::state::{JobStatus, TaskKind};
 use serde::{Deserialize, Serialize};
 
 /// The body of every error reply.
@@ -51,7 +56,8 @@ use serde::{Deserialize, Serialize};
 pub struct ApiError {
     /// A stable machine-readable code: `not_found`, `unauthorized`,
     /// `forbidden`, `bad_request`, `invalid_spec`, `too_large`,
-    /// `digest_mismatch`, `conflict`, `internal`.
+    /// `digest_mismatch`, `conflict`, `insufficient_funds`, `unavailable`,
+    /// `rate_limited`, `internal`.
     pub code: String,
     pub message: String,
 }
@@ -89,49 +95,6 @@ pub struct SubmitJob {
     pub data_sha256: Sha256Hex,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobStatus {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl std::str::FromStr for JobStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "queued" => JobStatus::Queued,
-            "running" => JobStatus::Running,
-            "succeeded" => JobStatus::Succeeded,
-            "failed" => JobStatus::Failed,
-            "cancelled" => JobStatus::Cancelled,
-            other => return Err(format!("unknown job status {other:?}")),
-        })
-    }
-}
-
 /// A job as the customer sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
@@ -146,6 +109,7 @@ pub struct JobView {
     pub step: u64,
     pub segments_done: u32,
     pub segments_total: u32,
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
     pub last_loss: Option<f32>,
     /// The provider working on the job now, if any.
     pub provider: Option<ProviderId>,
@@ -162,6 +126,14 @@ pub struct JobView {
     /// What is still held in escrow; refunded when the job ends.
     #[serde(default)]
     pub escrow: Piconero,
+    /// The model's parameters, as the pool learnt them from the spec and
+    /// the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
+    /// The memory a training step takes, in bytes: the least a provider's
+    /// device must have to get the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -175,11 +147,12 @@ pub struct SegmentView {
     pub provider: ProviderId,
     pub checkpoint_sha256: Sha256Hex,
     pub commitment: SignedCommitment,
+    #[serde(deserialize_with = "crate::finite::vec_f32")]
     pub loss_trace: Vec<f32>,
     pub committed_at: String,
     /// `accepted` (not drawn for an audit), `auditing` or `verified`.
     #[serde(default)]
-    pub status: String,
+    pub status: CommitmentStatus,
     /// The device's share and the foreign processes seen while it trained,
     /// as its provider reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,10 +166,10 @@ pub struct VerdictView {
     pub job_id: JobId,
     pub segment: u32,
     /// Why the segment was audited: `sampled`, `paranoid`, `follow_up`.
-    pub reason: String,
+    pub reason: AuditReason,
     /// `open`, `verified`, `provider_fault`, `validator_fault` or `void`
     /// (the segment was discarded by a rollback before it was decided).
-    pub outcome: String,
+    pub outcome: AuditStatus,
     /// Who was found at fault, if anyone.
     pub at_fault: Option<ProviderId>,
     /// The trainer's signed commitment.
@@ -246,7 +219,9 @@ pub enum JobEventKind {
     Progress {
         provider: ProviderId,
         step: u64,
+        #[serde(deserialize_with = "crate::finite::f32")]
         loss: f32,
+        #[serde(deserialize_with = "crate::finite::f64")]
         tokens_per_sec: f64,
     },
     /// A segment's checkpoint was committed and accepted.
@@ -255,7 +230,8 @@ pub enum JobEventKind {
         segment: u32,
         step: u64,
         checkpoint_sha256: Sha256Hex,
-        commitment: String,
+        commitment: crate::signing::ChainHash,
+        #[serde(deserialize_with = "crate::finite::f32")]
         loss: f32,
     },
     /// A provider stopped heart-beating; the segment goes back to the queue.
@@ -339,7 +315,7 @@ pub struct ProviderView {
     /// work goes on until then), `paused` (with `paused_reason`), `held`
     /// (with `held`: no work until its hardware is proven) or
     /// `disconnected`.
-    pub status: String,
+    pub status: ProviderStatus,
     /// Why a paused provider takes no work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_reason: Option<String>,
@@ -348,7 +324,11 @@ pub struct ProviderView {
     pub held: Option<String>,
     /// The speed its last hardware proof measured, in GFLOP/s: its
     /// performance score.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub proven_gflops: Option<f64>,
     pub hardware: Hardware,
     pub class: String,
@@ -372,11 +352,11 @@ pub struct ProviderView {
     pub faults: u64,
     /// `streak / (streak + 10)`, in `[0, 1)`; see
     /// [`crate::verification::reputation`].
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::finite::f64")]
     pub reputation: f64,
     /// The probability that a segment it trains for a `standard` job is
     /// audited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::finite::f64")]
     pub audit_probability: f64,
     /// Its last heartbeat's readings: temperature, power, utilization,
     /// foreign processes, where its device tells.
@@ -395,7 +375,7 @@ pub struct RegistrationChallenge {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Register {
     /// Hex Ed25519 public key.
-    pub public_key: String,
+    pub public_key: crate::signing::PublicKey,
     pub name: String,
     pub hardware: Hardware,
     /// Seconds since the epoch; must be within a few minutes of the pool's
@@ -404,7 +384,7 @@ pub struct Register {
     /// The nonce of a [`RegistrationChallenge`], used once.
     pub nonce: String,
     /// Signature over [`crate::commitment::registration_message`].
-    pub signature: String,
+    pub signature: crate::signing::Signature,
     /// Tasks the provider was working on before it (re)started.
     #[serde(default)]
     pub resuming: Vec<TaskId>,
@@ -413,7 +393,7 @@ pub struct Register {
     pub price_per_hour: Piconero,
     /// What the provider's matrix-multiplication benchmark measured, in
     /// GFLOP/s: with the job's size, the cap on a segment's billed time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::finite::option_f64")]
     pub benchmark_gflops: Option<f64>,
     /// Where payouts go, split by shares. Empty: earnings accumulate until
     /// an address is set.
@@ -436,17 +416,17 @@ fn yes() -> bool {
 /// /v1/providers/status` with a node proof): its listing and its recent
 /// pauses and resumes, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProviderStatus {
+pub struct ProviderStatusReply {
     pub provider: ProviderView,
     pub history: Vec<StatusChange>,
 }
 
-/// A pause or a resume, as the provider reported it.
+/// One change in a provider's standing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusChange {
-    /// `paused` or `resumed`.
-    pub status: String,
-    /// Why it paused (for a resume: the pause it ends).
+    /// What changed: `registered`, `paused`, `held`, `disconnected`, …
+    pub status: ProviderChange,
+    /// Why (for a resume: the pause it ends; for a hold: what it waits for).
     pub reason: Option<String>,
     pub at: String,
 }
@@ -495,6 +475,33 @@ pub struct Heartbeat {
     pub paused: Option<String>,
 }
 
+/// The most tasks one provider may run, report or ask for at once: what a
+/// heartbeat or a registration may make the pool do is bounded by it, not
+/// only by the body's size.
+pub const MAX_TASKS_PER_PROVIDER: usize = 64;
+
+impl Heartbeat {
+    /// Checks what the heartbeat asks of the pool: at most
+    /// [`MAX_TASKS_PER_PROVIDER`] running tasks and as much capacity, and
+    /// possible telemetry.
+    pub fn check(&self) -> Result<(), String> {
+        self.telemetry.check()?;
+        check_task_count("running", self.running.len())?;
+        check_task_count("capacity", self.capacity as usize)
+    }
+}
+
+/// Refuses a count of tasks above [`MAX_TASKS_PER_PROVIDER`].
+pub fn check_task_count(field: &str, n: usize) -> Result<(), String> {
+    if n > MAX_TASKS_PER_PROVIDER {
+        Err(format!(
+            "{field}: {n} tasks; a provider runs at most {MAX_TASKS_PER_PROVIDER} at once"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunningTask {
     pub task_id: TaskId,
@@ -526,7 +533,7 @@ pub struct Assignment {
     /// The checkpoint to start from; `None` for the first segment.
     pub start_checkpoint_sha256: Option<Sha256Hex>,
     /// `H_{i-1}`: the commitment the new one must chain from.
-    pub prev_commitment: String,
+    pub prev_commitment: crate::signing::ChainHash,
     pub lease_seconds: u32,
     /// Train the segment and commit it, or replay it for an audit.
     #[serde(default)]
@@ -534,18 +541,10 @@ pub struct Assignment {
     /// For a replay: what the trainer committed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayTarget>,
-}
-
-/// What a task asks of a provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// Train the segment and commit the end checkpoint.
-    #[default]
-    Train,
-    /// Re-execute a committed segment and report the end checkpoint
-    /// ([`SignedReplay`]); only providers that validate get these.
-    Replay,
+    /// The model the pool learnt from the spec and the data: the
+    /// checkpoint committed for this segment must hold exactly its tensors
+    /// ([`crate::checkpoint::inspect`]).
+    pub model: crate::model::ModelMeta,
 }
 
 /// The trainer's claim a replay is judged against. Inside one
@@ -561,7 +560,9 @@ pub struct ReplayTarget {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Progress {
     pub step: u64,
+    #[serde(deserialize_with = "crate::finite::f32")]
     pub loss: f32,
+    #[serde(deserialize_with = "crate::finite::f64")]
     pub tokens_per_sec: f64,
 }
 
@@ -569,6 +570,7 @@ pub struct Progress {
 pub struct Commit {
     pub commitment: SignedCommitment,
     /// One loss per step of the segment.
+    #[serde(deserialize_with = "crate::finite::vec_f32")]
     pub loss_trace: Vec<f32>,
     /// How long the segment trained, in milliseconds of wall-clock time,
     /// less the rests the owner's `max_gpu_share` imposed (the customer
@@ -588,10 +590,31 @@ pub struct Dedication {
     /// Of the time between the segment's first and last step, the share
     /// the device spent training it, from 0 to 1 (below 1 when the owner's
     /// `max_gpu_share` rests the device between steps).
+    #[serde(deserialize_with = "crate::finite::f64")]
     pub share: f64,
     /// The most processes other than gradpool's seen using the device while
     /// the segment trained.
     pub foreign_processes: u32,
+}
+
+impl Progress {
+    /// Checks that the numbers are possible: a loss ≥ 0, a speed ≥ 0.
+    pub fn check(&self) -> Result<(), String> {
+        crate::finite::check_losses("loss", &[self.loss])?;
+        crate::finite::check_range("tokens_per_sec", self.tokens_per_sec, 0.0, f64::MAX)
+    }
+}
+
+impl Commit {
+    /// Checks that the numbers are possible: every loss ≥ 0 and the
+    /// dedicated share between 0 and 1.
+    pub fn check(&self) -> Result<(), String> {
+        crate::finite::check_losses("loss_trace", &self.loss_trace)?;
+        if let Some(d) = &self.dedication {
+            crate::finite::check_range("dedication.share", d.share, 0.0, 1.0)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -636,7 +659,11 @@ pub struct Book {
     /// When it closes (RFC 3339).
     pub until: String,
     /// The least performance score (proven GFLOP/s) a provider needs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_score: Option<f64>,
 }
 
@@ -646,11 +673,15 @@ pub struct BookingView {
     pub id: String,
     /// `reserved` (before the window), `active` (in it), `ended` or
     /// `cancelled`.
-    pub status: String,
+    pub status: BookingStatus,
     pub gpus: u32,
     pub from: String,
     pub until: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_score: Option<f64>,
     /// The reserved providers.
     pub providers: Vec<ProviderId>,
@@ -713,8 +744,9 @@ pub struct Withdraw {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayoutView {
     pub id: String,
-    /// `reserved`, `built`, `relayed` or `cancelled`.
-    pub status: String,
+    /// `reserved`, `built`, `relayed`, `settled` (the dev money backend)
+    /// or `cancelled`.
+    pub status: PayoutStatus,
     pub address: String,
     pub amount: Piconero,
     pub txid: Option<String>,
@@ -726,10 +758,10 @@ pub struct PayoutView {
 /// nonce from `POST /v1/providers/challenge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeProof {
-    pub public_key: String,
+    pub public_key: crate::signing::PublicKey,
     pub time: i64,
     pub nonce: String,
-    pub signature: String,
+    pub signature: crate::signing::Signature,
 }
 
 /// What to do with a provider's stake.

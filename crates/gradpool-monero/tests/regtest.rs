@@ -97,6 +97,22 @@ async fn incoming(wallet: &WalletRpcProcess) -> Vec<gradpool_monero::rpc::Transf
         .incoming
 }
 
+/// The wallet's incoming transfers once it has seen `txid` (a refresh can
+/// return while the wallet's own background refresh still holds the new
+/// block, so it is asked again, a bounded number of times).
+async fn incoming_with(
+    wallet: &WalletRpcProcess,
+    txid: &gradpool_monero::TxHash,
+) -> Vec<gradpool_monero::rpc::Transfer> {
+    for _ in 0..50 {
+        let transfers = incoming(wallet).await;
+        if transfers.iter().any(|t| &t.txid == txid) {
+            return transfers;
+        }
+    }
+    incoming(wallet).await
+}
+
 /// One chain for every payment scenario: funding a wallet takes 80 blocks,
 /// the slow part (RandomX hashes), so the scenarios share it.
 #[tokio::test]
@@ -273,7 +289,7 @@ async fn a_batch_transfer_pays_every_destination(chain: &Chain, a: &Address, b: 
     );
 
     let mined = rt.mine(1, a).await.unwrap();
-    let transfers: Vec<_> = incoming(b)
+    let transfers: Vec<_> = incoming_with(b, &receipt.tx_hash)
         .await
         .into_iter()
         .filter(|t| t.txid == receipt.tx_hash)

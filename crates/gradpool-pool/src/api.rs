@@ -4,6 +4,7 @@ use crate::auth::{Caller, Customer, ProviderSession};
 use crate::blob::too_large;
 use crate::error::PoolError;
 use crate::store;
+use crate::throttle::RouteClass;
 use crate::Pool;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
@@ -23,6 +24,49 @@ use serde::Deserialize;
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(PoolError))]
 pub struct ApiJson<T>(pub T);
+
+/// The address of a connection's peer, as the pool serves it (over plain
+/// TCP or TLS) to the handlers.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The address of the client a request came from, when it came over a
+/// socket (the pool serves with connection info).
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<PeerAddr>>()
+                .map(|c| c.0 .0.ip()),
+        ))
+    }
+}
 
 /// The pool's routes, with `pool` as state.
 pub fn router(pool: Pool) -> Router {
@@ -75,6 +119,7 @@ const COMMIT_BODY_LIMIT: usize = 16 << 20;
 
 async fn create_account(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     ApiJson(req): ApiJson<CreateAccount>,
 ) -> Result<impl IntoResponse, PoolError> {
     if !pool.inner.config.open_signup {
@@ -82,6 +127,7 @@ async fn create_account(
             "this pool does not take sign-ups; ask its operator for an account".into(),
         ));
     }
+    pool.inner.throttle.check(RouteClass::Signup, client)?;
     let created = pool.create_account(&req.name).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -246,6 +292,7 @@ async fn list_providers(
     Ok(Json(
         store::providers(
             &mut conn,
+            pool.now(),
             pool.inner.config.lease_seconds,
             pool.inner.config.verification.sampling,
         )
@@ -280,14 +327,20 @@ async fn pool_info(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolEr
     Ok(Json(pool.info().await?))
 }
 
-async fn challenge(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {
-    Ok(Json(pool.issue_challenge()?))
+async fn challenge(
+    State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
+) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
+    Ok(Json(pool.inner.challenges.issue(pool.now())?))
 }
 
 async fn register(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     ApiJson(req): ApiJson<Register>,
 ) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
     Ok(Json(pool.register_provider(req).await?))
 }
 
@@ -372,9 +425,11 @@ async fn deposit_address(
 
 async fn faucet(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     Customer(id): Customer,
     ApiJson(req): ApiJson<Faucet>,
 ) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Faucet, client)?;
     Ok(Json(pool.faucet(&id, req.amount).await?))
 }
 
@@ -388,8 +443,10 @@ async fn withdraw(
 
 async fn earnings(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     ApiJson(proof): ApiJson<NodeProof>,
 ) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
     let provider = pool.verify_node_proof("earnings", &proof)?;
     Ok(Json(pool.earnings(&provider).await?))
 }
@@ -405,12 +462,15 @@ async fn answer_proof(
 
 async fn provider_status(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     ApiJson(proof): ApiJson<NodeProof>,
 ) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
     let provider = pool.verify_node_proof("status", &proof)?;
     let mut conn = pool.inner.db.acquire().await?;
     let view = store::providers(
         &mut conn,
+        pool.now(),
         pool.inner.config.lease_seconds,
         pool.inner.config.verification.sampling,
     )
@@ -424,23 +484,28 @@ async fn provider_status(
     .bind(provider.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(Json(gradpool_core::wire::ProviderStatus {
-        provider: view,
-        history: rows
-            .into_iter()
-            .map(|(status, reason, at)| gradpool_core::wire::StatusChange {
-                status,
+    let history = rows
+        .into_iter()
+        .map(|(status, reason, at)| {
+            Ok(gradpool_core::wire::StatusChange {
+                status: status.parse()?,
                 reason,
                 at: store::rfc3339(at),
             })
-            .collect(),
+        })
+        .collect::<Result<_, PoolError>>()?;
+    Ok(Json(gradpool_core::wire::ProviderStatusReply {
+        provider: view,
+        history,
     }))
 }
 
 async fn stake(
     State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
     ApiJson(req): ApiJson<StakeRequest>,
 ) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
     let provider = pool.verify_node_proof("stake", &req.proof)?;
     Ok(Json(pool.stake(&provider, &req).await?))
 }

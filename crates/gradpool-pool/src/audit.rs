@@ -39,6 +39,7 @@ use crate::store::{self, to_u32, to_u64};
 use crate::Pool;
 use gradpool_core::commitment::genesis;
 use gradpool_core::spec::VerificationLevel;
+use gradpool_core::state::{AuditReason, AuditStatus, CommitmentStatus};
 use gradpool_core::verification::{audit_probability, CROSS_CLASS_TOLERANCE};
 use gradpool_core::wire::{JobEventKind, JobStatus, ReplayView, TaskKind, VerdictView};
 use gradpool_core::{JobId, ProviderId, SignedCommitment, SignedReplay};
@@ -55,9 +56,11 @@ pub(crate) struct AuditRow {
     pub start_checkpoint_sha256: Option<String>,
     pub claimed_checkpoint_sha256: String,
     pub class: String,
-    pub reason: String,
+    #[sqlx(try_from = "String")]
+    pub reason: AuditReason,
     pub truth_sha256: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: AuditStatus,
     pub at_fault: Option<String>,
     pub created_at: i64,
     pub decided_at: Option<i64>,
@@ -94,16 +97,11 @@ impl Write<'_> {
     pub(crate) async fn draw_audit(
         &mut self,
         job_id: &str,
-        verification: &str,
+        level: VerificationLevel,
         segment: u32,
         provider: &ProviderId,
     ) -> Result<bool, PoolError> {
         let config = self.pool().inner.config.verification;
-        let level = match verification {
-            "none" => VerificationLevel::None,
-            "paranoid" => VerificationLevel::Paranoid,
-            _ => VerificationLevel::Standard,
-        };
         let streak: i64 = sqlx::query_scalar("SELECT streak FROM providers WHERE id = ?")
             .bind(provider.as_str())
             .fetch_one(self.conn())
@@ -117,8 +115,8 @@ impl Write<'_> {
             return Ok(false);
         }
         let reason = match level {
-            VerificationLevel::Paranoid => "paranoid",
-            _ => "sampled",
+            VerificationLevel::Paranoid => AuditReason::Paranoid,
+            _ => AuditReason::Sampled,
         };
         self.open_audit(job_id, segment, reason).await?;
         if config.plant_rate > 0.0 && draw() < config.plant_rate {
@@ -154,7 +152,7 @@ impl Write<'_> {
         &mut self,
         job_id: &str,
         segment: u32,
-        reason: &str,
+        reason: AuditReason,
     ) -> Result<(), PoolError> {
         let Some((provider, signed, claimed, status)): Option<(String, String, String, String)> =
             sqlx::query_as(
@@ -168,7 +166,7 @@ impl Write<'_> {
         else {
             return Ok(());
         };
-        if status != "accepted" {
+        if status.parse::<CommitmentStatus>()? != CommitmentStatus::Accepted {
             return Ok(());
         }
         let start = self.checkpoint_before(job_id, segment).await?;
@@ -190,7 +188,7 @@ impl Write<'_> {
         .bind(start.as_deref())
         .bind(&claimed)
         .bind(&class)
-        .bind(reason)
+        .bind(reason.as_str())
         .bind(now)
         .execute(self.conn())
         .await?;
@@ -205,11 +203,11 @@ impl Write<'_> {
             JobEventKind::Audit {
                 segment,
                 provider: ProviderId::from(provider.as_str()),
-                reason: reason.to_owned(),
+                reason: reason.to_string(),
             },
         )
         .await?;
-        tracing::info!(job = %job_id, segment, provider = %provider, reason, audit = %id, "segment audit opened");
+        tracing::info!(job = %job_id, segment, provider = %provider, reason = %reason, audit = %id, "segment audit opened");
         Ok(())
     }
 
@@ -239,7 +237,7 @@ impl Write<'_> {
     /// Queues a replay again after one failed or its lease expired, if its
     /// audit is still open.
     pub(crate) async fn requeue_replay(&mut self, audit_id: &str) -> Result<(), PoolError> {
-        if audit(self.conn(), audit_id).await?.status == "open" {
+        if audit(self.conn(), audit_id).await?.status == AuditStatus::Open {
             self.queue_replay(audit_id).await?;
         }
         Ok(())
@@ -357,7 +355,7 @@ impl Write<'_> {
         let Some(job) = store::job(self.conn(), job_id).await? else {
             return Ok(false);
         };
-        if job.status()?.is_final() || job.step < job.steps {
+        if job.status.is_final() || job.step < job.steps {
             return Ok(false);
         }
         let open: bool = sqlx::query_scalar(
@@ -379,7 +377,7 @@ impl Write<'_> {
     /// Decides an audit from the replays reported so far.
     async fn decide(&mut self, audit_id: &str) -> Result<(), PoolError> {
         let a = audit(self.conn(), audit_id).await?;
-        if a.status != "open" {
+        if a.status != AuditStatus::Open {
             return Ok(());
         }
         let replays: Vec<ReplayRow> = sqlx::query_as(
@@ -388,7 +386,7 @@ impl Write<'_> {
         .bind(audit_id)
         .fetch_all(self.conn())
         .await?;
-        if a.reason == "planted" {
+        if a.reason == AuditReason::Planted {
             let Some(r) = replays.last() else {
                 return Ok(());
             };
@@ -491,7 +489,8 @@ impl Write<'_> {
         self.close_audit(a, outcome, outvoted).await?;
         let hash = serde_json::from_str::<SignedCommitment>(&a.signed)?
             .commitment
-            .hash;
+            .hash
+            .to_string();
         sqlx::query(
             "UPDATE commitments SET status = 'verified' WHERE job_id = ? AND segment = ? AND hash = ?",
         )
@@ -574,7 +573,7 @@ impl Write<'_> {
         .fetch_all(self.conn())
         .await?;
         for segment in others {
-            self.open_audit(&a.job_id, to_u32(segment), "follow_up")
+            self.open_audit(&a.job_id, to_u32(segment), AuditReason::FollowUp)
                 .await?;
         }
         Ok(())
@@ -642,7 +641,7 @@ impl Write<'_> {
         };
         let (checkpoint, hash, step) = match before {
             Some((c, h, s)) => (Some(c), h, s),
-            None => (None, genesis(&JobId::from(job_id)), 0),
+            None => (None, genesis(&JobId::from(job_id)).to_string(), 0),
         };
         sqlx::query(
             "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, updated_at = ? \
@@ -719,9 +718,8 @@ impl Pool {
     ) -> Result<(), PoolError> {
         r.verify()
             .map_err(|e| PoolError::BadRequest(format!("replay signature: {e}")))?;
-        let signer = r
-            .signer()
-            .map_err(|e| PoolError::BadRequest(format!("replay node_key: {e}")))?;
+        r.report.check().map_err(PoolError::BadRequest)?;
+        let signer = r.signer();
         if &signer != provider {
             return Err(PoolError::BadRequest(format!(
                 "the replay is signed by {signer}, not by you ({provider})"
@@ -735,7 +733,11 @@ impl Pool {
         }
         let mut w = self.write().await?;
         let task = crate::scheduler::leased_task(w.conn(), provider, task_id).await?;
-        let Some(audit_id) = task.audit_id.clone().filter(|_| task.kind == "replay") else {
+        let Some(audit_id) = task
+            .audit_id
+            .clone()
+            .filter(|_| task.kind == TaskKind::Replay)
+        else {
             return Err(PoolError::BadRequest(format!(
                 "task {task_id} is a training task: commit it instead"
             )));
@@ -761,11 +763,6 @@ impl Pool {
             r.report.end_checkpoint_sha256.as_str() == a.claimed_checkpoint_sha256
         } else {
             match r.report.distance {
-                Some(d) if d.is_nan() || d < 0.0 => {
-                    return Err(PoolError::BadRequest(
-                        "distance: a relative L2 distance is a number ≥ 0".into(),
-                    ))
-                }
                 Some(d) => d <= CROSS_CLASS_TOLERANCE,
                 None => {
                     return Err(PoolError::BadRequest(format!(
@@ -794,7 +791,7 @@ impl Pool {
         .bind(task_id)
         .execute(w.conn())
         .await?;
-        if a.reason == "planted" {
+        if a.reason == AuditReason::Planted {
             w.pay_planted_replay(task_id, provider, r.report.compute_ms)
                 .await?;
         } else if let Some(job) = store::job(w.conn(), &a.job_id).await? {

@@ -5,7 +5,6 @@
 //! only their sha256.
 
 use crate::error::PoolError;
-use crate::store::now_ms;
 use crate::Pool;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -44,7 +43,7 @@ pub(crate) async fn create_account(pool: &Pool, name: &str) -> Result<AccountCre
         .bind(id.as_str())
         .bind(name)
         .bind(secret_hash(&key))
-        .bind(now_ms())
+        .bind(w.now)
         .execute(w.conn())
         .await?;
     w.commit().await?;

@@ -8,7 +8,6 @@
 
 use crate::auth::Caller;
 use crate::error::PoolError;
-use crate::store::now_ms;
 use crate::Pool;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -133,7 +132,7 @@ impl Pool {
         size: u64,
         caller: &Caller,
     ) -> Result<(), PoolError> {
-        let now = now_ms();
+        let now = self.now();
         let size = i64::try_from(size).map_err(|_| too_large(self.inner.config.max_blob_bytes))?;
         let mut w = self.write().await?;
         sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")

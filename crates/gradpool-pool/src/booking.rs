@@ -12,8 +12,9 @@
 
 use crate::error::PoolError;
 use crate::ledger::{self, AccountKind};
-use crate::store::{now_ms, rfc3339};
+use crate::store::rfc3339;
 use crate::Pool;
+use gradpool_core::state::{BookingStatus, ProviderChange};
 use gradpool_core::wire::{Book, BookingView};
 use gradpool_core::{AccountId, Piconero, ProviderId};
 use sqlx::SqliteConnection;
@@ -53,26 +54,30 @@ struct BookingRow {
     ends_at: i64,
     min_score: Option<f64>,
     held: i64,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: BookingStatus,
     created_at: i64,
 }
 
-async fn view(conn: &mut SqliteConnection, r: BookingRow) -> Result<BookingView, PoolError> {
+async fn view(
+    conn: &mut SqliteConnection,
+    r: BookingRow,
+    now: i64,
+) -> Result<BookingView, PoolError> {
     let providers: Vec<(String, i64)> = sqlx::query_as(
         "SELECT provider_id, price_per_hour FROM booking_providers WHERE booking_id = ? ORDER BY rowid",
     )
     .bind(&r.id)
     .fetch_all(&mut *conn)
     .await?;
-    let now = now_ms();
-    let status = match r.status.as_str() {
-        "reserved" if now >= r.ends_at => "ended",
-        "reserved" if now >= r.starts_at => "active",
+    let status = match r.status {
+        BookingStatus::Reserved if now >= r.ends_at => BookingStatus::Ended,
+        BookingStatus::Reserved if now >= r.starts_at => BookingStatus::Active,
         s => s,
     };
     Ok(BookingView {
         id: r.id,
-        status: status.to_owned(),
+        status,
         gpus: u32::try_from(r.gpus).unwrap_or(0),
         from: rfc3339(r.starts_at),
         until: rfc3339(r.ends_at),
@@ -105,11 +110,15 @@ async fn row_of(conn: &mut SqliteConnection, id: &str) -> Result<Option<BookingR
 }
 
 /// The booking `id` as it stands now.
-async fn view_of(conn: &mut SqliteConnection, id: &str) -> Result<BookingView, PoolError> {
+async fn view_of(
+    conn: &mut SqliteConnection,
+    id: &str,
+    now: i64,
+) -> Result<BookingView, PoolError> {
     let row = row_of(conn, id)
         .await?
         .ok_or_else(|| PoolError::Internal(format!("booking {id} vanished")))?;
-    view(conn, row).await
+    view(conn, row, now).await
 }
 
 impl Pool {
@@ -123,7 +132,7 @@ impl Pool {
         }
         let from = parse_time("from", &req.from)?;
         let until = parse_time("until", &req.until)?;
-        let now = now_ms();
+        let now = self.now();
         if from < now - 60_000 {
             return Err(PoolError::BadRequest(format!(
                 "from: {} is in the past",
@@ -190,9 +199,8 @@ impl Pool {
                 .ok_or_else(|| PoolError::BadRequest("the booking's price overflows".into()))?;
         }
         let id = format!("bk_{}", gradpool_core::id::random_hex(8));
-        let customer =
-            ledger::account_in(w.conn(), AccountKind::Customer, account.as_str()).await?;
-        let escrow = ledger::account_in(w.conn(), AccountKind::Escrow, &id).await?;
+        let customer = w.account(AccountKind::Customer, account.as_str()).await?;
+        let escrow = w.account(AccountKind::Escrow, &id).await?;
         if held > 0 {
             let balance = ledger::balance_of(w.conn(), &customer).await?;
             if u64::try_from(balance).unwrap_or(0) < held {
@@ -203,8 +211,7 @@ impl Pool {
                     Piconero(u64::try_from(balance).unwrap_or(0))
                 )));
             }
-            ledger::transfer_in(
-                w.conn(),
+            w.transfer(
                 &customer,
                 &escrow,
                 Piconero(held),
@@ -239,12 +246,13 @@ impl Pool {
             .await?;
             w.record_status(
                 provider,
-                "reserved",
+                ProviderChange::Reserved,
                 Some(&format!("booking {id} from {}", rfc3339(from))),
             )
             .await?;
         }
-        let v = view_of(w.conn(), &id).await?;
+        let now = w.now;
+        let v = view_of(w.conn(), &id, now).await?;
         w.commit().await?;
         tracing::info!(booking = %id, account = %account, gpus = req.gpus, held = %Piconero(held), "booking made");
         Ok(v)
@@ -261,7 +269,7 @@ impl Pool {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            out.push(view(&mut conn, r).await?);
+            out.push(view(&mut conn, r, self.now()).await?);
         }
         Ok(out)
     }
@@ -277,13 +285,14 @@ impl Pool {
             .await?
             .filter(|r| r.account_id == account.as_str())
             .ok_or_else(|| PoolError::NotFound(format!("booking {id} not found")))?;
-        if row.status != "reserved" || w.now >= row.ends_at {
+        if row.status != BookingStatus::Reserved || w.now >= row.ends_at {
             return Err(PoolError::Conflict(format!(
                 "booking {id} has already ended"
             )));
         }
-        close(&mut w, &row, "cancelled").await?;
-        let v = view_of(w.conn(), id).await?;
+        close(&mut w, &row, BookingStatus::Cancelled).await?;
+        let now = w.now;
+        let v = view_of(w.conn(), id, now).await?;
         w.commit().await?;
         Ok(v)
     }
@@ -299,7 +308,7 @@ impl Pool {
         .fetch_all(w.conn())
         .await?;
         for row in &due {
-            close(&mut w, row, "ended").await?;
+            close(&mut w, row, BookingStatus::Ended).await?;
         }
         w.commit().await?;
         Ok(due.len())
@@ -310,14 +319,13 @@ impl Pool {
 async fn close(
     w: &mut crate::scheduler::Write<'_>,
     row: &BookingRow,
-    status: &str,
+    status: BookingStatus,
 ) -> Result<(), PoolError> {
-    let escrow = ledger::account_in(w.conn(), AccountKind::Escrow, &row.id).await?;
-    let customer = ledger::account_in(w.conn(), AccountKind::Customer, &row.account_id).await?;
+    let escrow = w.account(AccountKind::Escrow, &row.id).await?;
+    let customer = w.account(AccountKind::Customer, &row.account_id).await?;
     let left = ledger::balance_of(w.conn(), &escrow).await?;
     if left > 0 {
-        ledger::transfer_in(
-            w.conn(),
+        w.transfer(
             &escrow,
             &customer,
             Piconero(u64::try_from(left).unwrap_or(0)),
@@ -327,7 +335,7 @@ async fn close(
         .await?;
     }
     sqlx::query("UPDATE bookings SET status = ? WHERE id = ?")
-        .bind(status)
+        .bind(status.as_str())
         .bind(&row.id)
         .execute(w.conn())
         .await?;
@@ -339,11 +347,11 @@ async fn close(
     for p in providers {
         w.record_status(
             &p,
-            "unreserved",
+            ProviderChange::Unreserved,
             Some(&format!("booking {} {status}", row.id)),
         )
         .await?;
     }
-    tracing::info!(booking = %row.id, status, "booking closed");
+    tracing::info!(booking = %row.id, status = %status, "booking closed");
     Ok(())
 }

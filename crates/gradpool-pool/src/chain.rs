@@ -34,6 +34,7 @@ use crate::escrow::pool_fees_account;
 use crate::ledger::{self, AccountKind, LedgerAccountId};
 use crate::money::split_by_shares;
 use crate::{MoneyBackend, Pool};
+use gradpool_core::state::PayoutStatus;
 use gradpool_core::wire::DepositAddress;
 use gradpool_core::{AccountId, Piconero};
 use gradpool_monero::address::Address;
@@ -82,6 +83,28 @@ pub enum PayoutStage {
 pub struct PayoutReport {
     /// Transactions relayed, with their payout ids.
     pub relayed: Vec<(String, String)>,
+    /// Payouts that wait for the wallet's money to unlock.
+    pub waiting: Vec<String>,
+}
+
+/// What building a reserved payout came to.
+enum Built {
+    /// Built and recorded: ready to relay.
+    Recorded,
+    /// More than the wallet's unlocked balance: it waits.
+    Waits,
+    /// The pool's fees cannot pay the network fee yet.
+    FeesShort,
+}
+
+/// Unlocked money kept back from payouts for their network fees.
+pub const FEE_RESERVE: Piconero = Piconero(1_000_000_000);
+
+/// What payouts may spend now: the wallet's unlocked balance less
+/// [`FEE_RESERVE`].
+async fn spendable(wallet: &WalletRpc) -> Result<u64, PoolError> {
+    let balance = wallet.get_balance().await.map_err(unavailable)?;
+    Ok(balance.unlocked_balance.0.saturating_sub(FEE_RESERVE.0))
 }
 
 impl Pool {
@@ -121,7 +144,7 @@ impl Pool {
         let kind = ledger_account
             .kind()
             .ok_or_else(|| PoolError::Internal(format!("bad account {ledger_account}")))?;
-        ledger::account_in(w.conn(), kind, ledger_account.owner()).await?;
+        w.account(kind, ledger_account.owner()).await?;
         let now = w.now;
         sqlx::query(
             "INSERT INTO deposit_addresses (address, subaddr_index, ledger_account, created_at) \
@@ -217,12 +240,10 @@ impl Pool {
             if inserted == 0 {
                 continue;
             }
-            let wallet_account =
-                ledger::account_in(w.conn(), AccountKind::Wallet, "monero").await?;
+            let wallet_account = w.account(AccountKind::Wallet, "monero").await?;
             // Created with its deposit address.
             let to = LedgerAccountId::from_stored(account);
-            ledger::transfer_in(
-                w.conn(),
+            w.transfer(
                 &wallet_account,
                 &to,
                 t.amount,
@@ -238,9 +259,10 @@ impl Pool {
     }
 
     /// Moves provider earnings above the threshold into a new `reserved`
-    /// payout of at most [`MAX_DESTINATIONS`] destinations, split by each
-    /// provider's shares. Returns its id, or `None` if nobody is due.
-    async fn reserve_provider_payout(&self) -> Result<Option<String>, PoolError> {
+    /// payout of at most [`MAX_DESTINATIONS`] destinations and at most
+    /// `spendable` piconero, split by each provider's shares. Returns its
+    /// id, or `None` if nobody is due (or nobody's earnings fit).
+    async fn reserve_provider_payout(&self, spendable: u64) -> Result<Option<String>, PoolError> {
         let (m, _) = self.monero()?;
         let threshold = i64::try_from(m.payout_threshold.0).unwrap_or(i64::MAX);
         let mut w = self.write().await?;
@@ -255,8 +277,9 @@ impl Pool {
         .fetch_all(w.conn())
         .await?;
         let id = format!("po_{}", gradpool_core::id::random_hex(12));
-        let payout_account = ledger::account_in(w.conn(), AccountKind::Payout, &id).await?;
+        let payout_account = w.account(AccountKind::Payout, &id).await?;
         let mut destinations = 0;
+        let mut left = spendable;
         let mut postings: Vec<(LedgerAccountId, i64)> = Vec::new();
         let mut rows: Vec<(String, i64, LedgerAccountId)> = Vec::new();
         for (provider, balance) in due {
@@ -266,9 +289,11 @@ impl Pool {
             .bind(&provider)
             .fetch_all(w.conn())
             .await?;
-            if destinations + splits.len() > MAX_DESTINATIONS {
+            let amount = u64::try_from(balance).unwrap_or(0);
+            if destinations + splits.len() > MAX_DESTINATIONS || amount > left {
                 continue;
             }
+            left -= amount;
             let shares: Vec<u32> = splits
                 .iter()
                 .map(|(_, s)| u32::try_from(*s).unwrap_or(1))
@@ -292,8 +317,7 @@ impl Pool {
         }
         let total: i64 = rows.iter().map(|(_, a, _)| *a).sum();
         postings.push((payout_account, total));
-        ledger::post_in(
-            w.conn(),
+        w.post(
             &format!("payout:{id}:reserve"),
             &format!("payout {id} to {destinations} destinations"),
             &postings,
@@ -329,11 +353,10 @@ impl Pool {
     async fn settle_relayed(&self, id: &str, fee: Piconero) -> Result<(), PoolError> {
         let mut w = self.write().await?;
         let payout = LedgerAccountId::new(AccountKind::Payout, id);
-        let wallet = ledger::account_in(w.conn(), AccountKind::Wallet, "monero").await?;
+        let wallet = w.account(AccountKind::Wallet, "monero").await?;
         let held = ledger::balance_of(w.conn(), &payout).await?;
         if held > 0 {
-            ledger::transfer_in(
-                w.conn(),
+            w.transfer(
                 &payout,
                 &wallet,
                 Piconero(u64::try_from(held).unwrap_or(0)),
@@ -343,9 +366,8 @@ impl Pool {
             .await?;
         }
         if fee.0 > 0 {
-            let fees = ledger::account_in(w.conn(), AccountKind::PoolFees, "pool").await?;
-            ledger::transfer_in(
-                w.conn(),
+            let fees = w.account(AccountKind::PoolFees, "pool").await?;
+            w.transfer(
                 &fees,
                 &wallet,
                 fee,
@@ -367,104 +389,154 @@ impl Pool {
     /// by a crash, then pays every provider due and every withdrawal
     /// waiting, one transaction at a time. `at` is called at each
     /// [`PayoutStage`] (crash tests stop the process there).
+    ///
+    /// Only unlocked money is spent: a payout larger than the wallet's
+    /// unlocked balance (its change from the previous payout is locked for
+    /// ten blocks) waits for a later round, listed in
+    /// [`PayoutReport::waiting`], and new provider payouts are reserved only
+    /// up to the unlocked balance.
     pub async fn pay_out(
         &self,
         at: &(dyn Fn(PayoutStage) + Sync),
     ) -> Result<PayoutReport, PoolError> {
         let (m, wallet) = self.monero()?;
         let daemon = DaemonRpc::new(&m.daemon_rpc).map_err(unavailable)?;
-        let network = self.inner.config.money.network;
         let mut report = PayoutReport::default();
         // New provider payouts are reserved only once nothing is in flight.
         let mut reserved_new = false;
         loop {
-            let next: Option<(String, String, Option<String>, Option<i64>)> = sqlx::query_as(
-                "SELECT id, status, tx_metadata, fee FROM payouts WHERE status IN ('built', 'reserved') \
+            let next: Option<(String, String)> = sqlx::query_as(
+                "SELECT id, status FROM payouts WHERE status IN ('built', 'reserved') \
+                   AND id NOT IN (SELECT value FROM json_each(?)) \
                  ORDER BY CASE status WHEN 'built' THEN 0 ELSE 1 END, created_at, rowid LIMIT 1",
             )
+            .bind(serde_json::to_string(&report.waiting)?)
             .fetch_optional(&self.inner.db)
             .await?;
-            let Some((id, status, metadata, fee)) = next else {
-                if reserved_new {
+            let Some((id, status)) = next else {
+                if reserved_new || !report.waiting.is_empty() {
                     break;
                 }
                 reserved_new = true;
-                if self.reserve_provider_payout().await?.is_none() {
+                let spendable = spendable(&wallet).await?;
+                if self.reserve_provider_payout(spendable).await?.is_none() {
                     break;
                 }
                 continue;
             };
-            if status == "built" {
-                let metadata = TxMetadata::from_hex(metadata.unwrap_or_default())
-                    .map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
-                let txid: String =
-                    sqlx::query_scalar("SELECT COALESCE(txid, '') FROM payouts WHERE id = ?")
-                        .bind(&id)
-                        .fetch_one(&self.inner.db)
-                        .await?;
-                let hash = TxHash::parse(&txid)
-                    .map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
-                // Relayed before a crash: the daemon has it already.
-                if daemon.tx_status(&hash).await.map_err(unavailable)? == TxStatus::Unknown {
-                    wallet.relay_tx(&metadata).await.map_err(unavailable)?;
-                } else {
-                    tracing::info!(payout = %id, txid = %txid, "payout was relayed before a restart");
-                }
+            if status.parse::<PayoutStatus>()? == PayoutStatus::Built {
+                let txid = self.relay_built(&id, &wallet, &daemon).await?;
                 at(PayoutStage::Relayed);
-                self.settle_relayed(&id, Piconero(u64::try_from(fee.unwrap_or(0)).unwrap_or(0)))
-                    .await?;
+                self.settle_built(&id).await?;
                 tracing::info!(payout = %id, txid = %txid, "payout relayed");
                 report.relayed.push((id, txid));
                 continue;
             }
-            // reserved: build it.
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT address, amount FROM payout_destinations WHERE payout_id = ? ORDER BY rowid",
-            )
-            .bind(&id)
-            .fetch_all(&self.inner.db)
-            .await?;
-            let mut destinations = Vec::new();
-            for (address, amount) in rows {
-                let address = Address::parse(&address)
-                    .and_then(|a| a.expect_network(network))
-                    .map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
-                destinations.push((address, Piconero(u64::try_from(amount).unwrap_or(0))));
+            match self.build_reserved(&id, &wallet).await? {
+                Built::Recorded => at(PayoutStage::Built),
+                Built::Waits => report.waiting.push(id),
+                Built::FeesShort => break,
             }
-            let built = wallet
-                .transfer(&destinations, &TransferOptions::prepare_only())
-                .await
-                .map_err(unavailable)?;
-            let metadata = built.tx_metadata.ok_or_else(|| {
-                PoolError::Internal("the wallet returned no transaction metadata".into())
-            })?;
-            let fees_balance =
-                ledger::balance_of(&mut *self.inner.db.acquire().await?, &pool_fees_account())
-                    .await?;
-            if u64::try_from(fees_balance).unwrap_or(0) < built.fee.0 {
-                // The transaction was never relayed: dropping it is safe.
-                tracing::warn!(payout = %id, fee = %built.fee, pool_fees = fees_balance,
-                    "the pool's fees cannot pay this payout's network fee yet; it waits");
-                break;
-            }
-            let mut w = self.write().await?;
-            let now = w.now;
-            sqlx::query(
-                "UPDATE payouts SET status = 'built', txid = ?, tx_metadata = ?, fee = ?, updated_at = ? \
-                 WHERE id = ? AND status = 'reserved'",
-            )
-            .bind(built.tx_hash.as_str())
-            .bind(metadata.as_hex())
-            .bind(i64::try_from(built.fee.0).unwrap_or(i64::MAX))
-            .bind(now)
-            .bind(&id)
-            .execute(w.conn())
-            .await?;
-            w.commit().await?;
-            tracing::info!(payout = %id, txid = %built.tx_hash.as_str(), fee = %built.fee, "payout built");
-            at(PayoutStage::Built);
         }
         Ok(report)
+    }
+
+    /// Relays a `built` payout's stored transaction, unless the daemon knows
+    /// it already (relayed before a crash). Returns its txid.
+    async fn relay_built(
+        &self,
+        id: &str,
+        wallet: &WalletRpc,
+        daemon: &DaemonRpc,
+    ) -> Result<String, PoolError> {
+        let (txid, metadata): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT txid, tx_metadata FROM payouts WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.inner.db)
+                .await?;
+        let txid = txid.unwrap_or_default();
+        let metadata = TxMetadata::from_hex(metadata.unwrap_or_default())
+            .map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
+        let hash =
+            TxHash::parse(&txid).map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
+        if daemon.tx_status(&hash).await.map_err(unavailable)? == TxStatus::Unknown {
+            wallet.relay_tx(&metadata).await.map_err(unavailable)?;
+        } else {
+            tracing::info!(payout = %id, txid = %txid, "payout was relayed before a restart");
+        }
+        Ok(txid)
+    }
+
+    /// Settles a relayed payout with the network fee recorded when it was
+    /// built.
+    async fn settle_built(&self, id: &str) -> Result<(), PoolError> {
+        let fee: Option<i64> = sqlx::query_scalar("SELECT fee FROM payouts WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.inner.db)
+            .await?;
+        self.settle_relayed(id, Piconero(u64::try_from(fee.unwrap_or(0)).unwrap_or(0)))
+            .await
+    }
+
+    /// Builds a `reserved` payout's transaction (signed, not relayed) and
+    /// records it as `built`, if the wallet's unlocked balance covers it and
+    /// the pool's fees cover its network fee.
+    async fn build_reserved(&self, id: &str, wallet: &WalletRpc) -> Result<Built, PoolError> {
+        let network = self.inner.config.money.network;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT address, amount FROM payout_destinations WHERE payout_id = ? ORDER BY rowid",
+        )
+        .bind(id)
+        .fetch_all(&self.inner.db)
+        .await?;
+        let mut destinations = Vec::new();
+        for (address, amount) in rows {
+            let address = Address::parse(&address)
+                .and_then(|a| a.expect_network(network))
+                .map_err(|e| PoolError::Internal(format!("payout {id}: {e}")))?;
+            destinations.push((address, Piconero(u64::try_from(amount).unwrap_or(0))));
+        }
+        let total = destinations
+            .iter()
+            .fold(0u64, |sum, (_, amount)| sum.saturating_add(amount.0));
+        let balance = wallet.get_balance().await.map_err(unavailable)?;
+        if balance.unlocked_balance.0 < total.saturating_add(FEE_RESERVE.0) {
+            tracing::info!(payout = %id, needs = total, unlocked = %balance.unlocked_balance,
+                blocks_to_unlock = balance.blocks_to_unlock,
+                "payout waits for the wallet's money to unlock");
+            return Ok(Built::Waits);
+        }
+        let built = wallet
+            .transfer(&destinations, &TransferOptions::prepare_only())
+            .await
+            .map_err(unavailable)?;
+        let metadata = built.tx_metadata.ok_or_else(|| {
+            PoolError::Internal("the wallet returned no transaction metadata".into())
+        })?;
+        let fees_balance =
+            ledger::balance_of(&mut *self.inner.db.acquire().await?, &pool_fees_account()).await?;
+        if u64::try_from(fees_balance).unwrap_or(0) < built.fee.0 {
+            // The transaction was never relayed: dropping it is safe.
+            tracing::warn!(payout = %id, fee = %built.fee, pool_fees = fees_balance,
+                "the pool's fees cannot pay this payout's network fee yet; it waits");
+            return Ok(Built::FeesShort);
+        }
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "UPDATE payouts SET status = 'built', txid = ?, tx_metadata = ?, fee = ?, updated_at = ? \
+             WHERE id = ? AND status = 'reserved'",
+        )
+        .bind(built.tx_hash.as_str())
+        .bind(metadata.as_hex())
+        .bind(i64::try_from(built.fee.0).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+        w.commit().await?;
+        tracing::info!(payout = %id, txid = %built.tx_hash.as_str(), fee = %built.fee, "payout built");
+        Ok(Built::Recorded)
     }
 
     /// Watches deposits and makes payouts every
@@ -477,18 +549,35 @@ impl Pool {
             return;
         }
         let period = Duration::from_secs(m.poll_seconds.max(1));
-        loop {
-            if let Err(e) = self.watch_deposits().await {
-                tracing::warn!(error = %e, "deposit watch failed");
+        // Two loops: a payout round that waits on the wallet never delays
+        // the crediting of deposits.
+        let deposits = async {
+            loop {
+                if let Err(e) = self.watch_deposits().await {
+                    tracing::warn!(error = %e, "deposit watch failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
             }
-            if let Err(e) = self.pay_out(&|_| {}).await {
-                tracing::warn!(error = %e, "payout failed; retrying later");
+        };
+        let payouts = async {
+            loop {
+                match self.pay_out(&|_| {}).await {
+                    Ok(report) if !report.waiting.is_empty() => {
+                        tracing::info!(waiting = ?report.waiting, "payouts wait for unlocked money");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "payout failed; retrying later"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-        }
+        };
+        tokio::join!(deposits, payouts);
     }
 }
 

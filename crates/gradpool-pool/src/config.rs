@@ -30,6 +30,14 @@ pub struct PoolConfig {
     /// seconds: each next one comes at an exponentially distributed random
     /// time, so a provider cannot predict it. 0: only at registration.
     pub proof_interval_seconds: u64,
+    /// The most memory a job may take to train, in bytes: larger jobs are
+    /// refused at submit, as are jobs larger than every provider's device.
+    pub max_job_memory_bytes: u64,
+    /// Per-client limits on sign-ups, the faucet and the anonymous routes.
+    pub throttle: crate::throttle::ThrottleConfig,
+    /// Where the pool reads the time (the system's clock; tests move a
+    /// [`ManualClock`](crate::clock::ManualClock) by hand).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 /// How committed segments are audited (see [`gradpool_core::verification`]).
@@ -64,6 +72,9 @@ impl Default for PoolConfig {
             verification: VerificationConfig::default(),
             hardware_proof: true,
             proof_interval_seconds: 6 * 3600,
+            max_job_memory_bytes: 256 << 30,
+            throttle: crate::throttle::ThrottleConfig::default(),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum PoolError {
     /// a deposit address on a dev pool) or is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// A client past its budget on an open route (see [`crate::throttle`]).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A database failure.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -69,6 +72,7 @@ impl PoolError {
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PoolError::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
             PoolError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            PoolError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             PoolError::Db(_)
             | PoolError::Migrate(_)
             | PoolError::Io(_)
@@ -118,6 +122,14 @@ impl From<LedgerError> for PoolError {
             LedgerError::Db(e) => PoolError::Db(e),
             other => PoolError::Internal(format!("ledger: {other}")),
         }
+    }
+}
+
+impl From<gradpool_core::state::UnknownState> for PoolError {
+    /// A state the database holds but no enum has: the schema's `CHECK`
+    /// constraints make this a corrupt file, never bad input.
+    fn from(e: gradpool_core::state::UnknownState) -> Self {
+        PoolError::Internal(format!("stored {e}"))
     }
 }
 

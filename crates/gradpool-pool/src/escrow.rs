@@ -112,6 +112,23 @@ pub fn billed_ms(reported_ms: u64, observed_ms: u64, cap_ms: Option<u64>) -> u64
     cap_ms.map_or(billed, |cap| billed.min(cap))
 }
 
+/// How far a reported compute time may exceed the time the pool saw
+/// between the lease and the report (the two clocks start and stop at
+/// different moments), in milliseconds.
+pub const REPORT_SLACK_MS: u64 = 60_000;
+
+/// Refuses a reported compute time the task cannot have taken: more than
+/// the time since it was leased, plus [`REPORT_SLACK_MS`].
+pub fn check_reported_ms(reported_ms: u64, observed_ms: u64) -> Result<(), String> {
+    if reported_ms > observed_ms.saturating_add(REPORT_SLACK_MS) {
+        Err(format!(
+            "compute_ms: {reported_ms} ms is impossible, the task was leased {observed_ms} ms ago"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The benchmark cap on a segment's billed time, in milliseconds: `None`
 /// when the job's size or the provider's speed is unknown.
 pub fn cap_ms(steps: u64, flops_per_step: Option<f64>, gflops: Option<f64>) -> Option<u64> {
@@ -179,8 +196,8 @@ impl Write<'_> {
         job_id: &str,
         budget: Piconero,
     ) -> Result<(), PoolError> {
-        let customer = ledger::account_in(self.conn(), AccountKind::Customer, account_id).await?;
-        let escrow = ledger::account_in(self.conn(), AccountKind::Escrow, job_id).await?;
+        let customer = self.account(AccountKind::Customer, account_id).await?;
+        let escrow = self.account(AccountKind::Escrow, job_id).await?;
         if budget.0 == 0 {
             return Ok(());
         }
@@ -192,8 +209,7 @@ impl Write<'_> {
                  {have}; deposit more (gradpool account deposit) or lower the budget"
             )));
         }
-        ledger::transfer_in(
-            self.conn(),
+        self.transfer(
             &customer,
             &escrow,
             budget,
@@ -238,6 +254,7 @@ impl Write<'_> {
         .await?;
         let rate = Piconero(u64::try_from(rate.unwrap_or(0)).unwrap_or(0));
         let observed = u64::try_from(self.now - assigned_at.unwrap_or(self.now)).unwrap_or(0);
+        check_reported_ms(reported_ms, observed).map_err(PoolError::BadRequest)?;
         let steps = u64::try_from(end - start).unwrap_or(0);
         let billed = billed_ms(
             reported_ms,
@@ -259,23 +276,21 @@ impl Write<'_> {
             .execute(self.conn())
             .await?;
         if price.price.0 > 0 {
-            let pending = ledger::account_in(
-                self.conn(),
-                AccountKind::ProviderPending,
-                &format!("{provider}:{}", job.id),
-            )
-            .await?;
-            let fees_account =
-                ledger::account_in(self.conn(), AccountKind::PoolFees, "pool").await?;
-            let fund = ledger::account_in(self.conn(), AccountKind::Validator, "fund").await?;
+            let pending = self
+                .account(
+                    AccountKind::ProviderPending,
+                    &format!("{provider}:{}", job.id),
+                )
+                .await?;
+            let fees_account = self.account(AccountKind::PoolFees, "pool").await?;
+            let fund = self.account(AccountKind::Validator, "fund").await?;
             let total = i64::try_from(price.price.0)
                 .map_err(|_| PoolError::Internal("segment price overflows".into()))?;
             let mut postings = vec![(escrow, -total)];
             credit(&mut postings, pending, price.provider_share);
             credit(&mut postings, fees_account, price.pool_fee);
             credit(&mut postings, fund, price.validator_fee);
-            ledger::post_in(
-                self.conn(),
+            self.post(
                 // One payment per task: a segment trained again after a
                 // rollback, or replayed, is another task.
                 &format!("task:{task_id}:pay"),
@@ -340,14 +355,10 @@ impl Write<'_> {
             .unwrap_or(u64::MAX)
             .min(u64::try_from(held).unwrap_or(0));
         if pay > 0 {
-            let to = ledger::account_in(
-                self.conn(),
-                AccountKind::ProviderAvailable,
-                validator.as_str(),
-            )
-            .await?;
-            ledger::transfer_in(
-                self.conn(),
+            let to = self
+                .account(AccountKind::ProviderAvailable, validator.as_str())
+                .await?;
+            self.transfer(
                 &fund,
                 &to,
                 Piconero(pay),
@@ -373,10 +384,9 @@ impl Write<'_> {
         let mut refunded = Piconero::ZERO;
         let left = ledger::balance_of(self.conn(), &escrow).await?;
         if left > 0 {
-            ledger::account_in(self.conn(), AccountKind::Customer, &job.account_id).await?;
+            self.account(AccountKind::Customer, &job.account_id).await?;
             refunded = Piconero(u64::try_from(left).unwrap_or(0));
-            ledger::transfer_in(
-                self.conn(),
+            self.transfer(
                 &escrow,
                 &customer,
                 refunded,
@@ -402,11 +412,11 @@ impl Write<'_> {
                 continue;
             };
             let provider = provider.to_owned();
-            let to =
-                ledger::account_in(self.conn(), AccountKind::ProviderAvailable, &provider).await?;
+            let to = self
+                .account(AccountKind::ProviderAvailable, &provider)
+                .await?;
             let amount = Piconero(u64::try_from(amount).unwrap_or(0));
-            ledger::transfer_in(
-                self.conn(),
+            self.transfer(
                 &from,
                 &to,
                 amount,

@@ -101,7 +101,7 @@ impl Follower {
     async fn job_is_final(&self) -> Result<bool, PoolError> {
         let mut conn = self.pool.inner.db.acquire().await?;
         match store::job(&mut conn, &self.job_id).await? {
-            Some(job) => Ok(job.status()?.is_final()),
+            Some(job) => Ok(job.status.is_final()),
             None => Ok(true),
         }
     }

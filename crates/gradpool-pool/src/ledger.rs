@@ -19,13 +19,14 @@
 //!
 //! Schema: `migrations/0002_ledger.sql`.
 
-use crate::store::now_ms;
+use crate::clock::Clock;
 use futures::TryStreamExt;
 use gradpool_core::Piconero;
 use sqlx::{SqliteConnection, SqlitePool};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// What a ledger account holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -264,6 +265,7 @@ impl fmt::Display for AuditReport {
 #[derive(Clone)]
 pub struct Ledger {
     db: SqlitePool,
+    clock: Arc<dyn Clock>,
 }
 
 const MAX_TEXT: usize = 200;
@@ -297,6 +299,7 @@ async fn balance_in(conn: &mut SqliteConnection, account: &str) -> Result<i64, L
 /// (inside the caller's transaction, if any).
 pub async fn account_in(
     conn: &mut SqliteConnection,
+    now: i64,
     kind: AccountKind,
     owner: &str,
 ) -> Result<LedgerAccountId, LedgerError> {
@@ -312,7 +315,7 @@ pub async fn account_in(
     .bind(kind.as_str())
     .bind(owner)
     .bind(i64::from(kind.may_go_negative()))
-    .bind(now_ms())
+    .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(id)
@@ -335,6 +338,7 @@ pub async fn balance_of(
 /// any order), and [`LedgerError::KeyReused`] if not.
 pub async fn post_in(
     conn: &mut SqliteConnection,
+    now: i64,
     key: &str,
     memo: &str,
     postings: &[(LedgerAccountId, i64)],
@@ -413,7 +417,7 @@ pub async fn post_in(
     )
     .bind(key)
     .bind(memo)
-    .bind(now_ms())
+    .bind(now)
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
@@ -432,6 +436,7 @@ pub async fn post_in(
 /// [`post_in`]).
 pub async fn transfer_in(
     conn: &mut SqliteConnection,
+    now: i64,
     from: &LedgerAccountId,
     to: &LedgerAccountId,
     amount: Piconero,
@@ -442,13 +447,19 @@ pub async fn transfer_in(
     if from == to {
         return Err(LedgerError::SameAccount(from.clone()));
     }
-    post_in(conn, key, memo, &[(from.clone(), -x), (to.clone(), x)]).await
+    post_in(conn, now, key, memo, &[(from.clone(), -x), (to.clone(), x)]).await
 }
 
 impl Ledger {
-    /// A ledger over a migrated pool database (see [`crate::store::open`]).
+    /// A ledger over a migrated pool database (see [`crate::store::open`]),
+    /// stamping entries with the system's clock.
     pub fn new(db: SqlitePool) -> Ledger {
-        Ledger { db }
+        Ledger::with_clock(db, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// A ledger that stamps entries with `clock`.
+    pub fn with_clock(db: SqlitePool, clock: Arc<dyn Clock>) -> Ledger {
+        Ledger { db, clock }
     }
 
     /// The account of `kind` owned by `owner`, created if missing.
@@ -458,7 +469,7 @@ impl Ledger {
         owner: &str,
     ) -> Result<LedgerAccountId, LedgerError> {
         let mut conn = self.db.acquire().await?;
-        account_in(&mut conn, kind, owner).await
+        account_in(&mut conn, self.clock.now_ms(), kind, owner).await
     }
 
     /// The pool's Monero wallet: where deposits come from and withdrawals go.
@@ -481,7 +492,7 @@ impl Ledger {
         postings: &[(LedgerAccountId, i64)],
     ) -> Result<EntryId, LedgerError> {
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
-        let entry = post_in(&mut tx, key, memo, postings).await?;
+        let entry = post_in(&mut tx, self.clock.now_ms(), key, memo, postings).await?;
         tx.commit().await?;
         Ok(entry)
     }
@@ -526,6 +537,7 @@ impl Ledger {
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         let entry = transfer_in(
             &mut tx,
+            self.clock.now_ms(),
             from,
             to,
             amount,

@@ -20,6 +20,14 @@
 //! - [`presence`]: providers' status history, disconnections, GPUs claimed
 //!   twice, what the pool pays.
 //! - [`booking`]: providers reserved for a customer's window.
+//! - [`model`]: the model a job trains, sized at submit and held up
+//!   against every committed checkpoint.
+//! - [`clock`]: where the pool reads the time (the system's, or one tests
+//!   move by hand).
+//! - [`challenge`]: single-use nonces that store nothing until used.
+//! - [`throttle`]: per-client limits on the routes anyone can call.
+//! - [`tls`]: the API over TLS, with a certificate from files or one the
+//!   pool makes and keeps.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gradpool_pool::PoolError> {
@@ -36,19 +44,25 @@ pub mod auth;
 pub mod blob;
 pub mod booking;
 pub mod chain;
+pub mod challenge;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod escrow;
 pub mod events;
 pub mod ledger;
+pub mod model;
 pub mod money;
 pub mod presence;
 pub mod proof;
 pub mod scheduler;
 pub mod store;
+pub mod throttle;
+pub mod tls;
 
 pub use config::{MoneyBackend, MoneyConfig, PoolConfig, VerificationConfig};
 pub use error::PoolError;
+pub use throttle::ThrottleConfig;
 
 use gradpool_core::wire::{AccountCreated, JobEvent};
 use std::future::Future;
@@ -76,8 +90,12 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<Arc<JobEvent>>,
     /// Cancelled when serving stops: ends event streams and long polls.
     pub(crate) stop: tokio_util::sync::CancellationToken,
-    /// Registration nonces issued and not yet used, with their expiry (ms).
-    pub(crate) challenges: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Single-use nonces of registrations and node proofs.
+    pub(crate) challenges: challenge::Challenges,
+    /// Per-client limits on the open routes.
+    pub(crate) throttle: throttle::Throttle,
+    /// Heartbeats waiting for work now.
+    pub(crate) long_polls: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -103,8 +121,9 @@ impl Pool {
         let db = store::open(&config.data_dir.join("pool.sqlite")).await?;
         let blobs = blob::BlobStore::open(config.data_dir.join("blobs")).await?;
         let (events, _) = broadcast::channel(1024);
+        let throttle = config.throttle;
         tracing::info!(data_dir = %config.data_dir.display(), "pool opened");
-        Ok(Pool {
+        let pool = Pool {
             inner: Arc::new(Inner {
                 config,
                 db,
@@ -113,14 +132,23 @@ impl Pool {
                 work: Notify::new(),
                 events,
                 stop: tokio_util::sync::CancellationToken::new(),
-                challenges: Default::default(),
+                challenges: challenge::Challenges::new()?,
+                throttle: throttle::Throttle::new(throttle),
+                long_polls: Default::default(),
             }),
-        })
+        };
+        pool.learn_missing_models().await?;
+        Ok(pool)
     }
 
     /// The pool's money ledger.
     pub fn ledger(&self) -> ledger::Ledger {
-        ledger::Ledger::new(self.inner.db.clone())
+        ledger::Ledger::with_clock(self.inner.db.clone(), self.inner.config.clock.clone())
+    }
+
+    /// Now, by the pool's clock, in unix milliseconds.
+    pub fn now(&self) -> i64 {
+        self.inner.config.clock.now_ms()
     }
 
     /// The pool's settings.
@@ -133,15 +161,21 @@ impl Pool {
         api::router(self.clone())
     }
 
-    /// Serves the API on `listener` until `shutdown` resolves; runs the
-    /// lease reaper in the background meanwhile. When `shutdown` resolves,
-    /// event streams and long polls end and in-flight requests finish; a
-    /// pool serves once (open it again to serve again).
-    pub async fn serve(
+    /// Serves the API on `listener` (a [`tokio::net::TcpListener`] for
+    /// plain HTTP, a [`tls::TlsListener`] for HTTPS) until `shutdown`
+    /// resolves; runs the lease reaper in the background meanwhile. When
+    /// `shutdown` resolves, event streams and long polls end and in-flight
+    /// requests finish; a pool serves once (open it again to serve again).
+    pub async fn serve<L>(
         self,
-        listener: tokio::net::TcpListener,
+        listener: L,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), PoolError> {
+    ) -> Result<(), PoolError>
+    where
+        L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+        api::PeerAddr:
+            for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    {
         let stop = self.inner.stop.clone();
         let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
         let chain = tokio::spawn(self.clone().run_chain(stop.clone()));
@@ -150,6 +184,7 @@ impl Pool {
         }
         let app = self.router();
         let stop_serving = stop.clone();
+        let app = app.into_make_service_with_connect_info::<api::PeerAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 tokio::select! {

@@ -10,9 +10,10 @@ use crate::error::PoolError;
 use crate::escrow::{self, available_account, customer_account, stake_account};
 use crate::ledger::{self, AccountKind, LedgerAccountId};
 use crate::scheduler::Write;
-use crate::store::{now_ms, pico, rfc3339};
+use crate::store::{pico, rfc3339};
 use crate::{MoneyBackend, Pool};
-use gradpool_core::commitment::{decode_signature, node_proof_message, verifying_key};
+use gradpool_core::commitment::node_proof_message;
+use gradpool_core::state::{PayoutKind, PayoutStatus};
 use gradpool_core::wire::{
     Balance, DepositAddress, Earnings, NodeProof, PayoutSplit, PayoutView, StakeAction,
     StakeRequest, Withdraw,
@@ -116,28 +117,26 @@ async fn payouts_from(
     .bind(account.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, status, address, amount, txid, at)| PayoutView {
-            id,
-            status,
-            address,
-            amount: pico(amount),
-            txid,
-            created_at: rfc3339(at),
+    rows.into_iter()
+        .map(|(id, status, address, amount, txid, at)| {
+            Ok(PayoutView {
+                id,
+                status: status.parse()?,
+                address,
+                amount: pico(amount),
+                txid,
+                created_at: rfc3339(at),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One destination of a payout or withdrawal, for the pool's operator.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PayoutLine {
     pub id: String,
-    /// `provider` or `withdrawal`.
-    pub kind: String,
-    /// `reserved`, `built`, `relayed`, `settled` (dev backend) or
-    /// `cancelled`.
-    pub status: String,
+    pub kind: PayoutKind,
+    pub status: PayoutStatus,
     /// The ledger account paid from (`provider_available:prov_…`,
     /// `customer:acct_…`).
     pub account: String,
@@ -153,8 +152,10 @@ pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<Payou
     #[derive(sqlx::FromRow)]
     struct Row {
         id: String,
-        kind: String,
-        status: String,
+        #[sqlx(try_from = "String")]
+        kind: PayoutKind,
+        #[sqlx(try_from = "String")]
+        status: PayoutStatus,
         account: String,
         address: String,
         amount: i64,
@@ -206,13 +207,13 @@ impl Write<'_> {
         if self.now < requested.saturating_add(cooldown_ms) {
             return Ok(());
         }
-        let stake = ledger::account_in(self.conn(), AccountKind::ProviderStake, provider).await?;
-        let available =
-            ledger::account_in(self.conn(), AccountKind::ProviderAvailable, provider).await?;
+        let stake = self.account(AccountKind::ProviderStake, provider).await?;
+        let available = self
+            .account(AccountKind::ProviderAvailable, provider)
+            .await?;
         let amount = balance(self.conn(), &stake).await?;
         if amount > 0 {
-            ledger::transfer_in(
-                self.conn(),
+            self.transfer(
                 &stake,
                 &available,
                 Piconero(amount),
@@ -244,9 +245,8 @@ impl Write<'_> {
         let pending = escrow::pending_account(provider, job_id);
         let forfeited = balance(self.conn(), &pending).await?;
         if forfeited > 0 {
-            let escrow = ledger::account_in(self.conn(), AccountKind::Escrow, job_id).await?;
-            ledger::transfer_in(
-                self.conn(),
+            let escrow = self.account(AccountKind::Escrow, job_id).await?;
+            self.transfer(
                 &pending,
                 &escrow,
                 Piconero(forfeited),
@@ -255,7 +255,7 @@ impl Write<'_> {
             )
             .await?;
         }
-        let stake = ledger::account_in(self.conn(), AccountKind::ProviderStake, provider).await?;
+        let stake = self.account(AccountKind::ProviderStake, provider).await?;
         let slashed = balance(self.conn(), &stake).await?;
         if slashed > 0 {
             let to_validator = match validator {
@@ -268,15 +268,14 @@ impl Write<'_> {
             let to_customer = slashed - to_validator;
             let mut postings = vec![(stake, -i64::try_from(slashed).unwrap_or(i64::MAX))];
             if to_customer > 0 {
-                let c = ledger::account_in(self.conn(), AccountKind::Customer, customer).await?;
+                let c = self.account(AccountKind::Customer, customer).await?;
                 postings.push((c, i64::try_from(to_customer).unwrap_or(i64::MAX)));
             }
             if let (Some(v), true) = (validator, to_validator > 0) {
-                let v = ledger::account_in(self.conn(), AccountKind::ProviderAvailable, v).await?;
+                let v = self.account(AccountKind::ProviderAvailable, v).await?;
                 postings.push((v, i64::try_from(to_validator).unwrap_or(i64::MAX)));
             }
-            ledger::post_in(
-                self.conn(),
+            self.post(
                 &format!("slash:{provider}:{job_id}:stake"),
                 &format!("stake of {provider} slashed for fraud on job {job_id}"),
                 &postings,
@@ -295,12 +294,11 @@ impl Write<'_> {
         validator: &str,
         audit_id: &str,
     ) -> Result<Piconero, PoolError> {
-        let stake = ledger::account_in(self.conn(), AccountKind::ProviderStake, validator).await?;
+        let stake = self.account(AccountKind::ProviderStake, validator).await?;
         let slashed = balance(self.conn(), &stake).await?;
         if slashed > 0 {
-            let fund = ledger::account_in(self.conn(), AccountKind::Validator, "fund").await?;
-            ledger::transfer_in(
-                self.conn(),
+            let fund = self.account(AccountKind::Validator, "fund").await?;
+            self.transfer(
                 &stake,
                 &fund,
                 Piconero(slashed),
@@ -406,12 +404,10 @@ impl Pool {
             )));
         }
         let mut w = self.write().await?;
-        let wallet = ledger::account_in(w.conn(), AccountKind::Wallet, "dev").await?;
-        let customer =
-            ledger::account_in(w.conn(), AccountKind::Customer, account.as_str()).await?;
+        let wallet = w.account(AccountKind::Wallet, "dev").await?;
+        let customer = w.account(AccountKind::Customer, account.as_str()).await?;
         let key = format!("faucet:{}:{}", account, gradpool_core::id::random_hex(8));
-        ledger::transfer_in(
-            w.conn(),
+        w.transfer(
             &wallet,
             &customer,
             amount,
@@ -453,8 +449,7 @@ impl Pool {
         );
         let dev = self.inner.config.money.backend == MoneyBackend::Dev;
         let mut w = self.write().await?;
-        let customer =
-            ledger::account_in(w.conn(), AccountKind::Customer, account.as_str()).await?;
+        let customer = w.account(AccountKind::Customer, account.as_str()).await?;
         let existing: Option<(String, i64)> = sqlx::query_as(
             "SELECT d.address, d.amount FROM payout_destinations d WHERE d.payout_id = ?",
         )
@@ -470,17 +465,16 @@ impl Pool {
         } else {
             let (to, status) = if dev {
                 (
-                    ledger::account_in(w.conn(), AccountKind::Wallet, "dev").await?,
-                    "settled",
+                    w.account(AccountKind::Wallet, "dev").await?,
+                    PayoutStatus::Settled,
                 )
             } else {
                 (
-                    ledger::account_in(w.conn(), AccountKind::Payout, &id).await?,
-                    "reserved",
+                    w.account(AccountKind::Payout, &id).await?,
+                    PayoutStatus::Reserved,
                 )
             };
-            ledger::transfer_in(
-                w.conn(),
+            w.transfer(
                 &customer,
                 &to,
                 req.amount,
@@ -493,7 +487,7 @@ impl Pool {
                 "INSERT INTO payouts (id, kind, status, created_at, updated_at) VALUES (?, 'withdrawal', ?, ?, ?)",
             )
             .bind(&id)
-            .bind(status)
+            .bind(status.as_str())
             .bind(now)
             .bind(now)
             .execute(w.conn())
@@ -525,24 +519,25 @@ impl Pool {
         purpose: &str,
         proof: &NodeProof,
     ) -> Result<ProviderId, PoolError> {
-        let now_s = now_ms() / 1000;
+        let now_s = self.now() / 1000;
         if (proof.time - now_s).abs() > crate::scheduler::REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
                 "proof time {} is too far from the pool's clock ({now_s})",
                 proof.time
             )));
         }
-        let key = verifying_key(&proof.public_key)
+        proof
+            .public_key
+            .verifying_key()
             .map_err(|e| PoolError::BadRequest(format!("public_key: {e}")))?;
-        let sig = decode_signature(&proof.signature)
-            .map_err(|e| PoolError::BadRequest(format!("signature: {e}")))?;
-        key.verify_strict(
-            &node_proof_message(purpose, &proof.public_key, proof.time, &proof.nonce),
-            &sig,
-        )
-        .map_err(|_| PoolError::Unauthorized("node proof signature does not verify".into()))?;
-        self.take_challenge(&proof.nonce)?;
-        Ok(ProviderId::from_public_key(&key.to_bytes()))
+        let message = node_proof_message(purpose, &proof.public_key, proof.time, &proof.nonce);
+        if !proof.public_key.verifies(&message, &proof.signature) {
+            return Err(PoolError::Unauthorized(
+                "node proof signature does not verify".into(),
+            ));
+        }
+        self.inner.challenges.take(&proof.nonce, self.now())?;
+        Ok(ProviderId::from_public_key(&proof.public_key.0))
     }
 
     /// A provider's earnings, stake and payouts (releasing its stake first
@@ -583,7 +578,7 @@ impl Pool {
         let payouts = payouts_from(conn, &available_id).await?;
         let paid = payouts
             .iter()
-            .filter(|p| p.status == "relayed" || p.status == "settled")
+            .filter(|p| p.status.is_paid())
             .map(|p| p.amount.0)
             .sum();
         let payout: Vec<PayoutSplit> = sqlx::query_as::<_, (String, i64)>(
@@ -640,10 +635,9 @@ impl Pool {
                         "amount: a stake must be more than 0".into(),
                     ));
                 }
-                let from = ledger::account_in(w.conn(), AccountKind::ProviderAvailable, p).await?;
-                let to = ledger::account_in(w.conn(), AccountKind::ProviderStake, p).await?;
-                ledger::transfer_in(
-                    w.conn(),
+                let from = w.account(AccountKind::ProviderAvailable, p).await?;
+                let to = w.account(AccountKind::ProviderStake, p).await?;
+                w.transfer(
                     &from,
                     &to,
                     *amount,

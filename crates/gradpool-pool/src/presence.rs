@@ -13,6 +13,7 @@ use crate::error::PoolError;
 use crate::scheduler::Write;
 use crate::Pool;
 use gradpool_core::proof::ProofChallenge;
+use gradpool_core::state::ProviderChange;
 use gradpool_core::wire::PoolInfo;
 use gradpool_core::{Piconero, ProviderId};
 
@@ -36,7 +37,7 @@ impl Write<'_> {
     pub(crate) async fn record_status(
         &mut self,
         provider: &str,
-        status: &str,
+        status: ProviderChange,
         reason: Option<&str>,
     ) -> Result<(), PoolError> {
         let now = self.now;
@@ -44,7 +45,7 @@ impl Write<'_> {
             "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
         )
         .bind(provider)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(now)
         .execute(self.conn())
@@ -63,7 +64,8 @@ impl Write<'_> {
         .await?
         .rows_affected();
         if reconnected > 0 {
-            self.record_status(provider, "connected", None).await?;
+            self.record_status(provider, ProviderChange::Connected, None)
+                .await?;
         }
         Ok(())
     }
@@ -105,7 +107,8 @@ impl Write<'_> {
             .bind(p)
             .execute(self.conn())
             .await?;
-        self.record_status(p, "held", Some(&reason)).await?;
+        self.record_status(p, ProviderChange::Held, Some(&reason))
+            .await?;
         for other in &others {
             let set = sqlx::query(
                 "UPDATE providers SET duplicate_of = ? WHERE id = ? AND duplicate_of IS NULL",
@@ -116,8 +119,12 @@ impl Write<'_> {
             .await?
             .rows_affected();
             if set > 0 {
-                self.record_status(other, "held", Some(&duplicate_reason(uuid, p)))
-                    .await?;
+                self.record_status(
+                    other,
+                    ProviderChange::Held,
+                    Some(&duplicate_reason(uuid, p)),
+                )
+                .await?;
             }
         }
         tracing::warn!(provider = %provider, gpu = uuid, others = ?others, "a GPU is claimed by more than one provider; all are held");
@@ -161,7 +168,7 @@ impl Write<'_> {
         if released > 0 {
             self.record_status(
                 provider,
-                "released",
+                ProviderChange::Released,
                 Some("its GPU is no longer claimed twice"),
             )
             .await?;
@@ -250,7 +257,7 @@ impl Pool {
         let config = &self.inner.config;
         let lease_ms = i64::from(config.lease_seconds) * 1000;
         let mut conn = self.inner.db.acquire().await?;
-        let now = crate::store::now_ms();
+        let now = self.now();
         let provider_prices: Vec<i64> = sqlx::query_scalar(
             "SELECT price_per_hour FROM providers WHERE last_seen >= ? AND trains = 1",
         )
@@ -300,8 +307,12 @@ impl Pool {
         .fetch_all(w.conn())
         .await?;
         for p in &gone {
-            w.record_status(p, "disconnected", Some("no heartbeat for a lease period"))
-                .await?;
+            w.record_status(
+                p,
+                ProviderChange::Disconnected,
+                Some("no heartbeat for a lease period"),
+            )
+            .await?;
             tracing::info!(provider = %p, "provider disconnected");
         }
         // Answers are judged when they arrive; an upload may take a while,
@@ -321,7 +332,7 @@ impl Pool {
                 .bind(p)
                 .execute(w.conn())
                 .await?;
-            w.record_status(p, "held", Some(why)).await?;
+            w.record_status(p, ProviderChange::Held, Some(why)).await?;
         }
         w.commit().await?;
         Ok(gone.len())

@@ -12,6 +12,7 @@ use crate::error::PoolError;
 use crate::scheduler::Write;
 use crate::Pool;
 use gradpool_core::proof::{self, ProofAnswer, ProofChallenge, ProofResult};
+use gradpool_core::state::{ProofStatus, ProviderChange};
 use gradpool_core::ProviderId;
 
 /// Freivalds rounds: a wrong answer passes with probability at most 2⁻¹⁰.
@@ -77,8 +78,12 @@ impl Write<'_> {
             .bind(provider.as_str())
             .execute(self.conn())
             .await?;
-        self.record_status(provider.as_str(), "held", Some("hardware proof pending"))
-            .await?;
+        self.record_status(
+            provider.as_str(),
+            ProviderChange::Held,
+            Some("hardware proof pending"),
+        )
+        .await?;
         Ok(challenge)
     }
 }
@@ -92,7 +97,7 @@ impl Pool {
         id: &str,
         answer: ProofAnswer,
     ) -> Result<ProofResult, PoolError> {
-        let received = crate::store::now_ms();
+        let received = self.now();
         let row: Option<(i64, i64, i64, i64, String)> = {
             let mut conn = self.inner.db.acquire().await?;
             sqlx::query_as(
@@ -106,7 +111,8 @@ impl Pool {
         let Some((seed, n, issued_at, deadline_ms, status)) = row else {
             return Err(PoolError::NotFound(format!("proof {id} not found")));
         };
-        if status != "open" {
+        let status: ProofStatus = status.parse()?;
+        if status != ProofStatus::Open {
             return Err(PoolError::Conflict(format!(
                 "proof {id} is already {status}"
             )));
@@ -130,32 +136,36 @@ impl Pool {
         .map_err(|e| PoolError::Internal(format!("proof check: {e}")))?;
         let proven_gflops = 2.0 * f64::from(n).powi(3) / (elapsed_ms as f64 / 1000.0) / 1e9;
         let outcome = if !correct {
-            "wrong_answer"
+            ProofStatus::WrongAnswer
         } else if elapsed_ms > u64::try_from(deadline_ms).unwrap_or(0) {
-            "too_slow"
+            ProofStatus::TooSlow
         } else {
-            "passed"
+            ProofStatus::Passed
         };
         let mut w = self.write().await?;
         sqlx::query(
             "UPDATE proofs SET status = ?, elapsed_ms = ?, proven_gflops = ? WHERE id = ? AND status = 'open'",
         )
-        .bind(outcome)
+        .bind(outcome.as_str())
         .bind(elapsed_ms as i64)
         .bind(proven_gflops)
         .bind(id)
         .execute(w.conn())
         .await?;
-        if outcome == "passed" {
+        if outcome == ProofStatus::Passed {
             sqlx::query("UPDATE providers SET held = NULL, proven_gflops = ? WHERE id = ?")
                 .bind(proven_gflops)
                 .bind(provider.as_str())
                 .execute(w.conn())
                 .await?;
-            w.record_status(provider.as_str(), "released", Some("hardware proof passed"))
-                .await?;
+            w.record_status(
+                provider.as_str(),
+                ProviderChange::Released,
+                Some("hardware proof passed"),
+            )
+            .await?;
         } else {
-            let why = if outcome == "wrong_answer" {
+            let why = if outcome == ProofStatus::WrongAnswer {
                 "hardware proof failed: wrong answer".to_owned()
             } else {
                 format!(
@@ -167,7 +177,7 @@ impl Pool {
                 .bind(provider.as_str())
                 .execute(w.conn())
                 .await?;
-            w.record_status(provider.as_str(), "held", Some(&why))
+            w.record_status(provider.as_str(), ProviderChange::Held, Some(&why))
                 .await?;
         }
         // The answer served its purpose; nothing else can name it.
@@ -181,9 +191,9 @@ impl Pool {
             .await?;
         w.commit().await?;
         let _ = tokio::fs::remove_file(&path).await;
-        tracing::info!(provider = %provider, proof = id, n, elapsed_ms, proven_gflops, outcome, "hardware proof answered");
+        tracing::info!(provider = %provider, proof = id, n, elapsed_ms, proven_gflops, outcome = %outcome, "hardware proof answered");
         Ok(ProofResult {
-            outcome: outcome.to_owned(),
+            outcome,
             elapsed_ms,
             proven_gflops,
         })

@@ -16,17 +16,15 @@
 use crate::auth::{new_session_token, secret_hash};
 use crate::error::PoolError;
 use crate::escrow::WorkDone;
-use crate::store::{self, now_ms, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
+use crate::store::{self, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
 use crate::Pool;
 use crate::{escrow, ledger};
-use gradpool_core::commitment::{
-    chain_file, genesis, loss_trace_hash, registration_message, verifying_key,
-};
+use gradpool_core::commitment::{genesis, loss_trace_hash, registration_message};
 use gradpool_core::spec::DeviceRequest;
+use gradpool_core::state::{ProviderChange, TaskStatus};
 use gradpool_core::wire::{
     Assignment, Commit, CommitReply, Heartbeat, HeartbeatReply, JobEvent, JobEventKind, JobStatus,
-    JobView, Progress, Register, Registered, RegistrationChallenge, ReplayTarget, SubmitJob,
-    TaskFailed, TaskKind,
+    JobView, Progress, Register, Registered, ReplayTarget, SubmitJob, TaskFailed, TaskKind,
 };
 use gradpool_core::{AccountId, JobId, JobSpec, Piconero, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
@@ -39,10 +37,6 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_SEGMENT_FAILURES: i64 = 3;
 /// The longest a heartbeat is held waiting for work.
 pub const MAX_WAIT_SECONDS: u32 = 30;
-/// How long a registration nonce is valid.
-pub const CHALLENGE_SECONDS: u32 = 60;
-/// Registration nonces outstanding at most.
-const MAX_PENDING_CHALLENGES: usize = 100_000;
 /// How far a registration's timestamp may be from the pool's clock.
 pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
 
@@ -65,6 +59,38 @@ impl<'a> Write<'a> {
 
     pub(crate) fn pool(&self) -> &'a Pool {
         self.pool
+    }
+
+    /// The ledger account of `kind` owned by `owner`, created in this
+    /// transaction if missing.
+    pub(crate) async fn account(
+        &mut self,
+        kind: ledger::AccountKind,
+        owner: &str,
+    ) -> Result<ledger::LedgerAccountId, PoolError> {
+        Ok(ledger::account_in(&mut self.tx, self.now, kind, owner).await?)
+    }
+
+    /// Posts a journal entry in this transaction (see [`ledger::post_in`]).
+    pub(crate) async fn post(
+        &mut self,
+        key: &str,
+        memo: &str,
+        postings: &[(ledger::LedgerAccountId, i64)],
+    ) -> Result<ledger::EntryId, PoolError> {
+        Ok(ledger::post_in(&mut self.tx, self.now, key, memo, postings).await?)
+    }
+
+    /// Moves `amount` between two ledger accounts in this transaction.
+    pub(crate) async fn transfer(
+        &mut self,
+        from: &ledger::LedgerAccountId,
+        to: &ledger::LedgerAccountId,
+        amount: Piconero,
+        key: &str,
+        memo: &str,
+    ) -> Result<ledger::EntryId, PoolError> {
+        Ok(ledger::transfer_in(&mut self.tx, self.now, from, to, amount, key, memo).await?)
     }
 
     /// Wakes long-polling providers once this transaction commits.
@@ -91,7 +117,7 @@ impl<'a> Write<'a> {
             return self.requeue_replay(audit_id).await;
         }
         let job = job_of(self.conn(), task).await?;
-        if !job.status()?.is_final() {
+        if !job.status.is_final() {
             self.queue_segment(&job, to_u32(task.segment)).await?;
         }
         Ok(())
@@ -187,12 +213,13 @@ async fn assignment(
         spec_toml: job.spec_toml.clone(),
         data_sha256: parse(&job.data_sha256)?,
         start_checkpoint_sha256: job.checkpoint_sha256.as_deref().map(parse).transpose()?,
-        prev_commitment: job.commitment.clone(),
+        prev_commitment: job.chain_head()?,
         lease_seconds,
         kind: TaskKind::Train,
         replay: None,
+        model: crate::model::stored_model(&job.id, job.model.as_deref())?,
     };
-    if task.kind == "replay" {
+    if task.kind == TaskKind::Replay {
         let audit_id = task
             .audit_id
             .as_deref()
@@ -229,7 +256,7 @@ pub(crate) async fn leased_task(
     let task = store::task(conn, task_id)
         .await?
         .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
-    if task.status != "leased" || task.provider_id.as_deref() != Some(provider.as_str()) {
+    if task.status != TaskStatus::Leased || task.provider_id.as_deref() != Some(provider.as_str()) {
         return Err(PoolError::Conflict(format!(
             "task {task_id} is not leased to you (it is {})",
             task.status
@@ -238,7 +265,30 @@ pub(crate) async fn leased_task(
     Ok(task)
 }
 
+/// Counts a heartbeat waiting for work while it lives.
+struct LongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LongPoll<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> LongPoll<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LongPoll(count)
+    }
+}
+
+impl Drop for LongPoll<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Pool {
+    /// How many heartbeats are waiting for work now (long-polls).
+    pub fn long_polls(&self) -> usize {
+        self.inner
+            .long_polls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Starts a write transaction (taking the write lock).
     pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
         let lock = self.inner.write_lock.lock().await;
@@ -251,7 +301,7 @@ impl Pool {
             tx,
             events: Vec::new(),
             queued_work: false,
-            now: now_ms(),
+            now: self.now(),
             _lock: lock,
         })
     }
@@ -300,8 +350,10 @@ impl Pool {
                 req.data_sha256
             )));
         }
+        let (model, memory) = self.size_job(&spec, &req.data_sha256).await?;
         let id = JobId::random();
-        let min_memory = i64::from(spec.resources.min_memory_gib) << 30;
+        let min_memory = (i64::from(spec.resources.min_memory_gib) << 30)
+            .max(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX));
         let steps = i64::try_from(spec.train.steps)
             .map_err(|_| PoolError::InvalidSpec("train.steps: too large".into()))?;
         let every = i64::try_from(spec.train.checkpoint_every)
@@ -323,8 +375,8 @@ impl Pool {
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
-             max_price_per_hour, flops_per_step, verification) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_price_per_hour, flops_per_step, verification, model, memory_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -336,13 +388,15 @@ impl Pool {
         .bind(steps)
         .bind(every)
         .bind(i64::from(spec.segment_count()))
-        .bind(genesis(&id))
+        .bind(genesis(&id).to_string())
         .bind(now)
         .bind(now)
         .bind(budget_i64)
         .bind(max_price)
         .bind(spec.flops_per_step())
         .bind(spec.verification.as_str())
+        .bind(serde_json::to_string(&model)?)
+        .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
         .execute(w.conn())
         .await?;
         w.hold_budget(account.as_str(), id.as_str(), budget).await?;
@@ -377,7 +431,7 @@ impl Pool {
     ) -> Result<JobView, PoolError> {
         let mut w = self.write().await?;
         let job = store::owned_job(w.conn(), account.as_str(), job_id).await?;
-        match job.status()? {
+        match job.status {
             JobStatus::Cancelled => return job.view(),
             s if s.is_final() => {
                 return Err(PoolError::Conflict(format!(
@@ -414,63 +468,27 @@ impl Pool {
 
     /// Registers (or re-registers) a provider that proved it holds its node
     /// key; issues a new session token and sorts the tasks it was resuming.
-    /// Issues a single-use registration nonce, valid for
-    /// [`CHALLENGE_SECONDS`].
-    pub fn issue_challenge(&self) -> Result<RegistrationChallenge, PoolError> {
-        let now = now_ms();
-        let mut pending = self
-            .inner
-            .challenges
-            .lock()
-            .map_err(|_| PoolError::Internal("challenge table poisoned".into()))?;
-        pending.retain(|_, expires| *expires > now);
-        if pending.len() >= MAX_PENDING_CHALLENGES {
-            return Err(PoolError::Conflict(
-                "too many registrations in progress; retry in a minute".into(),
-            ));
-        }
-        let nonce = gradpool_core::id::random_hex(32);
-        pending.insert(nonce.clone(), now + i64::from(CHALLENGE_SECONDS) * 1000);
-        Ok(RegistrationChallenge {
-            nonce,
-            expires_in_seconds: CHALLENGE_SECONDS,
-        })
-    }
-
-    /// Consumes a nonce: unknown, used or expired ones are refused.
-    pub(crate) fn take_challenge(&self, nonce: &str) -> Result<(), PoolError> {
-        let mut pending = self
-            .inner
-            .challenges
-            .lock()
-            .map_err(|_| PoolError::Internal("challenge table poisoned".into()))?;
-        match pending.remove(nonce) {
-            Some(expires) if expires > now_ms() => Ok(()),
-            _ => Err(PoolError::Unauthorized(
-                "unknown, used or expired registration challenge; ask for a new one".into(),
-            )),
-        }
-    }
-
     pub async fn register_provider(&self, req: Register) -> Result<Registered, PoolError> {
-        let now_s = now_ms() / 1000;
+        let now_s = self.now() / 1000;
         if (req.time - now_s).abs() > REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
                 "registration time {} is more than {REGISTRATION_SKEW_SECONDS} s from the pool's clock ({now_s})",
                 req.time
             )));
         }
-        let key = verifying_key(&req.public_key)
+        req.public_key
+            .verifying_key()
             .map_err(|e| PoolError::BadRequest(format!("public_key: {e}")))?;
-        let sig = gradpool_core::commitment::decode_signature(&req.signature)
-            .map_err(|e| PoolError::BadRequest(format!("signature: {e}")))?;
-        key.verify_strict(
-            &registration_message(&req.public_key, req.time, &req.nonce),
-            &sig,
-        )
-        .map_err(|_| PoolError::Unauthorized("registration signature does not verify".into()))?;
+        let message = registration_message(&req.public_key, req.time, &req.nonce);
+        if !req.public_key.verifies(&message, &req.signature) {
+            return Err(PoolError::Unauthorized(
+                "registration signature does not verify".into(),
+            ));
+        }
+        gradpool_core::wire::check_task_count("resuming", req.resuming.len())
+            .map_err(PoolError::BadRequest)?;
         // Only after the signature: a forged request must not burn a nonce.
-        self.take_challenge(&req.nonce)?;
+        self.inner.challenges.take(&req.nonce, self.now())?;
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(PoolError::BadRequest(
@@ -483,7 +501,7 @@ impl Pool {
         let gflops = req
             .benchmark_gflops
             .filter(|g| g.is_finite() && *g > 0.0 && *g < 1e9);
-        let provider = ProviderId::from_public_key(&key.to_bytes());
+        let provider = ProviderId::from_public_key(&req.public_key.0);
         let token = new_session_token();
         let hardware = serde_json::to_string(&req.hardware)?;
         let memory = i64::try_from(req.hardware.memory_bytes).unwrap_or(i64::MAX);
@@ -499,7 +517,7 @@ impl Pool {
              validate = ?12, trains = ?13",
         )
         .bind(provider.as_str())
-        .bind(&req.public_key)
+        .bind(req.public_key.to_string())
         .bind(name)
         .bind(hardware)
         .bind(req.hardware.device.to_string())
@@ -526,7 +544,7 @@ impl Pool {
                 .await?;
         }
         w.seen(provider.as_str()).await?;
-        w.record_status(provider.as_str(), "registered", None)
+        w.record_status(provider.as_str(), ProviderChange::Registered, None)
             .await?;
         w.check_gpu_claim(&provider, req.hardware.uuid.as_deref(), self.lease_ms())
             .await?;
@@ -613,6 +631,7 @@ impl Pool {
         let mut notified = Box::pin(self.inner.work.notified());
         notified.as_mut().enable();
 
+        hb.check().map_err(PoolError::BadRequest)?;
         let telemetry = serde_json::to_string(&hb.telemetry)?;
         let mut w = self.write().await?;
         let now = w.now;
@@ -641,9 +660,9 @@ impl Pool {
             w.record_status(
                 provider.as_str(),
                 if paused.is_some() {
-                    "paused"
+                    ProviderChange::Paused
                 } else {
-                    "resumed"
+                    ProviderChange::Resumed
                 },
                 paused.as_deref().or(was_paused.as_deref()),
             )
@@ -679,7 +698,7 @@ impl Pool {
                 let done = store::task(w.conn(), running.task_id.as_str())
                     .await?
                     .is_some_and(|t| {
-                        t.status == "committed"
+                        t.status == TaskStatus::Committed
                             && t.provider_id.as_deref() == Some(provider.as_str())
                     });
                 if !done {
@@ -687,10 +706,8 @@ impl Pool {
                 }
             }
         }
-        // A paused provider gets no work, whatever capacity it reports.
-        let capacity = if paused.is_some() { 0 } else { hb.capacity };
         let mut assignments = self
-            .claim(&mut w, provider, &device, memory, capacity)
+            .claim(&mut w, provider, &device, memory, hb.capacity)
             .await?;
         w.commit().await?;
         tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,
@@ -702,6 +719,7 @@ impl Pool {
             wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
         }
         if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
+            let _waiting = LongPoll::start(&self.inner.long_polls);
             // Wait for work that fits this provider, re-checking whenever any
             // task is queued, until the deadline.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
@@ -755,7 +773,7 @@ impl Pool {
         let now = w.now;
         let (price, unstaking, validates, trains, held): (i64, Option<i64>, bool, bool, Option<String>) = sqlx::query_as(
             "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
-             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END) \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -801,8 +819,8 @@ impl Pool {
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
-        // A provider whose hardware is unproven, or whose GPU another
-        // provider claims too, gets nothing.
+        // A provider whose hardware is unproven, whose GPU another provider
+        // claims too, or that is paused gets nothing.
         let capacity = if held.is_some() { 0 } else { capacity };
         for _ in 0..capacity {
             let mut task: Option<TaskRow> = None;
@@ -832,12 +850,12 @@ impl Pool {
             }
             let Some(task) = task else { break };
             let job = job_of(w.conn(), &task).await?;
-            if task.kind == "replay" {
+            if task.kind == TaskKind::Replay {
                 tracing::info!(job = %job.id, task = %task.id, validator = %provider, segment = task.segment, "replay assigned");
                 out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
                 continue;
             }
-            if job.status()? == JobStatus::Queued {
+            if job.status == JobStatus::Queued {
                 w.set_job_status(&job.id, JobStatus::Running, None).await?;
             }
             w.event(
@@ -864,11 +882,7 @@ impl Pool {
         task_id: &str,
         p: Progress,
     ) -> Result<(), PoolError> {
-        if !p.loss.is_finite() || !p.tokens_per_sec.is_finite() {
-            return Err(PoolError::BadRequest(
-                "loss and tokens_per_sec must be finite".into(),
-            ));
-        }
+        p.check().map_err(PoolError::BadRequest)?;
         let mut w = self.write().await?;
         let task = leased_task(w.conn(), provider, task_id).await?;
         let now = w.now;
@@ -911,7 +925,9 @@ impl Pool {
             .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
         let job = job_of(&mut conn, &task).await?;
         // Idempotence: the same accepted commitment, sent again.
-        if task.status == "committed" && task.provider_id.as_deref() == Some(provider.as_str()) {
+        if task.status == TaskStatus::Committed
+            && task.provider_id.as_deref() == Some(provider.as_str())
+        {
             let stored: Option<String> =
                 sqlx::query_scalar("SELECT signed FROM commitments WHERE task_id = ?")
                     .bind(task_id)
@@ -927,21 +943,14 @@ impl Pool {
             }
         }
         drop(conn);
-        if let Some(d) = &c.dedication {
-            if !(0.0..=1.0).contains(&d.share) {
-                return Err(PoolError::BadRequest(format!(
-                    "dedication.share: {} is not a share from 0 to 1",
-                    d.share
-                )));
-            }
-        }
+        c.check().map_err(PoolError::BadRequest)?;
         self.check_commit(provider, &task, &job, &c).await?;
 
         let mut w = self.write().await?;
         // The state may have moved while the checkpoint was hashed.
         let task = leased_task(w.conn(), provider, task_id).await?;
         let job = job_of(w.conn(), &task).await?;
-        if job.commitment != c.commitment.commitment.prev {
+        if job.chain_head()? != c.commitment.commitment.prev {
             return Err(PoolError::Conflict(
                 "the job's commitment chain moved on while this commit was checked".into(),
             ));
@@ -961,8 +970,8 @@ impl Pool {
         .bind(task.start_step)
         .bind(end)
         .bind(cm.checkpoint_sha256.as_str())
-        .bind(&cm.prev)
-        .bind(&cm.hash)
+        .bind(cm.prev.to_string())
+        .bind(cm.hash.to_string())
         .bind(serde_json::to_string(&c.commitment)?)
         .bind(serde_json::to_string(&c.loss_trace)?)
         .bind(now)
@@ -986,7 +995,7 @@ impl Pool {
         )
         .bind(end)
         .bind(cm.checkpoint_sha256.as_str())
-        .bind(&cm.hash)
+        .bind(cm.hash.to_string())
         .bind(f64::from(loss))
         .bind(now)
         .bind(&job.id)
@@ -999,7 +1008,7 @@ impl Pool {
                 segment: cm.segment,
                 step: cm.end_step,
                 checkpoint_sha256: cm.checkpoint_sha256.clone(),
-                commitment: cm.hash.clone(),
+                commitment: cm.hash,
                 loss,
             },
         )
@@ -1018,7 +1027,7 @@ impl Pool {
         .await?;
         // Drawn only now, after the commitment is accepted, so the provider
         // cannot know beforehand which segments are replayed.
-        w.draw_audit(&job.id, &job.verification, cm.segment, provider)
+        w.draw_audit(&job.id, job.verification, cm.segment, provider)
             .await?;
         let job_done = end >= job.steps;
         let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
@@ -1055,13 +1064,15 @@ impl Pool {
         job: &JobRow,
         c: &Commit,
     ) -> Result<(), PoolError> {
-        if task.status != "leased" || task.provider_id.as_deref() != Some(provider.as_str()) {
+        if task.status != TaskStatus::Leased
+            || task.provider_id.as_deref() != Some(provider.as_str())
+        {
             return Err(PoolError::Conflict(format!(
                 "task {} is not leased to you (it is {})",
                 task.id, task.status
             )));
         }
-        if task.kind != "train" {
+        if task.kind != TaskKind::Train {
             return Err(PoolError::BadRequest(format!(
                 "task {} is a replay: report it with POST /v1/tasks/{}/replay",
                 task.id, task.id
@@ -1071,9 +1082,7 @@ impl Pool {
         signed
             .verify()
             .map_err(|e| PoolError::BadRequest(format!("commitment signature: {e}")))?;
-        let signer = signed
-            .signer()
-            .map_err(|e| PoolError::BadRequest(format!("commitment node_key: {e}")))?;
+        let signer = signed.signer();
         if &signer != provider {
             return Err(PoolError::BadRequest(format!(
                 "the commitment is signed by {signer}, not by you ({provider})"
@@ -1093,7 +1102,7 @@ impl Pool {
                 got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
             )));
         }
-        if cm.prev != job.commitment {
+        if cm.prev != job.chain_head()? {
             return Err(PoolError::Conflict(format!(
                 "commitment.prev {} does not chain from the job's last accepted commitment {}",
                 cm.prev, job.commitment
@@ -1152,10 +1161,8 @@ impl Pool {
                 cm.checkpoint_sha256
             )));
         }
-        let prev = cm.prev.clone();
-        let hash = tokio::task::spawn_blocking(move || chain_file(&path, &prev))
-            .await?
-            .map_err(|e| PoolError::BadRequest(format!("cannot hash the checkpoint: {e}")))?;
+        let model = crate::model::stored_model(&job.id, job.model.as_deref())?;
+        let hash = crate::model::inspect_checkpoint(path, model, cm.end_step, cm.prev).await?;
         if hash != cm.hash {
             return Err(PoolError::BadRequest(format!(
                 "commitment.hash {} is not BLAKE3(checkpoint ‖ prev)",
@@ -1317,6 +1324,7 @@ impl Pool {
             if let Err(e) = self.end_bookings().await {
                 tracing::warn!(error = %e, "ending bookings failed");
             }
+            self.inner.throttle.prune();
         }
     }
 }

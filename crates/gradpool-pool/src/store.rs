@@ -7,11 +7,12 @@
 use crate::error::PoolError;
 use gradpool_core::hardware::Hardware;
 use gradpool_core::spec::VerificationLevel;
+use gradpool_core::state::{CommitmentStatus, JobStatus, ProviderStatus, TaskKind, TaskStatus};
 use gradpool_core::verification::{audit_probability, reputation, Sampling};
-use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, ProviderView, SegmentView};
+use gradpool_core::wire::{JobEvent, JobEventKind, JobView, ProviderView, SegmentView};
 use gradpool_core::{JobId, Piconero, ProviderId, Sha256Hex, SignedCommitment};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,18 +26,33 @@ pub async fn open(path: &Path) -> Result<SqlitePool, PoolError> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
+    migrate(options.clone()).await?;
     let db = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
         .await?;
-    sqlx::migrate!("./migrations").run(&db).await?;
     Ok(db)
 }
 
-/// Now, in unix milliseconds.
-pub fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
+/// Brings the schema up to date on a connection of its own, with foreign
+/// keys off: a migration that rebuilds a table (SQLite's only way to add a
+/// `CHECK`) drops the old one while others still reference it by name.
+/// Every foreign key is checked once the migrations are done.
+async fn migrate(options: SqliteConnectOptions) -> Result<(), PoolError> {
+    let mut conn = SqliteConnection::connect_with(&options.foreign_keys(false)).await?;
+    sqlx::migrate!("./migrations").run(&mut conn).await?;
+    let broken = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut conn)
+        .await?;
+    conn.close().await?;
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(PoolError::Internal(format!(
+            "the database has {} rows whose foreign keys point nowhere",
+            broken.len()
+        )))
+    }
 }
 
 /// Unix milliseconds as RFC 3339 UTC (`2026-01-01T00:00:00.123Z`).
@@ -69,7 +85,8 @@ pub struct JobRow {
     pub spec_toml: String,
     pub data_sha256: String,
     pub device: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: JobStatus,
     pub steps: i64,
     pub checkpoint_every: i64,
     pub segments_total: i64,
@@ -90,8 +107,13 @@ pub struct JobRow {
     pub spent: i64,
     /// What is left in the job's escrow.
     pub escrow: i64,
-    /// `none`, `standard` or `paranoid`.
-    pub verification: String,
+    #[sqlx(try_from = "String")]
+    pub verification: VerificationLevel,
+    /// JSON of the model the job trains (NULL only for jobs from before
+    /// the pool recorded it).
+    pub model: Option<String>,
+    /// The memory a training step takes, in bytes.
+    pub memory_bytes: Option<i64>,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
@@ -100,12 +122,15 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes";
 
 impl JobRow {
-    /// The job's status, parsed.
-    pub fn status(&self) -> Result<JobStatus, PoolError> {
-        self.status.parse().map_err(PoolError::Internal)
+    /// The head of the job's commitment chain: its last accepted
+    /// commitment's hash, or its genesis.
+    pub fn chain_head(&self) -> Result<gradpool_core::commitment::ChainHash, PoolError> {
+        self.commitment
+            .parse()
+            .map_err(|e| PoolError::Internal(format!("job {}: stored {e}", self.id)))
     }
 
     /// The job as its owner sees it.
@@ -113,7 +138,7 @@ impl JobRow {
         Ok(JobView {
             id: JobId::from(self.id.as_str()),
             name: self.name.clone(),
-            status: self.status()?,
+            status: self.status,
             spec_toml: self.spec_toml.clone(),
             steps: to_u64(self.steps),
             checkpoint_every: to_u64(self.checkpoint_every),
@@ -132,6 +157,12 @@ impl JobRow {
             budget: pico(self.budget),
             spent: pico(self.spent),
             escrow: pico(self.escrow),
+            parameters: self
+                .model
+                .as_deref()
+                .and_then(|m| serde_json::from_str::<gradpool_core::model::ModelMeta>(m).ok())
+                .map(|m| m.parameter_count()),
+            memory_bytes: self.memory_bytes.and_then(|m| u64::try_from(m).ok()),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         })
@@ -189,11 +220,12 @@ pub struct TaskRow {
     pub segment: i64,
     pub start_step: i64,
     pub end_step: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: TaskStatus,
     pub provider_id: Option<String>,
     pub lease_expires_at: Option<i64>,
-    /// `train` or `replay`.
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TaskKind,
     /// The audit a replay task belongs to.
     pub audit_id: Option<String>,
 }
@@ -252,16 +284,33 @@ pub async fn events_after(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(id, at, body)| {
-            Ok(JobEvent {
+    // A read never fails on a row: an event that does not parse (written by
+    // an older pool) is skipped, with a warning, and the stream goes on.
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, at, body)| match serde_json::from_str(&body) {
+            Ok(kind) => Some(JobEvent {
                 id,
                 job_id: JobId::from(job_id),
                 at: rfc3339(at),
-                kind: serde_json::from_str(&body)?,
-            })
+                kind,
+            }),
+            Err(e) => {
+                tracing::warn!(job = %job_id, event = id, error = %e, "unreadable stored event; skipped");
+                None
+            }
         })
-        .collect()
+        .collect())
+}
+
+/// A stored loss trace. Writers store only finite losses, but a read never
+/// fails on a row: one that does not parse (written by an older pool)
+/// reads as an empty trace, with a warning.
+fn stored_loss_trace(job_id: &str, segment: i64, text: &str) -> Vec<f32> {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(job = %job_id, segment, error = %e, "unreadable stored loss trace; shown empty");
+        Vec::new()
+    })
 }
 
 #[derive(sqlx::FromRow)]
@@ -274,7 +323,8 @@ struct SegmentRow {
     signed: String,
     loss_trace: String,
     committed_at: i64,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: CommitmentStatus,
     share: Option<f64>,
     foreign_processes: Option<i64>,
 }
@@ -301,7 +351,7 @@ pub async fn segments(
                 provider: ProviderId::from(r.provider_id.as_str()),
                 checkpoint_sha256: parse_sha(&r.checkpoint_sha256)?,
                 commitment: serde_json::from_str::<SignedCommitment>(&r.signed)?,
-                loss_trace: serde_json::from_str(&r.loss_trace)?,
+                loss_trace: stored_loss_trace(job_id, r.segment, &r.loss_trace),
                 committed_at: rfc3339(r.committed_at),
                 status: r.status,
                 dedication: r.share.map(|share| gradpool_core::wire::Dedication {
@@ -343,6 +393,7 @@ struct ProviderRow {
 /// lease period, `sharing` when holding a lease, else `idle`.
 pub async fn providers(
     conn: &mut SqliteConnection,
+    now: i64,
     lease_seconds: u32,
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
@@ -354,10 +405,9 @@ pub async fn providers(
               WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked \
          FROM providers p ORDER BY p.registered_at, p.id",
     )
-    .bind(now_ms())
+    .bind(now)
     .fetch_all(conn)
     .await?;
-    let now = now_ms();
     rows.into_iter()
         .map(|r| {
             // A proof pending or failed first; then a GPU claimed twice.
@@ -367,25 +417,25 @@ pub async fn providers(
                 })
             });
             let status = if now - r.last_seen > i64::from(lease_seconds) * 1000 {
-                "disconnected"
+                ProviderStatus::Disconnected
             } else if r.leased > 0 {
-                "sharing"
+                ProviderStatus::Sharing
             } else if held.is_some() {
-                "held"
+                ProviderStatus::Held
             } else if r.paused.is_some() {
-                "paused"
+                ProviderStatus::Paused
             } else if r.booked > 0 {
-                "reserved"
+                ProviderStatus::Reserved
             } else {
-                "idle"
+                ProviderStatus::Idle
             };
             Ok(ProviderView {
                 id: ProviderId::from(r.id.as_str()),
                 name: r.name,
-                status: status.to_owned(),
+                status,
                 held,
                 proven_gflops: r.proven_gflops,
-                paused_reason: if status == "disconnected" {
+                paused_reason: if status == ProviderStatus::Disconnected {
                     None
                 } else {
                     r.paused.clone()
@@ -413,4 +463,84 @@ pub async fn providers(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradpool_core::state::*;
+
+    /// The schema's `CHECK` on each state column lists exactly the
+    /// spellings of its enum: a state added to one but not the other fails
+    /// here, not in production.
+    #[tokio::test]
+    async fn every_state_column_checks_exactly_its_enums_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("pool.db")).await.unwrap();
+        let columns: [(&str, &str, String); 14] = [
+            ("jobs", "status", JobStatus::check_list()),
+            (
+                "jobs",
+                "verification",
+                "'none', 'standard', 'paranoid'".into(),
+            ),
+            ("jobs", "device", "'any', 'cpu', 'cuda'".into()),
+            ("tasks", "status", TaskStatus::check_list()),
+            ("tasks", "kind", TaskKind::check_list()),
+            ("commitments", "status", CommitmentStatus::check_list()),
+            (
+                "discarded_commitments",
+                "status",
+                CommitmentStatus::check_list(),
+            ),
+            ("audits", "reason", AuditReason::check_list()),
+            ("audits", "status", AuditStatus::check_list()),
+            ("payouts", "kind", PayoutKind::check_list()),
+            ("payouts", "status", PayoutStatus::check_list()),
+            ("proofs", "status", ProofStatus::check_list()),
+            // `active` is shown, never stored.
+            (
+                "bookings",
+                "status",
+                "'reserved', 'ended', 'cancelled'".into(),
+            ),
+            ("provider_status", "status", ProviderChange::check_list()),
+        ];
+        for (table, column, list) in columns {
+            let sql: String = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+            )
+            .bind(table)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            let check = format!("CHECK ({column} IN ({list}))");
+            assert!(
+                sql.contains(&check),
+                "{table}.{column} lacks {check}:\n{sql}"
+            );
+        }
+    }
+
+    /// A state no enum has is refused by the database itself.
+    #[tokio::test]
+    async fn the_database_refuses_a_state_no_enum_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("pool.db")).await.unwrap();
+        let err = sqlx::query(
+            "INSERT INTO payouts (id, kind, status, created_at, updated_at) \
+             VALUES ('p1', 'withdrawal', 'sent', 0, 0)",
+        )
+        .execute(&db)
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        sqlx::query(
+            "INSERT INTO payouts (id, kind, status, created_at, updated_at) \
+             VALUES ('p1', 'withdrawal', 'reserved', 0, 0)",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+    }
 }

@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use gradpool_core::state::PayoutStatus;
 use gradpool_core::wire::*;
 use gradpool_core::Piconero;
 use gradpool_monero::rpc::{TransferOptions, TransferQuery};
@@ -17,7 +18,6 @@ use gradpool_pool::chain::{MoneroBackend, PayoutStage};
 use gradpool_pool::{MoneyBackend, Pool, PoolConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 const XMR: u64 = 1_000_000_000_000;
 /// 36 XMR an hour: 10⁷ piconero a millisecond.
@@ -192,7 +192,7 @@ async fn run_job(c: &Client, p: &TestProvider, budget: &str) -> JobView {
         .ok();
     for n in 0..3u8 {
         let a = p.take().await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        p.work_for(30);
         p.finish(&a, &[n, 7, 7, 7]).await;
     }
     let done = c.job(&job.id).await;
@@ -339,7 +339,7 @@ async fn a_job_pays_its_provider_on_chain_exactly() {
     let e = earnings(&tp, &p).await;
     assert_eq!(e.available, Piconero::ZERO);
     assert_eq!(e.paid, Piconero(earned));
-    assert!(e.payouts.iter().all(|p| p.status == "relayed"));
+    assert!(e.payouts.iter().all(|p| p.status == PayoutStatus::Relayed));
     // Nothing more is due: another round pays nothing.
     assert!(tp.pool.pay_out(&|_| {}).await.unwrap().relayed.is_empty());
 
@@ -361,7 +361,7 @@ async fn a_job_pays_its_provider_on_chain_exactly() {
         )
         .await
         .ok();
-    assert_eq!(w.status, "reserved");
+    assert_eq!(w.status, PayoutStatus::Reserved);
     assert_eq!(tp.pool.pay_out(&|_| {}).await.unwrap().relayed.len(), 1);
     chain.mine(1).await;
     let back: u64 = chain
@@ -376,6 +376,94 @@ async fn a_job_pays_its_provider_on_chain_exactly() {
         .map(|t| t.amount.0)
         .sum();
     assert_eq!(back, XMR / 2);
+    assert_clean(&tp.pool).await;
+    assert_wallet_mirrors_chain(&tp.pool, &chain).await;
+}
+
+/// A payout round right after another, while the wallet's change is still
+/// locked, neither hangs nor fails: a withdrawal larger than the unlocked
+/// balance waits, no provider payout is reserved beyond it, and later
+/// rounds pay them as the change unlocks (one transaction per unlock, since
+/// each leaves only locked change).
+#[tokio::test]
+async fn a_round_while_the_change_is_locked_waits_and_pays_later() {
+    let chain = start_chain().await;
+    let tp = TestPool::start_with(|c| {
+        let d = c.data_dir.clone();
+        *c = monero_config(&chain, &d);
+    })
+    .await;
+    let c = tp.customer("alice").await;
+    // One deposit: the pool's wallet holds a single output, so a payout
+    // leaves nothing unlocked until its change unlocks. The pool's fees
+    // (2% of what the jobs spend) pay the network fees.
+    let deposit: DepositAddress = c
+        .post("/v1/account/deposit", &serde_json::json!({}))
+        .await
+        .ok();
+    chain.send(&deposit.address, 2 * XMR).await;
+    chain.mine(CONFIRMATIONS).await;
+    assert_eq!(tp.pool.watch_deposits().await.unwrap(), 1);
+    chain.mine(10).await;
+    let main = chain.provider.wallet().get_address().await.unwrap();
+    let p = tp
+        .provider_with("rig", |p| {
+            // 10¹⁰ piconero a millisecond: 0.2 XMR a segment.
+            p.price = Piconero(36_000 * XMR);
+            p.compute_ms = 20;
+            p.payout = vec![PayoutSplit {
+                address: main.as_str().to_owned(),
+                share: 1,
+            }];
+        })
+        .await;
+    run_job(&c, &p, "0.7").await;
+    let first = tp.pool.pay_out(&|_| {}).await.unwrap();
+    assert_eq!(first.relayed.len(), 1, "{first:?}");
+    chain.mine(1).await;
+
+    // Now everything the wallet has is change, locked for ten blocks.
+    let locked = chain.regtest.wallet().get_balance().await.unwrap();
+    assert_eq!(locked.unlocked_balance, Piconero::ZERO, "{locked:?}");
+    let to = chain.customer.wallet().get_address().await.unwrap();
+    let w: PayoutView = c
+        .post(
+            "/v1/account/withdraw",
+            &Withdraw {
+                to: to.as_str().to_owned(),
+                amount: Piconero(XMR / 4),
+                idempotency_key: "w1".into(),
+            },
+        )
+        .await
+        .ok();
+    run_job(&c, &p, "0.7").await;
+    let due = earnings(&tp, &p).await.available;
+    assert!(due > Piconero::ZERO);
+    let round = tp.pool.pay_out(&|_| {}).await.unwrap();
+    assert!(round.relayed.is_empty(), "{round:?}");
+    assert_eq!(round.waiting, vec![w.id.clone()]);
+    assert_eq!(
+        earnings(&tp, &p).await.available,
+        due,
+        "nothing reserved beyond the unlocked balance"
+    );
+    assert_clean(&tp.pool).await;
+
+    // The change unlocks: the withdrawal goes, which locks the change again.
+    chain.mine(10).await;
+    let round = tp.pool.pay_out(&|_| {}).await.unwrap();
+    assert_eq!(round.relayed.len(), 1, "{round:?}");
+    assert!(round.waiting.is_empty());
+    assert_eq!(earnings(&tp, &p).await.available, due);
+    // Ten blocks more: the provider.
+    chain.mine(10).await;
+    let round = tp.pool.pay_out(&|_| {}).await.unwrap();
+    assert_eq!(round.relayed.len(), 1, "{round:?}");
+    chain.mine(1).await;
+    let e = earnings(&tp, &p).await;
+    assert_eq!(e.available, Piconero::ZERO);
+    assert!(e.payouts.iter().all(|p| p.status == PayoutStatus::Relayed));
     assert_clean(&tp.pool).await;
     assert_wallet_mirrors_chain(&tp.pool, &chain).await;
 }
@@ -412,12 +500,15 @@ async fn crash_child() {
     } else {
         PayoutStage::Relayed
     };
-    let marker = Path::new(&dir).join("crash-marker");
     pool.pay_out(&|s| {
         if s == stage {
-            std::fs::write(&marker, b"here").unwrap();
+            use std::io::Write;
+            // The parent reads this line, then kills this process.
+            let mut out = std::io::stdout();
+            writeln!(out, "{CRASH_POINT}").unwrap();
+            out.flush().unwrap();
             loop {
-                std::thread::sleep(Duration::from_secs(60));
+                std::thread::park();
             }
         }
     })
@@ -426,10 +517,11 @@ async fn crash_child() {
     panic!("the payout never reached the stage {at}");
 }
 
+/// What the crash child prints when it stops at its stage.
+const CRASH_POINT: &str = "gradpool-crash-point-reached";
+
 /// Runs a payout in a child process and SIGKILLs it at `at`.
 async fn pay_out_and_die(chain: &Chain, data_dir: &Path, at: &str) {
-    let marker = data_dir.join("crash-marker");
-    let _ = std::fs::remove_file(&marker);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--ignored", "--nocapture"])
         .env("GRADPOOL_CRASH_DIR", data_dir)
@@ -442,19 +534,26 @@ async fn pay_out_and_die(chain: &Chain, data_dir: &Path, at: &str) {
                 chain.regtest.daemon_address()
             ),
         )
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !marker.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the child never reached {at}"
-        );
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the child exited before {at}: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait on the child's own word that it stopped at the stage (its
+    // stdout closes, and this fails, if it exits first).
+    let stdout = child.stdout.take().unwrap();
+    let reached = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains(CRASH_POINT))
+    })
+    .await
+    .unwrap();
+    assert!(
+        reached,
+        "the child exited before {at}: {:?}",
+        child.try_wait()
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }

@@ -5,11 +5,11 @@
 mod common;
 
 use common::*;
+use gradpool_core::state::{BookingStatus, PayoutKind, PayoutStatus, ProviderStatus};
 use gradpool_core::wire::*;
 use gradpool_core::{JobId, Piconero, TaskId};
 use proptest::prelude::*;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// A mainnet address (the Monero general fund's).
 const ADDRESS: &str =
@@ -62,7 +62,7 @@ async fn submit_reply(c: &Client, spec: &str) -> Reply {
 /// provider reports) and commits one segment.
 async fn work_one(p: &TestProvider, n: u8) -> (Assignment, CommitReply) {
     let a = p.take().await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    p.work_for(20);
     let reply = p.finish(&a, &[n; 64]).await;
     (a, reply)
 }
@@ -175,17 +175,19 @@ async fn the_billed_time_is_capped_by_what_the_pool_saw() {
     let c = tp.customer("alice").await;
     faucet(&c, "1").await;
     let job: JobView = submit_reply(&c, &budgeted("0.001", None)).await.ok();
-    // Claims an hour per segment.
+    // Claims fifty seconds per segment: possible (within the slack the
+    // pool allows between its clock and the provider's), but more than
+    // the pool saw.
     let p = tp
         .provider_with("greedy", |p| {
             p.price = RATE;
-            p.compute_ms = 3_600_000;
+            p.compute_ms = 50_000;
         })
         .await;
     let (_, _) = work_one(&p, 1).await;
     let spent = c.job(&job.id).await.spent;
     // Billed for the milliseconds the pool saw between lease and commit,
-    // not for the hour it claimed.
+    // not for the fifty seconds it claimed.
     assert!(spent.0 >= 20_000_000, "{spent}");
     assert!(spent.0 < 10_000_000_000, "{spent}");
     assert_clean(&tp).await;
@@ -326,7 +328,7 @@ async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
         .await
         .ok();
     assert_eq!(first, second);
-    assert_eq!(first.status, "settled");
+    assert_eq!(first.status, PayoutStatus::Settled);
     let e = c
         .post("/v1/account/withdraw", &withdraw(ADDRESS, 101, "once"))
         .await
@@ -373,9 +375,9 @@ async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
         .unwrap();
     let lines = gradpool_pool::money::payout_lines(&db, 50).await.unwrap();
     assert_eq!(lines.len(), 4);
-    assert!(lines
-        .iter()
-        .all(|l| l.kind == "withdrawal" && l.status == "settled" && l.address == ADDRESS));
+    assert!(lines.iter().all(|l| l.kind == PayoutKind::Withdrawal
+        && l.status == PayoutStatus::Settled
+        && l.address == ADDRESS));
     assert_eq!(
         lines.iter().map(|l| l.amount.0).sum::<u64>(),
         100 + 900_000_000_000
@@ -473,7 +475,7 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
     let e: Earnings = tp.anon().post("/v1/providers/stake", &w).await.ok();
     assert!(e.unstake_at.is_some());
     assert_eq!(e.stake, Piconero(1_000_000));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tp.advance(1100);
     let e = earnings(&tp, &p).await;
     assert_eq!(e.stake, Piconero::ZERO);
     assert_eq!(e.unstake_at, None);
@@ -647,7 +649,7 @@ async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
                 let reply = p.heartbeat(&[], 1, 0).await;
                 if let Some(a) = reply.assignments.into_iter().next() {
                     if matches!(op, MoneyOp::Work { .. }) {
-                        let ckpt = [a.segment as u8, provider as u8, 7, 7];
+                        let ckpt = checkpoint(&a, &[a.segment as u8, provider as u8, 7, 7]);
                         p.client.upload(&ckpt).await;
                         let commit = p.commit_for(&a, &ckpt);
                         let reply = p.commit(&a.task_id, &commit).await;
@@ -844,8 +846,10 @@ async fn the_pool_says_what_it_pays_to_anyone() {
     assert_eq!(info.jobs_open, 1);
 }
 
-fn in_ms(ms: i64) -> String {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
+/// `ms` milliseconds after `now` (unix milliseconds), in RFC 3339.
+fn in_ms(now: i64, ms: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now + ms) * 1_000_000).unwrap();
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
@@ -880,10 +884,11 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
     let bob = tp.customer("bob").await;
     faucet(&alice, "1").await;
 
+    let now = tp.pool.now();
     let book = |gpus: u32, from: i64, until: i64, min_score: Option<f64>| Book {
         gpus,
-        from: in_ms(from),
-        until: in_ms(until),
+        from: in_ms(now, from),
+        until: in_ms(now, until),
         min_score,
     };
     // 3 s of the fast rig at 3.6 XMR/h: 0.003 XMR.
@@ -892,7 +897,7 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
         .await
         .ok();
     assert_eq!(b.providers, vec![fast.key.provider_id()]);
-    assert_eq!(b.status, "reserved");
+    assert_eq!(b.status, BookingStatus::Reserved);
     assert_eq!(b.held, Piconero(3_000_000_000));
     assert_eq!(
         balance(&alice).await.available,
@@ -903,11 +908,11 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
         views
             .iter()
             .find(|v| v.name == name)
-            .map(|v| v.status.clone())
+            .map(|v| v.status)
             .unwrap()
     };
-    assert_eq!(status("fast"), "reserved");
-    assert_eq!(status("mid"), "idle");
+    assert_eq!(status("fast"), ProviderStatus::Reserved);
+    assert_eq!(status("mid"), ProviderStatus::Idle);
 
     // Nobody else scores 60; more GPUs than exist; no money.
     let e = bob
@@ -950,9 +955,9 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
     );
 
     // Inside alice's window the fast rig trains only for her.
-    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    tp.advance(1_700);
     let mine: Vec<BookingView> = alice.get("/v1/bookings").await.ok();
-    assert_eq!(mine[0].status, "active");
+    assert_eq!(mine[0].status, BookingStatus::Active);
     let bobs_job = submit_reply(&bob, &budgeted("0.1", None))
         .await
         .ok::<JobView>();
@@ -964,9 +969,10 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
     assert_eq!(a.job_id, alices_job.id);
 
     // After it, the hold is back and the rig takes anyone's work.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    tp.advance(3_500);
+    tp.pool.end_bookings().await.unwrap();
     let mine: Vec<BookingView> = alice.get("/v1/bookings").await.ok();
-    assert_eq!(mine[0].status, "ended");
+    assert_eq!(mine[0].status, BookingStatus::Ended);
     let alice_job_now = alice.job(&alices_job.id).await;
     assert_eq!(
         balance(&alice).await.available,
@@ -982,7 +988,7 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
         .post(&format!("/v1/bookings/{}/cancel", later.id), &())
         .await
         .ok();
-    assert_eq!(cancelled.status, "cancelled");
+    assert_eq!(cancelled.status, BookingStatus::Cancelled);
     bob.post(&format!("/v1/bookings/{}/cancel", later.id), &())
         .await
         .err(409);

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use gradpool_core::commitment::registration_message;
+use gradpool_core::state::ProviderStatus;
 use gradpool_core::wire::*;
 use gradpool_core::{NodeKey, Sha256Hex, TaskId};
 use std::collections::HashSet;
@@ -299,12 +300,27 @@ async fn registration_is_checked() {
         .post("/v1/providers/register", &body)
         .await
         .err(401);
-    let mut body = p.register_body(vec![]).await;
-    body.public_key = "zz".into();
-    tp.anon()
+    // A key that is not hex, or not a point of the curve, is refused with
+    // its field's name.
+    let mut body = serde_json::to_value(p.register_body(vec![]).await).unwrap();
+    body["public_key"] = "zz".into();
+    let e = tp
+        .anon()
         .post("/v1/providers/register", &body)
         .await
         .err(400);
+    assert!(e.message.contains("public_key"), "{}", e.message);
+    let mut body = p.register_body(vec![]).await;
+    // The y coordinate 2 (little-endian) is no point of Ed25519.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    body.public_key = gradpool_core::commitment::PublicKey(not_a_point);
+    let e = tp
+        .anon()
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+    assert!(e.message.contains("public_key"), "{}", e.message);
     // A registration is good once: replaying it, or signing a nonce the
     // pool never issued, is refused.
     let body = p.register_body(vec![]).await;
@@ -346,6 +362,7 @@ async fn registration_is_checked() {
         isa: "x86-64-v3".into(),
         gpu_uuid: None,
         dedication: None,
+        clock: p.clock.clone(),
     };
     p2.register(vec![]).await;
     old.post(
@@ -363,7 +380,7 @@ async fn registration_is_checked() {
     let providers: Vec<ProviderView> = p2.client.get("/v1/providers").await.ok();
     assert_eq!(providers.len(), 1);
     assert_eq!(providers[0].id, p2.key.provider_id());
-    assert_eq!(providers[0].status, "idle");
+    assert_eq!(providers[0].status, ProviderStatus::Idle);
     assert_eq!(providers[0].class, p2.hardware().class());
     tp.shutdown().await;
 }
@@ -397,7 +414,7 @@ async fn provider_takes_and_commits_a_segment() {
     assert_eq!(view.status, JobStatus::Running);
     assert_eq!(view.provider, Some(p.key.provider_id()));
     let providers: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
-    assert_eq!(providers[0].status, "sharing");
+    assert_eq!(providers[0].status, ProviderStatus::Sharing);
 
     // Progress from the lease holder only.
     let progress = Progress {
@@ -422,7 +439,7 @@ async fn provider_takes_and_commits_a_segment() {
         "conflict"
     );
 
-    let ckpt = b"checkpoint 0".to_vec();
+    let ckpt = checkpoint(&a, b"checkpoint 0");
     let commit = p.commit_for(&a, &ckpt);
     p.client.upload(&ckpt).await;
     let reply: CommitReply = p.commit(&a.task_id, &commit).await.ok();
@@ -464,7 +481,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
     let job = alice.submit(SPEC, b"data").await;
     let p = tp.provider("rig").await;
     let a = p.take().await;
-    let ckpt = b"the real checkpoint".to_vec();
+    let ckpt = checkpoint(&a, b"the real checkpoint");
     let good = p.commit_for(&a, &ckpt);
 
     // The checkpoint was not uploaded yet.
@@ -490,7 +507,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
 
     let wrong_prev = p.resign(&good, |c| {
         c.prev = gradpool_core::commitment::genesis(&gradpool_core::JobId::from("job_other"));
-        c.hash = gradpool_core::commitment::chain(&ckpt, &c.prev).unwrap();
+        c.hash = gradpool_core::commitment::chain(&ckpt, &c.prev);
     });
     let e = p.commit(&a.task_id, &wrong_prev).await.err(409);
     assert!(e.message.contains("prev"), "{}", e.message);
@@ -503,7 +520,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
     p.commit(&a.task_id, &wrong_steps).await.err(400);
 
     let wrong_hash = p.resign(&good, |c| {
-        c.hash = gradpool_core::commitment::chain(b"other", &c.prev).unwrap()
+        c.hash = gradpool_core::commitment::chain(b"other", &c.prev)
     });
     let e = p.commit(&a.task_id, &wrong_hash).await.err(400);
     assert!(e.message.contains("hash"), "{}", e.message);
@@ -567,8 +584,9 @@ async fn a_full_job_succeeds_and_streams_its_events() {
     for seg in 0..3u32 {
         let a = p.take().await;
         assert_eq!(a.segment, seg);
-        last_ckpt = format!("checkpoint {seg}").into_bytes();
-        let r = p.finish(&a, &last_ckpt).await;
+        let tag = format!("checkpoint {seg}");
+        last_ckpt = checkpoint(&a, tag.as_bytes());
+        let r = p.finish(&a, tag.as_bytes()).await;
         assert!(r.accepted);
         assert_eq!(r.job_done, seg == 2);
     }
@@ -662,9 +680,8 @@ async fn an_expired_lease_goes_to_another_provider() {
     // A stops heart-beating; B long-polls and gets the same segment once the
     // lease lapses.
     let b_rig = tp.provider("b").await;
-    let started = Instant::now();
+    tp.expire_leases().await;
     let reply = b_rig.heartbeat(&[], 1, 10).await;
-    assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(reply.assignments.len(), 1);
     let again = &reply.assignments[0];
     assert_ne!(again.task_id, lost.task_id);
@@ -672,7 +689,10 @@ async fn an_expired_lease_goes_to_another_provider() {
         (again.segment, again.start_step, again.end_step),
         (1, 10, 20)
     );
-    assert_eq!(again.start_checkpoint_sha256, Some(Sha256Hex::of(&ckpt0)));
+    assert_eq!(
+        again.start_checkpoint_sha256,
+        Some(Sha256Hex::of(&checkpoint(&first, &ckpt0)))
+    );
     assert_eq!(again.prev_commitment, lost.prev_commitment);
 
     // A comes back: its task is cancelled and its commit refused.
@@ -690,7 +710,7 @@ async fn an_expired_lease_goes_to_another_provider() {
     assert_eq!(events.provider, Some(b_rig.key.provider_id()));
     // B keeps its lease by heart-beating, then commits.
     for step in [12, 14, 16] {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tp.advance(800);
         assert!(b_rig
             .heartbeat(&[(again.task_id.clone(), step)], 0, 0)
             .await
@@ -703,7 +723,7 @@ async fn an_expired_lease_goes_to_another_provider() {
         .iter()
         .find(|v| v.id == a_rig.key.provider_id())
         .unwrap();
-    assert_eq!(a_view.status, "disconnected");
+    assert_eq!(a_view.status, ProviderStatus::Disconnected);
 
     // The log tells the story.
     let resp = alice
@@ -835,7 +855,7 @@ async fn re_registering_resumes_or_drops_tasks() {
     assert!(reg.resume.is_empty());
     assert_eq!(reg.dropped, vec![t2.task_id.clone()]);
     // Once the lease has lapsed, the task is dropped.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    tp.advance(u64::from(tp.pool.config().lease_seconds) * 1000 + 1);
     let reg = p.register(vec![t2.task_id.clone()]).await;
     assert!(reg.resume.is_empty());
     assert_eq!(reg.dropped, vec![t2.task_id.clone()]);
@@ -915,7 +935,10 @@ async fn long_poll_wakes_when_work_arrives_and_devices_match() {
         let r = cpu.heartbeat(&[], 1, 10).await;
         (started.elapsed(), r, cpu)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Work arrives only once the CPU rig's heartbeat waits for it.
+    while tp.pool.long_polls() == 0 {
+        tokio::task::yield_now().await;
+    }
     let cuda_spec = SPEC.replace(
         "[train]",
         "[resources]\ndevice = \"cuda\"\nmin_memory_gib = 0\n[train]",
@@ -1035,7 +1058,7 @@ async fn a_paused_provider_gets_no_work_until_it_resumes() {
     assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
     let views: Vec<ProviderView> = c.get("/v1/providers").await.ok();
     let view = views.iter().find(|v| v.name == "night rig").unwrap();
-    assert_eq!(view.status, "paused");
+    assert_eq!(view.status, ProviderStatus::Paused);
     assert_eq!(view.paused_reason.as_deref(), Some("schedule"));
 
     p.paused = None;
@@ -1044,8 +1067,8 @@ async fn a_paused_provider_gets_no_work_until_it_resumes() {
     let views: Vec<ProviderView> = c.get("/v1/providers").await.ok();
     let view = views.iter().find(|v| v.name == "night rig").unwrap();
     assert_eq!(
-        (view.status.as_str(), view.paused_reason.as_deref()),
-        ("sharing", None)
+        (view.status, view.paused_reason.as_deref()),
+        (ProviderStatus::Sharing, None)
     );
 }
 

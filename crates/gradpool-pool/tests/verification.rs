@@ -8,9 +8,9 @@
 mod common;
 
 use common::*;
+use gradpool_core::state::{AuditReason, AuditStatus, CommitmentStatus};
 use gradpool_core::wire::*;
 use gradpool_core::{Piconero, Sha256Hex};
-use std::time::Duration;
 
 /// A mainnet address (the Monero general fund's).
 const ADDRESS: &str =
@@ -27,7 +27,8 @@ fn spec(level: &str, budget: Option<&str>) -> String {
     s
 }
 
-/// The honest checkpoint bytes of segment `i` (what any replay produces).
+/// The tag of the honest checkpoint of segment `i` (what any replay
+/// produces): `checkpoint(a, &honest(i))`.
 fn honest(i: u32) -> Vec<u8> {
     vec![i as u8 + 1; 64]
 }
@@ -62,7 +63,7 @@ async fn take_kind(p: &TestProvider, kind: TaskKind) -> Assignment {
 
 /// Replays honestly: the bytes an honest trainer produces for the segment.
 async fn replay_honestly(v: &TestProvider, a: &Assignment) {
-    let r = v.replay_for(a, &honest(a.segment), None);
+    let r = v.replay_for(a, &checkpoint(a, &honest(a.segment)), None);
     let reply = v.report(a, &r).await;
     assert!(
         reply.status.is_success(),
@@ -89,7 +90,10 @@ async fn a_replayed_segment_is_verified_and_the_job_waits_for_its_audits() {
         let r = take_kind(&validator, TaskKind::Replay).await;
         let target = r.replay.clone().expect("a replay names its claim");
         assert_eq!(r.segment, i);
-        assert_eq!(target.claimed_checkpoint_sha256, Sha256Hex::of(&honest(i)));
+        assert_eq!(
+            target.claimed_checkpoint_sha256,
+            Sha256Hex::of(&checkpoint(&a, &honest(i)))
+        );
         assert_eq!(target.claimed_class, trainer.hardware().class());
         assert_eq!(r.prev_commitment, a.prev_commitment);
         assert_eq!(r.start_checkpoint_sha256, a.start_checkpoint_sha256);
@@ -103,12 +107,15 @@ async fn a_replayed_segment_is_verified_and_the_job_waits_for_its_audits() {
     }
     assert_eq!(c.job(&job.id).await.status, JobStatus::Succeeded);
     let segs = segments(&c, &job.id).await;
-    assert!(segs.iter().all(|s| s.status == "verified"), "{segs:?}");
+    assert!(
+        segs.iter().all(|s| s.status == CommitmentStatus::Verified),
+        "{segs:?}"
+    );
     let v = verdicts(&c, &job.id).await;
     assert_eq!(v.len(), 3);
     for verdict in &v {
-        assert_eq!(verdict.outcome, "verified");
-        assert_eq!(verdict.reason, "paranoid");
+        assert_eq!(verdict.outcome, AuditStatus::Verified);
+        assert_eq!(verdict.reason, AuditReason::Paranoid);
         assert_eq!(verdict.replays.len(), 1);
         assert!(verdict.replays[0].matches);
         assert!(verdict.replays[0].replay.verify().is_ok());
@@ -166,7 +173,7 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
         .await;
     for i in 0..3 {
         let a = take_kind(&cheater, TaskKind::Train).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        cheater.work_for(10);
         cheater.finish(&a, &honest(i)).await;
     }
     assert_eq!(c.job(&first.id).await.status, JobStatus::Succeeded);
@@ -190,12 +197,12 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
         .await;
     let before = c.get("/v1/account/balance").await.ok::<Balance>().available;
     let a0 = take_kind(&cheater, TaskKind::Train).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    cheater.work_for(10);
     cheater.finish(&a0, &honest(0)).await;
     let r0 = take_kind(&v1, TaskKind::Replay).await;
     replay_honestly(&v1, &r0).await;
     let a1 = take_kind(&cheater, TaskKind::Train).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    cheater.work_for(10);
     cheater
         .finish(&a1, b"weights that were never trained")
         .await;
@@ -221,15 +228,18 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
     // Verdict: the trainer is at fault, with the evidence.
     let v = verdicts(&c, &job.id).await;
     let fraud = v.iter().find(|v| v.segment == 1).unwrap();
-    assert_eq!(fraud.outcome, "provider_fault");
+    assert_eq!(fraud.outcome, AuditStatus::ProviderFault);
     assert_eq!(fraud.at_fault.as_ref(), Some(&cheater.key.provider_id()));
     assert_eq!(fraud.replays.len(), 2);
     assert!(fraud.replays.iter().all(|r| !r.matches));
     assert_eq!(
         fraud.commitment.commitment.checkpoint_sha256,
-        Sha256Hex::of(b"weights that were never trained")
+        Sha256Hex::of(&checkpoint(&a1, b"weights that were never trained"))
     );
-    assert_eq!(v.iter().find(|v| v.segment == 2).unwrap().outcome, "void");
+    assert_eq!(
+        v.iter().find(|v| v.segment == 2).unwrap().outcome,
+        AuditStatus::Void
+    );
     // A replay of the discarded segment 2 is no longer wanted.
     if let Some(r2) = r2 {
         v2.report(&r2, &v2.replay_for(&r2, b"x", None))
@@ -240,10 +250,13 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
     // Rolled back to the end of segment 0.
     let view = c.job(&job.id).await;
     assert_eq!((view.step, view.segments_done), (10, 1));
-    assert_eq!(view.checkpoint_sha256, Some(Sha256Hex::of(&honest(0))));
+    assert_eq!(
+        view.checkpoint_sha256,
+        Some(Sha256Hex::of(&checkpoint(&a0, &honest(0))))
+    );
     let segs = segments(&c, &job.id).await;
     assert_eq!(segs.len(), 1);
-    assert_eq!(segs[0].status, "verified");
+    assert_eq!(segs[0].status, CommitmentStatus::Verified);
 
     // Slashed: nothing pending from the job, the stake split 90/10 between
     // the customer and the validator that caught it.
@@ -266,7 +279,7 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
     assert_eq!(again.segment, 1);
     assert_eq!(
         again.start_checkpoint_sha256,
-        Some(Sha256Hex::of(&honest(0)))
+        Some(Sha256Hex::of(&checkpoint(&a0, &honest(0))))
     );
     assert_eq!(again.prev_commitment, segs[0].commitment.commitment.hash);
     honest_rig.finish(&again, &honest(1)).await;
@@ -278,7 +291,10 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
     replay_honestly(&v2, &r).await;
     let done = c.job(&job.id).await;
     assert_eq!(done.status, JobStatus::Succeeded);
-    assert_eq!(done.checkpoint_sha256, Some(Sha256Hex::of(&honest(2))));
+    assert_eq!(
+        done.checkpoint_sha256,
+        Some(Sha256Hex::of(&checkpoint(&a, &honest(2))))
+    );
 
     let events = c.events(&job.id, None).await;
     assert!(events.iter().any(|(_, k, e)| k == "rolled_back"
@@ -313,9 +329,12 @@ async fn an_outvoted_validator_is_punished_and_gets_no_more_replays() {
     replay_honestly(&fair, &d).await;
 
     let v = verdicts(&c, &job.id).await;
-    assert_eq!(v[0].outcome, "validator_fault");
+    assert_eq!(v[0].outcome, AuditStatus::ValidatorFault);
     assert_eq!(v[0].at_fault.as_ref(), Some(&liar.key.provider_id()));
-    assert_eq!(segments(&c, &job.id).await[0].status, "verified");
+    assert_eq!(
+        segments(&c, &job.id).await[0].status,
+        CommitmentStatus::Verified
+    );
     assert_eq!(provider_view(&tp, &c, &liar).await.faults, 1);
     assert_eq!(provider_view(&tp, &c, &trainer).await.faults, 0);
 
@@ -438,7 +457,7 @@ async fn across_classes_a_replay_is_judged_by_its_distance() {
         .status
         .is_success());
     let v = verdicts(&c, &job.id).await;
-    assert_eq!(v[0].outcome, "verified");
+    assert_eq!(v[0].outcome, AuditStatus::Verified);
     assert!(v[0].replays[0].matches);
     // A replay whose class is not the registered one is refused.
     let a = take_kind(&trainer, TaskKind::Train).await;
@@ -481,7 +500,10 @@ async fn nobody_replays_their_own_work_or_their_owners() {
     trainer.finish(&a, &honest(0)).await;
     // No validator outside the owner is connected: no audit is drawn.
     assert!(verdicts(&c, &job.id).await.is_empty());
-    assert_eq!(segments(&c, &job.id).await[0].status, "accepted");
+    assert_eq!(
+        segments(&c, &job.id).await[0].status,
+        CommitmentStatus::Accepted
+    );
 
     let stranger = tp.provider_with("stranger", |p| p.validate = true).await;
     let a = take_kind(&trainer, TaskKind::Train).await;
@@ -532,7 +554,10 @@ async fn a_dedicated_validator_replays_but_never_trains() {
     let r = take_kind(&validator, TaskKind::Replay).await;
     assert_eq!(r.segment, 0);
     replay_honestly(&validator, &r).await;
-    assert_eq!(segments(&c, &job.id).await[0].status, "verified");
+    assert_eq!(
+        segments(&c, &job.id).await[0].status,
+        CommitmentStatus::Verified
+    );
     let view = provider_view(&tp, &c, &validator).await;
     assert!(view.validate && !view.train, "{view:?}");
     assert_clean(&tp).await;
@@ -545,11 +570,11 @@ async fn an_old_checkpoint_submitted_again_is_refused() {
     let p = tp.provider("rig").await;
     c.submit(&spec("none", None), b"some text to train on")
         .await;
-    let a = p.take().await;
-    p.finish(&a, &honest(0)).await;
+    let a0 = p.take().await;
+    p.finish(&a0, &honest(0)).await;
     let a = p.take().await;
     let e = p
-        .commit(&a.task_id, &p.commit_for(&a, &honest(0)))
+        .commit(&a.task_id, &p.commit_for(&a, &checkpoint(&a0, &honest(0))))
         .await
         .err(400);
     assert!(
@@ -558,8 +583,8 @@ async fn an_old_checkpoint_submitted_again_is_refused() {
         e.message
     );
     // A commitment claiming another class than the registered one.
-    let c1 = p.commit_for(&a, &honest(1));
-    p.client.upload(&honest(1)).await;
+    let c1 = p.commit_for(&a, &checkpoint(&a, &honest(1)));
+    p.client.upload(&checkpoint(&a, &honest(1))).await;
     let forged = p.resign(&c1, |cm| cm.class = "native-0.0.0/cuda/sm_90".into());
     let e = p.commit(&a.task_id, &forged).await.err(400);
     assert!(e.message.starts_with("commitment.class"), "{}", e.message);

@@ -1,12 +1,12 @@
 //! The agent's main loop: register, heart-beat, take segments, train them,
 //! commit them.
 
-use crate::client::Api;
 use crate::device::Device;
 use crate::limits::{Gate, PauseReason};
 use crate::segment::{self, SegmentEnd, SegmentFiles};
 use crate::state::DataDir;
 use crate::ProviderError;
+use gradpool_client::{Api, ClientError};
 use gradpool_core::commitment::ReplayReport;
 use gradpool_core::commitment::{self, registration_message, Commitment};
 use gradpool_core::wire::{self, Assignment, TaskKind};
@@ -23,8 +23,12 @@ use tokio_util::sync::CancellationToken;
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
-    /// The pool's base URL (`http://127.0.0.1:7070`).
+    /// The pool's base URL (`https://pool.example:7443`, or
+    /// `http://127.0.0.1:7070` on this machine).
     pub pool_url: String,
+    /// How the pool's TLS certificate is trusted: pinned, remembered on
+    /// first use, or signed by an authority.
+    pub trust: gradpool_client::Trust,
     /// Node key, blob cache and tasks in flight.
     pub data_dir: PathBuf,
     /// A name shown in the pool's listings.
@@ -62,6 +66,7 @@ impl Default for ProviderConfig {
     fn default() -> ProviderConfig {
         ProviderConfig {
             pool_url: "http://127.0.0.1:7070".into(),
+            trust: gradpool_client::Trust::default(),
             data_dir: PathBuf::from("gradpool-provider"),
             name: "provider".into(),
             program: PathBuf::from("gradpool"),
@@ -176,8 +181,9 @@ pub async fn run(
         },
     };
     let share_file = dir.root().join("gpu-share");
+    let api = Api::new(&config.pool_url, None, &config.trust)?;
     let shared = Arc::new(Shared {
-        api: tokio::sync::RwLock::new(Api::new(&config.pool_url, None)),
+        api: tokio::sync::RwLock::new(api),
         dir,
         key,
         device,
@@ -379,11 +385,11 @@ async fn register(
 ) -> Option<wire::Registered> {
     let mut backoff = 1u64;
     loop {
-        let api = Api::new(&shared.config.pool_url, None);
+        let api = shared.api.read().await.without_token();
         let attempt = async {
             let challenge = api.challenge().await?;
             let time = unix_now();
-            let public_key = shared.key.public_hex();
+            let public_key = shared.key.public_key();
             let req = wire::Register {
                 signature: shared.key.sign(&registration_message(
                     &public_key,
@@ -682,14 +688,15 @@ async fn commit(
 ) -> Result<TaskEnd, ProviderError> {
     let sha = Sha256Hex::of_file(out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
-    let hash = commitment::chain_file(out, &a.prev_commitment)?;
+    let hash = commitment::chain_file(out, &a.prev_commitment)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
     let signed = shared.key.sign_commitment(Commitment {
         job_id: a.job_id.clone(),
         segment: a.segment,
         start_step: a.start_step,
         end_step: a.end_step,
         checkpoint_sha256: sha.clone(),
-        prev: a.prev_commitment.clone(),
+        prev: a.prev_commitment,
         hash,
         loss_trace_blake3: commitment::loss_trace_hash(&loss_trace),
         runtime: RUNTIME_VERSION.to_owned(),
@@ -737,7 +744,7 @@ async fn until_answered<T, F, Fut>(
 ) -> Result<Option<T>, ProviderError>
 where
     F: FnMut(Api) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
     let mut backoff = 1u64;
     loop {
@@ -748,7 +755,7 @@ where
         };
         match result {
             Ok(v) => return Ok(Some(v)),
-            Err(ProviderError::Refused {
+            Err(ClientError::Refused {
                 status: 409,
                 message,
                 ..
@@ -756,7 +763,7 @@ where
                 tracing::warn!(task = %task, message, "the pool no longer leases this task to us");
                 return Ok(None);
             }
-            Err(ProviderError::Refused {
+            Err(ClientError::Refused {
                 status, message, ..
             }) if status != 401 && status < 500 => {
                 return Err(ProviderError::Segment(format!(
@@ -861,7 +868,7 @@ async fn prove(
     }
     .await;
     let _ = std::fs::remove_file(&out);
-    result
+    Ok(result?)
 }
 
 /// Replays a segment another provider committed, for an audit: trains it
@@ -887,7 +894,7 @@ async fn replay(
             job_id: a.job_id.clone(),
             segment: a.segment,
             end_checkpoint_sha256: target.claimed_checkpoint_sha256.clone(),
-            loss_trace_blake3: String::new(),
+            loss_trace_blake3: commitment::loss_trace_hash(&[]),
             class,
             distance: cross_class.then_some(0.0),
             compute_ms: 1,

@@ -15,7 +15,6 @@
 //! - [`limits`]: the owner's limits (GPU share, temperature, power,
 //!   schedule, yielding to the owner), when they pause work, and the power
 //!   governor that rests the device to hold a power cap.
-//! - [`client`]: the pool's HTTP API.
 //! - [`segment`]: one segment run in a child process and its event protocol.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
 //!   flight), so that a restart resumes what was running.
@@ -27,7 +26,6 @@
 pub mod agent;
 #[cfg(feature = "cheat")]
 pub mod cheat;
-pub mod client;
 pub mod device;
 pub mod gpu;
 pub mod limits;
@@ -40,22 +38,8 @@ pub use device::{CpuDevice, Device, Load, SimulatedDevice};
 /// Errors of the provider agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("pool at {url} is unreachable: check the pool address and that the pool is running")]
-    Unreachable { url: String, source: reqwest::Error },
-    #[error("pool refused {what}: {status} {message}")]
-    Refused {
-        what: String,
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("pool sent an unreadable reply to {what}")]
-    BadReply {
-        what: String,
-        source: reqwest::Error,
-    },
-    #[error("blob {sha256} from the pool does not match its digest")]
-    CorruptBlob { sha256: String },
+    #[error(transparent)]
+    Pool(#[from] gradpool_client::ClientError),
     #[error("{context}: {error}")]
     Io {
         context: String,
@@ -89,6 +73,6 @@ impl ProviderError {
     /// True when the pool no longer knows this provider's session (it must
     /// register again).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, ProviderError::Refused { status: 401, .. })
+        matches!(self, ProviderError::Pool(e) if e.is_unauthorized())
     }
 }

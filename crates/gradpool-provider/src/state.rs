@@ -144,10 +144,15 @@ mod tests {
             spec_toml: "name = 'x'".into(),
             data_sha256: Sha256Hex::of(b"data"),
             start_checkpoint_sha256: Some(Sha256Hex::of(b"ckpt")),
-            prev_commitment: "00".repeat(32),
+            prev_commitment: gradpool_core::commitment::ChainHash([0; 32]),
             lease_seconds: 10,
             kind: Default::default(),
             replay: None,
+            model: gradpool_core::model::ModelMeta::Mlp {
+                inputs: 2,
+                hidden: vec![4],
+                classes: 2,
+            },
         }
     }
 

@@ -5,7 +5,7 @@
 //! steps, then `steps` timed ones.
 
 use crate::dataset::Dataset;
-use crate::model::{Model, ModelMeta};
+use crate::model::Model;
 use crate::optim::AdamW;
 use crate::segment::train_step;
 use crate::TrainError;
@@ -91,7 +91,7 @@ pub fn train(
     }
     let spec = reference_spec(warmup + steps);
     let dataset = Dataset::from_bytes(&spec, data)?;
-    let meta = ModelMeta::new(&spec, &dataset)?;
+    let meta = dataset.model_meta(&spec)?;
     let model = Model::init(meta, spec.train.seed, device)?;
     let mut opt = AdamW::new(&model)?;
     let mut first_loss = None;

@@ -7,7 +7,8 @@
 //! [`CsvInfo`](crate::CsvInfo)), and `spec_fingerprint` (blake3 over the
 //! spec's training-relevant fields and the data's hash).
 //!
-//! The file is written by this module, not by the `safetensors` crate: the
+//! The file is written byte-deterministically by
+//! [`gradpool_core::checkpoint::to_bytes`], the format's one writer: the
 //! header's keys are in sorted order and tensors are laid out in name order,
 //! so equal state always gives equal bytes. Reading uses the `safetensors`
 //! crate's parser, which checks offsets and sizes.
@@ -20,8 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-/// Format tag of checkpoint files.
-pub const CHECKPOINT_FORMAT: &str = "gradpool-checkpoint-v1";
+pub use gradpool_core::checkpoint::CHECKPOINT_FORMAT;
 /// Format tag of exported model files.
 pub const MODEL_FORMAT: &str = "gradpool-model-v1";
 
@@ -70,54 +70,25 @@ fn fingerprint_with_hash(spec: &JobSpec, data_hash: &str) -> String {
     blake3::hash(canonical.as_bytes()).to_hex().to_string()
 }
 
-/// Serialises tensors and metadata as safetensors bytes, deterministically.
+/// Serialises tensors and metadata as safetensors bytes, deterministically
+/// ([`gradpool_core::checkpoint::to_bytes`]).
 pub(crate) fn to_bytes(
     tensors: &BTreeMap<String, HostTensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
-    // Every key of the header, sorted; values built in the same order so the
-    // JSON is the same whether or not serde_json preserves insertion order.
-    let mut entries: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut meta = serde_json::Map::new();
-    for (k, v) in metadata {
-        meta.insert(k.clone(), serde_json::Value::String(v.clone()));
-    }
-    entries.insert("__metadata__".into(), serde_json::Value::Object(meta));
-    let mut offset = 0usize;
-    for (name, t) in tensors {
-        let len = t.data.len() * 4;
-        let mut info = serde_json::Map::new();
-        info.insert(
-            "data_offsets".into(),
-            serde_json::json!([offset, offset + len]),
-        );
-        info.insert("dtype".into(), serde_json::Value::String("F32".into()));
-        info.insert("shape".into(), serde_json::json!(t.shape));
-        entries.insert(name.clone(), serde_json::Value::Object(info));
-        offset += len;
-    }
-    let mut header = String::from("{");
-    for (i, (k, v)) in entries.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        header.push_str(&serde_json::Value::String(k.clone()).to_string());
-        header.push(':');
-        header.push_str(&v.to_string());
-    }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for t in tensors.values() {
-        for x in &t.data {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    out
+    let refs = tensors
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                gradpool_core::checkpoint::TensorRef {
+                    shape: &t.shape,
+                    data: &t.data,
+                },
+            )
+        })
+        .collect();
+    gradpool_core::checkpoint::to_bytes(&refs, metadata)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same
@@ -164,13 +135,18 @@ pub(crate) fn read(path: &Path) -> Result<Parsed, TrainError> {
         path: path.to_owned(),
         error,
     })?;
+    parse(&bytes, path)
+}
+
+/// Parses safetensors bytes (read from `path`, which errors name).
+fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, TrainError> {
     let bad = |r: String| TrainError::checkpoint(path, r);
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
         bad(format!(
             "not a valid safetensors file (truncated or corrupt?): {e}"
         ))
     })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
         bad(format!(
             "not a valid safetensors file (truncated or corrupt?): {e}"
         ))
@@ -312,6 +288,21 @@ pub(crate) fn checkpoint_bytes(
     to_bytes(&tensors, &md)
 }
 
+/// Checks checkpoint bytes of `spec` on `data` the way a segment's start
+/// checkpoint is checked before training from it (format, spec
+/// fingerprint, data, every tensor's name, dtype and shape); returns its
+/// step.
+pub fn check_bytes(spec: &JobSpec, data: &Dataset, bytes: &[u8]) -> Result<u64, TrainError> {
+    let path = Path::new("<checkpoint bytes>");
+    let mut parsed = parse(bytes, path)?;
+    let (meta, step) = validate(spec, Some(data), &parsed, path, CHECKPOINT_FORMAT)?;
+    for prefix in gradpool_core::model::CHECKPOINT_PREFIXES {
+        parsed.take_params(path, &meta, prefix)?;
+    }
+    parsed.no_extra(path)?;
+    Ok(step)
+}
+
 /// Loads and validates a checkpoint of `spec`. With `data`, the checkpoint
 /// must have been made on that data; without, the data identity recorded in
 /// the checkpoint is used (it must still match the spec's fingerprint). With
@@ -370,7 +361,7 @@ pub(crate) fn validate(
     let meta: ModelMeta = serde_json::from_str(model_json)
         .map_err(|e| bad(format!("bad model metadata {model_json}: {e}")))?;
     let expected_meta = match data {
-        Some(d) => ModelMeta::new(spec, d)?,
+        Some(d) => d.model_meta(spec)?,
         None => {
             // The spec fixes everything but what the data fixes.
             let fixed = match (&spec.model, &meta) {

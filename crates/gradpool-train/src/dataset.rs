@@ -2,6 +2,7 @@
 
 use crate::rng::Rng;
 use crate::TrainError;
+use gradpool_core::model::{DataShape, ModelMeta};
 use gradpool_core::spec::{DataFormat, JobSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +59,24 @@ impl Dataset {
             DataFormat::Csv => csv_data(spec, bytes)?,
         };
         Ok(Dataset { kind, content_hash })
+    }
+
+    /// What this data fixes of a model.
+    pub fn shape(&self) -> DataShape {
+        match &self.kind {
+            DataKind::Text { vocab, .. } => DataShape::Text {
+                vocab_size: vocab.len(),
+            },
+            DataKind::Csv { info, .. } => DataShape::Csv {
+                inputs: info.features.len(),
+                classes: info.classes.len(),
+            },
+        }
+    }
+
+    /// The model `spec` trains on this data.
+    pub fn model_meta(&self, spec: &JobSpec) -> Result<ModelMeta, TrainError> {
+        ModelMeta::of(spec, self.shape()).map_err(TrainError::Data)
     }
 
     /// Vocabulary size (text) or number of classes (CSV).
@@ -134,22 +153,9 @@ pub(crate) fn parse_vocab(json: &str) -> Result<Vec<char>, String> {
 }
 
 fn text(spec: &JobSpec, bytes: &[u8]) -> Result<DataKind, TrainError> {
-    let s = std::str::from_utf8(bytes).map_err(|e| {
-        TrainError::Data(format!(
-            "text data is not valid UTF-8 (at byte {})",
-            e.valid_up_to()
-        ))
-    })?;
-    let chars: Vec<char> = s.chars().collect();
-    if chars.is_empty() {
-        return Err(TrainError::Data("text data is empty".into()));
-    }
-    let vocab: Vec<char> = chars
-        .iter()
-        .copied()
-        .collect::<BTreeSet<char>>()
-        .into_iter()
-        .collect();
+    let vocab = gradpool_core::data::text_vocab(bytes).map_err(data_error)?;
+    // Valid UTF-8: `text_vocab` read all of it.
+    let chars: Vec<char> = String::from_utf8_lossy(bytes).chars().collect();
     let index: BTreeMap<char, u32> = vocab
         .iter()
         .enumerate()
@@ -165,76 +171,19 @@ fn text(spec: &JobSpec, bytes: &[u8]) -> Result<DataKind, TrainError> {
     })
 }
 
+fn data_error(e: gradpool_core::data::DataError) -> TrainError {
+    TrainError::Data(e.0)
+}
+
 fn csv_data(spec: &JobSpec, bytes: &[u8]) -> Result<DataKind, TrainError> {
     let label = spec
         .data
         .label_column
         .as_deref()
         .ok_or_else(|| TrainError::Data("CSV data needs data.label_column".into()))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| TrainError::Data(format!("cannot read CSV header: {e}")))?
-        .clone();
-    let label_idx = headers
-        .iter()
-        .position(|h| h.trim() == label)
-        .ok_or_else(|| {
-            TrainError::Data(format!(
-                "label column {label:?} not in CSV header ({})",
-                headers.iter().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-    let features: Vec<String> = headers
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != label_idx)
-        .map(|(_, h)| h.trim().to_owned())
-        .collect();
-    if features.is_empty() {
-        return Err(TrainError::Data(
-            "CSV has no feature columns besides the label".into(),
-        ));
-    }
     let mut rows: Vec<(Vec<f64>, String)> = Vec::new();
-    for (r, record) in reader.records().enumerate() {
-        let line = r + 2;
-        let record = record.map_err(|e| TrainError::Data(format!("CSV line {line}: {e}")))?;
-        if record.len() != headers.len() {
-            return Err(TrainError::Data(format!(
-                "CSV line {line}: {} fields, header has {}",
-                record.len(),
-                headers.len()
-            )));
-        }
-        let mut x = Vec::with_capacity(features.len());
-        let mut y = String::new();
-        for (i, field) in record.iter().enumerate() {
-            if i == label_idx {
-                y = field.trim().to_owned();
-            } else {
-                let v: f64 = field.trim().parse().map_err(|_| {
-                    TrainError::Data(format!(
-                        "CSV line {line}, column {:?}: {field:?} is not a number",
-                        &headers[i]
-                    ))
-                })?;
-                if !v.is_finite() {
-                    return Err(TrainError::Data(format!(
-                        "CSV line {line}, column {:?}: {field:?} is not finite",
-                        &headers[i]
-                    )));
-                }
-                x.push(v);
-            }
-        }
-        rows.push((x, y));
-    }
-    if rows.is_empty() {
-        return Err(TrainError::Data("CSV has no data rows".into()));
-    }
+    let features = gradpool_core::data::scan_csv(label, bytes, |x, y| rows.push((x, y)))
+        .map_err(data_error)?;
     let classes: Vec<String> = rows
         .iter()
         .map(|(_, y)| y.clone())

@@ -6,166 +6,22 @@
 //! generator, derived from `(seed, name)`: normal(0, 0.02) for weights and
 //! embeddings, zeros for biases, ones for LayerNorm weights.
 
-use crate::dataset::{DataKind, Dataset};
 use crate::rng::Rng;
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
-use gradpool_core::spec::{JobSpec, ModelConfig};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A model's full shape: the spec's config plus what the data fixes
-/// (vocabulary, features, classes). Recorded in checkpoints and model files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ModelMeta {
-    /// Character-level GPT.
-    Gpt {
-        n_layer: usize,
-        n_head: usize,
-        n_embd: usize,
-        block_size: usize,
-        vocab_size: usize,
-    },
-    /// MLP classifier.
-    Mlp {
-        inputs: usize,
-        hidden: Vec<usize>,
-        classes: usize,
-    },
-}
+pub use gradpool_core::model::{Init, ModelMeta, Param};
 
-impl ModelMeta {
-    /// The model a spec trains on this data.
-    pub fn new(spec: &JobSpec, data: &Dataset) -> Result<ModelMeta, TrainError> {
-        match (&spec.model, &data.kind) {
-            (ModelConfig::Gpt(g), DataKind::Text { vocab, .. }) => Ok(ModelMeta::Gpt {
-                n_layer: g.n_layer,
-                n_head: g.n_head,
-                n_embd: g.n_embd,
-                block_size: g.block_size,
-                vocab_size: vocab.len(),
-            }),
-            (ModelConfig::Mlp(m), DataKind::Csv { info, .. }) => Ok(ModelMeta::Mlp {
-                inputs: info.features.len(),
-                hidden: m.hidden.clone(),
-                classes: info.classes.len(),
-            }),
-            (ModelConfig::Gpt(_), _) => Err(TrainError::Data(
-                "a GPT model needs text data, got CSV".into(),
-            )),
-            (ModelConfig::Mlp(_), _) => Err(TrainError::Data(
-                "an MLP model needs CSV data, got text".into(),
-            )),
-        }
-    }
-
-    /// Every parameter, in a fixed order.
-    pub(crate) fn params(&self) -> Vec<ParamSpec> {
-        let mut out = Vec::new();
-        let linear = |out: &mut Vec<ParamSpec>, name: &str, i: usize, o: usize| {
-            out.push(ParamSpec::new(
-                format!("{name}.weight"),
-                vec![i, o],
-                Init::Normal,
-            ));
-            out.push(ParamSpec::new(format!("{name}.bias"), vec![o], Init::Zeros));
-        };
-        match self {
-            ModelMeta::Gpt {
-                n_layer,
-                n_embd: c,
-                block_size,
-                vocab_size,
-                ..
-            } => {
-                let c = *c;
-                let ln = |out: &mut Vec<ParamSpec>, name: &str| {
-                    out.push(ParamSpec::new(
-                        format!("{name}.weight"),
-                        vec![c],
-                        Init::Ones,
-                    ));
-                    out.push(ParamSpec::new(format!("{name}.bias"), vec![c], Init::Zeros));
-                };
-                out.push(ParamSpec::new(
-                    "tok_emb".into(),
-                    vec![*vocab_size, c],
-                    Init::Normal,
-                ));
-                out.push(ParamSpec::new(
-                    "pos_emb".into(),
-                    vec![*block_size, c],
-                    Init::Normal,
-                ));
-                for l in 0..*n_layer {
-                    ln(&mut out, &format!("blocks.{l}.ln1"));
-                    linear(&mut out, &format!("blocks.{l}.attn.qkv"), c, 3 * c);
-                    linear(&mut out, &format!("blocks.{l}.attn.proj"), c, c);
-                    ln(&mut out, &format!("blocks.{l}.ln2"));
-                    linear(&mut out, &format!("blocks.{l}.mlp.fc"), c, 4 * c);
-                    linear(&mut out, &format!("blocks.{l}.mlp.out"), 4 * c, c);
-                }
-                ln(&mut out, "ln_f");
-                linear(&mut out, "head", c, *vocab_size);
-            }
-            ModelMeta::Mlp {
-                inputs,
-                hidden,
-                classes,
-            } => {
-                let mut prev = *inputs;
-                for (i, &h) in hidden.iter().enumerate() {
-                    linear(&mut out, &format!("layers.{i}"), prev, h);
-                    prev = h;
-                }
-                linear(&mut out, "out", prev, *classes);
-            }
-        }
-        out
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Init {
-    Normal,
-    Zeros,
-    Ones,
-}
-
-/// One parameter: name, shape, initialiser and whether AdamW decays it.
-#[derive(Debug, Clone)]
-pub(crate) struct ParamSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub init: Init,
-}
-
-impl ParamSpec {
-    fn new(name: String, shape: Vec<usize>, init: Init) -> ParamSpec {
-        ParamSpec { name, shape, init }
-    }
-
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Weight decay applies to tensors with at least 2 dimensions (linear
-    /// weights and embeddings), as in nanoGPT; not to biases or LayerNorm.
-    pub fn decays(&self) -> bool {
-        self.shape.len() >= 2
-    }
-
-    /// Deterministic initial values from the job's seed.
-    pub fn initial_values(&self, seed: u64) -> Vec<f32> {
-        let n = self.numel();
-        match self.init {
-            Init::Zeros => vec![0.0; n],
-            Init::Ones => vec![1.0; n],
-            Init::Normal => {
-                let mut rng = Rng::derive(seed, &format!("init:{}", self.name), 0);
-                (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
-            }
+/// Deterministic initial values of a parameter from the job's seed.
+pub(crate) fn initial_values(p: &Param, seed: u64) -> Vec<f32> {
+    let n = p.numel();
+    match p.init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Normal => {
+            let mut rng = Rng::derive(seed, &format!("init:{}", p.name), 0);
+            (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
         }
     }
 }
@@ -173,7 +29,7 @@ impl ParamSpec {
 /// A model's parameters as trainable variables on a device.
 pub(crate) struct Model {
     pub meta: ModelMeta,
-    pub specs: Vec<ParamSpec>,
+    pub specs: Vec<Param>,
     pub vars: Vec<Var>,
     index: BTreeMap<String, usize>,
     mask: Option<Tensor>,
@@ -217,7 +73,7 @@ impl Model {
         let values = meta
             .params()
             .iter()
-            .map(|p| p.initial_values(seed))
+            .map(|p| initial_values(p, seed))
             .collect();
         Model::from_values(meta, values, device)
     }
@@ -307,7 +163,7 @@ impl Model {
 
     /// Number of scalar parameters.
     pub fn param_count(&self) -> usize {
-        self.specs.iter().map(ParamSpec::numel).sum()
+        self.specs.iter().map(Param::numel).sum()
     }
 
     /// Host copies of every parameter, in order.

@@ -322,7 +322,7 @@ pub(crate) fn start_state(
             "a segment starting at step {start_step} needs the checkpoint of that step"
         ))),
         None => {
-            let meta = ModelMeta::new(spec, data)?;
+            let meta = data.model_meta(spec)?;
             let model = Model::init(meta, spec.train.seed, device)?;
             let opt = AdamW::new(&model)?;
             Ok((model, opt))

@@ -3,7 +3,6 @@
 use crate::credentials::{self, Credentials, CustomerArgs};
 use clap::Subcommand;
 use gradpool_core::{wire, Piconero};
-use gradpool_provider::client::Api;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -92,7 +91,7 @@ pub async fn run(c: AccountCommand) -> anyhow::Result<ExitCode> {
                     old.pool
                 );
             }
-            let api = Api::new(&pool, None);
+            let api = crate::pool_trust::api(&pool, None)?;
             let created: wire::AccountCreated = api
                 .post("/v1/accounts", &wire::CreateAccount { name })
                 .await?;

@@ -54,12 +54,12 @@ pub use imp::run;
 mod imp {
     use super::VerifyBenchArgs;
     use anyhow::Context;
+    use gradpool_client::Api;
     use gradpool_core::verification::{predict, Sampling};
     use gradpool_core::wire::{JobView, ProviderView};
     use gradpool_core::NodeKey;
     use gradpool_pool::{Pool, PoolConfig};
     use gradpool_provider::cheat::Cheat;
-    use gradpool_provider::client::Api;
     use gradpool_provider::{CpuDevice, ProviderConfig};
     use gradpool_train::cheat::CheatKind;
     use serde::Serialize;
@@ -329,7 +329,11 @@ level = "standard"
             )
         };
         let account = pool.create_account("bench").await?;
-        let api = Api::new(&url, Some(account.api_key));
+        let api = Api::new(
+            &url,
+            Some(account.api_key),
+            &gradpool_client::Trust::default(),
+        )?;
 
         let trainer_dir = dir.join("trainer");
         std::fs::create_dir_all(&trainer_dir)?;

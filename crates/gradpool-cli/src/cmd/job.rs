@@ -3,9 +3,9 @@
 use crate::credentials::CustomerArgs;
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use gradpool_client::Api;
 use gradpool_core::wire::{self, JobStatus, JobView};
 use gradpool_core::{JobSpec, Sha256Hex};
-use gradpool_provider::client::Api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -184,7 +184,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                             .unwrap_or_default(),
                         share,
                         foreign,
-                        s.commitment.commitment.hash.get(..16).unwrap_or_default()
+                        &s.commitment.commitment.hash.to_string()[..16]
                     );
                 }
             }

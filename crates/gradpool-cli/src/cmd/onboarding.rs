@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use gradpool_core::wire::PoolInfo;
 use gradpool_core::Piconero;
 use gradpool_monero::address::{Address, Network};
-use gradpool_provider::client::Api;
 use gradpool_provider::gpu::Gpus;
 use gradpool_provider::limits::{Limits, Schedule};
 use std::io::{BufRead, Write};
@@ -100,7 +99,8 @@ async fn pool_info(url: &str) -> Result<PoolInfo, String> {
             "{url:?} is not a pool address: it starts with http:// or https://, e.g. http://pool.example.org:7070"
         ));
     }
-    Api::new(url, None)
+    crate::pool_trust::api(url, None)
+        .map_err(|e| format!("{e:#}"))?
         .get::<PoolInfo>("/v1/pool")
         .await
         .map_err(|e| {

@@ -1,13 +1,16 @@
 //! `gradpool pool`: serve a pool, `gradpool pool audit` its ledger, or list
 //! its payouts (`gradpool pool payouts`).
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
 use gradpool_pool::chain::MoneroBackend;
 use gradpool_pool::ledger::Ledger;
-use gradpool_pool::{MoneyBackend, MoneyConfig, Pool, PoolConfig, VerificationConfig};
+use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
+use gradpool_pool::{
+    MoneyBackend, MoneyConfig, Pool, PoolConfig, ThrottleConfig, VerificationConfig,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +25,22 @@ pub struct PoolArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
+    /// Serve HTTPS with this certificate chain (PEM), e.g. one from a
+    /// certificate authority.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate the pool makes for itself and keeps
+    /// in DATA_DIR/tls; it prints its fingerprint for clients to pin.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Serve plain HTTP on an address other machines can reach (keys and
+    /// data cross the network in the clear). Without TLS the pool
+    /// otherwise listens only on loopback.
+    #[arg(long)]
+    insecure_plain_http: bool,
     /// A lease expires when its provider has not heart-beaten for this long.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u32,
@@ -91,6 +110,20 @@ pub struct PoolArgs {
     /// registration.
     #[arg(long, default_value_t = 6 * 3600, value_name = "SECONDS")]
     proof_interval_s: u64,
+    /// The most memory a job may take to train, in GiB: larger jobs are
+    /// refused at submit (as are jobs larger than every provider's device).
+    #[arg(long, default_value_t = 256, value_name = "GIB")]
+    max_job_memory_gib: u64,
+    /// Accounts one client address may create an hour (0: no limit).
+    #[arg(long, default_value_t = ThrottleConfig::default().signups_per_hour)]
+    signups_per_hour: u32,
+    /// Faucet calls one client address may make an hour (0: no limit).
+    #[arg(long, default_value_t = ThrottleConfig::default().faucet_per_hour)]
+    faucet_per_hour: u32,
+    /// Challenges, registrations and node proofs one client address may
+    /// ask for a minute (0: no limit).
+    #[arg(long, default_value_t = ThrottleConfig::default().anonymous_per_minute)]
+    anonymous_per_minute: u32,
 }
 
 /// A probability from 0 to 1.
@@ -243,6 +276,13 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         },
         hardware_proof: !a.no_hardware_proof,
         proof_interval_seconds: a.proof_interval_s,
+        max_job_memory_bytes: a.max_job_memory_gib.saturating_mul(1 << 30),
+        throttle: ThrottleConfig {
+            signups_per_hour: a.signups_per_hour,
+            faucet_per_hour: a.faucet_per_hour,
+            anonymous_per_minute: a.anonymous_per_minute,
+        },
+        ..PoolConfig::default()
     };
     let pool = Pool::open(config)
         .await
@@ -251,11 +291,61 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %a.data_dir.display(), "pool listening");
+    let tls = match (&a.tls_cert, &a.tls_key, a.tls_self_signed) {
+        (Some(cert), Some(key), _) => Some(TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (_, _, true) => Some(TlsSource::SelfSigned {
+            dir: a.data_dir.join("tls"),
+            names: certificate_names(addr),
+        }),
+        _ => None,
+    };
+    let Some(source) = tls else {
+        if !addr.ip().is_loopback() && !a.insecure_plain_http {
+            bail!(
+                "refusing to serve plain HTTP on {addr}, which other machines can reach: API keys, \
+                 node proofs and data would cross the network in the clear. Serve HTTPS with \
+                 --tls-self-signed (or --tls-cert and --tls-key), or pass --insecure-plain-http"
+            );
+        }
+        tracing::info!(%addr, data_dir = %a.data_dir.display(), "pool listening");
+        println!(
+            "pool listening on http://{addr} (data in {})",
+            a.data_dir.display()
+        );
+        pool.serve(listener, super::interrupted()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let tls = Tls::load(&source).context("cannot set up TLS")?;
+    tracing::info!(%addr, data_dir = %a.data_dir.display(), fingerprint = %tls.fingerprint, "pool listening over TLS");
     println!(
-        "pool listening on http://{addr} (data in {})",
+        "pool listening on https://{addr} (data in {})",
         a.data_dir.display()
     );
+    if tls.self_signed {
+        println!(
+            "certificate {} (self-signed; clients pass --pool-fingerprint {} or accept it on first use)",
+            tls.fingerprint, tls.fingerprint
+        );
+    } else {
+        println!("certificate {}", tls.fingerprint);
+    }
+    let listener = TlsListener::new(listener, &tls)?;
     pool.serve(listener, super::interrupted()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names a self-signed certificate is made for: this machine's, and the
+/// address listened on.
+fn certificate_names(addr: std::net::SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if let Some(host) = super::provider::host_name().filter(|h| !h.is_empty()) {
+        names.push(host);
+    }
+    if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
+        names.push(addr.ip().to_string());
+    }
+    names
 }

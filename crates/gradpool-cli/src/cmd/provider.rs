@@ -2,11 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use gradpool_client::Api;
 use gradpool_core::commitment::node_proof_message;
 use gradpool_core::wire::{self, PayoutSplit};
 use gradpool_core::{NodeKey, Piconero};
 use gradpool_monero::address::{Address, Network};
-use gradpool_provider::client::Api;
 use gradpool_provider::{CpuDevice, Device, ProviderConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -372,6 +372,9 @@ struct Settings {
     payout: Vec<PayoutSplit>,
     validate: bool,
     limits: gradpool_provider::limits::Limits,
+    /// How the pool's certificate is trusted (the flag over the file's
+    /// `pool_fingerprint`).
+    trust: gradpool_client::Trust,
 }
 
 fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
@@ -413,7 +416,14 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
     if max_concurrent_tasks == 0 {
         bail!("max_concurrent_tasks: must be at least 1");
     }
+    let pool_fingerprint = file
+        .pool_fingerprint
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("pool_fingerprint")?;
     Ok(Settings {
+        trust: crate::pool_trust::trust_with(pool_fingerprint),
         pool: a
             .pool
             .clone()
@@ -503,10 +513,10 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if s.data_dir.join("node.key").is_file() {
-        let api = Api::new(&s.pool, None);
+        let api = Api::new(&s.pool, None, &s.trust)?;
         match node_proof(&api, &s.data_dir, "status").await {
             Ok(proof) => match api
-                .post::<_, wire::ProviderStatus>("/v1/providers/status", &proof)
+                .post::<_, wire::ProviderStatusReply>("/v1/providers/status", &proof)
                 .await
             {
                 Ok(st) => {
@@ -593,6 +603,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let benchmark_gflops = benchmark(&program, device.as_ref()).await;
     let config = ProviderConfig {
         pool_url: s.pool,
+        trust: s.trust,
         data_dir: s.data_dir,
         name: s.name,
         program,
@@ -636,7 +647,7 @@ async fn node_proof(api: &Api, data_dir: &Path, purpose: &str) -> anyhow::Result
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let public_key = key.public_hex();
+    let public_key = key.public_key();
     Ok(wire::NodeProof {
         signature: key.sign(&node_proof_message(
             purpose,
@@ -680,7 +691,7 @@ fn print_earnings(e: &wire::Earnings) {
 }
 
 async fn earnings(node: &NodeArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&node.pool, None);
+    let api = crate::pool_trust::api(&node.pool, None)?;
     let proof = node_proof(&api, &node.data_dir, "earnings").await?;
     let e: wire::Earnings = api.post("/v1/providers/earnings", &proof).await?;
     if node.json {
@@ -692,7 +703,7 @@ async fn earnings(node: &NodeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn stake(node: &NodeArgs, action: wire::StakeAction) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&node.pool, None);
+    let api = crate::pool_trust::api(&node.pool, None)?;
     let proof = node_proof(&api, &node.data_dir, "stake").await?;
     let e: wire::Earnings = api
         .post("/v1/providers/stake", &wire::StakeRequest { proof, action })

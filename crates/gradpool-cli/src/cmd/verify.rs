@@ -13,13 +13,13 @@
 //! runtime's cross-class tolerance.
 
 use anyhow::Context;
+use gradpool_client::{Api, ClientError};
 use gradpool_core::commitment::{self, genesis};
 use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
 use gradpool_core::wire::{JobView, SegmentView};
 use gradpool_core::{JobId, JobSpec, Sha256Hex};
-use gradpool_provider::client::Api;
 use gradpool_provider::segment::{self, SegmentEnd, SegmentFiles};
-use gradpool_provider::{CpuDevice, Device, ProviderError};
+use gradpool_provider::{CpuDevice, Device};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,7 +87,7 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     for (i, s) in segments.iter().enumerate() {
         let c = &s.commitment.commitment;
         let signature = match s.commitment.verify() {
-            Ok(()) if s.commitment.signer().ok().as_ref() == Some(&s.provider) => "ok".to_owned(),
+            Ok(()) if s.commitment.signer() == s.provider => "ok".to_owned(),
             Ok(()) => "signed by another key than the provider's".to_owned(),
             Err(e) => format!("invalid: {e}"),
         };
@@ -124,7 +124,7 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             distance: None,
             pass: true,
         });
-        prev_hash = c.hash.clone();
+        prev_hash = c.hash;
         prev_end = c.end_step;
     }
 
@@ -143,7 +143,7 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         let prev = if i == 0 {
             genesis(&job.id)
         } else {
-            segments[i - 1].commitment.commitment.hash.clone()
+            segments[i - 1].commitment.commitment.hash
         };
         checks[i].checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
             Ok(()) => match commitment::chain_file(&end, &prev) {
@@ -205,10 +205,10 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
 async fn download(api: &Api, sha: &Sha256Hex, dest: &Path) -> Result<(), String> {
     match api.get_blob(sha, dest).await {
         Ok(()) => Ok(()),
-        Err(ProviderError::CorruptBlob { .. }) => {
+        Err(ClientError::CorruptBlob { .. }) => {
             Err("does not match its digest (tampered or corrupt)".to_owned())
         }
-        Err(ProviderError::Refused { status: 404, .. }) => {
+        Err(ClientError::Refused { status: 404, .. }) => {
             Err("missing from the pool's blob store".to_owned())
         }
         Err(e) => Err(format!("cannot download: {}", e.report())),

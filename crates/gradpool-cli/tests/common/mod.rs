@@ -3,10 +3,10 @@
 //! for jobs.
 #![allow(dead_code)]
 
+use gradpool_client::Api;
 use gradpool_core::wire::{JobEvent, JobView};
 use gradpool_core::JobSpec;
 use gradpool_pool::{Pool, PoolConfig};
-use gradpool_provider::client::Api;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,7 @@ pub async fn start_pool_with(
 /// A customer client with a new account.
 pub async fn customer(p: &TestPool) -> Api {
     let account = p.pool.create_account("test customer").await.unwrap();
-    Api::new(&p.url, Some(account.api_key))
+    Api::new(&p.url, Some(account.api_key), &Default::default()).unwrap()
 }
 
 /// Waits until the job reaches a final status.

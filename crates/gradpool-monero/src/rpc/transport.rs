@@ -8,9 +8,29 @@ use std::time::Duration;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a whole call may take. A wallet's `refresh` on a long chain is
-/// the slowest call; pass your own client to change this.
+/// How long a whole call may take at most. A wallet's `refresh` on a long
+/// chain is the slowest call; pass your own client to change this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a call that builds or sends a transaction may take: a wallet
+/// that takes longer is stuck (waiting on locked outputs, say), and the
+/// caller had better try again later than wait.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long any other call may take: reads of the wallet's or the daemon's
+/// state answer in well under a second.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The time a call of `method` may take: each call gets a timeout that fits
+/// it, so one stuck call cannot hold its caller for the client's whole
+/// [`REQUEST_TIMEOUT`].
+fn timeout_of(method: &str) -> Duration {
+    match method {
+        "refresh" | "rescan_blockchain" | "generateblocks" => REQUEST_TIMEOUT,
+        "transfer" | "transfer_split" | "relay_tx" | "sweep_all" | "send_raw_transaction" => {
+            TRANSACTION_TIMEOUT
+        }
+        _ => QUERY_TIMEOUT,
+    }
+}
 /// How much of an unexpected HTTP body an error quotes.
 const BODY_QUOTE: usize = 300;
 
@@ -160,6 +180,7 @@ impl Endpoint {
         let response = self
             .http
             .post(url)
+            .timeout(timeout_of(method).min(REQUEST_TIMEOUT))
             .json(body)
             .send()
             .await

@@ -11,6 +11,7 @@ use gradpool_core::{
     Commitment, JobId, NodeKey, Piconero, ReplayReport, Sha256Hex, SignedCommitment, SignedReplay,
     TaskId,
 };
+use gradpool_pool::clock::ManualClock;
 use gradpool_pool::{Pool, PoolConfig};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -39,6 +40,8 @@ lr = 0.001
 pub struct TestPool {
     pub url: String,
     pub pool: Pool,
+    /// The pool's clock: it moves only when a test moves it.
+    pub clock: std::sync::Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -63,8 +66,15 @@ impl TestPool {
         config.verification.plant_rate = 0.0;
         // Test providers here answer no hardware proof; tests of it ask.
         config.hardware_proof = false;
+        // Every test client comes from 127.0.0.1; the throttle's tests
+        // set its limits.
+        config.throttle = gradpool_pool::ThrottleConfig::unlimited();
+        let clock = std::sync::Arc::new(ManualClock::now());
+        config.clock = clock.clone();
         f(&mut config);
-        let mut tp = TestPool::serve(config).await;
+        // A test that replaces the whole config keeps the clock it can move.
+        config.clock = clock.clone();
+        let mut tp = TestPool::serve(config, clock).await;
         tp.dir = dir;
         tp
     }
@@ -72,18 +82,19 @@ impl TestPool {
     /// Stops the server and serves the same data directory again.
     pub async fn restart(mut self) -> TestPool {
         let config = self.pool.config().clone();
+        let clock = self.clock.clone();
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.unwrap();
         }
-        let mut next = TestPool::serve(config).await;
+        let mut next = TestPool::serve(config, clock).await;
         std::mem::swap(&mut next.dir, &mut self.dir);
         next
     }
 
-    async fn serve(config: PoolConfig) -> TestPool {
+    async fn serve(config: PoolConfig, clock: std::sync::Arc<ManualClock>) -> TestPool {
         let pool = Pool::open(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -101,6 +112,7 @@ impl TestPool {
         TestPool {
             url,
             pool,
+            clock,
             dir: tempfile::tempdir().unwrap(),
             stop: Some(tx),
             server: Some(server),
@@ -143,11 +155,24 @@ impl TestPool {
             isa: "x86-64-v3".into(),
             gpu_uuid: None,
             dedication: None,
+            clock: self.clock.clone(),
         };
         f(&mut p);
         let reg = p.register(vec![]).await;
         assert_eq!(reg.provider_id, p.key.provider_id());
         p
+    }
+
+    /// Moves the pool's clock forward by `ms` milliseconds.
+    pub fn advance(&self, ms: u64) {
+        self.clock.advance(std::time::Duration::from_millis(ms));
+    }
+
+    /// Moves the pool's clock past every lease and reaps them now (what the
+    /// reaper would do on its next round).
+    pub async fn expire_leases(&self) {
+        self.advance(u64::from(self.pool.config().lease_seconds) * 1000 + 1);
+        self.pool.reap_expired_leases().await.unwrap();
     }
 
     pub fn blob_dir(&self) -> std::path::PathBuf {
@@ -194,6 +219,19 @@ impl Client {
     pub fn new(base: &str, token: Option<String>) -> Client {
         Client {
             http: reqwest::Client::new(),
+            base: base.to_owned(),
+            token,
+        }
+    }
+
+    /// A client whose connections come from `local` (any of 127.0.0.0/8
+    /// reaches a pool on 127.0.0.1): another client, to the throttle.
+    pub fn from_address(base: &str, token: Option<String>, local: std::net::IpAddr) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .local_address(local)
+                .build()
+                .unwrap(),
             base: base.to_owned(),
             token,
         }
@@ -329,6 +367,8 @@ pub struct TestProvider {
     pub gpu_uuid: Option<String>,
     /// The device's dedication its commits report.
     pub dedication: Option<Dedication>,
+    /// The pool's clock, to let time pass while it "trains".
+    pub clock: std::sync::Arc<ManualClock>,
 }
 
 impl TestProvider {
@@ -348,7 +388,7 @@ impl TestProvider {
         let challenge: RegistrationChallenge =
             self.client.post("/v1/providers/challenge", &()).await.ok();
         let time = time_now();
-        let public_key = self.key.public_hex();
+        let public_key = self.key.public_key();
         Register {
             signature: self
                 .key
@@ -407,6 +447,11 @@ impl TestProvider {
         self.client.post("/v1/providers/heartbeat", &hb).await
     }
 
+    /// Lets `ms` milliseconds pass on the pool's clock (as if training).
+    pub fn work_for(&self, ms: u64) {
+        self.clock.advance(std::time::Duration::from_millis(ms));
+    }
+
     /// Heartbeats until it gets one assignment.
     pub async fn take(&self) -> Assignment {
         let reply = self.heartbeat(&[], 1, 5).await;
@@ -424,8 +469,8 @@ impl TestProvider {
             start_step: a.start_step,
             end_step: a.end_step,
             checkpoint_sha256: Sha256Hex::of(ckpt),
-            prev: a.prev_commitment.clone(),
-            hash: chain(ckpt, &a.prev_commitment).unwrap(),
+            prev: a.prev_commitment,
+            hash: chain(ckpt, &a.prev_commitment),
             loss_trace_blake3: loss_trace_hash(&loss_trace),
             runtime: gradpool_core::RUNTIME_VERSION.into(),
             class: self.hardware().class(),
@@ -456,10 +501,11 @@ impl TestProvider {
             .await
     }
 
-    /// Uploads a checkpoint and commits it.
-    pub async fn finish(&self, a: &Assignment, ckpt: &[u8]) -> CommitReply {
-        self.client.upload(ckpt).await;
-        self.commit(&a.task_id, &self.commit_for(a, ckpt))
+    /// Uploads the checkpoint `checkpoint(a, tag)` and commits it.
+    pub async fn finish(&self, a: &Assignment, tag: &[u8]) -> CommitReply {
+        let ckpt = checkpoint(a, tag);
+        self.client.upload(&ckpt).await;
+        self.commit(&a.task_id, &self.commit_for(a, &ckpt))
             .await
             .ok()
     }
@@ -489,6 +535,50 @@ impl TestProvider {
     }
 }
 
+/// A checkpoint the pool accepts for assignment `a`: every tensor of the
+/// model it names, at its end step, with values drawn from `tag` (another
+/// tag, another checkpoint; the same tag, the same bytes).
+pub fn checkpoint(a: &Assignment, tag: &[u8]) -> Vec<u8> {
+    checkpoint_with(a, tag, |_, _| {})
+}
+
+/// Tensors by name, with their shapes and values.
+pub type Tensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// [`checkpoint`], with its tensors and metadata edited by `edit` before it
+/// is written: a checkpoint a cheater could forge.
+pub fn checkpoint_with(
+    a: &Assignment,
+    tag: &[u8],
+    edit: impl FnOnce(&mut Tensors, &mut std::collections::BTreeMap<String, String>),
+) -> Vec<u8> {
+    use gradpool_core::checkpoint::{to_bytes, TensorRef, CHECKPOINT_FORMAT};
+    let mut state = u64::from_le_bytes(blake3::hash(tag).as_bytes()[..8].try_into().unwrap());
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut values = Tensors::new();
+    for p in a.model.params() {
+        for prefix in gradpool_core::model::CHECKPOINT_PREFIXES {
+            let data: Vec<f32> = (0..p.numel()).map(|_| next()).collect();
+            values.insert(format!("{prefix}{}", p.name), (p.shape.clone(), data));
+        }
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_owned(), CHECKPOINT_FORMAT.to_owned());
+    meta.insert("step".to_owned(), a.end_step.to_string());
+    meta.insert("model".to_owned(), serde_json::to_string(&a.model).unwrap());
+    edit(&mut values, &mut meta);
+    let tensors = values
+        .iter()
+        .map(|(k, (shape, data))| (k.clone(), TensorRef { shape, data }))
+        .collect();
+    to_bytes(&tensors, &meta)
+}
+
 pub fn time_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -496,7 +586,7 @@ pub fn time_now() -> i64 {
         .as_secs() as i64
 }
 
-pub fn genesis_of(job: &JobId) -> String {
+pub fn genesis_of(job: &JobId) -> gradpool_core::commitment::ChainHash {
     genesis(job)
 }
 
@@ -509,7 +599,7 @@ pub async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof 
     let challenge: RegistrationChallenge =
         tp.anon().post("/v1/providers/challenge", &()).await.ok();
     let time = time_now();
-    let public_key = p.key.public_hex();
+    let public_key = p.key.public_key();
     NodeProof {
         signature: p.key.sign(&node_proof_message(
             purpose,

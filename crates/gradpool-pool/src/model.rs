@@ -1,0 +1,138 @@
+//! The model a job trains, as the pool knows it without training: learnt
+//! from the job's data at submit, sized against the pool's devices, and
+//! held up against every checkpoint a provider commits.
+//!
+//! - At submit the pool reads the data blob as far as its shape (the
+//!   vocabulary of a text, the features and labels of a CSV), which with
+//!   the spec fixes every parameter ([`ModelMeta`]). It estimates the
+//!   memory a training step takes and refuses a job larger than the
+//!   largest device any of its providers has, or than
+//!   [`PoolConfig::max_job_memory_bytes`](crate::PoolConfig::max_job_memory_bytes).
+//!   The estimate is also the least memory a provider needs to get the job.
+//! - At commit the checkpoint is read once, memory-mapped: its header,
+//!   every tensor's name, dtype and shape, and every value
+//!   ([`gradpool_core::checkpoint::inspect`]), and its chain hash.
+
+use crate::error::PoolError;
+use crate::Pool;
+use gradpool_core::commitment::ChainHash;
+use gradpool_core::model::{human_bytes, MemoryEstimate, ModelMeta};
+use gradpool_core::{JobSpec, Sha256Hex};
+use std::path::PathBuf;
+
+impl Pool {
+    /// The model `spec` trains on the uploaded data `data`, and the memory
+    /// it takes; refused (naming its size) when no device of this pool
+    /// could hold it.
+    pub(crate) async fn size_job(
+        &self,
+        spec: &JobSpec,
+        data: &Sha256Hex,
+    ) -> Result<(ModelMeta, MemoryEstimate), PoolError> {
+        let path = self.inner.blobs.path_of(data);
+        let spec_copy = spec.clone();
+        let shape = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            Ok::<_, PoolError>(gradpool_core::data::data_shape(
+                &spec_copy,
+                std::io::BufReader::new(file),
+            ))
+        })
+        .await??
+        .map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?;
+        let model =
+            ModelMeta::of(spec, shape).map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?;
+        let memory = model.memory(spec.train.batch_size);
+        let cap = self.inner.config.max_job_memory_bytes;
+        let largest: Option<i64> = sqlx::query_scalar("SELECT MAX(memory_bytes) FROM providers")
+            .fetch_one(&self.inner.db)
+            .await?;
+        let needs = format!(
+            "the job needs about {} to train ({} parameters: {} of weights, {} of gradients and \
+             optimizer state, {} of activations for a batch of {})",
+            human_bytes(memory.total_bytes),
+            memory.parameters,
+            human_bytes(memory.weights_bytes),
+            human_bytes(memory.optimizer_bytes),
+            human_bytes(memory.activations_bytes),
+            spec.train.batch_size,
+        );
+        if memory.total_bytes > cap {
+            return Err(PoolError::InvalidSpec(format!(
+                "model: {needs}, more than this pool's limit of {}; make the model or \
+                 train.batch_size smaller",
+                human_bytes(cap)
+            )));
+        }
+        if let Some(largest) = largest.and_then(|m| u64::try_from(m).ok()) {
+            if memory.total_bytes > largest {
+                return Err(PoolError::InvalidSpec(format!(
+                    "model: {needs}, more than the largest device of this pool's providers \
+                     ({}); make the model or train.batch_size smaller",
+                    human_bytes(largest)
+                )));
+            }
+        }
+        Ok((model, memory))
+    }
+
+    /// Fills in the model of jobs submitted before the pool recorded it
+    /// (those still running need it for their next commit).
+    pub(crate) async fn learn_missing_models(&self) -> Result<(), PoolError> {
+        let jobs: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, spec_toml, data_sha256 FROM jobs WHERE model IS NULL \
+             AND status IN ('queued', 'running')",
+        )
+        .fetch_all(&self.inner.db)
+        .await?;
+        for (id, spec_toml, data) in jobs {
+            let learnt = match (
+                JobSpec::from_toml_str(&spec_toml),
+                data.parse::<Sha256Hex>(),
+            ) {
+                (Ok(spec), Ok(data)) => self.size_job(&spec, &data).await,
+                _ => Err(PoolError::InvalidSpec("stored spec or data digest".into())),
+            };
+            match learnt {
+                Ok((model, memory)) => {
+                    sqlx::query("UPDATE jobs SET model = ?, memory_bytes = ? WHERE id = ?")
+                        .bind(serde_json::to_string(&model)?)
+                        .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
+                        .bind(&id)
+                        .execute(&self.inner.db)
+                        .await?;
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "cannot learn the job's model"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The model stored for a job.
+pub(crate) fn stored_model(job_id: &str, model: Option<&str>) -> Result<ModelMeta, PoolError> {
+    let text =
+        model.ok_or_else(|| PoolError::Internal(format!("job {job_id} has no recorded model")))?;
+    serde_json::from_str(text).map_err(PoolError::from)
+}
+
+/// Reads a committed checkpoint once: checks it against the job's model and
+/// the segment's end step, and returns its chain hash `BLAKE3(file ‖ prev)`.
+pub(crate) async fn inspect_checkpoint(
+    path: PathBuf,
+    model: ModelMeta,
+    step: u64,
+    prev: ChainHash,
+) -> Result<ChainHash, PoolError> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        // SAFETY: a blob is written to a temporary file and renamed into
+        // place once complete; the pool never writes to or truncates it
+        // after (a removal unlinks it, which leaves the mapping intact).
+        let bytes = unsafe { memmap2::Mmap::map(&file)? };
+        gradpool_core::checkpoint::inspect(&bytes, &model, step)
+            .map_err(|e| PoolError::BadRequest(e.to_string()))?;
+        Ok(gradpool_core::commitment::chain(&bytes, &prev))
+    })
+    .await?
+}
