@@ -16,8 +16,8 @@ use gradpool_core::wire::{JobStatus, ProviderView, SegmentView, VerdictView};
 use gradpool_core::{JobSpec, Piconero, ProviderId};
 use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Regtest, WalletRpcProcess};
-use gradpool_pool::chain::MoneroBackend;
 use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
+use gradpool_pool::wallet::MoneroBackend;
 use gradpool_pool::MoneyBackend;
 use gradpool_pool::{Pool, PoolConfig};
 use serde::Serialize;
@@ -183,7 +183,7 @@ struct ProviderSummary {
 /// Where the job's money went.
 #[derive(Serialize)]
 struct Payments {
-    /// `dev` (faucet, no chain) or `monero`.
+    /// `dev` (faucet, no Monero) or `monero`.
     backend: String,
     deposit_txids: Vec<String>,
     payout_txids: Vec<String>,
@@ -194,7 +194,7 @@ struct Payments {
     budget_piconero: u64,
     spent_piconero: u64,
     refunded_piconero: u64,
-    /// `gradpool pool audit` found every invariant holding.
+    /// `gradpool pool reconcile` found every invariant holding.
     ledger_balanced: bool,
 }
 
@@ -564,7 +564,7 @@ async fn drive(
         }
     }
     let fees = end.spent.0.saturating_sub(shares);
-    let audit = pool.ledger().audit().await?;
+    let reconciliation = pool.ledger().reconcile().await?;
     let payments = Payments {
         backend: pool.config().money.backend.name().to_owned(),
         deposit_txids,
@@ -574,7 +574,7 @@ async fn drive(
         budget_piconero: end.budget.0,
         spent_piconero: end.spent.0,
         refunded_piconero: end.budget.0 - end.spent.0,
-        ledger_balanced: audit.is_clean(),
+        ledger_balanced: reconciliation.is_clean(),
     };
 
     let summary = Summary {

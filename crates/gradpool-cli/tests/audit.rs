@@ -209,7 +209,7 @@ async fn caught(kind: &str) {
         std::fs::read(model).unwrap() == local_model(&spec, &data, &out),
         "the model differs from an honest local run"
     );
-    let report = pool.pool.ledger().audit().await.unwrap();
+    let report = pool.pool.ledger().reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
 
     for rig in [cheater, honest] {

@@ -249,7 +249,7 @@ async fn a_closing_window_lets_the_segment_finish_then_pauses() {
         .any(|e| matches!(e.kind, JobEventKind::Released { .. })));
 }
 
-/// Proof of time-lock: with a 50% GPU share and a foreign process on the
+/// Dedication: with a 50% GPU share and a foreign process on the
 /// device (the owner does not ask to yield), every segment records the share
 /// it really got, within a few percent of the limit, and the foreign
 /// process; the customer reads both from the pool.

@@ -324,7 +324,12 @@ pub fn registration_message(key: &PublicKey, unix_time: i64, nonce: &str) -> Vec
 /// The bytes a node key signs to prove itself for `purpose` (`earnings`,
 /// `stake`) outside a session: like [`registration_message`], but a
 /// signature for one purpose is worthless for another.
-pub fn node_proof_message(purpose: &str, key: &PublicKey, unix_time: i64, nonce: &str) -> Vec<u8> {
+pub fn signed_nonce_message(
+    purpose: &str,
+    key: &PublicKey,
+    unix_time: i64,
+    nonce: &str,
+) -> Vec<u8> {
     format!("gradpool/{purpose}/v1\n{key}\n{unix_time}\n{nonce}").into_bytes()
 }
 

@@ -254,7 +254,7 @@ states! {
         Built = "built",
         /// The transaction is on the network.
         Relayed = "relayed",
-        /// Paid without a chain (the dev money backend).
+        /// Paid without Monero (the dev money backend).
         Settled = "settled",
         /// Given up; the reserved amount went back.
         Cancelled = "cancelled",

@@ -20,7 +20,7 @@
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
 //! | `POST /v1/providers/proofs/{id}`  | provider | [`ProofAnswer`](crate::proof::ProofAnswer) → [`ProofResult`](crate::proof::ProofResult) |
-//! | `POST /v1/providers/status`       | node proof | [`NodeProof`] → [`ProviderStatusReply`] |
+//! | `POST /v1/providers/status`       | node key | [`SignedNonce`] → [`ProviderStatusReply`] |
 //! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
 //! | `GET  /v1/jobs/{id}/verdicts`     | customer | → `[VerdictView]`                         |
@@ -28,7 +28,7 @@
 //! | `POST /v1/account/deposit`        | customer | → [`DepositAddress`]                      |
 //! | `POST /v1/account/faucet`         | customer | [`Faucet`] → [`Balance`] (dev backend)    |
 //! | `POST /v1/account/withdraw`       | customer | [`Withdraw`] → [`PayoutView`]             |
-//! | `POST /v1/providers/earnings`     | node key | [`NodeProof`] → [`Earnings`]              |
+//! | `POST /v1/providers/earnings`     | node key | [`SignedNonce`] → [`Earnings`]              |
 //! | `POST /v1/providers/stake`        | node key | [`StakeRequest`] → [`Earnings`]           |
 //! | `GET  /v1/pool`                   | anyone   | → [`PoolInfo`]                            |
 //! | `POST /v1/bookings`               | customer | [`Book`] → [`BookingView`]                |
@@ -413,7 +413,7 @@ fn yes() -> bool {
 }
 
 /// A provider's own view of itself at the pool (`POST
-/// /v1/providers/status` with a node proof): its listing and its recent
+/// /v1/providers/status` with a signed nonce): its listing and its recent
 /// pauses and resumes, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderStatusReply {
@@ -582,7 +582,7 @@ pub struct Commit {
     pub dedication: Option<Dedication>,
 }
 
-/// The time a segment had the device to itself (proof of time-lock), as the
+/// The time a segment had the device to itself (its dedication), as the
 /// provider's agent measured it: recorded per segment and shown to the
 /// customer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -639,7 +639,7 @@ pub struct Balance {
     pub escrowed: Piconero,
     /// Withdrawals on their way out.
     pub withdrawing: Piconero,
-    /// `dev` (a faucet, no chain) or `monero`.
+    /// `dev` (a faucet, no Monero) or `monero`.
     pub backend: String,
 }
 
@@ -698,7 +698,7 @@ pub struct BookingView {
 pub struct PoolInfo {
     /// The pool's gradpool version.
     pub version: String,
-    /// `dev` (a faucet, no chain) or `monero`.
+    /// `dev` (a faucet, no Monero) or `monero`.
     pub backend: String,
     /// The Monero network payout addresses must be on: `mainnet`,
     /// `stagenet` or `testnet`.
@@ -754,10 +754,10 @@ pub struct PayoutView {
 }
 
 /// A provider proving it holds its node key, outside a session: a
-/// signature of [`crate::commitment::node_proof_message`] over a fresh
+/// signature of [`crate::commitment::signed_nonce_message`] over a fresh
 /// nonce from `POST /v1/providers/challenge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeProof {
+pub struct SignedNonce {
     pub public_key: crate::signing::PublicKey,
     pub time: i64,
     pub nonce: String,
@@ -780,7 +780,7 @@ pub enum StakeAction {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StakeRequest {
-    pub proof: NodeProof,
+    pub signed_nonce: SignedNonce,
     #[serde(flatten)]
     pub action: StakeAction,
 }

@@ -162,7 +162,7 @@ pub fn wire_json(data: &[u8]) {
         }
         8 => drop(parse::<wire::Faucet>(body)),
         9 => drop(parse::<wire::Withdraw>(body)),
-        10 => drop(parse::<wire::NodeProof>(body)),
+        10 => drop(parse::<wire::SignedNonce>(body)),
         11 => drop(parse::<wire::StakeRequest>(body)),
         12 => drop(parse::<wire::Book>(body)),
         _ => drop(parse::<gradpool_core::proof::ProofAnswer>(body)),

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gradpool_core::wire::{
-    AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, NodeProof, Progress,
-    Register, StakeRequest, SubmitJob, TaskFailed, Withdraw,
+    AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, Progress, Register,
+    SignedNonce, StakeRequest, SubmitJob, TaskFailed, Withdraw,
 };
 use gradpool_core::Sha256Hex;
 use serde::Deserialize;
@@ -444,10 +444,10 @@ async fn withdraw(
 async fn earnings(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
-    ApiJson(proof): ApiJson<NodeProof>,
+    ApiJson(signed): ApiJson<SignedNonce>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_node_proof("earnings", &proof)?;
+    let provider = pool.verify_signed_nonce("earnings", &signed)?;
     Ok(Json(pool.earnings(&provider).await?))
 }
 
@@ -463,10 +463,10 @@ async fn answer_proof(
 async fn provider_status(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
-    ApiJson(proof): ApiJson<NodeProof>,
+    ApiJson(signed): ApiJson<SignedNonce>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_node_proof("status", &proof)?;
+    let provider = pool.verify_signed_nonce("status", &signed)?;
     let mut conn = pool.inner.db.acquire().await?;
     let view = store::providers(
         &mut conn,
@@ -506,6 +506,6 @@ async fn stake(
     ApiJson(req): ApiJson<StakeRequest>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_node_proof("stake", &req.proof)?;
+    let provider = pool.verify_signed_nonce("stake", &req.signed_nonce)?;
     Ok(Json(pool.stake(&provider, &req).await?))
 }

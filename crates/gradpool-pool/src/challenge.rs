@@ -1,4 +1,4 @@
-//! Single-use nonces for registrations and node proofs, with no table an
+//! Single-use nonces for registrations and signed nonces, with no table an
 //! anonymous client can fill.
 //!
 //! `POST /v1/providers/challenge` is anonymous, so issuing a nonce stores

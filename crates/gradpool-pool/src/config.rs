@@ -1,6 +1,6 @@
 //! How a pool is set up.
 
-pub use crate::chain::MoneroBackend;
+pub use crate::wallet::MoneroBackend;
 use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
 use gradpool_monero::address::Network;
@@ -82,7 +82,7 @@ impl Default for PoolConfig {
 /// Where money enters and leaves the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MoneyBackend {
-    /// No chain: a faucet credits customers for local use, and payouts are
+    /// No Monero: a faucet credits customers for local use, and payouts are
     /// recorded but sent nowhere.
     Dev,
     /// Real Monero through the pool's wallet in `monero-wallet-rpc`:

@@ -194,9 +194,9 @@ pub enum LedgerError {
     Db(#[from] sqlx::Error),
 }
 
-/// What [`Ledger::audit`] found, recomputed from every posting.
+/// What [`Ledger::reconcile`] found, recomputed from every posting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditReport {
+pub struct Reconciliation {
     /// Journal entries.
     pub entries: u64,
     /// Ledger accounts.
@@ -216,7 +216,7 @@ pub struct AuditReport {
     pub bad_accounts: Vec<String>,
 }
 
-impl AuditReport {
+impl Reconciliation {
     /// Whether every invariant holds.
     pub fn is_clean(&self) -> bool {
         self.total == 0
@@ -227,7 +227,7 @@ impl AuditReport {
     }
 }
 
-impl fmt::Display for AuditReport {
+impl fmt::Display for Reconciliation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "entries:  {}", self.entries)?;
         writeln!(f, "accounts: {}", self.accounts)?;
@@ -569,9 +569,9 @@ impl Ledger {
 
     /// Recomputes every balance and entry sum from the postings (in one read
     /// transaction, exact in i128) and reports what breaks the invariants.
-    pub async fn audit(&self) -> Result<AuditReport, LedgerError> {
+    pub async fn reconcile(&self) -> Result<Reconciliation, LedgerError> {
         let mut tx = self.db.begin().await?;
-        let mut report = AuditReport::default();
+        let mut report = Reconciliation::default();
 
         let accounts: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT id, kind, may_go_negative FROM ledger_accounts ORDER BY id")

@@ -14,7 +14,7 @@
 //! - [`ledger`]: double-entry bookkeeping of every piconero.
 //! - [`escrow`]: budgets held from submit, segments paid, the rest refunded.
 //! - [`money`]: balances, the faucet, deposits, withdrawals and stakes.
-//! - [`chain`]: Monero deposits and payouts through the pool's wallet.
+//! - [`wallet`]: Monero deposits and payouts through the pool's wallet.
 //! - [`proof`]: hardware proofs (a seeded multiplication checked with
 //!   Freivalds' algorithm) at registration and at random times after.
 //! - [`presence`]: providers' status history, disconnections, GPUs claimed
@@ -43,7 +43,6 @@ pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod booking;
-pub mod chain;
 pub mod challenge;
 pub mod clock;
 pub mod config;
@@ -59,6 +58,7 @@ pub mod scheduler;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod wallet;
 
 pub use config::{MoneyBackend, MoneyConfig, PoolConfig, VerificationConfig};
 pub use error::PoolError;
@@ -90,7 +90,7 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<Arc<JobEvent>>,
     /// Cancelled when serving stops: ends event streams and long polls.
     pub(crate) stop: tokio_util::sync::CancellationToken,
-    /// Single-use nonces of registrations and node proofs.
+    /// Single-use nonces of registrations and signed nonces.
     pub(crate) challenges: challenge::Challenges,
     /// Per-client limits on the open routes.
     pub(crate) throttle: throttle::Throttle,
@@ -178,7 +178,7 @@ impl Pool {
     {
         let stop = self.inner.stop.clone();
         let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
-        let chain = tokio::spawn(self.clone().run_chain(stop.clone()));
+        let wallet = tokio::spawn(self.clone().run_wallet(stop.clone()));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "pool listening");
         }
@@ -196,7 +196,7 @@ impl Pool {
             .await;
         stop.cancel();
         let _ = reaper.await;
-        let _ = chain.await;
+        let _ = wallet.await;
         result.map_err(PoolError::Io)
     }
 

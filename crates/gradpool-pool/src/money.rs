@@ -2,7 +2,7 @@
 //!
 //! Every amount moves through the [`ledger`]; this module decides who may
 //! move what. Customers authenticate with their API key; providers prove
-//! they hold their node key with a [`NodeProof`] over a single-use nonce
+//! they hold their node key with a [`SignedNonce`] over a single-use nonce
 //! (the same challenge registration uses), so a provider's earnings can be
 //! read and its stake moved without a running agent.
 
@@ -12,10 +12,10 @@ use crate::ledger::{self, AccountKind, LedgerAccountId};
 use crate::scheduler::Write;
 use crate::store::{pico, rfc3339};
 use crate::{MoneyBackend, Pool};
-use gradpool_core::commitment::node_proof_message;
+use gradpool_core::commitment::signed_nonce_message;
 use gradpool_core::state::{PayoutKind, PayoutStatus};
 use gradpool_core::wire::{
-    Balance, DepositAddress, Earnings, NodeProof, PayoutSplit, PayoutView, StakeAction,
+    Balance, DepositAddress, Earnings, PayoutSplit, PayoutView, SignedNonce, StakeAction,
     StakeRequest, Withdraw,
 };
 use gradpool_core::{AccountId, Piconero, ProviderId};
@@ -378,7 +378,7 @@ impl Pool {
     pub async fn deposit_address(&self, account: &AccountId) -> Result<DepositAddress, PoolError> {
         match &self.inner.config.money.backend {
             MoneyBackend::Dev => Err(PoolError::Unavailable(
-                "this is a dev pool without a chain: fund the account with `gradpool account faucet --amount X`"
+                "this is a dev pool without a Monero wallet: fund the account with `gradpool account faucet --amount X`"
                     .into(),
             )),
             MoneyBackend::Monero(_) => self.customer_deposit_address(account).await,
@@ -422,7 +422,7 @@ impl Pool {
 
     /// Withdraws from a customer's balance to a Monero address. The same
     /// idempotency key withdraws once. With the dev backend the money
-    /// leaves the ledger at once (there is no chain); with Monero it is
+    /// leaves the ledger at once (there is no Monero wallet); with Monero it is
     /// reserved now and sent by the payout loop.
     pub async fn withdraw(
         &self,
@@ -512,32 +512,32 @@ impl Pool {
         Ok(view)
     }
 
-    /// Checks a [`NodeProof`] for `purpose` and returns the provider it
-    /// proves. The nonce is consumed.
-    pub(crate) fn verify_node_proof(
+    /// Checks a [`SignedNonce`] for `purpose` and returns the provider whose
+    /// key signed it. The nonce is consumed.
+    pub(crate) fn verify_signed_nonce(
         &self,
         purpose: &str,
-        proof: &NodeProof,
+        signed: &SignedNonce,
     ) -> Result<ProviderId, PoolError> {
         let now_s = self.now() / 1000;
-        if (proof.time - now_s).abs() > crate::scheduler::REGISTRATION_SKEW_SECONDS {
+        if (signed.time - now_s).abs() > crate::scheduler::REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
-                "proof time {} is too far from the pool's clock ({now_s})",
-                proof.time
+                "signed nonce time {} is too far from the pool's clock ({now_s})",
+                signed.time
             )));
         }
-        proof
+        signed
             .public_key
             .verifying_key()
             .map_err(|e| PoolError::BadRequest(format!("public_key: {e}")))?;
-        let message = node_proof_message(purpose, &proof.public_key, proof.time, &proof.nonce);
-        if !proof.public_key.verifies(&message, &proof.signature) {
+        let message = signed_nonce_message(purpose, &signed.public_key, signed.time, &signed.nonce);
+        if !signed.public_key.verifies(&message, &signed.signature) {
             return Err(PoolError::Unauthorized(
-                "node proof signature does not verify".into(),
+                "the nonce's signature does not verify".into(),
             ));
         }
-        self.inner.challenges.take(&proof.nonce, self.now())?;
-        Ok(ProviderId::from_public_key(&proof.public_key.0))
+        self.inner.challenges.take(&signed.nonce, self.now())?;
+        Ok(ProviderId::from_public_key(&signed.public_key.0))
     }
 
     /// A provider's earnings, stake and payouts (releasing its stake first
@@ -641,7 +641,7 @@ impl Pool {
                     &from,
                     &to,
                     *amount,
-                    &format!("stake:{p}:add:{}", req.proof.nonce),
+                    &format!("stake:{p}:add:{}", req.signed_nonce.nonce),
                     &format!("{amount} of {p}'s earnings staked"),
                 )
                 .await?;

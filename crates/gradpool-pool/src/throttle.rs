@@ -1,7 +1,7 @@
 //! Per-client limits on the routes anyone can call.
 //!
 //! Sign-ups, the dev faucet and the anonymous provider routes (challenges,
-//! registrations, node proofs) cost the pool a row, money or a signature
+//! registrations, signed nonces) cost the pool a row, money or a signature
 //! check, and need no account that could be banned. Each client address
 //! gets a budget per route class, refilled at a steady rate (GCRA, through
 //! `governor`); past it the pool answers 429 with how long to wait. An
@@ -23,7 +23,7 @@ pub struct ThrottleConfig {
     pub signups_per_hour: u32,
     /// Faucet calls one address may make an hour (dev pools).
     pub faucet_per_hour: u32,
-    /// Challenges, registrations and node proofs one address may ask for a
+    /// Challenges, registrations and signed nonces one address may ask for a
     /// minute.
     pub anonymous_per_minute: u32,
 }

@@ -222,7 +222,7 @@ async fn a_flood_of_challenges_locks_out_nobody_else() {
     assert!(err.message.contains("retry in"), "{}", err.message);
 
     // Another address is not affected: it registers (a challenge and a
-    // registration) and reads its earnings with a node proof.
+    // registration) and reads its earnings with a signed nonce.
     let mut p = tp
         .provider_with("honest", |p| {
             p.client = Client::from_address(&tp.url, None, "127.0.0.2".parse().unwrap())
@@ -232,8 +232,8 @@ async fn a_flood_of_challenges_locks_out_nobody_else() {
     let challenge: RegistrationChallenge = p.client.post("/v1/providers/challenge", &()).await.ok();
     let time = time_now();
     let public_key = p.key.public_key();
-    let proof = NodeProof {
-        signature: p.key.sign(&gradpool_core::commitment::node_proof_message(
+    let signed = SignedNonce {
+        signature: p.key.sign(&gradpool_core::commitment::signed_nonce_message(
             "earnings",
             &public_key,
             time,
@@ -244,12 +244,12 @@ async fn a_flood_of_challenges_locks_out_nobody_else() {
         nonce: challenge.nonce.clone(),
     };
     p.client
-        .post("/v1/providers/earnings", &proof)
+        .post("/v1/providers/earnings", &signed)
         .await
         .ok::<Earnings>();
     // A nonce is single-use.
     p.client
-        .post("/v1/providers/earnings", &proof)
+        .post("/v1/providers/earnings", &signed)
         .await
         .err(401);
 }

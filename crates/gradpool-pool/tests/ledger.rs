@@ -51,7 +51,7 @@ async fn deposit_transfer_withdraw_move_balances() {
     assert_eq!(l.balance(&bob).await.unwrap(), 20);
     assert_eq!(l.balance(&wallet).await.unwrap(), -90);
 
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entries, 3);
     assert_eq!(report.accounts, 3);
@@ -92,7 +92,7 @@ async fn overdraft_is_refused_and_changes_nothing() {
     ));
     assert_eq!(l.balance(&alice).await.unwrap(), 50);
     assert_eq!(l.balance(&escrow).await.unwrap(), 0);
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entries, 1, "refused entries are not written");
 
@@ -188,7 +188,7 @@ async fn bad_amounts_and_entries_are_refused() {
 
     assert_eq!(l.balance(&alice).await.unwrap(), i64::MAX);
     assert_eq!(l.balance(&bob).await.unwrap(), 0);
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entries, 2);
 }
@@ -237,7 +237,7 @@ async fn an_idempotency_key_moves_money_once() {
     assert_eq!(l.withdraw(&alice, pico(80), "wd-1").await.unwrap(), wd);
     assert_eq!(l.balance(&alice).await.unwrap(), 20);
     assert_eq!(l.balance(&bob).await.unwrap(), 0);
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entries, 2);
 }
@@ -277,20 +277,20 @@ async fn concurrent_withdrawals_cannot_overdraw() {
     assert_eq!(ok, 10);
     assert_eq!(insufficient, 10);
     assert_eq!(l.balance(&alice).await.unwrap(), 0);
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entries, 11);
 }
 
 #[tokio::test]
-async fn audit_finds_tampering() {
+async fn reconciliation_finds_tampering() {
     let (dir, l) = ledger().await;
     let alice = l
         .account(AccountKind::Customer, "acct_alice")
         .await
         .unwrap();
     l.deposit(&alice, pico(10), "dep").await.unwrap();
-    assert!(l.audit().await.unwrap().is_clean());
+    assert!(l.reconcile().await.unwrap().is_clean());
 
     let db = gradpool_pool::store::open(&dir.path().join("pool.sqlite"))
         .await
@@ -300,7 +300,7 @@ async fn audit_finds_tampering() {
         .execute(&db)
         .await
         .unwrap();
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     assert!(!report.is_clean());
     assert_eq!(report.total, -35);
     assert_eq!(report.negative, vec![(alice.clone(), -25)]);
@@ -415,7 +415,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
 
-    let report = l.audit().await.unwrap();
+    let report = l.reconcile().await.unwrap();
     prop_assert!(report.is_clean(), "{}", report);
     let mut sum = 0;
     for (i, id) in ids.iter().enumerate() {

@@ -14,7 +14,7 @@ use gradpool_core::wire::*;
 use gradpool_core::Piconero;
 use gradpool_monero::rpc::{TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Network, Regtest, WalletRpcProcess};
-use gradpool_pool::chain::{MoneroBackend, PayoutStage};
+use gradpool_pool::wallet::{MoneroBackend, PayoutStage};
 use gradpool_pool::{MoneyBackend, Pool, PoolConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -132,8 +132,8 @@ impl Chain {
 }
 
 async fn assert_clean(pool: &Pool) {
-    let report = pool.ledger().audit().await.unwrap();
-    assert!(report.is_clean(), "ledger audit:\n{report}");
+    let report = pool.ledger().reconcile().await.unwrap();
+    assert!(report.is_clean(), "ledger reconciliation:\n{report}");
 }
 
 /// The pool's ledger mirrors its real wallet: what the `wallet:monero`
@@ -280,9 +280,15 @@ async fn deposits_are_credited_once_after_enough_confirmations() {
         let tp = &tp;
         let p = &p;
         async move {
-            let proof = proof(tp, p, "stake").await;
+            let signed_nonce = signed_nonce(tp, p, "stake").await;
             tp.anon()
-                .post("/v1/providers/stake", &StakeRequest { proof, action })
+                .post(
+                    "/v1/providers/stake",
+                    &StakeRequest {
+                        signed_nonce,
+                        action,
+                    },
+                )
                 .await
                 .ok::<Earnings>()
         }

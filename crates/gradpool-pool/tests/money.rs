@@ -1,6 +1,6 @@
 //! Money through a real pool over HTTP: budgets held in escrow, segments
 //! paid at the agreed rate, refunds, withdrawals, stakes. After every
-//! scenario the ledger audit must be clean.
+//! scenario the ledger reconciliation must be clean.
 
 mod common;
 
@@ -27,8 +27,8 @@ fn budgeted(total: &str, max_price: Option<&str>) -> String {
 }
 
 async fn assert_clean(tp: &TestPool) {
-    let report = tp.pool.ledger().audit().await.unwrap();
-    assert!(report.is_clean(), "ledger audit:\n{report}");
+    let report = tp.pool.ledger().reconcile().await.unwrap();
+    assert!(report.is_clean(), "ledger reconciliation:\n{report}");
 }
 
 async fn balance(c: &Client) -> Balance {
@@ -424,7 +424,7 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
 
     // Staking more than it has is refused; staking enough gets it the job.
     let too_much = StakeRequest {
-        proof: proof(&tp, &p, "stake").await,
+        signed_nonce: signed_nonce(&tp, &p, "stake").await,
         action: StakeAction::Add {
             amount: Piconero(10_000_000),
         },
@@ -437,15 +437,15 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
     assert_eq!(e.code, "insufficient_funds");
     // A proof for another purpose is worthless here.
     let wrong = StakeRequest {
-        proof: proof(&tp, &p, "earnings").await,
+        signed_nonce: signed_nonce(&tp, &p, "earnings").await,
         action: StakeAction::Add {
             amount: Piconero(1_000_000),
         },
     };
     tp.anon().post("/v1/providers/stake", &wrong).await.err(401);
-    // A dev pool has no chain to deposit a stake from.
+    // A dev pool has no Monero wallet to deposit a stake from.
     let deposit = StakeRequest {
-        proof: proof(&tp, &p, "stake").await,
+        signed_nonce: signed_nonce(&tp, &p, "stake").await,
         action: StakeAction::Deposit,
     };
     let e = tp
@@ -453,9 +453,13 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
         .post("/v1/providers/stake", &deposit)
         .await
         .err(503);
-    assert!(e.message.contains("without a chain"), "{}", e.message);
+    assert!(
+        e.message.contains("without a Monero wallet"),
+        "{}",
+        e.message
+    );
     let add = StakeRequest {
-        proof: proof(&tp, &p, "stake").await,
+        signed_nonce: signed_nonce(&tp, &p, "stake").await,
         action: StakeAction::Add {
             amount: Piconero(1_000_000),
         },
@@ -469,7 +473,7 @@ async fn large_jobs_need_a_stake_and_a_stake_comes_back_after_its_cooldown() {
 
     // Withdrawing starts the cool-down, during which large jobs wait.
     let w = StakeRequest {
-        proof: proof(&tp, &p, "stake").await,
+        signed_nonce: signed_nonce(&tp, &p, "stake").await,
         action: StakeAction::Withdraw,
     };
     let e: Earnings = tp.anon().post("/v1/providers/stake", &w).await.ok();
@@ -584,7 +588,7 @@ fn expect_status(op: &MoneyOp, reply: &Reply, ok: bool, refused: u16) -> Result<
     Ok(())
 }
 
-/// Runs `ops` on a fresh pool. After every operation: the ledger audit is
+/// Runs `ops` on a fresh pool. After every operation: the ledger reconciliation is
 /// clean; each customer's balance is what it put in, less withdrawals, less
 /// what its jobs spent and still hold; a running job's escrow plus its
 /// spending is its budget, an ended job's escrow is empty (the rest was
@@ -683,8 +687,10 @@ async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
                     let c = &customers[customer];
                     let before = c.job(id).await;
                     let reply = c.post(&format!("/v1/jobs/{id}/cancel"), &()).await;
-                    let running = !before.status.is_final();
-                    expect_status(&op, &reply, running, 409)?;
+                    // Cancelling is idempotent: a cancelled job answers
+                    // with itself; a job that ended otherwise refuses.
+                    let ok = !before.status.is_final() || before.status == JobStatus::Cancelled;
+                    expect_status(&op, &reply, ok, 409)?;
                 }
             }
             &MoneyOp::Withdraw {
@@ -726,7 +732,7 @@ async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
                     .post(
                         "/v1/providers/stake",
                         &StakeRequest {
-                            proof: proof(&tp, p, "stake").await,
+                            signed_nonce: signed_nonce(&tp, p, "stake").await,
                             action: StakeAction::Add {
                                 amount: Piconero(amount),
                             },
@@ -739,7 +745,7 @@ async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
         }
 
         // The invariants, after every operation.
-        let report = tp.pool.ledger().audit().await.unwrap();
+        let report = tp.pool.ledger().reconcile().await.unwrap();
         prop_assert!(report.is_clean(), "after {:?}:\n{}", op, report);
         let mut spent_total = 0u64;
         for (i, c) in customers.iter().enumerate() {

@@ -228,8 +228,8 @@ async fn a_gpu_claimed_by_two_providers_holds_both() {
 }
 
 async fn status_history(tp: &TestPool, p: &TestProvider) -> Vec<StatusChange> {
-    let proof = proof(tp, p, "status").await;
-    let s: ProviderStatusReply = tp.anon().post("/v1/providers/status", &proof).await.ok();
+    let signed = signed_nonce(tp, p, "status").await;
+    let s: ProviderStatusReply = tp.anon().post("/v1/providers/status", &signed).await.ok();
     s.history
 }
 

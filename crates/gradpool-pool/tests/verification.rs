@@ -34,8 +34,8 @@ fn honest(i: u32) -> Vec<u8> {
 }
 
 async fn assert_clean(tp: &TestPool) {
-    let report = tp.pool.ledger().audit().await.unwrap();
-    assert!(report.is_clean(), "ledger audit:\n{report}");
+    let report = tp.pool.ledger().reconcile().await.unwrap();
+    assert!(report.is_clean(), "ledger reconciliation:\n{report}");
 }
 
 async fn provider_view(tp: &TestPool, c: &Client, p: &TestProvider) -> ProviderView {
@@ -182,7 +182,7 @@ async fn a_cheater_is_slashed_barred_and_its_job_rolled_back() {
         .post(
             "/v1/providers/stake",
             &StakeRequest {
-                proof: proof(&tp, &cheater, "stake").await,
+                signed_nonce: signed_nonce(&tp, &cheater, "stake").await,
                 action: StakeAction::Add {
                     amount: Piconero(3_000_000),
                 },

@@ -3,7 +3,7 @@
 
 use crate::device::Device;
 use crate::limits::{Gate, PauseReason};
-use crate::segment::{self, SegmentEnd, SegmentFiles};
+use crate::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
 use crate::state::DataDir;
 use crate::ProviderError;
 use gradpool_client::{Api, ClientError};
@@ -113,20 +113,17 @@ impl Shared {
         self.share.load(Ordering::Relaxed)
     }
 
-    /// The arguments of a segment process, training or replaying: the
-    /// device's, and the owner's share of the time (re-read from the share
-    /// file while a power cap is held by resting).
-    fn segment_args(&self) -> Vec<String> {
-        let mut args = self.device.segment_args();
+    /// A segment process, training or replaying steps `[from, to)` of
+    /// `files`: on the device, at the owner's share of the time (re-read
+    /// from the share file while a power cap is held by resting).
+    fn segment_run(&self, files: SegmentFiles, from: u64, to: u64) -> SegmentRun {
         let share = self.share();
-        if share < 100 || self.config.limits.power_limit_w.is_some() {
-            args.extend(["--max-share".to_owned(), share.to_string()]);
-            args.extend([
-                "--max-share-file".to_owned(),
-                self.share_file.display().to_string(),
-            ]);
+        let paced = share < 100 || self.config.limits.power_limit_w.is_some();
+        SegmentRun {
+            max_share: share,
+            max_share_file: paced.then(|| self.share_file.clone()),
+            ..SegmentRun::new(files, from, to, self.device.segment_device())
         }
-        args
     }
 
     /// Sets the share and tells the running segment processes (written
@@ -559,21 +556,16 @@ async fn run_task(
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
-            let args = shared.segment_args();
+            #[allow(unused_mut)]
+            let mut run = shared.segment_run(files, a.start_step, a.end_step);
             #[cfg(feature = "cheat")]
-            let args = {
-                let mut args = args;
-                if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
-                    tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
-                    args.extend(["--cheat".to_owned(), kind.to_owned()]);
-                }
-                args
-            };
+            if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
+                tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
+                run.cheat = Some(kind.to_owned());
+            }
             let end = segment::run_child(
                 &shared.config.program,
-                &files,
-                (a.start_step, a.end_step),
-                &args,
+                &run,
                 SEGMENT_STALL,
                 cancel.clone(),
                 |s, loss, tokens_per_sec| {
@@ -845,7 +837,7 @@ async fn prove(
         .arg(challenge.n.to_string())
         .arg("--out")
         .arg(&out)
-        .args(shared.device.segment_args())
+        .args(shared.device.segment_device().args())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .status()
@@ -918,9 +910,7 @@ async fn replay(
     let started = std::time::Instant::now();
     let end = segment::run_child(
         &shared.config.program,
-        &files,
-        (a.start_step, a.end_step),
-        &shared.segment_args(),
+        &shared.segment_run(files.clone(), a.start_step, a.end_step),
         SEGMENT_STALL,
         cancel.clone(),
         |_, _, _| {},

@@ -32,8 +32,9 @@ pub trait Device: Send + Sync {
     fn hardware(&self) -> Hardware;
     /// A fresh telemetry reading under `load`.
     fn telemetry(&self, load: Load) -> Telemetry;
-    /// Arguments passed to `gradpool segment run` so it trains here.
-    fn segment_args(&self) -> Vec<String>;
+    /// The device flags of the training processes (`gradpool segment
+    /// run`, `bench proof`) that run here.
+    fn segment_device(&self) -> crate::segment::DeviceFlags;
     /// Sets the device's own power limit. When this fails the agent holds
     /// the limit itself, by resting between steps against the measured
     /// power draw.
@@ -84,13 +85,8 @@ impl Device for CpuDevice {
         }
     }
 
-    fn segment_args(&self) -> Vec<String> {
-        vec![
-            "--device".into(),
-            "cpu".into(),
-            "--threads".into(),
-            self.threads.to_string(),
-        ]
+    fn segment_device(&self) -> crate::segment::DeviceFlags {
+        crate::segment::DeviceFlags::cpu(self.threads)
     }
 }
 
@@ -183,8 +179,8 @@ impl Device for SimulatedDevice {
         }
     }
 
-    fn segment_args(&self) -> Vec<String> {
-        self.cpu.segment_args()
+    fn segment_device(&self) -> crate::segment::DeviceFlags {
+        self.cpu.segment_device()
     }
 }
 
@@ -255,6 +251,9 @@ mod tests {
         assert_eq!(hw.device, DeviceKind::Cpu);
         assert_eq!(hw.threads, 2);
         assert!(hw.class().contains("/cpu/"), "{}", hw.class());
-        assert_eq!(cpu.segment_args(), ["--device", "cpu", "--threads", "2"]);
+        assert_eq!(
+            cpu.segment_device().args(),
+            ["--device", "cpu", "--threads", "2"]
+        );
     }
 }

@@ -219,13 +219,8 @@ impl Device for NvmlDevice {
         t
     }
 
-    fn segment_args(&self) -> Vec<String> {
-        vec![
-            "--device".into(),
-            "cuda".into(),
-            "--gpu".into(),
-            self.info.index.to_string(),
-        ]
+    fn segment_device(&self) -> crate::segment::DeviceFlags {
+        crate::segment::DeviceFlags::cuda(self.info.index)
     }
 
     fn set_power_limit(&self, watts: u32) -> Result<(), PowerCapError> {

@@ -1,12 +1,13 @@
 //! One segment, trained in a child process.
 //!
 //! The agent runs `gradpool segment run --spec S --data D --from N --to M
-//! [--start C] --out O [device args]`. The child prints one JSON
+//! [--start C] --out O [device flags]`, its arguments one [`SegmentRun`]. The child prints one JSON
 //! [`SegmentEvent`] per line on stdout, logs on stderr, and exits non-zero on
 //! failure. Killing the child (a cancel, a lost lease, a pause) loses only
 //! the segment in flight: the end checkpoint is written atomically.
 
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -35,6 +36,108 @@ pub enum SegmentEvent {
     },
 }
 
+/// The device flags of a training process (`--device`, `--threads`,
+/// `--gpu`): what `gradpool train`, `segment run` and `bench` take, and what
+/// a [`crate::Device`] asks its child processes to use.
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceFlags {
+    /// The device to train on.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Which GPU, by NVML's index (`nvidia-smi -i`), with `--device cuda`.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+}
+
+/// The kinds of device a training process can use.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceFlags {
+    /// The CPU with `threads` threads.
+    pub fn cpu(threads: u32) -> DeviceFlags {
+        DeviceFlags {
+            device: DeviceChoice::Cpu,
+            threads: Some(threads as usize),
+            gpu: 0,
+        }
+    }
+
+    /// The GPU of NVML index `gpu`.
+    pub fn cuda(gpu: u32) -> DeviceFlags {
+        DeviceFlags {
+            device: DeviceChoice::Cuda,
+            threads: None,
+            gpu: gpu as usize,
+        }
+    }
+
+    /// The flags as a child process's arguments.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--device".into()];
+        match self.device {
+            DeviceChoice::Cpu => args.push("cpu".into()),
+            DeviceChoice::Cuda => {
+                args.push("cuda".into());
+                args.extend(["--gpu".into(), self.gpu.to_string().into()]);
+            }
+        }
+        if let Some(t) = self.threads {
+            args.extend(["--threads".into(), t.to_string().into()]);
+        }
+        args
+    }
+}
+
+/// The arguments of `gradpool segment run`, one type for both ends: the
+/// agent and `job verify` build one and pass [`SegmentRun::args`]; the
+/// child parses the same flags back into it.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct SegmentRun {
+    /// The job spec (TOML).
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// The dataset.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The first step to train.
+    #[arg(long)]
+    pub from: u64,
+    /// The step to stop before.
+    #[arg(long)]
+    pub to: u64,
+    /// The checkpoint at FROM (absent for the first segment).
+    #[arg(long)]
+    pub start: Option<PathBuf>,
+    /// Where the end checkpoint is written (atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceFlags,
+    /// Train only this percent of the time: rest after each step in
+    /// proportion to how long it took (the owner's `max_gpu_share`).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_share: u8,
+    /// Re-read the percent from this file before each rest (the agent
+    /// lowers it to hold a power limit while the segment runs); the
+    /// `--max-share` value stands while the file is missing or unreadable.
+    #[arg(long, value_name = "FILE")]
+    pub max_share_file: Option<PathBuf>,
+    /// Fake the segment's work: skip-steps, random-weights,
+    /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
+    /// builds with the `cheat` feature, for testing audits).
+    #[cfg(feature = "cheat")]
+    #[arg(long, value_name = "KIND")]
+    pub cheat: Option<String>,
+}
+
 /// Where a segment's inputs and output live.
 #[derive(Debug, Clone)]
 pub struct SegmentFiles {
@@ -42,6 +145,57 @@ pub struct SegmentFiles {
     pub data: PathBuf,
     pub start: Option<PathBuf>,
     pub out: PathBuf,
+}
+
+impl SegmentRun {
+    /// Steps `[from, to)` of `files` on `device`, with the whole of the
+    /// device's time.
+    pub fn new(files: SegmentFiles, from: u64, to: u64, device: DeviceFlags) -> SegmentRun {
+        SegmentRun {
+            spec: files.spec,
+            data: files.data,
+            from,
+            to,
+            start: files.start,
+            out: files.out,
+            device,
+            max_share: 100,
+            max_share_file: None,
+            #[cfg(feature = "cheat")]
+            cheat: None,
+        }
+    }
+
+    /// The flags, as the child's arguments after `segment run`.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--spec".into(),
+            self.spec.clone().into(),
+            "--data".into(),
+            self.data.clone().into(),
+            "--from".into(),
+            self.from.to_string().into(),
+            "--to".into(),
+            self.to.to_string().into(),
+            "--out".into(),
+            self.out.clone().into(),
+        ];
+        if let Some(start) = &self.start {
+            args.extend(["--start".into(), start.clone().into()]);
+        }
+        args.extend(self.device.args());
+        if self.max_share != 100 {
+            args.extend(["--max-share".into(), self.max_share.to_string().into()]);
+        }
+        if let Some(file) = &self.max_share_file {
+            args.extend(["--max-share-file".into(), file.clone().into()]);
+        }
+        #[cfg(feature = "cheat")]
+        if let Some(kind) = &self.cheat {
+            args.extend(["--cheat".into(), kind.into()]);
+        }
+        args
+    }
 }
 
 /// How a segment ended.
@@ -63,30 +217,14 @@ pub enum SegmentEnd {
 /// `stall` (the child is then killed).
 pub async fn run_child(
     program: &Path,
-    files: &SegmentFiles,
-    steps: (u64, u64),
-    device_args: &[String],
+    run: &SegmentRun,
     stall: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
     mut on_step: impl FnMut(u64, f32, f64),
 ) -> std::io::Result<SegmentEnd> {
     let mut cmd = Command::new(program);
-    cmd.arg("segment")
-        .arg("run")
-        .arg("--spec")
-        .arg(&files.spec)
-        .arg("--data")
-        .arg(&files.data)
-        .arg("--from")
-        .arg(steps.0.to_string())
-        .arg("--to")
-        .arg(steps.1.to_string())
-        .arg("--out")
-        .arg(&files.out);
-    if let Some(start) = &files.start {
-        cmd.arg("--start").arg(start);
-    }
-    cmd.args(device_args)
+    cmd.args(["segment", "run"])
+        .args(run.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -187,13 +325,14 @@ mod tests {
         );
     }
 
-    fn files(dir: &Path) -> SegmentFiles {
-        SegmentFiles {
+    fn run(dir: &Path, from: u64, to: u64) -> SegmentRun {
+        let files = SegmentFiles {
             spec: dir.join("spec.toml"),
             data: dir.join("data"),
             start: None,
             out: dir.join("out"),
-        }
+        };
+        SegmentRun::new(files, from, to, DeviceFlags::cpu(1))
     }
 
     /// A stand-in for the `gradpool` binary: a shell script.
@@ -212,9 +351,7 @@ mod tests {
         let started = std::time::Instant::now();
         let end = run_child(
             &prog,
-            &files(tmp.path()),
-            (0, 10),
-            &[],
+            &run(tmp.path(), 0, 10),
             std::time::Duration::from_millis(300),
             tokio_util::sync::CancellationToken::new(),
             |_, _, _| {},
@@ -239,9 +376,7 @@ echo '{"event":"done","losses":[4.0]}'"#,
         let mut steps = Vec::new();
         let end = run_child(
             &prog,
-            &files(tmp.path()),
-            (0, 1),
-            &[],
+            &run(tmp.path(), 0, 1),
             std::time::Duration::from_secs(10),
             tokio_util::sync::CancellationToken::new(),
             |s, l, _| steps.push((s, l)),
@@ -257,9 +392,7 @@ echo '{"event":"done","losses":[4.0]}'"#,
         let prog = program(tmp.path(), "echo 'checkpoint is corrupt' >&2; exit 3");
         let end = run_child(
             &prog,
-            &files(tmp.path()),
-            (0, 1),
-            &[],
+            &run(tmp.path(), 0, 1),
             std::time::Duration::from_secs(10),
             tokio_util::sync::CancellationToken::new(),
             |_, _, _| {},
@@ -270,5 +403,52 @@ echo '{"event":"done","losses":[4.0]}'"#,
             matches!(&end, SegmentEnd::Failed { reason } if reason.contains("checkpoint is corrupt")),
             "{end:?}"
         );
+    }
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Child {
+        #[command(flatten)]
+        run: SegmentRun,
+    }
+
+    fn parsed(run: &SegmentRun) -> SegmentRun {
+        let mut argv: Vec<OsString> = vec!["segment-run".into()];
+        argv.extend(run.args());
+        Child::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .run
+    }
+
+    /// What the parent passes is exactly what the child reads back.
+    #[test]
+    fn the_child_reads_back_what_the_parent_passed() {
+        let first = SegmentRun {
+            spec: "task dir/spec.toml".into(),
+            data: "blobs/ab12".into(),
+            from: 0,
+            to: 100,
+            start: None,
+            out: "task dir/end.safetensors".into(),
+            device: DeviceFlags::cpu(3),
+            max_share: 100,
+            max_share_file: None,
+            #[cfg(feature = "cheat")]
+            cheat: None,
+        };
+        assert_eq!(parsed(&first), first);
+        let later = SegmentRun {
+            from: 100,
+            to: 250,
+            start: Some("blobs/cd34".into()),
+            device: DeviceFlags::cuda(2),
+            max_share: 40,
+            max_share_file: Some("share".into()),
+            #[cfg(feature = "cheat")]
+            cheat: Some("skip-steps".into()),
+            ..first.clone()
+        };
+        assert_eq!(parsed(&later), later);
     }
 }

@@ -41,7 +41,7 @@ pub enum AccountCommand {
         #[command(flatten)]
         customer: CustomerArgs,
     },
-    /// Credit free money on a dev pool (no chain behind it).
+    /// Credit free money on a dev pool (no Monero behind it).
     Faucet {
         /// XMR, e.g. 1.5.
         #[arg(long)]

@@ -3,9 +3,9 @@
 //! `gradpool bench train`, `gradpool checkpoint distance`.
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use gradpool_core::JobSpec;
-use gradpool_provider::segment::SegmentEvent;
+use gradpool_provider::segment::{DeviceChoice, DeviceFlags, SegmentEvent, SegmentRun};
 use gradpool_train::{Dataset, Device, StepReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -15,41 +15,19 @@ use std::process::ExitCode;
 /// The reference corpus, shipped inside the binary.
 pub const SHAKESPEARE: &[u8] = include_bytes!("../../../../data/tinyshakespeare.txt");
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-/// Where training runs.
-#[derive(Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// The device to train on.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Which GPU, by NVML's index (`nvidia-smi -i`), with `--device cuda`.
-    #[arg(long, default_value_t = 0)]
-    gpu: usize,
-}
-
-impl DeviceArgs {
-    /// Fixes the thread count (before any thread pool starts) and opens the
-    /// device.
-    fn open(&self) -> anyhow::Result<Device> {
-        if let Some(t) = self.threads {
-            // The CPU backend sizes its thread pools from this variable on
-            // first use; nothing has started a thread pool yet.
-            std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
-        }
-        match self.device {
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda => Device::new_cuda(self.gpu).context(
-                "cannot use CUDA: this gradpool was built without `--features cuda`, or no NVIDIA driver was found",
-            ),
-        }
+/// Fixes the thread count (before any thread pool starts) and opens the
+/// device the flags name.
+fn open_device(flags: &DeviceFlags) -> anyhow::Result<Device> {
+    if let Some(t) = flags.threads {
+        // The CPU backend sizes its thread pools from this variable on
+        // first use; nothing has started a thread pool yet.
+        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+    }
+    match flags.device {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => Device::new_cuda(flags.gpu).context(
+            "cannot use CUDA: this gradpool was built without `--features cuda`, or no NVIDIA driver was found",
+        ),
     }
 }
 
@@ -65,7 +43,7 @@ pub struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
+    device: DeviceFlags,
 }
 
 #[derive(Args)]
@@ -85,7 +63,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
-    device: DeviceArgs,
+    device: DeviceFlags,
 }
 
 #[derive(Subcommand)]
@@ -103,7 +81,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         warmup: u64,
         #[command(flatten)]
-        device: DeviceArgs,
+        device: DeviceFlags,
     },
     /// Time square f32 matrix multiplications and report GFLOP/s: the speed
     /// a provider advertises to its pool.
@@ -118,7 +96,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0.5)]
         seconds: f64,
         #[command(flatten)]
-        device: DeviceArgs,
+        device: DeviceFlags,
     },
     /// Answer a hardware-proof challenge: write `A·B` for the seeded
     /// matrices as little-endian f32 (what the provider agent runs when its
@@ -131,7 +109,7 @@ pub enum BenchCommand {
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
-        device: DeviceArgs,
+        device: DeviceFlags,
     },
     /// Run pools with honest and cheating providers and validators, and
     /// report how many cheaters the audits catch, false positives, and the
@@ -144,42 +122,7 @@ pub enum BenchCommand {
 pub enum SegmentCommand {
     /// Train steps [FROM, TO) of a job and write the end checkpoint. Prints
     /// one JSON event per line on stdout.
-    Run(SegmentRunArgs),
-}
-
-#[derive(Args)]
-pub struct SegmentRunArgs {
-    #[arg(long)]
-    spec: PathBuf,
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long)]
-    from: u64,
-    #[arg(long)]
-    to: u64,
-    /// The checkpoint at FROM (absent for the first segment).
-    #[arg(long)]
-    start: Option<PathBuf>,
-    #[arg(long)]
-    out: PathBuf,
-    #[command(flatten)]
-    device: DeviceArgs,
-    /// Train only this percent of the time: rest after each step in
-    /// proportion to how long it took (the owner's `max_gpu_share`).
-    #[arg(long, value_name = "PERCENT", default_value_t = 100,
-          value_parser = clap::value_parser!(u8).range(1..=100))]
-    max_share: u8,
-    /// Re-read the percent from this file before each rest (the agent
-    /// lowers it to hold a power limit while the segment runs); the
-    /// `--max-share` value stands while the file is missing or unreadable.
-    #[arg(long, value_name = "FILE")]
-    max_share_file: Option<PathBuf>,
-    /// Fake the segment's work: skip-steps, random-weights,
-    /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
-    /// builds with the `cheat` feature, for testing audits).
-    #[cfg(feature = "cheat")]
-    #[arg(long, value_name = "KIND")]
-    cheat: Option<gradpool_train::cheat::CheatKind>,
+    Run(SegmentRun),
 }
 
 #[derive(Subcommand)]
@@ -231,7 +174,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     // Die with the agent: a segment nobody waits for is wasted work.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let device = a.device.open()?;
+    let device = open_device(&a.device)?;
     let spec = JobSpec::from_toml_str(
         &std::fs::read_to_string(&a.spec)
             .with_context(|| format!("cannot read {}", a.spec.display()))?,
@@ -284,7 +227,9 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
     #[cfg(feature = "cheat")]
-    if let Some(kind) = a.cheat {
+    if let Some(kind) = &a.cheat {
+        let kind: gradpool_train::cheat::CheatKind =
+            kind.parse().map_err(|e| anyhow::anyhow!("--cheat: {e}"))?;
         tracing::warn!("cheating: {kind}");
         let outcome = gradpool_train::cheat::run_segment_cheating(
             kind,
@@ -323,7 +268,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let device = a.device.open()?;
+    let device = open_device(&a.device)?;
     let spec = JobSpec::from_file(&a.spec)?;
     let data_path = match (&a.data, &spec.data.file) {
         (Some(d), _) => d.clone(),
@@ -389,7 +334,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
-    let device = a.device.open()?;
+    let device = open_device(&a.device)?;
     let text = sample_text(
         &a.model,
         &a.prompt,
@@ -428,7 +373,7 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
             seconds,
             device,
         } => {
-            let device = device.open()?;
+            let device = open_device(&device)?;
             let report = gradpool_train::bench::matmul(n, seconds, &device)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -451,7 +396,7 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 "--n: {n} is outside 1..={}",
                 gradpool_core::proof::MAX_N
             );
-            let device = device.open()?;
+            let device = open_device(&device)?;
             let c = gradpool_train::bench::proof_product(seed, n, &device)?;
             let tmp = out.with_extension("partial");
             std::fs::write(&tmp, gradpool_core::proof::to_bytes(&c))
@@ -467,7 +412,7 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 .block_on(super::bench_verify::run(a));
         }
     };
-    let device = device.open()?;
+    let device = open_device(&device)?;
     let report = gradpool_train::bench::train(steps, warmup, SHAKESPEARE, &device)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);

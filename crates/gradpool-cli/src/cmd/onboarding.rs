@@ -12,6 +12,7 @@ use gradpool_core::Piconero;
 use gradpool_monero::address::{Address, Network};
 use gradpool_provider::gpu::Gpus;
 use gradpool_provider::limits::{Limits, Schedule};
+use gradpool_provider::segment::{DeviceChoice, DeviceFlags};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -177,7 +178,11 @@ impl Onboarding {
             (
                 "cpu",
                 None,
-                vec!["--device".to_owned(), "cpu".to_owned()],
+                DeviceFlags {
+                    device: DeviceChoice::Cpu,
+                    threads: None,
+                    gpu: 0,
+                },
                 gradpool_provider::gpu::cpu_summary(),
             )
         };
@@ -210,13 +215,7 @@ impl Onboarding {
                 })?;
                 let name = gpus[index as usize].name.clone();
                 if cfg!(feature = "cuda") {
-                    let args = vec![
-                        "--device".into(),
-                        "cuda".into(),
-                        "--gpu".into(),
-                        index.to_string(),
-                    ];
-                    ("cuda", Some(index), args, name)
+                    ("cuda", Some(index), DeviceFlags::cuda(index), name)
                 } else {
                     p.say("  this gradpool was built without CUDA: it trains on the CPU until you build it with `cargo build --release --features cuda`")?;
                     on_cpu()
@@ -308,7 +307,7 @@ impl Onboarding {
 
         // The benchmark and the estimate.
         p.say("  measuring the device (a few seconds)…")?;
-        let gflops = match super::provider::matmul_gflops(&self.program, &device_args).await {
+        let gflops = match super::provider::matmul_gflops(&self.program, device_args).await {
             Ok(g) => {
                 p.say(&format!("  {g:.1} GFLOP/s"))?;
                 Some(g)

@@ -1,13 +1,13 @@
-//! `gradpool pool`: serve a pool, `gradpool pool audit` its ledger, or list
+//! `gradpool pool`: serve a pool, `gradpool pool reconcile` its ledger, or list
 //! its payouts (`gradpool pool payouts`).
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
-use gradpool_pool::chain::MoneroBackend;
 use gradpool_pool::ledger::Ledger;
 use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
+use gradpool_pool::wallet::MoneroBackend;
 use gradpool_pool::{
     MoneyBackend, MoneyConfig, Pool, PoolConfig, ThrottleConfig, VerificationConfig,
 };
@@ -120,7 +120,7 @@ pub struct PoolArgs {
     /// Faucet calls one client address may make an hour (0: no limit).
     #[arg(long, default_value_t = ThrottleConfig::default().faucet_per_hour)]
     faucet_per_hour: u32,
-    /// Challenges, registrations and node proofs one client address may
+    /// Challenges, registrations and signed nonces one client address may
     /// ask for a minute (0: no limit).
     #[arg(long, default_value_t = ThrottleConfig::default().anonymous_per_minute)]
     anonymous_per_minute: u32,
@@ -140,7 +140,7 @@ fn probability(s: &str) -> Result<f64, String> {
 pub enum PoolCommand {
     /// Check the money ledger: recompute every balance and entry from the
     /// postings; exits non-zero if an invariant is broken.
-    Audit(AuditArgs),
+    Reconcile(ReconcileArgs),
     /// Money leaving the pool: every provider payout and customer
     /// withdrawal with its address, amount, status and transaction, newest
     /// first, and the balance of the pool's fee account (which pays the
@@ -162,7 +162,7 @@ pub struct PayoutsArgs {
 }
 
 #[derive(Args)]
-pub struct AuditArgs {
+pub struct ReconcileArgs {
     /// The pool's data directory (holding pool.sqlite).
     #[arg(long, default_value = "gradpool-pool")]
     data_dir: PathBuf,
@@ -170,7 +170,7 @@ pub struct AuditArgs {
 
 pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
     match a.command {
-        Some(PoolCommand::Audit(audit_args)) => audit(audit_args).await,
+        Some(PoolCommand::Reconcile(args)) => reconcile(args).await,
         Some(PoolCommand::Payouts(p)) => payouts(p).await,
         None => serve(a).await,
     }
@@ -224,15 +224,15 @@ async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
+async fn reconcile(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let path = db_path(&a.data_dir)?;
     let db = gradpool_pool::store::open(&path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
     let report = Ledger::new(db)
-        .audit()
+        .reconcile()
         .await
-        .with_context(|| format!("cannot audit the ledger in {}", path.display()))?;
+        .with_context(|| format!("cannot reconcile the ledger in {}", path.display()))?;
     println!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
@@ -306,7 +306,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         if !addr.ip().is_loopback() && !a.insecure_plain_http {
             bail!(
                 "refusing to serve plain HTTP on {addr}, which other machines can reach: API keys, \
-                 node proofs and data would cross the network in the clear. Serve HTTPS with \
+                 signed nonces and data would cross the network in the clear. Serve HTTPS with \
                  --tls-self-signed (or --tls-cert and --tls-key), or pass --insecure-plain-http"
             );
         }

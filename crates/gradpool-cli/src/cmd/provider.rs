@@ -3,10 +3,11 @@
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use gradpool_client::Api;
-use gradpool_core::commitment::node_proof_message;
+use gradpool_core::commitment::signed_nonce_message;
 use gradpool_core::wire::{self, PayoutSplit};
 use gradpool_core::{NodeKey, Piconero};
 use gradpool_monero::address::{Address, Network};
+use gradpool_provider::segment::DeviceFlags;
 use gradpool_provider::{CpuDevice, Device, ProviderConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -288,11 +289,11 @@ pub fn parse_payout(values: &[String], network: Network) -> anyhow::Result<Vec<P
 
 /// Measures a device's matrix-multiplication speed in GFLOP/s, in a child
 /// process (`gradpool bench matmul`, the same way segments run) given the
-/// device's segment arguments.
-pub(crate) async fn matmul_gflops(program: &Path, device_args: &[String]) -> anyhow::Result<f64> {
+/// device's flags.
+pub(crate) async fn matmul_gflops(program: &Path, device: DeviceFlags) -> anyhow::Result<f64> {
     let out = tokio::process::Command::new(program)
         .args(["bench", "matmul", "--json"])
-        .args(device_args)
+        .args(device.args())
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -310,7 +311,7 @@ pub(crate) async fn matmul_gflops(program: &Path, device_args: &[String]) -> any
 
 /// The agent's benchmark at start: `None`, with a warning, if it fails.
 async fn benchmark(program: &Path, device: &dyn Device) -> Option<f64> {
-    match matmul_gflops(program, &device.segment_args()).await {
+    match matmul_gflops(program, device.segment_device()).await {
         Ok(gflops) => {
             tracing::info!(gflops, "matmul benchmark");
             Some(gflops)
@@ -514,9 +515,9 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
     }
     if s.data_dir.join("node.key").is_file() {
         let api = Api::new(&s.pool, None, &s.trust)?;
-        match node_proof(&api, &s.data_dir, "status").await {
-            Ok(proof) => match api
-                .post::<_, wire::ProviderStatusReply>("/v1/providers/status", &proof)
+        match signed_nonce(&api, &s.data_dir, "status").await {
+            Ok(signed) => match api
+                .post::<_, wire::ProviderStatusReply>("/v1/providers/status", &signed)
                 .await
             {
                 Ok(st) => {
@@ -569,9 +570,9 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
             },
             Err(e) => println!("status             {e:#}"),
         }
-        match node_proof(&api, &s.data_dir, "earnings").await {
-            Ok(proof) => match api
-                .post::<_, wire::Earnings>("/v1/providers/earnings", &proof)
+        match signed_nonce(&api, &s.data_dir, "earnings").await {
+            Ok(signed) => match api
+                .post::<_, wire::Earnings>("/v1/providers/earnings", &signed)
                 .await
             {
                 Ok(e) => println!(
@@ -633,7 +634,11 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Signs a fresh pool nonce for `purpose` with the node key in `data_dir`.
-async fn node_proof(api: &Api, data_dir: &Path, purpose: &str) -> anyhow::Result<wire::NodeProof> {
+async fn signed_nonce(
+    api: &Api,
+    data_dir: &Path,
+    purpose: &str,
+) -> anyhow::Result<wire::SignedNonce> {
     let path = data_dir.join("node.key");
     anyhow::ensure!(
         path.is_file(),
@@ -648,8 +653,8 @@ async fn node_proof(api: &Api, data_dir: &Path, purpose: &str) -> anyhow::Result
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let public_key = key.public_key();
-    Ok(wire::NodeProof {
-        signature: key.sign(&node_proof_message(
+    Ok(wire::SignedNonce {
+        signature: key.sign(&signed_nonce_message(
             purpose,
             &public_key,
             time,
@@ -692,8 +697,8 @@ fn print_earnings(e: &wire::Earnings) {
 
 async fn earnings(node: &NodeArgs) -> anyhow::Result<ExitCode> {
     let api = crate::pool_trust::api(&node.pool, None)?;
-    let proof = node_proof(&api, &node.data_dir, "earnings").await?;
-    let e: wire::Earnings = api.post("/v1/providers/earnings", &proof).await?;
+    let signed = signed_nonce(&api, &node.data_dir, "earnings").await?;
+    let e: wire::Earnings = api.post("/v1/providers/earnings", &signed).await?;
     if node.json {
         println!("{}", serde_json::to_string(&e)?);
     } else {
@@ -704,9 +709,15 @@ async fn earnings(node: &NodeArgs) -> anyhow::Result<ExitCode> {
 
 async fn stake(node: &NodeArgs, action: wire::StakeAction) -> anyhow::Result<ExitCode> {
     let api = crate::pool_trust::api(&node.pool, None)?;
-    let proof = node_proof(&api, &node.data_dir, "stake").await?;
+    let signed_nonce = signed_nonce(&api, &node.data_dir, "stake").await?;
     let e: wire::Earnings = api
-        .post("/v1/providers/stake", &wire::StakeRequest { proof, action })
+        .post(
+            "/v1/providers/stake",
+            &wire::StakeRequest {
+                signed_nonce,
+                action,
+            },
+        )
         .await?;
     if node.json {
         println!("{}", serde_json::to_string(&e)?);

@@ -18,7 +18,7 @@ use gradpool_core::commitment::{self, genesis};
 use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
 use gradpool_core::wire::{JobView, SegmentView};
 use gradpool_core::{JobId, JobSpec, Sha256Hex};
-use gradpool_provider::segment::{self, SegmentEnd, SegmentFiles};
+use gradpool_provider::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
 use gradpool_provider::{CpuDevice, Device};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -238,9 +238,7 @@ async fn replay_segment(
     };
     let end = segment::run_child(
         &opts.program,
-        &files,
-        (s.start_step, s.end_step),
-        &device.segment_args(),
+        &SegmentRun::new(files, s.start_step, s.end_step, device.segment_device()),
         Duration::from_secs(600),
         tokio_util::sync::CancellationToken::new(),
         |_, _, _| {},

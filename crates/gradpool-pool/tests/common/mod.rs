@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use gradpool_core::commitment::{
-    chain, genesis, loss_trace_hash, node_proof_message, registration_message,
+    chain, genesis, loss_trace_hash, registration_message, signed_nonce_message,
 };
 use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
 use gradpool_core::wire::*;
@@ -595,13 +595,13 @@ pub fn signed_by(key: &NodeKey, cm: Commitment) -> SignedCommitment {
 }
 
 /// A proof that `p` holds its node key, for `purpose`, over a fresh nonce.
-pub async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof {
+pub async fn signed_nonce(tp: &TestPool, p: &TestProvider, purpose: &str) -> SignedNonce {
     let challenge: RegistrationChallenge =
         tp.anon().post("/v1/providers/challenge", &()).await.ok();
     let time = time_now();
     let public_key = p.key.public_key();
-    NodeProof {
-        signature: p.key.sign(&node_proof_message(
+    SignedNonce {
+        signature: p.key.sign(&signed_nonce_message(
             purpose,
             &public_key,
             time,
@@ -614,6 +614,6 @@ pub async fn proof(tp: &TestPool, p: &TestProvider, purpose: &str) -> NodeProof 
 }
 
 pub async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
-    let proof = proof(tp, p, "earnings").await;
-    tp.anon().post("/v1/providers/earnings", &proof).await.ok()
+    let signed = signed_nonce(tp, p, "earnings").await;
+    tp.anon().post("/v1/providers/earnings", &signed).await.ok()
 }

@@ -112,7 +112,7 @@ impl Pool {
         match &self.inner.config.money.backend {
             MoneyBackend::Monero(m) => Ok((m, WalletRpc::new(&m.wallet_rpc).map_err(unavailable)?)),
             MoneyBackend::Dev => Err(PoolError::Unavailable(
-                "this is a dev pool without a chain".into(),
+                "this is a dev pool without a Monero wallet".into(),
             )),
         }
     }
@@ -541,7 +541,7 @@ impl Pool {
 
     /// Watches deposits and makes payouts every
     /// [`MoneroBackend::poll_seconds`] until `stop`.
-    pub(crate) async fn run_chain(self, stop: CancellationToken) {
+    pub(crate) async fn run_wallet(self, stop: CancellationToken) {
         let MoneyBackend::Monero(m) = &self.inner.config.money.backend else {
             return;
         };
