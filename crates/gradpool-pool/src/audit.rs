@@ -34,8 +34,8 @@
 
 use crate::error::PoolError;
 use crate::escrow::WorkDone;
-use crate::scheduler::Write;
 use crate::store::{self, to_u32, to_u64};
+use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::genesis;
 use gradpool_core::spec::VerificationLevel;
@@ -368,8 +368,7 @@ impl Write<'_> {
             return Ok(false);
         }
         self.settle_job(&job).await?;
-        self.set_job_status(job_id, JobStatus::Succeeded, None)
-            .await?;
+        crate::job::set_status(self, job_id, JobStatus::Succeeded, None).await?;
         tracing::info!(job = %job_id, "job succeeded");
         Ok(true)
     }
@@ -658,7 +657,7 @@ impl Write<'_> {
         let job = store::job(self.conn(), job_id)
             .await?
             .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
-        self.queue_segment(&job, segment).await?;
+        crate::job::queue_segment(self, &job, segment).await?;
         self.event(
             job_id,
             JobEventKind::RolledBack {
@@ -732,7 +731,7 @@ impl Pool {
             )));
         }
         let mut w = self.write().await?;
-        let task = crate::scheduler::leased_task(w.conn(), provider, task_id).await?;
+        let task = crate::lease::leased_task(w.conn(), provider, task_id).await?;
         let Some(audit_id) = task
             .audit_id
             .clone()

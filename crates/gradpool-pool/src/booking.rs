@@ -317,7 +317,7 @@ impl Pool {
 
 /// Returns a booking's hold to its customer and sets its final status.
 async fn close(
-    w: &mut crate::scheduler::Write<'_>,
+    w: &mut crate::tx::Write<'_>,
     row: &BookingRow,
     status: BookingStatus,
 ) -> Result<(), PoolError> {

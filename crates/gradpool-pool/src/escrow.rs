@@ -2,7 +2,7 @@
 //! from it, and what is left goes back to the customer when the job ends.
 //!
 //! The money flows, each one journal entry of the [`ledger`](crate::ledger)
-//! posted inside the scheduler's write transaction (so it commits together
+//! posted inside the pool's write transaction ([`crate::tx::Write`]) (so it commits together
 //! with the state change that causes it, or not at all):
 //!
 //! ```text
@@ -28,8 +28,8 @@
 
 use crate::error::PoolError;
 use crate::ledger::{self, AccountKind, LedgerAccountId};
-use crate::scheduler::Write;
 use crate::store::JobRow;
+use crate::tx::Write;
 use gradpool_core::wire::{JobEventKind, TaskKind};
 use gradpool_core::{Piconero, ProviderId};
 

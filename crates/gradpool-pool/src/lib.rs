@@ -7,7 +7,11 @@
 //! - [`api`]: the routes and their handlers.
 //! - [`auth`]: API keys of customers and session tokens of providers.
 //! - [`store`]: the database: schema, rows and views.
-//! - [`scheduler`]: jobs, the task queue, leases and their reaper, commits.
+//! - [`tx`]: the write transaction every change goes through.
+//! - [`job`]: submit, cancel, the queue of a job's segments.
+//! - [`registration`]: a provider's node key proven, its session opened.
+//! - [`lease`]: heartbeats, the claim, progress, failures, the reaper.
+//! - [`commit`]: a provider's signed claim, checked and accepted.
 //! - [`audit`]: sampled replays by validators, verdicts, slashing, rollback.
 //! - [`blob`]: the blob store (datasets, checkpoints), streamed and size-capped.
 //! - [`events`]: the job event log and its live stream (server-sent events).
@@ -45,19 +49,23 @@ pub mod blob;
 pub mod booking;
 pub mod challenge;
 pub mod clock;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod escrow;
 pub mod events;
+pub mod job;
+pub mod lease;
 pub mod ledger;
 pub mod model;
 pub mod money;
 pub mod presence;
 pub mod proof;
-pub mod scheduler;
+pub mod registration;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod tx;
 pub mod wallet;
 
 pub use config::{MoneyBackend, MoneyConfig, PoolConfig, VerificationConfig};
@@ -99,6 +107,18 @@ pub(crate) struct Inner {
 }
 
 impl Pool {
+    /// The fees taken from every segment's price.
+    pub(crate) fn fees(&self) -> escrow::Fees {
+        escrow::Fees {
+            pool_bps: self.inner.config.money.pool_fee_bps,
+            validator_bps: self.inner.config.money.validator_fee_bps,
+        }
+    }
+
+    pub(crate) fn lease_ms(&self) -> i64 {
+        i64::from(self.inner.config.lease_seconds) * 1000
+    }
+
     /// Opens (or creates) the pool's data directory: the database
     /// `pool.sqlite` (WAL, busy timeout, foreign keys, migrated) and the blob
     /// store `blobs/`.

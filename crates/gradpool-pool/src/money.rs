@@ -9,8 +9,8 @@
 use crate::error::PoolError;
 use crate::escrow::{self, available_account, customer_account, stake_account};
 use crate::ledger::{self, AccountKind, LedgerAccountId};
-use crate::scheduler::Write;
 use crate::store::{pico, rfc3339};
+use crate::tx::Write;
 use crate::{MoneyBackend, Pool};
 use gradpool_core::commitment::signed_nonce_message;
 use gradpool_core::state::{PayoutKind, PayoutStatus};
@@ -520,7 +520,7 @@ impl Pool {
         signed: &SignedNonce,
     ) -> Result<ProviderId, PoolError> {
         let now_s = self.now() / 1000;
-        if (signed.time - now_s).abs() > crate::scheduler::REGISTRATION_SKEW_SECONDS {
+        if (signed.time - now_s).abs() > crate::registration::REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
                 "signed nonce time {} is too far from the pool's clock ({now_s})",
                 signed.time

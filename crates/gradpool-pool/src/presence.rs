@@ -10,7 +10,7 @@
 //! stopped for a lease period) / `connected` (heard from again).
 
 use crate::error::PoolError;
-use crate::scheduler::Write;
+use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::proof::ProofChallenge;
 use gradpool_core::state::ProviderChange;

@@ -9,7 +9,7 @@
 //! score (`proven_gflops`).
 
 use crate::error::PoolError;
-use crate::scheduler::Write;
+use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::proof::{self, ProofAnswer, ProofChallenge, ProofResult};
 use gradpool_core::state::{ProofStatus, ProviderChange};

@@ -1,0 +1,277 @@
+//! Commits: a provider's signed claim that it trained a segment, checked
+//! (signer, chain, checkpoint, loss trace) before the pool accepts it,
+//! queues the next segment and draws an audit.
+
+use crate::error::PoolError;
+use crate::escrow::WorkDone;
+use crate::job::job_of;
+use crate::lease::leased_task;
+use crate::store::{self, to_u32, to_u64, JobRow, TaskRow};
+use crate::Pool;
+use crate::{escrow, ledger};
+use gradpool_core::commitment::loss_trace_hash;
+use gradpool_core::state::TaskStatus;
+use gradpool_core::wire::{Commit, CommitReply, JobEventKind, JobStatus, TaskKind};
+use gradpool_core::{ProviderId, SignedCommitment};
+
+impl Pool {
+    /// Checks a segment's signed commitment and, if it holds, accepts it:
+    /// the job advances to the next segment or succeeds.
+    pub async fn commit(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        c: Commit,
+    ) -> Result<CommitReply, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        let task = store::task(&mut conn, task_id)
+            .await?
+            .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
+        let job = job_of(&mut conn, &task).await?;
+        // Idempotence: the same accepted commitment, sent again.
+        if task.status == TaskStatus::Committed
+            && task.provider_id.as_deref() == Some(provider.as_str())
+        {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT signed FROM commitments WHERE task_id = ?")
+                    .bind(task_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some(stored) = stored {
+                if serde_json::from_str::<SignedCommitment>(&stored)? == c.commitment {
+                    return Ok(CommitReply {
+                        accepted: true,
+                        job_done: to_u64(task.end_step) == to_u64(job.steps),
+                    });
+                }
+            }
+        }
+        drop(conn);
+        c.check().map_err(PoolError::BadRequest)?;
+        self.check_commit(provider, &task, &job, &c).await?;
+
+        let mut w = self.write().await?;
+        // The state may have moved while the checkpoint was hashed.
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let job = job_of(w.conn(), &task).await?;
+        if job.chain_head()? != c.commitment.commitment.prev {
+            return Err(PoolError::Conflict(
+                "the job's commitment chain moved on while this commit was checked".into(),
+            ));
+        }
+        let now = w.now;
+        let cm = &c.commitment.commitment;
+        let end = i64::try_from(cm.end_step)
+            .map_err(|_| PoolError::BadRequest("end_step too large".into()))?;
+        sqlx::query(
+            "INSERT INTO commitments (job_id, segment, provider_id, task_id, start_step, end_step, checkpoint_sha256, \
+             prev, hash, signed, loss_trace, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(task.segment)
+        .bind(provider.as_str())
+        .bind(task_id)
+        .bind(task.start_step)
+        .bind(end)
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(cm.prev.to_string())
+        .bind(cm.hash.to_string())
+        .bind(serde_json::to_string(&c.commitment)?)
+        .bind(serde_json::to_string(&c.loss_trace)?)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET status = 'committed', step = ?, lease_expires_at = NULL, updated_at = ?, \
+             share = ?, foreign_processes = ? WHERE id = ?",
+        )
+        .bind(end)
+        .bind(now)
+        .bind(c.dedication.map(|d| d.share))
+        .bind(c.dedication.map(|d| i64::from(d.foreign_processes)))
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
+        let loss = c.loss_trace.last().copied().unwrap_or(0.0);
+        sqlx::query(
+            "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
+             last_loss = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(end)
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(cm.hash.to_string())
+        .bind(f64::from(loss))
+        .bind(now)
+        .bind(&job.id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &job.id,
+            JobEventKind::Checkpoint {
+                provider: provider.clone(),
+                segment: cm.segment,
+                step: cm.end_step,
+                checkpoint_sha256: cm.checkpoint_sha256.clone(),
+                commitment: cm.hash,
+                loss,
+            },
+        )
+        .await?;
+        w.pay_segment(
+            &job,
+            WorkDone {
+                task_id,
+                segment: cm.segment,
+                provider,
+                reported_ms: c.compute_ms,
+                kind: TaskKind::Train,
+            },
+            self.fees(),
+        )
+        .await?;
+        // Drawn only now, after the commitment is accepted, so the provider
+        // cannot know beforehand which segments are replayed.
+        w.draw_audit(&job.id, job.verification, cm.segment, provider)
+            .await?;
+        let job_done = end >= job.steps;
+        let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
+        if job_done {
+            if !w.finish_if_done(&job.id).await? {
+                tracing::info!(job = %job.id, "last segment committed; the job succeeds once its audits are decided");
+            }
+        } else if job.budget > 0 && left == 0 {
+            let why = format!(
+                "budget exhausted after segment {} (step {}): submit again with a larger budget.total_xmr",
+                cm.segment, cm.end_step
+            );
+            w.settle_job(&job).await?;
+            crate::job::set_status(&mut w, &job.id, JobStatus::Failed, Some(why)).await?;
+        } else {
+            crate::job::queue_segment(&mut w, &job, cm.segment + 1).await?;
+        }
+        w.commit().await?;
+        tracing::info!(job = %job.id, task = %task_id, provider = %provider, segment = cm.segment,
+            step = cm.end_step, "segment committed");
+        Ok(CommitReply {
+            accepted: true,
+            job_done,
+        })
+    }
+
+    /// Every check of a commitment that needs no write: lease, signature,
+    /// signer, segment, chain, checkpoint hash and loss trace.
+    async fn check_commit(
+        &self,
+        provider: &ProviderId,
+        task: &TaskRow,
+        job: &JobRow,
+        c: &Commit,
+    ) -> Result<(), PoolError> {
+        if task.status != TaskStatus::Leased
+            || task.provider_id.as_deref() != Some(provider.as_str())
+        {
+            return Err(PoolError::Conflict(format!(
+                "task {} is not leased to you (it is {})",
+                task.id, task.status
+            )));
+        }
+        if task.kind != TaskKind::Train {
+            return Err(PoolError::BadRequest(format!(
+                "task {} is a replay: report it with POST /v1/tasks/{}/replay",
+                task.id, task.id
+            )));
+        }
+        let signed = &c.commitment;
+        signed
+            .verify()
+            .map_err(|e| PoolError::BadRequest(format!("commitment signature: {e}")))?;
+        let signer = signed.signer();
+        if &signer != provider {
+            return Err(PoolError::BadRequest(format!(
+                "the commitment is signed by {signer}, not by you ({provider})"
+            )));
+        }
+        let cm = &signed.commitment;
+        let want = (
+            job.id.as_str(),
+            to_u32(task.segment),
+            to_u64(task.start_step),
+            to_u64(task.end_step),
+        );
+        let got = (cm.job_id.as_str(), cm.segment, cm.start_step, cm.end_step);
+        if got != want {
+            return Err(PoolError::BadRequest(format!(
+                "the commitment is for job {} segment {} steps [{}, {}), but the task is job {} segment {} steps [{}, {})",
+                got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
+            )));
+        }
+        if cm.prev != job.chain_head()? {
+            return Err(PoolError::Conflict(format!(
+                "commitment.prev {} does not chain from the job's last accepted commitment {}",
+                cm.prev, job.commitment
+            )));
+        }
+        let steps = cm.end_step - cm.start_step;
+        if c.loss_trace.len() as u64 != steps {
+            return Err(PoolError::BadRequest(format!(
+                "loss_trace has {} entries, the segment has {steps} steps",
+                c.loss_trace.len()
+            )));
+        }
+        if loss_trace_hash(&c.loss_trace) != cm.loss_trace_blake3 {
+            return Err(PoolError::BadRequest(
+                "commitment.loss_trace_blake3 does not match the loss trace".into(),
+            ));
+        }
+        let class: String = sqlx::query_scalar("SELECT class FROM providers WHERE id = ?")
+            .bind(provider.as_str())
+            .fetch_one(&self.inner.db)
+            .await?;
+        if cm.class != class {
+            return Err(PoolError::BadRequest(format!(
+                "commitment.class {} is not the class you registered ({class})",
+                cm.class
+            )));
+        }
+        // Every segment moves the weights: a checkpoint the job already has
+        // (or its start) is an old one submitted again.
+        let earlier: Option<i64> = sqlx::query_scalar(
+            "SELECT segment FROM commitments WHERE job_id = ? AND checkpoint_sha256 = ?",
+        )
+        .bind(&job.id)
+        .bind(cm.checkpoint_sha256.as_str())
+        .fetch_optional(&self.inner.db)
+        .await?;
+        if let Some(earlier) = earlier {
+            return Err(PoolError::BadRequest(format!(
+                "checkpoint {} is the one committed for segment {earlier}: a segment must produce a new checkpoint",
+                cm.checkpoint_sha256
+            )));
+        }
+        let path = self.inner.blobs.path_of(&cm.checkpoint_sha256);
+        // The checkpoint must be a blob this provider uploaded: committing
+        // to someone else's blob by its digest would grant read access to it.
+        let uploaded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        )
+        .bind(cm.checkpoint_sha256.as_str())
+        .bind(provider.as_str())
+        .fetch_one(&self.inner.db)
+        .await?;
+        if !uploaded || !tokio::fs::try_exists(&path).await? {
+            return Err(PoolError::BadRequest(format!(
+                "checkpoint blob {} not found among this provider's uploads; upload it before committing",
+                cm.checkpoint_sha256
+            )));
+        }
+        let model = crate::model::stored_model(&job.id, job.model.as_deref())?;
+        let hash = crate::model::inspect_checkpoint(path, model, cm.end_step, cm.prev).await?;
+        if hash != cm.hash {
+            return Err(PoolError::BadRequest(format!(
+                "commitment.hash {} is not BLAKE3(checkpoint ‖ prev)",
+                cm.hash
+            )));
+        }
+        Ok(())
+    }
+}

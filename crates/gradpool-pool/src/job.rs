@@ -1,0 +1,249 @@
+//! Jobs: submit, cancel, and the queue of their segments.
+//!
+//! A job of `S` steps with `checkpoint_every = K` has `ceil(S/K)` segments,
+//! done one after the other. A *task* is one lease of one segment: the pool
+//! queues a task for segment 0 on submit and the next segment when a
+//! commitment is accepted (see [`crate::lease`] and [`crate::commit`]).
+
+use crate::error::PoolError;
+use crate::store::{self, to_u32, JobRow, TaskRow};
+use crate::tx::Write;
+use crate::Pool;
+use gradpool_core::commitment::genesis;
+use gradpool_core::spec::DeviceRequest;
+use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob};
+use gradpool_core::{AccountId, JobId, JobSpec, Piconero, TaskId};
+use sqlx::SqliteConnection;
+
+fn device_str(d: DeviceRequest) -> &'static str {
+    match d {
+        DeviceRequest::Any => "any",
+        DeviceRequest::Cpu => "cpu",
+        DeviceRequest::Cuda => "cuda",
+    }
+}
+
+pub(crate) async fn job_of(
+    conn: &mut SqliteConnection,
+    task: &TaskRow,
+) -> Result<JobRow, PoolError> {
+    store::job(conn, &task.job_id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("task {} has no job", task.id)))
+}
+
+/// Puts the work of a task that ended unfinished (lease lost, handed
+/// back) in the queue again: a replay goes to another validator, a
+/// training segment is queued unless its job has ended.
+pub(crate) async fn requeue(w: &mut Write<'_>, task: &TaskRow) -> Result<(), PoolError> {
+    if let Some(audit_id) = task.audit_id.as_deref() {
+        return w.requeue_replay(audit_id).await;
+    }
+    let job = job_of(w.conn(), task).await?;
+    if !job.status.is_final() {
+        queue_segment(w, &job, to_u32(task.segment)).await?;
+    }
+    Ok(())
+}
+
+/// Queues a new task for a segment of a job.
+pub(crate) async fn queue_segment(
+    w: &mut Write<'_>,
+    job: &JobRow,
+    segment: u32,
+) -> Result<TaskId, PoolError> {
+    let k = job.checkpoint_every;
+    let start = i64::from(segment) * k;
+    let end = (start + k).min(job.steps);
+    let id = TaskId::random();
+    sqlx::query(
+        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+    )
+    .bind(id.as_str())
+    .bind(&job.id)
+    .bind(i64::from(segment))
+    .bind(start)
+    .bind(end)
+    .bind(w.now)
+    .bind(w.now)
+    .execute(w.conn())
+    .await?;
+    w.wake_providers();
+    Ok(id)
+}
+
+/// Sets a job's status (and error) and logs the change. A job that ends
+/// takes its open audits with it.
+pub(crate) async fn set_status(
+    w: &mut Write<'_>,
+    job_id: &str,
+    status: JobStatus,
+    reason: Option<String>,
+) -> Result<(), PoolError> {
+    if status.is_final() {
+        w.void_audits(job_id).await?;
+    }
+    sqlx::query(
+        "UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(reason.as_deref())
+    .bind(w.now)
+    .bind(job_id)
+    .execute(w.conn())
+    .await?;
+    w.event(job_id, JobEventKind::Status { status, reason })
+        .await
+}
+
+impl Pool {
+    /// Submits a job: validates the spec and the data, creates the job and
+    /// queues its first segment.
+    pub async fn submit_job(
+        &self,
+        account: &AccountId,
+        req: SubmitJob,
+    ) -> Result<JobView, PoolError> {
+        let spec = JobSpec::from_toml_str(&req.spec_toml)
+            .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
+        if let Some(want) = &spec.data.sha256 {
+            if want != &req.data_sha256 {
+                return Err(PoolError::BadRequest(format!(
+                    "data.sha256: the spec wants data {want}, but data_sha256 is {}",
+                    req.data_sha256
+                )));
+            }
+        }
+        let caller = crate::auth::Caller::Customer(account.clone());
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
+                .bind(req.data_sha256.as_str())
+                .fetch_one(&self.inner.db)
+                .await?;
+        if !known
+            || !self.can_read_blob(&caller, &req.data_sha256).await?
+            || !self.inner.blobs.exists(&req.data_sha256).await?
+        {
+            return Err(PoolError::BadRequest(format!(
+                "data_sha256: blob {} not found; upload the data first",
+                req.data_sha256
+            )));
+        }
+        let (model, memory) = self.size_job(&spec, &req.data_sha256).await?;
+        let id = JobId::random();
+        let min_memory = (i64::from(spec.resources.min_memory_gib) << 30)
+            .max(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX));
+        let steps = i64::try_from(spec.train.steps)
+            .map_err(|_| PoolError::InvalidSpec("train.steps: too large".into()))?;
+        let every = i64::try_from(spec.train.checkpoint_every)
+            .map_err(|_| PoolError::InvalidSpec("train.checkpoint_every: too large".into()))?;
+        let budget = spec.budget.total.unwrap_or(Piconero::ZERO);
+        let budget_i64 = i64::try_from(budget.0)
+            .map_err(|_| PoolError::InvalidSpec("budget.total_xmr: too large".into()))?;
+        let max_price = spec
+            .budget
+            .max_price_per_hour
+            .map(|p| {
+                i64::try_from(p.0).map_err(|_| {
+                    PoolError::InvalidSpec("budget.max_price_xmr_per_hour: too large".into())
+                })
+            })
+            .transpose()?;
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
+             steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
+             max_price_per_hour, flops_per_step, verification, model, memory_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .bind(&spec.name)
+        .bind(&req.spec_toml)
+        .bind(req.data_sha256.as_str())
+        .bind(device_str(spec.resources.device))
+        .bind(min_memory)
+        .bind(steps)
+        .bind(every)
+        .bind(i64::from(spec.segment_count()))
+        .bind(genesis(&id).to_string())
+        .bind(now)
+        .bind(now)
+        .bind(budget_i64)
+        .bind(max_price)
+        .bind(spec.flops_per_step())
+        .bind(spec.verification.as_str())
+        .bind(serde_json::to_string(&model)?)
+        .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
+        .execute(w.conn())
+        .await?;
+        w.hold_budget(account.as_str(), id.as_str(), budget).await?;
+        w.event(
+            id.as_str(),
+            JobEventKind::Status {
+                status: JobStatus::Queued,
+                reason: None,
+            },
+        )
+        .await?;
+        let job = store::job(w.conn(), id.as_str())
+            .await?
+            .ok_or_else(|| PoolError::Internal("job vanished".into()))?;
+        crate::job::queue_segment(&mut w, &job, 0).await?;
+        let view = store::job(w.conn(), id.as_str())
+            .await?
+            .ok_or_else(|| PoolError::Internal("job vanished".into()))?
+            .view()?;
+        w.commit().await?;
+        tracing::info!(job = %id, account = %account, name = %spec.name, steps = spec.train.steps,
+            segments = spec.segment_count(), "job submitted");
+        Ok(view)
+    }
+
+    /// Cancels a job of `account` and every task of it that is queued or
+    /// leased.
+    pub async fn cancel_job(
+        &self,
+        account: &AccountId,
+        job_id: &str,
+    ) -> Result<JobView, PoolError> {
+        let mut w = self.write().await?;
+        let job = store::owned_job(w.conn(), account.as_str(), job_id).await?;
+        match job.status {
+            JobStatus::Cancelled => return job.view(),
+            s if s.is_final() => {
+                return Err(PoolError::Conflict(format!(
+                    "job {job_id} already {}",
+                    s.as_str()
+                )));
+            }
+            _ => {}
+        }
+        let now = w.now;
+        sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', updated_at = ? \
+             WHERE job_id = ? AND kind = 'train' AND status IN ('queued', 'leased')",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(w.conn())
+        .await?;
+        // Settled first: a job's event stream ends with its final status.
+        w.settle_job(&job).await?;
+        crate::job::set_status(
+            &mut w,
+            job_id,
+            JobStatus::Cancelled,
+            Some("cancelled by the customer".into()),
+        )
+        .await?;
+        let view = store::owned_job(w.conn(), account.as_str(), job_id)
+            .await?
+            .view()?;
+        w.commit().await?;
+        tracing::info!(job = %job_id, "job cancelled");
+        Ok(view)
+    }
+}

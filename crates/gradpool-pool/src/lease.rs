@@ -1,0 +1,575 @@
+//! Leases: heartbeats, the claim that hands queued tasks to providers,
+//! progress, failures, hand-backs and the reaper.
+//!
+//! The pool leases queued tasks to providers that heart-beat with spare
+//! capacity (oldest job first, device permitting). A lease that is not
+//! renewed by heartbeats expires: the reaper marks the task `expired` and
+//! queues a new task for the same segment, which resumes from the job's
+//! last accepted checkpoint.
+//!
+//! Task statuses: `queued`, `leased`, `committed`, `expired`, `released`
+//! (handed back by a pausing provider), `failed`, `cancelled`.
+
+use crate::error::PoolError;
+use crate::job::job_of;
+use crate::store::{self, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
+use crate::tx::Write;
+use crate::Pool;
+use crate::{escrow, ledger};
+use gradpool_core::state::{ProviderChange, TaskStatus};
+use gradpool_core::wire::{
+    Assignment, Heartbeat, HeartbeatReply, JobEventKind, JobStatus, Progress, ReplayTarget,
+    TaskFailed, TaskKind,
+};
+use gradpool_core::{JobId, ProviderId, SignedCommitment, TaskId};
+use sqlx::SqliteConnection;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A segment that failed on this many different providers fails its job.
+/// A provider never gets a segment it failed again, so one broken rig cannot
+/// fail a job alone.
+pub const MAX_SEGMENT_FAILURES: i64 = 3;
+
+/// The longest a heartbeat is held waiting for work.
+pub const MAX_WAIT_SECONDS: u32 = 30;
+
+/// The assignment a provider gets for a leased task: a segment to train
+/// from the job's last accepted checkpoint, or one to replay for an audit.
+pub(crate) async fn assignment(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+    task: &TaskRow,
+    lease_seconds: u32,
+) -> Result<Assignment, PoolError> {
+    let parse = |s: &str| {
+        s.parse()
+            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
+    };
+    let mut out = Assignment {
+        task_id: TaskId::from(task.id.as_str()),
+        job_id: JobId::from(job.id.as_str()),
+        segment: to_u32(task.segment),
+        start_step: to_u64(task.start_step),
+        end_step: to_u64(task.end_step),
+        spec_toml: job.spec_toml.clone(),
+        data_sha256: parse(&job.data_sha256)?,
+        start_checkpoint_sha256: job.checkpoint_sha256.as_deref().map(parse).transpose()?,
+        prev_commitment: job.chain_head()?,
+        lease_seconds,
+        kind: TaskKind::Train,
+        replay: None,
+        model: crate::model::stored_model(&job.id, job.model.as_deref())?,
+    };
+    if task.kind == TaskKind::Replay {
+        let audit_id = task
+            .audit_id
+            .as_deref()
+            .ok_or_else(|| PoolError::Internal(format!("replay task {} has no audit", task.id)))?;
+        let a = crate::audit::audit(conn, audit_id).await?;
+        let signed: SignedCommitment = serde_json::from_str(&a.signed)?;
+        out.start_checkpoint_sha256 = a
+            .start_checkpoint_sha256
+            .as_deref()
+            .map(parse)
+            .transpose()?;
+        out.prev_commitment = signed.commitment.prev;
+        out.kind = TaskKind::Replay;
+        out.replay = Some(ReplayTarget {
+            claimed_checkpoint_sha256: parse(&a.claimed_checkpoint_sha256)?,
+            claimed_class: a.class,
+        });
+    }
+    Ok(out)
+}
+
+/// A task the caller must hold: it exists and is leased to `provider`.
+pub(crate) async fn leased_task(
+    conn: &mut SqliteConnection,
+    provider: &ProviderId,
+    task_id: &str,
+) -> Result<TaskRow, PoolError> {
+    let task = store::task(conn, task_id)
+        .await?
+        .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
+    if task.status != TaskStatus::Leased || task.provider_id.as_deref() != Some(provider.as_str()) {
+        return Err(PoolError::Conflict(format!(
+            "task {task_id} is not leased to you (it is {})",
+            task.status
+        )));
+    }
+    Ok(task)
+}
+
+/// Counts a heartbeat waiting for work while it lives.
+struct LongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LongPoll<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> LongPoll<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LongPoll(count)
+    }
+}
+
+impl Drop for LongPoll<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Pool {
+    /// How many heartbeats are waiting for work now (long-polls).
+    pub fn long_polls(&self) -> usize {
+        self.inner
+            .long_polls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A heartbeat: renews the leases of the running tasks, names those the
+    /// provider must stop, and leases it up to `capacity` queued tasks,
+    /// waiting up to `wait_seconds` for work if there is none.
+    pub async fn heartbeat(
+        &self,
+        provider: &ProviderId,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, PoolError> {
+        // Enabled before looking for work, so a task queued between the
+        // look and the wait still wakes us.
+        let mut notified = Box::pin(self.inner.work.notified());
+        notified.as_mut().enable();
+
+        hb.check().map_err(PoolError::BadRequest)?;
+        let telemetry = serde_json::to_string(&hb.telemetry)?;
+        let mut w = self.write().await?;
+        let now = w.now;
+        let was_paused: Option<String> =
+            sqlx::query_scalar::<_, Option<String>>("SELECT paused FROM providers WHERE id = ?")
+                .bind(provider.as_str())
+                .fetch_optional(w.conn())
+                .await?
+                .ok_or_else(|| {
+                    PoolError::Unauthorized("unknown provider; register again".into())
+                })?;
+        let paused = hb
+            .paused
+            .as_deref()
+            .map(|r| r.chars().take(64).collect::<String>());
+        let (device, memory): (String, i64) = sqlx::query_as(
+            "UPDATE providers SET last_seen = ?, telemetry = ?, paused = ? WHERE id = ? RETURNING device, memory_bytes",
+        )
+        .bind(now)
+        .bind(telemetry)
+        .bind(paused.as_deref())
+        .bind(provider.as_str())
+        .fetch_one(w.conn())
+        .await?;
+        if paused != was_paused {
+            w.record_status(
+                provider.as_str(),
+                if paused.is_some() {
+                    ProviderChange::Paused
+                } else {
+                    ProviderChange::Resumed
+                },
+                paused.as_deref().or(was_paused.as_deref()),
+            )
+            .await?;
+            tracing::info!(provider = %provider, paused = ?paused, "provider pause changed");
+        }
+        w.seen(provider.as_str()).await?;
+        w.release_duplicate_if_gone(provider.as_str(), self.lease_ms())
+            .await?;
+        let proof = if self.inner.config.hardware_proof {
+            w.proof_if_due(provider, self.inner.config.proof_interval_seconds)
+                .await?
+        } else {
+            None
+        };
+        let mut cancel = Vec::new();
+        for running in &hb.running {
+            let renewed = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = ?, step = ?, updated_at = ? \
+                 WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
+            )
+            .bind(now + self.lease_ms())
+            .bind(i64::try_from(running.step).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(running.task_id.as_str())
+            .bind(provider.as_str())
+            .bind(now)
+            .execute(w.conn())
+            .await?
+            .rows_affected();
+            if renewed == 0 {
+                // A task this provider already committed is done, not lost.
+                let done = store::task(w.conn(), running.task_id.as_str())
+                    .await?
+                    .is_some_and(|t| {
+                        t.status == TaskStatus::Committed
+                            && t.provider_id.as_deref() == Some(provider.as_str())
+                    });
+                if !done {
+                    cancel.push(running.task_id.clone());
+                }
+            }
+        }
+        let mut assignments = self
+            .claim(&mut w, provider, &device, memory, hb.capacity)
+            .await?;
+        w.commit().await?;
+        tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,
+            assigned = assignments.len(), cancelled = cancel.len(), "heartbeat");
+
+        let mut wait = hb.wait_seconds.min(MAX_WAIT_SECONDS);
+        if !hb.running.is_empty() {
+            // Never hold a reply so long that the running leases lapse.
+            wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
+        }
+        if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
+            let _waiting = LongPoll::start(&self.inner.long_polls);
+            // Wait for work that fits this provider, re-checking whenever any
+            // task is queued, until the deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+            let stop = self.inner.stop.clone();
+            loop {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stop.cancelled() => {}
+                }
+                notified = Box::pin(self.inner.work.notified());
+                notified.as_mut().enable();
+                let mut w = self.write().await?;
+                let now = w.now;
+                sqlx::query("UPDATE providers SET last_seen = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(provider.as_str())
+                    .execute(w.conn())
+                    .await?;
+                assignments = self
+                    .claim(&mut w, provider, &device, memory, hb.capacity)
+                    .await?;
+                w.commit().await?;
+                if !assignments.is_empty()
+                    || stop.is_cancelled()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+            }
+        }
+        Ok(HeartbeatReply {
+            assignments,
+            cancel,
+            proof,
+        })
+    }
+
+    /// Leases up to `capacity` queued tasks to a provider, oldest first.
+    /// Each claim is one `UPDATE … WHERE status = 'queued'` under the write
+    /// lock, so no task is ever leased twice.
+    async fn claim(
+        &self,
+        w: &mut Write<'_>,
+        provider: &ProviderId,
+        device: &str,
+        memory: i64,
+        capacity: u32,
+    ) -> Result<Vec<Assignment>, PoolError> {
+        let mut out = Vec::new();
+        let now = w.now;
+        let (price, unstaking, validates, trains, held): (i64, Option<i64>, bool, bool, Option<String>) = sqlx::query_as(
+            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) \
+             FROM providers WHERE id = ?",
+        )
+        .bind(provider.as_str())
+        .fetch_one(w.conn())
+        .await?;
+        let stake = ledger::balance_of(w.conn(), &escrow::stake_account(provider.as_str())).await?;
+        let money = &self.inner.config.money;
+        let staked = unstaking.is_none() && u64::try_from(stake).unwrap_or(0) >= money.min_stake.0;
+        let stake_free_budget = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
+        // Replays first: an open audit holds its job's completion.
+        let replay_sql = format!(
+            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+             updated_at = ?3, price_per_hour = ?6 \
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN audits a ON a.id = t.audit_id \
+                         WHERE t.status = 'queued' AND t.kind = 'replay' AND a.status = 'open' \
+                           AND a.provider_id != ?1 \
+                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
+                                           WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
+                         ORDER BY t.created_at, t.rowid LIMIT 1) \
+               AND status = 'queued' \
+             RETURNING {TASK_COLUMNS}"
+        );
+        let train_sql = format!(
+            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+             updated_at = ?3, price_per_hour = ?6 \
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                         WHERE t.status = 'queued' AND t.kind = 'train' AND j.status IN ('queued', 'running') \
+                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                           AND (j.budget > 0 OR ?6 = 0) \
+                           AND (?7 OR j.budget <= ?8) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
+                               AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
+                               AND f.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
+                               WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
+                                 AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
+                         ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
+               AND status = 'queued' \
+             RETURNING {TASK_COLUMNS}"
+        );
+        // A provider whose hardware is unproven, whose GPU another provider
+        // claims too, or that is paused gets nothing.
+        let capacity = if held.is_some() { 0 } else { capacity };
+        for _ in 0..capacity {
+            let mut task: Option<TaskRow> = None;
+            if validates {
+                task = sqlx::query_as(&replay_sql)
+                    .bind(provider.as_str())
+                    .bind(now + self.lease_ms())
+                    .bind(now)
+                    .bind(device)
+                    .bind(memory)
+                    .bind(price)
+                    .fetch_optional(w.conn())
+                    .await?;
+            }
+            if task.is_none() && trains {
+                task = sqlx::query_as(&train_sql)
+                    .bind(provider.as_str())
+                    .bind(now + self.lease_ms())
+                    .bind(now)
+                    .bind(device)
+                    .bind(memory)
+                    .bind(price)
+                    .bind(staked)
+                    .bind(stake_free_budget)
+                    .fetch_optional(w.conn())
+                    .await?;
+            }
+            let Some(task) = task else { break };
+            let job = job_of(w.conn(), &task).await?;
+            if task.kind == TaskKind::Replay {
+                tracing::info!(job = %job.id, task = %task.id, validator = %provider, segment = task.segment, "replay assigned");
+                out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
+                continue;
+            }
+            if job.status == JobStatus::Queued {
+                crate::job::set_status(w, &job.id, JobStatus::Running, None).await?;
+            }
+            w.event(
+                &job.id,
+                JobEventKind::Assigned {
+                    task_id: TaskId::from(task.id.as_str()),
+                    provider: provider.clone(),
+                    segment: to_u32(task.segment),
+                    start_step: to_u64(task.start_step),
+                    end_step: to_u64(task.end_step),
+                },
+            )
+            .await?;
+            tracing::info!(job = %job.id, task = %task.id, provider = %provider, segment = task.segment, "segment assigned");
+            out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
+        }
+        Ok(out)
+    }
+
+    /// Records training progress of a leased task.
+    pub async fn progress(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        p: Progress,
+    ) -> Result<(), PoolError> {
+        p.check().map_err(PoolError::BadRequest)?;
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let now = w.now;
+        sqlx::query("UPDATE tasks SET step = ?, updated_at = ? WHERE id = ?")
+            .bind(i64::try_from(p.step).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(task_id)
+            .execute(w.conn())
+            .await?;
+        sqlx::query("UPDATE jobs SET last_loss = ?, updated_at = ? WHERE id = ?")
+            .bind(f64::from(p.loss))
+            .bind(now)
+            .bind(&task.job_id)
+            .execute(w.conn())
+            .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::Progress {
+                provider: provider.clone(),
+                step: p.step,
+                loss: p.loss,
+                tokens_per_sec: p.tokens_per_sec,
+            },
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// A provider gave up on a task: the segment is queued again (for other
+    /// providers), or the job fails once [`MAX_SEGMENT_FAILURES`] providers
+    /// failed the segment.
+    pub async fn fail_task(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        f: TaskFailed,
+    ) -> Result<(), PoolError> {
+        let reason: String = f.reason.chars().take(2000).collect();
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        let now = w.now;
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&reason)
+        .bind(now)
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::TaskFailed {
+                task_id: TaskId::from(task_id),
+                provider: provider.clone(),
+                segment: to_u32(task.segment),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        if let Some(audit_id) = task.audit_id.as_deref() {
+            // A replay that failed on one validator goes to another.
+            w.requeue_replay(audit_id).await?;
+            w.commit().await?;
+            tracing::info!(task = %task_id, validator = %provider, reason = %reason, "replay failed; requeued");
+            return Ok(());
+        }
+        let failures: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed' \
+             AND kind = 'train'",
+        )
+        .bind(&task.job_id)
+        .bind(task.segment)
+        .fetch_one(w.conn())
+        .await?;
+        let job = job_of(w.conn(), &task).await?;
+        if failures >= MAX_SEGMENT_FAILURES {
+            let why = format!(
+                "segment {} failed {failures} times; last: {reason}",
+                task.segment
+            );
+            w.settle_job(&job).await?;
+            crate::job::set_status(&mut w, &job.id, JobStatus::Failed, Some(why.clone())).await?;
+            w.commit().await?;
+            tracing::info!(job = %job.id, reason = %why, "job failed");
+        } else {
+            crate::job::queue_segment(&mut w, &job, to_u32(task.segment)).await?;
+            w.commit().await?;
+            tracing::info!(job = %job.id, task = %task_id, provider = %provider, reason = %reason, "task failed; segment requeued");
+        }
+        Ok(())
+    }
+
+    /// A provider hands a leased task back because it pauses (its owner's
+    /// limits): the segment goes back to the queue at once, from the job's
+    /// last accepted checkpoint, and does not count as a failure.
+    pub async fn release_task(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        f: TaskFailed,
+    ) -> Result<(), PoolError> {
+        let reason: String = f.reason.chars().take(200).collect();
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, task_id).await?;
+        sqlx::query(
+            "UPDATE tasks SET status = 'released', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&reason)
+        .bind(w.now)
+        .bind(task_id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &task.job_id,
+            JobEventKind::Released {
+                task_id: TaskId::from(task_id),
+                provider: provider.clone(),
+                segment: to_u32(task.segment),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        crate::job::requeue(&mut w, &task).await?;
+        w.commit().await?;
+        tracing::info!(task = %task_id, provider = %provider, reason = %reason, "task released; segment requeued");
+        Ok(())
+    }
+
+    /// Expires every lease past its time and queues its segment again.
+    /// Returns how many leases expired.
+    pub async fn reap_expired_leases(&self) -> Result<usize, PoolError> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let expired: Vec<TaskRow> = sqlx::query_as(&format!(
+            "UPDATE tasks SET status = 'expired', updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at < ?1 \
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(now)
+        .fetch_all(w.conn())
+        .await?;
+        for task in &expired {
+            let provider = ProviderId::from(task.provider_id.as_deref().unwrap_or_default());
+            w.event(
+                &task.job_id,
+                JobEventKind::LeaseExpired {
+                    task_id: TaskId::from(task.id.as_str()),
+                    provider: provider.clone(),
+                    segment: to_u32(task.segment),
+                },
+            )
+            .await?;
+            crate::job::requeue(&mut w, task).await?;
+            tracing::info!(job = %task.job_id, task = %task.id, provider = %provider, segment = task.segment,
+                "lease expired; segment requeued");
+        }
+        w.commit().await?;
+        Ok(expired.len())
+    }
+
+    /// Runs [`Pool::reap_expired_leases`] and [`Pool::mark_absent`]
+    /// periodically until `stop`.
+    pub(crate) async fn run_reaper(self, stop: CancellationToken) {
+        let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
+        let period = Duration::from_millis((lease_ms / 4).clamp(100, 1000));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.reap_expired_leases().await {
+                tracing::warn!(error = %e, "lease reaper failed");
+            }
+            if let Err(e) = self.mark_absent().await {
+                tracing::warn!(error = %e, "marking absent providers failed");
+            }
+            if let Err(e) = self.end_bookings().await {
+                tracing::warn!(error = %e, "ending bookings failed");
+            }
+            self.inner.throttle.prune();
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The write transaction: the bottom layer every change to the pool goes
+//! through. [`Write`] holds the pool's write lock and one SQLite
+//! transaction, collects the job events it appends and publishes them (and
+//! wakes waiting providers if it queued work) only once it has committed.
+
+use crate::error::PoolError;
+use crate::ledger;
+use crate::store::{self};
+use crate::Pool;
+use gradpool_core::wire::{JobEvent, JobEventKind};
+use gradpool_core::Piconero;
+use sqlx::SqliteConnection;
+
+/// A write transaction: holds the pool's write lock, collects the events it
+/// appends and publishes them (and wakes waiting providers if it queued
+/// work) only once it has committed.
+pub(crate) struct Write<'a> {
+    pool: &'a Pool,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    events: Vec<JobEvent>,
+    queued_work: bool,
+    pub(crate) now: i64,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> Write<'a> {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    pub(crate) fn pool(&self) -> &'a Pool {
+        self.pool
+    }
+
+    /// The ledger account of `kind` owned by `owner`, created in this
+    /// transaction if missing.
+    pub(crate) async fn account(
+        &mut self,
+        kind: ledger::AccountKind,
+        owner: &str,
+    ) -> Result<ledger::LedgerAccountId, PoolError> {
+        Ok(ledger::account_in(&mut self.tx, self.now, kind, owner).await?)
+    }
+
+    /// Posts a journal entry in this transaction (see [`ledger::post_in`]).
+    pub(crate) async fn post(
+        &mut self,
+        key: &str,
+        memo: &str,
+        postings: &[(ledger::LedgerAccountId, i64)],
+    ) -> Result<ledger::EntryId, PoolError> {
+        Ok(ledger::post_in(&mut self.tx, self.now, key, memo, postings).await?)
+    }
+
+    /// Moves `amount` between two ledger accounts in this transaction.
+    pub(crate) async fn transfer(
+        &mut self,
+        from: &ledger::LedgerAccountId,
+        to: &ledger::LedgerAccountId,
+        amount: Piconero,
+        key: &str,
+        memo: &str,
+    ) -> Result<ledger::EntryId, PoolError> {
+        Ok(ledger::transfer_in(&mut self.tx, self.now, from, to, amount, key, memo).await?)
+    }
+
+    /// Wakes long-polling providers once this transaction commits.
+    pub(crate) fn wake_providers(&mut self) {
+        self.queued_work = true;
+    }
+
+    pub(crate) async fn event(
+        &mut self,
+        job_id: &str,
+        kind: JobEventKind,
+    ) -> Result<(), PoolError> {
+        let now = self.now;
+        let event = store::insert_event(&mut self.tx, job_id, kind, now).await?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), PoolError> {
+        self.tx.commit().await?;
+        self.pool.publish(self.events);
+        if self.queued_work {
+            self.pool.inner.work.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// Starts a write transaction (taking the write lock).
+    pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
+        let lock = self.inner.write_lock.lock().await;
+        // IMMEDIATE: take SQLite's write lock now, waiting (busy timeout) for a
+        // writer outside this lock (a blob upload, another process) instead
+        // of failing when a read snapshot turns out stale at the first write.
+        let tx = self.inner.db.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Write {
+            pool: self,
+            tx,
+            events: Vec::new(),
+            queued_work: false,
+            now: self.now(),
+            _lock: lock,
+        })
+    }
+}
