@@ -91,600 +91,608 @@ struct ReplayRow {
     matches: bool,
 }
 
-impl Write<'_> {
-    /// Draws whether the segment just committed is audited, and opens the
-    /// audit if so. Returns whether it did.
-    pub(crate) async fn draw_audit(
-        &mut self,
-        job_id: &str,
-        level: VerificationLevel,
-        segment: u32,
-        provider: &ProviderId,
-    ) -> Result<bool, PoolError> {
-        let config = self.pool().inner.config.verification;
-        let streak: i64 = sqlx::query_scalar("SELECT streak FROM providers WHERE id = ?")
-            .bind(provider.as_str())
-            .fetch_one(self.conn())
-            .await?;
-        let p = audit_probability(level, to_u64(streak), config.sampling);
-        if p <= 0.0 || draw() >= p {
-            return Ok(false);
-        }
-        if !self.validator_available(provider.as_str(), None).await? {
-            tracing::info!(job = %job_id, segment, "no validator connected; the segment stays unaudited");
-            return Ok(false);
-        }
-        let reason = match level {
-            VerificationLevel::Paranoid => AuditReason::Paranoid,
-            _ => AuditReason::Sampled,
-        };
-        self.open_audit(job_id, segment, reason).await?;
-        if config.plant_rate > 0.0 && draw() < config.plant_rate {
-            self.plant_audit().await?;
-        }
-        Ok(true)
+/// Draws whether the segment just committed is audited, and opens the
+/// audit if so. Returns whether it did.
+pub(crate) async fn draw_audit(
+    w: &mut Write<'_>,
+    job_id: &str,
+    level: VerificationLevel,
+    segment: u32,
+    provider: &ProviderId,
+) -> Result<bool, PoolError> {
+    let config = w.pool().inner.config.verification;
+    let streak: i64 = sqlx::query_scalar("SELECT streak FROM providers WHERE id = ?")
+        .bind(provider.as_str())
+        .fetch_one(w.conn())
+        .await?;
+    let p = audit_probability(level, to_u64(streak), config.sampling);
+    if p <= 0.0 || draw() >= p {
+        return Ok(false);
     }
-
-    /// Whether a connected validator other than `trainer` (and `besides`)
-    /// could take a replay of `trainer`'s work.
-    async fn validator_available(
-        &mut self,
-        trainer: &str,
-        besides: Option<&str>,
-    ) -> Result<bool, PoolError> {
-        let recent = self.now - i64::from(self.pool().inner.config.lease_seconds) * 1000;
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM providers v WHERE v.validate = 1 AND v.validator_barred = 0 \
-               AND v.id != ?1 AND v.id != COALESCE(?2, '') AND v.last_seen >= ?3 \
-               AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
-                               WHERE x.provider_id = v.id AND y.provider_id = ?1))",
-        )
-        .bind(trainer)
-        .bind(besides)
-        .bind(recent)
-        .fetch_one(self.conn())
-        .await?)
+    if !crate::audit::validator_available(w, provider.as_str(), None).await? {
+        tracing::info!(job = %job_id, segment, "no validator connected; the segment stays unaudited");
+        return Ok(false);
     }
+    let reason = match level {
+        VerificationLevel::Paranoid => AuditReason::Paranoid,
+        _ => AuditReason::Sampled,
+    };
+    crate::audit::open_audit(w, job_id, segment, reason).await?;
+    if config.plant_rate > 0.0 && draw() < config.plant_rate {
+        crate::audit::plant_audit(w).await?;
+    }
+    Ok(true)
+}
 
-    /// Opens an audit of a committed segment and queues its first replay.
-    /// Does nothing if the segment is already verified or under audit.
-    pub(crate) async fn open_audit(
-        &mut self,
-        job_id: &str,
-        segment: u32,
-        reason: AuditReason,
-    ) -> Result<(), PoolError> {
-        let Some((provider, signed, claimed, status)): Option<(String, String, String, String)> =
-            sqlx::query_as(
-                "SELECT provider_id, signed, checkpoint_sha256, status FROM commitments \
-                 WHERE job_id = ? AND segment = ?",
-            )
-            .bind(job_id)
-            .bind(i64::from(segment))
-            .fetch_optional(self.conn())
-            .await?
-        else {
-            return Ok(());
-        };
-        if status.parse::<CommitmentStatus>()? != CommitmentStatus::Accepted {
-            return Ok(());
-        }
-        let start = self.checkpoint_before(job_id, segment).await?;
-        let class = serde_json::from_str::<SignedCommitment>(&signed)?
-            .commitment
-            .class;
-        let id = format!("aud_{}", gradpool_core::id::random_hex(8));
-        let now = self.now;
-        sqlx::query(
-            "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
-             claimed_checkpoint_sha256, class, reason, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+/// Whether a connected validator other than `trainer` (and `besides`)
+/// could take a replay of `trainer`'s work.
+pub(crate) async fn validator_available(
+    w: &mut Write<'_>,
+    trainer: &str,
+    besides: Option<&str>,
+) -> Result<bool, PoolError> {
+    let recent = w.now - i64::from(w.pool().inner.config.lease_seconds) * 1000;
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM providers v WHERE v.validate = 1 AND v.validator_barred = 0 \
+           AND v.id != ?1 AND v.id != COALESCE(?2, '') AND v.last_seen >= ?3 \
+           AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
+                           WHERE x.provider_id = v.id AND y.provider_id = ?1))",
+    )
+    .bind(trainer)
+    .bind(besides)
+    .bind(recent)
+    .fetch_one(w.conn())
+    .await?)
+}
+
+/// Opens an audit of a committed segment and queues its first replay.
+/// Does nothing if the segment is already verified or under audit.
+pub(crate) async fn open_audit(
+    w: &mut Write<'_>,
+    job_id: &str,
+    segment: u32,
+    reason: AuditReason,
+) -> Result<(), PoolError> {
+    let Some((provider, signed, claimed, status)): Option<(String, String, String, String)> =
+        sqlx::query_as(
+            "SELECT provider_id, signed, checkpoint_sha256, status FROM commitments \
+             WHERE job_id = ? AND segment = ?",
         )
-        .bind(&id)
         .bind(job_id)
         .bind(i64::from(segment))
-        .bind(&provider)
-        .bind(&signed)
-        .bind(start.as_deref())
-        .bind(&claimed)
-        .bind(&class)
-        .bind(reason.as_str())
-        .bind(now)
-        .execute(self.conn())
-        .await?;
-        sqlx::query("UPDATE commitments SET status = 'auditing' WHERE job_id = ? AND segment = ?")
-            .bind(job_id)
-            .bind(i64::from(segment))
-            .execute(self.conn())
-            .await?;
-        self.queue_replay(&id).await?;
-        self.event(
-            job_id,
-            JobEventKind::Audit {
-                segment,
-                provider: ProviderId::from(provider.as_str()),
-                reason: reason.to_string(),
-            },
-        )
-        .await?;
-        tracing::info!(job = %job_id, segment, provider = %provider, reason = %reason, audit = %id, "segment audit opened");
-        Ok(())
+        .fetch_optional(w.conn())
+        .await?
+    else {
+        return Ok(());
+    };
+    if status.parse::<CommitmentStatus>()? != CommitmentStatus::Accepted {
+        return Ok(());
     }
-
-    /// The checkpoint a segment starts from (`None` for the first).
-    async fn checkpoint_before(
-        &mut self,
-        job_id: &str,
-        segment: u32,
-    ) -> Result<Option<String>, PoolError> {
-        if segment == 0 {
-            return Ok(None);
-        }
-        let sha: Option<String> = sqlx::query_scalar(
-            "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND segment = ?",
-        )
+    let start = crate::audit::checkpoint_before(w, job_id, segment).await?;
+    let class = serde_json::from_str::<SignedCommitment>(&signed)?
+        .commitment
+        .class;
+    let id = format!("aud_{}", gradpool_core::id::random_hex(8));
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
+         claimed_checkpoint_sha256, class, reason, status, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+    )
+    .bind(&id)
+    .bind(job_id)
+    .bind(i64::from(segment))
+    .bind(&provider)
+    .bind(&signed)
+    .bind(start.as_deref())
+    .bind(&claimed)
+    .bind(&class)
+    .bind(reason.as_str())
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    sqlx::query("UPDATE commitments SET status = 'auditing' WHERE job_id = ? AND segment = ?")
         .bind(job_id)
-        .bind(i64::from(segment) - 1)
-        .fetch_optional(self.conn())
+        .bind(i64::from(segment))
+        .execute(w.conn())
         .await?;
-        sha.map(Some).ok_or_else(|| {
-            PoolError::Internal(format!(
-                "job {job_id} has segment {segment} but not the one before"
-            ))
-        })
-    }
+    crate::audit::queue_replay(w, &id).await?;
+    w.event(
+        job_id,
+        JobEventKind::Audit {
+            segment,
+            provider: ProviderId::from(provider.as_str()),
+            reason: reason.to_string(),
+        },
+    )
+    .await?;
+    tracing::info!(job = %job_id, segment, provider = %provider, reason = %reason, audit = %id, "segment audit opened");
+    Ok(())
+}
 
-    /// Queues a replay again after one failed or its lease expired, if its
-    /// audit is still open.
-    pub(crate) async fn requeue_replay(&mut self, audit_id: &str) -> Result<(), PoolError> {
-        if audit(self.conn(), audit_id).await?.status == AuditStatus::Open {
-            self.queue_replay(audit_id).await?;
-        }
-        Ok(())
+/// The checkpoint a segment starts from (`None` for the first).
+pub(crate) async fn checkpoint_before(
+    w: &mut Write<'_>,
+    job_id: &str,
+    segment: u32,
+) -> Result<Option<String>, PoolError> {
+    if segment == 0 {
+        return Ok(None);
     }
+    let sha: Option<String> = sqlx::query_scalar(
+        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND segment = ?",
+    )
+    .bind(job_id)
+    .bind(i64::from(segment) - 1)
+    .fetch_optional(w.conn())
+    .await?;
+    sha.map(Some).ok_or_else(|| {
+        PoolError::Internal(format!(
+            "job {job_id} has segment {segment} but not the one before"
+        ))
+    })
+}
 
-    /// Queues a replay task for an open audit.
-    async fn queue_replay(&mut self, audit_id: &str) -> Result<(), PoolError> {
-        let a = audit(self.conn(), audit_id).await?;
-        let (start, end): (i64, i64) = sqlx::query_as(
-            "SELECT start_step, end_step FROM tasks WHERE job_id = ? AND segment = ? AND kind = 'train' \
-             ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        )
-        .bind(&a.job_id)
-        .bind(a.segment)
-        .fetch_one(self.conn())
-        .await?;
-        let id = gradpool_core::TaskId::random();
-        let now = self.now;
-        sqlx::query(
-            "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, kind, audit_id) \
-             VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'replay', ?)",
-        )
-        .bind(id.as_str())
-        .bind(&a.job_id)
-        .bind(a.segment)
-        .bind(start)
-        .bind(end)
-        .bind(now)
-        .bind(now)
-        .bind(audit_id)
-        .execute(self.conn())
-        .await?;
-        self.wake_providers();
-        Ok(())
+/// Queues a replay again after one failed or its lease expired, if its
+/// audit is still open.
+pub(crate) async fn requeue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<(), PoolError> {
+    if audit(w.conn(), audit_id).await?.status == AuditStatus::Open {
+        crate::audit::queue_replay(w, audit_id).await?;
     }
+    Ok(())
+}
 
-    /// Plants a known-bad claim: a verified segment presented with another
-    /// checkpoint of its job as the claimed end. A validator that answers
-    /// without computing agrees with the claim and is caught.
-    async fn plant_audit(&mut self) -> Result<(), PoolError> {
-        let row: Option<(String, i64, String, String, String)> = sqlx::query_as(
-            "SELECT job_id, segment, provider_id, signed, checkpoint_sha256 FROM commitments \
-             WHERE status = 'verified' ORDER BY random() LIMIT 1",
-        )
-        .fetch_optional(self.conn())
-        .await?;
-        let Some((job_id, segment, provider, signed, truth)) = row else {
+/// Queues a replay task for an open audit.
+pub(crate) async fn queue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<(), PoolError> {
+    let a = audit(w.conn(), audit_id).await?;
+    let (start, end): (i64, i64) = sqlx::query_as(
+        "SELECT start_step, end_step FROM tasks WHERE job_id = ? AND segment = ? AND kind = 'train' \
+         ORDER BY created_at DESC, rowid DESC LIMIT 1",
+    )
+    .bind(&a.job_id)
+    .bind(a.segment)
+    .fetch_one(w.conn())
+    .await?;
+    let id = gradpool_core::TaskId::random();
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, kind, audit_id) \
+         VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'replay', ?)",
+    )
+    .bind(id.as_str())
+    .bind(&a.job_id)
+    .bind(a.segment)
+    .bind(start)
+    .bind(end)
+    .bind(now)
+    .bind(now)
+    .bind(audit_id)
+    .execute(w.conn())
+    .await?;
+    w.wake_providers();
+    Ok(())
+}
+
+/// Plants a known-bad claim: a verified segment presented with another
+/// checkpoint of its job as the claimed end. A validator that answers
+/// without computing agrees with the claim and is caught.
+pub(crate) async fn plant_audit(w: &mut Write<'_>) -> Result<(), PoolError> {
+    let row: Option<(String, i64, String, String, String)> = sqlx::query_as(
+        "SELECT job_id, segment, provider_id, signed, checkpoint_sha256 FROM commitments \
+         WHERE status = 'verified' ORDER BY random() LIMIT 1",
+    )
+    .fetch_optional(w.conn())
+    .await?;
+    let Some((job_id, segment, provider, signed, truth)) = row else {
+        return Ok(());
+    };
+    let wrong: Option<String> = sqlx::query_scalar(
+        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND checkpoint_sha256 != ? \
+         ORDER BY random() LIMIT 1",
+    )
+    .bind(&job_id)
+    .bind(&truth)
+    .fetch_optional(w.conn())
+    .await?;
+    let Some(wrong) = wrong else { return Ok(()) };
+    let start = crate::audit::checkpoint_before(w, &job_id, to_u32(segment)).await?;
+    let class = serde_json::from_str::<SignedCommitment>(&signed)?
+        .commitment
+        .class;
+    let id = format!("aud_{}", gradpool_core::id::random_hex(8));
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
+         claimed_checkpoint_sha256, class, reason, truth_sha256, status, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planted', ?, 'open', ?)",
+    )
+    .bind(&id)
+    .bind(&job_id)
+    .bind(segment)
+    .bind(&provider)
+    .bind(&signed)
+    .bind(start.as_deref())
+    .bind(&wrong)
+    .bind(&class)
+    .bind(&truth)
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    crate::audit::queue_replay(w, &id).await?;
+    tracing::debug!(job = %job_id, segment, audit = %id, "planted audit");
+    Ok(())
+}
+
+/// Ends a job: its open audits are voided (their replays cancelled), then
+/// its status set. Every end of a job goes through here.
+pub(crate) async fn end_job(
+    w: &mut Write<'_>,
+    job_id: &str,
+    status: JobStatus,
+    reason: Option<String>,
+) -> Result<(), PoolError> {
+    void_audits(w, job_id).await?;
+    crate::queue::set_status(w, job_id, status, reason).await
+}
+
+/// Voids the open audits of a job that ended and cancels their replays.
+/// Planted audits stay: they test validators, not the job.
+pub(crate) async fn void_audits(w: &mut Write<'_>, job_id: &str) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
+         WHERE kind = 'replay' AND status IN ('queued', 'leased') \
+           AND audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND status = 'open' \
+                            AND reason != 'planted')",
+    )
+    .bind(now)
+    .bind(job_id)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "UPDATE audits SET status = 'void', decided_at = ?1 \
+         WHERE job_id = ?2 AND status = 'open' AND reason != 'planted'",
+    )
+    .bind(now)
+    .bind(job_id)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// Succeeds a job whose last segment is committed once no audit of it
+/// is open.
+pub(crate) async fn finish_if_done(w: &mut Write<'_>, job_id: &str) -> Result<bool, PoolError> {
+    let Some(job) = store::job(w.conn(), job_id).await? else {
+        return Ok(false);
+    };
+    if job.status.is_final() || job.step < job.steps {
+        return Ok(false);
+    }
+    let open: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM audits WHERE job_id = ? AND status = 'open' AND reason != 'planted')",
+    )
+    .bind(job_id)
+    .fetch_one(w.conn())
+    .await?;
+    if open {
+        return Ok(false);
+    }
+    crate::escrow::settle_job(w, &job).await?;
+    end_job(w, job_id, JobStatus::Succeeded, None).await?;
+    tracing::info!(job = %job_id, "job succeeded");
+    Ok(true)
+}
+
+/// Decides an audit from the replays reported so far.
+pub(crate) async fn decide(w: &mut Write<'_>, audit_id: &str) -> Result<(), PoolError> {
+    let a = audit(w.conn(), audit_id).await?;
+    if a.status != AuditStatus::Open {
+        return Ok(());
+    }
+    let replays: Vec<ReplayRow> = sqlx::query_as(
+        "SELECT validator_id, signed, matches FROM replays WHERE audit_id = ? ORDER BY reported_at, rowid",
+    )
+    .bind(audit_id)
+    .fetch_all(w.conn())
+    .await?;
+    if a.reason == AuditReason::Planted {
+        let Some(r) = replays.last() else {
             return Ok(());
         };
-        let wrong: Option<String> = sqlx::query_scalar(
-            "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND checkpoint_sha256 != ? \
-             ORDER BY random() LIMIT 1",
-        )
-        .bind(&job_id)
-        .bind(&truth)
-        .fetch_optional(self.conn())
-        .await?;
-        let Some(wrong) = wrong else { return Ok(()) };
-        let start = self.checkpoint_before(&job_id, to_u32(segment)).await?;
-        let class = serde_json::from_str::<SignedCommitment>(&signed)?
-            .commitment
-            .class;
-        let id = format!("aud_{}", gradpool_core::id::random_hex(8));
-        let now = self.now;
-        sqlx::query(
-            "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
-             claimed_checkpoint_sha256, class, reason, truth_sha256, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planted', ?, 'open', ?)",
-        )
-        .bind(&id)
-        .bind(&job_id)
-        .bind(segment)
-        .bind(&provider)
-        .bind(&signed)
-        .bind(start.as_deref())
-        .bind(&wrong)
-        .bind(&class)
-        .bind(&truth)
-        .bind(now)
-        .execute(self.conn())
-        .await?;
-        self.queue_replay(&id).await?;
-        tracing::debug!(job = %job_id, segment, audit = %id, "planted audit");
-        Ok(())
-    }
-
-    /// Voids the open audits of a job that ended and cancels their replays.
-    /// Planted audits stay: they test validators, not the job.
-    pub(crate) async fn void_audits(&mut self, job_id: &str) -> Result<(), PoolError> {
-        let now = self.now;
-        sqlx::query(
-            "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
-             WHERE kind = 'replay' AND status IN ('queued', 'leased') \
-               AND audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND status = 'open' \
-                                AND reason != 'planted')",
-        )
-        .bind(now)
-        .bind(job_id)
-        .execute(self.conn())
-        .await?;
-        sqlx::query(
-            "UPDATE audits SET status = 'void', decided_at = ?1 \
-             WHERE job_id = ?2 AND status = 'open' AND reason != 'planted'",
-        )
-        .bind(now)
-        .bind(job_id)
-        .execute(self.conn())
-        .await?;
-        Ok(())
-    }
-
-    /// Succeeds a job whose last segment is committed once no audit of it
-    /// is open.
-    pub(crate) async fn finish_if_done(&mut self, job_id: &str) -> Result<bool, PoolError> {
-        let Some(job) = store::job(self.conn(), job_id).await? else {
-            return Ok(false);
-        };
-        if job.status.is_final() || job.step < job.steps {
-            return Ok(false);
-        }
-        let open: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM audits WHERE job_id = ? AND status = 'open' AND reason != 'planted')",
-        )
-        .bind(job_id)
-        .fetch_one(self.conn())
-        .await?;
-        if open {
-            return Ok(false);
-        }
-        self.settle_job(&job).await?;
-        crate::job::set_status(self, job_id, JobStatus::Succeeded, None).await?;
-        tracing::info!(job = %job_id, "job succeeded");
-        Ok(true)
-    }
-
-    /// Decides an audit from the replays reported so far.
-    async fn decide(&mut self, audit_id: &str) -> Result<(), PoolError> {
-        let a = audit(self.conn(), audit_id).await?;
-        if a.status != AuditStatus::Open {
-            return Ok(());
-        }
-        let replays: Vec<ReplayRow> = sqlx::query_as(
-            "SELECT validator_id, signed, matches FROM replays WHERE audit_id = ? ORDER BY reported_at, rowid",
-        )
-        .bind(audit_id)
-        .fetch_all(self.conn())
-        .await?;
-        if a.reason == AuditReason::Planted {
-            let Some(r) = replays.last() else {
-                return Ok(());
-            };
-            let report = serde_json::from_str::<SignedReplay>(&r.signed)?.report;
-            // Inside the class the replay must reproduce the truth exactly;
-            // across classes it must at least reject the wrong claim.
-            let right = if report.class == a.class {
-                Some(report.end_checkpoint_sha256.as_str()) == a.truth_sha256.as_deref()
-            } else {
-                !r.matches
-            };
-            if right {
-                self.close_audit(&a, "verified", None).await?;
-                self.add_streak(&r.validator_id).await?;
-            } else {
-                self.close_audit(&a, "validator_fault", Some(&r.validator_id))
-                    .await?;
-                self.punish_validator(&r.validator_id, &a).await?;
-            }
-            return Ok(());
-        }
-        let validators: Vec<ProviderId> = replays
-            .iter()
-            .map(|r| ProviderId::from(r.validator_id.as_str()))
-            .collect();
-        match replays.as_slice() {
-            [first] if first.matches => {
-                self.verified(&a, &validators, None).await?;
-                self.add_streak(&first.validator_id).await?;
-            }
-            [first] => {
-                tracing::warn!(job = %a.job_id, segment = a.segment, validator = %first.validator_id,
-                    "replay disagrees with the commitment; asking a second validator");
-                self.queue_replay(&a.id).await?;
-                self.event(
-                    &a.job_id,
-                    JobEventKind::Audit {
-                        segment: to_u32(a.segment),
-                        provider: ProviderId::from(a.provider_id.as_str()),
-                        reason: "dispute".into(),
-                    },
-                )
-                .await?;
-            }
-            [first, second, ..] if second.matches => {
-                // The trainer and the second validator against the first.
-                let v1 = first.validator_id.clone();
-                self.verified(&a, &validators, Some(&v1)).await?;
-                self.add_streak(&second.validator_id).await?;
-                self.punish_validator(&v1, &a).await?;
-            }
-            [first, second, ..] => {
-                self.provider_fault(&a, &validators, &first.validator_id)
-                    .await?;
-                self.add_streak(&first.validator_id).await?;
-                self.add_streak(&second.validator_id).await?;
-            }
-            [] => {}
-        }
-        Ok(())
-    }
-
-    async fn close_audit(
-        &mut self,
-        a: &AuditRow,
-        status: &str,
-        at_fault: Option<&str>,
-    ) -> Result<(), PoolError> {
-        let now = self.now;
-        sqlx::query("UPDATE audits SET status = ?, at_fault = ?, decided_at = ? WHERE id = ?")
-            .bind(status)
-            .bind(at_fault)
-            .bind(now)
-            .bind(&a.id)
-            .execute(self.conn())
-            .await?;
-        Ok(())
-    }
-
-    async fn add_streak(&mut self, provider: &str) -> Result<(), PoolError> {
-        sqlx::query("UPDATE providers SET streak = streak + 1 WHERE id = ?")
-            .bind(provider)
-            .execute(self.conn())
-            .await?;
-        Ok(())
-    }
-
-    /// The segment holds: it is verified, the trainer's streak grows.
-    async fn verified(
-        &mut self,
-        a: &AuditRow,
-        validators: &[ProviderId],
-        outvoted: Option<&str>,
-    ) -> Result<(), PoolError> {
-        let outcome = if outvoted.is_some() {
-            "validator_fault"
+        let report = serde_json::from_str::<SignedReplay>(&r.signed)?.report;
+        // Inside the class the replay must reproduce the truth exactly;
+        // across classes it must at least reject the wrong claim.
+        let right = if report.class == a.class {
+            Some(report.end_checkpoint_sha256.as_str()) == a.truth_sha256.as_deref()
         } else {
-            "verified"
+            !r.matches
         };
-        self.close_audit(a, outcome, outvoted).await?;
-        let hash = serde_json::from_str::<SignedCommitment>(&a.signed)?
-            .commitment
-            .hash
-            .to_string();
-        sqlx::query(
-            "UPDATE commitments SET status = 'verified' WHERE job_id = ? AND segment = ? AND hash = ?",
-        )
-        .bind(&a.job_id)
-        .bind(a.segment)
-        .bind(&hash)
-        .execute(self.conn())
-        .await?;
-        self.add_streak(&a.provider_id).await?;
-        self.event(
-            &a.job_id,
-            JobEventKind::Verdict {
-                segment: to_u32(a.segment),
-                provider: ProviderId::from(a.provider_id.as_str()),
-                outcome: outcome.to_owned(),
-                at_fault: outvoted.map(ProviderId::from),
-                validators: validators.to_vec(),
-            },
-        )
-        .await?;
-        tracing::info!(job = %a.job_id, segment = a.segment, provider = %a.provider_id, outcome, "audit decided");
-        self.finish_if_done(&a.job_id).await?;
-        Ok(())
-    }
-
-    /// The trainer cheated: slash, bar, roll back, audit its other work.
-    async fn provider_fault(
-        &mut self,
-        a: &AuditRow,
-        validators: &[ProviderId],
-        caught_by: &str,
-    ) -> Result<(), PoolError> {
-        let cheater = a.provider_id.clone();
-        self.close_audit(a, "provider_fault", Some(&cheater))
-            .await?;
-        let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = ?")
-            .bind(&a.job_id)
-            .fetch_one(self.conn())
-            .await?;
-        let bps = self.pool().inner.config.money.slash_validator_bps;
-        let (forfeited, slashed) = self
-            .slash(&cheater, &a.job_id, &customer, Some(caught_by), bps)
-            .await?;
-        let now = self.now;
-        sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
-            .bind(&cheater)
-            .execute(self.conn())
-            .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO job_bars (job_id, provider_id, audit_id, at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&a.job_id)
-        .bind(&cheater)
-        .bind(&a.id)
-        .bind(now)
-        .execute(self.conn())
-        .await?;
-        self.event(
-            &a.job_id,
-            JobEventKind::Verdict {
-                segment: to_u32(a.segment),
-                provider: ProviderId::from(cheater.as_str()),
-                outcome: "provider_fault".into(),
-                at_fault: Some(ProviderId::from(cheater.as_str())),
-                validators: validators.to_vec(),
-            },
-        )
-        .await?;
-        tracing::warn!(job = %a.job_id, segment = a.segment, provider = %cheater,
-            forfeited = %forfeited, slashed = %slashed, "provider caught cheating");
-        self.roll_back(&a.job_id, to_u32(a.segment), &a.id, &cheater)
-            .await?;
-        // Everything else the cheater trained for this job is suspect.
-        let others: Vec<i64> = sqlx::query_scalar(
-            "SELECT segment FROM commitments WHERE job_id = ? AND provider_id = ? AND status = 'accepted' \
-             ORDER BY segment",
-        )
-        .bind(&a.job_id)
-        .bind(&cheater)
-        .fetch_all(self.conn())
-        .await?;
-        for segment in others {
-            self.open_audit(&a.job_id, to_u32(segment), AuditReason::FollowUp)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Takes a job back to the checkpoint before `segment`: the commitments
-    /// from `segment` on are discarded, their tasks and audits cancelled,
-    /// and the segment is queued again.
-    async fn roll_back(
-        &mut self,
-        job_id: &str,
-        segment: u32,
-        audit_id: &str,
-        cheater: &str,
-    ) -> Result<(), PoolError> {
-        let now = self.now;
-        let seg = i64::from(segment);
-        sqlx::query(
-            "INSERT INTO discarded_commitments (job_id, segment, provider_id, task_id, checkpoint_sha256, hash, \
-             signed, status, committed_at, audit_id, discarded_at) \
-             SELECT job_id, segment, provider_id, task_id, checkpoint_sha256, hash, signed, status, committed_at, ?, ? \
-             FROM commitments WHERE job_id = ? AND segment >= ?",
-        )
-        .bind(audit_id)
-        .bind(now)
-        .bind(job_id)
-        .bind(seg)
-        .execute(self.conn())
-        .await?;
-        sqlx::query("DELETE FROM commitments WHERE job_id = ? AND segment >= ?")
-            .bind(job_id)
-            .bind(seg)
-            .execute(self.conn())
-            .await?;
-        sqlx::query(
-            "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
-             WHERE job_id = ?2 AND status IN ('queued', 'leased') \
-               AND (kind = 'train' OR audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND segment > ?3 \
-                                                   AND status = 'open' AND reason != 'planted'))",
-        )
-        .bind(now)
-        .bind(job_id)
-        .bind(seg)
-        .execute(self.conn())
-        .await?;
-        sqlx::query(
-            "UPDATE audits SET status = 'void', decided_at = ?1 \
-             WHERE job_id = ?2 AND segment > ?3 AND status = 'open' AND reason != 'planted'",
-        )
-        .bind(now)
-        .bind(job_id)
-        .bind(seg)
-        .execute(self.conn())
-        .await?;
-        let before: Option<(String, String, i64)> = if segment == 0 {
-            None
+        if right {
+            crate::audit::close_audit(w, &a, "verified", None).await?;
+            crate::audit::add_streak(w, &r.validator_id).await?;
         } else {
-            sqlx::query_as(
-                "SELECT checkpoint_sha256, hash, end_step FROM commitments WHERE job_id = ? AND segment = ?",
+            crate::audit::close_audit(w, &a, "validator_fault", Some(&r.validator_id)).await?;
+            crate::audit::punish_validator(w, &r.validator_id, &a).await?;
+        }
+        return Ok(());
+    }
+    let validators: Vec<ProviderId> = replays
+        .iter()
+        .map(|r| ProviderId::from(r.validator_id.as_str()))
+        .collect();
+    match replays.as_slice() {
+        [first] if first.matches => {
+            crate::audit::verified(w, &a, &validators, None).await?;
+            crate::audit::add_streak(w, &first.validator_id).await?;
+        }
+        [first] => {
+            tracing::warn!(job = %a.job_id, segment = a.segment, validator = %first.validator_id,
+                "replay disagrees with the commitment; asking a second validator");
+            crate::audit::queue_replay(w, &a.id).await?;
+            w.event(
+                &a.job_id,
+                JobEventKind::Audit {
+                    segment: to_u32(a.segment),
+                    provider: ProviderId::from(a.provider_id.as_str()),
+                    reason: "dispute".into(),
+                },
             )
-            .bind(job_id)
-            .bind(seg - 1)
-            .fetch_optional(self.conn())
-            .await?
-        };
-        let (checkpoint, hash, step) = match before {
-            Some((c, h, s)) => (Some(c), h, s),
-            None => (None, genesis(&JobId::from(job_id)).to_string(), 0),
-        };
-        sqlx::query(
-            "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, updated_at = ? \
-             WHERE id = ?",
-        )
-        .bind(step)
-        .bind(seg)
-        .bind(checkpoint.as_deref())
-        .bind(&hash)
-        .bind(now)
-        .bind(job_id)
-        .execute(self.conn())
-        .await?;
-        let job = store::job(self.conn(), job_id)
-            .await?
-            .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
-        crate::job::queue_segment(self, &job, segment).await?;
-        self.event(
-            job_id,
-            JobEventKind::RolledBack {
-                segment,
-                step: to_u64(step),
-                provider: ProviderId::from(cheater),
-            },
-        )
-        .await?;
-        tracing::warn!(job = %job_id, segment, step, "job rolled back to the last good checkpoint");
-        Ok(())
+            .await?;
+        }
+        [first, second, ..] if second.matches => {
+            // The trainer and the second validator against the first.
+            let v1 = first.validator_id.clone();
+            crate::audit::verified(w, &a, &validators, Some(&v1)).await?;
+            crate::audit::add_streak(w, &second.validator_id).await?;
+            crate::audit::punish_validator(w, &v1, &a).await?;
+        }
+        [first, second, ..] => {
+            crate::audit::provider_fault(w, &a, &validators, &first.validator_id).await?;
+            crate::audit::add_streak(w, &first.validator_id).await?;
+            crate::audit::add_streak(w, &second.validator_id).await?;
+        }
+        [] => {}
     }
+    Ok(())
+}
 
-    /// A validator answered wrongly: its stake goes to the validator fund,
-    /// its streak resets, it replays no more.
-    async fn punish_validator(&mut self, validator: &str, a: &AuditRow) -> Result<(), PoolError> {
-        sqlx::query(
-            "UPDATE providers SET streak = 0, faults = faults + 1, validator_barred = 1 WHERE id = ?",
-        )
-        .bind(validator)
-        .execute(self.conn())
+pub(crate) async fn close_audit(
+    w: &mut Write<'_>,
+    a: &AuditRow,
+    status: &str,
+    at_fault: Option<&str>,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query("UPDATE audits SET status = ?, at_fault = ?, decided_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(at_fault)
+        .bind(now)
+        .bind(&a.id)
+        .execute(w.conn())
         .await?;
-        let slashed = self.slash_validator(validator, &a.id).await?;
-        tracing::warn!(validator, audit = %a.id, reason = %a.reason, slashed = %slashed,
-            "validator answered a replay wrongly; it gets no more replays");
-        Ok(())
+    Ok(())
+}
+
+pub(crate) async fn add_streak(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
+    sqlx::query("UPDATE providers SET streak = streak + 1 WHERE id = ?")
+        .bind(provider)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// The segment holds: it is verified, the trainer's streak grows.
+pub(crate) async fn verified(
+    w: &mut Write<'_>,
+    a: &AuditRow,
+    validators: &[ProviderId],
+    outvoted: Option<&str>,
+) -> Result<(), PoolError> {
+    let outcome = if outvoted.is_some() {
+        "validator_fault"
+    } else {
+        "verified"
+    };
+    crate::audit::close_audit(w, a, outcome, outvoted).await?;
+    let hash = serde_json::from_str::<SignedCommitment>(&a.signed)?
+        .commitment
+        .hash
+        .to_string();
+    sqlx::query(
+        "UPDATE commitments SET status = 'verified' WHERE job_id = ? AND segment = ? AND hash = ?",
+    )
+    .bind(&a.job_id)
+    .bind(a.segment)
+    .bind(&hash)
+    .execute(w.conn())
+    .await?;
+    crate::audit::add_streak(w, &a.provider_id).await?;
+    w.event(
+        &a.job_id,
+        JobEventKind::Verdict {
+            segment: to_u32(a.segment),
+            provider: ProviderId::from(a.provider_id.as_str()),
+            outcome: outcome.to_owned(),
+            at_fault: outvoted.map(ProviderId::from),
+            validators: validators.to_vec(),
+        },
+    )
+    .await?;
+    tracing::info!(job = %a.job_id, segment = a.segment, provider = %a.provider_id, outcome, "audit decided");
+    crate::audit::finish_if_done(w, &a.job_id).await?;
+    Ok(())
+}
+
+/// The trainer cheated: slash, bar, roll back, audit its other work.
+pub(crate) async fn provider_fault(
+    w: &mut Write<'_>,
+    a: &AuditRow,
+    validators: &[ProviderId],
+    caught_by: &str,
+) -> Result<(), PoolError> {
+    let cheater = a.provider_id.clone();
+    crate::audit::close_audit(w, a, "provider_fault", Some(&cheater)).await?;
+    let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = ?")
+        .bind(&a.job_id)
+        .fetch_one(w.conn())
+        .await?;
+    let bps = w.pool().inner.config.money.slash_validator_bps;
+    let (forfeited, slashed) =
+        crate::money::slash(w, &cheater, &a.job_id, &customer, Some(caught_by), bps).await?;
+    let now = w.now;
+    sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
+        .bind(&cheater)
+        .execute(w.conn())
+        .await?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO job_bars (job_id, provider_id, audit_id, at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&a.job_id)
+    .bind(&cheater)
+    .bind(&a.id)
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    w.event(
+        &a.job_id,
+        JobEventKind::Verdict {
+            segment: to_u32(a.segment),
+            provider: ProviderId::from(cheater.as_str()),
+            outcome: "provider_fault".into(),
+            at_fault: Some(ProviderId::from(cheater.as_str())),
+            validators: validators.to_vec(),
+        },
+    )
+    .await?;
+    tracing::warn!(job = %a.job_id, segment = a.segment, provider = %cheater,
+        forfeited = %forfeited, slashed = %slashed, "provider caught cheating");
+    crate::audit::roll_back(w, &a.job_id, to_u32(a.segment), &a.id, &cheater).await?;
+    // Everything else the cheater trained for this job is suspect.
+    let others: Vec<i64> = sqlx::query_scalar(
+        "SELECT segment FROM commitments WHERE job_id = ? AND provider_id = ? AND status = 'accepted' \
+         ORDER BY segment",
+    )
+    .bind(&a.job_id)
+    .bind(&cheater)
+    .fetch_all(w.conn())
+    .await?;
+    for segment in others {
+        crate::audit::open_audit(w, &a.job_id, to_u32(segment), AuditReason::FollowUp).await?;
     }
+    Ok(())
+}
+
+/// Takes a job back to the checkpoint before `segment`: the commitments
+/// from `segment` on are discarded, their tasks and audits cancelled,
+/// and the segment is queued again.
+pub(crate) async fn roll_back(
+    w: &mut Write<'_>,
+    job_id: &str,
+    segment: u32,
+    audit_id: &str,
+    cheater: &str,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    let seg = i64::from(segment);
+    sqlx::query(
+        "INSERT INTO discarded_commitments (job_id, segment, provider_id, task_id, checkpoint_sha256, hash, \
+         signed, status, committed_at, audit_id, discarded_at) \
+         SELECT job_id, segment, provider_id, task_id, checkpoint_sha256, hash, signed, status, committed_at, ?, ? \
+         FROM commitments WHERE job_id = ? AND segment >= ?",
+    )
+    .bind(audit_id)
+    .bind(now)
+    .bind(job_id)
+    .bind(seg)
+    .execute(w.conn())
+    .await?;
+    sqlx::query("DELETE FROM commitments WHERE job_id = ? AND segment >= ?")
+        .bind(job_id)
+        .bind(seg)
+        .execute(w.conn())
+        .await?;
+    sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
+         WHERE job_id = ?2 AND status IN ('queued', 'leased') \
+           AND (kind = 'train' OR audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND segment > ?3 \
+                                               AND status = 'open' AND reason != 'planted'))",
+    )
+    .bind(now)
+    .bind(job_id)
+    .bind(seg)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "UPDATE audits SET status = 'void', decided_at = ?1 \
+         WHERE job_id = ?2 AND segment > ?3 AND status = 'open' AND reason != 'planted'",
+    )
+    .bind(now)
+    .bind(job_id)
+    .bind(seg)
+    .execute(w.conn())
+    .await?;
+    let before: Option<(String, String, i64)> = if segment == 0 {
+        None
+    } else {
+        sqlx::query_as(
+            "SELECT checkpoint_sha256, hash, end_step FROM commitments WHERE job_id = ? AND segment = ?",
+        )
+        .bind(job_id)
+        .bind(seg - 1)
+        .fetch_optional(w.conn())
+        .await?
+    };
+    let (checkpoint, hash, step) = match before {
+        Some((c, h, s)) => (Some(c), h, s),
+        None => (None, genesis(&JobId::from(job_id)).to_string(), 0),
+    };
+    sqlx::query(
+        "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, updated_at = ? \
+         WHERE id = ?",
+    )
+    .bind(step)
+    .bind(seg)
+    .bind(checkpoint.as_deref())
+    .bind(&hash)
+    .bind(now)
+    .bind(job_id)
+    .execute(w.conn())
+    .await?;
+    let job = store::job(w.conn(), job_id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
+    crate::queue::queue_segment(w, &job, segment).await?;
+    w.event(
+        job_id,
+        JobEventKind::RolledBack {
+            segment,
+            step: to_u64(step),
+            provider: ProviderId::from(cheater),
+        },
+    )
+    .await?;
+    tracing::warn!(job = %job_id, segment, step, "job rolled back to the last good checkpoint");
+    Ok(())
+}
+
+/// A validator answered wrongly: its stake goes to the validator fund,
+/// its streak resets, it replays no more.
+pub(crate) async fn punish_validator(
+    w: &mut Write<'_>,
+    validator: &str,
+    a: &AuditRow,
+) -> Result<(), PoolError> {
+    sqlx::query(
+        "UPDATE providers SET streak = 0, faults = faults + 1, validator_barred = 1 WHERE id = ?",
+    )
+    .bind(validator)
+    .execute(w.conn())
+    .await?;
+    let slashed = crate::money::slash_validator(w, validator, &a.id).await?;
+    tracing::warn!(validator, audit = %a.id, reason = %a.reason, slashed = %slashed,
+        "validator answered a replay wrongly; it gets no more replays");
+    Ok(())
 }
 
 /// One provider's record in [`Pool::audit_stats`].
@@ -731,7 +739,7 @@ impl Pool {
             )));
         }
         let mut w = self.write().await?;
-        let task = crate::lease::leased_task(w.conn(), provider, task_id).await?;
+        let task = crate::queue::leased_task(w.conn(), provider, task_id).await?;
         let Some(audit_id) = task
             .audit_id
             .clone()
@@ -791,10 +799,11 @@ impl Pool {
         .execute(w.conn())
         .await?;
         if a.reason == AuditReason::Planted {
-            w.pay_planted_replay(task_id, provider, r.report.compute_ms)
+            crate::escrow::pay_planted_replay(&mut w, task_id, provider, r.report.compute_ms)
                 .await?;
         } else if let Some(job) = store::job(w.conn(), &a.job_id).await? {
-            w.pay_segment(
+            crate::escrow::pay_segment(
+                &mut w,
                 &job,
                 WorkDone {
                     task_id,
@@ -807,7 +816,7 @@ impl Pool {
             )
             .await?;
         }
-        w.decide(&audit_id).await?;
+        crate::audit::decide(&mut w, &audit_id).await?;
         w.commit().await?;
         tracing::info!(task = %task_id, validator = %provider, audit = %audit_id, matches, "replay reported");
         Ok(())

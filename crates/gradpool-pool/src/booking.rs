@@ -244,7 +244,8 @@ impl Pool {
             .bind(price)
             .execute(w.conn())
             .await?;
-            w.record_status(
+            crate::presence::record_status(
+                &mut w,
                 provider,
                 ProviderChange::Reserved,
                 Some(&format!("booking {id} from {}", rfc3339(from))),
@@ -345,7 +346,8 @@ async fn close(
             .fetch_all(w.conn())
             .await?;
     for p in providers {
-        w.record_status(
+        crate::presence::record_status(
+            w,
             &p,
             ProviderChange::Unreserved,
             Some(&format!("booking {} {status}", row.id)),

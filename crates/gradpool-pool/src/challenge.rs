@@ -116,6 +116,9 @@ impl Challenges {
     }
 }
 
+/// How far a registration's timestamp may be from the pool's clock.
+pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,8 @@
 
 use crate::error::PoolError;
 use crate::escrow::WorkDone;
-use crate::job::job_of;
-use crate::lease::leased_task;
+use crate::queue::job_of;
+use crate::queue::leased_task;
 use crate::store::{self, to_u32, to_u64, JobRow, TaskRow};
 use crate::Pool;
 use crate::{escrow, ledger};
@@ -117,7 +117,8 @@ impl Pool {
             },
         )
         .await?;
-        w.pay_segment(
+        crate::escrow::pay_segment(
+            &mut w,
             &job,
             WorkDone {
                 task_id,
@@ -131,12 +132,11 @@ impl Pool {
         .await?;
         // Drawn only now, after the commitment is accepted, so the provider
         // cannot know beforehand which segments are replayed.
-        w.draw_audit(&job.id, job.verification, cm.segment, provider)
-            .await?;
+        crate::audit::draw_audit(&mut w, &job.id, job.verification, cm.segment, provider).await?;
         let job_done = end >= job.steps;
         let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
         if job_done {
-            if !w.finish_if_done(&job.id).await? {
+            if !crate::audit::finish_if_done(&mut w, &job.id).await? {
                 tracing::info!(job = %job.id, "last segment committed; the job succeeds once its audits are decided");
             }
         } else if job.budget > 0 && left == 0 {
@@ -144,10 +144,10 @@ impl Pool {
                 "budget exhausted after segment {} (step {}): submit again with a larger budget.total_xmr",
                 cm.segment, cm.end_step
             );
-            w.settle_job(&job).await?;
-            crate::job::set_status(&mut w, &job.id, JobStatus::Failed, Some(why)).await?;
+            crate::escrow::settle_job(&mut w, &job).await?;
+            crate::audit::end_job(&mut w, &job.id, JobStatus::Failed, Some(why)).await?;
         } else {
-            crate::job::queue_segment(&mut w, &job, cm.segment + 1).await?;
+            crate::queue::queue_segment(&mut w, &job, cm.segment + 1).await?;
         }
         w.commit().await?;
         tracing::info!(job = %job.id, task = %task_id, provider = %provider, segment = cm.segment,

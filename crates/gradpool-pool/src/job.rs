@@ -6,14 +6,13 @@
 //! commitment is accepted (see [`crate::lease`] and [`crate::commit`]).
 
 use crate::error::PoolError;
-use crate::store::{self, to_u32, JobRow, TaskRow};
+use crate::store::{self, to_u32, TaskRow};
 use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::genesis;
 use gradpool_core::spec::DeviceRequest;
 use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob};
-use gradpool_core::{AccountId, JobId, JobSpec, Piconero, TaskId};
-use sqlx::SqliteConnection;
+use gradpool_core::{AccountId, JobId, JobSpec, Piconero};
 
 fn device_str(d: DeviceRequest) -> &'static str {
     match d {
@@ -23,78 +22,18 @@ fn device_str(d: DeviceRequest) -> &'static str {
     }
 }
 
-pub(crate) async fn job_of(
-    conn: &mut SqliteConnection,
-    task: &TaskRow,
-) -> Result<JobRow, PoolError> {
-    store::job(conn, &task.job_id)
-        .await?
-        .ok_or_else(|| PoolError::Internal(format!("task {} has no job", task.id)))
-}
-
 /// Puts the work of a task that ended unfinished (lease lost, handed
 /// back) in the queue again: a replay goes to another validator, a
 /// training segment is queued unless its job has ended.
 pub(crate) async fn requeue(w: &mut Write<'_>, task: &TaskRow) -> Result<(), PoolError> {
     if let Some(audit_id) = task.audit_id.as_deref() {
-        return w.requeue_replay(audit_id).await;
+        return crate::audit::requeue_replay(w, audit_id).await;
     }
-    let job = job_of(w.conn(), task).await?;
+    let job = crate::queue::job_of(w.conn(), task).await?;
     if !job.status.is_final() {
-        queue_segment(w, &job, to_u32(task.segment)).await?;
+        crate::queue::queue_segment(w, &job, to_u32(task.segment)).await?;
     }
     Ok(())
-}
-
-/// Queues a new task for a segment of a job.
-pub(crate) async fn queue_segment(
-    w: &mut Write<'_>,
-    job: &JobRow,
-    segment: u32,
-) -> Result<TaskId, PoolError> {
-    let k = job.checkpoint_every;
-    let start = i64::from(segment) * k;
-    let end = (start + k).min(job.steps);
-    let id = TaskId::random();
-    sqlx::query(
-        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-    )
-    .bind(id.as_str())
-    .bind(&job.id)
-    .bind(i64::from(segment))
-    .bind(start)
-    .bind(end)
-    .bind(w.now)
-    .bind(w.now)
-    .execute(w.conn())
-    .await?;
-    w.wake_providers();
-    Ok(id)
-}
-
-/// Sets a job's status (and error) and logs the change. A job that ends
-/// takes its open audits with it.
-pub(crate) async fn set_status(
-    w: &mut Write<'_>,
-    job_id: &str,
-    status: JobStatus,
-    reason: Option<String>,
-) -> Result<(), PoolError> {
-    if status.is_final() {
-        w.void_audits(job_id).await?;
-    }
-    sqlx::query(
-        "UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
-    )
-    .bind(status.as_str())
-    .bind(reason.as_deref())
-    .bind(w.now)
-    .bind(job_id)
-    .execute(w.conn())
-    .await?;
-    w.event(job_id, JobEventKind::Status { status, reason })
-        .await
 }
 
 impl Pool {
@@ -179,7 +118,7 @@ impl Pool {
         .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
         .execute(w.conn())
         .await?;
-        w.hold_budget(account.as_str(), id.as_str(), budget).await?;
+        crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;
         w.event(
             id.as_str(),
             JobEventKind::Status {
@@ -191,7 +130,7 @@ impl Pool {
         let job = store::job(w.conn(), id.as_str())
             .await?
             .ok_or_else(|| PoolError::Internal("job vanished".into()))?;
-        crate::job::queue_segment(&mut w, &job, 0).await?;
+        crate::queue::queue_segment(&mut w, &job, 0).await?;
         let view = store::job(w.conn(), id.as_str())
             .await?
             .ok_or_else(|| PoolError::Internal("job vanished".into()))?
@@ -231,8 +170,8 @@ impl Pool {
         .execute(w.conn())
         .await?;
         // Settled first: a job's event stream ends with its final status.
-        w.settle_job(&job).await?;
-        crate::job::set_status(
+        crate::escrow::settle_job(&mut w, &job).await?;
+        crate::audit::end_job(
             &mut w,
             job_id,
             JobStatus::Cancelled,

@@ -11,7 +11,7 @@
 //! (handed back by a pausing provider), `failed`, `cancelled`.
 
 use crate::error::PoolError;
-use crate::job::job_of;
+use crate::queue::{job_of, leased_task};
 use crate::store::{self, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
 use crate::tx::Write;
 use crate::Pool;
@@ -83,24 +83,6 @@ pub(crate) async fn assignment(
     Ok(out)
 }
 
-/// A task the caller must hold: it exists and is leased to `provider`.
-pub(crate) async fn leased_task(
-    conn: &mut SqliteConnection,
-    provider: &ProviderId,
-    task_id: &str,
-) -> Result<TaskRow, PoolError> {
-    let task = store::task(conn, task_id)
-        .await?
-        .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
-    if task.status != TaskStatus::Leased || task.provider_id.as_deref() != Some(provider.as_str()) {
-        return Err(PoolError::Conflict(format!(
-            "task {task_id} is not leased to you (it is {})",
-            task.status
-        )));
-    }
-    Ok(task)
-}
-
 /// Counts a heartbeat waiting for work while it lives.
 struct LongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -164,7 +146,8 @@ impl Pool {
         .fetch_one(w.conn())
         .await?;
         if paused != was_paused {
-            w.record_status(
+            crate::presence::record_status(
+                &mut w,
                 provider.as_str(),
                 if paused.is_some() {
                     ProviderChange::Paused
@@ -176,11 +159,11 @@ impl Pool {
             .await?;
             tracing::info!(provider = %provider, paused = ?paused, "provider pause changed");
         }
-        w.seen(provider.as_str()).await?;
-        w.release_duplicate_if_gone(provider.as_str(), self.lease_ms())
+        crate::presence::seen(&mut w, provider.as_str()).await?;
+        crate::presence::release_duplicate_if_gone(&mut w, provider.as_str(), self.lease_ms())
             .await?;
         let proof = if self.inner.config.hardware_proof {
-            w.proof_if_due(provider, self.inner.config.proof_interval_seconds)
+            crate::proof::proof_if_due(&mut w, provider, self.inner.config.proof_interval_seconds)
                 .await?
         } else {
             None
@@ -363,7 +346,7 @@ impl Pool {
                 continue;
             }
             if job.status == JobStatus::Queued {
-                crate::job::set_status(w, &job.id, JobStatus::Running, None).await?;
+                crate::queue::set_status(w, &job.id, JobStatus::Running, None).await?;
             }
             w.event(
                 &job.id,
@@ -451,7 +434,7 @@ impl Pool {
         .await?;
         if let Some(audit_id) = task.audit_id.as_deref() {
             // A replay that failed on one validator goes to another.
-            w.requeue_replay(audit_id).await?;
+            crate::audit::requeue_replay(&mut w, audit_id).await?;
             w.commit().await?;
             tracing::info!(task = %task_id, validator = %provider, reason = %reason, "replay failed; requeued");
             return Ok(());
@@ -470,12 +453,12 @@ impl Pool {
                 "segment {} failed {failures} times; last: {reason}",
                 task.segment
             );
-            w.settle_job(&job).await?;
-            crate::job::set_status(&mut w, &job.id, JobStatus::Failed, Some(why.clone())).await?;
+            crate::escrow::settle_job(&mut w, &job).await?;
+            crate::audit::end_job(&mut w, &job.id, JobStatus::Failed, Some(why.clone())).await?;
             w.commit().await?;
             tracing::info!(job = %job.id, reason = %why, "job failed");
         } else {
-            crate::job::queue_segment(&mut w, &job, to_u32(task.segment)).await?;
+            crate::queue::queue_segment(&mut w, &job, to_u32(task.segment)).await?;
             w.commit().await?;
             tracing::info!(job = %job.id, task = %task_id, provider = %provider, reason = %reason, "task failed; segment requeued");
         }

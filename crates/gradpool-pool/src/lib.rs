@@ -8,7 +8,8 @@
 //! - [`auth`]: API keys of customers and session tokens of providers.
 //! - [`store`]: the database: schema, rows and views.
 //! - [`tx`]: the write transaction every change goes through.
-//! - [`job`]: submit, cancel, the queue of a job's segments.
+//! - [`queue`]: the task queue and a job's state, shared by the flows above.
+//! - [`job`]: submit, cancel, requeuing a task that ended unfinished.
 //! - [`registration`]: a provider's node key proven, its session opened.
 //! - [`lease`]: heartbeats, the claim, progress, failures, the reaper.
 //! - [`commit`]: a provider's signed claim, checked and accepted.
@@ -61,6 +62,7 @@ pub mod model;
 pub mod money;
 pub mod presence;
 pub mod proof;
+pub mod queue;
 pub mod registration;
 pub mod store;
 pub mod throttle;
@@ -224,5 +226,108 @@ impl Pool {
     /// regardless of [`PoolConfig::open_signup`]).
     pub async fn create_account(&self, name: &str) -> Result<AccountCreated, PoolError> {
         auth::create_account(self, name).await
+    }
+}
+
+/// The pool's modules from the bottom layer up. A module may use only the
+/// modules before it: the graph is one-way, and the test below keeps it so.
+/// (The [`Pool`] handle, declared here at the root, is the one type every
+/// layer shares; each module adds the public methods of its concern.)
+#[cfg(test)]
+const LAYERS: &[&str] = &[
+    "clock",
+    "ledger",
+    "error",
+    "store",
+    "challenge",
+    "throttle",
+    "tls",
+    "tx",
+    "auth",
+    "model",
+    "queue",
+    "presence",
+    "proof",
+    "escrow",
+    "money",
+    "wallet",
+    "config",
+    "audit",
+    "job",
+    "lease",
+    "registration",
+    "commit",
+    "booking",
+    "events",
+    "blob",
+    "api",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::LAYERS;
+
+    /// The modules a source file names through `crate::`.
+    fn uses(source: &str) -> std::collections::BTreeSet<String> {
+        let code: String = source
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut out = std::collections::BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for part in group.split(',') {
+                    out.insert(part.trim().split("::").next().unwrap_or("").to_owned());
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                out.insert(name);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_module_uses_only_the_layers_below_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let module = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            if module == "lib" {
+                continue;
+            }
+            let layer = LAYERS
+                .iter()
+                .position(|m| *m == module)
+                .unwrap_or_else(|| panic!("module {module} is in no layer of LAYERS"));
+            files += 1;
+            for used in uses(&std::fs::read_to_string(&path).unwrap()) {
+                if used == module {
+                    continue;
+                }
+                if let Some(other) = LAYERS.iter().position(|m| *m == used) {
+                    assert!(
+                        other < layer,
+                        "{module} uses {used}, which is not below it in LAYERS"
+                    );
+                }
+            }
+        }
+        assert_eq!(files, LAYERS.len(), "a module of LAYERS has no file");
+    }
+
+    #[test]
+    fn a_use_group_counts_each_module_it_names() {
+        let found =
+            uses("use crate::{escrow, ledger::Kind};\nlet x = crate::tx::Write; // crate::api");
+        let found: Vec<&str> = found.iter().map(String::as_str).collect();
+        assert_eq!(found, ["escrow", "ledger", "tx"]);
     }
 }

@@ -185,132 +185,126 @@ pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<Payou
         .collect())
 }
 
-impl Write<'_> {
-    /// Moves a provider's stake to its available earnings once the
-    /// cool-down after its withdrawal request has passed. `NotFound` for a
-    /// provider the pool does not know.
-    pub(crate) async fn release_stake_if_due(
-        &mut self,
-        provider: &str,
-        cooldown_seconds: u64,
-    ) -> Result<(), PoolError> {
-        let requested: Option<i64> =
-            sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = ?")
-                .bind(provider)
-                .fetch_optional(self.conn())
-                .await?
-                .ok_or_else(|| PoolError::not_found(format!("provider {provider}")))?;
-        let Some(requested) = requested else {
-            return Ok(());
-        };
-        let cooldown_ms = i64::try_from(cooldown_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-        if self.now < requested.saturating_add(cooldown_ms) {
-            return Ok(());
-        }
-        let stake = self.account(AccountKind::ProviderStake, provider).await?;
-        let available = self
-            .account(AccountKind::ProviderAvailable, provider)
-            .await?;
-        let amount = balance(self.conn(), &stake).await?;
-        if amount > 0 {
-            self.transfer(
-                &stake,
-                &available,
-                Piconero(amount),
-                &format!("stake:{provider}:release:{requested}"),
-                &format!("stake of {provider} returned after its cool-down"),
-            )
-            .await?;
-        }
-        sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = ?")
+/// Moves a provider's stake to its available earnings once the
+/// cool-down after its withdrawal request has passed. `NotFound` for a
+/// provider the pool does not know.
+pub(crate) async fn release_stake_if_due(
+    w: &mut Write<'_>,
+    provider: &str,
+    cooldown_seconds: u64,
+) -> Result<(), PoolError> {
+    let requested: Option<i64> =
+        sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = ?")
             .bind(provider)
-            .execute(self.conn())
-            .await?;
-        Ok(())
+            .fetch_optional(w.conn())
+            .await?
+            .ok_or_else(|| PoolError::not_found(format!("provider {provider}")))?;
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    let cooldown_ms = i64::try_from(cooldown_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if w.now < requested.saturating_add(cooldown_ms) {
+        return Ok(());
     }
-
-    /// Slashes a provider caught cheating on `job_id`: its pending earnings
-    /// from the job go back to the job's escrow, and its stake goes to the
-    /// job's customer, less `validator_bps` of it to the validator that
-    /// caught it. Its reputation and the job's rollback are the verifier's
-    /// business. Idempotent per (provider, job).
-    pub(crate) async fn slash(
-        &mut self,
-        provider: &str,
-        job_id: &str,
-        customer: &str,
-        validator: Option<&str>,
-        validator_bps: u32,
-    ) -> Result<(Piconero, Piconero), PoolError> {
-        let pending = escrow::pending_account(provider, job_id);
-        let forfeited = balance(self.conn(), &pending).await?;
-        if forfeited > 0 {
-            let escrow = self.account(AccountKind::Escrow, job_id).await?;
-            self.transfer(
-                &pending,
-                &escrow,
-                Piconero(forfeited),
-                &format!("slash:{provider}:{job_id}:forfeit"),
-                &format!("unpaid earnings of {provider} from job {job_id} forfeited for fraud"),
-            )
-            .await?;
-        }
-        let stake = self.account(AccountKind::ProviderStake, provider).await?;
-        let slashed = balance(self.conn(), &stake).await?;
-        if slashed > 0 {
-            let to_validator = match validator {
-                Some(_) => u64::try_from(
-                    u128::from(slashed) * u128::from(validator_bps.min(10_000)) / 10_000,
-                )
-                .unwrap_or(0),
-                None => 0,
-            };
-            let to_customer = slashed - to_validator;
-            let mut postings = vec![(stake, -i64::try_from(slashed).unwrap_or(i64::MAX))];
-            if to_customer > 0 {
-                let c = self.account(AccountKind::Customer, customer).await?;
-                postings.push((c, i64::try_from(to_customer).unwrap_or(i64::MAX)));
-            }
-            if let (Some(v), true) = (validator, to_validator > 0) {
-                let v = self.account(AccountKind::ProviderAvailable, v).await?;
-                postings.push((v, i64::try_from(to_validator).unwrap_or(i64::MAX)));
-            }
-            self.post(
-                &format!("slash:{provider}:{job_id}:stake"),
-                &format!("stake of {provider} slashed for fraud on job {job_id}"),
-                &postings,
-            )
-            .await?;
-        }
-        Ok((Piconero(forfeited), Piconero(slashed)))
+    let stake = w.account(AccountKind::ProviderStake, provider).await?;
+    let available = w.account(AccountKind::ProviderAvailable, provider).await?;
+    let amount = balance(w.conn(), &stake).await?;
+    if amount > 0 {
+        w.transfer(
+            &stake,
+            &available,
+            Piconero(amount),
+            &format!("stake:{provider}:release:{requested}"),
+            &format!("stake of {provider} returned after its cool-down"),
+        )
+        .await?;
     }
+    sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = ?")
+        .bind(provider)
+        .execute(w.conn())
+        .await?;
+    Ok(())
 }
 
-impl Write<'_> {
-    /// Slashes a validator that answered a replay wrongly: its whole stake
-    /// goes to the validator fund. Returns the amount.
-    pub(crate) async fn slash_validator(
-        &mut self,
-        validator: &str,
-        audit_id: &str,
-    ) -> Result<Piconero, PoolError> {
-        let stake = self.account(AccountKind::ProviderStake, validator).await?;
-        let slashed = balance(self.conn(), &stake).await?;
-        if slashed > 0 {
-            let fund = self.account(AccountKind::Validator, "fund").await?;
-            self.transfer(
-                &stake,
-                &fund,
-                Piconero(slashed),
-                &format!("slash:{validator}:{audit_id}:validator"),
-                &format!(
-                    "stake of validator {validator} slashed for a wrong replay in audit {audit_id}"
-                ),
-            )
-            .await?;
-        }
-        Ok(Piconero(slashed))
+/// Slashes a provider caught cheating on `job_id`: its pending earnings
+/// from the job go back to the job's escrow, and its stake goes to the
+/// job's customer, less `validator_bps` of it to the validator that
+/// caught it. Its reputation and the job's rollback are the verifier's
+/// business. Idempotent per (provider, job).
+pub(crate) async fn slash(
+    w: &mut Write<'_>,
+    provider: &str,
+    job_id: &str,
+    customer: &str,
+    validator: Option<&str>,
+    validator_bps: u32,
+) -> Result<(Piconero, Piconero), PoolError> {
+    let pending = escrow::pending_account(provider, job_id);
+    let forfeited = balance(w.conn(), &pending).await?;
+    if forfeited > 0 {
+        let escrow = w.account(AccountKind::Escrow, job_id).await?;
+        w.transfer(
+            &pending,
+            &escrow,
+            Piconero(forfeited),
+            &format!("slash:{provider}:{job_id}:forfeit"),
+            &format!("unpaid earnings of {provider} from job {job_id} forfeited for fraud"),
+        )
+        .await?;
     }
+    let stake = w.account(AccountKind::ProviderStake, provider).await?;
+    let slashed = balance(w.conn(), &stake).await?;
+    if slashed > 0 {
+        let to_validator = match validator {
+            Some(_) => {
+                u64::try_from(u128::from(slashed) * u128::from(validator_bps.min(10_000)) / 10_000)
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        let to_customer = slashed - to_validator;
+        let mut postings = vec![(stake, -i64::try_from(slashed).unwrap_or(i64::MAX))];
+        if to_customer > 0 {
+            let c = w.account(AccountKind::Customer, customer).await?;
+            postings.push((c, i64::try_from(to_customer).unwrap_or(i64::MAX)));
+        }
+        if let (Some(v), true) = (validator, to_validator > 0) {
+            let v = w.account(AccountKind::ProviderAvailable, v).await?;
+            postings.push((v, i64::try_from(to_validator).unwrap_or(i64::MAX)));
+        }
+        w.post(
+            &format!("slash:{provider}:{job_id}:stake"),
+            &format!("stake of {provider} slashed for fraud on job {job_id}"),
+            &postings,
+        )
+        .await?;
+    }
+    Ok((Piconero(forfeited), Piconero(slashed)))
+}
+
+/// Slashes a validator that answered a replay wrongly: its whole stake
+/// goes to the validator fund. Returns the amount.
+pub(crate) async fn slash_validator(
+    w: &mut Write<'_>,
+    validator: &str,
+    audit_id: &str,
+) -> Result<Piconero, PoolError> {
+    let stake = w.account(AccountKind::ProviderStake, validator).await?;
+    let slashed = balance(w.conn(), &stake).await?;
+    if slashed > 0 {
+        let fund = w.account(AccountKind::Validator, "fund").await?;
+        w.transfer(
+            &stake,
+            &fund,
+            Piconero(slashed),
+            &format!("slash:{validator}:{audit_id}:validator"),
+            &format!(
+                "stake of validator {validator} slashed for a wrong replay in audit {audit_id}"
+            ),
+        )
+        .await?;
+    }
+    Ok(Piconero(slashed))
 }
 
 impl Pool {
@@ -332,15 +326,15 @@ impl Pool {
             .fetch_optional(w.conn())
             .await?
             .ok_or_else(|| PoolError::not_found(format!("job {job_id}")))?;
-        let out = w
-            .slash(
-                provider.as_str(),
-                job_id,
-                &customer,
-                validator.map(ProviderId::as_str),
-                bps,
-            )
-            .await?;
+        let out = crate::money::slash(
+            &mut w,
+            provider.as_str(),
+            job_id,
+            &customer,
+            validator.map(ProviderId::as_str),
+            bps,
+        )
+        .await?;
         w.commit().await?;
         tracing::warn!(provider = %provider, job = %job_id, forfeited = %out.0, slashed = %out.1, "provider slashed");
         Ok(out)
@@ -520,7 +514,7 @@ impl Pool {
         signed: &SignedNonce,
     ) -> Result<ProviderId, PoolError> {
         let now_s = self.now() / 1000;
-        if (signed.time - now_s).abs() > crate::registration::REGISTRATION_SKEW_SECONDS {
+        if (signed.time - now_s).abs() > crate::challenge::REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
                 "signed nonce time {} is too far from the pool's clock ({now_s})",
                 signed.time
@@ -545,7 +539,7 @@ impl Pool {
     pub async fn earnings(&self, provider: &ProviderId) -> Result<Earnings, PoolError> {
         let cooldown = self.inner.config.money.unstake_cooldown_seconds;
         let mut w = self.write().await?;
-        w.release_stake_if_due(provider.as_str(), cooldown).await?;
+        crate::money::release_stake_if_due(&mut w, provider.as_str(), cooldown).await?;
         let earnings = self.earnings_in(w.conn(), provider).await?;
         w.commit().await?;
         Ok(earnings)
@@ -626,7 +620,7 @@ impl Pool {
             self.deposit_subaddress(&stake_account(p)).await?;
         }
         let mut w = self.write().await?;
-        w.release_stake_if_due(p, cooldown).await?;
+        crate::money::release_stake_if_due(&mut w, p, cooldown).await?;
         match &req.action {
             StakeAction::Deposit => {}
             StakeAction::Add { amount } => {

@@ -12,235 +12,155 @@
 use crate::error::PoolError;
 use crate::tx::Write;
 use crate::Pool;
-use gradpool_core::proof::ProofChallenge;
 use gradpool_core::state::ProviderChange;
 use gradpool_core::wire::PoolInfo;
 use gradpool_core::{Piconero, ProviderId};
 
-/// The `held` text of a provider whose GPU another provider also claims.
-pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
-    format!("GPU {uuid} is also claimed by provider {other}")
+/// Appends to the provider's status history.
+pub(crate) async fn record_status(
+    w: &mut Write<'_>,
+    provider: &str,
+    status: ProviderChange,
+    reason: Option<&str>,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(provider)
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    Ok(())
 }
 
-/// An exponentially distributed delay with mean `mean_s` seconds, in
-/// milliseconds, drawn from the OS's randomness.
-fn random_delay_ms(mean_s: u64) -> i64 {
-    let bits = crate::proof::random_u64();
-    // Uniform in (0, 1]: never ln(0).
-    let u = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let ms = -u.ln() * mean_s as f64 * 1000.0;
-    ms.min(i64::MAX as f64 / 2.0) as i64
+/// The provider was heard from: if the pool had recorded it
+/// disconnected, it is connected again.
+pub(crate) async fn seen(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
+    let reconnected = sqlx::query(
+        "UPDATE providers SET disconnected_at = NULL WHERE id = ? AND disconnected_at IS NOT NULL",
+    )
+    .bind(provider)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    if reconnected > 0 {
+        crate::presence::record_status(w, provider, ProviderChange::Connected, None).await?;
+    }
+    Ok(())
 }
 
-impl Write<'_> {
-    /// Appends to the provider's status history.
-    pub(crate) async fn record_status(
-        &mut self,
-        provider: &str,
-        status: ProviderChange,
-        reason: Option<&str>,
-    ) -> Result<(), PoolError> {
-        let now = self.now;
-        sqlx::query(
-            "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(provider)
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(now)
-        .execute(self.conn())
+/// Records the GPU `provider` claims and holds it, and every connected
+/// provider claiming the same GPU, until the others are gone. A
+/// provider that no longer shares its GPU with anyone is released.
+pub(crate) async fn check_gpu_claim(
+    w: &mut Write<'_>,
+    provider: &ProviderId,
+    uuid: Option<&str>,
+    lease_ms: i64,
+) -> Result<(), PoolError> {
+    let p = provider.as_str();
+    sqlx::query("UPDATE providers SET gpu_uuid = ? WHERE id = ?")
+        .bind(uuid)
+        .bind(p)
+        .execute(w.conn())
         .await?;
-        Ok(())
-    }
-
-    /// The provider was heard from: if the pool had recorded it
-    /// disconnected, it is connected again.
-    pub(crate) async fn seen(&mut self, provider: &str) -> Result<(), PoolError> {
-        let reconnected = sqlx::query(
-            "UPDATE providers SET disconnected_at = NULL WHERE id = ? AND disconnected_at IS NOT NULL",
-        )
-        .bind(provider)
-        .execute(self.conn())
-        .await?
-        .rows_affected();
-        if reconnected > 0 {
-            self.record_status(provider, ProviderChange::Connected, None)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Records the GPU `provider` claims and holds it, and every connected
-    /// provider claiming the same GPU, until the others are gone. A
-    /// provider that no longer shares its GPU with anyone is released.
-    pub(crate) async fn check_gpu_claim(
-        &mut self,
-        provider: &ProviderId,
-        uuid: Option<&str>,
-        lease_ms: i64,
-    ) -> Result<(), PoolError> {
-        let p = provider.as_str();
-        sqlx::query("UPDATE providers SET gpu_uuid = ? WHERE id = ?")
+    let others: Vec<String> = match uuid {
+        Some(uuid) => {
+            sqlx::query_scalar(
+                "SELECT id FROM providers WHERE gpu_uuid = ? AND id != ? AND last_seen >= ? ORDER BY registered_at",
+            )
             .bind(uuid)
             .bind(p)
-            .execute(self.conn())
-            .await?;
-        let others: Vec<String> = match uuid {
-            Some(uuid) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM providers WHERE gpu_uuid = ? AND id != ? AND last_seen >= ? ORDER BY registered_at",
-                )
-                .bind(uuid)
-                .bind(p)
-                .bind(self.now - lease_ms)
-                .fetch_all(self.conn())
-                .await?
-            }
-            None => Vec::new(),
-        };
-        let (Some(uuid), Some(first)) = (uuid, others.first()) else {
-            return self.release_duplicate(p).await;
-        };
-        let reason = duplicate_reason(uuid, first);
-        sqlx::query("UPDATE providers SET duplicate_of = ? WHERE id = ?")
-            .bind(first)
-            .bind(p)
-            .execute(self.conn())
-            .await?;
-        self.record_status(p, ProviderChange::Held, Some(&reason))
-            .await?;
-        for other in &others {
-            let set = sqlx::query(
-                "UPDATE providers SET duplicate_of = ? WHERE id = ? AND duplicate_of IS NULL",
-            )
-            .bind(p)
-            .bind(other)
-            .execute(self.conn())
+            .bind(w.now - lease_ms)
+            .fetch_all(w.conn())
             .await?
-            .rows_affected();
-            if set > 0 {
-                self.record_status(
-                    other,
-                    ProviderChange::Held,
-                    Some(&duplicate_reason(uuid, p)),
-                )
-                .await?;
-            }
         }
-        tracing::warn!(provider = %provider, gpu = uuid, others = ?others, "a GPU is claimed by more than one provider; all are held");
-        Ok(())
-    }
-
-    /// Releases a provider held for a GPU another provider claimed, once
-    /// that one is disconnected (or claims another GPU). One statement: it
-    /// runs with every heartbeat.
-    pub(crate) async fn release_duplicate_if_gone(
-        &mut self,
-        provider: &str,
-        lease_ms: i64,
-    ) -> Result<(), PoolError> {
-        let released = sqlx::query(
-            "UPDATE providers SET duplicate_of = NULL \
-             WHERE id = ?1 AND duplicate_of IS NOT NULL \
-               AND NOT EXISTS (SELECT 1 FROM providers o WHERE o.id = providers.duplicate_of \
-                               AND o.gpu_uuid IS providers.gpu_uuid AND o.last_seen >= ?2)",
+        None => Vec::new(),
+    };
+    let (Some(uuid), Some(first)) = (uuid, others.first()) else {
+        return crate::presence::release_duplicate(w, p).await;
+    };
+    let reason = crate::store::duplicate_reason(uuid, first);
+    sqlx::query("UPDATE providers SET duplicate_of = ? WHERE id = ?")
+        .bind(first)
+        .bind(p)
+        .execute(w.conn())
+        .await?;
+    crate::presence::record_status(w, p, ProviderChange::Held, Some(&reason)).await?;
+    for other in &others {
+        let set = sqlx::query(
+            "UPDATE providers SET duplicate_of = ? WHERE id = ? AND duplicate_of IS NULL",
         )
-        .bind(provider)
-        .bind(self.now - lease_ms)
-        .execute(self.conn())
+        .bind(p)
+        .bind(other)
+        .execute(w.conn())
         .await?
         .rows_affected();
-        self.record_released(provider, released).await
-    }
-
-    async fn release_duplicate(&mut self, provider: &str) -> Result<(), PoolError> {
-        let released = sqlx::query(
-            "UPDATE providers SET duplicate_of = NULL WHERE id = ? AND duplicate_of IS NOT NULL",
-        )
-        .bind(provider)
-        .execute(self.conn())
-        .await?
-        .rows_affected();
-        self.record_released(provider, released).await
-    }
-
-    async fn record_released(&mut self, provider: &str, released: u64) -> Result<(), PoolError> {
-        if released > 0 {
-            self.record_status(
-                provider,
-                ProviderChange::Released,
-                Some("its GPU is no longer claimed twice"),
+        if set > 0 {
+            crate::presence::record_status(
+                w,
+                other,
+                ProviderChange::Held,
+                Some(&crate::store::duplicate_reason(uuid, p)),
             )
             .await?;
         }
-        Ok(())
     }
+    tracing::warn!(provider = %provider, gpu = uuid, others = ?others, "a GPU is claimed by more than one provider; all are held");
+    Ok(())
+}
 
-    /// Plans the provider's next hardware proof at a random time (none when
-    /// the pool's interval is 0).
-    pub(crate) async fn plan_next_proof(
-        &mut self,
-        provider: &str,
-        mean_s: u64,
-    ) -> Result<(), PoolError> {
-        let next = (mean_s > 0).then(|| self.now + random_delay_ms(mean_s));
-        sqlx::query("UPDATE providers SET next_proof_at = ? WHERE id = ?")
-            .bind(next)
-            .bind(provider)
-            .execute(self.conn())
-            .await?;
-        Ok(())
-    }
+/// Releases a provider held for a GPU another provider claimed, once
+/// that one is disconnected (or claims another GPU). One statement: it
+/// runs with every heartbeat.
+pub(crate) async fn release_duplicate_if_gone(
+    w: &mut Write<'_>,
+    provider: &str,
+    lease_ms: i64,
+) -> Result<(), PoolError> {
+    let released = sqlx::query(
+        "UPDATE providers SET duplicate_of = NULL \
+         WHERE id = ?1 AND duplicate_of IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM providers o WHERE o.id = providers.duplicate_of \
+                           AND o.gpu_uuid IS providers.gpu_uuid AND o.last_seen >= ?2)",
+    )
+    .bind(provider)
+    .bind(w.now - lease_ms)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    crate::presence::record_released(w, provider, released).await
+}
 
-    /// Issues the provider's next hardware proof if it is due and none is
-    /// open, and plans the one after.
-    pub(crate) async fn proof_if_due(
-        &mut self,
-        provider: &ProviderId,
-        mean_s: u64,
-    ) -> Result<Option<ProofChallenge>, PoolError> {
-        #[derive(sqlx::FromRow)]
-        struct Due {
-            next_proof_at: Option<i64>,
-            benchmark_gflops: Option<f64>,
-            memory_bytes: i64,
-            held: Option<String>,
-        }
-        let row: Option<Due> = sqlx::query_as(
-            "SELECT next_proof_at, benchmark_gflops, memory_bytes, held FROM providers WHERE id = ?",
+pub(crate) async fn release_duplicate(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
+    let released = sqlx::query(
+        "UPDATE providers SET duplicate_of = NULL WHERE id = ? AND duplicate_of IS NOT NULL",
+    )
+    .bind(provider)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    crate::presence::record_released(w, provider, released).await
+}
+
+pub(crate) async fn record_released(
+    w: &mut Write<'_>,
+    provider: &str,
+    released: u64,
+) -> Result<(), PoolError> {
+    if released > 0 {
+        crate::presence::record_status(
+            w,
+            provider,
+            ProviderChange::Released,
+            Some("its GPU is no longer claimed twice"),
         )
-        .bind(provider.as_str())
-        .fetch_optional(self.conn())
         .await?;
-        let Some(Due {
-            next_proof_at: Some(due),
-            benchmark_gflops: gflops,
-            memory_bytes: memory,
-            held,
-        }) = row
-        else {
-            return Ok(None);
-        };
-        // A provider already held (a proof pending, or one failed: it must
-        // register again) gets no new proof meanwhile.
-        if due > self.now || held.is_some() {
-            return Ok(None);
-        }
-        let open: Option<String> =
-            sqlx::query_scalar("SELECT id FROM proofs WHERE provider_id = ? AND status = 'open'")
-                .bind(provider.as_str())
-                .fetch_optional(self.conn())
-                .await?;
-        self.plan_next_proof(provider.as_str(), mean_s).await?;
-        if open.is_some() {
-            return Ok(None);
-        }
-        let challenge = self
-            .issue_proof(provider, gflops, u64::try_from(memory).unwrap_or(0))
-            .await?;
-        tracing::info!(provider = %provider, proof = %challenge.id, n = challenge.n, "hardware proof at a random time");
-        Ok(Some(challenge))
     }
+    Ok(())
 }
 
 /// The median of `values` (the lower middle of an even count).
@@ -307,7 +227,8 @@ impl Pool {
         .fetch_all(w.conn())
         .await?;
         for p in &gone {
-            w.record_status(
+            crate::presence::record_status(
+                &mut w,
                 p,
                 ProviderChange::Disconnected,
                 Some("no heartbeat for a lease period"),
@@ -332,7 +253,7 @@ impl Pool {
                 .bind(p)
                 .execute(w.conn())
                 .await?;
-            w.record_status(p, ProviderChange::Held, Some(why)).await?;
+            crate::presence::record_status(&mut w, p, ProviderChange::Held, Some(why)).await?;
         }
         w.commit().await?;
         Ok(gone.len())

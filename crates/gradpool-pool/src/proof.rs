@@ -32,60 +32,59 @@ pub(crate) fn random_u64() -> u64 {
     u64::from_str_radix(&gradpool_core::id::random_hex(8), 16).unwrap_or(0x5eed)
 }
 
-impl Write<'_> {
-    /// Issues a challenge to `provider`, which claims `gflops` and
-    /// `memory_bytes`.
-    pub(crate) async fn issue_proof(
-        &mut self,
-        provider: &ProviderId,
-        gflops: Option<f64>,
-        memory_bytes: u64,
-    ) -> Result<ProofChallenge, PoolError> {
-        let claimed = gflops.unwrap_or(UNCLAIMED_GFLOPS);
-        let n = proof::side_for(claimed, memory_bytes, TARGET_SECONDS);
-        let compute_ms = 2.0 * f64::from(n).powi(3) / (claimed * 1e9) * 1000.0;
-        let deadline_ms = (compute_ms * SLACK + OVERHEAD_MS).ceil() as u64;
-        let challenge = ProofChallenge {
-            id: format!("proof_{}", gradpool_core::id::random_hex(8)),
-            // SQLite integers are signed: keep the seed in 63 bits.
-            seed: random_u64() >> 1,
-            n,
-            deadline_ms,
-        };
-        // A new challenge replaces any still open (from an earlier
-        // registration): only the newest can be answered, and an old one
-        // lapsing must not hold a provider that passed since.
-        sqlx::query("UPDATE proofs SET status = 'void' WHERE provider_id = ? AND status = 'open'")
-            .bind(provider.as_str())
-            .execute(self.conn())
-            .await?;
-        sqlx::query(
-            "INSERT INTO proofs (id, provider_id, seed, n, claimed_gflops, issued_at, deadline_ms, status) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
-        )
-        .bind(&challenge.id)
+/// Issues a challenge to `provider`, which claims `gflops` and
+/// `memory_bytes`.
+pub(crate) async fn issue_proof(
+    w: &mut Write<'_>,
+    provider: &ProviderId,
+    gflops: Option<f64>,
+    memory_bytes: u64,
+) -> Result<ProofChallenge, PoolError> {
+    let claimed = gflops.unwrap_or(UNCLAIMED_GFLOPS);
+    let n = proof::side_for(claimed, memory_bytes, TARGET_SECONDS);
+    let compute_ms = 2.0 * f64::from(n).powi(3) / (claimed * 1e9) * 1000.0;
+    let deadline_ms = (compute_ms * SLACK + OVERHEAD_MS).ceil() as u64;
+    let challenge = ProofChallenge {
+        id: format!("proof_{}", gradpool_core::id::random_hex(8)),
+        // SQLite integers are signed: keep the seed in 63 bits.
+        seed: random_u64() >> 1,
+        n,
+        deadline_ms,
+    };
+    // A new challenge replaces any still open (from an earlier
+    // registration): only the newest can be answered, and an old one
+    // lapsing must not hold a provider that passed since.
+    sqlx::query("UPDATE proofs SET status = 'void' WHERE provider_id = ? AND status = 'open'")
         .bind(provider.as_str())
-        .bind(challenge.seed as i64)
-        .bind(i64::from(n))
-        .bind(gflops)
-        .bind(self.now)
-        .bind(deadline_ms as i64)
-        .execute(self.conn())
+        .execute(w.conn())
         .await?;
-        // Until it answers, it is held: a provider that cannot prove its
-        // hardware gets no work.
-        sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = ?")
-            .bind(provider.as_str())
-            .execute(self.conn())
-            .await?;
-        self.record_status(
-            provider.as_str(),
-            ProviderChange::Held,
-            Some("hardware proof pending"),
-        )
+    sqlx::query(
+        "INSERT INTO proofs (id, provider_id, seed, n, claimed_gflops, issued_at, deadline_ms, status) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+    )
+    .bind(&challenge.id)
+    .bind(provider.as_str())
+    .bind(challenge.seed as i64)
+    .bind(i64::from(n))
+    .bind(gflops)
+    .bind(w.now)
+    .bind(deadline_ms as i64)
+    .execute(w.conn())
+    .await?;
+    // Until it answers, it is held: a provider that cannot prove its
+    // hardware gets no work.
+    sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = ?")
+        .bind(provider.as_str())
+        .execute(w.conn())
         .await?;
-        Ok(challenge)
-    }
+    crate::presence::record_status(
+        w,
+        provider.as_str(),
+        ProviderChange::Held,
+        Some("hardware proof pending"),
+    )
+    .await?;
+    Ok(challenge)
 }
 
 impl Pool {
@@ -158,7 +157,8 @@ impl Pool {
                 .bind(provider.as_str())
                 .execute(w.conn())
                 .await?;
-            w.record_status(
+            crate::presence::record_status(
+                &mut w,
                 provider.as_str(),
                 ProviderChange::Released,
                 Some("hardware proof passed"),
@@ -177,8 +177,13 @@ impl Pool {
                 .bind(provider.as_str())
                 .execute(w.conn())
                 .await?;
-            w.record_status(provider.as_str(), ProviderChange::Held, Some(&why))
-                .await?;
+            crate::presence::record_status(
+                &mut w,
+                provider.as_str(),
+                ProviderChange::Held,
+                Some(&why),
+            )
+            .await?;
         }
         // The answer served its purpose; nothing else can name it.
         sqlx::query("DELETE FROM blob_uploads WHERE sha256 = ?")
@@ -198,4 +203,79 @@ impl Pool {
             proven_gflops,
         })
     }
+}
+
+/// An exponentially distributed delay with mean `mean_s` seconds, in
+/// milliseconds, drawn from the OS's randomness.
+fn random_delay_ms(mean_s: u64) -> i64 {
+    let bits = crate::proof::random_u64();
+    // Uniform in (0, 1]: never ln(0).
+    let u = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let ms = -u.ln() * mean_s as f64 * 1000.0;
+    ms.min(i64::MAX as f64 / 2.0) as i64
+}
+
+/// Plans the provider's next hardware proof at a random time (none when
+/// the pool's interval is 0).
+pub(crate) async fn plan_next_proof(
+    w: &mut Write<'_>,
+    provider: &str,
+    mean_s: u64,
+) -> Result<(), PoolError> {
+    let next = (mean_s > 0).then(|| w.now + random_delay_ms(mean_s));
+    sqlx::query("UPDATE providers SET next_proof_at = ? WHERE id = ?")
+        .bind(next)
+        .bind(provider)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// Issues the provider's next hardware proof if it is due and none is
+/// open, and plans the one after.
+pub(crate) async fn proof_if_due(
+    w: &mut Write<'_>,
+    provider: &ProviderId,
+    mean_s: u64,
+) -> Result<Option<ProofChallenge>, PoolError> {
+    #[derive(sqlx::FromRow)]
+    struct Due {
+        next_proof_at: Option<i64>,
+        benchmark_gflops: Option<f64>,
+        memory_bytes: i64,
+        held: Option<String>,
+    }
+    let row: Option<Due> = sqlx::query_as(
+        "SELECT next_proof_at, benchmark_gflops, memory_bytes, held FROM providers WHERE id = ?",
+    )
+    .bind(provider.as_str())
+    .fetch_optional(w.conn())
+    .await?;
+    let Some(Due {
+        next_proof_at: Some(due),
+        benchmark_gflops: gflops,
+        memory_bytes: memory,
+        held,
+    }) = row
+    else {
+        return Ok(None);
+    };
+    // A provider already held (a proof pending, or one failed: it must
+    // register again) gets no new proof meanwhile.
+    if due > w.now || held.is_some() {
+        return Ok(None);
+    }
+    let open: Option<String> =
+        sqlx::query_scalar("SELECT id FROM proofs WHERE provider_id = ? AND status = 'open'")
+            .bind(provider.as_str())
+            .fetch_optional(w.conn())
+            .await?;
+    crate::proof::plan_next_proof(w, provider.as_str(), mean_s).await?;
+    if open.is_some() {
+        return Ok(None);
+    }
+    let challenge =
+        crate::proof::issue_proof(w, provider, gflops, u64::try_from(memory).unwrap_or(0)).await?;
+    tracing::info!(provider = %provider, proof = %challenge.id, n = challenge.n, "hardware proof at a random time");
+    Ok(Some(challenge))
 }

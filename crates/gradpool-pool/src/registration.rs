@@ -4,8 +4,8 @@
 
 use crate::auth::{new_session_token, secret_hash};
 use crate::error::PoolError;
-use crate::job::job_of;
 use crate::lease::assignment;
+use crate::queue::job_of;
 use crate::store::{self};
 use crate::Pool;
 use gradpool_core::commitment::registration_message;
@@ -13,18 +13,16 @@ use gradpool_core::state::ProviderChange;
 use gradpool_core::wire::{Register, Registered};
 use gradpool_core::ProviderId;
 
-/// How far a registration's timestamp may be from the pool's clock.
-pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
-
 impl Pool {
     /// Registers (or re-registers) a provider that proved it holds its node
     /// key; issues a new session token and sorts the tasks it was resuming.
     pub async fn register_provider(&self, req: Register) -> Result<Registered, PoolError> {
         let now_s = self.now() / 1000;
-        if (req.time - now_s).abs() > REGISTRATION_SKEW_SECONDS {
+        if (req.time - now_s).abs() > crate::challenge::REGISTRATION_SKEW_SECONDS {
             return Err(PoolError::Unauthorized(format!(
-                "registration time {} is more than {REGISTRATION_SKEW_SECONDS} s from the pool's clock ({now_s})",
-                req.time
+                "registration time {} is more than {} s from the pool's clock ({now_s})",
+                req.time,
+                crate::challenge::REGISTRATION_SKEW_SECONDS
             )));
         }
         req.public_key
@@ -94,14 +92,23 @@ impl Pool {
                 .execute(w.conn())
                 .await?;
         }
-        w.seen(provider.as_str()).await?;
-        w.record_status(provider.as_str(), ProviderChange::Registered, None)
+        crate::presence::seen(&mut w, provider.as_str()).await?;
+        crate::presence::record_status(&mut w, provider.as_str(), ProviderChange::Registered, None)
             .await?;
-        w.check_gpu_claim(&provider, req.hardware.uuid.as_deref(), self.lease_ms())
-            .await?;
+        crate::presence::check_gpu_claim(
+            &mut w,
+            &provider,
+            req.hardware.uuid.as_deref(),
+            self.lease_ms(),
+        )
+        .await?;
         if self.inner.config.hardware_proof {
-            w.plan_next_proof(provider.as_str(), self.inner.config.proof_interval_seconds)
-                .await?;
+            crate::proof::plan_next_proof(
+                &mut w,
+                provider.as_str(),
+                self.inner.config.proof_interval_seconds,
+            )
+            .await?;
         }
         let mut resume = Vec::new();
         let mut dropped = Vec::new();
@@ -134,7 +141,7 @@ impl Pool {
         // lease runs out.
         let proof = if self.inner.config.hardware_proof {
             Some(
-                w.issue_proof(&provider, gflops, req.hardware.memory_bytes)
+                crate::proof::issue_proof(&mut w, &provider, gflops, req.hardware.memory_bytes)
                     .await?,
             )
         } else {

@@ -413,7 +413,7 @@ pub async fn providers(
             // A proof pending or failed first; then a GPU claimed twice.
             let held = r.held.clone().or_else(|| {
                 r.duplicate_of.as_deref().map(|other| {
-                    crate::presence::duplicate_reason(r.gpu_uuid.as_deref().unwrap_or("?"), other)
+                    crate::store::duplicate_reason(r.gpu_uuid.as_deref().unwrap_or("?"), other)
                 })
             });
             let status = if now - r.last_seen > i64::from(lease_seconds) * 1000 {
@@ -463,6 +463,11 @@ pub async fn providers(
             })
         })
         .collect()
+}
+
+/// The `held` text of a provider whose GPU another provider also claims.
+pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
+    format!("GPU {uuid} is also claimed by provider {other}")
 }
 
 #[cfg(test)]
