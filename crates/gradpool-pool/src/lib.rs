@@ -80,7 +80,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, Mutex, Notify};
 
 /// A running pool: a cheap, clonable handle to its database, blob store,
-/// scheduler and event bus.
+/// leases and event bus.
 #[derive(Clone)]
 pub struct Pool {
     pub(crate) inner: Arc<Inner>,
