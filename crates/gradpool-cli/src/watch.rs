@@ -43,6 +43,9 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
     let mut progress = String::new();
     bar.set_position(job.step);
     bar.enable_steady_tick(Duration::from_millis(200));
+    if let Some(why) = &job.waiting {
+        note(&bar, visible, format!("  job queued: {why}"));
+    }
     let mut last_id: i64 = 0;
     loop {
         let rb = api

@@ -120,6 +120,17 @@ pub enum DeviceRequest {
     Cuda,
 }
 
+impl DeviceRequest {
+    /// The spec's spelling: `any`, `cpu` or `cuda`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceRequest::Any => "any",
+            DeviceRequest::Cpu => "cpu",
+            DeviceRequest::Cuda => "cuda",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Resources {

@@ -134,6 +134,10 @@ pub struct JobView {
     /// device must have to get the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// For a queued job that no connected provider can take now: why
+    /// (each reason with how many providers it keeps out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -210,7 +210,10 @@ async fn submit_job(
     Customer(account): Customer,
     ApiJson(req): ApiJson<SubmitJob>,
 ) -> Result<impl IntoResponse, PoolError> {
-    let view = pool.submit_job(&account, req).await?;
+    let submitted = pool.submit_job(&account, req).await?;
+    let mut conn = pool.inner.db.acquire().await?;
+    let job = store::owned_job(&mut conn, account.as_str(), submitted.id.as_str()).await?;
+    let view = pool.job_view(&mut conn, &job).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -219,12 +222,11 @@ async fn list_jobs(
     Customer(account): Customer,
 ) -> Result<impl IntoResponse, PoolError> {
     let mut conn = pool.inner.db.acquire().await?;
-    let jobs = store::jobs_of(&mut conn, account.as_str())
-        .await?
-        .iter()
-        .map(store::JobRow::view)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(jobs))
+    let mut views = Vec::new();
+    for job in store::jobs_of(&mut conn, account.as_str()).await? {
+        views.push(pool.job_view(&mut conn, &job).await?);
+    }
+    Ok(Json(views))
 }
 
 async fn get_job(
@@ -233,11 +235,8 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, PoolError> {
     let mut conn = pool.inner.db.acquire().await?;
-    Ok(Json(
-        store::owned_job(&mut conn, account.as_str(), &id)
-            .await?
-            .view()?,
-    ))
+    let job = store::owned_job(&mut conn, account.as_str(), &id).await?;
+    Ok(Json(pool.job_view(&mut conn, &job).await?))
 }
 
 async fn cancel_job(

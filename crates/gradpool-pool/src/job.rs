@@ -10,17 +10,8 @@ use crate::store::{self, to_u32, TaskRow};
 use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::genesis;
-use gradpool_core::spec::DeviceRequest;
 use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob};
 use gradpool_core::{AccountId, JobId, JobSpec, Piconero};
-
-fn device_str(d: DeviceRequest) -> &'static str {
-    match d {
-        DeviceRequest::Any => "any",
-        DeviceRequest::Cpu => "cpu",
-        DeviceRequest::Cuda => "cuda",
-    }
-}
 
 /// Puts the work of a task that ended unfinished (lease lost, handed
 /// back) in the queue again: a replay goes to another validator, a
@@ -102,7 +93,7 @@ impl Pool {
         .bind(&spec.name)
         .bind(&req.spec_toml)
         .bind(req.data_sha256.as_str())
-        .bind(device_str(spec.resources.device))
+        .bind(spec.resources.device.as_str())
         .bind(min_memory)
         .bind(steps)
         .bind(every)

@@ -11,6 +11,7 @@
 //! - [`queue`]: the task queue and a job's state, shared by the flows above.
 //! - [`job`]: submit, cancel, requeuing a task that ended unfinished.
 //! - [`registration`]: a provider's node key proven, its session opened.
+//! - [`placement`]: why a queued job waits (no provider can take it now).
 //! - [`lease`]: heartbeats, the claim, progress, failures, the reaper.
 //! - [`commit`]: a provider's signed claim, checked and accepted.
 //! - [`audit`]: sampled replays by validators, verdicts, slashing, rollback.
@@ -60,6 +61,7 @@ pub mod lease;
 pub mod ledger;
 pub mod model;
 pub mod money;
+pub mod placement;
 pub mod presence;
 pub mod proof;
 pub mod queue;

@@ -1002,3 +1002,60 @@ async fn a_booking_reserves_the_best_providers_and_holds_their_price() {
     assert_eq!(b.0, 1_000_000_000_000 - bobs_job.budget.0);
     assert_clean(&tp).await;
 }
+
+/// A job no connected provider can take says why, at submit and while it
+/// is queued: a price below every provider's, a budget that needs a stake
+/// nobody has, no provider at all. One a provider can take says nothing.
+#[tokio::test]
+async fn a_job_no_provider_can_take_says_why_it_waits() {
+    let tp = TestPool::start_with(|c| {
+        c.money.stake_required_above = Piconero(10_000_000);
+        c.money.min_stake = Piconero(1_000_000);
+    })
+    .await;
+    let c = tp.customer("alice").await;
+    faucet(&c, "1").await;
+
+    let alone: JobView = submit_reply(&c, &budgeted("0.000006", None)).await.ok();
+    let why = alone.waiting.expect("a reason with no provider");
+    assert!(why.contains("no provider is connected"), "{why}");
+
+    // RATE is 3.6 XMR/h.
+    let p = tp.provider_with("rig", |p| p.price = RATE).await;
+    let cheap: JobView = submit_reply(&c, &budgeted("0.000006", Some("1")))
+        .await
+        .ok();
+    assert_eq!(cheap.status, JobStatus::Queued);
+    let why = cheap.waiting.clone().expect("a reason at submit");
+    assert!(
+        why.contains("1 provider asking more than the job's maximum of 1 XMR/h"),
+        "{why}"
+    );
+    assert!(why.contains("the cheapest asks 3.6 XMR/h"), "{why}");
+    assert_eq!(
+        c.job(&cheap.id).await.waiting,
+        cheap.waiting,
+        "and while queued"
+    );
+
+    let large: JobView = submit_reply(&c, &budgeted("0.001", None)).await.ok();
+    let why = large.waiting.expect("a reason at submit");
+    assert!(
+        why.contains("1 provider without the stake a budget of 0.001 XMR needs"),
+        "{why}"
+    );
+
+    // A job the provider can take waits for nothing, and the provider
+    // takes it (not the two it cannot).
+    let fits: JobView = submit_reply(&c, &budgeted("0.000006", None)).await.ok();
+    assert_eq!(fits.waiting, None);
+    let jobs: Vec<JobView> = c.get("/v1/jobs").await.ok();
+    let waiting: Vec<&JobId> = jobs
+        .iter()
+        .filter(|j| j.waiting.is_some())
+        .map(|j| &j.id)
+        .collect();
+    assert_eq!(waiting, [&large.id, &cheap.id], "newest first");
+    let a = p.take().await;
+    assert_eq!(a.job_id, alone.id);
+}

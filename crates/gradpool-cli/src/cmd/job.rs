@@ -89,6 +89,9 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             let api = customer.api()?;
             let job = submit(&api, &spec, data.as_deref(), true).await?;
             println!("{}", job.id);
+            if let Some(why) = &job.waiting {
+                eprintln!("warning: the job is queued, but {why}");
+            }
             if watch {
                 let end = crate::watch::follow(&api, &job.id.to_string(), true).await?;
                 return Ok(status_code(end.status));
@@ -151,6 +154,9 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             }
             if let Some(e) = &j.error {
                 println!("error      {e}");
+            }
+            if let Some(why) = &j.waiting {
+                println!("waiting    {why}");
             }
             println!(
                 "cost       {} of a {} budget ({} in escrow)",

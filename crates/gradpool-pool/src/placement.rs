@@ -1,0 +1,179 @@
+//! Why a queued job waits: each connected provider held against what the
+//! claim asks of a trainer ([`crate::lease`]), and the reasons no provider
+//! can take the job now, counted. Shown at submit (as a warning) and on a
+//! queued job, so a customer is never left guessing.
+
+use crate::error::PoolError;
+use crate::store::JobRow;
+use crate::Pool;
+use gradpool_core::spec::DeviceRequest;
+use gradpool_core::state::JobStatus;
+use gradpool_core::wire::JobView;
+use gradpool_core::Piconero;
+use sqlx::SqliteConnection;
+
+/// What the claim asks of a provider that trains, besides being free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// Its owner's limits pause it, or the pool holds it (hardware proof).
+    Unavailable,
+    /// It only validates.
+    ValidatesOnly,
+    /// Not the device class the job asks for.
+    Device,
+    /// Less memory than the job needs.
+    Memory,
+    /// Its price is above the job's maximum.
+    Price,
+    /// A priced provider and a job with no budget.
+    NoBudget,
+    /// The budget is above the stake threshold and it has no stake.
+    Stake,
+    /// Another customer's booking holds it now.
+    Booked,
+}
+
+impl Refusal {
+    fn describe(self, n: usize, job: &JobRow, cheapest: Option<i64>) -> String {
+        let they = if n == 1 {
+            "1 provider".to_owned()
+        } else {
+            format!("{n} providers")
+        };
+        match self {
+            Refusal::Unavailable => format!("{they} paused or held"),
+            Refusal::ValidatesOnly => format!("{they} only validating"),
+            Refusal::Device => format!("{they} without the device class `{}`", job.device),
+            Refusal::Memory => format!(
+                "{they} with less than the {} MiB of memory the job needs",
+                job.min_memory_bytes >> 20
+            ),
+            Refusal::Price => format!(
+                "{they} asking more than the job's maximum of {}/h{}",
+                pico(job.max_price_per_hour.unwrap_or(0)),
+                cheapest
+                    .map(|c| format!(" (the cheapest asks {}/h)", pico(c)))
+                    .unwrap_or_default()
+            ),
+            Refusal::NoBudget => format!("{they} asking a price of a job with no budget"),
+            Refusal::Stake => format!(
+                "{they} without the stake a budget of {} needs",
+                pico(job.budget)
+            ),
+            Refusal::Booked => format!("{they} booked by another customer now"),
+        }
+    }
+}
+
+fn pico(v: i64) -> Piconero {
+    Piconero(u64::try_from(v).unwrap_or(0))
+}
+
+/// A provider as placement sees it.
+#[derive(Debug, sqlx::FromRow)]
+struct Offer {
+    id: String,
+    device: String,
+    memory_bytes: i64,
+    price_per_hour: i64,
+    trains: bool,
+    unavailable: bool,
+    unstaking: bool,
+    #[sqlx(skip)]
+    stake: i64,
+    booked: bool,
+}
+
+/// The first thing that keeps `offer` from training `job`, if any.
+fn refusal(job: &JobRow, offer: &Offer, stake_free_budget: i64, min_stake: i64) -> Option<Refusal> {
+    let device_ok = job.device == DeviceRequest::Any.as_str() || job.device == offer.device;
+    if offer.unavailable {
+        Some(Refusal::Unavailable)
+    } else if !offer.trains {
+        Some(Refusal::ValidatesOnly)
+    } else if !device_ok {
+        Some(Refusal::Device)
+    } else if offer.memory_bytes < job.min_memory_bytes {
+        Some(Refusal::Memory)
+    } else if job
+        .max_price_per_hour
+        .is_some_and(|max| offer.price_per_hour > max)
+    {
+        Some(Refusal::Price)
+    } else if job.budget <= 0 && offer.price_per_hour != 0 {
+        Some(Refusal::NoBudget)
+    } else if job.budget > stake_free_budget && (offer.unstaking || offer.stake < min_stake) {
+        Some(Refusal::Stake)
+    } else if offer.booked {
+        Some(Refusal::Booked)
+    } else {
+        None
+    }
+}
+
+/// Why no connected provider can take `job` now, or `None` when one can.
+pub(crate) async fn why_waiting(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+    now: i64,
+    lease_ms: i64,
+    money: &crate::config::MoneyConfig,
+) -> Result<Option<String>, PoolError> {
+    let offers: Vec<Offer> = sqlx::query_as(
+        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, \
+           (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
+           p.unstake_requested_at IS NOT NULL AS unstaking, \
+           EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
+                   WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.starts_at <= ?1 \
+                     AND b.ends_at > ?1 AND b.account_id != ?2) AS booked \
+         FROM providers p WHERE p.last_seen >= ?1 - ?3",
+    )
+    .bind(now)
+    .bind(&job.account_id)
+    .bind(lease_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut offers = offers;
+    for offer in &mut offers {
+        offer.stake =
+            crate::ledger::balance_of(conn, &crate::escrow::stake_account(&offer.id)).await?;
+    }
+    if offers.is_empty() {
+        return Ok(Some("no provider is connected to the pool".into()));
+    }
+    let stake_free = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
+    let min_stake = i64::try_from(money.min_stake.0).unwrap_or(i64::MAX);
+    let mut counts = std::collections::BTreeMap::<Refusal, usize>::new();
+    for offer in &offers {
+        match refusal(job, offer, stake_free, min_stake) {
+            None => return Ok(None),
+            Some(r) => *counts.entry(r).or_default() += 1,
+        }
+    }
+    let cheapest = offers.iter().map(|o| o.price_per_hour).min();
+    let reasons: Vec<String> = counts
+        .into_iter()
+        .map(|(r, n)| r.describe(n, job, cheapest))
+        .collect();
+    Ok(Some(format!(
+        "no provider can take it now: {}",
+        reasons.join("; ")
+    )))
+}
+
+impl Pool {
+    /// A job as its owner sees it; a queued one says why it waits, when no
+    /// connected provider can take it now.
+    pub(crate) async fn job_view(
+        &self,
+        conn: &mut SqliteConnection,
+        job: &JobRow,
+    ) -> Result<JobView, PoolError> {
+        let mut view = job.view()?;
+        if job.status == JobStatus::Queued {
+            let money = &self.inner.config.money;
+            view.waiting = why_waiting(conn, job, self.now(), self.lease_ms(), money).await?;
+        }
+        Ok(view)
+    }
+}
