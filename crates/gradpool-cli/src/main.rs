@@ -69,7 +69,27 @@ fn main() -> ExitCode {
         Command::Devnet(_) | Command::Job(_) | Command::Account(_) | Command::Book(_) => "warn",
         _ => "info",
     };
+    if !matches!(
+        cli.command,
+        Command::Pool(_) | Command::Provider(_) | Command::Devnet(_)
+    ) {
+        // A report piped into `head` ends quietly when the reader goes, as
+        // other command-line tools do, instead of panicking on a broken
+        // pipe. The long-running servers keep ignoring SIGPIPE.
+        #[cfg(unix)]
+        // SAFETY: still single-threaded; the default disposition is a
+        // valid handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
+    // Colour only where a person reads it: logs sent to a file stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),

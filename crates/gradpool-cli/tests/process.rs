@@ -163,6 +163,28 @@ fn pool_providers_and_customer_as_processes() {
     assert!(list.contains(&id) && list.contains("succeeded"), "{list}");
     let show = ok(gradpool(&home, &["job", "show", &id]));
     assert!(show.contains("40/40 (2 of 2 segments)"), "{show}");
+    // A reader that goes away (`| head -1`) ends the report quietly: no
+    // panic, no backtrace.
+    let mut child = Command::new(BIN)
+        .args(["job", "show", &id])
+        .env("GRADPOOL_HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let piped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            piped.status.success() || piped.status.signal() == Some(13),
+            "{}: {stderr}",
+            piped.status
+        );
+    }
 
     let out = tmp.path().join("model");
     ok(gradpool(

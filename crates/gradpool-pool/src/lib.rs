@@ -254,6 +254,7 @@ const LAYERS: &[&str] = &[
     "money",
     "wallet",
     "config",
+    "placement",
     "audit",
     "job",
     "lease",
