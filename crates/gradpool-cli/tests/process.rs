@@ -117,6 +117,7 @@ fn pool_providers_and_customer_as_processes() {
     assert!(shown.contains("ada"), "{shown}");
     let funded = ok(gradpool(&home, &["account", "faucet", "--amount", "1"]));
     assert!(funded.contains("available    1 XMR"), "{funded}");
+    assert!(funded.contains("credited     1 XMR"), "{funded}");
 
     let data = small_corpus(tmp.path());
     let spec = tmp.path().join("tiny.toml");

@@ -205,10 +205,11 @@ impl Pool {
             let balance = ledger::balance_of(w.conn(), &customer).await?;
             if u64::try_from(balance).unwrap_or(0) < held {
                 return Err(PoolError::InsufficientFunds(format!(
-                    "the booking's price is {} but the account's balance is {}; deposit more \
-                     (gradpool account deposit), book fewer GPUs or a shorter window",
+                    "the booking's price is {} but the account's balance is {}; {}, book \
+                     fewer GPUs or a shorter window",
                     Piconero(held),
-                    Piconero(u64::try_from(balance).unwrap_or(0))
+                    Piconero(u64::try_from(balance).unwrap_or(0)),
+                    self.fund_hint()
                 )));
             }
             w.transfer(

@@ -205,7 +205,8 @@ pub(crate) async fn hold_budget(
         let have = Piconero(u64::try_from(balance).unwrap_or(0));
         return Err(PoolError::InsufficientFunds(format!(
             "budget.total_xmr: the job's budget is {budget} but the account's balance is \
-             {have}; deposit more (gradpool account deposit) or lower the budget"
+             {have}; {} or lower the budget",
+            w.pool().fund_hint()
         )));
     }
     w.transfer(

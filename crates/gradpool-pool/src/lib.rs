@@ -111,6 +111,15 @@ pub(crate) struct Inner {
 }
 
 impl Pool {
+    /// How a customer adds money on this pool: the faucet on a dev pool,
+    /// a deposit on a Monero one (for refusals that ask for more).
+    pub(crate) fn fund_hint(&self) -> &'static str {
+        match self.inner.config.money.backend {
+            config::MoneyBackend::Dev => "add test money (gradpool account faucet --amount X)",
+            config::MoneyBackend::Monero(_) => "deposit more (gradpool account deposit)",
+        }
+    }
+
     /// The fees taken from every segment's price.
     pub(crate) fn fees(&self) -> escrow::Fees {
         escrow::Fees {

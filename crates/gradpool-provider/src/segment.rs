@@ -41,7 +41,8 @@ pub enum SegmentEvent {
 /// a [`crate::Device`] asks its child processes to use.
 #[derive(clap::Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceFlags {
-    /// The device to train on.
+    /// The device to run on: `cpu`, or `cuda` in a build with the `cuda`
+    /// feature.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
     /// CPU threads (default: all cores).

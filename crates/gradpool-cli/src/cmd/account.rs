@@ -140,6 +140,7 @@ pub async fn run(c: AccountCommand) -> anyhow::Result<ExitCode> {
                 .api()?
                 .post("/v1/account/faucet", &wire::Faucet { amount })
                 .await?;
+            println!("credited     {amount}");
             print_balance(&b);
         }
         AccountCommand::Withdraw {

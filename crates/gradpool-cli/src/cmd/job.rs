@@ -27,14 +27,18 @@ pub enum JobCommand {
     },
     /// Follow a job live: step, loss, tokens/s, provider.
     Watch {
+        /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
         #[command(flatten)]
         customer: CustomerArgs,
     },
     /// Download a finished job's model as DIR/model.safetensors.
     Fetch {
+        /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
-        #[arg(long)]
+        /// The directory to write `model.safetensors` (or the checkpoint) into;
+        /// made if missing.
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Also keep the full final checkpoint (weights and optimizer state).
         #[arg(long)]
@@ -49,6 +53,7 @@ pub enum JobCommand {
     },
     /// Show one job and its committed segments.
     Show {
+        /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
         #[command(flatten)]
         customer: CustomerArgs,
@@ -57,6 +62,7 @@ pub enum JobCommand {
     /// link, and N random segments downloaded and trained again here; prints
     /// a pass/fail table and exits non-zero on any failure.
     Verify {
+        /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
         /// How many segments to replay (all when larger than the job).
         #[arg(long, default_value_t = 3)]
@@ -72,6 +78,7 @@ pub enum JobCommand {
     },
     /// Cancel a job.
     Cancel {
+        /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
         #[command(flatten)]
         customer: CustomerArgs,

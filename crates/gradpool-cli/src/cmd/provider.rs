@@ -668,7 +668,14 @@ async fn signed_nonce(
 
 fn print_earnings(e: &wire::Earnings) {
     println!("provider    {}", e.provider_id);
-    println!("pending     {}  (jobs still running)", e.pending);
+    if e.pending.0 > 0 {
+        println!(
+            "pending     {}  (until their jobs end and their audits are decided)",
+            e.pending
+        );
+    } else {
+        println!("pending     {}", e.pending);
+    }
     println!("available   {}  (paid out at the next payout)", e.available);
     println!("paid        {}", e.paid);
     match &e.unstake_at {
