@@ -77,7 +77,11 @@ async fn a_budget_needs_a_balance_and_is_held_in_escrow() {
     assert_eq!(e.code, "insufficient_funds");
     assert!(e.message.contains("budget.total_xmr"), "{}", e.message);
     // A dev pool has no deposits: it points at its faucet.
-    assert!(e.message.contains("gradpool account faucet"), "{}", e.message);
+    assert!(
+        e.message.contains("gradpool account faucet"),
+        "{}",
+        e.message
+    );
     let jobs: Vec<JobView> = c.get("/v1/jobs").await.ok();
     assert!(jobs.is_empty(), "a refused job must not exist");
 
