@@ -717,10 +717,11 @@ async fn run_money_ops(ops: Vec<MoneyOp>) -> Result<(), TestCaseError> {
                     )
                     .await;
                 match withdrawals.get(&(customer, key)) {
+                    // Nothing to withdraw is a bad request, whatever the key.
+                    _ if amount == 0 => expect_status(&op, &reply, false, 400)?,
                     // The same key again: the same withdrawal, once.
                     Some(&previous) if previous == amount => expect_status(&op, &reply, true, 0)?,
                     Some(_) => expect_status(&op, &reply, false, 409)?,
-                    None if amount == 0 => expect_status(&op, &reply, false, 400)?,
                     None => {
                         expect_status(&op, &reply, amount <= available, 402)?;
                         if amount <= available {
@@ -1064,4 +1065,52 @@ async fn a_job_no_provider_can_take_says_why_it_waits() {
     assert_eq!(waiting, [&large.id, &cheap.id], "newest first");
     let a = p.take().await;
     assert_eq!(a.job_id, alone.id);
+}
+
+/// The sequences the property test above once failed on, kept: cancelling
+/// a cancelled job answers it again, and withdrawing nothing is a bad
+/// request even under a key already used.
+#[tokio::test]
+async fn money_sequences_found_by_the_property_test() {
+    let cases = [
+        vec![
+            MoneyOp::Faucet {
+                customer: 1,
+                amount: 34_201_816,
+            },
+            MoneyOp::Submit {
+                customer: 1,
+                budget: 5_000_000,
+            },
+            MoneyOp::Cancel {
+                customer: 1,
+                job: 0,
+            },
+            MoneyOp::Cancel {
+                customer: 1,
+                job: 0,
+            },
+        ],
+        vec![
+            MoneyOp::Faucet {
+                customer: 1,
+                amount: 29_418_873,
+            },
+            MoneyOp::Withdraw {
+                customer: 1,
+                amount: 1,
+                key: 2,
+            },
+            MoneyOp::Withdraw {
+                customer: 1,
+                amount: 0,
+                key: 2,
+            },
+        ],
+    ];
+    for ops in cases {
+        run_money_ops(ops.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{ops:?}: {e}"));
+    }
 }
