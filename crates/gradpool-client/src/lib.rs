@@ -68,14 +68,7 @@ impl ClientError {
     /// The error with its causes, for logs and messages: `pool at … is
     /// unreachable: error sending request …: connection refused`.
     pub fn report(&self) -> String {
-        let mut out = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            out.push_str(": ");
-            out.push_str(&c.to_string());
-            cause = c.source();
-        }
-        out
+        report(self)
     }
 
     /// True when the pool does not know the caller's credentials (a
@@ -83,6 +76,19 @@ impl ClientError {
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, ClientError::Refused { status: 401, .. })
     }
+}
+
+/// An error with its causes, each after a colon: what `report` methods
+/// print, here and in the crates built on this one.
+pub fn report(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Whether `host` is this machine: plain HTTP to it crosses no network.

@@ -60,14 +60,7 @@ impl ProviderError {
     /// The error with its causes, for logs: `pool at … is unreachable:
     /// error sending request …: connection refused`.
     pub fn report(&self) -> String {
-        let mut out = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            out.push_str(": ");
-            out.push_str(&c.to_string());
-            cause = c.source();
-        }
-        out
+        gradpool_client::report(self)
     }
 
     /// True when the pool no longer knows this provider's session (it must
