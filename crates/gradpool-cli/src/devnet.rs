@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use gradpool_client::{Api, Trust};
 use gradpool_core::state::AuditStatus;
-use gradpool_core::wire::{JobStatus, ProviderView, SegmentView, VerdictView};
+use gradpool_core::wire::{ProviderView, SegmentView, VerdictView};
 use gradpool_core::{JobSpec, Piconero, ProviderId};
 use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Regtest, WalletRpcProcess};
@@ -60,6 +60,11 @@ pub struct DevnetArgs {
     /// Lease length: how soon a silent provider's segment is handed on.
     #[arg(long, default_value_t = 6)]
     lease_seconds: u32,
+    /// How long a drawn audit waits for a validator other than its
+    /// trainer (with one provider there is none: the job then ends
+    /// `unverified` once this passes).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    audit_deadline_s: u64,
     /// Keep the pool's database and the providers' directories and logs.
     #[arg(long)]
     keep: bool,
@@ -161,12 +166,18 @@ struct Summary {
 /// an audit were replayed by another provider.
 #[derive(Serialize)]
 struct VerificationSummary {
+    /// The job's final status: `succeeded`, or `unverified` when some
+    /// drawn audit went unserved.
+    status: String,
     /// `none`, `standard` or `paranoid`.
     level: String,
     audits: usize,
     verified: usize,
     provider_faults: usize,
     validator_faults: usize,
+    /// Drawn audits no eligible validator served before the deadline (the
+    /// job is then `unverified`: run `gradpool job verify`).
+    unserved: usize,
 }
 
 #[derive(Serialize)]
@@ -238,6 +249,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
         heartbeat_seconds: 1,
         ..PoolConfig::default()
     };
+    config.verification.audit_deadline_seconds = a.audit_deadline_s;
     if let Some(chain) = &chain {
         config.money.backend = MoneyBackend::Monero(MoneroBackend {
             wallet_rpc: chain.regtest.wallet_process().url().to_owned(),
@@ -446,14 +458,14 @@ async fn drive(
     );
     let id = job.id.to_string();
     let end = crate::watch::follow(&api, &id, true).await?;
-    if end.status != JobStatus::Succeeded {
+    if !end.status.is_trained() {
         bail!(
             "job {id} {}: {}",
             end.status.as_str(),
             end.error.unwrap_or_default()
         );
     }
-    let model = fetch_model(&api, &id, &a.out, false).await?;
+    let (model, _) = fetch_model(&api, &id, &a.out, false).await?;
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await?;
     let provider_views: Vec<ProviderView> = api.get("/v1/providers").await?;
     let names: BTreeMap<String, (String, Piconero)> = provider_views
@@ -471,6 +483,7 @@ async fn drive(
     }
     let outcomes = |o: AuditStatus| verdicts.iter().filter(|v| v.outcome == o).count();
     let verification = VerificationSummary {
+        status: end.status.as_str().to_owned(),
         level: JobSpec::from_toml_str(&end.spec_toml)
             .map(|s| s.verification.as_str().to_owned())
             .unwrap_or_default(),
@@ -478,6 +491,7 @@ async fn drive(
         verified: outcomes(AuditStatus::Verified),
         provider_faults: outcomes(AuditStatus::ProviderFault),
         validator_faults: outcomes(AuditStatus::ValidatorFault),
+        unserved: outcomes(AuditStatus::Unserved),
     };
     let initial_loss = segments
         .first()
@@ -645,6 +659,12 @@ async fn drive(
         "audits        {} ({}): {} verified, {} providers and {} validators at fault",
         v.audits, v.level, v.verified, v.provider_faults, v.validator_faults
     );
+    if v.unserved > 0 {
+        println!(
+            "unverified    {} drawn audits found no eligible validator: run `gradpool job verify {}`",
+            v.unserved, summary.job_id
+        );
+    }
     println!(
         "\n{:<24} {:<12} {:>8} {:>8} {:>14} {:>16}",
         "PROVIDER", "NAME", "SEGMENTS", "REPLAYS", "XMR/HOUR", "EARNED XMR"

@@ -4,7 +4,7 @@ use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use gradpool_client::Api;
-use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus, JobView, TaskKind};
+use gradpool_core::wire::{JobEvent, JobEventKind, JobView, TaskKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 
@@ -18,6 +18,40 @@ fn note(bar: &ProgressBar, visible: bool, line: impl AsRef<str>) {
         println!("{}", line.as_ref());
     } else {
         bar.println(line);
+    }
+}
+
+/// "K drawn audits waiting for an eligible validator", with why.
+pub fn audits_waiting_line(k: u32) -> String {
+    format!(
+        "{k} drawn audit{} waiting for an eligible validator: none connected is neither the \
+         trainer nor shares its payout address (the job ends once served, or `unverified` at the \
+         pool's audit deadline)",
+        if k == 1 { "" } else { "s" }
+    )
+}
+
+/// When a hidden bar's live line (step, loss, tokens/s, cost) is next due.
+struct Live {
+    hidden: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl Live {
+    /// How often the live line is printed without a terminal.
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(hidden: bool) -> Live {
+        Live { hidden, last: None }
+    }
+
+    /// Whether to print the live line now (only when the bar is hidden).
+    fn due(&mut self) -> bool {
+        if !self.hidden || self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        self.last = Some(std::time::Instant::now());
+        true
     }
 }
 
@@ -46,6 +80,15 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
     if let Some(why) = &job.waiting {
         note(&bar, visible, format!("  job queued: {why}"));
     }
+    if job.audits_waiting > 0 {
+        note(
+            &bar,
+            visible,
+            format!("  {}", audits_waiting_line(job.audits_waiting)),
+        );
+    }
+    // Piped or logged, the bar is hidden: its line is printed now and then.
+    let mut live = Live::new(bar.is_hidden());
     let mut last_id: i64 = 0;
     loop {
         let rb = api
@@ -81,7 +124,7 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                     );
                     if status.is_final() {
-                        if status == JobStatus::Succeeded {
+                        if status.is_trained() {
                             bar.set_position(job.steps);
                         }
                         bar.finish_and_clear();
@@ -110,6 +153,13 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     bar.set_position(step);
                     progress = format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}");
                     bar.set_message(format!("{progress}  cost {spent}"));
+                    if live.due() {
+                        note(
+                            &bar,
+                            visible,
+                            format!("  step {step}/{}  {progress}  cost {spent}", job.steps),
+                        );
+                    }
                 }
                 JobEventKind::Checkpoint {
                     segment,
@@ -201,9 +251,17 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         &bar,
                         visible,
                         format!(
-                            "  segment {segment} of {p} audited ({reason}): a validator replays it"
+                            "  segment {segment} of {p} drawn for an audit ({reason}): a validator replays it"
                         ),
                     );
+                    let now: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+                    if now.audits_waiting > 0 {
+                        note(
+                            &bar,
+                            visible,
+                            format!("  {}", audits_waiting_line(now.audits_waiting)),
+                        );
+                    }
                 }
                 JobEventKind::Verdict {
                     segment,
@@ -224,6 +282,9 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                         (_, Some(f)) => format!(
                             "  segment {segment}: validator {f} answered wrongly; the segment of {p} stands"
+                        ),
+                        ("unserved", None) => format!(
+                            "  segment {segment} of {p}: no eligible validator replayed it before the audit's deadline; it stays unverified"
                         ),
                         (other, None) => format!("  segment {segment}: {other}"),
                     };

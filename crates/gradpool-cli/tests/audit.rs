@@ -204,7 +204,8 @@ async fn caught(kind: &str) {
     let out = tmp.path().join("fetched");
     let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(
         std::fs::read(model).unwrap() == local_model(&spec, &data, &out),
         "the model differs from an honest local run"
@@ -306,7 +307,8 @@ async fn honest_work_always_matches_and_a_lazy_validator_is_caught() {
     let out = tmp.path().join("fetched");
     let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(std::fs::read(model).unwrap() == local_model(&spec, &data, &out));
 
     for rig in trainers {

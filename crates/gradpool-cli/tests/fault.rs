@@ -119,7 +119,8 @@ async fn a_killed_provider_loses_its_lease_and_another_finishes_the_job() {
     let out = tmp.path().join("fetched");
     let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(
         std::fs::read(model).unwrap() == local_model(&spec, &data, &out),
         "the resumed job's model differs from an uninterrupted run"
@@ -186,6 +187,7 @@ async fn a_restarted_provider_resumes_its_segment() {
     let out = tmp.path().join("fetched");
     let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(std::fs::read(model).unwrap() == local_model(&spec, &data, &out));
 }

@@ -107,7 +107,8 @@ async fn run_with_clock(
     let out = tmp.path().join("fetched");
     let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(
         std::fs::read(model).unwrap() == local_model(spec, &data, &out),
         "the model differs from an uninterrupted local run"

@@ -63,7 +63,8 @@ async fn three_providers_train_three_jobs_bit_identically() {
         let out = tmp.path().join(format!("fetched-{id}"));
         let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let fetched = std::fs::read(model).unwrap();
         let local = local_model(spec, &data, &out);
         assert!(

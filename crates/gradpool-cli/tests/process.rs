@@ -59,6 +59,12 @@ fn start_pool(dir: &Path) -> (Killed, String) {
             "5",
             "--heartbeat-seconds",
             "1",
+            // No sampled audits: a random draw with no validator would make
+            // a test's outcome random (the audit tests set their own).
+            "--audit-p-new",
+            "0",
+            "--audit-floor",
+            "0",
             "--data-dir",
         ])
         .arg(dir)

@@ -167,20 +167,20 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
     let config = tmp.path().join("rig").join("provider.toml");
     let mut typo = ADDRESS.to_owned();
     typo.replace_range(10..11, if &ADDRESS[10..11] == "a" { "b" } else { "a" });
+    let data_dir = tmp.path().join("rig-data");
     let answers = [
         "http://127.0.0.1:9",                   // nothing listens
         "",                                     // the default: the test pool
         &typo,                                  // a checksum error
         ADDRESS,                                // right
         "attic rig",                            // name
-        "150",                                  // out of range
-        "80",                                   // share
-        "",                                     // pause at 83 °C
-        "",                                     // no power limit
+        "0",                                    // threads: out of range
+        "1",                                    // threads
         "mon-fri 25:00-07:00",                  // no such hour
         "mon-fri 22:00-07:00, sat-sun all-day", // schedule
-        "",                                     // yield to the owner: yes
         "0.02",                                 // price
+        "",                                     // validate: yes
+        data_dir.to_str().unwrap(),             // data directory
     ]
     .join("\n")
         + "\n";
@@ -197,22 +197,48 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
     );
     assert!(text.contains("checksum"), "{text}");
     assert!(
-        text.contains("\"150\": a percentage from 1 to 100"),
+        text.contains("\"0\": a number of threads from 1 to"),
         "{text}"
     );
     assert!(text.contains("25:00"), "{text}");
     assert!(text.contains("training on:"), "{text}");
-    // 0.02 XMR less 3% fees an hour; 86 h a week at 80%: 9.83 h a day.
+    // A CPU rig is asked nothing about a GPU.
+    for gpu_only in [
+        "GPU may train",
+        "temperature",
+        "watts",
+        "use the GPU yourself",
+    ] {
+        assert!(
+            !text.contains(gpu_only),
+            "{gpu_only:?} asked of a CPU rig:\n{text}"
+        );
+    }
+    // Validation is explained with the payout-address rule.
     assert!(
-        text.contains("0.0194 XMR an hour of work") && text.contains("9.8 working hours a day"),
+        text.contains("never checks a rig paid to the same Monero address"),
         "{text}"
     );
+    // The start command names the data directory.
+    assert!(
+        text.contains(&format!("--data-dir {}", data_dir.display())),
+        "{text}"
+    );
+    // 0.02 XMR less 3% fees an hour; 86 h a week: 12.3 h a day.
+    assert!(
+        text.contains("0.0194 XMR an hour of work") && text.contains("12.3 working hours a day"),
+        "{text}"
+    );
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !written.contains("pause_above_c") && !written.contains("pause_when_busy"),
+        "{written}"
+    );
 
+    // The config alone (its data_dir included) runs `provider status`.
     let status = std::process::Command::new(BIN)
         .args(["provider", "status", "--config"])
         .arg(&config)
-        .args(["--data-dir"])
-        .arg(tmp.path().join("data"))
         .env_remove("GRADPOOL_POOL")
         .output()
         .unwrap();
@@ -220,10 +246,12 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
     assert!(status.status.success(), "{shown}");
     for expect in [
         format!("pool               {}", pool.url),
+        format!("data dir           {}", data_dir.display()),
         "name               attic rig".to_owned(),
-        "max GPU share      80%".to_owned(),
+        "threads            1".to_owned(),
+        "validates          yes".to_owned(),
         "mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day".to_owned(),
-        "pause when busy    yes".to_owned(),
+        "pause when busy    no".to_owned(),
         "min price          0.02 XMR/hour".to_owned(),
         ADDRESS.to_owned(),
     ] {
@@ -236,4 +264,101 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing written"));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
+
+/// An agent process, killed when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_of(data_dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["provider", "status", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("GRADPOOL_POOL")
+        .env_remove("GRADPOOL_PROVIDER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `provider status` on a running agent's data directory shows what that
+/// agent runs with (not the flags status was given), and a second agent on
+/// the directory is refused, saying which one holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_running_agent_and_a_second_agent_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = common::start_pool(&tmp.path().join("pool"), 10).await;
+    let data_dir = tmp.path().join("rig");
+    let start = |name: &str| {
+        std::process::Command::new(BIN)
+            .args(["provider", "start", "--pool", &pool.url, "--name", name])
+            .args([
+                "--validate",
+                "--threads",
+                "1",
+                "--price-xmr-per-hour",
+                "0.03",
+            ])
+            .args(["--payout", ADDRESS, "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("GRADPOOL_PROVIDER_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = Agent(start("running-rig"));
+    let began = std::time::Instant::now();
+    let shown = loop {
+        let shown = status_of(&data_dir);
+        if shown.contains("agent              running (pid") {
+            break shown;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(90),
+            "the agent never showed as running:\n{shown}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for expect in [
+        format!("pid {}", first.0.id()),
+        format!("pool               {}", pool.url),
+        "name               running-rig".to_owned(),
+        "validates          yes".to_owned(),
+        "threads            1".to_owned(),
+        "min price          0.03 XMR/hour".to_owned(),
+        format!("payout to          {ADDRESS} (share 1)"),
+    ] {
+        assert!(shown.contains(&expect), "{expect:?} not in:\n{shown}");
+    }
+
+    // A second agent on the same directory is refused.
+    let second = start("intruder").wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "in use by another gradpool provider agent (pid {}",
+            first.0.id()
+        )) && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    assert!(status_of(&data_dir).contains("name               running-rig"));
+
+    // Once it is gone, status says so and shows what would start.
+    drop(first);
+    let shown = status_of(&data_dir);
+    assert!(shown.contains("agent              not running"), "{shown}");
 }

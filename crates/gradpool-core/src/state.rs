@@ -12,7 +12,7 @@
 //! assert!(JobStatus::Cancelled.is_final());
 //! assert_eq!(
 //!     JobStatus::check_list(),
-//!     "'queued', 'running', 'succeeded', 'failed', 'cancelled'"
+//!     "'queued', 'running', 'succeeded', 'unverified', 'failed', 'cancelled'"
 //! );
 //! ```
 
@@ -124,8 +124,13 @@ states! {
         Queued = "queued",
         /// A segment has been leased at least once.
         Running = "running",
-        /// Every segment committed; the final checkpoint is the model.
+        /// Every segment committed and every drawn audit decided; the
+        /// final checkpoint is the model.
         Succeeded = "succeeded",
+        /// Every segment committed, but some drawn audits found no
+        /// eligible validator before their deadline: the model is there,
+        /// unchecked where those audits were drawn (`job verify` checks it).
+        Unverified = "unverified",
         /// A segment failed too often.
         Failed = "failed",
         /// The customer cancelled it.
@@ -234,8 +239,11 @@ states! {
         ProviderFault = "provider_fault",
         /// A validator's replay was wrong.
         ValidatorFault = "validator_fault",
-        /// A rollback discarded the segment before it was decided.
+        /// A rollback discarded the segment before it was decided, or its
+        /// job ended first.
         Void = "void",
+        /// No eligible validator replayed it before its deadline.
+        Unserved = "unserved",
     }
 
     /// Who a payout pays.
@@ -294,8 +302,13 @@ impl JobStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+            JobStatus::Succeeded | JobStatus::Unverified | JobStatus::Failed | JobStatus::Cancelled
         )
+    }
+
+    /// Whether it trained to the end: its final checkpoint is the model.
+    pub fn is_trained(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Unverified)
     }
 }
 

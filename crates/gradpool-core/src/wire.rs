@@ -109,6 +109,8 @@ pub struct JobView {
     pub step: u64,
     pub segments_done: u32,
     pub segments_total: u32,
+    /// The training loss at the last accepted checkpoint (the live loss of
+    /// a segment in progress is in the job's `progress` events).
     #[serde(default, deserialize_with = "crate::finite::option_f32")]
     pub last_loss: Option<f32>,
     /// The provider working on the job now, if any.
@@ -138,6 +140,16 @@ pub struct JobView {
     /// (each reason with how many providers it keeps out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Drawn audits of a running job that no connected validator can serve
+    /// now (none is connected that is neither the trainer nor shares its
+    /// payout address): they wait, and the job with them, until one comes
+    /// or their deadline passes.
+    #[serde(default)]
+    pub audits_waiting: u32,
+    /// Drawn audits that no eligible validator served before their
+    /// deadline; a job with any ends `unverified`.
+    #[serde(default)]
+    pub audits_unserved: u32,
     pub created_at: String,
     pub updated_at: String,
 }

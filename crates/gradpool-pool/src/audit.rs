@@ -29,8 +29,14 @@
 //! gets no more replays.
 //!
 //! Validators never replay their own segments nor those of a provider
-//! sharing a payout address with them. An audit is drawn only while some
-//! other validator is connected; a dispute waits for a second one.
+//! sharing a payout address with them. A drawn audit with no eligible
+//! validator connected stays open and waits for one (the job shows it); a
+//! dispute waits for a second one. An audit no validator served within
+//! [`VerificationConfig::audit_deadline_seconds`](crate::VerificationConfig)
+//! of being drawn (and that none is replaying now) becomes `unserved`: its
+//! segment stays merely accepted, and a job that trained to the end with
+//! such an audit ends `unverified` instead of `succeeded`. Until then the
+//! job does not end, so the trainer's earnings from it stay pending.
 
 use crate::error::PoolError;
 use crate::escrow::WorkDone;
@@ -110,8 +116,11 @@ pub(crate) async fn draw_audit(
         return Ok(false);
     }
     if !crate::audit::validator_available(w, provider.as_str(), None).await? {
-        tracing::info!(job = %job_id, segment, "no validator connected; the segment stays unaudited");
-        return Ok(false);
+        // The audit is open all the same: it waits, visible on the job, for
+        // an eligible validator until its deadline.
+        tracing::warn!(job = %job_id, segment,
+            "audit drawn, but no eligible validator is connected (the trainer's own and those \
+             sharing its payout address are not); it waits for one");
     }
     let reason = match level {
         VerificationLevel::Paranoid => AuditReason::Paranoid,
@@ -131,18 +140,8 @@ pub(crate) async fn validator_available(
     trainer: &str,
     besides: Option<&str>,
 ) -> Result<bool, PoolError> {
-    let recent = w.now - i64::from(w.pool().inner.config.lease_seconds) * 1000;
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM providers v WHERE v.validate = 1 AND v.validator_barred = 0 \
-           AND v.id != ?1 AND v.id != COALESCE(?2, '') AND v.last_seen >= ?3 \
-           AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
-                           WHERE x.provider_id = v.id AND y.provider_id = ?1))",
-    )
-    .bind(trainer)
-    .bind(besides)
-    .bind(recent)
-    .fetch_one(w.conn())
-    .await?)
+    let (now, lease_ms) = (w.now, w.pool().lease_ms());
+    crate::placement::validator_available(w.conn(), now, lease_ms, trainer, besides).await
 }
 
 /// Opens an audit of a committed segment and queues its first replay.
@@ -360,8 +359,8 @@ pub(crate) async fn void_audits(w: &mut Write<'_>, job_id: &str) -> Result<(), P
     Ok(())
 }
 
-/// Succeeds a job whose last segment is committed once no audit of it
-/// is open.
+/// Ends a job whose last segment is committed once no audit of it is
+/// open: `succeeded`, or `unverified` when some audit went unserved.
 pub(crate) async fn finish_if_done(w: &mut Write<'_>, job_id: &str) -> Result<bool, PoolError> {
     let Some(job) = store::job(w.conn(), job_id).await? else {
         return Ok(false);
@@ -369,18 +368,29 @@ pub(crate) async fn finish_if_done(w: &mut Write<'_>, job_id: &str) -> Result<bo
     if job.status.is_final() || job.step < job.steps {
         return Ok(false);
     }
-    let open: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM audits WHERE job_id = ? AND status = 'open' AND reason != 'planted')",
+    let (open, unserved): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(status = 'open'), 0), COALESCE(SUM(status = 'unserved'), 0) \
+         FROM audits WHERE job_id = ? AND reason != 'planted'",
     )
     .bind(job_id)
     .fetch_one(w.conn())
     .await?;
-    if open {
+    if open > 0 {
         return Ok(false);
     }
     crate::escrow::settle_job(w, &job).await?;
-    end_job(w, job_id, JobStatus::Succeeded, None).await?;
-    tracing::info!(job = %job_id, "job succeeded");
+    if unserved > 0 {
+        let why = format!(
+            "{unserved} drawn audit{} found no eligible validator before the deadline; \
+             those segments were not checked: run `gradpool job verify {job_id}` to check them yourself",
+            if unserved == 1 { "" } else { "s" }
+        );
+        end_job(w, job_id, JobStatus::Unverified, Some(why)).await?;
+        tracing::warn!(job = %job_id, unserved, "job trained to the end, unverified");
+    } else {
+        end_job(w, job_id, JobStatus::Succeeded, None).await?;
+        tracing::info!(job = %job_id, "job succeeded");
+    }
     Ok(true)
 }
 
@@ -454,6 +464,48 @@ pub(crate) async fn decide(w: &mut Write<'_>, audit_id: &str) -> Result<(), Pool
         }
         [] => {}
     }
+    Ok(())
+}
+
+/// An audit just marked unserved: its replays are cancelled, its segment
+/// stays accepted (not verified), and the job's log says so.
+async fn unserved(
+    w: &mut Write<'_>,
+    audit_id: &str,
+    job_id: &str,
+    segment: i64,
+    provider: &str,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ? \
+         WHERE audit_id = ? AND status = 'queued'",
+    )
+    .bind(now)
+    .bind(audit_id)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "UPDATE commitments SET status = 'accepted' \
+         WHERE job_id = ? AND segment = ? AND status = 'auditing'",
+    )
+    .bind(job_id)
+    .bind(segment)
+    .execute(w.conn())
+    .await?;
+    w.event(
+        job_id,
+        JobEventKind::Verdict {
+            segment: to_u32(segment),
+            provider: ProviderId::from(provider),
+            outcome: AuditStatus::Unserved.as_str().to_owned(),
+            at_fault: None,
+            validators: Vec::new(),
+        },
+    )
+    .await?;
+    tracing::warn!(job = %job_id, segment, audit = %audit_id,
+        "no eligible validator served the audit before its deadline; the segment stays unverified");
     Ok(())
 }
 
@@ -632,29 +684,34 @@ pub(crate) async fn roll_back(
     .bind(seg)
     .execute(w.conn())
     .await?;
-    let before: Option<(String, String, i64)> = if segment == 0 {
+    let before: Option<(String, String, i64, String)> = if segment == 0 {
         None
     } else {
         sqlx::query_as(
-            "SELECT checkpoint_sha256, hash, end_step FROM commitments WHERE job_id = ? AND segment = ?",
+            "SELECT checkpoint_sha256, hash, end_step, loss_trace FROM commitments \
+             WHERE job_id = ? AND segment = ?",
         )
         .bind(job_id)
         .bind(seg - 1)
         .fetch_optional(w.conn())
         .await?
     };
-    let (checkpoint, hash, step) = match before {
-        Some((c, h, s)) => (Some(c), h, s),
-        None => (None, genesis(&JobId::from(job_id)).to_string(), 0),
+    let (checkpoint, hash, step, loss) = match before {
+        Some((c, h, s, trace)) => {
+            let loss = serde_json::from_str::<Vec<f32>>(&trace)?.last().copied();
+            (Some(c), h, s, loss)
+        }
+        None => (None, genesis(&JobId::from(job_id)).to_string(), 0, None),
     };
     sqlx::query(
-        "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, updated_at = ? \
-         WHERE id = ?",
+        "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, \
+         last_loss = ?, updated_at = ? WHERE id = ?",
     )
     .bind(step)
     .bind(seg)
     .bind(checkpoint.as_deref())
     .bind(&hash)
+    .bind(loss.map(f64::from))
     .bind(now)
     .bind(job_id)
     .execute(w.conn())
@@ -716,6 +773,36 @@ pub struct ProviderAuditStats {
 }
 
 impl Pool {
+    /// Marks `unserved` every open audit drawn longer ago than the audit
+    /// deadline that no validator is replaying now, and ends the jobs that
+    /// were waiting only for them. Returns how many audits it marked.
+    pub async fn expire_unserved_audits(&self) -> Result<usize, PoolError> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let deadline_ms = i64::try_from(self.inner.config.verification.audit_deadline_seconds)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_mul(1000);
+        let expired: Vec<(String, String, i64, String)> = sqlx::query_as(
+            "UPDATE audits SET status = 'unserved', decided_at = ?1 \
+             WHERE status = 'open' AND reason != 'planted' AND created_at < ?1 - ?2 \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.audit_id = audits.id AND t.status = 'leased') \
+             RETURNING id, job_id, segment, provider_id",
+        )
+        .bind(now)
+        .bind(deadline_ms)
+        .fetch_all(w.conn())
+        .await?;
+        for (audit_id, job_id, segment, provider) in &expired {
+            crate::audit::unserved(&mut w, audit_id, job_id, *segment, provider).await?;
+        }
+        let jobs: std::collections::BTreeSet<&String> = expired.iter().map(|e| &e.1).collect();
+        for job_id in jobs {
+            crate::audit::finish_if_done(&mut w, job_id).await?;
+        }
+        w.commit().await?;
+        Ok(expired.len())
+    }
+
     /// A validator's answer to a replay task it holds.
     pub async fn replay(
         &self,

@@ -49,6 +49,12 @@ pub struct VerificationConfig {
     /// replay of an already verified segment presented with a wrong claim,
     /// so that a validator that answers without computing is caught.
     pub plant_rate: f64,
+    /// How long a drawn audit waits for an eligible validator (one that is
+    /// connected, is not the trainer and does not share its payout
+    /// address), in seconds. Until then the segment's earnings stay pending
+    /// and its job does not end; past it the audit is `unserved` and a job
+    /// that trained to the end ends `unverified`.
+    pub audit_deadline_seconds: u64,
 }
 
 impl Default for VerificationConfig {
@@ -56,6 +62,7 @@ impl Default for VerificationConfig {
         VerificationConfig {
             sampling: Sampling::default(),
             plant_rate: 0.05,
+            audit_deadline_seconds: 3600,
         }
     }
 }

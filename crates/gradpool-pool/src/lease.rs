@@ -382,12 +382,8 @@ impl Pool {
             .bind(task_id)
             .execute(w.conn())
             .await?;
-        sqlx::query("UPDATE jobs SET last_loss = ?, updated_at = ? WHERE id = ?")
-            .bind(f64::from(p.loss))
-            .bind(now)
-            .bind(&task.job_id)
-            .execute(w.conn())
-            .await?;
+        // The job's `last_loss` stays that of its last accepted checkpoint:
+        // a segment in progress may yet be lost. Its live loss is the event.
         w.event(
             &task.job_id,
             JobEventKind::Progress {
@@ -533,7 +529,8 @@ impl Pool {
         Ok(expired.len())
     }
 
-    /// Runs [`Pool::reap_expired_leases`] and [`Pool::mark_absent`]
+    /// Runs [`Pool::reap_expired_leases`], [`Pool::mark_absent`],
+    /// [`Pool::expire_unserved_audits`] and [`Pool::end_bookings`]
     /// periodically until `stop`.
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
@@ -548,6 +545,9 @@ impl Pool {
             }
             if let Err(e) = self.mark_absent().await {
                 tracing::warn!(error = %e, "marking absent providers failed");
+            }
+            if let Err(e) = self.expire_unserved_audits().await {
+                tracing::warn!(error = %e, "expiring unserved audits failed");
             }
             if let Err(e) = self.end_bookings().await {
                 tracing::warn!(error = %e, "ending bookings failed");

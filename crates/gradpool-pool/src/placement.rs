@@ -1,7 +1,9 @@
 //! Why a queued job waits: each connected provider held against what the
 //! claim asks of a trainer ([`crate::lease`]), and the reasons no provider
 //! can take the job now, counted. Shown at submit (as a warning) and on a
-//! queued job, so a customer is never left guessing.
+//! queued job, so a customer is never left guessing. Likewise for audits:
+//! which validators may replay whose work, and how many of a job's drawn
+//! audits no connected validator can serve.
 
 use crate::error::PoolError;
 use crate::store::JobRow;
@@ -161,19 +163,81 @@ pub(crate) async fn why_waiting(
     )))
 }
 
+/// Whether a connected validator other than `trainer` (and `besides`)
+/// could take a replay of `trainer`'s work: validators never replay their
+/// own work nor that of a provider sharing a payout address with them.
+pub(crate) async fn validator_available(
+    conn: &mut SqliteConnection,
+    now: i64,
+    lease_ms: i64,
+    trainer: &str,
+    besides: Option<&str>,
+) -> Result<bool, PoolError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM providers v WHERE v.validate = 1 AND v.validator_barred = 0 \
+           AND v.id != ?1 AND v.id != COALESCE(?2, '') AND v.last_seen >= ?3 \
+           AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
+                           WHERE x.provider_id = v.id AND y.provider_id = ?1))",
+    )
+    .bind(trainer)
+    .bind(besides)
+    .bind(now - lease_ms)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// How many open audits of `job_id` no connected validator could take
+/// now (none is replaying them, and none eligible is connected).
+pub(crate) async fn audits_waiting(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    now: i64,
+    lease_ms: i64,
+) -> Result<u32, PoolError> {
+    let open: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT a.provider_id, \
+           (SELECT r.validator_id FROM replays r WHERE r.audit_id = a.id ORDER BY r.reported_at LIMIT 1) \
+         FROM audits a WHERE a.job_id = ? AND a.status = 'open' AND a.reason != 'planted' \
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.audit_id = a.id AND t.status = 'leased')",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut waiting = 0;
+    for (trainer, first) in open {
+        if !validator_available(conn, now, lease_ms, &trainer, first.as_deref()).await? {
+            waiting += 1;
+        }
+    }
+    Ok(waiting)
+}
+
 impl Pool {
     /// A job as its owner sees it; a queued one says why it waits, when no
-    /// connected provider can take it now.
+    /// connected provider can take it now, and any job how many of its
+    /// drawn audits wait for an eligible validator or went unserved.
     pub(crate) async fn job_view(
         &self,
         conn: &mut SqliteConnection,
         job: &JobRow,
     ) -> Result<JobView, PoolError> {
         let mut view = job.view()?;
+        let (now, lease_ms) = (self.now(), self.lease_ms());
         if job.status == JobStatus::Queued {
             let money = &self.inner.config.money;
-            view.waiting = why_waiting(conn, job, self.now(), self.lease_ms(), money).await?;
+            view.waiting = why_waiting(conn, job, now, lease_ms, money).await?;
         }
+        if !job.status.is_final() {
+            view.audits_waiting = audits_waiting(conn, &job.id, now, lease_ms).await?;
+        }
+        view.audits_unserved = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM audits WHERE job_id = ? AND status = 'unserved'",
+        )
+        .bind(&job.id)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_into()
+        .unwrap_or(u32::MAX);
         Ok(view)
     }
 }

@@ -166,6 +166,8 @@ impl JobRow {
                 .map(|m| m.parameter_count()),
             memory_bytes: self.memory_bytes.and_then(|m| u64::try_from(m).ok()),
             waiting: None,
+            audits_waiting: 0,
+            audits_unserved: 0,
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         })

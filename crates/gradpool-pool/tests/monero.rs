@@ -85,6 +85,9 @@ fn monero_config(chain: &Chain, data_dir: &Path) -> PoolConfig {
         poll_seconds: 0,
     });
     config.money.network = Network::Mainnet;
+    // No sampled audits: these jobs have no validator to serve them.
+    config.verification.sampling.p_new = 0.0;
+    config.verification.sampling.floor = 0.0;
     config
 }
 

@@ -427,7 +427,9 @@ async fn provider_takes_and_commits_a_segment() {
         .post(&format!("/v1/tasks/{}/progress", a.task_id), &progress)
         .await;
     assert_eq!(r.status, 204);
-    assert_eq!(alice.job(&job.id).await.last_loss, Some(3.25));
+    // The job's loss is its last accepted checkpoint's: none yet (progress
+    // of a segment that may yet be lost is an event, not the job's loss).
+    assert_eq!(alice.job(&job.id).await.last_loss, None);
     let other = tp.provider("other").await;
     assert_eq!(
         other
@@ -471,6 +473,20 @@ async fn provider_takes_and_commits_a_segment() {
     assert_eq!(segments[0].commitment, commit.commitment);
     assert_eq!(segments[0].loss_trace, commit.loss_trace);
     assert_eq!(segments[0].provider, p.key.provider_id());
+    // The progress reported is among the job's events (read to the end
+    // once the job ends).
+    let _: JobView = alice
+        .post(&format!("/v1/jobs/{}/cancel", job.id), &())
+        .await
+        .ok();
+    let events = alice.events(&job.id, None).await;
+    assert!(
+        events.iter().any(|(_, _, e)| matches!(
+            e.kind,
+            JobEventKind::Progress { step: 3, loss, .. } if loss == 3.25
+        )),
+        "{events:?}"
+    );
     tp.shutdown().await;
 }
 

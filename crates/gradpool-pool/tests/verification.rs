@@ -498,17 +498,22 @@ async fn nobody_replays_their_own_work_or_their_owners() {
         .await;
     let a = take_kind(&trainer, TaskKind::Train).await;
     trainer.finish(&a, &honest(0)).await;
-    // No validator outside the owner is connected: no audit is drawn.
-    assert!(verdicts(&c, &job.id).await.is_empty());
+    // No validator outside the owner is connected: the audit is drawn all
+    // the same, and waits for one, as the job shows.
+    let v = verdicts(&c, &job.id).await;
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].outcome, AuditStatus::Open);
     assert_eq!(
         segments(&c, &job.id).await[0].status,
-        CommitmentStatus::Accepted
+        CommitmentStatus::Auditing
     );
+    assert_eq!(c.job(&job.id).await.audits_waiting, 1);
 
     let stranger = tp.provider_with("stranger", |p| p.validate = true).await;
+    assert_eq!(c.job(&job.id).await.audits_waiting, 0);
     let a = take_kind(&trainer, TaskKind::Train).await;
     trainer.finish(&a, &honest(1)).await;
-    assert_eq!(verdicts(&c, &job.id).await.len(), 1);
+    assert_eq!(verdicts(&c, &job.id).await.len(), 2);
     for p in [&trainer, &sibling] {
         let offered = p.heartbeat(&[], 1, 0).await.assignments;
         assert!(
@@ -528,8 +533,109 @@ async fn nobody_replays_their_own_work_or_their_owners() {
                 .await;
         }
     }
+    // The stranger serves both, the one that waited first.
+    let r = take_kind(&stranger, TaskKind::Replay).await;
+    assert_eq!(r.segment, 0);
+    replay_honestly(&stranger, &r).await;
     let r = take_kind(&stranger, TaskKind::Replay).await;
     assert_eq!(r.segment, 1);
+    assert_clean(&tp).await;
+}
+
+/// A standard job whose trainer shares its payout address with the only
+/// validator: every drawn audit waits, visibly; the trainer's earnings stay
+/// pending; past the audit deadline the audits are unserved and the job
+/// ends `unverified`, telling the customer to check it.
+#[tokio::test]
+async fn audits_no_eligible_validator_serves_leave_the_job_unverified() {
+    let tp = TestPool::start_with(|c| {
+        // Every segment drawn: a provider with no record, p_new = 1.
+        c.verification.sampling.p_new = 1.0;
+        c.verification.audit_deadline_seconds = 600;
+    })
+    .await;
+    let c = tp.customer("alice").await;
+    let _: Balance = c
+        .post(
+            "/v1/account/faucet",
+            &Faucet {
+                amount: "1".parse().unwrap(),
+            },
+        )
+        .await
+        .ok();
+    let payout = vec![PayoutSplit {
+        address: ADDRESS.into(),
+        share: 1,
+    }];
+    let trainer = tp
+        .provider_with("trainer", |p| {
+            p.payout = payout.clone();
+            p.price = RATE;
+            p.compute_ms = 2;
+        })
+        .await;
+    let validator = tp
+        .provider_with("validator, same owner", |p| {
+            p.validate = true;
+            p.train = false;
+            p.payout = payout.clone();
+        })
+        .await;
+    let job = c
+        .submit(&spec("standard", Some("0.001")), b"some text to train on")
+        .await;
+    for i in 0..3 {
+        let a = take_kind(&trainer, TaskKind::Train).await;
+        trainer.work_for(30);
+        trainer.finish(&a, &honest(i)).await;
+        let view = c.job(&job.id).await;
+        assert_eq!(view.audits_waiting, i + 1, "{view:?}");
+        // The validator that shares the address is offered none of them.
+        assert!(validator.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    }
+    let view = c.job(&job.id).await;
+    assert_eq!((view.status, view.step), (JobStatus::Running, 30));
+    let e = earnings(&tp, &trainer).await;
+    assert!(e.pending > Piconero::ZERO, "{e:?}");
+    assert_eq!(e.available, Piconero::ZERO);
+
+    // Before the deadline nothing changes.
+    tp.advance(599_000);
+    tp.pool.expire_unserved_audits().await.unwrap();
+    assert_eq!(c.job(&job.id).await.status, JobStatus::Running);
+    tp.advance(2_000);
+    tp.pool.expire_unserved_audits().await.unwrap();
+    let view = c.job(&job.id).await;
+    assert_eq!(view.status, JobStatus::Unverified, "{view:?}");
+    assert_eq!((view.audits_unserved, view.audits_waiting), (3, 0));
+    let note = view.error.unwrap_or_default();
+    assert!(
+        note.contains("3 drawn audits") && note.contains("job verify"),
+        "{note}"
+    );
+    let v = verdicts(&c, &job.id).await;
+    assert_eq!(v.len(), 3);
+    assert!(
+        v.iter().all(|v| v.outcome == AuditStatus::Unserved),
+        "{v:?}"
+    );
+    assert!(segments(&c, &job.id)
+        .await
+        .iter()
+        .all(|s| s.status == CommitmentStatus::Accepted));
+    // The work was done: at the deadline the earnings are released.
+    let e = earnings(&tp, &trainer).await;
+    assert_eq!(e.pending, Piconero::ZERO);
+    assert!(e.available > Piconero::ZERO, "{e:?}");
+    let events = c.events(&job.id, None).await;
+    assert!(events.iter().any(|(_, _, e)| matches!(
+        &e.kind,
+        JobEventKind::Status {
+            status: JobStatus::Unverified,
+            ..
+        }
+    )));
     assert_clean(&tp).await;
 }
 

@@ -4,7 +4,7 @@
 use crate::device::Device;
 use crate::limits::{Gate, PauseReason};
 use crate::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
-use crate::state::DataDir;
+use crate::state::{DataDir, RunningAgent};
 use crate::ProviderError;
 use gradpool_client::{Api, ClientError};
 use gradpool_core::commitment::ReplayReport;
@@ -150,14 +150,40 @@ struct Worker {
 /// Runs the agent until `shutdown` is cancelled. Tasks in flight at shutdown
 /// are killed but stay recorded, so the next start resumes them if the pool
 /// still leases them to this provider.
+/// What this agent runs with, for `agent.json`.
+fn running_agent(config: &ProviderConfig, key: &NodeKey, device: &dyn Device) -> RunningAgent {
+    let hw = device.hardware();
+    RunningAgent {
+        pid: std::process::id(),
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        provider_id: key.provider_id(),
+        pool: config.pool_url.clone(),
+        name: config.name.clone(),
+        device: format!("{} ({})", hw.name, hw.class()),
+        threads: device
+            .segment_device()
+            .threads
+            .and_then(|t| u32::try_from(t).ok()),
+        max_concurrent_tasks: config.max_concurrent_tasks,
+        price_per_hour: config.price_per_hour,
+        payout: config.payout.clone(),
+        validate: config.validate,
+        train: config.train,
+        limits: config.limits.clone(),
+    }
+}
+
 pub async fn run(
     config: ProviderConfig,
     device: Arc<dyn Device>,
     shutdown: CancellationToken,
 ) -> Result<(), ProviderError> {
     let dir = DataDir::open(&config.data_dir)?;
+    let lock = dir.lock()?;
     let key = NodeKey::load_or_create(&dir.node_key_path())?;
-    tracing::info!(provider = %key.provider_id(), pool = %config.pool_url, "provider starting");
+    dir.record_agent(&lock, &running_agent(&config, &key, device.as_ref()))?;
+    tracing::info!(provider = %key.provider_id(), pool = %config.pool_url,
+        data_dir = %config.data_dir.display(), "provider starting");
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     // The power cap: the driver's if it lets us set it, else held here by
     // resting between steps against the measured draw.

@@ -17,7 +17,8 @@
 //!   governor that rests the device to hold a power cap.
 //! - [`segment`]: one segment run in a child process and its event protocol.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
-//!   flight), so that a restart resumes what was running.
+//!   flight), so that a restart resumes what was running; locked by the
+//!   agent that runs on it, which records there what it runs with.
 //! - [`agent`]: the main loop, training segments and, for a provider that
 //!   validates, replaying other providers' segments for audits.
 //! - `cheat` (feature `cheat` only): cheating trainers and lazy validators
@@ -49,6 +50,17 @@ pub enum ProviderError {
     NodeKey(#[from] gradpool_core::commitment::CommitmentError),
     #[error("segment failed: {0}")]
     Segment(String),
+    /// Another agent runs on the data directory.
+    #[error(
+        "the data directory {dir} is in use by another gradpool provider agent{holder}: \
+         stop it first, or give this agent its own --data-dir (one agent per GPU, each \
+         with its own data directory)"
+    )]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        /// ` (pid N, running since T)` when the other agent says so.
+        holder: String,
+    },
 }
 
 impl ProviderError {

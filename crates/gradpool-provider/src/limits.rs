@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 /// What the owner allows. Defaults: the whole device, always, no
 /// temperature or power limit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Percent of the time the device may train (1–100); the segment
     /// process rests between steps to keep to it.
@@ -231,6 +231,21 @@ impl LocalClock for SetClock {
     }
 }
 
+/// A schedule is stored as its text (`"mon-fri 22:00-07:00"`).
+impl serde::Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Schedule {
     type Err = ScheduleError;
 
@@ -283,19 +298,23 @@ fn parse_days(s: &str) -> Result<[bool; 7], String> {
     if s == "daily" || s == "every-day" {
         return Ok([true; 7]);
     }
-    match s.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (index(a)?, index(b)?);
-            let mut d = a;
-            loop {
-                days[d] = true;
-                if d == b {
-                    break;
+    // Ranges and single days joined by `+` (`mon-wed+fri`), as a schedule
+    // is also printed.
+    for item in s.split('+') {
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (index(a)?, index(b)?);
+                let mut d = a;
+                loop {
+                    days[d] = true;
+                    if d == b {
+                        break;
+                    }
+                    d = (d + 1) % 7;
                 }
-                d = (d + 1) % 7;
             }
+            None => days[index(item)?] = true,
         }
-        None => days[index(s)?] = true,
     }
     Ok(days)
 }
@@ -614,6 +633,13 @@ mod tests {
             s.to_string(),
             "mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day"
         );
+        // What it prints reads back as the same schedule (the agent
+        // records its limits so).
+        assert_eq!(s.to_string().parse::<Schedule>().unwrap(), s);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), s);
+        let some: Schedule = "mon-wed+fri 08:00-12:00".parse().unwrap();
+        assert_eq!(some.to_string(), "mon+tue+wed+fri 08:00-12:00");
     }
 
     #[test]

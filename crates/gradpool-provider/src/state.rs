@@ -7,16 +7,58 @@
 //! DIR/tasks/<task_id>/spec.toml
 //! DIR/tasks/<task_id>/end.safetensors   the segment's end checkpoint
 //! DIR/tasks/<task_id>/done.json         its loss trace, once training ended
+//! DIR/agent.lock                   locked while an agent runs on DIR
+//! DIR/agent.json                   what that agent runs with (RunningAgent)
 //! ```
 //!
 //! A task directory exists exactly while the task is the agent's. After a
 //! crash, the agent lists them and tells the pool what it was doing; a
 //! segment whose `done.json` is present is committed without retraining.
+//!
+//! One agent per directory: two would share a node key, and so one
+//! session at the pool, and keep taking it from each other. The agent
+//! holds an exclusive lock on `agent.lock` while it runs (the operating
+//! system releases it when the process ends, however it ends); a second
+//! agent is refused. `gradpool provider status` reads `agent.json` while
+//! the lock is held to show what the running agent actually uses.
 
 use crate::ProviderError;
-use gradpool_core::wire::Assignment;
-use gradpool_core::{Sha256Hex, TaskId};
+use gradpool_core::wire::{Assignment, PayoutSplit};
+use gradpool_core::{Piconero, ProviderId, Sha256Hex, TaskId};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// What a running agent uses, as it records it in `agent.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningAgent {
+    /// The agent's process.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    pub provider_id: ProviderId,
+    pub pool: String,
+    pub name: String,
+    /// The device it trains on, as it describes itself.
+    pub device: String,
+    /// CPU threads training may use (`None`: all).
+    pub threads: Option<u32>,
+    pub max_concurrent_tasks: u32,
+    /// The least it takes per hour.
+    pub price_per_hour: Piconero,
+    pub payout: Vec<PayoutSplit>,
+    /// It takes replay tasks.
+    pub validate: bool,
+    /// It takes training tasks.
+    pub train: bool,
+    pub limits: crate::limits::Limits,
+}
+
+/// An agent's hold on its data directory: released when dropped or when
+/// the process ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
 
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -37,6 +79,74 @@ impl DataDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn lock_path(root: &Path) -> PathBuf {
+        root.join("agent.lock")
+    }
+
+    fn agent_path(root: &Path) -> PathBuf {
+        root.join("agent.json")
+    }
+
+    /// Takes the directory for one agent: locks `agent.lock`, refusing
+    /// with [`ProviderError::DataDirInUse`] when another agent holds it.
+    /// The lock lasts as long as the returned value.
+    pub fn lock(&self) -> Result<DataDirLock, ProviderError> {
+        let path = Self::lock_path(&self.root);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ProviderError::io(format!("cannot open {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = match DataDir::running_agent_record(&self.root) {
+                    Some(a) => format!(" (pid {}, running since {})", a.pid, a.started_at),
+                    None => String::new(),
+                };
+                Err(ProviderError::DataDirInUse {
+                    dir: self.root.clone(),
+                    holder,
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(ProviderError::Io {
+                context: format!("cannot lock {}", path.display()),
+                error: e,
+            }),
+        }
+    }
+
+    /// Records what the agent holding the lock runs with.
+    pub fn record_agent(
+        &self,
+        _lock: &DataDirLock,
+        agent: &RunningAgent,
+    ) -> Result<(), ProviderError> {
+        let json =
+            serde_json::to_vec_pretty(agent).map_err(|e| ProviderError::Segment(e.to_string()))?;
+        write_atomic(&Self::agent_path(&self.root), &json)
+    }
+
+    /// The agent running on the directory at `root` now, if one is:
+    /// the lock is held and it recorded its settings.
+    pub fn running_agent(root: &Path) -> Option<RunningAgent> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Self::lock_path(root))
+            .ok()?;
+        match file.try_lock() {
+            // Nobody holds it: no agent runs (the lock goes with `file`).
+            Ok(()) => None,
+            Err(_) => DataDir::running_agent_record(root),
+        }
+    }
+
+    fn running_agent_record(root: &Path) -> Option<RunningAgent> {
+        let bytes = std::fs::read(Self::agent_path(root)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn node_key_path(&self) -> PathBuf {
@@ -133,6 +243,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
 mod tests {
     use super::*;
     use gradpool_core::{JobId, Sha256Hex};
+
+    fn running(pid: u32) -> RunningAgent {
+        RunningAgent {
+            pid,
+            started_at: "2026-12-03T10:00:00Z".into(),
+            provider_id: ProviderId::from("prov_1"),
+            pool: "http://127.0.0.1:7070".into(),
+            name: "attic".into(),
+            device: "cpu".into(),
+            threads: Some(2),
+            max_concurrent_tasks: 1,
+            price_per_hour: Piconero(1),
+            payout: Vec::new(),
+            validate: true,
+            train: true,
+            limits: crate::limits::Limits::default(),
+        }
+    }
+
+    #[test]
+    fn one_agent_holds_a_data_dir_and_says_what_it_runs_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        assert_eq!(DataDir::running_agent(tmp.path()), None);
+        let lock = dir.lock().unwrap();
+        dir.record_agent(&lock, &running(42)).unwrap();
+        assert_eq!(DataDir::running_agent(tmp.path()), Some(running(42)));
+        let err = DataDir::open(tmp.path()).unwrap().lock().unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ProviderError::DataDirInUse { .. }), "{text}");
+        assert!(
+            text.contains("pid 42") && text.contains("--data-dir"),
+            "{text}"
+        );
+        drop(lock);
+        // Released: the record stays, but no agent runs.
+        assert_eq!(DataDir::running_agent(tmp.path()), None);
+        let _again = dir.lock().unwrap();
+    }
 
     fn assignment() -> Assignment {
         Assignment {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use gradpool_client::Api;
 use gradpool_core::wire::{self, JobStatus, JobView};
-use gradpool_core::{JobSpec, Sha256Hex};
+use gradpool_core::{JobSpec, Piconero, Sha256Hex};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +32,10 @@ pub enum JobCommand {
         #[command(flatten)]
         customer: CustomerArgs,
     },
-    /// Download a finished job's model as DIR/model.safetensors.
+    /// Download a job's last accepted checkpoint as DIR/model.safetensors,
+    /// with DIR/summary.json (its step, loss, status and verification): the
+    /// trained model once the job trained to the end, the last paid
+    /// checkpoint of a running, cancelled or failed one.
     Fetch {
         /// The job's id (`job_…`, as `job submit` and `job list` print it).
         id: String,
@@ -115,8 +118,31 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             customer,
         } => {
             let api = customer.api()?;
-            let path = fetch_model(&api, &id, &out, checkpoint).await?;
-            println!("wrote {}", path.display());
+            let (path, summary) = fetch_model(&api, &id, &out, checkpoint).await?;
+            println!(
+                "wrote {} and summary.json: the checkpoint of step {}/{} (loss {}) of a {} job",
+                path.display(),
+                summary.step,
+                summary.steps,
+                summary
+                    .loss
+                    .map(|l| format!("{l:.4}"))
+                    .unwrap_or_else(|| "-".into()),
+                summary.status.as_str()
+            );
+            if !summary.status.is_trained() {
+                eprintln!(
+                    "note: job {id} is {}: this is its last accepted checkpoint, not a finished model",
+                    summary.status.as_str()
+                );
+            }
+            if summary.audits_unserved > 0 {
+                eprintln!(
+                    "warning: {} drawn audits of job {id} were never served by a validator; \
+                     check the work with `gradpool job verify {id}`",
+                    summary.audits_unserved
+                );
+            }
         }
         JobCommand::List { customer } => {
             let jobs: Vec<JobView> = customer.api()?.get("/v1/jobs").await?;
@@ -160,10 +186,27 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 println!("provider   {p}");
             }
             if let Some(e) = &j.error {
-                println!("error      {e}");
+                let label = if j.status == JobStatus::Failed {
+                    "error"
+                } else {
+                    "note"
+                };
+                println!("{label:<10} {e}");
             }
             if let Some(why) = &j.waiting {
                 println!("waiting    {why}");
+            }
+            if j.audits_waiting > 0 {
+                println!(
+                    "audits     {}",
+                    crate::watch::audits_waiting_line(j.audits_waiting)
+                );
+            }
+            if j.audits_unserved > 0 {
+                println!(
+                    "verified   no: {} drawn audits were never served; check with `gradpool job verify {}`",
+                    j.audits_unserved, j.id
+                );
             }
             println!(
                 "cost       {} of a {} budget ({} in escrow)",
@@ -235,16 +278,30 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 .post(&format!("/v1/jobs/{id}/cancel"), &())
                 .await?;
             println!("{} {}", j.id, j.status.as_str());
+            println!(
+                "refunded   {} to your balance (spent {} of a {} budget)",
+                Piconero(j.budget.0.saturating_sub(j.spent.0)),
+                j.spent,
+                j.budget
+            );
+            if j.checkpoint_sha256.is_some() {
+                println!(
+                    "checkpoint step {}/{}: `gradpool job fetch {} --out DIR` downloads it",
+                    j.step, j.steps, j.id
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// 0 succeeded, 2 unverified (trained, but some drawn audits unserved),
+/// 1 otherwise.
 fn status_code(s: JobStatus) -> ExitCode {
-    if s == JobStatus::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match s {
+        JobStatus::Succeeded => ExitCode::SUCCESS,
+        JobStatus::Unverified => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -330,25 +387,50 @@ pub async fn submit_text(
     Ok(job)
 }
 
-/// Downloads a finished job's final checkpoint and writes
-/// `out/model.safetensors` (weights only).
+/// What `job fetch` writes beside the model: which checkpoint it is, how
+/// the job stands, and whether its audits were all served.
+#[derive(serde::Serialize)]
+pub struct FetchSummary {
+    pub job_id: String,
+    pub name: String,
+    /// The job's status when fetched (`running`, `succeeded`,
+    /// `unverified`, `failed`, `cancelled`).
+    pub status: JobStatus,
+    /// The step of the checkpoint fetched, of `steps`.
+    pub step: u64,
+    pub steps: u64,
+    pub segments_done: u32,
+    pub segments_total: u32,
+    pub checkpoint_sha256: String,
+    /// The training loss at that checkpoint.
+    pub loss: Option<f32>,
+    /// `none`, `standard` or `paranoid`.
+    pub verification: String,
+    /// Drawn audits no eligible validator served before their deadline.
+    pub audits_unserved: u32,
+    /// Drawn audits still waiting for an eligible validator.
+    pub audits_waiting: u32,
+    pub spent_piconero: u64,
+    pub budget_piconero: u64,
+}
+
+/// Downloads a job's last accepted checkpoint (the trained model once it
+/// trained to the end; the last paid one of a running, cancelled or failed
+/// job) and writes `out/model.safetensors` (weights only) and
+/// `out/summary.json`.
 pub async fn fetch_model(
     api: &Api,
     id: &str,
     out: &Path,
     keep_checkpoint: bool,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<(PathBuf, FetchSummary)> {
     let job: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
-    if job.status != JobStatus::Succeeded {
+    let Some(sha) = job.checkpoint_sha256.clone() else {
         bail!(
-            "job {id} is {} (step {}/{}): a model is ready once it has succeeded",
+            "job {id} is {} and has no accepted checkpoint yet (step 0 of {})",
             job.status.as_str(),
-            job.step,
             job.steps
         );
-    }
-    let Some(sha) = job.checkpoint_sha256 else {
-        bail!("job {id} succeeded but has no checkpoint");
     };
     let spec = JobSpec::from_toml_str(&job.spec_toml)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -361,5 +443,24 @@ pub async fn fetch_model(
     if !keep_checkpoint {
         std::fs::remove_file(&ckpt)?;
     }
-    Ok(model)
+    let summary = FetchSummary {
+        job_id: job.id.to_string(),
+        name: job.name,
+        status: job.status,
+        step: job.step,
+        steps: job.steps,
+        segments_done: job.segments_done,
+        segments_total: job.segments_total,
+        checkpoint_sha256: sha.to_string(),
+        loss: job.last_loss,
+        verification: spec.verification.as_str().to_owned(),
+        audits_unserved: job.audits_unserved,
+        audits_waiting: job.audits_waiting,
+        spent_piconero: job.spent.0,
+        budget_piconero: job.budget.0,
+    };
+    let path = out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((model, summary))
 }

@@ -101,6 +101,12 @@ pub struct PoolArgs {
     /// without computing.
     #[arg(long, default_value_t = 0.05, value_parser = probability)]
     plant_rate: f64,
+    /// How long a drawn audit waits for an eligible validator (connected,
+    /// not the trainer, another payout address), in seconds. Meanwhile the
+    /// segment's earnings stay pending; past it the audit is unserved and
+    /// its job, once trained, ends `unverified`.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    audit_deadline_s: u64,
     /// Do not challenge providers to prove their hardware at registration
     /// (a pool of machines its operator owns).
     #[arg(long)]
@@ -273,6 +279,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
                 floor: a.audit_floor,
             },
             plant_rate: a.plant_rate,
+            audit_deadline_seconds: a.audit_deadline_s,
         },
         hardware_proof: !a.no_hardware_proof,
         proof_interval_seconds: a.proof_interval_s,

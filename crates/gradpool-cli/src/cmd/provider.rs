@@ -5,9 +5,10 @@ use clap::{Args, Subcommand};
 use gradpool_client::Api;
 use gradpool_core::commitment::signed_nonce_message;
 use gradpool_core::wire::{self, PayoutSplit};
-use gradpool_core::{NodeKey, Piconero};
+use gradpool_core::{NodeKey, Piconero, ProviderId};
 use gradpool_monero::address::{Address, Network};
 use gradpool_provider::segment::DeviceFlags;
+use gradpool_provider::state::{DataDir, RunningAgent};
 use gradpool_provider::{CpuDevice, Device, ProviderConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -458,63 +459,30 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
 
 async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
     let s = settings(a)?;
-    let l = &s.limits;
-    println!("pool               {}", s.pool);
-    println!("name               {}", s.name);
     println!("data dir           {}", s.data_dir.display());
-    println!("min price          {}/hour", s.price);
-    println!("concurrent tasks   {}", s.max_concurrent_tasks);
-    println!(
-        "validates          {}",
-        if s.validate { "yes" } else { "no" }
-    );
-    println!(
-        "device             {}",
-        match s.device {
-            DeviceChoice::Auto => format!(
-                "auto (GPU {} if the NVIDIA driver finds it, else the CPU)",
-                s.gpu
-            ),
-            DeviceChoice::Cpu => "cpu".to_owned(),
-            DeviceChoice::Cuda => format!("cuda (GPU {})", s.gpu),
+    let rig = match DataDir::running_agent(&s.data_dir) {
+        Some(agent) => {
+            println!(
+                "agent              running (pid {}, since {}): its settings",
+                agent.pid, agent.started_at
+            );
+            agent
         }
-    );
-    println!("max GPU share      {}%", l.max_gpu_share);
-    match (l.pause_above_c, l.thermal()) {
-        (Some(p), Some(_)) => println!(
-            "temperature        pause at {p} °C, resume at {} °C",
-            l.resume_below_c.unwrap_or(p - 10.0)
-        ),
-        _ => println!("temperature        no limit"),
-    }
-    match l.power_limit_w {
-        Some(w) => println!("power limit        {w} W"),
-        None => println!("power limit        none"),
-    }
-    println!(
-        "schedule           {} (local time; {} now)",
-        l.schedule,
-        if l.schedule.is_open_now() {
-            "open"
-        } else {
-            "closed"
+        None => {
+            println!(
+                "agent              not running on this data dir: the settings it would start with{}",
+                if s.data_dir.join("node.key").is_file() {
+                    ""
+                } else {
+                    " (no agent has run here: pass the --data-dir or --config of a running one)"
+                }
+            );
+            s.as_running_agent()
         }
-    );
-    println!(
-        "pause when busy    {}",
-        if l.pause_when_busy { "yes" } else { "no" }
-    );
-    if s.payout.is_empty() {
-        println!("payout to          (no address: earnings wait at the pool)");
-    }
-    for split in &s.payout {
-        println!(
-            "payout to          {} (share {})",
-            split.address, split.share
-        );
-    }
+    };
+    print_rig(&rig);
     if s.data_dir.join("node.key").is_file() {
-        let api = Api::new(&s.pool, None, &s.trust)?;
+        let api = Api::new(&rig.pool, None, &s.trust)?;
         match signed_nonce(&api, &s.data_dir, "status").await {
             Ok(signed) => match api
                 .post::<_, wire::ProviderStatusReply>("/v1/providers/status", &signed)
@@ -587,6 +555,89 @@ async fn status(a: &RigArgs) -> anyhow::Result<ExitCode> {
         println!("at the pool        not registered yet (no node key in the data dir)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl Settings {
+    /// The settings as an agent started with them would record them.
+    fn as_running_agent(&self) -> RunningAgent {
+        RunningAgent {
+            pid: 0,
+            started_at: String::new(),
+            provider_id: ProviderId::from(""),
+            pool: self.pool.clone(),
+            name: self.name.clone(),
+            device: match self.device {
+                DeviceChoice::Auto => format!(
+                    "auto (GPU {} if the NVIDIA driver finds it, else the CPU)",
+                    self.gpu
+                ),
+                DeviceChoice::Cpu => "cpu".to_owned(),
+                DeviceChoice::Cuda => format!("cuda (GPU {})", self.gpu),
+            },
+            threads: self.threads,
+            max_concurrent_tasks: self.max_concurrent_tasks,
+            price_per_hour: self.price,
+            payout: self.payout.clone(),
+            validate: self.validate,
+            train: true,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Prints a rig's settings, as `provider status` shows them.
+fn print_rig(r: &RunningAgent) {
+    let l = &r.limits;
+    println!("pool               {}", r.pool);
+    println!("name               {}", r.name);
+    println!("min price          {}/hour", r.price_per_hour);
+    println!("concurrent tasks   {}", r.max_concurrent_tasks);
+    println!(
+        "validates          {}",
+        match (r.validate, r.train) {
+            (true, true) => "yes",
+            (true, false) => "only (takes no training)",
+            _ => "no",
+        }
+    );
+    println!("device             {}", r.device);
+    if let Some(t) = r.threads {
+        println!("threads            {t}");
+    }
+    println!("max GPU share      {}%", l.max_gpu_share);
+    match (l.pause_above_c, l.thermal()) {
+        (Some(p), Some(_)) => println!(
+            "temperature        pause at {p} °C, resume at {} °C",
+            l.resume_below_c.unwrap_or(p - 10.0)
+        ),
+        _ => println!("temperature        no limit"),
+    }
+    match l.power_limit_w {
+        Some(w) => println!("power limit        {w} W"),
+        None => println!("power limit        none"),
+    }
+    println!(
+        "schedule           {} (local time; {} now)",
+        l.schedule,
+        if l.schedule.is_open_now() {
+            "open"
+        } else {
+            "closed"
+        }
+    );
+    println!(
+        "pause when busy    {}",
+        if l.pause_when_busy { "yes" } else { "no" }
+    );
+    if r.payout.is_empty() {
+        println!("payout to          (no address: earnings wait at the pool)");
+    }
+    for split in &r.payout {
+        println!(
+            "payout to          {} (share {})",
+            split.address, split.share
+        );
+    }
 }
 
 async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {

@@ -72,6 +72,10 @@ pub async fn start_pool_with(
         heartbeat_seconds: 1,
         ..PoolConfig::default()
     };
+    // Sampled audits only where a test asks (paranoid jobs, or its own
+    // sampling): a random draw would make other tests' outcomes random.
+    config.verification.sampling.p_new = 0.0;
+    config.verification.sampling.floor = 0.0;
     f(&mut config);
     let pool = Pool::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -64,6 +64,10 @@ impl TestPool {
             ..PoolConfig::default()
         };
         config.verification.plant_rate = 0.0;
+        // Sampled audits only where a test asks (paranoid jobs, or its own
+        // sampling): a random draw would make other tests' outcomes random.
+        config.verification.sampling.p_new = 0.0;
+        config.verification.sampling.floor = 0.0;
         // Test providers here answer no hardware proof; tests of it ask.
         config.hardware_proof = false;
         // Every test client comes from 127.0.0.1; the throttle's tests
@@ -598,7 +602,8 @@ pub fn signed_by(key: &NodeKey, cm: Commitment) -> SignedCommitment {
 pub async fn signed_nonce(tp: &TestPool, p: &TestProvider, purpose: &str) -> SignedNonce {
     let challenge: RegistrationChallenge =
         tp.anon().post("/v1/providers/challenge", &()).await.ok();
-    let time = time_now();
+    // The time by the pool's clock, which a test may have moved.
+    let time = tp.pool.now() / 1000;
     let public_key = p.key.public_key();
     SignedNonce {
         signature: p.key.sign(&signed_nonce_message(
