@@ -474,6 +474,8 @@ fn a_customer_books_a_rig_for_later() {
     assert!(shown.contains("status             reserved"), "{shown}");
     let balance = ok(gradpool(&home, &["account", "balance"]));
     assert!(balance.contains("0.97 XMR"), "{balance}");
+    // The hold is in escrow, not gone.
+    assert!(balance.contains("in escrow    0.03 XMR"), "{balance}");
 
     let refused = refused(gradpool(
         &home,
@@ -490,6 +492,63 @@ fn a_customer_books_a_rig_for_later() {
     );
     let cancelled = ok(gradpool(&home, &["book", "cancel", &id]));
     assert!(cancelled.contains("status     cancelled"), "{cancelled}");
+    assert!(
+        cancelled.contains("returned   0.03 XMR to your balance") && !cancelled.contains("held"),
+        "{cancelled}"
+    );
     let balance = ok(gradpool(&home, &["account", "balance"]));
     assert!(balance.contains("available    1 XMR"), "{balance}");
+
+    // Booked from now, and a quick job run inside it with the everyday
+    // flags over the spec.
+    let booked = ok(gradpool(
+        &home,
+        &["book", "--gpus", "1", "--from", "now", "--hours", "1"],
+    ));
+    assert!(booked.contains("status     active"), "{booked}");
+    let id = booked
+        .lines()
+        .find_map(|l| l.strip_prefix("booking    "))
+        .unwrap()
+        .to_owned();
+    assert!(booked.contains(&format!("--booking {id}")), "{booked}");
+    let spec = tmp.path().join("tiny.toml");
+    std::fs::write(&spec, tiny_spec("from the file", 3, 100, 50)).unwrap();
+    let data = small_corpus(tmp.path());
+    let job = ok(gradpool(
+        &home,
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--booking",
+            &id,
+            "--steps",
+            "20",
+            "--budget",
+            "0.05",
+            "--max-price",
+            "0.5",
+            "--name",
+            "booked-run",
+        ],
+    ));
+    let job = job.trim().to_owned();
+    ok(gradpool(&home, &["job", "watch", &job]));
+    let shown = ok(gradpool(&home, &["job", "show", &job]));
+    for expect in [
+        "name       booked-run".to_owned(),
+        "status     succeeded".to_owned(),
+        "step       20/20".to_owned(),
+        format!("booking    {id}"),
+        "a 0.05 XMR budget".to_owned(),
+    ] {
+        assert!(shown.contains(&expect), "{expect:?} not in:\n{shown}");
+    }
+    // The spec file is as it was.
+    assert!(std::fs::read_to_string(&spec)
+        .unwrap()
+        .contains("steps = 100"));
 }

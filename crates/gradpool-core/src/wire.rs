@@ -93,6 +93,10 @@ pub struct SubmitJob {
     pub spec_toml: String,
     /// The dataset, uploaded before as a blob.
     pub data_sha256: Sha256Hex,
+    /// Train inside this booking of the customer's (`bk_…`): only its
+    /// providers take the job, inside its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking: Option<String>,
 }
 
 /// A job as the customer sees it.
@@ -140,6 +144,9 @@ pub struct JobView {
     /// (each reason with how many providers it keeps out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The booking the job trains in, if submitted into one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking: Option<String>,
     /// Drawn audits of a running job that no connected validator can serve
     /// now (none is connected that is neither the trainer nor shares its
     /// payout address): they wait, and the job with them, until one comes
@@ -651,7 +658,8 @@ pub struct Balance {
     pub account_id: AccountId,
     /// Spendable: funds new jobs, can be withdrawn.
     pub available: Piconero,
-    /// Held in the escrow of running jobs.
+    /// Held in escrow: the budgets of running jobs and the holds of
+    /// bookings.
     pub escrowed: Piconero,
     /// Withdrawals on their way out.
     pub withdrawing: Piconero,

@@ -9,6 +9,10 @@
 //! (its segments are billed from each job's budget, as always). When the
 //! window ends, or the booking is cancelled, the hold returns to the
 //! customer: reserved time nobody trained in is not charged.
+//!
+//! A job submitted into a booking (`SubmitJob.booking`) trains only on the
+//! booking's providers, inside its window; when the booking closes before
+//! the job ends, the job goes on outside it, on any provider.
 
 use crate::error::PoolError;
 use crate::ledger::{self, AccountKind};
@@ -355,6 +359,17 @@ async fn close(
         )
         .await?;
     }
-    tracing::info!(booking = %row.id, status = %status, "booking closed");
+    // Its unfinished jobs go on outside it, on any provider.
+    let released = sqlx::query(
+        "UPDATE jobs SET booking_id = NULL WHERE booking_id = ? AND status IN ('queued', 'running')",
+    )
+    .bind(&row.id)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    if released > 0 {
+        w.wake_providers();
+    }
+    tracing::info!(booking = %row.id, status = %status, jobs_released = released, "booking closed");
     Ok(())
 }

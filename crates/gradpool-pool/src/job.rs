@@ -61,6 +61,10 @@ impl Pool {
             )));
         }
         let (model, memory) = self.size_job(&spec, &req.data_sha256).await?;
+        if let Some(booking) = &req.booking {
+            let mut conn = self.inner.db.acquire().await?;
+            check_booking(&mut conn, account.as_str(), booking, self.now()).await?;
+        }
         let id = JobId::random();
         let min_memory = (i64::from(spec.resources.min_memory_gib) << 30)
             .max(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX));
@@ -85,8 +89,8 @@ impl Pool {
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
-             max_price_per_hour, flops_per_step, verification, model, memory_bytes) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -107,6 +111,7 @@ impl Pool {
         .bind(spec.verification.as_str())
         .bind(serde_json::to_string(&model)?)
         .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
+        .bind(req.booking.as_deref())
         .execute(w.conn())
         .await?;
         crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;
@@ -175,5 +180,34 @@ impl Pool {
         w.commit().await?;
         tracing::info!(job = %job_id, "job cancelled");
         Ok(view)
+    }
+}
+
+/// A booking a job may be submitted into: the customer's own, and not
+/// over or cancelled.
+async fn check_booking(
+    conn: &mut sqlx::SqliteConnection,
+    account: &str,
+    booking: &str,
+    now: i64,
+) -> Result<(), PoolError> {
+    let row: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT account_id, status, ends_at FROM bookings WHERE id = ?")
+            .bind(booking)
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        Some((owner, status, ends_at)) if owner == account => {
+            let status: gradpool_core::state::BookingStatus = status.parse()?;
+            if status != gradpool_core::state::BookingStatus::Reserved || ends_at <= now {
+                return Err(PoolError::BadRequest(format!(
+                    "booking: {booking} is over (or cancelled); book again (gradpool book)"
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(PoolError::BadRequest(format!(
+            "booking: you have no booking {booking} (gradpool book list shows yours)"
+        ))),
     }
 }

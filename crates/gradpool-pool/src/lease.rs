@@ -305,6 +305,10 @@ impl Pool {
                            AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
                                WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
                                  AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
+                           AND (j.booking_id IS NULL OR EXISTS (SELECT 1 FROM booking_providers bp \
+                               JOIN bookings bk ON bk.id = bp.booking_id \
+                               WHERE bk.id = j.booking_id AND bp.provider_id = ?1 AND bk.status = 'reserved' \
+                                 AND bk.starts_at <= ?3 AND bk.ends_at > ?3)) \
                          ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"

@@ -344,9 +344,11 @@ impl Pool {
     pub async fn balance(&self, account: &AccountId) -> Result<Balance, PoolError> {
         let mut conn = self.inner.db.acquire().await?;
         let available = balance(&mut conn, &customer_account(account.as_str())).await?;
+        // Jobs' budgets and bookings' holds.
         let escrowed: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p JOIN jobs j ON p.account_id = 'escrow:' || j.id \
-             WHERE j.account_id = ?",
+            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id IN \
+               (SELECT 'escrow:' || id FROM jobs WHERE account_id = ?1 \
+                UNION ALL SELECT 'escrow:' || id FROM bookings WHERE account_id = ?1)",
         )
         .bind(account.as_str())
         .fetch_one(&mut *conn)

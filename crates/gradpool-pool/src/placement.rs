@@ -33,6 +33,9 @@ pub enum Refusal {
     Stake,
     /// Another customer's booking holds it now.
     Booked,
+    /// The job trains in a booking that does not hold it now (not one of
+    /// its providers, or outside its window).
+    OutsideBooking,
 }
 
 impl Refusal {
@@ -63,6 +66,10 @@ impl Refusal {
                 pico(job.budget)
             ),
             Refusal::Booked => format!("{they} booked by another customer now"),
+            Refusal::OutsideBooking => format!(
+                "{they} outside the job's booking {} now (not one of its providers, or its window is not open)",
+                job.booking_id.as_deref().unwrap_or_default()
+            ),
         }
     }
 }
@@ -84,6 +91,9 @@ struct Offer {
     #[sqlx(skip)]
     stake: i64,
     booked: bool,
+    /// In the job's booking and inside its window (true for a job with no
+    /// booking).
+    in_booking: bool,
 }
 
 /// The first thing that keeps `offer` from training `job`, if any.
@@ -108,6 +118,8 @@ fn refusal(job: &JobRow, offer: &Offer, stake_free_budget: i64, min_stake: i64) 
         Some(Refusal::Stake)
     } else if offer.booked {
         Some(Refusal::Booked)
+    } else if !offer.in_booking {
+        Some(Refusal::OutsideBooking)
     } else {
         None
     }
@@ -127,12 +139,16 @@ pub(crate) async fn why_waiting(
            p.unstake_requested_at IS NOT NULL AS unstaking, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
                    WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.starts_at <= ?1 \
-                     AND b.ends_at > ?1 AND b.account_id != ?2) AS booked \
+                     AND b.ends_at > ?1 AND b.account_id != ?2) AS booked, \
+           (?4 IS NULL OR EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
+                   WHERE b.id = ?4 AND bp.provider_id = p.id AND b.status = 'reserved' \
+                     AND b.starts_at <= ?1 AND b.ends_at > ?1)) AS in_booking \
          FROM providers p WHERE p.last_seen >= ?1 - ?3",
     )
     .bind(now)
     .bind(&job.account_id)
     .bind(lease_ms)
+    .bind(job.booking_id.as_deref())
     .fetch_all(&mut *conn)
     .await?;
     let mut offers = offers;

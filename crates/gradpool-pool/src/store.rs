@@ -116,6 +116,9 @@ pub struct JobRow {
     pub memory_bytes: Option<i64>,
     /// The device memory a provider must have to get the job.
     pub min_memory_bytes: i64,
+    /// The customer's booking the job trains in, if it was submitted into
+    /// one: only the booking's providers take it, inside its window.
+    pub booking_id: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
@@ -124,7 +127,7 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted
@@ -166,6 +169,7 @@ impl JobRow {
                 .map(|m| m.parameter_count()),
             memory_bytes: self.memory_bytes.and_then(|m| u64::try_from(m).ok()),
             waiting: None,
+            booking: self.booking_id.clone(),
             audits_waiting: 0,
             audits_unserved: 0,
             created_at: rfc3339(self.created_at),

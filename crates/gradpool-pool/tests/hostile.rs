@@ -468,6 +468,7 @@ async fn a_job_no_device_can_hold_is_refused_at_submit() {
                 &SubmitJob {
                     spec_toml: spec,
                     data_sha256: data,
+                    booking: None,
                 },
             )
             .await

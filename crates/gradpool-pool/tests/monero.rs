@@ -206,6 +206,7 @@ async fn run_job(c: &Client, p: &TestProvider, budget: &str) -> JobView {
             &SubmitJob {
                 spec_toml: spec,
                 data_sha256: sha,
+                booking: None,
             },
         )
         .await

@@ -53,6 +53,7 @@ async fn submit_reply(c: &Client, spec: &str) -> Reply {
         &SubmitJob {
             spec_toml: spec.to_owned(),
             data_sha256: sha,
+            booking: None,
         },
     )
     .await
@@ -865,6 +866,90 @@ fn in_ms(now: i64, ms: i64) -> String {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now + ms) * 1_000_000).unwrap();
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap()
+}
+
+/// A job submitted into a booking trains only on the booking's providers,
+/// inside its window, and says why it waits before; the hold shows as
+/// escrowed; someone else's booking is refused; when the booking ends, the
+/// job goes on outside it.
+#[tokio::test]
+async fn a_job_inside_a_booking_waits_for_its_window_and_its_providers() {
+    let tp = TestPool::start().await;
+    let xmr_h = |s: &str| s.parse::<Piconero>().unwrap();
+    let booked = tp
+        .provider_with("booked", |p| {
+            p.gflops = Some(100.0);
+            p.price = xmr_h("0.01");
+        })
+        .await;
+    let other = tp
+        .provider_with("other", |p| {
+            p.gflops = Some(10.0);
+            p.price = xmr_h("0.01");
+        })
+        .await;
+    let alice = tp.customer("alice").await;
+    let bob = tp.customer("bob").await;
+    faucet(&alice, "1").await;
+    let now = tp.pool.now();
+    let b: BookingView = alice
+        .post(
+            "/v1/bookings",
+            &Book {
+                gpus: 1,
+                from: in_ms(now, 60_000),
+                until: in_ms(now, 3_660_000),
+                min_score: None,
+            },
+        )
+        .await
+        .ok();
+    assert_eq!(b.providers, vec![booked.key.provider_id()]);
+    let bal = balance(&alice).await;
+    assert_eq!(bal.escrowed, b.held, "the hold is in escrow");
+    assert_eq!(bal.available, Piconero(1_000_000_000_000 - b.held.0));
+
+    let submit = |c: &Client, booking: &str| {
+        let c = c.clone();
+        let booking = booking.to_owned();
+        async move {
+            let sha = c.upload(b"some text to train on, long enough").await;
+            c.post(
+                "/v1/jobs",
+                &SubmitJob {
+                    spec_toml: budgeted("0.1", None),
+                    data_sha256: sha,
+                    booking: Some(booking),
+                },
+            )
+            .await
+        }
+    };
+    let e = submit(&bob, &b.id).await.err(400);
+    assert!(e.message.starts_with("booking:"), "{}", e.message);
+    let job: JobView = submit(&alice, &b.id).await.ok();
+    assert_eq!(job.booking.as_deref(), Some(b.id.as_str()));
+    // Before the window nobody takes it, and it says why.
+    let waiting = alice.job(&job.id).await.waiting.unwrap_or_default();
+    assert!(waiting.contains("outside the job's booking"), "{waiting}");
+    assert!(other.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert!(booked.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    // Inside it, only the booking's provider does.
+    tp.advance(61_000);
+    assert!(other.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a = booked.take().await;
+    assert_eq!(a.job_id, job.id);
+    booked.work_for(20);
+    booked.finish(&a, &[1]).await;
+    // The booking ends before the job: the job goes on outside it.
+    tp.advance(3_600_000);
+    tp.pool.end_bookings().await.unwrap();
+    let view = alice.job(&job.id).await;
+    assert_eq!(view.booking, None);
+    let a = other.take().await;
+    assert_eq!((a.job_id, a.segment), (job.id.clone(), 1));
+    assert_eq!(balance(&alice).await.escrowed, view.escrow);
+    assert_clean(&tp).await;
 }
 
 /// Booking: the best free providers are reserved and their price for the

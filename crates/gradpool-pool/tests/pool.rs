@@ -177,6 +177,7 @@ async fn submit_validation_and_job_visibility() {
             &SubmitJob {
                 spec_toml: bad,
                 data_sha256: data.clone(),
+                booking: None,
             },
         )
         .await
@@ -190,6 +191,7 @@ async fn submit_validation_and_job_visibility() {
             &SubmitJob {
                 spec_toml: bad,
                 data_sha256: data.clone(),
+                booking: None,
             },
         )
         .await
@@ -204,6 +206,7 @@ async fn submit_validation_and_job_visibility() {
             &SubmitJob {
                 spec_toml: SPEC.into(),
                 data_sha256: missing,
+                booking: None,
             },
         )
         .await
@@ -214,6 +217,7 @@ async fn submit_validation_and_job_visibility() {
         &SubmitJob {
             spec_toml: SPEC.into(),
             data_sha256: data.clone(),
+            booking: None,
         },
     )
     .await
@@ -229,6 +233,7 @@ async fn submit_validation_and_job_visibility() {
             &SubmitJob {
                 spec_toml: pinned,
                 data_sha256: data.clone(),
+                booking: None,
             },
         )
         .await
@@ -241,6 +246,7 @@ async fn submit_validation_and_job_visibility() {
             &SubmitJob {
                 spec_toml: SPEC.into(),
                 data_sha256: data.clone(),
+                booking: None,
             },
         )
         .await

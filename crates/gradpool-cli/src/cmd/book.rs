@@ -4,6 +4,7 @@
 use crate::credentials::CustomerArgs;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use gradpool_core::state::BookingStatus;
 use gradpool_core::wire::{Book, BookingView};
 use std::process::ExitCode;
 
@@ -15,8 +16,8 @@ pub struct BookArgs {
     /// How many GPUs (providers) to reserve.
     #[arg(long)]
     gpus: Option<u32>,
-    /// When the window opens: an RFC 3339 time (2026-12-24T18:00:00Z) or
-    /// from now (+30m, +2h, +1d).
+    /// When the window opens: now, a time from now (+30m, +2h, +1d) or an
+    /// RFC 3339 time (2026-12-24T18:00:00Z).
     #[arg(long)]
     from: Option<String>,
     /// How long it lasts, in hours (0.5 for half an hour).
@@ -43,15 +44,19 @@ pub enum BookCommand {
     },
     /// Cancel a booking before its window ends; its hold returns.
     Cancel {
+        /// The booking's id (`bk_…`, as `book` and `book list` print it).
         id: String,
         #[command(flatten)]
         customer: CustomerArgs,
     },
 }
 
-/// An RFC 3339 time, or `+N{m,h,d}` from now, as RFC 3339.
+/// `now`, an RFC 3339 time, or `+N{m,h,d}` from now.
 fn parse_from(s: &str) -> anyhow::Result<time::OffsetDateTime> {
     use time::format_description::well_known::Rfc3339;
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(time::OffsetDateTime::now_utc());
+    }
     if let Some(rel) = s.strip_prefix('+') {
         let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
         let n: i64 = n
@@ -65,8 +70,11 @@ fn parse_from(s: &str) -> anyhow::Result<time::OffsetDateTime> {
         };
         return Ok(time::OffsetDateTime::now_utc() + d);
     }
-    time::OffsetDateTime::parse(s, &Rfc3339)
-        .with_context(|| format!("--from {s}: not an RFC 3339 time (2026-12-24T18:00:00Z) nor +2h"))
+    time::OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        anyhow::anyhow!(
+            "--from {s}: give now, a time from now (+30m, +2h, +1d) or an RFC 3339 time (2026-12-24T18:00:00Z)"
+        )
+    })
 }
 
 fn print(b: &BookingView) {
@@ -78,7 +86,19 @@ fn print(b: &BookingView) {
         println!("  provider {p}");
     }
     println!("price      {}/hour together", b.price_per_hour);
-    println!("held       {} (returned when the window ends)", b.held);
+    match b.status {
+        BookingStatus::Cancelled => println!("returned   {} to your balance", b.held),
+        BookingStatus::Ended => {
+            println!("returned   {} to your balance (the window is over)", b.held)
+        }
+        BookingStatus::Reserved | BookingStatus::Active => {
+            println!(
+                "held       {} from your balance, in escrow (returned when the window ends or you cancel)",
+                b.held
+            );
+            println!("train in it: gradpool job submit SPEC --booking {}", b.id);
+        }
+    }
 }
 
 pub async fn run(a: BookArgs) -> anyhow::Result<ExitCode> {

@@ -23,6 +23,8 @@ pub enum JobCommand {
         #[arg(long)]
         watch: bool,
         #[command(flatten)]
+        overrides: SpecOverrides,
+        #[command(flatten)]
         customer: CustomerArgs,
     },
     /// Follow a job live: step, loss, tokens/s, provider.
@@ -94,10 +96,11 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             spec,
             data,
             watch,
+            overrides,
             customer,
         } => {
             let api = customer.api()?;
-            let job = submit(&api, &spec, data.as_deref(), true).await?;
+            let job = submit(&api, &spec, data.as_deref(), &overrides, true).await?;
             println!("{}", job.id);
             if let Some(why) = &job.waiting {
                 eprintln!("warning: the job is queued, but {why}");
@@ -195,6 +198,9 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             }
             if let Some(why) = &j.waiting {
                 println!("waiting    {why}");
+            }
+            if let Some(b) = &j.booking {
+                println!("booking    {b} (trains only on its providers, inside its window)");
             }
             if j.audits_waiting > 0 {
                 println!(
@@ -313,25 +319,89 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// What `job submit` may set over the spec file, for a quick try without
+/// editing it.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct SpecOverrides {
+    /// Training steps (`train.steps`; `train.checkpoint_every` shrinks to
+    /// it when larger).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// The job's budget in XMR (`budget.total_xmr`), held from submit.
+    #[arg(long, value_name = "XMR")]
+    pub budget: Option<Piconero>,
+    /// The most it pays a provider, XMR per hour
+    /// (`budget.max_price_xmr_per_hour`).
+    #[arg(long, value_name = "XMR")]
+    pub max_price: Option<Piconero>,
+    /// The job's name (`name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Train inside this booking of yours (`gradpool book list`): only its
+    /// providers take the job, inside its window.
+    #[arg(long, value_name = "BOOKING")]
+    pub booking: Option<String>,
+}
+
+impl SpecOverrides {
+    /// The spec text with the overrides written in, comments kept.
+    pub fn apply(&self, spec_toml: &str) -> anyhow::Result<String> {
+        if self.steps.is_none()
+            && self.budget.is_none()
+            && self.max_price.is_none()
+            && self.name.is_none()
+        {
+            return Ok(spec_toml.to_owned());
+        }
+        let mut doc: toml_edit::DocumentMut = spec_toml.parse().context("the spec is not TOML")?;
+        if let Some(name) = &self.name {
+            doc["name"] = toml_edit::value(name.as_str());
+        }
+        if let Some(steps) = self.steps {
+            let steps = i64::try_from(steps).context("--steps: too large")?;
+            doc["train"]["steps"] = toml_edit::value(steps);
+            let every = doc["train"]["checkpoint_every"].as_integer();
+            if every.is_some_and(|e| e > steps) {
+                doc["train"]["checkpoint_every"] = toml_edit::value(steps);
+            }
+        }
+        if let Some(b) = self.budget {
+            doc["budget"]["total_xmr"] = toml_edit::value(b.xmr().to_string());
+        }
+        if let Some(p) = self.max_price {
+            doc["budget"]["max_price_xmr_per_hour"] = toml_edit::value(p.xmr().to_string());
+        }
+        Ok(doc.to_string())
+    }
+}
+
 /// Validates the spec locally, uploads the data (with a progress bar when
 /// `progress`), and submits the job.
 pub async fn submit(
     api: &Api,
     spec_path: &Path,
     data: Option<&Path>,
+    overrides: &SpecOverrides,
     progress: bool,
 ) -> anyhow::Result<JobView> {
-    let spec = JobSpec::from_file(spec_path)?;
-    let spec_toml = std::fs::read_to_string(spec_path)?;
+    let spec_toml = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("cannot read the spec {}", spec_path.display()))?;
+    let spec_toml = overrides.apply(&spec_toml)?;
+    let spec = JobSpec::from_toml_str(&spec_toml)
+        .with_context(|| format!("spec {} refused", spec_path.display()))?;
+    // A relative data.file is read from the spec's directory.
     let data = match (data, &spec.data.file) {
         (Some(d), _) => d.to_owned(),
-        (None, Some(f)) => f.clone(),
+        (None, Some(f)) => match spec_path.parent() {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        },
         (None, None) => bail!(
             "no data: pass --data FILE or set data.file in {}",
             spec_path.display()
         ),
     };
-    submit_text(api, &spec_toml, &data, progress).await
+    submit_into(api, &spec_toml, &data, overrides.booking.clone(), progress).await
 }
 
 /// Uploads `data` and submits `spec_toml`.
@@ -339,6 +409,17 @@ pub async fn submit_text(
     api: &Api,
     spec_toml: &str,
     data: &Path,
+    progress: bool,
+) -> anyhow::Result<JobView> {
+    submit_into(api, spec_toml, data, None, progress).await
+}
+
+/// Uploads `data` and submits `spec_toml`, into `booking` if given.
+pub async fn submit_into(
+    api: &Api,
+    spec_toml: &str,
+    data: &Path,
+    booking: Option<String>,
     progress: bool,
 ) -> anyhow::Result<JobView> {
     let spec = JobSpec::from_toml_str(spec_toml)?;
@@ -381,6 +462,7 @@ pub async fn submit_text(
             &wire::SubmitJob {
                 spec_toml: spec_toml.to_owned(),
                 data_sha256: sha,
+                booking,
             },
         )
         .await?;
@@ -463,4 +545,32 @@ pub async fn fetch_model(
     std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((model, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_written_into_the_spec_keeping_its_comments() {
+        let spec = "# my run\nname = \"a\"\n[train]\nsteps = 100 # long\ncheckpoint_every = 50\n";
+        let o = SpecOverrides {
+            steps: Some(20),
+            budget: Some("0.05".parse().unwrap()),
+            max_price: Some("0.5".parse().unwrap()),
+            name: Some("quick".into()),
+            booking: None,
+        };
+        let out = o.apply(spec).unwrap();
+        assert!(out.starts_with("# my run\n"), "{out}");
+        let v: toml::Table = out.parse().unwrap();
+        assert_eq!(v["name"].as_str(), Some("quick"));
+        assert_eq!(v["train"]["steps"].as_integer(), Some(20));
+        // A segment is never longer than the job.
+        assert_eq!(v["train"]["checkpoint_every"].as_integer(), Some(20));
+        assert_eq!(v["budget"]["total_xmr"].as_str(), Some("0.05"));
+        assert_eq!(v["budget"]["max_price_xmr_per_hour"].as_str(), Some("0.5"));
+        // Nothing to override: the text as it was.
+        assert_eq!(SpecOverrides::default().apply(spec).unwrap(), spec);
+    }
 }

@@ -299,6 +299,7 @@ impl Client {
             &SubmitJob {
                 spec_toml: spec.to_owned(),
                 data_sha256,
+                booking: None,
             },
         )
         .await
