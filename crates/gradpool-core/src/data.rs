@@ -61,6 +61,48 @@ pub fn text_vocab(mut reader: impl Read) -> Result<Vec<char>, DataError> {
     Ok(vocab.into_iter().collect())
 }
 
+/// What in a text would quietly end up in the vocabulary and the samples
+/// though its author likely never meant it: a byte-order mark at the start,
+/// and Windows line ends (`\r\n`, whose `\r` becomes a character the
+/// model learns and prints). One warning each, with how to fix it.
+pub fn text_warnings(mut reader: impl Read) -> Result<Vec<String>, DataError> {
+    let mut warnings = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut crlf, mut first, mut last) = (0u64, true, 0u8);
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if first && chunk.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            warnings.push(
+                "the text starts with a byte-order mark (U+FEFF): it becomes a character of the \
+                 vocabulary; remove it, e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' FILE`"
+                    .to_owned(),
+            );
+        }
+        first = false;
+        if last == b'\r' && chunk[0] == b'\n' {
+            crlf += 1;
+        }
+        crlf += chunk.windows(2).filter(|w| w == b"\r\n").count() as u64;
+        last = chunk[n - 1];
+    }
+    if crlf > 0 {
+        let lines = if crlf == 1 {
+            "1 line ends".to_owned()
+        } else {
+            format!("{crlf} lines end")
+        };
+        warnings.push(format!(
+            "{lines} in CRLF (Windows line ends): each \\r becomes a character the model \
+             learns and prints; convert the file first, e.g. `dos2unix FILE` or `sed -i 's/\\r$//' FILE`"
+        ));
+    }
+    Ok(warnings)
+}
+
 fn invalid_utf8(at: u64) -> DataError {
     DataError(format!("text data is not valid UTF-8 (at byte {at})"))
 }
@@ -167,6 +209,21 @@ pub fn data_shape(spec: &JobSpec, reader: impl Read) -> Result<DataShape, DataEr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_byte_order_mark_and_windows_line_ends_are_warned() {
+        let clean = super::text_warnings(&b"to be\nor not\n"[..]).unwrap();
+        assert!(clean.is_empty(), "{clean:?}");
+        let w = super::text_warnings(&b"\xEF\xBB\xBFto be\r\nor not\r\n"[..]).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("byte-order mark"), "{}", w[0]);
+        assert!(w[1].starts_with("2 lines end in CRLF"), "{}", w[1]);
+        // A CRLF cut between two reads counts once.
+        let mut text = vec![b'a'; (1 << 16) - 1];
+        text.extend_from_slice(b"\r\nb");
+        let w = super::text_warnings(&text[..]).unwrap();
+        assert!(w[0].starts_with("1 line ends in CRLF"), "{w:?}");
+    }
+
     use super::*;
 
     /// A reader that hands out one byte at a time, to cut characters.

@@ -433,6 +433,13 @@ pub async fn submit_into(
             );
         }
     }
+    if spec.data.format == gradpool_core::spec::DataFormat::Text {
+        let file = std::fs::File::open(data)
+            .with_context(|| format!("cannot read data file {}", data.display()))?;
+        for w in gradpool_core::data::text_warnings(std::io::BufReader::new(file))? {
+            eprintln!("warning: {}: {w}", data.display());
+        }
+    }
     let size = std::fs::metadata(data)?.len();
     let bar = if progress {
         let bar = ProgressBar::new(size);

@@ -195,8 +195,8 @@ impl Onboarding {
         self.write(&a, &found, gflops)?;
         p.say(&format!(
             "Wrote {}. Start sharing with:\n  gradpool provider start --config {} --data-dir {}\n\
-             (one agent per data directory: a second one on it is refused) \
-             or as a service: see packaging/gradpool-provider.service.",
+             or as a service: see packaging/gradpool-provider.service. One agent per data \
+             directory: a second one on it is refused.",
             self.config.display(),
             self.config.display(),
             a.data_dir.display()

@@ -642,6 +642,14 @@ fn print_rig(r: &RunningAgent) {
 
 async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let s = settings(&a.rig)?;
+    // Refused before the benchmark; the agent's own lock decides for good.
+    if let Some(other) = DataDir::running_agent(&s.data_dir) {
+        return Err(gradpool_provider::ProviderError::DataDirInUse {
+            dir: s.data_dir.clone(),
+            holder: format!(" (pid {}, running since {})", other.pid, other.started_at),
+        }
+        .into());
+    }
     if s.payout.is_empty() {
         eprintln!(
             "note: no --payout address: earnings accumulate at the pool until one is set \
