@@ -151,6 +151,8 @@ struct Summary {
     checkpoint_every: u64,
     initial_loss: f32,
     final_loss: f32,
+    /// The loss on the held-out text at each checkpoint, in order.
+    eval_losses: Vec<f32>,
     wall_seconds: f64,
     providers: Vec<ProviderSummary>,
     sample: String,
@@ -501,6 +503,7 @@ async fn drive(
         .last()
         .and_then(|s| s.loss_trace.last().copied())
         .unwrap_or(f32::NAN);
+    let eval_losses: Vec<f32> = segments.iter().filter_map(|s| s.eval_loss).collect();
 
     let tokens = a.sample_tokens;
     let model_path = model.clone();
@@ -597,6 +600,7 @@ async fn drive(
         checkpoint_every: end.checkpoint_every,
         initial_loss,
         final_loss,
+        eval_losses,
         wall_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         providers: counts
             .iter()
@@ -638,6 +642,9 @@ async fn drive(
         "loss          {:.4} → {:.4}",
         summary.initial_loss, summary.final_loss
     );
+    if let (Some(first), Some(last)) = (summary.eval_losses.first(), summary.eval_losses.last()) {
+        println!("held-out loss {first:.4} → {last:.4} (at the first and last checkpoints)");
+    }
     println!("wall time     {:.1} s", summary.wall_seconds);
     println!(
         "cost          {} of a {} budget ({} refunded), fees {}, ledger {}",

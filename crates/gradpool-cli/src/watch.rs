@@ -165,15 +165,19 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     segment,
                     step,
                     loss,
+                    eval_loss,
                     commitment,
                     ..
                 } => {
                     bar.set_position(step);
+                    let held_out = eval_loss
+                        .map(|l| format!(", held-out {l:.4}"))
+                        .unwrap_or_default();
                     note(
                         &bar,
                         visible,
                         format!(
-                            "  checkpoint {segment} at step {step}: loss {loss:.4}, commitment {}…",
+                            "  checkpoint {segment} at step {step}: loss {loss:.4}{held_out}, commitment {}…",
                             &commitment.to_string()[..16]
                         ),
                     );

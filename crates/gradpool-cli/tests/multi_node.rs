@@ -59,6 +59,16 @@ async fn three_providers_train_three_jobs_bit_identically() {
         assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
         assert_eq!(end.step, 30);
         assert_eq!(end.segments_done, 3);
+        // The held-out tenth of the text is evaluated at every checkpoint.
+        let segments: Vec<gradpool_core::wire::SegmentView> =
+            api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+        assert!(
+            segments
+                .iter()
+                .all(|s| s.eval_loss.is_some_and(|l| l.is_finite() && l > 0.0)),
+            "{segments:?}"
+        );
+        assert_eq!(end.eval_loss, segments[2].eval_loss);
 
         let out = tmp.path().join(format!("fetched-{id}"));
         let model = gradpool_cli::cmd::job::fetch_model(&api, &id, &out, false)

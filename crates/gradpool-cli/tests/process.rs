@@ -319,6 +319,12 @@ fn devnet_trains_and_writes_its_summary() {
     let initial = summary["initial_loss"].as_f64().unwrap();
     let last = summary["final_loss"].as_f64().unwrap();
     assert!(last < initial - 0.5, "loss {initial} → {last}");
+    // The held-out tenth of the text at each of the three checkpoints.
+    let held_out = summary["eval_losses"].as_array().unwrap();
+    assert_eq!(held_out.len(), 3, "{held_out:?}");
+    assert!(held_out.iter().all(|l| l.as_f64().is_some_and(|l| l > 0.0)));
+    assert!(stdout.contains("held-out loss"), "{stdout}");
+    assert_eq!(summary["verification"]["status"], "succeeded");
     assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
     let segments: u64 = summary["providers"]
         .as_array()

@@ -114,9 +114,14 @@ pub struct JobView {
     pub segments_done: u32,
     pub segments_total: u32,
     /// The training loss at the last accepted checkpoint (the live loss of
-    /// a segment in progress is in the job's `progress` events).
+    /// a segment in progress is in the job's `progress` events): one batch's.
     #[serde(default, deserialize_with = "crate::finite::option_f32")]
     pub last_loss: Option<f32>,
+    /// The loss on the job's held-out data (`data.eval_fraction`) at the
+    /// last accepted checkpoint: how well the model does on data it never
+    /// trained on.
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub eval_loss: Option<f32>,
     /// The provider working on the job now, if any.
     pub provider: Option<ProviderId>,
     pub data_sha256: Sha256Hex,
@@ -172,6 +177,9 @@ pub struct SegmentView {
     pub commitment: SignedCommitment,
     #[serde(deserialize_with = "crate::finite::vec_f32")]
     pub loss_trace: Vec<f32>,
+    /// The held-out loss at the segment's end checkpoint, if measured.
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub eval_loss: Option<f32>,
     pub committed_at: String,
     /// `accepted` (not drawn for an audit), `auditing` or `verified`.
     #[serde(default)]
@@ -256,6 +264,13 @@ pub enum JobEventKind {
         commitment: crate::signing::ChainHash,
         #[serde(deserialize_with = "crate::finite::f32")]
         loss: f32,
+        /// The held-out loss at the checkpoint, when the job holds data out.
+        #[serde(
+            default,
+            deserialize_with = "crate::finite::option_f32",
+            skip_serializing_if = "Option::is_none"
+        )]
+        eval_loss: Option<f32>,
     },
     /// A provider stopped heart-beating; the segment goes back to the queue.
     LeaseExpired {
@@ -595,6 +610,14 @@ pub struct Commit {
     /// One loss per step of the segment.
     #[serde(deserialize_with = "crate::finite::vec_f32")]
     pub loss_trace: Vec<f32>,
+    /// The loss on the job's held-out data at the end checkpoint, as the
+    /// provider measured it (when the job holds data out).
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eval_loss: Option<f32>,
     /// How long the segment trained, in milliseconds of wall-clock time,
     /// less the rests the owner's `max_gpu_share` imposed (the customer
     /// does not pay for those).
@@ -633,6 +656,9 @@ impl Commit {
     /// dedicated share between 0 and 1.
     pub fn check(&self) -> Result<(), String> {
         crate::finite::check_losses("loss_trace", &self.loss_trace)?;
+        if let Some(l) = self.eval_loss {
+            crate::finite::check_losses("eval_loss", &[l])?;
+        }
         if let Some(d) = &self.dedication {
             crate::finite::check_range("dedication.share", d.share, 0.0, 1.0)?;
         }

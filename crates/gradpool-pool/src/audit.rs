@@ -684,11 +684,11 @@ pub(crate) async fn roll_back(
     .bind(seg)
     .execute(w.conn())
     .await?;
-    let before: Option<(String, String, i64, String)> = if segment == 0 {
+    let before: Option<(String, String, i64, String, Option<f64>)> = if segment == 0 {
         None
     } else {
         sqlx::query_as(
-            "SELECT checkpoint_sha256, hash, end_step, loss_trace FROM commitments \
+            "SELECT checkpoint_sha256, hash, end_step, loss_trace, eval_loss FROM commitments \
              WHERE job_id = ? AND segment = ?",
         )
         .bind(job_id)
@@ -696,22 +696,29 @@ pub(crate) async fn roll_back(
         .fetch_optional(w.conn())
         .await?
     };
-    let (checkpoint, hash, step, loss) = match before {
-        Some((c, h, s, trace)) => {
+    let (checkpoint, hash, step, loss, eval_loss) = match before {
+        Some((c, h, s, trace, eval)) => {
             let loss = serde_json::from_str::<Vec<f32>>(&trace)?.last().copied();
-            (Some(c), h, s, loss)
+            (Some(c), h, s, loss, eval)
         }
-        None => (None, genesis(&JobId::from(job_id)).to_string(), 0, None),
+        None => (
+            None,
+            genesis(&JobId::from(job_id)).to_string(),
+            0,
+            None,
+            None,
+        ),
     };
     sqlx::query(
         "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, \
-         last_loss = ?, updated_at = ? WHERE id = ?",
+         last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
     )
     .bind(step)
     .bind(seg)
     .bind(checkpoint.as_deref())
     .bind(&hash)
     .bind(loss.map(f64::from))
+    .bind(eval_loss)
     .bind(now)
     .bind(job_id)
     .execute(w.conn())

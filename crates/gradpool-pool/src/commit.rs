@@ -65,7 +65,8 @@ impl Pool {
             .map_err(|_| PoolError::BadRequest("end_step too large".into()))?;
         sqlx::query(
             "INSERT INTO commitments (job_id, segment, provider_id, task_id, start_step, end_step, checkpoint_sha256, \
-             prev, hash, signed, loss_trace, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             prev, hash, signed, loss_trace, committed_at, eval_loss) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.id)
         .bind(task.segment)
@@ -79,6 +80,7 @@ impl Pool {
         .bind(serde_json::to_string(&c.commitment)?)
         .bind(serde_json::to_string(&c.loss_trace)?)
         .bind(now)
+        .bind(c.eval_loss.map(f64::from))
         .execute(w.conn())
         .await?;
         sqlx::query(
@@ -95,12 +97,13 @@ impl Pool {
         let loss = c.loss_trace.last().copied().unwrap_or(0.0);
         sqlx::query(
             "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
-             last_loss = ?, updated_at = ? WHERE id = ?",
+             last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
         )
         .bind(end)
         .bind(cm.checkpoint_sha256.as_str())
         .bind(cm.hash.to_string())
         .bind(f64::from(loss))
+        .bind(c.eval_loss.map(f64::from))
         .bind(now)
         .bind(&job.id)
         .execute(w.conn())
@@ -114,6 +117,7 @@ impl Pool {
                 checkpoint_sha256: cm.checkpoint_sha256.clone(),
                 commitment: cm.hash,
                 loss,
+                eval_loss: c.eval_loss,
             },
         )
         .await?;

@@ -93,6 +93,8 @@ pub struct JobRow {
     pub step: i64,
     pub segments_done: i64,
     pub last_loss: Option<f64>,
+    /// The held-out loss at the last accepted checkpoint.
+    pub eval_loss: Option<f64>,
     pub checkpoint_sha256: Option<String>,
     pub commitment: String,
     pub error: Option<String>,
@@ -122,7 +124,7 @@ pub struct JobRow {
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
-    checkpoint_every, segments_total, step, segments_done, last_loss, checkpoint_sha256, \
+    checkpoint_every, segments_total, step, segments_done, last_loss, eval_loss, checkpoint_sha256, \
     commitment, error, created_at, updated_at, \
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
@@ -151,6 +153,7 @@ impl JobRow {
             segments_done: to_u32(self.segments_done),
             segments_total: to_u32(self.segments_total),
             last_loss: self.last_loss.map(|l| l as f32),
+            eval_loss: self.eval_loss.map(|l| l as f32),
             provider: self.provider.as_deref().map(ProviderId::from),
             data_sha256: parse_sha(&self.data_sha256)?,
             checkpoint_sha256: self
@@ -331,6 +334,7 @@ struct SegmentRow {
     checkpoint_sha256: String,
     signed: String,
     loss_trace: String,
+    eval_loss: Option<f64>,
     committed_at: i64,
     #[sqlx(try_from = "String")]
     status: CommitmentStatus,
@@ -345,7 +349,7 @@ pub async fn segments(
 ) -> Result<Vec<SegmentView>, PoolError> {
     let rows: Vec<SegmentRow> = sqlx::query_as(
         "SELECT c.segment, c.start_step, c.end_step, c.provider_id, c.checkpoint_sha256, c.signed, c.loss_trace, \
-         c.committed_at, c.status, t.share, t.foreign_processes \
+         c.eval_loss, c.committed_at, c.status, t.share, t.foreign_processes \
          FROM commitments c LEFT JOIN tasks t ON t.id = c.task_id WHERE c.job_id = ? ORDER BY c.segment",
     )
     .bind(job_id)
@@ -361,6 +365,7 @@ pub async fn segments(
                 checkpoint_sha256: parse_sha(&r.checkpoint_sha256)?,
                 commitment: serde_json::from_str::<SignedCommitment>(&r.signed)?,
                 loss_trace: stored_loss_trace(job_id, r.segment, &r.loss_trace),
+                eval_loss: r.eval_loss.map(|l| l as f32),
                 committed_at: rfc3339(r.committed_at),
                 status: r.status,
                 dedication: r.share.map(|share| gradpool_core::wire::Dedication {

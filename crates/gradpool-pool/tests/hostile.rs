@@ -35,6 +35,18 @@ async fn a_loss_beyond_f32_or_below_zero_is_refused_and_the_job_reads_whole() {
     assert!(err.message.contains("not a finite"), "{}", err.message);
     let err = commit_with_loss(&p, &a, json!(-0.5)).await.err(400);
     assert!(err.message.contains("loss_trace[3]"), "{}", err.message);
+    // The held-out loss too.
+    for (bad, says) in [(json!(1e39), "not a finite"), (json!(-2.0), "eval_loss")] {
+        let ckpt = checkpoint(&a, b"checkpoint 0");
+        let mut body = serde_json::to_value(p.commit_for(&a, &ckpt)).unwrap();
+        body["eval_loss"] = bad;
+        let err = p
+            .client
+            .post(&format!("/v1/tasks/{}/commit", a.task_id), &body)
+            .await
+            .err(400);
+        assert!(err.message.contains(says), "{}", err.message);
+    }
 
     // Progress reports are held to the same rule.
     let progress = |loss: Value| json!({"step": 1, "loss": loss, "tokens_per_sec": 10.0});

@@ -460,6 +460,7 @@ async fn provider_takes_and_commits_a_segment() {
     assert_eq!((view.step, view.segments_done), (10, 1));
     assert_eq!(view.checkpoint_sha256, Some(Sha256Hex::of(&ckpt)));
     assert_eq!(view.last_loss, commit.loss_trace.last().copied());
+    assert_eq!(view.eval_loss, Some(4.25));
     // The owner may read the checkpoint now.
     let (status, got) = alice
         .get_bytes(&format!("/v1/blobs/{}", Sha256Hex::of(&ckpt)))
@@ -478,6 +479,7 @@ async fn provider_takes_and_commits_a_segment() {
     assert_eq!(segments.len(), 1);
     assert_eq!(segments[0].commitment, commit.commitment);
     assert_eq!(segments[0].loss_trace, commit.loss_trace);
+    assert_eq!(segments[0].eval_loss, Some(4.25));
     assert_eq!(segments[0].provider, p.key.provider_id());
     // The progress reported is among the job's events (read to the end
     // once the job ends).
@@ -521,6 +523,7 @@ async fn bad_commitments_are_refused_and_change_nothing() {
     let foreign = Commit {
         commitment: stranger.sign_commitment(good.commitment.commitment.clone()),
         loss_trace: good.loss_trace.clone(),
+        eval_loss: None,
         compute_ms: 0,
         dedication: None,
     };

@@ -4,7 +4,7 @@
 use crate::device::Device;
 use crate::limits::{Gate, PauseReason};
 use crate::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
-use crate::state::{DataDir, RunningAgent};
+use crate::state::{DataDir, RunningAgent, Trained};
 use crate::ProviderError;
 use gradpool_client::{Api, ClientError};
 use gradpool_core::commitment::ReplayReport;
@@ -558,13 +558,13 @@ async fn run_task(
     }
     let task_dir = shared.dir.begin_task(a)?;
     let out = task_dir.join("end.safetensors");
-    let (losses, compute_ms, dedication) = match shared.dir.finished_losses(&a.task_id) {
-        Some(losses) => {
+    let (trained, compute_ms, dedication) = match shared.dir.finished(&a.task_id) {
+        Some(trained) => {
             tracing::info!(task = %a.task_id, "segment was trained before the restart; committing it");
             // The training time died with the process: the pool bills what
             // it saw between lease and commit, and nothing is claimed about
             // the device's dedication.
-            (losses, 0, None)
+            (trained, 0, None)
         }
         None => {
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
@@ -610,10 +610,12 @@ async fn run_task(
             match end {
                 SegmentEnd::Done {
                     losses,
+                    eval_loss,
                     busy_ms,
                     rest_ms,
                 } => {
-                    shared.dir.finish_training(&a.task_id, &losses)?;
+                    let trained = Trained { losses, eval_loss };
+                    shared.dir.finish_training(&a.task_id, &trained)?;
                     // Billed: the segment's time less the rests the owner's
                     // share imposed; the customer does not pay for those.
                     let ms = u64::try_from(started.elapsed().as_millis())
@@ -629,14 +631,14 @@ async fn run_task(
                         },
                         foreign_processes: foreign.load(Ordering::Relaxed),
                     };
-                    (losses, ms, Some(dedication))
+                    (trained, ms, Some(dedication))
                 }
                 SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
                 SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
             }
         }
     };
-    commit(shared, a, &out, losses, compute_ms, dedication, cancel).await
+    commit(shared, a, &out, trained, compute_ms, dedication, cancel).await
 }
 
 /// Sends the latest progress at most twice a second, and the last one as
@@ -699,11 +701,15 @@ async fn commit(
     shared: &Arc<Shared>,
     a: &Assignment,
     out: &std::path::Path,
-    loss_trace: Vec<f32>,
+    trained: Trained,
     compute_ms: u64,
     dedication: Option<wire::Dedication>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
+    let Trained {
+        losses: loss_trace,
+        eval_loss,
+    } = trained;
     let sha = Sha256Hex::of_file(out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
     let hash = commitment::chain_file(out, &a.prev_commitment)
@@ -723,6 +729,7 @@ async fn commit(
     let body = wire::Commit {
         commitment: signed,
         loss_trace,
+        eval_loss,
         compute_ms,
         dedication,
     };

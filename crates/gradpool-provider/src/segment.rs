@@ -26,6 +26,10 @@ pub enum SegmentEvent {
     /// The segment finished and its end checkpoint is in place.
     Done {
         losses: Vec<f32>,
+        /// The loss on the job's held-out data at the end checkpoint, when
+        /// the job holds some out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_loss: Option<f32>,
         /// How long the device trained the steps, in milliseconds.
         #[serde(default)]
         busy_ms: u64,
@@ -204,6 +208,7 @@ impl SegmentRun {
 pub enum SegmentEnd {
     Done {
         losses: Vec<f32>,
+        eval_loss: Option<f32>,
         busy_ms: u64,
         rest_ms: u64,
     },
@@ -268,7 +273,7 @@ pub async fn run_child(
                     None => break,
                     Some(line) => match serde_json::from_str::<SegmentEvent>(&line) {
                         Ok(SegmentEvent::Step { step, loss, tokens_per_sec }) => on_step(step, loss, tokens_per_sec),
-                        Ok(SegmentEvent::Done { losses, busy_ms, rest_ms }) => done = Some((losses, busy_ms, rest_ms)),
+                        Ok(SegmentEvent::Done { losses, eval_loss, busy_ms, rest_ms }) => done = Some((losses, eval_loss, busy_ms, rest_ms)),
                         Err(_) => tracing::debug!(line, "ignoring a non-event line from the segment"),
                     },
                 }
@@ -284,8 +289,9 @@ pub async fn run_child(
     };
     let stderr_tail = stderr_task.await.unwrap_or_default();
     match (status.success(), done) {
-        (true, Some((losses, busy_ms, rest_ms))) => Ok(SegmentEnd::Done {
+        (true, Some((losses, eval_loss, busy_ms, rest_ms))) => Ok(SegmentEnd::Done {
             losses,
+            eval_loss,
             busy_ms,
             rest_ms,
         }),
@@ -320,6 +326,7 @@ mod tests {
             done,
             SegmentEvent::Done {
                 losses: vec![1.0],
+                eval_loss: None,
                 busy_ms: 0,
                 rest_ms: 0
             }

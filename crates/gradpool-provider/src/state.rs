@@ -53,6 +53,17 @@ pub struct RunningAgent {
     pub limits: crate::limits::Limits,
 }
 
+/// What a finished segment measured, kept in its task's `done.json` until
+/// it is committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trained {
+    /// The training loss of every step.
+    pub losses: Vec<f32>,
+    /// The held-out loss at the end checkpoint, if the job holds data out.
+    #[serde(default)]
+    pub eval_loss: Option<f32>,
+}
+
 /// An agent's hold on its data directory: released when dropped or when
 /// the process ends.
 #[derive(Debug)]
@@ -175,21 +186,29 @@ impl DataDir {
         Ok(dir)
     }
 
-    /// Records the loss trace of a finished segment (its checkpoint is
+    /// Records what a finished segment measured (its checkpoint is
     /// already in place).
-    pub fn finish_training(&self, task: &TaskId, losses: &[f32]) -> Result<(), ProviderError> {
-        let json = serde_json::to_vec(losses).map_err(|e| ProviderError::Segment(e.to_string()))?;
+    pub fn finish_training(&self, task: &TaskId, trained: &Trained) -> Result<(), ProviderError> {
+        let json =
+            serde_json::to_vec(trained).map_err(|e| ProviderError::Segment(e.to_string()))?;
         write_atomic(&self.task_dir(task).join("done.json"), &json)
     }
 
-    /// The loss trace of a segment whose training finished, if it did.
-    pub fn finished_losses(&self, task: &TaskId) -> Option<Vec<f32>> {
+    /// What a segment whose training finished measured, if it did. (An
+    /// agent from before the held-out loss wrote the bare loss trace.)
+    pub fn finished(&self, task: &TaskId) -> Option<Trained> {
         let dir = self.task_dir(task);
         if !dir.join("end.safetensors").is_file() {
             return None;
         }
         let bytes = std::fs::read(dir.join("done.json")).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice(&bytes).ok().or_else(|| {
+            let losses = serde_json::from_slice(&bytes).ok()?;
+            Some(Trained {
+                losses,
+                eval_loss: None,
+            })
+        })
     }
 
     /// Forgets a task: it was committed, cancelled or dropped.
@@ -313,10 +332,20 @@ mod tests {
         dir.begin_task(&a).unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
         assert_eq!(dir.tasks_in_flight(), vec![a.clone()]);
-        assert_eq!(dir.finished_losses(&a.task_id), None);
+        assert_eq!(dir.finished(&a.task_id), None);
         std::fs::write(dir.task_dir(&a.task_id).join("end.safetensors"), b"x").unwrap();
-        dir.finish_training(&a.task_id, &[1.0, 2.0]).unwrap();
-        assert_eq!(dir.finished_losses(&a.task_id), Some(vec![1.0, 2.0]));
+        let trained = Trained {
+            losses: vec![1.0, 2.0],
+            eval_loss: Some(1.5),
+        };
+        dir.finish_training(&a.task_id, &trained).unwrap();
+        assert_eq!(dir.finished(&a.task_id), Some(trained));
+        // What an older agent wrote still reads.
+        std::fs::write(dir.task_dir(&a.task_id).join("done.json"), b"[1.0]").unwrap();
+        assert_eq!(
+            dir.finished(&a.task_id).map(|t| (t.losses, t.eval_loss)),
+            Some((vec![1.0], None))
+        );
         dir.end_task(&a.task_id);
         assert!(dir.tasks_in_flight().is_empty());
     }

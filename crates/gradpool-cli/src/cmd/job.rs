@@ -149,20 +149,22 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::List { customer } => {
             let jobs: Vec<JobView> = customer.api()?.get("/v1/jobs").await?;
+            // LOSS: the last accepted checkpoint's training loss; HELD-OUT:
+            // its loss on the job's held-out data.
             println!(
-                "{:<22} {:<20} {:<10} {:>11} {:>9}  CREATED",
-                "JOB", "NAME", "STATUS", "STEP", "LOSS"
+                "{:<22} {:<20} {:<10} {:>11} {:>9} {:>9}  CREATED",
+                "JOB", "NAME", "STATUS", "STEP", "LOSS", "HELD-OUT"
             );
+            let show = |l: Option<f32>| l.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into());
             for j in jobs {
                 println!(
-                    "{:<22} {:<20} {:<10} {:>11} {:>9}  {}",
+                    "{:<22} {:<20} {:<10} {:>11} {:>9} {:>9}  {}",
                     j.id,
                     truncate(&j.name, 20),
                     j.status.as_str(),
                     format!("{}/{}", j.step, j.steps),
-                    j.last_loss
-                        .map(|l| format!("{l:.4}"))
-                        .unwrap_or_else(|| "-".into()),
+                    show(j.last_loss),
+                    show(j.eval_loss),
                     j.created_at
                 );
             }
@@ -183,7 +185,10 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 j.step, j.steps, j.segments_done, j.segments_total
             );
             if let Some(l) = j.last_loss {
-                println!("loss       {l:.4}");
+                match j.eval_loss {
+                    Some(e) => println!("loss       {l:.4} (training batch), held-out {e:.4}"),
+                    None => println!("loss       {l:.4}"),
+                }
             }
             if let Some(p) = &j.provider {
                 println!("provider   {p}");
@@ -223,8 +228,8 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 // DEVICE: the share of the segment's time the device trained
                 // it; FOREIGN: other processes seen on the device meanwhile.
                 println!(
-                    "\n{:>4} {:>13} {:<22} {:>9} {:>6} {:>7}  COMMITMENT",
-                    "SEG", "STEPS", "PROVIDER", "LOSS", "DEVICE", "FOREIGN"
+                    "\n{:>4} {:>13} {:<22} {:>9} {:>9} {:>6} {:>7}  COMMITMENT",
+                    "SEG", "STEPS", "PROVIDER", "LOSS", "HELD-OUT", "DEVICE", "FOREIGN"
                 );
                 for s in segments {
                     let (share, foreign) = match s.dedication {
@@ -235,7 +240,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                         None => ("-".to_owned(), "-".to_owned()),
                     };
                     println!(
-                        "{:>4} {:>6}-{:<6} {:<22} {:>9} {:>6} {:>7}  {}…",
+                        "{:>4} {:>6}-{:<6} {:<22} {:>9} {:>9} {:>6} {:>7}  {}…",
                         s.segment,
                         s.start_step,
                         s.end_step,
@@ -244,6 +249,9 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                             .last()
                             .map(|l| format!("{l:.4}"))
                             .unwrap_or_default(),
+                        s.eval_loss
+                            .map(|l| format!("{l:.4}"))
+                            .unwrap_or_else(|| "-".into()),
                         share,
                         foreign,
                         &s.commitment.commitment.hash.to_string()[..16]
@@ -478,7 +486,7 @@ pub async fn submit_into(
 
 /// What `job fetch` writes beside the model: which checkpoint it is, how
 /// the job stands, and whether its audits were all served.
-#[derive(serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct FetchSummary {
     pub job_id: String,
     pub name: String,
@@ -491,8 +499,10 @@ pub struct FetchSummary {
     pub segments_done: u32,
     pub segments_total: u32,
     pub checkpoint_sha256: String,
-    /// The training loss at that checkpoint.
+    /// The training loss at that checkpoint (one batch's).
     pub loss: Option<f32>,
+    /// The loss on the job's held-out data at that checkpoint.
+    pub eval_loss: Option<f32>,
     /// `none`, `standard` or `paranoid`.
     pub verification: String,
     /// Drawn audits no eligible validator served before their deadline.
@@ -542,6 +552,7 @@ pub async fn fetch_model(
         segments_total: job.segments_total,
         checkpoint_sha256: sha.to_string(),
         loss: job.last_loss,
+        eval_loss: job.eval_loss,
         verification: spec.verification.as_str().to_owned(),
         audits_unserved: job.audits_unserved,
         audits_waiting: job.audits_waiting,

@@ -244,6 +244,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         )?;
         emit(&SegmentEvent::Done {
             losses: outcome.losses,
+            eval_loss: outcome.eval_loss,
             busy_ms: ms(&busy),
             rest_ms: ms(&rested),
         });
@@ -261,6 +262,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     )?;
     emit(&SegmentEvent::Done {
         losses: outcome.losses,
+        eval_loss: outcome.eval_loss,
         busy_ms: ms(&busy),
         rest_ms: ms(&rested),
     });

@@ -483,6 +483,8 @@ impl TestProvider {
         Commit {
             commitment: self.key.sign_commitment(commitment),
             loss_trace,
+            // What a segment of a text held out at 10% reports.
+            eval_loss: Some(4.25),
             compute_ms: self.compute_ms,
             dedication: self.dedication,
         }
@@ -495,6 +497,7 @@ impl TestProvider {
         Commit {
             commitment: self.key.sign_commitment(cm),
             loss_trace: c.loss_trace.clone(),
+            eval_loss: c.eval_loss,
             compute_ms: c.compute_ms,
             dedication: c.dedication,
         }
