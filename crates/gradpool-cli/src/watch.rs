@@ -21,6 +21,48 @@ fn note(bar: &ProgressBar, visible: bool, line: impl AsRef<str>) {
     }
 }
 
+/// How long `watch` keeps trying a pool that stopped answering (a restart,
+/// the network) before it gives up.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(300);
+
+/// The job, once the pool answers again: retried every 2 s for up to
+/// [`UNREACHABLE_FOR`] while the pool is unreachable, saying so once.
+async fn reachable_again(
+    api: &Api,
+    id: &str,
+    bar: &ProgressBar,
+    visible: bool,
+) -> anyhow::Result<JobView> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match api.get::<JobView>(&format!("/v1/jobs/{id}")).await {
+            Ok(job) => {
+                if said {
+                    note(bar, visible, "  the pool answers again");
+                }
+                return Ok(job);
+            }
+            Err(e) if e.is_unreachable() && started.elapsed() < UNREACHABLE_FOR => {
+                if !said {
+                    note(
+                        bar,
+                        visible,
+                        format!(
+                            "  {}; trying again for up to {} s",
+                            e.report(),
+                            UNREACHABLE_FOR.as_secs()
+                        ),
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// "K drawn audits waiting for an eligible validator", with why.
 pub fn audits_waiting_line(k: u32) -> String {
     format!(
@@ -97,7 +139,14 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                 &format!("/v1/jobs/{id}/events?after={last_id}"),
             )
             .header("accept", "text/event-stream");
-        let resp = api.send("event stream", rb).await?;
+        let resp = match api.send("event stream", rb).await {
+            Ok(resp) => resp,
+            Err(e) if e.is_unreachable() => {
+                reachable_again(api, id, &bar, visible).await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut events = resp.bytes_stream().eventsource();
         while let Some(ev) = events.next().await {
             let ev = match ev {
@@ -181,6 +230,19 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                             &commitment.to_string()[..16]
                         ),
                     );
+                    if step >= job.steps {
+                        let now: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+                        if now.audits_waiting > 0 {
+                            note(
+                                &bar,
+                                visible,
+                                format!(
+                                    "  trained to the end; the job ends once its audits are decided: {}",
+                                    audits_waiting_line(now.audits_waiting)
+                                ),
+                            );
+                        }
+                    }
                 }
                 JobEventKind::LeaseExpired {
                     provider: p,
@@ -318,7 +380,7 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
             }
         }
         // The stream ended without a final status: check, then reconnect.
-        let now: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
+        let now = reachable_again(api, id, &bar, visible).await?;
         if now.status.is_final() {
             bar.finish_and_clear();
             return Ok(now);

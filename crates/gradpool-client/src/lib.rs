@@ -76,6 +76,12 @@ impl ClientError {
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, ClientError::Refused { status: 401, .. })
     }
+
+    /// True when the pool did not answer at all (down, restarting, or the
+    /// network in between): worth trying again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
 }
 
 /// An error with its causes, each after a colon: what `report` methods

@@ -123,7 +123,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             let api = customer.api()?;
             let (path, summary) = fetch_model(&api, &id, &out, checkpoint).await?;
             println!(
-                "wrote {} and summary.json: the checkpoint of step {}/{} (loss {}) of a {} job",
+                "wrote {} and summary.json: the checkpoint of step {}/{} (loss {}{}) of a {} job",
                 path.display(),
                 summary.step,
                 summary.steps,
@@ -131,6 +131,10 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                     .loss
                     .map(|l| format!("{l:.4}"))
                     .unwrap_or_else(|| "-".into()),
+                summary
+                    .eval_loss
+                    .map(|l| format!(", held-out {l:.4}"))
+                    .unwrap_or_default(),
                 summary.status.as_str()
             );
             if !summary.status.is_trained() {
@@ -193,7 +197,12 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             if let Some(p) = &j.provider {
                 println!("provider   {p}");
             }
-            if let Some(e) = &j.error {
+            // An unverified job's note is the `verified` line below.
+            if let Some(e) = j
+                .error
+                .as_ref()
+                .filter(|_| j.status != JobStatus::Unverified)
+            {
                 let label = if j.status == JobStatus::Failed {
                     "error"
                 } else {
