@@ -41,6 +41,7 @@ pub async fn open(path: &Path) -> Result<SqlitePool, PoolError> {
 async fn migrate(options: SqliteConnectOptions) -> Result<(), PoolError> {
     let mut conn = SqliteConnection::connect_with(&options.foreign_keys(false)).await?;
     sqlx::migrate!("./migrations").run(&mut conn).await?;
+    pin_held_out(&mut conn).await?;
     let broken = sqlx::query("PRAGMA foreign_key_check")
         .fetch_all(&mut conn)
         .await?;
@@ -53,6 +54,43 @@ async fn migrate(options: SqliteConnectOptions) -> Result<(), PoolError> {
             broken.len()
         )))
     }
+}
+
+/// Writes `data.eval_fraction = 0.0` into the text specs of the jobs
+/// migration 0012 listed that do not say, so that they keep holding
+/// nothing out now that a text's default is a tenth; then forgets the list.
+async fn pin_held_out(conn: &mut SqliteConnection) -> Result<(), PoolError> {
+    let listed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT j.id, j.spec_toml FROM held_out_pins p JOIN jobs j ON j.id = p.job_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, spec) in listed {
+        if let Some(pinned) = pinned_held_out(&spec) {
+            sqlx::query("UPDATE jobs SET spec_toml = ? WHERE id = ?")
+                .bind(pinned)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    sqlx::query("DELETE FROM held_out_pins")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The spec with `eval_fraction = 0.0` in its `[data]`, when it is a text
+/// spec that does not say; `None` when nothing needs writing.
+fn pinned_held_out(spec: &str) -> Option<String> {
+    let mut doc: toml_edit::DocumentMut = spec.parse().ok()?;
+    let data = doc.get_mut("data")?.as_table_like_mut()?;
+    let text = data.get("format").and_then(|f| f.as_str()) == Some("text");
+    if !text || data.contains_key("eval_fraction") {
+        return None;
+    }
+    data.insert("eval_fraction", toml_edit::value(0.0));
+    Some(doc.to_string())
 }
 
 /// Unix milliseconds as RFC 3339 UTC (`2026-01-01T00:00:00.123Z`).
@@ -539,6 +577,81 @@ mod tests {
                 "{table}.{column} lacks {check}:\n{sql}"
             );
         }
+    }
+
+    /// A text spec that does not say what it holds out is pinned to
+    /// nothing, the old default; others are left as they are.
+    #[test]
+    fn specs_from_before_the_held_out_default_keep_holding_nothing_out() {
+        let old = "name = \"x\"\n[data]\nformat = \"text\" # chars\n[train]\nsteps = 1\n";
+        let pinned = pinned_held_out(old).unwrap();
+        assert!(pinned.contains("# chars"), "{pinned}");
+        let v: toml::Table = pinned.parse().unwrap();
+        assert_eq!(v["data"]["eval_fraction"].as_float(), Some(0.0));
+        let inline = "[train]\nsteps = 1\n[model]\nkind = \"gpt\"\ndata = 1\n";
+        assert_eq!(pinned_held_out(inline), None);
+        assert_eq!(pinned_held_out(&pinned), None);
+        let csv = "[data]\nformat = \"csv\"\n";
+        assert_eq!(pinned_held_out(csv), None);
+        let inline_table = "data = { format = \"text\" }\n";
+        let v: toml::Table = pinned_held_out(inline_table).unwrap().parse().unwrap();
+        assert_eq!(v["data"]["eval_fraction"].as_float(), Some(0.0));
+    }
+
+    /// A job listed by migration 0012 is pinned when the database opens,
+    /// once; a job submitted after keeps the new default.
+    #[tokio::test]
+    async fn listed_jobs_are_pinned_when_the_database_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.db");
+        let db = open(&path).await.unwrap();
+        let spec = "name = \"x\"\n[data]\nformat = \"text\"\n";
+        sqlx::query(
+            "INSERT INTO accounts (id, name, key_hash, created_at) VALUES ('a', 'a', 'h', 0)",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ('d', 1, 0)")
+            .execute(&db)
+            .await
+            .unwrap();
+        for id in ["old", "new"] {
+            sqlx::query(
+                "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, \
+                 status, steps, checkpoint_every, segments_total, commitment, created_at, updated_at) \
+                 VALUES (?, 'a', 'x', ?, 'd', 'any', 0, 'queued', 1, 1, 1, 'c', 0, 0)",
+            )
+            .bind(id)
+            .bind(spec)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        // As migration 0012 lists the jobs it found.
+        sqlx::query("INSERT INTO held_out_pins (job_id) VALUES ('old')")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        let db = open(&path).await.unwrap();
+        let stored = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                sqlx::query_scalar::<_, String>("SELECT spec_toml FROM jobs WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(stored("old").await.contains("eval_fraction = 0.0"));
+        assert_eq!(stored("new").await, spec);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM held_out_pins")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     /// A state no enum has is refused by the database itself.
