@@ -117,6 +117,22 @@ impl Chain {
     }
 
     /// What the provider's wallet received, per subaddress index.
+    /// What the provider's wallet received, by subaddress, once a block
+    /// holds it: mines a block and looks, up to five times, until `n`
+    /// subaddresses were paid (the relayed transaction may reach the
+    /// daemon's pool just after a block was mined).
+    async fn received_after_a_block(&self, n: usize) -> BTreeMap<u32, u64> {
+        let mut received = BTreeMap::new();
+        for _ in 0..5 {
+            self.mine(1).await;
+            received = self.provider_received().await;
+            if received.len() >= n {
+                break;
+            }
+        }
+        received
+    }
+
     async fn provider_received(&self) -> BTreeMap<u32, u64> {
         self.provider.wallet().refresh().await.unwrap();
         let mut out = BTreeMap::new();
@@ -356,9 +372,7 @@ async fn a_job_pays_its_provider_on_chain_exactly() {
     chain.mine(10).await;
     let report = tp.pool.pay_out(&|_| {}).await.unwrap();
     assert_eq!(report.relayed.len(), 1);
-    chain.mine(1).await;
-
-    let received = chain.provider_received().await;
+    let received = chain.received_after_a_block(2).await;
     let investor = earned * 30 / 100;
     assert_eq!(received.get(&1).copied(), Some(investor));
     assert_eq!(received.get(&0).copied(), Some(earned - investor));
