@@ -82,3 +82,28 @@ fn the_reference_gpt_learns_shakespeare_in_300_steps() {
     assert!(first > 4.0, "initial loss {first}");
     assert!(last < 2.6, "mean loss of the last 20 steps {last}");
 }
+
+/// The GPU-sized benchmark config runs on the CPU too: one step of GPT-2
+/// small's shape, reported with its size.
+#[test]
+fn the_gpt2_small_benchmark_runs_a_step_on_the_cpu() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["bench", "train", "--config", "gpt2-small"])
+        .args(["--steps", "1", "--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["config"], "gpt2-small");
+    assert_eq!(r["steps"], 1);
+    // 12 blocks of 12·768² weights, with a character vocabulary.
+    let params = r["params"].as_u64().unwrap();
+    assert!((80_000_000..90_000_000).contains(&params), "{params}");
+    let loss = r["first_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 3.0, "{loss}");
+    assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0);
+}

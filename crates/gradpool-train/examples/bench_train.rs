@@ -13,7 +13,13 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let steps = args.next().and_then(|s| s.parse().ok()).unwrap_or(100);
     let warmup = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
-    match bench::train(steps, warmup, DATA, &Device::Cpu) {
+    match bench::train(
+        bench::BenchConfig::Reference,
+        steps,
+        warmup,
+        DATA,
+        &Device::Cpu,
+    ) {
         Ok(report) => match serde_json::to_string(&report) {
             Ok(line) => println!("{line}"),
             Err(e) => {

@@ -2,7 +2,9 @@
 //! `shared/bench/torch_gpt.py` (4 layers, 4 heads, width 128, block 64,
 //! batch 12, AdamW lr 1e-3, weight decay 0.1, betas (0.9, 0.999), no
 //! clipping, constant learning rate), timed the same way: `warmup` untimed
-//! steps, then `steps` timed ones.
+//! steps, then `steps` timed ones. [`BenchConfig::Gpt2Small`] is a model
+//! sized for a GPU (GPT-2 small's 12 layers, 12 heads, width 768, context
+//! 256, batch 8) with the same optimizer; on a CPU it is honestly slow.
 
 use crate::dataset::Dataset;
 use crate::model::Model;
@@ -21,6 +23,8 @@ use std::time::Instant;
 pub struct BenchReport {
     /// Always `"gradpool-native"`.
     pub runtime: String,
+    /// The model trained.
+    pub config: BenchConfig,
     /// Timed steps per second.
     pub steps_per_sec: f64,
     /// Timed tokens (`batch * block` per step) per second.
@@ -39,16 +43,74 @@ pub struct BenchReport {
     pub threads: usize,
 }
 
+/// Which model the training benchmark trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchConfig {
+    /// The PyTorch reference's GPT: 4 layers, width 128, context 64, batch 12.
+    #[default]
+    Reference,
+    /// GPT-2 small's shape (12 layers, 12 heads, width 768, context 256)
+    /// with a character vocabulary, batch 8: where a GPU pays.
+    Gpt2Small,
+}
+
+impl BenchConfig {
+    /// The config's name, as `--config` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchConfig::Reference => "reference",
+            BenchConfig::Gpt2Small => "gpt2-small",
+        }
+    }
+
+    /// The model and the batch size.
+    fn shape(self) -> (GptConfig, usize) {
+        match self {
+            BenchConfig::Reference => (
+                GptConfig {
+                    n_layer: 4,
+                    n_head: 4,
+                    n_embd: 128,
+                    block_size: 64,
+                },
+                12,
+            ),
+            BenchConfig::Gpt2Small => (
+                GptConfig {
+                    n_layer: 12,
+                    n_head: 12,
+                    n_embd: 768,
+                    block_size: 256,
+                },
+                8,
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for BenchConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reference" => Ok(BenchConfig::Reference),
+            "gpt2-small" => Ok(BenchConfig::Gpt2Small),
+            other => Err(format!("{other:?}: reference or gpt2-small")),
+        }
+    }
+}
+
 /// The reference spec the benchmark trains.
 pub fn reference_spec(total_steps: u64) -> JobSpec {
+    bench_spec(BenchConfig::Reference, total_steps)
+}
+
+/// The spec the benchmark trains for `config`.
+pub fn bench_spec(config: BenchConfig, total_steps: u64) -> JobSpec {
+    let (gpt, batch_size) = config.shape();
     JobSpec {
-        name: "bench-gpt".into(),
-        model: ModelConfig::Gpt(GptConfig {
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            block_size: 64,
-        }),
+        name: format!("bench-{}", config.name()),
+        model: ModelConfig::Gpt(gpt),
         data: DataSpec {
             format: DataFormat::Text,
             file: None,
@@ -59,7 +121,7 @@ pub fn reference_spec(total_steps: u64) -> JobSpec {
         train: TrainConfig {
             seed: 1337,
             steps: total_steps.max(1),
-            batch_size: 12,
+            batch_size,
             checkpoint_every: total_steps.max(1),
             lr: 1e-3,
             min_lr: 1e-3,
@@ -79,6 +141,7 @@ pub fn reference_spec(total_steps: u64) -> JobSpec {
 /// Trains the reference GPT on `data` (UTF-8 text) for `warmup + steps`
 /// steps and reports the speed of the last `steps`.
 pub fn train(
+    config: BenchConfig,
     steps: u64,
     warmup: u64,
     data: &[u8],
@@ -89,7 +152,9 @@ pub fn train(
             "bench needs at least one timed step".into(),
         ));
     }
-    let spec = reference_spec(warmup + steps);
+    let spec = bench_spec(config, warmup + steps);
+    let (gpt, batch) = config.shape();
+    let tokens_per_step = (batch * gpt.block_size) as u64;
     let dataset = Dataset::from_bytes(&spec, data)?;
     let meta = dataset.model_meta(&spec)?;
     let model = Model::init(meta, spec.train.seed, device)?;
@@ -108,8 +173,9 @@ pub fn train(
     let seconds = t0.elapsed().as_secs_f64();
     Ok(BenchReport {
         runtime: "gradpool-native".into(),
+        config,
         steps_per_sec: steps as f64 / seconds,
-        tokens_per_sec: (steps * 12 * 64) as f64 / seconds,
+        tokens_per_sec: (steps * tokens_per_step) as f64 / seconds,
         params: model.param_count(),
         first_loss: first_loss.unwrap_or(0.0),
         last_loss,

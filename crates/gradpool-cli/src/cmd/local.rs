@@ -74,6 +74,11 @@ pub enum BenchCommand {
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
+        /// The model: `reference` (the PyTorch reference's GPT) or
+        /// `gpt2-small` (12 layers, width 768, context 256, batch 8: sized
+        /// for a GPU; slow on a CPU).
+        #[arg(long, default_value = "reference")]
+        config: gradpool_train::bench::BenchConfig,
         /// Timed steps.
         #[arg(long, default_value_t = 100)]
         steps: u64,
@@ -362,13 +367,14 @@ pub fn sample_text(
 }
 
 pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
-    let (json, steps, warmup, device) = match c {
+    let (json, config, steps, warmup, device) = match c {
         BenchCommand::Train {
             json,
+            config,
             steps,
             warmup,
             device,
-        } => (json, steps, warmup, device),
+        } => (json, config, steps, warmup, device),
         BenchCommand::Matmul {
             json,
             n,
@@ -415,12 +421,13 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let device = open_device(&device)?;
-    let report = gradpool_train::bench::train(steps, warmup, SHAKESPEARE, &device)?;
+    let report = gradpool_train::bench::train(config, steps, warmup, SHAKESPEARE, &device)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{:.2} steps/s, {:.0} tokens/s, {} parameters, {} threads, loss {:.4} → {:.4}",
+            "{}: {:.2} steps/s, {:.0} tokens/s, {} parameters, {} threads, loss {:.4} → {:.4}",
+            report.config.name(),
             report.steps_per_sec,
             report.tokens_per_sec,
             report.params,
