@@ -182,12 +182,9 @@ impl Device for NvmlDevice {
             name: self.info.name.clone(),
             threads: 1,
             memory_bytes: self.info.memory_bytes,
-            // Kernels, and so rounding, differ by architecture and driver.
-            isa: format!(
-                "sm{}-driver{}",
-                self.info.compute_capability.replace('.', ""),
-                self.info.driver_version
-            ),
+            // Rounding differs by architecture, model (cuBLAS picks its
+            // algorithms by model and SM count), driver and CUDA version.
+            isa: cuda_class(&self.info),
             uuid: Some(self.info.uuid.clone()),
         }
     }
@@ -259,9 +256,48 @@ pub fn cpu_summary() -> String {
     )
 }
 
+/// The device part of a GPU's reproducibility class:
+/// `sm<cc>-<model>-driver<version>-cuda<version>`, e.g.
+/// `sm90-nvidia-h200-driver570.86.15-cuda12.8`.
+pub fn cuda_class(info: &GpuInfo) -> String {
+    let model: String = info
+        .name
+        .to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    format!(
+        "sm{}-{model}-driver{}-cuda{}",
+        info.compute_capability.replace('.', ""),
+        info.driver_version,
+        info.cuda_version
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_class_names_its_architecture_model_driver_and_cuda() {
+        let info = GpuInfo {
+            index: 0,
+            name: "NVIDIA GeForce RTX 3090".into(),
+            uuid: "GPU-1".into(),
+            memory_bytes: 24 << 30,
+            compute_capability: "8.6".into(),
+            driver_version: "550.54.15".into(),
+            cuda_version: "12.4".into(),
+            pcie_link: None,
+            power_limit_w: None,
+            power_limit_range_w: None,
+        };
+        assert_eq!(
+            cuda_class(&info),
+            "sm86-nvidia-geforce-rtx-3090-driver550.54.15-cuda12.4"
+        );
+    }
 
     /// On a machine without the driver (CI, this crate's tests) NVML does
     /// not load, and the error says what to do.

@@ -1,7 +1,21 @@
-//! Process-wide settings that make CPU training fast on small machines.
+//! Process-wide settings: what makes CPU training fast on small machines,
+//! and, in a CUDA build, what keeps GPU training bit-exact.
 //!
-//! None of them changes a result: they only decide how long idle worker
-//! threads spin and how the allocator keeps freed memory.
+//! The CPU settings change no result: they only decide how long idle
+//! worker threads spin and how the allocator keeps freed memory.
+//!
+//! GPU determinism (see ARCHITECTURE.md, "Determinism on a GPU"): every
+//! candle CUDA kernel a GPT or MLP step uses reduces in a fixed order —
+//! sums and max/min go through `fast_sum`-style block reductions (one block
+//! per output, a fixed tree), softmax and the norms likewise, and the
+//! backward of an embedding lookup (`index_add`) gives each output element
+//! to one thread that adds the rows in index order; none uses atomics.
+//! (candle's other, atomic `sum_*` kernels are not on these paths.) The
+//! matrix products go to cuBLAS, which is bit-reproducible run to run on
+//! one GPU model and library version when nothing lets it trade precision:
+//! [`configure_process`] pins f32 products to f32 accumulation (no TF32;
+//! candle's default, pinned so that nothing turns it on) and gives cuBLAS a
+//! fixed workspace configuration.
 
 use std::sync::Once;
 
@@ -23,6 +37,8 @@ pub fn configure_process() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT);
         }
         keep_freed_memory();
+        #[cfg(feature = "cuda")]
+        pin_gpu_arithmetic();
     });
 }
 
@@ -49,3 +65,18 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
+
+/// f32 (and f16, bf16) matrix products accumulate at full precision on
+/// cuBLAS, never in TF32 or reduced precision; cuBLAS's workspace is a
+/// fixed configuration (its documented setting for reproducible results
+/// when work shares a stream), unless the owner set one.
+#[cfg(feature = "cuda")]
+fn pin_gpu_arithmetic() {
+    use candle_core::cuda_backend as cuda;
+    cuda::set_gemm_reduced_precision_f32(false);
+    cuda::set_gemm_reduced_precision_f16(false);
+    cuda::set_gemm_reduced_precision_bf16(false);
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+}
