@@ -244,6 +244,8 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
         .unwrap();
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{shown}");
+    // A CPU rig's share is its threads: no GPU share is shown.
+    assert!(!shown.contains("max GPU share"), "{shown}");
     for expect in [
         format!("pool               {}", pool.url),
         format!("data dir           {}", data_dir.display()),
@@ -253,6 +255,7 @@ async fn init_asks_checks_each_answer_and_writes_a_config_that_runs() {
         "mon+tue+wed+thu+fri 22:00-07:00, sat+sun all-day".to_owned(),
         "pause when busy    no".to_owned(),
         "min price          0.02 XMR/hour".to_owned(),
+        "device             cpu".to_owned(),
         ADDRESS.to_owned(),
     ] {
         assert!(shown.contains(&expect), "{expect:?} not in:\n{shown}");

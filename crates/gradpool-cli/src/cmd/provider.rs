@@ -604,7 +604,11 @@ fn print_rig(r: &RunningAgent) {
     if let Some(t) = r.threads {
         println!("threads            {t}");
     }
-    println!("max GPU share      {}%", l.max_gpu_share);
+    // A CPU rig's share is its threads.
+    let on_cpu = r.device == "cpu" || r.device.contains("/cpu/");
+    if !on_cpu {
+        println!("max GPU share      {}%", l.max_gpu_share);
+    }
     match (l.pause_above_c, l.thermal()) {
         (Some(p), Some(_)) => println!(
             "temperature        pause at {p} °C, resume at {} °C",
