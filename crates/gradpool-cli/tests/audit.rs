@@ -324,28 +324,20 @@ async fn honest_work_always_matches_and_a_lazy_validator_is_caught() {
 /// 80 honest segments go unaudited with probability below 0.8^80 ≈ 2e-8).
 #[test]
 fn the_verification_benchmark_reports_its_figures() {
-    let out = std::process::Command::new(BIN)
-        .args([
-            "bench",
-            "verify",
-            "--json",
-            "--honest-segments",
-            "80",
-            "--cheat-segments",
-            "60",
-            "--kinds",
-            "skip-steps,random-weights",
-            "--fractions",
-            "1.0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = succeeded(std::process::Command::new(BIN).args([
+        "bench",
+        "verify",
+        "--json",
+        "--honest-segments",
+        "80",
+        "--cheat-segments",
+        "60",
+        "--kinds",
+        "skip-steps,random-weights",
+        "--fractions",
+        "1.0",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(r["detection_rate"], 1.0, "{r:#}");
     assert_eq!(r["detection_rate_by_kind"]["skip-steps"]["caught"], 1);
     assert_eq!(r["detection_rate_by_kind"]["random-weights"]["caught"], 1);

@@ -87,17 +87,12 @@ fn the_reference_gpt_learns_shakespeare_in_300_steps() {
 /// small's shape, reported with its size.
 #[test]
 fn the_gpt2_small_benchmark_runs_a_step_on_the_cpu() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["bench", "train", "--config", "gpt2-small"])
-        .args(["--steps", "1", "--warmup", "0", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::succeeded(
+        Command::new(BIN)
+            .args(["bench", "train", "--config", "gpt2-small"])
+            .args(["--steps", "1", "--warmup", "0", "--json"]),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(r["config"], "gpt2-small");
     assert_eq!(r["steps"], 1);
     // 12 blocks of 12·768² weights, with a character vocabulary.

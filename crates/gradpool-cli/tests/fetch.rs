@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gradpool_core::wire::{JobStatus, JobView};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Provider(Child);
 
@@ -48,15 +48,14 @@ async fn fetching_a_cancelled_job_gives_its_last_accepted_checkpoint() {
         .to_string();
     assert!(e.contains("no accepted checkpoint yet"), "{e}");
 
-    let start = Instant::now();
-    loop {
-        let j: JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-        if j.segments_done >= 1 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "{j:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_job(
+        &api,
+        &id,
+        Duration::from_secs(120),
+        "commit a segment",
+        |j| j.segments_done >= 1,
+    )
+    .await;
     let cancelled: JobView = api
         .post(&format!("/v1/jobs/{id}/cancel"), &())
         .await

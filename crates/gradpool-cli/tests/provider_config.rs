@@ -280,19 +280,14 @@ impl Drop for Agent {
 }
 
 fn status_of(data_dir: &std::path::Path) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(["provider", "status", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("GRADPOOL_POOL")
-        .env_remove("GRADPOOL_PROVIDER_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::succeeded(
+        std::process::Command::new(BIN)
+            .args(["provider", "status", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("GRADPOOL_POOL")
+            .env_remove("GRADPOOL_PROVIDER_CONFIG"),
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&stdout).into_owned()
 }
 
 /// `provider status` on a running agent's data directory shows what that

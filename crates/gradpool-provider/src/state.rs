@@ -113,16 +113,10 @@ impl DataDir {
             .map_err(ProviderError::io(format!("cannot open {}", path.display())))?;
         match file.try_lock() {
             Ok(()) => Ok(DataDirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = match DataDir::running_agent_record(&self.root) {
-                    Some(a) => format!(" (pid {}, running since {})", a.pid, a.started_at),
-                    None => String::new(),
-                };
-                Err(ProviderError::DataDirInUse {
-                    dir: self.root.clone(),
-                    holder,
-                })
-            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(DataDir::in_use(
+                &self.root,
+                DataDir::running_agent_record(&self.root).as_ref(),
+            )),
             Err(std::fs::TryLockError::Error(e)) => Err(ProviderError::Io {
                 context: format!("cannot lock {}", path.display()),
                 error: e,
@@ -152,6 +146,17 @@ impl DataDir {
             // Nobody holds it: no agent runs (the lock goes with `file`).
             Ok(()) => None,
             Err(_) => DataDir::running_agent_record(root),
+        }
+    }
+
+    /// The refusal of an agent on the directory at `root`, which `holder`
+    /// (when it recorded itself) holds.
+    pub fn in_use(root: &Path, holder: Option<&RunningAgent>) -> ProviderError {
+        ProviderError::DataDirInUse {
+            dir: root.to_owned(),
+            holder: holder
+                .map(|a| format!(" (pid {}, running since {})", a.pid, a.started_at))
+                .unwrap_or_default(),
         }
     }
 

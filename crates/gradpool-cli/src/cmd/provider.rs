@@ -648,11 +648,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let s = settings(&a.rig)?;
     // Refused before the benchmark; the agent's own lock decides for good.
     if let Some(other) = DataDir::running_agent(&s.data_dir) {
-        return Err(gradpool_provider::ProviderError::DataDirInUse {
-            dir: s.data_dir.clone(),
-            holder: format!(" (pid {}, running since {})", other.pid, other.started_at),
-        }
-        .into());
+        return Err(DataDir::in_use(&s.data_dir, Some(&other)).into());
     }
     if s.payout.is_empty() {
         eprintln!(

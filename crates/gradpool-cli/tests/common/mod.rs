@@ -97,18 +97,42 @@ pub async fn customer(p: &TestPool) -> Api {
 
 /// Waits until the job reaches a final status.
 pub async fn wait_final(api: &Api, id: &str, limit: Duration) -> JobView {
+    wait_job(api, id, limit, "finish", |j| j.status.is_final()).await
+}
+
+/// Waits until the job (as the pool shows it) satisfies `done`, which
+/// `what` names in the failure after `limit`.
+pub async fn wait_job(
+    api: &Api,
+    id: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&JobView) -> bool,
+) -> JobView {
     let start = Instant::now();
     loop {
         let job: JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-        if job.status.is_final() {
+        if done(&job) {
             return job;
         }
         assert!(
             start.elapsed() < limit,
-            "job {id} did not finish in {limit:?}: {job:?}"
+            "job {id} did not {what} in {limit:?}: {job:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs `cmd`, which must succeed (its stderr shown if not); its stdout.
+pub fn succeeded(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// All events of a job so far (the stream closes once the job is final).
