@@ -57,6 +57,13 @@ pub struct DevnetArgs {
     /// CPU threads per provider (default: all cores).
     #[arg(long)]
     threads: Option<u32>,
+    /// What the providers train on: `cpu`, `cuda` (the GPUs, needs the
+    /// CUDA build and the NVIDIA driver; with several GPUs provider i
+    /// takes GPU i mod their number, with one they share it) or `auto`
+    /// (the GPU when the NVIDIA driver and a CUDA build are there, else
+    /// the CPU, as a provider's default).
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DevnetDevice,
     /// Lease length: how soon a silent provider's segment is handed on.
     #[arg(long, default_value_t = 6)]
     lease_seconds: u32,
@@ -77,6 +84,52 @@ pub struct DevnetArgs {
     /// monero`).
     #[arg(long)]
     monero: bool,
+}
+
+/// `devnet --device`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DevnetDevice {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+impl DevnetDevice {
+    /// The providers' `--device` and `--gpu` arguments: provider `i` of
+    /// devnet on `gpus` GPUs.
+    fn provider_args(self, i: usize, gpus: usize) -> Vec<String> {
+        match self {
+            DevnetDevice::Cpu => vec!["--device".into(), "cpu".into()],
+            DevnetDevice::Auto => vec!["--device".into(), "auto".into()],
+            DevnetDevice::Cuda => vec![
+                "--device".into(),
+                "cuda".into(),
+                "--gpu".into(),
+                (i % gpus.max(1)).to_string(),
+            ],
+        }
+    }
+
+    /// How many GPUs the providers share: checked before anything starts,
+    /// so that `--device cuda` on a machine or build that cannot fails
+    /// here, with the reason, rather than in three providers' logs.
+    fn gpus(self) -> anyhow::Result<usize> {
+        if self != DevnetDevice::Cuda {
+            return Ok(0);
+        }
+        if !cfg!(feature = "cuda") {
+            bail!(
+                "--device cuda: this gradpool was built without CUDA (see \"GPU builds\" in the README)"
+            );
+        }
+        let gpus = gradpool_provider::gpu::Gpus::open()
+            .and_then(|g| g.list())
+            .context("--device cuda")?;
+        if gpus.is_empty() {
+            bail!("--device cuda: the NVIDIA driver lists no GPU");
+        }
+        Ok(gpus.len())
+    }
 }
 
 /// A private Monero chain for `devnet --monero`: the pool's wallet, the
@@ -191,6 +244,9 @@ struct ProviderSummary {
     replays: u32,
     price_per_hour_piconero: u64,
     earned_piconero: u64,
+    /// Its reproducibility class: what it trained on, e.g.
+    /// `native-0.1.0/cuda/sm90-nvidia-h200-132sm-driver…`.
+    class: String,
 }
 
 /// Where the job's money went.
@@ -224,6 +280,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     if a.providers == 0 {
         bail!("--providers must be at least 1");
     }
+    let gpus = a.device.gpus()?;
     let work = tempfile::Builder::new()
         .prefix("gradpool-devnet-")
         .tempdir()?;
@@ -300,10 +357,18 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .and_then(|c| c.payout.get(i))
             .map(|s| s.address.as_str().to_owned());
-        providers.push(start_provider(&endpoint, &work_path, i, a.threads, payout)?);
+        let device = a.device.provider_args(i, gpus);
+        providers.push(start_provider(
+            &endpoint, &work_path, i, a.threads, &device, payout,
+        )?);
     }
+    let on = match (a.device, gpus) {
+        (DevnetDevice::Cuda, 1) => " sharing the GPU".to_owned(),
+        (DevnetDevice::Cuda, n) => format!(" on {n} GPUs"),
+        _ => String::new(),
+    };
     println!(
-        "providers  {} agents, logs in {}/provider-*.log",
+        "providers  {} agents{on}, logs in {}/provider-*.log",
         a.providers,
         work_path.display()
     );
@@ -470,9 +535,9 @@ async fn drive(
     let (model, _) = fetch_model(&api, &id, &a.out, false).await?;
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await?;
     let provider_views: Vec<ProviderView> = api.get("/v1/providers").await?;
-    let names: BTreeMap<String, (String, Piconero)> = provider_views
+    let names: BTreeMap<String, (String, Piconero, String)> = provider_views
         .into_iter()
-        .map(|p| (p.id.to_string(), (p.name, p.price_per_hour)))
+        .map(|p| (p.id.to_string(), (p.name, p.price_per_hour, p.class)))
         .collect();
     let verdicts: Vec<VerdictView> = api.get(&format!("/v1/jobs/{id}/verdicts")).await?;
     let mut counts: BTreeMap<String, u32> = names.keys().map(|id| (id.clone(), 0)).collect();
@@ -605,7 +670,7 @@ async fn drive(
         providers: counts
             .iter()
             .map(|(id, n)| {
-                let (name, price) = names.get(id).cloned().unwrap_or_default();
+                let (name, price, class) = names.get(id).cloned().unwrap_or_default();
                 ProviderSummary {
                     id: id.clone(),
                     name,
@@ -613,6 +678,7 @@ async fn drive(
                     replays: replays.get(id).copied().unwrap_or(0),
                     price_per_hour_piconero: price.0,
                     earned_piconero: payments.paid_piconero.get(id).copied().unwrap_or(0),
+                    class,
                 }
             })
             .collect(),
@@ -707,6 +773,7 @@ fn start_provider(
     work: &Path,
     i: usize,
     threads: Option<u32>,
+    device: &[String],
     payout: Option<String>,
 ) -> anyhow::Result<ProviderProcess> {
     let name = format!("devnet-{}", i + 1);
@@ -721,6 +788,7 @@ fn start_provider(
         .arg(&name)
         .arg("--price-xmr-per-hour")
         .arg(devnet_price(i).xmr())
+        .args(device)
         // Every devnet provider also replays the others' segments.
         .arg("--validate");
     if let Some(fingerprint) = endpoint.trust.fingerprint {

@@ -54,9 +54,15 @@ fn main() -> ExitCode {
     gradpool_cli::pool_trust::set(cli.trust.clone());
     if matches!(
         cli.command,
-        Command::Segment(_) | Command::Train(_) | Command::Sample(_) | Command::Bench(_)
+        Command::Segment(_)
+            | Command::Train(_)
+            | Command::Sample(_)
+            | Command::Bench(_)
+            | Command::Provider(_)
+            | Command::Devnet(_)
     ) {
-        // Still single-threaded here, as the runtime settings require.
+        // Still single-threaded here, as the runtime settings require. The
+        // agent asks CUDA about its GPU in the same order as NVML.
         gradpool_train::runtime::configure_process();
     }
     // The segment process talks JSON on stdout; keep its logs on stderr and quiet.

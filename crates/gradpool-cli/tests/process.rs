@@ -333,6 +333,11 @@ fn devnet_trains_and_writes_its_summary() {
         .map(|p| p["segments"].as_u64().unwrap())
         .sum();
     assert_eq!(segments, 3);
+    // `--device auto` in a build without CUDA: the CPU, named in the class.
+    for p in summary["providers"].as_array().unwrap() {
+        let class = p["class"].as_str().unwrap();
+        assert!(class.contains("/cpu/"), "{class}");
+    }
     assert!(summary["sample"].as_str().unwrap().starts_with("ROMEO:"));
     // The job was paid through the ledger: providers' shares plus fees make
     // the cost, and the audit is clean.

@@ -45,6 +45,18 @@ impl Hardware {
     }
 }
 
+/// What the CUDA runtime tells of a GPU beyond NVML's description. cuBLAS
+/// picks its GEMM algorithms by the number of SMs (a MIG slice of a GPU has
+/// fewer than the whole card, under the same name) and its own version, so
+/// both name a GPU's reproducibility class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaRuntime {
+    /// Streaming multiprocessors the device has (or the MIG slice).
+    pub sm_count: u32,
+    /// The cuBLAS library loaded, "13.1.0".
+    pub cublas_version: String,
+}
+
 /// What a provider reports with each heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {

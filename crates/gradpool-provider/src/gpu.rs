@@ -10,7 +10,7 @@
 //! the processes other than gradpool's using it) and its power cap.
 
 use crate::device::{Device, Load, PowerCapError};
-use gradpool_core::hardware::{DeviceKind, Hardware, Telemetry};
+use gradpool_core::hardware::{CudaRuntime, DeviceKind, Hardware, Telemetry};
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
@@ -149,6 +149,7 @@ impl Gpus {
         Ok(NvmlDevice {
             nvml: self.nvml.clone(),
             info,
+            runtime: None,
         })
     }
 }
@@ -158,12 +159,78 @@ impl Gpus {
 pub struct NvmlDevice {
     nvml: Arc<Nvml>,
     info: GpuInfo,
+    runtime: Option<CudaRuntime>,
 }
 
 impl NvmlDevice {
     pub fn info(&self) -> &GpuInfo {
         &self.info
     }
+
+    /// Adds what the CUDA runtime tells (SM count, cuBLAS version) to the
+    /// GPU's reproducibility class. A CUDA build asks it before training;
+    /// without it the class names what NVML tells only.
+    pub fn with_runtime(mut self, runtime: CudaRuntime) -> NvmlDevice {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Tries the power cap: sets the limit 10% lower (within the driver's
+    /// range), reads it back from the driver, and restores the limit that
+    /// was in force. What `gradpool bench nvml --power-cap` reports.
+    pub fn check_power_cap(&self) -> PowerCapCheck {
+        let mut check = PowerCapCheck {
+            original_w: self.info.power_limit_w,
+            range_w: self.info.power_limit_range_w,
+            set_w: None,
+            read_back_w: None,
+            restored_w: None,
+            error: None,
+        };
+        let (Some(original), Some((min, _))) = (check.original_w, check.range_w) else {
+            check.error = Some("the driver reports no power limit for this GPU".into());
+            return check;
+        };
+        let target = (original - original / 10).max(min);
+        if target == original {
+            check.error = Some(format!("the limit is already the lowest allowed, {min} W"));
+            return check;
+        }
+        if let Err(e) = self.set_power_limit(target) {
+            check.error = Some(e.to_string());
+            return check;
+        }
+        check.set_w = Some(target);
+        check.read_back_w = self.limit_now();
+        if let Err(e) = self.set_power_limit(original) {
+            check.error = Some(format!("could not restore {original} W: {e}"));
+        }
+        check.restored_w = self.limit_now();
+        check
+    }
+
+    /// The power limit in force now, in watts.
+    fn limit_now(&self) -> Option<u32> {
+        let d = self.nvml.device_by_index(self.info.index).ok()?;
+        d.power_management_limit().ok().map(|mw| mw / 1000)
+    }
+}
+
+/// What trying the power cap found ([`NvmlDevice::check_power_cap`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerCapCheck {
+    /// The limit in force before, in watts.
+    pub original_w: Option<u32>,
+    /// The range the driver allows.
+    pub range_w: Option<(u32, u32)>,
+    /// The limit set, when the driver took it.
+    pub set_w: Option<u32>,
+    /// The limit the driver reported after setting it.
+    pub read_back_w: Option<u32>,
+    /// The limit the driver reported after restoring the original.
+    pub restored_w: Option<u32>,
+    /// Why the cap could not be set or restored (no permission, no limit).
+    pub error: Option<String>,
 }
 
 /// Whether `pid` runs this same program (a segment process of this agent,
@@ -183,8 +250,9 @@ impl Device for NvmlDevice {
             threads: 1,
             memory_bytes: self.info.memory_bytes,
             // Rounding differs by architecture, model (cuBLAS picks its
-            // algorithms by model and SM count), driver and CUDA version.
-            isa: cuda_class(&self.info),
+            // algorithms by model and SM count), driver, CUDA and cuBLAS
+            // version.
+            isa: cuda_class(&self.info, self.runtime.as_ref()),
             uuid: Some(self.info.uuid.clone()),
         }
     }
@@ -257,9 +325,11 @@ pub fn cpu_summary() -> String {
 }
 
 /// The device part of a GPU's reproducibility class:
-/// `sm<cc>-<model>-driver<version>-cuda<version>`, e.g.
-/// `sm90-nvidia-h200-driver570.86.15-cuda12.8`.
-pub fn cuda_class(info: &GpuInfo) -> String {
+/// `sm<cc>-<model>-<N>sm-driver<version>-cuda<version>-cublas<version>`,
+/// e.g. `sm90-nvidia-h200-132sm-driver570.86.15-cuda12.8-cublas13.1.0`;
+/// without `runtime` (a build without CUDA) the SM count and cuBLAS parts
+/// are left out.
+pub fn cuda_class(info: &GpuInfo, runtime: Option<&CudaRuntime>) -> String {
     let model: String = info
         .name
         .to_ascii_lowercase()
@@ -267,8 +337,14 @@ pub fn cuda_class(info: &GpuInfo) -> String {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join("-");
+    let sms = runtime
+        .map(|r| format!("-{}sm", r.sm_count))
+        .unwrap_or_default();
+    let cublas = runtime
+        .map(|r| format!("-cublas{}", r.cublas_version))
+        .unwrap_or_default();
     format!(
-        "sm{}-{model}-driver{}-cuda{}",
+        "sm{}-{model}{sms}-driver{}-cuda{}{cublas}",
         info.compute_capability.replace('.', ""),
         info.driver_version,
         info.cuda_version
@@ -294,8 +370,17 @@ mod tests {
             power_limit_range_w: None,
         };
         assert_eq!(
-            cuda_class(&info),
+            cuda_class(&info, None),
             "sm86-nvidia-geforce-rtx-3090-driver550.54.15-cuda12.4"
+        );
+        // A MIG slice of the same card would have fewer SMs: another class.
+        let runtime = CudaRuntime {
+            sm_count: 82,
+            cublas_version: "13.1.0".into(),
+        };
+        assert_eq!(
+            cuda_class(&info, Some(&runtime)),
+            "sm86-nvidia-geforce-rtx-3090-82sm-driver550.54.15-cuda12.4-cublas13.1.0"
         );
     }
 

@@ -31,6 +31,10 @@ pub enum TrainError {
         error: std::io::Error,
     },
     /// A tensor operation failed.
+    /// The CUDA driver or a CUDA library refused a query.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 }

@@ -67,16 +67,63 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 /// f32 (and f16, bf16) matrix products accumulate at full precision on
-/// cuBLAS, never in TF32 or reduced precision; cuBLAS's workspace is a
-/// fixed configuration (its documented setting for reproducible results
-/// when work shares a stream), unless the owner set one.
+/// cuBLAS, never in TF32 or reduced precision, whatever the environment
+/// says (`NVIDIA_TF32_OVERRIDE=0` also overrides a library that would turn
+/// TF32 on); cuBLAS's workspace is a fixed configuration (its documented
+/// setting for reproducible results when work shares a stream), unless the
+/// owner set one. CUDA numbers the GPUs in PCI bus order, as NVML does, so
+/// `--gpu N` is the same GPU to the agent (NVML) and to its segments (CUDA).
 #[cfg(feature = "cuda")]
 fn pin_gpu_arithmetic() {
     use candle_core::cuda_backend as cuda;
     cuda::set_gemm_reduced_precision_f32(false);
     cuda::set_gemm_reduced_precision_f16(false);
     cuda::set_gemm_reduced_precision_bf16(false);
+    std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+    std::env::set_var("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
     if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
+}
+
+/// The SM count of GPU `ordinal` (in PCI bus order, as NVML's index; see
+/// [`configure_process`]) and the cuBLAS version this build loaded: the
+/// part of a GPU's reproducibility class NVML cannot tell. Creates no CUDA
+/// context, so it takes no GPU memory.
+#[cfg(feature = "cuda")]
+pub fn cuda_runtime(
+    ordinal: usize,
+) -> Result<gradpool_core::hardware::CudaRuntime, crate::TrainError> {
+    use candle_core::cuda_backend::cudarc::cublas::sys as cublas;
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let failed = |what: &str, e: String| crate::TrainError::Cuda(format!("{what}: {e}"));
+    result::init().map_err(|e| failed("init", e.to_string()))?;
+    let ordinal =
+        i32::try_from(ordinal).map_err(|_| failed("device", format!("no GPU {ordinal}")))?;
+    let device = result::device::get(ordinal).map_err(|e| failed("device", e.to_string()))?;
+    // SAFETY: `device` is a valid handle from cuDeviceGet after cuInit.
+    let sm_count = unsafe {
+        result::device::get_attribute(
+            device,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+    }
+    .map_err(|e| failed("attribute", e.to_string()))?;
+    let mut parts = [0i32; 3];
+    for (part, kind) in parts.iter_mut().zip([
+        cublas::libraryPropertyType::MAJOR_VERSION,
+        cublas::libraryPropertyType::MINOR_VERSION,
+        cublas::libraryPropertyType::PATCH_LEVEL,
+    ]) {
+        // SAFETY: cublasGetProperty writes one int through a valid pointer
+        // and needs no handle.
+        let status = unsafe { cublas::cublasGetProperty(kind, part) };
+        if status != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(failed("cuBLAS version", format!("{status:?}")));
+        }
+    }
+    Ok(gradpool_core::hardware::CudaRuntime {
+        sm_count: u32::try_from(sm_count).unwrap_or(0),
+        cublas_version: format!("{}.{}.{}", parts[0], parts[1], parts[2]),
+    })
 }

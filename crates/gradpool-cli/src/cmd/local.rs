@@ -116,6 +116,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceFlags,
     },
+    /// Describe a GPU as the agent sees it through NVML (its description,
+    /// the reproducibility class it advertises, one telemetry reading) and,
+    /// with --power-cap, set its power limit 10% lower, read it back and
+    /// restore it (needs root or the driver's permission).
+    Nvml {
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Which GPU, by NVML's index (`nvidia-smi -i`).
+        #[arg(long, default_value_t = 0)]
+        gpu: u32,
+        /// Also try the power cap.
+        #[arg(long)]
+        power_cap: bool,
+    },
     /// Run pools with honest and cheating providers and validators, and
     /// report how many cheaters the audits catch, false positives, and the
     /// validators' compute against the training's (needs a build with
@@ -413,6 +428,11 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
             return Ok(ExitCode::SUCCESS);
         }
+        BenchCommand::Nvml {
+            json,
+            gpu,
+            power_cap,
+        } => return nvml(gpu, power_cap, json),
         BenchCommand::Verify(a) => {
             return tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -435,6 +455,79 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
             report.first_loss,
             report.last_loss
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `gradpool bench nvml` reports.
+#[derive(serde::Serialize)]
+struct NvmlReport {
+    gpu: gradpool_provider::gpu::GpuInfo,
+    /// The reproducibility class the agent would advertise.
+    class: String,
+    /// SM count and cuBLAS version (a CUDA build only).
+    runtime: Option<gradpool_core::hardware::CudaRuntime>,
+    telemetry: gradpool_core::hardware::Telemetry,
+    power_cap: Option<gradpool_provider::gpu::PowerCapCheck>,
+}
+
+fn nvml(gpu: u32, power_cap: bool, json: bool) -> anyhow::Result<ExitCode> {
+    use gradpool_provider::device::{Device as _, Load};
+    let device = gradpool_provider::gpu::Gpus::open()?.device(gpu)?;
+    #[cfg(feature = "cuda")]
+    let runtime = Some(gradpool_train::runtime::cuda_runtime(gpu as usize)?);
+    #[cfg(not(feature = "cuda"))]
+    let runtime: Option<gradpool_core::hardware::CudaRuntime> = None;
+    let device = match runtime.clone() {
+        Some(r) => device.with_runtime(r),
+        None => device,
+    };
+    let report = NvmlReport {
+        gpu: device.info().clone(),
+        class: device.hardware().class(),
+        runtime,
+        telemetry: device.telemetry(Load {
+            tasks_running: 0,
+            share: 100,
+        }),
+        power_cap: power_cap.then(|| device.check_power_cap()),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let g = &report.gpu;
+    println!(
+        "GPU {}: {} ({}), {:.1} GiB, compute capability {}, driver {}, CUDA {}",
+        g.index,
+        g.name,
+        g.uuid,
+        g.memory_bytes as f64 / (1u64 << 30) as f64,
+        g.compute_capability,
+        g.driver_version,
+        g.cuda_version
+    );
+    println!("class      {}", report.class);
+    let t = &report.telemetry;
+    let show = |v: Option<f32>, unit: &str| v.map_or("?".to_owned(), |v| format!("{v:.0}{unit}"));
+    println!(
+        "telemetry  {} · {} busy · {} · {} MiB used · {} other processes",
+        show(t.temperature_c, " °C"),
+        show(t.utilization_pct, "%"),
+        show(t.power_w, " W"),
+        t.memory_used_bytes >> 20,
+        t.foreign_processes
+    );
+    if let Some(c) = &report.power_cap {
+        match (&c.error, c.set_w) {
+            (None, Some(set)) => println!(
+                "power cap  set {set} W (driver read back {}), restored {}",
+                c.read_back_w.map_or("?".into(), |w| format!("{w} W")),
+                c.restored_w.map_or("?".into(), |w| format!("{w} W"))
+            ),
+            (Some(e), _) => println!("power cap  not set: {e}"),
+            (None, None) => println!("power cap  not tried"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -155,6 +155,11 @@ fn open_device(s: &Settings) -> anyhow::Result<Arc<dyn Device>> {
                 s.gpu
             );
         }
+        #[cfg(feature = "cuda")]
+        let device = device.with_runtime(
+            gradpool_train::runtime::cuda_runtime(s.gpu as usize)
+                .with_context(|| format!("GPU {}", s.gpu))?,
+        );
         Ok(Arc::new(device))
     };
     match s.device {
