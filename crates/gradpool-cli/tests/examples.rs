@@ -102,3 +102,49 @@ fn the_gpt2_small_benchmark_runs_a_step_on_the_cpu() {
     assert!(loss.is_finite() && loss > 3.0, "{loss}");
     assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0);
 }
+
+/// `gradpool train` of a spec with `[parallel]`: every worker of every
+/// round here, the outer step after each round, a model at the end, and
+/// the same bytes on a second run.
+#[test]
+fn a_parallel_spec_trains_locally_round_after_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::small_corpus(tmp.path());
+    let spec = tmp.path().join("parallel.toml");
+    let text = common::tiny_spec("parallel", 3, 30, 10)
+        + "[parallel]\nworkers = 3\ninner_steps = 10\ncompression = \"int8\"\n";
+    std::fs::write(&spec, text).unwrap();
+    let run = |out: &Path| {
+        common::succeeded(
+            Command::new(BIN)
+                .arg("train")
+                .arg(&spec)
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(out),
+        )
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let stdout = String::from_utf8(run(&a)).unwrap();
+    assert!(
+        stdout.contains("trained 3 rounds of 3 workers × 10 steps"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("int8"), "{stdout}");
+    run(&b);
+    for file in ["global.safetensors", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // The model samples like any other.
+    let text = common::succeeded(
+        Command::new(BIN)
+            .args(["sample", "--tokens", "20", "--model"])
+            .arg(a.join("model.safetensors")),
+    );
+    assert!(text.len() >= 20);
+}

@@ -11,6 +11,9 @@
 //! - [`checkpoint`]: the checkpoint file, written byte-deterministically,
 //!   and the pool's check of one.
 //! - [`commitment`]: the signed hash chain over a job's checkpoints.
+//! - [`outer`]: a parallel job's global checkpoints and its outer step,
+//!   arithmetic over safetensors that anyone can recompute.
+//! - [`int8`]: the fixed codebook of a parallel job's compressed transfers.
 //! - [`finite`]: floats from the network, refused unless finite.
 //! - [`hash`]: content addresses (sha256) of blobs.
 //! - [`hardware`]: what a provider runs on and its reproducibility class.
@@ -28,8 +31,10 @@ pub mod finite;
 pub mod hardware;
 pub mod hash;
 pub mod id;
+pub mod int8;
 pub mod model;
 pub mod money;
+pub mod outer;
 pub mod proof;
 pub mod signing;
 pub mod spec;

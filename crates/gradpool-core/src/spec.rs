@@ -22,6 +22,20 @@
 //! lr = 0.001
 //! ```
 //!
+//! A `[parallel]` table makes the job train on several workers at once
+//! (DiLoCo: each worker takes `inner_steps` steps from the same global
+//! checkpoint, then an outer step averages their changes):
+//!
+//! ```toml
+//! [parallel]
+//! workers = 4
+//! inner_steps = 50
+//! outer_lr = 0.7          # default
+//! outer_momentum = 0.9    # default, Nesterov
+//! compression = "none"    # or "int8"
+//! min_workers = 3         # default: workers
+//! ```
+//!
 //! Parsing refuses unknown fields and wrong types with the field's full path
 //! (`train.lr: invalid type: string "fast", expected f64`), then validates
 //! values ([`SpecError::Invalid`] names the field and what was expected).
@@ -42,6 +56,66 @@ pub struct JobSpec {
     pub resources: Resources,
     pub verification: VerificationLevel,
     pub budget: Budget,
+    /// Many workers at once; `None` trains segment after segment.
+    pub parallel: Option<ParallelConfig>,
+}
+
+/// A parallel job (DiLoCo). Round `r` starts from global checkpoint `r`:
+/// every worker trains `inner_steps` steps of its own shard of the data
+/// from it (steps `[r·H, (r+1)·H)` of the schedule, the last round
+/// possibly shorter), then the outer step averages the workers'
+/// pseudo-gradients (global minus worker weights) and applies them with
+/// Nesterov momentum, giving global checkpoint `r + 1`. `train.steps`
+/// counts each worker's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ParallelConfig {
+    /// Worker slots, 1–64. Worker `w` trains on shard `w` of the data.
+    pub workers: u32,
+    /// `H`: each worker's steps per round.
+    pub inner_steps: u64,
+    /// The outer step's learning rate.
+    pub outer_lr: f64,
+    /// The outer step's Nesterov momentum, in [0, 1).
+    pub outer_momentum: f64,
+    /// How pseudo-gradients and outer updates travel.
+    pub compression: Compression,
+    /// A round may close with fewer workers than `workers`, down to this.
+    pub min_workers: u32,
+}
+
+impl ParallelConfig {
+    /// Rounds of a job of `steps` steps: `⌈steps / inner_steps⌉`.
+    pub fn rounds(&self, steps: u64) -> u64 {
+        steps.div_ceil(self.inner_steps)
+    }
+
+    /// Steps `[start, end)` of round `round` of a job of `steps` steps.
+    pub fn round_steps(&self, round: u64, steps: u64) -> (u64, u64) {
+        let start = round.saturating_mul(self.inner_steps).min(steps);
+        (start, start.saturating_add(self.inner_steps).min(steps))
+    }
+}
+
+/// How a parallel job's transfers are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// f32, as trained.
+    #[default]
+    None,
+    /// The fixed int8 codebook of [`crate::int8`]: blocks of 256 values
+    /// with one f32 scale each, about a quarter of the bytes.
+    Int8,
+}
+
+impl Compression {
+    /// The spec's spelling: `none` or `int8`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Int8 => "int8",
+        }
+    }
 }
 
 /// The model to train.
@@ -236,6 +310,82 @@ struct RawSpec {
     verification: RawVerification,
     #[serde(default)]
     budget: RawBudget,
+    parallel: Option<RawParallel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParallel {
+    workers: u32,
+    inner_steps: u64,
+    #[serde(default = "default_outer_lr")]
+    outer_lr: f64,
+    #[serde(default = "default_outer_momentum")]
+    outer_momentum: f64,
+    #[serde(default)]
+    compression: Compression,
+    min_workers: Option<u32>,
+}
+
+fn default_outer_lr() -> f64 {
+    0.7
+}
+fn default_outer_momentum() -> f64 {
+    0.9
+}
+
+/// The most workers a parallel job may have.
+pub const MAX_WORKERS: u32 = 64;
+
+impl RawParallel {
+    fn validate(self, steps: u64) -> Result<ParallelConfig, SpecError> {
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return Err(invalid(
+                "parallel.workers",
+                format!("an integer from 1 to {MAX_WORKERS}, got {}", self.workers),
+            ));
+        }
+        let longest = steps.min(MAX_CHECKPOINT_EVERY);
+        if !(1..=longest).contains(&self.inner_steps) {
+            return Err(invalid(
+                "parallel.inner_steps",
+                format!(
+                    "an integer from 1 to {longest} (train.steps, and at most {MAX_CHECKPOINT_EVERY}), got {}",
+                    self.inner_steps
+                ),
+            ));
+        }
+        if !(self.outer_lr.is_finite() && self.outer_lr > 0.0 && self.outer_lr <= 10.0) {
+            return Err(invalid(
+                "parallel.outer_lr",
+                format!("a number above 0 and at most 10, got {}", self.outer_lr),
+            ));
+        }
+        if !(self.outer_momentum.is_finite() && (0.0..1.0).contains(&self.outer_momentum)) {
+            return Err(invalid(
+                "parallel.outer_momentum",
+                format!("a number in [0, 1), got {}", self.outer_momentum),
+            ));
+        }
+        let min_workers = self.min_workers.unwrap_or(self.workers);
+        if !(1..=self.workers).contains(&min_workers) {
+            return Err(invalid(
+                "parallel.min_workers",
+                format!(
+                    "an integer from 1 to parallel.workers ({}), got {min_workers}",
+                    self.workers
+                ),
+            ));
+        }
+        Ok(ParallelConfig {
+            workers: self.workers,
+            inner_steps: self.inner_steps,
+            outer_lr: self.outer_lr,
+            outer_momentum: self.outer_momentum,
+            compression: self.compression,
+            min_workers,
+        })
+    }
 }
 
 fn default_runtime() -> String {
@@ -276,7 +426,7 @@ struct RawTrain {
     seed: u64,
     steps: u64,
     batch_size: usize,
-    checkpoint_every: u64,
+    checkpoint_every: Option<u64>,
     lr: f64,
     min_lr: Option<f64>,
     warmup_steps: Option<u64>,
@@ -440,7 +590,12 @@ impl RawSpec {
         }
         let model = self.model.validate()?;
         let data = self.data.validate(&model)?;
-        let train = self.train.validate()?;
+        check_steps(self.train.steps)?;
+        let parallel = self
+            .parallel
+            .map(|p| p.validate(self.train.steps))
+            .transpose()?;
+        let train = self.train.validate(parallel.as_ref())?;
         let budget = Budget {
             max_price_per_hour: parse_amount(
                 "budget.max_price_xmr_per_hour",
@@ -456,6 +611,7 @@ impl RawSpec {
             resources: self.resources,
             verification: self.verification.level,
             budget,
+            parallel,
         })
     }
 }
@@ -596,25 +752,53 @@ impl RawData {
     }
 }
 
+fn check_steps(steps: u64) -> Result<(), SpecError> {
+    if (1..=MAX_STEPS).contains(&steps) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "train.steps",
+            format!("an integer from 1 to {MAX_STEPS}, got {steps}"),
+        ))
+    }
+}
+
 impl RawTrain {
-    fn validate(self) -> Result<TrainConfig, SpecError> {
-        if !(1..=MAX_STEPS).contains(&self.steps) {
-            return Err(invalid(
-                "train.steps",
-                format!("an integer from 1 to {MAX_STEPS}, got {}", self.steps),
-            ));
-        }
-        in_range("train.batch_size", self.batch_size, 1, MAX_BATCH)?;
+    /// Steps per segment: the spec's, or a parallel job's inner steps (a
+    /// worker commits once per round).
+    fn checkpoint_every(&self, parallel: Option<&ParallelConfig>) -> Result<u64, SpecError> {
         let longest = self.steps.min(MAX_CHECKPOINT_EVERY);
-        if !(1..=longest).contains(&self.checkpoint_every) {
-            return Err(invalid(
+        match (self.checkpoint_every, parallel) {
+            (None, Some(p)) => Ok(p.inner_steps),
+            (Some(k), Some(p)) if k != p.inner_steps => Err(invalid(
                 "train.checkpoint_every",
                 format!(
-                    "an integer from 1 to {longest} (train.steps, and at most {MAX_CHECKPOINT_EVERY}), got {}",
-                    self.checkpoint_every
+                    "with [parallel] a worker commits after each round's parallel.inner_steps ({}) \
+                     steps: leave it out or set it to {}, got {k}",
+                    p.inner_steps, p.inner_steps
                 ),
-            ));
+            )),
+            (Some(k), _) if (1..=longest).contains(&k) => Ok(k),
+            (Some(k), _) => Err(invalid(
+                "train.checkpoint_every",
+                format!(
+                    "an integer from 1 to {longest} (train.steps, and at most {MAX_CHECKPOINT_EVERY}), got {k}"
+                ),
+            )),
+            (None, None) => Err(invalid(
+                "train.checkpoint_every",
+                format!(
+                    "required: the steps per segment, an integer from 1 to {longest} (a checkpoint \
+                     is committed after each)"
+                ),
+            )),
         }
+    }
+
+    fn validate(self, parallel: Option<&ParallelConfig>) -> Result<TrainConfig, SpecError> {
+        check_steps(self.steps)?;
+        in_range("train.batch_size", self.batch_size, 1, MAX_BATCH)?;
+        let checkpoint_every = self.checkpoint_every(parallel)?;
         let positive = |field: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
@@ -662,7 +846,7 @@ impl RawTrain {
             seed: self.seed,
             steps: self.steps,
             batch_size: self.batch_size,
-            checkpoint_every: self.checkpoint_every,
+            checkpoint_every,
             lr,
             min_lr,
             warmup_steps,
@@ -749,6 +933,92 @@ lr = 0.001
         assert_eq!(
             JobSpec::from_toml_str(&text).unwrap_err().field(),
             "train.lr"
+        );
+    }
+
+    const PARALLEL: &str = "[parallel]\nworkers = 4\ninner_steps = 30\n";
+
+    #[test]
+    fn a_parallel_table_gives_rounds_of_inner_steps() {
+        let text = format!("{}{PARALLEL}", GOOD.replace("checkpoint_every = 30\n", ""));
+        let spec = JobSpec::from_toml_str(&text).unwrap();
+        let p = spec.parallel.unwrap();
+        assert_eq!(p.workers, 4);
+        assert_eq!(p.min_workers, 4);
+        assert_eq!(p.outer_lr, 0.7);
+        assert_eq!(p.outer_momentum, 0.9);
+        assert_eq!(p.compression, Compression::None);
+        // A worker commits after each round.
+        assert_eq!(spec.train.checkpoint_every, 30);
+        assert_eq!(p.rounds(spec.train.steps), 4);
+        assert_eq!(p.round_steps(0, 100), (0, 30));
+        assert_eq!(p.round_steps(3, 100), (90, 100));
+        let text = format!("{GOOD}{PARALLEL}compression = \"int8\"\nmin_workers = 2\nouter_lr = 1.0\nouter_momentum = 0.5\n");
+        let p = JobSpec::from_toml_str(&text).unwrap().parallel.unwrap();
+        assert_eq!(
+            (p.compression, p.min_workers, p.outer_lr, p.outer_momentum),
+            (Compression::Int8, 2, 1.0, 0.5)
+        );
+        // Without the table, nothing changes.
+        assert_eq!(JobSpec::from_toml_str(GOOD).unwrap().parallel, None);
+    }
+
+    #[test]
+    fn bad_parallel_fields_are_named() {
+        let refused = |extra: &str| {
+            let text = format!("{GOOD}{}", PARALLEL.to_owned() + extra);
+            JobSpec::from_toml_str(&text).unwrap_err()
+        };
+        let cases = [
+            (
+                "workers = 0",
+                "[parallel]\nworkers = 0\ninner_steps = 30\n",
+                "parallel.workers",
+            ),
+            (
+                "workers = 65",
+                "[parallel]\nworkers = 65\ninner_steps = 30\n",
+                "parallel.workers",
+            ),
+            (
+                "inner_steps = 0",
+                "[parallel]\nworkers = 4\ninner_steps = 0\n",
+                "parallel.inner_steps",
+            ),
+            (
+                "inner_steps > steps",
+                "[parallel]\nworkers = 4\ninner_steps = 101\n",
+                "parallel.inner_steps",
+            ),
+        ];
+        for (what, table, field) in cases {
+            let text = format!("{GOOD}{table}");
+            let err = JobSpec::from_toml_str(&text).unwrap_err();
+            assert_eq!(err.field(), field, "{what}: {err}");
+        }
+        for (extra, field) in [
+            ("min_workers = 5\n", "parallel.min_workers"),
+            ("min_workers = 0\n", "parallel.min_workers"),
+            ("outer_lr = 0.0\n", "parallel.outer_lr"),
+            ("outer_lr = -0.7\n", "parallel.outer_lr"),
+            ("outer_lr = nan\n", "parallel.outer_lr"),
+            ("outer_momentum = 1.0\n", "parallel.outer_momentum"),
+            ("compression = \"zip\"\n", "parallel.compression"),
+            ("rounds = 3\n", "parallel.rounds"),
+        ] {
+            let err = refused(extra);
+            assert_eq!(err.field(), field, "{extra}: {err}");
+        }
+        // checkpoint_every, if given, must be the inner steps.
+        let text = format!("{GOOD}{}", PARALLEL.replace("30", "25"));
+        let err = JobSpec::from_toml_str(&text).unwrap_err();
+        assert_eq!(err.field(), "train.checkpoint_every", "{err}");
+        assert!(err.to_string().contains("parallel.inner_steps"), "{err}");
+        // And without [parallel] it is required, by name.
+        let text = GOOD.replace("checkpoint_every = 30\n", "");
+        assert_eq!(
+            JobSpec::from_toml_str(&text).unwrap_err().field(),
+            "train.checkpoint_every"
         );
     }
 

@@ -37,6 +37,15 @@ impl Pool {
     ) -> Result<JobView, PoolError> {
         let spec = JobSpec::from_toml_str(&req.spec_toml)
             .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
+        if spec.parallel.is_some() {
+            // Refused rather than trained one segment after another, which
+            // would not be the job the spec describes.
+            return Err(PoolError::InvalidSpec(
+                "parallel: this pool does not run parallel jobs yet; `gradpool train SPEC` \
+                 trains one on this machine"
+                    .into(),
+            ));
+        }
         if let Some(want) = &spec.data.sha256 {
             if want != &req.data_sha256 {
                 return Err(PoolError::BadRequest(format!(

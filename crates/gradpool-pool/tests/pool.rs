@@ -197,6 +197,21 @@ async fn submit_validation_and_job_visibility() {
         .await
         .err(400);
     assert!(e.message.contains("model.n_embdd"), "{}", e.message);
+    // A parallel job is refused, by name, rather than trained as if it
+    // were not one: this pool does not run them yet.
+    let e = alice
+        .post(
+            "/v1/jobs",
+            &SubmitJob {
+                spec_toml: format!("{SPEC}\n[parallel]\nworkers = 2\ninner_steps = 10\n"),
+                data_sha256: data.clone(),
+                booking: None,
+            },
+        )
+        .await
+        .err(400);
+    assert_eq!(e.code, "invalid_spec");
+    assert!(e.message.starts_with("parallel:"), "{}", e.message);
 
     // Data that was never uploaded, or that someone else uploaded.
     let missing = Sha256Hex::of(b"never uploaded");

@@ -135,6 +135,7 @@ pub fn bench_spec(config: BenchConfig, total_steps: u64) -> JobSpec {
         resources: Resources::default(),
         verification: VerificationLevel::default(),
         budget: Budget::default(),
+        parallel: None,
     }
 }
 
@@ -230,4 +231,216 @@ pub fn proof_product(seed: u64, n: u32, device: &Device) -> Result<Vec<f32>, Tra
     let a = candle_core::Tensor::from_vec(a, (side, side), device)?;
     let b = candle_core::Tensor::from_vec(b, (side, side), device)?;
     Ok(a.matmul(&b)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The shape of a DiLoCo benchmark run (`gradpool bench diloco`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DilocoOptions {
+    pub workers: u32,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub outer_lr: f64,
+    pub outer_momentum: f64,
+}
+
+impl Default for DilocoOptions {
+    /// The setting: 4 workers, H = 50, 10 rounds, the DiLoCo
+    /// paper's outer optimizer.
+    fn default() -> DilocoOptions {
+        DilocoOptions {
+            workers: 4,
+            inner_steps: 50,
+            rounds: 10,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+        }
+    }
+}
+
+/// One parallel run of the DiLoCo benchmark.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DilocoRun {
+    /// `none` or `int8`.
+    pub compression: String,
+    /// Held-out loss of the final global weights.
+    pub loss_diloco: f32,
+    /// `loss_diloco / loss_sync`.
+    pub loss_ratio: f64,
+    /// What one worker sends and receives over the run: each round the
+    /// global weights (or the outer update) down and its pseudo-gradient
+    /// up, f32 or int8 codebook bytes.
+    pub bytes_per_worker_diloco: u64,
+    /// `bytes_per_worker_sync / bytes_per_worker_diloco`.
+    pub traffic_reduction: f64,
+    pub seconds: f64,
+}
+
+/// What `gradpool bench diloco` measured: the reference GPT trained by a
+/// parallel job (both compressions) and by synchronous data-parallel
+/// training at equal tokens (one run, batch `workers ×` larger, as an
+/// all-reduce of every step's gradients computes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DilocoReport {
+    pub workers: u32,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub outer_lr: f64,
+    pub outer_momentum: f64,
+    /// The uncompressed run's figures, at the top for easy reading.
+    pub loss_diloco: f32,
+    pub loss_sync: f32,
+    pub loss_ratio: f64,
+    pub bytes_per_worker_diloco: u64,
+    /// A per-step all-reduce of the gradients: 2 × parameters × 4 bytes ×
+    /// steps.
+    pub bytes_per_worker_sync: u64,
+    pub traffic_reduction: f64,
+    /// Both runs, `none` then `int8`.
+    pub runs: Vec<DilocoRun>,
+    /// Where it ran: `local` (every worker here, one after another; no
+    /// pool, so no waiting to measure and `utilisation` is null).
+    pub placement: String,
+    pub utilisation: Option<f64>,
+    pub params: usize,
+    pub seconds: f64,
+}
+
+/// Held-out windows the benchmark's losses are measured on (4 batches of
+/// this many), the same for every run.
+const DILOCO_EVAL_WINDOWS: usize = 64;
+
+/// Runs the DiLoCo benchmark on `text` in `dir`: the two parallel runs,
+/// then the synchronous one; `progress` hears each phase.
+pub fn diloco(
+    options: DilocoOptions,
+    text: &[u8],
+    dir: &std::path::Path,
+    device: &Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DilocoReport, TrainError> {
+    use gradpool_core::spec::{Compression, ParallelConfig};
+    let started = Instant::now();
+    let steps = options.inner_steps.saturating_mul(options.rounds);
+    let mut spec = bench_spec(BenchConfig::Reference, steps);
+    spec.name = "bench-diloco".into();
+    spec.data.eval_fraction = 0.1;
+    let data = Dataset::from_bytes(&spec, text)?;
+    let meta = data.model_meta(&spec)?;
+    let sizes: Vec<usize> = meta
+        .params()
+        .iter()
+        .map(|p| p.shape.iter().product())
+        .collect();
+    let params: usize = sizes.iter().sum();
+    let bytes_sync = 2 * params as u64 * 4 * steps;
+
+    progress(&format!(
+        "synchronous: {steps} steps, batch {}",
+        spec.train.batch_size * options.workers as usize
+    ));
+    let mut sync = spec.clone();
+    sync.train.batch_size *= options.workers as usize;
+    let sync_path = dir.join("sync.safetensors");
+    crate::run_segment(
+        &sync,
+        &data,
+        None,
+        0,
+        steps,
+        device,
+        &sync_path,
+        &mut |_| {},
+    )?;
+    let loss_sync = held_out(&sync, &data, &sync_path, device)?;
+
+    let mut runs = Vec::new();
+    for compression in [Compression::None, Compression::Int8] {
+        let run_started = Instant::now();
+        let mut s = spec.clone();
+        s.parallel = Some(ParallelConfig {
+            workers: options.workers,
+            inner_steps: options.inner_steps,
+            outer_lr: options.outer_lr,
+            outer_momentum: options.outer_momentum,
+            compression,
+            min_workers: options.workers,
+        });
+        s.train.checkpoint_every = options.inner_steps;
+        let sub = dir.join(compression.as_str());
+        std::fs::create_dir_all(&sub).map_err(|error| TrainError::Io {
+            what: "cannot create",
+            path: sub.clone(),
+            error,
+        })?;
+        let mut on_round = |r: &crate::parallel::RoundReport| {
+            progress(&format!(
+                "diloco {}: round {}/{}, held-out loss {:.4}",
+                compression.as_str(),
+                r.round + 1,
+                options.rounds,
+                r.eval_loss.unwrap_or(f32::NAN)
+            ))
+        };
+        let global = crate::parallel::train_parallel(
+            &s,
+            &data,
+            &sub,
+            device,
+            &mut |_, _| {},
+            &mut on_round,
+        )?;
+        let loss = held_out(&s, &data, &global, device)?;
+        // Each round: the global weights (or the update) down, the
+        // pseudo-gradient up.
+        let per_transfer: u64 = match compression {
+            Compression::None => params as u64 * 4,
+            Compression::Int8 => sizes
+                .iter()
+                .map(|&n| gradpool_core::int8::encoded_len(n) as u64)
+                .sum(),
+        };
+        let bytes = 2 * per_transfer * options.rounds;
+        runs.push(DilocoRun {
+            compression: compression.as_str().into(),
+            loss_diloco: loss,
+            loss_ratio: f64::from(loss) / f64::from(loss_sync),
+            bytes_per_worker_diloco: bytes,
+            traffic_reduction: bytes_sync as f64 / bytes as f64,
+            seconds: run_started.elapsed().as_secs_f64(),
+        });
+    }
+    let plain = runs[0].clone();
+    Ok(DilocoReport {
+        workers: options.workers,
+        inner_steps: options.inner_steps,
+        rounds: options.rounds,
+        outer_lr: options.outer_lr,
+        outer_momentum: options.outer_momentum,
+        loss_diloco: plain.loss_diloco,
+        loss_sync,
+        loss_ratio: plain.loss_ratio,
+        bytes_per_worker_diloco: plain.bytes_per_worker_diloco,
+        bytes_per_worker_sync: bytes_sync,
+        traffic_reduction: plain.traffic_reduction,
+        runs,
+        placement: "local".into(),
+        utilisation: None,
+        params,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The loss of a checkpoint (or global checkpoint) of `spec` on the
+/// held-out text, on the benchmark's fixed windows.
+fn held_out(
+    spec: &JobSpec,
+    data: &Dataset,
+    path: &std::path::Path,
+    device: &Device,
+) -> Result<f32, TrainError> {
+    let (meta, _, params) = crate::parallel::load_params(spec, Some(data), path)?;
+    let model = Model::from_values(meta, params, device)?;
+    crate::segment::eval_metrics(&model, data, DILOCO_EVAL_WINDOWS, spec.train.seed, device)?
+        .map(|(loss, _)| loss)
+        .ok_or_else(|| TrainError::Data("the benchmark's text has no held-out part".into()))
 }

@@ -67,6 +67,20 @@ fn fingerprint_with_hash(spec: &JobSpec, data_hash: &str) -> String {
         spec.data.eval_fraction,
         data_hash,
     );
+    // A parallel job trains other weights from the same fields; a spec
+    // without `[parallel]` keeps the fingerprint it always had.
+    let canonical = match &spec.parallel {
+        None => canonical,
+        Some(p) => format!(
+            "{canonical}parallel: workers={} inner_steps={} outer_lr={:?} outer_momentum={:?} \
+             compression={}\n",
+            p.workers,
+            p.inner_steps,
+            p.outer_lr,
+            p.outer_momentum,
+            p.compression.as_str()
+        ),
+    };
     blake3::hash(canonical.as_bytes()).to_hex().to_string()
 }
 

@@ -31,6 +31,10 @@ pub enum TrainError {
         error: std::io::Error,
     },
     /// A tensor operation failed.
+    /// A parallel job's outer step refused its inputs.
+    #[error("outer step: {0}")]
+    Outer(#[from] gradpool_core::outer::OuterError),
+
     /// The CUDA driver or a CUDA library refused a query.
     #[error("CUDA: {0}")]
     Cuda(String),

@@ -11,6 +11,8 @@
 //! - [`checkpoint`]: deterministic safetensors checkpoints, validated on load,
 //!   and the [`distance`](checkpoint::distance) between two of them.
 //! - [`segment`]: [`run_segment`], the unit of work a provider runs.
+//! - [`parallel`]: parallel (DiLoCo) jobs: a worker's inner segment, the
+//!   outer step on files, a whole parallel job trained here.
 //! - [`sample`]: [`export_model`] and [`sample()`](sample::sample).
 //! - [`bench`]: the reference training benchmark.
 //! - `cheat` (feature `cheat`): segments that fake their work, for testing
@@ -50,6 +52,7 @@ mod gpt_cpu;
 pub mod model;
 pub mod ops;
 pub(crate) mod optim;
+pub mod parallel;
 pub mod rng;
 pub mod runtime;
 pub mod sample;

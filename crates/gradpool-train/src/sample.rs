@@ -1,13 +1,12 @@
 //! Exporting trained weights and sampling text from them.
 
-use crate::checkpoint::{self, HostTensor, MODEL_FORMAT};
+use crate::checkpoint::{self, MODEL_FORMAT};
 use crate::dataset::parse_vocab;
 use crate::model::{Model, ModelMeta};
 use crate::rng::Rng;
 use crate::TrainError;
 use candle_core::{Device, Tensor};
 use gradpool_core::spec::JobSpec;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Writes a weights-only model file (safetensors) from a checkpoint of
@@ -17,23 +16,14 @@ use std::path::Path;
 /// checkpoint is fully validated against the spec first.
 pub fn export_model(spec: &JobSpec, checkpoint: &Path, out: &Path) -> Result<(), TrainError> {
     let metadata = checkpoint::read(checkpoint)?.metadata;
-    let (meta, state) = checkpoint::load(spec, None, checkpoint, None)?;
+    // A checkpoint, or a parallel job's global checkpoint.
+    let (meta, _, params) = crate::parallel::load_params(spec, None, checkpoint)?;
     let mut md = metadata;
     md.insert("format".into(), MODEL_FORMAT.into());
-    let tensors: BTreeMap<String, HostTensor> = meta
-        .params()
-        .into_iter()
-        .zip(state.params)
-        .map(|(p, data)| {
-            (
-                p.name,
-                HostTensor {
-                    shape: p.shape,
-                    data,
-                },
-            )
-        })
-        .collect();
+    for key in ["round", "workers"] {
+        md.remove(key);
+    }
+    let tensors = crate::parallel::host_tensors(&meta, params);
     checkpoint::write_atomic(out, &checkpoint::to_bytes(&tensors, &md))
 }
 

@@ -40,19 +40,58 @@ pub(crate) struct Batch {
     pub targets: Tensor,
 }
 
-/// The training batch of `step`: a pure function of `(seed, step)`.
+/// Worker `worker` of a parallel job's round `round`, whose first step is
+/// `first_step`: it trains on shard `worker` of `workers` of the data, and
+/// the batch of its inner step `i` is a pure function of
+/// `(seed, round, worker, i)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub round: u64,
+    pub worker: u32,
+    pub workers: u32,
+    pub first_step: u64,
+}
+
+impl Shard {
+    /// The part `[lo, hi)` of `0..n` this worker's shard covers: the
+    /// `worker`-th of `workers` contiguous parts.
+    fn part(&self, n: usize) -> Range<usize> {
+        let cut = |w: u32| (n as u128 * u128::from(w) / u128::from(self.workers.max(1))) as usize;
+        cut(self.worker)..cut(self.worker + 1)
+    }
+}
+
+/// The training batch of `step`: a pure function of `(seed, step)`, or,
+/// for a worker of a parallel job, of `(seed, round, worker, inner step)`
+/// drawn from its shard.
 pub(crate) fn train_batch(
     data: &Dataset,
     meta: &ModelMeta,
     batch_size: usize,
     seed: u64,
     step: u64,
+    shard: Option<Shard>,
     device: &Device,
 ) -> Result<Batch, TrainError> {
-    let mut rng = Rng::derive(seed, "batch", step);
+    let mut rng = match shard {
+        None => Rng::derive(seed, "batch", step),
+        Some(s) => Rng::derive(
+            seed,
+            &format!("batch:round{}:worker{}", s.round, s.worker),
+            step - s.first_step,
+        ),
+    };
     match (&data.kind, meta) {
         (DataKind::Text { train, .. }, ModelMeta::Gpt { block_size, .. }) => {
-            text_batch(train, *block_size, batch_size, &mut rng, device)
+            let starts = 0..train.len().saturating_sub(*block_size);
+            let starts = shard.map_or(starts.clone(), |s| {
+                let part = s.part(starts.len());
+                part.start..part.end
+            });
+            if train.len() > *block_size && starts.is_empty() {
+                return Err(shard_too_small(shard, "text windows"));
+            }
+            text_batch(train, *block_size, batch_size, starts, &mut rng, device)
         }
         (
             DataKind::Csv {
@@ -60,8 +99,12 @@ pub(crate) fn train_batch(
             },
             ModelMeta::Mlp { inputs, .. },
         ) => {
+            let part = shard.map_or(0..train_y.len(), |s| s.part(train_y.len()));
+            if part.is_empty() {
+                return Err(shard_too_small(shard, "rows"));
+            }
             let rows: Vec<usize> = (0..batch_size)
-                .map(|_| rng.below(train_y.len() as u64) as usize)
+                .map(|_| part.start + rng.below(part.len() as u64) as usize)
                 .collect();
             csv_batch(train_x, train_y, *inputs, &rows, device)
         }
@@ -69,10 +112,23 @@ pub(crate) fn train_batch(
     }
 }
 
+fn shard_too_small(shard: Option<Shard>, what: &str) -> TrainError {
+    TrainError::Data(match shard {
+        Some(s) => format!(
+            "worker {}'s shard holds no {what}: the training split is too small for {} workers \
+             (parallel.workers)",
+            s.worker, s.workers
+        ),
+        None => format!("the training split holds no {what}"),
+    })
+}
+
+/// A batch of windows of `block` characters, each starting in `starts`.
 fn text_batch(
     ids: &[u32],
     block: usize,
     batch_size: usize,
+    starts: Range<usize>,
     rng: &mut Rng,
     device: &Device,
 ) -> Result<Batch, TrainError> {
@@ -85,7 +141,7 @@ fn text_batch(
     let mut x = Vec::with_capacity(batch_size * block);
     let mut y = Vec::with_capacity(batch_size * block);
     for _ in 0..batch_size {
-        let s = rng.below((ids.len() - block) as u64) as usize;
+        let s = starts.start + rng.below(starts.len() as u64) as usize;
         x.extend_from_slice(&ids[s..s + block]);
         y.extend_from_slice(&ids[s + 1..s + block + 1]);
     }
@@ -139,7 +195,8 @@ fn eval_batches(
             (0..4)
                 .map(|i| {
                     let mut rng = Rng::derive(seed, "eval", i);
-                    text_batch(eval, *block_size, batch_size, &mut rng, device)
+                    let starts = 0..eval.len() - block_size;
+                    text_batch(eval, *block_size, batch_size, starts, &mut rng, device)
                 })
                 .collect()
         }
@@ -253,6 +310,8 @@ pub(crate) struct Recipe {
     pub lr_scale: f64,
     /// Seed of the batch stream; `None` for the spec's seed.
     pub batch_seed: Option<u64>,
+    /// A parallel job's worker: batches from its shard.
+    pub shard: Option<Shard>,
 }
 
 impl Recipe {
@@ -261,6 +320,7 @@ impl Recipe {
         autograd: false,
         lr_scale: 1.0,
         batch_seed: None,
+        shard: None,
     };
 }
 
@@ -422,6 +482,7 @@ fn train_step_as(
         spec.train.batch_size,
         recipe.batch_seed.unwrap_or(spec.train.seed),
         step,
+        recipe.shard,
         device,
     )?;
     let lr = learning_rate(&spec.train, step) * recipe.lr_scale;
@@ -474,12 +535,13 @@ pub fn evaluate(
     checkpoint: &Path,
     device: &Device,
 ) -> Result<Option<Evaluation>, TrainError> {
-    let (meta, state) = checkpoint::load(spec, Some(data), checkpoint, None)?;
-    let model = Model::from_values(meta, state.params, device)?;
+    // A checkpoint, or a parallel job's global checkpoint.
+    let (meta, step, params) = crate::parallel::load_params(spec, Some(data), checkpoint)?;
+    let model = Model::from_values(meta, params, device)?;
     Ok(
         eval_metrics(&model, data, spec.train.batch_size, spec.train.seed, device)?.map(
             |(loss, accuracy)| Evaluation {
-                step: state.step,
+                step,
                 loss,
                 accuracy,
             },

@@ -1,0 +1,286 @@
+//! Parallel jobs (DiLoCo, a spec with `[parallel]`) on the training side:
+//! round 0's global checkpoint, a worker's inner segment, the outer step
+//! on files, and a whole parallel job trained on this machine, worker after
+//! worker ([`train_parallel`]), which is what a pool's run of the same
+//! spec must give, byte for byte.
+//!
+//! A worker's inner segment of round `r` starts from the parameters of
+//! global checkpoint `r` and from its slot's AdamW moments: those of the
+//! slot's own checkpoint of round `r − 1` (none in round 0, or when a
+//! slot's state is lost: then fresh moments). It trains steps
+//! `[r·H, (r+1)·H)` of the schedule (learning rate and bias correction by
+//! that step) on batches of its shard ([`Shard`]), and writes an ordinary
+//! checkpoint. The outer step is [`gradpool_core::outer`]'s.
+
+use crate::checkpoint::{self, HostTensor};
+use crate::dataset::Dataset;
+use crate::model::{Model, ModelMeta};
+use crate::optim::AdamW;
+use crate::segment::{finish, train_steps, Recipe, SegmentOutcome, Shard, StepReport};
+use crate::TrainError;
+use candle_core::Device;
+use gradpool_core::outer::{self, Global, Tensors, GLOBAL_FORMAT};
+use gradpool_core::spec::{JobSpec, ParallelConfig};
+use std::path::{Path, PathBuf};
+
+/// The spec's `[parallel]` table, or an error saying the spec has none.
+pub fn parallel_of(spec: &JobSpec) -> Result<ParallelConfig, TrainError> {
+    spec.parallel
+        .ok_or_else(|| TrainError::Segment("the spec has no [parallel] table".into()))
+}
+
+/// Parameter values in the model's order, as named tensors.
+fn named(meta: &ModelMeta, values: Vec<Vec<f32>>) -> Tensors {
+    meta.params()
+        .into_iter()
+        .zip(values)
+        .map(|(p, v)| (p.name, (p.shape, v)))
+        .collect()
+}
+
+/// Round 0's global checkpoint of `spec` on `data`: the seeded initial
+/// weights (the same whatever the device), no momentum.
+pub fn initial_global(spec: &JobSpec, data: &Dataset) -> Result<Vec<u8>, TrainError> {
+    parallel_of(spec)?;
+    let meta = data.model_meta(spec)?;
+    let model = Model::init(meta.clone(), spec.train.seed, &Device::Cpu)?;
+    let metadata = checkpoint::base_metadata(spec, data, &meta, 0);
+    Ok(Global::initial(named(&meta, model.values()?), metadata).to_bytes())
+}
+
+/// A global checkpoint of `spec` (and `data`), validated like a start
+/// checkpoint: format, spec fingerprint, model, every tensor's shape.
+pub(crate) struct LoadedGlobal {
+    pub meta: ModelMeta,
+    pub round: u64,
+    pub step: u64,
+    pub params: Vec<Vec<f32>>,
+}
+
+pub(crate) fn load_global(
+    spec: &JobSpec,
+    data: Option<&Dataset>,
+    path: &Path,
+) -> Result<LoadedGlobal, TrainError> {
+    let mut parsed = checkpoint::read(path)?;
+    let (meta, step) = checkpoint::validate(spec, data, &parsed, path, GLOBAL_FORMAT)?;
+    let round_text = parsed.meta(path, "round")?;
+    let round: u64 = round_text.parse().map_err(|_| {
+        TrainError::checkpoint(path, format!("round {round_text:?} is not a number"))
+    })?;
+    let params = parsed.take_params(path, &meta, "param.")?;
+    parsed.take_params(path, &meta, "outer_m.")?;
+    parsed.no_extra(path)?;
+    Ok(LoadedGlobal {
+        meta,
+        round,
+        step,
+        params,
+    })
+}
+
+/// Trains worker `worker`'s inner segment of the round that starts from
+/// the global checkpoint `global`, from the slot's previous checkpoint
+/// `slot` (its AdamW moments; `None`: fresh ones), and writes its
+/// checkpoint to `out` atomically.
+#[allow(clippy::too_many_arguments)]
+pub fn run_worker_segment(
+    spec: &JobSpec,
+    data: &Dataset,
+    global: &Path,
+    slot: Option<&Path>,
+    worker: u32,
+    device: &Device,
+    out: &Path,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<SegmentOutcome, TrainError> {
+    let p = parallel_of(spec)?;
+    if worker >= p.workers {
+        return Err(TrainError::Segment(format!(
+            "worker {worker} does not exist: the job has {} (parallel.workers)",
+            p.workers
+        )));
+    }
+    let g = load_global(spec, Some(data), global)?;
+    let (start, end) = p.round_steps(g.round, spec.train.steps);
+    if g.step != start || start >= end {
+        return Err(TrainError::checkpoint(
+            global,
+            format!(
+                "round {} at step {} is not a round of this job to train",
+                g.round, g.step
+            ),
+        ));
+    }
+    let model = Model::from_values(g.meta, g.params, device)?;
+    let mut opt = match slot {
+        None => AdamW::new(&model)?,
+        Some(path) => {
+            let (_, state) = checkpoint::load(spec, Some(data), path, Some(start))?;
+            AdamW::from_values(&model, state.m, state.v)?
+        }
+    };
+    let recipe = Recipe {
+        shard: Some(Shard {
+            round: g.round,
+            worker,
+            workers: p.workers,
+            first_step: start,
+        }),
+        ..Recipe::HONEST
+    };
+    let losses = train_steps(
+        &model,
+        &mut opt,
+        spec,
+        data,
+        start..end,
+        device,
+        recipe,
+        on_step,
+    )?;
+    finish(spec, data, &model, &opt, end, device, out, losses)
+}
+
+/// The outer step on files: global checkpoint `global` and the checkpoints
+/// of the workers that trained its round (`(worker, path)`, in increasing
+/// worker order; each validated as a checkpoint of this spec and data at
+/// the round's end) give the next global checkpoint, written to `out`.
+pub fn outer_step(
+    spec: &JobSpec,
+    data: &Dataset,
+    global: &Path,
+    workers: &[(u32, PathBuf)],
+    out: &Path,
+) -> Result<Global, TrainError> {
+    let p = parallel_of(spec)?;
+    let g = load_global(spec, Some(data), global)?;
+    let (_, end) = p.round_steps(g.round, spec.train.steps);
+    let bytes = std::fs::read(global).map_err(|error| TrainError::Io {
+        what: "cannot read",
+        path: global.to_owned(),
+        error,
+    })?;
+    let current = Global::from_bytes(&bytes)?;
+    let mut inputs = Vec::with_capacity(workers.len());
+    for (w, path) in workers {
+        let (meta, state) = checkpoint::load(spec, Some(data), path, Some(end))?;
+        inputs.push((*w, named(&meta, state.params)));
+    }
+    let next = outer::outer_step(&current, &inputs, &p, end)?;
+    checkpoint::write_atomic(out, &next.to_bytes())?;
+    Ok(next)
+}
+
+/// One round of a parallel job trained here.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoundReport {
+    pub round: u64,
+    /// The last training loss of each worker, in worker order.
+    pub worker_losses: Vec<f32>,
+    /// The new global checkpoint's loss on the held-out data.
+    pub eval_loss: Option<f32>,
+}
+
+/// Trains a whole parallel job here, worker after worker, round after
+/// round, every worker present: what a pool's run with every worker in
+/// every round gives, byte for byte. Keeps the files in `dir`:
+/// `global.safetensors` (the current global checkpoint; at the end, the
+/// trained one) and `worker-W.safetensors` (each slot's last checkpoint).
+/// Calls `on_step(worker, step)` after every inner step and `on_round`
+/// after every outer step.
+pub fn train_parallel(
+    spec: &JobSpec,
+    data: &Dataset,
+    dir: &Path,
+    device: &Device,
+    on_step: &mut dyn FnMut(u32, StepReport),
+    on_round: &mut dyn FnMut(&RoundReport),
+) -> Result<PathBuf, TrainError> {
+    let p = parallel_of(spec)?;
+    let global = dir.join("global.safetensors");
+    checkpoint::write_atomic(&global, &initial_global(spec, data)?)?;
+    let slot = |w: u32| dir.join(format!("worker-{w}.safetensors"));
+    for round in 0..p.rounds(spec.train.steps) {
+        let mut worker_losses = Vec::with_capacity(p.workers as usize);
+        let mut inputs = Vec::with_capacity(p.workers as usize);
+        for w in 0..p.workers {
+            let previous = (round > 0).then(|| slot(w));
+            let next = dir.join(format!("worker-{w}.next.safetensors"));
+            let outcome = run_worker_segment(
+                spec,
+                data,
+                &global,
+                previous.as_deref(),
+                w,
+                device,
+                &next,
+                &mut |r| on_step(w, r),
+            )?;
+            worker_losses.push(outcome.losses.last().copied().unwrap_or(f32::NAN));
+            inputs.push((w, next));
+        }
+        let next_global = dir.join("global.next.safetensors");
+        outer_step(spec, data, &global, &inputs, &next_global)?;
+        rename(&next_global, &global)?;
+        for (w, next) in &inputs {
+            rename(next, &slot(*w))?;
+        }
+        let eval_loss = crate::segment::evaluate(spec, data, &global, device)?.map(|e| e.loss);
+        on_round(&RoundReport {
+            round,
+            worker_losses,
+            eval_loss,
+        });
+    }
+    Ok(global)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), TrainError> {
+    std::fs::rename(from, to).map_err(|error| TrainError::Io {
+        what: "cannot rename into",
+        path: to.to_owned(),
+        error,
+    })
+}
+
+/// The parameters of a checkpoint or a global checkpoint of `spec`, with
+/// its model and step: what export and evaluation read.
+pub(crate) fn load_params(
+    spec: &JobSpec,
+    data: Option<&Dataset>,
+    path: &Path,
+) -> Result<(ModelMeta, u64, Vec<Vec<f32>>), TrainError> {
+    let format = checkpoint::read(path)?
+        .metadata
+        .get("format")
+        .cloned()
+        .unwrap_or_default();
+    if format == GLOBAL_FORMAT {
+        let g = load_global(spec, data, path)?;
+        Ok((g.meta, g.step, g.params))
+    } else {
+        let (meta, state) = checkpoint::load(spec, data, path, None)?;
+        Ok((meta, state.step, state.params))
+    }
+}
+
+/// Named host tensors of a model's parameters (for files written here).
+pub(crate) fn host_tensors(
+    meta: &ModelMeta,
+    values: Vec<Vec<f32>>,
+) -> std::collections::BTreeMap<String, HostTensor> {
+    meta.params()
+        .into_iter()
+        .zip(values)
+        .map(|(p, data)| {
+            (
+                p.name,
+                HostTensor {
+                    shape: p.shape,
+                    data,
+                },
+            )
+        })
+        .collect()
+}

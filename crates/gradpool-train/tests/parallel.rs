@@ -1,0 +1,291 @@
+//! Parallel (DiLoCo) jobs trained here: deterministic to the byte, every
+//! worker's segment replayable from the files it started from, workers on
+//! their own shards, the outer step checkable by anyone, int8 transfers.
+
+use gradpool_core::outer::Global;
+use gradpool_core::JobSpec;
+use gradpool_train::parallel::{self, train_parallel};
+use gradpool_train::{Dataset, Device, StepReport};
+use std::path::{Path, PathBuf};
+
+const SHAKESPEARE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../data/tinyshakespeare.txt"
+));
+
+fn spec(workers: u32, compression: &str) -> JobSpec {
+    JobSpec::from_toml_str(&format!(
+        r#"
+name = "tiny-diloco"
+[model]
+kind = "gpt"
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 16
+[data]
+format = "text"
+[train]
+seed = 11
+steps = 12
+batch_size = 4
+lr = 0.01
+[parallel]
+workers = {workers}
+inner_steps = 4
+compression = "{compression}"
+"#
+    ))
+    .unwrap()
+}
+
+fn data(spec: &JobSpec) -> Dataset {
+    Dataset::from_bytes(spec, &SHAKESPEARE.as_bytes()[..60_000]).unwrap()
+}
+
+/// Trains the whole job in `dir`; returns the final global checkpoint's
+/// bytes and every step's loss, by worker.
+fn train(spec: &JobSpec, dir: &Path) -> (Vec<u8>, Vec<(u32, f32)>) {
+    let mut losses = Vec::new();
+    let mut rounds = Vec::new();
+    let global = train_parallel(
+        spec,
+        &data(spec),
+        dir,
+        &Device::Cpu,
+        &mut |w, r: StepReport| losses.push((w, r.loss)),
+        &mut |r| rounds.push(r.clone()),
+    )
+    .unwrap();
+    assert_eq!(rounds.len(), 3);
+    assert!(rounds.iter().all(|r| r.worker_losses.len() == 3));
+    (std::fs::read(global).unwrap(), losses)
+}
+
+#[test]
+fn a_parallel_job_gives_the_same_bytes_every_time() {
+    for compression in ["none", "int8"] {
+        let spec = spec(3, compression);
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (first, losses) = train(&spec, a.path());
+        let (second, _) = train(&spec, b.path());
+        assert_eq!(first, second, "{compression}");
+        // 3 rounds × 3 workers × 4 steps, and it learns.
+        assert_eq!(losses.len(), 36);
+        let global = Global::from_bytes(&first).unwrap();
+        assert_eq!((global.round, global.step), (3, 12));
+        assert_eq!(global.workers, vec![0, 1, 2]);
+        let (start, end) = (losses[0].1, losses[losses.len() - 1].1);
+        assert!(end < start, "{compression}: loss {start} → {end}");
+    }
+}
+
+#[test]
+fn compression_changes_the_result_but_not_its_determinism() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (plain, _) = train(&spec(3, "none"), a.path());
+    let (int8, _) = train(&spec(3, "int8"), b.path());
+    assert_ne!(plain, int8);
+    let (p, q) = (
+        Global::from_bytes(&plain).unwrap(),
+        Global::from_bytes(&int8).unwrap(),
+    );
+    // The two runs stay close: the codebook's error is small.
+    for (name, (_, x)) in &p.params {
+        let y = &q.params[name].1;
+        let diff: f32 = x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 0.05, "{name}: {diff}");
+    }
+}
+
+/// The files of a job trained in `dir` to the end of round `rounds`.
+fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathBuf {
+    let global = dir.join("g0.safetensors");
+    std::fs::write(&global, parallel::initial_global(spec, data).unwrap()).unwrap();
+    let mut current = global;
+    for round in 0..rounds {
+        let mut inputs = Vec::new();
+        for w in 0..3u32 {
+            let slot = (round > 0).then(|| dir.join(format!("r{}-w{w}.safetensors", round - 1)));
+            let out = dir.join(format!("r{round}-w{w}.safetensors"));
+            parallel::run_worker_segment(
+                spec,
+                data,
+                &current,
+                slot.as_deref(),
+                w,
+                &Device::Cpu,
+                &out,
+                &mut |_| {},
+            )
+            .unwrap();
+            inputs.push((w, out));
+        }
+        let next = dir.join(format!("g{}.safetensors", round + 1));
+        parallel::outer_step(spec, data, &current, &inputs, &next).unwrap();
+        current = next;
+    }
+    current
+}
+
+#[test]
+fn every_worker_segment_replays_to_the_same_bytes_and_the_outer_step_too() {
+    let spec = spec(3, "int8");
+    let data = data(&spec);
+    let dir = tempfile::tempdir().unwrap();
+    let end = round_files(&spec, &data, dir.path(), 2);
+    // The same as the whole job's loop to that point.
+    let whole = tempfile::tempdir().unwrap();
+    let full = train_parallel(
+        &spec,
+        &data,
+        whole.path(),
+        &Device::Cpu,
+        &mut |_, _| {},
+        &mut |_| {},
+    )
+    .unwrap();
+    let g2 = Global::from_bytes(&std::fs::read(&end).unwrap()).unwrap();
+    assert_eq!((g2.round, g2.step), (2, 8));
+    // A validator replays worker 1's segment of round 1 from its inputs.
+    let replay = dir.path().join("replay.safetensors");
+    parallel::run_worker_segment(
+        &spec,
+        &data,
+        &dir.path().join("g1.safetensors"),
+        Some(&dir.path().join("r0-w1.safetensors")),
+        1,
+        &Device::Cpu,
+        &replay,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&replay).unwrap(),
+        std::fs::read(dir.path().join("r1-w1.safetensors")).unwrap()
+    );
+    // Anyone recomputes the outer step from the committed files.
+    let again = dir.path().join("g2-again.safetensors");
+    let inputs: Vec<(u32, PathBuf)> = (0..3)
+        .map(|w| (w, dir.path().join(format!("r1-w{w}.safetensors"))))
+        .collect();
+    parallel::outer_step(
+        &spec,
+        &data,
+        &dir.path().join("g1.safetensors"),
+        &inputs,
+        &again,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&end).unwrap());
+    // Finishing round 2 by hand gives the whole job's bytes.
+    let by_hand = tempfile::tempdir().unwrap();
+    let g3 = round_files(&spec, &data, by_hand.path(), 3);
+    assert_eq!(std::fs::read(g3).unwrap(), std::fs::read(full).unwrap());
+}
+
+#[test]
+fn workers_train_on_their_own_shards() {
+    let spec = spec(3, "none");
+    let data = data(&spec);
+    let dir = tempfile::tempdir().unwrap();
+    let global = dir.path().join("g0.safetensors");
+    std::fs::write(&global, parallel::initial_global(&spec, &data).unwrap()).unwrap();
+    let losses: Vec<Vec<f32>> = (0..3u32)
+        .map(|w| {
+            let mut l = Vec::new();
+            parallel::run_worker_segment(
+                &spec,
+                &data,
+                &global,
+                None,
+                w,
+                &Device::Cpu,
+                &dir.path().join(format!("w{w}.safetensors")),
+                &mut |r: StepReport| l.push(r.loss),
+            )
+            .unwrap();
+            l
+        })
+        .collect();
+    // Same start, different batches: different first losses.
+    assert_ne!(losses[0][0], losses[1][0]);
+    assert_ne!(losses[1][0], losses[2][0]);
+    // A worker that does not exist, a round past the end: refused.
+    let e = parallel::run_worker_segment(
+        &spec,
+        &data,
+        &global,
+        None,
+        3,
+        &Device::Cpu,
+        &dir.path().join("w3.safetensors"),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("parallel.workers"), "{e}");
+    // A global checkpoint of another spec is refused.
+    let other = self::spec(2, "none");
+    let e = parallel::run_worker_segment(
+        &other,
+        &data,
+        &global,
+        None,
+        0,
+        &Device::Cpu,
+        &dir.path().join("x.safetensors"),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("another job spec"), "{e}");
+}
+
+#[test]
+fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
+    let text = spec(3, "none");
+    let mut spec = text;
+    if let Some(p) = spec.parallel.as_mut() {
+        p.min_workers = 2;
+    }
+    let data = data(&spec);
+    let dir = tempfile::tempdir().unwrap();
+    let global = dir.path().join("g0.safetensors");
+    std::fs::write(&global, parallel::initial_global(&spec, &data).unwrap()).unwrap();
+    let mut inputs = Vec::new();
+    for w in [0u32, 2] {
+        let out = dir.path().join(format!("w{w}.safetensors"));
+        parallel::run_worker_segment(
+            &spec,
+            &data,
+            &global,
+            None,
+            w,
+            &Device::Cpu,
+            &out,
+            &mut |_| {},
+        )
+        .unwrap();
+        inputs.push((w, out));
+    }
+    let next = dir.path().join("g1.safetensors");
+    let g1 = parallel::outer_step(&spec, &data, &global, &inputs, &next).unwrap();
+    assert_eq!(g1.workers, vec![0, 2]);
+    let e = parallel::outer_step(&spec, &data, &global, &inputs[..1], &next).unwrap_err();
+    assert!(e.to_string().contains("at least 2"), "{e}");
+    // A worker checkpoint of the wrong round is refused.
+    let e = parallel::outer_step(
+        &spec,
+        &data,
+        &next,
+        &inputs,
+        &dir.path().join("g2.safetensors"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("expected step 8"), "{e}");
+}
