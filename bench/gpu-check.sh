@@ -209,10 +209,11 @@ fi
 
 # PyTorch in its own environment, while the build runs.
 torch_venv="$work/torch-venv"
-(
-    python3 -m venv "$torch_venv" &&
-        "$torch_venv/bin/pip" install --quiet --disable-pip-version-check torch numpy
-) >"$work/install-torch.log" 2>&1 &
+# Cut off with the budget like every step: the last steps need no PyTorch.
+timeout --kill-after=15 "$((deadline - $(date +%s)))" sh -c "
+    python3 -m venv '$torch_venv' &&
+        '$torch_venv/bin/pip' install --quiet --disable-pip-version-check torch numpy
+" >"$work/install-torch.log" 2>&1 &
 torch_pid=$!
 torch_t0="$(date +%s)"
 
@@ -228,6 +229,7 @@ elif ! command -v cargo >/dev/null 2>&1; then
 else
     # shellcheck source=/dev/null
     . "$root/.cuda/env"
+    export CARGO_TARGET_DIR="$root/target"
     run_step "$work/build.log" 360 cargo build --release --locked \
         --manifest-path "$root/Cargo.toml" --features gradpool-cli/cuda
     rc=$?
@@ -244,7 +246,7 @@ torch_rc=$?
 installs+=("{\"what\":\"torch\",\"ok\":$([ $torch_rc = 0 ] && echo true || echo false),\"seconds\":$(seconds_since "$torch_t0")}")
 python="$torch_venv/bin/python"
 if [ $torch_rc != 0 ]; then
-    failures+=("$(str "install torch: exit status $torch_rc, see $work/install-torch.log")")
+    failures+=("$(str "install torch: $(why $torch_rc), see $work/install-torch.log")")
     python=""
 fi
 

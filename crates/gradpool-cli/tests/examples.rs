@@ -132,6 +132,8 @@ fn a_parallel_spec_trains_locally_round_after_round() {
         "{stdout}"
     );
     assert!(stdout.contains("int8"), "{stdout}");
+    // Each round's losses, also when the output is not a terminal.
+    assert!(stdout.contains("round 3/3: workers' last loss"), "{stdout}");
     run(&b);
     for file in ["global.safetensors", "model.safetensors"] {
         assert_eq!(

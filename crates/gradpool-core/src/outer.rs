@@ -279,7 +279,16 @@ pub fn outer_step(
                 *s += d;
             }
         }
-        let (_, m) = &global.momentum[name];
+        let Some((_, m)) = global
+            .momentum
+            .get(name)
+            .filter(|(_, m)| m.len() == theta.len())
+        else {
+            return Err(malformed(
+                "the global checkpoint",
+                format!("no momentum for param.{name}"),
+            ));
+        };
         let mut new_m = Vec::with_capacity(theta.len());
         let mut update = Vec::with_capacity(theta.len());
         for (s, m) in sum.iter().zip(m) {

@@ -420,11 +420,17 @@ fn train_parallel(
             let held_out = round
                 .eval_loss
                 .map_or(String::new(), |l| format!(", held-out {l:.4}"));
-            bar.println(format!(
+            let line = format!(
                 "round {}/{rounds}: workers' last loss {}{held_out}",
                 round.round + 1,
                 losses.join(" ")
-            ));
+            );
+            // A hidden bar (output piped to a file) prints nothing itself.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
             evals.extend(round.eval_loss);
         },
     )?;
