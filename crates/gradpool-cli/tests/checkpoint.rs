@@ -211,3 +211,138 @@ fn distance_of_replays_and_cheats() {
         assert!(!dir.path().join("x").exists());
     }
 }
+
+/// A parallel job's pieces as the agent and a checker will run them: a
+/// worker's segment (`segment run --worker`) and the outer step
+/// (`checkpoint outer`), each the same bytes as the library's, and each
+/// refusing what is not its round.
+#[test]
+fn worker_segments_and_the_outer_step_from_the_command_line() {
+    use gradpool_train::parallel::{self, WorkerTask};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = SPEC.replace("checkpoint_every = 10\n", "")
+        + "[parallel]\nworkers = 2\ninner_steps = 10\ncompression = \"int8\"\n";
+    std::fs::write(dir.join("spec.toml"), &text).unwrap();
+    let corpus = &gradpool_cli::cmd::local::SHAKESPEARE[..40_000];
+    std::fs::write(dir.join("data.txt"), corpus).unwrap();
+    let spec = gradpool_core::JobSpec::from_toml_str(&text).unwrap();
+    let data = gradpool_train::Dataset::from_bytes(&spec, corpus).unwrap();
+    std::fs::write(
+        dir.join("g0.safetensors"),
+        parallel::initial_global(&spec, &data).unwrap(),
+    )
+    .unwrap();
+    for w in ["0", "1"] {
+        segment(
+            dir,
+            0,
+            10,
+            Some("g0.safetensors"),
+            &format!("w{w}.safetensors"),
+            &["--worker", w],
+        );
+        let mine = dir.join(format!("mine-{w}.safetensors"));
+        let task = WorkerTask {
+            global: &dir.join("g0.safetensors"),
+            slot: None,
+            worker: w.parse().unwrap(),
+            steps: None,
+        };
+        parallel::run_worker_segment(
+            &spec,
+            &data,
+            &task,
+            &gradpool_train::Device::Cpu,
+            &mine,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&mine).unwrap(),
+            std::fs::read(dir.join(format!("w{w}.safetensors"))).unwrap()
+        );
+    }
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let stdout = ok(gradpool(&[
+        "checkpoint",
+        "outer",
+        "--spec",
+        &path("spec.toml"),
+        "--data",
+        &path("data.txt"),
+        "--global",
+        &path("g0.safetensors"),
+        "--worker",
+        &format!("1={}", path("w1.safetensors")),
+        "--worker",
+        &format!("0={}", path("w0.safetensors")),
+        "--out",
+        &path("g1.safetensors"),
+    ]));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["round"], 1);
+    assert_eq!(report["step"], 10);
+    assert_eq!(report["workers"], serde_json::json!([0, 1]));
+    let g1 = std::fs::read(dir.join("g1.safetensors")).unwrap();
+    assert_eq!(
+        report["sha256"],
+        gradpool_core::Sha256Hex::of(&g1).as_str(),
+        "{report}"
+    );
+    let inputs = vec![
+        (0, dir.join("w0.safetensors")),
+        (1, dir.join("w1.safetensors")),
+    ];
+    let mine = dir.join("mine-g1.safetensors");
+    parallel::outer_step(&spec, &data, &dir.join("g0.safetensors"), &inputs, &mine).unwrap();
+    assert_eq!(std::fs::read(mine).unwrap(), g1);
+    // Round 1's worker from its slot: the steps must be round 1's.
+    segment(
+        dir,
+        10,
+        20,
+        Some("g1.safetensors"),
+        "r1-w0.safetensors",
+        &["--worker", "0", "--slot", &path("w0.safetensors")],
+    );
+    let wrong = gradpool(&[
+        "segment",
+        "run",
+        "--spec",
+        &path("spec.toml"),
+        "--data",
+        &path("data.txt"),
+        "--from",
+        "0",
+        "--to",
+        "10",
+        "--start",
+        &path("g1.safetensors"),
+        "--worker",
+        "0",
+        "--out",
+        &path("x.safetensors"),
+    ]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("are not round 1's, [10, 20)"), "{err}");
+    let bad = gradpool(&[
+        "checkpoint",
+        "outer",
+        "--spec",
+        &path("spec.toml"),
+        "--data",
+        &path("data.txt"),
+        "--global",
+        &path("g0.safetensors"),
+        "--worker",
+        "zero",
+        "--out",
+        &path("y.safetensors"),
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("expected W=FILE"), "{err}");
+    assert!(!dir.join("y.safetensors").exists());
+}

@@ -135,6 +135,15 @@ pub struct SegmentRun {
     /// `--max-share` value stands while the file is missing or unreadable.
     #[arg(long, value_name = "FILE")]
     pub max_share_file: Option<PathBuf>,
+    /// A parallel job's worker slot: train its inner segment of the round
+    /// that starts from the global checkpoint `--start` (FROM and TO must
+    /// be that round's steps).
+    #[arg(long, value_name = "W")]
+    pub worker: Option<u32>,
+    /// The worker slot's checkpoint of the round before (its AdamW
+    /// moments); absent in round 0, or when the slot's state is lost.
+    #[arg(long, value_name = "FILE", requires = "worker")]
+    pub slot: Option<PathBuf>,
     /// Fake the segment's work: skip-steps, random-weights,
     /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
     /// builds with the `cheat` feature, for testing audits).
@@ -166,6 +175,8 @@ impl SegmentRun {
             device,
             max_share: 100,
             max_share_file: None,
+            worker: None,
+            slot: None,
             #[cfg(feature = "cheat")]
             cheat: None,
         }
@@ -194,6 +205,12 @@ impl SegmentRun {
         }
         if let Some(file) = &self.max_share_file {
             args.extend(["--max-share-file".into(), file.clone().into()]);
+        }
+        if let Some(w) = self.worker {
+            args.extend(["--worker".into(), w.to_string().into()]);
+        }
+        if let Some(slot) = &self.slot {
+            args.extend(["--slot".into(), slot.clone().into()]);
         }
         #[cfg(feature = "cheat")]
         if let Some(kind) = &self.cheat {
@@ -442,6 +459,8 @@ echo '{"event":"done","losses":[4.0]}'"#,
             device: DeviceFlags::cpu(3),
             max_share: 100,
             max_share_file: None,
+            worker: None,
+            slot: None,
             #[cfg(feature = "cheat")]
             cheat: None,
         };
@@ -458,5 +477,12 @@ echo '{"event":"done","losses":[4.0]}'"#,
             ..first.clone()
         };
         assert_eq!(parsed(&later), later);
+        // A parallel job's worker, from its slot's previous checkpoint.
+        let worker = SegmentRun {
+            worker: Some(3),
+            slot: Some("task dir/slot 3.safetensors".into()),
+            ..later.clone()
+        };
+        assert_eq!(parsed(&worker), worker);
     }
 }

@@ -79,21 +79,36 @@ pub(crate) fn load_global(
     })
 }
 
-/// Trains worker `worker`'s inner segment of the round that starts from
-/// the global checkpoint `global`, from the slot's previous checkpoint
-/// `slot` (its AdamW moments; `None`: fresh ones), and writes its
-/// checkpoint to `out` atomically.
-#[allow(clippy::too_many_arguments)]
+/// A worker's inner segment: what it starts from and which slot it is.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerTask<'a> {
+    /// The global checkpoint the round starts from.
+    pub global: &'a Path,
+    /// The slot's checkpoint of the round before (its AdamW moments);
+    /// `None`: fresh moments (round 0, or a slot whose state is lost).
+    pub slot: Option<&'a Path>,
+    pub worker: u32,
+    /// The steps the caller means to train, refused unless they are the
+    /// round's; `None` takes the round's, whatever they are.
+    pub steps: Option<(u64, u64)>,
+}
+
+/// Trains `task`'s inner segment and writes its checkpoint to `out`
+/// atomically.
 pub fn run_worker_segment(
     spec: &JobSpec,
     data: &Dataset,
-    global: &Path,
-    slot: Option<&Path>,
-    worker: u32,
+    task: &WorkerTask<'_>,
     device: &Device,
     out: &Path,
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
+    let WorkerTask {
+        global,
+        slot,
+        worker,
+        steps,
+    } = *task;
     let p = parallel_of(spec)?;
     if worker >= p.workers {
         return Err(TrainError::Segment(format!(
@@ -111,6 +126,12 @@ pub fn run_worker_segment(
                 g.round, g.step
             ),
         ));
+    }
+    if let Some((from, to)) = steps.filter(|s| *s != (start, end)) {
+        return Err(TrainError::Segment(format!(
+            "steps [{from}, {to}) are not round {}'s, [{start}, {end})",
+            g.round
+        )));
     }
     let model = Model::from_values(g.meta, g.params, device)?;
     let mut opt = match slot {
@@ -207,16 +228,14 @@ pub fn train_parallel(
         for w in 0..p.workers {
             let previous = (round > 0).then(|| slot(w));
             let next = dir.join(format!("worker-{w}.next.safetensors"));
-            let outcome = run_worker_segment(
-                spec,
-                data,
-                &global,
-                previous.as_deref(),
-                w,
-                device,
-                &next,
-                &mut |r| on_step(w, r),
-            )?;
+            let task = WorkerTask {
+                global: &global,
+                slot: previous.as_deref(),
+                worker: w,
+                steps: None,
+            };
+            let outcome =
+                run_worker_segment(spec, data, &task, device, &next, &mut |r| on_step(w, r))?;
             worker_losses.push(outcome.losses.last().copied().unwrap_or(f32::NAN));
             inputs.push((w, next));
         }

@@ -4,7 +4,7 @@
 
 use gradpool_core::outer::Global;
 use gradpool_core::JobSpec;
-use gradpool_train::parallel::{self, train_parallel};
+use gradpool_train::parallel::{self, train_parallel, WorkerTask};
 use gradpool_train::{Dataset, Device, StepReport};
 use std::path::{Path, PathBuf};
 
@@ -117,9 +117,12 @@ fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathB
             parallel::run_worker_segment(
                 spec,
                 data,
-                &current,
-                slot.as_deref(),
-                w,
+                &WorkerTask {
+                    global: &current,
+                    slot: slot.as_deref(),
+                    worker: w,
+                    steps: None,
+                },
                 &Device::Cpu,
                 &out,
                 &mut |_| {},
@@ -158,9 +161,12 @@ fn every_worker_segment_replays_to_the_same_bytes_and_the_outer_step_too() {
     parallel::run_worker_segment(
         &spec,
         &data,
-        &dir.path().join("g1.safetensors"),
-        Some(&dir.path().join("r0-w1.safetensors")),
-        1,
+        &WorkerTask {
+            global: &dir.path().join("g1.safetensors"),
+            slot: Some(&dir.path().join("r0-w1.safetensors")),
+            worker: 1,
+            steps: None,
+        },
         &Device::Cpu,
         &replay,
         &mut |_| {},
@@ -203,9 +209,12 @@ fn workers_train_on_their_own_shards() {
             parallel::run_worker_segment(
                 &spec,
                 &data,
-                &global,
-                None,
-                w,
+                &WorkerTask {
+                    global: &global,
+                    slot: None,
+                    worker: w,
+                    steps: None,
+                },
                 &Device::Cpu,
                 &dir.path().join(format!("w{w}.safetensors")),
                 &mut |r: StepReport| l.push(r.loss),
@@ -221,9 +230,12 @@ fn workers_train_on_their_own_shards() {
     let e = parallel::run_worker_segment(
         &spec,
         &data,
-        &global,
-        None,
-        3,
+        &WorkerTask {
+            global: &global,
+            slot: None,
+            worker: 3,
+            steps: None,
+        },
         &Device::Cpu,
         &dir.path().join("w3.safetensors"),
         &mut |_| {},
@@ -235,9 +247,12 @@ fn workers_train_on_their_own_shards() {
     let e = parallel::run_worker_segment(
         &other,
         &data,
-        &global,
-        None,
-        0,
+        &WorkerTask {
+            global: &global,
+            slot: None,
+            worker: 0,
+            steps: None,
+        },
         &Device::Cpu,
         &dir.path().join("x.safetensors"),
         &mut |_| {},
@@ -263,9 +278,12 @@ fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
         parallel::run_worker_segment(
             &spec,
             &data,
-            &global,
-            None,
-            w,
+            &WorkerTask {
+                global: &global,
+                slot: None,
+                worker: w,
+                steps: None,
+            },
             &Device::Cpu,
             &out,
             &mut |_| {},

@@ -181,6 +181,33 @@ pub enum CheckpointCommand {
     /// file that is not a valid checkpoint of the job is an error (exit
     /// status 1, nothing on stdout).
     Distance(CheckpointDistanceArgs),
+    /// A parallel job's outer step: the global checkpoint of a round and
+    /// the checkpoints of the workers that trained it give the next global
+    /// checkpoint, written to OUT. Prints one JSON line:
+    /// `{"round":N,"step":N,"workers":[W,…],"sha256":HEX}`, the digest of
+    /// OUT's bytes (a blob's content address at a pool). Anyone can recompute a pool's outer step this way and
+    /// compare the bytes.
+    Outer(CheckpointOuterArgs),
+}
+
+#[derive(Args)]
+pub struct CheckpointOuterArgs {
+    /// The job spec (TOML), with its `[parallel]` table.
+    #[arg(long)]
+    spec: PathBuf,
+    /// The job's data.
+    #[arg(long)]
+    data: PathBuf,
+    /// The global checkpoint the round started from.
+    #[arg(long)]
+    global: PathBuf,
+    /// A worker's checkpoint of the round, as `W=FILE`; once per worker
+    /// that entered the step, in any order.
+    #[arg(long = "worker", value_name = "W=FILE", required = true)]
+    workers: Vec<String>,
+    /// Where the next global checkpoint goes.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -199,7 +226,10 @@ pub struct CheckpointDistanceArgs {
 }
 
 pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
-    let CheckpointCommand::Distance(a) = c;
+    let a = match c {
+        CheckpointCommand::Distance(a) => a,
+        CheckpointCommand::Outer(a) => return outer(a),
+    };
     let spec = JobSpec::from_toml_str(
         &std::fs::read_to_string(&a.spec)
             .with_context(|| format!("cannot read {}", a.spec.display()))?,
@@ -209,6 +239,37 @@ pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
     let data = Dataset::from_bytes(&spec, &bytes)?;
     let d = gradpool_train::checkpoint::distance(&spec, &data, &a.a, &a.b)?;
     println!("{}", serde_json::to_string(&d)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outer(a: CheckpointOuterArgs) -> anyhow::Result<ExitCode> {
+    let spec = JobSpec::from_file(&a.spec)?;
+    let bytes =
+        std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let data = Dataset::from_bytes(&spec, &bytes)?;
+    let mut workers = Vec::with_capacity(a.workers.len());
+    for w in &a.workers {
+        let (index, file) = w
+            .split_once('=')
+            .and_then(|(i, f)| Some((i.trim().parse::<u32>().ok()?, PathBuf::from(f))))
+            .with_context(|| {
+                format!("--worker {w}: expected W=FILE, e.g. 0=worker-0.safetensors")
+            })?;
+        workers.push((index, file));
+    }
+    workers.sort_by_key(|(w, _)| *w);
+    let next = gradpool_train::parallel::outer_step(&spec, &data, &a.global, &workers, &a.out)?;
+    let written =
+        std::fs::read(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "round": next.round,
+            "step": next.step,
+            "workers": next.workers,
+            "sha256": gradpool_core::Sha256Hex::of(&written).as_str(),
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -269,6 +330,33 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     let ms = |d: &std::cell::Cell<std::time::Duration>| {
         u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
+    if let Some(worker) = a.worker {
+        let global = a
+            .start
+            .as_deref()
+            .context("--worker needs --start: the global checkpoint of the round")?;
+        let task = gradpool_train::parallel::WorkerTask {
+            global,
+            slot: a.slot.as_deref(),
+            worker,
+            steps: Some((a.from, a.to)),
+        };
+        let outcome = gradpool_train::parallel::run_worker_segment(
+            &spec,
+            &data,
+            &task,
+            &device,
+            &a.out,
+            &mut on_step,
+        )?;
+        emit(&SegmentEvent::Done {
+            losses: outcome.losses,
+            eval_loss: outcome.eval_loss,
+            busy_ms: ms(&busy),
+            rest_ms: ms(&rested),
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
     #[cfg(feature = "cheat")]
     if let Some(kind) = &a.cheat {
         let kind: gradpool_train::cheat::CheatKind =
