@@ -330,7 +330,7 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     let ms = |d: &std::cell::Cell<std::time::Duration>| {
         u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
-    if let Some(worker) = a.worker {
+    let outcome = if let Some(worker) = a.worker {
         let global = a
             .start
             .as_deref()
@@ -341,29 +341,18 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
             worker,
             steps: Some((a.from, a.to)),
         };
-        let outcome = gradpool_train::parallel::run_worker_segment(
+        gradpool_train::parallel::run_worker_segment(
             &spec,
             &data,
             &task,
             &device,
             &a.out,
             &mut on_step,
-        )?;
-        emit(&SegmentEvent::Done {
-            losses: outcome.losses,
-            eval_loss: outcome.eval_loss,
-            busy_ms: ms(&busy),
-            rest_ms: ms(&rested),
-        });
-        return Ok(ExitCode::SUCCESS);
-    }
-    #[cfg(feature = "cheat")]
-    if let Some(kind) = &a.cheat {
-        let kind: gradpool_train::cheat::CheatKind =
-            kind.parse().map_err(|e| anyhow::anyhow!("--cheat: {e}"))?;
-        tracing::warn!("cheating: {kind}");
-        let outcome = gradpool_train::cheat::run_segment_cheating(
-            kind,
+        )?
+    } else if let Some(outcome) = cheated(&a, &spec, &data, &device, &mut on_step)? {
+        outcome
+    } else {
+        gradpool_train::run_segment(
             &spec,
             &data,
             a.start.as_deref(),
@@ -372,25 +361,8 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
             &device,
             &a.out,
             &mut on_step,
-        )?;
-        emit(&SegmentEvent::Done {
-            losses: outcome.losses,
-            eval_loss: outcome.eval_loss,
-            busy_ms: ms(&busy),
-            rest_ms: ms(&rested),
-        });
-        return Ok(ExitCode::SUCCESS);
-    }
-    let outcome = gradpool_train::run_segment(
-        &spec,
-        &data,
-        a.start.as_deref(),
-        a.from,
-        a.to,
-        &device,
-        &a.out,
-        &mut on_step,
-    )?;
+        )?
+    };
     emit(&SegmentEvent::Done {
         losses: outcome.losses,
         eval_loss: outcome.eval_loss,
@@ -398,6 +370,47 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         rest_ms: ms(&rested),
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// The segment faked as `--cheat KIND` says, or `None` when the flag is
+/// absent.
+#[cfg(feature = "cheat")]
+fn cheated(
+    a: &SegmentRun,
+    spec: &JobSpec,
+    data: &Dataset,
+    device: &Device,
+    on_step: &mut dyn FnMut(StepReport),
+) -> anyhow::Result<Option<gradpool_train::SegmentOutcome>> {
+    let Some(kind) = &a.cheat else {
+        return Ok(None);
+    };
+    let kind: gradpool_train::cheat::CheatKind =
+        kind.parse().map_err(|e| anyhow::anyhow!("--cheat: {e}"))?;
+    tracing::warn!("cheating: {kind}");
+    Ok(Some(gradpool_train::cheat::run_segment_cheating(
+        kind,
+        spec,
+        data,
+        a.start.as_deref(),
+        a.from,
+        a.to,
+        device,
+        &a.out,
+        on_step,
+    )?))
+}
+
+/// A build without the `cheat` feature never fakes a segment.
+#[cfg(not(feature = "cheat"))]
+fn cheated(
+    _: &SegmentRun,
+    _: &JobSpec,
+    _: &Dataset,
+    _: &Device,
+    _: &mut dyn FnMut(StepReport),
+) -> anyhow::Result<Option<gradpool_train::SegmentOutcome>> {
+    Ok(None)
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
