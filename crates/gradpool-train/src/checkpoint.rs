@@ -153,7 +153,7 @@ pub(crate) fn read(path: &Path) -> Result<Parsed, TrainError> {
 }
 
 /// Parses safetensors bytes (read from `path`, which errors name).
-fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, TrainError> {
+pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, TrainError> {
     let bad = |r: String| TrainError::checkpoint(path, r);
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
         bad(format!(
@@ -327,7 +327,17 @@ pub(crate) fn load(
     path: &Path,
     expected_step: Option<u64>,
 ) -> Result<(ModelMeta, State), TrainError> {
-    let mut parsed = read(path)?;
+    state_of(spec, data, read(path)?, path, expected_step)
+}
+
+/// [`load`] of a file already parsed (from `path`, which errors name).
+pub(crate) fn state_of(
+    spec: &JobSpec,
+    data: Option<&Dataset>,
+    mut parsed: Parsed,
+    path: &Path,
+    expected_step: Option<u64>,
+) -> Result<(ModelMeta, State), TrainError> {
     let (meta, step) = validate(spec, data, &parsed, path, CHECKPOINT_FORMAT)?;
     if let Some(want) = expected_step {
         if step != want {

@@ -62,7 +62,17 @@ pub(crate) fn load_global(
     data: Option<&Dataset>,
     path: &Path,
 ) -> Result<LoadedGlobal, TrainError> {
-    let mut parsed = checkpoint::read(path)?;
+    global_of(spec, data, checkpoint::read(path)?, path)
+}
+
+/// [`load_global`] of a file already parsed (from `path`, which errors
+/// name).
+fn global_of(
+    spec: &JobSpec,
+    data: Option<&Dataset>,
+    mut parsed: checkpoint::Parsed,
+    path: &Path,
+) -> Result<LoadedGlobal, TrainError> {
     let (meta, step) = checkpoint::validate(spec, data, &parsed, path, GLOBAL_FORMAT)?;
     let round_text = parsed.meta(path, "round")?;
     let round: u64 = round_text.parse().map_err(|_| {
@@ -175,13 +185,15 @@ pub fn outer_step(
     out: &Path,
 ) -> Result<Global, TrainError> {
     let p = parallel_of(spec)?;
-    let g = load_global(spec, Some(data), global)?;
-    let (_, end) = p.round_steps(g.round, spec.train.steps);
+    // Read once: validated as this job's, then taken as the outer step's
+    // input.
     let bytes = std::fs::read(global).map_err(|error| TrainError::Io {
         what: "cannot read",
         path: global.to_owned(),
         error,
     })?;
+    let g = global_of(spec, Some(data), checkpoint::parse(&bytes, global)?, global)?;
+    let (_, end) = p.round_steps(g.round, spec.train.steps);
     let current = Global::from_bytes(&bytes)?;
     let mut inputs = Vec::with_capacity(workers.len());
     for (w, path) in workers {
@@ -270,16 +282,22 @@ pub(crate) fn load_params(
     data: Option<&Dataset>,
     path: &Path,
 ) -> Result<(ModelMeta, u64, Vec<Vec<f32>>), TrainError> {
-    let format = checkpoint::read(path)?
-        .metadata
-        .get("format")
-        .cloned()
-        .unwrap_or_default();
-    if format == GLOBAL_FORMAT {
-        let g = load_global(spec, data, path)?;
+    params_of(spec, data, checkpoint::read(path)?, path)
+}
+
+/// [`load_params`] of a file already parsed (from `path`, which errors
+/// name).
+pub(crate) fn params_of(
+    spec: &JobSpec,
+    data: Option<&Dataset>,
+    parsed: checkpoint::Parsed,
+    path: &Path,
+) -> Result<(ModelMeta, u64, Vec<Vec<f32>>), TrainError> {
+    if parsed.metadata.get("format").map(String::as_str) == Some(GLOBAL_FORMAT) {
+        let g = global_of(spec, data, parsed, path)?;
         Ok((g.meta, g.step, g.params))
     } else {
-        let (meta, state) = checkpoint::load(spec, data, path, None)?;
+        let (meta, state) = checkpoint::state_of(spec, data, parsed, path, None)?;
         Ok((meta, state.step, state.params))
     }
 }

@@ -15,10 +15,10 @@ use std::path::Path;
 /// `spec_fingerprint`, `data_blake3`) with `format` = [`MODEL_FORMAT`]. The
 /// checkpoint is fully validated against the spec first.
 pub fn export_model(spec: &JobSpec, checkpoint: &Path, out: &Path) -> Result<(), TrainError> {
-    let metadata = checkpoint::read(checkpoint)?.metadata;
+    let parsed = checkpoint::read(checkpoint)?;
+    let mut md = parsed.metadata.clone();
     // A checkpoint, or a parallel job's global checkpoint.
-    let (meta, _, params) = crate::parallel::load_params(spec, None, checkpoint)?;
-    let mut md = metadata;
+    let (meta, _, params) = crate::parallel::params_of(spec, None, parsed, checkpoint)?;
     md.insert("format".into(), MODEL_FORMAT.into());
     for key in ["round", "workers"] {
         md.remove(key);
