@@ -43,34 +43,63 @@ fn ok(out: Output) -> String {
     stdout
 }
 
+/// The arguments of `gradpool segment run` for steps `[from, to)` of the
+/// spec and data in `dir`, from `start`, into `out` (names in `dir`), on
+/// one thread, with `extra` flags.
+fn segment_args(
+    dir: &Path,
+    from: u64,
+    to: u64,
+    start: Option<&str>,
+    out: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec![
+        "segment".into(),
+        "run".into(),
+        "--spec".into(),
+        path("spec.toml"),
+        "--data".into(),
+        path("data.txt"),
+        "--from".into(),
+        from.to_string(),
+        "--to".into(),
+        to.to_string(),
+        "--out".into(),
+        path(out),
+        "--threads".into(),
+        "1".into(),
+    ];
+    if let Some(s) = start {
+        args.extend(["--start".into(), path(s)]);
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args
+}
+
+/// Runs `gradpool segment run`, which must fail, and returns its stderr.
+fn segment_refused(
+    dir: &Path,
+    from: u64,
+    to: u64,
+    start: Option<&str>,
+    out: &str,
+    extra: &[&str],
+) -> String {
+    let args = segment_args(dir, from, to, start, out, extra);
+    let out = gradpool(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success(), "should have been refused: {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `gradpool segment run` and checks its events: one per step, then
 /// `done` with one loss per step.
 fn segment(dir: &Path, from: u64, to: u64, start: Option<&str>, out: &str, extra: &[&str]) {
-    let (from_s, to_s) = (from.to_string(), to.to_string());
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let (spec, data, out) = (path("spec.toml"), path("data.txt"), path(out));
-    let mut args = vec![
-        "segment",
-        "run",
-        "--spec",
-        &spec,
-        "--data",
-        &data,
-        "--from",
-        &from_s,
-        "--to",
-        &to_s,
-        "--out",
-        &out,
-        "--threads",
-        "1",
-    ];
-    let start = start.map(path);
-    if let Some(s) = &start {
-        args.extend(["--start", s.as_str()]);
-    }
-    args.extend(extra);
-    let stdout = ok(gradpool(&args));
+    let args = segment_args(dir, from, to, start, out, extra);
+    let stdout = ok(gradpool(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     let events: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON event"))
@@ -167,46 +196,13 @@ fn distance_of_replays_and_cheats() {
         assert_eq!(d["comparable"], true, "{d}");
         let x = d["max_rel_l2"].as_f64().expect("a finite distance");
         assert!(x > CROSS_CLASS_TOLERANCE, "{d}");
-        let out = gradpool(&[
-            "segment",
-            "run",
-            "--spec",
-            &path("spec.toml"),
-            "--data",
-            &path("data.txt"),
-            "--from",
-            "0",
-            "--to",
-            "10",
-            "--out",
-            &path("x"),
-            "--cheat",
-            "sloppy",
-        ]);
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = segment_refused(dir.path(), 0, 10, None, "x", &["--cheat", "sloppy"]);
         assert!(stderr.contains("skip-steps"), "{stderr}");
     }
     #[cfg(not(feature = "cheat"))]
     {
-        let out = gradpool(&[
-            "segment",
-            "run",
-            "--spec",
-            &path("spec.toml"),
-            "--data",
-            &path("data.txt"),
-            "--from",
-            "0",
-            "--to",
-            "10",
-            "--out",
-            &path("x"),
-            "--cheat",
-            "lower-lr",
-        ]);
-        assert!(!out.status.success(), "a normal build has no --cheat");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A normal build has no --cheat.
+        let stderr = segment_refused(dir.path(), 0, 10, None, "x", &["--cheat", "lower-lr"]);
         assert!(stderr.contains("--cheat"), "{stderr}");
         assert!(!dir.path().join("x").exists());
     }
@@ -306,26 +302,14 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         "r1-w0.safetensors",
         &["--worker", "0", "--slot", &path("w0.safetensors")],
     );
-    let wrong = gradpool(&[
-        "segment",
-        "run",
-        "--spec",
-        &path("spec.toml"),
-        "--data",
-        &path("data.txt"),
-        "--from",
-        "0",
-        "--to",
-        "10",
-        "--start",
-        &path("g1.safetensors"),
-        "--worker",
-        "0",
-        "--out",
-        &path("x.safetensors"),
-    ]);
-    assert!(!wrong.status.success());
-    let err = String::from_utf8_lossy(&wrong.stderr);
+    let err = segment_refused(
+        dir,
+        0,
+        10,
+        Some("g1.safetensors"),
+        "x.safetensors",
+        &["--worker", "0"],
+    );
     assert!(err.contains("are not round 1's, [10, 20)"), "{err}");
     let bad = gradpool(&[
         "checkpoint",

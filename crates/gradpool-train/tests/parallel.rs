@@ -104,6 +104,27 @@ fn compression_changes_the_result_but_not_its_determinism() {
     }
 }
 
+/// Worker `w`'s inner segment of the round `global` starts, from its
+/// slot's checkpoint `slot`, written to `out`, on the CPU; returns its
+/// losses.
+fn worker(
+    spec: &JobSpec,
+    data: &Dataset,
+    global: &Path,
+    slot: Option<&Path>,
+    w: u32,
+    out: &Path,
+) -> Result<Vec<f32>, gradpool_train::TrainError> {
+    let task = WorkerTask {
+        global,
+        slot,
+        worker: w,
+        steps: None,
+    };
+    parallel::run_worker_segment(spec, data, &task, &Device::Cpu, out, &mut |_| {})
+        .map(|o| o.losses)
+}
+
 /// The files of a job trained in `dir` to the end of round `rounds`.
 fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathBuf {
     let global = dir.join("g0.safetensors");
@@ -114,20 +135,7 @@ fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathB
         for w in 0..3u32 {
             let slot = (round > 0).then(|| dir.join(format!("r{}-w{w}.safetensors", round - 1)));
             let out = dir.join(format!("r{round}-w{w}.safetensors"));
-            parallel::run_worker_segment(
-                spec,
-                data,
-                &WorkerTask {
-                    global: &current,
-                    slot: slot.as_deref(),
-                    worker: w,
-                    steps: None,
-                },
-                &Device::Cpu,
-                &out,
-                &mut |_| {},
-            )
-            .unwrap();
+            worker(spec, data, &current, slot.as_deref(), w, &out).unwrap();
             inputs.push((w, out));
         }
         let next = dir.join(format!("g{}.safetensors", round + 1));
@@ -158,18 +166,13 @@ fn every_worker_segment_replays_to_the_same_bytes_and_the_outer_step_too() {
     assert_eq!((g2.round, g2.step), (2, 8));
     // A validator replays worker 1's segment of round 1 from its inputs.
     let replay = dir.path().join("replay.safetensors");
-    parallel::run_worker_segment(
+    worker(
         &spec,
         &data,
-        &WorkerTask {
-            global: &dir.path().join("g1.safetensors"),
-            slot: Some(&dir.path().join("r0-w1.safetensors")),
-            worker: 1,
-            steps: None,
-        },
-        &Device::Cpu,
+        &dir.path().join("g1.safetensors"),
+        Some(&dir.path().join("r0-w1.safetensors")),
+        1,
         &replay,
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(
@@ -205,57 +208,40 @@ fn workers_train_on_their_own_shards() {
     std::fs::write(&global, parallel::initial_global(&spec, &data).unwrap()).unwrap();
     let losses: Vec<Vec<f32>> = (0..3u32)
         .map(|w| {
-            let mut l = Vec::new();
-            parallel::run_worker_segment(
+            worker(
                 &spec,
                 &data,
-                &WorkerTask {
-                    global: &global,
-                    slot: None,
-                    worker: w,
-                    steps: None,
-                },
-                &Device::Cpu,
+                &global,
+                None,
+                w,
                 &dir.path().join(format!("w{w}.safetensors")),
-                &mut |r: StepReport| l.push(r.loss),
             )
-            .unwrap();
-            l
+            .unwrap()
         })
         .collect();
     // Same start, different batches: different first losses.
     assert_ne!(losses[0][0], losses[1][0]);
     assert_ne!(losses[1][0], losses[2][0]);
     // A worker that does not exist, a round past the end: refused.
-    let e = parallel::run_worker_segment(
+    let e = worker(
         &spec,
         &data,
-        &WorkerTask {
-            global: &global,
-            slot: None,
-            worker: 3,
-            steps: None,
-        },
-        &Device::Cpu,
+        &global,
+        None,
+        3,
         &dir.path().join("w3.safetensors"),
-        &mut |_| {},
     )
     .unwrap_err();
     assert!(e.to_string().contains("parallel.workers"), "{e}");
     // A global checkpoint of another spec is refused.
     let other = self::spec(2, "none");
-    let e = parallel::run_worker_segment(
+    let e = worker(
         &other,
         &data,
-        &WorkerTask {
-            global: &global,
-            slot: None,
-            worker: 0,
-            steps: None,
-        },
-        &Device::Cpu,
+        &global,
+        None,
+        0,
         &dir.path().join("x.safetensors"),
-        &mut |_| {},
     )
     .unwrap_err();
     assert!(e.to_string().contains("another job spec"), "{e}");
@@ -275,20 +261,7 @@ fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
     let mut inputs = Vec::new();
     for w in [0u32, 2] {
         let out = dir.path().join(format!("w{w}.safetensors"));
-        parallel::run_worker_segment(
-            &spec,
-            &data,
-            &WorkerTask {
-                global: &global,
-                slot: None,
-                worker: w,
-                steps: None,
-            },
-            &Device::Cpu,
-            &out,
-            &mut |_| {},
-        )
-        .unwrap();
+        worker(&spec, &data, &global, None, w, &out).unwrap();
         inputs.push((w, out));
     }
     let next = dir.path().join("g1.safetensors");
