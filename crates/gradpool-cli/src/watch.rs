@@ -298,6 +298,7 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     let what = match kind {
                         TaskKind::Train => "segment",
                         TaskKind::Replay => "replay of segment",
+                        TaskKind::Outer => "outer step after segment",
                     };
                     note(
                         &bar,
@@ -366,6 +367,42 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         &bar,
                         visible,
                         format!("  rolled back to step {step}: {p}'s segment {segment} and all after it are trained again"),
+                    );
+                }
+                JobEventKind::OuterStep {
+                    round,
+                    step,
+                    workers,
+                    loss,
+                    eval_loss,
+                    wait_seconds,
+                    commitment,
+                    ..
+                } => {
+                    bar.set_position(step);
+                    let held_out = eval_loss
+                        .map(|l| format!(", held-out {l:.4}"))
+                        .unwrap_or_default();
+                    note(
+                        &bar,
+                        visible,
+                        format!(
+                            "  round {round} at step {step}: {} workers, loss {loss:.4}{held_out}, \
+                             waited {wait_seconds:.1} s for the slowest, commitment {}…",
+                            workers.len(),
+                            &commitment.to_string()[..16]
+                        ),
+                    );
+                }
+                JobEventKind::OuterRefused {
+                    round,
+                    provider: p,
+                    reason,
+                } => {
+                    note(
+                        &bar,
+                        visible,
+                        format!("  round {round}: {p}'s outer step refused ({reason}); computed again elsewhere"),
                     );
                 }
                 JobEventKind::Settled { refunded, released } => {

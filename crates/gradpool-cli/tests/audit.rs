@@ -13,73 +13,9 @@ mod common;
 use common::*;
 use gradpool_client::Api;
 use gradpool_core::state::{AuditStatus, CommitmentStatus};
-use gradpool_core::wire::{JobEventKind, JobStatus, ProviderView, SegmentView, VerdictView};
+use gradpool_core::wire::{JobEventKind, JobStatus, SegmentView, VerdictView};
 use gradpool_provider::cheat::Cheat;
-use gradpool_provider::{CpuDevice, ProviderConfig, ProviderError};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// A provider agent running in this process.
-struct Rig {
-    stop: CancellationToken,
-    handle: JoinHandle<Result<(), ProviderError>>,
-}
-
-impl Rig {
-    fn start(
-        pool: &TestPool,
-        dir: &Path,
-        name: &str,
-        threads: u32,
-        f: impl FnOnce(&mut ProviderConfig),
-    ) -> Rig {
-        let mut config = ProviderConfig {
-            pool_url: pool.url.clone(),
-            data_dir: dir.join(name),
-            name: name.to_owned(),
-            program: BIN.into(),
-            ..ProviderConfig::default()
-        };
-        f(&mut config);
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(gradpool_provider::run(
-            config,
-            Arc::new(CpuDevice::new(Some(threads))),
-            stop.clone(),
-        ));
-        Rig { stop, handle }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.handle.await.unwrap().unwrap();
-    }
-}
-
-/// A dedicated validator: replays, never trains.
-fn validator(config: &mut ProviderConfig) {
-    config.validate = true;
-    config.train = false;
-}
-
-/// The provider registered under `name`, once it is.
-async fn provider(api: &Api, name: &str) -> ProviderView {
-    let start = Instant::now();
-    loop {
-        let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
-        if let Some(p) = all.into_iter().find(|p| p.name == name) {
-            return p;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{name} did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn verdicts(api: &Api, job: &str) -> Vec<VerdictView> {
     api.get(&format!("/v1/jobs/{job}/verdicts")).await.unwrap()
@@ -136,6 +72,7 @@ async fn caught(kind: &str) {
             kind: Some(kind.to_owned()),
             fraction: 1.0,
             lazy_validator: false,
+            forge_outer: false,
         }
     });
     let fault = wait_verdict(&api, &id, AuditStatus::ProviderFault).await;

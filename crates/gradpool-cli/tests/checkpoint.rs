@@ -240,7 +240,7 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         );
         let mine = dir.join(format!("mine-{w}.safetensors"));
         let task = WorkerTask {
-            global: &dir.join("g0.safetensors"),
+            global: Some(&dir.join("g0.safetensors")),
             slot: None,
             worker: w.parse().unwrap(),
             steps: None,
@@ -291,7 +291,14 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         (1, dir.join("w1.safetensors")),
     ];
     let mine = dir.join("mine-g1.safetensors");
-    parallel::outer_step(&spec, &data, &dir.join("g0.safetensors"), &inputs, &mine).unwrap();
+    parallel::outer_step(
+        &spec,
+        &data,
+        Some(&dir.join("g0.safetensors")),
+        &inputs,
+        &mine,
+    )
+    .unwrap();
     assert_eq!(std::fs::read(mine).unwrap(), g1);
     // Round 1's worker from its slot: the steps must be round 1's.
     segment(

@@ -145,6 +145,7 @@ async fn a_faked_segment_nobody_audited_fails_the_customers_check() {
             kind: Some("perturb-weights".into()),
             fraction: 1.0,
             lazy_validator: false,
+            forge_outer: false,
         };
     })
     .await;

@@ -390,6 +390,16 @@ impl Api {
         self.post(&format!("/v1/tasks/{task}/commit"), c).await
     }
 
+    /// Commits a parallel job's outer step (the new global checkpoint
+    /// uploaded first).
+    pub async fn commit_outer(
+        &self,
+        task: &TaskId,
+        c: &wire::OuterCommit,
+    ) -> Result<wire::CommitReply, ClientError> {
+        self.post(&format!("/v1/tasks/{task}/outer"), c).await
+    }
+
     /// Reports a replay's result (an audit's evidence).
     pub async fn replay(
         &self,

@@ -111,17 +111,11 @@ pub struct SignedCommitment {
 impl SignedCommitment {
     /// Checks the signature against the embedded key.
     pub fn verify(&self) -> Result<(), CommitmentError> {
-        self.node_key
-            .verifying_key()
-            .map_err(|_| CommitmentError::BadKey)?;
-        if self
-            .node_key
-            .verifies(&self.commitment.signing_bytes(), &self.signature)
-        {
-            Ok(())
-        } else {
-            Err(CommitmentError::BadSignature)
-        }
+        verify(
+            &self.node_key,
+            &self.commitment.signing_bytes(),
+            &self.signature,
+        )
     }
 
     /// The provider whose node key signed this commitment.
@@ -193,22 +187,125 @@ pub struct SignedReplay {
 impl SignedReplay {
     /// Checks the signature against the embedded key.
     pub fn verify(&self) -> Result<(), CommitmentError> {
-        self.node_key
-            .verifying_key()
-            .map_err(|_| CommitmentError::BadKey)?;
-        if self
-            .node_key
-            .verifies(&self.report.signing_bytes(), &self.signature)
-        {
-            Ok(())
-        } else {
-            Err(CommitmentError::BadSignature)
-        }
+        verify(
+            &self.node_key,
+            &self.report.signing_bytes(),
+            &self.signature,
+        )
     }
 
     /// The validator whose node key signed the report.
     pub fn signer(&self) -> ProviderId {
         ProviderId::from_public_key(&self.node_key.0)
+    }
+}
+
+/// One inner segment that entered a parallel job's outer step: its worker
+/// slot, the checkpoint it committed and that commitment's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OuterInput {
+    pub worker: u32,
+    pub checkpoint_sha256: Sha256Hex,
+    pub commitment: ChainHash,
+}
+
+/// The chain hash of a parallel job's next global checkpoint:
+///
+/// ```text
+/// G_{r+1} = BLAKE3("gradpool/outer/v1" ‖ global_{r+1} ‖ G_r ‖ (w ‖ H_w) for each input in worker order)
+/// ```
+///
+/// with `w` a little-endian u32 and `H_w` the hash of worker `w`'s inner
+/// commitment, which itself chains from `G_r`. The set of workers that
+/// entered the step, and exactly which segments, is bound into the chain.
+pub fn outer_chain(global: &[u8], prev: &ChainHash, inputs: &[OuterInput]) -> ChainHash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"gradpool/outer/v1");
+    h.update(global);
+    h.update(&prev.0);
+    for i in inputs {
+        h.update(&i.worker.to_le_bytes());
+        h.update(&i.commitment.0);
+    }
+    ChainHash(*h.finalize().as_bytes())
+}
+
+/// What the provider that computed a parallel job's outer step commits
+/// to: round `round`'s inner segments (`inputs`) and global checkpoint
+/// give the global checkpoint `global_sha256` at `step`, chained as
+/// [`outer_chain`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OuterCommitment {
+    pub job_id: JobId,
+    /// The round whose workers entered the step; the new global
+    /// checkpoint starts round `round + 1`.
+    pub round: u64,
+    /// The new global checkpoint's step.
+    pub step: u64,
+    pub inputs: Vec<OuterInput>,
+    pub global_sha256: Sha256Hex,
+    /// `G_r`: the round's global commitment (the genesis hash in round 0).
+    pub prev: ChainHash,
+    /// `G_{r+1}`.
+    pub hash: ChainHash,
+}
+
+impl OuterCommitment {
+    /// The exact bytes that are signed ([`crate::signing`]): the tag
+    /// `gradpool/outer-commitment/v1`, then job id, round, step, the number
+    /// of inputs and each input's worker, checkpoint sha256 and commitment
+    /// hash, the global checkpoint's sha256, prev and hash.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let count = u32::try_from(self.inputs.len()).unwrap_or(u32::MAX);
+        let mut e = Encoding::new("gradpool/outer-commitment/v1")
+            .str(self.job_id.as_str())
+            .u64(self.round)
+            .u64(self.step)
+            .u32(count);
+        for i in &self.inputs {
+            e = e
+                .u32(i.worker)
+                .fixed(&i.checkpoint_sha256.to_bytes())
+                .fixed(&i.commitment.0);
+        }
+        e.fixed(&self.global_sha256.to_bytes())
+            .fixed(&self.prev.0)
+            .fixed(&self.hash.0)
+            .finish()
+    }
+}
+
+/// An outer commitment with the node key that signed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedOuterCommitment {
+    pub commitment: OuterCommitment,
+    pub node_key: PublicKey,
+    /// Over [`OuterCommitment::signing_bytes`].
+    pub signature: Signature,
+}
+
+impl SignedOuterCommitment {
+    /// Checks the signature against the embedded key.
+    pub fn verify(&self) -> Result<(), CommitmentError> {
+        verify(
+            &self.node_key,
+            &self.commitment.signing_bytes(),
+            &self.signature,
+        )
+    }
+
+    /// The provider whose node key signed this commitment.
+    pub fn signer(&self) -> ProviderId {
+        ProviderId::from_public_key(&self.node_key.0)
+    }
+}
+
+fn verify(key: &PublicKey, message: &[u8], signature: &Signature) -> Result<(), CommitmentError> {
+    key.verifying_key().map_err(|_| CommitmentError::BadKey)?;
+    if key.verifies(message, signature) {
+        Ok(())
+    } else {
+        Err(CommitmentError::BadSignature)
     }
 }
 
@@ -278,6 +375,15 @@ impl NodeKey {
         let signature = self.sign(&report.signing_bytes());
         SignedReplay {
             report,
+            node_key: self.public_key(),
+            signature,
+        }
+    }
+
+    pub fn sign_outer(&self, commitment: OuterCommitment) -> SignedOuterCommitment {
+        let signature = self.sign(&commitment.signing_bytes());
+        SignedOuterCommitment {
+            commitment,
             node_key: self.public_key(),
             signature,
         }

@@ -36,6 +36,7 @@ pub mod model;
 pub mod money;
 pub mod outer;
 pub mod proof;
+pub mod rng;
 pub mod signing;
 pub mod spec;
 pub mod state;

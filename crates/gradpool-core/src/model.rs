@@ -73,6 +73,21 @@ impl Param {
         self.shape.iter().product()
     }
 
+    /// The parameter's deterministic initial values from the job's seed:
+    /// zeros, ones, or normal(0, 0.02) from its own stream of
+    /// [`crate::rng::Rng`], derived from `(seed, "init:NAME")`.
+    pub fn initial_values(&self, seed: u64) -> Vec<f32> {
+        let n = self.numel();
+        match self.init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal => {
+                let mut rng = crate::rng::Rng::derive(seed, &format!("init:{}", self.name), 0);
+                (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
+            }
+        }
+    }
+
     /// Weight decay applies to tensors with at least 2 dimensions (linear
     /// weights and embeddings), as in nanoGPT; not to biases or LayerNorm.
     pub fn decays(&self) -> bool {

@@ -97,6 +97,28 @@ impl Global {
         }
     }
 
+    /// Round 0's global checkpoint as a party that never trains computes
+    /// it (the pool): the model's seeded initial weights
+    /// ([`crate::model::Param::initial_values`]), with the metadata of a
+    /// worker checkpoint of the job (model, data, spec fingerprint), which
+    /// is what the trainer's round-0 global checkpoint carries too.
+    pub fn initial_for(
+        model: &crate::model::ModelMeta,
+        seed: u64,
+        worker_checkpoint: &[u8],
+    ) -> Result<Global, OuterError> {
+        let (_, metadata) = read("a worker's checkpoint", worker_checkpoint)?;
+        let params = model
+            .params()
+            .into_iter()
+            .map(|p| {
+                let values = p.initial_values(seed);
+                (p.name, (p.shape, values))
+            })
+            .collect();
+        Ok(Global::initial(params, metadata))
+    }
+
     /// The checkpoint file: deterministic bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut tensors = BTreeMap::new();

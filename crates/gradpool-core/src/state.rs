@@ -164,6 +164,10 @@ states! {
         /// Re-execute a committed segment and report the end checkpoint;
         /// only providers that validate get these.
         Replay = "replay",
+        /// Compute a parallel job's outer step from its round's inner
+        /// segments and commit the next global checkpoint; the pool
+        /// computes it again before accepting it.
+        Outer = "outer",
     }
 
     /// How a provider stands, as anyone sees it.

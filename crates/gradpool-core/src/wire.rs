@@ -11,6 +11,7 @@
 //! | `GET  /v1/jobs/{id}`              | customer | → [`JobView`]                             |
 //! | `POST /v1/jobs/{id}/cancel`       | customer | → [`JobView`]                             |
 //! | `GET  /v1/jobs/{id}/segments`     | customer | → `[SegmentView]`                         |
+//! | `GET  /v1/jobs/{id}/rounds`       | customer | → `[RoundView]` (parallel jobs)           |
 //! | `GET  /v1/jobs/{id}/events`       | customer | server-sent [`JobEvent`]s                 |
 //! | `GET  /v1/providers`              | any key  | → `[ProviderView]`                        |
 //! | `POST /v1/providers/challenge`    | anyone   | → [`RegistrationChallenge`]               |
@@ -18,6 +19,7 @@
 //! | `POST /v1/providers/heartbeat`    | provider | [`Heartbeat`] → [`HeartbeatReply`]        |
 //! | `POST /v1/tasks/{id}/progress`    | provider | [`Progress`] → 204                        |
 //! | `POST /v1/tasks/{id}/commit`      | provider | [`Commit`] → [`CommitReply`]              |
+//! | `POST /v1/tasks/{id}/outer`       | provider | [`OuterCommit`] → [`CommitReply`]         |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
 //! | `POST /v1/providers/proofs/{id}`  | provider | [`ProofAnswer`](crate::proof::ProofAnswer) → [`ProofResult`](crate::proof::ProofResult) |
 //! | `POST /v1/providers/status`       | node key | [`SignedNonce`] → [`ProviderStatusReply`] |
@@ -162,8 +164,21 @@ pub struct JobView {
     /// deadline; a job with any ends `unverified`.
     #[serde(default)]
     pub audits_unserved: u32,
+    /// A parallel job's worker slots and the round it trains (its steps
+    /// advance a round at a time); `None` for other jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<ParallelProgress>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Where a parallel job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParallelProgress {
+    pub workers: u32,
+    /// The round training now (the number of rounds once trained).
+    pub round: u64,
+    pub rounds: u64,
 }
 
 /// One committed segment of a job.
@@ -188,6 +203,54 @@ pub struct SegmentView {
     /// as its provider reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedication: Option<Dedication>,
+}
+
+/// One round of a parallel job (`GET /v1/jobs/{id}/rounds`): who trained
+/// which worker slot, how long the round waited for its slowest worker,
+/// and its accepted outer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundView {
+    pub round: u64,
+    pub start_step: u64,
+    pub end_step: u64,
+    /// The round's accepted segments, in worker order.
+    pub workers: Vec<RoundWorker>,
+    /// Seconds between the round's first and last worker's commitment:
+    /// how long the round waited for its slowest worker.
+    #[serde(deserialize_with = "crate::finite::f64")]
+    pub wait_seconds: f64,
+    /// The accepted outer step; `None` while the round trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer: Option<OuterView>,
+}
+
+/// A worker slot's segment in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundWorker {
+    pub worker: u32,
+    pub segment: u32,
+    pub provider: ProviderId,
+    pub checkpoint_sha256: Sha256Hex,
+    /// The segment's last training loss.
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub loss: Option<f32>,
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub eval_loss: Option<f32>,
+}
+
+/// A round's accepted outer step: who computed it, and its commitment
+/// (which the pool checked by computing the step again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OuterView {
+    pub provider: ProviderId,
+    pub global_sha256: Sha256Hex,
+    pub commitment: crate::commitment::SignedOuterCommitment,
+    /// The workers' mean last training loss and held-out loss.
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub loss: Option<f32>,
+    #[serde(default, deserialize_with = "crate::finite::option_f32")]
+    pub eval_loss: Option<f32>,
+    pub committed_at: String,
 }
 
 /// The outcome of one audit, with its evidence.
@@ -328,6 +391,37 @@ pub enum JobEventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at_fault: Option<ProviderId>,
         validators: Vec<ProviderId>,
+    },
+    /// A parallel job's round closed: the outer step over its workers'
+    /// segments was computed by `provider`, computed again by the pool,
+    /// and accepted. `loss` and `eval_loss` are the workers' means;
+    /// `wait_seconds` how long the round waited between its first and its
+    /// last worker's commitment.
+    OuterStep {
+        round: u64,
+        step: u64,
+        provider: ProviderId,
+        workers: Vec<u32>,
+        global_sha256: Sha256Hex,
+        commitment: crate::signing::ChainHash,
+        #[serde(deserialize_with = "crate::finite::f32")]
+        loss: f32,
+        #[serde(
+            default,
+            deserialize_with = "crate::finite::option_f32",
+            skip_serializing_if = "Option::is_none"
+        )]
+        eval_loss: Option<f32>,
+        #[serde(deserialize_with = "crate::finite::f64")]
+        wait_seconds: f64,
+    },
+    /// An outer step's commitment did not match the pool's own computation:
+    /// its provider is barred from the job and its stake slashed, and the
+    /// step goes to another provider.
+    OuterRefused {
+        round: u64,
+        provider: ProviderId,
+        reason: String,
     },
     /// A provider was found cheating: the job went back to the checkpoint
     /// before `segment` and continues from there on other providers.
@@ -583,6 +677,29 @@ pub struct Assignment {
     /// checkpoint committed for this segment must hold exactly its tensors
     /// ([`crate::checkpoint::inspect`]).
     pub model: crate::model::ModelMeta,
+    /// A parallel job's task: which round, which worker slot, and (for
+    /// the outer step) which inner segments enter. `start_checkpoint_sha256`
+    /// is then the round's global checkpoint (`None` in round 0: the
+    /// seeded initial weights) and `prev_commitment` its chain hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<RoundTask>,
+}
+
+/// A parallel job's part of an [`Assignment`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundTask {
+    pub round: u64,
+    /// An inner segment's (or its replay's) worker slot; `None` for the
+    /// outer step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u32>,
+    /// The slot's last committed checkpoint before this round, whose
+    /// AdamW moments the segment continues; `None`: fresh moments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_checkpoint_sha256: Option<Sha256Hex>,
+    /// The outer step's inputs, in worker order (empty for a segment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<crate::commitment::OuterInput>,
 }
 
 /// The trainer's claim a replay is judged against. Inside one
@@ -664,6 +781,16 @@ impl Commit {
         }
         Ok(())
     }
+}
+
+/// `POST /v1/tasks/{id}/outer`: the outer step a provider computed, after
+/// uploading the new global checkpoint as a blob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OuterCommit {
+    pub commitment: crate::commitment::SignedOuterCommitment,
+    /// How long the step took, in milliseconds.
+    #[serde(default)]
+    pub compute_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gradpool_core::wire::{
-    AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, Progress, Register,
-    SignedNonce, StakeRequest, SubmitJob, TaskFailed, Withdraw,
+    AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, OuterCommit, Progress,
+    Register, SignedNonce, StakeRequest, SubmitJob, TaskFailed, Withdraw,
 };
 use gradpool_core::Sha256Hex;
 use serde::Deserialize;
@@ -83,6 +83,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/segments", get(job_segments))
+        .route("/v1/jobs/{id}/rounds", get(job_rounds))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/pool", get(pool_info))
         .route("/v1/bookings", post(book).get(list_bookings))
@@ -97,6 +98,7 @@ pub fn router(pool: Pool) -> Router {
             "/v1/tasks/{id}/commit",
             post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
         )
+        .route("/v1/tasks/{id}/outer", post(commit_outer))
         .route("/v1/tasks/{id}/fail", post(fail))
         .route("/v1/tasks/{id}/release", post(release))
         .route("/v1/tasks/{id}/replay", post(replay))
@@ -257,6 +259,16 @@ async fn job_segments(
     Ok(Json(store::segments(&mut conn, &id).await?))
 }
 
+async fn job_rounds(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    let job = store::owned_job(&mut conn, account.as_str(), &id).await?;
+    Ok(Json(store::rounds(&mut conn, &job).await?))
+}
+
 /// `?after=<event id>` of the event stream.
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
@@ -368,6 +380,15 @@ async fn commit(
     ApiJson(c): ApiJson<Commit>,
 ) -> Result<impl IntoResponse, PoolError> {
     Ok(Json(pool.commit(&provider, &id, c).await?))
+}
+
+async fn commit_outer(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<OuterCommit>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(pool.commit_outer(&provider, &id, c).await?))
 }
 
 async fn fail(

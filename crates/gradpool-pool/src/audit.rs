@@ -209,12 +209,24 @@ pub(crate) async fn open_audit(
     Ok(())
 }
 
-/// The checkpoint a segment starts from (`None` for the first).
+/// The checkpoint a segment starts from (`None` for the first): the
+/// previous segment's, or for a parallel job's segment its round's global
+/// checkpoint (`None` in round 0).
 pub(crate) async fn checkpoint_before(
     w: &mut Write<'_>,
     job_id: &str,
     segment: u32,
 ) -> Result<Option<String>, PoolError> {
+    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = ?")
+        .bind(job_id)
+        .fetch_one(w.conn())
+        .await?;
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        let round = i64::from(segment) / n;
+        return Ok(crate::queue::global_of_round(w.conn(), job_id, round)
+            .await?
+            .0);
+    }
     if segment == 0 {
         return Ok(None);
     }
@@ -244,19 +256,28 @@ pub(crate) async fn requeue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<
 /// Queues a replay task for an open audit.
 pub(crate) async fn queue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<(), PoolError> {
     let a = audit(w.conn(), audit_id).await?;
-    let (start, end): (i64, i64) = sqlx::query_as(
-        "SELECT start_step, end_step FROM tasks WHERE job_id = ? AND segment = ? AND kind = 'train' \
-         ORDER BY created_at DESC, rowid DESC LIMIT 1",
-    )
-    .bind(&a.job_id)
-    .bind(a.segment)
-    .fetch_one(w.conn())
-    .await?;
+    // The trained task: its steps and, for a parallel job, its round,
+    // slot and the slot's checkpoint it continued.
+    let (start, end, round, worker, slot): (i64, i64, Option<i64>, Option<i64>, Option<String>) =
+        sqlx::query_as(
+            "SELECT t.start_step, t.end_step, t.round, t.worker, t.slot_sha256 FROM tasks t \
+             JOIN commitments c ON c.task_id = t.id WHERE c.job_id = ? AND c.segment = ? \
+             UNION ALL \
+             SELECT t.start_step, t.end_step, t.round, t.worker, t.slot_sha256 FROM tasks t \
+             JOIN discarded_commitments d ON d.task_id = t.id WHERE d.job_id = ? AND d.segment = ? \
+             LIMIT 1",
+        )
+        .bind(&a.job_id)
+        .bind(a.segment)
+        .bind(&a.job_id)
+        .bind(a.segment)
+        .fetch_one(w.conn())
+        .await?;
     let id = gradpool_core::TaskId::random();
     let now = w.now;
     sqlx::query(
-        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, kind, audit_id) \
-         VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'replay', ?)",
+        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, kind, audit_id, \
+         round, worker, slot_sha256) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'replay', ?, ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(&a.job_id)
@@ -266,6 +287,9 @@ pub(crate) async fn queue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<()
     .bind(now)
     .bind(now)
     .bind(audit_id)
+    .bind(round)
+    .bind(worker)
+    .bind(slot)
     .execute(w.conn())
     .await?;
     w.wake_providers();
@@ -646,7 +670,22 @@ pub(crate) async fn roll_back(
     cheater: &str,
 ) -> Result<(), PoolError> {
     let now = w.now;
-    let seg = i64::from(segment);
+    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = ?")
+        .bind(job_id)
+        .fetch_one(w.conn())
+        .await?;
+    // A parallel job goes back to the start of the faulty segment's round:
+    // every segment of that round on is trained again.
+    let (seg, round) = match workers.filter(|n| *n > 0) {
+        Some(n) => {
+            let round = i64::from(segment) / n;
+            (round * n, Some(round))
+        }
+        None => (i64::from(segment), None),
+    };
+    // Audits of the faulty segment's successors are void (for a parallel
+    // job, of its whole round too).
+    let void_from = if round.is_some() { seg } else { seg + 1 };
     sqlx::query(
         "INSERT INTO discarded_commitments (job_id, segment, provider_id, task_id, checkpoint_sha256, hash, \
          signed, status, committed_at, audit_id, discarded_at) \
@@ -667,23 +706,26 @@ pub(crate) async fn roll_back(
     sqlx::query(
         "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
          WHERE job_id = ?2 AND status IN ('queued', 'leased') \
-           AND (kind = 'train' OR audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND segment > ?3 \
+           AND (kind IN ('train', 'outer') OR audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND segment >= ?3 \
                                                AND status = 'open' AND reason != 'planted'))",
     )
     .bind(now)
     .bind(job_id)
-    .bind(seg)
+    .bind(void_from)
     .execute(w.conn())
     .await?;
     sqlx::query(
         "UPDATE audits SET status = 'void', decided_at = ?1 \
-         WHERE job_id = ?2 AND segment > ?3 AND status = 'open' AND reason != 'planted'",
+         WHERE job_id = ?2 AND segment >= ?3 AND status = 'open' AND reason != 'planted'",
     )
     .bind(now)
     .bind(job_id)
-    .bind(seg)
+    .bind(void_from)
     .execute(w.conn())
     .await?;
+    if let Some(round) = round {
+        return roll_back_round(w, job_id, round, seg, cheater).await;
+    }
     let before: Option<(String, String, i64, String, Option<f64>)> = if segment == 0 {
         None
     } else {
@@ -737,6 +779,73 @@ pub(crate) async fn roll_back(
     )
     .await?;
     tracing::warn!(job = %job_id, segment, step, "job rolled back to the last good checkpoint");
+    Ok(())
+}
+
+/// The rest of a parallel job's rollback to the start of `round` (its
+/// commitments from segment `first` on already discarded): the outer
+/// steps from that round on are marked discarded, the job goes back to
+/// the round's global checkpoint, and the round is queued again.
+async fn roll_back_round(
+    w: &mut Write<'_>,
+    job_id: &str,
+    round: i64,
+    first: i64,
+    cheater: &str,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query(
+        "UPDATE outer_steps SET discarded_at = ? WHERE job_id = ? AND round >= ? AND discarded_at IS NULL",
+    )
+    .bind(now)
+    .bind(job_id)
+    .bind(round)
+    .execute(w.conn())
+    .await?;
+    let (global, hash) = crate::queue::global_of_round(w.conn(), job_id, round).await?;
+    let (loss, eval_loss): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT loss, eval_loss FROM outer_steps WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(round - 1)
+    .fetch_optional(w.conn())
+    .await?
+    .unwrap_or((None, None));
+    let job = store::job(w.conn(), job_id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
+    let step = round * job.checkpoint_every;
+    sqlx::query(
+        "UPDATE jobs SET step = ?, round = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, \
+         last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(step)
+    .bind(round)
+    .bind(first)
+    .bind(global.as_deref())
+    .bind(&hash)
+    .bind(loss)
+    .bind(eval_loss)
+    .bind(now)
+    .bind(job_id)
+    .execute(w.conn())
+    .await?;
+    let job = store::job(w.conn(), job_id)
+        .await?
+        .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
+    let next = u32::try_from(round)
+        .map_err(|_| PoolError::Internal(format!("job {job_id}: round overflows")))?;
+    crate::queue::queue_round(w, &job, next).await?;
+    w.event(
+        job_id,
+        JobEventKind::RolledBack {
+            segment: to_u32(first),
+            step: to_u64(step),
+            provider: ProviderId::from(cheater),
+        },
+    )
+    .await?;
+    tracing::warn!(job = %job_id, round, step, "parallel job rolled back to the start of the faulty round");
     Ok(())
 }
 

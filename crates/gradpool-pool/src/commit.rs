@@ -95,19 +95,31 @@ impl Pool {
         .execute(w.conn())
         .await?;
         let loss = c.loss_trace.last().copied().unwrap_or(0.0);
-        sqlx::query(
-            "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
-             last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(end)
-        .bind(cm.checkpoint_sha256.as_str())
-        .bind(cm.hash.to_string())
-        .bind(f64::from(loss))
-        .bind(c.eval_loss.map(f64::from))
-        .bind(now)
-        .bind(&job.id)
-        .execute(w.conn())
-        .await?;
+        if job.workers.is_some() {
+            // A worker's segment: the job moves on only with the round's
+            // outer step.
+            sqlx::query(
+                "UPDATE jobs SET segments_done = segments_done + 1, updated_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(&job.id)
+            .execute(w.conn())
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
+                 last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(end)
+            .bind(cm.checkpoint_sha256.as_str())
+            .bind(cm.hash.to_string())
+            .bind(f64::from(loss))
+            .bind(c.eval_loss.map(f64::from))
+            .bind(now)
+            .bind(&job.id)
+            .execute(w.conn())
+            .await?;
+        }
         w.event(
             &job.id,
             JobEventKind::Checkpoint {
@@ -137,9 +149,11 @@ impl Pool {
         // Drawn only now, after the commitment is accepted, so the provider
         // cannot know beforehand which segments are replayed.
         crate::audit::draw_audit(&mut w, &job.id, job.verification, cm.segment, provider).await?;
-        let job_done = end >= job.steps;
+        let job_done = job.workers.is_none() && end >= job.steps;
         let left = ledger::balance_of(w.conn(), &escrow::escrow_account(&job.id)).await?;
-        if job_done {
+        if job.workers.is_some() && !(job.budget > 0 && left == 0) {
+            crate::round::segment_committed(&mut w, &job).await?;
+        } else if job_done {
             if !crate::audit::finish_if_done(&mut w, &job.id).await? {
                 tracing::info!(job = %job.id, "last segment committed; the job succeeds once its audits are decided");
             }

@@ -299,6 +299,7 @@ pub(crate) async fn pay_segment(
                 match kind {
                     TaskKind::Train => "training",
                     TaskKind::Replay => "replay",
+                    TaskKind::Outer => "outer step",
                 },
                 job.id,
                 billed

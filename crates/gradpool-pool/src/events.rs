@@ -34,6 +34,8 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::Audit { .. } => "audit",
         JobEventKind::Verdict { .. } => "verdict",
         JobEventKind::RolledBack { .. } => "rolled_back",
+        JobEventKind::OuterStep { .. } => "outer_step",
+        JobEventKind::OuterRefused { .. } => "outer_refused",
     }
 }
 

@@ -10,7 +10,7 @@ use crate::store::{self, to_u32, TaskRow};
 use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::genesis;
-use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob};
+use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob, TaskKind};
 use gradpool_core::{AccountId, JobId, JobSpec, Piconero};
 
 /// Puts the work of a task that ended unfinished (lease lost, handed
@@ -21,7 +21,12 @@ pub(crate) async fn requeue(w: &mut Write<'_>, task: &TaskRow) -> Result<(), Poo
         return crate::audit::requeue_replay(w, audit_id).await;
     }
     let job = crate::queue::job_of(w.conn(), task).await?;
-    if !job.status.is_final() {
+    if job.status.is_final() {
+        return Ok(());
+    }
+    if task.kind == TaskKind::Outer {
+        crate::queue::queue_outer(w, &job, task.round.unwrap_or(job.round)).await?;
+    } else {
         crate::queue::queue_segment(w, &job, to_u32(task.segment)).await?;
     }
     Ok(())
@@ -37,15 +42,6 @@ impl Pool {
     ) -> Result<JobView, PoolError> {
         let spec = JobSpec::from_toml_str(&req.spec_toml)
             .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
-        if spec.parallel.is_some() {
-            // Refused rather than trained one segment after another, which
-            // would not be the job the spec describes.
-            return Err(PoolError::InvalidSpec(
-                "parallel: this pool does not run parallel jobs yet; `gradpool train SPEC` \
-                 trains one on this machine"
-                    .into(),
-            ));
-        }
         if let Some(want) = &spec.data.sha256 {
             if want != &req.data_sha256 {
                 return Err(PoolError::BadRequest(format!(
@@ -81,6 +77,21 @@ impl Pool {
             .map_err(|_| PoolError::InvalidSpec("train.steps: too large".into()))?;
         let every = i64::try_from(spec.train.checkpoint_every)
             .map_err(|_| PoolError::InvalidSpec("train.checkpoint_every: too large".into()))?;
+        // A parallel job's segments are its workers' inner segments, round
+        // after round (see `queue::queue_segment`).
+        let (workers, segments) = match &spec.parallel {
+            Some(p) => {
+                let rounds = p.rounds(spec.train.steps);
+                let segments = rounds
+                    .checked_mul(u64::from(p.workers))
+                    .and_then(|s| i64::try_from(s).ok())
+                    .ok_or_else(|| {
+                        PoolError::InvalidSpec("parallel.workers: too many segments".into())
+                    })?;
+                (Some(i64::from(p.workers)), segments)
+            }
+            None => (None, i64::from(spec.segment_count())),
+        };
         let budget = spec.budget.total.unwrap_or(Piconero::ZERO);
         let budget_i64 = i64::try_from(budget.0)
             .map_err(|_| PoolError::InvalidSpec("budget.total_xmr: too large".into()))?;
@@ -98,8 +109,8 @@ impl Pool {
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
-             max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -110,7 +121,7 @@ impl Pool {
         .bind(min_memory)
         .bind(steps)
         .bind(every)
-        .bind(i64::from(spec.segment_count()))
+        .bind(segments)
         .bind(genesis(&id).to_string())
         .bind(now)
         .bind(now)
@@ -121,6 +132,7 @@ impl Pool {
         .bind(serde_json::to_string(&model)?)
         .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
         .bind(req.booking.as_deref())
+        .bind(workers)
         .execute(w.conn())
         .await?;
         crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;
@@ -135,14 +147,18 @@ impl Pool {
         let job = store::job(w.conn(), id.as_str())
             .await?
             .ok_or_else(|| PoolError::Internal("job vanished".into()))?;
-        crate::queue::queue_segment(&mut w, &job, 0).await?;
+        if job.workers.is_some() {
+            crate::queue::queue_round(&mut w, &job, 0).await?;
+        } else {
+            crate::queue::queue_segment(&mut w, &job, 0).await?;
+        }
         let view = store::job(w.conn(), id.as_str())
             .await?
             .ok_or_else(|| PoolError::Internal("job vanished".into()))?
             .view()?;
         w.commit().await?;
         tracing::info!(job = %id, account = %account, name = %spec.name, steps = spec.train.steps,
-            segments = spec.segment_count(), "job submitted");
+            segments, workers, "job submitted");
         Ok(view)
     }
 
@@ -168,7 +184,7 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "UPDATE tasks SET status = 'cancelled', updated_at = ? \
-             WHERE job_id = ? AND kind = 'train' AND status IN ('queued', 'leased')",
+             WHERE job_id = ? AND kind IN ('train', 'outer') AND status IN ('queued', 'leased')",
         )
         .bind(now)
         .bind(job_id)

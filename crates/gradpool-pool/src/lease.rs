@@ -19,7 +19,7 @@ use crate::{escrow, ledger};
 use gradpool_core::state::{ProviderChange, TaskStatus};
 use gradpool_core::wire::{
     Assignment, Heartbeat, HeartbeatReply, JobEventKind, JobStatus, Progress, ReplayTarget,
-    TaskFailed, TaskKind,
+    RoundTask, TaskFailed, TaskKind,
 };
 use gradpool_core::{JobId, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
@@ -60,7 +60,27 @@ pub(crate) async fn assignment(
         kind: TaskKind::Train,
         replay: None,
         model: crate::model::stored_model(&job.id, job.model.as_deref())?,
+        round: None,
     };
+    if let Some(round) = task.round {
+        let slot = task.slot_sha256.as_deref().map(parse).transpose()?;
+        out.round = Some(RoundTask {
+            round: to_u64(round),
+            worker: task.worker.map(to_u32),
+            slot_checkpoint_sha256: slot,
+            inputs: Vec::new(),
+        });
+    }
+    if task.kind == TaskKind::Outer {
+        let round = task.round.unwrap_or(job.round);
+        out.kind = TaskKind::Outer;
+        out.round = Some(RoundTask {
+            round: to_u64(round),
+            worker: None,
+            slot_checkpoint_sha256: None,
+            inputs: crate::queue::round_inputs(conn, job, round).await?,
+        });
+    }
     if task.kind == TaskKind::Replay {
         let audit_id = task
             .audit_id
@@ -302,6 +322,8 @@ impl Pool {
                                AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
                                AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
+                               AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = ?1)) \
                            AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
                                WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
                                  AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
@@ -309,6 +331,21 @@ impl Pool {
                                JOIN bookings bk ON bk.id = bp.booking_id \
                                WHERE bk.id = j.booking_id AND bp.provider_id = ?1 AND bk.status = 'reserved' \
                                  AND bk.starts_at <= ?3 AND bk.ends_at > ?3)) \
+                         ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
+               AND status = 'queued' \
+             RETURNING {TASK_COLUMNS}"
+        );
+        // A parallel job's outer step, to any provider that trains and was
+        // neither barred from the job nor failed this round's step before;
+        // it holds up the whole round, so it goes before new segments.
+        let outer_sql = format!(
+            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
+             updated_at = ?3 \
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                         WHERE t.status = 'queued' AND t.kind = 'outer' AND j.status IN ('queued', 'running') \
+                           AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id AND f.kind = 'outer' \
+                               AND f.round = t.round AND f.status = 'failed' AND f.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
                          ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
@@ -330,6 +367,14 @@ impl Pool {
                     .await?;
             }
             if task.is_none() && trains {
+                task = sqlx::query_as(&outer_sql)
+                    .bind(provider.as_str())
+                    .bind(now + self.lease_ms())
+                    .bind(now)
+                    .fetch_optional(w.conn())
+                    .await?;
+            }
+            if task.is_none() && trains {
                 task = sqlx::query_as(&train_sql)
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
@@ -344,6 +389,11 @@ impl Pool {
             }
             let Some(task) = task else { break };
             let job = job_of(w.conn(), &task).await?;
+            if task.kind == TaskKind::Outer {
+                tracing::info!(job = %job.id, task = %task.id, provider = %provider, round = task.round, "outer step assigned");
+                out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
+                continue;
+            }
             if task.kind == TaskKind::Replay {
                 tracing::info!(job = %job.id, task = %task.id, validator = %provider, segment = task.segment, "replay assigned");
                 out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
@@ -439,12 +489,15 @@ impl Pool {
             tracing::info!(task = %task_id, validator = %provider, reason = %reason, "replay failed; requeued");
             return Ok(());
         }
+        // A segment counts the failures of its training, an outer step those
+        // of its round's step.
         let failures: i64 = sqlx::query_scalar(
             "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed' \
-             AND kind = 'train'",
+             AND kind = ?",
         )
         .bind(&task.job_id)
         .bind(task.segment)
+        .bind(task.kind.as_str())
         .fetch_one(w.conn())
         .await?;
         let job = job_of(w.conn(), &task).await?;
@@ -458,7 +511,7 @@ impl Pool {
             w.commit().await?;
             tracing::info!(job = %job.id, reason = %why, "job failed");
         } else {
-            crate::queue::queue_segment(&mut w, &job, to_u32(task.segment)).await?;
+            crate::job::requeue(&mut w, &task).await?;
             w.commit().await?;
             tracing::info!(job = %job.id, task = %task_id, provider = %provider, reason = %reason, "task failed; segment requeued");
         }

@@ -66,6 +66,7 @@ pub mod presence;
 pub mod proof;
 pub mod queue;
 pub mod registration;
+pub mod round;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -268,6 +269,7 @@ const LAYERS: &[&str] = &[
     "job",
     "lease",
     "registration",
+    "round",
     "commit",
     "booking",
     "events",

@@ -10,31 +10,155 @@ use gradpool_core::wire::{JobEventKind, JobStatus};
 use gradpool_core::{ProviderId, TaskId};
 use sqlx::SqliteConnection;
 
-/// Queues a new task for a segment of a job.
+/// Queues a new task for a segment of a job. A parallel job's segment
+/// `r·workers + w` is worker `w`'s inner segment of round `r`: it trains
+/// the round's steps and continues the slot's last committed checkpoint
+/// before the round.
 pub(crate) async fn queue_segment(
     w: &mut Write<'_>,
     job: &JobRow,
     segment: u32,
 ) -> Result<TaskId, PoolError> {
     let k = job.checkpoint_every;
-    let start = i64::from(segment) * k;
+    let segment = i64::from(segment);
+    let (index, round, worker) = match job.workers {
+        Some(n) if n > 0 => (segment / n, Some(segment / n), Some(segment % n)),
+        _ => (segment, None, None),
+    };
+    let start = index * k;
     let end = (start + k).min(job.steps);
+    let slot: Option<String> = match (round, worker, job.workers) {
+        (Some(r), Some(wk), Some(n)) => {
+            sqlx::query_scalar(
+                "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND segment < ? AND segment % ? = ? \
+                 ORDER BY segment DESC LIMIT 1",
+            )
+            .bind(&job.id)
+            .bind(r * n)
+            .bind(n)
+            .bind(wk)
+            .fetch_optional(w.conn())
+            .await?
+        }
+        _ => None,
+    };
     let id = TaskId::random();
     sqlx::query(
-        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, \
+         round, worker, slot_sha256) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(&job.id)
-    .bind(i64::from(segment))
+    .bind(segment)
     .bind(start)
     .bind(end)
     .bind(w.now)
     .bind(w.now)
+    .bind(round)
+    .bind(worker)
+    .bind(slot)
     .execute(w.conn())
     .await?;
     w.wake_providers();
     Ok(id)
+}
+
+/// Queues every worker's inner segment of a parallel job's round.
+pub(crate) async fn queue_round(
+    w: &mut Write<'_>,
+    job: &JobRow,
+    round: u32,
+) -> Result<(), PoolError> {
+    let workers = u32::try_from(job.workers.unwrap_or(0)).unwrap_or(0);
+    for worker in 0..workers {
+        queue_segment(w, job, round * workers + worker).await?;
+    }
+    Ok(())
+}
+
+/// Queues the outer step of a parallel job's round: its task's segment is
+/// the round's last, its steps the round's.
+pub(crate) async fn queue_outer(
+    w: &mut Write<'_>,
+    job: &JobRow,
+    round: i64,
+) -> Result<TaskId, PoolError> {
+    let workers = job.workers.unwrap_or(1);
+    let start = round * job.checkpoint_every;
+    let end = (start + job.checkpoint_every).min(job.steps);
+    let id = TaskId::random();
+    sqlx::query(
+        "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, \
+         kind, round) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'outer', ?)",
+    )
+    .bind(id.as_str())
+    .bind(&job.id)
+    .bind((round + 1) * workers - 1)
+    .bind(start)
+    .bind(end)
+    .bind(w.now)
+    .bind(w.now)
+    .bind(round)
+    .execute(w.conn())
+    .await?;
+    w.wake_providers();
+    Ok(id)
+}
+
+/// The global checkpoint a parallel job's round starts from and its chain
+/// hash: the accepted outer step of the round before, or (round 0) the
+/// seeded initial weights (`None`) and the genesis hash.
+pub(crate) async fn global_of_round(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    round: i64,
+) -> Result<(Option<String>, String), PoolError> {
+    if round == 0 {
+        let genesis = gradpool_core::commitment::genesis(&gradpool_core::JobId::from(job_id));
+        return Ok((None, genesis.to_string()));
+    }
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT global_sha256, hash FROM outer_steps WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(round - 1)
+    .fetch_optional(conn)
+    .await?;
+    let (sha, hash) = row.ok_or_else(|| {
+        PoolError::Internal(format!(
+            "job {job_id} has round {round} but no outer step before it"
+        ))
+    })?;
+    Ok((Some(sha), hash))
+}
+
+/// The inner segments of a parallel job's round that enter its outer
+/// step: every accepted commitment of the round, in worker order.
+pub(crate) async fn round_inputs(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+    round: i64,
+) -> Result<Vec<gradpool_core::commitment::OuterInput>, PoolError> {
+    let n = job.workers.unwrap_or(1);
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT segment, checkpoint_sha256, hash FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ? \
+         ORDER BY segment",
+    )
+    .bind(&job.id)
+    .bind(round * n)
+    .bind((round + 1) * n)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(segment, sha, hash)| {
+            let bad = |e: String| PoolError::Internal(format!("stored commitment: {e}"));
+            Ok(gradpool_core::commitment::OuterInput {
+                worker: u32::try_from(segment - round * n).unwrap_or(u32::MAX),
+                checkpoint_sha256: sha.parse().map_err(|e| bad(format!("{e}")))?,
+                commitment: hash.parse().map_err(|e| bad(format!("{e}")))?,
+            })
+        })
+        .collect()
 }
 
 /// Sets a job's status (and error) and logs the change. A job that ends

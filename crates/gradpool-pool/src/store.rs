@@ -159,6 +159,11 @@ pub struct JobRow {
     /// The customer's booking the job trains in, if it was submitted into
     /// one: only the booking's providers take it, inside its window.
     pub booking_id: Option<String>,
+    /// A parallel job's worker slots (`None`: the job trains one segment
+    /// after another).
+    pub workers: Option<i64>,
+    /// A parallel job's current round.
+    pub round: i64,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
@@ -167,7 +172,7 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, round";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted
@@ -213,6 +218,14 @@ impl JobRow {
             booking: self.booking_id.clone(),
             audits_waiting: 0,
             audits_unserved: 0,
+            parallel: self.workers.filter(|n| *n > 0).map(|n| {
+                let every = self.checkpoint_every.max(1);
+                gradpool_core::wire::ParallelProgress {
+                    workers: to_u32(n),
+                    round: to_u64(self.round),
+                    rounds: to_u64((self.steps + every - 1) / every),
+                }
+            }),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         })
@@ -278,11 +291,18 @@ pub struct TaskRow {
     pub kind: TaskKind,
     /// The audit a replay task belongs to.
     pub audit_id: Option<String>,
+    /// A parallel job's round (`None` for other jobs).
+    pub round: Option<i64>,
+    /// A parallel job's worker slot (`None` for the outer step).
+    pub worker: Option<i64>,
+    /// The slot's checkpoint a parallel job's segment continues.
+    pub slot_sha256: Option<String>,
 }
 
 /// The columns of a [`TaskRow`], for `SELECT` and `RETURNING`.
 pub(crate) const TASK_COLUMNS: &str =
-    "id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at, kind, audit_id";
+    "id, job_id, segment, start_step, end_step, status, provider_id, lease_expires_at, kind, audit_id, \
+     round, worker, slot_sha256";
 
 /// A task by id.
 pub async fn task(conn: &mut SqliteConnection, id: &str) -> Result<Option<TaskRow>, PoolError> {
@@ -416,6 +436,92 @@ pub async fn segments(
             })
         })
         .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct OuterRow {
+    round: i64,
+    provider_id: String,
+    global_sha256: String,
+    signed: String,
+    loss: Option<f64>,
+    eval_loss: Option<f64>,
+    committed_at: i64,
+}
+
+/// A parallel job's rounds so far, from its accepted segments and outer
+/// steps (none for other jobs).
+pub async fn rounds(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+) -> Result<Vec<gradpool_core::wire::RoundView>, PoolError> {
+    use gradpool_core::wire::{OuterView, RoundView, RoundWorker};
+    let Some(n) = job.workers.filter(|n| *n > 0) else {
+        return Ok(Vec::new());
+    };
+    let segments = segments(&mut *conn, &job.id).await?;
+    let committed: std::collections::BTreeMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT segment, committed_at FROM commitments WHERE job_id = ?",
+    )
+    .bind(&job.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let outers: Vec<OuterRow> = sqlx::query_as(
+        "SELECT round, provider_id, global_sha256, signed, loss, eval_loss, committed_at FROM outer_steps \
+         WHERE job_id = ? AND discarded_at IS NULL ORDER BY round",
+    )
+    .bind(&job.id)
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<RoundView> = Vec::new();
+    let mut times: Vec<Vec<i64>> = Vec::new();
+    for s in segments {
+        let round = i64::from(s.segment) / n;
+        while out.len() as i64 <= round {
+            let r = out.len() as i64;
+            out.push(RoundView {
+                round: to_u64(r),
+                start_step: to_u64(r * job.checkpoint_every),
+                end_step: to_u64(((r + 1) * job.checkpoint_every).min(job.steps)),
+                workers: Vec::new(),
+                wait_seconds: 0.0,
+                outer: None,
+            });
+            times.push(Vec::new());
+        }
+        let at = committed.get(&i64::from(s.segment)).copied().unwrap_or(0);
+        let index = usize::try_from(round).unwrap_or(0);
+        times[index].push(at);
+        out[index].workers.push(RoundWorker {
+            worker: u32::try_from(i64::from(s.segment) % n).unwrap_or(0),
+            segment: s.segment,
+            provider: s.provider,
+            checkpoint_sha256: s.checkpoint_sha256,
+            loss: s.loss_trace.last().copied(),
+            eval_loss: s.eval_loss,
+        });
+    }
+    for (view, t) in out.iter_mut().zip(&times) {
+        let (first, last) = (t.iter().min(), t.iter().max());
+        if let (Some(first), Some(last)) = (first, last) {
+            view.wait_seconds = (last - first) as f64 / 1000.0;
+        }
+    }
+    for o in outers {
+        if let Some(view) = out.get_mut(usize::try_from(o.round).unwrap_or(usize::MAX)) {
+            view.outer = Some(OuterView {
+                provider: ProviderId::from(o.provider_id.as_str()),
+                global_sha256: parse_sha(&o.global_sha256)?,
+                commitment: serde_json::from_str(&o.signed)?,
+                loss: o.loss.map(|l| l as f32),
+                eval_loss: o.eval_loss.map(|l| l as f32),
+                committed_at: rfc3339(o.committed_at),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[derive(sqlx::FromRow)]

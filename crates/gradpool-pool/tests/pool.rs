@@ -197,21 +197,33 @@ async fn submit_validation_and_job_visibility() {
         .await
         .err(400);
     assert!(e.message.contains("model.n_embdd"), "{}", e.message);
-    // A parallel job is refused, by name, rather than trained as if it
-    // were not one: this pool does not run them yet.
-    let e = alice
-        .post(
-            "/v1/jobs",
-            &SubmitJob {
-                spec_toml: format!("{SPEC}\n[parallel]\nworkers = 2\ninner_steps = 10\n"),
-                data_sha256: data.clone(),
-                booking: None,
-            },
-        )
-        .await
-        .err(400);
-    assert_eq!(e.code, "invalid_spec");
-    assert!(e.message.starts_with("parallel:"), "{}", e.message);
+    // A parallel job's table is checked like the rest, its field named.
+    for (bad, field) in [
+        ("workers = 0\ninner_steps = 10", "parallel.workers"),
+        ("workers = 2\ninner_steps = 0", "parallel.inner_steps"),
+        (
+            "workers = 2\ninner_steps = 10\nmin_workers = 3",
+            "parallel.min_workers",
+        ),
+        (
+            "workers = 2\ninner_steps = 10\nouter_lr = 0.0",
+            "parallel.outer_lr",
+        ),
+    ] {
+        let e = alice
+            .post(
+                "/v1/jobs",
+                &SubmitJob {
+                    spec_toml: format!("{SPEC}\n[parallel]\n{bad}\n"),
+                    data_sha256: data.clone(),
+                    booking: None,
+                },
+            )
+            .await
+            .err(400);
+        assert_eq!(e.code, "invalid_spec");
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
 
     // Data that was never uploaded, or that someone else uploaded.
     let missing = Sha256Hex::of(b"never uploaded");

@@ -553,8 +553,10 @@ async fn run_task(
     step: &Arc<AtomicU64>,
     foreign: &AtomicU32,
 ) -> Result<TaskEnd, ProviderError> {
-    if a.kind == TaskKind::Replay {
-        return replay(shared, a, cancel).await;
+    match a.kind {
+        TaskKind::Replay => return replay(shared, a, cancel).await,
+        TaskKind::Outer => return outer_step(shared, a, cancel).await,
+        TaskKind::Train => {}
     }
     let task_dir = shared.dir.begin_task(a)?;
     let out = task_dir.join("end.safetensors");
@@ -582,8 +584,8 @@ async fn run_task(
             let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
             let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
             let started = std::time::Instant::now();
-            #[allow(unused_mut)]
             let mut run = shared.segment_run(files, a.start_step, a.end_step);
+            worker_slot(shared, a, &mut run).await?;
             #[cfg(feature = "cheat")]
             if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
                 tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
@@ -639,6 +641,116 @@ async fn run_task(
         }
     };
     commit(shared, a, &out, trained, compute_ms, dedication, cancel).await
+}
+
+/// A parallel job's segment (or its replay) runs as its worker slot, from
+/// the slot's checkpoint of an earlier round when it has one.
+async fn worker_slot(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    run: &mut SegmentRun,
+) -> Result<(), ProviderError> {
+    let Some(round) = &a.round else {
+        return Ok(());
+    };
+    let worker = round.worker.ok_or_else(|| {
+        ProviderError::Segment("a parallel job's segment without its worker slot".into())
+    })?;
+    run.worker = Some(worker);
+    run.slot = match &round.slot_checkpoint_sha256 {
+        Some(sha) => Some(fetch(shared, sha).await?),
+        None => None,
+    };
+    Ok(())
+}
+
+/// Computes a parallel job's outer step with `gradpool checkpoint outer`
+/// from the round's global checkpoint and its workers' committed
+/// checkpoints, uploads the next global checkpoint and commits to it. The
+/// pool computes the step again before it accepts it.
+async fn outer_step(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, ProviderError> {
+    let round = a
+        .round
+        .as_ref()
+        .ok_or_else(|| ProviderError::Segment("an outer step without its round".into()))?;
+    let task_dir = shared.dir.begin_task(a)?;
+    tracing::info!(task = %a.task_id, job = %a.job_id, round = round.round, workers = round.inputs.len(), "computing the outer step");
+    let data = fetch(shared, &a.data_sha256).await?;
+    let mut command = tokio::process::Command::new(&shared.config.program);
+    command
+        .args(["checkpoint", "outer", "--spec"])
+        .arg(task_dir.join("spec.toml"))
+        .arg("--data")
+        .arg(&data);
+    if let Some(sha) = &a.start_checkpoint_sha256 {
+        command.arg("--global").arg(fetch(shared, sha).await?);
+    }
+    for input in &round.inputs {
+        let path = fetch(shared, &input.checkpoint_sha256).await?;
+        let mut arg = std::ffi::OsString::from(format!("{}=", input.worker));
+        arg.push(path);
+        command.arg("--worker").arg(arg);
+    }
+    let out = task_dir.join("global.safetensors");
+    command
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let started = std::time::Instant::now();
+    let output = tokio::select! {
+        _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+        o = command.output() => o.map_err(ProviderError::io("cannot run the outer step"))?,
+    };
+    if !output.status.success() {
+        return Err(ProviderError::Segment(format!(
+            "the outer step failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let compute_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    #[cfg(feature = "cheat")]
+    if shared.config.cheat.forge_outer {
+        tracing::warn!(task = %a.task_id, "forging the outer step");
+        crate::cheat::forge_global(&out)?;
+    }
+    let bytes =
+        std::fs::read(&out).map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let sha = Sha256Hex::of(&bytes);
+    let signed = shared.key.sign_outer(commitment::OuterCommitment {
+        job_id: a.job_id.clone(),
+        round: round.round,
+        step: a.end_step,
+        inputs: round.inputs.clone(),
+        global_sha256: sha.clone(),
+        prev: a.prev_commitment,
+        hash: commitment::outer_chain(&bytes, &a.prev_commitment, &round.inputs),
+    });
+    let body = wire::OuterCommit {
+        commitment: signed,
+        compute_ms,
+    };
+    let (sha_ref, body, out_ref) = (&sha, &body, &out);
+    let sent = until_answered("outer step", &a.task_id, cancel, shared, |api| async move {
+        api.put_blob(out_ref, sha_ref, |_| {}).await?;
+        api.commit_outer(&a.task_id, body).await
+    })
+    .await?;
+    if sent.is_none() {
+        return Ok(TaskEnd::Cancelled);
+    }
+    tracing::info!(task = %a.task_id, round = round.round, global = %sha, "outer step committed");
+    // The next round starts from it: keep it for a segment of ours.
+    if std::fs::rename(&out, shared.dir.blob_path(&sha)).is_err() {
+        tracing::debug!("cannot keep the global checkpoint in the cache");
+    }
+    Ok(TaskEnd::Committed)
 }
 
 /// Sends the latest progress at most twice a second, and the last one as
@@ -940,10 +1052,12 @@ async fn replay(
         start,
         out: out.clone(),
     };
+    let mut run = shared.segment_run(files.clone(), a.start_step, a.end_step);
+    worker_slot(shared, a, &mut run).await?;
     let started = std::time::Instant::now();
     let end = segment::run_child(
         &shared.config.program,
-        &shared.segment_run(files.clone(), a.start_step, a.end_step),
+        &run,
         SEGMENT_STALL,
         cancel.clone(),
         |_, _, _| {},

@@ -19,6 +19,9 @@ pub struct Cheat {
     pub fraction: f64,
     /// Answer replays with the claimed checkpoint's hash, computing nothing.
     pub lazy_validator: bool,
+    /// Commit outer steps whose global checkpoint is altered: one weight
+    /// moved by 0.001, a change no training could tell from noise.
+    pub forge_outer: bool,
 }
 
 impl Cheat {
@@ -35,6 +38,25 @@ impl Cheat {
     }
 }
 
+/// Alters a computed global checkpoint in place: its first parameter's
+/// first value moves by 0.001. The file stays a valid global checkpoint.
+pub fn forge_global(path: &std::path::Path) -> Result<(), crate::ProviderError> {
+    let io = crate::ProviderError::io(format!("cannot forge {}", path.display()));
+    let bytes = std::fs::read(path).map_err(io)?;
+    let mut global = gradpool_core::outer::Global::from_bytes(&bytes)
+        .map_err(|e| crate::ProviderError::Segment(e.to_string()))?;
+    if let Some(v) = global
+        .params
+        .values_mut()
+        .next()
+        .and_then(|(_, v)| v.first_mut())
+    {
+        *v += 0.001;
+    }
+    let io = crate::ProviderError::io(format!("cannot forge {}", path.display()));
+    std::fs::write(path, global.to_bytes()).map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +67,7 @@ mod tests {
             kind: Some("skip-steps".into()),
             fraction: 0.3,
             lazy_validator: false,
+            forge_outer: false,
         };
         let tasks: Vec<TaskId> = (0..2000).map(|_| TaskId::random()).collect();
         let faked = tasks.iter().filter(|t| cheat.kind_for(t).is_some()).count();

@@ -326,6 +326,7 @@ mod tests {
                 hidden: vec![4],
                 classes: 2,
             },
+            round: None,
         }
     }
 

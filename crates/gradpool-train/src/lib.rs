@@ -53,7 +53,8 @@ pub mod model;
 pub mod ops;
 pub(crate) mod optim;
 pub mod parallel;
-pub mod rng;
+/// The seeded generator, shared with the pool through the core.
+pub use gradpool_core::rng;
 pub mod runtime;
 pub mod sample;
 pub mod schedule;

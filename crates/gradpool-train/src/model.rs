@@ -6,25 +6,11 @@
 //! generator, derived from `(seed, name)`: normal(0, 0.02) for weights and
 //! embeddings, zeros for biases, ones for LayerNorm weights.
 
-use crate::rng::Rng;
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 
-pub use gradpool_core::model::{Init, ModelMeta, Param};
-
-/// Deterministic initial values of a parameter from the job's seed.
-pub(crate) fn initial_values(p: &Param, seed: u64) -> Vec<f32> {
-    let n = p.numel();
-    match p.init {
-        Init::Zeros => vec![0.0; n],
-        Init::Ones => vec![1.0; n],
-        Init::Normal => {
-            let mut rng = Rng::derive(seed, &format!("init:{}", p.name), 0);
-            (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
-        }
-    }
-}
+pub use gradpool_core::model::{ModelMeta, Param};
 
 /// A model's parameters as trainable variables on a device.
 pub(crate) struct Model {
@@ -73,7 +59,7 @@ impl Model {
         let values = meta
             .params()
             .iter()
-            .map(|p| initial_values(p, seed))
+            .map(|p| p.initial_values(seed))
             .collect();
         Model::from_values(meta, values, device)
     }

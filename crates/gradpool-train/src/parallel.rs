@@ -48,6 +48,22 @@ pub fn initial_global(spec: &JobSpec, data: &Dataset) -> Result<Vec<u8>, TrainEr
     Ok(Global::initial(named(&meta, model.values()?), metadata).to_bytes())
 }
 
+/// Round 0's global checkpoint as loaded: the seeded initial weights.
+fn initial_loaded(spec: &JobSpec, data: &Dataset) -> Result<LoadedGlobal, TrainError> {
+    let meta = data.model_meta(spec)?;
+    let params = meta
+        .params()
+        .iter()
+        .map(|p| p.initial_values(spec.train.seed))
+        .collect();
+    Ok(LoadedGlobal {
+        meta,
+        round: 0,
+        step: 0,
+        params,
+    })
+}
+
 /// A global checkpoint of `spec` (and `data`), validated like a start
 /// checkpoint: format, spec fingerprint, model, every tensor's shape.
 pub(crate) struct LoadedGlobal {
@@ -92,8 +108,9 @@ fn global_of(
 /// A worker's inner segment: what it starts from and which slot it is.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerTask<'a> {
-    /// The global checkpoint the round starts from.
-    pub global: &'a Path,
+    /// The global checkpoint the round starts from; `None`: round 0's,
+    /// the seeded initial weights (which the worker computes itself).
+    pub global: Option<&'a Path>,
     /// The slot's checkpoint of the round before (its AdamW moments);
     /// `None`: fresh moments (round 0, or a slot whose state is lost).
     pub slot: Option<&'a Path>,
@@ -126,11 +143,14 @@ pub fn run_worker_segment(
             p.workers
         )));
     }
-    let g = load_global(spec, Some(data), global)?;
+    let g = match global {
+        Some(path) => load_global(spec, Some(data), path)?,
+        None => initial_loaded(spec, data)?,
+    };
     let (start, end) = p.round_steps(g.round, spec.train.steps);
     if g.step != start || start >= end {
         return Err(TrainError::checkpoint(
-            global,
+            global.unwrap_or(Path::new("round 0's global checkpoint")),
             format!(
                 "round {} at step {} is not a round of this job to train",
                 g.round, g.step
@@ -173,26 +193,36 @@ pub fn run_worker_segment(
     finish(spec, data, &model, &opt, end, device, out, losses)
 }
 
-/// The outer step on files: global checkpoint `global` and the checkpoints
-/// of the workers that trained its round (`(worker, path)`, in increasing
-/// worker order; each validated as a checkpoint of this spec and data at
-/// the round's end) give the next global checkpoint, written to `out`.
+/// The outer step on files: global checkpoint `global` (`None`: round
+/// 0's, computed here) and the checkpoints of the workers that trained its
+/// round (`(worker, path)`, in increasing worker order; each validated as
+/// a checkpoint of this spec and data at the round's end) give the next
+/// global checkpoint, written to `out`.
 pub fn outer_step(
     spec: &JobSpec,
     data: &Dataset,
-    global: &Path,
+    global: Option<&Path>,
     workers: &[(u32, PathBuf)],
     out: &Path,
 ) -> Result<Global, TrainError> {
     let p = parallel_of(spec)?;
     // Read once: validated as this job's, then taken as the outer step's
     // input.
-    let bytes = std::fs::read(global).map_err(|error| TrainError::Io {
-        what: "cannot read",
-        path: global.to_owned(),
-        error,
-    })?;
-    let g = global_of(spec, Some(data), checkpoint::parse(&bytes, global)?, global)?;
+    let (bytes, path) = match global {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|error| TrainError::Io {
+                what: "cannot read",
+                path: path.to_owned(),
+                error,
+            })?;
+            (bytes, path)
+        }
+        None => (
+            initial_global(spec, data)?,
+            Path::new("round 0's global checkpoint"),
+        ),
+    };
+    let g = global_of(spec, Some(data), checkpoint::parse(&bytes, path)?, path)?;
     let (_, end) = p.round_steps(g.round, spec.train.steps);
     let current = Global::from_bytes(&bytes)?;
     let mut inputs = Vec::with_capacity(workers.len());
@@ -241,7 +271,7 @@ pub fn train_parallel(
             let previous = (round > 0).then(|| slot(w));
             let next = dir.join(format!("worker-{w}.next.safetensors"));
             let task = WorkerTask {
-                global: &global,
+                global: Some(&global),
                 slot: previous.as_deref(),
                 worker: w,
                 steps: None,
@@ -252,7 +282,7 @@ pub fn train_parallel(
             inputs.push((w, next));
         }
         let next_global = dir.join("global.next.safetensors");
-        outer_step(spec, data, &global, &inputs, &next_global)?;
+        outer_step(spec, data, Some(&global), &inputs, &next_global)?;
         rename(&next_global, &global)?;
         for (w, next) in &inputs {
             rename(next, &slot(*w))?;

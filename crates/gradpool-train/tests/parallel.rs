@@ -116,7 +116,7 @@ fn worker(
     out: &Path,
 ) -> Result<Vec<f32>, gradpool_train::TrainError> {
     let task = WorkerTask {
-        global,
+        global: Some(global),
         slot,
         worker: w,
         steps: None,
@@ -139,7 +139,7 @@ fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathB
             inputs.push((w, out));
         }
         let next = dir.join(format!("g{}.safetensors", round + 1));
-        parallel::outer_step(spec, data, &current, &inputs, &next).unwrap();
+        parallel::outer_step(spec, data, Some(&current), &inputs, &next).unwrap();
         current = next;
     }
     current
@@ -187,7 +187,7 @@ fn every_worker_segment_replays_to_the_same_bytes_and_the_outer_step_too() {
     parallel::outer_step(
         &spec,
         &data,
-        &dir.path().join("g1.safetensors"),
+        Some(&dir.path().join("g1.safetensors")),
         &inputs,
         &again,
     )
@@ -265,18 +265,57 @@ fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
         inputs.push((w, out));
     }
     let next = dir.path().join("g1.safetensors");
-    let g1 = parallel::outer_step(&spec, &data, &global, &inputs, &next).unwrap();
+    let g1 = parallel::outer_step(&spec, &data, Some(&global), &inputs, &next).unwrap();
     assert_eq!(g1.workers, vec![0, 2]);
-    let e = parallel::outer_step(&spec, &data, &global, &inputs[..1], &next).unwrap_err();
+    let e = parallel::outer_step(&spec, &data, Some(&global), &inputs[..1], &next).unwrap_err();
     assert!(e.to_string().contains("at least 2"), "{e}");
     // A worker checkpoint of the wrong round is refused.
     let e = parallel::outer_step(
         &spec,
         &data,
-        &next,
+        Some(&next),
         &inputs,
         &dir.path().join("g2.safetensors"),
     )
     .unwrap_err();
     assert!(e.to_string().contains("expected step 8"), "{e}");
+}
+
+#[test]
+fn round_zero_needs_no_file_and_the_pool_computes_it_from_a_worker_checkpoint() {
+    let spec = spec(2, "none");
+    let data = data(&spec);
+    let dir = tempfile::tempdir().unwrap();
+    let global = dir.path().join("g0.safetensors");
+    let g0 = parallel::initial_global(&spec, &data).unwrap();
+    std::fs::write(&global, &g0).unwrap();
+    let from_file = dir.path().join("from-file.safetensors");
+    worker(&spec, &data, &global, None, 1, &from_file).unwrap();
+    // A worker of round 0 computes the initial weights itself.
+    let task = WorkerTask {
+        global: None,
+        slot: None,
+        worker: 1,
+        steps: Some((0, 4)),
+    };
+    let computed = dir.path().join("computed.safetensors");
+    parallel::run_worker_segment(&spec, &data, &task, &Device::Cpu, &computed, &mut |_| {})
+        .unwrap();
+    let worker_bytes = std::fs::read(&computed).unwrap();
+    assert_eq!(worker_bytes, std::fs::read(&from_file).unwrap());
+    // So does the outer step of round 0.
+    let inputs = vec![(1u32, computed.clone())];
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut one = spec.clone();
+    if let Some(p) = one.parallel.as_mut() {
+        p.min_workers = 1;
+    }
+    parallel::outer_step(&one, &data, Some(&global), &inputs, &a).unwrap();
+    parallel::outer_step(&one, &data, None, &inputs, &b).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // The pool, without candle, gets round 0's global checkpoint from the
+    // model, the seed and any worker checkpoint of the job: byte for byte.
+    let meta = data.model_meta(&spec).unwrap();
+    let pool_g0 = Global::initial_for(&meta, spec.train.seed, &worker_bytes).unwrap();
+    assert_eq!(pool_g0.to_bytes(), g0);
 }

@@ -342,6 +342,7 @@ level = "standard"
             kind: kind.map(|k| k.name().to_owned()),
             fraction,
             lazy_validator: false,
+            forge_outer: false,
         };
         let agents = CancellationToken::new();
         let mut handles = Vec::new();

@@ -188,6 +188,21 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 "step       {}/{} ({} of {} segments)",
                 j.step, j.steps, j.segments_done, j.segments_total
             );
+            if let Some(p) = &j.parallel {
+                if p.round < p.rounds {
+                    println!(
+                        "parallel   {} workers, round {} of {}",
+                        p.workers,
+                        p.round + 1,
+                        p.rounds
+                    );
+                } else {
+                    println!(
+                        "parallel   {} workers, all {} rounds trained",
+                        p.workers, p.rounds
+                    );
+                }
+            }
             if let Some(l) = j.last_loss {
                 match j.eval_loss {
                     Some(e) => println!("loss       {l:.4} (training batch), held-out {e:.4}"),
@@ -233,6 +248,11 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 j.spent, j.budget, j.escrow
             );
             println!("data       {}", j.data_sha256);
+            if j.parallel.is_some() {
+                let rounds: Vec<wire::RoundView> =
+                    api.get(&format!("/v1/jobs/{id}/rounds")).await?;
+                print_rounds(&rounds);
+            }
             if !segments.is_empty() {
                 // DEVICE: the share of the segment's time the device trained
                 // it; FOREIGN: other processes seen on the device meanwhile.
@@ -316,6 +336,52 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A parallel job's rounds: each worker slot's provider and loss, how
+/// long the round waited for its slowest worker, and who computed its
+/// outer step (which the pool computed again).
+fn print_rounds(rounds: &[wire::RoundView]) {
+    if rounds.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:>5} {:>13} {:>6} {:<22} {:>9} {:>9} {:>8}  OUTER STEP",
+        "ROUND", "STEPS", "WORKER", "PROVIDER", "LOSS", "HELD-OUT", "WAIT"
+    );
+    let show = |l: Option<f32>| l.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into());
+    for r in rounds {
+        let outer = match &r.outer {
+            Some(o) => format!(
+                "by {}, global {}…",
+                o.provider,
+                &o.global_sha256.as_str()[..12]
+            ),
+            None => "not yet".to_owned(),
+        };
+        println!(
+            "{:>5} {:>6}-{:<6} {:>6} {:<22} {:>9} {:>9} {:>7.1}s  {outer}",
+            r.round,
+            r.start_step,
+            r.end_step,
+            "all",
+            format!("{} workers", r.workers.len()),
+            show(r.outer.as_ref().and_then(|o| o.loss)),
+            show(r.outer.as_ref().and_then(|o| o.eval_loss)),
+            r.wait_seconds,
+        );
+        for w in &r.workers {
+            println!(
+                "{:>5} {:>13} {:>6} {:<22} {:>9} {:>9}",
+                "",
+                "",
+                w.worker,
+                w.provider,
+                show(w.loss),
+                show(w.eval_loss)
+            );
+        }
+    }
 }
 
 /// 0 succeeded, 2 unverified (trained, but some drawn audits unserved),

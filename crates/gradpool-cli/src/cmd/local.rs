@@ -198,9 +198,10 @@ pub struct CheckpointOuterArgs {
     /// The job's data.
     #[arg(long)]
     data: PathBuf,
-    /// The global checkpoint the round started from.
+    /// The global checkpoint the round started from (absent in round 0:
+    /// the seeded initial weights).
     #[arg(long)]
-    global: PathBuf,
+    global: Option<PathBuf>,
     /// A worker's checkpoint of the round, as `W=FILE`; once per worker
     /// that entered the step, in any order.
     #[arg(long = "worker", value_name = "W=FILE", required = true)]
@@ -258,7 +259,8 @@ fn outer(a: CheckpointOuterArgs) -> anyhow::Result<ExitCode> {
         workers.push((index, file));
     }
     workers.sort_by_key(|(w, _)| *w);
-    let next = gradpool_train::parallel::outer_step(&spec, &data, &a.global, &workers, &a.out)?;
+    let next =
+        gradpool_train::parallel::outer_step(&spec, &data, a.global.as_deref(), &workers, &a.out)?;
     let written =
         std::fs::read(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?;
     println!(
@@ -331,12 +333,8 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
         u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
     let outcome = if let Some(worker) = a.worker {
-        let global = a
-            .start
-            .as_deref()
-            .context("--worker needs --start: the global checkpoint of the round")?;
         let task = gradpool_train::parallel::WorkerTask {
-            global,
+            global: a.start.as_deref(),
             slot: a.slot.as_deref(),
             worker,
             steps: Some((a.from, a.to)),

@@ -47,6 +47,10 @@ pub struct AgentArgs {
     #[cfg(feature = "cheat")]
     #[arg(long)]
     lazy_validator: bool,
+    /// Commit a parallel job's outer steps with altered weights.
+    #[cfg(feature = "cheat")]
+    #[arg(long)]
+    forge_outer: bool,
 }
 
 /// Where the rig works, who gets paid, and the owner's limits: the flags
@@ -685,6 +689,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
             kind: a.cheat.map(|k| k.name().to_owned()),
             fraction: a.cheat_fraction.clamp(0.0, 1.0),
             lazy_validator: a.lazy_validator,
+            forge_outer: a.forge_outer,
         },
     };
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -11,12 +11,20 @@
 //! provider runs it. Inside the trainer's reproducibility class the replay
 //! must give the same bytes; across classes every tensor must be within the
 //! runtime's cross-class tolerance.
+//!
+//! A parallel job's segment chains from its round's global commitment
+//! `G_r` and is replayed as its worker slot, from the round's global
+//! checkpoint and the slot's checkpoint of an earlier round. Every outer
+//! step is checked, not sampled: its signature, its inputs (exactly the
+//! round's segments), its chain hash from the downloaded global
+//! checkpoint, and the step itself, computed again here from the
+//! committed files, which must give the same bytes.
 
 use anyhow::Context;
 use gradpool_client::{Api, ClientError};
-use gradpool_core::commitment::{self, genesis};
+use gradpool_core::commitment::{self, genesis, ChainHash, OuterInput};
 use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
-use gradpool_core::wire::{JobView, SegmentView};
+use gradpool_core::wire::{JobView, OuterView, RoundView, SegmentView};
 use gradpool_core::{JobId, JobSpec, Sha256Hex};
 use gradpool_provider::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
 use gradpool_provider::{CpuDevice, Device};
@@ -58,6 +66,20 @@ pub struct SegmentCheck {
     pub pass: bool,
 }
 
+/// The verdict on a parallel job's outer step.
+#[derive(Debug, Clone, Serialize)]
+pub struct OuterCheck {
+    pub round: u64,
+    pub provider: String,
+    /// `ok`, or what is wrong with the signature.
+    pub signature: String,
+    /// `ok`, or which link is broken (prev, inputs, chain hash).
+    pub chain: String,
+    /// `exact match`, or how the step computed here differs.
+    pub recomputed: String,
+    pub pass: bool,
+}
+
 /// The verdict on a job.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -66,7 +88,72 @@ pub struct VerifyReport {
     pub class: String,
     pub segments: Vec<SegmentCheck>,
     pub replayed: usize,
+    /// A parallel job's outer steps, every one of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outer_steps: Vec<OuterCheck>,
     pub pass: bool,
+}
+
+/// What a segment must chain from and start with, and what a replay of it
+/// starts from.
+struct Expected {
+    prev: Result<ChainHash, String>,
+    start_step: u64,
+    /// The start checkpoint (`None`: the seeded initial weights).
+    start: Option<Sha256Hex>,
+    /// A parallel job's worker slot and the slot's earlier checkpoint.
+    worker: Option<u32>,
+    slot: Option<Sha256Hex>,
+}
+
+/// What each segment of the job must chain from: the previous segment,
+/// or for a parallel job the round's global commitment.
+fn expectations(job: &JobView, segments: &[SegmentView], rounds: &[RoundView]) -> Vec<Expected> {
+    let Some(p) = &job.parallel else {
+        return segments
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let before = i.checked_sub(1).map(|j| &segments[j]);
+                Expected {
+                    prev: Ok(before.map_or(genesis(&job.id), |b| b.commitment.commitment.hash)),
+                    start_step: before.map_or(0, |b| b.commitment.commitment.end_step),
+                    start: before.map(|b| b.checkpoint_sha256.clone()),
+                    worker: None,
+                    slot: None,
+                }
+            })
+            .collect();
+    };
+    let n = p.workers.max(1);
+    let every = job.checkpoint_every;
+    segments
+        .iter()
+        .map(|s| {
+            let (round, worker) = (u64::from(s.segment / n), s.segment % n);
+            let before = usize::try_from(round)
+                .ok()
+                .and_then(|r| r.checked_sub(1))
+                .map(|r| rounds.get(r).and_then(|v| v.outer.as_ref()));
+            let prev = match before {
+                None => Ok(genesis(&job.id)),
+                Some(Some(o)) => Ok(o.commitment.commitment.hash),
+                Some(None) => Err(format!("round {round} has no outer step before it")),
+            };
+            let slot = segments
+                .iter()
+                .filter(|e| e.segment % n == worker && e.segment / n < s.segment / n)
+                .max_by_key(|e| e.segment)
+                .map(|e| e.checkpoint_sha256.clone());
+            Expected {
+                prev,
+                start_step: round * every,
+                start: before.flatten().map(|o| o.global_sha256.clone()),
+                worker: Some(worker),
+                slot,
+            }
+        })
+        .collect()
 }
 
 /// Checks job `id` as the module documentation says.
@@ -76,16 +163,25 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     segments.sort_by_key(|s| s.segment);
     let spec = JobSpec::from_toml_str(&job.spec_toml)
         .with_context(|| format!("the spec of job {id} does not parse"))?;
+    let rounds: Vec<RoundView> = if job.parallel.is_some() {
+        api.get(&format!("/v1/jobs/{id}/rounds")).await?
+    } else {
+        Vec::new()
+    };
     let device = CpuDevice::new(opts.threads);
     let class = device.hardware().class();
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("cannot create {}", opts.work_dir.display()))?;
 
+    let expected = expectations(&job, &segments, &rounds);
     let mut checks: Vec<SegmentCheck> = Vec::with_capacity(segments.len());
-    let mut prev_hash = genesis(&job.id);
-    let mut prev_end = 0u64;
-    for (i, s) in segments.iter().enumerate() {
+    for ((i, s), want) in segments.iter().enumerate().zip(&expected) {
         let c = &s.commitment.commitment;
+        let index_ok = if job.parallel.is_some() {
+            c.segment == s.segment
+        } else {
+            c.segment as usize == i && s.segment as usize == i
+        };
         let signature = match s.commitment.verify() {
             Ok(()) if s.commitment.signer() == s.provider => "ok".to_owned(),
             Ok(()) => "signed by another key than the provider's".to_owned(),
@@ -93,17 +189,19 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         };
         let chain = if c.job_id != job.id {
             format!("commitment is for job {}", c.job_id)
-        } else if c.segment as usize != i || s.segment as usize != i {
-            format!("segment {} where {i} was expected", c.segment)
-        } else if c.prev != prev_hash {
-            "prev is not the previous segment's H".to_owned()
-        } else if c.start_step != prev_end
+        } else if !index_ok {
+            format!("segment {} where {} was expected", c.segment, s.segment)
+        } else if let Err(e) = &want.prev {
+            e.clone()
+        } else if Ok(c.prev) != want.prev {
+            "prev is not the H it must chain from".to_owned()
+        } else if c.start_step != want.start_step
             || c.start_step != s.start_step
             || c.end_step != s.end_step
         {
             format!(
-                "steps {}..{} do not follow step {prev_end}",
-                c.start_step, c.end_step
+                "steps {}..{} do not start at step {}",
+                c.start_step, c.end_step, want.start_step
             )
         } else if c.checkpoint_sha256 != s.checkpoint_sha256 {
             "the pool lists another checkpoint than the one committed".to_owned()
@@ -124,13 +222,11 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             distance: None,
             pass: true,
         });
-        prev_hash = c.hash;
-        prev_end = c.end_step;
     }
 
     let sample = draw(segments.len(), opts.segments);
     let data = opts.work_dir.join("data");
-    if !sample.is_empty() {
+    if !sample.is_empty() || !rounds.is_empty() {
         api.get_blob(&job.data_sha256, &data)
             .await
             .with_context(|| format!("cannot download the data of job {id}"))?;
@@ -139,11 +235,12 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     std::fs::write(&spec_path, &job.spec_toml)?;
     for &i in &sample {
         let s = &segments[i];
-        let end = opts.work_dir.join(format!("segment-{i}.safetensors"));
-        let prev = if i == 0 {
-            genesis(&job.id)
-        } else {
-            segments[i - 1].commitment.commitment.hash
+        let end = opts
+            .work_dir
+            .join(format!("{}.safetensors", s.checkpoint_sha256));
+        let Ok(prev) = expected[i].prev.clone() else {
+            checks[i].replay = "not run: no chain to check against".to_owned();
+            continue;
         };
         checks[i].checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
             Ok(()) => match commitment::chain_file(&end, &prev) {
@@ -157,25 +254,30 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             checks[i].replay = "not run: no valid end checkpoint".to_owned();
             continue;
         }
-        let start = if i == 0 {
-            None
-        } else {
-            let path = opts.work_dir.join(format!("segment-{}.safetensors", i - 1));
-            let sha = &segments[i - 1].checkpoint_sha256;
-            if !path.is_file() || Sha256Hex::of_file(&path).ok().as_ref() != Some(sha) {
-                if let Err(e) = download(api, sha, &path).await {
-                    checks[i].replay = format!("not run: start checkpoint {e}");
-                    continue;
-                }
-            }
-            Some(path)
-        };
+        let mut inputs = Vec::new();
+        for sha in [&expected[i].start, &expected[i].slot] {
+            inputs.push(match sha {
+                Some(sha) => match cached(api, sha, &opts.work_dir).await {
+                    Ok(path) => Some(path),
+                    Err(e) => {
+                        checks[i].replay = format!("not run: start checkpoint {e}");
+                        break;
+                    }
+                },
+                None => None,
+            });
+        }
+        if inputs.len() < 2 {
+            continue;
+        }
+        let slot = inputs.pop().flatten();
+        let start = inputs.pop().flatten();
         let (replay, distance) = replay_segment(
             opts,
             &device,
             (&spec, &spec_path),
             &data,
-            start,
+            (start, expected[i].worker, slot),
             s,
             &end,
             &class,
@@ -184,6 +286,7 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         checks[i].replay = replay;
         checks[i].distance = distance;
     }
+    let outer_steps = check_outer_steps(api, &job, &spec, &data, &segments, &rounds, opts).await?;
     for c in &mut checks {
         c.pass = c.signature == "ok"
             && c.chain == "ok"
@@ -196,9 +299,143 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         job_id: job.id,
         class,
         replayed: sample.len(),
-        pass: checks.iter().all(|c| c.pass),
+        pass: checks.iter().all(|c| c.pass) && outer_steps.iter().all(|c| c.pass),
         segments: checks,
+        outer_steps,
     })
+}
+
+/// A blob in the work directory under its digest, downloaded once.
+async fn cached(api: &Api, sha: &Sha256Hex, dir: &Path) -> Result<PathBuf, String> {
+    let path = dir.join(format!("{sha}.safetensors"));
+    if !path.is_file() || Sha256Hex::of_file(&path).ok().as_ref() != Some(sha) {
+        download(api, sha, &path).await?;
+    }
+    Ok(path)
+}
+
+/// Checks every outer step of a parallel job (none for other jobs).
+async fn check_outer_steps(
+    api: &Api,
+    job: &JobView,
+    spec: &JobSpec,
+    data: &Path,
+    segments: &[SegmentView],
+    rounds: &[RoundView],
+    opts: &VerifyOptions,
+) -> anyhow::Result<Vec<OuterCheck>> {
+    let mut out = Vec::new();
+    let mut prev = genesis(&job.id);
+    let mut global: Option<Sha256Hex> = None;
+    for view in rounds {
+        let Some(o) = &view.outer else { break };
+        let cm = &o.commitment.commitment;
+        let signature = match o.commitment.verify() {
+            Ok(()) if o.commitment.signer() == o.provider => "ok".to_owned(),
+            Ok(()) => "signed by another key than the provider's".to_owned(),
+            Err(e) => format!("invalid: {e}"),
+        };
+        let inputs: Vec<OuterInput> = view
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let s = segments.iter().find(|s| s.segment == w.segment)?;
+                Some(OuterInput {
+                    worker: w.worker,
+                    checkpoint_sha256: s.checkpoint_sha256.clone(),
+                    commitment: s.commitment.commitment.hash,
+                })
+            })
+            .collect();
+        let mut chain = if cm.job_id != job.id || cm.round != view.round {
+            format!("commitment is for job {} round {}", cm.job_id, cm.round)
+        } else if cm.prev != prev {
+            "prev is not the round's global commitment".to_owned()
+        } else if cm.inputs != inputs || inputs.len() != view.workers.len() {
+            "its inputs are not the round's committed segments".to_owned()
+        } else if cm.global_sha256 != o.global_sha256 {
+            "the pool lists another global checkpoint than the one committed".to_owned()
+        } else {
+            "ok".to_owned()
+        };
+        let recomputed = if chain == "ok" {
+            let (again, hash_ok) =
+                recompute_outer(api, spec, data, global.as_ref(), &inputs, o, &prev, opts).await;
+            if !hash_ok && again == "exact match" {
+                chain = "H does not match the global checkpoint's bytes".to_owned();
+            }
+            again
+        } else {
+            "not run: the commitment does not check out".to_owned()
+        };
+        out.push(OuterCheck {
+            round: view.round,
+            provider: o.provider.to_string(),
+            pass: signature == "ok" && chain == "ok" && recomputed == "exact match",
+            signature,
+            chain,
+            recomputed,
+        });
+        prev = cm.hash;
+        global = Some(o.global_sha256.clone());
+    }
+    Ok(out)
+}
+
+/// Computes an outer step again from its committed files: `exact match`
+/// or what differs, and whether the committed chain hash is that of the
+/// global checkpoint's bytes.
+#[allow(clippy::too_many_arguments)]
+async fn recompute_outer(
+    api: &Api,
+    spec: &JobSpec,
+    data: &Path,
+    global: Option<&Sha256Hex>,
+    inputs: &[OuterInput],
+    o: &OuterView,
+    prev: &ChainHash,
+    opts: &VerifyOptions,
+) -> (String, bool) {
+    let dir = &opts.work_dir;
+    let claimed = match cached(api, &o.global_sha256, dir).await {
+        Ok(p) => p,
+        Err(e) => return (format!("global checkpoint {e}"), false),
+    };
+    let start = match global {
+        Some(sha) => match cached(api, sha, dir).await {
+            Ok(p) => Some(p),
+            Err(e) => return (format!("the round's global checkpoint {e}"), false),
+        },
+        None => None,
+    };
+    let mut workers = Vec::with_capacity(inputs.len());
+    for i in inputs {
+        match cached(api, &i.checkpoint_sha256, dir).await {
+            Ok(p) => workers.push((i.worker, p)),
+            Err(e) => return (format!("worker {}'s checkpoint {e}", i.worker), false),
+        }
+    }
+    let mine = dir.join(format!(
+        "outer-{}.safetensors",
+        o.commitment.commitment.round
+    ));
+    let result = (|| -> anyhow::Result<(bool, bool)> {
+        let bytes = std::fs::read(data)?;
+        let dataset = gradpool_train::Dataset::from_bytes(spec, &bytes)?;
+        gradpool_train::parallel::outer_step(spec, &dataset, start.as_deref(), &workers, &mine)?;
+        let claimed = std::fs::read(&claimed)?;
+        let hash_ok =
+            commitment::outer_chain(&claimed, prev, inputs) == o.commitment.commitment.hash;
+        Ok((std::fs::read(&mine)? == claimed, hash_ok))
+    })();
+    match result {
+        Ok((true, hash_ok)) => ("exact match".to_owned(), hash_ok),
+        Ok((false, hash_ok)) => (
+            "MISMATCH: the step computed here gives other bytes".to_owned(),
+            hash_ok,
+        ),
+        Err(e) => (format!("cannot compute the step: {e:#}"), false),
+    }
 }
 
 /// Downloads a blob, checking its digest; the error is a table cell.
@@ -222,7 +459,7 @@ async fn replay_segment(
     device: &CpuDevice,
     (spec, spec_path): (&JobSpec, &Path),
     data: &Path,
-    start: Option<PathBuf>,
+    (start, worker, slot): (Option<PathBuf>, Option<u32>, Option<PathBuf>),
     s: &SegmentView,
     claimed: &Path,
     class: &str,
@@ -236,9 +473,14 @@ async fn replay_segment(
         start,
         out: out.clone(),
     };
+    let run = SegmentRun {
+        worker,
+        slot,
+        ..SegmentRun::new(files, s.start_step, s.end_step, device.segment_device())
+    };
     let end = segment::run_child(
         &opts.program,
-        &SegmentRun::new(files, s.start_step, s.end_step, device.segment_device()),
+        &run,
         Duration::from_secs(600),
         tokio_util::sync::CancellationToken::new(),
         |_, _, _| {},
@@ -361,13 +603,45 @@ pub fn print_report(r: &VerifyReport) {
             }
         }
     }
+    if !r.outer_steps.is_empty() {
+        println!(
+            "\n{:>5}  {:<22} {:<9} {:<6} RECOMPUTED",
+            "ROUND", "OUTER STEP BY", "SIGNATURE", "CHAIN"
+        );
+        for o in &r.outer_steps {
+            let cell = |v: &str| if v == "ok" { "ok" } else { "FAIL" };
+            println!(
+                "{:>5}  {:<22} {:<9} {:<6} {}",
+                o.round,
+                o.provider,
+                cell(&o.signature),
+                cell(&o.chain),
+                o.recomputed
+            );
+            for (what, v) in [("signature", &o.signature), ("chain", &o.chain)] {
+                if v != "ok" {
+                    problems.push(format!("  outer step of round {}: {what}: {v}", o.round));
+                }
+            }
+        }
+    }
     for p in &problems {
         println!("{p}");
     }
     let failed = r.segments.iter().filter(|c| !c.pass).count();
-    if r.pass {
+    let outer_failed = r.outer_steps.iter().filter(|o| !o.pass).count();
+    if r.pass && r.outer_steps.is_empty() {
         println!("PASS: every commitment checks out and every replay matches");
+    } else if r.pass {
+        println!(
+            "PASS: every commitment checks out, every replay matches and all {} outer steps compute to the same bytes",
+            r.outer_steps.len()
+        );
     } else {
-        println!("FAIL: {failed} of {} segments", r.segments.len());
+        println!(
+            "FAIL: {failed} of {} segments, {outer_failed} of {} outer steps",
+            r.segments.len(),
+            r.outer_steps.len()
+        );
     }
 }

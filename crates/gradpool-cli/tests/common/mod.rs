@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 use gradpool_client::Api;
-use gradpool_core::wire::{JobEvent, JobView};
+use gradpool_core::wire::{JobEvent, JobView, ProviderView};
 use gradpool_core::JobSpec;
 use gradpool_pool::{Pool, PoolConfig};
+use gradpool_provider::{CpuDevice, ProviderConfig, ProviderError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gradpool");
@@ -177,4 +180,63 @@ pub fn local_model(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
     let model = dir.join("local.model.safetensors");
     gradpool_train::export_model(&spec, &ckpt, &model).unwrap();
     std::fs::read(model).unwrap()
+}
+
+/// A provider agent running in this process.
+pub struct Rig {
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), ProviderError>>,
+}
+
+impl Rig {
+    pub fn start(
+        pool: &TestPool,
+        dir: &Path,
+        name: &str,
+        threads: u32,
+        f: impl FnOnce(&mut ProviderConfig),
+    ) -> Rig {
+        let mut config = ProviderConfig {
+            pool_url: pool.url.clone(),
+            data_dir: dir.join(name),
+            name: name.to_owned(),
+            program: BIN.into(),
+            ..ProviderConfig::default()
+        };
+        f(&mut config);
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(gradpool_provider::run(
+            config,
+            Arc::new(CpuDevice::new(Some(threads))),
+            stop.clone(),
+        ));
+        Rig { stop, handle }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// A dedicated validator: replays, never trains.
+pub fn validator(config: &mut ProviderConfig) {
+    config.validate = true;
+    config.train = false;
+}
+
+/// The provider registered under `name`, once it is.
+pub async fn provider(api: &Api, name: &str) -> ProviderView {
+    let start = Instant::now();
+    loop {
+        let all: Vec<ProviderView> = api.get("/v1/providers").await.unwrap();
+        if let Some(p) = all.into_iter().find(|p| p.name == name) {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name} did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

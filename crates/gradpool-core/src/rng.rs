@@ -1,8 +1,10 @@
-//! The crate's own seeded generator: SplitMix64, with Box-Muller normals.
+//! gradpool's own seeded generator: SplitMix64, with Box-Muller normals.
 //!
 //! Everything random in training (initialisation, batch order, the CSV
 //! shuffle, sampling) comes from here, so results depend only on seeds and
-//! are identical on every machine.
+//! are identical on every machine. It lives in the core so that the pool,
+//! which never trains, computes a parallel job's initial weights
+//! ([`crate::model::Param::initial_values`]) exactly as the trainer does.
 
 /// SplitMix64: tiny, fast and fully specified.
 #[derive(Debug, Clone)]

@@ -1,0 +1,273 @@
+//! Parallel (DiLoCo) jobs through a real pool: provider agents in this
+//! process (each segment and outer step in a child `gradpool` process)
+//! train a round's workers at once, one of them computes the outer step,
+//! the pool computes it again, and the trained global checkpoint is byte
+//! for byte the one `gradpool train` gives on this machine.
+
+mod common;
+
+use common::*;
+use gradpool_core::outer::Global;
+use gradpool_core::wire::{JobEventKind, JobStatus, RoundView, SegmentView};
+use gradpool_core::JobSpec;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+/// A small GPT as a parallel job: `workers` workers, 4 steps a round,
+/// `rounds` rounds.
+fn parallel_spec(name: &str, workers: u32, rounds: u64, level: &str) -> String {
+    format!(
+        "{}[parallel]\nworkers = {workers}\ninner_steps = 4\n[verification]\nlevel = \"{level}\"\n",
+        tiny_spec(name, 5, 4 * rounds, 4)
+    )
+}
+
+/// The global checkpoint `gradpool train` writes for the spec, here.
+fn local_global(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
+    let spec = JobSpec::from_toml_str(spec_text).unwrap();
+    let bytes = std::fs::read(data).unwrap();
+    let dataset = gradpool_train::Dataset::from_bytes(&spec, &bytes).unwrap();
+    let global = gradpool_train::parallel::train_parallel(
+        &spec,
+        &dataset,
+        dir,
+        &gradpool_train::Device::Cpu,
+        &mut |_, _| {},
+        &mut |_| {},
+    )
+    .unwrap();
+    std::fs::read(global).unwrap()
+}
+
+/// The job's trained global checkpoint, downloaded.
+async fn fetched_global(api: &gradpool_client::Api, id: &str, dir: &Path) -> Vec<u8> {
+    let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+    let sha = job
+        .checkpoint_sha256
+        .expect("a trained job has a checkpoint");
+    let path = dir.join("global.safetensors");
+    api.get_blob(&sha, &path).await.unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_job_on_three_providers_ends_bit_identical_to_a_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool(&tmp.path().join("pool"), 30).await;
+    let account = pool.pool.create_account("diloco customer").await.unwrap();
+    let api = gradpool_client::Api::new(
+        &pool.url,
+        Some(account.api_key.clone()),
+        &Default::default(),
+    )
+    .unwrap();
+    let data = small_corpus(tmp.path());
+    let rigs: Vec<Rig> = ["rig-a", "rig-b", "rig-c"]
+        .into_iter()
+        .map(|name| Rig::start(&pool, tmp.path(), name, 1, |_| {}))
+        .collect();
+    let mut ids = BTreeSet::new();
+    for name in ["rig-a", "rig-b", "rig-c"] {
+        ids.insert(provider(&api, name).await.id);
+    }
+    let spec = parallel_spec("diloco", 3, 3, "none");
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    assert_eq!((job.segments_total, job.checkpoint_every), (9, 4));
+    let end = wait_final(&api, &id, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    assert_eq!((end.step, end.segments_done), (12, 9));
+
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let global = fetched_global(&api, &id, tmp.path()).await;
+    assert!(
+        global == local_global(&spec, &data, &local),
+        "the pool's global checkpoint differs from `gradpool train`'s"
+    );
+    let g = Global::from_bytes(&global).unwrap();
+    assert_eq!((g.round, g.step, g.workers.clone()), (3, 12, vec![0, 1, 2]));
+
+    // Every round: three outer-step inputs, and its segments on three
+    // different providers, all of them at once.
+    let events = events(&api, &id).await;
+    let rounds: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            JobEventKind::OuterStep {
+                round,
+                workers,
+                wait_seconds,
+                loss,
+                ..
+            } => Some((*round, workers.clone(), *wait_seconds, *loss)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds.len(), 3, "{rounds:?}");
+    for (i, (round, workers, wait, loss)) in rounds.iter().enumerate() {
+        assert_eq!((*round, workers.clone()), (i as u64, vec![0, 1, 2]));
+        assert!(*wait >= 0.0 && loss.is_finite() && *loss > 0.0);
+    }
+    let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+    assert_eq!(segments.len(), 9);
+    for round in segments.chunks(3) {
+        let providers: BTreeSet<_> = round.iter().map(|s| s.provider.clone()).collect();
+        assert_eq!(providers.len(), 3, "a round's workers on 3 providers");
+    }
+    let used: BTreeSet<_> = segments.iter().map(|s| s.provider.clone()).collect();
+    assert_eq!(used, ids);
+
+    // The rounds as `job show` shows them: each worker's provider, the
+    // wait for the slowest, and the outer step the pool checked.
+    let rounds: Vec<RoundView> = api.get(&format!("/v1/jobs/{id}/rounds")).await.unwrap();
+    assert_eq!(rounds.len(), 3);
+    for (r, view) in rounds.iter().enumerate() {
+        let outer = view.outer.as_ref().expect("every round has its outer step");
+        assert_eq!(outer.commitment.commitment.round, r as u64);
+        assert!(outer.commitment.verify().is_ok());
+        let workers: Vec<u32> = view.workers.iter().map(|w| w.worker).collect();
+        assert_eq!(workers, vec![0, 1, 2]);
+        for (w, input) in view.workers.iter().zip(&outer.commitment.commitment.inputs) {
+            assert_eq!(w.checkpoint_sha256, input.checkpoint_sha256);
+        }
+    }
+    let shown = succeeded(
+        std::process::Command::new(BIN)
+            .args([
+                "job",
+                "show",
+                &id,
+                "--pool",
+                &pool.url,
+                "--api-key",
+                &account.api_key,
+            ])
+            .env("GRADPOOL_HOME", tmp.path()),
+    );
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(
+        shown.contains("parallel   3 workers, all 3 rounds trained"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("ROUND") && shown.contains("OUTER STEP"),
+        "{shown}"
+    );
+    for p in &ids {
+        assert!(shown.contains(p.as_str()), "{shown}");
+    }
+
+    // The customer checks it all without trusting the pool: every
+    // segment's chain from its round's global commitment, every outer step
+    // computed again here, and replays of all nine segments as their
+    // worker slots.
+    let report = succeeded(
+        std::process::Command::new(BIN)
+            .args(["job", "verify", &id, "--segments", "9", "--json"])
+            .args(["--pool", &pool.url, "--api-key", &account.api_key])
+            .env("GRADPOOL_HOME", tmp.path()),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["replayed"], 9, "{report:#}");
+    let outer = report["outer_steps"].as_array().unwrap();
+    assert_eq!(outer.len(), 3, "{report:#}");
+    assert!(
+        outer.iter().all(|o| o["recomputed"] == "exact match"),
+        "{report:#}"
+    );
+    for s in report["segments"].as_array().unwrap() {
+        assert_eq!(s["replay"], "exact match", "{report:#}");
+    }
+    for rig in rigs {
+        rig.stop().await;
+    }
+}
+
+/// A paranoid parallel job: every worker's segment is replayed by a
+/// validator (from the round's global checkpoint and the slot's AdamW
+/// moments) and verified. The only trainer at first forges its outer
+/// step: the pool's own computation catches it, bars the forger from the
+/// job and gives the step to an honest provider; the job still ends on
+/// the bytes of a local run.
+#[cfg(feature = "cheat")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_segments_are_replayed_and_a_forged_outer_step_is_caught() {
+    use gradpool_core::state::CommitmentStatus;
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool(&tmp.path().join("pool"), 30).await;
+    let api = customer(&pool).await;
+    let data = small_corpus(tmp.path());
+    let checker = Rig::start(&pool, tmp.path(), "validator", 2, validator);
+    provider(&api, "validator").await;
+    let forger = Rig::start(&pool, tmp.path(), "forger", 1, |c| {
+        c.cheat.forge_outer = true;
+    });
+    let forger_id = provider(&api, "forger").await.id;
+    let spec = parallel_spec("diloco-paranoid", 2, 2, "paranoid");
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    // Alone, the forger trains both workers of round 0 (one after the
+    // other: never two of a job's segments at once) and computes its step.
+    // Caught: the forger is at fault (its provider view counts it).
+    let start = std::time::Instant::now();
+    while provider(&api, "forger").await.faults == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the forged outer step was not caught"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let honest = Rig::start(&pool, tmp.path(), "honest", 1, |_| {});
+    let honest_id = provider(&api, "honest").await.id;
+    let end = wait_final(&api, &id, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    assert!(
+        fetched_global(&api, &id, tmp.path()).await == local_global(&spec, &data, &local),
+        "the pool's global checkpoint differs from `gradpool train`'s"
+    );
+    let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+    assert_eq!(segments.len(), 4);
+    for s in &segments {
+        assert_eq!(
+            s.status,
+            CommitmentStatus::Verified,
+            "segment {}",
+            s.segment
+        );
+    }
+    // Round 0 was the forger's; round 1 only the honest provider's, and
+    // the accepted outer steps were never the forger's.
+    assert!(segments[2..].iter().all(|s| s.provider == honest_id));
+    let events = events(&api, &id).await;
+    for e in &events {
+        if let JobEventKind::OuterStep { provider, .. } = &e.kind {
+            assert_eq!(*provider, honest_id);
+        }
+    }
+    let refused: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            JobEventKind::OuterRefused {
+                round: 0,
+                provider,
+                reason,
+            } if *provider == forger_id => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("not the pool's"), "{}", refused[0]);
+    for rig in [forger, honest, checker] {
+        rig.stop().await;
+    }
+}

@@ -1,0 +1,435 @@
+//! A parallel job's rounds: closing a round once its workers' segments are
+//! committed, and the outer step that makes the next global checkpoint.
+//!
+//! Each round, the pool queues one inner segment per worker slot, all from
+//! the round's global checkpoint ([`crate::queue::queue_round`]); a
+//! provider holds at most one of a job's segments at a time, so a round's
+//! workers train on different providers at once. A segment whose lease
+//! expires, or that fails or is handed back, is queued again for its slot
+//! (the round waits for it). Once every slot has an accepted commitment,
+//! the round's outer step is queued as a task of kind `outer`.
+//!
+//! A provider computes the outer step (`gradpool checkpoint outer`),
+//! uploads the next global checkpoint and signs an
+//! [`OuterCommitment`](gradpool_core::commitment::OuterCommitment) that
+//! binds it to the inner commitments it used. The pool computes the step
+//! again from the committed files, every time ([`recompute`], the same
+//! f32 arithmetic of [`gradpool_core::outer`], without candle), and
+//! accepts the commitment only if the bytes and the chain hash are its
+//! own. A provider whose outer step does not match is barred from the job
+//! and its stake slashed ([`forged`]); the step goes to another provider.
+//! The outer step is not billed: it is a few passes of arithmetic over the
+//! parameters, next to the inner segments, which are.
+
+use crate::error::PoolError;
+use crate::queue::{job_of, leased_task, round_inputs};
+use crate::store::{self, to_u64, JobRow, TaskRow};
+use crate::tx::Write;
+use crate::Pool;
+use gradpool_core::commitment::{outer_chain, OuterInput};
+use gradpool_core::outer::{self, Global};
+use gradpool_core::state::TaskStatus;
+use gradpool_core::wire::{CommitReply, JobEventKind, OuterCommit, TaskKind};
+use gradpool_core::{JobSpec, ProviderId, Sha256Hex, TaskId};
+
+/// After a worker's segment of a parallel job was accepted: queues the
+/// round's outer step once every slot of the round has its commitment.
+pub(crate) async fn segment_committed(w: &mut Write<'_>, job: &JobRow) -> Result<(), PoolError> {
+    let round = job.round;
+    let workers = job.workers.unwrap_or(1);
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ?",
+    )
+    .bind(&job.id)
+    .bind(round * workers)
+    .bind((round + 1) * workers)
+    .fetch_one(w.conn())
+    .await?;
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? AND kind = 'outer' AND round = ? \
+         AND status IN ('queued', 'leased'))",
+    )
+    .bind(&job.id)
+    .bind(round)
+    .fetch_one(w.conn())
+    .await?;
+    if committed >= workers && !pending {
+        crate::queue::queue_outer(w, job, round).await?;
+        tracing::info!(job = %job.id, round, "round trained; outer step queued");
+    }
+    Ok(())
+}
+
+/// The parts of a job the outer step needs, read once.
+struct Round {
+    spec: JobSpec,
+    round: i64,
+    step: u64,
+    inputs: Vec<OuterInput>,
+}
+
+impl Pool {
+    /// Checks a provider's outer step and, if the pool's own computation
+    /// gives the same bytes, accepts it: the job moves to the next round,
+    /// or ends after its last.
+    pub async fn commit_outer(
+        &self,
+        provider: &ProviderId,
+        task_id: &str,
+        c: OuterCommit,
+    ) -> Result<CommitReply, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        let task = store::task(&mut conn, task_id)
+            .await?
+            .ok_or_else(|| PoolError::not_found(format!("task {task_id}")))?;
+        let job = job_of(&mut conn, &task).await?;
+        if task.status == TaskStatus::Committed
+            && task.provider_id.as_deref() == Some(provider.as_str())
+        {
+            // The same accepted step, sent again.
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT signed FROM outer_steps WHERE task_id = ? AND discarded_at IS NULL",
+            )
+            .bind(task_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(stored) = stored {
+                if serde_json::from_str::<gradpool_core::commitment::SignedOuterCommitment>(
+                    &stored,
+                )? == c.commitment
+                {
+                    return Ok(CommitReply {
+                        accepted: true,
+                        job_done: to_u64(task.end_step) >= to_u64(job.steps),
+                    });
+                }
+            }
+        }
+        let task = leased_task(&mut conn, provider, task_id).await?;
+        if task.kind != TaskKind::Outer {
+            return Err(PoolError::BadRequest(format!(
+                "task {task_id} is not an outer step: commit it with POST /v1/tasks/{task_id}/commit"
+            )));
+        }
+        let round = self
+            .check_outer(&mut conn, provider, &task, &job, &c)
+            .await?;
+        drop(conn);
+        let global = c.commitment.commitment.global_sha256.clone();
+        let (bytes, hash) = self.recompute(&job, &round).await?;
+        let mine = Sha256Hex::of(&bytes);
+        if mine != global || hash != c.commitment.commitment.hash {
+            let reason = if mine != global {
+                format!("its global checkpoint {global} is not the pool's {mine}")
+            } else {
+                format!("its chain hash is not the pool's {hash}")
+            };
+            return Err(self.forged(provider, &task, round.round, reason).await?);
+        }
+        self.accept_outer(provider, &task, &round, &c).await
+    }
+
+    /// Every check of an outer commitment short of computing the step:
+    /// signer, job, round, step, chain, inputs and the uploaded blob.
+    async fn check_outer(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        provider: &ProviderId,
+        task: &TaskRow,
+        job: &JobRow,
+        c: &OuterCommit,
+    ) -> Result<Round, PoolError> {
+        let signed = &c.commitment;
+        signed
+            .verify()
+            .map_err(|e| PoolError::BadRequest(format!("outer commitment signature: {e}")))?;
+        if &signed.signer() != provider {
+            return Err(PoolError::BadRequest(format!(
+                "the outer commitment is signed by {}, not by you ({provider})",
+                signed.signer()
+            )));
+        }
+        let cm = &signed.commitment;
+        let round = task.round.unwrap_or(-1);
+        let want = (job.id.as_str(), to_u64(round), to_u64(task.end_step));
+        let got = (cm.job_id.as_str(), cm.round, cm.step);
+        if got != want || job.round != round {
+            return Err(PoolError::BadRequest(format!(
+                "the outer commitment is for job {} round {} step {}, but the task is job {} round {} step {}",
+                got.0, got.1, got.2, want.0, want.1, want.2
+            )));
+        }
+        if cm.prev != job.chain_head()? {
+            return Err(PoolError::Conflict(format!(
+                "outer commitment prev {} is not the round's global commitment {}",
+                cm.prev, job.commitment
+            )));
+        }
+        let inputs = round_inputs(conn, job, round).await?;
+        if cm.inputs != inputs {
+            return Err(PoolError::BadRequest(format!(
+                "the outer commitment's inputs are not the round's {} accepted segments",
+                inputs.len()
+            )));
+        }
+        let uploaded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        )
+        .bind(cm.global_sha256.as_str())
+        .bind(provider.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+        if !uploaded || !self.inner.blobs.exists(&cm.global_sha256).await? {
+            return Err(PoolError::BadRequest(format!(
+                "global checkpoint blob {} not found among this provider's uploads; upload it before committing",
+                cm.global_sha256
+            )));
+        }
+        let spec = JobSpec::from_toml_str(&job.spec_toml)
+            .map_err(|e| PoolError::Internal(format!("job {}: stored spec: {e}", job.id)))?;
+        Ok(Round {
+            spec,
+            round,
+            step: cm.step,
+            inputs,
+        })
+    }
+
+    /// The outer step as the pool computes it: the next global
+    /// checkpoint's bytes and its chain hash.
+    async fn recompute(
+        &self,
+        job: &JobRow,
+        round: &Round,
+    ) -> Result<(Vec<u8>, gradpool_core::signing::ChainHash), PoolError> {
+        let parallel = round
+            .spec
+            .parallel
+            .ok_or_else(|| PoolError::Internal(format!("job {} is not parallel", job.id)))?;
+        let model = crate::model::stored_model(&job.id, job.model.as_deref())?;
+        let seed = round.spec.train.seed;
+        let global_path = job
+            .checkpoint_sha256
+            .as_deref()
+            .map(|s| s.parse::<Sha256Hex>())
+            .transpose()
+            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))?
+            .map(|sha| self.inner.blobs.path_of(&sha));
+        let inputs: Vec<(u32, std::path::PathBuf)> = round
+            .inputs
+            .iter()
+            .map(|i| (i.worker, self.inner.blobs.path_of(&i.checkpoint_sha256)))
+            .collect();
+        let prev = job.chain_head()?;
+        let (step, chained) = (round.step, round.inputs.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut workers = Vec::with_capacity(inputs.len());
+            let mut first = None;
+            for (w, path) in &inputs {
+                let bytes = std::fs::read(path)?;
+                workers.push((*w, outer::worker_params(*w, &bytes).map_err(bad)?));
+                first.get_or_insert(bytes);
+            }
+            let global = match global_path {
+                Some(path) => Global::from_bytes(&std::fs::read(path)?).map_err(bad)?,
+                None => {
+                    let first = first.ok_or_else(|| bad("the round has no segment"))?;
+                    Global::initial_for(&model, seed, &first).map_err(bad)?
+                }
+            };
+            let next = outer::outer_step(&global, &workers, &parallel, step).map_err(bad)?;
+            let bytes = next.to_bytes();
+            let hash = outer_chain(&bytes, &prev, &chained);
+            Ok((bytes, hash))
+        })
+        .await?
+    }
+
+    /// A forged outer step: the task fails, its provider is barred from the
+    /// job and its stake slashed (to the customer), and the step is queued
+    /// for another provider. Returns the error the provider is answered.
+    async fn forged(
+        &self,
+        provider: &ProviderId,
+        task: &TaskRow,
+        round: i64,
+        reason: String,
+    ) -> Result<PoolError, PoolError> {
+        let mut w = self.write().await?;
+        let task = leased_task(w.conn(), provider, &task.id).await?;
+        let job = job_of(w.conn(), &task).await?;
+        let now = w.now;
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(format!("forged outer step: {reason}"))
+        .bind(now)
+        .bind(&task.id)
+        .execute(w.conn())
+        .await?;
+        let (forfeited, slashed) =
+            crate::money::slash(&mut w, provider.as_str(), &job.id, &job.account_id, None, 0)
+                .await?;
+        sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
+            .bind(provider.as_str())
+            .execute(w.conn())
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO job_bars (job_id, provider_id, task_id, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(provider.as_str())
+        .bind(&task.id)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &job.id,
+            JobEventKind::OuterRefused {
+                round: to_u64(round),
+                provider: provider.clone(),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        crate::queue::queue_outer(&mut w, &job, round).await?;
+        w.commit().await?;
+        tracing::warn!(job = %job.id, round, provider = %provider, forfeited = %forfeited,
+            slashed = %slashed, reason = %reason, "forged outer step refused");
+        Ok(PoolError::BadRequest(format!(
+            "the outer step does not match the pool's computation: {reason}; \
+             you are barred from job {} and your stake is slashed",
+            job.id
+        )))
+    }
+
+    /// Accepts a checked outer step: the job moves to the next round's
+    /// global checkpoint, and that round is queued (or the job ends).
+    async fn accept_outer(
+        &self,
+        provider: &ProviderId,
+        task: &TaskRow,
+        round: &Round,
+        c: &OuterCommit,
+    ) -> Result<CommitReply, PoolError> {
+        let mut w = self.write().await?;
+        // The state may have moved while the step was computed.
+        let task = leased_task(w.conn(), provider, &task.id).await?;
+        let job = job_of(w.conn(), &task).await?;
+        let cm = &c.commitment.commitment;
+        if job.round != round.round || job.chain_head()? != cm.prev {
+            return Err(PoolError::Conflict(
+                "the job moved on while this outer step was checked".into(),
+            ));
+        }
+        let now = w.now;
+        let (loss, eval_loss, wait_seconds) = round_figures(&mut w, &job, round.round).await?;
+        sqlx::query(
+            "INSERT INTO outer_steps (job_id, round, provider_id, task_id, step, global_sha256, prev, hash, \
+             signed, loss, eval_loss, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(round.round)
+        .bind(provider.as_str())
+        .bind(&task.id)
+        .bind(i64::try_from(cm.step).unwrap_or(i64::MAX))
+        .bind(cm.global_sha256.as_str())
+        .bind(cm.prev.to_string())
+        .bind(cm.hash.to_string())
+        .bind(serde_json::to_string(&c.commitment)?)
+        .bind(f64::from(loss))
+        .bind(eval_loss.map(f64::from))
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET status = 'committed', step = end_step, lease_expires_at = NULL, updated_at = ? \
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(&task.id)
+        .execute(w.conn())
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET step = ?, round = round + 1, checkpoint_sha256 = ?, commitment = ?, last_loss = ?, \
+             eval_loss = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(i64::try_from(cm.step).unwrap_or(i64::MAX))
+        .bind(cm.global_sha256.as_str())
+        .bind(cm.hash.to_string())
+        .bind(f64::from(loss))
+        .bind(eval_loss.map(f64::from))
+        .bind(now)
+        .bind(&job.id)
+        .execute(w.conn())
+        .await?;
+        w.event(
+            &job.id,
+            JobEventKind::OuterStep {
+                round: to_u64(round.round),
+                step: cm.step,
+                provider: provider.clone(),
+                workers: cm.inputs.iter().map(|i| i.worker).collect(),
+                global_sha256: cm.global_sha256.clone(),
+                commitment: cm.hash,
+                loss,
+                eval_loss,
+                wait_seconds,
+            },
+        )
+        .await?;
+        let job_done = to_u64(job.steps) <= cm.step;
+        if job_done {
+            if !crate::audit::finish_if_done(&mut w, &job.id).await? {
+                tracing::info!(job = %job.id, "last round closed; the job succeeds once its audits are decided");
+            }
+        } else {
+            let job = job_of(w.conn(), &task).await?;
+            let next = u32::try_from(job.round)
+                .map_err(|_| PoolError::Internal(format!("job {}: round overflows", job.id)))?;
+            crate::queue::queue_round(&mut w, &job, next).await?;
+        }
+        w.commit().await?;
+        tracing::info!(job = %job.id, task = %TaskId::from(task.id.as_str()), provider = %provider,
+            round = round.round, step = cm.step, "outer step checked and accepted");
+        Ok(CommitReply {
+            accepted: true,
+            job_done,
+        })
+    }
+}
+
+/// A round's mean last training loss and held-out loss over its workers,
+/// and how long it waited between its first and last worker's commitment.
+async fn round_figures(
+    w: &mut Write<'_>,
+    job: &JobRow,
+    round: i64,
+) -> Result<(f32, Option<f32>, f64), PoolError> {
+    let n = job.workers.unwrap_or(1);
+    let rows: Vec<(String, Option<f64>, i64)> = sqlx::query_as(
+        "SELECT loss_trace, eval_loss, committed_at FROM commitments WHERE job_id = ? AND segment >= ? \
+         AND segment < ? ORDER BY segment",
+    )
+    .bind(&job.id)
+    .bind(round * n)
+    .bind((round + 1) * n)
+    .fetch_all(w.conn())
+    .await?;
+    let mut losses = Vec::with_capacity(rows.len());
+    let mut evals = Vec::with_capacity(rows.len());
+    for (trace, eval, _) in &rows {
+        let trace: Vec<f32> = serde_json::from_str(trace)?;
+        losses.extend(trace.last().copied());
+        evals.extend(eval.map(|e| e as f32));
+    }
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let eval = (evals.len() == rows.len() && !evals.is_empty()).then(|| mean(&evals));
+    let first = rows.iter().map(|r| r.2).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    Ok((mean(&losses), eval, (last - first) as f64 / 1000.0))
+}
+
+fn bad(e: impl std::fmt::Display) -> PoolError {
+    PoolError::BadRequest(format!("the round's outer step cannot be computed: {e}"))
+}
