@@ -36,9 +36,13 @@ const SAMPLE_PROMPT: &str = "ROMEO:";
 
 #[derive(Args)]
 pub struct DevnetArgs {
-    /// Provider agents to start.
-    #[arg(long, default_value_t = 3)]
-    providers: usize,
+    /// Provider agents to start (default: 3, or --workers when more).
+    #[arg(long)]
+    providers: Option<usize>,
+    /// Train the job as a parallel (DiLoCo) job on this many workers at
+    /// once, a round being --checkpoint-every steps of each.
+    #[arg(long, value_name = "N")]
+    workers: Option<u32>,
     /// Training steps (overrides the spec).
     #[arg(long)]
     steps: Option<u64>,
@@ -215,6 +219,50 @@ struct Summary {
     pool_fingerprint: Option<String>,
     payments: Payments,
     verification: VerificationSummary,
+    /// A parallel job's rounds (`devnet --workers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel: Option<ParallelSummary>,
+}
+
+/// A parallel job's rounds, as the pool recorded them.
+#[derive(Serialize)]
+struct ParallelSummary {
+    workers: u32,
+    rounds: usize,
+    inner_steps: u64,
+    /// Outer steps accepted, each computed again by the pool, which
+    /// compared its bytes and chain hash with the provider's commitment.
+    outer_steps_checked: usize,
+    /// What a round's checkpoints moved through the pool (uploads and
+    /// downloads, audits' replays included), on average.
+    bytes_per_round: u64,
+    /// How long a round waited between its first and its last worker's
+    /// commitment, on average.
+    straggler_wait_seconds: f64,
+    /// Each round's mean last training loss over its workers.
+    round_losses: Vec<f32>,
+    /// Each round's mean held-out loss over its workers.
+    round_eval_losses: Vec<f32>,
+}
+
+impl ParallelSummary {
+    fn of(rounds: &[gradpool_core::wire::RoundView], workers: u32, inner_steps: u64) -> Self {
+        let n = rounds.len().max(1);
+        let outer = || rounds.iter().filter_map(|r| r.outer.as_ref());
+        ParallelSummary {
+            workers,
+            rounds: rounds.len(),
+            inner_steps,
+            outer_steps_checked: outer().count(),
+            bytes_per_round: rounds.iter().map(|r| r.bytes).sum::<u64>() / n as u64,
+            straggler_wait_seconds: (rounds.iter().map(|r| r.wait_seconds).sum::<f64>() / n as f64
+                * 10.0)
+                .round()
+                / 10.0,
+            round_losses: outer().filter_map(|o| o.loss).collect(),
+            round_eval_losses: outer().filter_map(|o| o.eval_loss).collect(),
+        }
+    }
 }
 
 /// The job's audits: every provider also validates, so segments drawn for
@@ -277,7 +325,10 @@ fn devnet_price(i: usize) -> Piconero {
 
 pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    if a.providers == 0 {
+    let agents = a
+        .providers
+        .unwrap_or_else(|| 3.max(a.workers.unwrap_or(0) as usize));
+    if agents == 0 {
         bail!("--providers must be at least 1");
     }
     let gpus = a.device.gpus()?;
@@ -288,7 +339,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     let (spec_text, data_path) = job_input(&a, &work_path)?;
 
     let chain = if a.monero {
-        let chain = DevChain::start(&work_path.join("chain"), a.providers)
+        let chain = DevChain::start(&work_path.join("chain"), agents)
             .await
             .context("cannot start the private Monero chain")?;
         println!(
@@ -352,7 +403,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
 
     // The providers.
     let mut providers = Vec::new();
-    for i in 0..a.providers {
+    for i in 0..agents {
         let payout = chain
             .as_ref()
             .and_then(|c| c.payout.get(i))
@@ -369,7 +420,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     };
     println!(
         "providers  {} agents{on}, logs in {}/provider-*.log",
-        a.providers,
+        agents,
         work_path.display()
     );
 
@@ -442,6 +493,17 @@ fn job_input(a: &DevnetArgs, work: &Path) -> anyhow::Result<(String, PathBuf)> {
             "checkpoint_every".into(),
             toml::Value::Integer(every as i64),
         );
+    }
+    // A parallel job: a round is a segment's steps of each worker.
+    if let Some(workers) = a.workers {
+        let inner = train
+            .get("checkpoint_every")
+            .and_then(|v| v.as_integer())
+            .context("--workers: the spec needs train.checkpoint_every (the steps of a round)")?;
+        let mut parallel = toml::Table::new();
+        parallel.insert("workers".into(), toml::Value::Integer(i64::from(workers)));
+        parallel.insert("inner_steps".into(), toml::Value::Integer(inner));
+        doc.insert("parallel".into(), toml::Value::Table(parallel));
     }
     // devnet pays its providers: a spec without a budget gets one.
     if !doc.contains_key("budget") {
@@ -564,11 +626,23 @@ async fn drive(
         .first()
         .and_then(|s| s.loss_trace.first().copied())
         .unwrap_or(f32::NAN);
-    let final_loss = segments
+    let mut final_loss = segments
         .last()
         .and_then(|s| s.loss_trace.last().copied())
         .unwrap_or(f32::NAN);
-    let eval_losses: Vec<f32> = segments.iter().filter_map(|s| s.eval_loss).collect();
+    let mut eval_losses: Vec<f32> = segments.iter().filter_map(|s| s.eval_loss).collect();
+    let parallel = match end.parallel {
+        Some(p) => {
+            let rounds: Vec<gradpool_core::wire::RoundView> =
+                api.get(&format!("/v1/jobs/{id}/rounds")).await?;
+            let summary = ParallelSummary::of(&rounds, p.workers, end.checkpoint_every);
+            // A parallel job's losses are its rounds': the workers' means.
+            final_loss = summary.round_losses.last().copied().unwrap_or(final_loss);
+            eval_losses = summary.round_eval_losses.clone();
+            Some(summary)
+        }
+        None => None,
+    };
 
     let tokens = a.sample_tokens;
     let model_path = model.clone();
@@ -688,6 +762,7 @@ async fn drive(
         pool_fingerprint: endpoint.trust.fingerprint.map(|f| f.to_string()),
         payments,
         verification,
+        parallel,
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(
@@ -710,6 +785,27 @@ async fn drive(
     );
     if let (Some(first), Some(last)) = (summary.eval_losses.first(), summary.eval_losses.last()) {
         println!("held-out loss {first:.4} → {last:.4} (at the first and last checkpoints)");
+    }
+    if let Some(p) = &summary.parallel {
+        println!(
+            "parallel      {} workers × {} steps, {} rounds, {} outer steps computed again by the pool",
+            p.workers, p.inner_steps, p.rounds, p.outer_steps_checked
+        );
+        let losses: Vec<String> = p.round_losses.iter().map(|l| format!("{l:.3}")).collect();
+        println!("round loss    {}", losses.join(" → "));
+        if !p.round_eval_losses.is_empty() {
+            let held: Vec<String> = p
+                .round_eval_losses
+                .iter()
+                .map(|l| format!("{l:.3}"))
+                .collect();
+            println!("held-out      {}", held.join(" → "));
+        }
+        println!(
+            "per round     {} moved through the pool, {:.1} s waiting for the slowest worker",
+            human_bytes(p.bytes_per_round),
+            p.straggler_wait_seconds
+        );
     }
     println!("wall time     {:.1} s", summary.wall_seconds);
     println!(
@@ -825,5 +921,15 @@ async fn stop_provider(p: &mut ProviderProcess) {
     {
         tracing::warn!(provider = %p.name, "provider did not stop; killing it");
         let _ = p.child.kill().await;
+    }
+}
+
+/// Bytes for people: `1.2 MB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / f64::from(1u32 << 30)),
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} kB", n as f64 / 1024.0),
+        n => format!("{n} B"),
     }
 }

@@ -355,6 +355,65 @@ fn devnet_trains_and_writes_its_summary() {
     assert_eq!(paid + fees, payments["spent_piconero"].as_u64().unwrap());
 }
 
+#[test]
+fn devnet_trains_a_parallel_job_on_its_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_corpus(tmp.path());
+    let spec = tmp.path().join("tiny.toml");
+    std::fs::write(&spec, tiny_spec("devnet-diloco", 5, 60, 20)).unwrap();
+    let out = tmp.path().join("out");
+    let stdout = ok(Command::new(BIN)
+        .args([
+            "devnet",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--sample-tokens",
+            "40",
+        ])
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let p = &summary["parallel"];
+    assert_eq!(p["workers"], 2, "{summary:#}");
+    assert_eq!(p["rounds"], 3, "{summary:#}");
+    assert_eq!(p["inner_steps"], 20, "{summary:#}");
+    assert_eq!(p["outer_steps_checked"], 3, "{summary:#}");
+    // Every round moved at least its two workers' checkpoints up and the
+    // new global checkpoint up and down.
+    assert!(p["bytes_per_round"].as_u64().unwrap() > 0, "{summary:#}");
+    assert!(p["straggler_wait_seconds"].as_f64().unwrap() >= 0.0);
+    let losses = p["round_losses"].as_array().unwrap();
+    let held_out = p["round_eval_losses"].as_array().unwrap();
+    assert_eq!((losses.len(), held_out.len()), (3, 3), "{summary:#}");
+    assert_eq!(summary["eval_losses"], p["round_eval_losses"]);
+    assert!(stdout.contains("round loss"), "{stdout}");
+    assert!(
+        stdout.contains("outer steps computed again by the pool"),
+        "{stdout}"
+    );
+    // Three providers by default (more than the workers), six segments.
+    let segments: Vec<u64> = summary["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["segments"].as_u64().unwrap())
+        .collect();
+    assert_eq!(segments.len(), 3);
+    assert_eq!(segments.iter().sum::<u64>(), 6);
+    assert_eq!(summary["verification"]["status"], "succeeded");
+    assert_eq!(summary["payments"]["ledger_balanced"], true);
+}
+
 /// `gradpool provider status` for the rig in `dir`, as its owner runs it.
 fn provider_status(url: &str, dir: &Path) -> String {
     let out = Command::new(BIN)

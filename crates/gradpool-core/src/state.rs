@@ -272,6 +272,14 @@ states! {
         Cancelled = "cancelled",
     }
 
+    /// Which way a blob went through the pool's blob routes.
+    TransferDirection ("blob transfer direction") {
+        /// `PUT /v1/blobs/{sha256}`: to the pool.
+        Upload = "upload",
+        /// `GET /v1/blobs/{sha256}`: from the pool.
+        Download = "download",
+    }
+
     /// A hardware proof's state, and once answered its outcome.
     ProofStatus ("hardware proof status") {
         /// Waiting for the answer.
@@ -358,6 +366,7 @@ mod tests {
         round_trips::<PayoutKind>();
         round_trips::<PayoutStatus>();
         round_trips::<ProofStatus>();
+        round_trips::<TransferDirection>();
         round_trips::<BookingStatus>();
     }
 

@@ -219,6 +219,11 @@ pub struct RoundView {
     /// how long the round waited for its slowest worker.
     #[serde(deserialize_with = "crate::finite::f64")]
     pub wait_seconds: f64,
+    /// What the round's checkpoints (its workers' and the global one it
+    /// made) moved through the pool's blob routes, up and down, replays
+    /// for audits included.
+    #[serde(default)]
+    pub bytes: u64,
     /// The accepted outer step; `None` while the round trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outer: Option<OuterView>,

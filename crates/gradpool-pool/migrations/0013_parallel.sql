@@ -90,3 +90,18 @@ CREATE TABLE job_bars_new (
 INSERT INTO job_bars_new SELECT job_id, provider_id, audit_id, NULL, at FROM job_bars;
 DROP TABLE job_bars;
 ALTER TABLE job_bars_new RENAME TO job_bars;
+
+-- Every blob moved through the blob routes, for what a parallel job's
+-- round moves and the transfer rate placement sees. `ms`: how long an
+-- upload took (NULL for a download, served as a stream).
+CREATE TABLE blob_transfers (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256    TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('upload', 'download')),
+    bytes     INTEGER NOT NULL,
+    ms        INTEGER,
+    at        INTEGER NOT NULL
+);
+CREATE INDEX blob_transfers_sha ON blob_transfers(sha256);
+CREATE INDEX blob_transfers_principal ON blob_transfers(principal, at);

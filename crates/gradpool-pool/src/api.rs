@@ -170,12 +170,14 @@ async fn put_blob(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(max));
     }
+    let started = std::time::Instant::now();
     let size = pool
         .inner
         .blobs
         .put(&sha, body.into_data_stream(), max)
         .await?;
-    pool.record_blob(&sha, size, &caller).await?;
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    pool.record_blob(&sha, size, &caller, ms).await?;
     tracing::debug!(sha256 = %sha, size, by = caller.principal(), "blob stored");
     Ok((StatusCode::CREATED, Json(BlobStored { sha256: sha, size })))
 }
@@ -196,6 +198,7 @@ async fn get_blob(
         Err(e) => return Err(e.into()),
     };
     let len = file.metadata().await?.len();
+    pool.record_download(&sha, len, &caller).await?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         [

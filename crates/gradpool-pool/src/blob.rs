@@ -12,6 +12,7 @@ use crate::Pool;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use gradpool_core::id::random_hex;
+use gradpool_core::state::TransferDirection;
 use gradpool_core::Sha256Hex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -126,11 +127,13 @@ pub(crate) fn too_large(max_bytes: u64) -> PoolError {
 
 impl Pool {
     /// Records that `caller` uploaded the blob.
+    /// Records a stored blob and who uploaded it (in `ms` milliseconds).
     pub(crate) async fn record_blob(
         &self,
         sha: &Sha256Hex,
         size: u64,
         caller: &Caller,
+        ms: u64,
     ) -> Result<(), PoolError> {
         let now = self.now();
         let size = i64::try_from(size).map_err(|_| too_large(self.inner.config.max_blob_bytes))?;
@@ -149,6 +152,28 @@ impl Pool {
         .bind(now)
         .execute(w.conn())
         .await?;
+        transfer(
+            &mut w,
+            sha,
+            caller,
+            TransferDirection::Upload,
+            size,
+            Some(ms),
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// Records a blob served to `caller`.
+    pub(crate) async fn record_download(
+        &self,
+        sha: &Sha256Hex,
+        size: u64,
+        caller: &Caller,
+    ) -> Result<(), PoolError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let mut w = self.write().await?;
+        transfer(&mut w, sha, caller, TransferDirection::Download, size, None).await?;
         w.commit().await
     }
 
@@ -186,4 +211,28 @@ impl Pool {
             .await?;
         Ok(ok)
     }
+}
+
+/// One blob transfer, in the caller's transaction.
+async fn transfer(
+    w: &mut crate::tx::Write<'_>,
+    sha: &Sha256Hex,
+    caller: &Caller,
+    direction: TransferDirection,
+    bytes: i64,
+    ms: Option<u64>,
+) -> Result<(), PoolError> {
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO blob_transfers (sha256, principal, direction, bytes, ms, at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(sha.as_str())
+    .bind(caller.principal())
+    .bind(direction.as_str())
+    .bind(bytes)
+    .bind(ms.map(|m| i64::try_from(m).unwrap_or(i64::MAX)))
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    Ok(())
 }

@@ -473,8 +473,20 @@ pub async fn rounds(
          WHERE job_id = ? AND discarded_at IS NULL ORDER BY round",
     )
     .bind(&job.id)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let moved: std::collections::BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT sha256, SUM(bytes) FROM blob_transfers WHERE sha256 IN \
+         (SELECT checkpoint_sha256 FROM commitments WHERE job_id = ?1 \
+          UNION SELECT global_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL) \
+         GROUP BY sha256",
+    )
+    .bind(&job.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let bytes_of = |sha: &str| to_u64(moved.get(sha).copied().unwrap_or(0));
     let mut out: Vec<RoundView> = Vec::new();
     let mut times: Vec<Vec<i64>> = Vec::new();
     for s in segments {
@@ -487,6 +499,7 @@ pub async fn rounds(
                 end_step: to_u64(((r + 1) * job.checkpoint_every).min(job.steps)),
                 workers: Vec::new(),
                 wait_seconds: 0.0,
+                bytes: 0,
                 outer: None,
             });
             times.push(Vec::new());
@@ -494,6 +507,7 @@ pub async fn rounds(
         let at = committed.get(&i64::from(s.segment)).copied().unwrap_or(0);
         let index = usize::try_from(round).unwrap_or(0);
         times[index].push(at);
+        out[index].bytes += bytes_of(s.checkpoint_sha256.as_str());
         out[index].workers.push(RoundWorker {
             worker: u32::try_from(i64::from(s.segment) % n).unwrap_or(0),
             segment: s.segment,
@@ -511,6 +525,7 @@ pub async fn rounds(
     }
     for o in outers {
         if let Some(view) = out.get_mut(usize::try_from(o.round).unwrap_or(usize::MAX)) {
+            view.bytes += bytes_of(&o.global_sha256);
             view.outer = Some(OuterView {
                 provider: ProviderId::from(o.provider_id.as_str()),
                 global_sha256: parse_sha(&o.global_sha256)?,
@@ -640,7 +655,7 @@ mod tests {
     async fn every_state_column_checks_exactly_its_enums_spellings() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("pool.db")).await.unwrap();
-        let columns: [(&str, &str, String); 14] = [
+        let columns: [(&str, &str, String); 15] = [
             ("jobs", "status", JobStatus::check_list()),
             (
                 "jobs",
@@ -668,6 +683,11 @@ mod tests {
                 "'reserved', 'ended', 'cancelled'".into(),
             ),
             ("provider_status", "status", ProviderChange::check_list()),
+            (
+                "blob_transfers",
+                "direction",
+                TransferDirection::check_list(),
+            ),
         ];
         for (table, column, list) in columns {
             let sql: String = sqlx::query_scalar(
