@@ -271,3 +271,141 @@ async fn worker_segments_are_replayed_and_a_forged_outer_step_is_caught() {
         rig.stop().await;
     }
 }
+
+/// A provider cheating as `kind` on every segment takes a paranoid
+/// parallel job's workers alone; a validator replays them. Caught at the
+/// first replay: the cheater is at fault and barred, the job rolls back to
+/// the start of the faulty round, and an honest provider that joins
+/// trains it to the local run's bytes.
+#[cfg(feature = "cheat")]
+async fn worker_cheat_caught(kind: &str) {
+    use gradpool_core::state::{AuditStatus, CommitmentStatus};
+    use gradpool_core::wire::VerdictView;
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool_with(&tmp.path().join("pool"), 30, |c| {
+        c.verification.plant_rate = 0.0;
+    })
+    .await;
+    let api = customer(&pool).await;
+    let data = small_corpus(tmp.path());
+    // Two validators: a replay that disagrees with the trainer goes to a
+    // second one before a verdict.
+    let checkers = [
+        Rig::start(&pool, tmp.path(), "validator-1", 1, validator),
+        Rig::start(&pool, tmp.path(), "validator-2", 1, validator),
+    ];
+    provider(&api, "validator-1").await;
+    provider(&api, "validator-2").await;
+    let cheater = Rig::start(&pool, tmp.path(), "cheater", 1, |c| {
+        c.cheat.kind = Some(kind.to_owned());
+        c.cheat.fraction = 1.0;
+    });
+    let cheater_id = provider(&api, "cheater").await.id;
+    let spec = parallel_spec(&format!("diloco-{kind}"), 2, 2, "paranoid");
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let start = std::time::Instant::now();
+    let fault = loop {
+        let verdicts: Vec<VerdictView> = api.get(&format!("/v1/jobs/{id}/verdicts")).await.unwrap();
+        if let Some(v) = verdicts
+            .into_iter()
+            .find(|v| v.outcome == AuditStatus::ProviderFault)
+        {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{kind} was not caught"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(fault.at_fault.as_ref(), Some(&cheater_id), "{fault:#?}");
+    let honest = Rig::start(&pool, tmp.path(), "honest", 1, |_| {});
+    let honest_id = provider(&api, "honest").await.id;
+    let end = wait_final(&api, &id, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    assert!(
+        fetched_global(&api, &id, tmp.path()).await == local_global(&spec, &data, &local),
+        "{kind}: the pool's global checkpoint differs from `gradpool train`'s"
+    );
+    let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await.unwrap();
+    assert_eq!(segments.len(), 4);
+    for s in &segments {
+        assert_eq!(s.provider, honest_id, "segment {}", s.segment);
+        assert_eq!(
+            s.status,
+            CommitmentStatus::Verified,
+            "segment {}",
+            s.segment
+        );
+    }
+    // Outer steps the cheater computed over its faked segments were
+    // accepted (the arithmetic was right) and went with the rollback.
+    let events = events(&api, &id).await;
+    let rolled_back = events
+        .iter()
+        .rposition(|e| {
+            matches!(
+                &e.kind,
+                JobEventKind::RolledBack { provider, step: 0, .. } if *provider == cheater_id
+            )
+        })
+        .expect("a rollback to round 0");
+    assert!(!events[rolled_back..].iter().any(|e| matches!(
+        &e.kind,
+        JobEventKind::OuterStep { provider, .. } | JobEventKind::Assigned { provider, .. }
+            if *provider == cheater_id
+    )));
+    let rounds: Vec<RoundView> = api.get(&format!("/v1/jobs/{id}/rounds")).await.unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in &rounds {
+        let outer = r.outer.as_ref().expect("an outer step");
+        assert_eq!(outer.provider, honest_id, "round {}", r.round);
+    }
+    assert!(provider(&api, "cheater").await.faults >= 1);
+    let report = pool.pool.ledger().reconcile().await.unwrap();
+    assert!(report.is_clean(), "{report}");
+    let [one, two] = checkers;
+    for rig in [cheater, honest, one, two] {
+        rig.stop().await;
+    }
+}
+
+#[cfg(feature = "cheat")]
+mod worker_cheats {
+    use super::worker_cheat_caught;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn skipped_steps() {
+        worker_cheat_caught("skip-steps").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_weights() {
+        worker_cheat_caught("random-weights").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn perturbed_weights() {
+        worker_cheat_caught("perturb-weights").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_old_checkpoint() {
+        worker_cheat_caught("old-checkpoint").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_shard_of_data() {
+        worker_cheat_caught("other-data").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lower_learning_rate() {
+        worker_cheat_caught("lower-lr").await;
+    }
+}

@@ -121,9 +121,67 @@ pub fn run_segment_cheating(
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
     check_range(spec, start_step, end_step)?;
-    let (model, mut opt) = start_state(spec, data, start, start_step, device)?;
-    let steps = start_step..end_step;
-    let (model, opt, losses) = match kind {
+    let (model, opt) = start_state(spec, data, start, start_step, device)?;
+    let from = Honest {
+        model,
+        opt,
+        recipe: Recipe::HONEST,
+        steps: start_step..end_step,
+    };
+    let (model, opt, losses) = fake(kind, spec, data, from, device, on_step)?;
+    finish(spec, data, &model, &opt, end_step, device, out, losses)
+}
+
+/// Runs a parallel job's worker segment ([`crate::parallel::run_worker_segment`])
+/// faked as `kind` says: from the same start (the round's global weights,
+/// the slot's moments, the worker's shard), the same checkpoint file at
+/// the round's end step, a faked state.
+pub fn run_worker_segment_cheating(
+    kind: CheatKind,
+    spec: &JobSpec,
+    data: &Dataset,
+    task: &crate::parallel::WorkerTask<'_>,
+    device: &Device,
+    out: &Path,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<SegmentOutcome, TrainError> {
+    let start = crate::parallel::worker_start(spec, data, task, device)?;
+    let end_step = start.steps.end;
+    let from = Honest {
+        model: start.model,
+        opt: start.opt,
+        recipe: start.recipe,
+        steps: start.steps,
+    };
+    let (model, opt, losses) = fake(kind, spec, data, from, device, on_step)?;
+    finish(spec, data, &model, &opt, end_step, device, out, losses)
+}
+
+/// What an honest segment would start from and do.
+struct Honest {
+    model: Model,
+    opt: AdamW,
+    recipe: Recipe,
+    steps: std::ops::Range<u64>,
+}
+
+/// The faked end state and losses of the segment `from` describes.
+fn fake(
+    kind: CheatKind,
+    spec: &JobSpec,
+    data: &Dataset,
+    from: Honest,
+    device: &Device,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<(Model, AdamW, Vec<f32>), TrainError> {
+    let Honest {
+        model,
+        mut opt,
+        recipe: honest,
+        steps,
+    } = from;
+    let (start_step, end_step) = (steps.start, steps.end);
+    Ok(match kind {
         CheatKind::SkipSteps => {
             let trained = start_step + (end_step - start_step) / 2;
             let mut losses = train_steps(
@@ -133,7 +191,7 @@ pub fn run_segment_cheating(
                 data,
                 start_step..trained,
                 device,
-                Recipe::HONEST,
+                honest,
                 on_step,
             )?;
             fake_steps(&model.meta, spec, trained..end_step, &mut losses, on_step);
@@ -156,13 +214,13 @@ pub fn run_segment_cheating(
             let recipe = match kind {
                 CheatKind::OtherData => Recipe {
                     batch_seed: Some(spec.train.seed ^ 0x6368_6561_7400_0001),
-                    ..Recipe::HONEST
+                    ..honest
                 },
                 CheatKind::LowerLr => Recipe {
                     lr_scale: 0.5,
-                    ..Recipe::HONEST
+                    ..honest
                 },
-                _ => Recipe::HONEST,
+                _ => honest,
             };
             let losses = train_steps(&model, &mut opt, spec, data, steps, device, recipe, on_step)?;
             if kind == CheatKind::PerturbWeights {
@@ -174,8 +232,7 @@ pub fn run_segment_cheating(
                 (model, opt, losses)
             }
         }
-    };
-    finish(spec, data, &model, &opt, end_step, device, out, losses)
+    })
 }
 
 /// `model` with Gaussian noise of [`PERTURBATION`] times each parameter

@@ -130,6 +130,34 @@ pub fn run_worker_segment(
     out: &Path,
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
+    let start = worker_start(spec, data, task, device)?;
+    let WorkerStart {
+        model,
+        mut opt,
+        recipe,
+        steps,
+    } = start;
+    let end = steps.end;
+    let losses = train_steps(&model, &mut opt, spec, data, steps, device, recipe, on_step)?;
+    finish(spec, data, &model, &opt, end, device, out, losses)
+}
+
+/// Where a worker's inner segment starts: the round's global parameters,
+/// the slot's AdamW moments, the recipe of its shard and the round's steps.
+pub(crate) struct WorkerStart {
+    pub model: Model,
+    pub opt: AdamW,
+    pub recipe: Recipe,
+    pub steps: std::ops::Range<u64>,
+}
+
+/// Checks `task` against the job and loads where its segment starts.
+pub(crate) fn worker_start(
+    spec: &JobSpec,
+    data: &Dataset,
+    task: &WorkerTask<'_>,
+    device: &Device,
+) -> Result<WorkerStart, TrainError> {
     let WorkerTask {
         global,
         slot,
@@ -164,7 +192,7 @@ pub fn run_worker_segment(
         )));
     }
     let model = Model::from_values(g.meta, g.params, device)?;
-    let mut opt = match slot {
+    let opt = match slot {
         None => AdamW::new(&model)?,
         Some(path) => {
             let (_, state) = checkpoint::load(spec, Some(data), path, Some(start))?;
@@ -180,17 +208,12 @@ pub fn run_worker_segment(
         }),
         ..Recipe::HONEST
     };
-    let losses = train_steps(
-        &model,
-        &mut opt,
-        spec,
-        data,
-        start..end,
-        device,
+    Ok(WorkerStart {
+        model,
+        opt,
         recipe,
-        on_step,
-    )?;
-    finish(spec, data, &model, &opt, end, device, out, losses)
+        steps: start..end,
+    })
 }
 
 /// The outer step on files: global checkpoint `global` (`None`: round

@@ -332,13 +332,9 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     let ms = |d: &std::cell::Cell<std::time::Duration>| {
         u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
     };
-    let outcome = if let Some(worker) = a.worker {
-        let task = gradpool_train::parallel::WorkerTask {
-            global: a.start.as_deref(),
-            slot: a.slot.as_deref(),
-            worker,
-            steps: Some((a.from, a.to)),
-        };
+    let outcome = if let Some(outcome) = cheated(&a, &spec, &data, &device, &mut on_step)? {
+        outcome
+    } else if let Some(task) = worker_task(&a) {
         gradpool_train::parallel::run_worker_segment(
             &spec,
             &data,
@@ -347,8 +343,6 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
             &a.out,
             &mut on_step,
         )?
-    } else if let Some(outcome) = cheated(&a, &spec, &data, &device, &mut on_step)? {
-        outcome
     } else {
         gradpool_train::run_segment(
             &spec,
@@ -386,6 +380,11 @@ fn cheated(
     let kind: gradpool_train::cheat::CheatKind =
         kind.parse().map_err(|e| anyhow::anyhow!("--cheat: {e}"))?;
     tracing::warn!("cheating: {kind}");
+    if let Some(task) = worker_task(a) {
+        return Ok(Some(gradpool_train::cheat::run_worker_segment_cheating(
+            kind, spec, data, &task, device, &a.out, on_step,
+        )?));
+    }
     Ok(Some(gradpool_train::cheat::run_segment_cheating(
         kind,
         spec,
@@ -397,6 +396,17 @@ fn cheated(
         &a.out,
         on_step,
     )?))
+}
+
+/// A parallel job's worker segment, when `--worker` says it is one: from
+/// `--start` (the round's global checkpoint; none in round 0) and `--slot`.
+fn worker_task(a: &SegmentRun) -> Option<gradpool_train::parallel::WorkerTask<'_>> {
+    Some(gradpool_train::parallel::WorkerTask {
+        global: a.start.as_deref(),
+        slot: a.slot.as_deref(),
+        worker: a.worker?,
+        steps: Some((a.from, a.to)),
+    })
 }
 
 /// A build without the `cheat` feature never fakes a segment.
