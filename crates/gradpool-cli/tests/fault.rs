@@ -191,3 +191,85 @@ async fn a_restarted_provider_resumes_its_segment() {
         .0;
     assert!(std::fs::read(model).unwrap() == local_model(&spec, &data, &out));
 }
+
+/// A worker of a parallel job SIGKILLed mid-round: its lease expires and
+/// its segment is leased again, from the same global checkpoint and slot,
+/// to another provider; the round waits for it. The job ends bit-identical
+/// to a local run with every worker in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_worker_killed_mid_round_is_leased_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool(&tmp.path().join("pool"), 2).await;
+    let api = customer(&pool).await;
+    let data = small_corpus(tmp.path());
+    let mut providers = vec![
+        start_provider(&pool.url, &tmp.path().join("a")),
+        start_provider(&pool.url, &tmp.path().join("b")),
+        start_provider(&pool.url, &tmp.path().join("c")),
+    ];
+    // Long enough rounds to kill one in the middle.
+    let spec = parallel_spec("fault-diloco", 2, 60, 3, "none");
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    // Round 1 under way, one of its workers leased.
+    let start = Instant::now();
+    let (at_kill, victim) = loop {
+        let job: JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+        let round = job.parallel.map_or(0, |p| p.round);
+        if let (1, Some(p)) = (round, job.provider.clone()) {
+            break (job, p);
+        }
+        assert!(!job.status.is_final(), "job ended before the kill: {job:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "round 1 never started: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let index = providers
+        .iter()
+        .position(|p| p.id == victim)
+        .expect("a known provider");
+    let mut killed = providers.remove(index);
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+
+    let end = wait_final(&api, &id, Duration::from_secs(180)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let events = events(&api, &id).await;
+    let lost: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            JobEventKind::LeaseExpired {
+                provider, segment, ..
+            } if *provider == victim => Some(*segment),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !lost.is_empty(),
+        "no lease of {victim} expired: {at_kill:?}"
+    );
+    // Each lost segment is a round-1 worker's, committed by a survivor.
+    for segment in &lost {
+        assert!((2..4).contains(segment), "segment {segment}");
+        let committed_by = events.iter().rev().find_map(|e| match &e.kind {
+            JobEventKind::Checkpoint {
+                provider,
+                segment: s,
+                ..
+            } if s == segment => Some(provider.clone()),
+            _ => None,
+        });
+        let by = committed_by.expect("the lost segment was committed");
+        assert_ne!(by, victim);
+    }
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    assert!(
+        fetched_global(&api, &id, tmp.path()).await == local_global(&spec, &data, &local),
+        "the parallel job's global checkpoint differs from a run with every worker"
+    );
+}

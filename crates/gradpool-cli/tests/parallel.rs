@@ -9,47 +9,8 @@ mod common;
 use common::*;
 use gradpool_core::outer::Global;
 use gradpool_core::wire::{JobEventKind, JobStatus, RoundView, SegmentView};
-use gradpool_core::JobSpec;
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
-
-/// A small GPT as a parallel job: `workers` workers, 4 steps a round,
-/// `rounds` rounds.
-fn parallel_spec(name: &str, workers: u32, rounds: u64, level: &str) -> String {
-    format!(
-        "{}[parallel]\nworkers = {workers}\ninner_steps = 4\n[verification]\nlevel = \"{level}\"\n",
-        tiny_spec(name, 5, 4 * rounds, 4)
-    )
-}
-
-/// The global checkpoint `gradpool train` writes for the spec, here.
-fn local_global(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
-    let spec = JobSpec::from_toml_str(spec_text).unwrap();
-    let bytes = std::fs::read(data).unwrap();
-    let dataset = gradpool_train::Dataset::from_bytes(&spec, &bytes).unwrap();
-    let global = gradpool_train::parallel::train_parallel(
-        &spec,
-        &dataset,
-        dir,
-        &gradpool_train::Device::Cpu,
-        &mut |_, _| {},
-        &mut |_| {},
-    )
-    .unwrap();
-    std::fs::read(global).unwrap()
-}
-
-/// The job's trained global checkpoint, downloaded.
-async fn fetched_global(api: &gradpool_client::Api, id: &str, dir: &Path) -> Vec<u8> {
-    let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
-    let sha = job
-        .checkpoint_sha256
-        .expect("a trained job has a checkpoint");
-    let path = dir.join("global.safetensors");
-    api.get_blob(&sha, &path).await.unwrap();
-    std::fs::read(path).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parallel_job_on_three_providers_ends_bit_identical_to_a_local_run() {
@@ -71,7 +32,7 @@ async fn a_parallel_job_on_three_providers_ends_bit_identical_to_a_local_run() {
     for name in ["rig-a", "rig-b", "rig-c"] {
         ids.insert(provider(&api, name).await.id);
     }
-    let spec = parallel_spec("diloco", 3, 3, "none");
+    let spec = parallel_spec("diloco", 3, 4, 3, "none");
     let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
         .await
         .unwrap();
@@ -208,7 +169,7 @@ async fn worker_segments_are_replayed_and_a_forged_outer_step_is_caught() {
         c.cheat.forge_outer = true;
     });
     let forger_id = provider(&api, "forger").await.id;
-    let spec = parallel_spec("diloco-paranoid", 2, 2, "paranoid");
+    let spec = parallel_spec("diloco-paranoid", 2, 4, 2, "paranoid");
     let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
         .await
         .unwrap();
@@ -301,7 +262,7 @@ async fn worker_cheat_caught(kind: &str) {
         c.cheat.fraction = 1.0;
     });
     let cheater_id = provider(&api, "cheater").await.id;
-    let spec = parallel_spec(&format!("diloco-{kind}"), 2, 2, "paranoid");
+    let spec = parallel_spec(&format!("diloco-{kind}"), 2, 4, 2, "paranoid");
     let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
         .await
         .unwrap();

@@ -240,3 +240,40 @@ pub async fn provider(api: &Api, name: &str) -> ProviderView {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A small GPT as a parallel job: `workers` workers, `inner` steps a
+/// round, `rounds` rounds.
+pub fn parallel_spec(name: &str, workers: u32, inner: u64, rounds: u64, level: &str) -> String {
+    format!(
+        "{}[parallel]\nworkers = {workers}\ninner_steps = {inner}\n[verification]\nlevel = \"{level}\"\n",
+        tiny_spec(name, 5, inner * rounds, inner)
+    )
+}
+
+/// The global checkpoint `gradpool train` writes for the spec, here.
+pub fn local_global(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
+    let spec = JobSpec::from_toml_str(spec_text).unwrap();
+    let bytes = std::fs::read(data).unwrap();
+    let dataset = gradpool_train::Dataset::from_bytes(&spec, &bytes).unwrap();
+    let global = gradpool_train::parallel::train_parallel(
+        &spec,
+        &dataset,
+        dir,
+        &gradpool_train::Device::Cpu,
+        &mut |_, _| {},
+        &mut |_| {},
+    )
+    .unwrap();
+    std::fs::read(global).unwrap()
+}
+
+/// The job's trained global checkpoint, downloaded.
+pub async fn fetched_global(api: &gradpool_client::Api, id: &str, dir: &Path) -> Vec<u8> {
+    let job: gradpool_core::wire::JobView = api.get(&format!("/v1/jobs/{id}")).await.unwrap();
+    let sha = job
+        .checkpoint_sha256
+        .expect("a trained job has a checkpoint");
+    let path = dir.join("global.safetensors");
+    api.get_blob(&sha, &path).await.unwrap();
+    std::fs::read(path).unwrap()
+}
