@@ -394,6 +394,20 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                     );
                 }
+                JobEventKind::LeftOut {
+                    round,
+                    worker,
+                    provider: p,
+                } => {
+                    let whose = p
+                        .map(|p| format!(" ({p}'s segment cancelled)"))
+                        .unwrap_or_default();
+                    note(
+                        &bar,
+                        visible,
+                        format!("  round {round} closes without worker {worker}{whose}: too slow"),
+                    );
+                }
                 JobEventKind::OuterRefused {
                     round,
                     provider: p,

@@ -370,3 +370,80 @@ mod worker_cheats {
         worker_cheat_caught("lower-lr").await;
     }
 }
+
+/// A round closes with `min_workers` of its workers when the others are
+/// late: with two providers for three workers and no grace, every round
+/// closes as soon as two segments are committed, the third worker is left
+/// out, and the outer steps (over the workers present, as committed) all
+/// compute to the same bytes again in `job verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_closes_without_a_late_worker_down_to_min_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool_with(&tmp.path().join("pool"), 30, |c| {
+        c.round_grace_seconds = 0;
+    })
+    .await;
+    let account = pool.pool.create_account("diloco customer").await.unwrap();
+    let api = gradpool_client::Api::new(
+        &pool.url,
+        Some(account.api_key.clone()),
+        &Default::default(),
+    )
+    .unwrap();
+    let data = small_corpus(tmp.path());
+    let rigs = [
+        Rig::start(&pool, tmp.path(), "rig-a", 1, |_| {}),
+        Rig::start(&pool, tmp.path(), "rig-b", 1, |_| {}),
+    ];
+    provider(&api, "rig-a").await;
+    provider(&api, "rig-b").await;
+    let spec = parallel_spec("diloco-min", 3, 20, 3, "none")
+        .replace("inner_steps = 20\n", "inner_steps = 20\nmin_workers = 2\n");
+    let job = gradpool_cli::cmd::job::submit_text(&api, &spec, &data, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let end = wait_final(&api, &id, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let rounds: Vec<RoundView> = api.get(&format!("/v1/jobs/{id}/rounds")).await.unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in &rounds {
+        let outer = r.outer.as_ref().expect("an outer step");
+        let present: Vec<u32> = r.workers.iter().map(|w| w.worker).collect();
+        assert_eq!(present.len(), 2, "round {}: {present:?}", r.round);
+        let entered: Vec<u32> = outer
+            .commitment
+            .commitment
+            .inputs
+            .iter()
+            .map(|i| i.worker)
+            .collect();
+        assert_eq!(entered, present, "round {}", r.round);
+    }
+    let events = events(&api, &id).await;
+    let left_out = events
+        .iter()
+        .filter(|e| matches!(e.kind, JobEventKind::LeftOut { .. }))
+        .count();
+    assert_eq!(left_out, 3, "one worker left out of each round");
+    let global = fetched_global(&api, &id, tmp.path()).await;
+    let g = Global::from_bytes(&global).unwrap();
+    assert_eq!(g.workers.len(), 2, "{:?}", g.workers);
+    let report = succeeded(
+        std::process::Command::new(BIN)
+            .args(["job", "verify", &id, "--segments", "6", "--json"])
+            .args(["--pool", &pool.url, "--api-key", &account.api_key])
+            .env("GRADPOOL_HOME", tmp.path()),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["replayed"], 6, "{report:#}");
+    let outer = report["outer_steps"].as_array().unwrap();
+    assert!(
+        outer.iter().all(|o| o["recomputed"] == "exact match"),
+        "{report:#}"
+    );
+    for rig in rigs {
+        rig.stop().await;
+    }
+}

@@ -420,6 +420,16 @@ pub enum JobEventKind {
         #[serde(deserialize_with = "crate::finite::f64")]
         wait_seconds: f64,
     },
+    /// A parallel job's round closed without a worker: `min_workers` had
+    /// committed and the others did not within the pool's grace. Its task
+    /// (if leased, `provider`'s) was cancelled; the slot keeps its last
+    /// committed state for the next round.
+    LeftOut {
+        round: u64,
+        worker: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<ProviderId>,
+    },
     /// An outer step's commitment did not match the pool's own computation:
     /// its provider is barred from the job and its stake slashed, and the
     /// step goes to another provider.

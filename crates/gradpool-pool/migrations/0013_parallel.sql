@@ -10,6 +10,8 @@
 -- `jobs.commitment` its chain hash G_r and `jobs.step` its step.
 
 ALTER TABLE jobs ADD COLUMN workers INTEGER;          -- NULL: not a parallel job
+-- The fewest workers a round may close with (parallel.min_workers).
+ALTER TABLE jobs ADD COLUMN min_workers INTEGER;
 ALTER TABLE jobs ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
 
 -- Rebuilt for the CHECK on kind (see 0010), with a parallel job's task

@@ -35,6 +35,10 @@ pub struct PoolConfig {
     pub max_job_memory_bytes: u64,
     /// Per-client limits on sign-ups, the faucet and the anonymous routes.
     pub throttle: crate::throttle::ThrottleConfig,
+    /// Once a parallel job's round has `parallel.min_workers` committed
+    /// segments, how long the pool waits for the others, in seconds,
+    /// before it closes the round without them (see [`crate::round`]).
+    pub round_grace_seconds: u64,
     /// Where the pool reads the time (the system's clock; tests move a
     /// [`ManualClock`](crate::clock::ManualClock) by hand).
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
@@ -81,6 +85,7 @@ impl Default for PoolConfig {
             proof_interval_seconds: 6 * 3600,
             max_job_memory_bytes: 256 << 30,
             throttle: crate::throttle::ThrottleConfig::default(),
+            round_grace_seconds: 60,
             clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
     }

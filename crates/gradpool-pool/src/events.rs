@@ -36,6 +36,7 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::RolledBack { .. } => "rolled_back",
         JobEventKind::OuterStep { .. } => "outer_step",
         JobEventKind::OuterRefused { .. } => "outer_refused",
+        JobEventKind::LeftOut { .. } => "left_out",
     }
 }
 

@@ -79,7 +79,7 @@ impl Pool {
             .map_err(|_| PoolError::InvalidSpec("train.checkpoint_every: too large".into()))?;
         // A parallel job's segments are its workers' inner segments, round
         // after round (see `queue::queue_segment`).
-        let (workers, segments) = match &spec.parallel {
+        let (workers, min_workers, segments) = match &spec.parallel {
             Some(p) => {
                 let rounds = p.rounds(spec.train.steps);
                 let segments = rounds
@@ -88,9 +88,13 @@ impl Pool {
                     .ok_or_else(|| {
                         PoolError::InvalidSpec("parallel.workers: too many segments".into())
                     })?;
-                (Some(i64::from(p.workers)), segments)
+                (
+                    Some(i64::from(p.workers)),
+                    Some(i64::from(p.min_workers)),
+                    segments,
+                )
             }
-            None => (None, i64::from(spec.segment_count())),
+            None => (None, None, i64::from(spec.segment_count())),
         };
         let budget = spec.budget.total.unwrap_or(Piconero::ZERO);
         let budget_i64 = i64::try_from(budget.0)
@@ -109,8 +113,8 @@ impl Pool {
         sqlx::query(
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
-             max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
+             min_workers) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -133,6 +137,7 @@ impl Pool {
         .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
         .bind(req.booking.as_deref())
         .bind(workers)
+        .bind(min_workers)
         .execute(w.conn())
         .await?;
         crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;

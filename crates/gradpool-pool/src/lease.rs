@@ -587,7 +587,8 @@ impl Pool {
     }
 
     /// Runs [`Pool::reap_expired_leases`], [`Pool::mark_absent`],
-    /// [`Pool::expire_unserved_audits`] and [`Pool::end_bookings`]
+    /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`] and
+    /// [`Pool::close_late_rounds`]
     /// periodically until `stop`.
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
@@ -608,6 +609,9 @@ impl Pool {
             }
             if let Err(e) = self.end_bookings().await {
                 tracing::warn!(error = %e, "ending bookings failed");
+            }
+            if let Err(e) = self.close_late_rounds().await {
+                tracing::warn!(error = %e, "closing late rounds failed");
             }
             self.inner.throttle.prune();
         }

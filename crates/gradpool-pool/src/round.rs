@@ -5,9 +5,14 @@
 //! the round's global checkpoint ([`crate::queue::queue_round`]); a
 //! provider holds at most one of a job's segments at a time, so a round's
 //! workers train on different providers at once. A segment whose lease
-//! expires, or that fails or is handed back, is queued again for its slot
-//! (the round waits for it). Once every slot has an accepted commitment,
-//! the round's outer step is queued as a task of kind `outer`.
+//! expires, or that fails or is handed back, is queued again for its slot,
+//! and the round waits for it, unless it may close without it: once
+//! `parallel.min_workers` of its segments are committed, the pool waits
+//! `round_grace_seconds` for the others, then cancels their tasks and
+//! closes the round with the workers present ([`close_if_due`]); a slot
+//! left out keeps its last committed state. Once every slot has an
+//! accepted commitment, or the round closed, its outer step is queued as a
+//! task of kind `outer`, over exactly the committed segments.
 //!
 //! A provider computes the outer step (`gradpool checkpoint outer`),
 //! uploads the next global checkpoint and signs an
@@ -53,11 +58,101 @@ pub(crate) async fn segment_committed(w: &mut Write<'_>, job: &JobRow) -> Result
     .bind(round)
     .fetch_one(w.conn())
     .await?;
-    if committed >= workers && !pending {
+    if pending {
+        return Ok(());
+    }
+    if committed >= workers {
         crate::queue::queue_outer(w, job, round).await?;
         tracing::info!(job = %job.id, round, "round trained; outer step queued");
+    } else {
+        close_if_due(w, job).await?;
     }
     Ok(())
+}
+
+/// Closes a parallel job's round without its missing workers when it may
+/// and must: `min_workers` segments are committed, and the pool's grace
+/// (`round_grace_seconds`) since the `min_workers`-th has passed. The
+/// missing workers' tasks are cancelled (a leased one's provider learns it
+/// at its next call) and the outer step is queued with the workers
+/// present. Returns whether it closed the round.
+pub(crate) async fn close_if_due(w: &mut Write<'_>, job: &JobRow) -> Result<bool, PoolError> {
+    let (Some(n), Some(min)) = (job.workers, job.min_workers) else {
+        return Ok(false);
+    };
+    let round = job.round;
+    let nth: Option<i64> = sqlx::query_scalar(
+        "SELECT committed_at FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ? \
+         ORDER BY committed_at LIMIT 1 OFFSET ?",
+    )
+    .bind(&job.id)
+    .bind(round * n)
+    .bind((round + 1) * n)
+    .bind(min.max(1) - 1)
+    .fetch_optional(w.conn())
+    .await?;
+    let grace_ms = i64::try_from(w.pool().inner.config.round_grace_seconds)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_mul(1000);
+    let Some(nth) = nth.filter(|at| at.saturating_add(grace_ms) <= w.now) else {
+        return Ok(false);
+    };
+    let reason = format!(
+        "left out of round {round}: {min} workers committed and the others did not within {} s",
+        grace_ms / 1000
+    );
+    let cut: Vec<(Option<i64>, Option<String>)> = sqlx::query_as(
+        "UPDATE tasks SET status = 'cancelled', reason = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE job_id = ? AND kind = 'train' AND round = ? AND status IN ('queued', 'leased') \
+         RETURNING worker, provider_id",
+    )
+    .bind(&reason)
+    .bind(w.now)
+    .bind(&job.id)
+    .bind(round)
+    .fetch_all(w.conn())
+    .await?;
+    for (worker, provider) in cut {
+        w.event(
+            &job.id,
+            JobEventKind::LeftOut {
+                round: to_u64(round),
+                worker: worker.map_or(0, crate::store::to_u32),
+                provider: provider.as_deref().map(ProviderId::from),
+            },
+        )
+        .await?;
+    }
+    crate::queue::queue_outer(w, job, round).await?;
+    tracing::info!(job = %job.id, round, since_ms = w.now - nth, "round closed without its late workers; outer step queued");
+    Ok(true)
+}
+
+impl Pool {
+    /// Closes the rounds of parallel jobs whose late workers' grace has
+    /// passed ([`close_if_due`]). Returns how many it closed.
+    pub async fn close_late_rounds(&self) -> Result<usize, PoolError> {
+        let mut w = self.write().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT j.id FROM jobs j WHERE j.status = 'running' AND j.workers IS NOT NULL \
+             AND j.min_workers < j.workers \
+             AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.kind = 'outer' \
+                             AND t.round = j.round AND t.status IN ('queued', 'leased', 'committed'))",
+        )
+        .fetch_all(w.conn())
+        .await?;
+        let mut closed = 0;
+        for id in ids {
+            let Some(job) = store::job(w.conn(), &id).await? else {
+                continue;
+            };
+            if close_if_due(&mut w, &job).await? {
+                closed += 1;
+            }
+        }
+        w.commit().await?;
+        Ok(closed)
+    }
 }
 
 /// The parts of a job the outer step needs, read once.
