@@ -11,6 +11,7 @@
 //! min_price_xmr_per_hour = "0.01"
 //! max_concurrent_tasks = 1
 //! validate = true
+//! region = "eu-west"                # jobs with resources.region train only there
 //!
 //! [limits]
 //! max_gpu_share = 80
@@ -55,6 +56,8 @@ pub struct ProviderFile {
     /// The GPU to share, by NVML's index (`nvidia-smi -i`).
     pub gpu: Option<u32>,
     pub validate: Option<bool>,
+    /// Where the rig is (`eu-west`): 1 to 32 of a-z, 0-9 and '-'.
+    pub region: Option<String>,
     #[serde(default)]
     pub limits: LimitsFile,
 }

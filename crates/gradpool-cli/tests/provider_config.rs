@@ -66,6 +66,7 @@ fn bad_settings_are_refused_naming_the_field() {
             "min_price_xmr_per_hour = \"cheap\"\n".to_owned(),
             "min_price_xmr_per_hour",
         ),
+        ("region = \"Europe/Paris\"\n".to_owned(), "region"),
     ];
     for (config, field) in cases {
         for args in [&["status"][..], &[][..]] {

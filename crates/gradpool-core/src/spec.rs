@@ -207,12 +207,28 @@ impl DeviceRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Resources {
     pub device: DeviceRequest,
     /// Minimum device memory, in GiB.
     pub min_memory_gib: u32,
+    /// Train only on providers whose owners declared this region (in
+    /// their provider config): keeps a parallel job's workers close.
+    pub region: Option<String>,
+}
+
+/// What is wrong with a region name, if anything: 1 to 32 characters of
+/// `a`–`z`, `0`–`9` and `-` (e.g. `eu-west`, `us-east-2`). The same rule
+/// holds in a job spec (`resources.region`) and a provider config.
+pub fn region_problem(region: &str) -> Option<String> {
+    let ok = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (!ok).then(|| {
+        format!("1 to 32 characters of a-z, 0-9 and '-' (e.g. \"eu-west\"), got {region:?}")
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -603,6 +619,9 @@ impl RawSpec {
             )?,
             total: parse_amount("budget.total_xmr", self.budget.total_xmr)?,
         };
+        if let Some(problem) = self.resources.region.as_deref().and_then(region_problem) {
+            return Err(invalid("resources.region", problem));
+        }
         Ok(JobSpec {
             name: self.name,
             model,
@@ -1020,6 +1039,23 @@ lr = 0.001
             JobSpec::from_toml_str(&text).unwrap_err().field(),
             "train.checkpoint_every"
         );
+    }
+
+    #[test]
+    fn a_region_is_checked_and_named() {
+        let text = format!("{GOOD}[resources]\nregion = \"eu-west\"\n");
+        let spec = JobSpec::from_toml_str(&text).unwrap();
+        assert_eq!(spec.resources.region.as_deref(), Some("eu-west"));
+        for bad in [
+            "\"\"",
+            "\"EU West\"",
+            "\"a/b\"",
+            &format!("\"{}\"", "x".repeat(33)),
+        ] {
+            let text = format!("{GOOD}[resources]\nregion = {bad}\n");
+            let err = JobSpec::from_toml_str(&text).unwrap_err();
+            assert_eq!(err.field(), "resources.region", "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -553,6 +553,10 @@ pub struct Register {
     /// validator (such as one the pool's operator runs).
     #[serde(default = "yes")]
     pub train: bool,
+    /// The region its owner declared (`region` in the provider config):
+    /// jobs that name a region (`resources.region`) train only there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 fn yes() -> bool {

@@ -12,6 +12,10 @@
 ALTER TABLE jobs ADD COLUMN workers INTEGER;          -- NULL: not a parallel job
 -- The fewest workers a round may close with (parallel.min_workers).
 ALTER TABLE jobs ADD COLUMN min_workers INTEGER;
+-- Where a job trains (resources.region) and where a provider's owner says
+-- it is (its config's region); NULL: anywhere, unsaid.
+ALTER TABLE jobs ADD COLUMN region TEXT;
+ALTER TABLE providers ADD COLUMN region TEXT;
 ALTER TABLE jobs ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
 
 -- Rebuilt for the CHECK on kind (see 0010), with a parallel job's task

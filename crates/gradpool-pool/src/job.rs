@@ -114,7 +114,7 @@ impl Pool {
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
              max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
-             min_workers) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             min_workers, region) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -138,6 +138,7 @@ impl Pool {
         .bind(req.booking.as_deref())
         .bind(workers)
         .bind(min_workers)
+        .bind(spec.resources.region.as_deref())
         .execute(w.conn())
         .await?;
         crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;

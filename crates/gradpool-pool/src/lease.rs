@@ -281,9 +281,9 @@ impl Pool {
     ) -> Result<Vec<Assignment>, PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking, validates, trains, held): (i64, Option<i64>, bool, bool, Option<String>) = sqlx::query_as(
+        let (price, unstaking, validates, trains, held, region): (i64, Option<i64>, bool, bool, Option<String>, Option<String>) = sqlx::query_as(
             "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
-             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused), region \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -322,6 +322,7 @@ impl Pool {
                                AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
                                AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND (j.region IS NULL OR j.region = ?9) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
                                AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = ?1)) \
                            AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
@@ -384,6 +385,7 @@ impl Pool {
                     .bind(price)
                     .bind(staked)
                     .bind(stake_free_budget)
+                    .bind(region.as_deref())
                     .fetch_optional(w.conn())
                     .await?;
             }

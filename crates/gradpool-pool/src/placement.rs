@@ -36,6 +36,8 @@ pub enum Refusal {
     /// The job trains in a booking that does not hold it now (not one of
     /// its providers, or outside its window).
     OutsideBooking,
+    /// The job keeps to a region its owner did not declare.
+    Region,
 }
 
 impl Refusal {
@@ -66,6 +68,10 @@ impl Refusal {
                 pico(job.budget)
             ),
             Refusal::Booked => format!("{they} booked by another customer now"),
+            Refusal::Region => format!(
+                "{they} outside the job's region `{}` (resources.region; a provider declares `region` in its config)",
+                job.region.as_deref().unwrap_or_default()
+            ),
             Refusal::OutsideBooking => format!(
                 "{they} outside the job's booking {} now (not one of its providers, or its window is not open)",
                 job.booking_id.as_deref().unwrap_or_default()
@@ -91,6 +97,7 @@ struct Offer {
     #[sqlx(skip)]
     stake: i64,
     booked: bool,
+    region: Option<String>,
     /// In the job's booking and inside its window (true for a job with no
     /// booking).
     in_booking: bool,
@@ -120,6 +127,8 @@ fn refusal(job: &JobRow, offer: &Offer, stake_free_budget: i64, min_stake: i64) 
         Some(Refusal::Booked)
     } else if !offer.in_booking {
         Some(Refusal::OutsideBooking)
+    } else if job.region.is_some() && job.region != offer.region {
+        Some(Refusal::Region)
     } else {
         None
     }
@@ -134,7 +143,7 @@ pub(crate) async fn why_waiting(
     money: &crate::config::MoneyConfig,
 ) -> Result<Option<String>, PoolError> {
     let offers: Vec<Offer> = sqlx::query_as(
-        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, \
+        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.region, \
            (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
            p.unstake_requested_at IS NOT NULL AS unstaking, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \

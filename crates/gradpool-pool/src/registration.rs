@@ -45,6 +45,13 @@ impl Pool {
             ));
         }
         crate::money::check_payout(self, &req.payout)?;
+        if let Some(problem) = req
+            .region
+            .as_deref()
+            .and_then(gradpool_core::spec::region_problem)
+        {
+            return Err(PoolError::BadRequest(format!("region: {problem}")));
+        }
         let price = i64::try_from(req.price_per_hour.0)
             .map_err(|_| PoolError::BadRequest("price_per_hour: too large".into()))?;
         let gflops = req
@@ -59,11 +66,11 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
-             registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
+             registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
              class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
-             validate = ?12, trains = ?13",
+             validate = ?12, trains = ?13, region = ?14",
         )
         .bind(provider.as_str())
         .bind(req.public_key.to_string())
@@ -78,6 +85,7 @@ impl Pool {
         .bind(gflops)
         .bind(req.validate)
         .bind(req.train)
+        .bind(req.region.as_deref())
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")

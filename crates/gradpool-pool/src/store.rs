@@ -164,6 +164,8 @@ pub struct JobRow {
     pub workers: Option<i64>,
     /// The fewest workers a round of a parallel job may close with.
     pub min_workers: Option<i64>,
+    /// The region the job trains in (`resources.region`), if it names one.
+    pub region: Option<String>,
     /// A parallel job's current round.
     pub round: i64,
 }
@@ -174,7 +176,7 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, round";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted

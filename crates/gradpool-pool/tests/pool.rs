@@ -390,6 +390,7 @@ async fn registration_is_checked() {
         compute_ms: 0,
         validate: false,
         train: true,
+        region: None,
         paused: None,
         memory_bytes: 8 << 30,
         isa: "x86-64-v3".into(),
@@ -1157,4 +1158,44 @@ async fn a_released_task_is_requeued_and_not_a_failure() {
     assert_eq!(again.segment, a.segment);
     assert_ne!(again.task_id, a.task_id);
     assert_eq!(c.job(&job.id).await.status, JobStatus::Running);
+}
+
+/// A job that names a region trains only on providers whose owners
+/// declared it; a queued job says why the others do not take it, and a
+/// malformed region is refused at registration, by name.
+#[tokio::test]
+async fn a_job_keeps_to_its_region() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let spec = format!("{SPEC}[resources]\nregion = \"eu-west\"\n");
+    let job = alice.submit(&spec, b"some text to train on").await;
+    let elsewhere = tp
+        .provider_with("us-rig", |p| p.region = Some("us-east".into()))
+        .await;
+    let unsaid = tp.provider("rig").await;
+    assert!(elsewhere.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert!(unsaid.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let waiting = alice.job(&job.id).await.waiting.unwrap_or_default();
+    assert!(
+        waiting.contains("outside the job's region `eu-west`"),
+        "{waiting}"
+    );
+    let here = tp
+        .provider_with("eu-rig", |p| p.region = Some("eu-west".into()))
+        .await;
+    let a = here.take().await;
+    assert_eq!(a.job_id, job.id);
+    // A job without a region goes anywhere.
+    let anywhere = alice.submit(SPEC, b"more text to train on").await;
+    assert_eq!(elsewhere.take().await.job_id, anywhere.id);
+
+    let mut bad = tp.provider("bad").await;
+    bad.region = Some("EU West".into());
+    let body = bad.register_body(vec![]).await;
+    let e = bad
+        .client
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+    assert!(e.message.starts_with("region:"), "{}", e.message);
 }

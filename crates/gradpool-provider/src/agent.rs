@@ -51,6 +51,9 @@ pub struct ProviderConfig {
     /// Take training tasks; `false` (with `validate`) makes a dedicated
     /// validator.
     pub train: bool,
+    /// Where the rig is, as its owner says (`eu-west`): jobs that keep to
+    /// a region (`resources.region`) train only on rigs there.
+    pub region: Option<String>,
     /// The owner's limits; outside its schedule the agent finishes what it
     /// runs and takes nothing new.
     pub limits: crate::limits::Limits,
@@ -76,6 +79,7 @@ impl Default for ProviderConfig {
             benchmark_gflops: None,
             validate: false,
             train: true,
+            region: None,
             limits: crate::limits::Limits::default(),
             clock: Arc::new(crate::limits::SystemClock),
             #[cfg(feature = "cheat")]
@@ -430,6 +434,7 @@ async fn register(
                 payout: shared.config.payout.clone(),
                 validate: shared.config.validate,
                 train: shared.config.train,
+                region: shared.config.region.clone(),
             };
             api.register(&req).await
         };

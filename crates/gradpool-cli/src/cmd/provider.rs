@@ -102,6 +102,10 @@ pub struct RigArgs {
     /// pool's audits, paid at this rig's rate.
     #[arg(long)]
     validate: bool,
+    /// Where the rig is (e.g. `eu-west`): jobs that keep to a region
+    /// (`resources.region`) train only on rigs that declare it.
+    #[arg(long)]
+    region: Option<String>,
     /// Percent of the time the device may train (1–100).
     #[arg(long, value_name = "PERCENT")]
     max_gpu_share: Option<u8>,
@@ -382,6 +386,7 @@ struct Settings {
     price: Piconero,
     payout: Vec<PayoutSplit>,
     validate: bool,
+    region: Option<String>,
     limits: gradpool_provider::limits::Limits,
     /// How the pool's certificate is trusted (the flag over the file's
     /// `pool_fingerprint`).
@@ -462,6 +467,15 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
         price,
         payout,
         validate: a.validate || file.validate.unwrap_or(false),
+        region: match a.region.clone().or(file.region) {
+            Some(r) => {
+                if let Some(problem) = gradpool_core::spec::region_problem(&r) {
+                    bail!("region: {problem}");
+                }
+                Some(r)
+            }
+            None => None,
+        },
         limits,
     })
 }
@@ -682,6 +696,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         benchmark_gflops,
         validate: s.validate || a.validate_only,
         train: !a.validate_only,
+        region: s.region,
         limits: s.limits,
         clock: Arc::new(gradpool_provider::limits::SystemClock),
         #[cfg(feature = "cheat")]

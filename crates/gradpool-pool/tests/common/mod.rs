@@ -154,6 +154,7 @@ impl TestPool {
             compute_ms: 0,
             validate: false,
             train: true,
+            region: None,
             paused: None,
             memory_bytes: 8 << 30,
             isa: "x86-64-v3".into(),
@@ -362,6 +363,8 @@ pub struct TestProvider {
     pub validate: bool,
     /// Whether it takes training tasks.
     pub train: bool,
+    /// The region its owner declares.
+    pub region: Option<String>,
     /// The pause reason its heartbeats report.
     pub paused: Option<String>,
     /// The device memory it claims.
@@ -409,6 +412,7 @@ impl TestProvider {
             payout: self.payout.clone(),
             validate: self.validate,
             train: self.train,
+            region: self.region.clone(),
         }
     }
 
