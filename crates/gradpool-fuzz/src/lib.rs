@@ -134,7 +134,7 @@ pub fn wire_json(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    match which % 14 {
+    match which % 15 {
         0 => drop(parse::<wire::CreateAccount>(body)),
         1 => drop(parse::<wire::SubmitJob>(body)),
         2 => drop(parse::<wire::Register>(body)),
@@ -167,6 +167,12 @@ pub fn wire_json(data: &[u8]) {
         10 => drop(parse::<wire::SignedNonce>(body)),
         11 => drop(parse::<wire::StakeRequest>(body)),
         12 => drop(parse::<wire::Book>(body)),
+        13 => {
+            if let Some(c) = parse::<wire::OuterCommit>(body) {
+                let _ = c.commitment.verify();
+                let _ = c.commitment.signer();
+            }
+        }
         _ => drop(parse::<gradpool_core::proof::ProofAnswer>(body)),
     }
 }

@@ -616,20 +616,7 @@ pub(crate) async fn provider_fault(
     let bps = w.pool().inner.config.money.slash_validator_bps;
     let (forfeited, slashed) =
         crate::money::slash(w, &cheater, &a.job_id, &customer, Some(caught_by), bps).await?;
-    let now = w.now;
-    sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
-        .bind(&cheater)
-        .execute(w.conn())
-        .await?;
-    sqlx::query(
-        "INSERT OR IGNORE INTO job_bars (job_id, provider_id, audit_id, at) VALUES (?, ?, ?, ?)",
-    )
-    .bind(&a.job_id)
-    .bind(&cheater)
-    .bind(&a.id)
-    .bind(now)
-    .execute(w.conn())
-    .await?;
+    bar(w, &a.job_id, &cheater, Evidence::Audit(&a.id)).await?;
     w.event(
         &a.job_id,
         JobEventKind::Verdict {
@@ -656,6 +643,45 @@ pub(crate) async fn provider_fault(
     for segment in others {
         crate::audit::open_audit(w, &a.job_id, to_u32(segment), AuditReason::FollowUp).await?;
     }
+    Ok(())
+}
+
+/// What proved a provider at fault on a job.
+pub(crate) enum Evidence<'a> {
+    /// The audit whose verdict found its segment faked.
+    Audit(&'a str),
+    /// The outer step task whose commitment the pool's own computation
+    /// refuted.
+    Task(&'a str),
+}
+
+/// What a provider at fault on a job loses besides its money: its streak
+/// (its reputation), a fault on its record, and the job, for good.
+pub(crate) async fn bar(
+    w: &mut Write<'_>,
+    job_id: &str,
+    provider: &str,
+    evidence: Evidence<'_>,
+) -> Result<(), PoolError> {
+    sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
+        .bind(provider)
+        .execute(w.conn())
+        .await?;
+    let (audit, task) = match evidence {
+        Evidence::Audit(id) => (Some(id), None),
+        Evidence::Task(id) => (None, Some(id)),
+    };
+    let now = w.now;
+    sqlx::query(
+        "INSERT OR IGNORE INTO job_bars (job_id, provider_id, audit_id, task_id, at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(job_id)
+    .bind(provider)
+    .bind(audit)
+    .bind(task)
+    .bind(now)
+    .execute(w.conn())
+    .await?;
     Ok(())
 }
 

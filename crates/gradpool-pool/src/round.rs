@@ -365,18 +365,12 @@ impl Pool {
         let (forfeited, slashed) =
             crate::money::slash(&mut w, provider.as_str(), &job.id, &job.account_id, None, 0)
                 .await?;
-        sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
-            .bind(provider.as_str())
-            .execute(w.conn())
-            .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO job_bars (job_id, provider_id, task_id, at) VALUES (?, ?, ?, ?)",
+        crate::audit::bar(
+            &mut w,
+            &job.id,
+            provider.as_str(),
+            crate::audit::Evidence::Task(&task.id),
         )
-        .bind(&job.id)
-        .bind(provider.as_str())
-        .bind(&task.id)
-        .bind(now)
-        .execute(w.conn())
         .await?;
         w.event(
             &job.id,
