@@ -239,18 +239,23 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
             &["--worker", w],
         );
         let mine = dir.join(format!("mine-{w}.safetensors"));
+        let mine_sent = dir.join(format!("mine-{w}.pg.safetensors"));
         let task = WorkerTask {
             global: Some(&dir.join("g0.safetensors")),
             slot: None,
             worker: w.parse().unwrap(),
             steps: None,
         };
+        let out = parallel::WorkerOut {
+            checkpoint: &mine,
+            pseudo_gradient: &mine_sent,
+        };
         parallel::run_worker_segment(
             &spec,
             &data,
             &task,
             &gradpool_train::Device::Cpu,
-            &mine,
+            out,
             &mut |_| {},
         )
         .unwrap();
@@ -258,8 +263,30 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
             std::fs::read(&mine).unwrap(),
             std::fs::read(dir.join(format!("w{w}.safetensors"))).unwrap()
         );
+        // Beside the checkpoint, what the worker sends.
+        assert_eq!(
+            std::fs::read(&mine_sent).unwrap(),
+            std::fs::read(dir.join(format!("w{w}.pseudo-gradient.safetensors"))).unwrap()
+        );
     }
+    // Round 0's global checkpoint, as a provider computes it.
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let stdout = ok(gradpool(&[
+        "checkpoint",
+        "initial",
+        "--spec",
+        &path("spec.toml"),
+        "--data",
+        &path("data.txt"),
+        "--out",
+        &path("g0-cli.safetensors"),
+    ]));
+    let g0 = std::fs::read(dir.join("g0.safetensors")).unwrap();
+    assert_eq!(std::fs::read(dir.join("g0-cli.safetensors")).unwrap(), g0);
+    assert!(
+        stdout.contains(gradpool_core::Sha256Hex::of(&g0).as_str()),
+        "{stdout}"
+    );
     let stdout = ok(gradpool(&[
         "checkpoint",
         "outer",
@@ -270,11 +297,13 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         "--global",
         &path("g0.safetensors"),
         "--worker",
-        &format!("1={}", path("w1.safetensors")),
+        &format!("1={}", path("w1.pseudo-gradient.safetensors")),
         "--worker",
-        &format!("0={}", path("w0.safetensors")),
+        &format!("0={}", path("w0.pseudo-gradient.safetensors")),
         "--out",
         &path("g1.safetensors"),
+        "--update-out",
+        &path("u0.safetensors"),
     ]));
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["round"], 1);
@@ -287,19 +316,45 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         "{report}"
     );
     let inputs = vec![
-        (0, dir.join("w0.safetensors")),
-        (1, dir.join("w1.safetensors")),
+        (0, dir.join("w0.pseudo-gradient.safetensors")),
+        (1, dir.join("w1.pseudo-gradient.safetensors")),
     ];
     let mine = dir.join("mine-g1.safetensors");
+    let out = parallel::OuterOut {
+        global: &mine,
+        update: None,
+    };
     parallel::outer_step(
         &spec,
         &data,
         Some(&dir.join("g0.safetensors")),
         &inputs,
-        &mine,
+        out,
     )
     .unwrap();
     assert_eq!(std::fs::read(mine).unwrap(), g1);
+    // A worker holding round 0's weights rebuilds round 1's from the
+    // update, and its segment from them is the same as from the global
+    // checkpoint.
+    let update = std::fs::read(dir.join("u0.safetensors")).unwrap();
+    assert_eq!(
+        report["update_sha256"],
+        gradpool_core::Sha256Hex::of(&update).as_str()
+    );
+    let u = gradpool_core::delta::decode(&update, gradpool_core::delta::DeltaKind::Update).unwrap();
+    let w0 = gradpool_core::outer::Weights::from_bytes(&g0).unwrap();
+    let rebuilt = w0.next(&u).unwrap();
+    let global1 = gradpool_core::outer::Global::from_bytes(&g1).unwrap();
+    assert_eq!(rebuilt, global1.weights());
+    std::fs::write(dir.join("w-g1.safetensors"), rebuilt.to_bytes()).unwrap();
+    segment(
+        dir,
+        10,
+        20,
+        Some("w-g1.safetensors"),
+        "r1-w0-rebuilt.safetensors",
+        &["--worker", "0", "--slot", &path("w0.safetensors")],
+    );
     // Round 1's worker from its slot: the steps must be round 1's.
     segment(
         dir,
@@ -309,6 +364,17 @@ fn worker_segments_and_the_outer_step_from_the_command_line() {
         "r1-w0.safetensors",
         &["--worker", "0", "--slot", &path("w0.safetensors")],
     );
+    for file in ["r1-w0", "r1-w0.pseudo-gradient"] {
+        assert_eq!(
+            std::fs::read(dir.join(format!("{file}.safetensors"))).unwrap(),
+            std::fs::read(dir.join(format!(
+                "{}.safetensors",
+                file.replacen("r1-w0", "r1-w0-rebuilt", 1)
+            )))
+            .unwrap(),
+            "{file}"
+        );
+    }
     let err = segment_refused(
         dir,
         0,

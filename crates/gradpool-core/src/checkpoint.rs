@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 /// Format tag of checkpoint files.
 pub const CHECKPOINT_FORMAT: &str = "gradpool-checkpoint-v1";
 
+/// f32 tensors by name: shape and row-major values.
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// A tensor to write: its shape and its values, row-major.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorRef<'a> {
@@ -33,6 +36,54 @@ pub fn to_bytes(
     tensors: &BTreeMap<String, TensorRef<'_>>,
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
+    let typed = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), (t.shape, Values::F32(t.data))))
+        .collect();
+    to_bytes_typed(&typed, metadata)
+}
+
+/// A tensor's values, as one of the dtypes gradpool writes.
+#[derive(Debug, Clone, Copy)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    /// The levels of the int8 codebook ([`crate::int8`]).
+    I8(&'a [i8]),
+}
+
+impl Values<'_> {
+    fn dtype(&self) -> &'static str {
+        match self {
+            Values::F32(_) => "F32",
+            Values::I8(_) => "I8",
+        }
+    }
+
+    fn byte_len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len() * 4,
+            Values::I8(v) => v.len(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Values::F32(v) => {
+                for x in *v {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            Values::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        }
+    }
+}
+
+/// [`to_bytes`] for tensors of any dtype gradpool writes: the header's keys
+/// sorted, the tensors laid out in name order.
+pub fn to_bytes_typed(
+    tensors: &BTreeMap<String, (&[usize], Values<'_>)>,
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
     // Every key of the header, sorted; values built in the same order so the
     // JSON is the same whether or not serde_json preserves insertion order.
     let mut entries: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -42,15 +93,18 @@ pub fn to_bytes(
     }
     entries.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut offset = 0usize;
-    for (name, t) in tensors {
-        let len = t.data.len() * 4;
+    for (name, (shape, values)) in tensors {
+        let len = values.byte_len();
         let mut info = serde_json::Map::new();
         info.insert(
             "data_offsets".into(),
             serde_json::json!([offset, offset + len]),
         );
-        info.insert("dtype".into(), serde_json::Value::String("F32".into()));
-        info.insert("shape".into(), serde_json::json!(t.shape));
+        info.insert(
+            "dtype".into(),
+            serde_json::Value::String(values.dtype().into()),
+        );
+        info.insert("shape".into(), serde_json::json!(shape));
         entries.insert(name.clone(), serde_json::Value::Object(info));
         offset += len;
     }
@@ -70,10 +124,8 @@ pub fn to_bytes(
     let mut out = Vec::with_capacity(8 + header.len() + offset);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for t in tensors.values() {
-        for x in t.data {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+    for (_, values) in tensors.values() {
+        values.write(&mut out);
     }
     out
 }

@@ -76,15 +76,25 @@ pub struct Commitment {
     pub loss_trace_blake3: TraceHash,
     pub runtime: String,
     pub class: String,
+    /// A parallel job's inner segment: the sha256 of its pseudo-gradient
+    /// file ([`crate::delta`]), which is what it sends; the checkpoint
+    /// itself goes to the pool only when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudo_gradient_sha256: Option<Sha256Hex>,
 }
 
 impl Commitment {
     /// The exact bytes that are signed ([`crate::signing`]): the tag
     /// `gradpool/commitment/v2`, then job id, segment, start step, end
     /// step, checkpoint sha256, prev, hash, loss trace hash, runtime and
-    /// class.
+    /// class; with a pseudo-gradient, the tag is `gradpool/commitment/v3`
+    /// and its sha256 follows.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        Encoding::new("gradpool/commitment/v2")
+        let tag = match self.pseudo_gradient_sha256 {
+            None => "gradpool/commitment/v2",
+            Some(_) => "gradpool/commitment/v3",
+        };
+        let e = Encoding::new(tag)
             .str(self.job_id.as_str())
             .u32(self.segment)
             .u64(self.start_step)
@@ -94,8 +104,11 @@ impl Commitment {
             .fixed(&self.hash.0)
             .fixed(&self.loss_trace_blake3.0)
             .str(&self.runtime)
-            .str(&self.class)
-            .finish()
+            .str(&self.class);
+        match &self.pseudo_gradient_sha256 {
+            None => e.finish(),
+            Some(sha) => e.fixed(&sha.to_bytes()).finish(),
+        }
     }
 }
 
@@ -145,6 +158,10 @@ pub struct ReplayReport {
     pub distance: Option<f64>,
     /// How long the replay trained, in milliseconds.
     pub compute_ms: u64,
+    /// A parallel job's inner segment: the sha256 of the pseudo-gradient
+    /// file the replay wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudo_gradient_sha256: Option<Sha256Hex>,
 }
 
 impl ReplayReport {
@@ -159,9 +176,14 @@ impl ReplayReport {
     /// The exact bytes that are signed ([`crate::signing`]): the tag
     /// `gradpool/replay/v2`, then task id, job id, segment, end checkpoint
     /// sha256, loss trace hash, class, distance (an option of f64) and
-    /// compute time.
+    /// compute time; with a pseudo-gradient, the tag is
+    /// `gradpool/replay/v3` and its sha256 follows.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        Encoding::new("gradpool/replay/v2")
+        let tag = match self.pseudo_gradient_sha256 {
+            None => "gradpool/replay/v2",
+            Some(_) => "gradpool/replay/v3",
+        };
+        let e = Encoding::new(tag)
             .str(self.task_id.as_str())
             .str(self.job_id.as_str())
             .u32(self.segment)
@@ -169,8 +191,11 @@ impl ReplayReport {
             .fixed(&self.loss_trace_blake3.0)
             .str(&self.class)
             .option_f64(self.distance)
-            .u64(self.compute_ms)
-            .finish()
+            .u64(self.compute_ms);
+        match &self.pseudo_gradient_sha256 {
+            None => e.finish(),
+            Some(sha) => e.fixed(&sha.to_bytes()).finish(),
+        }
     }
 }
 
@@ -201,12 +226,14 @@ impl SignedReplay {
 }
 
 /// One inner segment that entered a parallel job's outer step: its worker
-/// slot, the checkpoint it committed and that commitment's hash.
+/// slot, the checkpoint it committed, that commitment's hash and the
+/// pseudo-gradient it sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OuterInput {
     pub worker: u32,
     pub checkpoint_sha256: Sha256Hex,
     pub commitment: ChainHash,
+    pub pseudo_gradient_sha256: Sha256Hex,
 }
 
 /// The chain hash of a parallel job's next global checkpoint:
@@ -252,12 +279,13 @@ pub struct OuterCommitment {
 
 impl OuterCommitment {
     /// The exact bytes that are signed ([`crate::signing`]): the tag
-    /// `gradpool/outer-commitment/v1`, then job id, round, step, the number
-    /// of inputs and each input's worker, checkpoint sha256 and commitment
-    /// hash, the global checkpoint's sha256, prev and hash.
+    /// `gradpool/outer-commitment/v2`, then job id, round, step, the number
+    /// of inputs and each input's worker, checkpoint sha256, commitment
+    /// hash and pseudo-gradient sha256, the global checkpoint's sha256,
+    /// prev and hash.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let count = u32::try_from(self.inputs.len()).unwrap_or(u32::MAX);
-        let mut e = Encoding::new("gradpool/outer-commitment/v1")
+        let mut e = Encoding::new("gradpool/outer-commitment/v2")
             .str(self.job_id.as_str())
             .u64(self.round)
             .u64(self.step)
@@ -266,7 +294,8 @@ impl OuterCommitment {
             e = e
                 .u32(i.worker)
                 .fixed(&i.checkpoint_sha256.to_bytes())
-                .fixed(&i.commitment.0);
+                .fixed(&i.commitment.0)
+                .fixed(&i.pseudo_gradient_sha256.to_bytes());
         }
         e.fixed(&self.global_sha256.to_bytes())
             .fixed(&self.prev.0)
@@ -458,6 +487,7 @@ mod tests {
             loss_trace_blake3: loss_trace_hash(&[4.2, 4.1]),
             runtime: crate::RUNTIME_VERSION.into(),
             class: "cpu".into(),
+            pseudo_gradient_sha256: None,
         })
     }
 
@@ -510,6 +540,15 @@ mod tests {
         let mut other = c.clone();
         other.class = "cpy".into();
         assert_ne!(other.signing_bytes(), bytes);
+        // A parallel job's segment signs its pseudo-gradient too, under
+        // another tag.
+        let mut worker = c.clone();
+        worker.pseudo_gradient_sha256 = Some(Sha256Hex::of(b"delta"));
+        let signed = worker.signing_bytes();
+        assert!(signed.starts_with(b"gradpool/commitment/v3\0"));
+        assert_eq!(signed.len(), want + 32);
+        worker.pseudo_gradient_sha256 = Some(Sha256Hex::of(b"other"));
+        assert_ne!(worker.signing_bytes(), signed);
         // A replay's distance is signed by its bits: 0.1 and 0.1000000001
         // differ even where JSON might print them alike.
         let report = |distance| ReplayReport {
@@ -521,6 +560,7 @@ mod tests {
             class: "cpu".into(),
             distance,
             compute_ms: 5,
+            pseudo_gradient_sha256: None,
         };
         assert_ne!(
             report(Some(0.1)).signing_bytes(),

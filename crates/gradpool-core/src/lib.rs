@@ -13,6 +13,8 @@
 //! - [`commitment`]: the signed hash chain over a job's checkpoints.
 //! - [`outer`]: a parallel job's global checkpoints and its outer step,
 //!   arithmetic over safetensors that anyone can recompute.
+//! - [`delta`]: what a parallel job's round moves: pseudo-gradients up,
+//!   outer updates down.
 //! - [`int8`]: the fixed codebook of a parallel job's compressed transfers.
 //! - [`finite`]: floats from the network, refused unless finite.
 //! - [`hash`]: content addresses (sha256) of blobs.
@@ -27,6 +29,7 @@
 pub mod checkpoint;
 pub mod commitment;
 pub mod data;
+pub mod delta;
 pub mod finite;
 pub mod hardware;
 pub mod hash;

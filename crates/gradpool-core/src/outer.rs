@@ -29,15 +29,19 @@
 //! alike.
 
 use crate::checkpoint::TensorRef;
-use crate::spec::{Compression, ParallelConfig};
+use crate::delta::{Delta, DeltaError, DeltaKind};
+use crate::spec::ParallelConfig;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 
 /// Format tag of global checkpoints.
 pub const GLOBAL_FORMAT: &str = "gradpool-global-v1";
+/// Format tag of a round's weights without the outer momentum: what a
+/// worker rebuilds from the weights it holds and an outer update
+/// ([`Weights`]).
+pub const WEIGHTS_FORMAT: &str = "gradpool-weights-v1";
 
-/// Tensors by name: shape and row-major values.
-pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+pub use crate::checkpoint::Tensors;
 
 /// Why an outer step cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +56,8 @@ pub enum OuterError {
     WorkerOrder { got: Vec<u32>, workers: u32 },
     #[error("the outer step gives a value that is not finite in {tensor}")]
     NotFinite { tensor: String },
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
 }
 
 fn malformed(what: &str, reason: impl Into<String>) -> OuterError {
@@ -99,15 +105,15 @@ impl Global {
 
     /// Round 0's global checkpoint as a party that never trains computes
     /// it (the pool): the model's seeded initial weights
-    /// ([`crate::model::Param::initial_values`]), with the metadata of a
-    /// worker checkpoint of the job (model, data, spec fingerprint), which
-    /// is what the trainer's round-0 global checkpoint carries too.
+    /// ([`crate::model::Param::initial_values`]), with the trainer's
+    /// metadata (model, data, spec fingerprint) as a worker's
+    /// pseudo-gradient carries it, which is what the trainer's round-0
+    /// global checkpoint carries too.
     pub fn initial_for(
         model: &crate::model::ModelMeta,
         seed: u64,
-        worker_checkpoint: &[u8],
-    ) -> Result<Global, OuterError> {
-        let (_, metadata) = read("a worker's checkpoint", worker_checkpoint)?;
+        metadata: &BTreeMap<String, String>,
+    ) -> Global {
         let params = model
             .params()
             .into_iter()
@@ -116,7 +122,17 @@ impl Global {
                 (p.name, (p.shape, values))
             })
             .collect();
-        Ok(Global::initial(params, metadata))
+        Global::initial(params, metadata.clone())
+    }
+
+    /// Its weights, without the outer momentum.
+    pub fn weights(&self) -> Weights {
+        Weights {
+            round: self.round,
+            step: self.step,
+            params: self.params.clone(),
+            metadata: self.metadata.clone(),
+        }
     }
 
     /// The checkpoint file: deterministic bytes.
@@ -240,39 +256,53 @@ fn split(tensors: Tensors, prefix: &str) -> (Tensors, Tensors) {
     (with, without)
 }
 
-/// The parameters (`param.*`, without the prefix) of a worker's
-/// checkpoint: what the outer step reads of it.
-pub fn worker_params(worker: u32, bytes: &[u8]) -> Result<Tensors, OuterError> {
-    let (tensors, _) = read(&format!("worker {worker}'s checkpoint"), bytes)?;
-    Ok(split(tensors, "param.").0)
+/// A worker's pseudo-gradient as computed, before any compression:
+/// `θ − θ_w`, global minus worker weights, tensor by tensor.
+pub fn pseudo_gradient(
+    worker: u32,
+    global: &Tensors,
+    params: &Tensors,
+) -> Result<Tensors, OuterError> {
+    same_shapes(worker, global, params)?;
+    Ok(global
+        .iter()
+        .map(|(name, (shape, g))| {
+            let w = &params[name].1;
+            let delta = g.iter().zip(w).map(|(g, w)| g - w).collect();
+            (name.clone(), (shape.clone(), delta))
+        })
+        .collect())
 }
 
-/// A worker's pseudo-gradient for one tensor, as it travels: `θ − θ_w`,
-/// through the int8 codebook when the job compresses.
-pub fn pseudo_gradient(global: &[f32], worker: &[f32], compression: Compression) -> Vec<f32> {
-    let delta: Vec<f32> = global.iter().zip(worker).map(|(g, w)| g - w).collect();
-    through(delta, compression)
+/// The parameters (`param.*`, without the prefix) of a safetensors file
+/// (a worker's checkpoint), and its metadata.
+pub fn params_of(
+    what: &str,
+    bytes: &[u8],
+) -> Result<(Tensors, BTreeMap<String, String>), OuterError> {
+    let (tensors, metadata) = read(what, bytes)?;
+    Ok((split(tensors, "param.").0, metadata))
 }
 
-/// Values as they arrive: unchanged, or through the int8 codebook. The
-/// values are finite (they come from checked checkpoints and finite
-/// arithmetic on them), which is all the codebook asks.
-fn through(values: Vec<f32>, compression: Compression) -> Vec<f32> {
-    match compression {
-        Compression::None => values,
-        Compression::Int8 => crate::int8::round_trip(&values).unwrap_or(values),
-    }
+/// What an outer step gives: the next global checkpoint, and the update
+/// file the workers rebuild its weights from ([`Weights::next`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stepped {
+    pub global: Global,
+    /// The [`DeltaKind::Update`] file.
+    pub update: Vec<u8>,
 }
 
-/// The outer step: global checkpoint `r` and the checkpoints of the
-/// workers that trained round `r`, in increasing worker order, give global
-/// checkpoint `r + 1` at step `next_step`.
+/// The outer step: global checkpoint `r` and the pseudo-gradients of the
+/// workers that trained round `r` (as they arrived, see
+/// [`crate::delta`]), in increasing worker order, give global checkpoint
+/// `r + 1` at step `next_step`.
 pub fn outer_step(
     global: &Global,
     workers: &[(u32, Tensors)],
     parallel: &ParallelConfig,
     next_step: u64,
-) -> Result<Global, OuterError> {
+) -> Result<Stepped, OuterError> {
     let order: Vec<u32> = workers.iter().map(|(w, _)| *w).collect();
     if order.windows(2).any(|p| p[0] >= p[1]) || order.iter().any(|w| *w >= parallel.workers) {
         return Err(OuterError::WorkerOrder {
@@ -286,18 +316,18 @@ pub fn outer_step(
             min: parallel.min_workers,
         });
     }
-    for (w, params) in workers {
-        same_shapes(*w, &global.params, params)?;
+    for (w, deltas) in workers {
+        same_shapes(*w, &global.params, deltas)?;
     }
     let lr = parallel.outer_lr as f32;
     let mu = parallel.outer_momentum as f32;
     let n = workers.len() as f32;
     let mut next = global.clone();
-    for (name, (_, theta)) in &global.params {
+    let mut updates = Tensors::new();
+    for (name, (shape, theta)) in &global.params {
         let mut sum = vec![0f32; theta.len()];
-        for (_, params) in workers {
-            let delta = pseudo_gradient(theta, &params[name].1, parallel.compression);
-            for (s, d) in sum.iter_mut().zip(&delta) {
+        for (_, deltas) in workers {
+            for (s, d) in sum.iter_mut().zip(&deltas[name].1) {
                 *s += d;
             }
         }
@@ -319,24 +349,122 @@ pub fn outer_step(
             new_m.push(m);
             update.push(lr * (mean + mu * m));
         }
-        let update = through(update, parallel.compression);
-        let new_theta: Vec<f32> = theta.iter().zip(&update).map(|(t, u)| t - u).collect();
-        if new_theta.iter().chain(&new_m).any(|v| !v.is_finite()) {
+        if new_m.iter().chain(&update).any(|v| !v.is_finite()) {
             return Err(OuterError::NotFinite {
                 tensor: name.clone(),
             });
         }
-        if let Some(slot) = next.params.get_mut(name) {
-            slot.1 = new_theta;
-        }
         if let Some(slot) = next.momentum.get_mut(name) {
             slot.1 = new_m;
         }
+        updates.insert(name.clone(), (shape.clone(), update));
     }
-    next.round = global.round + 1;
-    next.step = next_step;
+    let (update, arrived) = crate::delta::encode(
+        DeltaKind::Update,
+        parallel.compression,
+        (global.round, next_step),
+        &updates,
+        &global.metadata,
+    )?;
+    let weights = global.weights().next(&arrived)?;
+    next.params = weights.params;
+    next.round = weights.round;
+    next.step = weights.step;
     next.workers = order;
-    Ok(next)
+    Ok(Stepped {
+        global: next,
+        update,
+    })
+}
+
+/// A round's weights as a worker holds them: a global checkpoint's, or
+/// rebuilt from the round before's and its outer update. Written with
+/// format [`WEIGHTS_FORMAT`]: the `param.*` tensors and the metadata of a
+/// global checkpoint but `workers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    pub round: u64,
+    pub step: u64,
+    pub params: Tensors,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Weights {
+    /// The next round's weights: `θ − u` for the update `u` of this
+    /// round's outer step, element by element in f32, exactly as the outer
+    /// step computes the global checkpoint's.
+    pub fn next(&self, update: &Delta) -> Result<Weights, OuterError> {
+        let what = "the outer update";
+        if update.kind != DeltaKind::Update || update.round != self.round {
+            return Err(malformed(
+                what,
+                format!(
+                    "it is round {}'s, the weights are round {}'s",
+                    update.round, self.round
+                ),
+            ));
+        }
+        same_shapes(0, &self.params, &update.values).map_err(|e| malformed(what, e.to_string()))?;
+        let mut params = Tensors::new();
+        for (name, (shape, theta)) in &self.params {
+            let u = &update.values[name].1;
+            let next: Vec<f32> = theta.iter().zip(u).map(|(t, u)| t - u).collect();
+            if next.iter().any(|v| !v.is_finite()) {
+                return Err(OuterError::NotFinite {
+                    tensor: name.clone(),
+                });
+            }
+            params.insert(name.clone(), (shape.clone(), next));
+        }
+        Ok(Weights {
+            round: self.round + 1,
+            step: update.step,
+            params,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// The weights file: deterministic bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(name, (shape, data))| (format!("param.{name}"), TensorRef { shape, data }))
+            .collect();
+        let mut metadata = self.metadata.clone();
+        metadata.insert("format".into(), WEIGHTS_FORMAT.into());
+        metadata.insert("round".into(), self.round.to_string());
+        metadata.insert("step".into(), self.step.to_string());
+        crate::checkpoint::to_bytes(&tensors, &metadata)
+    }
+
+    /// Reads the weights of a weights file or of a global checkpoint.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Weights, OuterError> {
+        let what = "the round's weights";
+        let (tensors, metadata) = read(what, bytes)?;
+        match metadata.get("format").map(String::as_str) {
+            Some(GLOBAL_FORMAT) => return Ok(Global::from_bytes(bytes)?.weights()),
+            Some(WEIGHTS_FORMAT) => {}
+            _ => return Err(malformed(what, format!("format is not {WEIGHTS_FORMAT}"))),
+        }
+        let number = |key: &str| -> Result<u64, OuterError> {
+            metadata
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| malformed(what, format!("no {key} in its metadata")))
+        };
+        let (round, step) = (number("round")?, number("step")?);
+        let (params, rest) = split(tensors, "param.");
+        if let Some(name) = rest.keys().next() {
+            return Err(malformed(what, format!("unexpected tensor {name}")));
+        }
+        Ok(Weights {
+            round,
+            step,
+            params,
+            metadata: carried(metadata),
+        })
+    }
 }
 
 /// Refuses a worker whose parameters are not exactly the global ones'
@@ -365,6 +493,7 @@ fn same_shapes(worker: u32, global: &Tensors, params: &Tensors) -> Result<(), Ou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Compression;
 
     fn config(workers: u32, compression: Compression) -> ParallelConfig {
         ParallelConfig {
@@ -384,6 +513,20 @@ mod tests {
             .collect()
     }
 
+    /// Worker `w`'s pseudo-gradient as the outer step gets it.
+    fn sent(g: &Global, w: u32, params: &Tensors, compression: Compression) -> (u32, Tensors) {
+        let raw = pseudo_gradient(w, &g.params, params).unwrap();
+        let (_, delta) = crate::delta::encode(
+            DeltaKind::PseudoGradient,
+            compression,
+            (g.round, 0),
+            &raw,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        (w, delta.values)
+    }
+
     fn initial() -> Global {
         let mut meta = BTreeMap::new();
         meta.insert("model".into(), "{\"kind\":\"test\"}".into());
@@ -400,7 +543,9 @@ mod tests {
         let w0 = tensors(&[("a", vec![0.9, -2.0, 0.7]), ("b", vec![0.25])]);
         let w1 = tensors(&[("a", vec![0.7, -1.8, 0.5]), ("b", vec![0.05])]);
         let p = config(2, Compression::None);
-        let next = outer_step(&g, &[(0, w0.clone()), (1, w1.clone())], &p, 10).unwrap();
+        let none = Compression::None;
+        let deltas = [sent(&g, 0, &w0, none), sent(&g, 1, &w1, none)];
+        let next = outer_step(&g, &deltas, &p, 10).unwrap().global;
         assert_eq!(
             (next.round, next.step, next.workers.clone()),
             (1, 10, vec![0, 1])
@@ -422,7 +567,9 @@ mod tests {
             }
         }
         // A second round uses the momentum the first one kept.
-        let again = outer_step(&next, &[(0, w0.clone())], &p, 20).unwrap();
+        let again = outer_step(&next, &[sent(&next, 0, &w0, none)], &p, 20)
+            .unwrap()
+            .global;
         let theta = next.params["b"].1[0];
         let mean = 0.0 + (theta - w0["b"].1[0]);
         let m = mu * next.momentum["b"].1[0] + mean;
@@ -435,16 +582,22 @@ mod tests {
         let g = initial();
         let w = tensors(&[("a", vec![0.5, -1.0, 0.0]), ("b", vec![1.0])]);
         let p = config(3, Compression::Int8);
-        let a = outer_step(&g, &[(2, w.clone())], &p, 7).unwrap().to_bytes();
-        let b = outer_step(
-            &Global::from_bytes(&g.to_bytes()).unwrap(),
-            &[(2, w)],
-            &p,
-            7,
-        )
-        .unwrap()
-        .to_bytes();
+        let a = outer_step(&g, &[sent(&g, 2, &w, Compression::Int8)], &p, 7).unwrap();
+        let back = Global::from_bytes(&g.to_bytes()).unwrap();
+        let b = outer_step(&back, &[sent(&back, 2, &w, Compression::Int8)], &p, 7).unwrap();
         assert_eq!(a, b);
+        // A worker that holds round 0's weights rebuilds round 1's from the
+        // update, bit for bit.
+        let update = crate::delta::decode(&a.update, DeltaKind::Update).unwrap();
+        let rebuilt = Weights::from_bytes(&g.weights().to_bytes()).unwrap();
+        let rebuilt = rebuilt.next(&update).unwrap();
+        assert_eq!(rebuilt, a.global.weights());
+        assert_eq!(Weights::from_bytes(&rebuilt.to_bytes()).unwrap(), rebuilt);
+        assert!(
+            rebuilt.next(&update).is_err(),
+            "an update applies to its own round only"
+        );
+        let a = a.global.to_bytes();
         let back = Global::from_bytes(&a).unwrap();
         assert_eq!(back.to_bytes(), a);
         assert_eq!(back.metadata.get("model").unwrap(), "{\"kind\":\"test\"}");
@@ -456,7 +609,9 @@ mod tests {
         let g = initial();
         let w = tensors(&[("a", vec![0.123, -2.5, 0.51]), ("b", vec![0.2])]);
         let p = config(1, Compression::Int8);
-        let next = outer_step(&g, &[(0, w.clone())], &p, 10).unwrap();
+        let next = outer_step(&g, &[sent(&g, 0, &w, Compression::Int8)], &p, 10)
+            .unwrap()
+            .global;
         // What a worker receives, θ − θ', is a codebook value of the update.
         let theta = &g.params["a"].1;
         let received: Vec<f32> = theta
@@ -464,7 +619,14 @@ mod tests {
             .zip(&next.params["a"].1)
             .map(|(t, n)| t - n)
             .collect();
-        let exact = outer_step(&g, &[(0, w)], &config(1, Compression::None), 10).unwrap();
+        let exact = outer_step(
+            &g,
+            &[sent(&g, 0, &w, Compression::None)],
+            &config(1, Compression::None),
+            10,
+        )
+        .unwrap()
+        .global;
         let scale = theta
             .iter()
             .zip(&exact.params["a"].1)
@@ -492,12 +654,13 @@ mod tests {
         p.min_workers = 1;
         let short = tensors(&[("a", vec![0.0, 0.0]), ("b", vec![0.0])]);
         assert!(matches!(
-            outer_step(&g, &[(0, short)], &p, 1).unwrap_err(),
+            outer_step(&g, &[(0, short.clone())], &p, 1).unwrap_err(),
             OuterError::Mismatch { worker: 0, .. }
         ));
+        assert!(pseudo_gradient(4, &g.params, &short).is_err());
         let extra = tensors(&[("a", vec![0.0; 3]), ("b", vec![0.0]), ("c", vec![1.0])]);
         assert!(outer_step(&g, &[(0, extra)], &p, 1).is_err());
-        let huge = tensors(&[("a", vec![-3e38, 0.0, 0.0]), ("b", vec![0.0])]);
+        let huge = tensors(&[("a", vec![3e38, 0.0, 0.0]), ("b", vec![0.0])]);
         p.outer_lr = 10.0;
         assert!(matches!(
             outer_step(&g, &[(0, huge)], &p, 1).unwrap_err(),

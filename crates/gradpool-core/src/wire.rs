@@ -669,6 +669,12 @@ pub struct HeartbeatReply {
     /// new work is given until it passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<crate::proof::ProofChallenge>,
+    /// Checkpoints this provider committed (a parallel job's inner
+    /// segments, which send only their pseudo-gradient) that the pool now
+    /// needs: for an audit's replay, or for a worker slot moving to
+    /// another provider. Uploaded from the provider's cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wanted: Vec<Sha256Hex>,
 }
 
 /// A segment leased to a provider.
@@ -719,6 +725,24 @@ pub struct RoundTask {
     /// The outer step's inputs, in worker order (empty for a segment).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<crate::commitment::OuterInput>,
+    /// Round `r > 0`: how round `r − 1`'s weights became this round's. A
+    /// provider that holds them downloads the update (a quarter of the
+    /// bytes with int8) instead of the global checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<RoundUpdate>,
+}
+
+/// The outer update that leads from one global checkpoint to the next
+/// ([`crate::delta`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundUpdate {
+    /// The global checkpoint of the round before.
+    pub from_global_sha256: Sha256Hex,
+    /// Its outer step's update file.
+    pub update_sha256: Sha256Hex,
+    /// The weights file ([`crate::outer::Weights`]) the update gives:
+    /// what the provider checks its rebuilt weights against.
+    pub weights_sha256: Sha256Hex,
 }
 
 /// The trainer's claim a replay is judged against. Inside one

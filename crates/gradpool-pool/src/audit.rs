@@ -995,8 +995,13 @@ impl Pool {
                 r.report.class
             )));
         }
+        // A parallel job's segment is also judged on what it sent: the
+        // pseudo-gradient the outer step used.
+        let claimed: SignedCommitment = serde_json::from_str(&a.signed)?;
+        let sent = claimed.commitment.pseudo_gradient_sha256;
         let matches = if class == a.class {
             r.report.end_checkpoint_sha256.as_str() == a.claimed_checkpoint_sha256
+                && r.report.pseudo_gradient_sha256 == sent
         } else {
             match r.report.distance {
                 Some(d) => d <= CROSS_CLASS_TOLERANCE,

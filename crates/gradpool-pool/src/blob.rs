@@ -190,18 +190,20 @@ impl Pool {
                 "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
                  OR EXISTS (SELECT 1 FROM jobs WHERE account_id = ?2 AND data_sha256 = ?1) \
                  OR EXISTS (SELECT 1 FROM commitments c JOIN jobs j ON j.id = c.job_id \
-                            WHERE j.account_id = ?2 AND c.checkpoint_sha256 = ?1) \
+                            WHERE j.account_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
                  OR EXISTS (SELECT 1 FROM outer_steps o JOIN jobs j ON j.id = o.job_id \
-                            WHERE j.account_id = ?2 AND o.global_sha256 = ?1)"
+                            WHERE j.account_id = ?2 \
+                              AND (o.global_sha256 = ?1 OR o.update_sha256 = ?1 OR o.from_global_sha256 = ?1))"
             }
             Caller::Provider(_) => {
                 "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id \
                             WHERE t.provider_id = ?2 AND j.data_sha256 = ?1) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN commitments c ON c.job_id = t.job_id \
-                            WHERE t.provider_id = ?2 AND c.checkpoint_sha256 = ?1) \
+                            WHERE t.provider_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN outer_steps o ON o.job_id = t.job_id \
-                            WHERE t.provider_id = ?2 AND o.global_sha256 = ?1)"
+                            WHERE t.provider_id = ?2 \
+                              AND (o.global_sha256 = ?1 OR o.update_sha256 = ?1 OR o.from_global_sha256 = ?1))"
             }
         };
         let ok: bool = sqlx::query_scalar(sql)

@@ -10,9 +10,10 @@ use crate::store::{self, to_u32, to_u64, JobRow, TaskRow};
 use crate::Pool;
 use crate::{escrow, ledger};
 use gradpool_core::commitment::loss_trace_hash;
+use gradpool_core::delta::{self, DeltaKind};
 use gradpool_core::state::TaskStatus;
 use gradpool_core::wire::{Commit, CommitReply, JobEventKind, JobStatus, TaskKind};
-use gradpool_core::{ProviderId, SignedCommitment};
+use gradpool_core::{ProviderId, Sha256Hex, SignedCommitment};
 
 impl Pool {
     /// Checks a segment's signed commitment and, if it holds, accepts it:
@@ -65,8 +66,8 @@ impl Pool {
             .map_err(|_| PoolError::BadRequest("end_step too large".into()))?;
         sqlx::query(
             "INSERT INTO commitments (job_id, segment, provider_id, task_id, start_step, end_step, checkpoint_sha256, \
-             prev, hash, signed, loss_trace, committed_at, eval_loss) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             prev, hash, signed, loss_trace, committed_at, eval_loss, pseudo_gradient_sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.id)
         .bind(task.segment)
@@ -81,6 +82,7 @@ impl Pool {
         .bind(serde_json::to_string(&c.loss_trace)?)
         .bind(now)
         .bind(c.eval_loss.map(f64::from))
+        .bind(cm.pseudo_gradient_sha256.as_ref().map(|s| s.as_str().to_owned()))
         .execute(w.conn())
         .await?;
         sqlx::query(
@@ -193,11 +195,20 @@ impl Pool {
                 task.id, task.status
             )));
         }
-        if task.kind != TaskKind::Train {
-            return Err(PoolError::BadRequest(format!(
-                "task {} is a replay: report it with POST /v1/tasks/{}/replay",
-                task.id, task.id
-            )));
+        match task.kind {
+            TaskKind::Train => {}
+            TaskKind::Replay => {
+                return Err(PoolError::BadRequest(format!(
+                    "task {} is a replay: report it with POST /v1/tasks/{}/replay",
+                    task.id, task.id
+                )))
+            }
+            TaskKind::Outer => {
+                return Err(PoolError::BadRequest(format!(
+                    "task {} is an outer step: commit it with POST /v1/tasks/{}/outer",
+                    task.id, task.id
+                )))
+            }
         }
         let signed = &c.commitment;
         signed
@@ -266,23 +277,20 @@ impl Pool {
                 cm.checkpoint_sha256
             )));
         }
-        let path = self.inner.blobs.path_of(&cm.checkpoint_sha256);
-        // The checkpoint must be a blob this provider uploaded: committing
-        // to someone else's blob by its digest would grant read access to it.
-        let uploaded: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
-        )
-        .bind(cm.checkpoint_sha256.as_str())
-        .bind(provider.as_str())
-        .fetch_one(&self.inner.db)
-        .await?;
-        if !uploaded || !tokio::fs::try_exists(&path).await? {
-            return Err(PoolError::BadRequest(format!(
-                "checkpoint blob {} not found among this provider's uploads; upload it before committing",
-                cm.checkpoint_sha256
-            )));
-        }
         let model = crate::model::stored_model(&job.id, job.model.as_deref())?;
+        if let Some(round) = task.round {
+            return self
+                .check_pseudo_gradient(provider, job, round, cm, model)
+                .await;
+        }
+        if cm.pseudo_gradient_sha256.is_some() {
+            return Err(PoolError::BadRequest(
+                "commitment.pseudo_gradient_sha256: only a parallel job's segment sends one".into(),
+            ));
+        }
+        let path = self
+            .uploaded(provider, "checkpoint", &cm.checkpoint_sha256)
+            .await?;
         let hash = crate::model::inspect_checkpoint(path, model, cm.end_step, cm.prev).await?;
         if hash != cm.hash {
             return Err(PoolError::BadRequest(format!(
@@ -291,5 +299,81 @@ impl Pool {
             )));
         }
         Ok(())
+    }
+
+    /// The blob `sha`, which `provider` must have uploaded: committing to
+    /// someone else's blob by its digest would grant read access to it.
+    async fn uploaded(
+        &self,
+        provider: &ProviderId,
+        what: &str,
+        sha: &Sha256Hex,
+    ) -> Result<std::path::PathBuf, PoolError> {
+        let path = self.inner.blobs.path_of(sha);
+        let uploaded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        )
+        .bind(sha.as_str())
+        .bind(provider.as_str())
+        .fetch_one(&self.inner.db)
+        .await?;
+        if !uploaded || !tokio::fs::try_exists(&path).await? {
+            return Err(PoolError::BadRequest(format!(
+                "{what} blob {sha} not found among this provider's uploads; upload it before committing"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// A parallel job's inner segment sends its pseudo-gradient, not its
+    /// checkpoint: the file must be this provider's upload, of the round,
+    /// step and compression of the job, with exactly the model's
+    /// parameters, every value finite. Whether it is the one the segment
+    /// computes is for the audits, as for any checkpoint.
+    async fn check_pseudo_gradient(
+        &self,
+        provider: &ProviderId,
+        job: &JobRow,
+        round: i64,
+        cm: &gradpool_core::Commitment,
+        model: gradpool_core::model::ModelMeta,
+    ) -> Result<(), PoolError> {
+        let sha = cm.pseudo_gradient_sha256.as_ref().ok_or_else(|| {
+            PoolError::BadRequest(
+                "commitment.pseudo_gradient_sha256: required for a parallel job's segment".into(),
+            )
+        })?;
+        let path = self.uploaded(provider, "pseudo-gradient", sha).await?;
+        let spec = gradpool_core::spec::JobSpec::from_toml_str(&job.spec_toml)
+            .map_err(|e| PoolError::Internal(format!("job {}: stored spec: {e}", job.id)))?;
+        let compression = spec.parallel.map(|p| p.compression).unwrap_or_default();
+        let want = (to_u64(round), cm.end_step, compression);
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)?;
+            let bad = |reason: String| PoolError::BadRequest(format!("pseudo-gradient: {reason}"));
+            let d =
+                delta::decode(&bytes, DeltaKind::PseudoGradient).map_err(|e| bad(e.to_string()))?;
+            if (d.round, d.step, d.compression) != want {
+                return Err(bad(format!(
+                    "it is round {} at step {} ({}), the segment is round {} to step {} ({})",
+                    d.round,
+                    d.step,
+                    d.compression.as_str(),
+                    want.0,
+                    want.1,
+                    want.2.as_str()
+                )));
+            }
+            let params = model.params();
+            if d.values.len() != params.len()
+                || params
+                    .iter()
+                    .any(|p| d.values.get(&p.name).map(|(s, _)| s) != Some(&p.shape))
+            {
+                return Err(bad("its tensors are not the model's parameters".into()));
+            }
+            Ok(())
+        })
+        .await?
     }
 }

@@ -19,7 +19,7 @@ use crate::{escrow, ledger};
 use gradpool_core::state::{ProviderChange, TaskStatus};
 use gradpool_core::wire::{
     Assignment, Heartbeat, HeartbeatReply, JobEventKind, JobStatus, Progress, ReplayTarget,
-    RoundTask, TaskFailed, TaskKind,
+    RoundTask, RoundUpdate, TaskFailed, TaskKind,
 };
 use gradpool_core::{JobId, ProviderId, SignedCommitment, TaskId};
 use sqlx::SqliteConnection;
@@ -33,6 +33,35 @@ pub const MAX_SEGMENT_FAILURES: i64 = 3;
 
 /// The longest a heartbeat is held waiting for work.
 pub const MAX_WAIT_SECONDS: u32 = 30;
+
+/// How round `round`'s weights came from the round before's: its outer
+/// step's update, for a provider that holds the earlier weights.
+async fn round_update(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    round: i64,
+) -> Result<Option<RoundUpdate>, PoolError> {
+    let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT from_global_sha256, update_sha256, weights_sha256 FROM outer_steps \
+         WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(round - 1)
+    .fetch_optional(conn)
+    .await?;
+    let Some((Some(from), Some(update), Some(weights))) = row else {
+        return Ok(None);
+    };
+    let parse = |s: String| {
+        s.parse::<gradpool_core::Sha256Hex>()
+            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
+    };
+    Ok(Some(RoundUpdate {
+        from_global_sha256: parse(from)?,
+        update_sha256: parse(update)?,
+        weights_sha256: parse(weights)?,
+    }))
+}
 
 /// The assignment a provider gets for a leased task: a segment to train
 /// from the job's last accepted checkpoint, or one to replay for an audit.
@@ -69,6 +98,7 @@ pub(crate) async fn assignment(
             worker: task.worker.map(to_u32),
             slot_checkpoint_sha256: slot,
             inputs: Vec::new(),
+            update: round_update(conn, &job.id, round).await?,
         });
     }
     if task.kind == TaskKind::Outer {
@@ -79,6 +109,7 @@ pub(crate) async fn assignment(
             worker: None,
             slot_checkpoint_sha256: None,
             inputs: crate::queue::round_inputs(conn, job, round).await?,
+            update: None,
         });
     }
     if task.kind == TaskKind::Replay {
@@ -261,10 +292,14 @@ impl Pool {
                 }
             }
         }
+        let wanted =
+            crate::queue::wanted(&self.inner.db, provider, self.now() - self.lease_ms() / 2)
+                .await?;
         Ok(HeartbeatReply {
             assignments,
             cancel,
             proof,
+            wanted,
         })
     }
 
@@ -305,6 +340,8 @@ impl Pool {
                            AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
                                            WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
+                           AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = a.claimed_checkpoint_sha256) \
+                           AND (t.slot_sha256 IS NULL OR EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256)) \
                          ORDER BY t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
@@ -325,6 +362,9 @@ impl Pool {
                            AND (j.region IS NULL OR j.region = ?9) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
                                AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = ?1)) \
+                           AND (t.slot_sha256 IS NULL OR EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256) \
+                               OR EXISTS (SELECT 1 FROM commitments h WHERE h.job_id = t.job_id \
+                                   AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = ?1)) \
                            AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
                                WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
                                  AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
@@ -332,7 +372,10 @@ impl Pool {
                                JOIN bookings bk ON bk.id = bp.booking_id \
                                WHERE bk.id = j.booking_id AND bp.provider_id = ?1 AND bk.status = 'reserved' \
                                  AND bk.starts_at <= ?3 AND bk.ends_at > ?3)) \
-                         ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
+                         ORDER BY j.created_at, j.rowid, \
+                           NOT EXISTS (SELECT 1 FROM commitments h WHERE h.job_id = t.job_id \
+                               AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = ?1), \
+                           t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
@@ -504,10 +547,11 @@ impl Pool {
         .await?;
         let job = job_of(w.conn(), &task).await?;
         if failures >= MAX_SEGMENT_FAILURES {
-            let why = format!(
-                "segment {} failed {failures} times; last: {reason}",
-                task.segment
-            );
+            let what = match (task.kind, task.round) {
+                (TaskKind::Outer, Some(round)) => format!("the outer step of round {round}"),
+                _ => format!("segment {}", task.segment),
+            };
+            let why = format!("{what} failed {failures} times; last: {reason}");
             crate::escrow::settle_job(&mut w, &job).await?;
             crate::audit::end_job(&mut w, &job.id, JobStatus::Failed, Some(why.clone())).await?;
             w.commit().await?;

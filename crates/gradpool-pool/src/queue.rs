@@ -7,7 +7,7 @@ use crate::store::{self, JobRow, TaskRow};
 use crate::tx::Write;
 use gradpool_core::state::TaskStatus;
 use gradpool_core::wire::{JobEventKind, JobStatus};
-use gradpool_core::{ProviderId, TaskId};
+use gradpool_core::{ProviderId, Sha256Hex, TaskId};
 use sqlx::SqliteConnection;
 
 /// Queues a new task for a segment of a job. A parallel job's segment
@@ -140,9 +140,9 @@ pub(crate) async fn round_inputs(
     round: i64,
 ) -> Result<Vec<gradpool_core::commitment::OuterInput>, PoolError> {
     let n = job.workers.unwrap_or(1);
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT segment, checkpoint_sha256, hash FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ? \
-         ORDER BY segment",
+    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT segment, checkpoint_sha256, hash, pseudo_gradient_sha256 FROM commitments \
+         WHERE job_id = ? AND segment >= ? AND segment < ? ORDER BY segment",
     )
     .bind(&job.id)
     .bind(round * n)
@@ -150,13 +150,50 @@ pub(crate) async fn round_inputs(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(segment, sha, hash)| {
+        .map(|(segment, sha, hash, sent)| {
             let bad = |e: String| PoolError::Internal(format!("stored commitment: {e}"));
+            let sent =
+                sent.ok_or_else(|| bad(format!("segment {segment} has no pseudo-gradient")))?;
             Ok(gradpool_core::commitment::OuterInput {
                 worker: u32::try_from(segment - round * n).unwrap_or(u32::MAX),
                 checkpoint_sha256: sha.parse().map_err(|e| bad(format!("{e}")))?,
                 commitment: hash.parse().map_err(|e| bad(format!("{e}")))?,
+                pseudo_gradient_sha256: sent.parse().map_err(|e| bad(format!("{e}")))?,
             })
+        })
+        .collect()
+}
+
+/// The checkpoints `provider` committed for parallel jobs' segments
+/// (which sent only their pseudo-gradient) that the pool now needs, and
+/// does not have: the start and the claimed end of a segment under audit,
+/// and the slot checkpoint of a segment queued since `queued_before` (ms)
+/// that nobody holding it has claimed, so another provider may continue
+/// the slot.
+pub(crate) async fn wanted(
+    db: &sqlx::SqlitePool,
+    provider: &ProviderId,
+    queued_before: i64,
+) -> Result<Vec<Sha256Hex>, PoolError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
+         WHERE c.provider_id = ?1 AND c.pseudo_gradient_sha256 IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = c.checkpoint_sha256) \
+           AND (EXISTS (SELECT 1 FROM audits a WHERE a.job_id = c.job_id AND a.status = 'open' \
+                        AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
+                OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
+                           AND q.slot_sha256 = c.checkpoint_sha256 \
+                           AND (q.kind = 'replay' OR q.updated_at <= ?2))) \
+         LIMIT 16",
+    )
+    .bind(provider.as_str())
+    .bind(queued_before)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))
         })
         .collect()
 }

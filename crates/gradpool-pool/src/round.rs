@@ -14,14 +14,17 @@
 //! accepted commitment, or the round closed, its outer step is queued as a
 //! task of kind `outer`, over exactly the committed segments.
 //!
-//! A provider computes the outer step (`gradpool checkpoint outer`),
-//! uploads the next global checkpoint and signs an
+//! A worker's segment sends its pseudo-gradient, not its checkpoint
+//! ([`gradpool_core::delta`]). A provider computes the outer step from
+//! them (`gradpool checkpoint outer`) and signs an
 //! [`OuterCommitment`](gradpool_core::commitment::OuterCommitment) that
-//! binds it to the inner commitments it used. The pool computes the step
-//! again from the committed files, every time ([`recompute`], the same
-//! f32 arithmetic of [`gradpool_core::outer`], without candle), and
-//! accepts the commitment only if the bytes and the chain hash are its
-//! own. A provider whose outer step does not match is barred from the job
+//! binds the next global checkpoint's digest to the inner commitments it
+//! used. The pool computes the step again, every time ([`recompute`], the
+//! same f32 arithmetic of [`gradpool_core::outer`], without candle), and
+//! accepts the commitment only if the digest and the chain hash are its
+//! own; it then stores the global checkpoint and the outer update itself,
+//! so nobody uploads them, and a worker that holds a round's weights
+//! downloads only the update to the next. A provider whose outer step does not match is barred from the job
 //! and its stake slashed ([`forged`]); the step goes to another provider.
 //! The outer step is not billed: it is a few passes of arithmetic over the
 //! parameters, next to the inner segments, which are.
@@ -32,6 +35,7 @@ use crate::store::{self, to_u64, JobRow, TaskRow};
 use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::{outer_chain, OuterInput};
+use gradpool_core::delta::{self, DeltaKind};
 use gradpool_core::outer::{self, Global};
 use gradpool_core::state::TaskStatus;
 use gradpool_core::wire::{CommitReply, JobEventKind, OuterCommit, TaskKind};
@@ -211,21 +215,43 @@ impl Pool {
             .await?;
         drop(conn);
         let global = c.commitment.commitment.global_sha256.clone();
-        let (bytes, hash) = self.recompute(&job, &round).await?;
-        let mine = Sha256Hex::of(&bytes);
-        if mine != global || hash != c.commitment.commitment.hash {
+        let computed = self.recompute(&job, &round).await?;
+        let mine = Sha256Hex::of(&computed.global);
+        if mine != global || computed.hash != c.commitment.commitment.hash {
             let reason = if mine != global {
                 format!("its global checkpoint {global} is not the pool's {mine}")
             } else {
-                format!("its chain hash is not the pool's {hash}")
+                format!("its chain hash is not the pool's {}", computed.hash)
             };
             return Err(self.forged(provider, &task, round.round, reason).await?);
         }
-        self.accept_outer(provider, &task, &round, &c).await
+        // The files are the pool's own: nobody uploads what the pool
+        // computed anyway.
+        self.store_computed(&mine, computed.global).await?;
+        let update = Sha256Hex::of(&computed.update);
+        self.store_computed(&update, computed.update).await?;
+        let from_global = match (computed.initial, &job.checkpoint_sha256) {
+            (Some(initial), _) => {
+                let sha = Sha256Hex::of(&initial);
+                self.store_computed(&sha, initial).await?;
+                sha
+            }
+            (None, Some(sha)) => sha
+                .parse()
+                .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))?,
+            (None, None) => return Err(PoolError::Internal("a round without its global".into())),
+        };
+        let stored = Stored {
+            from_global,
+            update,
+            weights: computed.weights,
+        };
+        self.accept_outer(provider, &task, &round, &c, &stored)
+            .await
     }
 
     /// Every check of an outer commitment short of computing the step:
-    /// signer, job, round, step, chain, inputs and the uploaded blob.
+    /// signer, job, round, step, chain and inputs.
     async fn check_outer(
         &self,
         conn: &mut sqlx::SqliteConnection,
@@ -267,19 +293,6 @@ impl Pool {
                 inputs.len()
             )));
         }
-        let uploaded: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
-        )
-        .bind(cm.global_sha256.as_str())
-        .bind(provider.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        if !uploaded || !self.inner.blobs.exists(&cm.global_sha256).await? {
-            return Err(PoolError::BadRequest(format!(
-                "global checkpoint blob {} not found among this provider's uploads; upload it before committing",
-                cm.global_sha256
-            )));
-        }
         let spec = JobSpec::from_toml_str(&job.spec_toml)
             .map_err(|e| PoolError::Internal(format!("job {}: stored spec: {e}", job.id)))?;
         Ok(Round {
@@ -290,13 +303,9 @@ impl Pool {
         })
     }
 
-    /// The outer step as the pool computes it: the next global
-    /// checkpoint's bytes and its chain hash.
-    async fn recompute(
-        &self,
-        job: &JobRow,
-        round: &Round,
-    ) -> Result<(Vec<u8>, gradpool_core::signing::ChainHash), PoolError> {
+    /// The outer step as the pool computes it from the round's global
+    /// checkpoint and the workers' pseudo-gradients.
+    async fn recompute(&self, job: &JobRow, round: &Round) -> Result<Computed, PoolError> {
         let parallel = round
             .spec
             .parallel
@@ -313,31 +322,65 @@ impl Pool {
         let inputs: Vec<(u32, std::path::PathBuf)> = round
             .inputs
             .iter()
-            .map(|i| (i.worker, self.inner.blobs.path_of(&i.checkpoint_sha256)))
+            .map(|i| {
+                (
+                    i.worker,
+                    self.inner.blobs.path_of(&i.pseudo_gradient_sha256),
+                )
+            })
             .collect();
         let prev = job.chain_head()?;
         let (step, chained) = (round.step, round.inputs.clone());
         tokio::task::spawn_blocking(move || {
             let mut workers = Vec::with_capacity(inputs.len());
-            let mut first = None;
+            let mut metadata = None;
             for (w, path) in &inputs {
-                let bytes = std::fs::read(path)?;
-                workers.push((*w, outer::worker_params(*w, &bytes).map_err(bad)?));
-                first.get_or_insert(bytes);
+                let d = delta::decode(&std::fs::read(path)?, DeltaKind::PseudoGradient)
+                    .map_err(|e| bad(format!("worker {w}: {e}")))?;
+                metadata.get_or_insert(d.metadata);
+                workers.push((*w, d.values));
             }
-            let global = match global_path {
-                Some(path) => Global::from_bytes(&std::fs::read(path)?).map_err(bad)?,
+            let (global, initial) = match global_path {
+                Some(path) => (
+                    Global::from_bytes(&std::fs::read(path)?).map_err(bad)?,
+                    None,
+                ),
                 None => {
-                    let first = first.ok_or_else(|| bad("the round has no segment"))?;
-                    Global::initial_for(&model, seed, &first).map_err(bad)?
+                    let metadata = metadata.ok_or_else(|| bad("the round has no segment"))?;
+                    let g = Global::initial_for(&model, seed, &metadata);
+                    let bytes = g.to_bytes();
+                    (g, Some(bytes))
                 }
             };
             let next = outer::outer_step(&global, &workers, &parallel, step).map_err(bad)?;
-            let bytes = next.to_bytes();
+            let bytes = next.global.to_bytes();
             let hash = outer_chain(&bytes, &prev, &chained);
-            Ok((bytes, hash))
+            Ok(Computed {
+                weights: Sha256Hex::of(&next.global.weights().to_bytes()),
+                global: bytes,
+                update: next.update,
+                hash,
+                initial,
+            })
         })
         .await?
+    }
+
+    /// Puts a file the pool computed into the blob store.
+    async fn store_computed(&self, sha: &Sha256Hex, bytes: Vec<u8>) -> Result<(), PoolError> {
+        let size = bytes.len() as u64;
+        let body =
+            futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))]);
+        self.inner.blobs.put(sha, body, u64::MAX).await?;
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")
+            .bind(sha.as_str())
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
+            .bind(now)
+            .execute(w.conn())
+            .await?;
+        w.commit().await
     }
 
     /// A forged outer step: the task fails, its provider is barred from the
@@ -400,6 +443,7 @@ impl Pool {
         task: &TaskRow,
         round: &Round,
         c: &OuterCommit,
+        stored: &Stored,
     ) -> Result<CommitReply, PoolError> {
         let mut w = self.write().await?;
         // The state may have moved while the step was computed.
@@ -415,7 +459,8 @@ impl Pool {
         let (loss, eval_loss, wait_seconds) = round_figures(&mut w, &job, round.round).await?;
         sqlx::query(
             "INSERT INTO outer_steps (job_id, round, provider_id, task_id, step, global_sha256, prev, hash, \
-             signed, loss, eval_loss, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             signed, loss, eval_loss, committed_at, update_sha256, from_global_sha256, weights_sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.id)
         .bind(round.round)
@@ -429,6 +474,9 @@ impl Pool {
         .bind(f64::from(loss))
         .bind(eval_loss.map(f64::from))
         .bind(now)
+        .bind(stored.update.as_str())
+        .bind(stored.from_global.as_str())
+        .bind(stored.weights.as_str())
         .execute(w.conn())
         .await?;
         sqlx::query(
@@ -521,4 +569,24 @@ async fn round_figures(
 
 fn bad(e: impl std::fmt::Display) -> PoolError {
     PoolError::BadRequest(format!("the round's outer step cannot be computed: {e}"))
+}
+
+/// The pool's own outer step: the next global checkpoint, its update file
+/// and its chain hash.
+struct Computed {
+    global: Vec<u8>,
+    update: Vec<u8>,
+    hash: gradpool_core::signing::ChainHash,
+    /// The digest of the weights file of `global`.
+    weights: Sha256Hex,
+    /// Round 0's global checkpoint, which the pool computed to start from.
+    initial: Option<Vec<u8>>,
+}
+
+/// What the pool stored of an outer step: the global checkpoint it
+/// started from, its update and the weights file the update gives.
+struct Stored {
+    from_global: Sha256Hex,
+    update: Sha256Hex,
+    weights: Sha256Hex,
 }

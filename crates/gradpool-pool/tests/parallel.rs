@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use gradpool_core::commitment::{outer_chain, OuterCommitment};
+use gradpool_core::delta::{self, DeltaKind};
 use gradpool_core::outer::{self, Global};
 use gradpool_core::wire::{Assignment, CommitReply, OuterCommit, TaskKind};
 use gradpool_core::{JobSpec, Sha256Hex};
@@ -18,23 +19,24 @@ fn spec() -> String {
 }
 
 /// The next global checkpoint for an outer step assignment, as a
-/// provider computes it from the round's committed checkpoints (`ckpts`,
-/// in worker order).
-fn outer_bytes(a: &Assignment, ckpts: &[(u32, Vec<u8>)]) -> Vec<u8> {
+/// provider computes it from the round's pseudo-gradients (`sent`, in
+/// worker order), and its update file.
+fn outer_bytes(a: &Assignment, sent: &[(u32, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
     let spec = JobSpec::from_toml_str(&a.spec_toml).unwrap();
-    let global = Global::initial_for(&a.model, spec.train.seed, &ckpts[0].1).unwrap();
-    let workers: Vec<_> = ckpts
+    let decoded: Vec<_> = sent
         .iter()
-        .map(|(w, bytes)| (*w, outer::worker_params(*w, bytes).unwrap()))
+        .map(|(w, bytes)| (*w, delta::decode(bytes, DeltaKind::PseudoGradient).unwrap()))
         .collect();
-    outer::outer_step(&global, &workers, &spec.parallel.unwrap(), a.end_step)
-        .unwrap()
-        .to_bytes()
+    let global = Global::initial_for(&a.model, spec.train.seed, &decoded[0].1.metadata);
+    let workers: Vec<_> = decoded.into_iter().map(|(w, d)| (w, d.values)).collect();
+    let next = outer::outer_step(&global, &workers, &spec.parallel.unwrap(), a.end_step).unwrap();
+    (next.global.to_bytes(), next.update)
 }
 
 async fn commit_outer(p: &TestProvider, a: &Assignment, global: &[u8]) -> Reply {
     let inputs = a.round.as_ref().unwrap().inputs.clone();
-    let sha = p.client.upload(global).await;
+    // Nothing to upload: the pool stores its own computation.
+    let sha = Sha256Hex::of(global);
     let signed = p.key.sign_outer(OuterCommitment {
         job_id: a.job_id.clone(),
         round: 0,
@@ -82,14 +84,22 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
             && a1.round.as_ref().unwrap().slot_checkpoint_sha256.is_none()
     );
     let (c1, c2) = (checkpoint(&a1, b"w1"), checkpoint(&a2, b"w2"));
+    // A worker's segment sends its pseudo-gradient; the checkpoint is not
+    // enough.
     p1.client.upload(&c1).await;
-    p1.commit(&a1.task_id, &p1.commit_for(&a1, &c1))
+    let e = p1
+        .commit(&a1.task_id, &p1.commit_for(&a1, &c1))
         .await
-        .ok::<CommitReply>();
-    p2.client.upload(&c2).await;
-    p2.commit(&a2.task_id, &p2.commit_for(&a2, &c2))
-        .await
-        .ok::<CommitReply>();
+        .err(400);
+    assert!(
+        e.message.contains("pseudo_gradient_sha256"),
+        "{}",
+        e.message
+    );
+    let (reply, s1) = p1.commit_worker(&a1, &c1).await;
+    reply.ok::<CommitReply>();
+    let (reply, s2) = p2.commit_worker(&a2, &c2).await;
+    reply.ok::<CommitReply>();
 
     // Two of three in: the round waits out the grace for the third.
     tp.advance(29_000);
@@ -101,20 +111,17 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
     assert_eq!(outer.kind, TaskKind::Outer);
     let round = outer.round.clone().unwrap();
     let mut present: Vec<(u32, Vec<u8>)> = vec![
-        (a1.round.as_ref().unwrap().worker.unwrap(), c1.clone()),
-        (a2.round.as_ref().unwrap().worker.unwrap(), c2.clone()),
+        (a1.round.as_ref().unwrap().worker.unwrap(), s1.clone()),
+        (a2.round.as_ref().unwrap().worker.unwrap(), s2.clone()),
     ];
     present.sort();
     let entered: Vec<u32> = round.inputs.iter().map(|i| i.worker).collect();
     assert_eq!(entered, present.iter().map(|(w, _)| *w).collect::<Vec<_>>());
     // The late worker's lease is gone: its commit is refused.
     let c3 = checkpoint(&a3, b"w3");
-    p3.client.upload(&c3).await;
-    p3.commit(&a3.task_id, &p3.commit_for(&a3, &c3))
-        .await
-        .err(409);
+    p3.commit_worker(&a3, &c3).await.0.err(409);
     // A forged step (one weight moved) is refused and its provider barred.
-    let right = outer_bytes(&outer, &present);
+    let (right, update) = outer_bytes(&outer, &present);
     let mut forged = Global::from_bytes(&right).unwrap();
     if let Some((_, v)) = forged.params.values_mut().next() {
         v[0] += 0.001;
@@ -149,15 +156,42 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
     let by = rounds[0].outer.as_ref().map(|o| o.provider.clone());
     assert_eq!(by, Some(p2.key.provider_id()));
     assert!(rounds[0].wait_seconds >= 0.0);
+    // The pool stored the global checkpoint and the update itself.
+    let (status, stored) = p2
+        .client
+        .get_bytes(&format!("/v1/blobs/{}", Sha256Hex::of(&update)))
+        .await;
+    assert_eq!((status.as_u16(), stored), (200, update.clone()));
+    // A slot's checkpoint stays with its worker: a provider that holds
+    // none gets only the slot left out, which has no state yet.
     let next = p3.take().await;
     let r = next.round.clone().unwrap();
     assert_eq!((r.round, next.start_step), (1, 10));
     assert_eq!(next.start_checkpoint_sha256, Some(Sha256Hex::of(&right)));
-    // Each slot continues its own last committed state; the left-out one
-    // has none yet.
-    let mine = present.iter().find(|(w, _)| Some(*w) == r.worker);
-    assert_eq!(
-        r.slot_checkpoint_sha256,
-        mine.map(|(_, bytes)| Sha256Hex::of(bytes))
-    );
+    assert_eq!(r.worker, a3.round.as_ref().unwrap().worker);
+    assert_eq!(r.slot_checkpoint_sha256, None);
+    // Round 1's weights come from round 0's and the update.
+    let u = r.update.clone().expect("round 1 names its update");
+    assert_eq!(u.update_sha256, Sha256Hex::of(&update));
+    let weights = Global::from_bytes(&right).unwrap().weights().to_bytes();
+    assert_eq!(u.weights_sha256, Sha256Hex::of(&weights));
+    // Its holder continues its own slot, from the state it keeps.
+    let mine = p2.take().await;
+    let r2 = mine.round.clone().unwrap();
+    assert_eq!(r2.worker, a2.round.as_ref().unwrap().worker);
+    assert_eq!(r2.slot_checkpoint_sha256, Some(Sha256Hex::of(&c2)));
+    // The last slot's holder is barred from the job: once the slot has
+    // waited, the pool asks it for the checkpoint, and then anyone may
+    // continue the slot.
+    assert!(p1.heartbeat(&[], 1, 0).await.wanted.is_empty());
+    tp.advance(301_000);
+    let asked = p1.heartbeat(&[], 1, 0).await;
+    assert_eq!(asked.wanted, vec![Sha256Hex::of(&c1)]);
+    let p4 = tp.provider("rig-4").await;
+    assert!(p4.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    p1.client.upload(&c1).await;
+    let moved = p4.take().await;
+    let r4 = moved.round.clone().unwrap();
+    assert_eq!(r4.worker, a1.round.as_ref().unwrap().worker);
+    assert_eq!(r4.slot_checkpoint_sha256, Some(Sha256Hex::of(&c1)));
 }

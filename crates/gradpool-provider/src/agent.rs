@@ -1,6 +1,8 @@
 //! The agent's main loop: register, heart-beat, take segments, train them,
 //! commit them.
 
+mod round;
+
 use crate::device::Device;
 use crate::limits::{Gate, PauseReason};
 use crate::segment::{self, SegmentEnd, SegmentFiles, SegmentRun};
@@ -110,6 +112,8 @@ struct Shared {
     share_file: PathBuf,
     /// Segments and replays running now.
     running: AtomicU32,
+    /// Checkpoints being uploaded because the pool asked for them.
+    uploading: std::sync::Mutex<std::collections::HashSet<Sha256Hex>>,
 }
 
 impl Shared {
@@ -219,6 +223,7 @@ pub async fn run(
         worker_ended: ended_tx,
         share_file,
         running: AtomicU32::new(0),
+        uploading: std::sync::Mutex::default(),
     });
     shared.set_share(shared.config.limits.max_gpu_share);
     if governor.is_some()
@@ -345,6 +350,7 @@ pub async fn run(
                         w.cancel.cancel();
                     }
                 }
+                round::upload_kept(&shared, reply.wanted);
                 if let Some(challenge) = reply.proof {
                     // Beside the running tasks, whose leases the next
                     // heartbeats keep renewing.
@@ -576,12 +582,14 @@ async fn run_task(
         None => {
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
             let data = fetch(shared, &a.data_sha256).await?;
-            let start = match &a.start_checkpoint_sha256 {
-                Some(sha) => Some(fetch(shared, sha).await?),
-                None => None,
+            let spec = task_dir.join("spec.toml");
+            let start = match (&a.round, &a.start_checkpoint_sha256) {
+                (Some(_), _) => round::start(shared, a, &spec, &data).await?,
+                (None, Some(sha)) => Some(fetch(shared, sha).await?),
+                (None, None) => None,
             };
             let files = SegmentFiles {
-                spec: task_dir.join("spec.toml"),
+                spec,
                 data,
                 start,
                 out: out.clone(),
@@ -645,7 +653,28 @@ async fn run_task(
             }
         }
     };
-    commit(shared, a, &out, trained, compute_ms, dedication, cancel).await
+    let sent = a
+        .round
+        .is_some()
+        .then(|| out.with_extension("pseudo-gradient.safetensors"));
+    let done = Done {
+        out: &out,
+        sent: sent.as_deref(),
+        trained,
+        compute_ms,
+        dedication,
+    };
+    commit(shared, a, done, cancel).await
+}
+
+/// What a trained segment leaves to commit: its checkpoint, a parallel
+/// job's pseudo-gradient (which is what it sends), its losses and times.
+struct Done<'a> {
+    out: &'a std::path::Path,
+    sent: Option<&'a std::path::Path>,
+    trained: Trained,
+    compute_ms: u64,
+    dedication: Option<wire::Dedication>,
 }
 
 /// A parallel job's segment (or its replay) runs as its worker slot, from
@@ -670,9 +699,9 @@ async fn worker_slot(
 }
 
 /// Computes a parallel job's outer step with `gradpool checkpoint outer`
-/// from the round's global checkpoint and its workers' committed
-/// checkpoints, uploads the next global checkpoint and commits to it. The
-/// pool computes the step again before it accepts it.
+/// from the round's global checkpoint and its workers' pseudo-gradients,
+/// and commits to the next global checkpoint. The pool computes the step
+/// again before it accepts it, and stores the files itself.
 async fn outer_step(
     shared: &Arc<Shared>,
     a: &Assignment,
@@ -695,7 +724,7 @@ async fn outer_step(
         command.arg("--global").arg(fetch(shared, sha).await?);
     }
     for input in &round.inputs {
-        let path = fetch(shared, &input.checkpoint_sha256).await?;
+        let path = fetch(shared, &input.pseudo_gradient_sha256).await?;
         let mut arg = std::ffi::OsString::from(format!("{}=", input.worker));
         arg.push(path);
         command.arg("--worker").arg(arg);
@@ -741,9 +770,10 @@ async fn outer_step(
         commitment: signed,
         compute_ms,
     };
-    let (sha_ref, body, out_ref) = (&sha, &body, &out);
+    // The pool computes the step again and stores its own bytes: nothing
+    // to upload but the commitment.
+    let body = &body;
     let sent = until_answered("outer step", &a.task_id, cancel, shared, |api| async move {
-        api.put_blob(out_ref, sha_ref, |_| {}).await?;
         api.commit_outer(&a.task_id, body).await
     })
     .await?;
@@ -812,21 +842,34 @@ async fn report_progress(
     }
 }
 
-/// Uploads the end checkpoint and commits to it, retrying while the pool is
-/// unreachable.
+/// Uploads the end checkpoint (a parallel job's segment: its
+/// pseudo-gradient, keeping the checkpoint until the pool asks for it) and
+/// commits to it, retrying while the pool is unreachable.
 async fn commit(
     shared: &Arc<Shared>,
     a: &Assignment,
-    out: &std::path::Path,
-    trained: Trained,
-    compute_ms: u64,
-    dedication: Option<wire::Dedication>,
+    done: Done<'_>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
+    let Done {
+        out,
+        sent,
+        trained,
+        compute_ms,
+        dedication,
+    } = done;
     let Trained {
         losses: loss_trace,
         eval_loss,
     } = trained;
+    let sent = match sent {
+        Some(path) => {
+            let sha = Sha256Hex::of_file(path)
+                .map_err(ProviderError::io(format!("cannot read {}", path.display())))?;
+            Some((path, sha))
+        }
+        None => None,
+    };
     let sha = Sha256Hex::of_file(out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
     let hash = commitment::chain_file(out, &a.prev_commitment)
@@ -842,6 +885,7 @@ async fn commit(
         loss_trace_blake3: commitment::loss_trace_hash(&loss_trace),
         runtime: RUNTIME_VERSION.to_owned(),
         class: shared.device.hardware().class(),
+        pseudo_gradient_sha256: sent.as_ref().map(|(_, sha)| sha.clone()),
     });
     let body = wire::Commit {
         commitment: signed,
@@ -850,13 +894,17 @@ async fn commit(
         compute_ms,
         dedication,
     };
-    let (sha_ref, body) = (&sha, &body);
-    let sent = until_answered("commitment", &a.task_id, cancel, shared, |api| async move {
-        api.put_blob(out, sha_ref, |_| {}).await?;
+    let (upload, upload_sha) = match &sent {
+        Some((path, sha)) => (*path, sha),
+        None => (out, &sha),
+    };
+    let body = &body;
+    let answered = until_answered("commitment", &a.task_id, cancel, shared, |api| async move {
+        api.put_blob(upload, upload_sha, |_| {}).await?;
         api.commit(&a.task_id, body).await
     })
     .await?;
-    let Some(reply) = sent else {
+    let Some(reply) = answered else {
         return Ok(TaskEnd::Cancelled);
     };
     tracing::info!(task = %a.task_id, segment = a.segment, checkpoint = %sha, job_done = reply.job_done, "segment committed");
@@ -865,7 +913,15 @@ async fn commit(
     if std::fs::rename(out, &cached).is_err() {
         tracing::debug!("cannot keep the checkpoint in the cache");
     }
-    if let Some(start) = &a.start_checkpoint_sha256 {
+    // A parallel job's checkpoint goes up beside the next work: the round
+    // waits only for the pseudo-gradient, and the slot's state survives
+    // this provider.
+    if a.round.is_some() {
+        round::upload_kept(shared, vec![sha.clone()]);
+    }
+    // A parallel job's round start stays: the next round's weights are
+    // rebuilt from it.
+    if let (Some(start), None) = (&a.start_checkpoint_sha256, &a.round) {
         let _ = std::fs::remove_file(shared.dir.blob_path(start));
     }
     Ok(TaskEnd::Committed)
@@ -1040,6 +1096,7 @@ async fn replay(
             class,
             distance: cross_class.then_some(0.0),
             compute_ms: 1,
+            pseudo_gradient_sha256: None,
         };
         return send_replay(shared, a, report, cancel).await;
     }
@@ -1083,6 +1140,14 @@ async fn replay(
         .max(1);
     let sha = Sha256Hex::of_file(&out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let sent = run.worker.map(|_| run.pseudo_gradient_path());
+    let pseudo_gradient_sha256 = match &sent {
+        Some(path) => Some(
+            Sha256Hex::of_file(path)
+                .map_err(ProviderError::io(format!("cannot read {}", path.display())))?,
+        ),
+        None => None,
+    };
     let distance = if cross_class {
         let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
         Some(distance(shared, &files.spec, &data, &out, &claimed).await)
@@ -1098,10 +1163,14 @@ async fn replay(
         class,
         distance,
         compute_ms,
+        pseudo_gradient_sha256,
     };
-    let sent = send_replay(shared, a, report, cancel).await;
+    let reported = send_replay(shared, a, report, cancel).await;
     let _ = std::fs::remove_file(&out);
-    sent
+    if let Some(path) = sent {
+        let _ = std::fs::remove_file(path);
+    }
+    reported
 }
 
 /// The largest relative L2 distance between the replay's checkpoint and the

@@ -144,6 +144,11 @@ pub struct SegmentRun {
     /// moments); absent in round 0, or when the slot's state is lost.
     #[arg(long, value_name = "FILE", requires = "worker")]
     pub slot: Option<PathBuf>,
+    /// Where a worker segment's pseudo-gradient goes (what it sends the
+    /// pool); by default OUT with the extension
+    /// `.pseudo-gradient.safetensors`.
+    #[arg(long, value_name = "FILE", requires = "worker")]
+    pub pseudo_gradient: Option<PathBuf>,
     /// Fake the segment's work: skip-steps, random-weights,
     /// perturb-weights, old-checkpoint, other-data or lower-lr (only in
     /// builds with the `cheat` feature, for testing audits).
@@ -177,9 +182,17 @@ impl SegmentRun {
             max_share_file: None,
             worker: None,
             slot: None,
+            pseudo_gradient: None,
             #[cfg(feature = "cheat")]
             cheat: None,
         }
+    }
+
+    /// Where a worker segment writes its pseudo-gradient.
+    pub fn pseudo_gradient_path(&self) -> PathBuf {
+        self.pseudo_gradient
+            .clone()
+            .unwrap_or_else(|| self.out.with_extension("pseudo-gradient.safetensors"))
     }
 
     /// The flags, as the child's arguments after `segment run`.
@@ -211,6 +224,9 @@ impl SegmentRun {
         }
         if let Some(slot) = &self.slot {
             args.extend(["--slot".into(), slot.clone().into()]);
+        }
+        if let Some(file) = &self.pseudo_gradient {
+            args.extend(["--pseudo-gradient".into(), file.clone().into()]);
         }
         #[cfg(feature = "cheat")]
         if let Some(kind) = &self.cheat {
@@ -461,6 +477,7 @@ echo '{"event":"done","losses":[4.0]}'"#,
             max_share_file: None,
             worker: None,
             slot: None,
+            pseudo_gradient: None,
             #[cfg(feature = "cheat")]
             cheat: None,
         };
@@ -484,5 +501,18 @@ echo '{"event":"done","losses":[4.0]}'"#,
             ..later.clone()
         };
         assert_eq!(parsed(&worker), worker);
+        assert_eq!(
+            worker.pseudo_gradient_path(),
+            PathBuf::from("task dir/end.pseudo-gradient.safetensors")
+        );
+        let named = SegmentRun {
+            pseudo_gradient: Some("sent.safetensors".into()),
+            ..worker
+        };
+        assert_eq!(parsed(&named), named);
+        assert_eq!(
+            named.pseudo_gradient_path(),
+            PathBuf::from("sent.safetensors")
+        );
     }
 }

@@ -173,6 +173,14 @@ impl DataDir {
         self.root.join("blobs").join(sha.as_str())
     }
 
+    /// Where the weights of a parallel job's global checkpoint `sha` go
+    /// when this provider rebuilt them from an outer update.
+    pub fn weights_path(&self, sha: &Sha256Hex) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(format!("weights-{}", sha.as_str()))
+    }
+
     pub fn task_dir(&self, task: &TaskId) -> PathBuf {
         self.root.join("tasks").join(task.as_str())
     }

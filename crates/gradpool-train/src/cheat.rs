@@ -134,19 +134,19 @@ pub fn run_segment_cheating(
 
 /// Runs a parallel job's worker segment ([`crate::parallel::run_worker_segment`])
 /// faked as `kind` says: from the same start (the round's global weights,
-/// the slot's moments, the worker's shard), the same checkpoint file at
-/// the round's end step, a faked state.
+/// the slot's moments, the worker's shard), the same files at the round's
+/// end step (checkpoint and pseudo-gradient), a faked state.
 pub fn run_worker_segment_cheating(
     kind: CheatKind,
     spec: &JobSpec,
     data: &Dataset,
     task: &crate::parallel::WorkerTask<'_>,
     device: &Device,
-    out: &Path,
+    out: crate::parallel::WorkerOut<'_>,
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
     let start = crate::parallel::worker_start(spec, data, task, device)?;
-    let end_step = start.steps.end;
+    let global = start.global;
     let from = Honest {
         model: start.model,
         opt: start.opt,
@@ -154,7 +154,7 @@ pub fn run_worker_segment_cheating(
         steps: start.steps,
     };
     let (model, opt, losses) = fake(kind, spec, data, from, device, on_step)?;
-    finish(spec, data, &model, &opt, end_step, device, out, losses)
+    crate::parallel::finish_worker(spec, data, &global, (&model, &opt), device, out, losses)
 }
 
 /// What an honest segment would start from and do.

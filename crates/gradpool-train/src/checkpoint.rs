@@ -107,7 +107,7 @@ pub(crate) fn to_bytes(
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same
 /// directory, flushed, then renamed over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => std::path::PathBuf::from("."),

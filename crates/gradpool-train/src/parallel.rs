@@ -19,7 +19,8 @@ use crate::optim::AdamW;
 use crate::segment::{finish, train_steps, Recipe, SegmentOutcome, Shard, StepReport};
 use crate::TrainError;
 use candle_core::Device;
-use gradpool_core::outer::{self, Global, Tensors, GLOBAL_FORMAT};
+use gradpool_core::delta::{self, DeltaKind};
+use gradpool_core::outer::{self, Global, Tensors, GLOBAL_FORMAT, WEIGHTS_FORMAT};
 use gradpool_core::spec::{JobSpec, ParallelConfig};
 use std::path::{Path, PathBuf};
 
@@ -64,7 +65,8 @@ fn initial_loaded(spec: &JobSpec, data: &Dataset) -> Result<LoadedGlobal, TrainE
     })
 }
 
-/// A global checkpoint of `spec` (and `data`), validated like a start
+/// A global checkpoint of `spec` (and `data`), or the weights a worker
+/// rebuilt of one ([`outer::Weights`]), validated like a start
 /// checkpoint: format, spec fingerprint, model, every tensor's shape.
 pub(crate) struct LoadedGlobal {
     pub meta: ModelMeta,
@@ -89,13 +91,19 @@ fn global_of(
     mut parsed: checkpoint::Parsed,
     path: &Path,
 ) -> Result<LoadedGlobal, TrainError> {
-    let (meta, step) = checkpoint::validate(spec, data, &parsed, path, GLOBAL_FORMAT)?;
+    let format = match parsed.meta(path, "format")? {
+        WEIGHTS_FORMAT => WEIGHTS_FORMAT,
+        _ => GLOBAL_FORMAT,
+    };
+    let (meta, step) = checkpoint::validate(spec, data, &parsed, path, format)?;
     let round_text = parsed.meta(path, "round")?;
     let round: u64 = round_text.parse().map_err(|_| {
         TrainError::checkpoint(path, format!("round {round_text:?} is not a number"))
     })?;
     let params = parsed.take_params(path, &meta, "param.")?;
-    parsed.take_params(path, &meta, "outer_m.")?;
+    if format == GLOBAL_FORMAT {
+        parsed.take_params(path, &meta, "outer_m.")?;
+    }
     parsed.no_extra(path)?;
     Ok(LoadedGlobal {
         meta,
@@ -108,8 +116,9 @@ fn global_of(
 /// A worker's inner segment: what it starts from and which slot it is.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerTask<'a> {
-    /// The global checkpoint the round starts from; `None`: round 0's,
-    /// the seeded initial weights (which the worker computes itself).
+    /// The global checkpoint the round starts from (or its weights,
+    /// [`outer::Weights`]); `None`: round 0's, the seeded initial weights
+    /// (which the worker computes itself).
     pub global: Option<&'a Path>,
     /// The slot's checkpoint of the round before (its AdamW moments);
     /// `None`: fresh moments (round 0, or a slot whose state is lost).
@@ -120,14 +129,22 @@ pub struct WorkerTask<'a> {
     pub steps: Option<(u64, u64)>,
 }
 
-/// Trains `task`'s inner segment and writes its checkpoint to `out`
-/// atomically.
+/// Where a worker's segment writes: its checkpoint, and its
+/// pseudo-gradient ([`delta`]), the part of it the outer step reads.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOut<'a> {
+    pub checkpoint: &'a Path,
+    pub pseudo_gradient: &'a Path,
+}
+
+/// Trains `task`'s inner segment and writes its checkpoint and its
+/// pseudo-gradient atomically.
 pub fn run_worker_segment(
     spec: &JobSpec,
     data: &Dataset,
     task: &WorkerTask<'_>,
     device: &Device,
-    out: &Path,
+    out: WorkerOut<'_>,
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<SegmentOutcome, TrainError> {
     let start = worker_start(spec, data, task, device)?;
@@ -136,10 +153,56 @@ pub fn run_worker_segment(
         mut opt,
         recipe,
         steps,
+        global,
     } = start;
-    let end = steps.end;
-    let losses = train_steps(&model, &mut opt, spec, data, steps, device, recipe, on_step)?;
-    finish(spec, data, &model, &opt, end, device, out, losses)
+    let losses = train_steps(
+        &model,
+        &mut opt,
+        spec,
+        data,
+        steps.clone(),
+        device,
+        recipe,
+        on_step,
+    )?;
+    finish_worker(spec, data, &global, (&model, &opt), device, out, losses)
+}
+
+/// Writes what a worker's segment leaves: the checkpoint of `trained`,
+/// and its pseudo-gradient against the round's `global` weights, through
+/// the job's compression.
+pub(crate) fn finish_worker(
+    spec: &JobSpec,
+    data: &Dataset,
+    global: &RoundGlobal,
+    (model, opt): (&Model, &AdamW),
+    device: &Device,
+    out: WorkerOut<'_>,
+    losses: Vec<f32>,
+) -> Result<SegmentOutcome, TrainError> {
+    let p = parallel_of(spec)?;
+    let end = p.round_steps(global.round, spec.train.steps).1;
+    let trained = named(&model.meta, model.values()?);
+    let raw = outer::pseudo_gradient(global.worker, &global.params, &trained)?;
+    let metadata = checkpoint::base_metadata(spec, data, &model.meta, end);
+    let (bytes, _) = delta::encode(
+        DeltaKind::PseudoGradient,
+        p.compression,
+        (global.round, end),
+        &raw,
+        &metadata,
+    )
+    .map_err(gradpool_core::outer::OuterError::from)?;
+    let outcome = finish(spec, data, model, opt, end, device, out.checkpoint, losses)?;
+    checkpoint::write_atomic(out.pseudo_gradient, &bytes)?;
+    Ok(outcome)
+}
+
+/// The round's global weights a worker started from.
+pub(crate) struct RoundGlobal {
+    pub round: u64,
+    pub worker: u32,
+    pub params: Tensors,
 }
 
 /// Where a worker's inner segment starts: the round's global parameters,
@@ -149,6 +212,7 @@ pub(crate) struct WorkerStart {
     pub opt: AdamW,
     pub recipe: Recipe,
     pub steps: std::ops::Range<u64>,
+    pub global: RoundGlobal,
 }
 
 /// Checks `task` against the job and loads where its segment starts.
@@ -191,6 +255,7 @@ pub(crate) fn worker_start(
             g.round
         )));
     }
+    let global_params = named(&g.meta, g.params.clone());
     let model = Model::from_values(g.meta, g.params, device)?;
     let opt = match slot {
         None => AdamW::new(&model)?,
@@ -213,33 +278,32 @@ pub(crate) fn worker_start(
         opt,
         recipe,
         steps: start..end,
+        global: RoundGlobal {
+            round: g.round,
+            worker,
+            params: global_params,
+        },
     })
 }
 
 /// The outer step on files: global checkpoint `global` (`None`: round
-/// 0's, computed here) and the checkpoints of the workers that trained its
-/// round (`(worker, path)`, in increasing worker order; each validated as
-/// a checkpoint of this spec and data at the round's end) give the next
-/// global checkpoint, written to `out`.
+/// 0's, computed here) and the pseudo-gradients of the workers that
+/// trained its round (`(worker, path)`, in increasing worker order; each
+/// of this round and the job's compression) give the next global
+/// checkpoint, written to `out.global`, and the update its workers rebuild
+/// it from, written to `out.update`.
 pub fn outer_step(
     spec: &JobSpec,
     data: &Dataset,
     global: Option<&Path>,
     workers: &[(u32, PathBuf)],
-    out: &Path,
+    out: OuterOut<'_>,
 ) -> Result<Global, TrainError> {
     let p = parallel_of(spec)?;
     // Read once: validated as this job's, then taken as the outer step's
     // input.
     let (bytes, path) = match global {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|error| TrainError::Io {
-                what: "cannot read",
-                path: path.to_owned(),
-                error,
-            })?;
-            (bytes, path)
-        }
+        Some(path) => (read(path)?, path),
         None => (
             initial_global(spec, data)?,
             Path::new("round 0's global checkpoint"),
@@ -250,12 +314,46 @@ pub fn outer_step(
     let current = Global::from_bytes(&bytes)?;
     let mut inputs = Vec::with_capacity(workers.len());
     for (w, path) in workers {
-        let (meta, state) = checkpoint::load(spec, Some(data), path, Some(end))?;
-        inputs.push((*w, named(&meta, state.params)));
+        let d = delta::decode(&read(path)?, DeltaKind::PseudoGradient)
+            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+        if (d.round, d.step, d.compression) != (g.round, end, p.compression) {
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "it is the pseudo-gradient of round {} at step {} ({}), \
+                     the outer step takes round {}'s at step {end} ({})",
+                    d.round,
+                    d.step,
+                    d.compression.as_str(),
+                    g.round,
+                    p.compression.as_str()
+                ),
+            ));
+        }
+        inputs.push((*w, d.values));
     }
     let next = outer::outer_step(&current, &inputs, &p, end)?;
-    checkpoint::write_atomic(out, &next.to_bytes())?;
-    Ok(next)
+    checkpoint::write_atomic(out.global, &next.global.to_bytes())?;
+    if let Some(update) = out.update {
+        checkpoint::write_atomic(update, &next.update)?;
+    }
+    Ok(next.global)
+}
+
+/// Where the outer step writes: the next global checkpoint and,
+/// optionally, the update workers download.
+#[derive(Debug, Clone, Copy)]
+pub struct OuterOut<'a> {
+    pub global: &'a Path,
+    pub update: Option<&'a Path>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
+    std::fs::read(path).map_err(|error| TrainError::Io {
+        what: "cannot read",
+        path: path.to_owned(),
+        error,
+    })
 }
 
 /// One round of a parallel job trained here.
@@ -293,22 +391,31 @@ pub fn train_parallel(
         for w in 0..p.workers {
             let previous = (round > 0).then(|| slot(w));
             let next = dir.join(format!("worker-{w}.next.safetensors"));
+            let sent = dir.join(format!("worker-{w}.pseudo-gradient.safetensors"));
             let task = WorkerTask {
                 global: Some(&global),
                 slot: previous.as_deref(),
                 worker: w,
                 steps: None,
             };
+            let out = WorkerOut {
+                checkpoint: &next,
+                pseudo_gradient: &sent,
+            };
             let outcome =
-                run_worker_segment(spec, data, &task, device, &next, &mut |r| on_step(w, r))?;
+                run_worker_segment(spec, data, &task, device, out, &mut |r| on_step(w, r))?;
             worker_losses.push(outcome.losses.last().copied().unwrap_or(f32::NAN));
-            inputs.push((w, next));
+            inputs.push((w, sent));
         }
         let next_global = dir.join("global.next.safetensors");
-        outer_step(spec, data, Some(&global), &inputs, &next_global)?;
+        let out = OuterOut {
+            global: &next_global,
+            update: None,
+        };
+        outer_step(spec, data, Some(&global), &inputs, out)?;
         rename(&next_global, &global)?;
-        for (w, next) in &inputs {
-            rename(next, &slot(*w))?;
+        for w in 0..p.workers {
+            rename(&dir.join(format!("worker-{w}.next.safetensors")), &slot(w))?;
         }
         let eval_loss = crate::segment::evaluate(spec, data, &global, device)?.map(|e| e.loss);
         on_round(&RoundReport {

@@ -121,8 +121,34 @@ fn worker(
         worker: w,
         steps: None,
     };
+    let sent = sent(out);
+    let out = parallel::WorkerOut {
+        checkpoint: out,
+        pseudo_gradient: &sent,
+    };
     parallel::run_worker_segment(spec, data, &task, &Device::Cpu, out, &mut |_| {})
         .map(|o| o.losses)
+}
+
+/// Where [`worker`] writes the pseudo-gradient of the checkpoint `out`.
+fn sent(out: &Path) -> PathBuf {
+    out.with_extension("pseudo-gradient.safetensors")
+}
+
+/// The outer step on files, writing only the global checkpoint.
+fn outer_step(
+    spec: &JobSpec,
+    data: &Dataset,
+    global: Option<&Path>,
+    inputs: &[(u32, PathBuf)],
+    out: &Path,
+) -> Result<Global, gradpool_train::TrainError> {
+    let sent: Vec<(u32, PathBuf)> = inputs.iter().map(|(w, p)| (*w, sent(p))).collect();
+    let out = parallel::OuterOut {
+        global: out,
+        update: None,
+    };
+    parallel::outer_step(spec, data, global, &sent, out)
 }
 
 /// The files of a job trained in `dir` to the end of round `rounds`.
@@ -139,7 +165,7 @@ fn round_files(spec: &JobSpec, data: &Dataset, dir: &Path, rounds: u64) -> PathB
             inputs.push((w, out));
         }
         let next = dir.join(format!("g{}.safetensors", round + 1));
-        parallel::outer_step(spec, data, Some(&current), &inputs, &next).unwrap();
+        outer_step(spec, data, Some(&current), &inputs, &next).unwrap();
         current = next;
     }
     current
@@ -184,7 +210,7 @@ fn every_worker_segment_replays_to_the_same_bytes_and_the_outer_step_too() {
     let inputs: Vec<(u32, PathBuf)> = (0..3)
         .map(|w| (w, dir.path().join(format!("r1-w{w}.safetensors"))))
         .collect();
-    parallel::outer_step(
+    outer_step(
         &spec,
         &data,
         Some(&dir.path().join("g1.safetensors")),
@@ -265,12 +291,12 @@ fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
         inputs.push((w, out));
     }
     let next = dir.path().join("g1.safetensors");
-    let g1 = parallel::outer_step(&spec, &data, Some(&global), &inputs, &next).unwrap();
+    let g1 = outer_step(&spec, &data, Some(&global), &inputs, &next).unwrap();
     assert_eq!(g1.workers, vec![0, 2]);
-    let e = parallel::outer_step(&spec, &data, Some(&global), &inputs[..1], &next).unwrap_err();
+    let e = outer_step(&spec, &data, Some(&global), &inputs[..1], &next).unwrap_err();
     assert!(e.to_string().contains("at least 2"), "{e}");
-    // A worker checkpoint of the wrong round is refused.
-    let e = parallel::outer_step(
+    // A pseudo-gradient of the wrong round is refused.
+    let e = outer_step(
         &spec,
         &data,
         Some(&next),
@@ -278,11 +304,15 @@ fn the_outer_step_refuses_workers_below_the_minimum_and_closes_with_fewer() {
         &dir.path().join("g2.safetensors"),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("expected step 8"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the outer step takes round 1's at step 8"),
+        "{e}"
+    );
 }
 
 #[test]
-fn round_zero_needs_no_file_and_the_pool_computes_it_from_a_worker_checkpoint() {
+fn round_zero_needs_no_file_and_the_pool_computes_it_from_a_pseudo_gradient() {
     let spec = spec(2, "none");
     let data = data(&spec);
     let dir = tempfile::tempdir().unwrap();
@@ -299,8 +329,12 @@ fn round_zero_needs_no_file_and_the_pool_computes_it_from_a_worker_checkpoint() 
         steps: Some((0, 4)),
     };
     let computed = dir.path().join("computed.safetensors");
-    parallel::run_worker_segment(&spec, &data, &task, &Device::Cpu, &computed, &mut |_| {})
-        .unwrap();
+    let computed_sent = sent(&computed);
+    let out = parallel::WorkerOut {
+        checkpoint: &computed,
+        pseudo_gradient: &computed_sent,
+    };
+    parallel::run_worker_segment(&spec, &data, &task, &Device::Cpu, out, &mut |_| {}).unwrap();
     let worker_bytes = std::fs::read(&computed).unwrap();
     assert_eq!(worker_bytes, std::fs::read(&from_file).unwrap());
     // So does the outer step of round 0.
@@ -310,12 +344,16 @@ fn round_zero_needs_no_file_and_the_pool_computes_it_from_a_worker_checkpoint() 
     if let Some(p) = one.parallel.as_mut() {
         p.min_workers = 1;
     }
-    parallel::outer_step(&one, &data, Some(&global), &inputs, &a).unwrap();
-    parallel::outer_step(&one, &data, None, &inputs, &b).unwrap();
+    outer_step(&one, &data, Some(&global), &inputs, &a).unwrap();
+    outer_step(&one, &data, None, &inputs, &b).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     // The pool, without candle, gets round 0's global checkpoint from the
-    // model, the seed and any worker checkpoint of the job: byte for byte.
+    // model, the seed and what any pseudo-gradient of the job carries:
+    // byte for byte.
     let meta = data.model_meta(&spec).unwrap();
-    let pool_g0 = Global::initial_for(&meta, spec.train.seed, &worker_bytes).unwrap();
+    let pg = std::fs::read(&computed_sent).unwrap();
+    let pg =
+        gradpool_core::delta::decode(&pg, gradpool_core::delta::DeltaKind::PseudoGradient).unwrap();
+    let pool_g0 = Global::initial_for(&meta, spec.train.seed, &pg.metadata);
     assert_eq!(pool_g0.to_bytes(), g0);
 }

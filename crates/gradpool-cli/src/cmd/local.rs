@@ -182,12 +182,30 @@ pub enum CheckpointCommand {
     /// status 1, nothing on stdout).
     Distance(CheckpointDistanceArgs),
     /// A parallel job's outer step: the global checkpoint of a round and
-    /// the checkpoints of the workers that trained it give the next global
-    /// checkpoint, written to OUT. Prints one JSON line:
+    /// the pseudo-gradients of the workers that trained it give the next
+    /// global checkpoint, written to OUT (and the update workers download,
+    /// to --update-out). Prints one JSON line:
     /// `{"round":N,"step":N,"workers":[W,…],"sha256":HEX}`, the digest of
-    /// OUT's bytes (a blob's content address at a pool). Anyone can recompute a pool's outer step this way and
-    /// compare the bytes.
+    /// OUT's bytes (a blob's content address at a pool), with
+    /// `"update_sha256":HEX` when the update was written. Anyone can
+    /// recompute a pool's outer step this way and compare the bytes.
     Outer(CheckpointOuterArgs),
+    /// A parallel job's round 0 global checkpoint: the seeded initial
+    /// weights, written to OUT. Prints `{"sha256":HEX}`.
+    Initial(CheckpointInitialArgs),
+}
+
+#[derive(Args)]
+pub struct CheckpointInitialArgs {
+    /// The job spec (TOML), with its `[parallel]` table.
+    #[arg(long)]
+    spec: PathBuf,
+    /// The job's data.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the global checkpoint goes.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -202,13 +220,17 @@ pub struct CheckpointOuterArgs {
     /// the seeded initial weights).
     #[arg(long)]
     global: Option<PathBuf>,
-    /// A worker's checkpoint of the round, as `W=FILE`; once per worker
-    /// that entered the step, in any order.
+    /// A worker's pseudo-gradient of the round, as `W=FILE`; once per
+    /// worker that entered the step, in any order.
     #[arg(long = "worker", value_name = "W=FILE", required = true)]
     workers: Vec<String>,
     /// Where the next global checkpoint goes.
     #[arg(long)]
     out: PathBuf,
+    /// Where the outer update goes: what a worker holding the round's
+    /// weights rebuilds the next ones from.
+    #[arg(long)]
+    update_out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -230,6 +252,7 @@ pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
     let a = match c {
         CheckpointCommand::Distance(a) => a,
         CheckpointCommand::Outer(a) => return outer(a),
+        CheckpointCommand::Initial(a) => return initial(a),
     };
     let spec = JobSpec::from_toml_str(
         &std::fs::read_to_string(&a.spec)
@@ -240,6 +263,20 @@ pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
     let data = Dataset::from_bytes(&spec, &bytes)?;
     let d = gradpool_train::checkpoint::distance(&spec, &data, &a.a, &a.b)?;
     println!("{}", serde_json::to_string(&d)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn initial(a: CheckpointInitialArgs) -> anyhow::Result<ExitCode> {
+    let spec = JobSpec::from_file(&a.spec)?;
+    let bytes =
+        std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let data = Dataset::from_bytes(&spec, &bytes)?;
+    let global = gradpool_train::parallel::initial_global(&spec, &data)?;
+    gradpool_train::checkpoint::write_atomic(&a.out, &global)?;
+    println!(
+        "{}",
+        serde_json::json!({ "sha256": gradpool_core::Sha256Hex::of(&global).as_str() })
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -254,24 +291,34 @@ fn outer(a: CheckpointOuterArgs) -> anyhow::Result<ExitCode> {
             .split_once('=')
             .and_then(|(i, f)| Some((i.trim().parse::<u32>().ok()?, PathBuf::from(f))))
             .with_context(|| {
-                format!("--worker {w}: expected W=FILE, e.g. 0=worker-0.safetensors")
+                format!(
+                    "--worker {w}: expected W=FILE, e.g. 0=worker-0.pseudo-gradient.safetensors"
+                )
             })?;
         workers.push((index, file));
     }
     workers.sort_by_key(|(w, _)| *w);
+    let out = gradpool_train::parallel::OuterOut {
+        global: &a.out,
+        update: a.update_out.as_deref(),
+    };
     let next =
-        gradpool_train::parallel::outer_step(&spec, &data, a.global.as_deref(), &workers, &a.out)?;
-    let written =
-        std::fs::read(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "round": next.round,
-            "step": next.step,
-            "workers": next.workers,
-            "sha256": gradpool_core::Sha256Hex::of(&written).as_str(),
-        })
-    );
+        gradpool_train::parallel::outer_step(&spec, &data, a.global.as_deref(), &workers, out)?;
+    let sha = |path: &std::path::Path| -> anyhow::Result<String> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(gradpool_core::Sha256Hex::of(&bytes).as_str().to_owned())
+    };
+    let mut line = serde_json::json!({
+        "round": next.round,
+        "step": next.step,
+        "workers": next.workers,
+        "sha256": sha(&a.out)?,
+    });
+    if let Some(update) = &a.update_out {
+        line["update_sha256"] = serde_json::Value::String(sha(update)?);
+    }
+    println!("{line}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -335,12 +382,17 @@ pub fn segment(c: SegmentCommand) -> anyhow::Result<ExitCode> {
     let outcome = if let Some(outcome) = cheated(&a, &spec, &data, &device, &mut on_step)? {
         outcome
     } else if let Some(task) = worker_task(&a) {
+        let sent = a.pseudo_gradient_path();
+        let out = gradpool_train::parallel::WorkerOut {
+            checkpoint: &a.out,
+            pseudo_gradient: &sent,
+        };
         gradpool_train::parallel::run_worker_segment(
             &spec,
             &data,
             &task,
             &device,
-            &a.out,
+            out,
             &mut on_step,
         )?
     } else {
@@ -381,8 +433,13 @@ fn cheated(
         kind.parse().map_err(|e| anyhow::anyhow!("--cheat: {e}"))?;
     tracing::warn!("cheating: {kind}");
     if let Some(task) = worker_task(a) {
+        let sent = a.pseudo_gradient_path();
+        let out = gradpool_train::parallel::WorkerOut {
+            checkpoint: &a.out,
+            pseudo_gradient: &sent,
+        };
         return Ok(Some(gradpool_train::cheat::run_worker_segment_cheating(
-            kind, spec, data, &task, device, &a.out, on_step,
+            kind, spec, data, &task, device, out, on_step,
         )?));
     }
     Ok(Some(gradpool_train::cheat::run_segment_cheating(

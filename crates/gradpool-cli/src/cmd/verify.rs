@@ -242,16 +242,25 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             checks[i].replay = "not run: no chain to check against".to_owned();
             continue;
         };
+        // A parallel job's worker keeps its checkpoints until the pool
+        // asks for one (an audit, a slot's move): it may not be there.
+        let worker = s.commitment.commitment.pseudo_gradient_sha256.is_some();
         checks[i].checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
             Ok(()) => match commitment::chain_file(&end, &prev) {
                 Ok(h) if h == s.commitment.commitment.hash => "ok".to_owned(),
                 Ok(_) => "H does not match the checkpoint's bytes".to_owned(),
                 Err(e) => format!("cannot hash: {e}"),
             },
+            Err(e) if worker && e == MISSING => KEPT.to_owned(),
             Err(e) => e,
         };
-        if checks[i].checkpoint != "ok" {
-            checks[i].replay = "not run: no valid end checkpoint".to_owned();
+        let comparable = checks[i].checkpoint == "ok"
+            || (checks[i].checkpoint == KEPT && s.commitment.commitment.class == class);
+        if !comparable {
+            checks[i].replay = match checks[i].checkpoint.as_str() {
+                KEPT => format!("not run: the checkpoint is {KEPT}"),
+                _ => "not run: no valid end checkpoint".to_owned(),
+            };
             continue;
         }
         let mut inputs = Vec::new();
@@ -259,6 +268,10 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             inputs.push(match sha {
                 Some(sha) => match cached(api, sha, &opts.work_dir).await {
                     Ok(path) => Some(path),
+                    Err(e) if worker && e == MISSING => {
+                        checks[i].replay = format!("not run: the slot's checkpoint is {KEPT}");
+                        break;
+                    }
                     Err(e) => {
                         checks[i].replay = format!("not run: start checkpoint {e}");
                         break;
@@ -290,10 +303,11 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     for c in &mut checks {
         c.pass = c.signature == "ok"
             && c.chain == "ok"
-            && matches!(c.checkpoint.as_str(), "ok" | "not downloaded")
+            && matches!(c.checkpoint.as_str(), "ok" | "not downloaded" | KEPT)
             && (c.replay == "not sampled"
                 || c.replay == "exact match"
-                || c.replay.starts_with("within tolerance"));
+                || c.replay.starts_with("within tolerance")
+                || c.replay.ends_with(KEPT));
     }
     Ok(VerifyReport {
         job_id: job.id,
@@ -344,6 +358,11 @@ async fn check_outer_steps(
                     worker: w.worker,
                     checkpoint_sha256: s.checkpoint_sha256.clone(),
                     commitment: s.commitment.commitment.hash,
+                    pseudo_gradient_sha256: s
+                        .commitment
+                        .commitment
+                        .pseudo_gradient_sha256
+                        .clone()?,
                 })
             })
             .collect();
@@ -410,9 +429,9 @@ async fn recompute_outer(
     };
     let mut workers = Vec::with_capacity(inputs.len());
     for i in inputs {
-        match cached(api, &i.checkpoint_sha256, dir).await {
+        match cached(api, &i.pseudo_gradient_sha256, dir).await {
             Ok(p) => workers.push((i.worker, p)),
-            Err(e) => return (format!("worker {}'s checkpoint {e}", i.worker), false),
+            Err(e) => return (format!("worker {}'s pseudo-gradient {e}", i.worker), false),
         }
     }
     let mine = dir.join(format!(
@@ -422,7 +441,11 @@ async fn recompute_outer(
     let result = (|| -> anyhow::Result<(bool, bool)> {
         let bytes = std::fs::read(data)?;
         let dataset = gradpool_train::Dataset::from_bytes(spec, &bytes)?;
-        gradpool_train::parallel::outer_step(spec, &dataset, start.as_deref(), &workers, &mine)?;
+        let out = gradpool_train::parallel::OuterOut {
+            global: &mine,
+            update: None,
+        };
+        gradpool_train::parallel::outer_step(spec, &dataset, start.as_deref(), &workers, out)?;
         let claimed = std::fs::read(&claimed)?;
         let hash_ok =
             commitment::outer_chain(&claimed, prev, inputs) == o.commitment.commitment.hash;
@@ -438,6 +461,11 @@ async fn recompute_outer(
     }
 }
 
+/// A blob the pool does not have.
+const MISSING: &str = "missing from the pool's blob store";
+/// A parallel job's checkpoint its worker keeps until the pool asks for it.
+const KEPT: &str = "kept by its provider";
+
 /// Downloads a blob, checking its digest; the error is a table cell.
 async fn download(api: &Api, sha: &Sha256Hex, dest: &Path) -> Result<(), String> {
     match api.get_blob(sha, dest).await {
@@ -445,9 +473,7 @@ async fn download(api: &Api, sha: &Sha256Hex, dest: &Path) -> Result<(), String>
         Err(ClientError::CorruptBlob { .. }) => {
             Err("does not match its digest (tampered or corrupt)".to_owned())
         }
-        Err(ClientError::Refused { status: 404, .. }) => {
-            Err("missing from the pool's blob store".to_owned())
-        }
+        Err(ClientError::Refused { status: 404, .. }) => Err(MISSING.to_owned()),
         Err(e) => Err(format!("cannot download: {}", e.report())),
     }
 }
@@ -494,6 +520,15 @@ async fn replay_segment(
     }
     if s.commitment.commitment.class == class {
         let sha = Sha256Hex::of_file(&out)?;
+        if let Some(claimed) = &s.commitment.commitment.pseudo_gradient_sha256 {
+            let sent = Sha256Hex::of_file(&run.pseudo_gradient_path())?;
+            if &sent != claimed {
+                return Ok((
+                    "MISMATCH: the replay's pseudo-gradient is not the one sent".to_owned(),
+                    None,
+                ));
+            }
+        }
         return Ok(if sha == s.checkpoint_sha256 {
             ("exact match".to_owned(), None)
         } else {

@@ -483,6 +483,7 @@ impl TestProvider {
             loss_trace_blake3: loss_trace_hash(&loss_trace),
             runtime: gradpool_core::RUNTIME_VERSION.into(),
             class: self.hardware().class(),
+            pseudo_gradient_sha256: None,
         };
         Commit {
             commitment: self.key.sign_commitment(commitment),
@@ -513,6 +514,18 @@ impl TestProvider {
             .await
     }
 
+    /// A parallel job's segment: uploads the pseudo-gradient of checkpoint
+    /// `ckpt` ([`pseudo_gradient`]), not the checkpoint, and commits both.
+    /// Returns the pseudo-gradient's bytes.
+    pub async fn commit_worker(&self, a: &Assignment, ckpt: &[u8]) -> (Reply, Vec<u8>) {
+        let sent = pseudo_gradient(a, ckpt);
+        let sha = self.client.upload(&sent).await;
+        let c = self.resign(&self.commit_for(a, ckpt), |cm| {
+            cm.pseudo_gradient_sha256 = Some(sha)
+        });
+        (self.commit(&a.task_id, &c).await, sent)
+    }
+
     /// Uploads the checkpoint `checkpoint(a, tag)` and commits it.
     pub async fn finish(&self, a: &Assignment, tag: &[u8]) -> CommitReply {
         let ckpt = checkpoint(a, tag);
@@ -537,6 +550,7 @@ impl TestProvider {
             class: self.hardware().class(),
             distance,
             compute_ms: self.compute_ms,
+            pseudo_gradient_sha256: None,
         })
     }
 
@@ -552,6 +566,24 @@ impl TestProvider {
 /// tag, another checkpoint; the same tag, the same bytes).
 pub fn checkpoint(a: &Assignment, tag: &[u8]) -> Vec<u8> {
     checkpoint_with(a, tag, |_, _| {})
+}
+
+/// A pseudo-gradient the pool accepts for a parallel job's assignment
+/// `a`: the parameters of checkpoint `ckpt` taken as the delta, through
+/// the job's compression, with the checkpoint's metadata.
+pub fn pseudo_gradient(a: &Assignment, ckpt: &[u8]) -> Vec<u8> {
+    let (params, metadata) = gradpool_core::outer::params_of("a checkpoint", ckpt).unwrap();
+    let spec = gradpool_core::JobSpec::from_toml_str(&a.spec_toml).unwrap();
+    let round = a.round.as_ref().unwrap().round;
+    gradpool_core::delta::encode(
+        gradpool_core::delta::DeltaKind::PseudoGradient,
+        spec.parallel.unwrap().compression,
+        (round, a.end_step),
+        &params,
+        &metadata,
+    )
+    .unwrap()
+    .0
 }
 
 /// Tensors by name, with their shapes and values.
