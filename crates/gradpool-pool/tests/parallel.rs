@@ -84,9 +84,8 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
             && a1.round.as_ref().unwrap().slot_checkpoint_sha256.is_none()
     );
     let (c1, c2) = (checkpoint(&a1, b"w1"), checkpoint(&a2, b"w2"));
-    // A worker's segment sends its pseudo-gradient; the checkpoint is not
-    // enough.
-    p1.client.upload(&c1).await;
+    // A worker's segment sends its pseudo-gradient; a commitment without
+    // one is refused.
     let e = p1
         .commit(&a1.task_id, &p1.commit_for(&a1, &c1))
         .await
@@ -183,11 +182,11 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
     // The last slot's holder is barred from the job: once the slot has
     // waited, the pool asks it for the checkpoint, and then anyone may
     // continue the slot.
+    let p4 = tp.provider("rig-4").await;
     assert!(p1.heartbeat(&[], 1, 0).await.wanted.is_empty());
     tp.advance(301_000);
     let asked = p1.heartbeat(&[], 1, 0).await;
     assert_eq!(asked.wanted, vec![Sha256Hex::of(&c1)]);
-    let p4 = tp.provider("rig-4").await;
     assert!(p4.heartbeat(&[], 1, 0).await.assignments.is_empty());
     p1.client.upload(&c1).await;
     let moved = p4.take().await;
