@@ -394,6 +394,17 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                         ),
                     );
                 }
+                JobEventKind::SlotReset {
+                    round,
+                    worker,
+                    provider: p,
+                } => note(
+                    &bar,
+                    visible,
+                    format!(
+                        "  round {round}: worker {worker} starts from fresh optimizer state ({p}, which held it, is gone)"
+                    ),
+                ),
                 JobEventKind::LeftOut {
                     round,
                     worker,

@@ -430,6 +430,15 @@ pub enum JobEventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         provider: Option<ProviderId>,
     },
+    /// A worker slot's checkpoint was never delivered and the provider that
+    /// holds it is gone: the slot's segment of `round` starts from fresh
+    /// AdamW moments (and the round's global weights, as always).
+    SlotReset {
+        round: u64,
+        worker: u32,
+        /// The provider that held the slot's checkpoint.
+        provider: ProviderId,
+    },
     /// An outer step's commitment did not match the pool's own computation:
     /// its provider is barred from the job and its stake slashed, and the
     /// step goes to another provider.
@@ -730,6 +739,28 @@ pub struct RoundTask {
     /// bytes with int8) instead of the global checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<RoundUpdate>,
+}
+
+/// `POST /v1/jobs/{id}/checkpoint-requests`: a parallel job's committed
+/// checkpoints a customer needs (to replay segments in `job verify`); the
+/// workers that keep them upload them when the pool asks. At most
+/// [`CheckpointRequest::MAX`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRequest {
+    pub checkpoint_sha256: Vec<Sha256Hex>,
+}
+
+impl CheckpointRequest {
+    pub const MAX: usize = 64;
+}
+
+/// Which of the requested checkpoints the pool has now, and which it
+/// asked their workers for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRequestReply {
+    pub present: Vec<Sha256Hex>,
+    pub asked: Vec<Sha256Hex>,
 }
 
 /// The outer update that leads from one global checkpoint to the next

@@ -10,3 +10,11 @@ CREATE INDEX outer_steps_update ON outer_steps(update_sha256);
 -- the digest of the weights file a worker rebuilds from it and the update.
 ALTER TABLE outer_steps ADD COLUMN from_global_sha256 TEXT;
 ALTER TABLE outer_steps ADD COLUMN weights_sha256 TEXT;
+-- Checkpoints a customer asked for (`job verify` replaying a parallel
+-- job's segments): the workers that keep them upload them when asked.
+CREATE TABLE checkpoint_requests (
+    job_id       TEXT NOT NULL REFERENCES jobs(id),
+    sha256       TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    PRIMARY KEY (job_id, sha256)
+);

@@ -84,6 +84,10 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/segments", get(job_segments))
         .route("/v1/jobs/{id}/rounds", get(job_rounds))
+        .route(
+            "/v1/jobs/{id}/checkpoint-requests",
+            post(job_checkpoint_requests),
+        )
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/pool", get(pool_info))
         .route("/v1/bookings", post(book).get(list_bookings))
@@ -270,6 +274,18 @@ async fn job_rounds(
     let mut conn = pool.inner.db.acquire().await?;
     let job = store::owned_job(&mut conn, account.as_str(), &id).await?;
     Ok(Json(store::rounds(&mut conn, &job).await?))
+}
+
+async fn job_checkpoint_requests(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<gradpool_core::wire::CheckpointRequest>,
+) -> Result<impl IntoResponse, PoolError> {
+    Ok(Json(
+        pool.request_checkpoints(account.as_str(), &id, request)
+            .await?,
+    ))
 }
 
 /// `?after=<event id>` of the event stream.

@@ -37,6 +37,7 @@ pub fn kind_name(kind: &JobEventKind) -> &'static str {
         JobEventKind::OuterStep { .. } => "outer_step",
         JobEventKind::OuterRefused { .. } => "outer_refused",
         JobEventKind::LeftOut { .. } => "left_out",
+        JobEventKind::SlotReset { .. } => "slot_reset",
     }
 }
 

@@ -633,8 +633,8 @@ impl Pool {
     }
 
     /// Runs [`Pool::reap_expired_leases`], [`Pool::mark_absent`],
-    /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`] and
-    /// [`Pool::close_late_rounds`]
+    /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`],
+    /// [`Pool::reset_lost_slots`] and [`Pool::close_late_rounds`]
     /// periodically until `stop`.
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
@@ -655,6 +655,9 @@ impl Pool {
             }
             if let Err(e) = self.end_bookings().await {
                 tracing::warn!(error = %e, "ending bookings failed");
+            }
+            if let Err(e) = self.reset_lost_slots().await {
+                tracing::warn!(error = %e, "resetting lost worker slots failed");
             }
             if let Err(e) = self.close_late_rounds().await {
                 tracing::warn!(error = %e, "closing late rounds failed");

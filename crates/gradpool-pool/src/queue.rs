@@ -167,9 +167,9 @@ pub(crate) async fn round_inputs(
 /// The checkpoints `provider` committed for parallel jobs' segments
 /// (which sent only their pseudo-gradient) that the pool now needs, and
 /// does not have: the start and the claimed end of a segment under audit,
-/// and the slot checkpoint of a segment queued since `queued_before` (ms)
+/// the slot checkpoint of a segment queued since `queued_before` (ms)
 /// that nobody holding it has claimed, so another provider may continue
-/// the slot.
+/// the slot, and those the job's customer asked for.
 pub(crate) async fn wanted(
     db: &sqlx::SqlitePool,
     provider: &ProviderId,
@@ -183,7 +183,9 @@ pub(crate) async fn wanted(
                         AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
                 OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
                            AND q.slot_sha256 = c.checkpoint_sha256 \
-                           AND (q.kind = 'replay' OR q.updated_at <= ?2))) \
+                           AND (q.kind = 'replay' OR q.updated_at <= ?2)) \
+                OR EXISTS (SELECT 1 FROM checkpoint_requests r WHERE r.job_id = c.job_id \
+                           AND r.sha256 = c.checkpoint_sha256)) \
          LIMIT 16",
     )
     .bind(provider.as_str())

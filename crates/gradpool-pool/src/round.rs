@@ -133,6 +133,110 @@ pub(crate) async fn close_if_due(w: &mut Write<'_>, job: &JobRow) -> Result<bool
 }
 
 impl Pool {
+    /// A customer asks for its parallel job's checkpoints that workers
+    /// keep: each must be a committed checkpoint of the job. Those the pool
+    /// lacks join its providers' `wanted` lists.
+    pub async fn request_checkpoints(
+        &self,
+        account: &str,
+        job_id: &str,
+        request: gradpool_core::wire::CheckpointRequest,
+    ) -> Result<gradpool_core::wire::CheckpointRequestReply, PoolError> {
+        let shas = request.checkpoint_sha256;
+        if shas.len() > gradpool_core::wire::CheckpointRequest::MAX {
+            return Err(PoolError::BadRequest(format!(
+                "checkpoint_sha256: at most {} at a time, got {}",
+                gradpool_core::wire::CheckpointRequest::MAX,
+                shas.len()
+            )));
+        }
+        let mut w = self.write().await?;
+        let job = store::owned_job(w.conn(), account, job_id).await?;
+        let mut reply = gradpool_core::wire::CheckpointRequestReply {
+            present: Vec::new(),
+            asked: Vec::new(),
+        };
+        for (i, sha) in shas.into_iter().enumerate() {
+            let committed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM commitments WHERE job_id = ? AND checkpoint_sha256 = ?)",
+            )
+            .bind(&job.id)
+            .bind(sha.as_str())
+            .fetch_one(w.conn())
+            .await?;
+            if !committed {
+                return Err(PoolError::BadRequest(format!(
+                    "checkpoint_sha256[{i}]: {sha} is not a committed checkpoint of job {}",
+                    job.id
+                )));
+            }
+            let present: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
+                    .bind(sha.as_str())
+                    .fetch_one(w.conn())
+                    .await?;
+            if present {
+                reply.present.push(sha);
+                continue;
+            }
+            sqlx::query(
+                "INSERT OR IGNORE INTO checkpoint_requests (job_id, sha256, requested_at) VALUES (?, ?, ?)",
+            )
+            .bind(&job.id)
+            .bind(sha.as_str())
+            .bind(w.now)
+            .execute(w.conn())
+            .await?;
+            reply.asked.push(sha);
+        }
+        w.commit().await?;
+        Ok(reply)
+    }
+
+    /// Resets the worker slots whose checkpoint is lost: a queued segment
+    /// continues a slot checkpoint the pool never received, and the
+    /// provider that holds it has not been seen for a lease. The segment
+    /// then starts from fresh AdamW moments (a `slot_reset` event), so
+    /// the job goes on without it. Returns how many slots it reset.
+    pub async fn reset_lost_slots(&self) -> Result<usize, PoolError> {
+        let mut w = self.write().await?;
+        let gone_before = w.now - self.lease_ms();
+        let lost: Vec<(String, String, i64, Option<i64>, Option<i64>, String)> = sqlx::query_as(
+            "SELECT t.id, t.job_id, t.segment, t.round, t.worker, h.provider_id FROM tasks t \
+             JOIN commitments h ON h.job_id = t.job_id AND h.checkpoint_sha256 = t.slot_sha256 \
+             JOIN providers p ON p.id = h.provider_id \
+             WHERE t.status = 'queued' AND t.kind = 'train' AND t.slot_sha256 IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256) \
+               AND p.last_seen < ?",
+        )
+        .bind(gone_before)
+        .fetch_all(w.conn())
+        .await?;
+        for (task, job, segment, round, worker, holder) in &lost {
+            sqlx::query("UPDATE tasks SET slot_sha256 = NULL, updated_at = ? WHERE id = ?")
+                .bind(w.now)
+                .bind(task)
+                .execute(w.conn())
+                .await?;
+            w.event(
+                job,
+                JobEventKind::SlotReset {
+                    round: round.map_or(0, to_u64),
+                    worker: worker.map_or(0, crate::store::to_u32),
+                    provider: ProviderId::from(holder.as_str()),
+                },
+            )
+            .await?;
+            tracing::warn!(job = %job, segment, holder = %holder,
+                "a worker slot's checkpoint is lost with its provider; the slot starts from fresh moments");
+        }
+        w.commit().await?;
+        if !lost.is_empty() {
+            self.inner.work.notify_waiters();
+        }
+        Ok(lost.len())
+    }
+
     /// Closes the rounds of parallel jobs whose late workers' grace has
     /// passed ([`close_if_due`]). Returns how many it closed.
     pub async fn close_late_rounds(&self) -> Result<usize, PoolError> {

@@ -194,3 +194,106 @@ async fn a_late_worker_is_left_out_after_the_grace_and_the_outer_step_is_checked
     assert_eq!(r4.worker, a1.round.as_ref().unwrap().worker);
     assert_eq!(r4.slot_checkpoint_sha256, Some(Sha256Hex::of(&c1)));
 }
+
+#[tokio::test]
+async fn a_slot_whose_checkpoint_died_with_its_provider_starts_from_fresh_moments() {
+    let tp = TestPool::start_with(|c| c.lease_seconds = 60).await;
+    let alice = tp.customer("alice").await;
+    let spec = format!("{SPEC}[parallel]\nworkers = 2\ninner_steps = 10\n");
+    alice
+        .submit(&spec, b"some text to train on, long enough")
+        .await;
+    let p1 = tp.provider("rig-1").await;
+    let p2 = tp.provider("rig-2").await;
+    let p3 = tp.provider("rig-3").await;
+    let (a1, a2) = (p1.take().await, p2.take().await);
+    let (c1, c2) = (checkpoint(&a1, b"w1"), checkpoint(&a2, b"w2"));
+    let (reply, s1) = p1.commit_worker(&a1, &c1).await;
+    reply.ok::<CommitReply>();
+    let (reply, s2) = p2.commit_worker(&a2, &c2).await;
+    reply.ok::<CommitReply>();
+    let outer = p3.take().await;
+    let mut sent = vec![
+        (a1.round.as_ref().unwrap().worker.unwrap(), s1),
+        (a2.round.as_ref().unwrap().worker.unwrap(), s2),
+    ];
+    sent.sort();
+    let (global, _) = outer_bytes(&outer, &sent);
+    commit_outer(&p3, &outer, &global).await.ok::<CommitReply>();
+    // Round 1: rig-2 continues its slot; rig-1 is gone with the other
+    // slot's checkpoint, which rig-3 cannot continue.
+    let r2 = p2.take().await;
+    assert_eq!(
+        r2.round.as_ref().unwrap().slot_checkpoint_sha256,
+        Some(Sha256Hex::of(&c2))
+    );
+    assert!(p3.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert_eq!(
+        tp.pool.reset_lost_slots().await.unwrap(),
+        0,
+        "rig-1 was just seen"
+    );
+    tp.advance(61_000);
+    p3.heartbeat(&[], 0, 0).await;
+    assert_eq!(tp.pool.reset_lost_slots().await.unwrap(), 1);
+    let r3 = p3.take().await;
+    let round = r3.round.clone().unwrap();
+    assert_eq!(round.worker, a1.round.as_ref().unwrap().worker);
+    assert_eq!((round.round, round.slot_checkpoint_sha256), (1, None));
+}
+
+#[tokio::test]
+async fn a_customer_asks_for_the_checkpoints_its_workers_keep() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let bob = tp.customer("bob").await;
+    let spec = format!("{SPEC}[parallel]\nworkers = 2\ninner_steps = 10\n");
+    let job = alice
+        .submit(&spec, b"some text to train on, long enough")
+        .await;
+    let p1 = tp.provider("rig-1").await;
+    let a1 = p1.take().await;
+    let c1 = checkpoint(&a1, b"w1");
+    p1.commit_worker(&a1, &c1).await.0.ok::<CommitReply>();
+    let path = format!("/v1/jobs/{}/checkpoint-requests", job.id);
+    let kept = Sha256Hex::of(&c1);
+    // Only the job's customer, only its committed checkpoints, a bounded
+    // number at a time.
+    bob.post(&path, &serde_json::json!({"checkpoint_sha256": [kept]}))
+        .await
+        .err(404);
+    let e = alice
+        .post(
+            &path,
+            &serde_json::json!({"checkpoint_sha256": [kept, Sha256Hex::of(b"x")]}),
+        )
+        .await
+        .err(400);
+    assert!(e.message.contains("checkpoint_sha256[1]"), "{}", e.message);
+    let many = vec![kept.clone(); 65];
+    let e = alice
+        .post(&path, &serde_json::json!({"checkpoint_sha256": many}))
+        .await
+        .err(400);
+    assert!(e.message.contains("at most 64"), "{}", e.message);
+    let e = alice
+        .post(&path, &serde_json::json!({"checkpoints": [kept]}))
+        .await
+        .err(400);
+    assert!(e.message.contains("checkpoints"), "{}", e.message);
+    // Asked: the worker that keeps it is asked at its next heartbeat, and
+    // once it uploads, the pool has it.
+    let reply: serde_json::Value = alice
+        .post(&path, &serde_json::json!({"checkpoint_sha256": [kept]}))
+        .await
+        .ok();
+    assert_eq!(reply["asked"], serde_json::json!([kept]));
+    assert_eq!(p1.heartbeat(&[], 0, 0).await.wanted, vec![kept.clone()]);
+    p1.client.upload(&c1).await;
+    assert!(p1.heartbeat(&[], 0, 0).await.wanted.is_empty());
+    let reply: serde_json::Value = alice
+        .post(&path, &serde_json::json!({"checkpoint_sha256": [kept]}))
+        .await
+        .ok();
+    assert_eq!(reply["present"], serde_json::json!([kept]));
+}

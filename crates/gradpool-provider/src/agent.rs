@@ -913,12 +913,6 @@ async fn commit(
     if std::fs::rename(out, &cached).is_err() {
         tracing::debug!("cannot keep the checkpoint in the cache");
     }
-    // A parallel job's checkpoint goes up beside the next work: the round
-    // waits only for the pseudo-gradient, and the slot's state survives
-    // this provider.
-    if a.round.is_some() {
-        round::upload_kept(shared, vec![sha.clone()]);
-    }
     // A parallel job's round start stays: the next round's weights are
     // rebuilt from it.
     if let (Some(start), None) = (&a.start_checkpoint_sha256, &a.round) {

@@ -381,6 +381,23 @@ pub fn train_parallel(
     on_step: &mut dyn FnMut(u32, StepReport),
     on_round: &mut dyn FnMut(&RoundReport),
 ) -> Result<PathBuf, TrainError> {
+    train_parallel_resetting(spec, data, dir, device, &|_, _| false, on_step, on_round)
+}
+
+/// [`train_parallel`], where worker `w`'s segment of round `r` starts
+/// from fresh AdamW moments when `reset(r, w)`: what a pool's run gives
+/// when it reset those slots, their checkpoints lost with their
+/// providers (a `slot_reset` event).
+#[allow(clippy::too_many_arguments)]
+pub fn train_parallel_resetting(
+    spec: &JobSpec,
+    data: &Dataset,
+    dir: &Path,
+    device: &Device,
+    reset: &dyn Fn(u64, u32) -> bool,
+    on_step: &mut dyn FnMut(u32, StepReport),
+    on_round: &mut dyn FnMut(&RoundReport),
+) -> Result<PathBuf, TrainError> {
     let p = parallel_of(spec)?;
     let global = dir.join("global.safetensors");
     checkpoint::write_atomic(&global, &initial_global(spec, data)?)?;
@@ -389,7 +406,7 @@ pub fn train_parallel(
         let mut worker_losses = Vec::with_capacity(p.workers as usize);
         let mut inputs = Vec::with_capacity(p.workers as usize);
         for w in 0..p.workers {
-            let previous = (round > 0).then(|| slot(w));
+            let previous = (round > 0 && !reset(round, w)).then(|| slot(w));
             let next = dir.join(format!("worker-{w}.next.safetensors"));
             let sent = dir.join(format!("worker-{w}.pseudo-gradient.safetensors"));
             let task = WorkerTask {

@@ -18,7 +18,11 @@
 //! step is checked, not sampled: its signature, its inputs (exactly the
 //! round's segments), its chain hash from the downloaded global
 //! checkpoint, and the step itself, computed again here from the
-//! committed files, which must give the same bytes.
+//! workers' pseudo-gradients, which must give the same bytes. The
+//! workers keep their checkpoints: the sampled segments' are requested
+//! from the pool (`POST /v1/jobs/{id}/checkpoint-requests`), which asks
+//! the workers, and waited for; one a worker never delivers is reported
+//! `kept by its provider`.
 
 use anyhow::Context;
 use gradpool_client::{Api, ClientError};
@@ -233,6 +237,19 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     }
     let spec_path = opts.work_dir.join("spec.toml");
     std::fs::write(&spec_path, &job.spec_toml)?;
+    if job.parallel.is_some() {
+        let kept: Vec<Sha256Hex> = sample
+            .iter()
+            .flat_map(|&i| {
+                [
+                    Some(segments[i].checkpoint_sha256.clone()),
+                    expected[i].slot.clone(),
+                ]
+            })
+            .flatten()
+            .collect();
+        request_kept(api, &job.id, kept, &opts.work_dir).await;
+    }
     for &i in &sample {
         let s = &segments[i];
         let end = opts
@@ -458,6 +475,59 @@ async fn recompute_outer(
             hash_ok,
         ),
         Err(e) => (format!("cannot compute the step: {e:#}"), false),
+    }
+}
+
+/// How long `job verify` waits for the checkpoints workers keep.
+const KEPT_WAIT: Duration = Duration::from_secs(120);
+
+/// Asks the pool for a parallel job's checkpoints that its workers keep,
+/// and downloads each into `dir` as it arrives, for at most
+/// [`KEPT_WAIT`]. What does not arrive is reported where it is used.
+async fn request_kept(api: &Api, job: &JobId, shas: Vec<Sha256Hex>, dir: &Path) {
+    let mut unique: Vec<Sha256Hex> = Vec::new();
+    for sha in shas {
+        if !unique.contains(&sha) {
+            unique.push(sha);
+        }
+    }
+    let mut waiting = Vec::new();
+    for chunk in unique.chunks(gradpool_core::wire::CheckpointRequest::MAX) {
+        let request = gradpool_core::wire::CheckpointRequest {
+            checkpoint_sha256: chunk.to_vec(),
+        };
+        let path = format!("/v1/jobs/{job}/checkpoint-requests");
+        match api
+            .post::<_, gradpool_core::wire::CheckpointRequestReply>(&path, &request)
+            .await
+        {
+            Ok(reply) => waiting.extend(reply.asked),
+            Err(e) => {
+                tracing::warn!(error = %e.report(), "cannot ask the pool for the workers' checkpoints");
+                return;
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        eprintln!(
+            "asking the workers for {} checkpoints they keep (up to {} s)",
+            waiting.len(),
+            KEPT_WAIT.as_secs()
+        );
+    }
+    let deadline = tokio::time::Instant::now() + KEPT_WAIT;
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for sha in waiting {
+            let path = dir.join(format!("{sha}.safetensors"));
+            if download(api, &sha, &path).await.is_err() {
+                still.push(sha);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

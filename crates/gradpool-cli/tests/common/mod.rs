@@ -252,14 +252,26 @@ pub fn parallel_spec(name: &str, workers: u32, inner: u64, rounds: u64, level: &
 
 /// The global checkpoint `gradpool train` writes for the spec, here.
 pub fn local_global(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
+    local_global_resetting(spec_text, data, dir, &[])
+}
+
+/// [`local_global`], with the slots `(round, worker)` in `reset` starting
+/// from fresh optimizer state, as a pool's `slot_reset` events say.
+pub fn local_global_resetting(
+    spec_text: &str,
+    data: &Path,
+    dir: &Path,
+    reset: &[(u64, u32)],
+) -> Vec<u8> {
     let spec = JobSpec::from_toml_str(spec_text).unwrap();
     let bytes = std::fs::read(data).unwrap();
     let dataset = gradpool_train::Dataset::from_bytes(&spec, &bytes).unwrap();
-    let global = gradpool_train::parallel::train_parallel(
+    let global = gradpool_train::parallel::train_parallel_resetting(
         &spec,
         &dataset,
         dir,
         &gradpool_train::Device::Cpu,
+        &|r, w| reset.contains(&(r, w)),
         &mut |_, _| {},
         &mut |_| {},
     )

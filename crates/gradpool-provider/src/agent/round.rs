@@ -1,10 +1,9 @@
 //! A parallel job's transfers, on the provider's side: where a worker's
 //! segment starts (the round's weights rebuilt from the round before's
 //! and the outer update when this provider holds them, a fraction of the
-//! global checkpoint's bytes), and the upload of a worker's committed
-//! checkpoint ([`upload_kept`]): beside the next work, after its
-//! pseudo-gradient was committed, so the round never waits for it and a
-//! slot survives its provider's death; again whenever the pool asks.
+//! global checkpoint's bytes), and the committed checkpoints the pool
+//! asks for ([`upload_kept`]), which a worker keeps instead of uploading
+//! them: for an audit, or for its slot to move to another provider.
 
 use super::{fetch, Shared};
 use crate::ProviderError;
@@ -145,9 +144,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
         )))
 }
 
-/// Uploads, beside the running tasks, committed checkpoints this provider
-/// holds: those the pool asked for, or the one just committed; each at
-/// most once at a time.
+/// Uploads, beside the running tasks, the committed checkpoints the pool
+/// asked for that this provider holds; each at most once at a time.
 pub(super) fn upload_kept(shared: &Arc<Shared>, kept: Vec<Sha256Hex>) {
     for sha in kept {
         let path = shared.dir.blob_path(&sha);
