@@ -201,8 +201,8 @@ impl Pool {
     pub async fn reset_lost_slots(&self) -> Result<usize, PoolError> {
         let mut w = self.write().await?;
         let gone_before = w.now - self.lease_ms();
-        let lost: Vec<(String, String, i64, Option<i64>, Option<i64>, String)> = sqlx::query_as(
-            "SELECT t.id, t.job_id, t.segment, t.round, t.worker, h.provider_id FROM tasks t \
+        let lost: Vec<LostSlot> = sqlx::query_as(
+            "SELECT t.id, t.job_id, t.segment, t.round, t.worker, h.provider_id AS holder FROM tasks t \
              JOIN commitments h ON h.job_id = t.job_id AND h.checkpoint_sha256 = t.slot_sha256 \
              JOIN providers p ON p.id = h.provider_id \
              WHERE t.status = 'queued' AND t.kind = 'train' AND t.slot_sha256 IS NOT NULL \
@@ -212,22 +212,22 @@ impl Pool {
         .bind(gone_before)
         .fetch_all(w.conn())
         .await?;
-        for (task, job, segment, round, worker, holder) in &lost {
+        for slot in &lost {
             sqlx::query("UPDATE tasks SET slot_sha256 = NULL, updated_at = ? WHERE id = ?")
                 .bind(w.now)
-                .bind(task)
+                .bind(&slot.id)
                 .execute(w.conn())
                 .await?;
             w.event(
-                job,
+                &slot.job_id,
                 JobEventKind::SlotReset {
-                    round: round.map_or(0, to_u64),
-                    worker: worker.map_or(0, crate::store::to_u32),
-                    provider: ProviderId::from(holder.as_str()),
+                    round: slot.round.map_or(0, to_u64),
+                    worker: slot.worker.map_or(0, crate::store::to_u32),
+                    provider: ProviderId::from(slot.holder.as_str()),
                 },
             )
             .await?;
-            tracing::warn!(job = %job, segment, holder = %holder,
+            tracing::warn!(job = %slot.job_id, segment = slot.segment, holder = %slot.holder,
                 "a worker slot's checkpoint is lost with its provider; the slot starts from fresh moments");
         }
         w.commit().await?;
@@ -261,6 +261,17 @@ impl Pool {
         w.commit().await?;
         Ok(closed)
     }
+}
+
+/// A queued segment whose slot checkpoint is lost with its holder.
+#[derive(sqlx::FromRow)]
+struct LostSlot {
+    id: String,
+    job_id: String,
+    segment: i64,
+    round: Option<i64>,
+    worker: Option<i64>,
+    holder: String,
 }
 
 /// The parts of a job the outer step needs, read once.
