@@ -219,9 +219,10 @@ pub struct RoundView {
     /// how long the round waited for its slowest worker.
     #[serde(deserialize_with = "crate::finite::f64")]
     pub wait_seconds: f64,
-    /// What the round's checkpoints (its workers' and the global one it
-    /// made) moved through the pool's blob routes, up and down, replays
-    /// for audits included.
+    /// What the round's files moved through the pool's blob routes, up
+    /// and down: its workers' pseudo-gradients and the checkpoints the
+    /// pool asked for (replays for audits included), the global
+    /// checkpoint it made and its outer update.
     #[serde(default)]
     pub bytes: u64,
     /// The accepted outer step; `None` while the round trains.

@@ -451,6 +451,7 @@ struct OuterRow {
     loss: Option<f64>,
     eval_loss: Option<f64>,
     committed_at: i64,
+    update_sha256: Option<String>,
 }
 
 /// A parallel job's rounds so far, from its accepted segments and outer
@@ -473,7 +474,7 @@ pub async fn rounds(
     .into_iter()
     .collect();
     let outers: Vec<OuterRow> = sqlx::query_as(
-        "SELECT round, provider_id, global_sha256, signed, loss, eval_loss, committed_at FROM outer_steps \
+        "SELECT round, provider_id, global_sha256, signed, loss, eval_loss, committed_at, update_sha256 FROM outer_steps \
          WHERE job_id = ? AND discarded_at IS NULL ORDER BY round",
     )
     .bind(&job.id)
@@ -482,7 +483,9 @@ pub async fn rounds(
     let moved: std::collections::BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT sha256, SUM(bytes) FROM blob_transfers WHERE sha256 IN \
          (SELECT checkpoint_sha256 FROM commitments WHERE job_id = ?1 \
-          UNION SELECT global_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL) \
+          UNION SELECT pseudo_gradient_sha256 FROM commitments WHERE job_id = ?1 \
+          UNION SELECT global_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL \
+          UNION SELECT update_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL) \
          GROUP BY sha256",
     )
     .bind(&job.id)
@@ -512,6 +515,9 @@ pub async fn rounds(
         let index = usize::try_from(round).unwrap_or(0);
         times[index].push(at);
         out[index].bytes += bytes_of(s.checkpoint_sha256.as_str());
+        if let Some(sent) = &s.commitment.commitment.pseudo_gradient_sha256 {
+            out[index].bytes += bytes_of(sent.as_str());
+        }
         out[index].workers.push(RoundWorker {
             worker: u32::try_from(i64::from(s.segment) % n).unwrap_or(0),
             segment: s.segment,
@@ -530,6 +536,9 @@ pub async fn rounds(
     for o in outers {
         if let Some(view) = out.get_mut(usize::try_from(o.round).unwrap_or(usize::MAX)) {
             view.bytes += bytes_of(&o.global_sha256);
+            if let Some(update) = &o.update_sha256 {
+                view.bytes += bytes_of(update);
+            }
             view.outer = Some(OuterView {
                 provider: ProviderId::from(o.provider_id.as_str()),
                 global_sha256: parse_sha(&o.global_sha256)?,
