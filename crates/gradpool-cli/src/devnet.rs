@@ -243,6 +243,14 @@ struct ParallelSummary {
     round_losses: Vec<f32>,
     /// Each round's mean held-out loss over its workers.
     round_eval_losses: Vec<f32>,
+    /// What a worker sent and received over the job, on average: its
+    /// pseudo-gradients up, the outer updates (or global checkpoints)
+    /// down.
+    bytes_per_worker: u64,
+    /// The share of the workers' time spent training: their segments'
+    /// time from lease to commitment over `workers ×` the rounds' time,
+    /// each from its first lease to its outer step.
+    utilisation: f64,
 }
 
 impl ParallelSummary {
@@ -261,8 +269,30 @@ impl ParallelSummary {
                 / 10.0,
             round_losses: outer().filter_map(|o| o.loss).collect(),
             round_eval_losses: outer().filter_map(|o| o.eval_loss).collect(),
+            bytes_per_worker: rounds
+                .iter()
+                .flat_map(|r| &r.workers)
+                .map(|w| w.bytes)
+                .sum::<u64>()
+                / u64::from(workers.max(1)),
+            utilisation: utilisation(rounds, workers),
         }
     }
+}
+
+/// [`ParallelSummary::utilisation`]: the workers' training seconds over
+/// `workers ×` the rounds' seconds (first lease to outer step).
+fn utilisation(rounds: &[gradpool_core::wire::RoundView], workers: u32) -> f64 {
+    let trained: f64 = rounds
+        .iter()
+        .flat_map(|r| &r.workers)
+        .map(|w| w.seconds)
+        .sum();
+    let span: f64 = rounds.iter().map(|r| r.seconds).sum::<f64>() * f64::from(workers.max(1));
+    if span <= 0.0 {
+        return 0.0;
+    }
+    ((trained / span).min(1.0) * 1000.0).round() / 1000.0
 }
 
 /// The job's audits: every provider also validates, so segments drawn for
@@ -805,6 +835,11 @@ async fn drive(
             "per round     {} moved through the pool, {:.1} s waiting for the slowest worker",
             human_bytes(p.bytes_per_round),
             p.straggler_wait_seconds
+        );
+        println!(
+            "per worker    {} sent and received, training {:.0}% of the rounds' time",
+            human_bytes(p.bytes_per_worker),
+            p.utilisation * 100.0
         );
     }
     println!("wall time     {:.1} s", summary.wall_seconds);

@@ -388,10 +388,18 @@ fn devnet_trains_a_parallel_job_on_its_workers() {
     assert_eq!(p["rounds"], 3, "{summary:#}");
     assert_eq!(p["inner_steps"], 20, "{summary:#}");
     assert_eq!(p["outer_steps_checked"], 3, "{summary:#}");
-    // Every round moved at least its two workers' checkpoints up and the
-    // new global checkpoint up and down.
+    // Every round moved at least its two workers' pseudo-gradients up; a
+    // worker sent at least one each round, and trained part of the time.
     assert!(p["bytes_per_round"].as_u64().unwrap() > 0, "{summary:#}");
     assert!(p["straggler_wait_seconds"].as_f64().unwrap() >= 0.0);
+    let per_worker = p["bytes_per_worker"].as_u64().unwrap();
+    assert!(
+        per_worker > 0 && per_worker < p["bytes_per_round"].as_u64().unwrap() * 3,
+        "{summary:#}"
+    );
+    let utilisation = p["utilisation"].as_f64().unwrap();
+    assert!(utilisation > 0.0 && utilisation <= 1.0, "{summary:#}");
+    assert!(stdout.contains("per worker"), "{stdout}");
     let losses = p["round_losses"].as_array().unwrap();
     let held_out = p["round_eval_losses"].as_array().unwrap();
     assert_eq!((losses.len(), held_out.len()), (3, 3), "{summary:#}");

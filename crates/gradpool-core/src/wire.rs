@@ -225,6 +225,10 @@ pub struct RoundView {
     /// checkpoint it made and its outer update.
     #[serde(default)]
     pub bytes: u64,
+    /// From the round's first lease to its outer step, in seconds (0
+    /// until the step is accepted).
+    #[serde(default)]
+    pub seconds: f64,
     /// The accepted outer step; `None` while the round trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outer: Option<OuterView>,
@@ -242,6 +246,14 @@ pub struct RoundWorker {
     pub loss: Option<f32>,
     #[serde(default, deserialize_with = "crate::finite::option_f32")]
     pub eval_loss: Option<f32>,
+    /// What its provider moved for it through the pool's blob routes: its
+    /// pseudo-gradient up, and the round's start down (the outer update,
+    /// or the global checkpoint).
+    #[serde(default)]
+    pub bytes: u64,
+    /// From its lease to its commitment, in seconds.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// A round's accepted outer step: who computed it, and its commitment

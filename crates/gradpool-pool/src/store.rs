@@ -454,6 +454,35 @@ struct OuterRow {
     update_sha256: Option<String>,
 }
 
+/// Each accepted worker segment of a parallel job with `n` slots: what its
+/// provider moved for it (its pseudo-gradient up; the round's outer
+/// update or global checkpoint down) and its milliseconds from lease to
+/// commitment.
+async fn worker_figures(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    n: i64,
+) -> Result<std::collections::BTreeMap<i64, (i64, i64)>, PoolError> {
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.segment, COALESCE(c.committed_at - t.assigned_at, 0), \
+           COALESCE((SELECT SUM(b.bytes) FROM blob_transfers b WHERE b.principal = c.provider_id \
+                     AND b.direction = 'upload' AND b.sha256 = c.pseudo_gradient_sha256), 0) \
+           + COALESCE((SELECT SUM(b.bytes) FROM blob_transfers b JOIN outer_steps o \
+                       ON o.job_id = c.job_id AND o.round = c.segment / ?2 - 1 AND o.discarded_at IS NULL \
+                       WHERE b.principal = c.provider_id AND b.direction = 'download' \
+                         AND (b.sha256 = o.update_sha256 OR b.sha256 = o.global_sha256)), 0) \
+         FROM commitments c JOIN tasks t ON t.id = c.task_id WHERE c.job_id = ?1",
+    )
+    .bind(job_id)
+    .bind(n)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(segment, ms, bytes)| (segment, (bytes, ms)))
+        .collect())
+}
+
 /// A parallel job's rounds so far, from its accepted segments and outer
 /// steps (none for other jobs).
 pub async fn rounds(
@@ -494,8 +523,11 @@ pub async fn rounds(
     .into_iter()
     .collect();
     let bytes_of = |sha: &str| to_u64(moved.get(sha).copied().unwrap_or(0));
+    let figures = worker_figures(&mut *conn, &job.id, n).await?;
     let mut out: Vec<RoundView> = Vec::new();
     let mut times: Vec<Vec<i64>> = Vec::new();
+    // Each round's first lease.
+    let mut starts: Vec<Option<i64>> = Vec::new();
     for s in segments {
         let round = i64::from(s.segment) / n;
         while out.len() as i64 <= round {
@@ -507,17 +539,25 @@ pub async fn rounds(
                 workers: Vec::new(),
                 wait_seconds: 0.0,
                 bytes: 0,
+                seconds: 0.0,
                 outer: None,
             });
             times.push(Vec::new());
+            starts.push(None);
         }
         let at = committed.get(&i64::from(s.segment)).copied().unwrap_or(0);
         let index = usize::try_from(round).unwrap_or(0);
         times[index].push(at);
+        let leased = at - figures.get(&i64::from(s.segment)).map_or(0, |f| f.1);
+        starts[index] = Some(starts[index].map_or(leased, |t: i64| t.min(leased)));
         out[index].bytes += bytes_of(s.checkpoint_sha256.as_str());
         if let Some(sent) = &s.commitment.commitment.pseudo_gradient_sha256 {
             out[index].bytes += bytes_of(sent.as_str());
         }
+        let (bytes, ms) = figures
+            .get(&i64::from(s.segment))
+            .copied()
+            .unwrap_or_default();
         out[index].workers.push(RoundWorker {
             worker: u32::try_from(i64::from(s.segment) % n).unwrap_or(0),
             segment: s.segment,
@@ -525,6 +565,8 @@ pub async fn rounds(
             checkpoint_sha256: s.checkpoint_sha256,
             loss: s.loss_trace.last().copied(),
             eval_loss: s.eval_loss,
+            bytes: to_u64(bytes),
+            seconds: ms.max(0) as f64 / 1000.0,
         });
     }
     for (view, t) in out.iter_mut().zip(&times) {
@@ -536,6 +578,9 @@ pub async fn rounds(
     for o in outers {
         if let Some(view) = out.get_mut(usize::try_from(o.round).unwrap_or(usize::MAX)) {
             view.bytes += bytes_of(&o.global_sha256);
+            if let Some(start) = starts.get(usize::try_from(o.round).unwrap_or(usize::MAX)).copied().flatten() {
+                view.seconds = (o.committed_at - start).max(0) as f64 / 1000.0;
+            }
             if let Some(update) = &o.update_sha256 {
                 view.bytes += bytes_of(update);
             }
