@@ -624,7 +624,9 @@ async fn drive(
             end.error.unwrap_or_default()
         );
     }
-    let (model, _) = fetch_model(&api, &id, &a.out, false).await?;
+    // A parallel job's global checkpoint stays beside the model
+    // (`checkpoint.safetensors`): what `bench diloco` evaluates.
+    let (model, _) = fetch_model(&api, &id, &a.out, end.parallel.is_some()).await?;
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await?;
     let provider_views: Vec<ProviderView> = api.get("/v1/providers").await?;
     let names: BTreeMap<String, (String, Piconero, String)> = provider_views

@@ -578,7 +578,11 @@ pub async fn rounds(
     for o in outers {
         if let Some(view) = out.get_mut(usize::try_from(o.round).unwrap_or(usize::MAX)) {
             view.bytes += bytes_of(&o.global_sha256);
-            if let Some(start) = starts.get(usize::try_from(o.round).unwrap_or(usize::MAX)).copied().flatten() {
+            if let Some(start) = starts
+                .get(usize::try_from(o.round).unwrap_or(usize::MAX))
+                .copied()
+                .flatten()
+            {
                 view.seconds = (o.committed_at - start).max(0) as f64 / 1000.0;
             }
             if let Some(update) = &o.update_sha256 {

@@ -13,8 +13,8 @@ use crate::segment::train_step;
 use crate::TrainError;
 use candle_core::Device;
 use gradpool_core::spec::{
-    Budget, DataFormat, DataSpec, GptConfig, JobSpec, ModelConfig, Resources, TrainConfig,
-    VerificationLevel,
+    Budget, Compression, DataFormat, DataSpec, GptConfig, JobSpec, ModelConfig, ParallelConfig,
+    Resources, TrainConfig, VerificationLevel,
 };
 use std::time::Instant;
 
@@ -273,6 +273,8 @@ pub struct DilocoRun {
     /// `bytes_per_worker_sync / bytes_per_worker_diloco`.
     pub traffic_reduction: f64,
     pub seconds: f64,
+    /// On a pool: the share of the workers' time spent training.
+    pub utilisation: Option<f64>,
 }
 
 /// What `gradpool bench diloco` measured: the reference GPT trained by a
@@ -297,8 +299,10 @@ pub struct DilocoReport {
     pub traffic_reduction: f64,
     /// Both runs, `none` then `int8`.
     pub runs: Vec<DilocoRun>,
-    /// Where it ran: `local` (every worker here, one after another; no
-    /// pool, so no waiting to measure and `utilisation` is null).
+    /// Where it ran: `pool` (a pool on this machine, one provider per
+    /// worker, bytes measured at the pool) or `local` (every worker here,
+    /// one after another; bytes from the encodings, no waiting to measure
+    /// and `utilisation` null).
     pub placement: String,
     pub utilisation: Option<f64>,
     pub params: usize,
@@ -309,21 +313,94 @@ pub struct DilocoReport {
 /// this many), the same for every run.
 const DILOCO_EVAL_WINDOWS: usize = 64;
 
-/// Runs the DiLoCo benchmark on `text` in `dir`: the two parallel runs,
-/// then the synchronous one; `progress` hears each phase.
-pub fn diloco(
+/// The spec a DiLoCo benchmark trains: the reference GPT for
+/// `inner_steps × rounds` steps (a tenth of the text held out), as a
+/// parallel job with `compression`, or synchronous (`None`).
+pub fn diloco_spec(options: DilocoOptions, compression: Option<Compression>) -> JobSpec {
+    let steps = options.inner_steps.saturating_mul(options.rounds);
+    let mut spec = bench_spec(BenchConfig::Reference, steps);
+    spec.name = "bench-diloco".into();
+    spec.data.eval_fraction = 0.1;
+    if let Some(compression) = compression {
+        spec.parallel = Some(ParallelConfig {
+            workers: options.workers,
+            inner_steps: options.inner_steps,
+            outer_lr: options.outer_lr,
+            outer_momentum: options.outer_momentum,
+            compression,
+            min_workers: options.workers,
+        });
+        spec.train.checkpoint_every = options.inner_steps;
+    }
+    spec
+}
+
+/// [`diloco_spec`] of a parallel run as the TOML a pool is given, with
+/// verification `none` (no audits: the round's own traffic alone; the
+/// pool still checks every outer step) and `budget` XMR.
+pub fn diloco_spec_toml(options: DilocoOptions, compression: Compression, budget: &str) -> String {
+    let spec = diloco_spec(options, Some(compression));
+    let ModelConfig::Gpt(g) = spec.model else {
+        unreachable!("the benchmark trains a GPT")
+    };
+    let t = &spec.train;
+    format!(
+        "name = {:?}\n\n[model]\nkind = \"gpt\"\nn_layer = {}\nn_head = {}\nn_embd = {}\nblock_size = {}\n\n\
+         [data]\nformat = \"text\"\neval_fraction = {:?}\n\n\
+         [train]\nseed = {}\nsteps = {}\nbatch_size = {}\ncheckpoint_every = {}\nlr = {:?}\nmin_lr = {:?}\n\
+         warmup_steps = {}\nweight_decay = {:?}\nbeta1 = {:?}\nbeta2 = {:?}\neps = {:?}\ngrad_clip = {:?}\n\n\
+         [verification]\nlevel = \"none\"\n\n\
+         [parallel]\nworkers = {}\ninner_steps = {}\nouter_lr = {:?}\nouter_momentum = {:?}\ncompression = {:?}\n\n\
+         [budget]\ntotal_xmr = {budget:?}\n",
+        spec.name,
+        g.n_layer,
+        g.n_head,
+        g.n_embd,
+        g.block_size,
+        spec.data.eval_fraction,
+        t.seed,
+        t.steps,
+        t.batch_size,
+        t.checkpoint_every,
+        t.lr,
+        t.min_lr,
+        t.warmup_steps,
+        t.weight_decay,
+        t.beta1,
+        t.beta2,
+        t.eps,
+        t.grad_clip.unwrap_or(0.0),
+        options.workers,
+        options.inner_steps,
+        options.outer_lr,
+        options.outer_momentum,
+        compression.as_str(),
+    )
+}
+
+/// What every DiLoCo benchmark run is compared with: the synchronous run
+/// at equal tokens, and the model's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DilocoBaseline {
+    pub loss_sync: f32,
+    pub params: usize,
+    /// Each parameter tensor's length.
+    pub sizes: Vec<usize>,
+    /// A per-step all-reduce of the gradients: 2 × parameters × 4 bytes ×
+    /// steps.
+    pub bytes_sync: u64,
+}
+
+/// Trains the synchronous run of the DiLoCo benchmark on `text` in `dir`.
+pub fn diloco_baseline(
     options: DilocoOptions,
     text: &[u8],
     dir: &std::path::Path,
     device: &Device,
     progress: &mut dyn FnMut(&str),
-) -> Result<DilocoReport, TrainError> {
-    use gradpool_core::spec::{Compression, ParallelConfig};
-    let started = Instant::now();
+) -> Result<DilocoBaseline, TrainError> {
     let steps = options.inner_steps.saturating_mul(options.rounds);
-    let mut spec = bench_spec(BenchConfig::Reference, steps);
-    spec.name = "bench-diloco".into();
-    spec.data.eval_fraction = 0.1;
+    let spec = diloco_spec(options, None);
     let data = Dataset::from_bytes(&spec, text)?;
     let meta = data.model_meta(&spec)?;
     let sizes: Vec<usize> = meta
@@ -332,8 +409,6 @@ pub fn diloco(
         .map(|p| p.shape.iter().product())
         .collect();
     let params: usize = sizes.iter().sum();
-    let bytes_sync = 2 * params as u64 * 4 * steps;
-
     progress(&format!(
         "synchronous: {steps} steps, batch {}",
         spec.train.batch_size * options.workers as usize
@@ -351,21 +426,98 @@ pub fn diloco(
         &sync_path,
         &mut |_| {},
     )?;
-    let loss_sync = held_out(&sync, &data, &sync_path, device)?;
+    Ok(DilocoBaseline {
+        loss_sync: held_out(&sync, &data, &sync_path, device)?,
+        params,
+        sizes,
+        bytes_sync: 2 * params as u64 * 4 * steps,
+    })
+}
 
+/// The held-out loss of a parallel run's final global checkpoint
+/// `global`, on the benchmark's windows.
+pub fn diloco_loss(
+    options: DilocoOptions,
+    compression: Compression,
+    text: &[u8],
+    global: &std::path::Path,
+    device: &Device,
+) -> Result<f32, TrainError> {
+    let spec = diloco_spec(options, Some(compression));
+    let data = Dataset::from_bytes(&spec, text)?;
+    held_out(&spec, &data, global, device)
+}
+
+impl DilocoRun {
+    /// A run's figures against the baseline.
+    pub fn new(
+        compression: Compression,
+        loss: f32,
+        bytes: u64,
+        base: &DilocoBaseline,
+        seconds: f64,
+        utilisation: Option<f64>,
+    ) -> DilocoRun {
+        DilocoRun {
+            compression: compression.as_str().into(),
+            loss_diloco: loss,
+            loss_ratio: f64::from(loss) / f64::from(base.loss_sync),
+            bytes_per_worker_diloco: bytes,
+            traffic_reduction: base.bytes_sync as f64 / bytes.max(1) as f64,
+            seconds,
+            utilisation,
+        }
+    }
+}
+
+impl DilocoReport {
+    /// The report of `runs` (`none` first) against `base`.
+    pub fn new(
+        options: DilocoOptions,
+        base: &DilocoBaseline,
+        runs: Vec<DilocoRun>,
+        placement: &str,
+        seconds: f64,
+    ) -> DilocoReport {
+        let plain = runs.first().cloned();
+        DilocoReport {
+            workers: options.workers,
+            inner_steps: options.inner_steps,
+            rounds: options.rounds,
+            outer_lr: options.outer_lr,
+            outer_momentum: options.outer_momentum,
+            loss_diloco: plain.as_ref().map_or(f32::NAN, |p| p.loss_diloco),
+            loss_sync: base.loss_sync,
+            loss_ratio: plain.as_ref().map_or(f64::NAN, |p| p.loss_ratio),
+            bytes_per_worker_diloco: plain.as_ref().map_or(0, |p| p.bytes_per_worker_diloco),
+            bytes_per_worker_sync: base.bytes_sync,
+            traffic_reduction: plain.as_ref().map_or(0.0, |p| p.traffic_reduction),
+            utilisation: plain.as_ref().and_then(|p| p.utilisation),
+            runs,
+            placement: placement.into(),
+            params: base.params,
+            seconds,
+        }
+    }
+}
+
+/// Runs the DiLoCo benchmark on `text` in `dir`, every worker here: the
+/// synchronous run, then the two parallel runs; `progress` hears each
+/// phase. The bytes are what the transfers' encodings take, not measured.
+pub fn diloco(
+    options: DilocoOptions,
+    text: &[u8],
+    dir: &std::path::Path,
+    device: &Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DilocoReport, TrainError> {
+    let started = Instant::now();
+    let base = diloco_baseline(options, text, dir, device, progress)?;
     let mut runs = Vec::new();
     for compression in [Compression::None, Compression::Int8] {
         let run_started = Instant::now();
-        let mut s = spec.clone();
-        s.parallel = Some(ParallelConfig {
-            workers: options.workers,
-            inner_steps: options.inner_steps,
-            outer_lr: options.outer_lr,
-            outer_momentum: options.outer_momentum,
-            compression,
-            min_workers: options.workers,
-        });
-        s.train.checkpoint_every = options.inner_steps;
+        let s = diloco_spec(options, Some(compression));
+        let data = Dataset::from_bytes(&s, text)?;
         let sub = dir.join(compression.as_str());
         std::fs::create_dir_all(&sub).map_err(|error| TrainError::Io {
             what: "cannot create",
@@ -390,44 +542,33 @@ pub fn diloco(
             &mut on_round,
         )?;
         let loss = held_out(&s, &data, &global, device)?;
-        // Each round: the global weights (or the update) down, the
-        // pseudo-gradient up.
+        // Each round: the outer update down, the pseudo-gradient up.
         let per_transfer: u64 = match compression {
-            Compression::None => params as u64 * 4,
-            Compression::Int8 => sizes
+            Compression::None => base.params as u64 * 4,
+            Compression::Int8 => base
+                .sizes
                 .iter()
                 .map(|&n| gradpool_core::int8::encoded_len(n) as u64)
                 .sum(),
         };
         let bytes = 2 * per_transfer * options.rounds;
-        runs.push(DilocoRun {
-            compression: compression.as_str().into(),
-            loss_diloco: loss,
-            loss_ratio: f64::from(loss) / f64::from(loss_sync),
-            bytes_per_worker_diloco: bytes,
-            traffic_reduction: bytes_sync as f64 / bytes as f64,
-            seconds: run_started.elapsed().as_secs_f64(),
-        });
+        let seconds = run_started.elapsed().as_secs_f64();
+        runs.push(DilocoRun::new(
+            compression,
+            loss,
+            bytes,
+            &base,
+            seconds,
+            None,
+        ));
     }
-    let plain = runs[0].clone();
-    Ok(DilocoReport {
-        workers: options.workers,
-        inner_steps: options.inner_steps,
-        rounds: options.rounds,
-        outer_lr: options.outer_lr,
-        outer_momentum: options.outer_momentum,
-        loss_diloco: plain.loss_diloco,
-        loss_sync,
-        loss_ratio: plain.loss_ratio,
-        bytes_per_worker_diloco: plain.bytes_per_worker_diloco,
-        bytes_per_worker_sync: bytes_sync,
-        traffic_reduction: plain.traffic_reduction,
+    Ok(DilocoReport::new(
+        options,
+        &base,
         runs,
-        placement: "local".into(),
-        utilisation: None,
-        params,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        "local",
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// The loss of a checkpoint (or global checkpoint) of `spec` on the
@@ -443,4 +584,21 @@ fn held_out(
     crate::segment::eval_metrics(&model, data, DILOCO_EVAL_WINDOWS, spec.train.seed, device)?
         .map(|(loss, _)| loss)
         .ok_or_else(|| TrainError::Data("the benchmark's text has no held-out part".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_given_the_spec_the_benchmark_trains() {
+        let options = DilocoOptions::default();
+        for c in [Compression::None, Compression::Int8] {
+            let mut got = JobSpec::from_toml_str(&diloco_spec_toml(options, c, "0.5")).unwrap();
+            assert_eq!(got.verification, VerificationLevel::None);
+            got.verification = VerificationLevel::default();
+            got.budget = Budget::default();
+            assert_eq!(got, diloco_spec(options, Some(c)));
+        }
+    }
 }

@@ -119,12 +119,18 @@ pub enum BenchCommand {
     /// Train the reference GPT as a parallel (DiLoCo) job and as
     /// synchronous data-parallel training at equal tokens (one run whose
     /// batch is `workers ×` larger), and compare held-out loss and the
-    /// traffic per worker, without and with int8 compression. Runs every
-    /// worker here, one after another (a few minutes on 2 cores).
+    /// traffic per worker, without and with int8 compression. The
+    /// parallel job runs on a pool on this machine (`gradpool devnet`, one
+    /// provider per worker, one thread each), which measures the bytes
+    /// and the workers' utilisation; with --local every worker runs here,
+    /// one after another, and the bytes are the encodings' sizes.
     Diloco {
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
+        /// Train every worker here instead of on a pool.
+        #[arg(long)]
+        local: bool,
         #[arg(long, default_value_t = 4)]
         workers: u32,
         /// Each worker's steps per round (H).
@@ -699,6 +705,7 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
         } => return nvml(gpu, power_cap, json),
         BenchCommand::Diloco {
             json,
+            local,
             workers,
             inner_steps,
             rounds,
@@ -713,7 +720,7 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 outer_lr,
                 outer_momentum,
             };
-            return diloco(options, &device, json);
+            return diloco(options, &device, json, local);
         }
         BenchCommand::Verify(a) => {
             return tokio::runtime::Builder::new_multi_thread()
@@ -814,10 +821,95 @@ fn nvml(gpu: u32, power_cap: bool, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The DiLoCo benchmark's parallel runs on a pool on this machine: a
+/// `gradpool devnet` child per compression, one provider per worker with
+/// one thread each, verification `none` (the round's own traffic); the
+/// bytes per worker and the utilisation are what the pool measured, the
+/// loss that of the job's final global checkpoint.
+fn diloco_on_pool(
+    options: gradpool_train::bench::DilocoOptions,
+    device: &gradpool_train::Device,
+    dir: &std::path::Path,
+) -> anyhow::Result<gradpool_train::bench::DilocoReport> {
+    use gradpool_core::spec::Compression;
+    use gradpool_train::bench::{self, DilocoReport, DilocoRun};
+    let started = std::time::Instant::now();
+    let base =
+        bench::diloco_baseline(options, SHAKESPEARE, dir, device, &mut |p| eprintln!("{p}"))?;
+    let data = dir.join("tinyshakespeare.txt");
+    std::fs::write(&data, SHAKESPEARE)?;
+    let program = std::env::current_exe().context("cannot find the gradpool binary")?;
+    let mut runs = Vec::new();
+    for compression in [Compression::None, Compression::Int8] {
+        let run = dir.join(compression.as_str());
+        std::fs::create_dir_all(&run)?;
+        let spec = run.join("spec.toml");
+        std::fs::write(&spec, bench::diloco_spec_toml(options, compression, "0.5"))?;
+        eprintln!(
+            "diloco {}: {} workers on a pool on this machine",
+            compression.as_str(),
+            options.workers
+        );
+        let out = run.join("out");
+        let log = run.join("devnet.log");
+        let run_started = std::time::Instant::now();
+        let status = std::process::Command::new(&program)
+            .arg("devnet")
+            .arg("--spec")
+            .arg(&spec)
+            .arg("--data")
+            .arg(&data)
+            .args(["--providers", &options.workers.to_string()])
+            .args(["--threads", "1", "--device", "cpu", "--sample-tokens", "0"])
+            .arg("--out")
+            .arg(&out)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::options().append(true).open(&log)?)
+            .status()
+            .context("cannot run gradpool devnet")?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "the pool run ({}) failed: {status}\n{}",
+                compression.as_str(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json"))?)?;
+        let p = &summary["parallel"];
+        let bytes = p["bytes_per_worker"]
+            .as_u64()
+            .context("summary.json has no parallel.bytes_per_worker")?;
+        let utilisation = p["utilisation"].as_f64();
+        let global = out.join("checkpoint.safetensors");
+        let loss = bench::diloco_loss(options, compression, SHAKESPEARE, &global, device)?;
+        let seconds = run_started.elapsed().as_secs_f64();
+        runs.push(DilocoRun::new(
+            compression,
+            loss,
+            bytes,
+            &base,
+            seconds,
+            utilisation,
+        ));
+    }
+    Ok(DilocoReport::new(
+        options,
+        &base,
+        runs,
+        "pool",
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
 fn diloco(
     options: gradpool_train::bench::DilocoOptions,
     device: &DeviceFlags,
     json: bool,
+    local: bool,
 ) -> anyhow::Result<ExitCode> {
     // The spec's own checks, so a bad value is refused by its name.
     let check = format!(
@@ -836,10 +928,13 @@ fn diloco(
     let dir = tempfile::Builder::new()
         .prefix("gradpool-bench-diloco-")
         .tempdir()?;
-    let report =
+    let report = if local {
         gradpool_train::bench::diloco(options, SHAKESPEARE, dir.path(), &device, &mut |phase| {
             eprintln!("{phase}")
-        })?;
+        })?
+    } else {
+        diloco_on_pool(options, &device, dir.path())?
+    };
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -859,8 +954,15 @@ fn diloco(
     );
     for r in &report.runs {
         println!(
-            "diloco {:<5} held-out loss {:.4} (×{:.3} of synchronous), {} bytes per worker ({:.0}× less)",
-            r.compression, r.loss_diloco, r.loss_ratio, r.bytes_per_worker_diloco, r.traffic_reduction
+            "diloco {:<5} held-out loss {:.4} (×{:.3} of synchronous), {} bytes per worker ({:.0}× less){}",
+            r.compression,
+            r.loss_diloco,
+            r.loss_ratio,
+            r.bytes_per_worker_diloco,
+            r.traffic_reduction,
+            r.utilisation
+                .map(|u| format!(", training {:.0}% of the time", u * 100.0))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
