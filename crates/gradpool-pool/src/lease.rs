@@ -381,7 +381,10 @@ impl Pool {
         );
         // A parallel job's outer step, to any provider that trains and was
         // neither barred from the job nor failed this round's step before;
-        // it holds up the whole round, so it goes before new segments.
+        // it holds up the whole round, so it goes before new segments. The
+        // provider that computed the round before's holds the global
+        // checkpoint it starts from: it gets it first, others once it is
+        // gone (unseen for a lease) or the step has waited half a lease.
         let outer_sql = format!(
             "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
              updated_at = ?3 \
@@ -390,6 +393,12 @@ impl Pool {
                            AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id AND f.kind = 'outer' \
                                AND f.round = t.round AND f.status = 'failed' AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND (t.updated_at <= ?5 OR NOT EXISTS (SELECT 1 FROM outer_steps p \
+                               JOIN providers q ON q.id = p.provider_id \
+                               WHERE p.job_id = t.job_id AND p.round = t.round - 1 AND p.discarded_at IS NULL \
+                                 AND p.provider_id != ?1 AND q.last_seen >= ?4 \
+                                 AND NOT EXISTS (SELECT 1 FROM job_bars x WHERE x.job_id = t.job_id \
+                                                 AND x.provider_id = p.provider_id))) \
                          ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
@@ -415,6 +424,8 @@ impl Pool {
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
                     .bind(now)
+                    .bind(now - self.lease_ms())
+                    .bind(now - self.lease_ms() / 2)
                     .fetch_optional(w.conn())
                     .await?;
             }
