@@ -561,10 +561,23 @@ impl JobSpec {
         match &self.model {
             ModelConfig::Gpt(g) => {
                 let (l, d, t) = (g.n_layer as f64, g.n_embd as f64, g.block_size as f64);
-                let v = MAX_VOCAB_ESTIMATE;
-                let params = 12.0 * l * d * d + 2.0 * v * d + t * d;
+                let params = self.parameter_estimate()?;
                 let batch = self.train.batch_size as f64;
                 Some(batch * (6.0 * params * t + 12.0 * l * t * t * d))
+            }
+            ModelConfig::Mlp(_) => None,
+        }
+    }
+
+    /// An estimate of the model's parameter count: for a GPT, `12 × layers
+    /// × width²` for the blocks plus the embeddings and output layer, with
+    /// a vocabulary of at most [`MAX_VOCAB_ESTIMATE`] characters. `None`
+    /// for an MLP, whose input width depends on the data.
+    pub fn parameter_estimate(&self) -> Option<f64> {
+        match &self.model {
+            ModelConfig::Gpt(g) => {
+                let (l, d, t) = (g.n_layer as f64, g.n_embd as f64, g.block_size as f64);
+                Some(12.0 * l * d * d + 2.0 * MAX_VOCAB_ESTIMATE * d + t * d)
             }
             ModelConfig::Mlp(_) => None,
         }

@@ -499,6 +499,15 @@ pub struct ProviderView {
         skip_serializing_if = "Option::is_none"
     )]
     pub proven_gflops: Option<f64>,
+    /// The rate the pool measured on its latest sizeable blob uploads and
+    /// downloads, in bytes per second. With `proven_gflops`, what places
+    /// it in a parallel job's rounds.
+    #[serde(
+        default,
+        deserialize_with = "crate::finite::option_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transfer_rate: Option<f64>,
     pub hardware: Hardware,
     pub class: String,
     pub last_seen: String,

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use gradpool_core::wire::{
     AccountView, BlobStored, Commit, CreateAccount, Faucet, Heartbeat, OuterCommit, Progress,
     Register, SignedNonce, StakeRequest, SubmitJob, TaskFailed, Withdraw,
@@ -202,8 +203,29 @@ async fn get_blob(
         Err(e) => return Err(e.into()),
     };
     let len = file.metadata().await?.len();
-    pool.record_download(&sha, len, &caller).await?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let transfer = pool.record_download(&sha, len, &caller).await?;
+    // Once the last bytes are handed to the connection, the time it took:
+    // a body that ends early (the client went away) records none.
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut timer = Some(pool);
+    let timed = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            sent = sent.saturating_add(chunk.len() as u64);
+        }
+        if sent < len {
+            return;
+        }
+        if let Some(pool) = timer.take() {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tokio::spawn(async move {
+                if let Err(e) = pool.record_download_time(transfer, ms).await {
+                    tracing::warn!(error = %e, "recording a download's time");
+                }
+            });
+        }
+    });
+    let body = Body::from_stream(timed);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

@@ -126,7 +126,6 @@ pub(crate) fn too_large(max_bytes: u64) -> PoolError {
 }
 
 impl Pool {
-    /// Records that `caller` uploaded the blob.
     /// Records a stored blob and who uploaded it (in `ms` milliseconds).
     pub(crate) async fn record_blob(
         &self,
@@ -164,16 +163,36 @@ impl Pool {
         w.commit().await
     }
 
-    /// Records a blob served to `caller`.
+    /// Records a blob served to `caller`; its time is recorded once the
+    /// body is sent ([`Pool::record_download_time`]). Returns the
+    /// transfer's id.
     pub(crate) async fn record_download(
         &self,
         sha: &Sha256Hex,
         size: u64,
         caller: &Caller,
-    ) -> Result<(), PoolError> {
+    ) -> Result<i64, PoolError> {
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         let mut w = self.write().await?;
-        transfer(&mut w, sha, caller, TransferDirection::Download, size, None).await?;
+        let id = transfer(&mut w, sha, caller, TransferDirection::Download, size, None).await?;
+        w.commit().await?;
+        Ok(id)
+    }
+
+    /// Records how long a download took to send, in milliseconds: the
+    /// pool's view of the caller's transfer rate
+    /// ([`crate::placement::Pace`]).
+    pub(crate) async fn record_download_time(
+        &self,
+        transfer: i64,
+        ms: u64,
+    ) -> Result<(), PoolError> {
+        let mut w = self.write().await?;
+        sqlx::query("UPDATE blob_transfers SET ms = ? WHERE id = ? AND ms IS NULL")
+            .bind(i64::try_from(ms).unwrap_or(i64::MAX))
+            .bind(transfer)
+            .execute(w.conn())
+            .await?;
         w.commit().await
     }
 
@@ -215,7 +234,7 @@ impl Pool {
     }
 }
 
-/// One blob transfer, in the caller's transaction.
+/// One blob transfer, in the caller's transaction; returns its id.
 async fn transfer(
     w: &mut crate::tx::Write<'_>,
     sha: &Sha256Hex,
@@ -223,9 +242,9 @@ async fn transfer(
     direction: TransferDirection,
     bytes: i64,
     ms: Option<u64>,
-) -> Result<(), PoolError> {
+) -> Result<i64, PoolError> {
     let now = w.now;
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO blob_transfers (sha256, principal, direction, bytes, ms, at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(sha.as_str())
@@ -236,5 +255,5 @@ async fn transfer(
     .bind(now)
     .execute(w.conn())
     .await?;
-    Ok(())
+    Ok(done.last_insert_rowid())
 }

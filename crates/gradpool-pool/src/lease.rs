@@ -247,7 +247,7 @@ impl Pool {
                 }
             }
         }
-        let mut assignments = self
+        let (mut assignments, mut held_back) = self
             .claim(&mut w, provider, &device, memory, hb.capacity)
             .await?;
         w.commit().await?;
@@ -280,7 +280,7 @@ impl Pool {
                     .bind(provider.as_str())
                     .execute(w.conn())
                     .await?;
-                assignments = self
+                (assignments, held_back) = self
                     .claim(&mut w, provider, &device, memory, hb.capacity)
                     .await?;
                 w.commit().await?;
@@ -292,9 +292,9 @@ impl Pool {
                 }
             }
         }
+        let queued_before = self.now() - self.lease_ms() / 2;
         let wanted =
-            crate::queue::wanted(&self.inner.db, provider, self.now() - self.lease_ms() / 2)
-                .await?;
+            crate::queue::wanted(&self.inner.db, provider, queued_before, &held_back).await?;
         Ok(HeartbeatReply {
             assignments,
             cancel,
@@ -303,9 +303,11 @@ impl Pool {
         })
     }
 
-    /// Leases up to `capacity` queued tasks to a provider, oldest first.
-    /// Each claim is one `UPDATE … WHERE status = 'queued'` under the write
-    /// lock, so no task is ever leased twice.
+    /// Leases up to `capacity` queued tasks to a provider, oldest first,
+    /// and names the parallel jobs it is held back from
+    /// ([`crate::placement::held_back`]). Each claim is one `UPDATE …
+    /// WHERE status = 'queued'` under the write lock, so no task is ever
+    /// leased twice.
     async fn claim(
         &self,
         w: &mut Write<'_>,
@@ -313,7 +315,7 @@ impl Pool {
         device: &str,
         memory: i64,
         capacity: u32,
-    ) -> Result<Vec<Assignment>, PoolError> {
+    ) -> Result<(Vec<Assignment>, Vec<String>), PoolError> {
         let mut out = Vec::new();
         let now = w.now;
         let (price, unstaking, validates, trains, held, region): (i64, Option<i64>, bool, bool, Option<String>, Option<String>) = sqlx::query_as(
@@ -360,6 +362,8 @@ impl Pool {
                                AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
                            AND (j.region IS NULL OR j.region = ?9) \
+                           AND NOT (t.round IS NOT NULL AND t.updated_at > ?11 \
+                               AND t.job_id IN (SELECT value FROM json_each(?10))) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
                                AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = ?1)) \
                            AND (t.slot_sha256 IS NULL OR EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256) \
@@ -406,6 +410,16 @@ impl Pool {
         // A provider whose hardware is unproven, whose GPU another provider
         // claims too, or that is paused gets nothing.
         let capacity = if held.is_some() { 0 } else { capacity };
+        // Nor a young worker segment of a round that enough faster
+        // providers can fill.
+        let held_back = if trains && capacity > 0 {
+            let money = &self.inner.config.money;
+            crate::placement::held_back(w.conn(), provider.as_str(), now, self.lease_ms(), money)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let held_back_json = serde_json::to_string(&held_back)?;
         for _ in 0..capacity {
             let mut task: Option<TaskRow> = None;
             if validates {
@@ -440,6 +454,8 @@ impl Pool {
                     .bind(staked)
                     .bind(stake_free_budget)
                     .bind(region.as_deref())
+                    .bind(&held_back_json)
+                    .bind(now - self.lease_ms() / 2)
                     .fetch_optional(w.conn())
                     .await?;
             }
@@ -472,7 +488,7 @@ impl Pool {
             tracing::info!(job = %job.id, task = %task.id, provider = %provider, segment = task.segment, "segment assigned");
             out.push(assignment(w.conn(), &job, &task, self.inner.config.lease_seconds).await?);
         }
-        Ok(out)
+        Ok((out, held_back))
     }
 
     /// Records training progress of a leased task.

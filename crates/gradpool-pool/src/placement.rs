@@ -4,6 +4,12 @@
 //! queued job, so a customer is never left guessing. Likewise for audits:
 //! which validators may replay whose work, and how many of a job's drawn
 //! audits no connected validator can serve.
+//!
+//! And who trains a parallel job's round together: a worker's round takes
+//! as long as its provider's training plus its transfers, and the round
+//! waits for its slowest worker, so a provider expected to take more than
+//! [`STRAGGLER_FACTOR`] times as long as enough free providers is held back
+//! from the round's worker segments while they are young ([`held_back`]).
 
 use crate::error::PoolError;
 use crate::store::JobRow;
@@ -134,15 +140,14 @@ fn refusal(job: &JobRow, offer: &Offer, stake_free_budget: i64, min_stake: i64) 
     }
 }
 
-/// Why no connected provider can take `job` now, or `None` when one can.
-pub(crate) async fn why_waiting(
+/// The connected providers, as placement sees them for `job`.
+async fn offers(
     conn: &mut SqliteConnection,
     job: &JobRow,
     now: i64,
     lease_ms: i64,
-    money: &crate::config::MoneyConfig,
-) -> Result<Option<String>, PoolError> {
-    let offers: Vec<Offer> = sqlx::query_as(
+) -> Result<Vec<Offer>, PoolError> {
+    let mut offers: Vec<Offer> = sqlx::query_as(
         "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.region, \
            (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
            p.unstake_requested_at IS NOT NULL AS unstaking, \
@@ -160,11 +165,22 @@ pub(crate) async fn why_waiting(
     .bind(job.booking_id.as_deref())
     .fetch_all(&mut *conn)
     .await?;
-    let mut offers = offers;
     for offer in &mut offers {
         offer.stake =
             crate::ledger::balance_of(conn, &crate::escrow::stake_account(&offer.id)).await?;
     }
+    Ok(offers)
+}
+
+/// Why no connected provider can take `job` now, or `None` when one can.
+pub(crate) async fn why_waiting(
+    conn: &mut SqliteConnection,
+    job: &JobRow,
+    now: i64,
+    lease_ms: i64,
+    money: &crate::config::MoneyConfig,
+) -> Result<Option<String>, PoolError> {
+    let offers = offers(conn, job, now, lease_ms).await?;
     if offers.is_empty() {
         return Ok(Some("no provider is connected to the pool".into()));
     }
@@ -186,6 +202,163 @@ pub(crate) async fn why_waiting(
         "no provider can take it now: {}",
         reasons.join("; ")
     )))
+}
+
+/// How many times slower than others a provider must be expected to be
+/// before it is held back from a round they can fill.
+pub const STRAGGLER_FACTOR: f64 = 2.0;
+
+/// What the pool knows of a provider's speed: its hardware proof's
+/// figure (or, unproven, the benchmark it claimed) and the bytes and
+/// milliseconds of its latest sizeable blob transfers
+/// ([`crate::store::TRANSFER_RATES`]).
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
+pub struct Pace {
+    pub id: String,
+    pub gflops: Option<f64>,
+    pub bytes: Option<i64>,
+    pub ms: Option<i64>,
+}
+
+impl Pace {
+    /// The seconds this provider is expected to take for a worker's round
+    /// of `flops` (unknown for an MLP) that moves `bytes`: training at its
+    /// proven speed plus transfers at its measured rate (none counted
+    /// while it has none measured). `None` when nothing is known: its speed
+    /// when the round's work is known, or else its rate.
+    pub fn seconds(&self, flops: Option<f64>, bytes: f64) -> Option<f64> {
+        let transfer = match (self.bytes, self.ms) {
+            (Some(b), Some(ms)) if b > 0 => Some(bytes * ms.max(1) as f64 / 1000.0 / b as f64),
+            _ => None,
+        };
+        let compute = match flops {
+            Some(f) => {
+                let g = self.gflops.filter(|g| g.is_finite() && *g > 0.0)?;
+                f / (g * 1e9)
+            }
+            None => {
+                transfer?;
+                0.0
+            }
+        };
+        Some(compute + transfer.unwrap_or(0.0)).filter(|s| s.is_finite())
+    }
+}
+
+/// Whether a provider expected to take `me` seconds would hold back a
+/// round with `open` worker segments left, which `others` (the expected
+/// seconds of the free providers that could take them) can fill: at least
+/// `open` of them are more than [`STRAGGLER_FACTOR`] times faster. One
+/// whose speed is unknown is never held back, nor counted as faster.
+pub fn holds_back(me: Option<f64>, others: &[Option<f64>], open: usize) -> bool {
+    let Some(me) = me else { return false };
+    let faster = others
+        .iter()
+        .flatten()
+        .filter(|o| **o * STRAGGLER_FACTOR < me)
+        .count();
+    open > 0 && faster >= open
+}
+
+/// The paces of the connected providers.
+async fn paces(
+    conn: &mut SqliteConnection,
+    now: i64,
+    lease_ms: i64,
+) -> Result<std::collections::HashMap<String, Pace>, PoolError> {
+    let rows: Vec<Pace> = sqlx::query_as(&format!(
+        "SELECT p.id, COALESCE(p.proven_gflops, p.benchmark_gflops) AS gflops, s.bytes, s.ms \
+         FROM providers p LEFT JOIN {} s ON s.principal = p.id \
+         WHERE p.last_seen >= ?1 - ?2",
+        crate::store::TRANSFER_RATES
+    ))
+    .bind(now)
+    .bind(lease_ms)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|p| (p.id.clone(), p)).collect())
+}
+
+/// The bytes a worker of `job` moves in a round: its pseudo-gradient up
+/// and the outer update down, each the size of the job's latest
+/// pseudo-gradient, or (before any) of its parameters at the spec's
+/// compression.
+async fn round_bytes(conn: &mut SqliteConnection, job: &JobRow) -> Result<f64, PoolError> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT b.size FROM commitments c JOIN blobs b ON b.sha256 = c.pseudo_gradient_sha256 \
+         WHERE c.job_id = ? ORDER BY c.segment DESC LIMIT 1",
+    )
+    .bind(&job.id)
+    .fetch_optional(conn)
+    .await?;
+    if let Some(size) = last {
+        return Ok(2.0 * size as f64);
+    }
+    let Ok(spec) = gradpool_core::JobSpec::from_toml_str(&job.spec_toml) else {
+        return Ok(0.0);
+    };
+    let per_parameter = match spec.parallel.map(|p| p.compression) {
+        Some(gradpool_core::spec::Compression::Int8) => 1.0,
+        _ => 4.0,
+    };
+    Ok(2.0 * per_parameter * spec.parameter_estimate().unwrap_or(0.0))
+}
+
+/// The parallel jobs whose young worker segments (queued less than half
+/// a lease ago) `provider` is held back from now. Past that age a segment
+/// goes to whoever comes, so a round never waits on placement longer.
+pub(crate) async fn held_back(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    now: i64,
+    lease_ms: i64,
+    money: &crate::config::MoneyConfig,
+) -> Result<Vec<String>, PoolError> {
+    let rounds: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT t.job_id, COUNT(*), MAX(t.end_step - t.start_step) FROM tasks t JOIN jobs j ON j.id = t.job_id \
+         WHERE t.status = 'queued' AND t.kind = 'train' AND t.round IS NOT NULL AND t.updated_at > ? \
+           AND j.status IN ('queued', 'running') GROUP BY t.job_id",
+    )
+    .bind(now - lease_ms / 2)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rounds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let paces = paces(conn, now, lease_ms).await?;
+    let stake_free = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
+    let min_stake = i64::try_from(money.min_stake.0).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for (job_id, open, steps) in rounds {
+        let Some(job) = crate::store::job(conn, &job_id).await? else {
+            continue;
+        };
+        let flops = job.flops_per_step.map(|f| f * steps as f64);
+        let bytes = round_bytes(conn, &job).await?;
+        let busy: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT provider_id FROM tasks WHERE job_id = ?1 AND status = 'leased' AND kind = 'train' \
+             UNION SELECT provider_id FROM job_bars WHERE job_id = ?1",
+        )
+        .bind(&job.id)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let others: Vec<Option<f64>> = offers(conn, &job, now, lease_ms)
+            .await?
+            .iter()
+            .filter(|o| o.id != provider && !busy.contains(&o.id))
+            .filter(|o| refusal(&job, o, stake_free, min_stake).is_none())
+            .map(|o| paces.get(&o.id).and_then(|p| p.seconds(flops, bytes)))
+            .collect();
+        let me = paces.get(provider).and_then(|p| p.seconds(flops, bytes));
+        let open = usize::try_from(open).unwrap_or(0);
+        if holds_back(me, &others, open) {
+            tracing::debug!(job = %job.id, provider, expected_seconds = me, open, "held back from the round");
+            out.push(job.id);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a connected validator other than `trainer` (and `besides`)
@@ -264,5 +437,63 @@ impl Pool {
         .try_into()
         .unwrap_or(u32::MAX);
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(gflops: Option<f64>, rate: Option<(i64, i64)>) -> Pace {
+        Pace {
+            id: "prov".into(),
+            gflops,
+            bytes: rate.map(|r| r.0),
+            ms: rate.map(|r| r.1),
+        }
+    }
+
+    #[test]
+    fn a_round_takes_training_plus_transfers() {
+        // 20 GFLOP at 10 GFLOP/s, 4 MB at 1 MB/s.
+        let p = pace(Some(10.0), Some((1_000_000, 1000)));
+        assert_eq!(p.seconds(Some(20e9), 4e6), Some(6.0));
+        // No transfer measured yet: training only.
+        assert_eq!(pace(Some(10.0), None).seconds(Some(20e9), 4e6), Some(2.0));
+        // The work is known but the speed is not: unknown.
+        assert_eq!(
+            pace(None, Some((1_000_000, 1000))).seconds(Some(20e9), 4e6),
+            None
+        );
+        // An MLP's work is unknown: transfers alone, when measured.
+        assert_eq!(
+            pace(Some(10.0), Some((1_000_000, 1000))).seconds(None, 4e6),
+            Some(4.0)
+        );
+        assert_eq!(pace(Some(10.0), None).seconds(None, 4e6), None);
+        // A transfer faster than the clock counts one millisecond.
+        assert_eq!(
+            pace(Some(1.0), Some((1000, 0))).seconds(Some(0.0), 1000.0),
+            Some(0.001)
+        );
+        // Nonsense speeds are unknown, not infinite.
+        assert_eq!(pace(Some(0.0), None).seconds(Some(1e9), 0.0), None);
+        assert_eq!(pace(Some(f64::NAN), None).seconds(Some(1e9), 0.0), None);
+    }
+
+    #[test]
+    fn held_back_only_when_enough_much_faster_providers_are_free() {
+        let f = Some(1.0);
+        // Two slots, two providers over twice as fast.
+        assert!(holds_back(Some(2.5), &[f, f], 2));
+        // Only one of them: the round needs this one.
+        assert!(!holds_back(Some(2.5), &[f], 2));
+        // Not more than twice as slow: it would not hold the round back.
+        assert!(!holds_back(Some(2.0), &[f, f], 2));
+        // Unknown speeds neither hold back nor count as faster.
+        assert!(!holds_back(None, &[f, f], 1));
+        assert!(!holds_back(Some(9.0), &[None, None], 1));
+        // Nothing open, nothing to hold back from.
+        assert!(!holds_back(Some(9.0), &[f], 0));
     }
 }

@@ -168,12 +168,14 @@ pub(crate) async fn round_inputs(
 /// (which sent only their pseudo-gradient) that the pool now needs, and
 /// does not have: the start and the claimed end of a segment under audit,
 /// the slot checkpoint of a segment queued since `queued_before` (ms)
-/// that nobody holding it has claimed, so another provider may continue
-/// the slot, and those the job's customer asked for.
+/// that nobody holding it has claimed, or of a job whose rounds `provider`
+/// is held back from (`held_back`), so another provider may continue the
+/// slot, and those the job's customer asked for.
 pub(crate) async fn wanted(
     db: &sqlx::SqlitePool,
     provider: &ProviderId,
     queued_before: i64,
+    held_back: &[String],
 ) -> Result<Vec<Sha256Hex>, PoolError> {
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
@@ -183,13 +185,15 @@ pub(crate) async fn wanted(
                         AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
                 OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
                            AND q.slot_sha256 = c.checkpoint_sha256 \
-                           AND (q.kind = 'replay' OR q.updated_at <= ?2)) \
+                           AND (q.kind = 'replay' OR q.updated_at <= ?2 \
+                                OR q.job_id IN (SELECT value FROM json_each(?3)))) \
                 OR EXISTS (SELECT 1 FROM checkpoint_requests r WHERE r.job_id = c.job_id \
                            AND r.sha256 = c.checkpoint_sha256)) \
          LIMIT 16",
     )
     .bind(provider.as_str())
     .bind(queued_before)
+    .bind(serde_json::to_string(held_back)?)
     .fetch_all(db)
     .await?;
     rows.into_iter()

@@ -622,7 +622,17 @@ struct ProviderRow {
     proven_gflops: Option<f64>,
     streak: i64,
     faults: i64,
+    transfer_bytes: Option<i64>,
+    transfer_ms: Option<i64>,
 }
+
+/// Each principal's measured transfers, a derived table `(principal,
+/// bytes, ms)`: the sums over its latest 32 blob transfers of at least
+/// 64 KiB with a measured time (smaller ones say more about latency than
+/// about the rate). Its rate is `bytes / ms`.
+pub(crate) const TRANSFER_RATES: &str = "(SELECT principal, SUM(bytes) AS bytes, SUM(ms) AS ms FROM \
+    (SELECT principal, bytes, ms, ROW_NUMBER() OVER (PARTITION BY principal ORDER BY at DESC, id DESC) AS n \
+     FROM blob_transfers WHERE ms IS NOT NULL AND bytes >= 65536) WHERE n <= 32 GROUP BY principal)";
 
 /// All providers, as anyone sees them: `disconnected` when not seen for a
 /// lease period, `sharing` when holding a lease, else `idle`.
@@ -632,14 +642,15 @@ pub async fn providers(
     lease_seconds: u32,
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
-    let rows: Vec<ProviderRow> = sqlx::query_as(
+    let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
         "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
-              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked \
-         FROM providers p ORDER BY p.registered_at, p.id",
-    )
+              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked, \
+           s.bytes AS transfer_bytes, s.ms AS transfer_ms \
+         FROM providers p LEFT JOIN {TRANSFER_RATES} s ON s.principal = p.id ORDER BY p.registered_at, p.id",
+    ))
     .bind(now)
     .fetch_all(conn)
     .await?;
@@ -670,6 +681,10 @@ pub async fn providers(
                 status,
                 held,
                 proven_gflops: r.proven_gflops,
+                transfer_rate: match (r.transfer_bytes, r.transfer_ms) {
+                    (Some(b), Some(ms)) => Some(b as f64 * 1000.0 / ms.max(1) as f64),
+                    _ => None,
+                },
                 paused_reason: if status == ProviderStatus::Disconnected {
                     None
                 } else {

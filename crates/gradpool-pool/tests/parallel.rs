@@ -11,7 +11,7 @@ use common::*;
 use gradpool_core::commitment::{outer_chain, OuterCommitment};
 use gradpool_core::delta::{self, DeltaKind};
 use gradpool_core::outer::{self, Global};
-use gradpool_core::wire::{Assignment, CommitReply, OuterCommit, TaskKind};
+use gradpool_core::wire::{Assignment, CommitReply, OuterCommit, ProviderView, TaskKind};
 use gradpool_core::{JobSpec, Sha256Hex};
 
 fn spec() -> String {
@@ -296,4 +296,134 @@ async fn a_customer_asks_for_the_checkpoints_its_workers_keep() {
         .await
         .ok();
     assert_eq!(reply["present"], serde_json::json!([kept]));
+}
+
+fn two_workers() -> String {
+    format!("{SPEC}[parallel]\nworkers = 2\ninner_steps = 10\nmin_workers = 1\n")
+}
+
+fn worker_of(a: &Assignment) -> u32 {
+    a.round.as_ref().unwrap().worker.unwrap()
+}
+
+#[tokio::test]
+async fn a_slow_provider_is_held_back_while_faster_ones_can_fill_the_round() {
+    let tp = TestPool::start_with(|c| c.lease_seconds = 600).await;
+    let alice = tp.customer("alice").await;
+    // 0.001 GFLOP/s: a worker's round of the test GPT takes it seconds,
+    // the others a millisecond.
+    let slow = tp.provider_with("slow", |p| p.gflops = Some(0.001)).await;
+    let fast1 = tp.provider_with("fast-1", |p| p.gflops = Some(10.0)).await;
+    let fast2 = tp.provider_with("fast-2", |p| p.gflops = Some(10.0)).await;
+    alice
+        .submit(&two_workers(), b"some text to train on, long enough")
+        .await;
+
+    // First in line, but two faster providers can take both workers.
+    assert!(slow.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a1 = fast1.take().await;
+    // One worker left, and one faster provider free for it.
+    assert!(slow.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    // Held back only while the segment is young: after half a lease it
+    // goes to whoever comes, so placement never stalls a round longer.
+    tp.advance(300_001);
+    let a2 = slow.take().await;
+    let mut workers = vec![worker_of(&a1), worker_of(&a2)];
+    workers.sort();
+    assert_eq!(workers, vec![0, 1]);
+    assert!(fast2.heartbeat(&[], 1, 0).await.assignments.is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_provider_trains_when_the_round_needs_it() {
+    let tp = TestPool::start_with(|c| c.lease_seconds = 600).await;
+    let alice = tp.customer("alice").await;
+    let slow = tp.provider_with("slow", |p| p.gflops = Some(0.001)).await;
+    let fast = tp.provider_with("fast", |p| p.gflops = Some(10.0)).await;
+    // Unknown speed: never held back, never counted as faster.
+    let unknown = tp.provider("unknown").await;
+    alice
+        .submit(&two_workers(), b"some text to train on, long enough")
+        .await;
+    // Two workers, one faster provider: the round needs the slow one too.
+    let a1 = slow.take().await;
+    let a2 = fast.take().await;
+    assert_ne!(worker_of(&a1), worker_of(&a2));
+    assert!(unknown.heartbeat(&[], 1, 0).await.assignments.is_empty());
+}
+
+#[tokio::test]
+async fn a_provider_on_a_slow_link_is_held_back() {
+    let tp = TestPool::start_with(|c| c.lease_seconds = 600).await;
+    let alice = tp.customer("alice").await;
+    let slow = tp
+        .provider_with("slow-link", |p| p.gflops = Some(1e4))
+        .await;
+    let fast = tp
+        .provider_with("fast-link", |p| p.gflops = Some(1e4))
+        .await;
+    // The pool measures each provider's rate on its blob transfers: one
+    // sends 256 KiB in a trickle, the other at once.
+    let bytes = |seed: u8| {
+        (0..256 << 10)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect::<Vec<u8>>()
+    };
+    let trickled = bytes(1);
+    slow.client
+        .put_blob_in_chunks(&trickled, 8, std::time::Duration::from_millis(80))
+        .await;
+    fast.client.upload(&bytes(2)).await;
+    let job = alice
+        .submit(
+            &format!("{SPEC}[parallel]\nworkers = 1\ninner_steps = 10\n"),
+            b"some text to train on, long enough",
+        )
+        .await;
+    // What the pool measured, as anyone sees it.
+    let all: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    let rate = |name: &str| {
+        let v = all.iter().find(|v| v.name == name).unwrap();
+        v.transfer_rate.expect("a measured rate")
+    };
+    assert!(rate("slow-link") < rate("fast-link") / 10.0);
+    assert!(rate("slow-link") < 256.0 * 1024.0 / 0.5);
+    assert!(slow.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a = fast.take().await;
+    assert_eq!(a.job_id, job.id);
+}
+
+#[tokio::test]
+async fn a_download_is_timed_once_sent() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let p = tp.provider("reader").await;
+    let data: Vec<u8> = (0..128 << 10).map(|i| b"abcdefgh\n"[i % 9]).collect();
+    let job = alice.submit(SPEC, &data).await;
+    let a = p.take().await;
+    assert_eq!(a.job_id, job.id);
+    let rate = || async {
+        let all: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+        all.into_iter()
+            .find(|v| v.name == "reader")
+            .unwrap()
+            .transfer_rate
+    };
+    assert_eq!(rate().await, None, "nothing sent or received yet");
+    let (status, bytes) = p
+        .client
+        .get_bytes(&format!("/v1/blobs/{}", a.data_sha256))
+        .await;
+    assert_eq!((status.as_u16(), bytes.len()), (200, data.len()));
+    // The pool records the time once the body is handed over, which may
+    // be just after the client has it all.
+    let mut measured = None;
+    for _ in 0..100 {
+        measured = rate().await;
+        if measured.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(measured.is_some_and(|r| r > 0.0), "{measured:?}");
 }

@@ -2,6 +2,7 @@
 //! customers and providers that talk to it over HTTP.
 #![allow(dead_code)]
 
+use futures::StreamExt;
 use gradpool_core::commitment::{
     chain, genesis, loss_trace_hash, registration_message, signed_nonce_message,
 };
@@ -276,6 +277,32 @@ impl Client {
                 .body(bytes),
         )
         .await
+    }
+
+    /// Uploads `bytes` under their own digest in `chunks` pieces, pausing
+    /// `pause` before each: a slow link, as the pool measures it.
+    pub async fn put_blob_in_chunks(
+        &self,
+        bytes: &[u8],
+        chunks: usize,
+        pause: std::time::Duration,
+    ) -> BlobStored {
+        let sha = Sha256Hex::of(bytes);
+        let pieces: Vec<Vec<u8>> = bytes
+            .chunks(bytes.len().div_ceil(chunks).max(1))
+            .map(<[u8]>::to_vec)
+            .collect();
+        let stream = futures::stream::iter(pieces).then(move |piece| async move {
+            tokio::time::sleep(pause).await;
+            Ok::<_, std::io::Error>(piece)
+        });
+        Client::send(
+            self.req(reqwest::Method::PUT, &format!("/v1/blobs/{sha}"))
+                .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await
+        .ok()
     }
 
     /// Uploads `bytes` under their own digest.
