@@ -49,6 +49,10 @@ pub enum Values<'a> {
     F32(&'a [f32]),
     /// The levels of the int8 codebook ([`crate::int8`]).
     I8(&'a [i8]),
+    /// Little-endian bytes of the named safetensors dtype (`"BF16"`, …):
+    /// a container job's tensors, copied as they are
+    /// ([`crate::container`]).
+    Raw(&'static str, &'a [u8]),
 }
 
 impl Values<'_> {
@@ -56,6 +60,7 @@ impl Values<'_> {
         match self {
             Values::F32(_) => "F32",
             Values::I8(_) => "I8",
+            Values::Raw(dtype, _) => dtype,
         }
     }
 
@@ -63,6 +68,7 @@ impl Values<'_> {
         match self {
             Values::F32(v) => v.len() * 4,
             Values::I8(v) => v.len(),
+            Values::Raw(_, bytes) => bytes.len(),
         }
     }
 
@@ -74,6 +80,7 @@ impl Values<'_> {
                 }
             }
             Values::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+            Values::Raw(_, bytes) => out.extend_from_slice(bytes),
         }
     }
 }

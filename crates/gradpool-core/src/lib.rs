@@ -11,6 +11,8 @@
 //! - [`checkpoint`]: the checkpoint file, written byte-deterministically,
 //!   and the pool's check of one.
 //! - [`commitment`]: the signed hash chain over a job's checkpoints.
+//! - [`container`]: a container job's checkpoint, checked and rewritten
+//!   canonically.
 //! - [`outer`]: a parallel job's global checkpoints and its outer step,
 //!   arithmetic over safetensors that anyone can recompute.
 //! - [`delta`]: what a parallel job's round moves: pseudo-gradients up,
@@ -28,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod commitment;
+pub mod container;
 pub mod data;
 pub mod delta;
 pub mod finite;

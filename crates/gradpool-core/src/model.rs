@@ -130,6 +130,9 @@ impl ModelMeta {
             }),
             (ModelConfig::Gpt(_), _) => Err("a GPT model needs text data, got CSV".into()),
             (ModelConfig::Mlp(_), _) => Err("an MLP model needs CSV data, got text".into()),
+            (ModelConfig::Container(_), _) => Err(
+                "a container job's model is its script's: gradpool does not know its layout".into(),
+            ),
         }
     }
 

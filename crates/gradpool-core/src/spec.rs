@@ -36,6 +36,20 @@
 //! min_workers = 3         # default: workers
 //! ```
 //!
+//! `model.kind = "container"` trains the customer's own script in an OCI
+//! image (see [`ContainerConfig`]):
+//!
+//! ```toml
+//! [model]
+//! kind = "container"
+//!
+//! [container]
+//! image = "image.oci.tar.gz"          # uploaded by the CLI, pinned by digest
+//! command = ["python3", "/job/train.py"]
+//! files = ["train.py"]                # mounted read-only under /job
+//! memory_gib = 2
+//! ```
+//!
 //! Parsing refuses unknown fields and wrong types with the field's full path
 //! (`train.lr: invalid type: string "fast", expected f64`), then validates
 //! values ([`SpecError::Invalid`] names the field and what was expected).
@@ -123,6 +137,52 @@ impl Compression {
 pub enum ModelConfig {
     Gpt(GptConfig),
     Mlp(MlpConfig),
+    /// The customer's own training script in an OCI image.
+    Container(ContainerConfig),
+}
+
+/// A container job: its script, run once per segment in a sandbox (the
+/// segment contract is in the `gradpool.segment` Python package and
+/// [`crate::container`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// The OCI archive on the customer's machine, relative to the spec:
+    /// what `job submit` uploads. A pool's copy of the spec may lack it.
+    pub image: Option<PathBuf>,
+    /// The archive's sha256: checked when given, and set by `job submit`,
+    /// so the job pins the image by digest.
+    pub image_sha256: Option<crate::Sha256Hex>,
+    /// The command the container runs, as a list (no shell).
+    pub command: Vec<String>,
+    /// The job's own files, mounted read-only under `/job` by their names.
+    pub files: Vec<JobFile>,
+    /// The memory the container may use, in GiB.
+    pub memory_gib: u32,
+}
+
+/// One of a container job's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// Where it is on the customer's machine, relative to the spec.
+    pub path: PathBuf,
+    /// Its name under `/job`: the path's last component.
+    pub name: String,
+    /// Its sha256, from `[container.file_sha256]`: set by `job submit`.
+    pub sha256: Option<crate::Sha256Hex>,
+}
+
+impl ContainerConfig {
+    /// Whether the image and every file are pinned by digest, as a pool
+    /// requires of a submitted job; `None` if so, else the field to set.
+    pub fn unpinned(&self) -> Option<String> {
+        if self.image_sha256.is_none() {
+            return Some("container.image_sha256".to_owned());
+        }
+        self.files
+            .iter()
+            .find(|f| f.sha256.is_none())
+            .map(|f| format!("container.file_sha256.{}", f.name))
+    }
 }
 
 /// A character-level GPT: token and position embeddings, `n_layer` pre-norm
@@ -327,6 +387,142 @@ struct RawSpec {
     #[serde(default)]
     budget: RawBudget,
     parallel: Option<RawParallel>,
+    container: Option<RawContainer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    image: Option<PathBuf>,
+    image_sha256: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    file_sha256: std::collections::BTreeMap<String, String>,
+    memory_gib: u32,
+}
+
+/// The most memory a container job may ask for, in GiB.
+pub const MAX_CONTAINER_MEMORY_GIB: u32 = 1024;
+/// The most files a container job may bring.
+pub const MAX_JOB_FILES: usize = 64;
+
+/// What is wrong with a job file's name under `/job`, if anything: 1 to
+/// 128 characters of `A`–`Z`, `a`–`z`, `0`–`9`, `.`, `_` and `-`, not
+/// starting with a dot.
+fn file_name_problem(name: &str) -> Option<String> {
+    let ok = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (!ok).then(|| {
+        format!(
+            "a file name of 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.', got {name:?}"
+        )
+    })
+}
+
+fn parse_sha(field: &str, value: &str) -> Result<crate::Sha256Hex, SpecError> {
+    value
+        .parse()
+        .map_err(|e: crate::hash::BadDigest| invalid(field, e.to_string()))
+}
+
+impl RawContainer {
+    fn validate(self) -> Result<ContainerConfig, SpecError> {
+        let image_sha256 = self
+            .image_sha256
+            .as_deref()
+            .map(|s| parse_sha("container.image_sha256", s))
+            .transpose()?;
+        if self.image.is_none() && image_sha256.is_none() {
+            return Err(invalid(
+                "container.image",
+                "required: the OCI archive to upload (or container.image_sha256 of one already uploaded)",
+            ));
+        }
+        if self.command.is_empty() || self.command.len() > 64 {
+            return Err(invalid(
+                "container.command",
+                "a list of 1 to 64 arguments, e.g. [\"python3\", \"/job/train.py\"]",
+            ));
+        }
+        for (i, arg) in self.command.iter().enumerate() {
+            if arg.len() > 4096 || arg.contains('\0') || (i == 0 && arg.is_empty()) {
+                return Err(invalid(
+                    &format!("container.command[{i}]"),
+                    "an argument of at most 4096 bytes without NUL (the first not empty)",
+                ));
+            }
+        }
+        if !(1..=MAX_CONTAINER_MEMORY_GIB).contains(&self.memory_gib) {
+            return Err(invalid(
+                "container.memory_gib",
+                format!(
+                    "an integer from 1 to {MAX_CONTAINER_MEMORY_GIB}, got {}",
+                    self.memory_gib
+                ),
+            ));
+        }
+        let files = self.files()?;
+        Ok(ContainerConfig {
+            image: self.image,
+            image_sha256,
+            command: self.command,
+            files,
+            memory_gib: self.memory_gib,
+        })
+    }
+
+    fn files(&self) -> Result<Vec<JobFile>, SpecError> {
+        if self.files.len() > MAX_JOB_FILES {
+            return Err(invalid(
+                "container.files",
+                format!("at most {MAX_JOB_FILES} files"),
+            ));
+        }
+        let mut files: Vec<JobFile> = Vec::new();
+        for (i, path) in self.files.iter().enumerate() {
+            let field = format!("container.files[{i}]");
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| invalid(&field, format!("a file path, got {path:?}")))?
+                .to_owned();
+            if let Some(problem) = file_name_problem(&name) {
+                return Err(invalid(&field, problem));
+            }
+            if files.iter().any(|f| f.name == name) {
+                return Err(invalid(
+                    &field,
+                    format!("two files named {name:?}: /job holds one"),
+                ));
+            }
+            let sha256 = self
+                .file_sha256
+                .get(&name)
+                .map(|s| parse_sha(&format!("container.file_sha256.{name}"), s))
+                .transpose()?;
+            files.push(JobFile {
+                path: path.clone(),
+                name,
+                sha256,
+            });
+        }
+        if let Some(name) = self
+            .file_sha256
+            .keys()
+            .find(|k| !files.iter().any(|f| &f.name == *k))
+        {
+            return Err(invalid(
+                &format!("container.file_sha256.{name}"),
+                "the name of one of container.files",
+            ));
+        }
+        Ok(files)
+    }
 }
 
 #[derive(Deserialize)]
@@ -424,6 +620,7 @@ struct RawModel {
 enum ModelKind {
     Gpt,
     Mlp,
+    Container,
 }
 
 #[derive(Deserialize)]
@@ -531,12 +728,39 @@ impl JobSpec {
             path: path.to_owned(),
             error,
         })?;
-        if let (Some(file), Some(dir)) = (&spec.data.file, path.parent()) {
-            if file.is_relative() {
-                spec.data.file = Some(dir.join(file));
-            }
+        if let Some(dir) = path.parent() {
+            spec.resolve_paths(dir);
         }
         Ok(spec)
+    }
+
+    /// Makes the spec's relative paths (`data.file`, a container's image
+    /// and files) relative to `dir`, the spec file's directory.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(file) = &mut self.data.file {
+            resolve(file);
+        }
+        if let ModelConfig::Container(c) = &mut self.model {
+            if let Some(image) = &mut c.image {
+                resolve(image);
+            }
+            for f in &mut c.files {
+                resolve(&mut f.path);
+            }
+        }
+    }
+
+    /// The container job's settings, if it is one.
+    pub fn container(&self) -> Option<&ContainerConfig> {
+        match &self.model {
+            ModelConfig::Container(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// Number of segments: `ceil(steps / checkpoint_every)`.
@@ -565,7 +789,7 @@ impl JobSpec {
                 let batch = self.train.batch_size as f64;
                 Some(batch * (6.0 * params * t + 12.0 * l * t * t * d))
             }
-            ModelConfig::Mlp(_) => None,
+            ModelConfig::Mlp(_) | ModelConfig::Container(_) => None,
         }
     }
 
@@ -579,7 +803,7 @@ impl JobSpec {
                 let (l, d, t) = (g.n_layer as f64, g.n_embd as f64, g.block_size as f64);
                 Some(12.0 * l * d * d + 2.0 * MAX_VOCAB_ESTIMATE * d + t * d)
             }
-            ModelConfig::Mlp(_) => None,
+            ModelConfig::Mlp(_) | ModelConfig::Container(_) => None,
         }
     }
 }
@@ -617,13 +841,31 @@ impl RawSpec {
                 ),
             ));
         }
-        let model = self.model.validate()?;
+        let model = match (self.model.validate()?, self.container) {
+            (None, Some(c)) => ModelConfig::Container(c.validate()?),
+            (None, None) => {
+                return Err(invalid(
+                    "container",
+                    "required for model kind \"container\": a [container] table (image, command, memory_gib)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid("container", "only for model kind \"container\""))
+            }
+            (Some(model), None) => model,
+        };
         let data = self.data.validate(&model)?;
         check_steps(self.train.steps)?;
         let parallel = self
             .parallel
             .map(|p| p.validate(self.train.steps))
             .transpose()?;
+        if parallel.is_some() && matches!(model, ModelConfig::Container(_)) {
+            return Err(invalid(
+                "parallel",
+                "not yet for model kind \"container\": a container job trains segment after segment",
+            ));
+        }
         let train = self.train.validate(parallel.as_ref())?;
         let budget = Budget {
             max_price_per_hour: parse_amount(
@@ -670,8 +912,26 @@ fn in_range(field: &str, value: usize, lo: usize, hi: usize) -> Result<usize, Sp
 }
 
 impl RawModel {
-    fn validate(self) -> Result<ModelConfig, SpecError> {
+    /// The model; `None` for a container, whose model is its script's.
+    fn validate(self) -> Result<Option<ModelConfig>, SpecError> {
         match self.kind {
+            ModelKind::Container => {
+                for (field, present) in [
+                    ("model.n_layer", self.n_layer.is_some()),
+                    ("model.n_head", self.n_head.is_some()),
+                    ("model.n_embd", self.n_embd.is_some()),
+                    ("model.block_size", self.block_size.is_some()),
+                    ("model.hidden", self.hidden.is_some()),
+                ] {
+                    if present {
+                        return Err(invalid(
+                            field,
+                            "not for model kind \"container\": the script defines the model",
+                        ));
+                    }
+                }
+                Ok(None)
+            }
             ModelKind::Gpt => {
                 if self.hidden.is_some() {
                     return Err(invalid("model.hidden", "only for model kind \"mlp\""));
@@ -706,12 +966,12 @@ impl RawModel {
                         format!("a multiple of model.n_head ({n_head}), got {n_embd}"),
                     ));
                 }
-                Ok(ModelConfig::Gpt(GptConfig {
+                Ok(Some(ModelConfig::Gpt(GptConfig {
                     n_layer,
                     n_head,
                     n_embd,
                     block_size,
-                }))
+                })))
             }
             ModelKind::Mlp => {
                 for (field, present) in [
@@ -731,7 +991,7 @@ impl RawModel {
                 for (i, &w) in hidden.iter().enumerate() {
                     in_range(&format!("model.hidden[{i}]"), w, 1, MAX_WIDTH)?;
                 }
-                Ok(ModelConfig::Mlp(MlpConfig { hidden }))
+                Ok(Some(ModelConfig::Mlp(MlpConfig { hidden })))
             }
         }
     }
@@ -740,7 +1000,9 @@ impl RawModel {
 impl RawData {
     fn validate(self, model: &ModelConfig) -> Result<DataSpec, SpecError> {
         match (model, self.format) {
-            (ModelConfig::Gpt(_), DataFormat::Text) | (ModelConfig::Mlp(_), DataFormat::Csv) => {}
+            (ModelConfig::Gpt(_), DataFormat::Text)
+            | (ModelConfig::Mlp(_), DataFormat::Csv)
+            | (ModelConfig::Container(_), _) => {}
             (ModelConfig::Gpt(_), DataFormat::Csv) => {
                 return Err(invalid("data.format", "\"text\" for model kind \"gpt\""))
             }
@@ -1089,5 +1351,141 @@ lr = 0.001
         let text = GOOD.replace("[data]\nformat = \"text\"\n", "");
         let err = JobSpec::from_toml_str(&text).unwrap_err();
         assert!(err.to_string().contains("missing field `data`"), "{err}");
+    }
+
+    const CONTAINER: &str = r#"
+name = "torch"
+[model]
+kind = "container"
+[container]
+image = "image.oci.tar.gz"
+command = ["python3", "/job/train.py"]
+files = ["src/train.py", "vocab.json"]
+memory_gib = 2
+[data]
+format = "text"
+[train]
+seed = 7
+steps = 100
+batch_size = 4
+checkpoint_every = 30
+lr = 0.001
+"#;
+
+    #[test]
+    fn a_container_spec_names_its_files_and_resolves_their_paths() {
+        let mut spec = JobSpec::from_toml_str(CONTAINER).unwrap();
+        let c = spec.container().unwrap();
+        assert_eq!(c.command, ["python3", "/job/train.py"]);
+        assert_eq!(c.memory_gib, 2);
+        let names: Vec<&str> = c.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["train.py", "vocab.json"]);
+        assert_eq!(c.unpinned().as_deref(), Some("container.image_sha256"));
+        assert_eq!(spec.flops_per_step(), None);
+        spec.resolve_paths(std::path::Path::new("/jobs/a"));
+        let c = spec.container().unwrap();
+        assert_eq!(
+            c.image.as_deref(),
+            Some(std::path::Path::new("/jobs/a/image.oci.tar.gz"))
+        );
+        assert_eq!(
+            c.files[0].path,
+            std::path::Path::new("/jobs/a/src/train.py")
+        );
+    }
+
+    #[test]
+    fn a_pinned_container_spec_is_pinned() {
+        let sha = "ab".repeat(32);
+        let text = CONTAINER.replace(
+            "memory_gib = 2",
+            &format!(
+                "memory_gib = 2\nimage_sha256 = \"{sha}\"\n[container.file_sha256]\n\"train.py\" = \"{sha}\"\n\"vocab.json\" = \"{sha}\""
+            ),
+        );
+        let spec = JobSpec::from_toml_str(&text).unwrap();
+        let c = spec.container().unwrap();
+        assert_eq!(c.unpinned(), None);
+        assert_eq!(
+            c.files[1].sha256.as_ref().map(|s| s.as_str()),
+            Some(sha.as_str())
+        );
+    }
+
+    #[test]
+    fn bad_container_fields_are_named() {
+        let refused = |from: &str, to: &str| {
+            let text = CONTAINER.replace(from, to);
+            assert_ne!(text, CONTAINER, "{from}");
+            JobSpec::from_toml_str(&text)
+                .unwrap_err()
+                .field()
+                .to_owned()
+        };
+        assert_eq!(
+            refused("memory_gib = 2", "memory_gib = 0"),
+            "container.memory_gib"
+        );
+        assert_eq!(
+            refused("memory_gib = 2", "memory_gib = 2\nmemory = 3"),
+            "container.memory"
+        );
+        assert_eq!(
+            refused("command = [\"python3\", \"/job/train.py\"]", "command = []"),
+            "container.command"
+        );
+        assert_eq!(
+            refused(
+                "command = [\"python3\", \"/job/train.py\"]",
+                "command = \"python3\""
+            ),
+            "container.command"
+        );
+        assert_eq!(
+            refused("\"vocab.json\"]", "\"other/train.py\"]"),
+            "container.files[1]"
+        );
+        assert_eq!(
+            refused("\"vocab.json\"]", "\".hidden\"]"),
+            "container.files[1]"
+        );
+        assert_eq!(
+            refused("image = \"image.oci.tar.gz\"\n", ""),
+            "container.image"
+        );
+        assert_eq!(
+            refused("memory_gib = 2", "memory_gib = 2\nimage_sha256 = \"zz\""),
+            "container.image_sha256"
+        );
+        assert_eq!(
+            refused(
+                "memory_gib = 2",
+                "memory_gib = 2\n[container.file_sha256]\n\"nope.py\" = \"00\""
+            ),
+            "container.file_sha256.nope.py"
+        );
+        assert_eq!(
+            refused("kind = \"container\"", "kind = \"container\"\nn_layer = 2"),
+            "model.n_layer"
+        );
+        assert_eq!(
+            refused("kind = \"container\"", "kind = \"gpt\""),
+            "model.n_layer"
+        );
+        let text = CONTAINER
+            .replace("[container]", "[other]")
+            .replace("image = \"image.oci.tar.gz\"\ncommand", "[x]\ncommand");
+        assert!(JobSpec::from_toml_str(&text).is_err());
+        let no_table = CONTAINER.split("[container]").next().unwrap().to_owned()
+            + CONTAINER.split("memory_gib = 2").nth(1).unwrap();
+        assert_eq!(
+            JobSpec::from_toml_str(&no_table).unwrap_err().field(),
+            "container"
+        );
+        let parallel = format!("{CONTAINER}[parallel]\nworkers = 2\ninner_steps = 30\n");
+        assert_eq!(
+            JobSpec::from_toml_str(&parallel).unwrap_err().field(),
+            "parallel"
+        );
     }
 }

@@ -16,6 +16,8 @@
 //!   schedule, yielding to the owner), when they pause work, and the power
 //!   governor that rests the device to hold a power cap.
 //! - [`segment`]: one segment run in a child process and its event protocol.
+//! - [`container`]: a container job's segment under podman in a sandbox,
+//!   and the agent's image store.
 //! - [`state`]: the agent's data directory (node key, blob cache, tasks in
 //!   flight), so that a restart resumes what was running; locked by the
 //!   agent that runs on it, which records there what it runs with.
@@ -27,6 +29,7 @@
 pub mod agent;
 #[cfg(feature = "cheat")]
 pub mod cheat;
+pub mod container;
 pub mod device;
 pub mod gpu;
 pub mod limits;

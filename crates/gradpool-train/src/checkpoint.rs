@@ -46,6 +46,14 @@ fn fingerprint_with_hash(spec: &JobSpec, data_hash: &str) -> String {
             g.n_layer, g.n_head, g.n_embd, g.block_size
         ),
         gradpool_core::spec::ModelConfig::Mlp(m) => format!("mlp hidden={:?}", m.hidden),
+        gradpool_core::spec::ModelConfig::Container(c) => format!(
+            "container image={} command={:?}",
+            c.image_sha256
+                .as_ref()
+                .map(|s| s.as_str())
+                .unwrap_or("unpinned"),
+            c.command
+        ),
     };
     let canonical = format!(
         "{CHECKPOINT_FORMAT}\nmodel: {model}\ntrain: seed={} steps={} batch_size={} lr={:?} \

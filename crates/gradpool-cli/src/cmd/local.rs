@@ -44,6 +44,10 @@ pub struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     device: DeviceFlags,
+    /// Where a container spec's image is loaded (podman storage of its
+    /// own; default `~/.cache/gradpool/images`).
+    #[arg(long, value_name = "DIR")]
+    image_store: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -485,7 +489,6 @@ fn cheated(
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let device = open_device(&a.device)?;
     let spec = JobSpec::from_file(&a.spec)?;
     let data_path = match (&a.data, &spec.data.file) {
         (Some(d), _) => d.clone(),
@@ -495,6 +498,19 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             a.spec.display()
         ),
     };
+    if spec.container().is_some() {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("cannot create {}", a.out.display()))?;
+        let threads = a.device.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let store = a
+            .image_store
+            .clone()
+            .unwrap_or_else(super::container::default_image_store);
+        return super::container::train(&spec, &data_path, &a.out, threads as u32, &store);
+    }
+    let device = open_device(&a.device)?;
     let bytes = std::fs::read(&data_path)
         .with_context(|| format!("cannot read {}", data_path.display()))?;
     let data = Dataset::from_bytes(&spec, &bytes)?;

@@ -1,0 +1,346 @@
+//! A container job's checkpoint: the segment contract's one output, checked
+//! and rewritten in the one encoding that is hashed.
+//!
+//! A container segment's script writes a safetensors file
+//! (`/out/checkpoint.safetensors`, see the `gradpool.segment` Python
+//! package) whose tensors are named `model.*` (the weights), `optim.*`
+//! (the optimizer's state) and `extra.*` (anything else resuming needs),
+//! with the metadata `format` ([`CONTAINER_FORMAT`]) and `step`. Nobody but
+//! the script knows the model, so [`canonical`] checks what can be checked
+//! without it:
+//!
+//! - a well-formed safetensors file (the `safetensors` crate's parser:
+//!   header size, every offset inside the file);
+//! - the format and the step the segment ends at;
+//! - tensor names of those three kinds, 1 to [`MAX_TENSORS`] of them, at
+//!   least one `model.*`, dtypes of [`DTYPES`];
+//! - every floating-point value finite;
+//! - with a start checkpoint, exactly its names, dtypes and shapes (a
+//!   segment continues the same model).
+//!
+//! It then writes the tensors back with sorted header keys and tensors in
+//! name order ([`crate::checkpoint::to_bytes_typed`]), keeping only the
+//! metadata `format`, `step` and `scalars`, so the bytes that are hashed
+//! depend on the tensors alone, never on how the script's writer laid the
+//! file out.
+
+use crate::checkpoint::{to_bytes_typed, CheckpointDefect, Values};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+
+/// Format tag of a container job's checkpoints.
+pub const CONTAINER_FORMAT: &str = "gradpool-container-v1";
+
+/// The most tensors a container checkpoint may hold.
+pub const MAX_TENSORS: usize = 100_000;
+
+/// The longest tensor name.
+const MAX_NAME: usize = 512;
+
+/// The longest `scalars` metadata value (the optimizer's plain numbers).
+const MAX_SCALARS: usize = 1 << 20;
+
+/// The dtypes a container checkpoint may hold, by their safetensors names.
+pub const DTYPES: [&str; 10] = [
+    "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
+];
+
+/// A checkpoint's tensors: name, dtype and shape, in name order. Two
+/// segments of one job have the same layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout(pub Vec<(String, &'static str, Vec<usize>)>);
+
+impl Layout {
+    /// The layout of a canonical checkpoint (one [`canonical`] accepted).
+    pub fn of(bytes: &[u8]) -> Result<Layout, CheckpointDefect> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+        let mut entries = Vec::new();
+        for (name, view) in st.tensors() {
+            entries.push((name, dtype_name(view.dtype())?, view.shape().to_vec()));
+        }
+        entries.sort();
+        Ok(Layout(entries))
+    }
+
+    /// The first difference from `other`, in words.
+    fn difference(&self, start: &Layout) -> Option<String> {
+        let mine: BTreeMap<&str, _> = self
+            .0
+            .iter()
+            .map(|(n, d, s)| (n.as_str(), (d, s)))
+            .collect();
+        let theirs: BTreeMap<&str, _> = start
+            .0
+            .iter()
+            .map(|(n, d, s)| (n.as_str(), (d, s)))
+            .collect();
+        if let Some(name) = theirs.keys().find(|n| !mine.contains_key(*n)) {
+            return Some(format!("tensor {name} of the start checkpoint is missing"));
+        }
+        if let Some(name) = mine.keys().find(|n| !theirs.contains_key(*n)) {
+            return Some(format!("tensor {name} is not in the start checkpoint"));
+        }
+        mine.iter().find_map(|(name, (dtype, shape))| {
+            let (d0, s0) = theirs[name];
+            (dtype != &d0 || shape != &s0).then(|| {
+                format!("tensor {name} is {dtype} {shape:?}, the start checkpoint's is {d0} {s0:?}")
+            })
+        })
+    }
+}
+
+fn defect(reason: impl Into<String>) -> CheckpointDefect {
+    CheckpointDefect(reason.into())
+}
+
+fn dtype_name(dtype: Dtype) -> Result<&'static str, CheckpointDefect> {
+    Ok(match dtype {
+        Dtype::F64 => "F64",
+        Dtype::F32 => "F32",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+        Dtype::I64 => "I64",
+        Dtype::I32 => "I32",
+        Dtype::I16 => "I16",
+        Dtype::I8 => "I8",
+        Dtype::U8 => "U8",
+        Dtype::BOOL => "BOOL",
+        other => return Err(defect(format!("dtype {other:?} is not one of {DTYPES:?}"))),
+    })
+}
+
+/// Whether every value of a floating-point tensor is finite (all values of
+/// an integer tensor are).
+fn all_finite(dtype: &str, bytes: &[u8]) -> bool {
+    match dtype {
+        "F64" => bytes
+            .chunks_exact(8)
+            .all(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])).is_finite()),
+        "F32" => bytes
+            .chunks_exact(4)
+            .all(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4])).is_finite()),
+        // IEEE half: exponent bits 10..15 all ones is infinite or NaN.
+        "F16" => bytes
+            .chunks_exact(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 != 0x7c00),
+        // bfloat16: exponent bits 7..15.
+        "BF16" => bytes
+            .chunks_exact(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 != 0x7f80),
+        _ => true,
+    }
+}
+
+/// Checks a container segment's checkpoint (see the module docs) at
+/// `step`, against the layout of its start checkpoint when it has one, and
+/// returns its canonical bytes and layout.
+pub fn canonical(
+    bytes: &[u8],
+    step: u64,
+    start: Option<&Layout>,
+) -> Result<(Vec<u8>, Layout), CheckpointDefect> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let format = meta.get("format").map(String::as_str);
+    if format != Some(CONTAINER_FORMAT) {
+        return Err(defect(format!(
+            "its metadata format is {format:?}, expected {CONTAINER_FORMAT:?} (save it with gradpool.segment)"
+        )));
+    }
+    let got_step = meta.get("step").map(String::as_str);
+    if got_step != Some(step.to_string().as_str()) {
+        return Err(defect(format!(
+            "it is at step {got_step:?}, expected {step}"
+        )));
+    }
+    let views = st.tensors();
+    if views.is_empty() || views.len() > MAX_TENSORS {
+        return Err(defect(format!(
+            "it holds {} tensors, expected 1 to {MAX_TENSORS}",
+            views.len()
+        )));
+    }
+    let mut tensors: BTreeMap<String, (Vec<usize>, &'static str, &[u8])> = BTreeMap::new();
+    for (name, view) in &views {
+        let kind = name.split('.').next().unwrap_or_default();
+        if !matches!(kind, "model" | "optim" | "extra")
+            || name.len() > MAX_NAME
+            || !name.contains('.')
+        {
+            return Err(defect(format!(
+                "tensor {name:?}: names are model.*, optim.* or extra.*, at most {MAX_NAME} bytes"
+            )));
+        }
+        let dtype = dtype_name(view.dtype())?;
+        if !all_finite(dtype, view.data()) {
+            return Err(defect(format!(
+                "tensor {name} holds a value that is not finite"
+            )));
+        }
+        tensors.insert(name.clone(), (view.shape().to_vec(), dtype, view.data()));
+    }
+    if !tensors.keys().any(|n| n.starts_with("model.")) {
+        return Err(defect(
+            "it holds no model.* tensor: save the model's state_dict",
+        ));
+    }
+    let layout = Layout(
+        tensors
+            .iter()
+            .map(|(n, (shape, dtype, _))| (n.clone(), *dtype, shape.clone()))
+            .collect(),
+    );
+    if let Some(why) = start.and_then(|s| layout.difference(s)) {
+        return Err(defect(format!(
+            "it does not continue the start checkpoint: {why}"
+        )));
+    }
+    let mut metadata = BTreeMap::from([
+        ("format".to_owned(), CONTAINER_FORMAT.to_owned()),
+        ("step".to_owned(), step.to_string()),
+    ]);
+    if let Some(scalars) = meta.get("scalars") {
+        if scalars.len() > MAX_SCALARS
+            || serde_json::from_str::<BTreeMap<String, String>>(scalars).is_err()
+        {
+            return Err(defect("its scalars metadata is not a JSON map of strings"));
+        }
+        metadata.insert("scalars".to_owned(), scalars.clone());
+    }
+    let typed = tensors
+        .iter()
+        .map(|(n, (shape, dtype, data))| (n.clone(), (shape.as_slice(), Values::Raw(dtype, data))))
+        .collect();
+    Ok((to_bytes_typed(&typed, &metadata), layout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+    use std::collections::HashMap;
+
+    /// A file as another writer lays it out: the `safetensors` crate's own.
+    fn written(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], meta: &[(&str, &str)]) -> Vec<u8> {
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| ((*n).to_owned(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let meta: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        safetensors::serialize(views, Some(meta)).unwrap()
+    }
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn model(step: &str) -> Vec<u8> {
+        written(
+            &[
+                ("optim.0.exp_avg", Dtype::F32, vec![2], f32s(&[0.5, -0.5])),
+                ("model.w", Dtype::F32, vec![2], f32s(&[1.0, 2.0])),
+                (
+                    "optim.0.step",
+                    Dtype::F64,
+                    vec![],
+                    3.0f64.to_le_bytes().to_vec(),
+                ),
+                ("extra.half", Dtype::BF16, vec![1], vec![0x80, 0x3f]),
+            ],
+            &[
+                ("format", CONTAINER_FORMAT),
+                ("step", step),
+                ("writer", "anything"),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_checkpoint_is_rewritten_in_one_encoding() {
+        let (bytes, layout) = canonical(&model("20"), 20, None).unwrap();
+        let (again, same) = canonical(&bytes, 20, Some(&layout)).unwrap();
+        assert_eq!(bytes, again, "canonical bytes are a fixed point");
+        assert_eq!(layout, same);
+        assert_eq!(Layout::of(&bytes).unwrap(), layout);
+        let names: Vec<&str> = layout.0.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["extra.half", "model.w", "optim.0.exp_avg", "optim.0.step"]
+        );
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(
+            st.tensor("model.w").unwrap().data(),
+            f32s(&[1.0, 2.0]).as_slice()
+        );
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!(
+            meta.get("writer"),
+            None,
+            "only format, step and scalars are kept"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_resumed_is_refused_with_the_reason() {
+        let refused = |bytes: &[u8], step, start: Option<&Layout>| {
+            canonical(bytes, step, start).unwrap_err().0
+        };
+        assert!(refused(b"not a file", 20, None).contains("not a safetensors file"));
+        assert!(refused(&model("20")[..40], 20, None).contains("not a safetensors file"));
+        assert!(refused(&model("19"), 20, None).contains("expected 20"));
+        let nan = written(
+            &[("model.w", Dtype::F32, vec![2], f32s(&[1.0, f32::NAN]))],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        assert!(refused(&nan, 20, None).contains("not finite"));
+        let inf_half = written(
+            &[("model.h", Dtype::F16, vec![1], vec![0x00, 0x7c])],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        assert!(refused(&inf_half, 20, None).contains("not finite"));
+        let stray = written(
+            &[("weights", Dtype::F32, vec![1], f32s(&[1.0]))],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        assert!(refused(&stray, 20, None).contains("model.*"));
+        let no_model = written(
+            &[("extra.x", Dtype::F32, vec![1], f32s(&[1.0]))],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        assert!(refused(&no_model, 20, None).contains("no model.*"));
+        let unformatted = written(
+            &[("model.w", Dtype::F32, vec![1], f32s(&[1.0]))],
+            &[("step", "20")],
+        );
+        assert!(refused(&unformatted, 20, None).contains("format"));
+        let (_, layout) = canonical(&model("20"), 20, None).unwrap();
+        let reshaped = written(
+            &[
+                ("optim.0.exp_avg", Dtype::F32, vec![2], f32s(&[0.5, -0.5])),
+                ("model.w", Dtype::F32, vec![1, 2], f32s(&[1.0, 2.0])),
+                (
+                    "optim.0.step",
+                    Dtype::F64,
+                    vec![],
+                    3.0f64.to_le_bytes().to_vec(),
+                ),
+                ("extra.half", Dtype::BF16, vec![1], vec![0x80, 0x3f]),
+            ],
+            &[("format", CONTAINER_FORMAT), ("step", "40")],
+        );
+        assert!(refused(&reshaped, 40, Some(&layout)).contains("tensor model.w is F32 [1, 2]"));
+        let fewer = written(
+            &[("model.w", Dtype::F32, vec![2], f32s(&[1.0, 2.0]))],
+            &[("format", CONTAINER_FORMAT), ("step", "40")],
+        );
+        assert!(refused(&fewer, 40, Some(&layout)).contains("is missing"));
+    }
+}

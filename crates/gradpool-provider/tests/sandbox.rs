@@ -1,0 +1,232 @@
+//! Container segments under real podman, in the sandbox a provider uses:
+//! a script that tries to get out fails as the sandbox says, and the
+//! reason reaches the segment's error. The image is a busybox rootfs
+//! (Debian's busybox-static), made an OCI archive with podman itself.
+
+use gradpool_core::Sha256Hex;
+use gradpool_provider::container::{ContainerError, ContainerSegment, ImageStore, Sandbox};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// An OCI archive of a busybox rootfs, in `dir`.
+fn busybox_archive(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    // As in any distribution's rootfs: podman's tmpfs /tmp keeps it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static is installed (apt-get install busybox-static)");
+    for applet in [
+        "sh", "ls", "cat", "echo", "dd", "sleep", "touch", "printf", "wget", "seq", "head", "tr",
+        "id",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = dir.join("rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let store = dir.join("build-store");
+    let podman = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .args(args)
+            .output()
+            .expect("podman is installed");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    podman(&[
+        "import".as_ref(),
+        tar.as_os_str(),
+        "localhost/busybox:test".as_ref(),
+    ]);
+    let archive = dir.join("busybox.oci.tar");
+    podman(&[
+        "save".as_ref(),
+        "--format=oci-archive".as_ref(),
+        "-o".as_ref(),
+        archive.as_os_str(),
+        "localhost/busybox:test".as_ref(),
+    ]);
+    archive
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    store: ImageStore,
+    image: String,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = busybox_archive(dir.path());
+        let store = ImageStore::open(&dir.path().join("images"), 1 << 30).unwrap();
+        let digest = Sha256Hex::of_file(&archive).unwrap();
+        let image = store.ensure(&digest, || Some(archive), 1).await.unwrap();
+        std::fs::write(dir.path().join("data"), "some data\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("job")).unwrap();
+        Rig { dir, store, image }
+    }
+
+    /// Runs `script` (busybox sh) as steps [0, 2).
+    async fn run(
+        &self,
+        script: &str,
+        sandbox: &Sandbox,
+    ) -> Result<Vec<(u64, f32)>, ContainerError> {
+        let segment = ContainerSegment {
+            image: self.image.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            data: self.dir.path().join("data"),
+            job_files: self.dir.path().join("job"),
+            start: None,
+            work: self.dir.path().join("work"),
+            from: 0,
+            to: 2,
+            env: vec![],
+        };
+        let mut steps = Vec::new();
+        let out = self.dir.path().join("checkpoint.safetensors");
+        segment
+            .run(&self.store, sandbox, None, &out, |s, l| steps.push((s, l)))
+            .await
+            .map(|_| steps)
+    }
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(1, 1, Duration::from_secs(60))
+}
+
+fn output_of(e: ContainerError) -> String {
+    match e {
+        ContainerError::Exited { code: 7, output } => output,
+        other => panic!("expected the script's own exit 7, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_script_is_shut_in() {
+    let rig = Rig::new().await;
+    // The trace is read even when the script then fails.
+    let steps = std::cell::RefCell::new(Vec::new());
+    let e = rig
+        .run(
+            "echo '{\"step\": 0, \"loss\": 1.5}' > /out/trace.jsonl; \
+             ls /sys/class/net | tr '\\n' ' ' ; echo; \
+             wget -q -T 2 -O /tmp/page http://192.0.2.1/ 2>/dev/null && echo REACHED; \
+             id -u; \
+             echo x > /x 2>/dev/null || echo REFUSED-ROOT; \
+             echo x > /job/x 2>/dev/null || echo REFUSED-JOB; \
+             echo x > /data 2>/dev/null || echo REFUSED-DATA; \
+             echo x > /tmp/x && echo TMP-WRITABLE; exit 7",
+            &sandbox(),
+        )
+        .await
+        .map(|s| steps.borrow_mut().extend(s))
+        .unwrap_err();
+    let output = output_of(e);
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(
+        lines[0].trim(),
+        "lo",
+        "the only network interface is loopback: {output}"
+    );
+    assert!(!output.contains("REACHED"), "{output}");
+    for expected in [
+        "65534",
+        "REFUSED-ROOT",
+        "REFUSED-JOB",
+        "REFUSED-DATA",
+        "TMP-WRITABLE",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected} missing from {output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_fork_bomb_meets_the_pid_limit() {
+    let rig = Rig::new().await;
+    let small = Sandbox {
+        pids: 32,
+        ..sandbox()
+    };
+    let e = rig
+        .run(
+            "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; echo SPAWNED-ALL; exit 7",
+            &small,
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains("SPAWNED-ALL"), "{text}");
+    assert!(
+        text.contains("fork") || text.contains("Resource temporarily unavailable"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn going_over_memory_or_time_ends_the_segment_with_the_reason() {
+    let rig = Rig::new().await;
+    // dd allocates its block: 1.5 GiB in a 1 GiB container.
+    let e = rig
+        .run(
+            "exec dd if=/dev/zero of=/dev/null bs=1536M count=1",
+            &sandbox(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ContainerError::OutOfMemory { gib: 1 }), "{e}");
+    let short = Sandbox {
+        time_limit: Duration::from_secs(2),
+        ..sandbox()
+    };
+    let e = rig.run("sleep 60", &short).await.unwrap_err();
+    assert!(matches!(e, ContainerError::TimedOut { secs: 2 }), "{e}");
+}
+
+#[tokio::test]
+async fn a_script_that_writes_no_or_a_malformed_checkpoint_fails() {
+    let rig = Rig::new().await;
+    let trace =
+        "printf '{\"step\": 0, \"loss\": 2}\\n{\"step\": 1, \"loss\": 1}\\n' > /out/trace.jsonl";
+    let e = rig.run(trace, &sandbox()).await.unwrap_err();
+    assert!(matches!(e, ContainerError::NoCheckpoint), "{e}");
+    let e = rig
+        .run(
+            &format!("{trace}; echo garbage > /out/checkpoint.safetensors"),
+            &sandbox(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a safetensors file"), "{e}");
+    let e = rig
+        .run(
+            "printf '{\"step\": 1, \"loss\": 2}\\n' > /out/trace.jsonl",
+            &sandbox(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("step 0 was due"), "{e}");
+}
