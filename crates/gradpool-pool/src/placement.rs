@@ -110,7 +110,9 @@ struct Offer {
 }
 
 /// The first thing that keeps `offer` from training `job`, if any.
-fn refusal(job: &JobRow, offer: &Offer, stake_free_budget: i64, min_stake: i64) -> Option<Refusal> {
+fn refusal(job: &JobRow, offer: &Offer, money: &crate::config::MoneyConfig) -> Option<Refusal> {
+    let stake_free_budget = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
+    let min_stake = i64::try_from(money.min_stake.0).unwrap_or(i64::MAX);
     let device_ok = job.device == DeviceRequest::Any.as_str() || job.device == offer.device;
     if offer.unavailable {
         Some(Refusal::Unavailable)
@@ -184,11 +186,9 @@ pub(crate) async fn why_waiting(
     if offers.is_empty() {
         return Ok(Some("no provider is connected to the pool".into()));
     }
-    let stake_free = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
-    let min_stake = i64::try_from(money.min_stake.0).unwrap_or(i64::MAX);
     let mut counts = std::collections::BTreeMap::<Refusal, usize>::new();
     for offer in &offers {
-        match refusal(job, offer, stake_free, min_stake) {
+        match refusal(job, offer, money) {
             None => return Ok(None),
             Some(r) => *counts.entry(r).or_default() += 1,
         }
@@ -326,8 +326,6 @@ pub(crate) async fn held_back(
         return Ok(Vec::new());
     }
     let paces = paces(conn, now, lease_ms).await?;
-    let stake_free = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
-    let min_stake = i64::try_from(money.min_stake.0).unwrap_or(i64::MAX);
     let mut out = Vec::new();
     for (job_id, open, steps) in rounds {
         let Some(job) = crate::store::job(conn, &job_id).await? else {
@@ -348,7 +346,7 @@ pub(crate) async fn held_back(
             .await?
             .iter()
             .filter(|o| o.id != provider && !busy.contains(&o.id))
-            .filter(|o| refusal(&job, o, stake_free, min_stake).is_none())
+            .filter(|o| refusal(&job, o, money).is_none())
             .map(|o| paces.get(&o.id).and_then(|p| p.seconds(flops, bytes)))
             .collect();
         let me = paces.get(provider).and_then(|p| p.seconds(flops, bytes));
