@@ -204,25 +204,26 @@ async fn get_blob(
     };
     let len = file.metadata().await?.len();
     let transfer = pool.record_download(&sha, len, &caller).await?;
-    // Once the last bytes are handed to the connection, the time it took:
-    // a body that ends early (the client went away) records none.
+    // The time it took to hand every byte but the last chunk's to the
+    // connection, recorded before the last chunk goes: a client that holds
+    // the whole body finds the rate already there. A body that ends early
+    // (the client went away) records none.
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     let mut timer = Some(pool);
-    let timed = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
-        if let Ok(chunk) = chunk {
-            sent = sent.saturating_add(chunk.len() as u64);
+    let timed = tokio_util::io::ReaderStream::new(file).then(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            sent = sent.saturating_add(bytes.len() as u64);
         }
-        if sent < len {
-            return;
-        }
-        if let Some(pool) = timer.take() {
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            tokio::spawn(async move {
+        let last = if sent >= len { timer.take() } else { None };
+        async move {
+            if let Some(pool) = last {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 if let Err(e) = pool.record_download_time(transfer, ms).await {
                     tracing::warn!(error = %e, "recording a download's time");
                 }
-            });
+            }
+            chunk
         }
     });
     let body = Body::from_stream(timed);

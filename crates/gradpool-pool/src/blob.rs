@@ -163,8 +163,8 @@ impl Pool {
         w.commit().await
     }
 
-    /// Records a blob served to `caller`; its time is recorded once the
-    /// body is sent ([`Pool::record_download_time`]). Returns the
+    /// Records a blob served to `caller`; its time is recorded as the
+    /// body's last chunk goes ([`Pool::record_download_time`]). Returns the
     /// transfer's id.
     pub(crate) async fn record_download(
         &self,
