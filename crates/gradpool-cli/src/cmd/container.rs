@@ -24,6 +24,25 @@ pub fn default_image_store() -> PathBuf {
     base.join("gradpool").join("images")
 }
 
+/// The sha256 of `path` (the file of spec field `field`), refused unless
+/// it is the spec's pin `pin` (named `pin_field`) when there is one.
+fn pinned_digest(
+    path: &Path,
+    field: &str,
+    pin: Option<&Sha256Hex>,
+    pin_field: &str,
+) -> anyhow::Result<Sha256Hex> {
+    let sha = Sha256Hex::of_file(path)
+        .with_context(|| format!("{field}: cannot read {}", path.display()))?;
+    match pin {
+        Some(want) if *want != sha => bail!(
+            "{pin_field}: the spec expects {want}, {} has {sha}",
+            path.display()
+        ),
+        _ => Ok(sha),
+    }
+}
+
 /// Copies the job's files into `dir` (mounted at `/job`).
 fn stage_files(c: &ContainerConfig, dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
@@ -31,17 +50,12 @@ fn stage_files(c: &ContainerConfig, dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for f in &c.files {
-        let sha = Sha256Hex::of_file(&f.path)
-            .with_context(|| format!("container.files: cannot read {}", f.path.display()))?;
-        if let Some(want) = &f.sha256 {
-            if *want != sha {
-                bail!(
-                    "container.file_sha256.{}: the spec expects {want}, {} has {sha}",
-                    f.name,
-                    f.path.display()
-                );
-            }
-        }
+        pinned_digest(
+            &f.path,
+            "container.files",
+            f.sha256.as_ref(),
+            &format!("container.file_sha256.{}", f.name),
+        )?;
         std::fs::copy(&f.path, dir.join(&f.name))
             .with_context(|| format!("cannot copy {}", f.path.display()))?;
     }
@@ -53,16 +67,12 @@ fn image_archive(c: &ContainerConfig) -> anyhow::Result<(PathBuf, Sha256Hex)> {
     let Some(path) = &c.image else {
         bail!("container.image: give the OCI archive to train here");
     };
-    let sha = Sha256Hex::of_file(path)
-        .with_context(|| format!("container.image: cannot read {}", path.display()))?;
-    if let Some(want) = &c.image_sha256 {
-        if *want != sha {
-            bail!(
-                "container.image_sha256: the spec expects {want}, {} has {sha}",
-                path.display()
-            );
-        }
-    }
+    let sha = pinned_digest(
+        path,
+        "container.image",
+        c.image_sha256.as_ref(),
+        "container.image_sha256",
+    )?;
     Ok((path.clone(), sha))
 }
 
