@@ -12,6 +12,8 @@
 //! max_concurrent_tasks = 1
 //! validate = true
 //! region = "eu-west"                # jobs with resources.region train only there
+//! accept_containers = true          # run customers' own images under podman (off by default)
+//! image_cache_gib = 20              # the most disk their images take; oldest removed first
 //!
 //! [limits]
 //! max_gpu_share = 80
@@ -58,6 +60,14 @@ pub struct ProviderFile {
     pub validate: Option<bool>,
     /// Where the rig is (`eu-west`): 1 to 32 of a-z, 0-9 and '-'.
     pub region: Option<String>,
+    /// Run container jobs: customers' own images, under podman in a
+    /// sandbox. Off by default.
+    pub accept_containers: Option<bool>,
+    /// The most disk the container images may take, in GiB (default 20).
+    pub image_cache_gib: Option<u32>,
+    /// Where container images are kept (default: `images/` in the data
+    /// directory).
+    pub image_store: Option<PathBuf>,
     #[serde(default)]
     pub limits: LimitsFile,
 }

@@ -1,12 +1,22 @@
-//! A container spec trained here under real podman, with the example's
-//! PyTorch image (built from Debian's packages once per content of its
-//! build script and the Python package, then kept under `target/`): the
-//! same spec gives the same bytes twice, and a job cut into segments gives
-//! the bytes of the same job in one segment, so a replay from any
-//! committed checkpoint can be compared by hash.
+//! Container jobs under real podman, with the example's PyTorch image
+//! (built from Debian's packages once per content of its build script and
+//! the Python package, then kept under `target/`).
+//!
+//! Here: the same spec gives the same bytes twice, and a job cut into
+//! segments gives the bytes of the same job in one segment, so a replay
+//! from any committed checkpoint can be compared by hash. Through a pool:
+//! a job whose provider is SIGKILLed mid-segment finishes on another,
+//! bit-identical to the local run, and a provider that does not accept
+//! containers gets none of it.
 
+mod common;
+
+use common::*;
+use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus};
+use gradpool_core::{NodeKey, ProviderId, Sha256Hex};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -42,6 +52,11 @@ fn torch_image() -> PathBuf {
 }
 
 fn spec(dir: &Path, image: &Path, checkpoint_every: u64) -> PathBuf {
+    spec_of(dir, image, 24, checkpoint_every)
+}
+
+/// The example's spec in `dir`, `steps` long in segments of `every`.
+fn spec_of(dir: &Path, image: &Path, steps: u64, checkpoint_every: u64) -> PathBuf {
     std::fs::copy(
         repo().join("examples/container-torch/train.py"),
         dir.join("train.py"),
@@ -54,24 +69,32 @@ fn spec(dir: &Path, image: &Path, checkpoint_every: u64) -> PathBuf {
             "../../data/tinyshakespeare.txt",
             repo().join("data/tinyshakespeare.txt").to_str().unwrap(),
         )
-        .replace("steps = 60", "steps = 24")
+        .replace("steps = 60", &format!("steps = {steps}"))
         .replace(
             "checkpoint_every = 20",
             &format!("checkpoint_every = {checkpoint_every}"),
         );
-    let path = dir.join(format!("job-{checkpoint_every}.toml"));
+    let path = dir.join(format!("job-{steps}-{checkpoint_every}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
 
 /// Trains `spec` into `out`; the checkpoint's bytes.
 fn train(spec: &Path, out: &Path, store: &Path) -> Vec<u8> {
+    train_steps(spec, out, store, 24)
+}
+
+fn train_steps(spec: &Path, out: &Path, store: &Path, steps: u64) -> Vec<u8> {
+    train_with(spec, out, store, steps, 1)
+}
+
+fn train_with(spec: &Path, out: &Path, store: &Path, steps: u64, threads: u32) -> Vec<u8> {
     let run = Command::new(env!("CARGO_BIN_EXE_gradpool"))
         .arg("train")
         .arg(spec)
         .arg("--out")
         .arg(out)
-        .args(["--threads", "1", "--image-store"])
+        .args(["--threads", &threads.to_string(), "--image-store"])
         .arg(store)
         .output()
         .unwrap();
@@ -81,15 +104,58 @@ fn train(spec: &Path, out: &Path, store: &Path) -> Vec<u8> {
         "{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(stdout.contains("trained 24 steps"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("trained {steps} steps")),
+        "{stdout}"
+    );
     std::fs::read(out.join("checkpoint.safetensors")).unwrap()
+}
+
+/// Another thread count is another reproducibility class: its replay is
+/// compared by distance. The example's drift between 1 and 2 threads is
+/// measured here, and must stay well inside the tolerance a skipped step
+/// exceeds.
+#[test]
+fn another_thread_count_drifts_within_the_cross_class_tolerance() {
+    use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
+    let image = torch_image();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = spec(dir.path(), &image, 24);
+    let one = train_with(&whole, &dir.path().join("t1"), &store(), 24, 1);
+    let two = train_with(&whole, &dir.path().join("t2"), &store(), 24, 2);
+    let drift = gradpool_core::container::distance(&two, &one).unwrap();
+    eprintln!("1 vs 2 threads: max relative L2 distance {drift:.2e}");
+    assert!(drift <= CROSS_CLASS_TOLERANCE / 10.0, "{drift:.2e}");
+    let half = spec_of(dir.path(), &image, 12, 12);
+    let short = train_steps(&half, &dir.path().join("half"), &store(), 12);
+    assert_eq!(
+        gradpool_core::container::distance(&short, &one),
+        None,
+        "checkpoints of other steps are not comparable"
+    );
+    // Half the steps, passed off as all of them (the `cheat` feature's
+    // container cheat), lies far beyond the tolerance.
+    #[cfg(feature = "cheat")]
+    {
+        let forged = dir.path().join("half/checkpoint.safetensors");
+        gradpool_provider::cheat::forge_container_step(&forged, 24).unwrap();
+        let gap = gradpool_core::container::distance(&std::fs::read(&forged).unwrap(), &one)
+            .expect("relabelled, it is comparable");
+        eprintln!("12 of 24 steps: max relative L2 distance {gap:.2e}");
+        assert!(gap > CROSS_CLASS_TOLERANCE * 4.0, "{gap:.2e}");
+    }
+}
+
+/// The image store every test shares: each image is loaded once.
+fn store() -> PathBuf {
+    repo().join("target/container-images/store")
 }
 
 #[test]
 fn a_container_job_trains_the_same_bytes_however_it_is_cut() {
     let image = torch_image();
     let dir = tempfile::tempdir().unwrap();
-    let store = repo().join("target/container-images/store");
+    let store = store();
     let cut = spec(dir.path(), &image, 8);
     let whole = spec(dir.path(), &image, 24);
     let first = train(&cut, &dir.path().join("a"), &store);
@@ -104,4 +170,348 @@ fn a_container_job_trains_the_same_bytes_however_it_is_cut() {
         names.iter().any(|n| n.starts_with("optim.")),
         "the optimizer's state is kept: {names:?}"
     );
+}
+
+/// A provider agent as its own process.
+struct Provider {
+    id: ProviderId,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_provider(url: &str, dir: &Path, containers: bool) -> Provider {
+    let id = NodeKey::load_or_create(&dir.join("node.key"))
+        .unwrap()
+        .provider_id();
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+    let mut cmd = Command::new(BIN);
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    cmd.args(["provider", "--pool", url, "--threads", "1", "--name", name])
+        .args(["--price-xmr-per-hour", "0", "--data-dir"])
+        .arg(dir);
+    if containers {
+        cmd.arg("--accept-containers")
+            .arg("--image-store")
+            .arg(store());
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Provider {
+        id,
+        dir: dir.to_owned(),
+        child,
+    }
+}
+
+/// Follows the job's events until one satisfies `hit`.
+async fn first_event(
+    api: &gradpool_client::Api,
+    id: &str,
+    hit: impl Fn(&JobEvent) -> bool,
+) -> JobEvent {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = api
+        .send(
+            "events",
+            api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
+        )
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream().eventsource();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        if ev.data.is_empty() {
+            continue;
+        }
+        let event: JobEvent = serde_json::from_str(&ev.data).unwrap();
+        if hit(&event) {
+            return event;
+        }
+    }
+    panic!("the job's events ended before the one awaited");
+}
+
+/// Containers of the shared store labelled as `owner`'s.
+fn containers_of(owner: &ProviderId) -> String {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(store().join("storage"))
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("label=gradpool.owner={owner}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_job_outlives_a_killed_provider_and_ends_as_the_local_run() {
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let (steps, every) = (48, 16);
+    let spec = spec_of(tmp.path(), &image, steps, every);
+    let local = train_steps(&spec, &tmp.path().join("local"), &store(), steps);
+
+    let pool = start_pool(&tmp.path().join("pool"), 3).await;
+    let key = pool.pool.create_account("customer").await.unwrap().api_key;
+    let api = gradpool_client::Api::new(&pool.url, Some(key.clone()), &Default::default()).unwrap();
+    // Registered first: were it offered the job, it would get it first.
+    let native = start_provider(&pool.url, &tmp.path().join("native"), false);
+    provider(&api, "native").await;
+    let mut rigs = vec![
+        start_provider(&pool.url, &tmp.path().join("a"), true),
+        start_provider(&pool.url, &tmp.path().join("b"), true),
+    ];
+    let listed = provider(&api, "a").await;
+    assert!(listed.containers, "{listed:?}");
+    assert!(!provider(&api, "native").await.containers);
+
+    let job = gradpool_cli::cmd::job::submit(
+        &api,
+        &spec,
+        None,
+        &gradpool_cli::cmd::job::SpecOverrides::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    let id = job.id.to_string();
+    let pinned = gradpool_core::JobSpec::from_toml_str(&job.spec_toml).unwrap();
+    assert_eq!(
+        pinned.container().unwrap().image_sha256,
+        Some(Sha256Hex::of_file(&image).unwrap()),
+        "the job pins the uploaded image"
+    );
+
+    // Mid-way through the second segment, its trainer dies.
+    let mid = first_event(&api, &id, |e| {
+        matches!(e.kind, JobEventKind::Progress { step, .. } if step > every && step < 2 * every)
+    })
+    .await;
+    let JobEventKind::Progress {
+        provider: victim, ..
+    } = mid.kind
+    else {
+        unreachable!()
+    };
+    let index = rigs
+        .iter()
+        .position(|p| p.id == victim)
+        .expect("a container rig");
+    let mut killed = rigs.remove(index);
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+
+    let end = wait_final(&api, &id, Duration::from_secs(300)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let events = events(&api, &id).await;
+    assert!(
+        events.iter().any(|e| matches!(&e.kind,
+            JobEventKind::LeaseExpired { provider, segment: 1, .. } if *provider == victim)),
+        "no lease expiry for {victim} on segment 1"
+    );
+    for e in &events {
+        if let JobEventKind::Assigned { provider, .. } = &e.kind {
+            assert_ne!(
+                *provider, native.id,
+                "a provider without accept_containers got container work"
+            );
+        }
+    }
+    let fetched = tmp.path().join("fetched.safetensors");
+    let sha = end.checkpoint_sha256.clone().expect("a final checkpoint");
+    api.get_blob(&sha, &fetched).await.unwrap();
+    assert!(
+        std::fs::read(&fetched).unwrap() == local,
+        "the job's checkpoint differs from the local run of its spec"
+    );
+    let report = verify(&pool, &key, &id);
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["replayed"], 3, "{report:#}");
+
+    // The killed agent's container ran on; restarted, the agent removes it.
+    let restarted = start_provider(&pool.url, &killed.dir, true);
+    let start = Instant::now();
+    while !containers_of(&victim).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the killed segment's container is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(restarted);
+}
+
+/// Runs `gradpool job verify` of `job` (3 segments, one thread, in the
+/// shared image store); its JSON report.
+fn verify(pool: &TestPool, key: &str, job: &str) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "job",
+            "verify",
+            job,
+            "--segments",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .arg("--image-store")
+        .arg(store())
+        .args(["--pool", &pool.url, "--api-key", key])
+        .env("GRADPOOL_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The spec at `path` with its verification level set.
+#[cfg(feature = "cheat")]
+fn with_level(path: &Path, level: &str) -> PathBuf {
+    let text = std::fs::read_to_string(path).unwrap();
+    let out = path.with_file_name(format!("{level}.toml"));
+    std::fs::write(
+        &out,
+        format!("{text}\n[verification]\nlevel = \"{level}\"\n"),
+    )
+    .unwrap();
+    out
+}
+
+/// A provider whose container segments train half their steps and claim
+/// them all: a job nobody audits succeeds, and `job verify` finds it out;
+/// a paranoid job's replays catch it, and an honest provider finishes the
+/// job, bit-identical to the local run, which `job verify` passes.
+#[cfg(feature = "cheat")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheating_container_is_caught_and_job_verify_tells_it_from_honest_work() {
+    use gradpool_core::state::AuditStatus;
+    use gradpool_core::wire::VerdictView;
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_of(tmp.path(), &image, 24, 8);
+    let local = train_steps(&spec, &tmp.path().join("local"), &store(), 24);
+    let pool = start_pool_with(&tmp.path().join("pool"), 10, |c| {
+        c.verification.plant_rate = 0.0;
+    })
+    .await;
+    let key = pool.pool.create_account("customer").await.unwrap().api_key;
+    let api = gradpool_client::Api::new(&pool.url, Some(key.clone()), &Default::default()).unwrap();
+    let containers = |c: &mut gradpool_provider::ProviderConfig| {
+        c.accept_containers = true;
+        c.image_store = Some(store());
+    };
+    let validators = [
+        Rig::start(&pool, tmp.path(), "validator-1", 1, |c| {
+            containers(c);
+            validator(c);
+        }),
+        Rig::start(&pool, tmp.path(), "validator-2", 1, |c| {
+            containers(c);
+            validator(c);
+        }),
+    ];
+    let cheater = Rig::start(&pool, tmp.path(), "cheater", 1, |c| {
+        containers(c);
+        c.cheat = gradpool_provider::cheat::Cheat {
+            kind: Some("skip-steps".into()),
+            fraction: 1.0,
+            lazy_validator: false,
+            forge_outer: false,
+        };
+    });
+    let submit = |path: PathBuf| {
+        let api = api.clone();
+        async move {
+            gradpool_cli::cmd::job::submit(
+                &api,
+                &path,
+                None,
+                &gradpool_cli::cmd::job::SpecOverrides::default(),
+                false,
+            )
+            .await
+            .unwrap()
+            .id
+            .to_string()
+        }
+    };
+
+    // Nobody audits this one: the pool takes the claims.
+    let unaudited = submit(with_level(&spec, "none")).await;
+    let end = wait_final(&api, &unaudited, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let report = verify(&pool, &key, &unaudited);
+    assert_eq!(report["pass"], false, "{report:#}");
+    let replays: Vec<&str> = report["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["replay"].as_str().unwrap())
+        .collect();
+    assert!(
+        replays.iter().all(|r| r.starts_with("MISMATCH")),
+        "{replays:?}"
+    );
+
+    // Every segment of this one is replayed.
+    let audited = submit(with_level(&spec, "paranoid")).await;
+    let cheater_id = provider(&api, "cheater").await.id;
+    let start = Instant::now();
+    let fault = loop {
+        let verdicts: Vec<VerdictView> = api
+            .get(&format!("/v1/jobs/{audited}/verdicts"))
+            .await
+            .unwrap();
+        if let Some(v) = verdicts
+            .into_iter()
+            .find(|v| v.outcome == AuditStatus::ProviderFault)
+        {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(240), "no fault found");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(fault.at_fault.as_ref(), Some(&cheater_id), "{fault:#?}");
+    assert!(fault.replays.iter().all(|r| !r.matches), "{fault:#?}");
+    let honest = Rig::start(&pool, tmp.path(), "honest", 1, containers);
+    let end = wait_final(&api, &audited, Duration::from_secs(240)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let fetched = tmp.path().join("fetched.safetensors");
+    api.get_blob(&end.checkpoint_sha256.clone().unwrap(), &fetched)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&fetched).unwrap() == local,
+        "the audited job's checkpoint differs from an honest local run"
+    );
+    let report = verify(&pool, &key, &audited);
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert!(provider(&api, "cheater").await.faults >= 1);
+    let ledger = pool.pool.ledger().reconcile().await.unwrap();
+    assert!(ledger.is_clean(), "{ledger}");
+
+    for rig in [cheater, honest] {
+        rig.stop().await;
+    }
+    for rig in validators {
+        rig.stop().await;
+    }
 }

@@ -218,6 +218,116 @@ pub fn canonical(
     Ok((to_bytes_typed(&typed, &metadata), layout))
 }
 
+/// The format tag of a container job's model file.
+pub const MODEL_FORMAT: &str = "gradpool-container-model-v1";
+
+/// A container job's model file from one of its checkpoints: the
+/// `model.*` tensors under their `state_dict` names (the prefix removed),
+/// ready for `model.load_state_dict(safetensors.torch.load_file(…))`.
+pub fn model_weights(checkpoint: &[u8]) -> Result<Vec<u8>, CheckpointDefect> {
+    let st = SafeTensors::deserialize(checkpoint)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let mut tensors: BTreeMap<String, (Vec<usize>, &'static str, &[u8])> = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if let Some(short) = name.strip_prefix("model.") {
+            tensors.insert(
+                short.to_owned(),
+                (
+                    view.shape().to_vec(),
+                    dtype_name(view.dtype())?,
+                    view.data(),
+                ),
+            );
+        }
+    }
+    if tensors.is_empty() {
+        return Err(defect("it holds no model.* tensor"));
+    }
+    let typed = tensors
+        .iter()
+        .map(|(n, (shape, dtype, data))| (n.clone(), (shape.as_slice(), Values::Raw(dtype, data))))
+        .collect();
+    let metadata = BTreeMap::from([("format".to_owned(), MODEL_FORMAT.to_owned())]);
+    Ok(to_bytes_typed(&typed, &metadata))
+}
+
+/// A container segment's reproducibility class: the image's digest, the
+/// device class and the thread count. Inside one class, the segment
+/// contract's settings make a replay give the same bytes.
+pub fn class(image: &crate::Sha256Hex, hardware: &crate::hardware::Hardware) -> String {
+    format!(
+        "container/{image}/{}/{}/t{}",
+        hardware.device, hardware.isa, hardware.threads
+    )
+}
+
+/// The values of a floating-point tensor as `f64`; `None` for an integer
+/// one.
+fn floats(dtype: &str, bytes: &[u8]) -> Option<Vec<f64>> {
+    let v = match dtype {
+        "F64" => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        "F32" => bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+            .collect(),
+        "F16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        "BF16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// How far a replayed container checkpoint is from the claimed one: the
+/// largest relative L2 distance `‖a − b‖ / ‖b‖` over their floating-point
+/// tensors (weights and optimizer state), and their integer tensors must
+/// be equal. `None` when they cannot be compared: not checkpoints, other
+/// steps or layouts, different integer values.
+pub fn distance(replayed: &[u8], claimed: &[u8]) -> Option<f64> {
+    let a = SafeTensors::deserialize(replayed).ok()?;
+    let b = SafeTensors::deserialize(claimed).ok()?;
+    let step = |bytes: &[u8]| {
+        SafeTensors::read_metadata(bytes)
+            .ok()
+            .and_then(|(_, h)| h.metadata().as_ref()?.get("step").cloned())
+    };
+    if step(replayed)? != step(claimed)?
+        || Layout::of(replayed).ok()? != Layout::of(claimed).ok()?
+    {
+        return None;
+    }
+    let mut worst = 0.0f64;
+    for (name, va) in a.tensors() {
+        let vb = b.tensor(&name).ok()?;
+        let dtype = dtype_name(va.dtype()).ok()?;
+        match (floats(dtype, va.data()), floats(dtype, vb.data())) {
+            (Some(xa), Some(xb)) => {
+                let diff: f64 = xa.iter().zip(&xb).map(|(x, y)| (x - y) * (x - y)).sum();
+                let norm: f64 = xb.iter().map(|y| y * y).sum();
+                let d = if diff == 0.0 {
+                    0.0
+                } else if norm == 0.0 {
+                    f64::INFINITY
+                } else {
+                    (diff / norm).sqrt()
+                };
+                worst = worst.max(d);
+            }
+            _ if va.data() == vb.data() => {}
+            _ => return None,
+        }
+    }
+    worst.is_finite().then_some(worst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +452,58 @@ mod tests {
             &[("format", CONTAINER_FORMAT), ("step", "40")],
         );
         assert!(refused(&fewer, 40, Some(&layout)).contains("is missing"));
+    }
+
+    #[test]
+    fn the_model_file_holds_the_weights_under_their_state_dict_names() {
+        let (ckpt, _) = canonical(&model("20"), 20, None).unwrap();
+        let weights = model_weights(&ckpt).unwrap();
+        let st = SafeTensors::deserialize(&weights).unwrap();
+        assert_eq!(st.names(), ["w"]);
+        assert_eq!(st.tensor("w").unwrap().data(), f32s(&[1.0, 2.0]).as_slice());
+        assert!(model_weights(b"junk").is_err());
+    }
+
+    #[test]
+    fn distance_is_zero_for_the_same_tensors_and_grows_with_a_change() {
+        let (a, _) = canonical(&model("20"), 20, None).unwrap();
+        assert_eq!(distance(&a, &a), Some(0.0));
+        let moved = written(
+            &[
+                ("optim.0.exp_avg", Dtype::F32, vec![2], f32s(&[0.5, -0.5])),
+                ("model.w", Dtype::F32, vec![2], f32s(&[1.0, 2.2])),
+                (
+                    "optim.0.step",
+                    Dtype::F64,
+                    vec![],
+                    3.0f64.to_le_bytes().to_vec(),
+                ),
+                ("extra.half", Dtype::BF16, vec![1], vec![0x80, 0x3f]),
+            ],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        let (b, _) = canonical(&moved, 20, None).unwrap();
+        let d = distance(&b, &a).unwrap();
+        // ‖(0, 0.2)‖ / ‖(1, 2)‖
+        assert!((d - 0.2 / 5f64.sqrt()).abs() < 1e-6, "{d}");
+        let (later, _) = canonical(&model("40"), 40, None).unwrap();
+        assert_eq!(distance(&later, &a), None, "other steps");
+        assert_eq!(distance(b"junk", &a), None);
+        let other_step_count = written(
+            &[
+                ("optim.0.exp_avg", Dtype::F32, vec![2], f32s(&[0.5, -0.5])),
+                ("model.w", Dtype::F32, vec![2], f32s(&[1.0, 2.0])),
+                (
+                    "optim.0.step",
+                    Dtype::I64,
+                    vec![],
+                    4i64.to_le_bytes().to_vec(),
+                ),
+                ("extra.half", Dtype::BF16, vec![1], vec![0x80, 0x3f]),
+            ],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        let (c, _) = canonical(&other_step_count, 20, None).unwrap();
+        assert_eq!(distance(&c, &a), None, "another layout");
     }
 }

@@ -33,6 +33,12 @@ pub enum ModelMeta {
         hidden: Vec<usize>,
         classes: usize,
     },
+    /// A container job's model: its script's, whose layout gradpool does
+    /// not know beforehand. It has no [`ModelMeta::params`]; its
+    /// checkpoints are checked by [`crate::container::canonical`] against
+    /// the layout of the one before, and it takes the memory the spec
+    /// gives it.
+    Container { memory_gib: u32 },
 }
 
 /// What the data fixes of a model.
@@ -130,13 +136,13 @@ impl ModelMeta {
             }),
             (ModelConfig::Gpt(_), _) => Err("a GPT model needs text data, got CSV".into()),
             (ModelConfig::Mlp(_), _) => Err("an MLP model needs CSV data, got text".into()),
-            (ModelConfig::Container(_), _) => Err(
-                "a container job's model is its script's: gradpool does not know its layout".into(),
-            ),
+            (ModelConfig::Container(c), _) => Ok(ModelMeta::Container {
+                memory_gib: c.memory_gib,
+            }),
         }
     }
 
-    /// Every parameter, in a fixed order.
+    /// Every parameter, in a fixed order (none for a container job's).
     pub fn params(&self) -> Vec<Param> {
         let mut out = Vec::new();
         let linear = |out: &mut Vec<Param>, name: &str, i: usize, o: usize| {
@@ -193,6 +199,7 @@ impl ModelMeta {
                 }
                 linear(&mut out, "out", prev, *classes);
             }
+            ModelMeta::Container { .. } => {}
         }
         out
     }
@@ -234,6 +241,8 @@ impl ModelMeta {
                 }
                 n
             }
+            // Not known before the script has run.
+            ModelMeta::Container { .. } => 0,
         };
         u64::try_from(n).unwrap_or(u64::MAX)
     }
@@ -241,6 +250,8 @@ impl ModelMeta {
     /// The memory a training step of `batch_size` examples takes: the
     /// weights, their gradients and AdamW's moments (4 copies of the
     /// parameters in all) and the activations kept for the backward pass.
+    /// A container job takes the memory its spec gives it, all counted as
+    /// activations.
     pub fn memory(&self, batch_size: usize) -> MemoryEstimate {
         let p = u128::from(self.parameter_count());
         let b = w(batch_size);
@@ -276,6 +287,7 @@ impl ModelMeta {
                 let widths = sum(&hidden.iter().map(|&h| mul(&[2, w(h)])).collect::<Vec<_>>());
                 mul(&[b, sum(&[w(*inputs), widths, mul(&[2, w(*classes)])])])
             }
+            ModelMeta::Container { memory_gib } => u128::from(*memory_gib) << 28,
         };
         let bytes = |x: u128| u64::try_from(x.saturating_mul(4)).unwrap_or(u64::MAX);
         let weights_bytes = bytes(p);

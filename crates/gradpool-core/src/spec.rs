@@ -48,6 +48,7 @@
 //! command = ["python3", "/job/train.py"]
 //! files = ["train.py"]                # mounted read-only under /job
 //! memory_gib = 2
+//! segment_minutes = 60                # default; a segment past it fails
 //! ```
 //!
 //! Parsing refuses unknown fields and wrong types with the field's full path
@@ -158,6 +159,9 @@ pub struct ContainerConfig {
     pub files: Vec<JobFile>,
     /// The memory the container may use, in GiB.
     pub memory_gib: u32,
+    /// How long one segment may run before it is killed and failed, in
+    /// minutes (default [`DEFAULT_SEGMENT_MINUTES`]).
+    pub segment_minutes: u32,
 }
 
 /// One of a container job's files.
@@ -401,7 +405,18 @@ struct RawContainer {
     #[serde(default)]
     file_sha256: std::collections::BTreeMap<String, String>,
     memory_gib: u32,
+    #[serde(default = "default_segment_minutes")]
+    segment_minutes: u32,
 }
+
+fn default_segment_minutes() -> u32 {
+    DEFAULT_SEGMENT_MINUTES
+}
+
+/// How long a container segment may run when the spec does not say.
+pub const DEFAULT_SEGMENT_MINUTES: u32 = 60;
+/// The longest a container segment may be allowed to run: a day.
+pub const MAX_SEGMENT_MINUTES: u32 = 24 * 60;
 
 /// The most memory a container job may ask for, in GiB.
 pub const MAX_CONTAINER_MEMORY_GIB: u32 = 1024;
@@ -466,6 +481,15 @@ impl RawContainer {
                 ),
             ));
         }
+        if !(1..=MAX_SEGMENT_MINUTES).contains(&self.segment_minutes) {
+            return Err(invalid(
+                "container.segment_minutes",
+                format!(
+                    "an integer from 1 to {MAX_SEGMENT_MINUTES}, got {}",
+                    self.segment_minutes
+                ),
+            ));
+        }
         let files = self.files()?;
         Ok(ContainerConfig {
             image: self.image,
@@ -473,6 +497,7 @@ impl RawContainer {
             command: self.command,
             files,
             memory_gib: self.memory_gib,
+            segment_minutes: self.segment_minutes,
         })
     }
 
@@ -760,6 +785,14 @@ impl JobSpec {
         match &self.model {
             ModelConfig::Container(c) => Some(c),
             _ => None,
+        }
+    }
+
+    /// What runs the job's segments.
+    pub fn runtime(&self) -> crate::state::Runtime {
+        match &self.model {
+            ModelConfig::Container(_) => crate::state::Runtime::Container,
+            ModelConfig::Gpt(_) | ModelConfig::Mlp(_) => crate::state::Runtime::Native,
         }
     }
 
@@ -1378,6 +1411,7 @@ lr = 0.001
         let c = spec.container().unwrap();
         assert_eq!(c.command, ["python3", "/job/train.py"]);
         assert_eq!(c.memory_gib, 2);
+        assert_eq!(c.segment_minutes, DEFAULT_SEGMENT_MINUTES);
         let names: Vec<&str> = c.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["train.py", "vocab.json"]);
         assert_eq!(c.unpinned().as_deref(), Some("container.image_sha256"));
@@ -1429,6 +1463,10 @@ lr = 0.001
         assert_eq!(
             refused("memory_gib = 2", "memory_gib = 2\nmemory = 3"),
             "container.memory"
+        );
+        assert_eq!(
+            refused("memory_gib = 2", "memory_gib = 2\nsegment_minutes = 0"),
+            "container.segment_minutes"
         );
         assert_eq!(
             refused("command = [\"python3\", \"/job/train.py\"]", "command = []"),

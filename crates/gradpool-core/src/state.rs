@@ -280,6 +280,23 @@ states! {
         Download = "download",
     }
 
+    /// What runs a job's segments.
+    Runtime ("job runtime") {
+        /// gradpool's own trainer (`model.kind` `gpt` or `mlp`).
+        Native = "native",
+        /// The customer's script in its OCI image, under podman
+        /// (`model.kind = "container"`).
+        Container = "container",
+    }
+
+    /// What a container job's blob is to it, besides its data.
+    JobBlobRole ("job blob role") {
+        /// The OCI archive (`container.image_sha256`).
+        Image = "image",
+        /// One of the job's files, mounted under `/job`.
+        File = "file",
+    }
+
     /// A hardware proof's state, and once answered its outcome.
     ProofStatus ("hardware proof status") {
         /// Waiting for the answer.

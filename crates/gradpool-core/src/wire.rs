@@ -140,7 +140,7 @@ pub struct JobView {
     #[serde(default)]
     pub escrow: Piconero,
     /// The model's parameters, as the pool learnt them from the spec and
-    /// the data.
+    /// the data (none for a container job: its script's model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<u64>,
     /// The memory a training step takes, in bytes: the least a provider's
@@ -521,6 +521,10 @@ pub struct ProviderView {
     /// Whether it trains (a dedicated validator does not).
     #[serde(default = "yes")]
     pub train: bool,
+    /// Whether it runs container jobs (its owner's `accept_containers`,
+    /// and podman on the rig).
+    #[serde(default)]
+    pub containers: bool,
     /// Audits passed since the last fault (trained segments replayed with a
     /// match, and replays of its own that were right).
     #[serde(default)]
@@ -588,6 +592,10 @@ pub struct Register {
     /// jobs that name a region (`resources.region`) train only there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Runs container jobs: its owner opted in (`accept_containers`) and
+    /// podman works on it. A provider without it is never offered one.
+    #[serde(default)]
+    pub containers: bool,
 }
 
 fn yes() -> bool {

@@ -985,13 +985,13 @@ impl Pool {
                 r.report.job_id, r.report.segment, a.job_id, a.segment
             )));
         }
-        let class: String = sqlx::query_scalar("SELECT class FROM providers WHERE id = ?")
-            .bind(provider.as_str())
-            .fetch_one(w.conn())
-            .await?;
+        let job = store::job(w.conn(), &a.job_id)
+            .await?
+            .ok_or_else(|| PoolError::Internal(format!("audit {audit_id}: no job")))?;
+        let class = crate::model::class_for(w.conn(), provider.as_str(), &job).await?;
         if r.report.class != class {
             return Err(PoolError::BadRequest(format!(
-                "class: the replay says {}, you registered {class}",
+                "class: the replay says {}, your class for this job is {class}",
                 r.report.class
             )));
         }

@@ -197,7 +197,8 @@ impl Pool {
     }
 
     /// Whether `caller` may read the blob. A customer reads what it uploaded
-    /// and what its jobs reference (data, checkpoints); a provider reads what
+    /// and what its jobs reference (data, a container job's image and
+    /// files, checkpoints); a provider reads what
     /// it uploaded and what the jobs it holds or held a task of reference.
     pub(crate) async fn can_read_blob(
         &self,
@@ -208,6 +209,8 @@ impl Pool {
             Caller::Customer(_) => {
                 "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
                  OR EXISTS (SELECT 1 FROM jobs WHERE account_id = ?2 AND data_sha256 = ?1) \
+                 OR EXISTS (SELECT 1 FROM job_blobs b JOIN jobs j ON j.id = b.job_id \
+                            WHERE j.account_id = ?2 AND b.sha256 = ?1) \
                  OR EXISTS (SELECT 1 FROM commitments c JOIN jobs j ON j.id = c.job_id \
                             WHERE j.account_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
                  OR EXISTS (SELECT 1 FROM outer_steps o JOIN jobs j ON j.id = o.job_id \
@@ -218,6 +221,8 @@ impl Pool {
                 "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id \
                             WHERE t.provider_id = ?2 AND j.data_sha256 = ?1) \
+                 OR EXISTS (SELECT 1 FROM tasks t JOIN job_blobs b ON b.job_id = t.job_id \
+                            WHERE t.provider_id = ?2 AND b.sha256 = ?1) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN commitments c ON c.job_id = t.job_id \
                             WHERE t.provider_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN outer_steps o ON o.job_id = t.job_id \

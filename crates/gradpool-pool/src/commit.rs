@@ -11,6 +11,7 @@ use crate::Pool;
 use crate::{escrow, ledger};
 use gradpool_core::commitment::loss_trace_hash;
 use gradpool_core::delta::{self, DeltaKind};
+use gradpool_core::model::ModelMeta;
 use gradpool_core::state::TaskStatus;
 use gradpool_core::wire::{Commit, CommitReply, JobEventKind, JobStatus, TaskKind};
 use gradpool_core::{ProviderId, Sha256Hex, SignedCommitment};
@@ -252,13 +253,13 @@ impl Pool {
                 "commitment.loss_trace_blake3 does not match the loss trace".into(),
             ));
         }
-        let class: String = sqlx::query_scalar("SELECT class FROM providers WHERE id = ?")
-            .bind(provider.as_str())
-            .fetch_one(&self.inner.db)
-            .await?;
+        let class = {
+            let mut conn = self.inner.db.acquire().await?;
+            crate::model::class_for(&mut conn, provider.as_str(), job).await?
+        };
         if cm.class != class {
             return Err(PoolError::BadRequest(format!(
-                "commitment.class {} is not the class you registered ({class})",
+                "commitment.class {} is not your class for this job ({class})",
                 cm.class
             )));
         }
@@ -291,7 +292,20 @@ impl Pool {
         let path = self
             .uploaded(provider, "checkpoint", &cm.checkpoint_sha256)
             .await?;
-        let hash = crate::model::inspect_checkpoint(path, model, cm.end_step, cm.prev).await?;
+        let hash = match model {
+            ModelMeta::Container { .. } => {
+                let start = job
+                    .checkpoint_sha256
+                    .as_deref()
+                    .map(|sha| sha.parse::<Sha256Hex>())
+                    .transpose()
+                    .map_err(|e| PoolError::Internal(format!("job {}: {e}", job.id)))?
+                    .map(|sha| self.inner.blobs.path_of(&sha));
+                crate::model::inspect_container_checkpoint(path, start, cm.end_step, cm.prev)
+                    .await?
+            }
+            model => crate::model::inspect_checkpoint(path, model, cm.end_step, cm.prev).await?,
+        };
         if hash != cm.hash {
             return Err(PoolError::BadRequest(format!(
                 "commitment.hash {} is not BLAKE3(checkpoint ‖ prev)",

@@ -17,6 +17,10 @@ pub struct PoolConfig {
     pub heartbeat_seconds: u32,
     /// The largest blob (dataset, checkpoint) the pool accepts, in bytes.
     pub max_blob_bytes: u64,
+    /// The largest container image (its OCI archive) a job may bring, in
+    /// bytes: larger ones are refused at submit. Every provider of the job
+    /// downloads and stores it.
+    pub max_image_bytes: u64,
     /// Whether anyone may create an account with `POST /v1/accounts`.
     pub open_signup: bool,
     /// Fees, stakes and where the money lives.
@@ -78,6 +82,7 @@ impl Default for PoolConfig {
             lease_seconds: 15,
             heartbeat_seconds: 3,
             max_blob_bytes: 4 << 30,
+            max_image_bytes: 2 << 30,
             open_signup: true,
             money: MoneyConfig::default(),
             verification: VerificationConfig::default(),

@@ -10,8 +10,10 @@ use crate::store::{self, to_u32, TaskRow};
 use crate::tx::Write;
 use crate::Pool;
 use gradpool_core::commitment::genesis;
+use gradpool_core::model::human_bytes;
+use gradpool_core::state::JobBlobRole;
 use gradpool_core::wire::{JobEventKind, JobStatus, JobView, SubmitJob, TaskKind};
-use gradpool_core::{AccountId, JobId, JobSpec, Piconero};
+use gradpool_core::{AccountId, JobId, JobSpec, Piconero, Sha256Hex};
 
 /// Puts the work of a task that ended unfinished (lease lost, handed
 /// back) in the queue again: a replay goes to another validator, a
@@ -51,20 +53,9 @@ impl Pool {
             }
         }
         let caller = crate::auth::Caller::Customer(account.clone());
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
-                .bind(req.data_sha256.as_str())
-                .fetch_one(&self.inner.db)
-                .await?;
-        if !known
-            || !self.can_read_blob(&caller, &req.data_sha256).await?
-            || !self.inner.blobs.exists(&req.data_sha256).await?
-        {
-            return Err(PoolError::BadRequest(format!(
-                "data_sha256: blob {} not found; upload the data first",
-                req.data_sha256
-            )));
-        }
+        self.uploaded_blob(&caller, &req.data_sha256, "data_sha256", "the data")
+            .await?;
+        let job_blobs = self.container_blobs(&caller, &spec).await?;
         let (model, memory) = self.size_job(&spec, &req.data_sha256).await?;
         if let Some(booking) = &req.booking {
             let mut conn = self.inner.db.acquire().await?;
@@ -114,7 +105,7 @@ impl Pool {
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
              max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
-             min_workers, region) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             min_workers, region, runtime) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -139,8 +130,17 @@ impl Pool {
         .bind(workers)
         .bind(min_workers)
         .bind(spec.resources.region.as_deref())
+        .bind(spec.runtime().as_str())
         .execute(w.conn())
         .await?;
+        for (sha, role) in &job_blobs {
+            sqlx::query("INSERT OR IGNORE INTO job_blobs (job_id, sha256, role) VALUES (?, ?, ?)")
+                .bind(id.as_str())
+                .bind(sha.as_str())
+                .bind(role.as_str())
+                .execute(w.conn())
+                .await?;
+        }
         crate::escrow::hold_budget(&mut w, account.as_str(), id.as_str(), budget).await?;
         w.event(
             id.as_str(),
@@ -166,6 +166,74 @@ impl Pool {
         tracing::info!(job = %id, account = %account, name = %spec.name, steps = spec.train.steps,
             segments, workers, "job submitted");
         Ok(view)
+    }
+
+    /// Refuses a blob the caller cannot read or the pool does not hold
+    /// (`field` names it, `what` says what it should be).
+    async fn uploaded_blob(
+        &self,
+        caller: &crate::auth::Caller,
+        sha: &Sha256Hex,
+        field: &str,
+        what: &str,
+    ) -> Result<u64, PoolError> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE sha256 = ?")
+            .bind(sha.as_str())
+            .fetch_optional(&self.inner.db)
+            .await?;
+        match size {
+            Some(size)
+                if self.can_read_blob(caller, sha).await?
+                    && self.inner.blobs.exists(sha).await? =>
+            {
+                Ok(u64::try_from(size).unwrap_or(0))
+            }
+            _ => Err(PoolError::BadRequest(format!(
+                "{field}: blob {sha} not found; upload {what} first"
+            ))),
+        }
+    }
+
+    /// A container job's image and files, each uploaded by the customer
+    /// and pinned by the spec; the image no larger than this pool allows.
+    /// Nothing for a native job.
+    async fn container_blobs(
+        &self,
+        caller: &crate::auth::Caller,
+        spec: &JobSpec,
+    ) -> Result<Vec<(Sha256Hex, JobBlobRole)>, PoolError> {
+        let Some(c) = spec.container() else {
+            return Ok(Vec::new());
+        };
+        if let Some(field) = c.unpinned() {
+            return Err(PoolError::InvalidSpec(format!(
+                "{field}: required by a pool (`gradpool job submit` uploads the file and sets it)"
+            )));
+        }
+        let mut out = Vec::new();
+        if let Some(image) = &c.image_sha256 {
+            let size = self
+                .uploaded_blob(caller, image, "container.image_sha256", "the image")
+                .await?;
+            let cap = self.inner.config.max_image_bytes;
+            if size > cap {
+                return Err(PoolError::InvalidSpec(format!(
+                    "container.image: {}, more than this pool's limit of {} for an image; \
+                     build it from a smaller base or with fewer packages",
+                    human_bytes(size),
+                    human_bytes(cap)
+                )));
+            }
+            out.push((image.clone(), JobBlobRole::Image));
+        }
+        for f in &c.files {
+            if let Some(sha) = &f.sha256 {
+                let field = format!("container.file_sha256.{}", f.name);
+                self.uploaded_blob(caller, sha, &field, &f.name).await?;
+                out.push((sha.clone(), JobBlobRole::File));
+            }
+        }
+        Ok(out)
     }
 
     /// Cancels a job of `account` and every task of it that is queued or

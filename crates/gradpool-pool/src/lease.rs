@@ -318,9 +318,10 @@ impl Pool {
     ) -> Result<(Vec<Assignment>, Vec<String>), PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking, validates, trains, held, region): (i64, Option<i64>, bool, bool, Option<String>, Option<String>) = sqlx::query_as(
+        let (price, unstaking, validates, trains, held, region, containers): (i64, Option<i64>, bool, bool, Option<String>, Option<String>, bool) = sqlx::query_as(
             "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
-             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused), region \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused), region, \
+             containers = 1 \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -339,6 +340,7 @@ impl Pool {
                            AND a.provider_id != ?1 \
                            AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
                            AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
+                           AND (j.runtime = 'native' OR ?7) \
                            AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
                                            WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
@@ -362,6 +364,7 @@ impl Pool {
                                AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
                            AND (j.region IS NULL OR j.region = ?9) \
+                           AND (j.runtime = 'native' OR ?12) \
                            AND NOT (t.round IS NOT NULL AND t.updated_at > ?11 \
                                AND t.job_id IN (SELECT value FROM json_each(?10))) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
@@ -430,6 +433,7 @@ impl Pool {
                     .bind(device)
                     .bind(memory)
                     .bind(price)
+                    .bind(containers)
                     .fetch_optional(w.conn())
                     .await?;
             }
@@ -456,6 +460,7 @@ impl Pool {
                     .bind(region.as_deref())
                     .bind(&held_back_json)
                     .bind(now - self.lease_ms() / 2)
+                    .bind(containers)
                     .fetch_optional(w.conn())
                     .await?;
             }

@@ -17,6 +17,7 @@ use crate::error::PoolError;
 use crate::Pool;
 use gradpool_core::commitment::ChainHash;
 use gradpool_core::model::{human_bytes, MemoryEstimate, ModelMeta};
+use gradpool_core::state::{JobBlobRole, Runtime};
 use gradpool_core::{JobSpec, Sha256Hex};
 use std::path::PathBuf;
 
@@ -29,6 +30,17 @@ impl Pool {
         spec: &JobSpec,
         data: &Sha256Hex,
     ) -> Result<(ModelMeta, MemoryEstimate), PoolError> {
+        if let Some(c) = spec.container() {
+            // The script's model: its memory is what the spec gives it.
+            let model = ModelMeta::Container {
+                memory_gib: c.memory_gib,
+            };
+            let memory = model.memory(spec.train.batch_size);
+            let needs = format!("container.memory_gib: {} GiB", c.memory_gib);
+            self.check_memory(&needs, "container.memory_gib", memory.total_bytes)
+                .await?;
+            return Ok((model, memory));
+        }
         let path = self.inner.blobs.path_of(data);
         let spec_copy = spec.clone();
         let shape = tokio::task::spawn_blocking(move || {
@@ -43,10 +55,6 @@ impl Pool {
         let model =
             ModelMeta::of(spec, shape).map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?;
         let memory = model.memory(spec.train.batch_size);
-        let cap = self.inner.config.max_job_memory_bytes;
-        let largest: Option<i64> = sqlx::query_scalar("SELECT MAX(memory_bytes) FROM providers")
-            .fetch_one(&self.inner.db)
-            .await?;
         let needs = format!(
             "the job needs about {} to train ({} parameters: {} of weights, {} of gradients and \
              optimizer state, {} of activations for a batch of {})",
@@ -57,23 +65,39 @@ impl Pool {
             human_bytes(memory.activations_bytes),
             spec.train.batch_size,
         );
-        if memory.total_bytes > cap {
+        self.check_memory(
+            &format!("model: {needs}"),
+            "the model or train.batch_size",
+            memory.total_bytes,
+        )
+        .await?;
+        Ok((model, memory))
+    }
+
+    /// Refuses a job that needs more memory (`bytes`, described by
+    /// `needs`) than this pool allows or than its largest device has;
+    /// `smaller` names what to make smaller.
+    async fn check_memory(&self, needs: &str, smaller: &str, bytes: u64) -> Result<(), PoolError> {
+        let cap = self.inner.config.max_job_memory_bytes;
+        if bytes > cap {
             return Err(PoolError::InvalidSpec(format!(
-                "model: {needs}, more than this pool's limit of {}; make the model or \
-                 train.batch_size smaller",
+                "{needs}, more than this pool's limit of {}; make {smaller} smaller",
                 human_bytes(cap)
             )));
         }
+        let largest: Option<i64> = sqlx::query_scalar("SELECT MAX(memory_bytes) FROM providers")
+            .fetch_one(&self.inner.db)
+            .await?;
         if let Some(largest) = largest.and_then(|m| u64::try_from(m).ok()) {
-            if memory.total_bytes > largest {
+            if bytes > largest {
                 return Err(PoolError::InvalidSpec(format!(
-                    "model: {needs}, more than the largest device of this pool's providers \
-                     ({}); make the model or train.batch_size smaller",
+                    "{needs}, more than the largest device of this pool's providers ({}); \
+                     make {smaller} smaller",
                     human_bytes(largest)
                 )));
             }
         }
-        Ok((model, memory))
+        Ok(())
     }
 
     /// Fills in the model of jobs submitted before the pool recorded it
@@ -132,6 +156,76 @@ pub(crate) async fn inspect_checkpoint(
         let bytes = unsafe { memmap2::Mmap::map(&file)? };
         gradpool_core::checkpoint::inspect(&bytes, &model, step)
             .map_err(|e| PoolError::BadRequest(e.to_string()))?;
+        Ok(gradpool_core::commitment::chain(&bytes, &prev))
+    })
+    .await?
+}
+
+/// The reproducibility class `provider` must sign for a segment of `job`:
+/// the one it registered for a native job; for a container job the
+/// image's digest, its device class and thread count
+/// ([`gradpool_core::container::class`]).
+pub(crate) async fn class_for(
+    conn: &mut sqlx::SqliteConnection,
+    provider: &str,
+    job: &crate::store::JobRow,
+) -> Result<String, PoolError> {
+    let (class, hardware): (String, String) =
+        sqlx::query_as("SELECT class, hardware FROM providers WHERE id = ?")
+            .bind(provider)
+            .fetch_one(&mut *conn)
+            .await?;
+    if job.runtime == Runtime::Native {
+        return Ok(class);
+    }
+    let image: String =
+        sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = ? AND role = ?")
+            .bind(&job.id)
+            .bind(JobBlobRole::Image.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| PoolError::Internal(format!("container job {} has no image", job.id)))?;
+    let image: Sha256Hex = image
+        .parse()
+        .map_err(|e| PoolError::Internal(format!("job {}: stored image digest: {e}", job.id)))?;
+    let hardware: gradpool_core::hardware::Hardware = serde_json::from_str(&hardware)?;
+    Ok(gradpool_core::container::class(&image, &hardware))
+}
+
+/// Reads a container segment's committed checkpoint once: it must be
+/// what [`gradpool_core::container::canonical`] makes of itself at the
+/// segment's end step, with the layout of the checkpoint it started from
+/// (`start`, none for the first segment); returns its chain hash.
+pub(crate) async fn inspect_container_checkpoint(
+    path: PathBuf,
+    start: Option<PathBuf>,
+    step: u64,
+    prev: ChainHash,
+) -> Result<ChainHash, PoolError> {
+    tokio::task::spawn_blocking(move || {
+        let layout = match start {
+            Some(start) => {
+                let bytes = std::fs::read(&start)?;
+                Some(
+                    gradpool_core::container::Layout::of(&bytes)
+                        .map_err(|e| PoolError::Internal(format!("the start checkpoint: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let file = std::fs::File::open(&path)?;
+        // SAFETY: as in `inspect_checkpoint`, a blob is never written after
+        // it is renamed into place.
+        let bytes = unsafe { memmap2::Mmap::map(&file)? };
+        let (canonical, _) = gradpool_core::container::canonical(&bytes, step, layout.as_ref())
+            .map_err(|e| PoolError::BadRequest(e.to_string()))?;
+        if canonical[..] != bytes[..] {
+            return Err(PoolError::BadRequest(
+                "checkpoint: not in the canonical encoding of a container checkpoint \
+                 (gradpool_core::container::canonical)"
+                    .into(),
+            ));
+        }
         Ok(gradpool_core::commitment::chain(&bytes, &prev))
     })
     .await?

@@ -15,7 +15,7 @@ use crate::error::PoolError;
 use crate::store::JobRow;
 use crate::Pool;
 use gradpool_core::spec::DeviceRequest;
-use gradpool_core::state::JobStatus;
+use gradpool_core::state::{JobStatus, Runtime};
 use gradpool_core::wire::JobView;
 use gradpool_core::Piconero;
 use sqlx::SqliteConnection;
@@ -27,6 +27,9 @@ pub enum Refusal {
     Unavailable,
     /// It only validates.
     ValidatesOnly,
+    /// A container job, and it does not run containers (its owner did not
+    /// set `accept_containers`, or it has no podman).
+    Containers,
     /// Not the device class the job asks for.
     Device,
     /// Less memory than the job needs.
@@ -56,6 +59,9 @@ impl Refusal {
         match self {
             Refusal::Unavailable => format!("{they} paused or held"),
             Refusal::ValidatesOnly => format!("{they} only validating"),
+            Refusal::Containers => format!(
+                "{they} not running container jobs (accept_containers in the provider config, and podman)"
+            ),
             Refusal::Device => format!("{they} without the device class `{}`", job.device),
             Refusal::Memory => format!(
                 "{they} with less than the {} MiB of memory the job needs",
@@ -98,6 +104,7 @@ struct Offer {
     memory_bytes: i64,
     price_per_hour: i64,
     trains: bool,
+    containers: bool,
     unavailable: bool,
     unstaking: bool,
     #[sqlx(skip)]
@@ -118,6 +125,8 @@ fn refusal(job: &JobRow, offer: &Offer, money: &crate::config::MoneyConfig) -> O
         Some(Refusal::Unavailable)
     } else if !offer.trains {
         Some(Refusal::ValidatesOnly)
+    } else if job.runtime == Runtime::Container && !offer.containers {
+        Some(Refusal::Containers)
     } else if !device_ok {
         Some(Refusal::Device)
     } else if offer.memory_bytes < job.min_memory_bytes {
@@ -150,7 +159,7 @@ async fn offers(
     lease_ms: i64,
 ) -> Result<Vec<Offer>, PoolError> {
     let mut offers: Vec<Offer> = sqlx::query_as(
-        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.region, \
+        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.containers = 1 AS containers, p.region, \
            (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
            p.unstake_requested_at IS NOT NULL AS unstaking, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \

@@ -7,7 +7,9 @@
 use crate::error::PoolError;
 use gradpool_core::hardware::Hardware;
 use gradpool_core::spec::VerificationLevel;
-use gradpool_core::state::{CommitmentStatus, JobStatus, ProviderStatus, TaskKind, TaskStatus};
+use gradpool_core::state::{
+    CommitmentStatus, JobStatus, ProviderStatus, Runtime, TaskKind, TaskStatus,
+};
 use gradpool_core::verification::{audit_probability, reputation, Sampling};
 use gradpool_core::wire::{JobEvent, JobEventKind, JobView, ProviderView, SegmentView};
 use gradpool_core::{JobId, Piconero, ProviderId, Sha256Hex, SignedCommitment};
@@ -168,6 +170,10 @@ pub struct JobRow {
     pub region: Option<String>,
     /// A parallel job's current round.
     pub round: i64,
+    /// What runs its segments: gradpool's trainer or the customer's
+    /// container.
+    #[sqlx(try_from = "String")]
+    pub runtime: Runtime,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
@@ -176,7 +182,7 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round, runtime";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted
@@ -216,6 +222,8 @@ impl JobRow {
                 .model
                 .as_deref()
                 .and_then(|m| serde_json::from_str::<gradpool_core::model::ModelMeta>(m).ok())
+                // A container job's script alone knows its model.
+                .filter(|m| !matches!(m, gradpool_core::model::ModelMeta::Container { .. }))
                 .map(|m| m.parameter_count()),
             memory_bytes: self.memory_bytes.and_then(|m| u64::try_from(m).ok()),
             waiting: None,
@@ -614,6 +622,7 @@ struct ProviderRow {
     booked: i64,
     validate: bool,
     trains: bool,
+    containers: bool,
     paused: Option<String>,
     held: Option<String>,
     duplicate_of: Option<String>,
@@ -643,7 +652,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
@@ -697,6 +706,7 @@ pub async fn providers(
                 price_per_hour: pico(r.price_per_hour),
                 validate: r.validate,
                 train: r.trains,
+                containers: r.containers,
                 streak: to_u64(r.streak),
                 faults: to_u64(r.faults),
                 reputation: reputation(to_u64(r.streak)),
@@ -732,8 +742,10 @@ mod tests {
     async fn every_state_column_checks_exactly_its_enums_spellings() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("pool.db")).await.unwrap();
-        let columns: [(&str, &str, String); 15] = [
+        let columns: [(&str, &str, String); 17] = [
             ("jobs", "status", JobStatus::check_list()),
+            ("jobs", "runtime", Runtime::check_list()),
+            ("job_blobs", "role", JobBlobRole::check_list()),
             (
                 "jobs",
                 "verification",

@@ -391,6 +391,7 @@ async fn registration_is_checked() {
         validate: false,
         train: true,
         region: None,
+        containers: false,
         paused: None,
         memory_bytes: 8 << 30,
         isa: "x86-64-v3".into(),

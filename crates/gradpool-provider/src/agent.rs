@@ -1,6 +1,7 @@
 //! The agent's main loop: register, heart-beat, take segments, train them,
 //! commit them.
 
+mod container;
 mod round;
 
 use crate::device::Device;
@@ -56,6 +57,15 @@ pub struct ProviderConfig {
     /// Where the rig is, as its owner says (`eu-west`): jobs that keep to
     /// a region (`resources.region`) train only on rigs there.
     pub region: Option<String>,
+    /// Run container jobs (the customer's own script in its image, under
+    /// podman in a sandbox): the owner's opt-in, off by default.
+    pub accept_containers: bool,
+    /// The most disk the container images may take, in bytes; the least
+    /// recently used are removed beyond it.
+    pub image_cache_bytes: u64,
+    /// Where the container images are kept: `images/` in the data
+    /// directory unless given (agents of one machine may share one).
+    pub image_store: Option<PathBuf>,
     /// The owner's limits; outside its schedule the agent finishes what it
     /// runs and takes nothing new.
     pub limits: crate::limits::Limits,
@@ -82,6 +92,9 @@ impl Default for ProviderConfig {
             validate: false,
             train: true,
             region: None,
+            accept_containers: false,
+            image_cache_bytes: DEFAULT_IMAGE_CACHE_BYTES,
+            image_store: None,
             limits: crate::limits::Limits::default(),
             clock: Arc::new(crate::limits::SystemClock),
             #[cfg(feature = "cheat")]
@@ -89,6 +102,9 @@ impl Default for ProviderConfig {
         }
     }
 }
+
+/// The image cache's cap when the owner sets none: 20 GiB.
+pub const DEFAULT_IMAGE_CACHE_BYTES: u64 = 20 << 30;
 
 /// A segment process that reports nothing for this long is stuck (a hung
 /// device, a deadlock): it is killed and the segment reported as failed.
@@ -114,6 +130,9 @@ struct Shared {
     running: AtomicU32,
     /// Checkpoints being uploaded because the pool asked for them.
     uploading: std::sync::Mutex<std::collections::HashSet<Sha256Hex>>,
+    /// The container images, when the owner accepts container jobs and
+    /// podman works here.
+    images: Option<container::Images>,
 }
 
 impl Shared {
@@ -213,6 +232,16 @@ pub async fn run(
     };
     let share_file = dir.root().join("gpu-share");
     let api = Api::new(&config.pool_url, None, &config.trust)?;
+    let images = if config.accept_containers {
+        let store = config
+            .image_store
+            .clone()
+            .unwrap_or_else(|| dir.root().join("images"));
+        let owner = key.provider_id().to_string();
+        container::Images::open(&store, config.image_cache_bytes, &owner).await
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         api: tokio::sync::RwLock::new(api),
         dir,
@@ -224,6 +253,7 @@ pub async fn run(
         share_file,
         running: AtomicU32::new(0),
         uploading: std::sync::Mutex::default(),
+        images,
     });
     shared.set_share(shared.config.limits.max_gpu_share);
     if governor.is_some()
@@ -441,6 +471,7 @@ async fn register(
                 validate: shared.config.validate,
                 train: shared.config.train,
                 region: shared.config.region.clone(),
+                containers: shared.images.is_some(),
             };
             api.register(&req).await
         };
@@ -581,75 +612,15 @@ async fn run_task(
         }
         None => {
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
-            let data = fetch(shared, &a.data_sha256).await?;
-            let spec = task_dir.join("spec.toml");
-            let start = match (&a.round, &a.start_checkpoint_sha256) {
-                (Some(_), _) => round::start(shared, a, &spec, &data).await?,
-                (None, Some(sha)) => Some(fetch(shared, sha).await?),
-                (None, None) => None,
+            let spec = container::spec_of(a)?;
+            let ran = if spec.container().is_some() {
+                train_container(shared, a, &spec, &task_dir, &out, cancel, step).await?
+            } else {
+                train_native(shared, a, &task_dir, &out, cancel, step, foreign).await?
             };
-            let files = SegmentFiles {
-                spec,
-                data,
-                start,
-                out: out.clone(),
-            };
-            let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
-            let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
-            let started = std::time::Instant::now();
-            let mut run = shared.segment_run(files, a.start_step, a.end_step);
-            worker_slot(shared, a, &mut run).await?;
-            #[cfg(feature = "cheat")]
-            if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
-                tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
-                run.cheat = Some(kind.to_owned());
-            }
-            let end = segment::run_child(
-                &shared.config.program,
-                &run,
-                SEGMENT_STALL,
-                cancel.clone(),
-                |s, loss, tokens_per_sec| {
-                    step.store(s + 1, Ordering::Relaxed);
-                    let _ = tx.send(Some(wire::Progress {
-                        step: s + 1,
-                        loss,
-                        tokens_per_sec,
-                    }));
-                },
-            )
-            .await
-            .map_err(ProviderError::io("cannot run the segment process"))?;
-            drop(tx);
-            let _ = reporter.await;
-            match end {
-                SegmentEnd::Done {
-                    losses,
-                    eval_loss,
-                    busy_ms,
-                    rest_ms,
-                } => {
-                    let trained = Trained { losses, eval_loss };
-                    shared.dir.finish_training(&a.task_id, &trained)?;
-                    // Billed: the segment's time less the rests the owner's
-                    // share imposed; the customer does not pay for those.
-                    let ms = u64::try_from(started.elapsed().as_millis())
-                        .unwrap_or(u64::MAX)
-                        .saturating_sub(rest_ms)
-                        .max(1);
-                    let stepping = busy_ms.saturating_add(rest_ms);
-                    let dedication = wire::Dedication {
-                        share: if stepping == 0 {
-                            1.0
-                        } else {
-                            busy_ms as f64 / stepping as f64
-                        },
-                        foreign_processes: foreign.load(Ordering::Relaxed),
-                    };
-                    (trained, ms, Some(dedication))
-                }
-                SegmentEnd::Cancelled => return Ok(TaskEnd::Cancelled),
-                SegmentEnd::Failed { reason } => return Err(ProviderError::Segment(reason)),
+            match ran {
+                Some(ran) => ran,
+                None => return Ok(TaskEnd::Cancelled),
             }
         }
     };
@@ -665,6 +636,131 @@ async fn run_task(
         dedication,
     };
     commit(shared, a, done, cancel).await
+}
+
+/// What a trained segment measured: its losses, the billed time, and the
+/// device's dedication when it is known.
+type Ran = (Trained, u64, Option<wire::Dedication>);
+
+/// Trains a native segment in a `gradpool segment run` child; `None` when
+/// cancelled.
+async fn train_native(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    task_dir: &std::path::Path,
+    out: &std::path::Path,
+    cancel: &CancellationToken,
+    step: &Arc<AtomicU64>,
+    foreign: &AtomicU32,
+) -> Result<Option<Ran>, ProviderError> {
+    let data = fetch(shared, &a.data_sha256).await?;
+    let spec = task_dir.join("spec.toml");
+    let start = match (&a.round, &a.start_checkpoint_sha256) {
+        (Some(_), _) => round::start(shared, a, &spec, &data).await?,
+        (None, Some(sha)) => Some(fetch(shared, sha).await?),
+        (None, None) => None,
+    };
+    let files = SegmentFiles {
+        spec,
+        data,
+        start,
+        out: out.to_owned(),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
+    let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
+    let started = std::time::Instant::now();
+    let mut run = shared.segment_run(files, a.start_step, a.end_step);
+    worker_slot(shared, a, &mut run).await?;
+    #[cfg(feature = "cheat")]
+    if let Some(kind) = shared.config.cheat.kind_for(&a.task_id) {
+        tracing::warn!(task = %a.task_id, kind, "cheating on this segment");
+        run.cheat = Some(kind.to_owned());
+    }
+    let end = segment::run_child(
+        &shared.config.program,
+        &run,
+        SEGMENT_STALL,
+        cancel.clone(),
+        |s, loss, tokens_per_sec| {
+            step.store(s + 1, Ordering::Relaxed);
+            let _ = tx.send(Some(wire::Progress {
+                step: s + 1,
+                loss,
+                tokens_per_sec,
+            }));
+        },
+    )
+    .await
+    .map_err(ProviderError::io("cannot run the segment process"))?;
+    drop(tx);
+    let _ = reporter.await;
+    match end {
+        SegmentEnd::Done {
+            losses,
+            eval_loss,
+            busy_ms,
+            rest_ms,
+        } => {
+            let trained = Trained { losses, eval_loss };
+            shared.dir.finish_training(&a.task_id, &trained)?;
+            // Billed: the segment's time less the rests the owner's
+            // share imposed; the customer does not pay for those.
+            let ms = u64::try_from(started.elapsed().as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_sub(rest_ms)
+                .max(1);
+            let stepping = busy_ms.saturating_add(rest_ms);
+            let dedication = wire::Dedication {
+                share: if stepping == 0 {
+                    1.0
+                } else {
+                    busy_ms as f64 / stepping as f64
+                },
+                foreign_processes: foreign.load(Ordering::Relaxed),
+            };
+            Ok(Some((trained, ms, Some(dedication))))
+        }
+        SegmentEnd::Cancelled => Ok(None),
+        SegmentEnd::Failed { reason } => Err(ProviderError::Segment(reason)),
+    }
+}
+
+/// Trains a container segment in its sandbox; `None` when cancelled.
+async fn train_container(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    spec: &gradpool_core::JobSpec,
+    task_dir: &std::path::Path,
+    out: &std::path::Path,
+    cancel: &CancellationToken,
+    step: &Arc<AtomicU64>,
+) -> Result<Option<Ran>, ProviderError> {
+    let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
+    let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
+    let started = std::time::Instant::now();
+    let ran = container::run(shared, a, spec, task_dir, out, cancel, |s, loss| {
+        step.store(s + 1, Ordering::Relaxed);
+        let _ = tx.send(Some(wire::Progress {
+            step: s + 1,
+            loss,
+            tokens_per_sec: 0.0,
+        }));
+    })
+    .await;
+    drop(tx);
+    let _ = reporter.await;
+    let Some(end) = ran? else {
+        return Ok(None);
+    };
+    let trained = Trained {
+        losses: end.losses,
+        eval_loss: end.eval_loss,
+    };
+    shared.dir.finish_training(&a.task_id, &trained)?;
+    let ms = u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Ok(Some((trained, ms, None)))
 }
 
 /// What a trained segment leaves to commit: its checkpoint, a parallel
@@ -884,7 +980,7 @@ async fn commit(
         hash,
         loss_trace_blake3: commitment::loss_trace_hash(&loss_trace),
         runtime: RUNTIME_VERSION.to_owned(),
-        class: shared.device.hardware().class(),
+        class: container::class(shared, &container::spec_of(a)?),
         pseudo_gradient_sha256: sent.as_ref().map(|(_, sha)| sha.clone()),
     });
     let body = wire::Commit {
@@ -1076,7 +1172,8 @@ async fn replay(
         .replay
         .as_ref()
         .ok_or_else(|| ProviderError::Segment("a replay task without its claim".into()))?;
-    let class = shared.device.hardware().class();
+    let spec = container::spec_of(a)?;
+    let class = container::class(shared, &spec);
     let cross_class = class != target.claimed_class;
     #[cfg(feature = "cheat")]
     if shared.config.cheat.lazy_validator {
@@ -1096,6 +1193,9 @@ async fn replay(
     }
     let task_dir = shared.dir.begin_task(a)?;
     tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "replaying segment for an audit");
+    if spec.container().is_some() {
+        return replay_container(shared, a, &spec, &task_dir, target, cancel).await;
+    }
     let data = fetch(shared, &a.data_sha256).await?;
     let start = match &a.start_checkpoint_sha256 {
         Some(sha) => Some(fetch(shared, sha).await?),
@@ -1164,6 +1264,49 @@ async fn replay(
     if let Some(path) = sent {
         let _ = std::fs::remove_file(path);
     }
+    reported
+}
+
+/// Replays a container segment in its sandbox and reports it.
+async fn replay_container(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    spec: &gradpool_core::JobSpec,
+    task_dir: &std::path::Path,
+    target: &wire::ReplayTarget,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, ProviderError> {
+    let class = container::class(shared, spec);
+    let out = task_dir.join("replay.safetensors");
+    let started = std::time::Instant::now();
+    let Some(end) = container::run(shared, a, spec, task_dir, &out, cancel, |_, _| {}).await?
+    else {
+        return Ok(TaskEnd::Cancelled);
+    };
+    let compute_ms = u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let sha = Sha256Hex::of_file(&out)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let distance = if class != target.claimed_class {
+        let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
+        Some(container::distance(&out, &claimed))
+    } else {
+        None
+    };
+    let report = ReplayReport {
+        task_id: a.task_id.clone(),
+        job_id: a.job_id.clone(),
+        segment: a.segment,
+        end_checkpoint_sha256: sha,
+        loss_trace_blake3: commitment::loss_trace_hash(&end.losses),
+        class,
+        distance,
+        compute_ms,
+        pseudo_gradient_sha256: None,
+    };
+    let reported = send_replay(shared, a, report, cancel).await;
+    let _ = std::fs::remove_file(&out);
     reported
 }
 

@@ -57,6 +57,40 @@ pub fn forge_global(path: &std::path::Path) -> Result<(), crate::ProviderError> 
     std::fs::write(path, global.to_bytes()).map_err(io)
 }
 
+/// Relabels a container checkpoint written at an earlier step as one at
+/// `step`: a segment that trained only part of its steps passes itself off
+/// as whole. The file stays a canonical container checkpoint.
+pub fn forge_container_step(path: &std::path::Path, step: u64) -> Result<(), crate::ProviderError> {
+    let fail = |why: String| crate::ProviderError::Segment(format!("cannot forge: {why}"));
+    let bytes = std::fs::read(path).map_err(crate::ProviderError::io(format!(
+        "cannot read {}",
+        path.display()
+    )))?;
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| fail("too short".into()))?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(8))
+        .filter(|e| *e <= bytes.len())
+        .ok_or_else(|| fail("header size".into()))?;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| fail(e.to_string()))?;
+    header["__metadata__"]["step"] = serde_json::Value::String(step.to_string());
+    let text = serde_json::to_vec(&header).map_err(|e| fail(e.to_string()))?;
+    let mut relabelled = (text.len() as u64).to_le_bytes().to_vec();
+    relabelled.extend_from_slice(&text);
+    relabelled.extend_from_slice(&bytes[end..]);
+    let (canonical, _) = gradpool_core::container::canonical(&relabelled, step, None)
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(path, canonical).map_err(crate::ProviderError::io(format!(
+        "cannot forge {}",
+        path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

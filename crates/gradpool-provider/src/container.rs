@@ -43,6 +43,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+/// The label naming who runs a segment's container.
+pub const OWNER_LABEL: &str = "gradpool.owner";
+
 /// Why a container segment failed: each is shown to the customer.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -166,6 +169,10 @@ pub struct ContainerSegment {
     /// `GRADPOOL_*` variables beyond the step range (seed, threads, the
     /// spec's training values).
     pub env: Vec<(String, String)>,
+    /// Who runs it (an agent's provider id), as the container's
+    /// `gradpool.owner` label: agents sharing one image store each remove
+    /// only their own leftovers ([`ImageStore::remove_containers_of`]).
+    pub owner: String,
 }
 
 /// A finished container segment.
@@ -246,7 +253,9 @@ impl ContainerSegment {
         let name = self.name();
         store.remove_container(&name).await;
         let mut cmd = store.podman();
-        cmd.arg("run").arg(format!("--name={name}"));
+        cmd.arg("run")
+            .arg(format!("--name={name}"))
+            .arg(format!("--label={OWNER_LABEL}={}", self.owner));
         cmd.args(sandbox.args(rootless))
             .args(self.mounts())
             .args(self.variables())

@@ -36,7 +36,7 @@ pub mod limits;
 pub mod segment;
 pub mod state;
 
-pub use agent::{run, ProviderConfig};
+pub use agent::{run, ProviderConfig, DEFAULT_IMAGE_CACHE_BYTES};
 pub use device::{CpuDevice, Device, Load, SimulatedDevice};
 
 /// Errors of the provider agent.
@@ -53,6 +53,9 @@ pub enum ProviderError {
     NodeKey(#[from] gradpool_core::commitment::CommitmentError),
     #[error("segment failed: {0}")]
     Segment(String),
+    /// A container segment failed: its script, its sandbox or its image.
+    #[error("container segment failed: {0}")]
+    Container(#[from] crate::container::ContainerError),
     /// Another agent runs on the data directory.
     #[error(
         "the data directory {dir} is in use by another gradpool provider agent{holder}: \

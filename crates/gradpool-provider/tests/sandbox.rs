@@ -101,6 +101,7 @@ impl Rig {
             from: 0,
             to: 2,
             env: vec![],
+            owner: "sandbox-test".into(),
         };
         let mut steps = Vec::new();
         let out = self.dir.path().join("checkpoint.safetensors");

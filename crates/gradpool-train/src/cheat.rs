@@ -272,6 +272,7 @@ fn fake_steps(
             ..
         } => (spec.train.batch_size * block_size, *vocab_size),
         ModelMeta::Mlp { classes, .. } => (spec.train.batch_size, *classes),
+        ModelMeta::Container { .. } => (spec.train.batch_size, 1),
     };
     let loss = losses
         .last()

@@ -29,6 +29,12 @@ impl Model {
         values: Vec<Vec<f32>>,
         device: &Device,
     ) -> Result<Model, TrainError> {
+        if let ModelMeta::Container { .. } = meta {
+            return Err(TrainError::Unsupported(
+                "a container job's model is its script's: it trains in its image, under podman"
+                    .into(),
+            ));
+        }
         let specs = meta.params();
         let mut vars = Vec::with_capacity(specs.len());
         for (spec, v) in specs.iter().zip(values) {

@@ -175,6 +175,10 @@ pub(crate) fn logits(model: &Model, inputs: &Tensor) -> candle_core::Result<Tens
     match model.meta {
         ModelMeta::Gpt { .. } => model.gpt_logits(inputs),
         ModelMeta::Mlp { .. } => model.mlp_logits(inputs),
+        // `Model::from_values` refuses it.
+        ModelMeta::Container { .. } => Err(candle_core::Error::Msg(
+            "a container job's model has no native logits".into(),
+        )),
     }
 }
 
@@ -411,7 +415,7 @@ pub(crate) fn train_steps(
 ) -> Result<Vec<f32>, TrainError> {
     let units = match model.meta {
         ModelMeta::Gpt { block_size, .. } => spec.train.batch_size * block_size,
-        ModelMeta::Mlp { .. } => spec.train.batch_size,
+        ModelMeta::Mlp { .. } | ModelMeta::Container { .. } => spec.train.batch_size,
     } as f64;
     let mut losses = Vec::with_capacity(steps.end.saturating_sub(steps.start) as usize);
     for step in steps {

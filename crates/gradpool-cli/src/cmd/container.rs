@@ -11,9 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The image cache's cap when none is given: 20 GiB.
-pub const DEFAULT_IMAGE_CACHE_GIB: u64 = 20;
-
 /// Where `gradpool train` keeps container images: `$XDG_CACHE_HOME` or
 /// `~/.cache`, under `gradpool/images`.
 pub fn default_image_store() -> PathBuf {
@@ -26,7 +23,7 @@ pub fn default_image_store() -> PathBuf {
 
 /// The sha256 of `path` (the file of spec field `field`), refused unless
 /// it is the spec's pin `pin` (named `pin_field`) when there is one.
-fn pinned_digest(
+pub(crate) fn pinned_digest(
     path: &Path,
     field: &str,
     pin: Option<&Sha256Hex>,
@@ -88,7 +85,7 @@ pub fn train(
         bail!("not a container spec");
     };
     let (archive, digest) = image_archive(c)?;
-    let store = ImageStore::open(store_dir, DEFAULT_IMAGE_CACHE_GIB << 30)?;
+    let store = ImageStore::open(store_dir, gradpool_provider::DEFAULT_IMAGE_CACHE_BYTES)?;
     let job_files = out.join("job");
     stage_files(c, &job_files)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -121,6 +118,7 @@ pub fn train(
             from,
             to,
             env: job_env(spec, threads, "cpu"),
+            owner: "gradpool-train".into(),
         };
         let end = runtime
             .block_on(

@@ -75,6 +75,10 @@ pub enum JobCommand {
         /// CPU threads for the replays (default: all).
         #[arg(long)]
         threads: Option<u32>,
+        /// Where a container job's image is loaded to replay it (default:
+        /// `~/.cache/gradpool/images`).
+        #[arg(long, value_name = "DIR")]
+        image_store: Option<PathBuf>,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -292,6 +296,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             id,
             segments,
             threads,
+            image_store,
             json,
             customer,
         } => {
@@ -302,6 +307,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 threads,
                 program: std::env::current_exe()?,
                 work_dir: work.path().to_owned(),
+                image_store: image_store.unwrap_or_else(super::container::default_image_store),
             };
             let report = super::verify::verify_job(&api, &id, &opts).await?;
             if json {
@@ -484,7 +490,58 @@ pub async fn submit(
             spec_path.display()
         ),
     };
+    let spec_toml = match spec.container() {
+        Some(_) => {
+            let dir = spec_path.parent().unwrap_or(Path::new("."));
+            pin_container(api, &spec_toml, dir, progress).await?
+        }
+        None => spec_toml,
+    };
     submit_into(api, &spec_toml, &data, overrides.booking.clone(), progress).await
+}
+
+/// Uploads a container spec's image and files (paths relative to `dir`)
+/// and returns the spec with each pinned by its digest
+/// (`container.image_sha256`, `[container.file_sha256]`), comments kept.
+/// A digest the spec pins already must be the file's.
+pub async fn pin_container(
+    api: &Api,
+    spec_toml: &str,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<String> {
+    let mut spec = JobSpec::from_toml_str(spec_toml)?;
+    spec.resolve_paths(dir);
+    let Some(c) = spec.container() else {
+        return Ok(spec_toml.to_owned());
+    };
+    let mut doc: toml_edit::DocumentMut = spec_toml.parse().context("the spec is not TOML")?;
+    let table = doc
+        .get_mut("container")
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .context("container: not a table")?;
+    if let Some(image) = &c.image {
+        let sha = super::container::pinned_digest(
+            image,
+            "container.image",
+            c.image_sha256.as_ref(),
+            "container.image_sha256",
+        )?;
+        upload(api, image, &sha, progress).await?;
+        table.insert("image_sha256", toml_edit::value(sha.as_str()));
+    }
+    let mut pins = toml_edit::InlineTable::new();
+    for f in &c.files {
+        let field = format!("container.file_sha256.{}", f.name);
+        let sha =
+            super::container::pinned_digest(&f.path, "container.files", f.sha256.as_ref(), &field)?;
+        upload(api, &f.path, &sha, progress).await?;
+        pins.insert(f.name.as_str(), sha.as_str().into());
+    }
+    if !pins.is_empty() {
+        table.insert("file_sha256", toml_edit::value(pins));
+    }
+    Ok(doc.to_string())
 }
 
 /// Uploads `data` and submits `spec_toml`.
@@ -506,16 +563,8 @@ pub async fn submit_into(
     progress: bool,
 ) -> anyhow::Result<JobView> {
     let spec = JobSpec::from_toml_str(spec_toml)?;
-    let sha = Sha256Hex::of_file(data)
-        .with_context(|| format!("cannot read data file {}", data.display()))?;
-    if let Some(expected) = &spec.data.sha256 {
-        if *expected != sha {
-            bail!(
-                "data.sha256: the spec expects {expected}, but {} has sha256 {sha}",
-                data.display()
-            );
-        }
-    }
+    let sha =
+        super::container::pinned_digest(data, "data", spec.data.sha256.as_ref(), "data.sha256")?;
     if spec.data.format == gradpool_core::spec::DataFormat::Text {
         let file = std::fs::File::open(data)
             .with_context(|| format!("cannot read data file {}", data.display()))?;
@@ -523,29 +572,7 @@ pub async fn submit_into(
             eprintln!("warning: {}: {w}", data.display());
         }
     }
-    let size = std::fs::metadata(data)?.len();
-    let bar = if progress {
-        let bar = ProgressBar::new(size);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "uploading {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(
-            data.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let b = bar.clone();
-    api.put_blob(data, &sha, move |n| b.inc(n))
-        .await
-        .with_context(|| format!("cannot upload {}", data.display()))?;
-    bar.finish_and_clear();
+    upload(api, data, &sha, progress).await?;
     let job: JobView = api
         .post(
             "/v1/jobs",
@@ -557,6 +584,37 @@ pub async fn submit_into(
         )
         .await?;
     Ok(job)
+}
+
+/// Uploads the file `path` of digest `sha` as a blob, with a progress bar
+/// when `progress`.
+async fn upload(api: &Api, path: &Path, sha: &Sha256Hex, progress: bool) -> anyhow::Result<()> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let bar = if progress {
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "uploading {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let b = bar.clone();
+    api.put_blob(path, sha, move |n| b.inc(n))
+        .await
+        .with_context(|| format!("cannot upload {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// What `job fetch` writes beside the model: which checkpoint it is, how
@@ -590,8 +648,8 @@ pub struct FetchSummary {
 
 /// Downloads a job's last accepted checkpoint (the trained model once it
 /// trained to the end; the last paid one of a running, cancelled or failed
-/// job) and writes `out/model.safetensors` (weights only) and
-/// `out/summary.json`.
+/// job) and writes `out/model.safetensors` (weights only; a container
+/// job's under its script's `state_dict` names) and `out/summary.json`.
 pub async fn fetch_model(
     api: &Api,
     id: &str,
@@ -611,9 +669,16 @@ pub async fn fetch_model(
     let ckpt = out.join("checkpoint.safetensors");
     api.get_blob(&sha, &ckpt).await?;
     let model = out.join("model.safetensors");
-    gradpool_train::export_model(&spec, &ckpt, &model).with_context(|| {
-        format!("checkpoint {sha} of job {id} is not a valid checkpoint for its spec")
-    })?;
+    let invalid = || format!("checkpoint {sha} of job {id} is not a valid checkpoint for its spec");
+    if spec.container().is_some() {
+        // The script's weights under their state_dict names.
+        let bytes = std::fs::read(&ckpt)?;
+        let weights = gradpool_core::container::model_weights(&bytes).with_context(invalid)?;
+        std::fs::write(&model, weights)
+            .with_context(|| format!("cannot write {}", model.display()))?;
+    } else {
+        gradpool_train::export_model(&spec, &ckpt, &model).with_context(invalid)?;
+    }
     if !keep_checkpoint {
         std::fs::remove_file(&ckpt)?;
     }

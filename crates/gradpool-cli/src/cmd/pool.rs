@@ -50,6 +50,9 @@ pub struct PoolArgs {
     /// Largest blob (dataset, checkpoint) accepted, in MiB.
     #[arg(long, default_value_t = 4096)]
     max_blob_mib: u64,
+    /// Largest container image (OCI archive) a job may bring, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    max_image_mib: u64,
     /// Refuse `POST /v1/accounts`: accounts are created by the operator only.
     #[arg(long)]
     closed_signup: bool,
@@ -253,6 +256,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         lease_seconds: a.lease_seconds,
         heartbeat_seconds: a.heartbeat_seconds,
         max_blob_bytes: a.max_blob_mib * 1024 * 1024,
+        max_image_bytes: a.max_image_mib * 1024 * 1024,
         open_signup: !a.closed_signup,
         money: MoneyConfig {
             backend: match (a.monero_wallet_rpc, a.monero_daemon) {

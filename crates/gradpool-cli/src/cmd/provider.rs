@@ -106,6 +106,18 @@ pub struct RigArgs {
     /// (`resources.region`) train only on rigs that declare it.
     #[arg(long)]
     region: Option<String>,
+    /// Run container jobs: customers' own training images, under podman in
+    /// a sandbox (no network, read-only, no capabilities, capped memory).
+    #[arg(long)]
+    accept_containers: bool,
+    /// The most disk container images may take, in GiB (default 20); the
+    /// least recently used are removed beyond it.
+    #[arg(long, value_name = "GIB")]
+    image_cache_gib: Option<u32>,
+    /// Where container images are kept (default: `images/` in the data
+    /// dir); the agents of one machine, one per GPU, may share one.
+    #[arg(long, value_name = "DIR")]
+    image_store: Option<PathBuf>,
     /// Percent of the time the device may train (1–100).
     #[arg(long, value_name = "PERCENT")]
     max_gpu_share: Option<u8>,
@@ -387,6 +399,9 @@ struct Settings {
     payout: Vec<PayoutSplit>,
     validate: bool,
     region: Option<String>,
+    accept_containers: bool,
+    image_cache_gib: u32,
+    image_store: Option<PathBuf>,
     limits: gradpool_provider::limits::Limits,
     /// How the pool's certificate is trusted (the flag over the file's
     /// `pool_fingerprint`).
@@ -476,6 +491,13 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
             }
             None => None,
         },
+        accept_containers: a.accept_containers || file.accept_containers.unwrap_or(false),
+        image_cache_gib: match a.image_cache_gib.or(file.image_cache_gib) {
+            Some(0) => bail!("image_cache_gib: must be at least 1"),
+            Some(g) => g,
+            None => (gradpool_provider::DEFAULT_IMAGE_CACHE_BYTES >> 30) as u32,
+        },
+        image_store: a.image_store.clone().or(file.image_store),
         limits,
     })
 }
@@ -697,6 +719,9 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         validate: s.validate || a.validate_only,
         train: !a.validate_only,
         region: s.region,
+        accept_containers: s.accept_containers,
+        image_cache_bytes: u64::from(s.image_cache_gib) << 30,
+        image_store: s.image_store,
         limits: s.limits,
         clock: Arc::new(gradpool_provider::limits::SystemClock),
         #[cfg(feature = "cheat")]

@@ -24,6 +24,8 @@
 //! the workers, and waited for; one a worker never delivers is reported
 //! `kept by its provider`.
 
+mod container;
+
 use anyhow::Context;
 use gradpool_client::{Api, ClientError};
 use gradpool_core::commitment::{self, genesis, ChainHash, OuterInput};
@@ -46,6 +48,8 @@ pub struct VerifyOptions {
     pub program: PathBuf,
     /// Where checkpoints and replays are written.
     pub work_dir: PathBuf,
+    /// Where a container job's image is loaded to replay its segments.
+    pub image_store: PathBuf,
 }
 
 /// The verdict on one segment.
@@ -173,7 +177,11 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         Vec::new()
     };
     let device = CpuDevice::new(opts.threads);
-    let class = device.hardware().class();
+    let class = match spec.container() {
+        Some(c) => container::class(c, &device.hardware())?,
+        None => device.hardware().class(),
+    };
+    let mut staged: Option<container::Staged> = None;
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("cannot create {}", opts.work_dir.display()))?;
 
@@ -302,6 +310,28 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         }
         let slot = inputs.pop().flatten();
         let start = inputs.pop().flatten();
+        if let Some(c) = spec.container() {
+            let ready = match staged.take() {
+                Some(ready) => ready,
+                None => {
+                    let threads = device.hardware().threads;
+                    container::stage(api, c, &opts.work_dir, &opts.image_store, threads).await?
+                }
+            };
+            let (replay, distance) = container::replay(
+                &ready,
+                &spec,
+                (&data, &opts.work_dir),
+                start,
+                s,
+                &end,
+                &class,
+            )
+            .await?;
+            (checks[i].replay, checks[i].distance) = (replay, distance);
+            staged = Some(ready);
+            continue;
+        }
         let (replay, distance) = replay_segment(
             opts,
             &device,

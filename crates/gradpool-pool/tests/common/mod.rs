@@ -156,6 +156,7 @@ impl TestPool {
             validate: false,
             train: true,
             region: None,
+            containers: false,
             paused: None,
             memory_bytes: 8 << 30,
             isa: "x86-64-v3".into(),
@@ -392,6 +393,8 @@ pub struct TestProvider {
     pub train: bool,
     /// The region its owner declares.
     pub region: Option<String>,
+    /// Whether it runs container jobs.
+    pub containers: bool,
     /// The pause reason its heartbeats report.
     pub paused: Option<String>,
     /// The device memory it claims.
@@ -440,6 +443,7 @@ impl TestProvider {
             validate: self.validate,
             train: self.train,
             region: self.region.clone(),
+            containers: self.containers,
         }
     }
 

@@ -113,6 +113,37 @@ impl ImageStore {
         Ok(name)
     }
 
+    /// Whether the store holds the image of the archive of `digest`.
+    pub async fn contains(&self, digest: &Sha256Hex) -> Result<bool, ContainerError> {
+        self.exists(&format!("{IMAGE_PREFIX}:{digest}")).await
+    }
+
+    /// Whether podman runs on this store: the check before the agent
+    /// offers to run container jobs.
+    pub async fn check(&self) -> Result<(), ContainerError> {
+        self.podman_ok(&["info", "--format", "{{.Store.GraphRoot}}"])
+            .await
+    }
+
+    /// Removes every container `owner` ran in this store: those of
+    /// segments a crashed agent left running. Other agents sharing the
+    /// store keep theirs.
+    pub async fn remove_containers_of(&self, owner: &str) {
+        let _ = self
+            .podman()
+            .args(["rm", "--force", "--time", "0", "--filter"])
+            .arg(format!("label={}={owner}", super::OWNER_LABEL))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    }
+
+    /// The most bytes of images the store keeps.
+    pub fn cap_bytes(&self) -> u64 {
+        self.cap_bytes
+    }
+
     /// The total size of the images held, as recorded when loaded.
     pub fn held_bytes(&self) -> u64 {
         self.index().values().map(|e| e.bytes).sum()

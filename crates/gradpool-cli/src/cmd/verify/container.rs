@@ -1,0 +1,153 @@
+//! `job verify` of a container job: its image and files downloaded from
+//! the pool (checked against the digests the job pins), the image loaded
+//! into the customer's image store, and each sampled segment run again in
+//! the sandbox a provider uses.
+
+use anyhow::Context;
+use gradpool_client::Api;
+use gradpool_core::spec::{ContainerConfig, JobSpec};
+use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
+use gradpool_core::wire::SegmentView;
+use gradpool_core::Sha256Hex;
+use gradpool_provider::container::{job_env, ContainerSegment, ImageStore, Sandbox};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A container job made ready to replay here.
+pub(super) struct Staged {
+    store: ImageStore,
+    image: String,
+    job_files: PathBuf,
+    threads: u32,
+}
+
+/// The job's pinned image digest.
+fn image_of(c: &ContainerConfig) -> anyhow::Result<&Sha256Hex> {
+    c.image_sha256
+        .as_ref()
+        .context("the job's spec pins no image (container.image_sha256)")
+}
+
+/// The class a replay here belongs to.
+pub(super) fn class(
+    c: &ContainerConfig,
+    hardware: &gradpool_core::hardware::Hardware,
+) -> anyhow::Result<String> {
+    Ok(gradpool_core::container::class(image_of(c)?, hardware))
+}
+
+/// Downloads the job's image and files into `work` and loads the image
+/// into the store at `store_dir`.
+pub(super) async fn stage(
+    api: &Api,
+    c: &ContainerConfig,
+    work: &Path,
+    store_dir: &Path,
+    threads: u32,
+) -> anyhow::Result<Staged> {
+    let digest = image_of(c)?;
+    let store = ImageStore::open(store_dir, gradpool_provider::DEFAULT_IMAGE_CACHE_BYTES)?;
+    let archive = work.join("image.oci");
+    if !store.contains(digest).await? {
+        eprintln!("downloading the job's image {digest}…");
+        api.get_blob(digest, &archive)
+            .await
+            .with_context(|| format!("cannot download the job's image {digest}"))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let image = store
+        .ensure(digest, || Some(archive.clone()), now)
+        .await
+        .context("cannot load the job's image")?;
+    let _ = std::fs::remove_file(&archive);
+    let job_files = work.join("job");
+    std::fs::create_dir_all(&job_files)?;
+    for f in &c.files {
+        let sha = f
+            .sha256
+            .as_ref()
+            .with_context(|| format!("container.file_sha256.{}: not pinned", f.name))?;
+        api.get_blob(sha, &job_files.join(&f.name))
+            .await
+            .with_context(|| format!("cannot download the job file {}", f.name))?;
+    }
+    Ok(Staged {
+        store,
+        image,
+        job_files,
+        threads,
+    })
+}
+
+/// Runs segment `s` again in the sandbox and compares the result with
+/// `claimed`: by hash inside the trainer's class, by distance across.
+pub(super) async fn replay(
+    staged: &Staged,
+    spec: &JobSpec,
+    (data, work): (&Path, &Path),
+    start: Option<PathBuf>,
+    s: &SegmentView,
+    claimed: &Path,
+    class: &str,
+) -> anyhow::Result<(String, Option<f64>)> {
+    let c = spec.container().context("not a container job")?;
+    let layout = match &start {
+        Some(path) => Some(
+            gradpool_core::container::Layout::of(&std::fs::read(path)?)
+                .map_err(|e| anyhow::anyhow!("the start checkpoint: {e}"))?,
+        ),
+        None => None,
+    };
+    let segment = ContainerSegment {
+        image: staged.image.clone(),
+        command: c.command.clone(),
+        data: data.to_owned(),
+        job_files: staged.job_files.clone(),
+        start,
+        work: work.join(format!("container-{}", s.segment)),
+        from: s.start_step,
+        to: s.end_step,
+        env: job_env(spec, staged.threads, "cpu"),
+        owner: "gradpool-job-verify".into(),
+    };
+    let sandbox = Sandbox::new(
+        c.memory_gib,
+        staged.threads,
+        Duration::from_secs(u64::from(c.segment_minutes) * 60),
+    );
+    let out = work.join(format!("replay-{}.safetensors", s.segment));
+    if let Err(e) = segment
+        .run(&staged.store, &sandbox, layout.as_ref(), &out, |_, _| {})
+        .await
+    {
+        return Ok((format!("replay failed: {e}"), None));
+    }
+    if s.commitment.commitment.class == class {
+        let sha = Sha256Hex::of_file(&out)?;
+        return Ok(if sha == s.checkpoint_sha256 {
+            ("exact match".to_owned(), None)
+        } else {
+            (
+                format!(
+                    "MISMATCH: replay gives {}…",
+                    sha.as_str().get(..12).unwrap_or_default()
+                ),
+                None,
+            )
+        });
+    }
+    let d = gradpool_core::container::distance(&std::fs::read(&out)?, &std::fs::read(claimed)?);
+    Ok(match d {
+        Some(d) if d <= CROSS_CLASS_TOLERANCE => (format!("within tolerance ({d:.1e})"), Some(d)),
+        Some(d) => (
+            format!("MISMATCH: {d:.1e} apart (tolerance {CROSS_CLASS_TOLERANCE:.1e})"),
+            Some(d),
+        ),
+        None => (
+            "MISMATCH: the claimed checkpoint cannot be compared with the replay".to_owned(),
+            None,
+        ),
+    })
+}

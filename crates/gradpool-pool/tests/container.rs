@@ -1,0 +1,240 @@
+//! Container jobs at the pool, over HTTP: what submit requires (the image
+//! and files pinned, uploaded by the customer, the image under the cap),
+//! who may claim the job and read its blobs (only providers that run
+//! containers, only once leased), and what a commit must hold (the
+//! container class, a canonical container checkpoint that continues the
+//! one before).
+
+mod common;
+
+use common::*;
+use gradpool_core::checkpoint::{to_bytes_typed, Values};
+use gradpool_core::container::{canonical, CONTAINER_FORMAT};
+use gradpool_core::wire::{Assignment, JobStatus, JobView, SubmitJob};
+use gradpool_core::Sha256Hex;
+use std::collections::BTreeMap;
+
+const TEXT: &[u8] = b"To be, or not to be, that is the question.\n";
+
+/// A container spec pinning `image` and `file` (as `train.py`).
+fn spec(image: Option<&Sha256Hex>, file: Option<&Sha256Hex>) -> String {
+    let mut text = String::from(
+        "name = \"ct\"\n[model]\nkind = \"container\"\n[data]\nformat = \"text\"\n\
+         [train]\nseed = 1\nsteps = 20\nbatch_size = 4\nlr = 0.001\ncheckpoint_every = 10\n[container]\n\
+         command = [\"python3\", \"/job/train.py\"]\nfiles = [\"train.py\"]\nmemory_gib = 1\n",
+    );
+    if let Some(image) = image {
+        text.push_str(&format!("image_sha256 = \"{image}\"\n"));
+    } else {
+        text.push_str("image = \"image.oci.tar\"\n");
+    }
+    if let Some(file) = file {
+        text.push_str(&format!(
+            "[container.file_sha256]\n\"train.py\" = \"{file}\"\n"
+        ));
+    }
+    text
+}
+
+/// A container checkpoint at `step` whose weight `w` holds `w` and whose
+/// tensors are those of `extra`, with `meta` beside the format and step.
+fn container_checkpoint(step: u64, w: [f32; 2], extra: bool, meta: &[(&str, &str)]) -> Vec<u8> {
+    let w_bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let m_bytes: Vec<u8> = [0.5f32, 0.25]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let shape = [2usize];
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        "model.w".to_owned(),
+        (&shape[..], Values::Raw("F32", &w_bytes)),
+    );
+    if extra {
+        tensors.insert(
+            "optim.0.exp_avg".to_owned(),
+            (&shape[..], Values::Raw("F32", &m_bytes)),
+        );
+    }
+    let mut metadata = BTreeMap::from([
+        ("format".to_owned(), CONTAINER_FORMAT.to_owned()),
+        ("step".to_owned(), step.to_string()),
+    ]);
+    for (k, v) in meta {
+        metadata.insert((*k).to_owned(), (*v).to_owned());
+    }
+    to_bytes_typed(&tensors, &metadata)
+}
+
+/// The canonical form of [`container_checkpoint`]'s file.
+fn canonical_checkpoint(step: u64, w: [f32; 2], extra: bool) -> Vec<u8> {
+    canonical(&container_checkpoint(step, w, extra, &[]), step, None)
+        .unwrap()
+        .0
+}
+
+async fn submit(c: &Client, spec: &str, data: &Sha256Hex) -> Reply {
+    c.post(
+        "/v1/jobs",
+        &SubmitJob {
+            spec_toml: spec.to_owned(),
+            data_sha256: data.clone(),
+            booking: None,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_container_job_needs_its_pins_its_uploads_and_an_image_under_the_cap() {
+    let tp = TestPool::start_with(|c| c.max_image_bytes = 4096).await;
+    let alice = tp.customer("alice").await;
+    let mallory = tp.customer("mallory").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+
+    let e = submit(&alice, &spec(None, Some(&file)), &data)
+        .await
+        .err(400);
+    assert!(e.message.contains("container.image_sha256"), "{e:?}");
+    let e = submit(&alice, &spec(Some(&image), None), &data)
+        .await
+        .err(400);
+    assert!(
+        e.message.contains("container.file_sha256.train.py"),
+        "{e:?}"
+    );
+
+    let never = Sha256Hex::of(b"never uploaded");
+    let e = submit(&alice, &spec(Some(&never), Some(&file)), &data)
+        .await
+        .err(400);
+    assert!(
+        e.message.contains("container.image_sha256") && e.message.contains("not found"),
+        "{e:?}"
+    );
+    // Another customer's blobs are not there for mallory.
+    let theirs = mallory.upload(TEXT).await;
+    let e = submit(&mallory, &spec(Some(&image), Some(&file)), &theirs)
+        .await
+        .err(400);
+    assert!(e.message.contains("container.image_sha256"), "{e:?}");
+
+    let big = alice.upload(&[9u8; 8192]).await;
+    let e = submit(&alice, &spec(Some(&big), Some(&file)), &data)
+        .await
+        .err(400);
+    assert_eq!(e.code, "invalid_spec");
+    assert!(
+        e.message.contains("container.image") && e.message.contains("limit"),
+        "{e:?}"
+    );
+
+    let job: JobView = submit(&alice, &spec(Some(&image), Some(&file)), &data)
+        .await
+        .ok();
+    assert_eq!(job.status, JobStatus::Queued);
+}
+
+#[tokio::test]
+async fn only_providers_running_containers_get_the_job_and_its_commits_are_checked() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+    let native = tp.provider("native").await;
+    let job: JobView = submit(&alice, &spec(Some(&image), Some(&file)), &data)
+        .await
+        .ok();
+    assert_eq!(job.parameters, None, "the script alone knows its model");
+
+    // The only provider does not run containers: it gets nothing, and the
+    // customer is told why the job waits.
+    let reply = native.heartbeat(&[], 1, 0).await;
+    assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
+    let waiting = alice.job(&job.id).await;
+    assert!(
+        waiting
+            .waiting
+            .as_deref()
+            .is_some_and(|r| r.contains("1 provider not running container jobs")),
+        "{waiting:?}"
+    );
+    let runner = tp.provider_with("runner", |p| p.containers = true).await;
+    let reply = native.heartbeat(&[], 1, 0).await;
+    assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
+    for sha in [&image, &file] {
+        let (status, _) = runner.client.get_bytes(&format!("/v1/blobs/{sha}")).await;
+        assert_eq!(status, 404, "readable before any lease");
+    }
+    let a: Assignment = runner.take().await;
+    assert_eq!(a.job_id, job.id);
+    for sha in [&image, &file] {
+        let (status, bytes) = runner.client.get_bytes(&format!("/v1/blobs/{sha}")).await;
+        assert_eq!(status, 200, "the leased provider reads the job's blobs");
+        assert_eq!(Sha256Hex::of(&bytes), *sha);
+        let (status, _) = native.client.get_bytes(&format!("/v1/blobs/{sha}")).await;
+        assert_eq!(status, 404, "another provider does not");
+    }
+
+    let class = gradpool_core::container::class(&image, &runner.hardware());
+    let commit = |ckpt: &[u8], a: &Assignment| {
+        let c = runner.commit_for(a, ckpt);
+        runner.resign(&c, |cm| cm.class = class.clone())
+    };
+    let upload = |ckpt: Vec<u8>| {
+        let client = runner.client.clone();
+        async move { client.upload(&ckpt).await }
+    };
+
+    // A native checkpoint is no container checkpoint.
+    let native_ckpt = checkpoint(&a, b"x");
+    upload(native_ckpt.clone()).await;
+    let e = runner
+        .commit(&a.task_id, &commit(&native_ckpt, &a))
+        .await
+        .err(400);
+    assert!(e.message.contains(CONTAINER_FORMAT), "{e:?}");
+    // Well-formed, but not in the one encoding that is hashed.
+    let loose = container_checkpoint(10, [1.0, 2.0], true, &[("writer", "torch")]);
+    upload(loose.clone()).await;
+    let e = runner
+        .commit(&a.task_id, &commit(&loose, &a))
+        .await
+        .err(400);
+    assert!(e.message.contains("canonical"), "{e:?}");
+    // The provider's native class is not its class for this job.
+    let first = canonical_checkpoint(10, [1.0, 2.0], true);
+    upload(first.clone()).await;
+    let e = runner
+        .commit(&a.task_id, &runner.commit_for(&a, &first))
+        .await
+        .err(400);
+    assert!(e.message.contains(&class), "{e:?}");
+    runner
+        .commit(&a.task_id, &commit(&first, &a))
+        .await
+        .ok::<serde_json::Value>();
+
+    // The next segment continues the same tensors.
+    let b: Assignment = runner.take().await;
+    assert_eq!(b.start_checkpoint_sha256, Some(Sha256Hex::of(&first)));
+    let fewer = canonical_checkpoint(20, [1.5, 2.5], false);
+    upload(fewer.clone()).await;
+    let e = runner
+        .commit(&b.task_id, &commit(&fewer, &b))
+        .await
+        .err(400);
+    assert!(e.message.contains("does not continue"), "{e:?}");
+    let second = canonical_checkpoint(20, [1.5, 2.5], true);
+    upload(second.clone()).await;
+    runner
+        .commit(&b.task_id, &commit(&second, &b))
+        .await
+        .ok::<serde_json::Value>();
+    let end = alice.job(&job.id).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    assert_eq!(end.checkpoint_sha256, Some(Sha256Hex::of(&second)));
+}

@@ -1,0 +1,251 @@
+//! A container job's segments and replays on this agent: the job's image
+//! loaded once per digest into the agent's own image store, its files
+//! staged in the task's directory, and one `podman run` in the sandbox per
+//! segment ([`crate::container`]).
+//!
+//! A cancelled segment (the lease lost, the owner's pause) has its
+//! container removed at once; one left running by a crashed agent is
+//! removed when the agent starts again ([`Images::open`]). Agents on one
+//! machine (one per GPU) may share a store: each image is then loaded and
+//! kept once.
+
+use super::{fetch, Shared};
+use crate::container::{job_env, ContainerEnd, ContainerSegment, ImageStore, Sandbox};
+use crate::ProviderError;
+use gradpool_core::container::Layout;
+use gradpool_core::hardware::DeviceKind;
+use gradpool_core::spec::{ContainerConfig, DeviceRequest, JobSpec};
+use gradpool_core::wire::Assignment;
+use gradpool_core::Sha256Hex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The agent's image store, when its owner accepts container jobs and
+/// podman works here.
+pub(super) struct Images {
+    store: ImageStore,
+    /// One image loads at a time: two segments of one job must not load
+    /// its archive twice.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl Images {
+    /// The store in `dir`, checked to work, with what `owner` (this
+    /// agent) left running there removed; `None` (with the reason logged)
+    /// when podman does not run here.
+    pub(super) async fn open(dir: &Path, cap_bytes: u64, owner: &str) -> Option<Images> {
+        let store = match ImageStore::open(dir, cap_bytes) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept_containers: cannot open the image store; taking no container jobs");
+                return None;
+            }
+        };
+        if let Err(e) = store.check().await {
+            tracing::warn!(error = %e, "accept_containers: podman does not work here; taking no container jobs");
+            return None;
+        }
+        // Before this agent runs anything: what runs there of its own was
+        // left by a crash.
+        store.remove_containers_of(owner).await;
+        tracing::info!(store = %dir.display(), cap_gib = cap_bytes >> 30, rootless = store.rootless(), "taking container jobs");
+        Some(Images {
+            store,
+            loading: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// The job's spec, parsed from its assignment.
+pub(super) fn spec_of(a: &Assignment) -> Result<JobSpec, ProviderError> {
+    JobSpec::from_toml_str(&a.spec_toml)
+        .map_err(|e| ProviderError::Segment(format!("the job's spec: {e}")))
+}
+
+/// The reproducibility class this agent signs for a segment of `spec`.
+pub(super) fn class(shared: &Shared, spec: &JobSpec) -> String {
+    let hardware = shared.device.hardware();
+    match spec.container().and_then(|c| c.image_sha256.as_ref()) {
+        Some(image) => gradpool_core::container::class(image, &hardware),
+        None => hardware.class(),
+    }
+}
+
+/// Runs steps `[a.start_step, a.end_step)` of a container job in its
+/// sandbox, writing the canonical end checkpoint to `out`; `None` when
+/// cancelled.
+pub(super) async fn run(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    spec: &JobSpec,
+    task_dir: &Path,
+    out: &Path,
+    cancel: &CancellationToken,
+    on_step: impl FnMut(u64, f32),
+) -> Result<Option<ContainerEnd>, ProviderError> {
+    let c = spec
+        .container()
+        .ok_or_else(|| ProviderError::Segment("not a container job".into()))?;
+    let images = shared.images.as_ref().ok_or_else(|| {
+        ProviderError::Segment(
+            "a container job, and this provider does not run containers (accept_containers)".into(),
+        )
+    })?;
+    let image = load_image(shared, images, c).await?;
+    let data = fetch(shared, &a.data_sha256).await?;
+    let job_files = stage_files(shared, c, &task_dir.join("job")).await?;
+    let (start, layout) = match &a.start_checkpoint_sha256 {
+        Some(sha) => {
+            let path = fetch(shared, sha).await?;
+            let bytes = std::fs::read(&path)
+                .map_err(ProviderError::io(format!("cannot read {}", path.display())))?;
+            let layout = Layout::of(&bytes)
+                .map_err(|e| ProviderError::Segment(format!("the start checkpoint {sha}: {e}")))?;
+            (Some(path), Some(layout))
+        }
+        None => (None, None),
+    };
+    let hardware = shared.device.hardware();
+    let cuda = spec.resources.device == DeviceRequest::Cuda && hardware.device == DeviceKind::Cuda;
+    let threads = hardware.threads.max(1);
+    let segment = ContainerSegment {
+        image,
+        command: c.command.clone(),
+        data,
+        job_files,
+        start,
+        work: task_dir.join("container"),
+        from: a.start_step,
+        to: a.end_step,
+        env: job_env(spec, threads, if cuda { "cuda" } else { "cpu" }),
+        owner: shared.key.provider_id().to_string(),
+    };
+    let sandbox = Sandbox {
+        cpus: f64::from(threads) * f64::from(shared.share().max(1)) / 100.0,
+        gpu: cuda.then(|| u32::try_from(shared.device.segment_device().gpu).unwrap_or(0)),
+        ..Sandbox::new(
+            c.memory_gib,
+            threads,
+            Duration::from_secs(u64::from(c.segment_minutes) * 60),
+        )
+    };
+    #[cfg(feature = "cheat")]
+    let cheat = shared
+        .config
+        .cheat
+        .kind_for(&a.task_id)
+        .filter(|_| a.kind == gradpool_core::wire::TaskKind::Train);
+    #[cfg(feature = "cheat")]
+    let segment = match cheat {
+        Some(kind) => {
+            // Trains the first half of its steps and claims them all.
+            tracing::warn!(task = %a.task_id, kind, "cheating on this container segment");
+            ContainerSegment {
+                to: a.start_step + (a.end_step - a.start_step).div_ceil(2),
+                ..segment
+            }
+        }
+        None => segment,
+    };
+    let ran = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = segment.run(&images.store, &sandbox, layout.as_ref(), out, on_step) => Some(r),
+    };
+    let Some(end) = ran else {
+        images.store.remove_container(&segment.name()).await;
+        return Ok(None);
+    };
+    #[allow(unused_mut)]
+    let mut end = end?;
+    #[cfg(feature = "cheat")]
+    if cheat.is_some() {
+        crate::cheat::forge_container_step(out, a.end_step)?;
+        let last = end.losses.last().copied().unwrap_or(0.0);
+        end.losses.resize(
+            usize::try_from(a.end_step - a.start_step).unwrap_or(0),
+            last,
+        );
+    }
+    Ok(Some(end))
+}
+
+/// The job's image in the store: loaded from its archive (downloaded,
+/// then dropped from the blob cache: the store holds it now) unless it is
+/// there already. An archive larger than the store's cap is refused.
+async fn load_image(
+    shared: &Arc<Shared>,
+    images: &Images,
+    c: &ContainerConfig,
+) -> Result<String, ProviderError> {
+    let digest = c
+        .image_sha256
+        .as_ref()
+        .ok_or_else(|| ProviderError::Segment("container.image_sha256: not pinned".into()))?;
+    let _loading = images.loading.lock().await;
+    let now = super::unix_now();
+    if images.store.contains(digest).await? {
+        return Ok(images.store.ensure(digest, || None, now).await?);
+    }
+    let archive = fetch(shared, digest).await?;
+    let size = std::fs::metadata(&archive)
+        .map_err(ProviderError::io(format!(
+            "cannot read {}",
+            archive.display()
+        )))?
+        .len();
+    let cap = images.store.cap_bytes();
+    if size > cap {
+        let _ = std::fs::remove_file(&archive);
+        return Err(ProviderError::Segment(format!(
+            "the job's image ({} MiB) is larger than this rig's image cache ({} MiB, image_cache_gib)",
+            size >> 20,
+            cap >> 20
+        )));
+    }
+    tracing::info!(image = %digest, mib = size >> 20, "loading a job's image");
+    let name = images
+        .store
+        .ensure(digest, || Some(archive.clone()), now)
+        .await;
+    let _ = std::fs::remove_file(&archive);
+    Ok(name?)
+}
+
+/// The job's files, fetched and copied under `dir` by their names.
+async fn stage_files(
+    shared: &Arc<Shared>,
+    c: &ContainerConfig,
+    dir: &Path,
+) -> Result<PathBuf, ProviderError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(ProviderError::io(format!("cannot clear {}", dir.display())))?;
+    }
+    std::fs::create_dir_all(dir).map_err(ProviderError::io(format!(
+        "cannot create {}",
+        dir.display()
+    )))?;
+    for f in &c.files {
+        let sha: &Sha256Hex = f.sha256.as_ref().ok_or_else(|| {
+            ProviderError::Segment(format!("container.file_sha256.{}: not pinned", f.name))
+        })?;
+        let blob = fetch(shared, sha).await?;
+        std::fs::copy(&blob, dir.join(&f.name)).map_err(ProviderError::io(format!(
+            "cannot stage the job file {}",
+            f.name
+        )))?;
+    }
+    Ok(dir.to_owned())
+}
+
+/// How far a replayed container checkpoint lies from the claimed one
+/// ([`gradpool_core::container::distance`]); `f64::MAX` when they cannot
+/// be compared.
+pub(super) fn distance(replayed: &Path, claimed: &Path) -> f64 {
+    match (std::fs::read(replayed), std::fs::read(claimed)) {
+        (Ok(a), Ok(b)) => gradpool_core::container::distance(&a, &b).unwrap_or(f64::MAX),
+        _ => f64::MAX,
+    }
+}
