@@ -265,6 +265,9 @@ impl ContainerSegment {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // conmon leaves files (an `oom` marker) in its working
+            // directory: the segment's own.
+            .current_dir(&self.work)
             .kill_on_drop(true);
         let result = self.watch(cmd, sandbox, &mut on_step).await;
         let oom = store.out_of_memory(&name).await;
