@@ -5,6 +5,8 @@
 //! account, submits the Shakespeare GPT job, follows it live, fetches the
 //! model, samples text from it, and writes `OUT/model.safetensors` and
 //! `OUT/summary.json`. Ctrl-C cancels the job and stops everything.
+//! `--container` trains the example container job instead, its segments
+//! run by the providers under podman and every one of them audited.
 
 use crate::cmd::job::{fetch_model, submit_text};
 use crate::cmd::local::{sample_text, SHAKESPEARE};
@@ -30,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The default job: a character-level GPT on Shakespeare.
 pub const SHAKESPEARE_SPEC: &str = include_str!("../../../examples/shakespeare-gpt.toml");
+
+/// The example container job and its script.
+const CONTAINER_SPEC: &str = include_str!("../../../examples/container-torch/job.toml");
+const CONTAINER_SCRIPT: &str = include_str!("../../../examples/container-torch/train.py");
 
 /// The sample of text devnet prints starts with this.
 const SAMPLE_PROMPT: &str = "ROMEO:";
@@ -88,6 +94,17 @@ pub struct DevnetArgs {
     /// monero`).
     #[arg(long)]
     monero: bool,
+    /// Train the example container job instead (`examples/container-torch/`:
+    /// a PyTorch character transformer in its OCI image, run by the
+    /// providers under podman and audited): builds the image from
+    /// Debian's packages when there is none (mmdebstrap and podman, about
+    /// 2.5 minutes).
+    #[arg(long, conflicts_with_all = ["spec", "workers"])]
+    container: bool,
+    /// The container job's image (an OCI archive) for --container
+    /// (default: built once into ~/.cache/gradpool/).
+    #[arg(long, value_name = "FILE", requires = "container")]
+    image: Option<PathBuf>,
 }
 
 /// `devnet --device`.
@@ -222,6 +239,11 @@ struct Summary {
     /// A parallel job's rounds (`devnet --workers`).
     #[serde(skip_serializing_if = "Option::is_none")]
     parallel: Option<ParallelSummary>,
+    /// What ran the segments: `native` or `container`.
+    runtime: String,
+    /// A container job's image, by the digest the job pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_sha256: Option<String>,
 }
 
 /// A parallel job's rounds, as the pool recorded them.
@@ -440,7 +462,13 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.address.as_str().to_owned());
         let device = a.device.provider_args(i, gpus);
         providers.push(start_provider(
-            &endpoint, &work_path, i, a.threads, &device, payout,
+            &endpoint,
+            &work_path,
+            i,
+            a.threads,
+            &device,
+            payout,
+            a.container,
         )?);
     }
     let on = match (a.device, gpus) {
@@ -480,12 +508,81 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The example container job's spec (`examples/container-torch/job.toml`),
+/// its script written into `work`, and its image (built when missing) both
+/// named by absolute paths, audited in full.
+fn container_example(a: &DevnetArgs, work: &Path) -> anyhow::Result<String> {
+    let script = work.join("train.py");
+    std::fs::write(&script, CONTAINER_SCRIPT)?;
+    let image = match &a.image {
+        Some(image) => image.clone(),
+        None => example_image()?,
+    };
+    let image = std::path::absolute(&image)?;
+    let mut doc: toml::Table = toml::from_str(CONTAINER_SPEC)?;
+    let container = doc
+        .get_mut("container")
+        .and_then(|t| t.as_table_mut())
+        .context("the example has no [container] table")?;
+    container.insert(
+        "image".into(),
+        toml::Value::String(image.to_string_lossy().into_owned()),
+    );
+    container.insert(
+        "files".into(),
+        toml::Value::Array(vec![toml::Value::String(
+            script.to_string_lossy().into_owned(),
+        )]),
+    );
+    let mut verification = toml::Table::new();
+    verification.insert("level".into(), toml::Value::String("paranoid".into()));
+    doc.insert("verification".into(), toml::Value::Table(verification));
+    Ok(toml::to_string(&doc)?)
+}
+
+/// The example's image in the user's cache, built by the example's script
+/// from this checkout when it is not there.
+fn example_image() -> anyhow::Result<PathBuf> {
+    let cache = crate::cmd::container::default_image_store()
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(std::env::temp_dir);
+    let image = cache.join("container-torch.oci.tar.gz");
+    if image.is_file() {
+        return Ok(image);
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/container-torch/build-image.sh");
+    if !script.is_file() {
+        bail!(
+            "--container: no image at {} and no checkout to build it from; build it with \
+             examples/container-torch/build-image.sh and pass --image FILE",
+            image.display()
+        );
+    }
+    std::fs::create_dir_all(&cache)?;
+    println!("image      building the example's image from Debian's packages (about 2.5 minutes)…");
+    let status = std::process::Command::new(&script)
+        .arg(&image)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !status.success() {
+        bail!("building the example's image failed ({status}): it needs mmdebstrap and podman");
+    }
+    Ok(image)
+}
+
 /// The spec text (with --steps applied) and the data file.
 fn job_input(a: &DevnetArgs, work: &Path) -> anyhow::Result<(String, PathBuf)> {
     let (text, default_data) = match &a.spec {
         Some(p) => {
             let spec = gradpool_core::JobSpec::from_file(p)?;
             (std::fs::read_to_string(p)?, spec.data.file)
+        }
+        None if a.container => {
+            let data = work.join("tinyshakespeare.txt");
+            std::fs::write(&data, SHAKESPEARE)?;
+            (container_example(a, work)?, Some(data))
         }
         None => {
             let data = work.join("tinyshakespeare.txt");
@@ -610,7 +707,13 @@ async fn drive(
             );
         }
     }
-    let job = submit_text(&api, spec_text, data, true).await?;
+    let spec_text = if a.container {
+        // Its image and script go up as blobs, pinned by digest.
+        crate::cmd::job::pin_container(&api, spec_text, Path::new("."), true).await?
+    } else {
+        spec_text.to_owned()
+    };
+    let job = submit_text(&api, &spec_text, data, true).await?;
     println!(
         "job        {}  ({} steps, {} segments of {})\n",
         job.id, job.steps, job.segments_total, job.checkpoint_every
@@ -676,20 +779,30 @@ async fn drive(
         None => None,
     };
 
-    let tokens = a.sample_tokens;
-    let model_path = model.clone();
-    let sample = tokio::task::spawn_blocking(move || {
-        sample_text(
-            &model_path,
-            SAMPLE_PROMPT,
-            tokens,
-            0.8,
-            0,
-            &gradpool_train::Device::Cpu,
-        )
-    })
-    .await??;
-    let sample = format!("{SAMPLE_PROMPT}{sample}");
+    let job_spec = JobSpec::from_toml_str(&end.spec_toml)?;
+    let image_sha256 = job_spec
+        .container()
+        .and_then(|c| c.image_sha256.as_ref())
+        .map(|d| d.to_string());
+    let sample = if job_spec.container().is_some() {
+        // The script's model: gradpool's sampler does not know it.
+        String::new()
+    } else {
+        let tokens = a.sample_tokens;
+        let model_path = model.clone();
+        let text = tokio::task::spawn_blocking(move || {
+            sample_text(
+                &model_path,
+                SAMPLE_PROMPT,
+                tokens,
+                0.8,
+                0,
+                &gradpool_train::Device::Cpu,
+            )
+        })
+        .await??;
+        format!("{SAMPLE_PROMPT}{text}")
+    };
 
     let mut incoming = Vec::new();
     if let Some(chain) = chain {
@@ -795,6 +908,8 @@ async fn drive(
         payments,
         verification,
         parallel,
+        runtime: job_spec.runtime().as_str().to_owned(),
+        image_sha256,
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(
@@ -802,10 +917,15 @@ async fn drive(
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
 
-    println!("── sample ─────────────────────────────────────────────");
-    println!("{}", summary.sample);
-    println!("───────────────────────────────────────────────────────\n");
+    if !summary.sample.is_empty() {
+        println!("── sample ─────────────────────────────────────────────");
+        println!("{}", summary.sample);
+        println!("───────────────────────────────────────────────────────\n");
+    }
     println!("job           {}", summary.job_id);
+    if let Some(image) = &summary.image_sha256 {
+        println!("runtime       container, image {image}");
+    }
     println!(
         "steps         {} in {} segments",
         summary.steps,
@@ -908,6 +1028,7 @@ fn start_provider(
     threads: Option<u32>,
     device: &[String],
     payout: Option<String>,
+    containers: bool,
 ) -> anyhow::Result<ProviderProcess> {
     let name = format!("devnet-{}", i + 1);
     let log = std::fs::File::create(work.join(format!("provider-{}.log", i + 1)))?;
@@ -932,6 +1053,12 @@ fn start_provider(
     }
     if let Some(address) = payout {
         cmd.arg("--payout").arg(address);
+    }
+    if containers {
+        // One image store for all: the image loads once.
+        cmd.arg("--accept-containers")
+            .arg("--image-store")
+            .arg(crate::cmd::container::default_image_store());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))

@@ -200,7 +200,12 @@ pub async fn follow(api: &Api, id: &str, visible: bool) -> anyhow::Result<JobVie
                     tokens_per_sec,
                 } => {
                     bar.set_position(step);
-                    progress = format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}");
+                    // A container segment's script reports no throughput.
+                    progress = if tokens_per_sec > 0.0 {
+                        format!("loss {loss:.4}  {tokens_per_sec:.0} tok/s  on {p}")
+                    } else {
+                        format!("loss {loss:.4}  on {p}")
+                    };
                     bar.set_message(format!("{progress}  cost {spent}"));
                     if live.due() {
                         note(

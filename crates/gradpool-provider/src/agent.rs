@@ -737,7 +737,6 @@ async fn train_container(
 ) -> Result<Option<Ran>, ProviderError> {
     let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
     let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
-    let started = std::time::Instant::now();
     let ran = container::run(shared, a, spec, task_dir, out, cancel, |s, loss| {
         step.store(s + 1, Ordering::Relaxed);
         let _ = tx.send(Some(wire::Progress {
@@ -749,7 +748,7 @@ async fn train_container(
     .await;
     drop(tx);
     let _ = reporter.await;
-    let Some(end) = ran? else {
+    let Some(container::Ran { end, ms }) = ran? else {
         return Ok(None);
     };
     let trained = Trained {
@@ -757,9 +756,7 @@ async fn train_container(
         eval_loss: end.eval_loss,
     };
     shared.dir.finish_training(&a.task_id, &trained)?;
-    let ms = u64::try_from(started.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+    // Billed: the container's run, not the image's download and load.
     Ok(Some((trained, ms, None)))
 }
 
@@ -1278,14 +1275,13 @@ async fn replay_container(
 ) -> Result<TaskEnd, ProviderError> {
     let class = container::class(shared, spec);
     let out = task_dir.join("replay.safetensors");
-    let started = std::time::Instant::now();
-    let Some(end) = container::run(shared, a, spec, task_dir, &out, cancel, |_, _| {}).await?
+    let Some(container::Ran {
+        end,
+        ms: compute_ms,
+    }) = container::run(shared, a, spec, task_dir, &out, cancel, |_, _| {}).await?
     else {
         return Ok(TaskEnd::Cancelled);
     };
-    let compute_ms = u64::try_from(started.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
     let sha = Sha256Hex::of_file(&out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
     let distance = if class != target.claimed_class {

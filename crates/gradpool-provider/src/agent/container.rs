@@ -73,6 +73,13 @@ pub(super) fn class(shared: &Shared, spec: &JobSpec) -> String {
     }
 }
 
+/// A finished container segment and how long its container ran, in
+/// milliseconds: what is billed (not the image's download or load).
+pub(super) struct Ran {
+    pub end: ContainerEnd,
+    pub ms: u64,
+}
+
 /// Runs steps `[a.start_step, a.end_step)` of a container job in its
 /// sandbox, writing the canonical end checkpoint to `out`; `None` when
 /// cancelled.
@@ -84,7 +91,7 @@ pub(super) async fn run(
     out: &Path,
     cancel: &CancellationToken,
     on_step: impl FnMut(u64, f32),
-) -> Result<Option<ContainerEnd>, ProviderError> {
+) -> Result<Option<Ran>, ProviderError> {
     let c = spec
         .container()
         .ok_or_else(|| ProviderError::Segment("not a container job".into()))?;
@@ -149,6 +156,7 @@ pub(super) async fn run(
         }
         None => segment,
     };
+    let started = std::time::Instant::now();
     let ran = tokio::select! {
         _ = cancel.cancelled() => None,
         r = segment.run(&images.store, &sandbox, layout.as_ref(), out, on_step) => Some(r),
@@ -168,7 +176,10 @@ pub(super) async fn run(
             last,
         );
     }
-    Ok(Some(end))
+    let ms = u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Ok(Some(Ran { end, ms }))
 }
 
 /// The job's image in the store: loaded from its archive (downloaded,
