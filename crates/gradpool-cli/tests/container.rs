@@ -515,3 +515,90 @@ async fn a_cheating_container_is_caught_and_job_verify_tells_it_from_honest_work
         rig.stop().await;
     }
 }
+
+/// The unprivileged user the rootless test runs as, and its home: this
+/// one when the tests do not run as root, else `gradpool-test` (which
+/// `.ci/run` creates).
+fn unprivileged() -> Option<(String, PathBuf)> {
+    let me = String::from_utf8(succeeded(Command::new("id").arg("-u"))).unwrap();
+    if me.trim() != "0" {
+        return None;
+    }
+    let home = String::from_utf8(succeeded(
+        Command::new("sh").args(["-c", "getent passwd gradpool-test | cut -d: -f6"]),
+    ))
+    .unwrap();
+    assert!(
+        !home.trim().is_empty(),
+        "running as root: the rootless test needs the user gradpool-test (useradd --create-home gradpool-test; .ci/run makes it)"
+    );
+    Some(("gradpool-test".into(), PathBuf::from(home.trim())))
+}
+
+/// An agent that is not root runs podman rootless: where that cannot cap
+/// a container's memory (cgroups v1, or controllers not delegated) the
+/// sandbox refuses to run at all; where it can, a script over its memory
+/// is killed. A script that allocates past its `memory_gib` never trains.
+#[test]
+fn a_rootless_sandbox_holds_its_limits_or_runs_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(
+        tmp.path().join("greedy.py"),
+        "from gradpool import segment\n\
+         import torch\n\
+         seg = segment.from_env()\n\
+         hog = torch.ones(400 << 20)  # 1.6 GB, past memory_gib = 1\n\
+         model = torch.nn.Linear(2, 2)\n\
+         opt = torch.optim.SGD(model.parameters(), lr=0.1)\n\
+         seg.load(model, opt)\n\
+         for step in seg.steps():\n    seg.log(step, float(hog[step]))\n\
+         seg.save(model, opt)\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("data.txt"), "some text\n").unwrap();
+    let spec = tmp.path().join("greedy.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"greedy\"\n[model]\nkind = \"container\"\n[container]\n\
+             image = \"{}\"\ncommand = [\"python3\", \"/job/greedy.py\"]\n\
+             files = [\"greedy.py\"]\nmemory_gib = 1\n[data]\nformat = \"text\"\n\
+             file = \"data.txt\"\n[train]\nseed = 1\nsteps = 2\nbatch_size = 1\n\
+             checkpoint_every = 2\nlr = 0.001\n",
+            image.display()
+        ),
+    )
+    .unwrap();
+    for f in ["greedy.py", "data.txt", "greedy.toml"] {
+        std::fs::set_permissions(tmp.path().join(f), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    let mut cmd = match unprivileged() {
+        Some((user, home)) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--", BIN]).env("HOME", home);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let out = cmd
+        .arg("train")
+        .arg(&spec)
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .args(["--threads", "1", "--image-store"])
+        .arg(tmp.path().join("store"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the greedy script trained: {stderr}");
+    assert!(
+        stderr.contains("cannot hold a container to its limits")
+            || stderr.contains("going over its memory"),
+        "{stderr}"
+    );
+}

@@ -58,6 +58,8 @@ pub enum ContainerError {
     },
     #[error("the image could not be loaded: {0}")]
     Image(String),
+    #[error("the sandbox cannot hold a container to its limits here: {0}")]
+    Limits(String),
     #[error("the script was killed, most likely for going over its memory ({gib} GiB, container.memory_gib)")]
     OutOfMemory { gib: u32 },
     #[error("the script ran past its time limit of {secs} s and was killed")]

@@ -86,9 +86,11 @@ pub fn train(
     };
     let (archive, digest) = image_archive(c)?;
     let store = ImageStore::open(store_dir, gradpool_provider::DEFAULT_IMAGE_CACHE_BYTES)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // The sandbox whole or not at all, here as on a provider.
+    runtime.block_on(store.check())?;
     let job_files = out.join("job");
     stage_files(c, &job_files)?;
-    let runtime = tokio::runtime::Runtime::new()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));

@@ -118,11 +118,37 @@ impl ImageStore {
         self.exists(&format!("{IMAGE_PREFIX}:{digest}")).await
     }
 
-    /// Whether podman runs on this store: the check before the agent
-    /// offers to run container jobs.
+    /// Whether podman runs on this store and can hold a container to the
+    /// sandbox's limits: the check before the agent offers to run
+    /// container jobs. Rootless podman caps memory, processes and CPUs
+    /// only on cgroups v2 with those controllers delegated to the user; on
+    /// cgroups v1 it ignores the limits (and says so in a warning), so a
+    /// store that cannot enforce them is refused.
     pub async fn check(&self) -> Result<(), ContainerError> {
-        self.podman_ok(&["info", "--format", "{{.Store.GraphRoot}}"])
+        let out = self
+            .podman()
+            .args([
+                "info",
+                "--format",
+                "{{.Host.Security.Rootless}}|{{.Host.CgroupsVersion}}|{{.Host.CgroupControllers}}",
+            ])
+            .output()
             .await
+            .map_err(ContainerError::Podman)?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let hint = if err.contains("newuidmap") {
+                " (rootless podman needs newuidmap: a systemd unit must not set                  NoNewPrivileges, see packaging/gradpool-provider-containers.conf)"
+            } else {
+                ""
+            };
+            return Err(ContainerError::Image(format!(
+                "podman info: {}{hint}",
+                err.trim()
+            )));
+        }
+        limits_problem(&String::from_utf8_lossy(&out.stdout))
+            .map_or(Ok(()), |why| Err(ContainerError::Limits(why)))
     }
 
     /// Removes every container `owner` ran in this store: those of
@@ -268,6 +294,39 @@ impl ImageStore {
     }
 }
 
+/// Why podman, as `podman info` describes it (`ROOTLESS|CGROUPS|[CONTROLLERS]`),
+/// cannot hold a container to its memory, process and CPU limits; `None`
+/// when it can. Rootful podman can on either cgroups version.
+fn limits_problem(info: &str) -> Option<String> {
+    let mut parts = info.trim().splitn(3, '|');
+    let (rootless, version, controllers) = (parts.next()?, parts.next()?, parts.next()?);
+    if rootless != "true" {
+        return None;
+    }
+    if version != "v2" {
+        return Some(format!(
+            "rootless podman on cgroups {version} ignores memory, process and CPU limits; \
+             boot with cgroups v2 (Debian 12's default) or run the agent as root"
+        ));
+    }
+    let have: Vec<&str> = controllers
+        .trim_matches(|c| c == '[' || c == ']')
+        .split_whitespace()
+        .collect();
+    let missing: Vec<&str> = ["memory", "pids", "cpu"]
+        .into_iter()
+        .filter(|c| !have.contains(c))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "rootless podman here lacks the cgroup controllers {} (delegated: {controllers}); \
+             delegate them to the agent's user (Delegate= in its systemd unit, see \
+             packaging/gradpool-provider-containers.conf)",
+            missing.join(", ")
+        )
+    })
+}
+
 /// The image name `podman load` reports (`Loaded image: NAME` or `Loaded
 /// image(s): NAME,…`).
 fn loaded_name(text: &str) -> Option<String> {
@@ -315,5 +374,15 @@ mod tests {
             Some("sha256:abc")
         );
         assert_eq!(loaded_name("Error: nothing\n"), None);
+    }
+
+    #[test]
+    fn a_store_that_cannot_cap_its_containers_is_refused() {
+        assert_eq!(limits_problem("false|v1|[cpu memory pids]\n"), None);
+        assert_eq!(limits_problem("true|v2|[cpuset cpu io memory pids]"), None);
+        let v1 = limits_problem("true|v1|[]").unwrap();
+        assert!(v1.contains("cgroups v1 ignores"), "{v1}");
+        let undelegated = limits_problem("true|v2|[cpu]").unwrap();
+        assert!(undelegated.contains("memory, pids"), "{undelegated}");
     }
 }
