@@ -317,6 +317,17 @@ impl Api {
         self.json(&what, rb).await
     }
 
+    /// Whether the pool holds the blob `sha` and lets this caller read it
+    /// (`HEAD /v1/blobs/{sha}`): an upload it already has can be skipped.
+    pub async fn has_blob(&self, sha: &Sha256Hex) -> Result<bool, ClientError> {
+        let rb = self.request(reqwest::Method::HEAD, &format!("/v1/blobs/{sha}"));
+        match self.send(&format!("blob {sha}"), rb).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Downloads a blob to `dest`, checking its digest; `dest` is written
     /// only once the whole blob arrived and matched.
     pub async fn get_blob(&self, sha: &Sha256Hex, dest: &Path) -> Result<(), ClientError> {

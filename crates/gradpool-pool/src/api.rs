@@ -189,6 +189,7 @@ async fn put_blob(
 
 async fn get_blob(
     State(pool): State<Pool>,
+    method: axum::http::Method,
     caller: Caller,
     Path(sha): Path<String>,
 ) -> Result<Response, PoolError> {
@@ -203,6 +204,14 @@ async fn get_blob(
         Err(e) => return Err(e.into()),
     };
     let len = file.metadata().await?.len();
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::CONTENT_LENGTH, len.to_string()),
+    ];
+    // HEAD: whether the caller may read it, and its size; no transfer.
+    if method == axum::http::Method::HEAD {
+        return Ok(headers.into_response());
+    }
     let transfer = pool.record_download(&sha, len, &caller).await?;
     // The time it took to hand every byte but the last chunk's to the
     // connection, recorded before the last chunk goes: a client that holds
@@ -227,14 +236,7 @@ async fn get_blob(
         }
     });
     let body = Body::from_stream(timed);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((headers, body).into_response())
 }
 
 async fn submit_job(

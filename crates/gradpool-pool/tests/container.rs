@@ -93,6 +93,15 @@ async fn a_container_job_needs_its_pins_its_uploads_and_an_image_under_the_cap()
     let data = alice.upload(TEXT).await;
     let image = alice.upload(&[7u8; 2048]).await;
     let file = alice.upload(b"print('train')\n").await;
+    // What `job submit` asks before uploading an image again.
+    assert_eq!(
+        alice.head(&format!("/v1/blobs/{image}")).await,
+        (reqwest::StatusCode::OK, Some(2048))
+    );
+    assert_eq!(
+        mallory.head(&format!("/v1/blobs/{image}")).await.0,
+        reqwest::StatusCode::NOT_FOUND
+    );
 
     let e = submit(&alice, &spec(None, Some(&file)), &data)
         .await

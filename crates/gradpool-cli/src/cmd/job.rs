@@ -587,8 +587,12 @@ pub async fn submit_into(
 }
 
 /// Uploads the file `path` of digest `sha` as a blob, with a progress bar
-/// when `progress`.
+/// when `progress`; nothing when the pool has it for this customer already
+/// (a container job's image, submitted again).
 async fn upload(api: &Api, path: &Path, sha: &Sha256Hex, progress: bool) -> anyhow::Result<()> {
+    if api.has_blob(sha).await? {
+        return Ok(());
+    }
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();

@@ -314,6 +314,16 @@ impl Client {
         sha
     }
 
+    /// `HEAD` of `path`: its status and `Content-Length`.
+    pub async fn head(&self, path: &str) -> (StatusCode, Option<u64>) {
+        let resp = self.req(reqwest::Method::HEAD, path).send().await.unwrap();
+        let len = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        (resp.status(), len)
+    }
+
     pub async fn get_bytes(&self, path: &str) -> (StatusCode, Vec<u8>) {
         let resp = self.req(reqwest::Method::GET, path).send().await.unwrap();
         let status = resp.status();
