@@ -77,6 +77,16 @@ pub struct ProviderConfig {
     pub cheat: crate::cheat::Cheat,
 }
 
+impl ProviderConfig {
+    /// Where the container images are kept: [`ProviderConfig::image_store`]
+    /// or `images/` in the data directory.
+    pub fn image_store(&self) -> PathBuf {
+        self.image_store
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
+    }
+}
+
 impl Default for ProviderConfig {
     fn default() -> ProviderConfig {
         ProviderConfig {
@@ -197,6 +207,12 @@ fn running_agent(config: &ProviderConfig, key: &NodeKey, device: &dyn Device) ->
         validate: config.validate,
         train: config.train,
         limits: config.limits.clone(),
+        containers: config
+            .accept_containers
+            .then(|| crate::state::ContainerSettings {
+                image_store: config.image_store(),
+                image_cache_bytes: config.image_cache_bytes,
+            }),
     }
 }
 
@@ -233,10 +249,7 @@ pub async fn run(
     let share_file = dir.root().join("gpu-share");
     let api = Api::new(&config.pool_url, None, &config.trust)?;
     let images = if config.accept_containers {
-        let store = config
-            .image_store
-            .clone()
-            .unwrap_or_else(|| dir.root().join("images"));
+        let store = config.image_store();
         let owner = key.provider_id().to_string();
         container::Images::open(&store, config.image_cache_bytes, &owner).await
     } else {

@@ -51,6 +51,18 @@ pub struct RunningAgent {
     /// It takes training tasks.
     pub train: bool,
     pub limits: crate::limits::Limits,
+    /// Where its container images are kept, when it runs container jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<ContainerSettings>,
+}
+
+/// A rig's container settings, as `provider status` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSettings {
+    /// The image store.
+    pub image_store: PathBuf,
+    /// Its cap, in bytes.
+    pub image_cache_bytes: u64,
 }
 
 /// What a finished segment measured, kept in its task's `done.json` until
@@ -291,6 +303,10 @@ mod tests {
             validate: true,
             train: true,
             limits: crate::limits::Limits::default(),
+            containers: Some(ContainerSettings {
+                image_store: "/srv/images".into(),
+                image_cache_bytes: 20 << 30,
+            }),
         }
     }
 

@@ -626,6 +626,15 @@ impl Settings {
             validate: self.validate,
             train: true,
             limits: self.limits.clone(),
+            containers: self.accept_containers.then(|| {
+                gradpool_provider::state::ContainerSettings {
+                    image_store: self
+                        .image_store
+                        .clone()
+                        .unwrap_or_else(|| self.data_dir.join("images")),
+                    image_cache_bytes: u64::from(self.image_cache_gib) << 30,
+                }
+            }),
         }
     }
 }
@@ -678,6 +687,18 @@ fn print_rig(r: &RunningAgent) {
         "pause when busy    {}",
         if l.pause_when_busy { "yes" } else { "no" }
     );
+    match &r.containers {
+        Some(c) => {
+            let (images, bytes) = gradpool_provider::container::ImageStore::usage(&c.image_store);
+            println!(
+                "container jobs     accepted; {images} image(s), {} of {} in {}",
+                gradpool_core::model::human_bytes(bytes),
+                gradpool_core::model::human_bytes(c.image_cache_bytes),
+                c.image_store.display()
+            );
+        }
+        None => println!("container jobs     not accepted (accept_containers)"),
+    }
     if r.payout.is_empty() {
         println!("payout to          (no address: earnings wait at the pool)");
     }

@@ -165,6 +165,17 @@ impl ImageStore {
             .await;
     }
 
+    /// How many images the store in `dir` holds and their bytes, as
+    /// recorded when they were loaded; read without podman or any change
+    /// to the store.
+    pub fn usage(dir: &Path) -> (usize, u64) {
+        let index: BTreeMap<String, Entry> = std::fs::read(dir.join("index.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        (index.len(), index.values().map(|e| e.bytes).sum())
+    }
+
     /// The most bytes of images the store keeps.
     pub fn cap_bytes(&self) -> u64 {
         self.cap_bytes
