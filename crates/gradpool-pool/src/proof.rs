@@ -118,6 +118,21 @@ impl Pool {
         }
         let n = u32::try_from(n).map_err(|_| PoolError::Internal("bad proof size".into()))?;
         let elapsed_ms = u64::try_from(received - issued_at).unwrap_or(0).max(1);
+        // Only the provider's own upload: naming another's blob by its
+        // digest must neither read it nor have it removed below.
+        let uploaded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        )
+        .bind(answer.answer_sha256.as_str())
+        .bind(provider.as_str())
+        .fetch_one(&self.inner.db)
+        .await?;
+        if !uploaded {
+            return Err(PoolError::BadRequest(format!(
+                "answer_sha256: blob {} is not among your uploads",
+                answer.answer_sha256
+            )));
+        }
         let path = self.inner.blobs.path_of(&answer.answer_sha256);
         let bytes = tokio::fs::read(&path).await.map_err(|_| {
             PoolError::BadRequest(format!(
@@ -185,17 +200,33 @@ impl Pool {
             )
             .await?;
         }
-        // The answer served its purpose; nothing else can name it.
-        sqlx::query("DELETE FROM blob_uploads WHERE sha256 = ?")
+        // The answer served its purpose: the provider's upload of it goes,
+        // and the blob itself unless anyone else uploaded the same bytes or
+        // a job refers to them.
+        sqlx::query("DELETE FROM blob_uploads WHERE sha256 = ? AND principal = ?")
             .bind(answer.answer_sha256.as_str())
+            .bind(provider.as_str())
             .execute(w.conn())
             .await?;
-        sqlx::query("DELETE FROM blobs WHERE sha256 = ?")
-            .bind(answer.answer_sha256.as_str())
-            .execute(w.conn())
-            .await?;
+        let removed = sqlx::query(
+            "DELETE FROM blobs WHERE sha256 = ?1 \
+               AND NOT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1) \
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE data_sha256 = ?1 OR checkpoint_sha256 = ?1) \
+               AND NOT EXISTS (SELECT 1 FROM job_blobs WHERE sha256 = ?1) \
+               AND NOT EXISTS (SELECT 1 FROM commitments \
+                               WHERE checkpoint_sha256 = ?1 OR pseudo_gradient_sha256 = ?1) \
+               AND NOT EXISTS (SELECT 1 FROM outer_steps \
+                               WHERE global_sha256 = ?1 OR update_sha256 = ?1 OR from_global_sha256 = ?1 \
+                                  OR weights_sha256 = ?1)",
+        )
+        .bind(answer.answer_sha256.as_str())
+        .execute(w.conn())
+        .await?
+        .rows_affected();
         w.commit().await?;
-        let _ = tokio::fs::remove_file(&path).await;
+        if removed > 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
         tracing::info!(provider = %provider, proof = id, n, elapsed_ms, proven_gflops, outcome = %outcome, "hardware proof answered");
         Ok(ProofResult {
             outcome,

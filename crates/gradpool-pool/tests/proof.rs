@@ -94,6 +94,37 @@ async fn a_wrong_answer_keeps_the_provider_held() {
     assert!(p.heartbeat(&[], 1, 0).await.assignments.is_empty());
 }
 
+/// A proof answered with someone else's blob (a customer's data, named
+/// by its digest) is refused, and the blob stays; an answer whose bytes a
+/// customer uploaded too is not removed with the provider's upload.
+#[tokio::test]
+async fn an_answer_naming_another_ones_blob_is_refused_and_removes_nothing() {
+    let tp = TestPool::start_with(|c| c.hardware_proof = true).await;
+    let c = tp.customer("alice").await;
+    let data = c.upload(b"alice's data").await;
+    let mut p = tp.provider("rig").await;
+    let challenge = p.register(vec![]).await.proof.expect("a challenge");
+    let e = p
+        .client
+        .post(
+            &format!("/v1/providers/proofs/{}", challenge.id),
+            &ProofAnswer {
+                answer_sha256: data.clone(),
+            },
+        )
+        .await
+        .err(400);
+    assert!(e.message.contains("not among your uploads"), "{e:?}");
+    assert_eq!(c.get_bytes(&format!("/v1/blobs/{data}")).await.0, 200);
+
+    // The right bytes, uploaded by a customer as well.
+    let bytes = proof::to_bytes(&product(&challenge));
+    let shared = c.upload(&bytes).await;
+    let r = answer(&p, &challenge, &product(&challenge)).await;
+    assert_eq!(r.outcome, ProofStatus::Passed, "{r:?}");
+    assert_eq!(c.get_bytes(&format!("/v1/blobs/{shared}")).await.0, 200);
+}
+
 /// It claims a device a million times faster than a CPU: the pool sizes
 /// the matrices to that claim and its memory, and a right answer that takes
 /// as long as a CPU needs comes too late.
