@@ -309,23 +309,38 @@ pub fn distance(replayed: &[u8], claimed: &[u8]) -> Option<f64> {
         let vb = b.tensor(&name).ok()?;
         let dtype = dtype_name(va.dtype()).ok()?;
         match (floats(dtype, va.data()), floats(dtype, vb.data())) {
-            (Some(xa), Some(xb)) => {
-                let diff: f64 = xa.iter().zip(&xb).map(|(x, y)| (x - y) * (x - y)).sum();
-                let norm: f64 = xb.iter().map(|y| y * y).sum();
-                let d = if diff == 0.0 {
-                    0.0
-                } else if norm == 0.0 {
-                    f64::INFINITY
-                } else {
-                    (diff / norm).sqrt()
-                };
-                worst = worst.max(d);
-            }
+            (Some(xa), Some(xb)) => worst = worst.max(rel_l2(&xa, &xb)?),
             _ if va.data() == vb.data() => {}
             _ => return None,
         }
     }
-    worst.is_finite().then_some(worst)
+    Some(worst)
+}
+
+/// `‖a − b‖ / ‖b‖` (the plain `‖a − b‖` when `b` is zero), as the native
+/// runtime measures it, computed on values scaled by their largest
+/// magnitude so that no square overflows; `None` when it is not finite.
+fn rel_l2(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.iter().chain(b).any(|x| !x.is_finite()) {
+        return None;
+    }
+    let scale = a.iter().chain(b).fold(0f64, |m, x| m.max(x.abs()));
+    if scale == 0.0 {
+        return Some(0.0);
+    }
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x / scale, y / scale);
+        diff += (x - y) * (x - y);
+        norm += y * y;
+    }
+    let d = if norm > 0.0 {
+        (diff / norm).sqrt()
+    } else {
+        // ‖a − b‖ = ‖a‖ here, in the values' own units.
+        diff.sqrt() * scale
+    };
+    d.is_finite().then_some(d)
 }
 
 #[cfg(test)]
@@ -505,5 +520,18 @@ mod tests {
         );
         let (c, _) = canonical(&other_step_count, 20, None).unwrap();
         assert_eq!(distance(&c, &a), None, "another layout");
+    }
+
+    #[test]
+    fn huge_or_zero_values_are_measured_not_skipped() {
+        // Squares of 1e300 overflow: scaled, they do not.
+        assert_eq!(rel_l2(&[1e300, 0.0], &[1e300, 0.0]), Some(0.0));
+        let d = rel_l2(&[1e300, 1e300], &[0.0, 1e300]).unwrap();
+        assert!((d - 1.0).abs() < 1e-12, "{d}");
+        // A zero claim: the plain norm of the difference, as natively.
+        assert_eq!(rel_l2(&[3.0, 4.0], &[0.0, 0.0]), Some(5.0));
+        assert_eq!(rel_l2(&[0.0], &[0.0]), Some(0.0));
+        assert_eq!(rel_l2(&[f64::NAN], &[1.0]), None);
+        assert_eq!(rel_l2(&[1.0], &[1.0, 2.0]), None);
     }
 }
