@@ -482,12 +482,79 @@ pub(crate) async fn decide(w: &mut Write<'_>, audit_id: &str) -> Result<(), Pool
             crate::audit::punish_validator(w, &v1, &a).await?;
         }
         [first, second, ..] => {
+            if let Some(why) = irreproducible(w, &a, first, second).await? {
+                return nondeterministic(w, &a, &validators, why).await;
+            }
             crate::audit::provider_fault(w, &a, &validators, &first.validator_id).await?;
             crate::audit::add_streak(w, &first.validator_id).await?;
             crate::audit::add_streak(w, &second.validator_id).await?;
         }
         [] => {}
     }
+    Ok(())
+}
+
+/// Why two replays that both disagree with a container job's claim show
+/// the job's own script to be irreproducible: in one class they disagree
+/// with each other too. The native trainer is gradpool's own and
+/// reproduces itself; a customer's script may not (a clock, the host
+/// name), and then nobody can be found at fault for a mismatch.
+async fn irreproducible(
+    w: &mut Write<'_>,
+    a: &AuditRow,
+    first: &ReplayRow,
+    second: &ReplayRow,
+) -> Result<Option<String>, PoolError> {
+    let container = store::job(w.conn(), &a.job_id)
+        .await?
+        .is_some_and(|job| job.runtime == gradpool_core::state::Runtime::Container);
+    if !container {
+        return Ok(None);
+    }
+    let one = serde_json::from_str::<SignedReplay>(&first.signed)?.report;
+    let two = serde_json::from_str::<SignedReplay>(&second.signed)?.report;
+    Ok(
+        (one.class == two.class && one.end_checkpoint_sha256 != two.end_checkpoint_sha256).then(
+            || {
+                format!(
+                    "the job's script does not reproduce itself: two replays of segment {} in one \
+                 class ({}) gave different checkpoints; make every step depend on the segment \
+                 contract alone (gradpool.segment's determinism and step seeds)",
+                    a.segment, one.class
+                )
+            },
+        ),
+    )
+}
+
+/// A container job whose script does not reproduce itself: the audit is
+/// void, nobody is at fault, and the job fails with the reason (it cannot
+/// be verified, so it cannot go on).
+async fn nondeterministic(
+    w: &mut Write<'_>,
+    a: &AuditRow,
+    validators: &[ProviderId],
+    why: String,
+) -> Result<(), PoolError> {
+    crate::audit::close_audit(w, a, AuditStatus::Void.as_str(), None).await?;
+    w.event(
+        &a.job_id,
+        JobEventKind::Verdict {
+            segment: to_u32(a.segment),
+            provider: ProviderId::from(a.provider_id.as_str()),
+            outcome: AuditStatus::Void.as_str().to_owned(),
+            at_fault: None,
+            validators: validators.to_vec(),
+        },
+    )
+    .await?;
+    if let Some(job) = store::job(w.conn(), &a.job_id).await? {
+        if !job.status.is_final() {
+            crate::escrow::settle_job(w, &job).await?;
+            end_job(w, &a.job_id, JobStatus::Failed, Some(why.clone())).await?;
+        }
+    }
+    tracing::warn!(job = %a.job_id, segment = a.segment, reason = %why, "irreproducible container job failed");
     Ok(())
 }
 

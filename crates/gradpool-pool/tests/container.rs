@@ -247,3 +247,63 @@ async fn only_providers_running_containers_get_the_job_and_its_commits_are_check
     assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
     assert_eq!(end.checkpoint_sha256, Some(Sha256Hex::of(&second)));
 }
+
+/// Two replays of a container segment that disagree with the claim and
+/// with each other, in one class: the customer's script does not
+/// reproduce itself. Nobody is found at fault; the job fails saying why.
+#[tokio::test]
+async fn an_irreproducible_script_fails_its_job_and_faults_nobody() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+    let trainer = tp.provider_with("trainer", |p| p.containers = true).await;
+    let validator = |p: &mut TestProvider| {
+        p.containers = true;
+        p.validate = true;
+        p.train = false;
+    };
+    let v1 = tp.provider_with("v1", validator).await;
+    let v2 = tp.provider_with("v2", validator).await;
+    let spec = format!(
+        "{}[verification]\nlevel = \"paranoid\"\n",
+        spec(Some(&image), Some(&file))
+    );
+    let job: JobView = submit(&alice, &spec, &data).await.ok();
+    let class = gradpool_core::container::class(&image, &trainer.hardware());
+
+    let a = trainer.take().await;
+    let first = canonical_checkpoint(10, [1.0, 2.0], true);
+    trainer.client.upload(&first).await;
+    let c = trainer.commit_for(&a, &first);
+    let c = trainer.resign(&c, |cm| cm.class = class.clone());
+    trainer
+        .commit(&a.task_id, &c)
+        .await
+        .ok::<serde_json::Value>();
+
+    for (v, w) in [(&v1, 3.0f32), (&v2, 4.0)] {
+        let r = v.take().await;
+        assert_eq!(r.kind, gradpool_core::wire::TaskKind::Replay);
+        let replayed = canonical_checkpoint(10, [w, w], true);
+        let report = v.replay_for(&r, &replayed, None);
+        let report = v.key.sign_replay(gradpool_core::commitment::ReplayReport {
+            class: class.clone(),
+            ..report.report
+        });
+        v.report(&r, &report).await.ok::<serde_json::Value>();
+    }
+    let end = alice.job(&job.id).await;
+    assert_eq!(end.status, JobStatus::Failed, "{end:?}");
+    assert!(
+        end.error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not reproduce itself")),
+        "{end:?}"
+    );
+    let providers: Vec<gradpool_core::wire::ProviderView> = alice.get("/v1/providers").await.ok();
+    for p in providers {
+        assert_eq!(p.faults, 0, "{} found at fault", p.name);
+    }
+}
