@@ -32,7 +32,7 @@
 mod image;
 mod trace;
 
-pub use image::{ImageStore, IMAGE_PREFIX};
+pub use image::ImageStore;
 pub use trace::{Trace, TraceLine};
 
 use gradpool_core::container::{canonical, Layout};
@@ -70,6 +70,8 @@ pub enum ContainerError {
     Trace(String),
     #[error("the script wrote no checkpoint to /out/checkpoint.safetensors")]
     NoCheckpoint,
+    #[error("the script wrote more than {limit} to /out and was killed")]
+    OutputTooLarge { limit: String },
     #[error("the script's checkpoint: {0}")]
     Checkpoint(#[from] gradpool_core::checkpoint::CheckpointDefect),
 }
@@ -103,6 +105,9 @@ pub struct Sandbox {
     pub time_limit: Duration,
     /// The GPU, by index, passed through CDI (`nvidia.com/gpu=N`).
     pub gpu: Option<u32>,
+    /// The most the script may write to `/out`: a checkpoint holds what
+    /// was in its memory, so by default its memory and a GiB more.
+    pub output_bytes: u64,
 }
 
 impl Sandbox {
@@ -116,6 +121,7 @@ impl Sandbox {
             tmp_mib: 256,
             time_limit,
             gpu: None,
+            output_bytes: (u64::from(memory_gib) << 30).saturating_add(1 << 30),
         }
     }
 
@@ -157,7 +163,7 @@ impl Sandbox {
 /// One container segment: steps `[from, to)` of a job.
 #[derive(Debug, Clone)]
 pub struct ContainerSegment {
-    /// The image, as [`ImageStore::ensure`] named it.
+    /// The image, by the ID [`ImageStore::ensure`] returned.
     pub image: String,
     pub command: Vec<String>,
     pub data: PathBuf,
@@ -286,7 +292,17 @@ impl ContainerSegment {
             return Err(ContainerError::Exited { code, output });
         }
         let (losses, eval_loss) = trace.finish().map_err(ContainerError::Trace)?;
-        let layout = self.keep_checkpoint(start_layout, out)?;
+        // Up to the script's memory in size: off the async threads.
+        let (me, start, out, limit) = (
+            self.clone(),
+            start_layout.cloned(),
+            out.to_owned(),
+            sandbox.output_bytes,
+        );
+        let layout =
+            tokio::task::spawn_blocking(move || me.keep_checkpoint(start.as_ref(), &out, limit))
+                .await
+                .map_err(|e| io("checking the checkpoint")(std::io::Error::other(e)))??;
         Ok(ContainerEnd {
             losses,
             eval_loss,
@@ -308,12 +324,19 @@ impl ContainerSegment {
         let mut trace = Trace::new(self.out_dir().join("trace.jsonl"), self.from, self.to);
         let deadline = tokio::time::Instant::now() + sandbox.time_limit + Duration::from_secs(30);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let limit = sandbox.output_bytes;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.map_err(ContainerError::Podman)?,
                 _ = tick.tick() => {
                     for (step, loss) in trace.read().map_err(ContainerError::Trace)? {
                         on_step(step, loss);
+                    }
+                    if !output_within(&self.out_dir(), limit) {
+                        let _ = child.kill().await;
+                        return Err(ContainerError::OutputTooLarge {
+                            limit: gradpool_core::model::human_bytes(limit),
+                        });
                     }
                     if tokio::time::Instant::now() > deadline {
                         // podman's own --timeout should have fired.
@@ -343,15 +366,23 @@ impl ContainerSegment {
         &self,
         start: Option<&Layout>,
         out: &Path,
+        limit: u64,
     ) -> Result<Layout, ContainerError> {
+        use std::io::Read;
         let written = self.out_dir().join("checkpoint.safetensors");
-        let bytes = match std::fs::read(&written) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ContainerError::NoCheckpoint)
-            }
-            Err(e) => return Err(io(format!("cannot read {}", written.display()))(e)),
+        let context = || format!("cannot read {}", written.display());
+        let Some(file) = open_output(&written).map_err(io(context()))? else {
+            return Err(ContainerError::NoCheckpoint);
         };
+        let mut bytes = Vec::new();
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(io(context()))?;
+        if bytes.len() as u64 > limit {
+            return Err(ContainerError::OutputTooLarge {
+                limit: gradpool_core::model::human_bytes(limit),
+            });
+        }
         let (bytes, layout) = canonical(&bytes, self.to, start)?;
         let partial = out.with_extension("partial");
         std::fs::write(&partial, &bytes)
@@ -390,6 +421,59 @@ pub fn job_env(
     .collect()
 }
 
+/// Opens a file the script wrote under `/out`, as a regular file only:
+/// never through a symbolic link (which could name the agent's own files)
+/// nor a FIFO or a device (which could block the agent or never end).
+/// `Ok(None)` when there is none.
+pub(crate) fn open_output(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(std::io::Error::other("it is a symbolic link"))
+        }
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    Ok(Some(file))
+}
+
+/// The most entries `/out` may hold.
+const MAX_OUTPUT_ENTRIES: usize = 10_000;
+
+/// Whether what the script wrote under `dir` stays within `limit` bytes
+/// and [`MAX_OUTPUT_ENTRIES`] entries (links are counted, never followed).
+fn output_within(dir: &Path, limit: u64) -> bool {
+    let (mut bytes, mut entries) = (0u64, 0usize);
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let Ok(listing) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            entries += 1;
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+            bytes = bytes.saturating_add(meta.len());
+            if bytes > limit || entries > MAX_OUTPUT_ENTRIES {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// A bind mount; podman takes a relative host path for a volume's name.
 fn mount(host: &Path, inside: &str, mode: &str) -> OsString {
     let host = std::path::absolute(host).unwrap_or_else(|_| host.to_owned());
@@ -399,6 +483,28 @@ fn mount(host: &Path, inside: &str, mode: &str) -> OsString {
     arg
 }
 
+/// What is kept of each of a script's output streams: its end.
+const OUTPUT_TAIL: usize = 64 << 10;
+
+/// Reads `stream` to its end, keeping the last [`OUTPUT_TAIL`] bytes in
+/// `kept`: a script that prints without end costs no memory.
+async fn tail(stream: Option<impl tokio::io::AsyncRead + Unpin>, kept: &mut Vec<u8>) {
+    let Some(mut stream) = stream else { return };
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * OUTPUT_TAIL {
+            kept.drain(..kept.len() - OUTPUT_TAIL);
+        }
+    }
+    if kept.len() > OUTPUT_TAIL {
+        kept.drain(..kept.len() - OUTPUT_TAIL);
+    }
+}
+
 /// Reads a child's stdout and stderr to the end; the last lines of both.
 fn drain(
     stdout: Option<tokio::process::ChildStdout>,
@@ -406,17 +512,7 @@ fn drain(
 ) -> tokio::task::JoinHandle<String> {
     tokio::spawn(async move {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let read_out = async {
-            if let Some(mut s) = stdout {
-                let _ = s.read_to_end(&mut out).await;
-            }
-        };
-        let read_err = async {
-            if let Some(mut s) = stderr {
-                let _ = s.read_to_end(&mut err).await;
-            }
-        };
-        tokio::join!(read_out, read_err);
+        tokio::join!(tail(stdout, &mut out), tail(stderr, &mut err));
         out.extend_from_slice(&err);
         let text = String::from_utf8_lossy(&out).into_owned();
         let tail: Vec<&str> = text.lines().rev().take(20).collect();

@@ -11,7 +11,18 @@ use std::time::Duration;
 
 /// An OCI archive of a busybox rootfs, in `dir`.
 fn busybox_archive(dir: &Path) -> PathBuf {
+    busybox_archive_marked(dir, None)
+}
+
+/// An OCI archive of a busybox rootfs in `dir`, with the file `/marker`
+/// holding `marker` when given; tagged `localhost/busybox:test` either way.
+fn busybox_archive_marked(dir: &Path, marker: Option<&str>) -> PathBuf {
+    let dir = &dir.join(marker.unwrap_or("plain"));
     let rootfs = dir.join("rootfs");
+    if let Some(m) = marker {
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::write(rootfs.join("marker"), m).unwrap();
+    }
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
     // As in any distribution's rootfs: podman's tmpfs /tmp keeps it.
@@ -21,7 +32,7 @@ fn busybox_archive(dir: &Path) -> PathBuf {
         .expect("busybox-static is installed (apt-get install busybox-static)");
     for applet in [
         "sh", "ls", "cat", "echo", "dd", "sleep", "touch", "printf", "wget", "seq", "head", "tr",
-        "id",
+        "id", "ln", "mkfifo",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
@@ -230,4 +241,91 @@ async fn a_script_that_writes_no_or_a_malformed_checkpoint_fails() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("step 0 was due"), "{e}");
+}
+
+/// What a script leaves in `/out` is read as plain files only: a link to
+/// a file of the host's is not followed (its content never reaches the
+/// error), a FIFO does not block the agent, and writing past the output
+/// cap stops the script.
+#[tokio::test]
+async fn what_a_script_leaves_in_out_cannot_reach_or_wedge_the_agent() {
+    let rig = Rig::new().await;
+    let secret = rig.dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        "{\"step\": 0, \"loss\": 0.5}\nSECRET-OF-THE-HOST\n",
+    )
+    .unwrap();
+    let linked = format!("ln -s {} /out/trace.jsonl; sleep 1", secret.display());
+    let e = rig.run(&linked, &sandbox()).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, ContainerError::Trace(_)), "{text}");
+    assert!(text.contains("symbolic link"), "{text}");
+    assert!(!text.contains("SECRET"), "{text}");
+
+    let trace =
+        "printf '{\"step\": 0, \"loss\": 2}\\n{\"step\": 1, \"loss\": 1}\\n' > /out/trace.jsonl";
+    let linked_checkpoint = format!(
+        "{trace}; ln -s {} /out/checkpoint.safetensors",
+        secret.display()
+    );
+    let e = rig.run(&linked_checkpoint, &sandbox()).await.unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+
+    let fifo = tokio::time::timeout(
+        Duration::from_secs(60),
+        rig.run("mkfifo /out/trace.jsonl; sleep 1", &sandbox()),
+    )
+    .await
+    .expect("a FIFO does not block the agent")
+    .unwrap_err();
+    assert!(fifo.to_string().contains("not a regular file"), "{fifo}");
+
+    let small = Sandbox {
+        output_bytes: 1 << 20,
+        ..sandbox()
+    };
+    let e = rig
+        .run(
+            "dd if=/dev/zero of=/out/fill bs=1M count=8; sleep 5",
+            &small,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ContainerError::OutputTooLarge { .. }), "{e}");
+}
+
+/// Images are held by their podman ID, not by any name: an archive that
+/// carries another image's name (here both carry `localhost/busybox:test`)
+/// takes nothing from it.
+#[tokio::test]
+async fn an_archive_cannot_take_over_another_images_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).unwrap();
+    let honest = busybox_archive(dir.path());
+    let rogue = busybox_archive_marked(dir.path(), Some("rogue"));
+    let (a, b) = (
+        Sha256Hex::of_file(&honest).unwrap(),
+        Sha256Hex::of_file(&rogue).unwrap(),
+    );
+    let first = store.ensure(&a, || Some(honest), 1).await.unwrap();
+    let second = store.ensure(&b, || Some(rogue), 2).await.unwrap();
+    assert_ne!(first, second);
+    // Held: no archive needed, and still the first image.
+    assert_eq!(store.ensure(&a, || None, 3).await.unwrap(), first);
+    let out = store
+        .podman()
+        .args(["run", "--rm"])
+        .args(sandbox().args(store.rootless()))
+        .args([first.as_str(), "/bin/sh", "-c"])
+        .arg("cat /marker 2>/dev/null || echo NO-MARKER")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "NO-MARKER",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -2,8 +2,12 @@
 //! owner's, holding each job image once, by the digest of the archive it
 //! came from, under a disk cap with least-recently-used eviction.
 //!
-//! `index.json` beside the storage records each image's size and when a
-//! segment last used it; an image in use is never evicted.
+//! `index.json` beside the storage records, for each archive digest, the
+//! image's podman ID, its size and when a segment last used it. Segments
+//! run the image by that ID, never by a name: an archive can carry any
+//! names, another job's among them, and loading it moves them. Eviction
+//! skips an image a container still uses. Agents that share the store
+//! take `store.lock` around loading, eviction and the index.
 
 use super::{io, ContainerError};
 use gradpool_core::Sha256Hex;
@@ -11,14 +15,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
-/// The name every job image gets in the store: `PREFIX:<digest>`.
-pub const IMAGE_PREFIX: &str = "localhost/gradpool-image";
-
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Entry {
     bytes: u64,
     /// Unix seconds of the last use.
     used: i64,
+    /// The image's podman ID (`podman image inspect --format {{.Id}}`);
+    /// empty in an index from before IDs were recorded (loaded again).
+    #[serde(default)]
+    id: String,
 }
 
 /// The agent's podman storage and its images.
@@ -89,33 +94,75 @@ impl ImageStore {
 
     /// The image of the archive of `digest`, loading it from `archive`
     /// when the store lacks it, then evicting the least recently used
-    /// others while the store is over its cap. Returns the image's name.
+    /// others while the store is over its cap. Returns the image's ID, by
+    /// which segments run it.
     pub async fn ensure(
         &self,
         digest: &Sha256Hex,
         archive: impl FnOnce() -> Option<PathBuf>,
         now: i64,
     ) -> Result<String, ContainerError> {
-        let name = format!("{IMAGE_PREFIX}:{digest}");
+        let _lock = self.lock().await?;
         let mut index = self.index();
-        if !self.exists(&name).await? {
-            let archive = archive().ok_or_else(|| {
-                ContainerError::Image(format!(
-                    "image {digest} is not here and no archive was given"
-                ))
-            })?;
-            let bytes = self.load(&archive, &name).await?;
-            index.insert(digest.to_string(), Entry { bytes, used: now });
-        }
+        let id = match self.held(&index, digest).await? {
+            Some(id) => id,
+            None => {
+                let archive = archive().ok_or_else(|| {
+                    ContainerError::Image(format!(
+                        "image {digest} is not here and no archive was given"
+                    ))
+                })?;
+                let (id, bytes) = self.load(&archive).await?;
+                index.insert(
+                    digest.to_string(),
+                    Entry {
+                        bytes,
+                        used: now,
+                        id: id.clone(),
+                    },
+                );
+                id
+            }
+        };
         index.entry(digest.to_string()).or_default().used = now;
         self.evict(&mut index, digest).await?;
         self.save_index(&index)?;
-        Ok(name)
+        Ok(id)
+    }
+
+    /// The ID of the image of `digest`'s archive, if the store holds it.
+    async fn held(
+        &self,
+        index: &BTreeMap<String, Entry>,
+        digest: &Sha256Hex,
+    ) -> Result<Option<String>, ContainerError> {
+        match index.get(digest.as_str()).map(|e| e.id.as_str()) {
+            Some(id) if !id.is_empty() && self.exists(id).await? => Ok(Some(id.to_owned())),
+            _ => Ok(None),
+        }
     }
 
     /// Whether the store holds the image of the archive of `digest`.
     pub async fn contains(&self, digest: &Sha256Hex) -> Result<bool, ContainerError> {
-        self.exists(&format!("{IMAGE_PREFIX}:{digest}")).await
+        Ok(self.held(&self.index(), digest).await?.is_some())
+    }
+
+    /// The store's lock, held until the returned file is dropped: one
+    /// agent at a time loads, evicts and writes the index.
+    async fn lock(&self) -> Result<std::fs::File, ContainerError> {
+        let path = self.root.with_file_name("store.lock");
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| io("locking the image store")(std::io::Error::other(e)))?
+        .map_err(io("locking the image store"))
     }
 
     /// Whether podman runs on this store and can hold a container to the
@@ -138,7 +185,8 @@ impl ImageStore {
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let hint = if err.contains("newuidmap") {
-                " (rootless podman needs newuidmap: a systemd unit must not set                  NoNewPrivileges, see packaging/gradpool-provider-containers.conf)"
+                " (rootless podman needs newuidmap: a systemd unit must not set \
+                 NoNewPrivileges, see packaging/gradpool-provider-containers.conf)"
             } else {
                 ""
             };
@@ -196,9 +244,10 @@ impl ImageStore {
         Ok(status.success())
     }
 
-    /// Loads an archive (OCI or Docker, compressed or not) and names its
-    /// image `name`; returns the image's size.
-    async fn load(&self, archive: &Path, name: &str) -> Result<u64, ContainerError> {
+    /// Loads an archive (OCI or Docker, compressed or not); returns its
+    /// image's ID and size. Whatever names the archive carried are removed:
+    /// only the ID means anything here.
+    async fn load(&self, archive: &Path) -> Result<(String, u64), ContainerError> {
         let out = self
             .podman()
             .arg("load")
@@ -218,21 +267,25 @@ impl ImageStore {
         }
         let loaded = loaded_name(&text)
             .ok_or_else(|| ContainerError::Image(format!("podman load said {:?}", text.trim())))?;
-        self.podman_ok(&["tag", &loaded, name]).await?;
-        if loaded != name && !loaded.starts_with("sha256:") {
-            // The archive's own name means nothing here: only the digest's.
-            self.podman_ok(&["untag", name, &loaded]).await.ok();
+        let inspect = |format: &'static str, image: String| async move {
+            let out = self
+                .podman()
+                .args(["image", "inspect", "--format", format, &image])
+                .output()
+                .await
+                .map_err(ContainerError::Podman)?;
+            Ok::<_, ContainerError>(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let id = inspect("{{.Id}}", loaded.clone()).await?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ContainerError::Image(format!(
+                "no image ID for {loaded}: {id:?}"
+            )));
         }
-        let size = self
-            .podman()
-            .args(["image", "inspect", "--format", "{{.Size}}", name])
-            .output()
-            .await
-            .map_err(ContainerError::Podman)?;
-        Ok(String::from_utf8_lossy(&size.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0))
+        // Untagged, the image has no name another archive could take over.
+        let _ = self.podman_ok(&["untag", &id]).await;
+        let size = inspect("{{.Size}}", id.clone()).await?.parse().unwrap_or(0);
+        Ok((id, size))
     }
 
     async fn podman_ok(&self, args: &[&str]) -> Result<(), ContainerError> {
@@ -271,13 +324,20 @@ impl ImageStore {
             if index.values().map(|e| e.bytes).sum::<u64>() <= self.cap_bytes {
                 break;
             }
-            let name = format!("{IMAGE_PREFIX}:{digest}");
-            match self.podman_ok(&["rmi", "--force", &name]).await {
+            let id = index.get(&digest).map(|e| e.id.clone()).unwrap_or_default();
+            if id.is_empty() || !self.exists(&id).await? {
+                index.remove(&digest);
+                continue;
+            }
+            // Not --force: an image a running segment uses stays.
+            match self.podman_ok(&["rmi", &id]).await {
                 Ok(()) => {
                     tracing::info!(image = %digest, "evicted an image: the image cache is over its cap");
                     index.remove(&digest);
                 }
-                Err(e) => tracing::warn!(image = %digest, error = %e, "could not evict an image"),
+                Err(e) => {
+                    tracing::warn!(image = %digest, error = %e, "could not evict an image (in use?)")
+                }
             }
         }
         Ok(())

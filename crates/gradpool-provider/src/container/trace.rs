@@ -47,9 +47,9 @@ impl Trace {
 
     /// The steps completed since the last read, with their losses.
     pub fn read(&mut self) -> Result<Vec<(u64, f32)>, String> {
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        let mut file = match super::open_output(&self.path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Vec::new()),
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
         let len = file.metadata().map_err(|e| e.to_string())?.len();
