@@ -252,13 +252,28 @@ pub fn model_weights(checkpoint: &[u8]) -> Result<Vec<u8>, CheckpointDefect> {
 }
 
 /// A container segment's reproducibility class: the image's digest, the
-/// device class and the thread count. Inside one class, the segment
+/// device class the script runs on (the GPU when `on_gpu`, else the CPU,
+/// also on a GPU rig) and the thread count. Inside one class, the segment
 /// contract's settings make a replay give the same bytes.
-pub fn class(image: &crate::Sha256Hex, hardware: &crate::hardware::Hardware) -> String {
-    format!(
-        "container/{image}/{}/{}/t{}",
-        hardware.device, hardware.isa, hardware.threads
-    )
+pub fn class(
+    image: &crate::Sha256Hex,
+    hardware: &crate::hardware::Hardware,
+    on_gpu: bool,
+) -> String {
+    use crate::hardware::DeviceKind;
+    let (device, isa) = match (on_gpu, hardware.device) {
+        (true, DeviceKind::Cuda) => (DeviceKind::Cuda, hardware.isa.as_str()),
+        (_, DeviceKind::Cpu) => (DeviceKind::Cpu, hardware.isa.as_str()),
+        // A GPU rig's CPU; one that does not say which stays apart.
+        (false, DeviceKind::Cuda) => (
+            DeviceKind::Cpu,
+            hardware
+                .host_isa
+                .as_deref()
+                .unwrap_or("unknown-host-of-a-gpu-rig"),
+        ),
+    };
+    format!("container/{image}/{device}/{isa}/t{}", hardware.threads)
 }
 
 /// The values of a floating-point tensor as `f64`; `None` for an integer
@@ -520,6 +535,44 @@ mod tests {
         );
         let (c, _) = canonical(&other_step_count, 20, None).unwrap();
         assert_eq!(distance(&c, &a), None, "another layout");
+    }
+
+    #[test]
+    fn the_class_names_the_device_the_script_runs_on() {
+        use crate::hardware::{DeviceKind, Hardware};
+        let image: crate::Sha256Hex = "ab".repeat(32).parse().unwrap();
+        let gpu = Hardware {
+            device: DeviceKind::Cuda,
+            name: "GPU".into(),
+            threads: 1,
+            memory_bytes: 1 << 30,
+            isa: "sm90-h100".into(),
+            uuid: None,
+            host_isa: Some("x86-64-v4".into()),
+        };
+        let cpu = Hardware {
+            device: DeviceKind::Cpu,
+            isa: "x86-64-v4".into(),
+            host_isa: None,
+            ..gpu.clone()
+        };
+        let on = |hw: &Hardware, on_gpu| class(&image, hw, on_gpu);
+        assert_eq!(
+            on(&gpu, true),
+            format!("container/{image}/cuda/sm90-h100/t1")
+        );
+        // On its CPU a GPU rig is a CPU like any other.
+        assert_eq!(on(&gpu, false), on(&cpu, false));
+        assert_eq!(
+            on(&cpu, true),
+            on(&cpu, false),
+            "a CPU rig has no GPU to use"
+        );
+        let unknown = Hardware {
+            host_isa: None,
+            ..gpu.clone()
+        };
+        assert_ne!(on(&unknown, false), on(&cpu, false));
     }
 
     #[test]

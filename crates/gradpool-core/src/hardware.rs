@@ -34,6 +34,11 @@ pub struct Hardware {
     /// the pool holds two providers that claim the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// A GPU rig's CPU instruction-set level: what a container segment
+    /// that runs on its CPU is classed by (`None` on a CPU rig, whose
+    /// `isa` it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_isa: Option<String>,
 }
 
 impl Hardware {

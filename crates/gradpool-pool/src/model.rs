@@ -189,7 +189,11 @@ pub(crate) async fn class_for(
         .parse()
         .map_err(|e| PoolError::Internal(format!("job {}: stored image digest: {e}", job.id)))?;
     let hardware: gradpool_core::hardware::Hardware = serde_json::from_str(&hardware)?;
-    Ok(gradpool_core::container::class(&image, &hardware))
+    // As the agent decides: the GPU when the job asks for CUDA and the
+    // rig has it, else the CPU.
+    let on_gpu = job.device == gradpool_core::spec::DeviceRequest::Cuda.as_str()
+        && hardware.device == gradpool_core::hardware::DeviceKind::Cuda;
+    Ok(gradpool_core::container::class(&image, &hardware, on_gpu))
 }
 
 /// Reads a container segment's committed checkpoint once: it must be

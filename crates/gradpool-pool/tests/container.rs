@@ -188,7 +188,7 @@ async fn only_providers_running_containers_get_the_job_and_its_commits_are_check
         assert_eq!(status, 404, "another provider does not");
     }
 
-    let class = gradpool_core::container::class(&image, &runner.hardware());
+    let class = gradpool_core::container::class(&image, &runner.hardware(), false);
     let commit = |ckpt: &[u8], a: &Assignment| {
         let c = runner.commit_for(a, ckpt);
         runner.resign(&c, |cm| cm.class = class.clone())
@@ -271,7 +271,7 @@ async fn an_irreproducible_script_fails_its_job_and_faults_nobody() {
         spec(Some(&image), Some(&file))
     );
     let job: JobView = submit(&alice, &spec, &data).await.ok();
-    let class = gradpool_core::container::class(&image, &trainer.hardware());
+    let class = gradpool_core::container::class(&image, &trainer.hardware(), false);
 
     let a = trainer.take().await;
     let first = canonical_checkpoint(10, [1.0, 2.0], true);

@@ -71,6 +71,7 @@ impl Device for CpuDevice {
             memory_bytes: meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
             isa: isa_level().to_owned(),
             uuid: None,
+            host_isa: None,
         }
     }
 

@@ -254,6 +254,7 @@ impl Device for NvmlDevice {
             // version.
             isa: cuda_class(&self.info, self.runtime.as_ref()),
             uuid: Some(self.info.uuid.clone()),
+            host_isa: Some(crate::device::isa_level().to_owned()),
         }
     }
 

@@ -428,6 +428,7 @@ impl TestProvider {
             memory_bytes: self.memory_bytes,
             isa: self.isa.clone(),
             uuid: self.gpu_uuid.clone(),
+            host_isa: None,
         }
     }
 

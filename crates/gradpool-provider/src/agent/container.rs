@@ -68,9 +68,15 @@ pub(super) fn spec_of(a: &Assignment) -> Result<JobSpec, ProviderError> {
 pub(super) fn class(shared: &Shared, spec: &JobSpec) -> String {
     let hardware = shared.device.hardware();
     match spec.container().and_then(|c| c.image_sha256.as_ref()) {
-        Some(image) => gradpool_core::container::class(image, &hardware),
+        Some(image) => gradpool_core::container::class(image, &hardware, on_gpu(spec, &hardware)),
         None => hardware.class(),
     }
+}
+
+/// Whether a container segment of `spec` runs on the rig's GPU: when the
+/// job asks for CUDA and the rig has it.
+fn on_gpu(spec: &JobSpec, hardware: &gradpool_core::hardware::Hardware) -> bool {
+    spec.resources.device == DeviceRequest::Cuda && hardware.device == DeviceKind::Cuda
 }
 
 /// A finished container segment and how long its container ran, in
@@ -115,7 +121,7 @@ pub(super) async fn run(
         None => (None, None),
     };
     let hardware = shared.device.hardware();
-    let cuda = spec.resources.device == DeviceRequest::Cuda && hardware.device == DeviceKind::Cuda;
+    let cuda = on_gpu(spec, &hardware);
     let threads = hardware.threads.max(1);
     let segment = ContainerSegment {
         image,

@@ -33,7 +33,12 @@ pub(super) fn class(
     c: &ContainerConfig,
     hardware: &gradpool_core::hardware::Hardware,
 ) -> anyhow::Result<String> {
-    Ok(gradpool_core::container::class(image_of(c)?, hardware))
+    // Replays here run on the CPU.
+    Ok(gradpool_core::container::class(
+        image_of(c)?,
+        hardware,
+        false,
+    ))
 }
 
 /// Downloads the job's image and files into `work` and loads the image
