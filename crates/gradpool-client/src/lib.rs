@@ -328,6 +328,20 @@ impl Api {
         }
     }
 
+    /// The size of the blob `sha` as the pool announces it, before any
+    /// download; `None` when it does not say or the caller cannot read it.
+    pub async fn blob_size(&self, sha: &Sha256Hex) -> Result<Option<u64>, ClientError> {
+        let rb = self.request(reqwest::Method::HEAD, &format!("/v1/blobs/{sha}"));
+        match self.send(&format!("blob {sha}"), rb).await {
+            Ok(resp) => Ok(resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Downloads a blob to `dest`, checking its digest; `dest` is written
     /// only once the whole blob arrived and matched.
     pub async fn get_blob(&self, sha: &Sha256Hex, dest: &Path) -> Result<(), ClientError> {

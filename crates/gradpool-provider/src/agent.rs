@@ -1295,11 +1295,21 @@ async fn replay_container(
     else {
         return Ok(TaskEnd::Cancelled);
     };
-    let sha = Sha256Hex::of_file(&out)
-        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let sha = {
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || Sha256Hex::of_file(&out))
+            .await
+            .map_err(|e| ProviderError::Segment(format!("hashing the replay: {e}")))?
+            .map_err(ProviderError::io("cannot read the replay's checkpoint"))?
+    };
     let distance = if class != target.claimed_class {
         let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
-        Some(container::distance(&out, &claimed))
+        let replayed = out.clone();
+        Some(
+            tokio::task::spawn_blocking(move || container::distance(&replayed, &claimed))
+                .await
+                .unwrap_or(f64::MAX),
+        )
     } else {
         None
     };

@@ -106,16 +106,25 @@ pub(super) async fn run(
             "a container job, and this provider does not run containers (accept_containers)".into(),
         )
     })?;
-    let image = load_image(shared, images, c).await?;
-    let data = fetch(shared, &a.data_sha256).await?;
-    let job_files = stage_files(shared, c, &task_dir.join("job")).await?;
-    let (start, layout) = match &a.start_checkpoint_sha256 {
-        Some(sha) => {
-            let path = fetch(shared, sha).await?;
-            let bytes = std::fs::read(&path)
-                .map_err(ProviderError::io(format!("cannot read {}", path.display())))?;
-            let layout = Layout::of(&bytes)
-                .map_err(|e| ProviderError::Segment(format!("the start checkpoint {sha}: {e}")))?;
+    // Downloads and a load of up to the pool's image cap: a cancel (a
+    // pause, a lost lease) stops them too.
+    let inputs = async {
+        let image = load_image(shared, images, c).await?;
+        let data = fetch(shared, &a.data_sha256).await?;
+        let job_files = stage_files(shared, c, &task_dir.join("job")).await?;
+        let start = match &a.start_checkpoint_sha256 {
+            Some(sha) => Some((fetch(shared, sha).await?, sha.clone())),
+            None => None,
+        };
+        Ok::<_, ProviderError>((image, data, job_files, start))
+    };
+    let (image, data, job_files, start) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(None),
+        inputs = inputs => inputs?,
+    };
+    let (start, layout) = match start {
+        Some((path, sha)) => {
+            let layout = start_layout(path.clone(), &sha).await?;
             (Some(path), Some(layout))
         }
         None => (None, None),
@@ -188,6 +197,21 @@ pub(super) async fn run(
     Ok(Some(Ran { end, ms }))
 }
 
+/// The layout of the start checkpoint at `path` (digest `sha`), read off
+/// the async threads.
+async fn start_layout(path: PathBuf, sha: &Sha256Hex) -> Result<Layout, ProviderError> {
+    let read = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path)?;
+        Ok::<_, std::io::Error>(Layout::of(&bytes))
+    })
+    .await
+    .map_err(|e| ProviderError::Segment(format!("reading the start checkpoint: {e}")))?
+    .map_err(ProviderError::io(format!(
+        "cannot read the start checkpoint {sha}"
+    )))?;
+    read.map_err(|e| ProviderError::Segment(format!("the start checkpoint {sha}: {e}")))
+}
+
 /// The job's image in the store: loaded from its archive (downloaded,
 /// then dropped from the blob cache: the store holds it now) unless it is
 /// there already. An archive larger than the store's cap is refused.
@@ -205,6 +229,20 @@ async fn load_image(
     if images.store.contains(digest).await? {
         return Ok(images.store.ensure(digest, || None, now).await?);
     }
+    // Asked before the download: an image larger than the whole cache is
+    // refused without fetching it.
+    let cap = images.store.cap_bytes();
+    let too_large = |size: u64| {
+        ProviderError::Segment(format!(
+            "the job's image ({} MiB) is larger than this rig's image cache ({} MiB, image_cache_gib)",
+            size >> 20,
+            cap >> 20
+        ))
+    };
+    let announced = shared.api.read().await.clone().blob_size(digest).await?;
+    if let Some(size) = announced.filter(|s| *s > cap) {
+        return Err(too_large(size));
+    }
     let archive = fetch(shared, digest).await?;
     let size = std::fs::metadata(&archive)
         .map_err(ProviderError::io(format!(
@@ -212,14 +250,9 @@ async fn load_image(
             archive.display()
         )))?
         .len();
-    let cap = images.store.cap_bytes();
     if size > cap {
         let _ = std::fs::remove_file(&archive);
-        return Err(ProviderError::Segment(format!(
-            "the job's image ({} MiB) is larger than this rig's image cache ({} MiB, image_cache_gib)",
-            size >> 20,
-            cap >> 20
-        )));
+        return Err(too_large(size));
     }
     tracing::info!(image = %digest, mib = size >> 20, "loading a job's image");
     let name = images
