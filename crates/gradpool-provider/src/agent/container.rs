@@ -79,8 +79,9 @@ fn on_gpu(spec: &JobSpec, hardware: &gradpool_core::hardware::Hardware) -> bool 
     spec.resources.device == DeviceRequest::Cuda && hardware.device == DeviceKind::Cuda
 }
 
-/// A finished container segment and how long its container ran, in
-/// milliseconds: what is billed (not the image's download or load).
+/// A finished container segment and the time it is billed for, in
+/// milliseconds: its container's run (not the image's download or load)
+/// times the owner's share of the CPUs it ran under.
 pub(super) struct Ran {
     pub end: ContainerEnd,
     pub ms: u64,
@@ -130,6 +131,7 @@ pub(super) async fn run(
         None => (None, None),
     };
     let hardware = shared.device.hardware();
+    let share = shared.share().max(1);
     let cuda = on_gpu(spec, &hardware);
     let threads = hardware.threads.max(1);
     let segment = ContainerSegment {
@@ -145,7 +147,7 @@ pub(super) async fn run(
         owner: shared.key.provider_id().to_string(),
     };
     let sandbox = Sandbox {
-        cpus: f64::from(threads) * f64::from(shared.share().max(1)) / 100.0,
+        cpus: f64::from(threads) * f64::from(share) / 100.0,
         gpu: cuda.then(|| u32::try_from(shared.device.segment_device().gpu).unwrap_or(0)),
         ..Sandbox::new(
             c.memory_gib,
@@ -191,10 +193,14 @@ pub(super) async fn run(
             last,
         );
     }
+    // Held to the owner's share of the CPUs, the container took longer
+    // than the work needs: the customer pays for that share of the time,
+    // as for a native segment's rests.
     let ms = u64::try_from(started.elapsed().as_millis())
         .unwrap_or(u64::MAX)
-        .max(1);
-    Ok(Some(Ran { end, ms }))
+        .saturating_mul(u64::from(share.min(100)))
+        / 100;
+    Ok(Some(Ran { end, ms: ms.max(1) }))
 }
 
 /// The layout of the start checkpoint at `path` (digest `sha`), read off
