@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use gradpool_core::wire::{JobEvent, JobEventKind, JobStatus};
+use gradpool_core::wire::{JobEventKind, JobStatus};
 use gradpool_core::{NodeKey, ProviderId, Sha256Hex};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -212,35 +212,6 @@ fn start_provider(url: &str, dir: &Path, containers: bool) -> Provider {
         dir: dir.to_owned(),
         child,
     }
-}
-
-/// Follows the job's events until one satisfies `hit`.
-async fn first_event(
-    api: &gradpool_client::Api,
-    id: &str,
-    hit: impl Fn(&JobEvent) -> bool,
-) -> JobEvent {
-    use eventsource_stream::Eventsource;
-    use futures::StreamExt;
-    let resp = api
-        .send(
-            "events",
-            api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
-        )
-        .await
-        .unwrap();
-    let mut stream = resp.bytes_stream().eventsource();
-    while let Some(ev) = stream.next().await {
-        let ev = ev.unwrap();
-        if ev.data.is_empty() {
-            continue;
-        }
-        let event: JobEvent = serde_json::from_str(&ev.data).unwrap();
-        if hit(&event) {
-            return event;
-        }
-    }
-    panic!("the job's events ended before the one awaited");
 }
 
 /// Containers of the shared store labelled as `owner`'s.

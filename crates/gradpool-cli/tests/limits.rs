@@ -17,29 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Follows the job's event stream until a `released` event with `reason`.
 async fn wait_released(api: &gradpool_client::Api, id: &str, reason: &str) {
-    use eventsource_stream::Eventsource;
-    use futures::StreamExt;
-    let follow = async {
-        let resp = api
-            .send(
-                "events",
-                api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
-            )
-            .await
-            .unwrap();
-        let mut stream = resp.bytes_stream().eventsource();
-        while let Some(ev) = stream.next().await {
-            let ev = ev.unwrap();
-            if ev.data.is_empty() {
-                continue;
-            }
-            let e: gradpool_core::wire::JobEvent = serde_json::from_str(&ev.data).unwrap();
-            if matches!(&e.kind, JobEventKind::Released { reason: r, .. } if r == reason) {
-                return;
-            }
-        }
-        panic!("the job ended without a pause for {reason}");
-    };
+    let follow = first_event(
+        api,
+        id,
+        |e| matches!(&e.kind, JobEventKind::Released { reason: r, .. } if r == reason),
+    );
     tokio::time::timeout(Duration::from_secs(60), follow)
         .await
         .unwrap_or_else(|_| panic!("no pause for {reason} within a minute"));

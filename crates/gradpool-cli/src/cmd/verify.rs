@@ -629,17 +629,7 @@ async fn replay_segment(
                 ));
             }
         }
-        return Ok(if sha == s.checkpoint_sha256 {
-            ("exact match".to_owned(), None)
-        } else {
-            (
-                format!(
-                    "MISMATCH: replay gives {}…",
-                    sha.as_str().get(..12).unwrap_or_default()
-                ),
-                None,
-            )
-        });
+        return Ok(by_hash(&sha, &s.checkpoint_sha256));
     }
     let bytes = std::fs::read(data)?;
     let dataset = gradpool_train::Dataset::from_bytes(spec, &bytes)?;
@@ -658,6 +648,22 @@ async fn replay_segment(
             Some(d.max_rel_l2),
         )
     })
+}
+
+/// A replay in the trainer's class: its checkpoint `sha` must be the
+/// claimed one.
+fn by_hash(sha: &Sha256Hex, claimed: &Sha256Hex) -> (String, Option<f64>) {
+    if sha == claimed {
+        ("exact match".to_owned(), None)
+    } else {
+        (
+            format!(
+                "MISMATCH: replay gives {}…",
+                sha.as_str().get(..12).unwrap_or_default()
+            ),
+            None,
+        )
+    }
 }
 
 /// `n` distinct indices below `len`, drawn with the operating system's

@@ -160,6 +160,35 @@ pub async fn events(api: &Api, id: &str) -> Vec<JobEvent> {
     out
 }
 
+/// Follows the job's events until one satisfies `hit`.
+pub async fn first_event(
+    api: &gradpool_client::Api,
+    id: &str,
+    hit: impl Fn(&JobEvent) -> bool,
+) -> JobEvent {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = api
+        .send(
+            "events",
+            api.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/events")),
+        )
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream().eventsource();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        if ev.data.is_empty() {
+            continue;
+        }
+        let event: JobEvent = serde_json::from_str(&ev.data).unwrap();
+        if hit(&event) {
+            return event;
+        }
+    }
+    panic!("the job's events ended before the one awaited");
+}
+
 /// The model file a single uninterrupted local run of the spec produces.
 pub fn local_model(spec_text: &str, data: &Path, dir: &Path) -> Vec<u8> {
     let spec = JobSpec::from_toml_str(spec_text).unwrap();

@@ -130,18 +130,10 @@ pub(super) async fn replay(
         return Ok((format!("replay failed: {e}"), None));
     }
     if s.commitment.commitment.class == class {
-        let sha = Sha256Hex::of_file(&out)?;
-        return Ok(if sha == s.checkpoint_sha256 {
-            ("exact match".to_owned(), None)
-        } else {
-            (
-                format!(
-                    "MISMATCH: replay gives {}…",
-                    sha.as_str().get(..12).unwrap_or_default()
-                ),
-                None,
-            )
-        });
+        return Ok(super::by_hash(
+            &Sha256Hex::of_file(&out)?,
+            &s.checkpoint_sha256,
+        ));
     }
     let d = gradpool_core::container::distance(&std::fs::read(&out)?, &std::fs::read(claimed)?);
     Ok(match d {
