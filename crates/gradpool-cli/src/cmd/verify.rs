@@ -186,8 +186,101 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         .with_context(|| format!("cannot create {}", opts.work_dir.display()))?;
 
     let expected = expectations(&job, &segments, &rounds);
+    let mut checks = chain_checks(&job, &segments, &expected);
+
+    let sample = draw(segments.len(), opts.segments);
+    let data = opts.work_dir.join("data");
+    if !sample.is_empty() || !rounds.is_empty() {
+        api.get_blob(&job.data_sha256, &data)
+            .await
+            .with_context(|| format!("cannot download the data of job {id}"))?;
+    }
+    let spec_path = opts.work_dir.join("spec.toml");
+    std::fs::write(&spec_path, &job.spec_toml)?;
+    if job.parallel.is_some() {
+        let kept: Vec<Sha256Hex> = sample
+            .iter()
+            .flat_map(|&i| {
+                [
+                    Some(segments[i].checkpoint_sha256.clone()),
+                    expected[i].slot.clone(),
+                ]
+            })
+            .flatten()
+            .collect();
+        request_kept(api, &job.id, kept, &opts.work_dir).await;
+    }
+    for &i in &sample {
+        let s = &segments[i];
+        let Some((end, start, slot)) =
+            replay_inputs(api, opts, s, &expected[i], &class, &mut checks[i]).await
+        else {
+            continue;
+        };
+        let (replay, distance) = if let Some(c) = spec.container() {
+            let ready = match staged.take() {
+                Some(ready) => ready,
+                None => {
+                    let threads = device.hardware().threads;
+                    container::stage(api, c, &opts.work_dir, &opts.image_store, threads).await?
+                }
+            };
+            let replayed = container::replay(
+                &ready,
+                &spec,
+                (&data, &opts.work_dir),
+                start,
+                s,
+                &end,
+                &class,
+            )
+            .await?;
+            staged = Some(ready);
+            replayed
+        } else {
+            replay_segment(
+                opts,
+                &device,
+                (&spec, &spec_path),
+                &data,
+                (start, expected[i].worker, slot),
+                s,
+                &end,
+                &class,
+            )
+            .await?
+        };
+        (checks[i].replay, checks[i].distance) = (replay, distance);
+    }
+    let outer_steps = check_outer_steps(api, &job, &spec, &data, &segments, &rounds, opts).await?;
+    for c in &mut checks {
+        c.pass = c.signature == "ok"
+            && c.chain == "ok"
+            && matches!(c.checkpoint.as_str(), "ok" | "not downloaded" | KEPT)
+            && (c.replay == "not sampled"
+                || c.replay == "exact match"
+                || c.replay.starts_with("within tolerance")
+                || c.replay.ends_with(KEPT));
+    }
+    Ok(VerifyReport {
+        job_id: job.id,
+        class,
+        replayed: sample.len(),
+        pass: checks.iter().all(|c| c.pass) && outer_steps.iter().all(|c| c.pass),
+        segments: checks,
+        outer_steps,
+    })
+}
+
+/// Each segment's signature and its link in the chain, against what the
+/// job's earlier segments and rounds make `expected`.
+fn chain_checks(
+    job: &JobView,
+    segments: &[SegmentView],
+    expected: &[Expected],
+) -> Vec<SegmentCheck> {
     let mut checks: Vec<SegmentCheck> = Vec::with_capacity(segments.len());
-    for ((i, s), want) in segments.iter().enumerate().zip(&expected) {
+    for ((i, s), want) in segments.iter().enumerate().zip(expected) {
         let c = &s.commitment.commitment;
         let index_ok = if job.parallel.is_some() {
             c.segment == s.segment
@@ -235,135 +328,72 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             pass: true,
         });
     }
+    checks
+}
 
-    let sample = draw(segments.len(), opts.segments);
-    let data = opts.work_dir.join("data");
-    if !sample.is_empty() || !rounds.is_empty() {
-        api.get_blob(&job.data_sha256, &data)
-            .await
-            .with_context(|| format!("cannot download the data of job {id}"))?;
-    }
-    let spec_path = opts.work_dir.join("spec.toml");
-    std::fs::write(&spec_path, &job.spec_toml)?;
-    if job.parallel.is_some() {
-        let kept: Vec<Sha256Hex> = sample
-            .iter()
-            .flat_map(|&i| {
-                [
-                    Some(segments[i].checkpoint_sha256.clone()),
-                    expected[i].slot.clone(),
-                ]
-            })
-            .flatten()
-            .collect();
-        request_kept(api, &job.id, kept, &opts.work_dir).await;
-    }
-    for &i in &sample {
-        let s = &segments[i];
-        let end = opts
-            .work_dir
-            .join(format!("{}.safetensors", s.checkpoint_sha256));
-        let Ok(prev) = expected[i].prev.clone() else {
-            checks[i].replay = "not run: no chain to check against".to_owned();
-            continue;
+/// The files to replay segment `s` from: its end checkpoint (downloaded,
+/// its `H` checked into `check`), its start and its worker slot's
+/// checkpoint; `None` (with the reason in `check.replay`) when it cannot
+/// be replayed.
+async fn replay_inputs(
+    api: &Api,
+    opts: &VerifyOptions,
+    s: &SegmentView,
+    want: &Expected,
+    class: &str,
+    check: &mut SegmentCheck,
+) -> Option<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    let end = opts
+        .work_dir
+        .join(format!("{}.safetensors", s.checkpoint_sha256));
+    let Ok(prev) = want.prev.clone() else {
+        check.replay = "not run: no chain to check against".to_owned();
+        return None;
+    };
+    // A parallel job's worker keeps its checkpoints until the pool
+    // asks for one (an audit, a slot's move): it may not be there.
+    let worker = s.commitment.commitment.pseudo_gradient_sha256.is_some();
+    check.checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
+        Ok(()) => match commitment::chain_file(&end, &prev) {
+            Ok(h) if h == s.commitment.commitment.hash => "ok".to_owned(),
+            Ok(_) => "H does not match the checkpoint's bytes".to_owned(),
+            Err(e) => format!("cannot hash: {e}"),
+        },
+        Err(e) if worker && e == MISSING => KEPT.to_owned(),
+        Err(e) => e,
+    };
+    let comparable = check.checkpoint == "ok"
+        || (check.checkpoint == KEPT && s.commitment.commitment.class == class);
+    if !comparable {
+        check.replay = match check.checkpoint.as_str() {
+            KEPT => format!("not run: the checkpoint is {KEPT}"),
+            _ => "not run: no valid end checkpoint".to_owned(),
         };
-        // A parallel job's worker keeps its checkpoints until the pool
-        // asks for one (an audit, a slot's move): it may not be there.
-        let worker = s.commitment.commitment.pseudo_gradient_sha256.is_some();
-        checks[i].checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
-            Ok(()) => match commitment::chain_file(&end, &prev) {
-                Ok(h) if h == s.commitment.commitment.hash => "ok".to_owned(),
-                Ok(_) => "H does not match the checkpoint's bytes".to_owned(),
-                Err(e) => format!("cannot hash: {e}"),
-            },
-            Err(e) if worker && e == MISSING => KEPT.to_owned(),
-            Err(e) => e,
-        };
-        let comparable = checks[i].checkpoint == "ok"
-            || (checks[i].checkpoint == KEPT && s.commitment.commitment.class == class);
-        if !comparable {
-            checks[i].replay = match checks[i].checkpoint.as_str() {
-                KEPT => format!("not run: the checkpoint is {KEPT}"),
-                _ => "not run: no valid end checkpoint".to_owned(),
-            };
-            continue;
-        }
-        let mut inputs = Vec::new();
-        for sha in [&expected[i].start, &expected[i].slot] {
-            inputs.push(match sha {
-                Some(sha) => match cached(api, sha, &opts.work_dir).await {
-                    Ok(path) => Some(path),
-                    Err(e) if worker && e == MISSING => {
-                        checks[i].replay = format!("not run: the slot's checkpoint is {KEPT}");
-                        break;
-                    }
-                    Err(e) => {
-                        checks[i].replay = format!("not run: start checkpoint {e}");
-                        break;
-                    }
-                },
-                None => None,
-            });
-        }
-        if inputs.len() < 2 {
-            continue;
-        }
-        let slot = inputs.pop().flatten();
-        let start = inputs.pop().flatten();
-        if let Some(c) = spec.container() {
-            let ready = match staged.take() {
-                Some(ready) => ready,
-                None => {
-                    let threads = device.hardware().threads;
-                    container::stage(api, c, &opts.work_dir, &opts.image_store, threads).await?
+        return None;
+    }
+    let mut inputs = Vec::new();
+    for sha in [&want.start, &want.slot] {
+        inputs.push(match sha {
+            Some(sha) => match cached(api, sha, &opts.work_dir).await {
+                Ok(path) => Some(path),
+                Err(e) if worker && e == MISSING => {
+                    check.replay = format!("not run: the slot's checkpoint is {KEPT}");
+                    break;
                 }
-            };
-            let (replay, distance) = container::replay(
-                &ready,
-                &spec,
-                (&data, &opts.work_dir),
-                start,
-                s,
-                &end,
-                &class,
-            )
-            .await?;
-            (checks[i].replay, checks[i].distance) = (replay, distance);
-            staged = Some(ready);
-            continue;
-        }
-        let (replay, distance) = replay_segment(
-            opts,
-            &device,
-            (&spec, &spec_path),
-            &data,
-            (start, expected[i].worker, slot),
-            s,
-            &end,
-            &class,
-        )
-        .await?;
-        checks[i].replay = replay;
-        checks[i].distance = distance;
+                Err(e) => {
+                    check.replay = format!("not run: start checkpoint {e}");
+                    break;
+                }
+            },
+            None => None,
+        });
     }
-    let outer_steps = check_outer_steps(api, &job, &spec, &data, &segments, &rounds, opts).await?;
-    for c in &mut checks {
-        c.pass = c.signature == "ok"
-            && c.chain == "ok"
-            && matches!(c.checkpoint.as_str(), "ok" | "not downloaded" | KEPT)
-            && (c.replay == "not sampled"
-                || c.replay == "exact match"
-                || c.replay.starts_with("within tolerance")
-                || c.replay.ends_with(KEPT));
+    if inputs.len() < 2 {
+        return None;
     }
-    Ok(VerifyReport {
-        job_id: job.id,
-        class,
-        replayed: sample.len(),
-        pass: checks.iter().all(|c| c.pass) && outer_steps.iter().all(|c| c.pass),
-        segments: checks,
-        outer_steps,
-    })
+    let slot = inputs.pop().flatten();
+    let start = inputs.pop().flatten();
+    Some((end, start, slot))
 }
 
 /// A blob in the work directory under its digest, downloaded once.
