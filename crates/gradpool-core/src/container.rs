@@ -549,6 +549,7 @@ mod tests {
             isa: "sm90-h100".into(),
             uuid: None,
             host_isa: Some("x86-64-v4".into()),
+            host_memory_bytes: Some(1 << 34),
         };
         let cpu = Hardware {
             device: DeviceKind::Cpu,

@@ -39,9 +39,22 @@ pub struct Hardware {
     /// `isa` it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_isa: Option<String>,
+    /// A GPU rig's RAM, in bytes: what a container job's `memory_gib` is
+    /// matched against (`None` on a CPU rig, whose `memory_bytes` it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_memory_bytes: Option<u64>,
 }
 
 impl Hardware {
+    /// The memory a container segment runs in: the host's RAM (0 for a
+    /// GPU rig that does not say).
+    pub fn host_memory(&self) -> u64 {
+        match self.device {
+            DeviceKind::Cpu => self.memory_bytes,
+            DeviceKind::Cuda => self.host_memory_bytes.unwrap_or(0),
+        }
+    }
+
     /// The reproducibility class: runtime version, device kind and
     /// instruction set. Inside a class, the same segment gives bit-identical
     /// checkpoints.

@@ -150,6 +150,21 @@ impl Drop for LongPoll<'_> {
     }
 }
 
+/// What the claim asks of the provider it leases to.
+#[derive(sqlx::FromRow)]
+struct Claimant {
+    price: i64,
+    unstaking: Option<i64>,
+    validates: bool,
+    trains: bool,
+    /// Why it gets nothing: a proof pending, a GPU claimed twice, a pause.
+    held: Option<String>,
+    region: Option<String>,
+    containers: bool,
+    /// Its RAM, against which container jobs are matched.
+    host_memory: i64,
+}
+
 impl Pool {
     /// How many heartbeats are waiting for work now (long-polls).
     pub fn long_polls(&self) -> usize {
@@ -318,10 +333,20 @@ impl Pool {
     ) -> Result<(Vec<Assignment>, Vec<String>), PoolError> {
         let mut out = Vec::new();
         let now = w.now;
-        let (price, unstaking, validates, trains, held, region, containers): (i64, Option<i64>, bool, bool, Option<String>, Option<String>, bool) = sqlx::query_as(
-            "SELECT price_per_hour, unstake_requested_at, validate = 1 AND validator_barred = 0, trains = 1, \
-             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused), region, \
-             containers = 1 \
+        let Claimant {
+            price,
+            unstaking,
+            validates,
+            trains,
+            held,
+            region,
+            containers,
+            host_memory,
+        } = sqlx::query_as(
+            "SELECT price_per_hour AS price, unstake_requested_at AS unstaking, \
+             validate = 1 AND validator_barred = 0 AS validates, trains = 1 AS trains, \
+             COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) AS held, \
+             region, containers = 1 AS containers, COALESCE(host_memory_bytes, 0) AS host_memory \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -338,7 +363,8 @@ impl Pool {
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN audits a ON a.id = t.audit_id \
                          WHERE t.status = 'queued' AND t.kind = 'replay' AND a.status = 'open' \
                            AND a.provider_id != ?1 \
-                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.device = 'any' OR j.device = ?4) \
+                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN ?8 ELSE ?5 END \
                            AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
                            AND (j.runtime = 'native' OR ?7) \
                            AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
@@ -355,7 +381,8 @@ impl Pool {
              updated_at = ?3, price_per_hour = ?6 \
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                          WHERE t.status = 'queued' AND t.kind = 'train' AND j.status IN ('queued', 'running') \
-                           AND (j.device = 'any' OR j.device = ?4) AND j.min_memory_bytes <= ?5 \
+                           AND (j.device = 'any' OR j.device = ?4) \
+                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN ?13 ELSE ?5 END \
                            AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
                            AND (j.budget > 0 OR ?6 = 0) \
                            AND (?7 OR j.budget <= ?8) \
@@ -434,6 +461,7 @@ impl Pool {
                     .bind(memory)
                     .bind(price)
                     .bind(containers)
+                    .bind(host_memory)
                     .fetch_optional(w.conn())
                     .await?;
             }
@@ -461,6 +489,7 @@ impl Pool {
                     .bind(&held_back_json)
                     .bind(now - self.lease_ms() / 2)
                     .bind(containers)
+                    .bind(host_memory)
                     .fetch_optional(w.conn())
                     .await?;
             }

@@ -37,7 +37,7 @@ impl Pool {
             };
             let memory = model.memory(spec.train.batch_size);
             let needs = format!("container.memory_gib: {} GiB", c.memory_gib);
-            self.check_memory(&needs, "container.memory_gib", memory.total_bytes)
+            self.check_memory(&needs, "container.memory_gib", memory.total_bytes, true)
                 .await?;
             return Ok((model, memory));
         }
@@ -69,15 +69,23 @@ impl Pool {
             &format!("model: {needs}"),
             "the model or train.batch_size",
             memory.total_bytes,
+            false,
         )
         .await?;
         Ok((model, memory))
     }
 
     /// Refuses a job that needs more memory (`bytes`, described by
-    /// `needs`) than this pool allows or than its largest device has;
-    /// `smaller` names what to make smaller.
-    async fn check_memory(&self, needs: &str, smaller: &str, bytes: u64) -> Result<(), PoolError> {
+    /// `needs`) than this pool allows or than its largest device has (for
+    /// a `container` job: the most RAM of a provider that runs
+    /// containers); `smaller` names what to make smaller.
+    async fn check_memory(
+        &self,
+        needs: &str,
+        smaller: &str,
+        bytes: u64,
+        container: bool,
+    ) -> Result<(), PoolError> {
         let cap = self.inner.config.max_job_memory_bytes;
         if bytes > cap {
             return Err(PoolError::InvalidSpec(format!(
@@ -85,14 +93,21 @@ impl Pool {
                 human_bytes(cap)
             )));
         }
-        let largest: Option<i64> = sqlx::query_scalar("SELECT MAX(memory_bytes) FROM providers")
-            .fetch_one(&self.inner.db)
-            .await?;
+        let sql = if container {
+            "SELECT MAX(host_memory_bytes) FROM providers WHERE containers = 1"
+        } else {
+            "SELECT MAX(memory_bytes) FROM providers"
+        };
+        let largest: Option<i64> = sqlx::query_scalar(sql).fetch_one(&self.inner.db).await?;
         if let Some(largest) = largest.and_then(|m| u64::try_from(m).ok()) {
             if bytes > largest {
+                let what = if container {
+                    "the most RAM of this pool's providers that run containers"
+                } else {
+                    "the largest device of this pool's providers"
+                };
                 return Err(PoolError::InvalidSpec(format!(
-                    "{needs}, more than the largest device of this pool's providers ({}); \
-                     make {smaller} smaller",
+                    "{needs}, more than {what} ({}); make {smaller} smaller",
                     human_bytes(largest)
                 )));
             }

@@ -34,6 +34,8 @@ pub enum Refusal {
     Device,
     /// Less memory than the job needs.
     Memory,
+    /// Less RAM than a container job's `memory_gib`.
+    HostMemory,
     /// Its price is above the job's maximum.
     Price,
     /// A priced provider and a job with no budget.
@@ -65,6 +67,10 @@ impl Refusal {
             Refusal::Device => format!("{they} without the device class `{}`", job.device),
             Refusal::Memory => format!(
                 "{they} with less than the {} MiB of memory the job needs",
+                job.min_memory_bytes >> 20
+            ),
+            Refusal::HostMemory => format!(
+                "{they} with less than the {} MiB of RAM the container job needs (container.memory_gib)",
                 job.min_memory_bytes >> 20
             ),
             Refusal::Price => format!(
@@ -102,6 +108,7 @@ struct Offer {
     id: String,
     device: String,
     memory_bytes: i64,
+    host_memory_bytes: i64,
     price_per_hour: i64,
     trains: bool,
     containers: bool,
@@ -129,7 +136,9 @@ fn refusal(job: &JobRow, offer: &Offer, money: &crate::config::MoneyConfig) -> O
         Some(Refusal::Containers)
     } else if !device_ok {
         Some(Refusal::Device)
-    } else if offer.memory_bytes < job.min_memory_bytes {
+    } else if job.runtime == Runtime::Container && offer.host_memory_bytes < job.min_memory_bytes {
+        Some(Refusal::HostMemory)
+    } else if job.runtime == Runtime::Native && offer.memory_bytes < job.min_memory_bytes {
         Some(Refusal::Memory)
     } else if job
         .max_price_per_hour
@@ -159,7 +168,7 @@ async fn offers(
     lease_ms: i64,
 ) -> Result<Vec<Offer>, PoolError> {
     let mut offers: Vec<Offer> = sqlx::query_as(
-        "SELECT p.id, p.device, p.memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.containers = 1 AS containers, p.region, \
+        "SELECT p.id, p.device, p.memory_bytes, COALESCE(p.host_memory_bytes, 0) AS host_memory_bytes, p.price_per_hour, p.trains = 1 AS trains, p.containers = 1 AS containers, p.region, \
            (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
            p.unstake_requested_at IS NOT NULL AS unstaking, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \

@@ -66,11 +66,12 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
-             registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region, containers) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region, containers, \
+             host_memory_bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
              class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
-             validate = ?12, trains = ?13, region = ?14, containers = ?15",
+             validate = ?12, trains = ?13, region = ?14, containers = ?15, host_memory_bytes = ?16",
         )
         .bind(provider.as_str())
         .bind(req.public_key.to_string())
@@ -87,6 +88,7 @@ impl Pool {
         .bind(req.train)
         .bind(req.region.as_deref())
         .bind(req.containers)
+        .bind(i64::try_from(req.hardware.host_memory()).unwrap_or(i64::MAX))
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")

@@ -307,3 +307,35 @@ async fn an_irreproducible_script_fails_its_job_and_faults_nobody() {
         assert_eq!(p.faults, 0, "{} found at fault", p.name);
     }
 }
+
+/// A container job's `memory_gib` caps the container's RAM: a GPU rig is
+/// matched on its RAM, not on its GPU's memory.
+#[tokio::test]
+async fn a_container_job_is_matched_on_the_rigs_ram() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+    let gpu = |ram: u64| {
+        move |p: &mut TestProvider| {
+            p.containers = true;
+            p.device = gradpool_core::hardware::DeviceKind::Cuda;
+            p.memory_bytes = 80 << 30;
+            p.host_memory_bytes = Some(ram);
+        }
+    };
+    let small = tp.provider_with("small-ram", gpu(512 << 20)).await;
+    // No provider that runs containers has the RAM: refused at submit.
+    let e = submit(&alice, &spec(Some(&image), Some(&file)), &data)
+        .await
+        .err(400);
+    assert!(e.message.contains("the most RAM"), "{e:?}");
+    let big = tp.provider_with("big-ram", gpu(16 << 30)).await;
+    let job: JobView = submit(&alice, &spec(Some(&image), Some(&file)), &data)
+        .await
+        .ok();
+    // Asking first, with 80 GiB of GPU memory, the small one gets nothing.
+    assert!(small.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert_eq!(big.take().await.job_id, job.id);
+}

@@ -394,6 +394,7 @@ async fn registration_is_checked() {
         containers: false,
         paused: None,
         memory_bytes: 8 << 30,
+        host_memory_bytes: None,
         isa: "x86-64-v3".into(),
         gpu_uuid: None,
         dedication: None,

@@ -68,10 +68,11 @@ impl Device for CpuDevice {
             device: DeviceKind::Cpu,
             name: cpu_model_name().unwrap_or_else(|| std::env::consts::ARCH.to_owned()),
             threads: self.threads,
-            memory_bytes: meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
+            memory_bytes: host_memory_bytes().unwrap_or(0),
             isa: isa_level().to_owned(),
             uuid: None,
             host_isa: None,
+            host_memory_bytes: None,
         }
     }
 
@@ -183,6 +184,11 @@ impl Device for SimulatedDevice {
     fn segment_device(&self) -> crate::segment::DeviceFlags {
         self.cpu.segment_device()
     }
+}
+
+/// The machine's RAM, from `/proc/meminfo`.
+pub fn host_memory_bytes() -> Option<u64> {
+    meminfo_kib("MemTotal:").map(|k| k * 1024)
 }
 
 /// The instruction-set level the CPU supports: part of the reproducibility

@@ -255,6 +255,7 @@ impl Device for NvmlDevice {
             isa: cuda_class(&self.info, self.runtime.as_ref()),
             uuid: Some(self.info.uuid.clone()),
             host_isa: Some(crate::device::isa_level().to_owned()),
+            host_memory_bytes: crate::device::host_memory_bytes(),
         }
     }
 

@@ -159,6 +159,7 @@ impl TestPool {
             containers: false,
             paused: None,
             memory_bytes: 8 << 30,
+            host_memory_bytes: None,
             isa: "x86-64-v3".into(),
             gpu_uuid: None,
             dedication: None,
@@ -409,6 +410,8 @@ pub struct TestProvider {
     pub paused: Option<String>,
     /// The device memory it claims.
     pub memory_bytes: u64,
+    /// A GPU rig's RAM, as it claims it.
+    pub host_memory_bytes: Option<u64>,
     /// Its instruction-set level: part of its reproducibility class.
     pub isa: String,
     /// The GPU UUID it claims.
@@ -429,6 +432,7 @@ impl TestProvider {
             isa: self.isa.clone(),
             uuid: self.gpu_uuid.clone(),
             host_isa: None,
+            host_memory_bytes: self.host_memory_bytes,
         }
     }
 
