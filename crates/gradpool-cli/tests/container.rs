@@ -573,3 +573,90 @@ fn a_rootless_sandbox_holds_its_limits_or_runs_nothing() {
         "{stderr}"
     );
 }
+
+/// The owner's limits hold for a container segment as for a native one:
+/// when the owner's own program takes the machine, the agent hands the
+/// segment back and its container goes at once; once the owner is done
+/// the job goes on and ends as the local run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_segment_is_handed_back_when_the_owner_needs_the_machine() {
+    use gradpool_provider::limits::Limits;
+    use gradpool_provider::SimulatedDevice;
+    use std::sync::Arc;
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let (steps, every) = (48, 16);
+    let spec = spec_of(tmp.path(), &image, steps, every);
+    let local = train_steps(&spec, &tmp.path().join("local"), &store(), steps);
+    let pool = start_pool(&tmp.path().join("pool"), 10).await;
+    let api = customer(&pool).await;
+    let rig = tmp.path().join("rig");
+    let owner = NodeKey::load_or_create(&rig.join("node.key"))
+        .unwrap()
+        .provider_id();
+    // One thread, as the local run.
+    let device = Arc::new(SimulatedDevice::new(40.0, 60.0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(gradpool_provider::run(
+        gradpool_provider::ProviderConfig {
+            pool_url: pool.url.clone(),
+            data_dir: rig,
+            name: "rig".into(),
+            program: BIN.into(),
+            accept_containers: true,
+            image_store: Some(store()),
+            limits: Limits {
+                pause_when_busy: true,
+                ..Limits::default()
+            },
+            ..gradpool_provider::ProviderConfig::default()
+        },
+        device.clone(),
+        stop.clone(),
+    ));
+    let id = gradpool_cli::cmd::job::submit(
+        &api,
+        &spec,
+        None,
+        &gradpool_cli::cmd::job::SpecOverrides::default(),
+        false,
+    )
+    .await
+    .unwrap()
+    .id
+    .to_string();
+
+    first_event(&api, &id, |e| {
+        matches!(e.kind, JobEventKind::Progress { step, .. } if step > every && step < 2 * every)
+    })
+    .await;
+    device.set_foreign_processes(1);
+    first_event(
+        &api,
+        &id,
+        |e| matches!(&e.kind, JobEventKind::Released { reason, .. } if reason == "owner_busy"),
+    )
+    .await;
+    let start = Instant::now();
+    while !containers_of(&owner).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the handed-back segment's container still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    device.set_foreign_processes(0);
+
+    let end = wait_final(&api, &id, Duration::from_secs(300)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let fetched = tmp.path().join("fetched.safetensors");
+    api.get_blob(&end.checkpoint_sha256.clone().unwrap(), &fetched)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&fetched).unwrap() == local,
+        "the job's checkpoint differs from the local run of its spec"
+    );
+    stop.cancel();
+    agent.await.unwrap().unwrap();
+}
