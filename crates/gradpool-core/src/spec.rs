@@ -49,6 +49,7 @@
 //! files = ["train.py"]                # mounted read-only under /job
 //! memory_gib = 2
 //! segment_minutes = 60                # default; a segment past it fails
+//! cross_class_tolerance = 0.025       # default; see verification
 //! ```
 //!
 //! Parsing refuses unknown fields and wrong types with the field's full path
@@ -145,7 +146,7 @@ pub enum ModelConfig {
 /// A container job: its script, run once per segment in a sandbox (the
 /// segment contract is in the `gradpool.segment` Python package and
 /// [`crate::container`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerConfig {
     /// The OCI archive on the customer's machine, relative to the spec:
     /// what `job submit` uploads. A pool's copy of the spec may lack it.
@@ -162,6 +163,12 @@ pub struct ContainerConfig {
     /// How long one segment may run before it is killed and failed, in
     /// minutes (default [`DEFAULT_SEGMENT_MINUTES`]).
     pub segment_minutes: u32,
+    /// The largest relative L2 distance a replay in another
+    /// reproducibility class may show and still match (default
+    /// [`crate::verification::CROSS_CLASS_TOLERANCE`], calibrated on the
+    /// native runtime and the example's short segments): a script whose
+    /// segments drift more across devices and thread counts says so here.
+    pub cross_class_tolerance: f64,
 }
 
 /// One of a container job's files.
@@ -407,6 +414,7 @@ struct RawContainer {
     memory_gib: u32,
     #[serde(default = "default_segment_minutes")]
     segment_minutes: u32,
+    cross_class_tolerance: Option<f64>,
 }
 
 fn default_segment_minutes() -> u32 {
@@ -490,6 +498,15 @@ impl RawContainer {
                 ),
             ));
         }
+        let tolerance = self
+            .cross_class_tolerance
+            .unwrap_or(crate::verification::CROSS_CLASS_TOLERANCE);
+        if !(tolerance > 0.0 && tolerance <= 1.0) {
+            return Err(invalid(
+                "container.cross_class_tolerance",
+                format!("a number above 0 and at most 1, got {tolerance}"),
+            ));
+        }
         let files = self.files()?;
         Ok(ContainerConfig {
             image: self.image,
@@ -498,6 +515,7 @@ impl RawContainer {
             files,
             memory_gib: self.memory_gib,
             segment_minutes: self.segment_minutes,
+            cross_class_tolerance: tolerance,
         })
     }
 
@@ -786,6 +804,15 @@ impl JobSpec {
             ModelConfig::Container(c) => Some(c),
             _ => None,
         }
+    }
+
+    /// The largest distance a replay in another class may show and still
+    /// match: a container job's own, else the native runtime's.
+    pub fn cross_class_tolerance(&self) -> f64 {
+        self.container()
+            .map_or(crate::verification::CROSS_CLASS_TOLERANCE, |c| {
+                c.cross_class_tolerance
+            })
     }
 
     /// What runs the job's segments.
@@ -1412,6 +1439,10 @@ lr = 0.001
         assert_eq!(c.command, ["python3", "/job/train.py"]);
         assert_eq!(c.memory_gib, 2);
         assert_eq!(c.segment_minutes, DEFAULT_SEGMENT_MINUTES);
+        assert_eq!(
+            spec.cross_class_tolerance(),
+            crate::verification::CROSS_CLASS_TOLERANCE
+        );
         let names: Vec<&str> = c.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["train.py", "vocab.json"]);
         assert_eq!(c.unpinned().as_deref(), Some("container.image_sha256"));
@@ -1468,6 +1499,16 @@ lr = 0.001
             refused("memory_gib = 2", "memory_gib = 2\nsegment_minutes = 0"),
             "container.segment_minutes"
         );
+        for bad in ["0.0", "-0.1", "1.5", "nan"] {
+            assert_eq!(
+                refused(
+                    "memory_gib = 2",
+                    &format!("memory_gib = 2\ncross_class_tolerance = {bad}")
+                ),
+                "container.cross_class_tolerance",
+                "{bad}"
+            );
+        }
         assert_eq!(
             refused("command = [\"python3\", \"/job/train.py\"]", "command = []"),
             "container.command"

@@ -1070,8 +1070,10 @@ impl Pool {
             r.report.end_checkpoint_sha256.as_str() == a.claimed_checkpoint_sha256
                 && r.report.pseudo_gradient_sha256 == sent
         } else {
+            let tolerance = gradpool_core::JobSpec::from_toml_str(&job.spec_toml)
+                .map_or(CROSS_CLASS_TOLERANCE, |s| s.cross_class_tolerance());
             match r.report.distance {
-                Some(d) => d <= CROSS_CLASS_TOLERANCE,
+                Some(d) => d <= tolerance,
                 None => {
                     return Err(PoolError::BadRequest(format!(
                         "distance: required, your class {class} differs from the trainer's {}",

@@ -339,3 +339,73 @@ async fn a_container_job_is_matched_on_the_rigs_ram() {
     assert!(small.heartbeat(&[], 1, 0).await.assignments.is_empty());
     assert_eq!(big.take().await.job_id, job.id);
 }
+
+/// A container job may widen the distance a replay in another class may
+/// show (`container.cross_class_tolerance`): the pool judges replays by
+/// the job's own tolerance.
+#[tokio::test]
+async fn a_container_job_judges_cross_class_replays_by_its_own_tolerance() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+    let trainer = tp.provider_with("trainer", |p| p.containers = true).await;
+    // Another instruction set: another class, judged by distance.
+    let validator = tp
+        .provider_with("validator", |p| {
+            p.containers = true;
+            p.validate = true;
+            p.train = false;
+            p.isa = "x86-64-v2".into();
+        })
+        .await;
+    let verdict = |tolerance: &str| {
+        // One segment, its replay judged across classes.
+        let spec = format!(
+            "{}[verification]\nlevel = \"paranoid\"\n",
+            spec(Some(&image), Some(&file))
+                .replace("steps = 20", "steps = 10")
+                .replace(
+                    "memory_gib = 1\n",
+                    &format!("memory_gib = 1\ncross_class_tolerance = {tolerance}\n")
+                )
+        );
+        let (alice, trainer, validator, data, image) =
+            (&alice, &trainer, &validator, &data, &image);
+        async move {
+            let job: JobView = submit(alice, &spec, data).await.ok();
+            let a = trainer.take().await;
+            let ckpt = canonical_checkpoint(10, [1.0, 2.0], true);
+            trainer.client.upload(&ckpt).await;
+            let class = gradpool_core::container::class(image, &trainer.hardware(), false);
+            let c = trainer.resign(&trainer.commit_for(&a, &ckpt), |cm| cm.class = class);
+            trainer
+                .commit(&a.task_id, &c)
+                .await
+                .ok::<serde_json::Value>();
+            let r = validator.take().await;
+            let report = validator.replay_for(&r, &ckpt, Some(0.04));
+            let report = validator
+                .key
+                .sign_replay(gradpool_core::commitment::ReplayReport {
+                    class: gradpool_core::container::class(image, &validator.hardware(), false),
+                    ..report.report
+                });
+            validator
+                .report(&r, &report)
+                .await
+                .ok::<serde_json::Value>();
+            let verdicts: Vec<gradpool_core::wire::VerdictView> = alice
+                .get(&format!("/v1/jobs/{}/verdicts", job.id))
+                .await
+                .ok();
+            verdicts.into_iter().map(|v| v.outcome).collect::<Vec<_>>()
+        }
+    };
+    use gradpool_core::state::AuditStatus;
+    // 0.04 apart: within a tolerance of 0.05, verified at once.
+    assert_eq!(verdict("0.05").await, [AuditStatus::Verified]);
+    // Beyond the default 0.025: a dispute, a second validator asked.
+    assert_eq!(verdict("0.025").await, [AuditStatus::Open]);
+}

@@ -6,7 +6,6 @@
 use anyhow::Context;
 use gradpool_client::Api;
 use gradpool_core::spec::{ContainerConfig, JobSpec};
-use gradpool_core::verification::CROSS_CLASS_TOLERANCE;
 use gradpool_core::wire::SegmentView;
 use gradpool_core::Sha256Hex;
 use gradpool_provider::container::{job_env, ContainerSegment, ImageStore, Sandbox};
@@ -136,10 +135,11 @@ pub(super) async fn replay(
         ));
     }
     let d = gradpool_core::container::distance(&std::fs::read(&out)?, &std::fs::read(claimed)?);
+    let tolerance = c.cross_class_tolerance;
     Ok(match d {
-        Some(d) if d <= CROSS_CLASS_TOLERANCE => (format!("within tolerance ({d:.1e})"), Some(d)),
+        Some(d) if d <= tolerance => (format!("within tolerance ({d:.1e})"), Some(d)),
         Some(d) => (
-            format!("MISMATCH: {d:.1e} apart (tolerance {CROSS_CLASS_TOLERANCE:.1e})"),
+            format!("MISMATCH: {d:.1e} apart (tolerance {tolerance:.1e})"),
             Some(d),
         ),
         None => (
