@@ -24,6 +24,6 @@ mmdebstrap --quiet --variant=apt \
     bookworm "$work/rootfs.tar"
 podman import --quiet "$work/rootfs.tar" "localhost/gradpool-build:$$" >/dev/null
 podman save --quiet --format oci-archive -o "$work/image.oci.tar" "localhost/gradpool-build:$$"
-gzip -1 -n -c "$work/image.oci.tar" > "$out.partial"
-mv "$out.partial" "$out"
+gzip -1 -n -c "$work/image.oci.tar" > "$out.partial.$$"
+mv "$out.partial.$$" "$out"
 echo "$out: $(du -h "$out" | cut -f1), sha256 $(sha256sum "$out" | cut -d' ' -f1)"

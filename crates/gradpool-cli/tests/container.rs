@@ -22,8 +22,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The example's image, built when its inputs changed.
+/// The example's image, built when its inputs changed: once, however
+/// many of this file's tests ask for it at the same time.
 fn torch_image() -> PathBuf {
+    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let repo = repo();
     let mut key = blake3::Hasher::new();
     key.update(&std::fs::read(repo.join("examples/container-torch/build-image.sh")).unwrap());
