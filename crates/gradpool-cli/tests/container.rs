@@ -219,6 +219,18 @@ fn start_provider(url: &str, dir: &Path, containers: bool) -> Provider {
     }
 }
 
+/// The container of the shared store named `name`, if there is one.
+fn container_named(name: &str) -> String {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(store().join("storage"))
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("name=^{name}$"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Containers of the shared store labelled as `owner`'s.
 fn containers_of(owner: &ProviderId) -> String {
     let out = Command::new("podman")
@@ -450,21 +462,22 @@ async fn a_cheating_container_is_caught_and_job_verify_tells_it_from_honest_work
     // Every segment of this one is replayed.
     let audited = submit(with_level(&spec, "paranoid")).await;
     let cheater_id = provider(&api, "cheater").await.id;
-    let start = Instant::now();
-    let fault = loop {
-        let verdicts: Vec<VerdictView> = api
-            .get(&format!("/v1/jobs/{audited}/verdicts"))
-            .await
-            .unwrap();
-        if let Some(v) = verdicts
-            .into_iter()
-            .find(|v| v.outcome == AuditStatus::ProviderFault)
-        {
-            break v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(240), "no fault found");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The verdict's event, then the verdict with its evidence.
+    let fault_event = first_event(&api, &audited, |e| {
+        matches!(&e.kind, JobEventKind::Verdict { outcome, .. }
+            if outcome == AuditStatus::ProviderFault.as_str())
+    });
+    tokio::time::timeout(Duration::from_secs(240), fault_event)
+        .await
+        .expect("no fault found within 4 minutes");
+    let verdicts: Vec<VerdictView> = api
+        .get(&format!("/v1/jobs/{audited}/verdicts"))
+        .await
+        .unwrap();
+    let fault = verdicts
+        .into_iter()
+        .find(|v| v.outcome == AuditStatus::ProviderFault)
+        .expect("the verdict its event announced");
     assert_eq!(fault.at_fault.as_ref(), Some(&cheater_id), "{fault:#?}");
     assert!(fault.replays.iter().all(|r| !r.matches), "{fault:#?}");
     let honest = Rig::start(&pool, tmp.path(), "honest", 1, containers);
@@ -596,9 +609,7 @@ async fn a_container_segment_is_handed_back_when_the_owner_needs_the_machine() {
     let pool = start_pool(&tmp.path().join("pool"), 10).await;
     let api = customer(&pool).await;
     let rig = tmp.path().join("rig");
-    let owner = NodeKey::load_or_create(&rig.join("node.key"))
-        .unwrap()
-        .provider_id();
+    let rig_dir = rig.clone();
     // One thread, as the local run.
     let device = Arc::new(SimulatedDevice::new(40.0, 60.0));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -636,21 +647,34 @@ async fn a_container_segment_is_handed_back_when_the_owner_needs_the_machine() {
     })
     .await;
     device.set_foreign_processes(1);
-    first_event(
+    let released = first_event(
         &api,
         &id,
         |e| matches!(&e.kind, JobEventKind::Released { reason, .. } if reason == "owner_busy"),
     )
     .await;
-    let start = Instant::now();
-    while !containers_of(&owner).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the handed-back segment's container still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let JobEventKind::Released { task_id, .. } = released.kind else {
+        unreachable!()
+    };
     device.set_foreign_processes(0);
+    // The agent takes work again only once the handed-back segment's
+    // worker ended, and that worker removes its container first.
+    first_event(&api, &id, |e| {
+        e.id > released.id
+            && matches!(&e.kind, JobEventKind::Assigned { task_id: t, .. } if *t != task_id)
+    })
+    .await;
+    let work = gradpool_provider::state::DataDir::open(&rig_dir)
+        .unwrap()
+        .task_dir(&task_id)
+        .join("container");
+    assert_eq!(
+        container_named(&gradpool_provider::container::ContainerSegment::name_for(
+            &work
+        )),
+        "",
+        "the handed-back segment's container still runs"
+    );
 
     let end = wait_final(&api, &id, Duration::from_secs(300)).await;
     assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");

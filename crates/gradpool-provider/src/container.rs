@@ -196,7 +196,12 @@ impl ContainerSegment {
     /// The container's name, unique to the work directory, so a segment
     /// killed with its process can be removed by whoever comes next.
     pub fn name(&self) -> String {
-        let hash = blake3::hash(self.work.as_os_str().as_encoded_bytes());
+        ContainerSegment::name_for(&self.work)
+    }
+
+    /// The name of the container of the segment working in `work`.
+    pub fn name_for(work: &Path) -> String {
+        let hash = blake3::hash(work.as_os_str().as_encoded_bytes());
         format!("gradpool-segment-{}", &hash.to_hex()[..16])
     }
 
