@@ -89,6 +89,10 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerErr
     move |error| ContainerError::Io { context, error }
 }
 
+/// How long past its time limit a container whose agent is gone lives:
+/// podman's own `--timeout`.
+const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(60);
+
 /// What a container may use: the job's memory, the owner's share of the
 /// CPUs, the lease's time.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +149,13 @@ impl Sandbox {
             format!("--cpus={:.2}", self.cpus.max(0.01)),
             "--ulimit=nofile=1024:1024".into(),
             "--ulimit=nproc=1024:1024".into(),
-            format!("--timeout={}", self.time_limit.as_secs().max(1)),
+            // The agent ends the segment at `time_limit` itself (conmon's
+            // timer fires up to a second early and leaves no exit code);
+            // this only catches a container whose agent died.
+            format!(
+                "--timeout={}",
+                (self.time_limit + TIMEOUT_BACKSTOP).as_secs().max(1)
+            ),
         ];
         if rootless {
             // Inside, the agent's own uid: not root, and owner of /out.
@@ -327,7 +337,7 @@ impl ContainerSegment {
         let mut child = cmd.spawn().map_err(ContainerError::Podman)?;
         let output = drain(child.stdout.take(), child.stderr.take());
         let mut trace = Trace::new(self.out_dir().join("trace.jsonl"), self.from, self.to);
-        let deadline = tokio::time::Instant::now() + sandbox.time_limit + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + sandbox.time_limit;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let limit = sandbox.output_bytes;
         let status = loop {
@@ -343,8 +353,8 @@ impl ContainerSegment {
                             limit: gradpool_core::model::human_bytes(limit),
                         });
                     }
-                    if tokio::time::Instant::now() > deadline {
-                        // podman's own --timeout should have fired.
+                    if tokio::time::Instant::now() >= deadline {
+                        // The caller removes the container.
                         let _ = child.kill().await;
                         return Err(ContainerError::TimedOut { secs: sandbox.time_limit.as_secs() });
                     }
@@ -356,7 +366,7 @@ impl ContainerSegment {
         }
         let output = output.await.unwrap_or_default();
         let code = status.code().unwrap_or(-1);
-        // podman's --timeout kills the container and exits non-zero.
+        // Past the limit, whatever the exit: conmon's backstop fired.
         if code != 0 && started.elapsed() >= sandbox.time_limit {
             return Err(ContainerError::TimedOut {
                 secs: sandbox.time_limit.as_secs(),
