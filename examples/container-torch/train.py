@@ -3,7 +3,8 @@
 One run trains one segment: steps [from, to) of the job, from the start
 checkpoint to the end checkpoint (see gradpool.segment). Everything random
 comes from the job's seed: the initial weights from `seg.determinism()`,
-each step's batch from `seg.generator(step)`.
+each step's batch from `seg.generator(step)` (in a parallel job, also
+from the worker slot, on the worker's shard of the text).
 """
 
 import torch
@@ -64,6 +65,9 @@ def main() -> None:
     ids = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
     split = int(len(ids) * (1 - seg.eval_fraction))
     train, held_out = ids[:split], ids[split:]
+    # A parallel job's worker trains on its own slice (all of it otherwise).
+    mine = seg.shard(len(train))
+    train = train[mine.start : mine.stop]
 
     model = CharTransformer(len(chars))
     opt = torch.optim.AdamW(model.parameters(), lr=seg.lr, weight_decay=seg.weight_decay)

@@ -13,7 +13,9 @@ with:
   ``/out/trace.jsonl``, one line per step, read live by the agent;
 - the environment: ``GRADPOOL_FROM``, ``GRADPOOL_TO``, ``GRADPOOL_STEPS``
   (the job's), ``GRADPOOL_SEED``, ``GRADPOOL_THREADS``, ``GRADPOOL_DEVICE``
-  (``cpu`` or ``cuda``) and the spec's ``[train]`` values
+  (``cpu`` or ``cuda``), for a parallel job ``GRADPOOL_WORKER`` and
+  ``GRADPOOL_WORKERS`` (the worker slot and how many there are), and the
+  spec's ``[train]`` values
   (``GRADPOOL_BATCH_SIZE``, ``GRADPOOL_LR``, ``GRADPOOL_MIN_LR``,
   ``GRADPOOL_WARMUP_STEPS``, ``GRADPOOL_WEIGHT_DECAY``,
   ``GRADPOOL_EVAL_FRACTION``).
@@ -31,6 +33,17 @@ seed's), turns on ``torch.use_deterministic_algorithms(True)``, fixes the
 thread count and, on GPUs, ``CUBLAS_WORKSPACE_CONFIG``. Seed whatever a
 step draws from :meth:`Segment.step_seed`, a function of ``(seed, step)``
 alone, so a segment replays the same from any start.
+
+Parallel jobs (a ``[parallel]`` table, DiLoCo): every worker of a round
+starts from the round's averaged weights and its own optimizer state, the
+agent composes that start at ``/in``. Each worker must draw its own data:
+:meth:`Segment.step_seed` mixes the worker slot in, and
+:meth:`Segment.shard` gives the worker's slice of a dataset. The first
+round starts from the job's initial checkpoint (weights only, fresh
+optimizer state), which ``gradpool job submit`` makes by running the
+script for the empty step range ``[0, 0)``: build the model, call
+:meth:`Segment.load`, train nothing, :meth:`Segment.save`. Keep the
+weights F32: the outer step averages them in f32.
 """
 
 from __future__ import annotations
@@ -83,14 +96,18 @@ def _float(name: str, default: Optional[float] = None) -> float:
         raise SegmentError(f"{name}: a number, got {raw!r}") from None
 
 
-def step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int, worker: Optional[int] = None) -> int:
     """The seed of ``step`` of a job seeded ``seed``: the first 8 bytes of
     ``BLAKE2b("gradpool/step-seed/v1" ‖ seed ‖ step)`` (both little-endian
-    u64), little-endian, as a non-negative 63-bit integer."""
+    u64), little-endian, as a non-negative 63-bit integer. A parallel job's
+    worker ``w`` has its own: ``BLAKE2b("gradpool/worker-step-seed/v1" ‖
+    seed ‖ step ‖ w)``, ``w`` a little-endian u32."""
     h = hashlib.blake2b(digest_size=8)
-    h.update(b"gradpool/step-seed/v1")
+    h.update(b"gradpool/step-seed/v1" if worker is None else b"gradpool/worker-step-seed/v1")
     h.update(int(seed).to_bytes(8, "little", signed=False))
     h.update(int(step).to_bytes(8, "little", signed=False))
+    if worker is not None:
+        h.update(int(worker).to_bytes(4, "little", signed=False))
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
@@ -110,6 +127,8 @@ class Segment:
     warmup_steps: int
     weight_decay: float
     eval_fraction: float
+    worker: Optional[int] = None
+    workers: int = 1
     data: str = "/data"
     job_files: str = "/job"
     checkpoint_in: str = "/in"
@@ -118,12 +137,22 @@ class Segment:
     _trace_file: Optional[IO[str]] = None
 
     def steps(self) -> range:
-        """The steps this segment trains: ``range(from, to)``."""
+        """The steps this segment trains: ``range(from, to)`` (empty when
+        the initial checkpoint is made)."""
         return range(self.start, self.end)
 
     def step_seed(self, step: int) -> int:
-        """The seed of ``step`` (:func:`step_seed` of the job's seed)."""
-        return step_seed(self.seed, step)
+        """The seed of ``step`` (:func:`step_seed` of the job's seed and,
+        in a parallel job, the worker slot)."""
+        return step_seed(self.seed, step, self.worker)
+
+    def shard(self, n: int) -> range:
+        """This worker's slice of ``n`` items: all of them unless the job
+        is parallel, else the ``worker``-th of ``workers`` near-equal
+        contiguous slices."""
+        if self.worker is None:
+            return range(n)
+        return range(n * self.worker // self.workers, n * (self.worker + 1) // self.workers)
 
     def generator(self, step: int) -> "torch.Generator":
         """A CPU ``torch.Generator`` seeded for ``step``."""
@@ -235,8 +264,14 @@ class Segment:
 def from_env() -> Segment:
     """The segment the agent asked for, from ``GRADPOOL_*`` variables."""
     start, end = _int("GRADPOOL_FROM"), _int("GRADPOOL_TO")
-    if not 0 <= start < end:
-        raise SegmentError(f"GRADPOOL_FROM/GRADPOOL_TO: an empty or negative range [{start}, {end})")
+    if not 0 <= start <= end:
+        raise SegmentError(f"GRADPOOL_FROM/GRADPOOL_TO: a negative range [{start}, {end})")
+    worker: Optional[int] = None
+    workers = 1
+    if "GRADPOOL_WORKER" in os.environ:
+        worker, workers = _int("GRADPOOL_WORKER"), _int("GRADPOOL_WORKERS")
+        if not 0 <= worker < workers:
+            raise SegmentError(f"GRADPOOL_WORKER: {worker} is not a slot of {workers} workers")
     return Segment(
         start=start,
         end=end,
@@ -250,6 +285,8 @@ def from_env() -> Segment:
         warmup_steps=_int("GRADPOOL_WARMUP_STEPS", 0),
         weight_decay=_float("GRADPOOL_WEIGHT_DECAY", 0.0),
         eval_fraction=_float("GRADPOOL_EVAL_FRACTION", 0.0),
+        worker=worker,
+        workers=workers,
         data=_env("GRADPOOL_DATA", "/data"),
         job_files=_env("GRADPOOL_JOB_FILES", "/job"),
         checkpoint_in=_env("GRADPOOL_CHECKPOINT_IN", "/in"),

@@ -98,8 +98,8 @@ pub struct DevnetArgs {
     /// a PyTorch character transformer in its OCI image, run by the
     /// providers under podman and audited): builds the image from
     /// Debian's packages when there is none (mmdebstrap and podman, about
-    /// 2.5 minutes).
-    #[arg(long, conflicts_with_all = ["spec", "workers"])]
+    /// 2.5 minutes). With --workers, a parallel container job.
+    #[arg(long, conflicts_with = "spec")]
     container: bool,
     /// The container job's image (an OCI archive) for --container
     /// (default: built once into ~/.cache/gradpool/).
@@ -540,6 +540,17 @@ fn container_example(a: &DevnetArgs, work: &Path) -> anyhow::Result<String> {
     Ok(toml::to_string(&doc)?)
 }
 
+/// What the example's image is built from: its build script and the
+/// Python package it installs. The cached image is named by their digest,
+/// so a binary built from a checkout with another package builds anew.
+const IMAGE_INPUTS: [&str; 5] = [
+    include_str!("../../../examples/container-torch/build-image.sh"),
+    include_str!("../../../python/pyproject.toml"),
+    include_str!("../../../python/gradpool/__init__.py"),
+    include_str!("../../../python/gradpool/segment.py"),
+    include_str!("../../../python/gradpool/safetensors.py"),
+];
+
 /// The example's image in the user's cache, built by the example's script
 /// from this checkout when it is not there.
 fn example_image() -> anyhow::Result<PathBuf> {
@@ -547,7 +558,11 @@ fn example_image() -> anyhow::Result<PathBuf> {
         .parent()
         .map(Path::to_owned)
         .unwrap_or_else(std::env::temp_dir);
-    let image = cache.join("container-torch.oci.tar.gz");
+    let key = gradpool_core::Sha256Hex::of(IMAGE_INPUTS.concat().as_bytes());
+    let image = cache.join(format!(
+        "container-torch-{}.oci.tar.gz",
+        key.as_str().get(..16).unwrap_or_default()
+    ));
     if image.is_file() {
         return Ok(image);
     }
@@ -709,7 +724,9 @@ async fn drive(
     }
     let spec_text = if a.container {
         // Its image and script go up as blobs, pinned by digest.
-        crate::cmd::job::pin_container(&api, spec_text, Path::new("."), true).await?
+        let store = crate::cmd::container::default_image_store();
+        crate::cmd::job::pin_container(&api, spec_text, Path::new("."), (data, &store), true)
+            .await?
     } else {
         spec_text.to_owned()
     };

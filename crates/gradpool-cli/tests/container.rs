@@ -689,3 +689,97 @@ async fn a_container_segment_is_handed_back_when_the_owner_needs_the_machine() {
     stop.cancel();
     agent.await.unwrap().unwrap();
 }
+
+/// A parallel container job (DiLoCo): two workers, three rounds of 8
+/// steps, on two providers. `job submit` makes the initial checkpoint by
+/// running the script for no steps; each worker starts from the round's
+/// global weights and its slot's own optimizer state, on its shard. The
+/// job ends bit-identical to `gradpool train` of the spec here (global
+/// checkpoint and model file), and `job verify` replays sampled workers
+/// and recomputes every outer step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_container_job_ends_as_the_local_run() {
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = spec_of(tmp.path(), &image, 24, 8);
+    let spec = tmp.path().join("parallel.toml");
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&plain).unwrap() + "\n[parallel]\nworkers = 2\ninner_steps = 8\n",
+    )
+    .unwrap();
+    let local = tmp.path().join("local");
+    let run = Command::new(BIN)
+        .arg("train")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&local)
+        .args(["--threads", "1", "--image-store"])
+        .arg(store())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("trained 24 steps on 2 workers in 3 rounds"),
+        "{stdout}"
+    );
+
+    let pool = start_pool(&tmp.path().join("pool"), 10).await;
+    let key = pool.pool.create_account("customer").await.unwrap().api_key;
+    let api = gradpool_client::Api::new(&pool.url, Some(key.clone()), &Default::default()).unwrap();
+    let _rigs = [
+        start_provider(&pool.url, &tmp.path().join("a"), true),
+        start_provider(&pool.url, &tmp.path().join("b"), true),
+    ];
+    provider(&api, "a").await;
+    provider(&api, "b").await;
+    let overrides = gradpool_cli::cmd::job::SpecOverrides {
+        image_store: Some(store()),
+        ..Default::default()
+    };
+    let job = gradpool_cli::cmd::job::submit(&api, &spec, None, &overrides, false)
+        .await
+        .unwrap();
+    let pinned = gradpool_core::JobSpec::from_toml_str(&job.spec_toml).unwrap();
+    assert_eq!(
+        pinned.container().unwrap().initial_sha256,
+        Some(Sha256Hex::of_file(&local.join("initial.safetensors")).unwrap()),
+        "submit makes the initial checkpoint the local run starts from"
+    );
+    let id = job.id.to_string();
+    let end = wait_final(&api, &id, Duration::from_secs(300)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    assert_eq!(end.segments_done, 6, "{end:?}");
+    let sha = end
+        .checkpoint_sha256
+        .clone()
+        .expect("a final global checkpoint");
+    assert_eq!(
+        sha,
+        Sha256Hex::of_file(&local.join("global.safetensors")).unwrap(),
+        "the job's last global checkpoint differs from the local run's"
+    );
+    let fetched = tmp.path().join("fetched");
+    gradpool_cli::cmd::job::fetch_model(&api, &id, &fetched, false)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(fetched.join("model.safetensors")).unwrap()
+            == std::fs::read(local.join("model.safetensors")).unwrap(),
+        "the fetched model is not the local run's"
+    );
+
+    let report = verify(&pool, &key, &id);
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["replayed"], 3, "{report:#}");
+    let outer = report["outer_steps"].as_array().unwrap();
+    assert_eq!(outer.len(), 3, "{report:#}");
+    for o in outer {
+        assert_eq!(o["recomputed"], "exact match", "{report:#}");
+    }
+}

@@ -24,7 +24,9 @@
 //! depend on the tensors alone, never on how the script's writer laid the
 //! file out.
 
-use crate::checkpoint::{to_bytes_typed, CheckpointDefect, Values};
+use crate::checkpoint::{to_bytes_typed, CheckpointDefect, Tensors, Values};
+use crate::outer::Global;
+use crate::spec::ParallelConfig;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 
@@ -63,11 +65,16 @@ impl Layout {
         Ok(Layout(entries))
     }
 
-    /// The first difference from `other`, in words.
+    /// The first difference from the start's layout, in words. A start
+    /// of weights alone (a parallel job's initial checkpoint, before any
+    /// optimizer step) is continued by any checkpoint with its `model.*`
+    /// tensors.
     fn difference(&self, start: &Layout) -> Option<String> {
+        let fresh = start.0.iter().all(|(n, _, _)| n.starts_with("model."));
         let mine: BTreeMap<&str, _> = self
             .0
             .iter()
+            .filter(|(n, _, _)| !fresh || n.starts_with("model."))
             .map(|(n, d, s)| (n.as_str(), (d, s)))
             .collect();
         let theirs: BTreeMap<&str, _> = start
@@ -249,6 +256,153 @@ pub fn model_weights(checkpoint: &[u8]) -> Result<Vec<u8>, CheckpointDefect> {
         .collect();
     let metadata = BTreeMap::from([("format".to_owned(), MODEL_FORMAT.to_owned())]);
     Ok(to_bytes_typed(&typed, &metadata))
+}
+
+/// The weights a parallel container job averages (DiLoCo), from one of
+/// its checkpoints: the F32 `model.*` tensors, by `state_dict` name (the
+/// prefix removed). Integer and boolean `model.*` tensors (buffers, such
+/// as batch-norm counters) are each worker's own state, like the
+/// optimizer's; a floating-point tensor of another dtype is refused: the
+/// outer step averages in f32.
+pub fn parallel_weights(checkpoint: &[u8]) -> Result<Tensors, CheckpointDefect> {
+    let st = SafeTensors::deserialize(checkpoint)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let mut weights = Tensors::new();
+    for (name, view) in st.tensors() {
+        let Some(short) = name.strip_prefix("model.") else {
+            continue;
+        };
+        match view.dtype() {
+            Dtype::F32 => {
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                weights.insert(short.to_owned(), (view.shape().to_vec(), values));
+            }
+            Dtype::F64 | Dtype::F16 | Dtype::BF16 => {
+                return Err(defect(format!(
+                    "tensor {name} is {}: a parallel job averages its model's weights in F32 \
+                     (train in F32, or cast with model.float() before saving)",
+                    dtype_name(view.dtype())?
+                )))
+            }
+            _ => {}
+        }
+    }
+    if weights.is_empty() {
+        return Err(defect(
+            "it holds no F32 model.* tensor: nothing for the outer step to average",
+        ));
+    }
+    Ok(weights)
+}
+
+/// What every global checkpoint of a parallel container job carries.
+fn global_metadata() -> BTreeMap<String, String> {
+    BTreeMap::from([("runtime".to_owned(), "container".to_owned())])
+}
+
+/// Round 0's global checkpoint of a parallel container job: the weights
+/// of its initial checkpoint ([`parallel_weights`]), no outer momentum.
+/// The pool, the providers and `job verify` all compute it so.
+pub fn initial_global(initial: &[u8]) -> Result<Global, CheckpointDefect> {
+    Ok(Global::initial(
+        parallel_weights(initial)?,
+        global_metadata(),
+    ))
+}
+
+/// A parallel container job's model file from a global checkpoint: its
+/// weights under their `state_dict` names, as [`model_weights`] writes a
+/// checkpoint's. Integer buffers are each worker's own and not in it: load
+/// it with `strict=False` when the model has them.
+pub fn global_model(global: &Global) -> Vec<u8> {
+    let typed = global
+        .params
+        .iter()
+        .map(|(n, (shape, v))| (n.clone(), (shape.as_slice(), Values::F32(v))))
+        .collect();
+    let metadata = BTreeMap::from([("format".to_owned(), MODEL_FORMAT.to_owned())]);
+    to_bytes_typed(&typed, &metadata)
+}
+
+/// A worker's start checkpoint in a parallel container job: `base` (the
+/// worker slot's checkpoint of an earlier round, else the job's initial
+/// checkpoint) with its weights replaced by the round's (`weights`, by
+/// [`parallel_weights`]' names and shapes), at `step`, in canonical form.
+/// The rest of `base` (optimizer state, buffers, extras) is the slot's own.
+pub fn compose(weights: &Tensors, base: &[u8], step: u64) -> Result<Vec<u8>, CheckpointDefect> {
+    let (_, header) = SafeTensors::read_metadata(base)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(base)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let mut owned: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let Some(short) = name.strip_prefix("model.") else {
+            continue;
+        };
+        if view.dtype() != Dtype::F32 {
+            continue;
+        }
+        let (shape, values) = weights
+            .get(short)
+            .ok_or_else(|| defect(format!("tensor {name} is not among the round's weights")))?;
+        if shape.as_slice() != view.shape() {
+            return Err(defect(format!(
+                "tensor {name} is {:?}, the round's weights {shape:?}",
+                view.shape()
+            )));
+        }
+        owned.insert(name, values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    if owned.len() != weights.len() {
+        return Err(defect(
+            "the round's weights hold tensors the checkpoint does not",
+        ));
+    }
+    let views = st.tensors();
+    let mut typed = BTreeMap::new();
+    for (name, view) in &views {
+        let data = owned.get(name).map_or(view.data(), Vec::as_slice);
+        typed.insert(
+            name.clone(),
+            (view.shape(), Values::Raw(dtype_name(view.dtype())?, data)),
+        );
+    }
+    let mut metadata = BTreeMap::from([
+        ("format".to_owned(), CONTAINER_FORMAT.to_owned()),
+        ("step".to_owned(), step.to_string()),
+    ]);
+    if let Some(scalars) = header.metadata().as_ref().and_then(|m| m.get("scalars")) {
+        metadata.insert("scalars".to_owned(), scalars.clone());
+    }
+    Ok(to_bytes_typed(&typed, &metadata))
+}
+
+/// A worker's pseudo-gradient file in a parallel container job: the
+/// round's global weights minus those of the segment's end checkpoint,
+/// encoded as the job's `[parallel]` table says ([`crate::delta`]), for
+/// round `round` ending at `step`.
+pub fn pseudo_gradient(
+    global: &Tensors,
+    end: &[u8],
+    (worker, parallel): (u32, &ParallelConfig),
+    (round, step): (u64, u64),
+) -> Result<Vec<u8>, CheckpointDefect> {
+    let trained = parallel_weights(end)?;
+    let raw = crate::outer::pseudo_gradient(worker, global, &trained)
+        .map_err(|e| defect(e.to_string()))?;
+    let (bytes, _) = crate::delta::encode(
+        crate::delta::DeltaKind::PseudoGradient,
+        parallel.compression,
+        (round, step),
+        &raw,
+        &global_metadata(),
+    )
+    .map_err(|e| defect(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// A container segment's reproducibility class: the image's digest, the
@@ -587,5 +741,76 @@ mod tests {
         assert_eq!(rel_l2(&[0.0], &[0.0]), Some(0.0));
         assert_eq!(rel_l2(&[f64::NAN], &[1.0]), None);
         assert_eq!(rel_l2(&[1.0], &[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn a_worker_starts_from_the_rounds_weights_and_its_own_state() {
+        let (slot, _) = canonical(&model("20"), 20, None).unwrap();
+        let weights = parallel_weights(&slot).unwrap();
+        assert_eq!(
+            weights.len(),
+            1,
+            "the BF16 extra and optimizer state are not weights"
+        );
+        assert_eq!(weights["w"], (vec![2], vec![1.0, 2.0]));
+        let round = Tensors::from([("w".to_owned(), (vec![2], vec![7.0, -7.0]))]);
+        let start = compose(&round, &slot, 30).unwrap();
+        let (again, layout) = canonical(&start, 30, None).unwrap();
+        assert_eq!(start, again, "a composed start is canonical");
+        assert_eq!(Layout::of(&slot).unwrap(), layout);
+        assert_eq!(parallel_weights(&start).unwrap(), round);
+        let st = SafeTensors::deserialize(&start).unwrap();
+        assert_eq!(
+            st.tensor("optim.0.exp_avg").unwrap().data(),
+            f32s(&[0.5, -0.5]).as_slice(),
+            "the slot's optimizer state is kept"
+        );
+        // Weights of another model are refused, by name and by shape.
+        let other = Tensors::from([("v".to_owned(), (vec![2], vec![0.0, 0.0]))]);
+        assert!(compose(&other, &slot, 30)
+            .unwrap_err()
+            .0
+            .contains("model.w"));
+        let wide = Tensors::from([("w".to_owned(), (vec![3], vec![0.0; 3]))]);
+        assert!(compose(&wide, &slot, 30).unwrap_err().0.contains("[3]"));
+        // Half-precision weights cannot be averaged in f32.
+        let half = written(
+            &[("model.w", Dtype::BF16, vec![1], vec![0x80, 0x3f])],
+            &[("format", CONTAINER_FORMAT), ("step", "0")],
+        );
+        assert!(parallel_weights(&half).unwrap_err().0.contains("BF16"));
+    }
+
+    #[test]
+    fn a_start_of_weights_alone_is_continued_with_optimizer_state() {
+        let initial = written(
+            &[("model.w", Dtype::F32, vec![2], f32s(&[1.0, 2.0]))],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        let (initial, fresh) = canonical(&initial, 20, None).unwrap();
+        assert!(canonical(&model("20"), 20, Some(&fresh)).is_ok());
+        let global = initial_global(&initial).unwrap();
+        assert_eq!(global.params, parallel_weights(&initial).unwrap());
+        // Its model tensors must still be the start's.
+        let renamed = written(
+            &[("model.v", Dtype::F32, vec![2], f32s(&[1.0, 2.0]))],
+            &[("format", CONTAINER_FORMAT), ("step", "20")],
+        );
+        assert!(canonical(&renamed, 20, Some(&fresh)).is_err());
+        // The pseudo-gradient is global minus the worker's weights.
+        let parallel = ParallelConfig {
+            workers: 2,
+            inner_steps: 10,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            compression: crate::spec::Compression::None,
+            min_workers: 2,
+        };
+        let (end, _) = canonical(&model("30"), 30, None).unwrap();
+        let moved = Tensors::from([("w".to_owned(), (vec![2], vec![3.0, 3.0]))]);
+        let bytes = pseudo_gradient(&moved, &end, (1, &parallel), (2, 30)).unwrap();
+        let d = crate::delta::decode(&bytes, crate::delta::DeltaKind::PseudoGradient).unwrap();
+        assert_eq!((d.round, d.step), (2, 30));
+        assert_eq!(d.values["w"], (vec![2], vec![2.0, 1.0]));
     }
 }

@@ -377,6 +377,39 @@ pub fn outer_step(
     })
 }
 
+/// The outer step on the files that travel: `global` and the workers'
+/// pseudo-gradient files (any order), each checked to be of the round,
+/// its end step and the job's compression, for a job of `steps` steps.
+pub fn step_files(
+    global: &Global,
+    workers: &[(u32, Vec<u8>)],
+    parallel: &ParallelConfig,
+    steps: u64,
+) -> Result<Stepped, OuterError> {
+    let (_, end) = parallel.round_steps(global.round, steps);
+    let mut inputs = Vec::with_capacity(workers.len());
+    for (w, bytes) in workers {
+        let d = crate::delta::decode(bytes, DeltaKind::PseudoGradient)?;
+        if (d.round, d.step, d.compression) != (global.round, end, parallel.compression) {
+            return Err(OuterError::Mismatch {
+                worker: *w,
+                reason: format!(
+                    "it is the pseudo-gradient of round {} at step {} ({}), the outer step \
+                     takes round {}'s at step {end} ({})",
+                    d.round,
+                    d.step,
+                    d.compression.as_str(),
+                    global.round,
+                    parallel.compression.as_str()
+                ),
+            });
+        }
+        inputs.push((*w, d.values));
+    }
+    inputs.sort_by_key(|(w, _)| *w);
+    outer_step(global, &inputs, parallel, end)
+}
+
 /// A round's weights as a worker holds them: a global checkpoint's, or
 /// rebuilt from the round before's and its outer update. Written with
 /// format [`WEIGHTS_FORMAT`]: the `param.*` tensors and the metadata of a

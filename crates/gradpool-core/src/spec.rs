@@ -158,6 +158,13 @@ pub struct ContainerConfig {
     pub command: Vec<String>,
     /// The job's own files, mounted read-only under `/job` by their names.
     pub files: Vec<JobFile>,
+    /// A parallel job's initial checkpoint on the customer's machine,
+    /// relative to the spec: the weights every worker of round 0 starts
+    /// from (the script's own, at step 0). `job submit` makes it by running
+    /// the script for no steps when the spec names none.
+    pub initial: Option<PathBuf>,
+    /// The initial checkpoint's sha256: set by `job submit`.
+    pub initial_sha256: Option<crate::Sha256Hex>,
     /// The memory the container may use, in GiB.
     pub memory_gib: u32,
     /// How long one segment may run before it is killed and failed, in
@@ -188,6 +195,9 @@ impl ContainerConfig {
     pub fn unpinned(&self) -> Option<String> {
         if self.image_sha256.is_none() {
             return Some("container.image_sha256".to_owned());
+        }
+        if self.initial.is_some() && self.initial_sha256.is_none() {
+            return Some("container.initial_sha256".to_owned());
         }
         self.files
             .iter()
@@ -411,6 +421,8 @@ struct RawContainer {
     files: Vec<PathBuf>,
     #[serde(default)]
     file_sha256: std::collections::BTreeMap<String, String>,
+    initial: Option<PathBuf>,
+    initial_sha256: Option<String>,
     memory_gib: u32,
     #[serde(default = "default_segment_minutes")]
     segment_minutes: u32,
@@ -508,11 +520,18 @@ impl RawContainer {
             ));
         }
         let files = self.files()?;
+        let initial_sha256 = self
+            .initial_sha256
+            .as_deref()
+            .map(|s| parse_sha("container.initial_sha256", s))
+            .transpose()?;
         Ok(ContainerConfig {
             image: self.image,
             image_sha256,
             command: self.command,
             files,
+            initial: self.initial,
+            initial_sha256,
             memory_gib: self.memory_gib,
             segment_minutes: self.segment_minutes,
             cross_class_tolerance: tolerance,
@@ -792,6 +811,9 @@ impl JobSpec {
             if let Some(image) = &mut c.image {
                 resolve(image);
             }
+            if let Some(initial) = &mut c.initial {
+                resolve(initial);
+            }
             for f in &mut c.files {
                 resolve(&mut f.path);
             }
@@ -920,11 +942,14 @@ impl RawSpec {
             .parallel
             .map(|p| p.validate(self.train.steps))
             .transpose()?;
-        if parallel.is_some() && matches!(model, ModelConfig::Container(_)) {
-            return Err(invalid(
-                "parallel",
-                "not yet for model kind \"container\": a container job trains segment after segment",
-            ));
+        if let ModelConfig::Container(c) = &model {
+            if parallel.is_none() && (c.initial.is_some() || c.initial_sha256.is_some()) {
+                return Err(invalid(
+                    "container.initial",
+                    "only for a parallel job (a [parallel] table): a job that trains segment \
+                     after segment starts from the script's own initial weights",
+                ));
+            }
         }
         let train = self.train.validate(parallel.as_ref())?;
         let budget = Budget {
@@ -1561,10 +1586,22 @@ lr = 0.001
             JobSpec::from_toml_str(&no_table).unwrap_err().field(),
             "container"
         );
-        let parallel = format!("{CONTAINER}[parallel]\nworkers = 2\ninner_steps = 30\n");
-        assert_eq!(
-            JobSpec::from_toml_str(&parallel).unwrap_err().field(),
-            "parallel"
+        // An initial checkpoint is a parallel job's round 0.
+        let initial = CONTAINER.replace(
+            "memory_gib = 2",
+            "memory_gib = 2\ninitial = \"init.safetensors\"",
         );
+        assert_eq!(
+            JobSpec::from_toml_str(&initial).unwrap_err().field(),
+            "container.initial"
+        );
+        let parallel = format!("{initial}[parallel]\nworkers = 2\ninner_steps = 30\n");
+        let spec = JobSpec::from_toml_str(&parallel).unwrap();
+        let c = spec.container().unwrap();
+        assert_eq!(
+            c.initial.as_deref(),
+            Some(std::path::Path::new("init.safetensors"))
+        );
+        assert_eq!(spec.parallel.unwrap().workers, 2);
     }
 }

@@ -295,6 +295,9 @@ states! {
         Image = "image",
         /// One of the job's files, mounted under `/job`.
         File = "file",
+        /// A parallel job's initial checkpoint
+        /// (`container.initial_sha256`): round 0's weights.
+        Initial = "initial",
     }
 
     /// A hardware proof's state, and once answered its outcome.

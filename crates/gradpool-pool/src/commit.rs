@@ -362,6 +362,7 @@ impl Pool {
             .map_err(|e| PoolError::Internal(format!("job {}: stored spec: {e}", job.id)))?;
         let compression = spec.parallel.map(|p| p.compression).unwrap_or_default();
         let want = (to_u64(round), cm.end_step, compression);
+        let params = self.parallel_shapes(&job.id, &model).await?;
         tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)?;
             let bad = |reason: String| PoolError::BadRequest(format!("pseudo-gradient: {reason}"));
@@ -378,11 +379,10 @@ impl Pool {
                     want.2.as_str()
                 )));
             }
-            let params = model.params();
             if d.values.len() != params.len()
                 || params
                     .iter()
-                    .any(|p| d.values.get(&p.name).map(|(s, _)| s) != Some(&p.shape))
+                    .any(|(name, shape)| d.values.get(name).map(|(s, _)| s) != Some(shape))
             {
                 return Err(bad("its tensors are not the model's parameters".into()));
             }

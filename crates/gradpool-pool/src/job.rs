@@ -233,6 +233,29 @@ impl Pool {
                 out.push((sha.clone(), JobBlobRole::File));
             }
         }
+        match (&c.initial_sha256, &spec.parallel) {
+            (Some(initial), _) => {
+                self.uploaded_blob(
+                    caller,
+                    initial,
+                    "container.initial_sha256",
+                    "the initial checkpoint",
+                )
+                .await?;
+                let cap = (u64::from(c.memory_gib) << 30).saturating_add(1 << 30);
+                crate::model::check_initial(self.inner.blobs.path_of(initial), cap).await?;
+                out.push((initial.clone(), JobBlobRole::Initial));
+            }
+            (None, Some(_)) => {
+                return Err(PoolError::InvalidSpec(
+                    "container.initial_sha256: required for a parallel container job: the \
+                     weights every worker of round 0 starts from (`gradpool job submit` makes \
+                     and uploads it)"
+                        .into(),
+                ))
+            }
+            (None, None) => {}
+        }
         Ok(out)
     }
 

@@ -249,3 +249,90 @@ pub(crate) async fn inspect_container_checkpoint(
     })
     .await?
 }
+
+/// Checks a parallel container job's initial checkpoint at `path` (at most
+/// `cap` bytes): a checkpoint at step 0 in its canonical encoding, with F32
+/// weights for the outer step to average.
+pub(crate) async fn check_initial(path: PathBuf, cap: u64) -> Result<(), PoolError> {
+    let invalid = |reason: String| PoolError::InvalidSpec(format!("container.initial: {reason}"));
+    tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&path)?.len();
+        if size > cap {
+            return Err(invalid(format!(
+                "{}, more than the job's memory (container.memory_gib) holds",
+                human_bytes(size)
+            )));
+        }
+        let bytes = std::fs::read(&path)?;
+        let (canonical, _) = gradpool_core::container::canonical(&bytes, 0, None)
+            .map_err(|e| invalid(e.to_string()))?;
+        if canonical != bytes {
+            return Err(invalid(
+                "not in the canonical encoding of a container checkpoint \
+                 (`gradpool job submit` writes it so)"
+                    .into(),
+            ));
+        }
+        gradpool_core::container::parallel_weights(&bytes).map_err(|e| invalid(e.to_string()))?;
+        Ok(())
+    })
+    .await?
+}
+
+impl Pool {
+    /// Where a parallel container job's initial checkpoint lies, if the
+    /// job has one.
+    pub(crate) async fn initial_of(&self, job: &str) -> Result<Option<PathBuf>, PoolError> {
+        let sha: Option<String> =
+            sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = ? AND role = ?")
+                .bind(job)
+                .bind(JobBlobRole::Initial.as_str())
+                .fetch_optional(&self.inner.db)
+                .await?;
+        sha.map(|s| {
+            s.parse::<Sha256Hex>()
+                .map(|sha| self.inner.blobs.path_of(&sha))
+                .map_err(|e| PoolError::Internal(format!("job {job}: stored initial digest: {e}")))
+        })
+        .transpose()
+    }
+
+    /// The weights a parallel job's pseudo-gradients carry, by name and
+    /// shape: the model's parameters, or a container job's initial
+    /// checkpoint's F32 weights.
+    pub(crate) async fn parallel_shapes(
+        &self,
+        job: &str,
+        model: &ModelMeta,
+    ) -> Result<Vec<(String, Vec<usize>)>, PoolError> {
+        if !matches!(model, ModelMeta::Container { .. }) {
+            return Ok(model
+                .params()
+                .into_iter()
+                .map(|p| (p.name, p.shape))
+                .collect());
+        }
+        let path = self
+            .initial_of(job)
+            .await?
+            .ok_or_else(|| PoolError::Internal(format!("job {job}: no initial checkpoint")))?;
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            // SAFETY: as in `inspect_checkpoint`, a blob is never written
+            // after it is renamed into place. Only the header is read.
+            let bytes = unsafe { memmap2::Mmap::map(&file)? };
+            let layout = gradpool_core::container::Layout::of(&bytes)
+                .map_err(|e| PoolError::Internal(format!("the initial checkpoint: {e}")))?;
+            // Checked at submit: its float model.* tensors are all F32.
+            Ok(layout
+                .0
+                .into_iter()
+                .filter(|(_, dtype, _)| *dtype == "F32")
+                .filter_map(|(name, _, shape)| {
+                    Some((name.strip_prefix("model.")?.to_owned(), shape))
+                })
+                .collect())
+        })
+        .await?
+    }
+}

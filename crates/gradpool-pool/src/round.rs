@@ -446,6 +446,11 @@ impl Pool {
             .collect();
         let prev = job.chain_head()?;
         let (step, chained) = (round.step, round.inputs.clone());
+        // A container job's round 0 starts from its initial checkpoint.
+        let initial = match global_path {
+            Some(_) => None,
+            None => self.initial_of(&job.id).await?,
+        };
         tokio::task::spawn_blocking(move || {
             let mut workers = Vec::with_capacity(inputs.len());
             let mut metadata = None;
@@ -461,8 +466,17 @@ impl Pool {
                     None,
                 ),
                 None => {
-                    let metadata = metadata.ok_or_else(|| bad("the round has no segment"))?;
-                    let g = Global::initial_for(&model, seed, &metadata);
+                    let g = match initial {
+                        Some(path) => {
+                            gradpool_core::container::initial_global(&std::fs::read(path)?)
+                                .map_err(|e| bad(format!("the initial checkpoint: {e}")))?
+                        }
+                        None => {
+                            let metadata =
+                                metadata.ok_or_else(|| bad("the round has no segment"))?;
+                            Global::initial_for(&model, seed, &metadata)
+                        }
+                    };
                     let bytes = g.to_bytes();
                     (g, Some(bytes))
                 }

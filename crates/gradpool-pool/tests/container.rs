@@ -409,3 +409,139 @@ async fn a_container_job_judges_cross_class_replays_by_its_own_tolerance() {
     // Beyond the default 0.025: a dispute, a second validator asked.
     assert_eq!(verdict("0.025").await, [AuditStatus::Open]);
 }
+
+/// A parallel container job starts round 0 from its initial checkpoint:
+/// submit requires it, uploaded by the customer, canonical, at step 0,
+/// with F32 weights; a worker's pseudo-gradient must hold exactly those
+/// weights; and the pool's outer step of round 0 starts from them.
+#[tokio::test]
+async fn a_parallel_container_job_starts_from_its_initial_checkpoint() {
+    use gradpool_core::spec::{Compression, ParallelConfig};
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let data = alice.upload(TEXT).await;
+    let image = alice.upload(&[7u8; 2048]).await;
+    let file = alice.upload(b"print('train')\n").await;
+    let parallel = |initial: Option<&Sha256Hex>| {
+        let mut text = spec(Some(&image), Some(&file)).replace("checkpoint_every = 10\n", "");
+        if let Some(i) = initial {
+            text = text.replace(
+                "memory_gib = 1\n",
+                &format!("memory_gib = 1\ninitial_sha256 = \"{i}\"\n"),
+            );
+        }
+        text + "[parallel]\nworkers = 1\ninner_steps = 10\n"
+    };
+    let e = submit(&alice, &parallel(None), &data).await.err(400);
+    assert!(e.message.contains("container.initial_sha256"), "{e:?}");
+    let loose = alice
+        .upload(&container_checkpoint(
+            0,
+            [1.0, 2.0],
+            false,
+            &[("writer", "torch")],
+        ))
+        .await;
+    let e = submit(&alice, &parallel(Some(&loose)), &data)
+        .await
+        .err(400);
+    assert!(
+        e.message.contains("container.initial") && e.message.contains("canonical"),
+        "{e:?}"
+    );
+    let late = alice
+        .upload(&canonical_checkpoint(10, [1.0, 2.0], false))
+        .await;
+    let e = submit(&alice, &parallel(Some(&late)), &data).await.err(400);
+    assert!(e.message.contains("expected 0"), "{e:?}");
+    let initial_bytes = canonical_checkpoint(0, [1.0, 2.0], false);
+    let initial = alice.upload(&initial_bytes).await;
+    let job: JobView = submit(&alice, &parallel(Some(&initial)), &data).await.ok();
+
+    let runner = tp.provider_with("runner", |p| p.containers = true).await;
+    let a: Assignment = runner.take().await;
+    assert_eq!(a.job_id, job.id);
+    assert_eq!(a.round.as_ref().and_then(|r| r.worker), Some(0));
+    let (status, bytes) = runner
+        .client
+        .get_bytes(&format!("/v1/blobs/{initial}"))
+        .await;
+    assert_eq!(status, 200, "the worker reads the initial checkpoint");
+    assert_eq!(bytes, initial_bytes);
+
+    let class = gradpool_core::container::class(&image, &runner.hardware(), false);
+    let end = canonical_checkpoint(10, [0.5, 1.0], true);
+    let p = ParallelConfig {
+        workers: 1,
+        inner_steps: 10,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        compression: Compression::None,
+        min_workers: 1,
+    };
+    let commit_sending = |sent: Vec<u8>| {
+        let (runner, a, end, class) = (&runner, &a, &end, &class);
+        async move {
+            let sha = runner.client.upload(&sent).await;
+            let c = runner.resign(&runner.commit_for(a, end), |cm| {
+                cm.class = class.clone();
+                cm.pseudo_gradient_sha256 = Some(sha);
+            });
+            runner.commit(&a.task_id, &c).await
+        }
+    };
+    // Weights of another shape are not this job's.
+    let other = gradpool_core::outer::Tensors::from([("w".to_owned(), (vec![3], vec![0.0; 3]))]);
+    let wrong = gradpool_core::delta::encode(
+        gradpool_core::delta::DeltaKind::PseudoGradient,
+        Compression::None,
+        (0, 10),
+        &other,
+        &BTreeMap::new(),
+    )
+    .unwrap()
+    .0;
+    let e = commit_sending(wrong).await.err(400);
+    assert!(e.message.contains("not the model's parameters"), "{e:?}");
+    let weights = gradpool_core::container::parallel_weights(&initial_bytes).unwrap();
+    let sent = gradpool_core::container::pseudo_gradient(&weights, &end, (0, &p), (0, 10)).unwrap();
+    commit_sending(sent.clone()).await.ok::<serde_json::Value>();
+
+    // The outer step of round 0 starts from the initial weights: a
+    // provider's step computed from them is accepted.
+    let outer: Assignment = runner.take().await;
+    assert_eq!(outer.kind, gradpool_core::wire::TaskKind::Outer);
+    let g0 = gradpool_core::container::initial_global(&initial_bytes).unwrap();
+    let next = gradpool_core::outer::step_files(&g0, &[(0, sent)], &p, 20).unwrap();
+    let round = outer.round.clone().unwrap();
+    let bytes = next.global.to_bytes();
+    let commit = gradpool_core::wire::OuterCommit {
+        commitment: runner
+            .key
+            .sign_outer(gradpool_core::commitment::OuterCommitment {
+                job_id: outer.job_id.clone(),
+                round: round.round,
+                step: outer.end_step,
+                prev: outer.prev_commitment,
+                inputs: round.inputs.clone(),
+                global_sha256: Sha256Hex::of(&bytes),
+                hash: gradpool_core::commitment::outer_chain(
+                    &bytes,
+                    &outer.prev_commitment,
+                    &round.inputs,
+                ),
+            }),
+        compute_ms: 1,
+    };
+    runner
+        .client
+        .post(&format!("/v1/tasks/{}/outer", outer.task_id), &commit)
+        .await
+        .ok::<serde_json::Value>();
+    let end = alice.job(&job.id).await;
+    assert_eq!(
+        end.checkpoint_sha256,
+        Some(Sha256Hex::of(&bytes)),
+        "{end:?}"
+    );
+}

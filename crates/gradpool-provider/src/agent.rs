@@ -669,7 +669,7 @@ async fn train_native(
     let data = fetch(shared, &a.data_sha256).await?;
     let spec = task_dir.join("spec.toml");
     let start = match (&a.round, &a.start_checkpoint_sha256) {
-        (Some(_), _) => round::start(shared, a, &spec, &data).await?,
+        (Some(_), _) => round::start(shared, a, Some((&spec, &data))).await?,
         (None, Some(sha)) => Some(fetch(shared, sha).await?),
         (None, None) => None,
     };
@@ -828,6 +828,12 @@ async fn outer_step(
         .arg(&data);
     if let Some(sha) = &a.start_checkpoint_sha256 {
         command.arg("--global").arg(fetch(shared, sha).await?);
+    } else if let Some(initial) = container::spec_of(a)?
+        .container()
+        .and_then(|c| c.initial_sha256.clone())
+    {
+        // A container job's round 0 starts from its initial checkpoint.
+        command.arg("--initial").arg(fetch(shared, &initial).await?);
     }
     for input in &round.inputs {
         let path = fetch(shared, &input.pseudo_gradient_sha256).await?;
@@ -1302,6 +1308,19 @@ async fn replay_container(
             .map_err(|e| ProviderError::Segment(format!("hashing the replay: {e}")))?
             .map_err(ProviderError::io("cannot read the replay's checkpoint"))?
     };
+    // A parallel job's worker sends its pseudo-gradient: the replay's is
+    // compared too.
+    let sent = a
+        .round
+        .is_some()
+        .then(|| out.with_extension("pseudo-gradient.safetensors"));
+    let pseudo_gradient_sha256 = match &sent {
+        Some(path) => Some(
+            Sha256Hex::of_file(path)
+                .map_err(ProviderError::io(format!("cannot read {}", path.display())))?,
+        ),
+        None => None,
+    };
     let distance = if class != target.claimed_class {
         let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
         let replayed = out.clone();
@@ -1322,10 +1341,13 @@ async fn replay_container(
         class,
         distance,
         compute_ms,
-        pseudo_gradient_sha256: None,
+        pseudo_gradient_sha256,
     };
     let reported = send_replay(shared, a, report, cancel).await;
     let _ = std::fs::remove_file(&out);
+    if let Some(path) = sent {
+        let _ = std::fs::remove_file(path);
+    }
     reported
 }
 

@@ -407,6 +407,15 @@ impl ContainerSegment {
     }
 }
 
+/// The variables of worker slot `worker` of a parallel job of `workers`:
+/// the segment contract's `GRADPOOL_WORKER` and `GRADPOOL_WORKERS`.
+pub fn worker_env(worker: u32, workers: u32) -> Vec<(String, String)> {
+    vec![
+        ("GRADPOOL_WORKER".to_owned(), worker.to_string()),
+        ("GRADPOOL_WORKERS".to_owned(), workers.to_string()),
+    ]
+}
+
 /// The segment contract's variables a job fixes: the spec's seed, steps
 /// and `[train]` values, the thread count and the device (`cpu` or
 /// `cuda`). The step range is the segment's own.

@@ -430,6 +430,11 @@ pub struct SpecOverrides {
     /// providers take the job, inside its window.
     #[arg(long, value_name = "BOOKING")]
     pub booking: Option<String>,
+    /// A parallel container job: the image store its initial checkpoint is
+    /// made in (the script run for no steps; default
+    /// ~/.cache/gradpool/images).
+    #[arg(long, value_name = "DIR")]
+    pub image_store: Option<PathBuf>,
 }
 
 impl SpecOverrides {
@@ -493,7 +498,11 @@ pub async fn submit(
     let spec_toml = match spec.container() {
         Some(_) => {
             let dir = spec_path.parent().unwrap_or(Path::new("."));
-            pin_container(api, &spec_toml, dir, progress).await?
+            let store = overrides
+                .image_store
+                .clone()
+                .unwrap_or_else(super::container::default_image_store);
+            pin_container(api, &spec_toml, dir, (&data, &store), progress).await?
         }
         None => spec_toml,
     };
@@ -508,6 +517,7 @@ pub async fn pin_container(
     api: &Api,
     spec_toml: &str,
     dir: &Path,
+    (data, store): (&Path, &Path),
     progress: bool,
 ) -> anyhow::Result<String> {
     let mut spec = JobSpec::from_toml_str(spec_toml)?;
@@ -541,7 +551,43 @@ pub async fn pin_container(
     if !pins.is_empty() {
         table.insert("file_sha256", toml_edit::value(pins));
     }
+    if spec.parallel.is_some() && c.initial_sha256.is_none() {
+        let tmp = tempfile::tempdir().context("cannot make a working directory")?;
+        let path = tmp.path().join("initial.safetensors");
+        let bytes = initial_checkpoint(&spec, (data, store), tmp.path()).await?;
+        std::fs::write(&path, &bytes)?;
+        let sha = Sha256Hex::of(&bytes);
+        upload(api, &path, &sha, progress).await?;
+        table.insert("initial_sha256", toml_edit::value(sha.as_str()));
+        eprintln!("initial checkpoint {sha} (round 0's weights) uploaded");
+    }
     Ok(doc.to_string())
+}
+
+/// A parallel container job's initial checkpoint: `container.initial` in
+/// canonical form, else made by running the job's script for no steps in
+/// the sandbox here (podman, the image loaded into `store`).
+async fn initial_checkpoint(
+    spec: &JobSpec,
+    (data, store): (&Path, &Path),
+    work: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    let (spec, data, work, store) = (
+        spec.clone(),
+        data.to_owned(),
+        work.to_owned(),
+        store.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        if let Some(path) = spec.container().and_then(|c| c.initial.as_ref()) {
+            return super::container::canonical_initial(path);
+        }
+        super::container::Local::open(&spec, &data, &work, 1, &store)
+            .context("container.initial: none given, and the script cannot run here to make it")?
+            .initial()
+    })
+    .await
+    .context("making the initial checkpoint")?
 }
 
 /// Uploads `data` and submits `spec_toml`.
@@ -675,9 +721,15 @@ pub async fn fetch_model(
     let model = out.join("model.safetensors");
     let invalid = || format!("checkpoint {sha} of job {id} is not a valid checkpoint for its spec");
     if spec.container().is_some() {
-        // The script's weights under their state_dict names.
+        // The script's weights under their state_dict names; a parallel
+        // job's from its last global checkpoint.
         let bytes = std::fs::read(&ckpt)?;
-        let weights = gradpool_core::container::model_weights(&bytes).with_context(invalid)?;
+        let weights = if spec.parallel.is_some() {
+            let global = gradpool_core::outer::Global::from_bytes(&bytes).with_context(invalid)?;
+            gradpool_core::container::global_model(&global)
+        } else {
+            gradpool_core::container::model_weights(&bytes).with_context(invalid)?
+        };
         std::fs::write(&model, weights)
             .with_context(|| format!("cannot write {}", model.display()))?;
     } else {
@@ -722,6 +774,7 @@ mod tests {
             max_price: Some("0.5".parse().unwrap()),
             name: Some("quick".into()),
             booking: None,
+            image_store: None,
         };
         let out = o.apply(spec).unwrap();
         assert!(out.starts_with("# my run\n"), "{out}");

@@ -230,6 +230,10 @@ pub struct CheckpointOuterArgs {
     /// the seeded initial weights).
     #[arg(long)]
     global: Option<PathBuf>,
+    /// A parallel container job's initial checkpoint
+    /// (`container.initial_sha256`): round 0's weights, without --global.
+    #[arg(long)]
+    initial: Option<PathBuf>,
     /// A worker's pseudo-gradient of the round, as `W=FILE`; once per
     /// worker that entered the step, in any order.
     #[arg(long = "worker", value_name = "W=FILE", required = true)]
@@ -276,6 +280,51 @@ pub fn checkpoint(c: CheckpointCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `checkpoint outer` of a parallel container job: the step over the
+/// files alone, from the round's global checkpoint or, in round 0, the
+/// initial checkpoint's weights.
+fn outer_container(spec: &JobSpec, a: &CheckpointOuterArgs) -> anyhow::Result<ExitCode> {
+    let p = spec.parallel.context("the spec has no [parallel] table")?;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let global = match (&a.global, &a.initial) {
+        (Some(g), _) => gradpool_core::outer::Global::from_bytes(&read(g)?)?,
+        (None, Some(i)) => gradpool_core::container::initial_global(&read(i)?)
+            .map_err(|e| anyhow::anyhow!("--initial {}: {e}", i.display()))?,
+        (None, None) => {
+            bail!("--global or, in round 0, --initial: the weights the round started from")
+        }
+    };
+    let mut workers = Vec::with_capacity(a.workers.len());
+    for w in &a.workers {
+        let (index, file) = w
+            .split_once('=')
+            .and_then(|(i, f)| Some((i.trim().parse::<u32>().ok()?, PathBuf::from(f))))
+            .with_context(|| format!("--worker {w}: expected W=FILE"))?;
+        workers.push((index, read(&file)?));
+    }
+    let next = gradpool_core::outer::step_files(&global, &workers, &p, spec.train.steps)?;
+    let bytes = next.global.to_bytes();
+    gradpool_train::checkpoint::write_atomic(&a.out, &bytes)?;
+    let mut line = serde_json::json!({
+        "round": next.global.round,
+        "step": next.global.step,
+        "workers": next.global.workers,
+        "sha256": gradpool_core::Sha256Hex::of(&bytes).as_str(),
+    });
+    if let Some(update) = &a.update_out {
+        gradpool_train::checkpoint::write_atomic(update, &next.update)?;
+        line["update_sha256"] = serde_json::Value::String(
+            gradpool_core::Sha256Hex::of(&next.update)
+                .as_str()
+                .to_owned(),
+        );
+    }
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn initial(a: CheckpointInitialArgs) -> anyhow::Result<ExitCode> {
     let spec = JobSpec::from_file(&a.spec)?;
     let bytes =
@@ -292,6 +341,9 @@ fn initial(a: CheckpointInitialArgs) -> anyhow::Result<ExitCode> {
 
 fn outer(a: CheckpointOuterArgs) -> anyhow::Result<ExitCode> {
     let spec = JobSpec::from_file(&a.spec)?;
+    if spec.container().is_some() {
+        return outer_container(&spec, &a);
+    }
     let bytes =
         std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
     let data = Dataset::from_bytes(&spec, &bytes)?;

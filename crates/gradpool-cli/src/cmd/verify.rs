@@ -210,6 +210,8 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
             .collect();
         request_kept(api, &job.id, kept, &opts.work_dir).await;
     }
+    // A parallel container job's round 0 starts from its initial checkpoint.
+    let initial = initial_checkpoint(api, &spec, &opts.work_dir).await?;
     for &i in &sample {
         let s = &segments[i];
         let Some((end, start, slot)) =
@@ -225,11 +227,20 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
                     container::stage(api, c, &opts.work_dir, &opts.image_store, threads).await?
                 }
             };
+            let worker = match (&initial, expected[i].worker) {
+                (Some(initial), Some(worker)) => Some(container::WorkerReplay {
+                    worker,
+                    slot,
+                    initial,
+                }),
+                _ => None,
+            };
             let replayed = container::replay(
                 &ready,
                 &spec,
                 (&data, &opts.work_dir),
                 start,
+                worker,
                 s,
                 &end,
                 &class,
@@ -252,7 +263,15 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
         };
         (checks[i].replay, checks[i].distance) = (replay, distance);
     }
-    let outer_steps = check_outer_steps(api, &job, &spec, &data, &segments, &rounds, opts).await?;
+    let outer_steps = check_outer_steps(
+        api,
+        &job,
+        (&spec, &data, initial.as_deref()),
+        &segments,
+        &rounds,
+        opts,
+    )
+    .await?;
     for c in &mut checks {
         c.pass = c.signature == "ok"
             && c.chain == "ok"
@@ -405,12 +424,31 @@ async fn cached(api: &Api, sha: &Sha256Hex, dir: &Path) -> Result<PathBuf, Strin
     Ok(path)
 }
 
+/// A parallel container job's initial checkpoint, downloaded into `dir`;
+/// `None` for other jobs.
+async fn initial_checkpoint(
+    api: &Api,
+    spec: &JobSpec,
+    dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(sha) = spec
+        .container()
+        .filter(|_| spec.parallel.is_some())
+        .and_then(|c| c.initial_sha256.as_ref())
+    else {
+        return Ok(None);
+    };
+    cached(api, sha, dir)
+        .await
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("the job's initial checkpoint {sha}: {e}"))
+}
+
 /// Checks every outer step of a parallel job (none for other jobs).
 async fn check_outer_steps(
     api: &Api,
     job: &JobView,
-    spec: &JobSpec,
-    data: &Path,
+    (spec, data, initial): (&JobSpec, &Path, Option<&Path>),
     segments: &[SegmentView],
     rounds: &[RoundView],
     opts: &VerifyOptions,
@@ -455,8 +493,16 @@ async fn check_outer_steps(
             "ok".to_owned()
         };
         let recomputed = if chain == "ok" {
-            let (again, hash_ok) =
-                recompute_outer(api, spec, data, global.as_ref(), &inputs, o, &prev, opts).await;
+            let (again, hash_ok) = recompute_outer(
+                api,
+                (spec, data, initial),
+                global.as_ref(),
+                &inputs,
+                o,
+                &prev,
+                opts,
+            )
+            .await;
             if !hash_ok && again == "exact match" {
                 chain = "H does not match the global checkpoint's bytes".to_owned();
             }
@@ -481,11 +527,9 @@ async fn check_outer_steps(
 /// Computes an outer step again from its committed files: `exact match`
 /// or what differs, and whether the committed chain hash is that of the
 /// global checkpoint's bytes.
-#[allow(clippy::too_many_arguments)]
 async fn recompute_outer(
     api: &Api,
-    spec: &JobSpec,
-    data: &Path,
+    (spec, data, initial): (&JobSpec, &Path, Option<&Path>),
     global: Option<&Sha256Hex>,
     inputs: &[OuterInput],
     o: &OuterView,
@@ -516,13 +560,37 @@ async fn recompute_outer(
         o.commitment.commitment.round
     ));
     let result = (|| -> anyhow::Result<(bool, bool)> {
-        let bytes = std::fs::read(data)?;
-        let dataset = gradpool_train::Dataset::from_bytes(spec, &bytes)?;
-        let out = gradpool_train::parallel::OuterOut {
-            global: &mine,
-            update: None,
-        };
-        gradpool_train::parallel::outer_step(spec, &dataset, start.as_deref(), &workers, out)?;
+        match (spec.parallel, initial) {
+            // A container job's step is over the files alone.
+            (Some(p), Some(initial)) => {
+                let g = match &start {
+                    Some(path) => gradpool_core::outer::Global::from_bytes(&std::fs::read(path)?)?,
+                    None => gradpool_core::container::initial_global(&std::fs::read(initial)?)
+                        .map_err(|e| anyhow::anyhow!("the initial checkpoint: {e}"))?,
+                };
+                let files = workers
+                    .iter()
+                    .map(|(w, path)| Ok((*w, std::fs::read(path)?)))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let next = gradpool_core::outer::step_files(&g, &files, &p, spec.train.steps)?;
+                std::fs::write(&mine, next.global.to_bytes())?;
+            }
+            _ => {
+                let bytes = std::fs::read(data)?;
+                let dataset = gradpool_train::Dataset::from_bytes(spec, &bytes)?;
+                let out = gradpool_train::parallel::OuterOut {
+                    global: &mine,
+                    update: None,
+                };
+                gradpool_train::parallel::outer_step(
+                    spec,
+                    &dataset,
+                    start.as_deref(),
+                    &workers,
+                    out,
+                )?;
+            }
+        }
         let claimed = std::fs::read(&claimed)?;
         let hash_ok =
             commitment::outer_chain(&claimed, prev, inputs) == o.commitment.commitment.hash;

@@ -10,12 +10,12 @@
 //! kept once.
 
 use super::{fetch, Shared};
-use crate::container::{job_env, ContainerEnd, ContainerSegment, ImageStore, Sandbox};
+use crate::container::{job_env, worker_env, ContainerEnd, ContainerSegment, ImageStore, Sandbox};
 use crate::ProviderError;
 use gradpool_core::container::Layout;
 use gradpool_core::hardware::DeviceKind;
 use gradpool_core::spec::{ContainerConfig, DeviceRequest, JobSpec};
-use gradpool_core::wire::Assignment;
+use gradpool_core::wire::{Assignment, RoundTask};
 use gradpool_core::Sha256Hex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -113,9 +113,13 @@ pub(super) async fn run(
         let image = load_image(shared, images, c).await?;
         let data = fetch(shared, &a.data_sha256).await?;
         let job_files = stage_files(shared, c, &task_dir.join("job")).await?;
-        let start = match &a.start_checkpoint_sha256 {
-            Some(sha) => Some((fetch(shared, sha).await?, sha.clone())),
-            None => None,
+        let start = match (&a.round, &a.start_checkpoint_sha256) {
+            (Some(round), _) => {
+                let w = worker_start(shared, a, round, c, task_dir).await?;
+                Start::Worker(w)
+            }
+            (None, Some(sha)) => Start::Previous(fetch(shared, sha).await?, sha.clone()),
+            (None, None) => Start::None,
         };
         Ok::<_, ProviderError>((image, data, job_files, start))
     };
@@ -123,17 +127,22 @@ pub(super) async fn run(
         _ = cancel.cancelled() => return Ok(None),
         inputs = inputs => inputs?,
     };
-    let (start, layout) = match start {
-        Some((path, sha)) => {
+    let (start, layout, worker) = match start {
+        Start::Previous(path, sha) => {
             let layout = start_layout(path.clone(), &sha).await?;
-            (Some(path), Some(layout))
+            (Some(path), Some(layout), None)
         }
-        None => (None, None),
+        Start::Worker(w) => (Some(w.start.clone()), Some(w.layout.clone()), Some(w)),
+        Start::None => (None, None, None),
     };
     let hardware = shared.device.hardware();
     let share = shared.share().max(1);
     let cuda = on_gpu(spec, &hardware);
     let threads = hardware.threads.max(1);
+    let mut env = job_env(spec, threads, if cuda { "cuda" } else { "cpu" });
+    if let Some(w) = &worker {
+        env.extend(worker_env(w.slot, w.parallel.workers));
+    }
     let segment = ContainerSegment {
         image,
         command: c.command.clone(),
@@ -143,7 +152,7 @@ pub(super) async fn run(
         work: task_dir.join("container"),
         from: a.start_step,
         to: a.end_step,
-        env: job_env(spec, threads, if cuda { "cuda" } else { "cpu" }),
+        env,
         owner: shared.key.provider_id().to_string(),
     };
     let sandbox = Sandbox {
@@ -200,7 +209,131 @@ pub(super) async fn run(
         .unwrap_or(u64::MAX)
         .saturating_mul(u64::from(share.min(100)))
         / 100;
+    if let Some(w) = worker {
+        w.send(a, out).await?;
+    }
     Ok(Some(Ran { end, ms: ms.max(1) }))
+}
+
+/// Where a container segment starts.
+enum Start {
+    /// The job's first segment: the script's own initial weights.
+    None,
+    /// The checkpoint the segment before committed, by path and digest.
+    Previous(PathBuf, Sha256Hex),
+    /// A parallel job's worker segment.
+    Worker(Worker),
+}
+
+/// A parallel container job's worker segment (or its replay): the start
+/// composed from the round's weights and the slot's own state, and the
+/// weights its pseudo-gradient is taken against.
+struct Worker {
+    slot: u32,
+    parallel: gradpool_core::spec::ParallelConfig,
+    round: u64,
+    /// The composed start checkpoint.
+    start: PathBuf,
+    /// The layout the end checkpoint must continue: the slot's own
+    /// checkpoint's, or the initial checkpoint's weights alone.
+    layout: Layout,
+    /// The round's global weights.
+    weights: Arc<gradpool_core::outer::Tensors>,
+}
+
+impl Worker {
+    /// Writes the pseudo-gradient of the end checkpoint at `out` beside
+    /// it, where the commit finds what a parallel segment sends.
+    async fn send(self, a: &Assignment, out: &Path) -> Result<(), ProviderError> {
+        let (out, end_step) = (out.to_owned(), a.end_step);
+        tokio::task::spawn_blocking(move || {
+            let end = std::fs::read(&out)
+                .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+            let bytes = gradpool_core::container::pseudo_gradient(
+                &self.weights,
+                &end,
+                (self.slot, &self.parallel),
+                (self.round, end_step),
+            )
+            .map_err(|e| ProviderError::Segment(format!("the pseudo-gradient: {e}")))?;
+            super::round::write_atomic(&out.with_extension("pseudo-gradient.safetensors"), &bytes)
+        })
+        .await
+        .map_err(|e| ProviderError::Segment(format!("the pseudo-gradient: {e}")))?
+    }
+}
+
+/// The start of worker segment `round` of a parallel container job: the
+/// round's global weights (round 0: the job's initial checkpoint's) over
+/// the slot's own last checkpoint (none yet: the initial checkpoint),
+/// written into `task_dir`. Round 0's global checkpoint is cached as the
+/// pool computes it, so that round 1 starts from the outer update alone.
+async fn worker_start(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    round: &RoundTask,
+    c: &ContainerConfig,
+    task_dir: &Path,
+) -> Result<Worker, ProviderError> {
+    let slot = round.worker.ok_or_else(|| {
+        ProviderError::Segment("a parallel job's segment without its worker slot".into())
+    })?;
+    let parallel = spec_of(a)?
+        .parallel
+        .ok_or_else(|| ProviderError::Segment("a round of a job without [parallel]".into()))?;
+    let initial_sha = c
+        .initial_sha256
+        .as_ref()
+        .ok_or_else(|| ProviderError::Segment("container.initial_sha256: not pinned".into()))?;
+    let initial = fetch(shared, initial_sha).await?;
+    let global = match &a.start_checkpoint_sha256 {
+        Some(_) => super::round::start(shared, a, None).await?,
+        None => None,
+    };
+    let base = match &round.slot_checkpoint_sha256 {
+        Some(sha) => fetch(shared, sha).await?,
+        None => initial.clone(),
+    };
+    let start = task_dir.join("start.safetensors");
+    let (shared2, step) = (shared.clone(), a.start_step);
+    let composed = start.clone();
+    let (layout, weights) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let weights = match global {
+            Some(path) => {
+                gradpool_core::outer::params_of("the round's weights", &read(&path)?)
+                    .map_err(|e| e.to_string())?
+                    .0
+            }
+            None => {
+                let g = gradpool_core::container::initial_global(&read(&initial)?)
+                    .map_err(|e| format!("the initial checkpoint: {e}"))?;
+                let bytes = g.to_bytes();
+                let cached = shared2.dir.blob_path(&Sha256Hex::of(&bytes));
+                if !cached.is_file() && super::round::write_atomic(&cached, &bytes).is_err() {
+                    tracing::debug!("cannot cache round 0's global checkpoint");
+                }
+                g.params
+            }
+        };
+        let base = read(&base)?;
+        let layout = Layout::of(&base).map_err(|e| format!("the slot's checkpoint: {e}"))?;
+        let bytes = gradpool_core::container::compose(&weights, &base, step)
+            .map_err(|e| format!("composing the start: {e}"))?;
+        std::fs::write(&composed, bytes).map_err(|e| format!("{}: {e}", composed.display()))?;
+        Ok((layout, weights))
+    })
+    .await
+    .map_err(|e| ProviderError::Segment(format!("the worker's start: {e}")))?
+    .map_err(|e| ProviderError::Segment(format!("the worker's start: {e}")))?;
+    Ok(Worker {
+        slot,
+        parallel,
+        round: round.round,
+        start,
+        layout,
+        weights: Arc::new(weights),
+    })
 }
 
 /// The layout of the start checkpoint at `path` (digest `sha`), read off

@@ -17,12 +17,13 @@ use std::sync::Arc;
 /// Where a parallel job's segment starts: `None` in round 0 (the seeded
 /// initial weights, computed by the segment), else the round's global
 /// checkpoint from the cache, the weights rebuilt from the outer update,
-/// or the global checkpoint downloaded, in that order.
+/// or the global checkpoint downloaded, in that order. `native` holds a
+/// native job's spec and data, from which round 0's weights can be
+/// computed here; a container job's are cached by its round-0 segments.
 pub(super) async fn start(
     shared: &Arc<Shared>,
     a: &Assignment,
-    spec: &Path,
-    data: &Path,
+    native: Option<(&Path, &Path)>,
 ) -> Result<Option<PathBuf>, ProviderError> {
     let Some(global) = &a.start_checkpoint_sha256 else {
         return Ok(None);
@@ -37,8 +38,8 @@ pub(super) async fn start(
     }
     let round = a.round.as_ref();
     if let Some(update) = round.and_then(|r| r.update.as_ref()) {
-        let first = round.is_some_and(|r| r.round == 1);
-        match rebuild(shared, global, update, first, (spec, data)).await {
+        let first = native.filter(|_| round.is_some_and(|r| r.round == 1));
+        match rebuild(shared, global, update, first).await {
             Ok(Some(path)) => return Ok(Some(path)),
             Ok(None) => {}
             Err(e) => {
@@ -52,13 +53,13 @@ pub(super) async fn start(
 /// The weights of `global` from those of the global checkpoint before it
 /// and its outer update, checked against the digest the pool computed;
 /// `None` when this provider does not hold the earlier weights. Round 0's
-/// (`first`) are the seeded initial weights, which it computes.
+/// are the seeded initial weights, which it computes from `first` (the
+/// spec and data) when given.
 async fn rebuild(
     shared: &Arc<Shared>,
     global: &Sha256Hex,
     update: &RoundUpdate,
-    first: bool,
-    (spec, data): (&Path, &Path),
+    first: Option<(&Path, &Path)>,
 ) -> Result<Option<PathBuf>, ProviderError> {
     let from = &update.from_global_sha256;
     let held = [shared.dir.blob_path(from), shared.dir.weights_path(from)]
@@ -66,11 +67,13 @@ async fn rebuild(
         .find(|p| p.is_file());
     let base = match held {
         Some(path) => path,
-        None if first => match initial(shared, from, spec, data).await? {
-            Some(path) => path,
+        None => match first {
+            Some((spec, data)) => match initial(shared, from, spec, data).await? {
+                Some(path) => path,
+                None => return Ok(None),
+            },
             None => return Ok(None),
         },
-        None => return Ok(None),
     };
     let update_file = fetch(shared, &update.update_sha256).await?;
     let rebuilt = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
@@ -134,7 +137,7 @@ async fn initial(
     Ok(Some(path))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))

@@ -8,7 +8,7 @@ use gradpool_client::Api;
 use gradpool_core::spec::{ContainerConfig, JobSpec};
 use gradpool_core::wire::SegmentView;
 use gradpool_core::Sha256Hex;
-use gradpool_provider::container::{job_env, ContainerSegment, ImageStore, Sandbox};
+use gradpool_provider::container::{job_env, worker_env, ContainerSegment, ImageStore, Sandbox};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,24 +85,78 @@ pub(super) async fn stage(
     })
 }
 
+/// A parallel job's worker segment, as `job verify` replays it.
+pub(super) struct WorkerReplay<'a> {
+    pub worker: u32,
+    /// The slot's checkpoint of an earlier round, if it has one.
+    pub slot: Option<PathBuf>,
+    /// The job's initial checkpoint (`container.initial_sha256`).
+    pub initial: &'a Path,
+}
+
+/// The start of a parallel container job's worker segment, composed as
+/// the agent composes it: the round's weights (`global`, else the initial
+/// checkpoint's) over the slot's checkpoint (else the initial one), with
+/// the layout the end must continue.
+pub(super) fn worker_start(
+    w: &WorkerReplay<'_>,
+    global: Option<&Path>,
+    step: u64,
+    out: &Path,
+) -> anyhow::Result<gradpool_core::container::Layout> {
+    use gradpool_core::container;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let initial = read(w.initial)?;
+    let weights = match global {
+        Some(g) => gradpool_core::outer::params_of("the round's global checkpoint", &read(g)?)?.0,
+        None => {
+            container::initial_global(&initial)
+                .map_err(|e| anyhow::anyhow!("the initial checkpoint: {e}"))?
+                .params
+        }
+    };
+    let base = match &w.slot {
+        Some(slot) => read(slot)?,
+        None => initial,
+    };
+    let bytes = container::compose(&weights, &base, step)
+        .map_err(|e| anyhow::anyhow!("the worker's start: {e}"))?;
+    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    container::Layout::of(&base).map_err(|e| anyhow::anyhow!("the slot's checkpoint: {e}"))
+}
+
 /// Runs segment `s` again in the sandbox and compares the result with
 /// `claimed`: by hash inside the trainer's class, by distance across.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn replay(
     staged: &Staged,
     spec: &JobSpec,
     (data, work): (&Path, &Path),
     start: Option<PathBuf>,
+    worker: Option<WorkerReplay<'_>>,
     s: &SegmentView,
     claimed: &Path,
     class: &str,
 ) -> anyhow::Result<(String, Option<f64>)> {
     let c = spec.container().context("not a container job")?;
-    let layout = match &start {
-        Some(path) => Some(
-            gradpool_core::container::Layout::of(&std::fs::read(path)?)
-                .map_err(|e| anyhow::anyhow!("the start checkpoint: {e}"))?,
-        ),
-        None => None,
+    let mut env = job_env(spec, staged.threads, "cpu");
+    let (start, layout) = match (&worker, &spec.parallel) {
+        (Some(w), Some(p)) => {
+            env.extend(worker_env(w.worker, p.workers));
+            let composed = work.join(format!("start-{}.safetensors", s.segment));
+            let layout = worker_start(w, start.as_deref(), s.start_step, &composed)?;
+            (Some(composed), Some(layout))
+        }
+        _ => {
+            let layout = match &start {
+                Some(path) => Some(
+                    gradpool_core::container::Layout::of(&std::fs::read(path)?)
+                        .map_err(|e| anyhow::anyhow!("the start checkpoint: {e}"))?,
+                ),
+                None => None,
+            };
+            (start, layout)
+        }
     };
     let segment = ContainerSegment {
         image: staged.image.clone(),
@@ -113,7 +167,7 @@ pub(super) async fn replay(
         work: work.join(format!("container-{}", s.segment)),
         from: s.start_step,
         to: s.end_step,
-        env: job_env(spec, staged.threads, "cpu"),
+        env,
         owner: "gradpool-job-verify".into(),
     };
     let sandbox = Sandbox::new(
