@@ -569,7 +569,7 @@ mod tests {
             "--memory=2g",
             "--memory-swap=2g",
             "--cpus=1.50",
-            "--timeout=600",
+            "--timeout=660", // the backstop: the agent ends it at 600 s
             "--user=65534:65534",
             "--device=nvidia.com/gpu=1",
         ] {
