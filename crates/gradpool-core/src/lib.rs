@@ -41,6 +41,7 @@ pub mod int8;
 pub mod model;
 pub mod money;
 pub mod outer;
+pub mod privacy;
 pub mod proof;
 pub mod rng;
 pub mod signing;

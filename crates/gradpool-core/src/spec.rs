@@ -74,7 +74,42 @@ pub struct JobSpec {
     pub budget: Budget,
     /// Many workers at once; `None` trains segment after segment.
     pub parallel: Option<ParallelConfig>,
+    /// A confidential job's key holders; `None`: not confidential.
+    pub privacy: Option<Privacy>,
 }
+
+/// A confidential job (`[privacy] confidential = true`): its data, files
+/// and checkpoints reach the pool only sealed under a data key the
+/// customer's CLI makes, sealed in turn to the key holders' encryption
+/// keys (see [`crate::privacy`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privacy {
+    pub providers: KeyHolders,
+}
+
+/// Who may hold a confidential job's data key (`privacy.providers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyHolders {
+    /// `"isolated"`: providers certified into the isolated tier.
+    Isolated,
+    /// `"any"`: every provider with an encryption key when the job is
+    /// submitted. It keeps the data from the pool's operator and from
+    /// observers, not from providers.
+    Any,
+    /// Providers by id (`prov_…`) or by their encryption key (64 hex
+    /// digits).
+    Listed(Vec<KeyHolder>),
+}
+
+/// One provider a confidential job names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyHolder {
+    Id(crate::ProviderId),
+    Key(crate::privacy::EncryptionPublicKey),
+}
+
+/// The most providers a confidential job may list.
+pub const MAX_KEY_HOLDERS: usize = 256;
 
 /// A parallel job (DiLoCo). Round `r` starts from global checkpoint `r`:
 /// every worker trains `inner_steps` steps of its own shard of the data
@@ -409,6 +444,65 @@ struct RawSpec {
     budget: RawBudget,
     parallel: Option<RawParallel>,
     container: Option<RawContainer>,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    #[serde(default)]
+    confidential: bool,
+    providers: Option<toml::Value>,
+}
+
+impl RawPrivacy {
+    fn validate(self) -> Result<Option<Privacy>, SpecError> {
+        let field = "privacy.providers";
+        let expected = "\"isolated\", \"any\" or a list of provider ids (prov_…) and \
+                        encryption keys (64 hex digits)";
+        if !self.confidential {
+            return match self.providers {
+                Some(_) => Err(invalid(field, "only with privacy.confidential = true")),
+                None => Ok(None),
+            };
+        }
+        let providers = match self.providers {
+            None => return Err(invalid(field, format!("required: {expected}"))),
+            Some(toml::Value::String(s)) if s == "isolated" => KeyHolders::Isolated,
+            Some(toml::Value::String(s)) if s == "any" => KeyHolders::Any,
+            Some(toml::Value::Array(list)) => {
+                if list.is_empty() || list.len() > MAX_KEY_HOLDERS {
+                    return Err(invalid(
+                        field,
+                        format!("a list of 1 to {MAX_KEY_HOLDERS} providers"),
+                    ));
+                }
+                let mut holders = Vec::with_capacity(list.len());
+                for (i, v) in list.iter().enumerate() {
+                    let at = format!("{field}[{i}]");
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| invalid(&at, format!("a string: {expected}")))?;
+                    let holder = if s.starts_with("prov_") {
+                        KeyHolder::Id(
+                            crate::ProviderId::parse(s).map_err(|e| invalid(&at, e.to_string()))?,
+                        )
+                    } else {
+                        KeyHolder::Key(s.parse().map_err(|e: String| invalid(&at, e))?)
+                    };
+                    if holders.contains(&holder) {
+                        return Err(invalid(&at, format!("{s} is listed twice")));
+                    }
+                    holders.push(holder);
+                }
+                KeyHolders::Listed(holders)
+            }
+            Some(other) => {
+                return Err(invalid(field, format!("{expected}, got {other}")));
+            }
+        };
+        Ok(Some(Privacy { providers }))
+    }
 }
 
 #[derive(Deserialize)]
@@ -952,6 +1046,11 @@ impl RawSpec {
             }
         }
         let train = self.train.validate(parallel.as_ref())?;
+        let privacy = self
+            .privacy
+            .map(RawPrivacy::validate)
+            .transpose()?
+            .flatten();
         let budget = Budget {
             max_price_per_hour: parse_amount(
                 "budget.max_price_xmr_per_hour",
@@ -971,6 +1070,7 @@ impl RawSpec {
             verification: self.verification.level,
             budget,
             parallel,
+            privacy,
         })
     }
 }
@@ -1603,5 +1703,68 @@ lr = 0.001
             Some(std::path::Path::new("init.safetensors"))
         );
         assert_eq!(spec.parallel.unwrap().workers, 2);
+    }
+
+    #[test]
+    fn a_privacy_table_names_who_may_hold_the_key() {
+        let with = |table: &str| format!("{GOOD}\n[privacy]\n{table}\n");
+        let holders = |table: &str| {
+            JobSpec::from_toml_str(&with(table))
+                .unwrap()
+                .privacy
+                .map(|p| p.providers)
+        };
+        assert_eq!(JobSpec::from_toml_str(GOOD).unwrap().privacy, None);
+        assert_eq!(holders("confidential = false"), None);
+        assert_eq!(
+            holders("confidential = true\nproviders = \"isolated\""),
+            Some(KeyHolders::Isolated)
+        );
+        assert_eq!(
+            holders("confidential = true\nproviders = \"any\""),
+            Some(KeyHolders::Any)
+        );
+        let key = "ab".repeat(32);
+        let listed = holders(&format!(
+            "confidential = true\nproviders = [\"prov_0123456789abcdef\", \"{key}\"]"
+        ));
+        assert_eq!(
+            listed,
+            Some(KeyHolders::Listed(vec![
+                KeyHolder::Id(crate::ProviderId::parse("prov_0123456789abcdef").unwrap()),
+                KeyHolder::Key(key.parse().unwrap()),
+            ]))
+        );
+        let refused = |table: &str| {
+            JobSpec::from_toml_str(&with(table))
+                .unwrap_err()
+                .field()
+                .to_owned()
+        };
+        assert_eq!(refused("confidential = true"), "privacy.providers");
+        assert_eq!(
+            refused("confidential = true\nproviders = \"everyone\""),
+            "privacy.providers"
+        );
+        assert_eq!(
+            refused("confidential = true\nproviders = []"),
+            "privacy.providers"
+        );
+        assert_eq!(
+            refused("confidential = true\nproviders = [\"prov_xyz\"]"),
+            "privacy.providers[0]"
+        );
+        assert_eq!(
+            refused("confidential = true\nproviders = [\"abcd\"]"),
+            "privacy.providers[0]"
+        );
+        assert_eq!(
+            refused(&format!(
+                "confidential = true\nproviders = [\"{key}\", \"{key}\"]"
+            )),
+            "privacy.providers[1]"
+        );
+        assert_eq!(refused("providers = \"any\""), "privacy.providers");
+        assert_eq!(refused("confidential = \"yes\""), "privacy.confidential");
     }
 }

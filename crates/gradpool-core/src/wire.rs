@@ -525,6 +525,10 @@ pub struct ProviderView {
     /// and podman on the rig).
     #[serde(default)]
     pub containers: bool,
+    /// Its encryption key as it announced it (see
+    /// [`crate::privacy::AnnouncedKey`]): check it before sealing to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<crate::privacy::AnnouncedKey>,
     /// Audits passed since the last fault (trained segments replayed with a
     /// match, and replays of its own that were right).
     #[serde(default)]
@@ -596,6 +600,10 @@ pub struct Register {
     /// podman works on it. A provider without it is never offered one.
     #[serde(default)]
     pub containers: bool,
+    /// Its encryption key, bound to its node key: what confidential jobs'
+    /// data keys are sealed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<crate::privacy::AnnouncedKey>,
 }
 
 fn yes() -> bool {

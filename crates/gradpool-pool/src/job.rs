@@ -44,6 +44,13 @@ impl Pool {
     ) -> Result<JobView, PoolError> {
         let spec = JobSpec::from_toml_str(&req.spec_toml)
             .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
+        if spec.privacy.is_some() {
+            // Until the pool relays sealed keys and leases only to their
+            // holders, a confidential job is refused, never run in the clear.
+            return Err(PoolError::InvalidSpec(
+                "privacy.confidential: this pool does not take confidential jobs yet".into(),
+            ));
+        }
         if let Some(want) = &spec.data.sha256 {
             if want != &req.data_sha256 {
                 return Err(PoolError::BadRequest(format!(

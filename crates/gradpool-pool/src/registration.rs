@@ -58,6 +58,20 @@ impl Pool {
             .benchmark_gflops
             .filter(|g| g.is_finite() && *g > 0.0 && *g < 1e9);
         let provider = ProviderId::from_public_key(&req.public_key.0);
+        if req
+            .encryption_key
+            .as_ref()
+            .is_some_and(|k| !k.is_from(&provider))
+        {
+            return Err(PoolError::BadRequest(
+                "encryption_key: not signed by this provider's node key".into(),
+            ));
+        }
+        let encryption_key = req
+            .encryption_key
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         let token = new_session_token();
         let hardware = serde_json::to_string(&req.hardware)?;
         let memory = i64::try_from(req.hardware.memory_bytes).unwrap_or(i64::MAX);
@@ -67,11 +81,12 @@ impl Pool {
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
              registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region, containers, \
-             host_memory_bytes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+             host_memory_bytes, encryption_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
              class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
-             validate = ?12, trains = ?13, region = ?14, containers = ?15, host_memory_bytes = ?16",
+             validate = ?12, trains = ?13, region = ?14, containers = ?15, host_memory_bytes = ?16, \
+             encryption_key = ?17",
         )
         .bind(provider.as_str())
         .bind(req.public_key.to_string())
@@ -89,6 +104,7 @@ impl Pool {
         .bind(req.region.as_deref())
         .bind(req.containers)
         .bind(i64::try_from(req.hardware.host_memory()).unwrap_or(i64::MAX))
+        .bind(encryption_key)
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")

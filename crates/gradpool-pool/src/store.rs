@@ -623,6 +623,7 @@ struct ProviderRow {
     validate: bool,
     trains: bool,
     containers: bool,
+    encryption_key: Option<String>,
     paused: Option<String>,
     held: Option<String>,
     duplicate_of: Option<String>,
@@ -652,7 +653,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
@@ -707,6 +708,11 @@ pub async fn providers(
                 validate: r.validate,
                 train: r.trains,
                 containers: r.containers,
+                // Written by the pool from a checked registration.
+                encryption_key: r
+                    .encryption_key
+                    .as_deref()
+                    .and_then(|k| serde_json::from_str(k).ok()),
                 streak: to_u64(r.streak),
                 faults: to_u64(r.faults),
                 reputation: reputation(to_u64(r.streak)),

@@ -392,6 +392,7 @@ async fn registration_is_checked() {
         train: true,
         region: None,
         containers: false,
+        encryption: None,
         paused: None,
         memory_bytes: 8 << 30,
         host_memory_bytes: None,

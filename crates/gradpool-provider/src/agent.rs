@@ -125,6 +125,8 @@ struct Shared {
     api: tokio::sync::RwLock<Api>,
     dir: DataDir,
     key: NodeKey,
+    /// Its public half is announced at registration, signed by `key`.
+    encryption: gradpool_core::privacy::EncryptionKey,
     device: Arc<dyn Device>,
     config: ProviderConfig,
     /// Each worker sends its task id here when it ends, so the loop frees
@@ -224,6 +226,8 @@ pub async fn run(
     let dir = DataDir::open(&config.data_dir)?;
     let lock = dir.lock()?;
     let key = NodeKey::load_or_create(&dir.node_key_path())?;
+    let encryption =
+        gradpool_core::privacy::EncryptionKey::load_or_create(&dir.encryption_key_path())?;
     dir.record_agent(&lock, &running_agent(&config, &key, device.as_ref()))?;
     tracing::info!(provider = %key.provider_id(), pool = %config.pool_url,
         data_dir = %config.data_dir.display(), "provider starting");
@@ -259,6 +263,7 @@ pub async fn run(
         api: tokio::sync::RwLock::new(api),
         dir,
         key,
+        encryption,
         device,
         share: AtomicU8::new(config.limits.max_gpu_share),
         config,
@@ -485,6 +490,10 @@ async fn register(
                 train: shared.config.train,
                 region: shared.config.region.clone(),
                 containers: shared.images.is_some(),
+                encryption_key: Some(gradpool_core::privacy::AnnouncedKey::announce(
+                    &shared.key,
+                    &shared.encryption,
+                )),
             };
             api.register(&req).await
         };

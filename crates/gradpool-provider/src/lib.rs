@@ -51,6 +51,9 @@ pub enum ProviderError {
     },
     #[error("node key: {0}")]
     NodeKey(#[from] gradpool_core::commitment::CommitmentError),
+    /// The encryption key, or a confidential job's sealed files.
+    #[error("confidential job: {0}")]
+    Privacy(#[from] gradpool_core::privacy::PrivacyError),
     #[error("segment failed: {0}")]
     Segment(String),
     /// A container segment failed: its script, its sandbox or its image.

@@ -181,6 +181,11 @@ impl DataDir {
         self.root.join("node.key")
     }
 
+    /// The X25519 key confidential jobs' data keys are sealed to.
+    pub fn encryption_key_path(&self) -> PathBuf {
+        self.root.join("encryption.key")
+    }
+
     pub fn blob_path(&self, sha: &Sha256Hex) -> PathBuf {
         self.root.join("blobs").join(sha.as_str())
     }

@@ -136,6 +136,7 @@ pub fn bench_spec(config: BenchConfig, total_steps: u64) -> JobSpec {
         verification: VerificationLevel::default(),
         budget: Budget::default(),
         parallel: None,
+        privacy: None,
     }
 }
 

@@ -157,6 +157,7 @@ impl TestPool {
             train: true,
             region: None,
             containers: false,
+            encryption: Some(gradpool_core::privacy::EncryptionKey::generate()),
             paused: None,
             memory_bytes: 8 << 30,
             host_memory_bytes: None,
@@ -406,6 +407,8 @@ pub struct TestProvider {
     pub region: Option<String>,
     /// Whether it runs container jobs.
     pub containers: bool,
+    /// The X25519 key it announces (`None`: an agent that announces none).
+    pub encryption: Option<gradpool_core::privacy::EncryptionKey>,
     /// The pause reason its heartbeats report.
     pub paused: Option<String>,
     /// The device memory it claims.
@@ -459,6 +462,10 @@ impl TestProvider {
             train: self.train,
             region: self.region.clone(),
             containers: self.containers,
+            encryption_key: self
+                .encryption
+                .as_ref()
+                .map(|k| gradpool_core::privacy::AnnouncedKey::announce(&self.key, k)),
         }
     }
 
