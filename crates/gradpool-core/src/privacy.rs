@@ -11,10 +11,17 @@
 //!
 //!   ```text
 //!   "gradpool-sealed-v1\n"   19 bytes, the magic
-//!   nonce prefix            19 random bytes
+//!   nonce prefix            19 bytes: keyed BLAKE3 of the plaintext
 //!   chunk, chunk, …         each its plaintext (CHUNK bytes, the last
 //!                           0 to CHUNK) + a 16-byte tag
 //!   ```
+//!
+//!   Sealing is deterministic (a synthetic nonce, as in SIV modes: the
+//!   nonce prefix is BLAKE3 of the plaintext under a key derived from the
+//!   data key): one key and one plaintext give one sealed file. A replay's
+//!   sealed checkpoint is therefore compared with the claimed one by its
+//!   digest, as for any job; the pool learns only whether two sealed files
+//!   hold the same bytes.
 //!
 //!   Every chunk's associated data is the header (magic and nonce prefix),
 //!   so a file opens only whole, in order, unaltered and untruncated: a
@@ -125,12 +132,34 @@ fn fill(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Seals everything `src` holds under `key` into `dst` (format above);
-/// the bytes written.
-pub fn seal(key: &DataKey, src: &mut impl Read, dst: &mut impl Write) -> Result<u64, PrivacyError> {
+/// The domain of the key the synthetic nonce is derived with.
+const NONCE_KEY_CONTEXT: &str = "gradpool 2026-12 sealed-file nonce v1";
+
+/// The nonce prefix of `src`'s plaintext under `key`: keyed BLAKE3 of all
+/// of it, read once.
+fn synthetic_nonce(key: &DataKey, src: &mut impl Read) -> std::io::Result<[u8; NONCE_PREFIX]> {
+    let nonce_key = blake3::derive_key(NONCE_KEY_CONTEXT, key.as_bytes());
+    let mut hasher = blake3::Hasher::new_keyed(&nonce_key);
+    std::io::copy(src, &mut hasher)?;
+    let mut nonce = [0u8; NONCE_PREFIX];
+    nonce.copy_from_slice(&hasher.finalize().as_bytes()[..NONCE_PREFIX]);
+    Ok(nonce)
+}
+
+/// Seals everything `src` holds under `key` into `dst` (format above),
+/// reading it twice (the synthetic nonce, then the chunks); the bytes
+/// written.
+pub fn seal(
+    key: &DataKey,
+    src: &mut (impl Read + std::io::Seek),
+    dst: &mut impl Write,
+) -> Result<u64, PrivacyError> {
+    let start = src.stream_position()?;
+    let nonce = synthetic_nonce(key, src)?;
+    src.seek(std::io::SeekFrom::Start(start))?;
     let mut header = [0u8; HEADER];
     header[..MAGIC.len()].copy_from_slice(MAGIC);
-    OsRng.fill_bytes(&mut header[MAGIC.len()..]);
+    header[MAGIC.len()..].copy_from_slice(&nonce);
     dst.write_all(&header)?;
     let mut stream = EncryptorBE32::from_aead(key.cipher(), header[MAGIC.len()..].into());
     let mut written = HEADER as u64;
@@ -210,7 +239,7 @@ pub fn sealed_size(plaintext: u64) -> u64 {
 pub fn seal_bytes(key: &DataKey, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(sealed_size(bytes.len() as u64) as usize);
     // Writing to a Vec cannot fail, nor can sealing a slice.
-    let _ = seal(key, &mut &bytes[..], &mut out);
+    let _ = seal(key, &mut std::io::Cursor::new(bytes), &mut out);
     out
 }
 
@@ -219,6 +248,57 @@ pub fn open_bytes(key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, PrivacyError>
     let mut out = Vec::with_capacity(sealed.len());
     open(key, &mut &sealed[..], &mut out)?;
     Ok(out)
+}
+
+/// Seals the file `from` into `to`, written whole (through a temporary
+/// file beside it) or not at all; the sealed file's sha256.
+pub fn seal_file(
+    key: &DataKey,
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<Sha256Hex, PrivacyError> {
+    let partial = to.with_extension("sealing");
+    let result = (|| {
+        let mut src = std::io::BufReader::new(std::fs::File::open(from)?);
+        let mut dst = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        seal(key, &mut src, &mut dst)?;
+        dst.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&partial, to)?;
+        Ok(Sha256Hex::of_file(to)?)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Opens the sealed file `from` into `to`: on any error (a truncated or
+/// altered file, another key) `to` is not left behind; the plaintext
+/// bytes.
+pub fn open_file(
+    key: &DataKey,
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<u64, PrivacyError> {
+    let partial = to.with_extension("opening");
+    let result = (|| {
+        let mut src = std::io::BufReader::new(std::fs::File::open(from)?);
+        let mut dst = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        let n = open(key, &mut src, &mut dst)?;
+        dst.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&partial, to)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Whether `bytes` begin as a sealed file does: what the pool checks of a
+/// confidential job's blobs, which it cannot open.
+pub fn looks_sealed(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER && bytes.starts_with(MAGIC)
 }
 
 /// A provider's X25519 encryption key.
@@ -468,9 +548,11 @@ mod tests {
             let sealed = seal_bytes(&key, &plain);
             assert_eq!(sealed.len() as u64, sealed_size(n as u64), "{n}");
             assert_eq!(open_bytes(&key, &sealed).unwrap(), plain, "{n}");
-            let again = seal_bytes(&key, &plain);
-            assert_ne!(sealed, again, "a fresh nonce every time");
+            assert_eq!(sealed, seal_bytes(&key, &plain), "deterministic");
+            assert_ne!(sealed, seal_bytes(&DataKey::generate(), &plain));
         }
+        let (a, b) = (seal_bytes(&key, b"one"), seal_bytes(&key, b"two"));
+        assert_ne!(a[..HEADER], b[..HEADER], "another plaintext, another nonce");
     }
 
     #[test]
@@ -565,5 +647,29 @@ mod tests {
         assert!(!swapped.is_from(&node.provider_id()));
         std::fs::write(&path, "not a key").unwrap();
         assert!(EncryptionKey::load_or_create(&path).is_err());
+    }
+
+    #[test]
+    fn a_sealed_file_on_disk_opens_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::generate();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, bytes(CHUNK * 2 + 9)).unwrap();
+        let sealed = dir.path().join("sealed");
+        let sha = seal_file(&key, &plain, &sealed).unwrap();
+        assert_eq!(Sha256Hex::of_file(&sealed).unwrap(), sha);
+        assert!(looks_sealed(&std::fs::read(&sealed).unwrap()));
+        let opened = dir.path().join("opened");
+        open_file(&key, &sealed, &opened).unwrap();
+        assert_eq!(
+            std::fs::read(&opened).unwrap(),
+            std::fs::read(&plain).unwrap()
+        );
+        let cut = dir.path().join("cut");
+        let bytes = std::fs::read(&sealed).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+        let out = dir.path().join("out");
+        assert!(open_file(&key, &cut, &out).is_err());
+        assert!(!out.exists() && !out.with_extension("opening").exists());
     }
 }

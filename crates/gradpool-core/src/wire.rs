@@ -99,6 +99,21 @@ pub struct SubmitJob {
     /// providers take the job, inside its window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking: Option<String>,
+    /// A confidential job: its data key sealed to each provider the
+    /// customer accepts (`data_sha256` is then the sealed dataset).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_keys: Vec<JobKey>,
+    /// A confidential job: what the data fixes of the model, which the
+    /// pool cannot read from a sealed dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_shape: Option<crate::model::DataShape>,
+}
+
+/// A confidential job's data key, sealed to one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobKey {
+    pub provider: ProviderId,
+    pub sealed_key: crate::privacy::SealedKey,
 }
 
 /// A job as the customer sees it.
@@ -755,6 +770,10 @@ pub struct Assignment {
     /// seeded initial weights) and `prev_commitment` its chain hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<RoundTask>,
+    /// A confidential job: its data key sealed to this provider. Its
+    /// dataset and checkpoints are sealed files ([`crate::privacy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_key: Option<crate::privacy::SealedKey>,
 }
 
 /// A parallel job's part of an [`Assignment`].

@@ -292,6 +292,11 @@ impl Pool {
         let path = self
             .uploaded(provider, "checkpoint", &cm.checkpoint_sha256)
             .await?;
+        if job.confidential {
+            // A sealed checkpoint: its H chains the plaintext, which only
+            // key holders read; they and the customer check it.
+            return self.check_sealed(&path).await;
+        }
         let hash = match model {
             ModelMeta::Container { .. } => {
                 let start = job
@@ -311,6 +316,23 @@ impl Pool {
                 "commitment.hash {} is not BLAKE3(checkpoint ‖ prev)",
                 cm.hash
             )));
+        }
+        Ok(())
+    }
+
+    /// A confidential job's checkpoint must at least be a sealed file.
+    async fn check_sealed(&self, path: &std::path::Path) -> Result<(), PoolError> {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(path).await?;
+        let mut head = Vec::new();
+        file.take(gradpool_core::privacy::HEADER as u64)
+            .read_to_end(&mut head)
+            .await?;
+        if !gradpool_core::privacy::looks_sealed(&head) {
+            return Err(PoolError::BadRequest(
+                "checkpoint: a confidential job's checkpoint must be sealed under its data key"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -44,13 +44,6 @@ impl Pool {
     ) -> Result<JobView, PoolError> {
         let spec = JobSpec::from_toml_str(&req.spec_toml)
             .map_err(|e| PoolError::InvalidSpec(e.to_string()))?;
-        if spec.privacy.is_some() {
-            // Until the pool relays sealed keys and leases only to their
-            // holders, a confidential job is refused, never run in the clear.
-            return Err(PoolError::InvalidSpec(
-                "privacy.confidential: this pool does not take confidential jobs yet".into(),
-            ));
-        }
         if let Some(want) = &spec.data.sha256 {
             if want != &req.data_sha256 {
                 return Err(PoolError::BadRequest(format!(
@@ -63,7 +56,14 @@ impl Pool {
         self.uploaded_blob(&caller, &req.data_sha256, "data_sha256", "the data")
             .await?;
         let job_blobs = self.container_blobs(&caller, &spec).await?;
-        let (model, memory) = self.size_job(&spec, &req.data_sha256).await?;
+        let sealed_keys = self.check_confidential(&spec, &req).await?;
+        let (model, memory) = self
+            .size_job(
+                &spec,
+                &req.data_sha256,
+                crate::privacy::declared_shape(&req),
+            )
+            .await?;
         if let Some(booking) = &req.booking {
             let mut conn = self.inner.db.acquire().await?;
             check_booking(&mut conn, account.as_str(), booking, self.now()).await?;
@@ -112,7 +112,8 @@ impl Pool {
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
              max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
-             min_workers, region, runtime) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             min_workers, region, runtime, confidential) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -138,8 +139,10 @@ impl Pool {
         .bind(min_workers)
         .bind(spec.resources.region.as_deref())
         .bind(spec.runtime().as_str())
+        .bind(spec.privacy.is_some())
         .execute(w.conn())
         .await?;
+        crate::privacy::store_keys(w.conn(), id.as_str(), &sealed_keys).await?;
         for (sha, role) in &job_blobs {
             sqlx::query("INSERT OR IGNORE INTO job_blobs (job_id, sha256, role) VALUES (?, ?, ?)")
                 .bind(id.as_str())

@@ -90,7 +90,25 @@ pub(crate) async fn assignment(
         replay: None,
         model: crate::model::stored_model(&job.id, job.model.as_deref())?,
         round: None,
+        sealed_key: None,
     };
+    if job.confidential {
+        // Leased only to key holders (the claim's rule): its own key.
+        let sealed: Option<String> = sqlx::query_scalar(
+            "SELECT sealed_key FROM job_keys WHERE job_id = ? AND provider_id = ?",
+        )
+        .bind(&job.id)
+        .bind(task.provider_id.as_deref())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let sealed = sealed.ok_or_else(|| {
+            PoolError::Internal(format!(
+                "task {} leased to a provider without the key",
+                task.id
+            ))
+        })?;
+        out.sealed_key = Some(sealed.try_into().map_err(PoolError::Internal)?);
+    }
     if let Some(round) = task.round {
         let slot = task.slot_sha256.as_deref().map(parse).transpose()?;
         out.round = Some(RoundTask {
@@ -367,6 +385,7 @@ impl Pool {
                            AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN ?8 ELSE ?5 END \
                            AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
                            AND (j.runtime = 'native' OR ?7) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
                            AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
                                            WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
@@ -392,6 +411,7 @@ impl Pool {
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
                            AND (j.region IS NULL OR j.region = ?9) \
                            AND (j.runtime = 'native' OR ?12) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
                            AND NOT (t.round IS NOT NULL AND t.updated_at > ?11 \
                                AND t.job_id IN (SELECT value FROM json_each(?10))) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
@@ -427,6 +447,7 @@ impl Pool {
                            AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id AND f.kind = 'outer' \
                                AND f.round = t.round AND f.status = 'failed' AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
                            AND (t.updated_at <= ?5 OR NOT EXISTS (SELECT 1 FROM outer_steps p \
                                JOIN providers q ON q.id = p.provider_id \
                                WHERE p.job_id = t.job_id AND p.round = t.round - 1 AND p.discarded_at IS NULL \

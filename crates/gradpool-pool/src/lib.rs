@@ -63,6 +63,7 @@ pub mod model;
 pub mod money;
 pub mod placement;
 pub mod presence;
+pub mod privacy;
 pub mod proof;
 pub mod queue;
 pub mod registration;

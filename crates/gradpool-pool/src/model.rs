@@ -29,6 +29,7 @@ impl Pool {
         &self,
         spec: &JobSpec,
         data: &Sha256Hex,
+        declared: Option<gradpool_core::model::DataShape>,
     ) -> Result<(ModelMeta, MemoryEstimate), PoolError> {
         if let Some(c) = spec.container() {
             // The script's model: its memory is what the spec gives it.
@@ -41,17 +42,23 @@ impl Pool {
                 .await?;
             return Ok((model, memory));
         }
-        let path = self.inner.blobs.path_of(data);
-        let spec_copy = spec.clone();
-        let shape = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            Ok::<_, PoolError>(gradpool_core::data::data_shape(
-                &spec_copy,
-                std::io::BufReader::new(file),
-            ))
-        })
-        .await??
-        .map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?;
+        let shape = match declared {
+            // A confidential job's sealed data: its customer says.
+            Some(shape) => shape,
+            None => {
+                let path = self.inner.blobs.path_of(data);
+                let spec_copy = spec.clone();
+                tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path)?;
+                    Ok::<_, PoolError>(gradpool_core::data::data_shape(
+                        &spec_copy,
+                        std::io::BufReader::new(file),
+                    ))
+                })
+                .await??
+                .map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?
+            }
+        };
         let model =
             ModelMeta::of(spec, shape).map_err(|e| PoolError::InvalidSpec(format!("data: {e}")))?;
         let memory = model.memory(spec.train.batch_size);
@@ -129,7 +136,7 @@ impl Pool {
                 JobSpec::from_toml_str(&spec_toml),
                 data.parse::<Sha256Hex>(),
             ) {
-                (Ok(spec), Ok(data)) => self.size_job(&spec, &data).await,
+                (Ok(spec), Ok(data)) => self.size_job(&spec, &data, None).await,
                 _ => Err(PoolError::InvalidSpec("stored spec or data digest".into())),
             };
             match learnt {

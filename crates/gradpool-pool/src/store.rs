@@ -174,6 +174,8 @@ pub struct JobRow {
     /// container.
     #[sqlx(try_from = "String")]
     pub runtime: Runtime,
+    /// Its dataset and checkpoints are sealed; only key holders get it.
+    pub confidential: bool,
 }
 
 const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device, status, steps, \
@@ -182,7 +184,7 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
     (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round, runtime";
+    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round, runtime, confidential = 1 AS confidential";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted

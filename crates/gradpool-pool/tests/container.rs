@@ -80,6 +80,8 @@ async fn submit(c: &Client, spec: &str, data: &Sha256Hex) -> Reply {
             spec_toml: spec.to_owned(),
             data_sha256: data.clone(),
             booking: None,
+            sealed_keys: Vec::new(),
+            data_shape: None,
         },
     )
     .await

@@ -481,6 +481,8 @@ async fn a_job_no_device_can_hold_is_refused_at_submit() {
                     spec_toml: spec,
                     data_sha256: data,
                     booking: None,
+                    sealed_keys: Vec::new(),
+                    data_shape: None,
                 },
             )
             .await

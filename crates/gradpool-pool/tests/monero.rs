@@ -223,6 +223,8 @@ async fn run_job(c: &Client, p: &TestProvider, budget: &str) -> JobView {
                 spec_toml: spec,
                 data_sha256: sha,
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await

@@ -54,6 +54,8 @@ async fn submit_reply(c: &Client, spec: &str) -> Reply {
             spec_toml: spec.to_owned(),
             data_sha256: sha,
             booking: None,
+            sealed_keys: Vec::new(),
+            data_shape: None,
         },
     )
     .await
@@ -920,6 +922,8 @@ async fn a_job_inside_a_booking_waits_for_its_window_and_its_providers() {
                     spec_toml: budgeted("0.1", None),
                     data_sha256: sha,
                     booking: Some(booking),
+                    sealed_keys: Vec::new(),
+                    data_shape: None,
                 },
             )
             .await

@@ -178,6 +178,8 @@ async fn submit_validation_and_job_visibility() {
                 spec_toml: bad,
                 data_sha256: data.clone(),
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await
@@ -192,6 +194,8 @@ async fn submit_validation_and_job_visibility() {
                 spec_toml: bad,
                 data_sha256: data.clone(),
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await
@@ -217,6 +221,8 @@ async fn submit_validation_and_job_visibility() {
                     spec_toml: format!("{SPEC}\n[parallel]\n{bad}\n"),
                     data_sha256: data.clone(),
                     booking: None,
+                    sealed_keys: Vec::new(),
+                    data_shape: None,
                 },
             )
             .await
@@ -234,6 +240,8 @@ async fn submit_validation_and_job_visibility() {
                 spec_toml: SPEC.into(),
                 data_sha256: missing,
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await
@@ -245,6 +253,8 @@ async fn submit_validation_and_job_visibility() {
             spec_toml: SPEC.into(),
             data_sha256: data.clone(),
             booking: None,
+            sealed_keys: Vec::new(),
+            data_shape: None,
         },
     )
     .await
@@ -261,6 +271,8 @@ async fn submit_validation_and_job_visibility() {
                 spec_toml: pinned,
                 data_sha256: data.clone(),
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await
@@ -274,6 +286,8 @@ async fn submit_validation_and_job_visibility() {
                 spec_toml: SPEC.into(),
                 data_sha256: data.clone(),
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await

@@ -56,3 +56,194 @@ async fn a_provider_announces_its_encryption_key_bound_to_its_node_key() {
     let again = listed.iter().find(|v| v.id == p.key.provider_id()).unwrap();
     assert_eq!(again.encryption_key.as_ref(), Some(announced));
 }
+
+const TEXT: &[u8] =
+    b"To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n";
+
+/// The test spec, confidential, its key holders as `providers`.
+fn confidential(providers: &str) -> String {
+    format!("{SPEC}\n[privacy]\nconfidential = true\nproviders = {providers}\n")
+}
+
+async fn submit_sealed(
+    c: &Client,
+    spec: &str,
+    data: &gradpool_core::Sha256Hex,
+    keys: Vec<gradpool_core::wire::JobKey>,
+    shape: Option<gradpool_core::model::DataShape>,
+) -> Reply {
+    c.post(
+        "/v1/jobs",
+        &gradpool_core::wire::SubmitJob {
+            spec_toml: spec.to_owned(),
+            data_sha256: data.clone(),
+            booking: None,
+            sealed_keys: keys,
+            data_shape: shape,
+        },
+    )
+    .await
+}
+
+/// A confidential job: the pool takes only a sealed dataset, keys sealed
+/// to providers the spec allows, and the data's shape; it leases the
+/// job's segments and replays only to key holders, each with its own
+/// sealed key; a checkpoint committed in the clear is refused.
+#[tokio::test]
+async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
+    use gradpool_core::privacy::{seal_bytes, DataKey, SealedKey};
+    use gradpool_core::wire::{JobKey, JobView, TaskKind};
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let holder = tp.provider_with("holder", |p| p.validate = true).await;
+    let validator = tp
+        .provider_with("validator", |p| {
+            p.validate = true;
+            p.train = false;
+        })
+        .await;
+    let outsider = tp.provider_with("outsider", |p| p.validate = true).await;
+    let keyless = tp.provider_with("keyless", |p| p.encryption = None).await;
+
+    let key = DataKey::generate();
+    let sealed_data = seal_bytes(&key, TEXT);
+    let data = alice.upload(&sealed_data).await;
+    let plain = alice.upload(TEXT).await;
+    let shape = gradpool_core::data::data_shape(
+        &gradpool_core::JobSpec::from_toml_str(SPEC).unwrap(),
+        TEXT,
+    )
+    .unwrap();
+    let seal_for = |p: &TestProvider, data: &gradpool_core::Sha256Hex| JobKey {
+        provider: p.key.provider_id(),
+        sealed_key: SealedKey::seal(
+            &key,
+            &p.key.provider_id(),
+            &p.encryption.as_ref().unwrap().public(),
+            data,
+        ),
+    };
+    let listed = format!(
+        "[\"{}\", \"{}\"]",
+        holder.key.provider_id(),
+        validator.encryption.as_ref().unwrap().public()
+    );
+    let spec = confidential(&listed);
+    let keys = vec![seal_for(&holder, &data), seal_for(&validator, &data)];
+
+    // What a confidential job must bring.
+    let e = submit_sealed(&alice, &spec, &plain, keys.clone(), Some(shape))
+        .await
+        .err(400);
+    assert!(e.message.contains("must be sealed"), "{e:?}");
+    let e = submit_sealed(&alice, &spec, &data, keys.clone(), None)
+        .await
+        .err(400);
+    assert!(e.message.contains("data_shape"), "{e:?}");
+    let e = submit_sealed(&alice, &spec, &data, Vec::new(), Some(shape))
+        .await
+        .err(400);
+    assert!(e.message.contains("sealed_keys"), "{e:?}");
+    let mut extra = keys.clone();
+    extra.push(seal_for(&outsider, &data));
+    let e = submit_sealed(&alice, &spec, &data, extra, Some(shape))
+        .await
+        .err(400);
+    assert!(e.message.contains("not among privacy.providers"), "{e:?}");
+    let bare = JobKey {
+        provider: keyless.key.provider_id(),
+        sealed_key: keys[0].sealed_key.clone(),
+    };
+    let e = submit_sealed(
+        &alice,
+        &confidential("\"any\""),
+        &data,
+        vec![bare],
+        Some(shape),
+    )
+    .await
+    .err(400);
+    assert!(e.message.contains("announced no encryption key"), "{e:?}");
+    let e = submit_sealed(
+        &alice,
+        &confidential("\"isolated\""),
+        &data,
+        keys.clone(),
+        Some(shape),
+    )
+    .await
+    .err(400);
+    assert!(e.message.contains("isolated"), "{e:?}");
+    let e = submit_sealed(&alice, SPEC, &data, keys.clone(), Some(shape))
+        .await
+        .err(400);
+    assert!(e.message.contains("only for a confidential job"), "{e:?}");
+
+    let spec = format!("{spec}[verification]\nlevel = \"paranoid\"\n");
+    let job: JobView = submit_sealed(&alice, &spec, &data, keys, Some(shape))
+        .await
+        .ok();
+    // Not a key holder: nothing, however often it asks.
+    assert!(outsider.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    assert!(keyless.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a = holder.take().await;
+    assert_eq!(a.job_id, job.id);
+    let opened = a
+        .sealed_key
+        .as_ref()
+        .expect("its sealed key")
+        .open(
+            holder.encryption.as_ref().unwrap(),
+            &holder.key.provider_id(),
+            &a.data_sha256,
+        )
+        .unwrap();
+    assert_eq!(opened, key);
+    // Without a lease, the sealed data is not even readable.
+    let (status, _) = outsider
+        .client
+        .get_bytes(&format!("/v1/blobs/{data}"))
+        .await;
+    assert_eq!(status, 404);
+
+    // A checkpoint in the clear is refused; a sealed one is taken.
+    let clear = checkpoint(&a, b"first");
+    holder.client.upload(&clear).await;
+    let e = holder
+        .commit(&a.task_id, &holder.commit_for(&a, &clear))
+        .await
+        .err(400);
+    assert!(e.message.contains("sealed"), "{e:?}");
+    let sealed = seal_bytes(&key, &clear);
+    holder.client.upload(&sealed).await;
+    holder
+        .commit(&a.task_id, &holder.commit_for(&a, &sealed))
+        .await
+        .ok::<serde_json::Value>();
+
+    // The replay goes to the other key holder, never to the outsider.
+    assert!(outsider.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let r = validator.take().await;
+    assert_eq!(r.kind, TaskKind::Replay);
+    assert!(r
+        .sealed_key
+        .as_ref()
+        .unwrap()
+        .open(
+            validator.encryption.as_ref().unwrap(),
+            &validator.key.provider_id(),
+            &r.data_sha256
+        )
+        .is_ok());
+    // The holder's sealed key does not open for the validator.
+    assert!(a
+        .sealed_key
+        .as_ref()
+        .unwrap()
+        .open(
+            validator.encryption.as_ref().unwrap(),
+            &validator.key.provider_id(),
+            &a.data_sha256
+        )
+        .is_err());
+}

@@ -288,6 +288,8 @@ async fn the_billing_cap_uses_the_proven_speed_not_a_low_claim() {
                 spec_toml: format!("{SPEC}\n[budget]\ntotal_xmr = \"0.01\"\n"),
                 data_sha256: sha,
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await

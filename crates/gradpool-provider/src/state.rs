@@ -356,6 +356,7 @@ mod tests {
                 classes: 2,
             },
             round: None,
+            sealed_key: None,
         }
     }
 

@@ -609,6 +609,10 @@ pub async fn submit_into(
     progress: bool,
 ) -> anyhow::Result<JobView> {
     let spec = JobSpec::from_toml_str(spec_toml)?;
+    if spec.privacy.is_some() {
+        // Nothing of a confidential job may leave this machine unsealed.
+        bail!("privacy.confidential: this gradpool cannot submit confidential jobs yet");
+    }
     let sha =
         super::container::pinned_digest(data, "data", spec.data.sha256.as_ref(), "data.sha256")?;
     if spec.data.format == gradpool_core::spec::DataFormat::Text {
@@ -626,6 +630,8 @@ pub async fn submit_into(
                 spec_toml: spec_toml.to_owned(),
                 data_sha256: sha,
                 booking,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await?;

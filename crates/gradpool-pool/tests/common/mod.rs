@@ -341,6 +341,8 @@ impl Client {
                 spec_toml: spec.to_owned(),
                 data_sha256,
                 booking: None,
+                sealed_keys: Vec::new(),
+                data_shape: None,
             },
         )
         .await

@@ -1,0 +1,160 @@
+//! Confidential jobs at the pool: what it takes of them at submit (a
+//! sealed dataset, the data key sealed to providers the spec allows, the
+//! data's shape from the customer, since the pool cannot read it), and
+//! the sealed keys it relays, each to its provider alone, with a lease
+//! (see `lease::assignment`; the claim leases a confidential job's tasks
+//! only to key holders).
+//!
+//! What the pool sees of a confidential job, and says so in the README:
+//! sizes, timings, losses, and which providers worked on it.
+
+use crate::error::PoolError;
+use crate::Pool;
+use gradpool_core::model::DataShape;
+use gradpool_core::privacy::{looks_sealed, AnnouncedKey, HEADER};
+use gradpool_core::spec::{KeyHolder, KeyHolders, MAX_KEY_HOLDERS};
+use gradpool_core::wire::{JobKey, SubmitJob};
+use gradpool_core::JobSpec;
+use sqlx::SqliteConnection;
+
+impl Pool {
+    /// The sealed keys a submitted job brings, checked against its spec:
+    /// none for a job that is not confidential; for a confidential one,
+    /// one per provider, each allowed by `privacy.providers` and holding
+    /// an announced encryption key, with a sealed dataset and its shape.
+    pub(crate) async fn check_confidential(
+        &self,
+        spec: &JobSpec,
+        req: &SubmitJob,
+    ) -> Result<Vec<JobKey>, PoolError> {
+        let Some(privacy) = &spec.privacy else {
+            if !req.sealed_keys.is_empty() || req.data_shape.is_some() {
+                return Err(PoolError::BadRequest(
+                    "sealed_keys, data_shape: only for a confidential job ([privacy] confidential = true)"
+                        .into(),
+                ));
+            }
+            return Ok(Vec::new());
+        };
+        refuse_unsealable(spec, &privacy.providers)?;
+        if req.sealed_keys.is_empty() || req.sealed_keys.len() > MAX_KEY_HOLDERS {
+            return Err(PoolError::BadRequest(format!(
+                "sealed_keys: a confidential job's data key sealed to 1 to {MAX_KEY_HOLDERS} providers"
+            )));
+        }
+        if req.data_shape.is_none() {
+            return Err(PoolError::BadRequest(
+                "data_shape: required for a confidential job: the pool cannot read its sealed dataset"
+                    .into(),
+            ));
+        }
+        let mut conn = self.inner.db.acquire().await?;
+        for (i, k) in req.sealed_keys.iter().enumerate() {
+            let field = format!("sealed_keys[{i}]");
+            if req.sealed_keys[..i]
+                .iter()
+                .any(|o| o.provider == k.provider)
+            {
+                return Err(PoolError::BadRequest(format!(
+                    "{field}: provider {} twice",
+                    k.provider
+                )));
+            }
+            let announced = announced_key(&mut conn, k.provider.as_str())
+                .await?
+                .ok_or_else(|| {
+                    PoolError::BadRequest(format!(
+                        "{field}: provider {} announced no encryption key",
+                        k.provider
+                    ))
+                })?;
+            if let KeyHolders::Listed(list) = &privacy.providers {
+                let allowed = list.iter().any(|h| match h {
+                    KeyHolder::Id(id) => *id == k.provider,
+                    KeyHolder::Key(key) => *key == announced.key,
+                });
+                if !allowed {
+                    return Err(PoolError::BadRequest(format!(
+                        "{field}: provider {} is not among privacy.providers",
+                        k.provider
+                    )));
+                }
+            }
+        }
+        let head = self.blob_head(&req.data_sha256).await?;
+        if !looks_sealed(&head) {
+            return Err(PoolError::InvalidSpec(
+                "data: a confidential job's dataset must be sealed (`gradpool job submit` seals it)"
+                    .into(),
+            ));
+        }
+        Ok(req.sealed_keys.clone())
+    }
+
+    /// The first bytes of a blob, as many as a sealed file's header.
+    async fn blob_head(&self, sha: &gradpool_core::Sha256Hex) -> Result<Vec<u8>, PoolError> {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(self.inner.blobs.path_of(sha)).await?;
+        let mut head = Vec::with_capacity(HEADER);
+        file.take(HEADER as u64).read_to_end(&mut head).await?;
+        Ok(head)
+    }
+}
+
+/// What a confidential job may not be yet: a container job (its image
+/// and files are not sealed yet), a parallel one (its pseudo-gradients
+/// would travel in the clear), or one for the isolated tier (no pool
+/// certifies it yet).
+fn refuse_unsealable(spec: &JobSpec, holders: &KeyHolders) -> Result<(), PoolError> {
+    let refusal = if spec.container().is_some() {
+        Some("privacy.confidential: a container job cannot be confidential yet (its image and files are not sealed)")
+    } else if spec.parallel.is_some() {
+        Some("privacy.confidential: a parallel job cannot be confidential yet (its pseudo-gradients are not sealed)")
+    } else if *holders == KeyHolders::Isolated {
+        Some("privacy.providers: \"isolated\": this pool certifies no isolated tier yet")
+    } else {
+        None
+    };
+    match refusal {
+        Some(r) => Err(PoolError::InvalidSpec(r.into())),
+        None => Ok(()),
+    }
+}
+
+/// The encryption key `provider` announced, if any.
+async fn announced_key(
+    conn: &mut SqliteConnection,
+    provider: &str,
+) -> Result<Option<AnnouncedKey>, PoolError> {
+    let stored: Option<Option<String>> =
+        sqlx::query_scalar("SELECT encryption_key FROM providers WHERE id = ?")
+            .bind(provider)
+            .fetch_optional(conn)
+            .await?;
+    Ok(stored
+        .flatten()
+        .and_then(|k| serde_json::from_str::<AnnouncedKey>(&k).ok()))
+}
+
+/// Records a confidential job's sealed keys.
+pub(crate) async fn store_keys(
+    conn: &mut SqliteConnection,
+    job: &str,
+    keys: &[JobKey],
+) -> Result<(), PoolError> {
+    for k in keys {
+        sqlx::query("INSERT INTO job_keys (job_id, provider_id, sealed_key) VALUES (?, ?, ?)")
+            .bind(job)
+            .bind(k.provider.as_str())
+            .bind(String::from(k.sealed_key.clone()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The data shape a confidential job's customer declared, which sizes the
+/// model in place of reading the data.
+pub(crate) fn declared_shape(req: &SubmitJob) -> Option<DataShape> {
+    req.data_shape
+}
