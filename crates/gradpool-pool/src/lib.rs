@@ -258,6 +258,7 @@ const LAYERS: &[&str] = &[
     "tx",
     "auth",
     "model",
+    "privacy",
     "queue",
     "presence",
     "proof",
