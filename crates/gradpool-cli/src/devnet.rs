@@ -8,7 +8,8 @@
 //! `--container` trains the example container job instead, its segments
 //! run by the providers under podman and every one of them audited.
 
-use crate::cmd::job::{fetch_model, submit_text};
+use crate::cmd::confidential::KeyStore;
+use crate::cmd::job::{fetch_model_with, submit_into};
 use crate::cmd::local::{sample_text, SHAKESPEARE};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -82,9 +83,15 @@ pub struct DevnetArgs {
     /// `unverified` once this passes).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     audit_deadline_s: u64,
-    /// Keep the pool's database and the providers' directories and logs.
-    #[arg(long)]
-    keep: bool,
+    /// Keep the pool's database and the providers' directories and logs;
+    /// with DIR, copy the pool's data directory to DIR/pool after the run.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    keep: Option<Option<PathBuf>>,
+    /// Train the Shakespeare job as a confidential job: its data sealed
+    /// under a key this devnet's customer makes, the key sealed to the
+    /// providers (`privacy.providers = "any"`), the model opened here.
+    #[arg(long, conflicts_with_all = ["container", "workers", "spec"])]
+    confidential: bool,
     /// Characters of text to sample from the trained model.
     #[arg(long, default_value_t = 400)]
     sample_tokens: usize,
@@ -244,6 +251,12 @@ struct Summary {
     /// A container job's image, by the digest the job pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     image_sha256: Option<String>,
+    /// A confidential job: the pool held only its sealed data and
+    /// checkpoints.
+    confidential: bool,
+    /// The pool's data directory: `--keep DIR`'s copy, else the temporary
+    /// one, gone after the run.
+    pool_data_dir: PathBuf,
 }
 
 /// A parallel job's rounds, as the pool recorded them.
@@ -483,7 +496,7 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     );
 
     let outcome = tokio::select! {
-        r = drive(&a, &pool, &endpoint, &spec_text, &data_path, started, chain.as_ref()) => r,
+        r = drive(&a, &pool, &endpoint, (&spec_text, &data_path, &work_path), started, chain.as_ref()) => r,
         _ = crate::cmd::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
 
@@ -494,9 +507,18 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
     }
     stop_pool.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), pool_task).await;
-    if a.keep {
-        let kept = work.keep();
-        println!("kept       {}", kept.display());
+    match &a.keep {
+        Some(Some(dir)) => {
+            let to = dir.join("pool");
+            copy_dir(&work_path.join("pool"), &to)
+                .with_context(|| format!("cannot keep the pool's data in {}", to.display()))?;
+            println!("kept       the pool's data directory in {}", to.display());
+        }
+        Some(None) => {
+            let kept = work.keep();
+            println!("kept       {}", kept.display());
+        }
+        None => {}
     }
     match outcome {
         Ok(code) => Ok(code),
@@ -506,6 +528,36 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Waits until `n` providers registered with an encryption key.
+async fn wait_for_keys(api: &Api, n: usize) -> anyhow::Result<()> {
+    let waited = Instant::now();
+    loop {
+        let listed: Vec<gradpool_core::wire::ProviderView> = api.get("/v1/providers").await?;
+        if listed.iter().filter(|p| p.encryption_key.is_some()).count() >= n {
+            return Ok(());
+        }
+        if waited.elapsed() > Duration::from_secs(120) {
+            bail!("the providers did not all register with an encryption key within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Copies the directory `from` (files and directories) to `to`.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if entry.file_type()?.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// The example container job's spec (`examples/container-torch/job.toml`),
@@ -647,6 +699,12 @@ fn job_input(a: &DevnetArgs, work: &Path) -> anyhow::Result<(String, PathBuf)> {
         parallel.insert("inner_steps".into(), toml::Value::Integer(inner));
         doc.insert("parallel".into(), toml::Value::Table(parallel));
     }
+    if a.confidential {
+        let mut privacy = toml::Table::new();
+        privacy.insert("confidential".into(), toml::Value::Boolean(true));
+        privacy.insert("providers".into(), toml::Value::String("any".into()));
+        doc.insert("privacy".into(), toml::Value::Table(privacy));
+    }
     // devnet pays its providers: a spec without a budget gets one.
     if !doc.contains_key("budget") {
         let mut budget = toml::Table::new();
@@ -666,8 +724,7 @@ async fn drive(
     a: &DevnetArgs,
     pool: &Pool,
     endpoint: &Endpoint,
-    spec_text: &str,
-    data: &Path,
+    (spec_text, data, work): (&str, &Path, &Path),
     started: Instant,
     chain: Option<&DevChain>,
 ) -> anyhow::Result<ExitCode> {
@@ -730,7 +787,16 @@ async fn drive(
     } else {
         spec_text.to_owned()
     };
-    let job = submit_text(&api, &spec_text, data, true).await?;
+    // A confidential job's data key stays with the customer, here, and
+    // is sealed to the providers registered with a key: all of them.
+    let keys = KeyStore::at(&work.join("keys"));
+    if a.confidential {
+        let agents = a
+            .providers
+            .unwrap_or_else(|| 3.max(a.workers.unwrap_or(0) as usize));
+        wait_for_keys(&api, agents).await?;
+    }
+    let job = submit_into(&api, &spec_text, data, (None, &keys), true).await?;
     println!(
         "job        {}  ({} steps, {} segments of {})\n",
         job.id, job.steps, job.segments_total, job.checkpoint_every
@@ -746,7 +812,7 @@ async fn drive(
     }
     // A parallel job's global checkpoint stays beside the model
     // (`checkpoint.safetensors`): what `bench diloco` evaluates.
-    let (model, _) = fetch_model(&api, &id, &a.out, end.parallel.is_some()).await?;
+    let (model, _) = fetch_model_with(&api, &id, &a.out, end.parallel.is_some(), &keys).await?;
     let segments: Vec<SegmentView> = api.get(&format!("/v1/jobs/{id}/segments")).await?;
     let provider_views: Vec<ProviderView> = api.get("/v1/providers").await?;
     let names: BTreeMap<String, (String, Piconero, String)> = provider_views
@@ -927,6 +993,11 @@ async fn drive(
         parallel,
         runtime: job_spec.runtime().as_str().to_owned(),
         image_sha256,
+        confidential: job_spec.privacy.is_some(),
+        pool_data_dir: match &a.keep {
+            Some(Some(dir)) => dir.join("pool"),
+            _ => work.join("pool"),
+        },
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(
@@ -942,6 +1013,9 @@ async fn drive(
     println!("job           {}", summary.job_id);
     if let Some(image) = &summary.image_sha256 {
         println!("runtime       container, image {image}");
+    }
+    if summary.confidential {
+        println!("privacy       confidential: the pool held the data and checkpoints sealed only");
     }
     println!(
         "steps         {} in {} segments",

@@ -68,6 +68,9 @@ pub struct ProviderFile {
     /// Where container images are kept (default: `images/` in the data
     /// directory).
     pub image_store: Option<PathBuf>,
+    /// Where confidential jobs' plaintext lives while a task runs: a
+    /// tmpfs (default `/dev/shm`).
+    pub plaintext_dir: Option<PathBuf>,
     #[serde(default)]
     pub limits: LimitsFile,
 }

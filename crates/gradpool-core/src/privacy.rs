@@ -113,6 +113,17 @@ impl DataKey {
         &self.0
     }
 
+    /// The key as 64 hex digits, for a key file.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A key from a key file's 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<DataKey> {
+        let bytes: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+        Some(DataKey(bytes))
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&self.0.into())
     }

@@ -1,6 +1,7 @@
 //! The agent's main loop: register, heart-beat, take segments, train them,
 //! commit them.
 
+mod confidential;
 mod container;
 mod round;
 
@@ -66,6 +67,10 @@ pub struct ProviderConfig {
     /// Where the container images are kept: `images/` in the data
     /// directory unless given (agents of one machine may share one).
     pub image_store: Option<PathBuf>,
+    /// Where a confidential job's plaintext (its dataset, checkpoints)
+    /// lives while a task runs: a tmpfs, `/dev/shm` unless given. It is
+    /// never written to the data directory.
+    pub plaintext_dir: Option<PathBuf>,
     /// The owner's limits; outside its schedule the agent finishes what it
     /// runs and takes nothing new.
     pub limits: crate::limits::Limits,
@@ -105,6 +110,7 @@ impl Default for ProviderConfig {
             accept_containers: false,
             image_cache_bytes: DEFAULT_IMAGE_CACHE_BYTES,
             image_store: None,
+            plaintext_dir: None,
             limits: crate::limits::Limits::default(),
             clock: Arc::new(crate::limits::SystemClock),
             #[cfg(feature = "cheat")]
@@ -623,7 +629,12 @@ async fn run_task(
         TaskKind::Train => {}
     }
     let task_dir = shared.dir.begin_task(a)?;
-    let out = task_dir.join("end.safetensors");
+    // A confidential job's plaintext stays on a tmpfs, gone with the task.
+    let plain = confidential::Plain::open(shared, a)?;
+    let out = match &plain {
+        Some(p) => p.path("end.safetensors"),
+        None => task_dir.join("end.safetensors"),
+    };
     let (trained, compute_ms, dedication) = match shared.dir.finished(&a.task_id) {
         Some(trained) => {
             tracing::info!(task = %a.task_id, "segment was trained before the restart; committing it");
@@ -638,7 +649,8 @@ async fn run_task(
             let ran = if spec.container().is_some() {
                 train_container(shared, a, &spec, &task_dir, &out, cancel, step).await?
             } else {
-                train_native(shared, a, &task_dir, &out, cancel, step, foreign).await?
+                let ends = (out.as_path(), plain.as_ref());
+                train_native(shared, a, &task_dir, ends, cancel, step, foreign).await?
             };
             match ran {
                 Some(ran) => ran,
@@ -656,6 +668,7 @@ async fn run_task(
         trained,
         compute_ms,
         dedication,
+        plain: plain.as_ref(),
     };
     commit(shared, a, done, cancel).await
 }
@@ -670,18 +683,13 @@ async fn train_native(
     shared: &Arc<Shared>,
     a: &Assignment,
     task_dir: &std::path::Path,
-    out: &std::path::Path,
+    (out, plain): (&std::path::Path, Option<&confidential::Plain>),
     cancel: &CancellationToken,
     step: &Arc<AtomicU64>,
     foreign: &AtomicU32,
 ) -> Result<Option<Ran>, ProviderError> {
-    let data = fetch(shared, &a.data_sha256).await?;
     let spec = task_dir.join("spec.toml");
-    let start = match (&a.round, &a.start_checkpoint_sha256) {
-        (Some(_), _) => round::start(shared, a, Some((&spec, &data))).await?,
-        (None, Some(sha)) => Some(fetch(shared, sha).await?),
-        (None, None) => None,
-    };
+    let (data, start) = native_inputs(shared, a, &spec, plain).await?;
     let files = SegmentFiles {
         spec,
         data,
@@ -747,6 +755,30 @@ async fn train_native(
     }
 }
 
+/// A native segment's data and start checkpoint: from the blob cache, or
+/// for a confidential job opened into its plaintext directory.
+async fn native_inputs(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    spec: &std::path::Path,
+    plain: Option<&confidential::Plain>,
+) -> Result<(PathBuf, Option<PathBuf>), ProviderError> {
+    let data = fetch(shared, &a.data_sha256).await?;
+    let start = match (&a.round, &a.start_checkpoint_sha256) {
+        (Some(_), _) => round::start(shared, a, Some((spec, &data))).await?,
+        (None, Some(sha)) => Some(fetch(shared, sha).await?),
+        (None, None) => None,
+    };
+    let Some(p) = plain else {
+        return Ok((data, start));
+    };
+    let data = p.opened(&data, "data")?;
+    let start = start
+        .map(|s| p.opened(&s, "start.safetensors"))
+        .transpose()?;
+    Ok((data, start))
+}
+
 /// Trains a container segment in its sandbox; `None` when cancelled.
 async fn train_container(
     shared: &Arc<Shared>,
@@ -790,6 +822,8 @@ struct Done<'a> {
     trained: Trained,
     compute_ms: u64,
     dedication: Option<wire::Dedication>,
+    /// A confidential job's: `out` is plaintext, sent sealed.
+    plain: Option<&'a confidential::Plain>,
 }
 
 /// A parallel job's segment (or its replay) runs as its worker slot, from
@@ -978,6 +1012,7 @@ async fn commit(
         trained,
         compute_ms,
         dedication,
+        plain,
     } = done;
     let Trained {
         losses: loss_trace,
@@ -991,9 +1026,15 @@ async fn commit(
         }
         None => None,
     };
-    let sha = Sha256Hex::of_file(out)
-        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    // H chains the plaintext; a confidential job's pool gets it sealed.
     let hash = commitment::chain_file(out, &a.prev_commitment)
+        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    let sealed = match plain {
+        Some(p) => Some(p.sealed(out, &shared.dir.root().join("blobs"))?),
+        None => None,
+    };
+    let out = sealed.as_ref().map_or(out, |(path, _)| path.as_path());
+    let sha = Sha256Hex::of_file(out)
         .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
     let signed = shared.key.sign_commitment(Commitment {
         job_id: a.job_id.clone(),
@@ -1221,14 +1262,25 @@ async fn replay(
     if spec.container().is_some() {
         return replay_container(shared, a, &spec, &task_dir, target, cancel).await;
     }
-    let data = fetch(shared, &a.data_sha256).await?;
-    let start = match &a.start_checkpoint_sha256 {
-        Some(sha) => Some(fetch(shared, sha).await?),
-        None => None,
+    let plain = confidential::Plain::open(shared, a)?;
+    let spec_path = task_dir.join("spec.toml");
+    let (data, start) = match &a.round {
+        // A replay starts where the segment did, not where its round did.
+        Some(_) => (
+            fetch(shared, &a.data_sha256).await?,
+            match &a.start_checkpoint_sha256 {
+                Some(sha) => Some(fetch(shared, sha).await?),
+                None => None,
+            },
+        ),
+        None => native_inputs(shared, a, &spec_path, plain.as_ref()).await?,
     };
-    let out = task_dir.join("replay.safetensors");
+    let out = match &plain {
+        Some(p) => p.path("replay.safetensors"),
+        None => task_dir.join("replay.safetensors"),
+    };
     let files = SegmentFiles {
-        spec: task_dir.join("spec.toml"),
+        spec: spec_path,
         data: data.clone(),
         start,
         out: out.clone(),
@@ -1257,8 +1309,17 @@ async fn replay(
         .unwrap_or(u64::MAX)
         .saturating_sub(rest_ms)
         .max(1);
-    let sha = Sha256Hex::of_file(&out)
-        .map_err(ProviderError::io(format!("cannot read {}", out.display())))?;
+    // A confidential job's replay is compared sealed: sealing is
+    // deterministic, so the same plaintext gives the claimed digest.
+    let sealed = match &plain {
+        Some(p) => Some(p.sealed(&out, &task_dir)?),
+        None => None,
+    };
+    let sha = match &sealed {
+        Some((_, sha)) => sha.clone(),
+        None => Sha256Hex::of_file(&out)
+            .map_err(ProviderError::io(format!("cannot read {}", out.display())))?,
+    };
     let sent = run.worker.map(|_| run.pseudo_gradient_path());
     let pseudo_gradient_sha256 = match &sent {
         Some(path) => Some(
@@ -1269,6 +1330,10 @@ async fn replay(
     };
     let distance = if cross_class {
         let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
+        let claimed = match &plain {
+            Some(p) => p.opened(&claimed, "claimed.safetensors")?,
+            None => claimed,
+        };
         Some(distance(shared, &files.spec, &data, &out, &claimed).await)
     } else {
         None
@@ -1286,6 +1351,9 @@ async fn replay(
     };
     let reported = send_replay(shared, a, report, cancel).await;
     let _ = std::fs::remove_file(&out);
+    if let Some((path, _)) = sealed {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(path) = sent {
         let _ = std::fs::remove_file(path);
     }

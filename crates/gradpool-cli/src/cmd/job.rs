@@ -1,5 +1,6 @@
 //! `gradpool job …`: the customer's view of training jobs.
 
+use super::confidential::KeyStore;
 use crate::credentials::CustomerArgs;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -435,6 +436,10 @@ pub struct SpecOverrides {
     /// ~/.cache/gradpool/images).
     #[arg(long, value_name = "DIR")]
     pub image_store: Option<PathBuf>,
+    /// A confidential job: where its data key is kept (default
+    /// ~/.gradpool/keys).
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
 }
 
 impl SpecOverrides {
@@ -506,7 +511,55 @@ pub async fn submit(
         }
         None => spec_toml,
     };
-    submit_into(api, &spec_toml, &data, overrides.booking.clone(), progress).await
+    let keys = overrides
+        .keys_dir
+        .as_deref()
+        .map_or_else(KeyStore::default, KeyStore::at);
+    submit_into(
+        api,
+        &spec_toml,
+        &data,
+        (overrides.booking.clone(), &keys),
+        progress,
+    )
+    .await
+}
+
+/// A confidential job: nothing leaves this machine unsealed. The data key
+/// is kept before anything is uploaded, under the sealed dataset's digest,
+/// then under the job's id.
+async fn submit_sealed(
+    api: &Api,
+    (spec_toml, spec): (&str, &JobSpec),
+    data: &Path,
+    (booking, keys): (Option<String>, &KeyStore),
+    progress: bool,
+) -> anyhow::Result<JobView> {
+    let work = tempfile::tempdir().context("cannot make a working directory")?;
+    let sealed = super::confidential::seal_job(api, spec, data, work.path()).await?;
+    let pending = sealed.data_sha256.to_string();
+    keys.save(&pending, &sealed.key)?;
+    upload(api, &sealed.data, &sealed.data_sha256, progress).await?;
+    let job: JobView = api
+        .post(
+            "/v1/jobs",
+            &wire::SubmitJob {
+                spec_toml: spec_toml.to_owned(),
+                data_sha256: sealed.data_sha256.clone(),
+                booking,
+                sealed_keys: sealed.keys.clone(),
+                data_shape: Some(sealed.shape),
+            },
+        )
+        .await?;
+    let kept = keys.rename(&pending, job.id.as_str())?;
+    eprintln!(
+        "confidential: data sealed, its key sealed to {} providers and kept in {} (without it \
+         the job's model cannot be opened)",
+        sealed.keys.len(),
+        kept.display()
+    );
+    Ok(job)
 }
 
 /// Uploads a container spec's image and files (paths relative to `dir`)
@@ -597,21 +650,21 @@ pub async fn submit_text(
     data: &Path,
     progress: bool,
 ) -> anyhow::Result<JobView> {
-    submit_into(api, spec_toml, data, None, progress).await
+    submit_into(api, spec_toml, data, (None, &KeyStore::default()), progress).await
 }
 
-/// Uploads `data` and submits `spec_toml`, into `booking` if given.
+/// Uploads `data` and submits `spec_toml`, into `booking` if given; a
+/// confidential job's data sealed, its key kept in `keys`.
 pub async fn submit_into(
     api: &Api,
     spec_toml: &str,
     data: &Path,
-    booking: Option<String>,
+    (booking, keys): (Option<String>, &KeyStore),
     progress: bool,
 ) -> anyhow::Result<JobView> {
     let spec = JobSpec::from_toml_str(spec_toml)?;
     if spec.privacy.is_some() {
-        // Nothing of a confidential job may leave this machine unsealed.
-        bail!("privacy.confidential: this gradpool cannot submit confidential jobs yet");
+        return submit_sealed(api, (spec_toml, &spec), data, (booking, keys), progress).await;
     }
     let sha =
         super::container::pinned_digest(data, "data", spec.data.sha256.as_ref(), "data.sha256")?;
@@ -712,6 +765,18 @@ pub async fn fetch_model(
     out: &Path,
     keep_checkpoint: bool,
 ) -> anyhow::Result<(PathBuf, FetchSummary)> {
+    fetch_model_with(api, id, out, keep_checkpoint, &KeyStore::default()).await
+}
+
+/// [`fetch_model`], a confidential job's checkpoint opened with its key
+/// from `keys`.
+pub async fn fetch_model_with(
+    api: &Api,
+    id: &str,
+    out: &Path,
+    keep_checkpoint: bool,
+    keys: &KeyStore,
+) -> anyhow::Result<(PathBuf, FetchSummary)> {
     let job: JobView = api.get(&format!("/v1/jobs/{id}")).await?;
     let Some(sha) = job.checkpoint_sha256.clone() else {
         bail!(
@@ -723,7 +788,15 @@ pub async fn fetch_model(
     let spec = JobSpec::from_toml_str(&job.spec_toml)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let ckpt = out.join("checkpoint.safetensors");
-    api.get_blob(&sha, &ckpt).await?;
+    if spec.privacy.is_some() {
+        // Sealed at the pool: opened here, with the key kept at submit.
+        let sealed = out.join("checkpoint.sealed");
+        api.get_blob(&sha, &sealed).await?;
+        super::confidential::open(keys, id, &sealed, &ckpt)?;
+        std::fs::remove_file(&sealed)?;
+    } else {
+        api.get_blob(&sha, &ckpt).await?;
+    }
     let model = out.join("model.safetensors");
     let invalid = || format!("checkpoint {sha} of job {id} is not a valid checkpoint for its spec");
     if spec.container().is_some() {
@@ -781,6 +854,7 @@ mod tests {
             name: Some("quick".into()),
             booking: None,
             image_store: None,
+            keys_dir: None,
         };
         let out = o.apply(spec).unwrap();
         assert!(out.starts_with("# my run\n"), "{out}");

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod bench_verify;
 pub mod book;
+pub mod confidential;
 pub mod container;
 pub mod job;
 pub mod local;

@@ -118,6 +118,10 @@ pub struct RigArgs {
     /// dir); the agents of one machine, one per GPU, may share one.
     #[arg(long, value_name = "DIR")]
     image_store: Option<PathBuf>,
+    /// Where confidential jobs' plaintext lives while a task runs: a tmpfs
+    /// (default /dev/shm); it is never written to the data dir.
+    #[arg(long, value_name = "DIR")]
+    plaintext_dir: Option<PathBuf>,
     /// Percent of the time the device may train (1–100).
     #[arg(long, value_name = "PERCENT")]
     max_gpu_share: Option<u8>,
@@ -402,6 +406,7 @@ struct Settings {
     accept_containers: bool,
     image_cache_gib: u32,
     image_store: Option<PathBuf>,
+    plaintext_dir: Option<PathBuf>,
     limits: gradpool_provider::limits::Limits,
     /// How the pool's certificate is trusted (the flag over the file's
     /// `pool_fingerprint`).
@@ -498,6 +503,7 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
             None => (gradpool_provider::DEFAULT_IMAGE_CACHE_BYTES >> 30) as u32,
         },
         image_store: a.image_store.clone().or(file.image_store),
+        plaintext_dir: a.plaintext_dir.clone().or(file.plaintext_dir),
         limits,
     })
 }
@@ -743,6 +749,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         accept_containers: s.accept_containers,
         image_cache_bytes: u64::from(s.image_cache_gib) << 30,
         image_store: s.image_store,
+        plaintext_dir: s.plaintext_dir,
         limits: s.limits,
         clock: Arc::new(gradpool_provider::limits::SystemClock),
         #[cfg(feature = "cheat")]

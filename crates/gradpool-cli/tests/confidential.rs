@@ -1,0 +1,235 @@
+//! Confidential jobs end to end, with real agents over TLS: the pool's
+//! directory holds no plaintext of the job (its dataset, its
+//! checkpoints, searched for byte by byte), a provider without the key
+//! never trains it, and the customer's fetched model is the model the
+//! same job gives in the clear.
+
+mod common;
+
+use common::*;
+use gradpool_cli::cmd::confidential::KeyStore;
+use gradpool_core::wire::{JobEventKind, JobStatus};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Provider(Child);
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(url: &str, dir: &Path) -> Provider {
+    Provider(
+        Command::new(BIN)
+            .args(["provider", "--pool", url, "--threads", "1", "--name"])
+            .arg(dir.file_name().unwrap())
+            .args(["--price-xmr-per-hour", "0", "--data-dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Where under `dir` some `RUN`-byte run of `secret` lies, if anywhere:
+/// every file, every offset. Runs of one repeated byte (zeros in a
+/// database page) are no secret and are left out.
+const RUN: usize = 64;
+
+fn find_run(dir: &Path, secret: &[u8]) -> Option<(PathBuf, usize)> {
+    let runs: HashSet<&[u8]> = secret
+        .windows(RUN)
+        .filter(|w| w.iter().any(|b| *b != w[0]))
+        .collect();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            // A database's -wal or -shm file may go as it closes: what it
+            // held is in the database then.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            if let Some(at) = bytes.windows(RUN).position(|w| runs.contains(w)) {
+                return Some((path, at));
+            }
+        }
+    }
+    None
+}
+
+/// The tensor bytes of a safetensors file (after its header).
+fn tensor_bytes(file: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_job_leaves_no_plaintext_at_the_pool_and_trains_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_corpus(tmp.path());
+    let plain = tiny_spec("secret", 11, 30, 10);
+    // The same job in the clear, here: the model the pool's run must give.
+    let spec_path = tmp.path().join("plain.toml");
+    std::fs::write(&spec_path, &plain).unwrap();
+    let local = tmp.path().join("local");
+    let run = Command::new(BIN)
+        .arg("train")
+        .arg(&spec_path)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&local)
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let pool_dir = tmp.path().join("pool");
+    let pool = start_pool(&pool_dir, 10).await;
+    let api = customer(&pool).await;
+    let _a = start_agent(&pool.url, &tmp.path().join("holder-a"));
+    let _b = start_agent(&pool.url, &tmp.path().join("holder-b"));
+    let a = provider(&api, "holder-a").await;
+    let b = provider(&api, "holder-b").await;
+    let _outsider = start_agent(&pool.url, &tmp.path().join("outsider"));
+    let outsider = provider(&api, "outsider").await;
+    let spec = format!(
+        "{plain}\n[privacy]\nconfidential = true\nproviders = [\"{}\", \"{}\"]\n",
+        a.id,
+        b.encryption_key.as_ref().unwrap().key
+    );
+    let keys = KeyStore::at(&tmp.path().join("keys"));
+    let job = gradpool_cli::cmd::job::submit_into(&api, &spec, &data, (None, &keys), false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let end = wait_final(&api, &id, Duration::from_secs(180)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    for e in events(&api, &id).await {
+        if let JobEventKind::Assigned { provider, .. } = &e.kind {
+            assert_ne!(
+                *provider, outsider.id,
+                "a provider without the key got the job"
+            );
+        }
+    }
+
+    let fetched = tmp.path().join("fetched");
+    gradpool_cli::cmd::job::fetch_model_with(&api, &id, &fetched, true, &keys)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(fetched.join("model.safetensors")).unwrap()
+            == std::fs::read(local.join("model.safetensors")).unwrap(),
+        "the confidential job's model is not the one the job gives in the clear"
+    );
+    let checkpoint = std::fs::read(fetched.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(
+        checkpoint,
+        std::fs::read(local.join("checkpoint.safetensors")).unwrap()
+    );
+    // Without its key, nothing opens.
+    let e = gradpool_cli::cmd::job::fetch_model_with(
+        &api,
+        &id,
+        &tmp.path().join("keyless"),
+        false,
+        &KeyStore::at(&tmp.path().join("no-keys")),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("data key is not here"), "{e:#}");
+
+    drop(pool);
+    let corpus = std::fs::read(&data).unwrap();
+    assert_eq!(
+        find_run(&pool_dir, &corpus),
+        None,
+        "the dataset in the clear"
+    );
+    assert_eq!(
+        find_run(
+            &pool_dir,
+            &tensor_bytes(&local.join("checkpoint.safetensors"))
+        ),
+        None,
+        "a checkpoint in the clear"
+    );
+    // Nor do the key holders keep any on disk: their plaintext lived on
+    // a tmpfs, removed with each task.
+    for (rig, id) in [("holder-a", &a.id), ("holder-b", &b.id)] {
+        assert_eq!(find_run(&tmp.path().join(rig), &corpus), None, "{rig}");
+        let shm = Path::new("/dev/shm").join(format!("gradpool-{id}"));
+        let left = std::fs::read_dir(&shm).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "{rig} left plaintext in {}", shm.display());
+    }
+    // The search finds what is there.
+    assert!(find_run(&tmp.path().join("local"), &corpus[..4096]).is_none());
+    assert!(find_run(tmp.path(), &corpus[1000..2000]).is_some());
+}
+
+/// `devnet --confidential --keep DIR`: the Shakespeare job, sealed; the
+/// pool's kept data directory holds no 64-byte run of the corpus or of the
+/// trained weights.
+#[test]
+fn devnet_keeps_no_plaintext_of_its_confidential_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (keep, out) = (tmp.path().join("keep"), tmp.path().join("out"));
+    let run = Command::new(BIN)
+        .args([
+            "devnet",
+            "--confidential",
+            "--providers",
+            "2",
+            "--threads",
+            "1",
+        ])
+        .args(["--steps", "20", "--sample-tokens", "20", "--keep"])
+        .arg(&keep)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("privacy       confidential"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["confidential"], true);
+    let pool_dir = PathBuf::from(summary["pool_data_dir"].as_str().unwrap());
+    assert_eq!(pool_dir, keep.join("pool"));
+    assert!(pool_dir.join("blobs").is_dir(), "the kept pool directory");
+    let corpus = gradpool_cli::cmd::local::SHAKESPEARE;
+    assert_eq!(find_run(&pool_dir, corpus), None, "the corpus in the clear");
+    let weights = tensor_bytes(&out.join("model.safetensors"));
+    assert_eq!(
+        find_run(&pool_dir, &weights),
+        None,
+        "the weights in the clear"
+    );
+}
