@@ -24,6 +24,7 @@ impl Drop for Provider {
 }
 
 fn start_agent(url: &str, dir: &Path) -> Provider {
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     Provider(
         Command::new(BIN)
             .args(["provider", "--pool", url, "--threads", "1", "--name"])
@@ -31,8 +32,8 @@ fn start_agent(url: &str, dir: &Path) -> Provider {
             .args(["--price-xmr-per-hour", "0", "--data-dir"])
             .arg(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap(),
     )
@@ -232,4 +233,119 @@ fn devnet_keeps_no_plaintext_of_its_confidential_job() {
         None,
         "the weights in the clear"
     );
+}
+
+/// A sealed key for another provider, one copied from another job, and a
+/// truncated sealed dataset: the key holder's agent refuses each with the
+/// reason, decrypts nothing, and nothing is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misdirected_key_or_a_truncated_dataset_is_refused_and_unpaid() {
+    use gradpool_core::privacy::{seal_bytes, DataKey, SealedKey};
+    use gradpool_core::wire::{JobKey, JobView, SubmitJob};
+    use gradpool_core::Sha256Hex;
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = start_pool(&tmp.path().join("pool"), 10).await;
+    let api = customer(&pool).await;
+    let _a = start_agent(&pool.url, &tmp.path().join("holder"));
+    let holder = provider(&api, "holder").await;
+    let other = gradpool_core::NodeKey::generate().provider_id();
+    let to = holder.encryption_key.as_ref().unwrap().key.clone();
+    let corpus = std::fs::read(small_corpus(tmp.path())).unwrap();
+    let spec = format!(
+        "{}\n[privacy]\nconfidential = true\nproviders = [\"{}\"]\n",
+        tiny_spec("refused", 3, 20, 10),
+        holder.id
+    );
+    let shape = gradpool_core::data::data_shape(
+        &gradpool_core::JobSpec::from_toml_str(&spec).unwrap(),
+        &corpus[..],
+    )
+    .unwrap();
+    let key = DataKey::generate();
+    let sealed = seal_bytes(&key, &corpus);
+    let data = Sha256Hex::of(&sealed);
+    let upload = |bytes: Vec<u8>| {
+        let (api, dir) = (api.clone(), tmp.path().to_owned());
+        async move {
+            let sha = Sha256Hex::of(&bytes);
+            let path = dir.join(sha.as_str());
+            std::fs::write(&path, &bytes).unwrap();
+            api.put_blob(&path, &sha, |_| {}).await.unwrap();
+            sha
+        }
+    };
+    upload(sealed.clone()).await;
+    let truncated = upload(sealed[..sealed.len() - 100].to_vec()).await;
+    let another_job = Sha256Hex::of(b"another job's sealed dataset");
+    let submit = |data: Sha256Hex, sealed_key: SealedKey| {
+        let (api, spec, provider) = (api.clone(), spec.clone(), holder.id.clone());
+        async move {
+            let job: JobView = api
+                .post(
+                    "/v1/jobs",
+                    &SubmitJob {
+                        spec_toml: spec,
+                        data_sha256: data,
+                        booking: None,
+                        sealed_keys: vec![JobKey {
+                            provider,
+                            sealed_key,
+                        }],
+                        data_shape: Some(shape),
+                    },
+                )
+                .await
+                .unwrap();
+            job.id.to_string()
+        }
+    };
+    let cases = [
+        (
+            submit(data.clone(), SealedKey::seal(&key, &other, &to, &data)).await,
+            "for another provider",
+        ),
+        (
+            submit(
+                data.clone(),
+                SealedKey::seal(&key, &holder.id, &to, &another_job),
+            )
+            .await,
+            "for another job",
+        ),
+        (
+            submit(
+                truncated.clone(),
+                SealedKey::seal(&key, &holder.id, &to, &truncated),
+            )
+            .await,
+            "truncated or altered",
+        ),
+    ];
+    for (id, reason) in &cases {
+        let failed = first_event(&api, id, |e| {
+            matches!(e.kind, JobEventKind::TaskFailed { .. })
+        })
+        .await;
+        let JobEventKind::TaskFailed { reason: said, .. } = failed.kind else {
+            unreachable!()
+        };
+        assert!(said.contains(reason), "{id}: {said}");
+        // It would wait for another key holder: cancelled, its events end.
+        let job: JobView = api
+            .post(&format!("/v1/jobs/{id}/cancel"), &())
+            .await
+            .unwrap();
+        assert_eq!(job.segments_done, 0, "{job:?}");
+        assert_eq!(job.spent.0, 0, "{job:?}");
+        assert!(
+            !events(&api, id)
+                .await
+                .iter()
+                .any(|e| matches!(e.kind, JobEventKind::Payment { .. })),
+            "{id}: paid"
+        );
+    }
+    let shm = Path::new("/dev/shm").join(format!("gradpool-{}", holder.id));
+    let left = std::fs::read_dir(&shm).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "plaintext left in {}", shm.display());
 }

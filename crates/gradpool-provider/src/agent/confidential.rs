@@ -30,6 +30,10 @@ impl Drop for Plain {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a confidential task's plaintext");
             }
         }
+        // The agent's own directory too, once no task of its is left.
+        if let Some(agent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(agent);
+        }
     }
 }
 
