@@ -149,6 +149,29 @@ async fn a_confidential_job_leaves_no_plaintext_at_the_pool_and_trains_the_same_
         checkpoint,
         std::fs::read(local.join("checkpoint.safetensors")).unwrap()
     );
+    // job verify opens the sealed checkpoints with the kept key: every
+    // segment's H over the plaintext, three replays matching exactly.
+    let work = tmp.path().join("verify");
+    let opts = gradpool_cli::cmd::verify::VerifyOptions {
+        segments: 3,
+        threads: Some(1),
+        program: BIN.into(),
+        work_dir: work,
+        image_store: tmp.path().join("images"),
+        keys: keys.clone(),
+    };
+    let report = gradpool_cli::cmd::verify::verify_job(&api, &id, &opts)
+        .await
+        .unwrap();
+    assert!(report.pass, "{report:#?}");
+    assert_eq!(report.replayed, 3);
+    for s in &report.segments {
+        assert_eq!(
+            (s.chain.as_str(), s.replay.as_str()),
+            ("ok", "exact match"),
+            "{s:?}"
+        );
+    }
     // Without its key, nothing opens.
     let e = gradpool_cli::cmd::job::fetch_model_with(
         &api,

@@ -49,6 +49,10 @@ pub enum JobCommand {
         /// Also keep the full final checkpoint (weights and optimizer state).
         #[arg(long)]
         checkpoint: bool,
+        /// Where a confidential job's data key was kept at submit (default
+        /// ~/.gradpool/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
         #[command(flatten)]
         customer: CustomerArgs,
     },
@@ -80,6 +84,10 @@ pub enum JobCommand {
         /// `~/.cache/gradpool/images`).
         #[arg(long, value_name = "DIR")]
         image_store: Option<PathBuf>,
+        /// Where a confidential job's data key was kept at submit (default
+        /// ~/.gradpool/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -123,10 +131,14 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             id,
             out,
             checkpoint,
+            keys_dir,
             customer,
         } => {
             let api = customer.api()?;
-            let (path, summary) = fetch_model(&api, &id, &out, checkpoint).await?;
+            let keys = keys_dir
+                .as_deref()
+                .map_or_else(KeyStore::default, KeyStore::at);
+            let (path, summary) = fetch_model_with(&api, &id, &out, checkpoint, &keys).await?;
             println!(
                 "wrote {} and summary.json: the checkpoint of step {}/{} (loss {}{}) of a {} job",
                 path.display(),
@@ -298,6 +310,7 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
             segments,
             threads,
             image_store,
+            keys_dir,
             json,
             customer,
         } => {
@@ -309,6 +322,9 @@ pub async fn run(c: JobCommand) -> anyhow::Result<ExitCode> {
                 program: std::env::current_exe()?,
                 work_dir: work.path().to_owned(),
                 image_store: image_store.unwrap_or_else(super::container::default_image_store),
+                keys: keys_dir
+                    .as_deref()
+                    .map_or_else(KeyStore::default, KeyStore::at),
             };
             let report = super::verify::verify_job(&api, &id, &opts).await?;
             if json {

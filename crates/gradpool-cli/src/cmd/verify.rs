@@ -50,6 +50,8 @@ pub struct VerifyOptions {
     pub work_dir: PathBuf,
     /// Where a container job's image is loaded to replay its segments.
     pub image_store: PathBuf,
+    /// Where a confidential job's data key was kept at submit.
+    pub keys: super::confidential::KeyStore,
 }
 
 /// The verdict on one segment.
@@ -190,10 +192,21 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
 
     let sample = draw(segments.len(), opts.segments);
     let data = opts.work_dir.join("data");
+    // A confidential job's sealed files are opened here, with its key.
+    let key = match spec.privacy {
+        Some(_) => Some(opts.keys.load(id)?),
+        None => None,
+    };
     if !sample.is_empty() || !rounds.is_empty() {
-        api.get_blob(&job.data_sha256, &data)
+        let sealed = data.with_extension("sealed");
+        let got = if key.is_some() { &sealed } else { &data };
+        api.get_blob(&job.data_sha256, got)
             .await
             .with_context(|| format!("cannot download the data of job {id}"))?;
+        if let Some(key) = &key {
+            gradpool_core::privacy::open_file(key, &sealed, &data)
+                .with_context(|| format!("cannot open the sealed data of job {id}"))?;
+        }
     }
     let spec_path = opts.work_dir.join("spec.toml");
     std::fs::write(&spec_path, &job.spec_toml)?;
@@ -214,8 +227,15 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
     let initial = initial_checkpoint(api, &spec, &opts.work_dir).await?;
     for &i in &sample {
         let s = &segments[i];
-        let Some((end, start, slot)) =
-            replay_inputs(api, opts, s, &expected[i], &class, &mut checks[i]).await
+        let Some((end, start, slot)) = replay_inputs(
+            api,
+            (opts, key.as_ref()),
+            s,
+            &expected[i],
+            &class,
+            &mut checks[i],
+        )
+        .await
         else {
             continue;
         };
@@ -356,7 +376,7 @@ fn chain_checks(
 /// be replayed.
 async fn replay_inputs(
     api: &Api,
-    opts: &VerifyOptions,
+    (opts, key): (&VerifyOptions, Option<&gradpool_core::privacy::DataKey>),
     s: &SegmentView,
     want: &Expected,
     class: &str,
@@ -372,9 +392,21 @@ async fn replay_inputs(
     // A parallel job's worker keeps its checkpoints until the pool
     // asks for one (an audit, a slot's move): it may not be there.
     let worker = s.commitment.commitment.pseudo_gradient_sha256.is_some();
-    check.checkpoint = match download(api, &s.checkpoint_sha256, &end).await {
-        Ok(()) => match commitment::chain_file(&end, &prev) {
-            Ok(h) if h == s.commitment.commitment.hash => "ok".to_owned(),
+    // A confidential job's H chains the plaintext: the sealed file opened.
+    let downloaded = async {
+        download(api, &s.checkpoint_sha256, &end).await?;
+        match key {
+            Some(key) => opened(key, &end),
+            None => Ok(end.clone()),
+        }
+    };
+    let mut end = end.clone();
+    check.checkpoint = match downloaded.await {
+        Ok(plain) => match commitment::chain_file(&plain, &prev) {
+            Ok(h) if h == s.commitment.commitment.hash => {
+                end = plain;
+                "ok".to_owned()
+            }
             Ok(_) => "H does not match the checkpoint's bytes".to_owned(),
             Err(e) => format!("cannot hash: {e}"),
         },
@@ -393,7 +425,12 @@ async fn replay_inputs(
     let mut inputs = Vec::new();
     for sha in [&want.start, &want.slot] {
         inputs.push(match sha {
-            Some(sha) => match cached(api, sha, &opts.work_dir).await {
+            Some(sha) => match cached(api, sha, &opts.work_dir)
+                .await
+                .and_then(|path| match key {
+                    Some(key) => opened(key, &path),
+                    None => Ok(path),
+                }) {
                 Ok(path) => Some(path),
                 Err(e) if worker && e == MISSING => {
                     check.replay = format!("not run: the slot's checkpoint is {KEPT}");
@@ -413,6 +450,14 @@ async fn replay_inputs(
     let slot = inputs.pop().flatten();
     let start = inputs.pop().flatten();
     Some((end, start, slot))
+}
+
+/// The sealed file `sealed` opened with `key` beside it.
+fn opened(key: &gradpool_core::privacy::DataKey, sealed: &Path) -> Result<PathBuf, String> {
+    let plain = sealed.with_extension("plain.safetensors");
+    gradpool_core::privacy::open_file(key, sealed, &plain)
+        .map_err(|e| format!("does not open with the job's data key: {e}"))?;
+    Ok(plain)
 }
 
 /// A blob in the work directory under its digest, downloaded once.
@@ -718,6 +763,10 @@ async fn replay_segment(
     }
     if s.commitment.commitment.class == class {
         let sha = Sha256Hex::of_file(&out)?;
+        // A confidential job's claim was opened: compared in the clear.
+        if spec.privacy.is_some() {
+            return Ok(by_hash(&sha, &Sha256Hex::of_file(claimed)?));
+        }
         if let Some(claimed) = &s.commitment.commitment.pseudo_gradient_sha256 {
             let sent = Sha256Hex::of_file(&run.pseudo_gradient_path())?;
             if &sent != claimed {
