@@ -42,11 +42,24 @@ impl Pool {
                 "sealed_keys: a confidential job's data key sealed to 1 to {MAX_KEY_HOLDERS} providers"
             )));
         }
-        if req.data_shape.is_none() {
-            return Err(PoolError::BadRequest(
-                "data_shape: required for a confidential job: the pool cannot read its sealed dataset"
-                    .into(),
-            ));
+        match req.data_shape {
+            None => {
+                return Err(PoolError::BadRequest(
+                    "data_shape: required for a confidential job: the pool cannot read its sealed dataset"
+                        .into(),
+                ))
+            }
+            Some(DataShape::Text { vocab_size: 0 }) => {
+                return Err(PoolError::BadRequest(
+                    "data_shape.vocab_size: at least 1".into(),
+                ))
+            }
+            Some(DataShape::Csv { inputs, classes }) if inputs == 0 || classes < 2 => {
+                return Err(PoolError::BadRequest(
+                    "data_shape: at least 1 input column and 2 classes".into(),
+                ))
+            }
+            Some(_) => {}
         }
         let mut conn = self.inner.db.acquire().await?;
         for (i, k) in req.sealed_keys.iter().enumerate() {
@@ -153,8 +166,9 @@ pub(crate) async fn store_keys(
     Ok(())
 }
 
-/// The data shape a confidential job's customer declared, which sizes the
-/// model in place of reading the data.
+/// The data shape a confidential job's customer declared (checked by
+/// [`Pool::check_confidential`]), which sizes the model in place of
+/// reading the data.
 pub(crate) fn declared_shape(req: &SubmitJob) -> Option<DataShape> {
     req.data_shape
 }

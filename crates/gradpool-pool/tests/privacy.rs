@@ -140,6 +140,19 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
         .await
         .err(400);
     assert!(e.message.contains("data_shape"), "{e:?}");
+    let empty = gradpool_core::model::DataShape::Text { vocab_size: 0 };
+    let e = submit_sealed(&alice, &spec, &data, keys.clone(), Some(empty))
+        .await
+        .err(400);
+    assert!(e.message.contains("data_shape.vocab_size"), "{e:?}");
+    // A vocabulary no device could hold is refused by its size.
+    let huge = gradpool_core::model::DataShape::Text {
+        vocab_size: usize::MAX,
+    };
+    let e = submit_sealed(&alice, &spec, &data, keys.clone(), Some(huge))
+        .await
+        .err(400);
+    assert_eq!(e.code, "invalid_spec", "{e:?}");
     let e = submit_sealed(&alice, &spec, &data, Vec::new(), Some(shape))
         .await
         .err(400);
