@@ -71,6 +71,9 @@ pub struct ProviderFile {
     /// Where confidential jobs' plaintext lives while a task runs: a
     /// tmpfs (default `/dev/shm`).
     pub plaintext_dir: Option<PathBuf>,
+    /// `"isolated"`: run the isolated tier's host checks and send them,
+    /// signed, with every registration, for the operator to certify.
+    pub tier: Option<Tier>,
     #[serde(default)]
     pub limits: LimitsFile,
 }
@@ -196,4 +199,14 @@ mod tests {
             .to_string();
         assert!(e.starts_with("min_price_xmr_per_hour"), "{e}");
     }
+}
+
+/// A provider tier its owner asks for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// A dedicated, locked-down machine for confidential work.
+    Isolated,
 }

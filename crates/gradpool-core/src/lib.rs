@@ -30,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod commitment;
+pub mod compliance;
 pub mod container;
 pub mod data;
 pub mod delta;

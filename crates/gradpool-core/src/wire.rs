@@ -544,6 +544,10 @@ pub struct ProviderView {
     /// [`crate::privacy::AnnouncedKey`]): check it before sealing to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key: Option<crate::privacy::AnnouncedKey>,
+    /// The latest host compliance report it sent (the isolated tier's
+    /// evidence), signed by its node key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<crate::compliance::SignedCompliance>,
     /// Audits passed since the last fault (trained segments replayed with a
     /// match, and replays of its own that were right).
     #[serde(default)]
@@ -619,6 +623,10 @@ pub struct Register {
     /// data keys are sealed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key: Option<crate::privacy::AnnouncedKey>,
+    /// A provider started for the isolated tier: its host compliance
+    /// report, signed by its node key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<crate::compliance::SignedCompliance>,
 }
 
 fn yes() -> bool {

@@ -72,6 +72,19 @@ impl Pool {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
+        if let Some(c) = &req.compliance {
+            c.report.check().map_err(PoolError::BadRequest)?;
+            if !c.is_signed_by(&req.public_key) {
+                return Err(PoolError::BadRequest(
+                    "compliance: not signed by this provider's node key".into(),
+                ));
+            }
+        }
+        let compliance = req
+            .compliance
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         let token = new_session_token();
         let hardware = serde_json::to_string(&req.hardware)?;
         let memory = i64::try_from(req.hardware.memory_bytes).unwrap_or(i64::MAX);
@@ -81,12 +94,12 @@ impl Pool {
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
              registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region, containers, \
-             host_memory_bytes, encryption_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+             host_memory_bytes, encryption_key, compliance) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
              ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
              class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
              validate = ?12, trains = ?13, region = ?14, containers = ?15, host_memory_bytes = ?16, \
-             encryption_key = ?17",
+             encryption_key = ?17, compliance = ?18",
         )
         .bind(provider.as_str())
         .bind(req.public_key.to_string())
@@ -105,6 +118,7 @@ impl Pool {
         .bind(req.containers)
         .bind(i64::try_from(req.hardware.host_memory()).unwrap_or(i64::MAX))
         .bind(encryption_key)
+        .bind(compliance)
         .execute(w.conn())
         .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")

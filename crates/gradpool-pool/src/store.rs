@@ -626,6 +626,7 @@ struct ProviderRow {
     trains: bool,
     containers: bool,
     encryption_key: Option<String>,
+    compliance: Option<String>,
     paused: Option<String>,
     held: Option<String>,
     duplicate_of: Option<String>,
@@ -655,7 +656,7 @@ pub async fn providers(
     sampling: Sampling,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
-        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
+        "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.compliance, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
@@ -715,6 +716,10 @@ pub async fn providers(
                     .encryption_key
                     .as_deref()
                     .and_then(|k| serde_json::from_str(k).ok()),
+                compliance: r
+                    .compliance
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok()),
                 streak: to_u64(r.streak),
                 faults: to_u64(r.faults),
                 reputation: reputation(to_u64(r.streak)),

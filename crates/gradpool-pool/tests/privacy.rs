@@ -260,3 +260,58 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
         )
         .is_err());
 }
+
+/// A provider started for the isolated tier sends its host compliance
+/// report signed by its node key; the pool shows it, and refuses one
+/// another key signed or one edited after signing.
+#[tokio::test]
+async fn an_isolated_providers_signed_compliance_report_is_shown_as_sent() {
+    use gradpool_core::compliance::{Check, CheckName, ComplianceReport};
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let p = tp.provider("workstation").await;
+    let report = ComplianceReport {
+        time: 1_765_000_000,
+        checks: CheckName::ALL
+            .iter()
+            .map(|n| Check {
+                name: *n,
+                passed: *n != CheckName::SecureBoot,
+                detail: "checked".into(),
+            })
+            .collect(),
+        attestation: None,
+    };
+    let mut body = p.register_body(vec![]).await;
+    body.compliance = Some(report.clone().sign(&NodeKey::generate()));
+    let e = p
+        .client
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+    assert!(e.message.contains("compliance"), "{e:?}");
+    let mut body = p.register_body(vec![]).await;
+    let mut edited = report.clone().sign(&p.key);
+    edited.report.checks[5].passed = true;
+    body.compliance = Some(edited);
+    p.client
+        .post("/v1/providers/register", &body)
+        .await
+        .err(400);
+
+    let mut body = p.register_body(vec![]).await;
+    body.compliance = Some(report.clone().sign(&p.key));
+    p.client
+        .post("/v1/providers/register", &body)
+        .await
+        .ok::<serde_json::Value>();
+    let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    let shown = listed
+        .iter()
+        .find(|v| v.id == p.key.provider_id())
+        .and_then(|v| v.compliance.clone())
+        .expect("the report");
+    assert!(shown.is_signed_by(&p.key.public_key()));
+    assert_eq!(shown.report, report);
+    assert_eq!(shown.report.failures(), ["secure_boot"]);
+}

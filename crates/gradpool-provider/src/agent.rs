@@ -71,6 +71,9 @@ pub struct ProviderConfig {
     /// lives while a task runs: a tmpfs, `/dev/shm` unless given. It is
     /// never written to the data directory.
     pub plaintext_dir: Option<PathBuf>,
+    /// Started for the isolated tier (`tier = "isolated"`): the host's
+    /// compliance checks run at every registration and go with it, signed.
+    pub isolated: bool,
     /// The owner's limits; outside its schedule the agent finishes what it
     /// runs and takes nothing new.
     pub limits: crate::limits::Limits,
@@ -111,6 +114,7 @@ impl Default for ProviderConfig {
             image_cache_bytes: DEFAULT_IMAGE_CACHE_BYTES,
             image_store: None,
             plaintext_dir: None,
+            isolated: false,
             limits: crate::limits::Limits::default(),
             clock: Arc::new(crate::limits::SystemClock),
             #[cfg(feature = "cheat")]
@@ -500,6 +504,14 @@ async fn register(
                     &shared.key,
                     &shared.encryption,
                 )),
+                compliance: shared.config.isolated.then(|| {
+                    crate::compliance::run_checks(
+                        &crate::compliance::SystemHost,
+                        &shared.config.data_dir,
+                        time,
+                    )
+                    .sign(&shared.key)
+                }),
             };
             api.register(&req).await
         };

@@ -29,6 +29,7 @@
 pub mod agent;
 #[cfg(feature = "cheat")]
 pub mod cheat;
+pub mod compliance;
 pub mod container;
 pub mod device;
 pub mod gpu;

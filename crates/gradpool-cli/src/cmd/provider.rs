@@ -122,6 +122,11 @@ pub struct RigArgs {
     /// (default /dev/shm); it is never written to the data dir.
     #[arg(long, value_name = "DIR")]
     plaintext_dir: Option<PathBuf>,
+    /// `isolated`: run the isolated tier's host checks (encrypted data
+    /// dir, swap, listeners, users, lockdown, Secure Boot, IOMMU) and send
+    /// them, signed, with every registration.
+    #[arg(long, value_enum)]
+    tier: Option<crate::provider_config::Tier>,
     /// Percent of the time the device may train (1–100).
     #[arg(long, value_name = "PERCENT")]
     max_gpu_share: Option<u8>,
@@ -407,6 +412,7 @@ struct Settings {
     image_cache_gib: u32,
     image_store: Option<PathBuf>,
     plaintext_dir: Option<PathBuf>,
+    isolated: bool,
     limits: gradpool_provider::limits::Limits,
     /// How the pool's certificate is trusted (the flag over the file's
     /// `pool_fingerprint`).
@@ -504,6 +510,7 @@ fn settings(a: &RigArgs) -> anyhow::Result<Settings> {
         },
         image_store: a.image_store.clone().or(file.image_store),
         plaintext_dir: a.plaintext_dir.clone().or(file.plaintext_dir),
+        isolated: a.tier.or(file.tier) == Some(crate::provider_config::Tier::Isolated),
         limits,
     })
 }
@@ -750,6 +757,7 @@ async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         image_cache_bytes: u64::from(s.image_cache_gib) << 30,
         image_store: s.image_store,
         plaintext_dir: s.plaintext_dir,
+        isolated: s.isolated,
         limits: s.limits,
         clock: Arc::new(gradpool_provider::limits::SystemClock),
         #[cfg(feature = "cheat")]

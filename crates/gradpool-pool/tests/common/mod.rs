@@ -468,6 +468,7 @@ impl TestProvider {
                 .encryption
                 .as_ref()
                 .map(|k| gradpool_core::privacy::AnnouncedKey::announce(&self.key, k)),
+            compliance: None,
         }
     }
 
