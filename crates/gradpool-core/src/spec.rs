@@ -332,6 +332,9 @@ pub struct Resources {
     /// Train only on providers whose owners declared this region (in
     /// their provider config): keeps a parallel job's workers close.
     pub region: Option<String>,
+    /// Train only on providers the pool's operator certified into this
+    /// tier (`"isolated"`), their certification unexpired.
+    pub tier: Option<crate::state::ProviderTier>,
 }
 
 /// What is wrong with a region name, if anything: 1 to 32 characters of

@@ -289,6 +289,13 @@ states! {
         Container = "container",
     }
 
+    /// A tier an operator certifies providers into.
+    ProviderTier ("provider tier") {
+        /// Dedicated, locked-down machines for confidential work, their
+        /// host checks reviewed by the operator.
+        Isolated = "isolated",
+    }
+
     /// What a container job's blob is to it, besides its data.
     JobBlobRole ("job blob role") {
         /// The OCI archive (`container.image_sha256`).

@@ -109,6 +109,14 @@ pub struct SubmitJob {
     pub data_shape: Option<crate::model::DataShape>,
 }
 
+/// A provider's certification into a tier, as anyone sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedTier {
+    pub tier: crate::state::ProviderTier,
+    /// When it ends, RFC 3339.
+    pub expires_at: String,
+}
+
 /// A confidential job's data key, sealed to one provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobKey {
@@ -548,6 +556,9 @@ pub struct ProviderView {
     /// evidence), signed by its node key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compliance: Option<crate::compliance::SignedCompliance>,
+    /// The tier the pool's operator certified it into, while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CertifiedTier>,
     /// Audits passed since the last fault (trained segments replayed with a
     /// match, and replays of its own that were right).
     #[serde(default)]

@@ -112,8 +112,8 @@ impl Pool {
             "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, status, \
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
              max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
-             min_workers, region, runtime, confidential) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             min_workers, region, runtime, confidential, tier) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -140,6 +140,7 @@ impl Pool {
         .bind(spec.resources.region.as_deref())
         .bind(spec.runtime().as_str())
         .bind(spec.privacy.is_some())
+        .bind(crate::privacy::tier_of(&spec).map(|t| t.as_str()))
         .execute(w.conn())
         .await?;
         crate::privacy::store_keys(w.conn(), id.as_str(), &sealed_keys).await?;

@@ -10,6 +10,7 @@
 //! Task statuses: `queued`, `leased`, `committed`, `expired`, `released`
 //! (handed back by a pausing provider), `failed`, `cancelled`.
 
+use crate::certification::HOLDS_TIER;
 use crate::error::PoolError;
 use crate::queue::{job_of, leased_task};
 use crate::store::{self, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
@@ -386,6 +387,7 @@ impl Pool {
                            AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
                            AND (j.runtime = 'native' OR ?7) \
                            AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                           AND {HOLDS_TIER} \
                            AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
                                            WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
@@ -412,6 +414,7 @@ impl Pool {
                            AND (j.region IS NULL OR j.region = ?9) \
                            AND (j.runtime = 'native' OR ?12) \
                            AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                           AND {HOLDS_TIER} \
                            AND NOT (t.round IS NOT NULL AND t.updated_at > ?11 \
                                AND t.job_id IN (SELECT value FROM json_each(?10))) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
@@ -448,6 +451,7 @@ impl Pool {
                                AND f.round = t.round AND f.status = 'failed' AND f.provider_id = ?1) \
                            AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
                            AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                           AND {HOLDS_TIER} \
                            AND (t.updated_at <= ?5 OR NOT EXISTS (SELECT 1 FROM outer_steps p \
                                JOIN providers q ON q.id = p.provider_id \
                                WHERE p.job_id = t.job_id AND p.round = t.round - 1 AND p.discarded_at IS NULL \

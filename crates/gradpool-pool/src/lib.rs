@@ -49,6 +49,7 @@ pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod booking;
+pub mod certification;
 pub mod challenge;
 pub mod clock;
 pub mod commit;
@@ -252,6 +253,7 @@ const LAYERS: &[&str] = &[
     "ledger",
     "error",
     "store",
+    "certification",
     "challenge",
     "throttle",
     "tls",

@@ -13,6 +13,7 @@ use crate::Pool;
 use gradpool_core::model::DataShape;
 use gradpool_core::privacy::{looks_sealed, AnnouncedKey, HEADER};
 use gradpool_core::spec::{KeyHolder, KeyHolders, MAX_KEY_HOLDERS};
+use gradpool_core::state::ProviderTier;
 use gradpool_core::wire::{JobKey, SubmitJob};
 use gradpool_core::JobSpec;
 use sqlx::SqliteConnection;
@@ -36,7 +37,7 @@ impl Pool {
             }
             return Ok(Vec::new());
         };
-        refuse_unsealable(spec, &privacy.providers)?;
+        refuse_unsealable(spec)?;
         if req.sealed_keys.is_empty() || req.sealed_keys.len() > MAX_KEY_HOLDERS {
             return Err(PoolError::BadRequest(format!(
                 "sealed_keys: a confidential job's data key sealed to 1 to {MAX_KEY_HOLDERS} providers"
@@ -81,6 +82,16 @@ impl Pool {
                         k.provider
                     ))
                 })?;
+            if privacy.providers == KeyHolders::Isolated
+                && crate::certification::current(&mut conn, k.provider.as_str(), self.now())
+                    .await?
+                    .is_none_or(|(tier, _)| tier != ProviderTier::Isolated)
+            {
+                return Err(PoolError::BadRequest(format!(
+                    "{field}: provider {} is not certified into the isolated tier",
+                    k.provider
+                )));
+            }
             if let KeyHolders::Listed(list) = &privacy.providers {
                 let allowed = list.iter().any(|h| match h {
                     KeyHolder::Id(id) => *id == k.provider,
@@ -115,16 +126,13 @@ impl Pool {
 }
 
 /// What a confidential job may not be yet: a container job (its image
-/// and files are not sealed yet), a parallel one (its pseudo-gradients
-/// would travel in the clear), or one for the isolated tier (no pool
-/// certifies it yet).
-fn refuse_unsealable(spec: &JobSpec, holders: &KeyHolders) -> Result<(), PoolError> {
+/// and files are not sealed yet) or a parallel one (its pseudo-gradients
+/// would travel in the clear).
+fn refuse_unsealable(spec: &JobSpec) -> Result<(), PoolError> {
     let refusal = if spec.container().is_some() {
         Some("privacy.confidential: a container job cannot be confidential yet (its image and files are not sealed)")
     } else if spec.parallel.is_some() {
         Some("privacy.confidential: a parallel job cannot be confidential yet (its pseudo-gradients are not sealed)")
-    } else if *holders == KeyHolders::Isolated {
-        Some("privacy.providers: \"isolated\": this pool certifies no isolated tier yet")
     } else {
         None
     };
@@ -171,4 +179,17 @@ pub(crate) async fn store_keys(
 /// reading the data.
 pub(crate) fn declared_shape(req: &SubmitJob) -> Option<DataShape> {
     req.data_shape
+}
+
+/// The tier a job's providers must hold: its `resources.tier`, or the
+/// isolated tier for a confidential job whose key holders are
+/// `"isolated"`.
+pub(crate) fn tier_of(spec: &JobSpec) -> Option<ProviderTier> {
+    let isolated = spec
+        .privacy
+        .as_ref()
+        .is_some_and(|p| p.providers == KeyHolders::Isolated);
+    spec.resources
+        .tier
+        .or(isolated.then_some(ProviderTier::Isolated))
 }

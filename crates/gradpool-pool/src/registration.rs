@@ -121,6 +121,8 @@ impl Pool {
         .bind(compliance)
         .execute(w.conn())
         .await?;
+        crate::certification::registered(w.conn(), provider.as_str(), req.compliance.as_ref(), now)
+            .await?;
         sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")
             .bind(provider.as_str())
             .execute(w.conn())

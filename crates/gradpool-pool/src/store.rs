@@ -627,6 +627,8 @@ struct ProviderRow {
     containers: bool,
     encryption_key: Option<String>,
     compliance: Option<String>,
+    certified: Option<String>,
+    certified_until: Option<i64>,
     paused: Option<String>,
     held: Option<String>,
     duplicate_of: Option<String>,
@@ -658,6 +660,10 @@ pub async fn providers(
     let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
         "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.compliance, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
+           (SELECT tier FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
+              AND c.expires_at > ?1 ORDER BY c.expires_at DESC LIMIT 1) AS certified, \
+           (SELECT MAX(expires_at) FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
+              AND c.expires_at > ?1) AS certified_until, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
               WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked, \
@@ -720,6 +726,15 @@ pub async fn providers(
                     .compliance
                     .as_deref()
                     .and_then(|c| serde_json::from_str(c).ok()),
+                tier: match (r.certified.as_deref(), r.certified_until) {
+                    (Some(tier), Some(until)) => Some(gradpool_core::wire::CertifiedTier {
+                        tier: tier
+                            .parse()
+                            .map_err(|e| PoolError::Internal(format!("stored tier: {e}")))?,
+                        expires_at: rfc3339(until),
+                    }),
+                    _ => None,
+                },
                 streak: to_u64(r.streak),
                 faults: to_u64(r.faults),
                 reputation: reputation(to_u64(r.streak)),
@@ -755,10 +770,11 @@ mod tests {
     async fn every_state_column_checks_exactly_its_enums_spellings() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("pool.db")).await.unwrap();
-        let columns: [(&str, &str, String); 17] = [
+        let columns: [(&str, &str, String); 18] = [
             ("jobs", "status", JobStatus::check_list()),
             ("jobs", "runtime", Runtime::check_list()),
             ("job_blobs", "role", JobBlobRole::check_list()),
+            ("certifications", "tier", ProviderTier::check_list()),
             (
                 "jobs",
                 "verification",

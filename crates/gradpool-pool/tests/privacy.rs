@@ -315,3 +315,109 @@ async fn an_isolated_providers_signed_compliance_report_is_shown_as_sent() {
     assert_eq!(shown.report, report);
     assert_eq!(shown.report.failures(), ["secure_boot"]);
 }
+
+/// A compliance report where every check passes but `failing`.
+fn report(
+    failing: Option<gradpool_core::compliance::CheckName>,
+) -> gradpool_core::compliance::ComplianceReport {
+    use gradpool_core::compliance::{Check, CheckName, ComplianceReport};
+    ComplianceReport {
+        time: 1_765_000_000,
+        checks: CheckName::ALL
+            .iter()
+            .map(|n| Check {
+                name: *n,
+                passed: Some(*n) != failing,
+                detail: "checked".into(),
+            })
+            .collect(),
+        attestation: None,
+    }
+}
+
+/// Re-registers `p` with `r`, signed.
+async fn report_as(p: &mut TestProvider, r: gradpool_core::compliance::ComplianceReport) {
+    let mut body = p.register_body(vec![]).await;
+    body.compliance = Some(r.sign(&p.key));
+    let reg: gradpool_core::wire::Registered =
+        p.client.post("/v1/providers/register", &body).await.ok();
+    p.client.token = Some(reg.token);
+}
+
+/// The operator certifies a provider whose report passes, for a time;
+/// a job asking for the isolated tier goes only to it; its first failing
+/// report loses the tier (no new work reaches it), and an expired
+/// certification stops matching.
+#[tokio::test]
+async fn a_certified_workstation_alone_gets_isolated_work_until_it_fails_or_expires() {
+    use gradpool_core::compliance::CheckName;
+    use gradpool_core::state::ProviderTier;
+    use gradpool_core::wire::JobView;
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let mut station = tp.provider("station").await;
+    let mut other = tp.provider("other").await;
+    let id = station.key.provider_id();
+    // No report, or a failing one: no certification.
+    let e = tp
+        .pool
+        .certify(id.as_str(), ProviderTier::Isolated, 30)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no compliance report"), "{e}");
+    report_as(&mut other, report(Some(CheckName::EncryptedDataDir))).await;
+    let e = tp
+        .pool
+        .certify(other.key.provider_id().as_str(), ProviderTier::Isolated, 30)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("encrypted_data_dir"), "{e}");
+    report_as(&mut station, report(None)).await;
+    tp.pool
+        .certify(id.as_str(), ProviderTier::Isolated, 30)
+        .await
+        .unwrap();
+    let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    let shown = listed.iter().find(|v| v.id == id).unwrap();
+    assert_eq!(
+        shown.tier.as_ref().map(|t| t.tier),
+        Some(ProviderTier::Isolated)
+    );
+
+    let spec = format!("{SPEC}\n[resources]\ntier = \"isolated\"\n");
+    let job: JobView = alice.submit(&spec, TEXT).await;
+    assert!(other.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let a = station.take().await;
+    assert_eq!(a.job_id, job.id);
+    let ckpt = checkpoint(&a, b"one");
+    station.client.upload(&ckpt).await;
+    station
+        .commit(&a.task_id, &station.commit_for(&a, &ckpt))
+        .await
+        .ok::<serde_json::Value>();
+
+    // Its next report fails: the tier is lost, no new work reaches it.
+    report_as(&mut station, report(Some(CheckName::NoOtherUsers))).await;
+    assert!(station.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    assert_eq!(listed.iter().find(|v| v.id == id).unwrap().tier, None);
+
+    // Certified again, it takes the next segment; expired, no more.
+    report_as(&mut station, report(None)).await;
+    tp.pool
+        .certify(id.as_str(), ProviderTier::Isolated, 1)
+        .await
+        .unwrap();
+    let b = station.take().await;
+    assert_eq!((b.job_id.clone(), b.segment), (job.id.clone(), 1));
+    let ckpt = checkpoint(&b, b"two");
+    station.client.upload(&ckpt).await;
+    station
+        .commit(&b.task_id, &station.commit_for(&b, &ckpt))
+        .await
+        .ok::<serde_json::Value>();
+    tp.advance(86_400_000 + 1);
+    assert!(station.heartbeat(&[], 1, 0).await.assignments.is_empty());
+    let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+    assert_eq!(listed.iter().find(|v| v.id == id).unwrap().tier, None);
+}

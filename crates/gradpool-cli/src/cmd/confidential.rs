@@ -92,7 +92,19 @@ pub fn key_holders<'a>(
     let checked = |p: &&ProviderView| p.encryption_key.as_ref().is_some_and(|k| k.is_from(&p.id));
     match holders {
         KeyHolders::Isolated => {
-            bail!("privacy.providers = \"isolated\": no isolated tier is certified yet")
+            let certified: Vec<_> = providers
+                .iter()
+                .filter(|p| {
+                    p.tier
+                        .as_ref()
+                        .is_some_and(|t| t.tier == gradpool_core::state::ProviderTier::Isolated)
+                })
+                .filter(checked)
+                .collect();
+            if certified.is_empty() {
+                bail!("privacy.providers = \"isolated\": no provider of this pool is certified into the isolated tier now");
+            }
+            Ok(certified)
         }
         KeyHolders::Any => {
             let all: Vec<_> = providers.iter().filter(checked).collect();

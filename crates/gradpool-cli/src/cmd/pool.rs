@@ -155,6 +155,39 @@ pub enum PoolCommand {
     /// first, and the balance of the pool's fee account (which pays the
     /// network fees of payouts).
     Payouts(PayoutsArgs),
+    /// Certify a provider into a tier for a number of days, after
+    /// reviewing its compliance report (`GET /v1/providers`): refused
+    /// unless the report passes.
+    Certify(CertifyArgs),
+    /// End a provider's certification now.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+pub struct CertifyArgs {
+    /// The provider (`prov_…`).
+    provider: String,
+    /// The tier.
+    #[arg(long, default_value = "isolated")]
+    tier: String,
+    /// How long it holds, in days (1 to 366).
+    #[arg(long)]
+    days: u32,
+    /// The pool's data directory (holding pool.sqlite).
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The provider (`prov_…`).
+    provider: String,
+    /// Why, as the record keeps it.
+    #[arg(long, default_value = "revoked by the operator")]
+    reason: String,
+    /// The pool's data directory (holding pool.sqlite).
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -181,6 +214,8 @@ pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
     match a.command {
         Some(PoolCommand::Reconcile(args)) => reconcile(args).await,
         Some(PoolCommand::Payouts(p)) => payouts(p).await,
+        Some(PoolCommand::Certify(c)) => certify(c).await,
+        Some(PoolCommand::Revoke(r)) => revoke(r).await,
         None => serve(a).await,
     }
 }
@@ -230,6 +265,49 @@ async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {
             l.txid.as_deref().unwrap_or("-")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds since the epoch, the pool's clock on this machine.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn certify(a: CertifyArgs) -> anyhow::Result<ExitCode> {
+    let tier: gradpool_core::state::ProviderTier =
+        a.tier.parse().map_err(|e| anyhow::anyhow!("--tier: {e}"))?;
+    let path = db_path(&a.data_dir)?;
+    let db = gradpool_pool::store::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut conn = db.acquire().await?;
+    let c = gradpool_pool::certification::certify(&mut conn, &a.provider, tier, a.days, now_ms())
+        .await?;
+    println!(
+        "certified {} into the {} tier until {}",
+        c.provider,
+        c.tier,
+        time::OffsetDateTime::from_unix_timestamp(c.expires_at / 1000)
+            .ok()
+            .and_then(|t| t
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok())
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&a.data_dir)?;
+    let db = gradpool_pool::store::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut conn = db.acquire().await?;
+    let ended =
+        gradpool_pool::certification::revoke(&mut conn, &a.provider, &a.reason, now_ms()).await?;
+    println!("{ended} certification(s) of {} ended", a.provider);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,173 @@
+//! The isolated tier at the pool: the operator certifies a provider for
+//! a limited time after reviewing its host compliance report (only a
+//! passing one); the certification ends when it expires, when the
+//! operator revokes it, or at the first failing report the provider sends
+//! (the tier is lost at the first failure). A job that asks for the tier
+//! (`resources.tier`, or a confidential job's `privacy.providers =
+//! "isolated"`) is claimed only by providers certified now: the claim's
+//! rule, [`HOLDS_TIER`].
+
+use crate::error::PoolError;
+use gradpool_core::compliance::SignedCompliance;
+use gradpool_core::state::ProviderTier;
+use sqlx::SqliteConnection;
+
+/// The claim's rule, over the job `j`, the claiming provider `?1` and the
+/// time `?3`: a job with a tier goes only to a provider certified into it
+/// now.
+pub(crate) const HOLDS_TIER: &str = "(j.tier IS NULL OR EXISTS (SELECT 1 FROM certifications cert \
+     WHERE cert.provider_id = ?1 AND cert.tier = j.tier AND cert.revoked_at IS NULL \
+     AND cert.expires_at > ?3))";
+
+/// The longest a certification may last: a year.
+pub const MAX_DAYS: u32 = 366;
+
+/// A provider's certification into a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certification {
+    pub provider: String,
+    pub tier: ProviderTier,
+    /// Milliseconds since the epoch.
+    pub certified_at: i64,
+    pub expires_at: i64,
+}
+
+/// Certifies `provider` into `tier` for `days` from `now` (ms): refused
+/// unless its latest compliance report passes, every check of it.
+pub async fn certify(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    tier: ProviderTier,
+    days: u32,
+    now: i64,
+) -> Result<Certification, PoolError> {
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(PoolError::BadRequest(format!(
+            "days: from 1 to {MAX_DAYS}, got {days}"
+        )));
+    }
+    let stored: Option<Option<String>> =
+        sqlx::query_scalar("SELECT compliance FROM providers WHERE id = ?")
+            .bind(provider)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let stored = stored.ok_or_else(|| PoolError::NotFound(format!("provider {provider}")))?;
+    let report: SignedCompliance = stored
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .ok_or_else(|| {
+            PoolError::BadRequest(format!(
+                "provider {provider} sent no compliance report: start it with tier = \"isolated\""
+            ))
+        })?;
+    if !report.report.passed() {
+        return Err(PoolError::BadRequest(format!(
+            "provider {provider}'s compliance report fails: {}",
+            report.report.failures().join(", ")
+        )));
+    }
+    let expires_at = now.saturating_add(i64::from(days) * 86_400_000);
+    sqlx::query(
+        "INSERT INTO certifications (provider_id, tier, certified_at, expires_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(provider)
+    .bind(tier.as_str())
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Certification {
+        provider: provider.to_owned(),
+        tier,
+        certified_at: now,
+        expires_at,
+    })
+}
+
+/// Ends `provider`'s current certifications with `reason`; how many.
+pub async fn revoke(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    reason: &str,
+    now: i64,
+) -> Result<u64, PoolError> {
+    let done = sqlx::query(
+        "UPDATE certifications SET revoked_at = ?, reason = ? \
+         WHERE provider_id = ? AND revoked_at IS NULL AND expires_at > ?",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(provider)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// After a registration: a certified provider whose report fails, or that
+/// sent none, loses its tier at once.
+pub(crate) async fn registered(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    report: Option<&SignedCompliance>,
+    now: i64,
+) -> Result<(), PoolError> {
+    let reason = match report {
+        Some(r) if r.report.passed() => return Ok(()),
+        Some(r) => format!(
+            "compliance check failed: {}",
+            r.report.failures().join(", ")
+        ),
+        None => "registered without a compliance report".to_owned(),
+    };
+    let ended = revoke(conn, provider, &reason, now).await?;
+    if ended > 0 {
+        tracing::warn!(provider, reason = %reason, "provider lost its tier");
+    }
+    Ok(())
+}
+
+/// The tier `provider` holds now, and until when (ms).
+pub async fn current(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    now: i64,
+) -> Result<Option<(ProviderTier, i64)>, PoolError> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tier, expires_at FROM certifications WHERE provider_id = ? AND revoked_at IS NULL \
+         AND expires_at > ? ORDER BY expires_at DESC LIMIT 1",
+    )
+    .bind(provider)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(tier, expires)| {
+        tier.parse()
+            .map(|t| (t, expires))
+            .map_err(|e| PoolError::Internal(format!("stored tier: {e}")))
+    })
+    .transpose()
+}
+
+impl crate::Pool {
+    /// [`certify`], by the pool's clock: what `gradpool pool certify` does.
+    pub async fn certify(
+        &self,
+        provider: &str,
+        tier: ProviderTier,
+        days: u32,
+    ) -> Result<Certification, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        certify(&mut conn, provider, tier, days, self.now()).await
+    }
+
+    /// [`revoke`], by the pool's clock.
+    pub async fn revoke_certification(
+        &self,
+        provider: &str,
+        reason: &str,
+    ) -> Result<u64, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        revoke(&mut conn, provider, reason, self.now()).await
+    }
+}
