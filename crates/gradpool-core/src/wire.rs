@@ -22,6 +22,7 @@
 //! | `POST /v1/tasks/{id}/outer`       | provider | [`OuterCommit`] → [`CommitReply`]         |
 //! | `POST /v1/tasks/{id}/fail`        | provider | [`TaskFailed`] → 204                      |
 //! | `POST /v1/providers/proofs/{id}`  | provider | [`ProofAnswer`](crate::proof::ProofAnswer) → [`ProofResult`](crate::proof::ProofResult) |
+//! | `POST /v1/providers/compliance`    | provider | [`SignedCompliance`](crate::compliance::SignedCompliance) → `{"passed": bool}` |
 //! | `POST /v1/providers/status`       | node key | [`SignedNonce`] → [`ProviderStatusReply`] |
 //! | `POST /v1/tasks/{id}/release`     | provider | [`TaskFailed`] (the pause reason) → 204   |
 //! | `POST /v1/tasks/{id}/replay`      | provider | [`SignedReplay`] → 204                    |
@@ -756,6 +757,11 @@ pub struct HeartbeatReply {
     /// another provider. Uploaded from the provider's cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wanted: Vec<Sha256Hex>,
+    /// The pool asks for the isolated tier's host checks now, at a random
+    /// time after the last (`POST /v1/providers/compliance` within ten
+    /// minutes, or the tier is lost).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compliance_due: bool,
 }
 
 /// A segment leased to a provider.

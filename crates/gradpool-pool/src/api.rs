@@ -115,6 +115,7 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/providers/earnings", post(earnings))
         .route("/v1/providers/status", post(provider_status))
         .route("/v1/providers/proofs/{id}", post(answer_proof))
+        .route("/v1/providers/compliance", post(send_compliance))
         .route("/v1/providers/stake", post(stake))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .with_state(pool)
@@ -522,6 +523,15 @@ async fn answer_proof(
     ApiJson(answer): ApiJson<gradpool_core::proof::ProofAnswer>,
 ) -> Result<impl IntoResponse, PoolError> {
     Ok(Json(pool.answer_proof(&provider, &id, answer).await?))
+}
+
+async fn send_compliance(
+    State(pool): State<Pool>,
+    ProviderSession(provider): ProviderSession,
+    ApiJson(report): ApiJson<gradpool_core::compliance::SignedCompliance>,
+) -> Result<impl IntoResponse, PoolError> {
+    let passed = pool.receive_compliance(&provider, report).await?;
+    Ok(Json(serde_json::json!({ "passed": passed })))
 }
 
 async fn provider_status(

@@ -6,8 +6,14 @@
 //! (`resources.tier`, or a confidential job's `privacy.providers =
 //! "isolated"`) is claimed only by providers certified now: the claim's
 //! rule, [`HOLDS_TIER`].
+//!
+//! Between registrations the pool asks a certified provider for its
+//! checks again at random times ([`compliance_if_due`], answered by
+//! `POST /v1/providers/compliance`); unanswered within
+//! [`COMPLIANCE_DEADLINE_MS`], the tier is lost too.
 
 use crate::error::PoolError;
+use crate::tx::Write;
 use gradpool_core::compliance::SignedCompliance;
 use gradpool_core::state::ProviderTier;
 use sqlx::SqliteConnection;
@@ -18,6 +24,9 @@ use sqlx::SqliteConnection;
 pub(crate) const HOLDS_TIER: &str = "(j.tier IS NULL OR EXISTS (SELECT 1 FROM certifications cert \
      WHERE cert.provider_id = ?1 AND cert.tier = j.tier AND cert.revoked_at IS NULL \
      AND cert.expires_at > ?3))";
+
+/// How long a provider has to answer the pool's request for its checks.
+pub const COMPLIANCE_DEADLINE_MS: i64 = 10 * 60 * 1000;
 
 /// The longest a certification may last: a year.
 pub const MAX_DAYS: u32 = 366;
@@ -149,7 +158,92 @@ pub async fn current(
     .transpose()
 }
 
+/// At a heartbeat: whether the pool asks `provider` (certified now) for
+/// its checks, at a random time after the last; a request left
+/// unanswered past its deadline loses the tier.
+pub(crate) async fn compliance_if_due(
+    w: &mut Write<'_>,
+    provider: &str,
+    mean_s: u64,
+) -> Result<bool, PoolError> {
+    let now = w.now;
+    if mean_s == 0 || current(w.conn(), provider, now).await?.is_none() {
+        return Ok(false);
+    }
+    let (next, asked): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT next_compliance_at, compliance_asked_at FROM providers WHERE id = ?",
+    )
+    .bind(provider)
+    .fetch_one(w.conn())
+    .await?;
+    if let Some(asked) = asked {
+        if now - asked > COMPLIANCE_DEADLINE_MS {
+            revoke(
+                w.conn(),
+                provider,
+                "no compliance report within 10 minutes of the pool's request",
+                now,
+            )
+            .await?;
+            sqlx::query("UPDATE providers SET compliance_asked_at = NULL WHERE id = ?")
+                .bind(provider)
+                .execute(w.conn())
+                .await?;
+            tracing::warn!(
+                provider,
+                "provider lost its tier: no compliance report in time"
+            );
+        }
+        return Ok(false);
+    }
+    let due = next.is_some_and(|n| n <= now);
+    let planned = now + crate::proof::random_delay_ms(mean_s);
+    if due || next.is_none() {
+        sqlx::query(
+            "UPDATE providers SET next_compliance_at = ?, compliance_asked_at = ? WHERE id = ?",
+        )
+        .bind(planned)
+        .bind(due.then_some(now))
+        .bind(provider)
+        .execute(w.conn())
+        .await?;
+    }
+    Ok(due)
+}
+
 impl crate::Pool {
+    /// A compliance report the provider sent when asked: kept, and a
+    /// failing one loses the tier. Refused unless its node key signed it.
+    pub async fn receive_compliance(
+        &self,
+        provider: &gradpool_core::ProviderId,
+        report: SignedCompliance,
+    ) -> Result<bool, PoolError> {
+        report.report.check().map_err(PoolError::BadRequest)?;
+        let mut w = self.write().await?;
+        let key: String = sqlx::query_scalar("SELECT public_key FROM providers WHERE id = ?")
+            .bind(provider.as_str())
+            .fetch_one(w.conn())
+            .await?;
+        let key: gradpool_core::signing::PublicKey = key
+            .parse()
+            .map_err(|e| PoolError::Internal(format!("stored public key: {e}")))?;
+        if !report.is_signed_by(&key) {
+            return Err(PoolError::BadRequest(
+                "compliance: not signed by this provider's node key".into(),
+            ));
+        }
+        sqlx::query("UPDATE providers SET compliance = ?, compliance_asked_at = NULL WHERE id = ?")
+            .bind(serde_json::to_string(&report)?)
+            .bind(provider.as_str())
+            .execute(w.conn())
+            .await?;
+        let now = w.now;
+        registered(w.conn(), provider.as_str(), Some(&report), now).await?;
+        w.commit().await?;
+        Ok(report.report.passed())
+    }
+
     /// [`certify`], by the pool's clock: what `gradpool pool certify` does.
     pub async fn certify(
         &self,

@@ -34,6 +34,11 @@ pub struct PoolConfig {
     /// seconds: each next one comes at an exponentially distributed random
     /// time, so a provider cannot predict it. 0: only at registration.
     pub proof_interval_seconds: u64,
+    /// The mean time between an isolated-tier provider's compliance
+    /// checks after its certification, in seconds (exponential, so the
+    /// next one cannot be foreseen); 0 asks for none between
+    /// registrations.
+    pub compliance_interval_seconds: u64,
     /// The most memory a job may take to train, in bytes: larger jobs are
     /// refused at submit, as are jobs larger than every provider's device.
     pub max_job_memory_bytes: u64,
@@ -88,6 +93,7 @@ impl Default for PoolConfig {
             verification: VerificationConfig::default(),
             hardware_proof: true,
             proof_interval_seconds: 6 * 3600,
+            compliance_interval_seconds: 6 * 3600,
             max_job_memory_bytes: 256 << 30,
             throttle: crate::throttle::ThrottleConfig::default(),
             round_grace_seconds: 60,

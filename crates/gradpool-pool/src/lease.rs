@@ -253,6 +253,12 @@ impl Pool {
         } else {
             None
         };
+        let compliance_due = crate::certification::compliance_if_due(
+            &mut w,
+            provider.as_str(),
+            self.inner.config.compliance_interval_seconds,
+        )
+        .await?;
         let mut cancel = Vec::new();
         for running in &hb.running {
             let renewed = sqlx::query(
@@ -334,6 +340,7 @@ impl Pool {
             cancel,
             proof,
             wanted,
+            compliance_due,
         })
     }
 

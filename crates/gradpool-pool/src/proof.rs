@@ -238,7 +238,7 @@ impl Pool {
 
 /// An exponentially distributed delay with mean `mean_s` seconds, in
 /// milliseconds, drawn from the OS's randomness.
-fn random_delay_ms(mean_s: u64) -> i64 {
+pub(crate) fn random_delay_ms(mean_s: u64) -> i64 {
     let bits = crate::proof::random_u64();
     // Uniform in (0, 1]: never ln(0).
     let u = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;

@@ -421,3 +421,81 @@ async fn a_certified_workstation_alone_gets_isolated_work_until_it_fails_or_expi
     let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
     assert_eq!(listed.iter().find(|v| v.id == id).unwrap().tier, None);
 }
+
+/// Between registrations the pool asks a certified provider for its
+/// checks at random times: a passing report keeps the tier, a failing one
+/// loses it, and so does no report by the deadline.
+#[tokio::test]
+async fn a_certified_provider_is_checked_again_at_random_times() {
+    use gradpool_core::compliance::CheckName;
+    use gradpool_core::state::ProviderTier;
+    let tp = TestPool::start_with(|c| c.compliance_interval_seconds = 60).await;
+    let alice = tp.customer("alice").await;
+    let mut station = tp.provider("station").await;
+    let id = station.key.provider_id();
+    report_as(&mut station, report(None)).await;
+    tp.pool
+        .certify(id.as_str(), ProviderTier::Isolated, 30)
+        .await
+        .unwrap();
+    let tier = |alice: &Client| {
+        let (alice, id) = (alice.clone(), id.clone());
+        async move {
+            let listed: Vec<ProviderView> = alice.get("/v1/providers").await.ok();
+            listed.into_iter().find(|v| v.id == id).unwrap().tier
+        }
+    };
+    // The first heartbeat plans the check; an hour on (a mean of a
+    // minute), it is due, once.
+    assert!(!station.heartbeat(&[], 0, 0).await.compliance_due);
+    tp.advance(3_600_000);
+    assert!(station.heartbeat(&[], 0, 0).await.compliance_due);
+    assert!(!station.heartbeat(&[], 0, 0).await.compliance_due);
+    let passed: serde_json::Value = station
+        .client
+        .post("/v1/providers/compliance", &report(None).sign(&station.key))
+        .await
+        .ok();
+    assert_eq!(passed["passed"], true);
+    assert!(tier(&alice).await.is_some());
+    // Another key's report is refused; the failing one loses the tier.
+    station
+        .client
+        .post(
+            "/v1/providers/compliance",
+            &report(None).sign(&NodeKey::generate()),
+        )
+        .await
+        .err(400);
+    tp.advance(3_600_000);
+    assert!(station.heartbeat(&[], 0, 0).await.compliance_due);
+    let failed: serde_json::Value = station
+        .client
+        .post(
+            "/v1/providers/compliance",
+            &report(Some(CheckName::Iommu)).sign(&station.key),
+        )
+        .await
+        .ok();
+    assert_eq!(failed["passed"], false);
+    assert!(tier(&alice).await.is_none());
+
+    // Certified again (on a passing report): asked, and silent past the
+    // deadline, it loses it.
+    station
+        .client
+        .post("/v1/providers/compliance", &report(None).sign(&station.key))
+        .await
+        .ok::<serde_json::Value>();
+    tp.pool
+        .certify(id.as_str(), ProviderTier::Isolated, 30)
+        .await
+        .unwrap();
+    assert!(tier(&alice).await.is_some());
+    station.heartbeat(&[], 0, 0).await;
+    tp.advance(3_600_000);
+    assert!(station.heartbeat(&[], 0, 0).await.compliance_due);
+    tp.advance(11 * 60 * 1000);
+    assert!(!station.heartbeat(&[], 0, 0).await.compliance_due);
+    assert!(tier(&alice).await.is_none());
+}

@@ -409,6 +409,11 @@ pub async fn run(
                     }
                 }
                 round::upload_kept(&shared, reply.wanted);
+                if reply.compliance_due && shared.config.isolated {
+                    let shared = shared.clone();
+                    let api = api.clone();
+                    tokio::spawn(async move { send_compliance(&shared, &api).await });
+                }
                 if let Some(challenge) = reply.proof {
                     // Beside the running tasks, whose leases the next
                     // heartbeats keep renewing.
@@ -1177,6 +1182,28 @@ async fn hold_power(
             tracing::info!(power_w, limit_w = ?shared.config.limits.power_limit_w, share, "GPU share changed to hold the power limit");
             shared.set_share(share);
         }
+    }
+}
+
+/// Runs the isolated tier's host checks when the pool asks, and sends
+/// the report signed.
+async fn send_compliance(shared: &Arc<Shared>, api: &Api) {
+    let report = crate::compliance::run_checks(
+        &crate::compliance::SystemHost,
+        &shared.config.data_dir,
+        unix_now(),
+    );
+    let failures = report.failures();
+    let signed = report.sign(&shared.key);
+    match api
+        .post::<_, serde_json::Value>("/v1/providers/compliance", &signed)
+        .await
+    {
+        Ok(_) if failures.is_empty() => tracing::info!("compliance checks sent: all passed"),
+        Ok(_) => {
+            tracing::warn!(failed = ?failures, "compliance checks sent: the isolated tier is lost")
+        }
+        Err(e) => tracing::warn!(error = %e.report(), "cannot send the compliance checks"),
     }
 }
 
