@@ -271,6 +271,31 @@ async fn a_misdirected_key_or_a_truncated_dataset_is_refused_and_unpaid() {
     let api = customer(&pool).await;
     let _a = start_agent(&pool.url, &tmp.path().join("holder"));
     let holder = provider(&api, "holder").await;
+    // An agent whose plaintext would land on disk announces no key: no
+    // customer can seal a job's key to it.
+    let disk = tmp.path().join("disk");
+    let _disk = Provider(
+        Command::new(BIN)
+            .args([
+                "provider",
+                "--pool",
+                &pool.url,
+                "--threads",
+                "1",
+                "--name",
+                "disk",
+            ])
+            .args(["--price-xmr-per-hour", "0", "--plaintext-dir"])
+            .arg(tmp.path())
+            .arg("--data-dir")
+            .arg(&disk)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(provider(&api, "disk").await.encryption_key, None);
     let other = gradpool_core::NodeKey::generate().provider_id();
     let to = holder.encryption_key.as_ref().unwrap().key.clone();
     let corpus = std::fs::read(small_corpus(tmp.path())).unwrap();

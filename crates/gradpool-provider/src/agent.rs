@@ -135,8 +135,10 @@ struct Shared {
     api: tokio::sync::RwLock<Api>,
     dir: DataDir,
     key: NodeKey,
-    /// Its public half is announced at registration, signed by `key`.
+    /// Its public half is announced at registration, signed by `key`,
+    /// when the agent can hold plaintext in memory (`announce`).
     encryption: gradpool_core::privacy::EncryptionKey,
+    announce: bool,
     device: Arc<dyn Device>,
     config: ProviderConfig,
     /// Each worker sends its task id here when it ends, so the loop frees
@@ -274,6 +276,7 @@ pub async fn run(
         dir,
         key,
         encryption,
+        announce: confidential::can_hold_plaintext(&config),
         device,
         share: AtomicU8::new(config.limits.max_gpu_share),
         config,
@@ -505,10 +508,9 @@ async fn register(
                 train: shared.config.train,
                 region: shared.config.region.clone(),
                 containers: shared.images.is_some(),
-                encryption_key: Some(gradpool_core::privacy::AnnouncedKey::announce(
-                    &shared.key,
-                    &shared.encryption,
-                )),
+                encryption_key: shared.announce.then(|| {
+                    gradpool_core::privacy::AnnouncedKey::announce(&shared.key, &shared.encryption)
+                }),
                 compliance: shared.config.isolated.then(|| {
                     crate::compliance::run_checks(
                         &crate::compliance::SystemHost,

@@ -51,11 +51,7 @@ impl Plain {
             &shared.key.provider_id(),
             &a.data_sha256,
         )?;
-        let base = shared
-            .config
-            .plaintext_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PLAINTEXT_DIR));
+        let base = plaintext_base(&shared.config);
         if !on_tmpfs(&base) {
             return Err(ProviderError::Segment(format!(
                 "a confidential job's plaintext must stay in memory, and {} is not a tmpfs \
@@ -100,6 +96,27 @@ impl Plain {
         let sha = privacy::seal_file(&self.key, plain, &to)?;
         Ok((to, sha))
     }
+}
+
+/// Where confidential plaintext goes: the owner's `plaintext_dir`, or
+/// memory.
+fn plaintext_base(config: &super::ProviderConfig) -> PathBuf {
+    config
+        .plaintext_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PLAINTEXT_DIR))
+}
+
+/// Whether this agent can hold a confidential job's plaintext in memory:
+/// only then does it announce its encryption key (so no customer seals a
+/// job's key to it), and it says why not.
+pub(super) fn can_hold_plaintext(config: &super::ProviderConfig) -> bool {
+    let base = plaintext_base(config);
+    let ok = on_tmpfs(&base);
+    if !ok {
+        tracing::warn!(plaintext_dir = %base.display(), "not a tmpfs: announcing no encryption key, so no confidential job comes here (set plaintext_dir to a tmpfs)");
+    }
+    ok
 }
 
 /// The directory only this user may enter.
