@@ -381,6 +381,54 @@ pub fn compose(weights: &Tensors, base: &[u8], step: u64) -> Result<Vec<u8>, Che
     Ok(to_bytes_typed(&typed, &metadata))
 }
 
+/// A parallel container job's worker start, made from the files at hand:
+/// what the agent runs a segment or replay from and `job verify` replays.
+pub struct WorkerStart {
+    /// The composed start checkpoint ([`compose`]).
+    pub checkpoint: Vec<u8>,
+    /// The layout the end checkpoint must continue: the slot's
+    /// checkpoint's, or the initial checkpoint's weights alone.
+    pub layout: Layout,
+    /// The round's global weights, which the pseudo-gradient is taken
+    /// against.
+    pub weights: Tensors,
+    /// Round 0's global checkpoint, when it was made here from the initial
+    /// checkpoint (no `global` was given).
+    pub initial_global: Option<Global>,
+}
+
+/// A worker's start at `step`: the round's global checkpoint `global`
+/// (`None` in round 0: the weights of `initial`, the job's initial
+/// checkpoint) over the slot's own checkpoint `slot` (none yet: `initial`).
+pub fn worker_start(
+    global: Option<&[u8]>,
+    initial: &[u8],
+    slot: Option<&[u8]>,
+    step: u64,
+) -> Result<WorkerStart, CheckpointDefect> {
+    let (weights, initial_global) = match global {
+        Some(bytes) => {
+            let (params, _) = crate::outer::params_of("the round's weights", bytes)
+                .map_err(|e| defect(e.to_string()))?;
+            (params, None)
+        }
+        None => {
+            let g = initial_global(initial)
+                .map_err(|e| defect(format!("the initial checkpoint: {}", e.0)))?;
+            (g.params.clone(), Some(g))
+        }
+    };
+    let base = slot.unwrap_or(initial);
+    let layout = Layout::of(base).map_err(|e| defect(format!("the slot's checkpoint: {}", e.0)))?;
+    let checkpoint = compose(&weights, base, step)?;
+    Ok(WorkerStart {
+        checkpoint,
+        layout,
+        weights,
+        initial_global,
+    })
+}
+
 /// A worker's pseudo-gradient file in a parallel container job: the
 /// round's global weights minus those of the segment's end checkpoint,
 /// encoded as the job's `[parallel]` table says ([`crate::delta`]), for

@@ -58,11 +58,7 @@ impl Pool {
         let job_blobs = self.container_blobs(&caller, &spec).await?;
         let sealed_keys = self.check_confidential(&spec, &req).await?;
         let (model, memory) = self
-            .size_job(
-                &spec,
-                &req.data_sha256,
-                crate::privacy::declared_shape(&req),
-            )
+            .size_job(&spec, &req.data_sha256, req.data_shape)
             .await?;
         if let Some(booking) = &req.booking {
             let mut conn = self.inner.db.acquire().await?;

@@ -174,13 +174,6 @@ pub(crate) async fn store_keys(
     Ok(())
 }
 
-/// The data shape a confidential job's customer declared (checked by
-/// [`Pool::check_confidential`]), which sizes the model in place of
-/// reading the data.
-pub(crate) fn declared_shape(req: &SubmitJob) -> Option<DataShape> {
-    req.data_shape
-}
-
 /// The tier a job's providers must hold: its `resources.tier`, or the
 /// isolated tier for a confidential job whose key holders are
 /// `"isolated"`.

@@ -291,37 +291,36 @@ async fn worker_start(
         None => None,
     };
     let base = match &round.slot_checkpoint_sha256 {
-        Some(sha) => fetch(shared, sha).await?,
-        None => initial.clone(),
+        Some(sha) => Some(fetch(shared, sha).await?),
+        None => None,
     };
     let start = task_dir.join("start.safetensors");
     let (shared2, step) = (shared.clone(), a.start_step);
     let composed = start.clone();
     let (layout, weights) = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let weights = match global {
-            Some(path) => {
-                gradpool_core::outer::params_of("the round's weights", &read(&path)?)
-                    .map_err(|e| e.to_string())?
-                    .0
-            }
-            None => {
-                let g = gradpool_core::container::initial_global(&read(&initial)?)
-                    .map_err(|e| format!("the initial checkpoint: {e}"))?;
-                let bytes = g.to_bytes();
-                let cached = shared2.dir.blob_path(&Sha256Hex::of(&bytes));
-                if !cached.is_file() && super::round::write_atomic(&cached, &bytes).is_err() {
-                    tracing::debug!("cannot cache round 0's global checkpoint");
-                }
-                g.params
-            }
+        let global = global.as_deref().map(read).transpose()?;
+        let slot = match &base {
+            Some(path) => Some(read(path)?),
+            None => None,
         };
-        let base = read(&base)?;
-        let layout = Layout::of(&base).map_err(|e| format!("the slot's checkpoint: {e}"))?;
-        let bytes = gradpool_core::container::compose(&weights, &base, step)
-            .map_err(|e| format!("composing the start: {e}"))?;
-        std::fs::write(&composed, bytes).map_err(|e| format!("{}: {e}", composed.display()))?;
-        Ok((layout, weights))
+        let w = gradpool_core::container::worker_start(
+            global.as_deref(),
+            &read(&initial)?,
+            slot.as_deref(),
+            step,
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(g) = &w.initial_global {
+            let bytes = g.to_bytes();
+            let cached = shared2.dir.blob_path(&Sha256Hex::of(&bytes));
+            if !cached.is_file() && super::round::write_atomic(&cached, &bytes).is_err() {
+                tracing::debug!("cannot cache round 0's global checkpoint");
+            }
+        }
+        std::fs::write(&composed, &w.checkpoint)
+            .map_err(|e| format!("{}: {e}", composed.display()))?;
+        Ok((w.layout, w.weights))
     })
     .await
     .map_err(|e| ProviderError::Segment(format!("the worker's start: {e}")))?

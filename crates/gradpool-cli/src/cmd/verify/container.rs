@@ -104,25 +104,19 @@ pub(super) fn worker_start(
     step: u64,
     out: &Path,
 ) -> anyhow::Result<gradpool_core::container::Layout> {
-    use gradpool_core::container;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let initial = read(w.initial)?;
-    let weights = match global {
-        Some(g) => gradpool_core::outer::params_of("the round's global checkpoint", &read(g)?)?.0,
-        None => {
-            container::initial_global(&initial)
-                .map_err(|e| anyhow::anyhow!("the initial checkpoint: {e}"))?
-                .params
-        }
-    };
-    let base = match &w.slot {
-        Some(slot) => read(slot)?,
-        None => initial,
-    };
-    let bytes = container::compose(&weights, &base, step)
-        .map_err(|e| anyhow::anyhow!("the worker's start: {e}"))?;
-    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    container::Layout::of(&base).map_err(|e| anyhow::anyhow!("the slot's checkpoint: {e}"))
+    let global = global.map(read).transpose()?;
+    let slot = w.slot.as_deref().map(read).transpose()?;
+    let start = gradpool_core::container::worker_start(
+        global.as_deref(),
+        &read(w.initial)?,
+        slot.as_deref(),
+        step,
+    )
+    .map_err(|e| anyhow::anyhow!("the worker's start: {e}"))?;
+    std::fs::write(out, start.checkpoint)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(start.layout)
 }
 
 /// Runs segment `s` again in the sandbox and compares the result with
