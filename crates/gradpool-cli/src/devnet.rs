@@ -9,11 +9,12 @@
 //! run by the providers under podman and every one of them audited.
 
 use crate::cmd::confidential::KeyStore;
-use crate::cmd::job::{fetch_model_with, submit_into};
+use crate::cmd::job::{fetch_model_with, submit_into, Submission};
 use crate::cmd::local::{sample_text, SHAKESPEARE};
 use anyhow::{bail, Context};
 use clap::Args;
 use gradpool_client::{Api, Trust};
+use gradpool_core::privacy::DataKey;
 use gradpool_core::state::AuditStatus;
 use gradpool_core::wire::{ProviderView, SegmentView, VerdictView};
 use gradpool_core::{JobSpec, Piconero, ProviderId};
@@ -87,10 +88,11 @@ pub struct DevnetArgs {
     /// with DIR, copy the pool's data directory to DIR/pool after the run.
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
     keep: Option<Option<PathBuf>>,
-    /// Train the Shakespeare job as a confidential job: its data sealed
-    /// under a key this devnet's customer makes, the key sealed to the
-    /// providers (`privacy.providers = "any"`), the model opened here.
-    #[arg(long, conflicts_with_all = ["container", "workers", "spec"])]
+    /// Train the job as a confidential job: its data (with --container,
+    /// its image and script too) sealed under a key this devnet's customer
+    /// makes, the key sealed to the providers (`privacy.providers =
+    /// "any"`), the model opened here.
+    #[arg(long, conflicts_with_all = ["workers", "spec"])]
     confidential: bool,
     /// Characters of text to sample from the trained model.
     #[arg(long, default_value_t = 400)]
@@ -779,14 +781,6 @@ async fn drive(
             );
         }
     }
-    let spec_text = if a.container {
-        // Its image and script go up as blobs, pinned by digest.
-        let store = crate::cmd::container::default_image_store();
-        crate::cmd::job::pin_container(&api, spec_text, Path::new("."), (data, &store), true)
-            .await?
-    } else {
-        spec_text.to_owned()
-    };
     // A confidential job's data key stays with the customer, here, and
     // is sealed to the providers registered with a key: all of them.
     let keys = KeyStore::at(&work.join("keys"));
@@ -796,7 +790,23 @@ async fn drive(
             .unwrap_or_else(|| 3.max(a.workers.unwrap_or(0) as usize));
         wait_for_keys(&api, agents).await?;
     }
-    let job = submit_into(&api, &spec_text, data, (None, &keys), true).await?;
+    let key = a.confidential.then(DataKey::generate);
+    let spec_text = if a.container {
+        // Its image and script go up as blobs (sealed for a confidential
+        // job), pinned by digest.
+        let store = crate::cmd::container::default_image_store();
+        let inputs = (data, store.as_path());
+        crate::cmd::job::pin_container(&api, spec_text, Path::new("."), inputs, key.as_ref(), true)
+            .await?
+    } else {
+        spec_text.to_owned()
+    };
+    let to = Submission {
+        booking: None,
+        keys: &keys,
+        key,
+    };
+    let job = submit_into(&api, &spec_text, data, to, true).await?;
     println!(
         "job        {}  ({} steps, {} segments of {})\n",
         job.id, job.steps, job.segments_total, job.checkpoint_every
@@ -1015,7 +1025,11 @@ async fn drive(
         println!("runtime       container, image {image}");
     }
     if summary.confidential {
-        println!("privacy       confidential: the pool held the data and checkpoints sealed only");
+        let held = match summary.image_sha256 {
+            Some(_) => "the data, image, script and checkpoints",
+            None => "the data and checkpoints",
+        };
+        println!("privacy       confidential: the pool held {held} sealed only");
     }
     println!(
         "steps         {} in {} segments",

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use gradpool_cli::cmd::confidential::KeyStore;
+use gradpool_cli::cmd::job::Submission;
 use gradpool_core::wire::{JobEventKind, JobStatus};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -37,47 +37,6 @@ fn start_agent(url: &str, dir: &Path) -> Provider {
             .spawn()
             .unwrap(),
     )
-}
-
-/// Where under `dir` some `RUN`-byte run of `secret` lies, if anywhere:
-/// every file, every offset. Runs of one repeated byte (zeros in a
-/// database page) are no secret and are left out.
-const RUN: usize = 64;
-
-fn find_run(dir: &Path, secret: &[u8]) -> Option<(PathBuf, usize)> {
-    let runs: HashSet<&[u8]> = secret
-        .windows(RUN)
-        .filter(|w| w.iter().any(|b| *b != w[0]))
-        .collect();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            // A database's -wal or -shm file may go as it closes: what it
-            // held is in the database then.
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            if let Some(at) = bytes.windows(RUN).position(|w| runs.contains(w)) {
-                return Some((path, at));
-            }
-        }
-    }
-    None
-}
-
-/// The tensor bytes of a safetensors file (after its header).
-fn tensor_bytes(file: &Path) -> Vec<u8> {
-    let bytes = std::fs::read(file).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    bytes[8 + n..].to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,9 +79,15 @@ async fn a_confidential_job_leaves_no_plaintext_at_the_pool_and_trains_the_same_
         b.encryption_key.as_ref().unwrap().key
     );
     let keys = KeyStore::at(&tmp.path().join("keys"));
-    let job = gradpool_cli::cmd::job::submit_into(&api, &spec, &data, (None, &keys), false)
-        .await
-        .unwrap();
+    let job = gradpool_cli::cmd::job::submit_into(
+        &api,
+        &spec,
+        &data,
+        Submission::keeping_keys_in(&keys),
+        false,
+    )
+    .await
+    .unwrap();
     let id = job.id.to_string();
     let end = wait_final(&api, &id, Duration::from_secs(180)).await;
     assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");

@@ -341,6 +341,119 @@ async fn a_container_job_outlives_a_killed_provider_and_ends_as_the_local_run() 
     drop(restarted);
 }
 
+/// A confidential container job: its image, script, data and checkpoints
+/// reach the pool and the providers' disks only sealed (searched for byte
+/// by byte); the providers run it from their tmpfs, in an image store of
+/// the task's own that goes with it; the customer's fetched checkpoint is
+/// the local run's, and `job verify` replays it with the kept key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_container_job_is_sealed_everywhere_but_in_memory() {
+    let image = torch_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let (steps, every) = (24, 8);
+    let plain_spec = spec_of(tmp.path(), &image, steps, every);
+    let local = tmp.path().join("local");
+    let local_checkpoint = train_steps(&plain_spec, &local, &store(), steps);
+    let spec = tmp.path().join("confidential.toml");
+    let text = std::fs::read_to_string(&plain_spec).unwrap();
+    std::fs::write(
+        &spec,
+        format!("{text}\n[privacy]\nconfidential = true\nproviders = \"any\"\n"),
+    )
+    .unwrap();
+
+    let pool_dir = tmp.path().join("pool");
+    let pool = start_pool(&pool_dir, 10).await;
+    let key = pool.pool.create_account("customer").await.unwrap().api_key;
+    let api = gradpool_client::Api::new(&pool.url, Some(key.clone()), &Default::default()).unwrap();
+    let rigs = [
+        start_provider(&pool.url, &tmp.path().join("a"), true),
+        start_provider(&pool.url, &tmp.path().join("b"), true),
+    ];
+    for name in ["a", "b"] {
+        let listed = provider(&api, name).await;
+        assert!(listed.encryption_key.is_some(), "{listed:?}");
+    }
+    let keys = tmp.path().join("keys");
+    let overrides = gradpool_cli::cmd::job::SpecOverrides {
+        keys_dir: Some(keys.clone()),
+        image_store: Some(store()),
+        ..Default::default()
+    };
+    let job = gradpool_cli::cmd::job::submit(&api, &spec, None, &overrides, false)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let pinned = gradpool_core::JobSpec::from_toml_str(&job.spec_toml).unwrap();
+    let sealed_image = pinned.container().unwrap().image_sha256.clone().unwrap();
+    assert_ne!(
+        sealed_image,
+        Sha256Hex::of_file(&image).unwrap(),
+        "the job pins the sealed image, not the image"
+    );
+
+    let end = wait_final(&api, &id, Duration::from_secs(400)).await;
+    assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+    let fetched = tmp.path().join("fetched");
+    let store_of_keys = gradpool_cli::cmd::confidential::KeyStore::at(&keys);
+    gradpool_cli::cmd::job::fetch_model_with(&api, &id, &fetched, true, &store_of_keys)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(fetched.join("checkpoint.safetensors")).unwrap() == local_checkpoint,
+        "the confidential job's checkpoint differs from the local run of its spec"
+    );
+    // The customer's replays open the image, script and checkpoints with
+    // the kept key (into an image store apart from the providers').
+    let out = Command::new(BIN)
+        .args(["job", "verify", &id, "--segments", "3", "--threads", "1"])
+        .arg("--json")
+        .arg("--image-store")
+        .arg(tmp.path().join("verify-images"))
+        .arg("--keys-dir")
+        .arg(&keys)
+        .args(["--pool", &pool.url, "--api-key", &key])
+        .env("GRADPOOL_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["replayed"], 3, "{report:#}");
+
+    let ids: Vec<ProviderId> = rigs.iter().map(|r| r.id.clone()).collect();
+    drop(rigs);
+    drop(pool);
+    // Nothing in the clear: not the corpus, not a checkpoint's tensors,
+    // not a sample of the image archive's bytes, at the pool or on the
+    // providers' disks.
+    let corpus = std::fs::read(repo().join("data/tinyshakespeare.txt")).unwrap();
+    let tensors = tensor_bytes(&fetched.join("checkpoint.safetensors"));
+    let archive = std::fs::read(&image).unwrap();
+    let step = archive.len() / 4096;
+    let mut runs = runs_of(&corpus);
+    runs.extend(runs_of(&tensors));
+    runs.extend(
+        (0..4096)
+            .map(|i| &archive[i * step..i * step + RUN])
+            .filter(|r| telling(r)),
+    );
+    for dir in ["pool", "a", "b"] {
+        assert_eq!(find_runs(&tmp.path().join(dir), &runs), None, "{dir}");
+    }
+    // The providers' shared image store never held the job's image, and
+    // their tmpfs directories are gone with the tasks.
+    let index = std::fs::read_to_string(store().join("index.json")).unwrap_or_default();
+    assert!(!index.contains(sealed_image.as_str()), "{index}");
+    for rig in &ids {
+        let shm = Path::new("/dev/shm").join(format!("gradpool-{rig}"));
+        let left = std::fs::read_dir(&shm).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "plaintext left in {}", shm.display());
+    }
+    // The search finds what is there.
+    assert!(find_runs(&local, &runs).is_some());
+}
+
 /// Runs `gradpool job verify` of `job` (3 segments, one thread, in the
 /// shared image store); its JSON report.
 fn verify(pool: &TestPool, key: &str, job: &str) -> serde_json::Value {

@@ -146,6 +146,21 @@ fn defect(reason: impl Into<String>) -> CheckpointDefect {
     CheckpointDefect(reason.into())
 }
 
+/// The most a checkpoint's header takes: its tensors' entries and its
+/// metadata, a character vocabulary among them.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// The sizes a checkpoint of `model` may have: its tensors' bytes (each
+/// parameter as weights and both Adam moments, F32) after the 8-byte
+/// header length, and a header of at most [`MAX_HEADER_BYTES`].
+pub fn size_range(model: &ModelMeta) -> std::ops::RangeInclusive<u64> {
+    let least = model
+        .parameter_count()
+        .saturating_mul(4 * CHECKPOINT_PREFIXES.len() as u64)
+        .saturating_add(8);
+    least..=least.saturating_add(MAX_HEADER_BYTES)
+}
+
 /// Checks a committed checkpoint without training anything: a safetensors
 /// file (header of sane size, offsets inside the file, nothing after the
 /// last tensor) of format [`CHECKPOINT_FORMAT`] at `step`, of exactly the
@@ -275,6 +290,21 @@ mod tests {
 
     fn refused(bytes: &[u8]) -> String {
         inspect(bytes, &model(), 10).unwrap_err().0
+    }
+
+    #[test]
+    fn a_checkpoints_size_lies_in_its_models_range_and_not_in_a_larger_ones() {
+        let whole = checkpoint(10, 0.5, |_, _| {}).len() as u64;
+        let range = size_range(&model());
+        assert!(range.contains(&whole), "{range:?} {whole}");
+        // Weights, both moments: 12 bytes a parameter at the least.
+        assert_eq!(*range.start(), 8 + 12 * model().parameter_count());
+        let larger = ModelMeta::Mlp {
+            inputs: 2,
+            hidden: vec![300],
+            classes: 2,
+        };
+        assert!(!size_range(&larger).contains(&whole));
     }
 
     #[test]

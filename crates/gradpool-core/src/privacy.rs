@@ -246,6 +246,16 @@ pub fn sealed_size(plaintext: u64) -> u64 {
     HEADER as u64 + plaintext + chunks * TAG as u64
 }
 
+/// The size of the plaintext a sealed file of `sealed` bytes holds;
+/// `None` when no plaintext seals to that size (a truncated or padded
+/// file).
+pub fn plaintext_size(sealed: u64) -> Option<u64> {
+    let body = sealed.checked_sub(HEADER as u64)?;
+    let chunks = body.div_ceil((CHUNK + TAG) as u64).max(1);
+    let plaintext = body.checked_sub(chunks * TAG as u64)?;
+    (sealed_size(plaintext) == sealed).then_some(plaintext)
+}
+
 /// Seals `bytes` in memory.
 pub fn seal_bytes(key: &DataKey, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(sealed_size(bytes.len() as u64) as usize);
@@ -682,5 +692,26 @@ mod tests {
         let out = dir.path().join("out");
         assert!(open_file(&key, &cut, &out).is_err());
         assert!(!out.exists() && !out.with_extension("opening").exists());
+    }
+
+    #[test]
+    fn a_sealed_size_tells_the_plaintext_size_and_nothing_else_fits() {
+        let key = DataKey::generate();
+        for n in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 17] {
+            let sealed = seal_bytes(&key, &vec![5u8; n]);
+            assert_eq!(sealed.len() as u64, sealed_size(n as u64), "{n}");
+            assert_eq!(plaintext_size(sealed.len() as u64), Some(n as u64), "{n}");
+        }
+        // A full chunk's tag without its chunk, or a header alone, is no
+        // sealed file's size.
+        let two_chunks = sealed_size(2 * CHUNK as u64);
+        assert_eq!(plaintext_size(two_chunks + 1), None);
+        assert_eq!(plaintext_size(two_chunks + TAG as u64), None);
+        assert_eq!(
+            plaintext_size(two_chunks + TAG as u64 + 1),
+            Some(2 * CHUNK as u64 + 1)
+        );
+        assert_eq!(plaintext_size(HEADER as u64), None);
+        assert_eq!(plaintext_size(3), None);
     }
 }

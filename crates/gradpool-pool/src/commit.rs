@@ -295,7 +295,7 @@ impl Pool {
         if job.confidential {
             // A sealed checkpoint: its H chains the plaintext, which only
             // key holders read; they and the customer check it.
-            return self.check_sealed(&path).await;
+            return self.check_sealed(&path, &model).await;
         }
         let hash = match model {
             ModelMeta::Container { .. } => {
@@ -320,10 +320,39 @@ impl Pool {
         Ok(())
     }
 
-    /// A confidential job's checkpoint must at least be a sealed file.
-    async fn check_sealed(&self, path: &std::path::Path) -> Result<(), PoolError> {
+    /// A confidential job's checkpoint must be a sealed file, of a size
+    /// that seals a checkpoint of the job's model (a container job's: one
+    /// its memory holds).
+    async fn check_sealed(
+        &self,
+        path: &std::path::Path,
+        model: &ModelMeta,
+    ) -> Result<(), PoolError> {
         use tokio::io::AsyncReadExt;
         let file = tokio::fs::File::open(path).await?;
+        let sealed = file.metadata().await?.len();
+        let fits = match model {
+            ModelMeta::Container { memory_gib } => {
+                0..=(u64::from(*memory_gib) << 30).saturating_add(1 << 30)
+            }
+            model => gradpool_core::checkpoint::size_range(model),
+        };
+        match gradpool_core::privacy::plaintext_size(sealed) {
+            Some(plain) if fits.contains(&plain) => {}
+            Some(plain) => {
+                return Err(PoolError::BadRequest(format!(
+                    "checkpoint: it seals {plain} bytes, and a checkpoint of this job's model \
+                     takes {} to {}",
+                    fits.start(),
+                    fits.end()
+                )))
+            }
+            None => {
+                return Err(PoolError::BadRequest(format!(
+                "checkpoint: {sealed} bytes is not the size of a sealed file (truncated or padded)"
+            )))
+            }
+        }
         let mut head = Vec::new();
         file.take(gradpool_core::privacy::HEADER as u64)
             .read_to_end(&mut head)

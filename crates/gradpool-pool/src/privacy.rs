@@ -5,6 +5,9 @@
 //! (see `lease::assignment`; the claim leases a confidential job's tasks
 //! only to key holders).
 //!
+//! A confidential container job brings its image and job files sealed
+//! too; the pool checks that each is a sealed file, nothing more.
+//!
 //! What the pool sees of a confidential job, and says so in the README:
 //! sizes, timings, losses, and which providers worked on it.
 
@@ -43,25 +46,7 @@ impl Pool {
                 "sealed_keys: a confidential job's data key sealed to 1 to {MAX_KEY_HOLDERS} providers"
             )));
         }
-        match req.data_shape {
-            None => {
-                return Err(PoolError::BadRequest(
-                    "data_shape: required for a confidential job: the pool cannot read its sealed dataset"
-                        .into(),
-                ))
-            }
-            Some(DataShape::Text { vocab_size: 0 }) => {
-                return Err(PoolError::BadRequest(
-                    "data_shape.vocab_size: at least 1".into(),
-                ))
-            }
-            Some(DataShape::Csv { inputs, classes }) if inputs == 0 || classes < 2 => {
-                return Err(PoolError::BadRequest(
-                    "data_shape: at least 1 input column and 2 classes".into(),
-                ))
-            }
-            Some(_) => {}
-        }
+        check_shape(spec, req.data_shape)?;
         let mut conn = self.inner.db.acquire().await?;
         for (i, k) in req.sealed_keys.iter().enumerate() {
             let field = format!("sealed_keys[{i}]");
@@ -105,14 +90,38 @@ impl Pool {
                 }
             }
         }
-        let head = self.blob_head(&req.data_sha256).await?;
-        if !looks_sealed(&head) {
-            return Err(PoolError::InvalidSpec(
-                "data: a confidential job's dataset must be sealed (`gradpool job submit` seals it)"
-                    .into(),
-            ));
+        self.check_sealed_blob(&req.data_sha256, "data", "dataset")
+            .await?;
+        if let Some(c) = spec.container() {
+            if let Some(image) = &c.image_sha256 {
+                self.check_sealed_blob(image, "container.image_sha256", "image")
+                    .await?;
+            }
+            for f in &c.files {
+                if let Some(sha) = &f.sha256 {
+                    let field = format!("container.file_sha256.{}", f.name);
+                    self.check_sealed_blob(sha, &field, "job file").await?;
+                }
+            }
         }
         Ok(req.sealed_keys.clone())
+    }
+
+    /// Refuses the blob `sha` of a confidential job unless it is a sealed
+    /// file: `field` names it in the refusal.
+    async fn check_sealed_blob(
+        &self,
+        sha: &gradpool_core::Sha256Hex,
+        field: &str,
+        what: &str,
+    ) -> Result<(), PoolError> {
+        if looks_sealed(&self.blob_head(sha).await?) {
+            return Ok(());
+        }
+        Err(PoolError::InvalidSpec(format!(
+            "{field}: a confidential job's {what} must be sealed under its data key \
+             (`gradpool job submit` seals it)"
+        )))
     }
 
     /// The first bytes of a blob, as many as a sealed file's header.
@@ -125,20 +134,40 @@ impl Pool {
     }
 }
 
-/// What a confidential job may not be yet: a container job (its image
-/// and files are not sealed yet) or a parallel one (its pseudo-gradients
-/// would travel in the clear).
+/// What a confidential job may not be yet: a parallel one (the pool
+/// takes the outer steps over its workers' pseudo-gradients, which it
+/// would have to read).
 fn refuse_unsealable(spec: &JobSpec) -> Result<(), PoolError> {
-    let refusal = if spec.container().is_some() {
-        Some("privacy.confidential: a container job cannot be confidential yet (its image and files are not sealed)")
-    } else if spec.parallel.is_some() {
-        Some("privacy.confidential: a parallel job cannot be confidential yet (its pseudo-gradients are not sealed)")
-    } else {
-        None
-    };
-    match refusal {
-        Some(r) => Err(PoolError::InvalidSpec(r.into())),
-        None => Ok(()),
+    if spec.parallel.is_some() {
+        return Err(PoolError::InvalidSpec(
+            "privacy.confidential: a parallel job cannot be confidential yet (the pool would \
+             read its pseudo-gradients to take the outer steps)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The data's shape a confidential native job declares (the pool cannot
+/// read its sealed dataset to size the model); a container job's model is
+/// its script's, sized by `container.memory_gib`, and declares none.
+fn check_shape(spec: &JobSpec, shape: Option<DataShape>) -> Result<(), PoolError> {
+    let bad = |why: &str| Err(PoolError::BadRequest(why.into()));
+    match (spec.container().is_some(), shape) {
+        (true, Some(_)) => {
+            bad("data_shape: only for a native job: a container job's model is its script's")
+        }
+        (true, None) => Ok(()),
+        (false, None) => bad(
+            "data_shape: required for a confidential job: the pool cannot read its sealed dataset",
+        ),
+        (false, Some(DataShape::Text { vocab_size: 0 })) => {
+            bad("data_shape.vocab_size: at least 1")
+        }
+        (false, Some(DataShape::Csv { inputs, classes })) if inputs == 0 || classes < 2 => {
+            bad("data_shape: at least 1 input column and 2 classes")
+        }
+        (false, Some(_)) => Ok(()),
     }
 }
 

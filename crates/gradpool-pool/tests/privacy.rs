@@ -219,8 +219,20 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
         .await;
     assert_eq!(status, 404);
 
-    // A checkpoint in the clear is refused; a sealed one is taken.
+    // A sealed file the size of no checkpoint of the job's model is
+    // refused.
+    let tiny = seal_bytes(&key, b"not a checkpoint");
+    holder.client.upload(&tiny).await;
+    let e = holder
+        .commit(&a.task_id, &holder.commit_for(&a, &tiny))
+        .await
+        .err(400);
+    assert!(
+        e.message.contains("a checkpoint of this job's model takes"),
+        "{e:?}"
+    );
     let clear = checkpoint(&a, b"first");
+    // A checkpoint in the clear is refused; a sealed one is taken.
     holder.client.upload(&clear).await;
     let e = holder
         .commit(&a.task_id, &holder.commit_for(&a, &clear))
@@ -259,6 +271,122 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
             &a.data_sha256
         )
         .is_err());
+}
+
+/// A confidential container job brings its image and files sealed under
+/// the data key, and no data shape (its script sizes its model); each
+/// refusal names the field. Its key holder, running containers, is leased
+/// the segment with its sealed key; a parallel confidential job is refused.
+#[tokio::test]
+async fn a_confidential_container_job_brings_its_image_and_files_sealed() {
+    use gradpool_core::privacy::{seal_bytes, DataKey, SealedKey};
+    use gradpool_core::wire::{JobKey, JobView};
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let holder = tp.provider_with("holder", |p| p.containers = true).await;
+    let key = DataKey::generate();
+    let data = alice.upload(&seal_bytes(&key, TEXT)).await;
+    let (image_bytes, script) = ([7u8; 2048], b"print('train')\n");
+    let image = alice.upload(&seal_bytes(&key, &image_bytes)).await;
+    let file = alice.upload(&seal_bytes(&key, script)).await;
+    let clear_image = alice.upload(&image_bytes).await;
+    let clear_file = alice.upload(script).await;
+    let spec = |image: &gradpool_core::Sha256Hex, file: &gradpool_core::Sha256Hex| {
+        format!(
+            "name = \"ct\"\n[model]\nkind = \"container\"\n[data]\nformat = \"text\"\n\
+             [train]\nseed = 1\nsteps = 20\nbatch_size = 4\nlr = 0.001\ncheckpoint_every = 10\n\
+             [container]\ncommand = [\"python3\", \"/job/train.py\"]\nfiles = [\"train.py\"]\n\
+             memory_gib = 1\nimage_sha256 = \"{image}\"\n\
+             [container.file_sha256]\n\"train.py\" = \"{file}\"\n\
+             [privacy]\nconfidential = true\nproviders = \"any\"\n"
+        )
+    };
+    let keys = vec![JobKey {
+        provider: holder.key.provider_id(),
+        sealed_key: SealedKey::seal(
+            &key,
+            &holder.key.provider_id(),
+            &holder.encryption.as_ref().unwrap().public(),
+            &data,
+        ),
+    }];
+
+    let e = submit_sealed(
+        &alice,
+        &spec(&clear_image, &file),
+        &data,
+        keys.clone(),
+        None,
+    )
+    .await
+    .err(400);
+    assert!(
+        e.message.contains("container.image_sha256") && e.message.contains("must be sealed"),
+        "{e:?}"
+    );
+    let e = submit_sealed(
+        &alice,
+        &spec(&image, &clear_file),
+        &data,
+        keys.clone(),
+        None,
+    )
+    .await
+    .err(400);
+    assert!(
+        e.message.contains("container.file_sha256.train.py") && e.message.contains("sealed"),
+        "{e:?}"
+    );
+    let shape = gradpool_core::model::DataShape::Text { vocab_size: 20 };
+    let e = submit_sealed(
+        &alice,
+        &spec(&image, &file),
+        &data,
+        keys.clone(),
+        Some(shape),
+    )
+    .await
+    .err(400);
+    assert!(
+        e.message.contains("data_shape: only for a native job"),
+        "{e:?}"
+    );
+    let parallel = format!(
+        "{}[parallel]\nworkers = 2\ninner_steps = 10\n",
+        confidential("\"any\"")
+    );
+    let e = submit_sealed(&alice, &parallel, &data, keys.clone(), None)
+        .await
+        .err(400);
+    assert!(
+        e.message.contains("parallel job cannot be confidential"),
+        "{e:?}"
+    );
+
+    let job: JobView = submit_sealed(&alice, &spec(&image, &file), &data, keys, None)
+        .await
+        .ok();
+    let a = holder.take().await;
+    assert_eq!(a.job_id, job.id);
+    let opened = a
+        .sealed_key
+        .as_ref()
+        .expect("its sealed key")
+        .open(
+            holder.encryption.as_ref().unwrap(),
+            &holder.key.provider_id(),
+            &a.data_sha256,
+        )
+        .unwrap();
+    assert_eq!(opened, key);
+    // Leased, the holder reads the sealed image: what it opens is the
+    // customer's.
+    let (status, got) = holder.client.get_bytes(&format!("/v1/blobs/{image}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        gradpool_core::privacy::open_bytes(&opened, &got).unwrap(),
+        image_bytes
+    );
 }
 
 /// A provider started for the isolated tier sends its host compliance

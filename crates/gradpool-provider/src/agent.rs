@@ -271,6 +271,7 @@ pub async fn run(
     } else {
         None
     };
+    confidential::sweep(&config, key.provider_id().as_str()).await;
     let shared = Arc::new(Shared {
         api: tokio::sync::RwLock::new(api),
         dir,
@@ -666,7 +667,8 @@ async fn run_task(
             tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "training segment");
             let spec = container::spec_of(a)?;
             let ran = if spec.container().is_some() {
-                train_container(shared, a, &spec, &task_dir, &out, cancel, step).await?
+                let ends = (out.as_path(), plain.as_ref());
+                train_container(shared, a, (&spec, &task_dir), ends, cancel, step).await?
             } else {
                 let ends = (out.as_path(), plain.as_ref());
                 train_native(shared, a, &task_dir, ends, cancel, step, foreign).await?
@@ -802,15 +804,14 @@ async fn native_inputs(
 async fn train_container(
     shared: &Arc<Shared>,
     a: &Assignment,
-    spec: &gradpool_core::JobSpec,
-    task_dir: &std::path::Path,
-    out: &std::path::Path,
+    (spec, task_dir): (&gradpool_core::JobSpec, &std::path::Path),
+    ends: (&std::path::Path, Option<&confidential::Plain>),
     cancel: &CancellationToken,
     step: &Arc<AtomicU64>,
 ) -> Result<Option<Ran>, ProviderError> {
     let (tx, rx) = tokio::sync::watch::channel(None::<wire::Progress>);
     let reporter = tokio::spawn(report_progress(shared.clone(), a.task_id.clone(), rx));
-    let ran = container::run(shared, a, spec, task_dir, out, cancel, |s, loss| {
+    let ran = container::run(shared, a, spec, task_dir, ends, cancel, |s, loss| {
         step.store(s + 1, Ordering::Relaxed);
         let _ = tx.send(Some(wire::Progress {
             step: s + 1,
@@ -1300,10 +1301,11 @@ async fn replay(
     }
     let task_dir = shared.dir.begin_task(a)?;
     tracing::info!(task = %a.task_id, job = %a.job_id, segment = a.segment, from = a.start_step, to = a.end_step, "replaying segment for an audit");
-    if spec.container().is_some() {
-        return replay_container(shared, a, &spec, &task_dir, target, cancel).await;
-    }
     let plain = confidential::Plain::open(shared, a)?;
+    if spec.container().is_some() {
+        let job = (&spec, task_dir.as_path());
+        return replay_container(shared, a, job, plain.as_ref(), target, cancel).await;
+    }
     let spec_path = task_dir.join("spec.toml");
     let (data, start) = match &a.round {
         // A replay starts where the segment did, not where its round did.
@@ -1401,30 +1403,43 @@ async fn replay(
     reported
 }
 
-/// Replays a container segment in its sandbox and reports it.
+/// Replays a container segment in its sandbox and reports it; a
+/// confidential job's (`plain`) from its task's tmpfs, compared sealed.
 async fn replay_container(
     shared: &Arc<Shared>,
     a: &Assignment,
-    spec: &gradpool_core::JobSpec,
-    task_dir: &std::path::Path,
+    (spec, task_dir): (&gradpool_core::JobSpec, &std::path::Path),
+    plain: Option<&confidential::Plain>,
     target: &wire::ReplayTarget,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, ProviderError> {
     let class = container::class(shared, spec);
-    let out = task_dir.join("replay.safetensors");
+    let out = match plain {
+        Some(p) => p.path("replay.safetensors"),
+        None => task_dir.join("replay.safetensors"),
+    };
     let Some(container::Ran {
         end,
         ms: compute_ms,
-    }) = container::run(shared, a, spec, task_dir, &out, cancel, |_, _| {}).await?
+    }) = container::run(shared, a, spec, task_dir, (&out, plain), cancel, |_, _| {}).await?
     else {
         return Ok(TaskEnd::Cancelled);
     };
-    let sha = {
-        let out = out.clone();
-        tokio::task::spawn_blocking(move || Sha256Hex::of_file(&out))
-            .await
-            .map_err(|e| ProviderError::Segment(format!("hashing the replay: {e}")))?
-            .map_err(ProviderError::io("cannot read the replay's checkpoint"))?
+    // Sealing is deterministic: the same plaintext gives the claimed
+    // digest.
+    let sealed = match plain {
+        Some(p) => Some(p.sealed(&out, task_dir)?),
+        None => None,
+    };
+    let sha = match &sealed {
+        Some((_, sha)) => sha.clone(),
+        None => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || Sha256Hex::of_file(&out))
+                .await
+                .map_err(|e| ProviderError::Segment(format!("hashing the replay: {e}")))?
+                .map_err(ProviderError::io("cannot read the replay's checkpoint"))?
+        }
     };
     // A parallel job's worker sends its pseudo-gradient: the replay's is
     // compared too.
@@ -1441,6 +1456,10 @@ async fn replay_container(
     };
     let distance = if class != target.claimed_class {
         let claimed = fetch(shared, &target.claimed_checkpoint_sha256).await?;
+        let claimed = match plain {
+            Some(p) => p.opened(&claimed, "claimed.safetensors")?,
+            None => claimed,
+        };
         let replayed = out.clone();
         Some(
             tokio::task::spawn_blocking(move || container::distance(&replayed, &claimed))
@@ -1463,6 +1482,9 @@ async fn replay_container(
     };
     let reported = send_replay(shared, a, report, cancel).await;
     let _ = std::fs::remove_file(&out);
+    if let Some((path, _)) = sealed {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(path) = sent {
         let _ = std::fs::remove_file(path);
     }

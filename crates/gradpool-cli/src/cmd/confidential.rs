@@ -148,16 +148,17 @@ pub struct Sealed {
     pub data: PathBuf,
     pub data_sha256: Sha256Hex,
     pub keys: Vec<JobKey>,
-    pub shape: gradpool_core::model::DataShape,
+    /// A native job's data shape (`None` for a container job).
+    pub shape: Option<gradpool_core::model::DataShape>,
 }
 
-/// Seals `spec`'s dataset `data` into `work` under a fresh key, and seals
-/// the key to the holders `privacy.providers` allows among the pool's
-/// providers.
+/// Seals `spec`'s dataset `data` into `work` under `key` (fresh for the
+/// job), and seals the key to the holders `privacy.providers` allows among
+/// the pool's providers.
 pub async fn seal_job(
     api: &Api,
     spec: &JobSpec,
-    data: &Path,
+    (data, key): (&Path, DataKey),
     work: &Path,
 ) -> anyhow::Result<Sealed> {
     let privacy = spec.privacy.as_ref().context("not a confidential spec")?;
@@ -170,11 +171,18 @@ pub async fn seal_job(
             holders.len()
         );
     }
-    let file = std::fs::File::open(data)
-        .with_context(|| format!("cannot read data file {}", data.display()))?;
-    let shape = gradpool_core::data::data_shape(spec, std::io::BufReader::new(file))
-        .map_err(|e| anyhow::anyhow!("data: {e}"))?;
-    let key = DataKey::generate();
+    // A native job's model is sized by its data, which the pool cannot
+    // read: its shape is declared. A container job's is its script's.
+    let shape = match spec.container() {
+        Some(_) => None,
+        None => {
+            let file = std::fs::File::open(data)
+                .with_context(|| format!("cannot read data file {}", data.display()))?;
+            let shape = gradpool_core::data::data_shape(spec, std::io::BufReader::new(file))
+                .map_err(|e| anyhow::anyhow!("data: {e}"))?;
+            Some(shape)
+        }
+    };
     let sealed = work.join("data.sealed");
     let data_sha256 = privacy::seal_file(&key, data, &sealed)
         .with_context(|| format!("cannot seal {}", data.display()))?;
@@ -195,6 +203,20 @@ pub async fn seal_job(
         keys,
         shape,
     })
+}
+
+/// Seals `path` into `work` as `name` under `key`, for upload; the sealed
+/// file and its digest.
+pub fn seal_into(
+    key: &DataKey,
+    path: &Path,
+    work: &Path,
+    name: &str,
+) -> anyhow::Result<(PathBuf, Sha256Hex)> {
+    let to = work.join(format!("{name}.sealed"));
+    let sha = privacy::seal_file(key, path, &to)
+        .with_context(|| format!("cannot seal {}", path.display()))?;
+    Ok((to, sha))
 }
 
 /// Opens the sealed file `sealed` of job `job` into `to` with the job's

@@ -5,6 +5,7 @@ use crate::credentials::CustomerArgs;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use gradpool_client::Api;
+use gradpool_core::privacy::DataKey;
 use gradpool_core::wire::{self, JobStatus, JobView};
 use gradpool_core::{JobSpec, Piconero, Sha256Hex};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -516,6 +517,15 @@ pub async fn submit(
             spec_path.display()
         ),
     };
+    if spec.privacy.is_some() && spec.parallel.is_some() {
+        bail!(
+            "privacy.confidential: a parallel job cannot be confidential yet (the pool would \
+             read its pseudo-gradients to take the outer steps)"
+        );
+    }
+    // A confidential job's image and files are sealed under its data key
+    // too: the key is made before anything is.
+    let key = spec.privacy.is_some().then(DataKey::generate);
     let spec_toml = match spec.container() {
         Some(_) => {
             let dir = spec_path.parent().unwrap_or(Path::new("."));
@@ -523,7 +533,8 @@ pub async fn submit(
                 .image_store
                 .clone()
                 .unwrap_or_else(super::container::default_image_store);
-            pin_container(api, &spec_toml, dir, (&data, &store), progress).await?
+            let sealing = key.as_ref();
+            pin_container(api, &spec_toml, dir, (&data, &store), sealing, progress).await?
         }
         None => spec_toml,
     };
@@ -531,14 +542,35 @@ pub async fn submit(
         .keys_dir
         .as_deref()
         .map_or_else(KeyStore::default, KeyStore::at);
-    submit_into(
-        api,
-        &spec_toml,
-        &data,
-        (overrides.booking.clone(), &keys),
-        progress,
-    )
-    .await
+    let to = Submission {
+        booking: overrides.booking.clone(),
+        keys: &keys,
+        key,
+    };
+    submit_into(api, &spec_toml, &data, to, progress).await
+}
+
+/// Where a job goes, and where a confidential job's data key is.
+pub struct Submission<'a> {
+    /// The booking it trains inside, if any.
+    pub booking: Option<String>,
+    /// Where a confidential job's data key is kept.
+    pub keys: &'a KeyStore,
+    /// A confidential job's data key when its container image and files
+    /// were sealed under it already ([`pin_container`]); else one is made.
+    pub key: Option<DataKey>,
+}
+
+impl<'a> Submission<'a> {
+    /// A job outside any booking, a confidential one's key made at submit
+    /// and kept in `keys`.
+    pub fn keeping_keys_in(keys: &'a KeyStore) -> Submission<'a> {
+        Submission {
+            booking: None,
+            keys,
+            key: None,
+        }
+    }
 }
 
 /// A confidential job: nothing leaves this machine unsealed. The data key
@@ -548,11 +580,20 @@ async fn submit_sealed(
     api: &Api,
     (spec_toml, spec): (&str, &JobSpec),
     data: &Path,
-    (booking, keys): (Option<String>, &KeyStore),
+    to: Submission<'_>,
     progress: bool,
 ) -> anyhow::Result<JobView> {
+    let Submission { booking, keys, key } = to;
+    let key = match key {
+        Some(key) => key,
+        None if spec.container().is_some() => bail!(
+            "a confidential container job's image and files are sealed under its data key \
+             before submit (`gradpool job submit` does both)"
+        ),
+        None => DataKey::generate(),
+    };
     let work = tempfile::tempdir().context("cannot make a working directory")?;
-    let sealed = super::confidential::seal_job(api, spec, data, work.path()).await?;
+    let sealed = super::confidential::seal_job(api, spec, (data, key), work.path()).await?;
     let pending = sealed.data_sha256.to_string();
     keys.save(&pending, &sealed.key)?;
     upload(api, &sealed.data, &sealed.data_sha256, progress).await?;
@@ -564,7 +605,7 @@ async fn submit_sealed(
                 data_sha256: sealed.data_sha256.clone(),
                 booking,
                 sealed_keys: sealed.keys.clone(),
-                data_shape: Some(sealed.shape),
+                data_shape: sealed.shape,
             },
         )
         .await?;
@@ -587,12 +628,20 @@ pub async fn pin_container(
     spec_toml: &str,
     dir: &Path,
     (data, store): (&Path, &Path),
+    sealing: Option<&DataKey>,
     progress: bool,
 ) -> anyhow::Result<String> {
     let mut spec = JobSpec::from_toml_str(spec_toml)?;
     spec.resolve_paths(dir);
     let Some(c) = spec.container() else {
         return Ok(spec_toml.to_owned());
+    };
+    // A confidential job's image and files go up sealed, pinned by the
+    // sealed files' digests.
+    let work = tempfile::tempdir().context("cannot make a working directory")?;
+    let sealed = |path: &Path, sha: Sha256Hex, name: &str| match sealing {
+        Some(key) => super::confidential::seal_into(key, path, work.path(), name),
+        None => Ok((path.to_owned(), sha)),
     };
     let mut doc: toml_edit::DocumentMut = spec_toml.parse().context("the spec is not TOML")?;
     let table = doc
@@ -606,7 +655,8 @@ pub async fn pin_container(
             c.image_sha256.as_ref(),
             "container.image_sha256",
         )?;
-        upload(api, image, &sha, progress).await?;
+        let (image, sha) = sealed(image, sha, "image")?;
+        upload(api, &image, &sha, progress).await?;
         table.insert("image_sha256", toml_edit::value(sha.as_str()));
     }
     let mut pins = toml_edit::InlineTable::new();
@@ -614,7 +664,8 @@ pub async fn pin_container(
         let field = format!("container.file_sha256.{}", f.name);
         let sha =
             super::container::pinned_digest(&f.path, "container.files", f.sha256.as_ref(), &field)?;
-        upload(api, &f.path, &sha, progress).await?;
+        let (path, sha) = sealed(&f.path, sha, &format!("file-{}", f.name))?;
+        upload(api, &path, &sha, progress).await?;
         pins.insert(f.name.as_str(), sha.as_str().into());
     }
     if !pins.is_empty() {
@@ -666,22 +717,31 @@ pub async fn submit_text(
     data: &Path,
     progress: bool,
 ) -> anyhow::Result<JobView> {
-    submit_into(api, spec_toml, data, (None, &KeyStore::default()), progress).await
+    let keys = KeyStore::default();
+    submit_into(
+        api,
+        spec_toml,
+        data,
+        Submission::keeping_keys_in(&keys),
+        progress,
+    )
+    .await
 }
 
-/// Uploads `data` and submits `spec_toml`, into `booking` if given; a
-/// confidential job's data sealed, its key kept in `keys`.
+/// Uploads `data` and submits `spec_toml` as `to` says; a confidential
+/// job's data sealed, its key kept.
 pub async fn submit_into(
     api: &Api,
     spec_toml: &str,
     data: &Path,
-    (booking, keys): (Option<String>, &KeyStore),
+    to: Submission<'_>,
     progress: bool,
 ) -> anyhow::Result<JobView> {
     let spec = JobSpec::from_toml_str(spec_toml)?;
     if spec.privacy.is_some() {
-        return submit_sealed(api, (spec_toml, &spec), data, (booking, keys), progress).await;
+        return submit_sealed(api, (spec_toml, &spec), data, to, progress).await;
     }
+    let booking = to.booking;
     let sha =
         super::container::pinned_digest(data, "data", spec.data.sha256.as_ref(), "data.sha256")?;
     if spec.data.format == gradpool_core::spec::DataFormat::Text {

@@ -244,7 +244,8 @@ pub async fn verify_job(api: &Api, id: &str, opts: &VerifyOptions) -> anyhow::Re
                 Some(ready) => ready,
                 None => {
                     let threads = device.hardware().threads;
-                    container::stage(api, c, &opts.work_dir, &opts.image_store, threads).await?
+                    let dirs = (opts.work_dir.as_path(), opts.image_store.as_path());
+                    container::stage(api, c, dirs, key.as_ref(), threads).await?
                 }
             };
             let worker = match (&initial, expected[i].worker) {

@@ -318,3 +318,72 @@ pub async fn fetched_global(api: &gradpool_client::Api, id: &str, dir: &Path) ->
     api.get_blob(&sha, &path).await.unwrap();
     std::fs::read(path).unwrap()
 }
+
+/// The length of the runs of plaintext searched for ([`find_run`]).
+pub const RUN: usize = 64;
+
+/// The `RUN`-byte runs of `secret` that could tell something: those of at
+/// least 8 distinct bytes (zeros in a database page, a tar header's
+/// padding, a tensor of ones are no secret).
+pub fn runs_of(secret: &[u8]) -> std::collections::HashSet<&[u8]> {
+    secret.windows(RUN).filter(|w| telling(w)).collect()
+}
+
+/// Whether `run` holds at least 8 distinct bytes.
+pub fn telling(run: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    run.iter()
+        .filter(|b| !std::mem::replace(&mut seen[usize::from(**b)], true))
+        .count()
+        >= 8
+}
+
+/// Where under `dir` some `RUN`-byte run of `secret` lies, if anywhere:
+/// every file, every offset.
+pub fn find_run(dir: &Path, secret: &[u8]) -> Option<(PathBuf, usize)> {
+    find_runs(dir, &runs_of(secret))
+}
+
+/// Where under `dir` one of `runs` lies, if anywhere: every file, every
+/// offset.
+pub fn find_runs(dir: &Path, runs: &std::collections::HashSet<&[u8]>) -> Option<(PathBuf, usize)> {
+    // Most offsets are ruled out by their first 8 bytes alone.
+    let prefixes: std::collections::HashSet<[u8; 8]> = runs
+        .iter()
+        .filter_map(|r| r.get(..8)?.try_into().ok())
+        .collect();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            // A database's -wal or -shm file may go as it closes: what it
+            // held is in the database then.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let found = bytes.windows(RUN).position(|w| {
+                let head: [u8; 8] = w[..8].try_into().unwrap_or_default();
+                prefixes.contains(&head) && runs.contains(w)
+            });
+            if let Some(at) = found {
+                eprintln!("{}+{at}: {:02x?}", path.display(), &bytes[at..at + RUN]);
+                return Some((path, at));
+            }
+        }
+    }
+    None
+}
+
+/// The tensor bytes of a safetensors file (after its header).
+pub fn tensor_bytes(file: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n..].to_vec()
+}

@@ -82,6 +82,19 @@ impl Plain {
         Ok(to)
     }
 
+    /// Opens the sealed file `sealed` to `to`, which must lie in the
+    /// task's directory.
+    pub(super) fn open_to(&self, sealed: &Path, to: &Path) -> Result<(), ProviderError> {
+        if !to.starts_with(&self.dir) {
+            return Err(ProviderError::Segment(format!(
+                "{} is outside the task's plaintext directory",
+                to.display()
+            )));
+        }
+        privacy::open_file(&self.key, sealed, to)?;
+        Ok(())
+    }
+
     /// Seals the plaintext file `plain` beside the blob cache's `dir`; the
     /// sealed file and its digest.
     pub(super) fn sealed(
@@ -95,6 +108,40 @@ impl Plain {
         ));
         let sha = privacy::seal_file(&self.key, plain, &to)?;
         Ok((to, sha))
+    }
+}
+
+/// Removes what tasks of `provider` left on the tmpfs when the agent
+/// last stopped without ending them (a crash, a kill): their plaintext,
+/// and a container task's image store with its containers. Such a task is
+/// trained again from its start checkpoint if it comes back.
+pub(super) async fn sweep(config: &super::ProviderConfig, provider: &str) {
+    let agent = plaintext_base(config).join(format!("gradpool-{provider}"));
+    let Ok(tasks) = std::fs::read_dir(&agent) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let images = task.path().join("images");
+        if images.join("storage").is_dir() {
+            match crate::container::ImageStore::open(&images, 0) {
+                Ok(store) => {
+                    if let Err(e) = store.remove_all().await {
+                        tracing::warn!(error = %e, "cannot remove a confidential task's image store");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a confidential task's image store")
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(&agent) {
+        Ok(()) => {
+            tracing::info!(dir = %agent.display(), "removed the plaintext of tasks left by the last run")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %agent.display(), error = %e, "cannot remove the plaintext of tasks left by the last run")
+        }
     }
 }
 

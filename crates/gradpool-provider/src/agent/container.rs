@@ -9,6 +9,7 @@
 //! machine (one per GPU) may share a store: each image is then loaded and
 //! kept once.
 
+use super::confidential::Plain;
 use super::{fetch, Shared};
 use crate::container::{job_env, worker_env, ContainerEnd, ContainerSegment, ImageStore, Sandbox};
 use crate::ProviderError;
@@ -89,13 +90,15 @@ pub(super) struct Ran {
 
 /// Runs steps `[a.start_step, a.end_step)` of a container job in its
 /// sandbox, writing the canonical end checkpoint to `out`; `None` when
-/// cancelled.
+/// cancelled. A confidential job's (`plain`) runs from its task's tmpfs:
+/// image, files, data and checkpoints opened there, the image loaded into
+/// a store of the task's own, removed with it.
 pub(super) async fn run(
     shared: &Arc<Shared>,
     a: &Assignment,
     spec: &JobSpec,
     task_dir: &Path,
-    out: &Path,
+    (out, plain): (&Path, Option<&Plain>),
     cancel: &CancellationToken,
     on_step: impl FnMut(u64, f32),
 ) -> Result<Option<Ran>, ProviderError> {
@@ -107,23 +110,108 @@ pub(super) async fn run(
             "a container job, and this provider does not run containers (accept_containers)".into(),
         )
     })?;
+    let Some(p) = plain else {
+        let store = images.store.clone();
+        let inputs = inputs(shared, a, c, task_dir, None);
+        return run_in(shared, a, spec, (&store, inputs), out, cancel, on_step).await;
+    };
+    if a.round.is_some() {
+        return Err(ProviderError::Segment(
+            "a confidential job cannot be parallel".into(),
+        ));
+    }
+    let store = ImageStore::open(&p.path("images"), images.store.cap_bytes())
+        .map_err(|e| ProviderError::Segment(format!("the task's image store: {e}")))?;
+    let inputs = inputs(shared, a, c, task_dir, Some((p, &store)));
+    let ran = run_in(shared, a, spec, (&store, inputs), out, cancel, on_step).await;
+    if let Err(e) = store.remove_all().await {
+        tracing::warn!(task = %a.task_id, error = %e, "cannot remove a confidential task's image store");
+    }
+    ran
+}
+
+/// What a container segment runs from.
+struct Inputs {
+    image: String,
+    data: PathBuf,
+    job_files: PathBuf,
+    start: Start,
+    /// The directory the container's `/out` lies under.
+    work: PathBuf,
+}
+
+/// Fetches (for a confidential job: and opens) what a segment of `a`
+/// runs from, loading its image into `private` when it has one.
+async fn inputs(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    c: &ContainerConfig,
+    task_dir: &Path,
+    private: Option<(&Plain, &ImageStore)>,
+) -> Result<Inputs, ProviderError> {
+    let image = match private {
+        Some((p, store)) => load_private(shared, c, p, store).await?,
+        None => {
+            let images = shared.images.as_ref().ok_or_else(|| {
+                ProviderError::Segment("this provider does not run containers".into())
+            })?;
+            load_image(shared, images, c).await?
+        }
+    };
+    let plain = private.map(|(p, _)| p);
+    let data = fetch(shared, &a.data_sha256).await?;
+    let (data, job_files, work) = match plain {
+        Some(p) => (p.opened(&data, "data")?, p.path("job"), p.path("container")),
+        None => (data, task_dir.join("job"), task_dir.join("container")),
+    };
+    stage_files(shared, c, &job_files, plain).await?;
+    let start = match (&a.round, &a.start_checkpoint_sha256) {
+        (Some(round), _) => Start::Worker(worker_start(shared, a, round, c, task_dir).await?),
+        (None, Some(sha)) => {
+            let path = fetch(shared, sha).await?;
+            let path = match plain {
+                Some(p) => p.opened(&path, "start.safetensors")?,
+                None => path,
+            };
+            Start::Previous(path, sha.clone())
+        }
+        (None, None) => Start::None,
+    };
+    Ok(Inputs {
+        image,
+        data,
+        job_files,
+        start,
+        work,
+    })
+}
+
+/// Runs a container segment from `inputs` (fetched while a cancel can
+/// stop them) with its image in `store`.
+async fn run_in(
+    shared: &Arc<Shared>,
+    a: &Assignment,
+    spec: &JobSpec,
+    (store, inputs): (
+        &ImageStore,
+        impl std::future::Future<Output = Result<Inputs, ProviderError>>,
+    ),
+    out: &Path,
+    cancel: &CancellationToken,
+    on_step: impl FnMut(u64, f32),
+) -> Result<Option<Ran>, ProviderError> {
+    let c = spec
+        .container()
+        .ok_or_else(|| ProviderError::Segment("not a container job".into()))?;
     // Downloads and a load of up to the pool's image cap: a cancel (a
     // pause, a lost lease) stops them too.
-    let inputs = async {
-        let image = load_image(shared, images, c).await?;
-        let data = fetch(shared, &a.data_sha256).await?;
-        let job_files = stage_files(shared, c, &task_dir.join("job")).await?;
-        let start = match (&a.round, &a.start_checkpoint_sha256) {
-            (Some(round), _) => {
-                let w = worker_start(shared, a, round, c, task_dir).await?;
-                Start::Worker(w)
-            }
-            (None, Some(sha)) => Start::Previous(fetch(shared, sha).await?, sha.clone()),
-            (None, None) => Start::None,
-        };
-        Ok::<_, ProviderError>((image, data, job_files, start))
-    };
-    let (image, data, job_files, start) = tokio::select! {
+    let Inputs {
+        image,
+        data,
+        job_files,
+        start,
+        work,
+    } = tokio::select! {
         _ = cancel.cancelled() => return Ok(None),
         inputs = inputs => inputs?,
     };
@@ -149,7 +237,7 @@ pub(super) async fn run(
         data,
         job_files,
         start,
-        work: task_dir.join("container"),
+        work,
         from: a.start_step,
         to: a.end_step,
         env,
@@ -185,10 +273,10 @@ pub(super) async fn run(
     let started = std::time::Instant::now();
     let ran = tokio::select! {
         _ = cancel.cancelled() => None,
-        r = segment.run(&images.store, &sandbox, layout.as_ref(), out, on_step) => Some(r),
+        r = segment.run(store, &sandbox, layout.as_ref(), out, on_step) => Some(r),
     };
     let Some(end) = ran else {
-        images.store.remove_container(&segment.name()).await;
+        store.remove_container(&segment.name()).await;
         return Ok(None);
     };
     #[allow(unused_mut)]
@@ -358,18 +446,59 @@ async fn load_image(
     images: &Images,
     c: &ContainerConfig,
 ) -> Result<String, ProviderError> {
-    let digest = c
-        .image_sha256
-        .as_ref()
-        .ok_or_else(|| ProviderError::Segment("container.image_sha256: not pinned".into()))?;
+    let digest = pinned_image(c)?;
     let _loading = images.loading.lock().await;
     let now = super::unix_now();
     if images.store.contains(digest).await? {
         return Ok(images.store.ensure(digest, || None, now).await?);
     }
-    // Asked before the download: an image larger than the whole cache is
-    // refused without fetching it.
-    let cap = images.store.cap_bytes();
+    let archive = fetch_archive(shared, digest, images.store.cap_bytes()).await?;
+    tracing::info!(image = %digest, "loading a job's image");
+    let name = images
+        .store
+        .ensure(digest, || Some(archive.clone()), now)
+        .await;
+    let _ = std::fs::remove_file(&archive);
+    Ok(name?)
+}
+
+/// A confidential job's image: its sealed archive opened on the task's
+/// tmpfs and loaded into the task's own `store` there. Neither the opened
+/// archive nor the sealed one is kept: the next task downloads it again.
+async fn load_private(
+    shared: &Arc<Shared>,
+    c: &ContainerConfig,
+    p: &Plain,
+    store: &ImageStore,
+) -> Result<String, ProviderError> {
+    let digest = pinned_image(c)?;
+    let sealed = fetch_archive(shared, digest, store.cap_bytes()).await?;
+    let opened = p.opened(&sealed, "image.oci");
+    let _ = std::fs::remove_file(&sealed);
+    let opened = opened?;
+    tracing::info!(image = %digest, "loading a confidential job's image into the task's memory");
+    let id = store
+        .ensure(digest, || Some(opened.clone()), super::unix_now())
+        .await;
+    let _ = std::fs::remove_file(&opened);
+    Ok(id?)
+}
+
+/// The image digest the job pins.
+fn pinned_image(c: &ContainerConfig) -> Result<&Sha256Hex, ProviderError> {
+    c.image_sha256
+        .as_ref()
+        .ok_or_else(|| ProviderError::Segment("container.image_sha256: not pinned".into()))
+}
+
+/// The image archive `digest`, downloaded into the blob cache unless it is
+/// larger than `cap` (asked before the download: an image larger than the
+/// whole cache is refused without fetching it).
+async fn fetch_archive(
+    shared: &Arc<Shared>,
+    digest: &Sha256Hex,
+    cap: u64,
+) -> Result<PathBuf, ProviderError> {
     let too_large = |size: u64| {
         ProviderError::Segment(format!(
             "the job's image ({} MiB) is larger than this rig's image cache ({} MiB, image_cache_gib)",
@@ -392,21 +521,17 @@ async fn load_image(
         let _ = std::fs::remove_file(&archive);
         return Err(too_large(size));
     }
-    tracing::info!(image = %digest, mib = size >> 20, "loading a job's image");
-    let name = images
-        .store
-        .ensure(digest, || Some(archive.clone()), now)
-        .await;
-    let _ = std::fs::remove_file(&archive);
-    Ok(name?)
+    Ok(archive)
 }
 
-/// The job's files, fetched and copied under `dir` by their names.
+/// The job's files, fetched and copied under `dir` by their names (a
+/// confidential job's opened there).
 async fn stage_files(
     shared: &Arc<Shared>,
     c: &ContainerConfig,
     dir: &Path,
-) -> Result<PathBuf, ProviderError> {
+    plain: Option<&Plain>,
+) -> Result<(), ProviderError> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)
             .map_err(ProviderError::io(format!("cannot clear {}", dir.display())))?;
@@ -420,12 +545,18 @@ async fn stage_files(
             ProviderError::Segment(format!("container.file_sha256.{}: not pinned", f.name))
         })?;
         let blob = fetch(shared, sha).await?;
-        std::fs::copy(&blob, dir.join(&f.name)).map_err(ProviderError::io(format!(
-            "cannot stage the job file {}",
-            f.name
-        )))?;
+        let to = dir.join(&f.name);
+        match plain {
+            Some(p) => p.open_to(&blob, &to)?,
+            None => {
+                std::fs::copy(&blob, &to).map_err(ProviderError::io(format!(
+                    "cannot stage the job file {}",
+                    f.name
+                )))?;
+            }
+        }
     }
-    Ok(dir.to_owned())
+    Ok(())
 }
 
 /// How far a replayed container checkpoint lies from the claimed one

@@ -363,6 +363,39 @@ impl ImageStore {
             .status()
             .await;
     }
+
+    /// Removes the whole store: its containers, its images and its
+    /// directories (a confidential task's store, whose plaintext image
+    /// must not outlive the task). Rootless podman's files belong to the
+    /// user's subordinate IDs: they are removed inside its namespace.
+    pub async fn remove_all(&self) -> Result<(), ContainerError> {
+        let quiet = |mut cmd: Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            cmd
+        };
+        let mut rm = quiet(self.podman());
+        rm.args(["rm", "--all", "--force", "--time", "0"]);
+        let _ = rm.status().await;
+        if self.rootless {
+            let mut unshare = quiet(self.podman());
+            unshare
+                .args(["unshare", "rm", "-rf", "--"])
+                .arg(&self.root)
+                .arg(&self.runroot);
+            let _ = unshare.status().await;
+        }
+        for dir in [&self.root, &self.runroot] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("cannot remove {}", dir.display()))(e))
+                }
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(self.index_path());
+        Ok(())
+    }
 }
 
 /// Why podman, as `podman info` describes it (`ROOTLESS|CGROUPS|[CONTROLLERS]`),

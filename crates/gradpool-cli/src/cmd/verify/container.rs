@@ -1,10 +1,12 @@
 //! `job verify` of a container job: its image and files downloaded from
 //! the pool (checked against the digests the job pins), the image loaded
 //! into the customer's image store, and each sampled segment run again in
-//! the sandbox a provider uses.
+//! the sandbox a provider uses. A confidential job's image and files are
+//! opened with its data key.
 
 use anyhow::Context;
 use gradpool_client::Api;
+use gradpool_core::privacy::DataKey;
 use gradpool_core::spec::{ContainerConfig, JobSpec};
 use gradpool_core::wire::SegmentView;
 use gradpool_core::Sha256Hex;
@@ -45,8 +47,8 @@ pub(super) fn class(
 pub(super) async fn stage(
     api: &Api,
     c: &ContainerConfig,
-    work: &Path,
-    store_dir: &Path,
+    (work, store_dir): (&Path, &Path),
+    key: Option<&DataKey>,
     threads: u32,
 ) -> anyhow::Result<Staged> {
     let digest = image_of(c)?;
@@ -54,7 +56,7 @@ pub(super) async fn stage(
     let archive = work.join("image.oci");
     if !store.contains(digest).await? {
         eprintln!("downloading the job's image {digest}…");
-        api.get_blob(digest, &archive)
+        download(api, digest, &archive, key)
             .await
             .with_context(|| format!("cannot download the job's image {digest}"))?;
     }
@@ -73,7 +75,7 @@ pub(super) async fn stage(
             .sha256
             .as_ref()
             .with_context(|| format!("container.file_sha256.{}: not pinned", f.name))?;
-        api.get_blob(sha, &job_files.join(&f.name))
+        download(api, sha, &job_files.join(&f.name), key)
             .await
             .with_context(|| format!("cannot download the job file {}", f.name))?;
     }
@@ -83,6 +85,25 @@ pub(super) async fn stage(
         job_files,
         threads,
     })
+}
+
+/// Downloads the blob `sha` to `to`; a confidential job's (sealed under
+/// `key`) opened there.
+async fn download(
+    api: &Api,
+    sha: &Sha256Hex,
+    to: &Path,
+    key: Option<&DataKey>,
+) -> anyhow::Result<()> {
+    let Some(key) = key else {
+        return Ok(api.get_blob(sha, to).await?);
+    };
+    let sealed = to.with_extension("sealed");
+    api.get_blob(sha, &sealed).await?;
+    let opened = gradpool_core::privacy::open_file(key, &sealed, to)
+        .context("it does not open with the job's data key");
+    let _ = std::fs::remove_file(&sealed);
+    opened.map(drop)
 }
 
 /// A parallel job's worker segment, as `job verify` replays it.
@@ -177,10 +198,12 @@ pub(super) async fn replay(
         return Ok((format!("replay failed: {e}"), None));
     }
     if s.commitment.commitment.class == class {
-        return Ok(super::by_hash(
-            &Sha256Hex::of_file(&out)?,
-            &s.checkpoint_sha256,
-        ));
+        let sha = Sha256Hex::of_file(&out)?;
+        // A confidential job's claim was opened: compared in the clear.
+        if spec.privacy.is_some() {
+            return Ok(super::by_hash(&sha, &Sha256Hex::of_file(claimed)?));
+        }
+        return Ok(super::by_hash(&sha, &s.checkpoint_sha256));
     }
     let d = gradpool_core::container::distance(&std::fs::read(&out)?, &std::fs::read(claimed)?);
     let tolerance = c.cross_class_tolerance;
