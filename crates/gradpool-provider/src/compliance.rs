@@ -251,10 +251,27 @@ impl Host for SystemHost {
     }
 
     fn gpu_confidential_computing(&self) -> Option<bool> {
-        // NVML's confidential-computing query needs a GPU that has the
-        // mode (H100/H200); none is lent to this project to write it
-        // against, so a GPU rig reports it as not applicable for now.
-        None
+        use nvml_wrapper::error::NvmlError;
+        // No NVIDIA driver or no GPU: nothing to check.
+        let nvml = nvml_wrapper::Nvml::init().ok()?;
+        let device = nvml.device_by_index(0).ok()?;
+        let production = |dev_mode: Result<bool, NvmlError>| matches!(dev_mode, Ok(false));
+        match device.is_cc_enabled() {
+            // On, and not the development mode (which attests nothing).
+            Ok(true) => Some(production(device.is_cc_dev_mode_enabled())),
+            Ok(false) => Some(false),
+            // A GPU (or a driver) without the mode.
+            Err(
+                NvmlError::NotSupported
+                | NvmlError::FunctionNotFound
+                | NvmlError::FailedToLoadSymbol(_),
+            ) => None,
+            // It has the mode and cannot say how it stands: not passed.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the GPU's confidential-computing mode");
+                Some(false)
+            }
+        }
     }
 }
 
