@@ -14,6 +14,16 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     trust: gradpool_cli::pool_trust::PoolTrustArgs,
+    /// How logs are written to stderr: `text` for people, `json` (one
+    /// object a line) for a log collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -94,14 +104,16 @@ fn main() -> ExitCode {
     }
     // Colour only where a person reads it: logs sent to a file stay plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_ansi(ansi)
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 
     let result = match cli.command {
         // Commands that train set their thread count before any thread pool starts.

@@ -65,12 +65,14 @@ fn start_pool(dir: &Path) -> (Killed, String) {
             "0",
             "--audit-floor",
             "0",
+            "--log-format",
+            "json",
             "--data-dir",
         ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -273,6 +275,33 @@ fn pool_providers_and_customer_as_processes() {
         ],
     ));
     assert!(out.contains("status      settled"), "{out}");
+
+    // The operator's glance, from the pool's database.
+    let pool_dir = tmp.path().join("pool");
+    let dir = pool_dir.to_str().unwrap();
+    let status = ok(gradpool(&home, &["pool", "status", "--data-dir", dir]));
+    assert!(status.contains("jobs          1: 1 succeeded"), "{status}");
+    assert!(status.contains("escrow        0 XMR"), "{status}");
+    let glance: serde_json::Value = serde_json::from_str(&ok(gradpool(
+        &home,
+        &["pool", "status", "--data-dir", dir, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(glance["jobs"]["succeeded"], 1, "{glance}");
+    assert_eq!(glance["segments"]["accepted"], 2, "{glance}");
+    assert_eq!(glance["payouts"]["settled"], 1, "{glance}");
+    // `--log-format json`: every line the pool logged is one JSON object.
+    let log = std::fs::read_to_string(pool_dir.with_extension("log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "pool listening" && l["level"] == "INFO"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -117,8 +117,48 @@ pub fn router(pool: Pool) -> Router {
         .route("/v1/providers/proofs/{id}", post(answer_proof))
         .route("/v1/providers/compliance", post(send_compliance))
         .route("/v1/providers/stake", post(stake))
+        .route("/metrics", get(metrics))
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(pool.clone(), measured))
         .with_state(pool)
+}
+
+/// Counts and times every request, by the route it matched.
+async fn measured(
+    State(pool): State<Pool>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    pool.inner.metrics.observe(
+        route.as_deref(),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `GET /metrics`: the Prometheus text exposition. Each scrape reads the
+/// database, so anyone's scrapes share the anonymous routes' budget.
+async fn metrics(
+    State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
+) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
+    let overview = pool.overview().await?;
+    let text = pool
+        .inner
+        .metrics
+        .render(&overview)
+        .map_err(|e| PoolError::Internal(format!("encoding the metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }
 
 /// The largest commit body: a segment of [`gradpool_core::spec::MAX_CHECKPOINT_EVERY`]

@@ -34,6 +34,10 @@
 //! - [`throttle`]: per-client limits on the routes anyone can call.
 //! - [`tls`]: the API over TLS, with a certificate from files or one the
 //!   pool makes and keeps.
+//! - [`overview`]: the pool at a glance (providers by status, jobs by
+//!   state, money by ledger account kind, …), read from its database.
+//! - [`metrics`]: `GET /metrics`, the API's requests and the overview for
+//!   Prometheus.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gradpool_pool::PoolError> {
@@ -60,8 +64,10 @@ pub mod events;
 pub mod job;
 pub mod lease;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod money;
+pub mod overview;
 pub mod placement;
 pub mod presence;
 pub mod privacy;
@@ -111,6 +117,8 @@ pub(crate) struct Inner {
     pub(crate) throttle: throttle::Throttle,
     /// Heartbeats waiting for work now.
     pub(crate) long_polls: std::sync::atomic::AtomicUsize,
+    /// What this process measured of the API (`GET /metrics`).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl Pool {
@@ -171,6 +179,7 @@ impl Pool {
                 challenges: challenge::Challenges::new()?,
                 throttle: throttle::Throttle::new(throttle),
                 long_polls: Default::default(),
+                metrics: metrics::Metrics::default(),
             }),
         };
         pool.learn_missing_models().await?;
@@ -264,6 +273,8 @@ const LAYERS: &[&str] = &[
     "proof",
     "certification",
     "privacy",
+    "overview",
+    "metrics",
     "escrow",
     "money",
     "wallet",

@@ -611,6 +611,40 @@ pub async fn rounds(
     Ok(out)
 }
 
+/// What a provider's status follows from.
+pub(crate) struct StatusFacts {
+    /// When it was last heard from (ms).
+    pub last_seen: i64,
+    /// It holds a lease.
+    pub leased: bool,
+    /// A hardware proof is pending or failed, or its GPU is claimed twice.
+    pub held: bool,
+    /// Its owner paused it.
+    pub paused: bool,
+    /// A booking reserves it now.
+    pub booked: bool,
+}
+
+impl StatusFacts {
+    /// `disconnected` when not heard from for a lease period, else
+    /// `sharing` with a lease, else `held`, `paused`, `reserved` or `idle`.
+    pub(crate) fn status(&self, now: i64, lease_seconds: u32) -> ProviderStatus {
+        if now - self.last_seen > i64::from(lease_seconds) * 1000 {
+            ProviderStatus::Disconnected
+        } else if self.leased {
+            ProviderStatus::Sharing
+        } else if self.held {
+            ProviderStatus::Held
+        } else if self.paused {
+            ProviderStatus::Paused
+        } else if self.booked {
+            ProviderStatus::Reserved
+        } else {
+            ProviderStatus::Idle
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct ProviderRow {
     id: String,
@@ -681,19 +715,14 @@ pub async fn providers(
                     crate::store::duplicate_reason(r.gpu_uuid.as_deref().unwrap_or("?"), other)
                 })
             });
-            let status = if now - r.last_seen > i64::from(lease_seconds) * 1000 {
-                ProviderStatus::Disconnected
-            } else if r.leased > 0 {
-                ProviderStatus::Sharing
-            } else if held.is_some() {
-                ProviderStatus::Held
-            } else if r.paused.is_some() {
-                ProviderStatus::Paused
-            } else if r.booked > 0 {
-                ProviderStatus::Reserved
-            } else {
-                ProviderStatus::Idle
-            };
+            let status = StatusFacts {
+                last_seen: r.last_seen,
+                leased: r.leased > 0,
+                held: held.is_some(),
+                paused: r.paused.is_some(),
+                booked: r.booked > 0,
+            }
+            .status(now, lease_seconds);
             Ok(ProviderView {
                 id: ProviderId::from(r.id.as_str()),
                 name: r.name,

@@ -161,6 +161,24 @@ pub enum PoolCommand {
     Certify(CertifyArgs),
     /// End a provider's certification now.
     Revoke(RevokeArgs),
+    /// The pool at a glance: providers by status, jobs by state, the
+    /// training queue, the last hour's throughput, money in escrow,
+    /// payouts pending (read from its database, as `GET /metrics` is).
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The pool's data directory (holding pool.sqlite).
+    #[arg(long, default_value = "gradpool-pool")]
+    data_dir: PathBuf,
+    /// The pool's lease, as it was started with (`--lease-seconds`): a
+    /// provider silent for longer counts as disconnected.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u32,
+    /// Print the overview as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -216,6 +234,7 @@ pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
         Some(PoolCommand::Payouts(p)) => payouts(p).await,
         Some(PoolCommand::Certify(c)) => certify(c).await,
         Some(PoolCommand::Revoke(r)) => revoke(r).await,
+        Some(PoolCommand::Status(st)) => status(st).await,
         None => serve(a).await,
     }
 }
@@ -229,6 +248,60 @@ fn db_path(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&a.data_dir)?;
+    let db = gradpool_pool::store::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut conn = db.acquire().await?;
+    let o = gradpool_pool::overview::read(&mut conn, now_ms(), a.lease_seconds).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&o)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |counts: &std::collections::BTreeMap<String, u64>| {
+        let total: u64 = counts.values().sum();
+        let parts: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        match parts.is_empty() {
+            true => "0".to_owned(),
+            false => format!("{total}: {}", parts.join(", ")),
+        }
+    };
+    let xmr = |p: i64| gradpool_core::Piconero(u64::try_from(p).unwrap_or(0)).to_string();
+    println!("providers     {}", line(&o.providers));
+    println!("jobs          {}", line(&o.jobs));
+    println!(
+        "queue         {} segments waiting for a provider",
+        o.queue_depth
+    );
+    println!(
+        "last hour     {} segments committed, {} steps",
+        o.segments_last_hour, o.steps_last_hour
+    );
+    println!("audits        {}", line(&o.audits));
+    println!("escrow        {}", xmr(o.escrow()));
+    println!(
+        "owed          {} to providers (pending), {} available to withdraw",
+        xmr(o.ledger.get("provider_pending").copied().unwrap_or(0)),
+        xmr(o.ledger.get("provider_available").copied().unwrap_or(0))
+    );
+    println!(
+        "payouts       {} pending ({})",
+        o.payouts_pending(),
+        line(&o.payouts)
+    );
+    println!(
+        "blobs         {} ({:.1} MiB)",
+        o.blobs,
+        o.blob_bytes as f64 / f64::from(1u32 << 20)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {

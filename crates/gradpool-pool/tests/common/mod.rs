@@ -250,7 +250,7 @@ impl Client {
         Client::new(&self.base, Some(token.to_owned()))
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{}", self.base, path));
         match &self.token {
             Some(t) => r.bearer_auth(t),
