@@ -75,6 +75,12 @@ fn main() -> ExitCode {
         // agent asks CUDA about its GPU in the same order as NVML.
         gradpool_train::runtime::configure_process();
     }
+    if matches!(
+        cli.command,
+        Command::Pool(_) | Command::Provider(_) | Command::Devnet(_) | Command::Bench(_)
+    ) {
+        raise_open_files();
+    }
     // The segment process talks JSON on stdout; keep its logs on stderr and quiet.
     let default_filter = match cli.command {
         // Cheaters being caught are the point of the run, not warnings.
@@ -129,6 +135,20 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A pool holds a socket for every connected provider (and `bench pool`
+/// one for every simulated one): the soft limit on open files, often 1024,
+/// is raised to the hard limit the system allows.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("warning: cannot raise the open-files limit from {soft}: {e}");
+            }
         }
     }
 }

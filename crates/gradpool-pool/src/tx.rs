@@ -81,7 +81,13 @@ impl<'a> Write<'a> {
     }
 
     pub(crate) async fn commit(self) -> Result<(), PoolError> {
-        self.tx.commit().await?;
+        // Run to the end even if the caller is dropped (a client that hangs
+        // up): a commit cut between the database's answer and sqlx's
+        // bookkeeping would hand the next writer a connection sqlx believes
+        // is still in a transaction.
+        tokio::spawn(self.tx.commit())
+            .await
+            .map_err(|e| PoolError::Internal(format!("committing: {e}")))??;
         self.pool.publish(self.events);
         if self.queued_work {
             self.pool.inner.work.notify_waiters();
@@ -97,7 +103,16 @@ impl Pool {
         // IMMEDIATE: take SQLite's write lock now, waiting (busy timeout) for a
         // writer outside this lock (a blob upload, another process) instead
         // of failing when a read snapshot turns out stale at the first write.
-        let tx = self.inner.db.begin_with("BEGIN IMMEDIATE").await?;
+        //
+        // Begun in a task of its own, for the reason `commit` is: a BEGIN
+        // cut short after SQLite ran it leaves sqlx counting a transaction
+        // on the pooled connection, and every later write on it fails.
+        // Begun to the end, a transaction nobody takes is rolled back as
+        // it drops.
+        let db = self.inner.db.clone();
+        let tx = tokio::spawn(async move { db.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            .map_err(|e| PoolError::Internal(format!("beginning a transaction: {e}")))??;
         Ok(Write {
             pool: self,
             tx,

@@ -169,6 +169,10 @@ pub enum BenchCommand {
     /// validators' compute against the training's (needs a build with
     /// `--features cheat`).
     Verify(super::bench_verify::VerifyBenchArgs),
+    /// Run a pool process under simulated providers that register (with
+    /// real signatures), heart-beat, claim and commit, and report
+    /// heartbeats per second, their latency, claims, commits and errors.
+    Pool(super::bench_pool::PoolBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -795,6 +799,12 @@ pub fn bench(c: BenchCommand) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?
                 .block_on(super::bench_verify::run(a));
+        }
+        BenchCommand::Pool(a) => {
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(super::bench_pool::run(a));
         }
     };
     let device = open_device(&device)?;

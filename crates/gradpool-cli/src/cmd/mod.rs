@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod account;
+pub mod bench_pool;
 pub mod bench_verify;
 pub mod book;
 pub mod confidential;
