@@ -694,16 +694,20 @@ impl Pool {
     }
 
     /// Expires every lease past its time and queues its segment again.
-    /// Returns how many leases expired.
+    /// Returns how many leases expired. A lease gets as much longer as the
+    /// pool runs behind (see [`Pool::mark_absent`]): the heartbeat that
+    /// would renew it may be waiting in the pool's own queue.
     pub async fn reap_expired_leases(&self) -> Result<usize, PoolError> {
         let mut w = self.write().await?;
         let now = w.now;
+        let behind = self.inner.backlog.delay_ms(now);
         let expired: Vec<TaskRow> = sqlx::query_as(&format!(
             "UPDATE tasks SET status = 'expired', updated_at = ?1 \
-             WHERE status = 'leased' AND lease_expires_at < ?1 \
+             WHERE status = 'leased' AND lease_expires_at < ?2 \
              RETURNING {TASK_COLUMNS}"
         ))
         .bind(now)
+        .bind(now - behind)
         .fetch_all(w.conn())
         .await?;
         for task in &expired {

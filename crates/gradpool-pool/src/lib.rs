@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     /// taking the lock up front avoids busy-snapshot failures of deferred
     /// transactions that read before they write.
     pub(crate) write_lock: Mutex<()>,
+    /// Writers waiting for the lock: how far behind the pool runs, which
+    /// the reaper allows for before it calls a lease or a provider lost.
+    pub(crate) backlog: tx::Backlog,
     /// Woken whenever a task is queued; long-polling heartbeats wait on it.
     pub(crate) work: Notify,
     /// Every job event, after its transaction committed.
@@ -173,6 +176,7 @@ impl Pool {
                 db,
                 blobs,
                 write_lock: Mutex::new(()),
+                backlog: tx::Backlog::default(),
                 work: Notify::new(),
                 events,
                 stop: tokio_util::sync::CancellationToken::new(),

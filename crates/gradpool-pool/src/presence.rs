@@ -214,10 +214,17 @@ impl Pool {
     /// Records as `disconnected` every provider not heard from for a lease
     /// period, and closes the hardware proofs whose deadline has passed
     /// unanswered (the provider stays held). Run by the reaper.
+    ///
+    /// A pool running behind does not blame its providers: the lease is
+    /// lengthened by how long the longest-waiting writer (a heartbeat,
+    /// most likely) has been waiting for the write lock, so a heartbeat
+    /// stuck in the pool's own queue does not turn into a disconnection
+    /// and then a reconnection to write.
     pub async fn mark_absent(&self) -> Result<usize, PoolError> {
-        let lease_ms = i64::from(self.inner.config.lease_seconds) * 1000;
         let mut w = self.write().await?;
         let now = w.now;
+        let lease_ms =
+            i64::from(self.inner.config.lease_seconds) * 1000 + self.inner.backlog.delay_ms(now);
         let gone: Vec<String> = sqlx::query_scalar(
             "UPDATE providers SET disconnected_at = ?1 \
              WHERE disconnected_at IS NULL AND last_seen < ?1 - ?2 RETURNING id",
@@ -257,5 +264,61 @@ impl Pool {
         }
         w.commit().await?;
         Ok(gone.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::clock::ManualClock;
+    use crate::{Pool, PoolConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A provider last heard from `silent_ms` before the clock's now.
+    async fn pool_with_provider(silent_ms: i64) -> (Pool, Arc<ManualClock>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at(1_000_000_000));
+        let pool = Pool::open(PoolConfig {
+            data_dir: dir.path().to_owned(),
+            clock: clock.clone(),
+            ..PoolConfig::default()
+        })
+        .await
+        .unwrap();
+        let now = pool.now();
+        sqlx::query(
+            "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, \
+             registered_at, last_seen) VALUES ('prov_a', 'k', 'a', '{}', 'cpu', 1, 'c', ?1, ?2)",
+        )
+        .bind(now - 100_000)
+        .bind(now - silent_ms)
+        .execute(&pool.inner.db)
+        .await
+        .unwrap();
+        (pool, clock, dir)
+    }
+
+    #[tokio::test]
+    async fn a_pool_running_behind_does_not_call_its_providers_gone() {
+        let lease_ms = i64::from(PoolConfig::default().lease_seconds) * 1000;
+        // Silent a second past the lease: gone, when the pool keeps up.
+        let (pool, _clock, _dir) = pool_with_provider(lease_ms + 1_000).await;
+        assert_eq!(pool.mark_absent().await.unwrap(), 1);
+
+        // The same silence while a writer has waited 5 s for the lock:
+        // its heartbeat may be that writer.
+        let (pool, clock, _dir) = pool_with_provider(lease_ms + 1_000).await;
+        let waiting = pool.inner.backlog.arrive(pool.now() - 5_000);
+        assert_eq!(pool.mark_absent().await.unwrap(), 0);
+        // Silent for longer than the lease and the pool's delay: gone.
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(
+            pool.mark_absent().await.unwrap(),
+            0,
+            "waited 10 s, silent 21 s"
+        );
+        clock.advance(Duration::from_secs(1));
+        drop(waiting);
+        assert_eq!(pool.mark_absent().await.unwrap(), 1);
     }
 }

@@ -96,10 +96,55 @@ impl<'a> Write<'a> {
     }
 }
 
+/// The writers waiting for the write lock, by when each arrived (the
+/// pool's clock, ms): how far behind the pool is running.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, i64>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Backlog {
+    /// Records a writer arriving at `now`; it leaves when the returned
+    /// guard drops (it got the lock, or gave up).
+    pub(crate) fn arrive(&self, now: i64) -> Waiting<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, now);
+        Waiting { backlog: self, id }
+    }
+
+    /// How long the longest-waiting writer has waited at `now`; 0 with
+    /// none waiting.
+    pub(crate) fn delay_ms(&self, now: i64) -> i64 {
+        self.lock()
+            .values()
+            .min()
+            .map_or(0, |arrived| (now - arrived).max(0))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, i64>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A writer in the [`Backlog`].
+pub(crate) struct Waiting<'a> {
+    backlog: &'a Backlog,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.backlog.lock().remove(&self.id);
+    }
+}
+
 impl Pool {
     /// Starts a write transaction (taking the write lock).
     pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
+        let waiting = self.inner.backlog.arrive(self.now());
         let lock = self.inner.write_lock.lock().await;
+        drop(waiting);
         // IMMEDIATE: take SQLite's write lock now, waiting (busy timeout) for a
         // writer outside this lock (a blob upload, another process) instead
         // of failing when a read snapshot turns out stale at the first write.
@@ -121,5 +166,26 @@ impl Pool {
             now: self.now(),
             _lock: lock,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn the_backlog_is_the_longest_wait_of_those_still_waiting() {
+        let b = Backlog::default();
+        assert_eq!(b.delay_ms(1_000), 0);
+        let first = b.arrive(1_000);
+        let second = b.arrive(4_000);
+        assert_eq!(b.delay_ms(9_000), 8_000);
+        drop(first);
+        assert_eq!(b.delay_ms(9_000), 5_000);
+        drop(second);
+        assert_eq!(b.delay_ms(9_000), 0);
+        // A clock that stepped back gives no negative delay.
+        let _late = b.arrive(10_000);
+        assert_eq!(b.delay_ms(9_000), 0);
     }
 }

@@ -76,6 +76,9 @@ pub struct PoolBenchReport {
     pub first_error: Option<String>,
     /// How long registering every provider took.
     pub registration_seconds: f64,
+    /// Providers the pool counted as disconnected at the window's end
+    /// though every one was beating (`None`: the pool did not say).
+    pub providers_disconnected: Option<u32>,
 }
 
 pub async fn run(a: PoolBenchArgs) -> anyhow::Result<ExitCode> {
@@ -187,6 +190,11 @@ async fn measure(a: &PoolBenchArgs, url: &str) -> anyhow::Result<PoolBenchReport
     tokio::time::sleep(Duration::from_secs(u64::from(a.seconds))).await;
     tally.measuring.store(false, Ordering::Relaxed);
     let seconds = window.elapsed().as_secs_f64();
+    // Providers the pool counted as gone while they were beating.
+    let connected = api
+        .get::<wire::PoolInfo>("/v1/pool")
+        .await
+        .map(|i| i.providers_connected);
     stop.cancel();
     keep_busy.abort();
     tasks.shutdown().await;
@@ -221,6 +229,7 @@ async fn measure(a: &PoolBenchArgs, url: &str) -> anyhow::Result<PoolBenchReport
         errors: count(&tally.errors),
         first_error,
         registration_seconds,
+        providers_disconnected: connected.ok().map(|c| a.providers.saturating_sub(c)),
     })
 }
 
@@ -518,4 +527,7 @@ fn print_report(r: &PoolBenchReport) {
         println!("first error {e}");
     }
     println!("registered  in {:.1} s", r.registration_seconds);
+    if let Some(n) = r.providers_disconnected {
+        println!("disconnected at the end: {n}");
+    }
 }

@@ -82,6 +82,22 @@ impl Plain {
         Ok(to)
     }
 
+    /// [`Plain::opened`] off the async threads: for a large file (a
+    /// container job's image).
+    pub(super) async fn opened_apart(
+        &self,
+        sealed: &Path,
+        name: &str,
+    ) -> Result<PathBuf, ProviderError> {
+        let (key, sealed, to) = (self.key.clone(), sealed.to_owned(), self.path(name));
+        tokio::task::spawn_blocking(move || {
+            privacy::open_file(&key, &sealed, &to)?;
+            Ok(to)
+        })
+        .await
+        .map_err(|e| ProviderError::Segment(format!("opening {name}: {e}")))?
+    }
+
     /// Opens the sealed file `sealed` to `to`, which must lie in the
     /// task's directory.
     pub(super) fn open_to(&self, sealed: &Path, to: &Path) -> Result<(), ProviderError> {

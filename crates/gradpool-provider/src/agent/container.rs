@@ -473,7 +473,7 @@ async fn load_private(
 ) -> Result<String, ProviderError> {
     let digest = pinned_image(c)?;
     let sealed = fetch_archive(shared, digest, store.cap_bytes()).await?;
-    let opened = p.opened(&sealed, "image.oci");
+    let opened = p.opened_apart(&sealed, "image.oci").await;
     let _ = std::fs::remove_file(&sealed);
     let opened = opened?;
     tracing::info!(image = %digest, "loading a confidential job's image into the task's memory");
