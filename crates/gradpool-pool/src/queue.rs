@@ -164,6 +164,22 @@ pub(crate) async fn round_inputs(
         .collect()
 }
 
+/// The checkpoints provider `?1` keeps that the pool needs now (see
+/// [`wanted`]); on the partial index of commitments that sent a
+/// pseudo-gradient (migration 0023), since every heartbeat asks.
+const WANTED: &str = "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
+         WHERE c.provider_id = ?1 AND c.pseudo_gradient_sha256 IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = c.checkpoint_sha256) \
+           AND (EXISTS (SELECT 1 FROM audits a WHERE a.job_id = c.job_id AND a.status = 'open' \
+                        AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
+                OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
+                           AND q.slot_sha256 = c.checkpoint_sha256 \
+                           AND (q.kind = 'replay' OR q.updated_at <= ?2 \
+                                OR q.job_id IN (SELECT value FROM json_each(?3)))) \
+                OR EXISTS (SELECT 1 FROM checkpoint_requests r WHERE r.job_id = c.job_id \
+                           AND r.sha256 = c.checkpoint_sha256)) \
+         LIMIT 16";
+
 /// The checkpoints `provider` committed for parallel jobs' segments
 /// (which sent only their pseudo-gradient) that the pool now needs, and
 /// does not have: the start and the claimed end of a segment under audit,
@@ -177,25 +193,12 @@ pub(crate) async fn wanted(
     queued_before: i64,
     held_back: &[String],
 ) -> Result<Vec<Sha256Hex>, PoolError> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
-         WHERE c.provider_id = ?1 AND c.pseudo_gradient_sha256 IS NOT NULL \
-           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = c.checkpoint_sha256) \
-           AND (EXISTS (SELECT 1 FROM audits a WHERE a.job_id = c.job_id AND a.status = 'open' \
-                        AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
-                OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
-                           AND q.slot_sha256 = c.checkpoint_sha256 \
-                           AND (q.kind = 'replay' OR q.updated_at <= ?2 \
-                                OR q.job_id IN (SELECT value FROM json_each(?3)))) \
-                OR EXISTS (SELECT 1 FROM checkpoint_requests r WHERE r.job_id = c.job_id \
-                           AND r.sha256 = c.checkpoint_sha256)) \
-         LIMIT 16",
-    )
-    .bind(provider.as_str())
-    .bind(queued_before)
-    .bind(serde_json::to_string(held_back)?)
-    .fetch_all(db)
-    .await?;
+    let rows: Vec<String> = sqlx::query_scalar(WANTED)
+        .bind(provider.as_str())
+        .bind(queued_before)
+        .bind(serde_json::to_string(held_back)?)
+        .fetch_all(db)
+        .await?;
     rows.into_iter()
         .map(|s| {
             s.parse()
@@ -250,4 +253,33 @@ pub(crate) async fn leased_task(
         )));
     }
     Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every heartbeat runs [`super::WANTED`]: it must find the provider's
+    /// commitments by index, not read them all.
+    #[tokio::test]
+    async fn the_wanted_checkpoints_are_found_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", super::WANTED))
+                .bind("prov_a")
+                .bind(0_i64)
+                .bind("[]")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX commitments_provider_sent (provider_id=?)")),
+            "{steps:#?}"
+        );
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN c")), "{steps:#?}");
+    }
 }
