@@ -85,13 +85,42 @@ async fn submit_sealed(
     .await
 }
 
+/// `key` sealed to provider `p` for the sealed dataset `data`.
+fn sealed_for(
+    key: &gradpool_core::privacy::DataKey,
+    p: &TestProvider,
+    data: &gradpool_core::Sha256Hex,
+) -> gradpool_core::wire::JobKey {
+    gradpool_core::wire::JobKey {
+        provider: p.key.provider_id(),
+        sealed_key: gradpool_core::privacy::SealedKey::seal(
+            key,
+            &p.key.provider_id(),
+            &p.encryption.as_ref().unwrap().public(),
+            data,
+        ),
+    }
+}
+
+/// The sealed key assignment `a` carries, as provider `p` opens it.
+fn opened_by(
+    p: &TestProvider,
+    a: &gradpool_core::wire::Assignment,
+) -> Result<gradpool_core::privacy::DataKey, gradpool_core::privacy::PrivacyError> {
+    a.sealed_key.as_ref().expect("a sealed key").open(
+        p.encryption.as_ref().unwrap(),
+        &p.key.provider_id(),
+        &a.data_sha256,
+    )
+}
+
 /// A confidential job: the pool takes only a sealed dataset, keys sealed
 /// to providers the spec allows, and the data's shape; it leases the
 /// job's segments and replays only to key holders, each with its own
 /// sealed key; a checkpoint committed in the clear is refused.
 #[tokio::test]
 async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
-    use gradpool_core::privacy::{seal_bytes, DataKey, SealedKey};
+    use gradpool_core::privacy::{seal_bytes, DataKey};
     use gradpool_core::wire::{JobKey, JobView, TaskKind};
     let tp = TestPool::start().await;
     let alice = tp.customer("alice").await;
@@ -114,15 +143,7 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
         TEXT,
     )
     .unwrap();
-    let seal_for = |p: &TestProvider, data: &gradpool_core::Sha256Hex| JobKey {
-        provider: p.key.provider_id(),
-        sealed_key: SealedKey::seal(
-            &key,
-            &p.key.provider_id(),
-            &p.encryption.as_ref().unwrap().public(),
-            data,
-        ),
-    };
+    let seal_for = |p: &TestProvider, data: &gradpool_core::Sha256Hex| sealed_for(&key, p, data);
     let listed = format!(
         "[\"{}\", \"{}\"]",
         holder.key.provider_id(),
@@ -201,16 +222,7 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
     assert!(keyless.heartbeat(&[], 1, 0).await.assignments.is_empty());
     let a = holder.take().await;
     assert_eq!(a.job_id, job.id);
-    let opened = a
-        .sealed_key
-        .as_ref()
-        .expect("its sealed key")
-        .open(
-            holder.encryption.as_ref().unwrap(),
-            &holder.key.provider_id(),
-            &a.data_sha256,
-        )
-        .unwrap();
+    let opened = opened_by(&holder, &a).unwrap();
     assert_eq!(opened, key);
     // Without a lease, the sealed data is not even readable.
     let (status, _) = outsider
@@ -250,27 +262,9 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
     assert!(outsider.heartbeat(&[], 1, 0).await.assignments.is_empty());
     let r = validator.take().await;
     assert_eq!(r.kind, TaskKind::Replay);
-    assert!(r
-        .sealed_key
-        .as_ref()
-        .unwrap()
-        .open(
-            validator.encryption.as_ref().unwrap(),
-            &validator.key.provider_id(),
-            &r.data_sha256
-        )
-        .is_ok());
+    assert!(opened_by(&validator, &r).is_ok());
     // The holder's sealed key does not open for the validator.
-    assert!(a
-        .sealed_key
-        .as_ref()
-        .unwrap()
-        .open(
-            validator.encryption.as_ref().unwrap(),
-            &validator.key.provider_id(),
-            &a.data_sha256
-        )
-        .is_err());
+    assert!(opened_by(&validator, &a).is_err());
 }
 
 /// A confidential container job brings its image and files sealed under
@@ -279,8 +273,8 @@ async fn a_confidential_job_goes_only_to_its_key_holders_and_only_sealed() {
 /// the segment with its sealed key; a parallel confidential job is refused.
 #[tokio::test]
 async fn a_confidential_container_job_brings_its_image_and_files_sealed() {
-    use gradpool_core::privacy::{seal_bytes, DataKey, SealedKey};
-    use gradpool_core::wire::{JobKey, JobView};
+    use gradpool_core::privacy::{seal_bytes, DataKey};
+    use gradpool_core::wire::JobView;
     let tp = TestPool::start().await;
     let alice = tp.customer("alice").await;
     let holder = tp.provider_with("holder", |p| p.containers = true).await;
@@ -301,15 +295,7 @@ async fn a_confidential_container_job_brings_its_image_and_files_sealed() {
              [privacy]\nconfidential = true\nproviders = \"any\"\n"
         )
     };
-    let keys = vec![JobKey {
-        provider: holder.key.provider_id(),
-        sealed_key: SealedKey::seal(
-            &key,
-            &holder.key.provider_id(),
-            &holder.encryption.as_ref().unwrap().public(),
-            &data,
-        ),
-    }];
+    let keys = vec![sealed_for(&key, &holder, &data)];
 
     let e = submit_sealed(
         &alice,
@@ -368,16 +354,7 @@ async fn a_confidential_container_job_brings_its_image_and_files_sealed() {
         .ok();
     let a = holder.take().await;
     assert_eq!(a.job_id, job.id);
-    let opened = a
-        .sealed_key
-        .as_ref()
-        .expect("its sealed key")
-        .open(
-            holder.encryption.as_ref().unwrap(),
-            &holder.key.provider_id(),
-            &a.data_sha256,
-        )
-        .unwrap();
+    let opened = opened_by(&holder, &a).unwrap();
     assert_eq!(opened, key);
     // Leased, the holder reads the sealed image: what it opens is the
     // customer's.

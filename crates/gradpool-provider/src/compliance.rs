@@ -29,6 +29,15 @@ pub trait Host {
     fn gpu_confidential_computing(&self) -> Option<bool>;
 }
 
+/// `items` for a check's detail: `none`, or each by name.
+fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// Runs every check on `host` for an agent whose data lives in `data_dir`.
 pub fn run_checks(host: &dyn Host, data_dir: &Path, now: i64) -> ComplianceReport {
     let check = |name, passed, detail: String| Check {
@@ -67,21 +76,9 @@ pub fn run_checks(host: &dyn Host, data_dir: &Path, now: i64) -> ComplianceRepor
         check(
             CheckName::NoForeignListeners,
             listeners.is_empty(),
-            if listeners.is_empty() {
-                "none".to_owned()
-            } else {
-                listeners.join(", ")
-            },
+            listed(&listeners),
         ),
-        check(
-            CheckName::NoOtherUsers,
-            users.is_empty(),
-            if users.is_empty() {
-                "none".to_owned()
-            } else {
-                users.join(", ")
-            },
-        ),
+        check(CheckName::NoOtherUsers, users.is_empty(), listed(&users)),
         check(
             CheckName::KernelLockdown,
             matches!(lockdown.as_deref(), Some("integrity" | "confidentiality")),

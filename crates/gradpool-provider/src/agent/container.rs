@@ -111,9 +111,17 @@ pub(super) async fn run(
         )
     })?;
     let Some(p) = plain else {
-        let store = images.store.clone();
-        let inputs = inputs(shared, a, c, task_dir, None);
-        return run_in(shared, a, spec, (&store, inputs), out, cancel, on_step).await;
+        let inputs = inputs(shared, a, c, task_dir, Loading::Shared(images));
+        return run_in(
+            shared,
+            a,
+            (spec, c),
+            (&images.store, inputs),
+            out,
+            cancel,
+            on_step,
+        )
+        .await;
     };
     if a.round.is_some() {
         return Err(ProviderError::Segment(
@@ -122,8 +130,8 @@ pub(super) async fn run(
     }
     let store = ImageStore::open(&p.path("images"), images.store.cap_bytes())
         .map_err(|e| ProviderError::Segment(format!("the task's image store: {e}")))?;
-    let inputs = inputs(shared, a, c, task_dir, Some((p, &store)));
-    let ran = run_in(shared, a, spec, (&store, inputs), out, cancel, on_step).await;
+    let inputs = inputs(shared, a, c, task_dir, Loading::Private(p, &store));
+    let ran = run_in(shared, a, (spec, c), (&store, inputs), out, cancel, on_step).await;
     if let Err(e) = store.remove_all().await {
         tracing::warn!(task = %a.task_id, error = %e, "cannot remove a confidential task's image store");
     }
@@ -140,25 +148,28 @@ struct Inputs {
     work: PathBuf,
 }
 
+/// Where a segment's image is loaded.
+#[derive(Clone, Copy)]
+enum Loading<'a> {
+    /// The agent's image store, once per digest.
+    Shared(&'a Images),
+    /// A confidential task's own store on its tmpfs, beside its plaintext.
+    Private(&'a Plain, &'a ImageStore),
+}
+
 /// Fetches (for a confidential job: and opens) what a segment of `a`
-/// runs from, loading its image into `private` when it has one.
+/// runs from, loading its image as `loading` says.
 async fn inputs(
     shared: &Arc<Shared>,
     a: &Assignment,
     c: &ContainerConfig,
     task_dir: &Path,
-    private: Option<(&Plain, &ImageStore)>,
+    loading: Loading<'_>,
 ) -> Result<Inputs, ProviderError> {
-    let image = match private {
-        Some((p, store)) => load_private(shared, c, p, store).await?,
-        None => {
-            let images = shared.images.as_ref().ok_or_else(|| {
-                ProviderError::Segment("this provider does not run containers".into())
-            })?;
-            load_image(shared, images, c).await?
-        }
+    let (image, plain) = match loading {
+        Loading::Shared(images) => (load_image(shared, images, c).await?, None),
+        Loading::Private(p, store) => (load_private(shared, c, p, store).await?, Some(p)),
     };
-    let plain = private.map(|(p, _)| p);
     let data = fetch(shared, &a.data_sha256).await?;
     let (data, job_files, work) = match plain {
         Some(p) => (p.opened(&data, "data")?, p.path("job"), p.path("container")),
@@ -191,7 +202,7 @@ async fn inputs(
 async fn run_in(
     shared: &Arc<Shared>,
     a: &Assignment,
-    spec: &JobSpec,
+    (spec, c): (&JobSpec, &ContainerConfig),
     (store, inputs): (
         &ImageStore,
         impl std::future::Future<Output = Result<Inputs, ProviderError>>,
@@ -200,9 +211,6 @@ async fn run_in(
     cancel: &CancellationToken,
     on_step: impl FnMut(u64, f32),
 ) -> Result<Option<Ran>, ProviderError> {
-    let c = spec
-        .container()
-        .ok_or_else(|| ProviderError::Segment("not a container job".into()))?;
     // Downloads and a load of up to the pool's image cap: a cancel (a
     // pause, a lost lease) stops them too.
     let Inputs {
