@@ -391,6 +391,7 @@ async fn list_providers(
             pool.now(),
             pool.inner.config.lease_seconds,
             pool.inner.config.verification.sampling,
+            &pool.inner.sightings,
         )
         .await?,
     ))
@@ -587,6 +588,7 @@ async fn provider_status(
         pool.now(),
         pool.inner.config.lease_seconds,
         pool.inner.config.verification.sampling,
+        &pool.inner.sightings,
     )
     .await?
     .into_iter()

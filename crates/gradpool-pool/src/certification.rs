@@ -158,6 +158,17 @@ pub async fn current(
     .transpose()
 }
 
+/// Whether a certified provider's heartbeat at `now` leaves its
+/// compliance checks as they are ([`compliance_if_due`] writes nothing):
+/// a request is pending within its deadline, or the next is planned for
+/// later.
+pub(crate) fn compliance_quiet(next: Option<i64>, asked: Option<i64>, now: i64) -> bool {
+    match asked {
+        Some(asked) => now - asked <= COMPLIANCE_DEADLINE_MS,
+        None => next.is_some_and(|next| next > now),
+    }
+}
+
 /// At a heartbeat: whether the pool asks `provider` (certified now) for
 /// its checks, at a random time after the last; a request left
 /// unanswered past its deadline loses the tier.

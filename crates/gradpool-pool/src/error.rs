@@ -41,6 +41,11 @@ pub enum PoolError {
     /// a deposit address on a dev pool) or is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// The pool is running behind: the request can wait, and is refused
+    /// rather than queued behind the writers already waiting (sent with
+    /// `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// A client past its budget on an open route (see [`crate::throttle`]).
     #[error("{0}")]
     TooManyRequests(String),
@@ -73,6 +78,7 @@ impl PoolError {
             PoolError::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
             PoolError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             PoolError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            PoolError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             PoolError::Db(_)
             | PoolError::Migrate(_)
             | PoolError::Io(_)
@@ -105,7 +111,15 @@ impl IntoResponse for PoolError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }
-        (status, axum::Json(self.to_api_error())).into_response()
+        let busy = matches!(self, PoolError::Busy(_));
+        let mut response = (status, axum::Json(self.to_api_error())).into_response();
+        if busy {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

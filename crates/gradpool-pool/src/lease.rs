@@ -13,6 +13,7 @@
 use crate::certification::HOLDS_TIER;
 use crate::error::PoolError;
 use crate::queue::{job_of, leased_task};
+use crate::sighting::Sighting;
 use crate::store::{self, to_u32, to_u64, JobRow, TaskRow, TASK_COLUMNS};
 use crate::tx::Write;
 use crate::Pool;
@@ -169,6 +170,132 @@ impl Drop for LongPoll<'_> {
     }
 }
 
+/// What a heartbeat carries that it may write.
+struct Beat {
+    telemetry: String,
+    /// Why the owner paused the provider (at most 64 characters).
+    paused: Option<String>,
+}
+
+/// What a heartbeat's write gave.
+#[derive(Default)]
+struct Written {
+    assignments: Vec<Assignment>,
+    held_back: Vec<String>,
+    cancel: Vec<TaskId>,
+    proof: Option<gradpool_core::proof::ProofChallenge>,
+    compliance_due: bool,
+}
+
+/// Where a provider stands when it heart-beats: what decides whether the
+/// heartbeat must write. `?1` the provider, `?2` now.
+const STANDING: &str = "SELECT p.paused, p.held IS NOT NULL AS held, \
+     p.disconnected_at IS NOT NULL AS disconnected, p.duplicate_of IS NOT NULL AS duplicate, \
+     p.device, p.memory_bytes, p.next_proof_at, p.next_compliance_at, p.compliance_asked_at, \
+     EXISTS (SELECT 1 FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
+             AND c.expires_at > ?2) AS certified, \
+     EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.status = 'queued' \
+             AND (t.kind = 'outer' OR ((j.device = 'any' OR j.device = p.device) \
+                  AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' \
+                      THEN COALESCE(p.host_memory_bytes, 0) ELSE p.memory_bytes END \
+                  AND (j.runtime = 'native' OR p.containers = 1)))) AS work \
+     FROM providers p WHERE p.id = ?1";
+
+/// Where a provider stands when it heart-beats ([`STANDING`]).
+#[derive(sqlx::FromRow)]
+struct Standing {
+    paused: Option<String>,
+    held: bool,
+    disconnected: bool,
+    /// Held for a GPU another provider claims too.
+    duplicate: bool,
+    device: String,
+    memory_bytes: i64,
+    next_proof_at: Option<i64>,
+    next_compliance_at: Option<i64>,
+    compliance_asked_at: Option<i64>,
+    /// Holds a tier now.
+    certified: bool,
+    /// A queued task exists that its device, memory and runtime could take
+    /// (the claim checks the rest).
+    work: bool,
+}
+
+impl Standing {
+    /// Whether a heartbeat `hb` asks for a claim worth making: capacity,
+    /// not held or paused, and a queued task it could fit.
+    fn claims(&self, hb: &Heartbeat, beat: &Beat) -> bool {
+        hb.capacity > 0 && !self.held && beat.paused.is_none() && self.work
+    }
+
+    /// What a heartbeat `hb` must write besides its sighting.
+    fn need(&self, pool: &Pool, hb: &Heartbeat, beat: &Beat) -> Need {
+        let now = pool.now();
+        let config = &pool.inner.config;
+        let proof_due =
+            config.hardware_proof && !self.held && self.next_proof_at.is_some_and(|at| at <= now);
+        let compliance_due = config.compliance_interval_seconds > 0
+            && self.certified
+            && !crate::certification::compliance_quiet(
+                self.next_compliance_at,
+                self.compliance_asked_at,
+                now,
+            );
+        if !hb.running.is_empty()
+            || beat.paused != self.paused
+            || self.disconnected
+            || self.duplicate
+            || proof_due
+            || compliance_due
+        {
+            Need::Write
+        } else if self.claims(hb, beat) {
+            Need::Claim
+        } else {
+            Need::Nothing
+        }
+    }
+}
+
+/// What a heartbeat must write besides its sighting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Nothing: it is a sighting.
+    Nothing,
+    /// Only the claim of a queued task that could fit.
+    Claim,
+    /// A renewal, a pause, a reconnection, a proof or check due.
+    Write,
+}
+
+/// The most heartbeats that take the write lock only to claim at once.
+/// When a task is queued, every idle provider it could fit sees it; the
+/// first few claim it, the others are sightings instead of a queue of
+/// writes that would find the task gone.
+pub const MAX_CLAIMERS: usize = 4;
+
+/// A heartbeat on its way to claim, counted while it lives.
+struct Claiming<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Claiming<'a> {
+    /// Counts one more claimer, unless [`MAX_CLAIMERS`] are on their way.
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Option<Claiming<'a>> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_CLAIMERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Claiming(count))
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What the claim asks of the provider it leases to.
 #[derive(sqlx::FromRow)]
 struct Claimant {
@@ -195,6 +322,12 @@ impl Pool {
     /// A heartbeat: renews the leases of the running tasks, names those the
     /// provider must stop, and leases it up to `capacity` queued tasks,
     /// waiting up to `wait_seconds` for work if there is none.
+    ///
+    /// It first reads where the provider stands; a heartbeat that would
+    /// change nothing but `last_seen` and the telemetry (nothing running,
+    /// no pause or reconnection to record, no proof or compliance check
+    /// due, no queued task that could fit it) is a [`Sighting`], written
+    /// with the next batch, and takes no write lock.
     pub async fn heartbeat(
         &self,
         provider: &ProviderId,
@@ -206,8 +339,124 @@ impl Pool {
         notified.as_mut().enable();
 
         hb.check().map_err(PoolError::BadRequest)?;
-        let telemetry = serde_json::to_string(&hb.telemetry)?;
-        let mut w = self.write().await?;
+        let beat = Beat {
+            telemetry: serde_json::to_string(&hb.telemetry)?,
+            paused: hb
+                .paused
+                .as_deref()
+                .map(|r| r.chars().take(64).collect::<String>()),
+        };
+        let standing = self.standing(provider).await?;
+        let need = standing.need(self, &hb, &beat);
+        let claiming = match need {
+            Need::Claim => Claiming::start(&self.inner.claimers),
+            Need::Nothing | Need::Write => None,
+        };
+        let written = if need == Need::Write || claiming.is_some() {
+            self.heartbeat_write(provider, &hb, &beat, &standing)
+                .await?
+        } else {
+            self.sighted(provider, &beat);
+            Written::default()
+        };
+        drop(claiming);
+        let Written {
+            mut assignments,
+            mut held_back,
+            cancel,
+            proof,
+            compliance_due,
+        } = written;
+        tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,
+            assigned = assignments.len(), cancelled = cancel.len(), "heartbeat");
+
+        let mut wait = hb.wait_seconds.min(MAX_WAIT_SECONDS);
+        if !hb.running.is_empty() {
+            // Never hold a reply so long that the running leases lapse.
+            wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
+        }
+        if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
+            let _waiting = LongPoll::start(&self.inner.long_polls);
+            // Wait for work that fits this provider, re-checking whenever any
+            // task is queued, until the deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+            let stop = self.inner.stop.clone();
+            loop {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stop.cancelled() => {}
+                }
+                notified = Box::pin(self.inner.work.notified());
+                notified.as_mut().enable();
+                let standing = self.standing(provider).await?;
+                let claiming = standing
+                    .claims(&hb, &beat)
+                    .then(|| Claiming::start(&self.inner.claimers))
+                    .flatten();
+                if claiming.is_some() {
+                    let mut w = self.write().await?;
+                    (assignments, held_back) =
+                        self.claim(&mut w, provider, &standing, hb.capacity).await?;
+                    w.commit().await?;
+                }
+                self.sighted(provider, &beat);
+                if !assignments.is_empty()
+                    || stop.is_cancelled()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+            }
+        }
+        let queued_before = self.now() - self.lease_ms() / 2;
+        let wanted =
+            crate::queue::wanted(&self.inner.db, provider, queued_before, &held_back).await?;
+        Ok(HeartbeatReply {
+            assignments,
+            cancel,
+            proof,
+            wanted,
+            compliance_due,
+        })
+    }
+
+    /// Records that `provider` was heard from now, to be written with the
+    /// next batch.
+    fn sighted(&self, provider: &ProviderId, beat: &Beat) {
+        self.inner.sightings.record(
+            provider.as_str(),
+            Sighting {
+                at: self.now(),
+                telemetry: beat.telemetry.clone(),
+            },
+        );
+    }
+
+    /// Where `provider` stands, read without the write lock.
+    async fn standing(&self, provider: &ProviderId) -> Result<Standing, PoolError> {
+        sqlx::query_as(STANDING)
+            .bind(provider.as_str())
+            .bind(self.now())
+            .fetch_optional(&self.inner.db)
+            .await?
+            .ok_or_else(|| PoolError::Unauthorized("unknown provider; register again".into()))
+    }
+
+    /// The heartbeat that writes: the pause, the reconnection, duplicate
+    /// GPUs, proofs and compliance checks due, lease renewals and the claim.
+    async fn heartbeat_write(
+        &self,
+        provider: &ProviderId,
+        hb: &Heartbeat,
+        beat: &Beat,
+        standing: &Standing,
+    ) -> Result<Written, PoolError> {
+        let mut w = if hb.running.is_empty() {
+            self.write_unless_behind().await?
+        } else {
+            self.write().await?
+        };
         let now = w.now;
         let was_paused: Option<String> =
             sqlx::query_scalar::<_, Option<String>>("SELECT paused FROM providers WHERE id = ?")
@@ -217,20 +466,15 @@ impl Pool {
                 .ok_or_else(|| {
                     PoolError::Unauthorized("unknown provider; register again".into())
                 })?;
-        let paused = hb
-            .paused
-            .as_deref()
-            .map(|r| r.chars().take(64).collect::<String>());
-        let (device, memory): (String, i64) = sqlx::query_as(
-            "UPDATE providers SET last_seen = ?, telemetry = ?, paused = ? WHERE id = ? RETURNING device, memory_bytes",
-        )
-        .bind(now)
-        .bind(telemetry)
-        .bind(paused.as_deref())
-        .bind(provider.as_str())
-        .fetch_one(w.conn())
-        .await?;
-        if paused != was_paused {
+        let paused = beat.paused.as_deref();
+        sqlx::query("UPDATE providers SET last_seen = ?, telemetry = ?, paused = ? WHERE id = ?")
+            .bind(now)
+            .bind(&beat.telemetry)
+            .bind(paused)
+            .bind(provider.as_str())
+            .execute(w.conn())
+            .await?;
+        if paused != was_paused.as_deref() {
             crate::presence::record_status(
                 &mut w,
                 provider.as_str(),
@@ -239,7 +483,7 @@ impl Pool {
                 } else {
                     ProviderChange::Resumed
                 },
-                paused.as_deref().or(was_paused.as_deref()),
+                paused.or(was_paused.as_deref()),
             )
             .await?;
             tracing::info!(provider = %provider, paused = ?paused, "provider pause changed");
@@ -259,8 +503,33 @@ impl Pool {
             self.inner.config.compliance_interval_seconds,
         )
         .await?;
+        let cancel = self.renew(&mut w, provider, &hb.running).await?;
+        let (assignments, held_back) = if standing.work {
+            self.claim(&mut w, provider, standing, hb.capacity).await?
+        } else {
+            Default::default()
+        };
+        w.commit().await?;
+        Ok(Written {
+            assignments,
+            held_back,
+            cancel,
+            proof,
+            compliance_due,
+        })
+    }
+
+    /// Renews the leases of the tasks `provider` runs; the tasks it must
+    /// stop (no longer leased to it, and not committed by it).
+    async fn renew(
+        &self,
+        w: &mut Write<'_>,
+        provider: &ProviderId,
+        running: &[gradpool_core::wire::RunningTask],
+    ) -> Result<Vec<TaskId>, PoolError> {
+        let now = w.now;
         let mut cancel = Vec::new();
-        for running in &hb.running {
+        for running in running {
             let renewed = sqlx::query(
                 "UPDATE tasks SET lease_expires_at = ?, step = ?, updated_at = ? \
                  WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
@@ -287,63 +556,8 @@ impl Pool {
                 }
             }
         }
-        let (mut assignments, mut held_back) = self
-            .claim(&mut w, provider, &device, memory, hb.capacity)
-            .await?;
-        w.commit().await?;
-        tracing::debug!(provider = %provider, running = hb.running.len(), capacity = hb.capacity,
-            assigned = assignments.len(), cancelled = cancel.len(), "heartbeat");
-
-        let mut wait = hb.wait_seconds.min(MAX_WAIT_SECONDS);
-        if !hb.running.is_empty() {
-            // Never hold a reply so long that the running leases lapse.
-            wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
-        }
-        if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
-            let _waiting = LongPoll::start(&self.inner.long_polls);
-            // Wait for work that fits this provider, re-checking whenever any
-            // task is queued, until the deadline.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
-            let stop = self.inner.stop.clone();
-            loop {
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = stop.cancelled() => {}
-                }
-                notified = Box::pin(self.inner.work.notified());
-                notified.as_mut().enable();
-                let mut w = self.write().await?;
-                let now = w.now;
-                sqlx::query("UPDATE providers SET last_seen = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(provider.as_str())
-                    .execute(w.conn())
-                    .await?;
-                (assignments, held_back) = self
-                    .claim(&mut w, provider, &device, memory, hb.capacity)
-                    .await?;
-                w.commit().await?;
-                if !assignments.is_empty()
-                    || stop.is_cancelled()
-                    || tokio::time::Instant::now() >= deadline
-                {
-                    break;
-                }
-            }
-        }
-        let queued_before = self.now() - self.lease_ms() / 2;
-        let wanted =
-            crate::queue::wanted(&self.inner.db, provider, queued_before, &held_back).await?;
-        Ok(HeartbeatReply {
-            assignments,
-            cancel,
-            proof,
-            wanted,
-            compliance_due,
-        })
+        Ok(cancel)
     }
-
     /// Leases up to `capacity` queued tasks to a provider, oldest first,
     /// and names the parallel jobs it is held back from
     /// ([`crate::placement::held_back`]). Each claim is one `UPDATE …
@@ -353,8 +567,7 @@ impl Pool {
         &self,
         w: &mut Write<'_>,
         provider: &ProviderId,
-        device: &str,
-        memory: i64,
+        standing: &Standing,
         capacity: u32,
     ) -> Result<(Vec<Assignment>, Vec<String>), PoolError> {
         let mut out = Vec::new();
@@ -489,8 +702,8 @@ impl Pool {
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
                     .bind(now)
-                    .bind(device)
-                    .bind(memory)
+                    .bind(&standing.device)
+                    .bind(standing.memory_bytes)
                     .bind(price)
                     .bind(containers)
                     .bind(host_memory)
@@ -512,8 +725,8 @@ impl Pool {
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
                     .bind(now)
-                    .bind(device)
-                    .bind(memory)
+                    .bind(&standing.device)
+                    .bind(standing.memory_bytes)
                     .bind(price)
                     .bind(staked)
                     .bind(stake_free_budget)

@@ -13,6 +13,7 @@
 //! - [`registration`]: a provider's node key proven, its session opened.
 //! - [`placement`]: why a queued job waits (no provider can take it now).
 //! - [`lease`]: heartbeats, the claim, progress, failures, the reaper.
+//! - [`sighting`]: heartbeats that change nothing else, written in batches.
 //! - [`commit`]: a provider's signed claim, checked and accepted.
 //! - [`audit`]: sampled replays by validators, verdicts, slashing, rollback.
 //! - [`blob`]: the blob store (datasets, checkpoints), streamed and size-capped.
@@ -75,6 +76,7 @@ pub mod proof;
 pub mod queue;
 pub mod registration;
 pub mod round;
+pub mod sighting;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -118,6 +120,10 @@ pub(crate) struct Inner {
     pub(crate) challenges: challenge::Challenges,
     /// Per-client limits on the open routes.
     pub(crate) throttle: throttle::Throttle,
+    /// Heartbeats that changed nothing else, not yet written.
+    pub(crate) sightings: sighting::Sightings,
+    /// Heartbeats on their way to claim now ([`lease::MAX_CLAIMERS`]).
+    pub(crate) claimers: std::sync::atomic::AtomicUsize,
     /// Heartbeats waiting for work now.
     pub(crate) long_polls: std::sync::atomic::AtomicUsize,
     /// What this process measured of the API (`GET /metrics`).
@@ -182,6 +188,8 @@ impl Pool {
                 stop: tokio_util::sync::CancellationToken::new(),
                 challenges: challenge::Challenges::new()?,
                 throttle: throttle::Throttle::new(throttle),
+                sightings: Default::default(),
+                claimers: Default::default(),
                 long_polls: Default::default(),
                 metrics: metrics::Metrics::default(),
             }),
@@ -265,6 +273,7 @@ const LAYERS: &[&str] = &[
     "clock",
     "ledger",
     "error",
+    "sighting",
     "store",
     "challenge",
     "throttle",

@@ -288,7 +288,9 @@ mod tests {
         let now = pool.now();
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, \
-             registered_at, last_seen) VALUES ('prov_a', 'k', 'a', '{}', 'cpu', 1, 'c', ?1, ?2)",
+             registered_at, last_seen) VALUES ('prov_a', 'k', 'a', \
+             '{\"device\":\"cpu\",\"name\":\"a\",\"threads\":1,\"memory_bytes\":1,\"isa\":\"x86-64\"}', \
+             'cpu', 1, 'c', ?1, ?2)",
         )
         .bind(now - 100_000)
         .bind(now - silent_ms)
@@ -320,5 +322,126 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         drop(waiting);
         assert_eq!(pool.mark_absent().await.unwrap(), 1);
+    }
+
+    fn idle_heartbeat(paused: Option<&str>) -> gradpool_core::wire::Heartbeat {
+        gradpool_core::wire::Heartbeat {
+            telemetry: Default::default(),
+            running: Vec::new(),
+            capacity: 1,
+            wait_seconds: 0,
+            paused: paused.map(str::to_owned),
+        }
+    }
+
+    async fn stored_last_seen(pool: &Pool) -> i64 {
+        sqlx::query_scalar("SELECT last_seen FROM providers WHERE id = 'prov_a'")
+            .fetch_one(&pool.inner.db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_that_changes_nothing_takes_no_write_lock() {
+        let (pool, clock, _dir) = pool_with_provider(1_000).await;
+        let provider = gradpool_core::ProviderId::from("prov_a");
+        let before = stored_last_seen(&pool).await;
+        clock.advance(Duration::from_secs(2));
+        {
+            // Another writer holds the lock: a quiet heartbeat still answers.
+            let _writer = pool.write().await.unwrap();
+            let reply = tokio::time::timeout(
+                Duration::from_secs(30),
+                pool.heartbeat(&provider, idle_heartbeat(None)),
+            )
+            .await
+            .expect("a quiet heartbeat does not wait for the write lock")
+            .unwrap();
+            assert!(reply.assignments.is_empty());
+            assert_eq!(stored_last_seen(&pool).await, before, "not written yet");
+        }
+        // Shown at once, written by the next write transaction.
+        let listed = crate::store::providers(
+            &mut pool.inner.db.acquire().await.unwrap(),
+            pool.now(),
+            pool.inner.config.lease_seconds,
+            pool.inner.config.verification.sampling,
+            &pool.inner.sightings,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            listed[0].last_seen,
+            crate::store::rfc3339(pool.now()),
+            "the listing shows the sighting"
+        );
+        pool.write().await.unwrap().commit().await.unwrap();
+        assert_eq!(stored_last_seen(&pool).await, pool.now());
+        // A provider sighted within the lease is not marked absent later.
+        clock.advance(Duration::from_secs(
+            u64::from(pool.inner.config.lease_seconds) - 1,
+        ));
+        assert_eq!(pool.mark_absent().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_that_changes_something_writes_it() {
+        let (pool, clock, _dir) = pool_with_provider(1_000).await;
+        let provider = gradpool_core::ProviderId::from("prov_a");
+        clock.advance(Duration::from_secs(2));
+        // A pause is recorded in its heartbeat's own transaction.
+        pool.heartbeat(&provider, idle_heartbeat(Some("schedule")))
+            .await
+            .unwrap();
+        assert_eq!(stored_last_seen(&pool).await, pool.now());
+        let changes: Vec<String> = sqlx::query_scalar(
+            "SELECT status FROM provider_status WHERE provider_id = 'prov_a' ORDER BY at",
+        )
+        .fetch_all(&pool.inner.db)
+        .await
+        .unwrap();
+        assert_eq!(changes, ["paused"]);
+        // A provider marked gone is connected again by its next heartbeat.
+        clock.advance(Duration::from_secs(
+            u64::from(pool.inner.config.lease_seconds) + 1,
+        ));
+        assert_eq!(pool.mark_absent().await.unwrap(), 1);
+        pool.heartbeat(&provider, idle_heartbeat(Some("schedule")))
+            .await
+            .unwrap();
+        let last: String = sqlx::query_scalar(
+            "SELECT status FROM provider_status WHERE provider_id = 'prov_a' ORDER BY at DESC, rowid DESC",
+        )
+        .fetch_one(&pool.inner.db)
+        .await
+        .unwrap();
+        assert_eq!(last, "connected");
+    }
+
+    #[tokio::test]
+    async fn a_pool_far_behind_refuses_what_can_wait() {
+        let (pool, _clock, _dir) = pool_with_provider(1_000).await;
+        let provider = gradpool_core::ProviderId::from("prov_a");
+        let _waiting = pool
+            .inner
+            .backlog
+            .arrive(pool.now() - crate::tx::SHED_AFTER_MS - 1);
+        // A pause to record needs a write: refused, with nothing changed.
+        let err = pool
+            .heartbeat(&provider, idle_heartbeat(Some("schedule")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, crate::PoolError::Busy(_)), "{err}");
+        assert_eq!(err.status().0, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let paused: Option<String> =
+            sqlx::query_scalar("SELECT paused FROM providers WHERE id = 'prov_a'")
+                .fetch_one(&pool.inner.db)
+                .await
+                .unwrap();
+        assert_eq!(paused, None);
+        // A quiet heartbeat costs no write: still answered.
+        pool.heartbeat(&provider, idle_heartbeat(None))
+            .await
+            .unwrap();
     }
 }

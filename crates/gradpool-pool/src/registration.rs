@@ -89,7 +89,7 @@ impl Pool {
         let hardware = serde_json::to_string(&req.hardware)?;
         let memory = i64::try_from(req.hardware.memory_bytes).unwrap_or(i64::MAX);
         let lease_seconds = self.inner.config.lease_seconds;
-        let mut w = self.write().await?;
+        let mut w = self.write_unless_behind().await?;
         let now = w.now;
         sqlx::query(
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \

@@ -5,6 +5,7 @@
 //! stored as unix milliseconds and rendered as RFC 3339 UTC.
 
 use crate::error::PoolError;
+use crate::sighting::Sightings;
 use gradpool_core::hardware::Hardware;
 use gradpool_core::spec::VerificationLevel;
 use gradpool_core::state::{
@@ -685,11 +686,12 @@ pub(crate) const TRANSFER_RATES: &str = "(SELECT principal, SUM(bytes) AS bytes,
 
 /// All providers, as anyone sees them: `disconnected` when not seen for a
 /// lease period, `sharing` when holding a lease, else `idle`.
-pub async fn providers(
+pub(crate) async fn providers(
     conn: &mut SqliteConnection,
     now: i64,
     lease_seconds: u32,
     sampling: Sampling,
+    sightings: &Sightings,
 ) -> Result<Vec<ProviderView>, PoolError> {
     let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
         "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.compliance, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
@@ -708,7 +710,11 @@ pub async fn providers(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|r| {
+        .map(|mut r| {
+            if let Some(s) = sightings.get(&r.id).filter(|s| s.at > r.last_seen) {
+                r.last_seen = s.at;
+                r.telemetry = Some(s.telemetry);
+            }
             // A proof pending or failed first; then a GPU claimed twice.
             let held = r.held.clone().or_else(|| {
                 r.duplicate_of.as_deref().map(|other| {

@@ -139,7 +139,27 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// How long the longest-waiting writer may have waited before a request
+/// that can wait is refused ([`Pool::write_unless_behind`]).
+pub const SHED_AFTER_MS: i64 = 1_000;
+
 impl Pool {
+    /// Starts a write transaction for a request that can wait (a heartbeat
+    /// without running tasks, a registration), unless the pool is running
+    /// behind: then it is refused at once ([`PoolError::Busy`], a 503 with
+    /// `Retry-After`) instead of joining the queue and making the pool
+    /// slower still. Writes that renew leases, commit work or move money
+    /// wait their turn.
+    pub(crate) async fn write_unless_behind(&self) -> Result<Write<'_>, PoolError> {
+        let behind = self.inner.backlog.delay_ms(self.now());
+        if behind > SHED_AFTER_MS {
+            return Err(PoolError::Busy(format!(
+                "the pool is running {behind} ms behind; try again in a second"
+            )));
+        }
+        self.write().await
+    }
+
     /// Starts a write transaction (taking the write lock).
     pub(crate) async fn write(&self) -> Result<Write<'_>, PoolError> {
         let waiting = self.inner.backlog.arrive(self.now());
@@ -158,6 +178,8 @@ impl Pool {
         let tx = tokio::spawn(async move { db.begin_with("BEGIN IMMEDIATE").await })
             .await
             .map_err(|e| PoolError::Internal(format!("beginning a transaction: {e}")))??;
+        let mut tx = tx;
+        self.inner.sightings.write(&mut tx).await?;
         Ok(Write {
             pool: self,
             tx,

@@ -1,0 +1,104 @@
+//! Sightings: heartbeats that change nothing but when a provider was last
+//! heard from and its telemetry. Most heartbeats are such; they are kept
+//! in memory and written in one batch at the start of the next write
+//! transaction (the reaper writes at least every second), so they take
+//! neither the write lock nor a transaction of their own.
+//!
+//! `GET /v1/providers` lays the sightings not yet written over what it
+//! reads ([`Sightings::get`]); the overview (`/metrics`, `pool status`)
+//! reads the database alone, up to a reaper period behind. A write
+//! transaction that fails after taking them loses them; the provider's
+//! next heartbeat sights it again.
+
+use sqlx::SqliteConnection;
+use std::collections::HashMap;
+
+/// One provider's latest sighting.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sighting {
+    /// The pool's clock (ms).
+    pub(crate) at: i64,
+    /// The telemetry it reported (JSON).
+    pub(crate) telemetry: String,
+}
+
+/// The sightings not yet written, the latest per provider.
+#[derive(Debug, Default)]
+pub(crate) struct Sightings {
+    unwritten: std::sync::Mutex<HashMap<String, Sighting>>,
+}
+
+impl Sightings {
+    /// Records that `provider` was heard from; a later sighting replaces
+    /// an earlier one.
+    pub(crate) fn record(&self, provider: &str, sighting: Sighting) {
+        let mut unwritten = self.lock();
+        match unwritten.get_mut(provider) {
+            Some(old) if old.at > sighting.at => {}
+            Some(old) => *old = sighting,
+            None => {
+                unwritten.insert(provider.to_owned(), sighting);
+            }
+        }
+    }
+
+    /// The unwritten sighting of `provider`, if any.
+    pub(crate) fn get(&self, provider: &str) -> Option<Sighting> {
+        self.lock().get(provider).cloned()
+    }
+
+    fn take(&self) -> HashMap<String, Sighting> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sighting>> {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes every unwritten sighting in `conn`'s transaction. A
+    /// sighting never moves `last_seen` back (a slow path's write may
+    /// have recorded a later one).
+    pub(crate) async fn write(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        let sightings = self.take();
+        for (provider, s) in &sightings {
+            sqlx::query(
+                "UPDATE providers SET last_seen = ?1, telemetry = ?2 \
+                 WHERE id = ?3 AND last_seen <= ?1",
+            )
+            .bind(s.at)
+            .bind(&s.telemetry)
+            .bind(provider)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(at: i64) -> Sighting {
+        Sighting {
+            at,
+            telemetry: format!("{{\"t\":{at}}}"),
+        }
+    }
+
+    #[test]
+    fn the_latest_sighting_wins_whatever_the_order() {
+        let s = Sightings::default();
+        s.record("a", at(5));
+        s.record("a", at(3));
+        assert_eq!(s.get("a"), Some(at(5)));
+        s.record("a", at(8));
+        assert_eq!(s.get("a").map(|s| s.at), Some(8));
+        assert_eq!(s.get("b"), None);
+        let taken = s.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(s.get("a"), None);
+    }
+}
