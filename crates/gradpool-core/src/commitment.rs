@@ -63,6 +63,7 @@ pub fn loss_trace_hash(losses: &[f32]) -> TraceHash {
 
 /// What a provider commits to at the end of a segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Commitment {
     pub job_id: JobId,
     pub segment: u32,
@@ -114,6 +115,7 @@ impl Commitment {
 
 /// A commitment with the node key that signed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedCommitment {
     pub commitment: Commitment,
     pub node_key: PublicKey,
@@ -141,6 +143,7 @@ impl SignedCommitment {
 /// checkpoint it produced, and, when its reproducibility class differs from
 /// the trainer's, its distance to the checkpoint the trainer committed to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplayReport {
     pub task_id: TaskId,
     pub job_id: JobId,
@@ -202,6 +205,7 @@ impl ReplayReport {
 /// A replay report with the validator's node key and signature: the
 /// evidence a verdict rests on, next to the trainer's [`SignedCommitment`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedReplay {
     pub report: ReplayReport,
     pub node_key: PublicKey,
@@ -229,6 +233,7 @@ impl SignedReplay {
 /// slot, the checkpoint it committed, that commitment's hash and the
 /// pseudo-gradient it sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OuterInput {
     pub worker: u32,
     pub checkpoint_sha256: Sha256Hex,
@@ -262,6 +267,7 @@ pub fn outer_chain(global: &[u8], prev: &ChainHash, inputs: &[OuterInput]) -> Ch
 /// give the global checkpoint `global_sha256` at `step`, chained as
 /// [`outer_chain`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OuterCommitment {
     pub job_id: JobId,
     /// The round whose workers entered the step; the new global
@@ -306,6 +312,7 @@ impl OuterCommitment {
 
 /// An outer commitment with the node key that signed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedOuterCommitment {
     pub commitment: OuterCommitment,
     pub node_key: PublicKey,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// One host check of the isolated tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckName {
     /// The agent's data directory lies on a dm-crypt volume.
@@ -70,6 +71,7 @@ impl CheckName {
 
 /// One check's outcome and what it looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Check {
     pub name: CheckName,
     pub passed: bool,
@@ -78,6 +80,7 @@ pub struct Check {
 
 /// The kinds of hardware attestation a report has a place for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AttestationKind {
     SevSnp,
@@ -97,6 +100,7 @@ impl AttestationKind {
 
 /// A TEE's attestation evidence, as the host produced it (hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attestation {
     pub kind: AttestationKind,
     pub evidence: String,
@@ -126,6 +130,7 @@ const MAX_DETAIL: usize = 1024;
 
 /// A host's compliance report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ComplianceReport {
     /// When the checks ran, seconds since the epoch.
     pub time: i64,
@@ -209,6 +214,7 @@ impl ComplianceReport {
 
 /// A compliance report signed by the provider's node key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedCompliance {
     pub report: ComplianceReport,
     pub signature: Signature,

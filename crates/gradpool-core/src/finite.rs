@@ -97,6 +97,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     struct Trace {
         #[serde(deserialize_with = "vec_f32")]
         losses: Vec<f32>,

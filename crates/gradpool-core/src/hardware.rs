@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Cpu,
@@ -20,6 +21,7 @@ impl std::fmt::Display for DeviceKind {
 
 /// The device a provider trains on, as it advertises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hardware {
     pub device: DeviceKind,
     /// "AMD EPYC 7B13" or "NVIDIA GeForce RTX 3090".
@@ -68,6 +70,7 @@ impl Hardware {
 /// fewer than the whole card, under the same name) and its own version, so
 /// both name a GPU's reproducibility class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CudaRuntime {
     /// Streaming multiprocessors the device has (or the MIG slice).
     pub sm_count: u32,
@@ -77,6 +80,7 @@ pub struct CudaRuntime {
 
 /// What a provider reports with each heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Telemetry {
     /// One-minute load average of the machine.
     #[serde(deserialize_with = "crate::finite::f64")]

@@ -15,6 +15,7 @@ macro_rules! id_type {
         /// deserialised: the prefix, `_`, then lowercase hex. They are used in
         /// paths and URLs, so nothing else may pass.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(pub String);
 

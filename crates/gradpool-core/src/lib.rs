@@ -41,6 +41,8 @@ pub mod id;
 pub mod int8;
 pub mod model;
 pub mod money;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod outer;
 pub mod privacy;
 pub mod proof;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 /// A model's full shape: the spec's config plus what the data fixes.
 /// Recorded in checkpoints and model files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ModelMeta {
     /// Character-level GPT.
@@ -43,6 +44,7 @@ pub enum ModelMeta {
 
 /// What the data fixes of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "format", rename_all = "lowercase")]
 pub enum DataShape {
     /// Text: the number of distinct characters.
@@ -107,6 +109,7 @@ pub const CHECKPOINT_PREFIXES: [&str; 3] = ["param.", "adam_m.", "adam_v."];
 
 /// The memory training a model takes on one device, in bytes (f32 tensors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryEstimate {
     pub parameters: u64,
     /// The weights.

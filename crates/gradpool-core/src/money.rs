@@ -14,6 +14,7 @@ pub const PICONERO_PER_XMR: u64 = 1_000_000_000_000;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Piconero(pub u64);
 

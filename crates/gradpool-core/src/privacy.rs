@@ -418,6 +418,7 @@ impl EncryptionKey {
 /// to its node key: what a customer's CLI checks before sealing a data
 /// key to it, whatever the pool relays.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnnouncedKey {
     pub key: EncryptionPublicKey,
     /// The provider's node key (its id is derived from it).
@@ -715,3 +716,13 @@ mod tests {
         assert_eq!(plaintext_size(3), None);
     }
 }
+
+#[cfg(feature = "openapi")]
+crate::openapi::hex_schema!(EncryptionPublicKey, Some(32usize), "an X25519 public key");
+
+#[cfg(feature = "openapi")]
+crate::openapi::hex_schema!(
+    SealedKey,
+    None::<usize>,
+    "a data key sealed to one provider"
+);

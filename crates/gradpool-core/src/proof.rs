@@ -17,6 +17,7 @@ pub const MAX_N: u32 = 8192;
 
 /// What the pool asks a provider to multiply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProofChallenge {
     pub id: String,
     /// Seeds both matrices ([`matrices`]).
@@ -31,12 +32,14 @@ pub struct ProofChallenge {
 /// The answer: `C = A·B`, row-major, uploaded as a blob of `n²`
 /// little-endian `f32`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProofAnswer {
     pub answer_sha256: crate::Sha256Hex,
 }
 
 /// The pool's verdict on an answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProofResult {
     /// `passed`, `wrong_answer` or `too_slow`.
     pub outcome: crate::state::ProofStatus,

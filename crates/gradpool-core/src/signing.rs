@@ -87,6 +87,9 @@ macro_rules! hex_bytes {
                 s.parse().map_err(D::Error::custom)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        crate::openapi::hex_schema!($name, Some($len as usize), $what);
     };
 }
 

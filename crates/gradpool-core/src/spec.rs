@@ -83,12 +83,14 @@ pub struct JobSpec {
 /// customer's CLI makes, sealed in turn to the key holders' encryption
 /// keys (see [`crate::privacy`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Privacy {
     pub providers: KeyHolders,
 }
 
 /// Who may hold a confidential job's data key (`privacy.providers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyHolders {
     /// `"isolated"`: providers certified into the isolated tier.
     Isolated,
@@ -103,6 +105,7 @@ pub enum KeyHolders {
 
 /// One provider a confidential job names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyHolder {
     Id(crate::ProviderId),
     Key(crate::privacy::EncryptionPublicKey),
@@ -119,6 +122,7 @@ pub const MAX_KEY_HOLDERS: usize = 256;
 /// Nesterov momentum, giving global checkpoint `r + 1`. `train.steps`
 /// counts each worker's steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParallelConfig {
     /// Worker slots, 1–64. Worker `w` trains on shard `w` of the data.
     pub workers: u32,
@@ -149,6 +153,7 @@ impl ParallelConfig {
 
 /// How a parallel job's transfers are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// f32, as trained.
@@ -182,9 +187,11 @@ pub enum ModelConfig {
 /// segment contract is in the `gradpool.segment` Python package and
 /// [`crate::container`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerConfig {
     /// The OCI archive on the customer's machine, relative to the spec:
     /// what `job submit` uploads. A pool's copy of the spec may lack it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub image: Option<PathBuf>,
     /// The archive's sha256: checked when given, and set by `job submit`,
     /// so the job pins the image by digest.
@@ -197,6 +204,7 @@ pub struct ContainerConfig {
     /// relative to the spec: the weights every worker of round 0 starts
     /// from (the script's own, at step 0). `job submit` makes it by running
     /// the script for no steps when the spec names none.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub initial: Option<PathBuf>,
     /// The initial checkpoint's sha256: set by `job submit`.
     pub initial_sha256: Option<crate::Sha256Hex>,
@@ -215,8 +223,10 @@ pub struct ContainerConfig {
 
 /// One of a container job's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobFile {
     /// Where it is on the customer's machine, relative to the spec.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
     /// Its name under `/job`: the path's last component.
     pub name: String,
@@ -245,6 +255,7 @@ impl ContainerConfig {
 /// blocks of causal self-attention and a GELU MLP, a final LayerNorm and a
 /// linear head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GptConfig {
     pub n_layer: usize,
     pub n_head: usize,
@@ -254,11 +265,13 @@ pub struct GptConfig {
 
 /// An MLP classifier for tabular data: ReLU hidden layers of the given widths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MlpConfig {
     pub hidden: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
     /// UTF-8 text, modelled character by character.
@@ -268,9 +281,11 @@ pub enum DataFormat {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DataSpec {
     pub format: DataFormat,
     /// The data file, relative to the spec file. `--data` overrides it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub file: Option<PathBuf>,
     /// For CSV: the column holding the class label.
     pub label_column: Option<String>,
@@ -285,6 +300,7 @@ pub struct DataSpec {
 /// Optimisation: AdamW with linear warm-up, cosine decay and gradient
 /// clipping, with every choice fixed by the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrainConfig {
     pub seed: u64,
     pub steps: u64,
@@ -303,6 +319,7 @@ pub struct TrainConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceRequest {
     /// Any device the pool has.
@@ -324,6 +341,7 @@ impl DeviceRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Resources {
     pub device: DeviceRequest,
@@ -351,6 +369,7 @@ pub fn region_problem(region: &str) -> Option<String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VerificationLevel {
     None,
@@ -430,7 +449,21 @@ fn invalid(field: &str, expected: impl Into<String>) -> SpecError {
 // The TOML schema. Kept flat (no internally tagged enums) so that serde can
 // report the exact path of an unknown or mistyped field.
 
+/// The JSON Schema of a job spec's TOML (`JobSpecToml`) and of the
+/// tables it names, for the pool's OpenAPI document.
+#[cfg(feature = "openapi")]
+pub fn toml_schemas() -> Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)> {
+    use utoipa::{PartialSchema, ToSchema};
+    let mut out = vec![(RawSpec::name().into_owned(), RawSpec::schema())];
+    RawSpec::schemas(&mut out);
+    out
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobSpecToml))]
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     name: String,
@@ -451,6 +484,7 @@ struct RawSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecPrivacy))]
 #[serde(deny_unknown_fields)]
 struct RawPrivacy {
     #[serde(default)]
@@ -509,15 +543,19 @@ impl RawPrivacy {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecContainer))]
 #[serde(deny_unknown_fields)]
 struct RawContainer {
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     image: Option<PathBuf>,
     image_sha256: Option<String>,
     command: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     files: Vec<PathBuf>,
     #[serde(default)]
     file_sha256: std::collections::BTreeMap<String, String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     initial: Option<PathBuf>,
     initial_sha256: Option<String>,
     memory_gib: u32,
@@ -685,6 +723,7 @@ impl RawContainer {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecParallel))]
 #[serde(deny_unknown_fields)]
 struct RawParallel {
     workers: u32,
@@ -764,6 +803,7 @@ fn default_runtime() -> String {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecModel))]
 #[serde(deny_unknown_fields)]
 struct RawModel {
     kind: ModelKind,
@@ -775,6 +815,7 @@ struct RawModel {
 }
 
 #[derive(Deserialize, Clone, Copy)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 enum ModelKind {
     Gpt,
@@ -783,9 +824,11 @@ enum ModelKind {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecData))]
 #[serde(deny_unknown_fields)]
 struct RawData {
     format: DataFormat,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     file: Option<PathBuf>,
     label_column: Option<String>,
     sha256: Option<String>,
@@ -793,6 +836,7 @@ struct RawData {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecTrain))]
 #[serde(deny_unknown_fields)]
 struct RawTrain {
     seed: u64,
@@ -831,6 +875,7 @@ fn default_grad_clip() -> f64 {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecVerification))]
 #[serde(deny_unknown_fields)]
 struct RawVerification {
     #[serde(default)]
@@ -838,6 +883,7 @@ struct RawVerification {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpecBudget))]
 #[serde(deny_unknown_fields)]
 struct RawBudget {
     max_price_xmr_per_hour: Option<String>,

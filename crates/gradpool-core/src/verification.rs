@@ -62,6 +62,7 @@ pub const REPUTATION_HALF: f64 = 10.0;
 
 /// How often segments are audited.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sampling {
     /// The audit probability of a provider with no record.
     pub p_new: f64,

@@ -13,6 +13,7 @@
 //! | `GET  /v1/jobs/{id}/segments`     | customer | → `[SegmentView]`                         |
 //! | `GET  /v1/jobs/{id}/rounds`       | customer | → `[RoundView]` (parallel jobs)           |
 //! | `GET  /v1/jobs/{id}/events`       | customer | server-sent [`JobEvent`]s                 |
+//! | `POST /v1/jobs/{id}/checkpoint-requests` | customer | [`CheckpointRequest`] → [`CheckpointRequestReply`] |
 //! | `GET  /v1/providers`              | any key  | → `[ProviderView]`                        |
 //! | `POST /v1/providers/challenge`    | anyone   | → [`RegistrationChallenge`]               |
 //! | `POST /v1/providers/register`     | anyone   | [`Register`] → [`Registered`]             |
@@ -37,6 +38,8 @@
 //! | `POST /v1/bookings`               | customer | [`Book`] → [`BookingView`]                |
 //! | `GET  /v1/bookings`               | customer | → `[BookingView]`                         |
 //! | `POST /v1/bookings/{id}/cancel`   | customer | → [`BookingView`]                         |
+//! | `GET  /metrics`                   | anyone   | → Prometheus text                         |
+//! | `GET  /v1/openapi.json`           | anyone   | → this API's OpenAPI 3 document           |
 //!
 //! Customers authenticate with `Authorization: Bearer <api key>`; providers
 //! with the session token [`Registered::token`] they got by proving they
@@ -56,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 /// The body of every error reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// A stable machine-readable code: `not_found`, `unauthorized`,
     /// `forbidden`, `bad_request`, `invalid_spec`, `too_large`,
@@ -66,11 +70,13 @@ pub struct ApiError {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateAccount {
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountCreated {
     pub account_id: AccountId,
     /// Shown once; the pool stores only its hash.
@@ -78,6 +84,7 @@ pub struct AccountCreated {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     pub id: AccountId,
     pub name: String,
@@ -85,12 +92,14 @@ pub struct AccountView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobStored {
     pub sha256: Sha256Hex,
     pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubmitJob {
     /// The job spec, as TOML text.
     pub spec_toml: String,
@@ -112,6 +121,7 @@ pub struct SubmitJob {
 
 /// A provider's certification into a tier, as anyone sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertifiedTier {
     pub tier: crate::state::ProviderTier,
     /// When it ends, RFC 3339.
@@ -120,6 +130,7 @@ pub struct CertifiedTier {
 
 /// A confidential job's data key, sealed to one provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobKey {
     pub provider: ProviderId,
     pub sealed_key: crate::privacy::SealedKey,
@@ -127,6 +138,7 @@ pub struct JobKey {
 
 /// A job as the customer sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub id: JobId,
     pub name: String,
@@ -198,6 +210,7 @@ pub struct JobView {
 
 /// Where a parallel job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParallelProgress {
     pub workers: u32,
     /// The round training now (the number of rounds once trained).
@@ -207,6 +220,7 @@ pub struct ParallelProgress {
 
 /// One committed segment of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SegmentView {
     pub segment: u32,
     pub start_step: u64,
@@ -233,6 +247,7 @@ pub struct SegmentView {
 /// which worker slot, how long the round waited for its slowest worker,
 /// and its accepted outer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoundView {
     pub round: u64,
     pub start_step: u64,
@@ -260,6 +275,7 @@ pub struct RoundView {
 
 /// A worker slot's segment in a round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoundWorker {
     pub worker: u32,
     pub segment: u32,
@@ -283,6 +299,7 @@ pub struct RoundWorker {
 /// A round's accepted outer step: who computed it, and its commitment
 /// (which the pool checked by computing the step again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OuterView {
     pub provider: ProviderId,
     pub global_sha256: Sha256Hex,
@@ -297,6 +314,7 @@ pub struct OuterView {
 
 /// The outcome of one audit, with its evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerdictView {
     pub audit_id: String,
     pub job_id: JobId,
@@ -317,6 +335,7 @@ pub struct VerdictView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplayView {
     pub validator: ProviderId,
     pub matches: bool,
@@ -326,6 +345,7 @@ pub struct ReplayView {
 /// One entry of a job's event log, streamed over server-sent events with
 /// `id:` = [`JobEvent::id`] and `event:` = the kind's `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEvent {
     pub id: i64,
     pub job_id: JobId,
@@ -335,6 +355,7 @@ pub struct JobEvent {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEventKind {
     /// The job changed status.
@@ -501,6 +522,7 @@ pub enum JobEventKind {
 
 /// A provider as others see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderView {
     pub id: ProviderId,
     pub name: String,
@@ -583,6 +605,7 @@ pub struct ProviderView {
 
 /// A single-use nonce a provider signs to register.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegistrationChallenge {
     pub nonce: String,
     /// The nonce is refused after this long.
@@ -590,6 +613,7 @@ pub struct RegistrationChallenge {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Register {
     /// Hex Ed25519 public key.
     pub public_key: crate::signing::PublicKey,
@@ -649,6 +673,7 @@ fn yes() -> bool {
 /// /v1/providers/status` with a signed nonce): its listing and its recent
 /// pauses and resumes, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderStatusReply {
     pub provider: ProviderView,
     pub history: Vec<StatusChange>,
@@ -656,6 +681,7 @@ pub struct ProviderStatusReply {
 
 /// One change in a provider's standing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusChange {
     /// What changed: `registered`, `paused`, `held`, `disconnected`, …
     pub status: ProviderChange,
@@ -666,6 +692,7 @@ pub struct StatusChange {
 
 /// One destination of a provider's payouts and its share of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PayoutSplit {
     /// A Monero address of the pool's network.
     pub address: String,
@@ -674,6 +701,7 @@ pub struct PayoutSplit {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registered {
     pub provider_id: ProviderId,
     /// Session token for the provider's other calls.
@@ -693,6 +721,7 @@ pub struct Registered {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
     pub telemetry: Telemetry,
     /// The tasks running now, with their current step.
@@ -736,12 +765,14 @@ pub fn check_task_count(field: &str, n: usize) -> Result<(), String> {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunningTask {
     pub task_id: TaskId,
     pub step: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatReply {
     pub assignments: Vec<Assignment>,
     /// Tasks to stop now (the job was cancelled or the lease was lost).
@@ -766,6 +797,7 @@ pub struct HeartbeatReply {
 
 /// A segment leased to a provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub task_id: TaskId,
     pub job_id: JobId,
@@ -803,6 +835,7 @@ pub struct Assignment {
 
 /// A parallel job's part of an [`Assignment`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoundTask {
     pub round: u64,
     /// An inner segment's (or its replay's) worker slot; `None` for the
@@ -828,6 +861,7 @@ pub struct RoundTask {
 /// workers that keep them upload them when the pool asks. At most
 /// [`CheckpointRequest::MAX`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointRequest {
     pub checkpoint_sha256: Vec<Sha256Hex>,
@@ -840,6 +874,7 @@ impl CheckpointRequest {
 /// Which of the requested checkpoints the pool has now, and which it
 /// asked their workers for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointRequestReply {
     pub present: Vec<Sha256Hex>,
     pub asked: Vec<Sha256Hex>,
@@ -848,6 +883,7 @@ pub struct CheckpointRequestReply {
 /// The outer update that leads from one global checkpoint to the next
 /// ([`crate::delta`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoundUpdate {
     /// The global checkpoint of the round before.
     pub from_global_sha256: Sha256Hex,
@@ -862,6 +898,7 @@ pub struct RoundUpdate {
 /// reproducibility class the validator only reports its own end hash; across
 /// classes it measures its distance to the claimed checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplayTarget {
     pub claimed_checkpoint_sha256: Sha256Hex,
     /// The trainer's reproducibility class.
@@ -869,6 +906,7 @@ pub struct ReplayTarget {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub step: u64,
     #[serde(deserialize_with = "crate::finite::f32")]
@@ -878,6 +916,7 @@ pub struct Progress {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Commit {
     pub commitment: SignedCommitment,
     /// One loss per step of the segment.
@@ -905,6 +944,7 @@ pub struct Commit {
 /// provider's agent measured it: recorded per segment and shown to the
 /// customer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dedication {
     /// Of the time between the segment's first and last step, the share
     /// the device spent training it, from 0 to 1 (below 1 when the owner's
@@ -942,6 +982,7 @@ impl Commit {
 /// `POST /v1/tasks/{id}/outer`: the outer step a provider computed, after
 /// uploading the new global checkpoint as a blob.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OuterCommit {
     pub commitment: crate::commitment::SignedOuterCommitment,
     /// How long the step took, in milliseconds.
@@ -950,6 +991,7 @@ pub struct OuterCommit {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitReply {
     pub accepted: bool,
     /// True when this was the job's last segment.
@@ -957,12 +999,14 @@ pub struct CommitReply {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskFailed {
     pub reason: String,
 }
 
 /// A customer's money at the pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Balance {
     pub account_id: AccountId,
     /// Spendable: funds new jobs, can be withdrawn.
@@ -978,12 +1022,14 @@ pub struct Balance {
 
 /// Free money from the dev backend's faucet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Faucet {
     pub amount: Piconero,
 }
 
 /// A customer reserves providers for a window (`POST /v1/bookings`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Book {
     /// How many providers (GPUs) to reserve.
     pub gpus: u32,
@@ -1002,6 +1048,7 @@ pub struct Book {
 
 /// A booking as its customer sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BookingView {
     pub id: String,
     /// `reserved` (before the window), `active` (in it), `ended` or
@@ -1028,6 +1075,7 @@ pub struct BookingView {
 /// What a pool is and what it pays, for anyone (`GET /v1/pool`): a rig
 /// owner deciding to join, `gradpool provider init` estimating earnings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolInfo {
     /// The pool's gradpool version.
     pub version: String,
@@ -1057,6 +1105,7 @@ pub struct PoolInfo {
 
 /// Where to send Monero to fund an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DepositAddress {
     /// A subaddress of the pool's wallet, this account's alone.
     pub address: String,
@@ -1066,6 +1115,7 @@ pub struct DepositAddress {
 
 /// Money out of a customer's balance to a Monero address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Withdraw {
     pub to: String,
     pub amount: Piconero,
@@ -1075,6 +1125,7 @@ pub struct Withdraw {
 
 /// A payout or withdrawal as its recipient sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PayoutView {
     pub id: String,
     /// `reserved`, `built`, `relayed`, `settled` (the dev money backend)
@@ -1090,6 +1141,7 @@ pub struct PayoutView {
 /// signature of [`crate::commitment::signed_nonce_message`] over a fresh
 /// nonce from `POST /v1/providers/challenge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedNonce {
     pub public_key: crate::signing::PublicKey,
     pub time: i64,
@@ -1099,6 +1151,7 @@ pub struct SignedNonce {
 
 /// What to do with a provider's stake.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum StakeAction {
     /// Move available earnings into the stake.
@@ -1112,6 +1165,7 @@ pub enum StakeAction {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StakeRequest {
     pub signed_nonce: SignedNonce,
     #[serde(flatten)]
@@ -1120,6 +1174,7 @@ pub struct StakeRequest {
 
 /// A provider's money at the pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Earnings {
     pub provider_id: ProviderId,
     /// Earned for verified segments of jobs still running.

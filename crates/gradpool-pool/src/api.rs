@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use gradpool_core::wire::{
@@ -19,6 +18,9 @@ use gradpool_core::wire::{
 };
 use gradpool_core::Sha256Hex;
 use serde::Deserialize;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// A JSON body whose rejections are [`PoolError`]s (so they reply with an
 /// `ApiError` body).
@@ -71,56 +73,134 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 
 /// The pool's routes, with `pool` as state.
 pub fn router(pool: Pool) -> Router {
-    Router::new()
-        .route("/v1/accounts", post(create_account))
-        .route("/v1/account", get(account))
-        .route(
-            "/v1/blobs/{sha256}",
-            get(get_blob)
-                .put(put_blob)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/segments", get(job_segments))
-        .route("/v1/jobs/{id}/rounds", get(job_rounds))
-        .route(
-            "/v1/jobs/{id}/checkpoint-requests",
-            post(job_checkpoint_requests),
-        )
-        .route("/v1/jobs/{id}/events", get(job_events))
-        .route("/v1/pool", get(pool_info))
-        .route("/v1/bookings", post(book).get(list_bookings))
-        .route("/v1/bookings/{id}/cancel", post(cancel_booking))
-        .route("/v1/providers", get(list_providers))
-        .route("/v1/providers/challenge", post(challenge))
-        .route("/v1/providers/register", post(register))
-        .route("/v1/providers/heartbeat", post(heartbeat))
-        .route("/v1/tasks/{id}/progress", post(progress))
-        // A loss trace takes about 12 bytes a step in JSON.
-        .route(
-            "/v1/tasks/{id}/commit",
-            post(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
-        )
-        .route("/v1/tasks/{id}/outer", post(commit_outer))
-        .route("/v1/tasks/{id}/fail", post(fail))
-        .route("/v1/tasks/{id}/release", post(release))
-        .route("/v1/tasks/{id}/replay", post(replay))
-        .route("/v1/jobs/{id}/verdicts", get(job_verdicts))
-        .route("/v1/account/balance", get(balance))
-        .route("/v1/account/deposit", post(deposit_address))
-        .route("/v1/account/faucet", post(faucet))
-        .route("/v1/account/withdraw", post(withdraw))
-        .route("/v1/providers/earnings", post(earnings))
-        .route("/v1/providers/status", post(provider_status))
-        .route("/v1/providers/proofs/{id}", post(answer_proof))
-        .route("/v1/providers/compliance", post(send_compliance))
-        .route("/v1/providers/stake", post(stake))
-        .route("/metrics", get(metrics))
+    let (router, _) = described().split_for_parts();
+    router
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(pool.clone(), measured))
         .with_state(pool)
+}
+
+/// The OpenAPI 3 document of the API (`GET /v1/openapi.json`): made from
+/// the same [`described`] routes the router serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    described().into_openapi()
+}
+
+/// Every route with its description: a handler is routed only through
+/// `routes!`, which adds its `#[utoipa::path]` to the document.
+fn described() -> OpenApiRouter<Pool> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_account))
+        .routes(routes!(account))
+        .routes(routes!(get_blob, put_blob).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_segments))
+        .routes(routes!(job_rounds))
+        .routes(routes!(job_checkpoint_requests))
+        .routes(routes!(job_events))
+        .routes(routes!(job_verdicts))
+        .routes(routes!(pool_info))
+        .routes(routes!(book, list_bookings))
+        .routes(routes!(cancel_booking))
+        .routes(routes!(list_providers))
+        .routes(routes!(challenge))
+        .routes(routes!(register))
+        .routes(routes!(heartbeat))
+        .routes(routes!(progress))
+        // A loss trace takes about 12 bytes a step in JSON.
+        .routes(routes!(commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)))
+        .routes(routes!(commit_outer))
+        .routes(routes!(fail))
+        .routes(routes!(release))
+        .routes(routes!(replay))
+        .routes(routes!(balance))
+        .routes(routes!(deposit_address))
+        .routes(routes!(faucet))
+        .routes(routes!(withdraw))
+        .routes(routes!(earnings))
+        .routes(routes!(provider_status))
+        .routes(routes!(answer_proof))
+        .routes(routes!(send_compliance))
+        .routes(routes!(stake))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The document's frame: what the API is, and how callers authenticate.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "gradpool pool API",
+        description = "The HTTP API of a gradpool pool: customers submit training jobs and \
+                       fund them; providers register, heart-beat, train segments and commit \
+                       them; validators replay. Errors are `ApiError` bodies with a stable `code`."
+    ),
+    modifiers(&Credentials),
+    tags(
+        (name = "accounts", description = "Customer accounts and money"),
+        (name = "jobs", description = "Training jobs, their segments, events and verdicts"),
+        (name = "blobs", description = "Content-addressed datasets, files and checkpoints"),
+        (name = "bookings", description = "Providers reserved for a window"),
+        (name = "providers", description = "Registration, heartbeats, proofs, earnings"),
+        (name = "tasks", description = "Leased segments, outer steps and replays"),
+        (name = "pool", description = "The pool's terms, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// What the routes do not say: the two bearer credentials (a customer's
+/// API key, a provider's session) and the job spec's TOML.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let bearer = |what: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(what))
+                    .build(),
+            )
+        };
+        let components = api.components.get_or_insert_with(Default::default);
+        // `spec_toml` is TOML text; its fields, for editors and SDKs.
+        for (name, schema) in gradpool_core::spec::toml_schemas() {
+            components.schemas.insert(name, schema);
+        }
+        components.add_security_scheme(
+            "api_key",
+            bearer("A customer's API key (`gp_…`), from `POST /v1/accounts`"),
+        );
+        components.add_security_scheme(
+            "session",
+            bearer("A provider's session token (`gps_…`), from `POST /v1/providers/register`"),
+        );
+    }
+}
+
+/// The document, made once.
+static DOCUMENT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+
+/// The OpenAPI description of this API.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "pool",
+    responses((status = 200, description = "This document", body = Object, content_type = "application/json"))
+)]
+async fn openapi_json() -> Result<Response, PoolError> {
+    let document = DOCUMENT
+        .get_or_init(|| openapi().to_json().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| PoolError::Internal(format!("the OpenAPI document: {e}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        document.clone(),
+    )
+        .into_response())
 }
 
 /// Counts and times every request, by the route it matched.
@@ -147,6 +227,12 @@ async fn measured(
 
 /// `GET /metrics`: the Prometheus text exposition. Each scrape reads the
 /// database, so anyone's scrapes share the anonymous routes' budget.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "pool",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn metrics(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -165,6 +251,14 @@ async fn metrics(
 /// steps fits with room to spare.
 const COMMIT_BODY_LIMIT: usize = 16 << 20;
 
+/// Opens a customer account (on pools that take sign-ups).
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    request_body = gradpool_core::wire::CreateAccount,
+    responses((status = 201, description = "The account and its API key, shown once", body = gradpool_core::wire::AccountCreated), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn create_account(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -180,6 +274,14 @@ async fn create_account(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// The caller's account.
+#[utoipa::path(
+    get,
+    path = "/v1/account",
+    tag = "accounts",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The caller's account", body = gradpool_core::wire::AccountView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn account(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -200,6 +302,16 @@ fn parse_digest(s: &str) -> Result<Sha256Hex, PoolError> {
     s.parse().map_err(|e| PoolError::BadRequest(format!("{e}")))
 }
 
+/// Uploads a blob named by the sha256 of its bytes; refused whole on a digest mismatch or over the size cap.
+#[utoipa::path(
+    put,
+    path = "/v1/blobs/{sha256}",
+    tag = "blobs",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("sha256" = String, Path, description = "The blob's sha256, 64 lowercase hex digits")),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 201, description = "Stored (or already there)", body = gradpool_core::wire::BlobStored), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn put_blob(
     State(pool): State<Pool>,
     caller: Caller,
@@ -228,6 +340,15 @@ async fn put_blob(
     Ok((StatusCode::CREATED, Json(BlobStored { sha256: sha, size })))
 }
 
+/// Downloads a blob the caller may read.
+#[utoipa::path(
+    method(get, head),
+    path = "/v1/blobs/{sha256}",
+    tag = "blobs",
+    params(("sha256" = String, Path, description = "The blob's sha256, 64 lowercase hex digits")),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "The blob's bytes (HEAD: its size only)", body = Vec<u8>, content_type = "application/octet-stream"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn get_blob(
     State(pool): State<Pool>,
     method: axum::http::Method,
@@ -280,6 +401,15 @@ async fn get_blob(
     Ok((headers, body).into_response())
 }
 
+/// Submits a job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = gradpool_core::wire::SubmitJob,
+    security(("api_key" = [])),
+    responses((status = 201, description = "The job, queued, its budget held in escrow", body = gradpool_core::wire::JobView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn submit_job(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -292,6 +422,14 @@ async fn submit_job(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// The caller's jobs.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The caller's jobs, newest first", body = Vec<gradpool_core::wire::JobView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn list_jobs(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -304,6 +442,15 @@ async fn list_jobs(
     Ok(Json(views))
 }
 
+/// One of the caller's jobs.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "The job", body = gradpool_core::wire::JobView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn get_job(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -314,6 +461,15 @@ async fn get_job(
     Ok(Json(pool.job_view(&mut conn, &job).await?))
 }
 
+/// Cancels a job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "The job, cancelled; the unspent budget refunded", body = gradpool_core::wire::JobView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn cancel_job(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -322,6 +478,15 @@ async fn cancel_job(
     Ok(Json(pool.cancel_job(&account, &id).await?))
 }
 
+/// A job's committed segments and their checkpoints.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/segments",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "Its committed segments", body = Vec<gradpool_core::wire::SegmentView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn job_segments(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -332,6 +497,15 @@ async fn job_segments(
     Ok(Json(store::segments(&mut conn, &id).await?))
 }
 
+/// A parallel job's rounds.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/rounds",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "Its rounds", body = Vec<gradpool_core::wire::RoundView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn job_rounds(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -342,6 +516,16 @@ async fn job_rounds(
     Ok(Json(store::rounds(&mut conn, &job).await?))
 }
 
+/// Asks for checkpoints the pool no longer holds.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/checkpoint-requests",
+    tag = "jobs",
+    request_body = gradpool_core::wire::CheckpointRequest,
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "What the pool holds and what it asked providers for", body = gradpool_core::wire::CheckpointRequestReply), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn job_checkpoint_requests(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -354,12 +538,28 @@ async fn job_checkpoint_requests(
     ))
 }
 
+/// The pool's answer to a compliance report.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct ComplianceVerdict {
+    /// Whether every check passed (else the tier is lost).
+    passed: bool,
+}
+
 /// `?after=<event id>` of the event stream.
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     after: Option<i64>,
 }
 
+/// A job's event stream (server-sent events), from `after` or `Last-Event-ID`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id"), ("after" = Option<i64>, Query, description = "Events after this id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "Server-sent events, one JobEvent each", body = gradpool_core::wire::JobEvent, content_type = "text/event-stream"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn job_events(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -380,6 +580,14 @@ async fn job_events(
     Ok(pool.event_stream(id, after).into_response())
 }
 
+/// The providers: status, tier, hardware, price, reputation.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "providers",
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "Every provider, as anyone sees it", body = Vec<gradpool_core::wire::ProviderView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn list_providers(
     State(pool): State<Pool>,
     _caller: Caller,
@@ -397,6 +605,15 @@ async fn list_providers(
     ))
 }
 
+/// Reserves providers for a window.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings",
+    tag = "bookings",
+    request_body = gradpool_core::wire::Book,
+    security(("api_key" = [])),
+    responses((status = 201, description = "The booking, its price held", body = gradpool_core::wire::BookingView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn book(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -405,6 +622,14 @@ async fn book(
     Ok((StatusCode::CREATED, Json(pool.book(&id, req).await?)))
 }
 
+/// The caller's bookings.
+#[utoipa::path(
+    get,
+    path = "/v1/bookings",
+    tag = "bookings",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The caller's bookings", body = Vec<gradpool_core::wire::BookingView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn list_bookings(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -412,6 +637,15 @@ async fn list_bookings(
     Ok(Json(pool.bookings(&id).await?))
 }
 
+/// Cancels a booking.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/cancel",
+    tag = "bookings",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "The booking, cancelled", body = gradpool_core::wire::BookingView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn cancel_booking(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -420,10 +654,24 @@ async fn cancel_booking(
     Ok(Json(pool.cancel_booking(&id, &booking).await?))
 }
 
+/// What the pool pays and charges.
+#[utoipa::path(
+    get,
+    path = "/v1/pool",
+    tag = "pool",
+    responses((status = 200, description = "The pool's terms and prices", body = gradpool_core::wire::PoolInfo), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn pool_info(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {
     Ok(Json(pool.info().await?))
 }
 
+/// A nonce for a provider to sign (registration, earnings, status, stake).
+#[utoipa::path(
+    post,
+    path = "/v1/providers/challenge",
+    tag = "providers",
+    responses((status = 200, description = "A single-use nonce to sign", body = gradpool_core::wire::RegistrationChallenge), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn challenge(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -432,6 +680,14 @@ async fn challenge(
     Ok(Json(pool.inner.challenges.issue(pool.now())?))
 }
 
+/// Registers a provider with its signed node key.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/register",
+    tag = "providers",
+    request_body = gradpool_core::wire::Register,
+    responses((status = 200, description = "The session", body = gradpool_core::wire::Registered), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn register(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -441,6 +697,15 @@ async fn register(
     Ok(Json(pool.register_provider(req).await?))
 }
 
+/// A provider's heartbeat: renews leases and claims work (long-poll).
+#[utoipa::path(
+    post,
+    path = "/v1/providers/heartbeat",
+    tag = "providers",
+    request_body = gradpool_core::wire::Heartbeat,
+    security(("session" = [])),
+    responses((status = 200, description = "Work leased, tasks to stop, checks due", body = gradpool_core::wire::HeartbeatReply), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn heartbeat(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -449,6 +714,16 @@ async fn heartbeat(
     Ok(Json(pool.heartbeat(&provider, hb).await?))
 }
 
+/// Training progress of a leased task.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/progress",
+    tag = "tasks",
+    request_body = gradpool_core::wire::Progress,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 204, description = "Recorded"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn progress(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -459,6 +734,16 @@ async fn progress(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Commits a segment: the signed commitment of its checkpoint.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/commit",
+    tag = "tasks",
+    request_body = gradpool_core::wire::Commit,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 200, description = "Accepted", body = gradpool_core::wire::CommitReply), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn commit(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -468,6 +753,16 @@ async fn commit(
     Ok(Json(pool.commit(&provider, &id, c).await?))
 }
 
+/// Commits a parallel job's outer step.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/outer",
+    tag = "tasks",
+    request_body = gradpool_core::wire::OuterCommit,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 200, description = "Accepted", body = gradpool_core::wire::CommitReply), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn commit_outer(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -477,6 +772,16 @@ async fn commit_outer(
     Ok(Json(pool.commit_outer(&provider, &id, c).await?))
 }
 
+/// A provider gives up on a task.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/fail",
+    tag = "tasks",
+    request_body = gradpool_core::wire::TaskFailed,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 204, description = "Recorded; the segment is queued again"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn fail(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -487,6 +792,16 @@ async fn fail(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A provider hands a task back (its owner needs the machine).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/release",
+    tag = "tasks",
+    request_body = gradpool_core::wire::TaskFailed,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 204, description = "Handed back"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn release(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -497,6 +812,16 @@ async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A validator's signed replay report.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/replay",
+    tag = "tasks",
+    request_body = gradpool_core::SignedReplay,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 204, description = "Recorded"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn replay(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -507,6 +832,15 @@ async fn replay(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A job's audits and verdicts.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/verdicts",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "Its audits and their verdicts", body = Vec<gradpool_core::wire::VerdictView>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn job_verdicts(
     State(pool): State<Pool>,
     Customer(account): Customer,
@@ -515,6 +849,14 @@ async fn job_verdicts(
     Ok(Json(pool.verdicts(&account, &id).await?))
 }
 
+/// The caller's balance.
+#[utoipa::path(
+    get,
+    path = "/v1/account/balance",
+    tag = "accounts",
+    security(("api_key" = [])),
+    responses((status = 200, description = "Available and held", body = gradpool_core::wire::Balance), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn balance(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -522,6 +864,14 @@ async fn balance(
     Ok(Json(pool.balance(&id).await?))
 }
 
+/// The caller's deposit address (Monero pools).
+#[utoipa::path(
+    post,
+    path = "/v1/account/deposit",
+    tag = "accounts",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The account's Monero deposit address", body = gradpool_core::wire::DepositAddress), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn deposit_address(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -529,6 +879,15 @@ async fn deposit_address(
     Ok(Json(pool.deposit_address(&id).await?))
 }
 
+/// Test money (dev pools only).
+#[utoipa::path(
+    post,
+    path = "/v1/account/faucet",
+    tag = "accounts",
+    request_body = gradpool_core::wire::Faucet,
+    security(("api_key" = [])),
+    responses((status = 200, description = "The new balance", body = gradpool_core::wire::Balance), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn faucet(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -539,6 +898,15 @@ async fn faucet(
     Ok(Json(pool.faucet(&id, req.amount).await?))
 }
 
+/// Withdraws to a Monero address.
+#[utoipa::path(
+    post,
+    path = "/v1/account/withdraw",
+    tag = "accounts",
+    request_body = gradpool_core::wire::Withdraw,
+    security(("api_key" = [])),
+    responses((status = 200, description = "The payout", body = gradpool_core::wire::PayoutView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn withdraw(
     State(pool): State<Pool>,
     Customer(id): Customer,
@@ -547,6 +915,14 @@ async fn withdraw(
     Ok(Json(pool.withdraw(&id, req).await?))
 }
 
+/// A provider's earnings, asked with a signed nonce.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/earnings",
+    tag = "providers",
+    request_body = gradpool_core::wire::SignedNonce,
+    responses((status = 200, description = "What the provider earned and was paid", body = gradpool_core::wire::Earnings), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn earnings(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -557,6 +933,16 @@ async fn earnings(
     Ok(Json(pool.earnings(&provider).await?))
 }
 
+/// Answers a hardware proof.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/proofs/{id}",
+    tag = "providers",
+    request_body = gradpool_core::proof::ProofAnswer,
+    params(("id" = String, Path, description = "The id")),
+    security(("session" = [])),
+    responses((status = 200, description = "The verdict", body = gradpool_core::proof::ProofResult), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn answer_proof(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
@@ -566,15 +952,32 @@ async fn answer_proof(
     Ok(Json(pool.answer_proof(&provider, &id, answer).await?))
 }
 
+/// An isolated-tier provider's signed compliance report.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/compliance",
+    tag = "providers",
+    request_body = gradpool_core::compliance::SignedCompliance,
+    security(("session" = [])),
+    responses((status = 200, description = "Whether every check passed", body = ComplianceVerdict), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn send_compliance(
     State(pool): State<Pool>,
     ProviderSession(provider): ProviderSession,
     ApiJson(report): ApiJson<gradpool_core::compliance::SignedCompliance>,
 ) -> Result<impl IntoResponse, PoolError> {
     let passed = pool.receive_compliance(&provider, report).await?;
-    Ok(Json(serde_json::json!({ "passed": passed })))
+    Ok(Json(ComplianceVerdict { passed }))
 }
 
+/// A provider's status and history, asked with a signed nonce.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/status",
+    tag = "providers",
+    request_body = gradpool_core::wire::SignedNonce,
+    responses((status = 200, description = "Its view and status history", body = gradpool_core::wire::ProviderStatusReply), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn provider_status(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,
@@ -616,6 +1019,14 @@ async fn provider_status(
     }))
 }
 
+/// Moves earnings into (or out of) a provider's stake.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/stake",
+    tag = "providers",
+    request_body = gradpool_core::wire::StakeRequest,
+    responses((status = 200, description = "Its earnings and stake", body = gradpool_core::wire::Earnings), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
 async fn stake(
     State(pool): State<Pool>,
     ClientAddr(client): ClientAddr,

@@ -119,6 +119,13 @@ impl Challenges {
 /// How far a registration's timestamp may be from the pool's clock.
 pub const REGISTRATION_SKEW_SECONDS: i64 = 300;
 
+/// Whether a signed time (`time_s`, from anyone) is within
+/// [`REGISTRATION_SKEW_SECONDS`] of the pool's `now_s`; any `i64` is
+/// answered, none overflows.
+pub(crate) fn within_skew(time_s: i64, now_s: i64) -> bool {
+    time_s.abs_diff(now_s) <= REGISTRATION_SKEW_SECONDS.unsigned_abs()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -516,7 +516,7 @@ impl Pool {
         signed: &SignedNonce,
     ) -> Result<ProviderId, PoolError> {
         let now_s = self.now() / 1000;
-        if (signed.time - now_s).abs() > crate::challenge::REGISTRATION_SKEW_SECONDS {
+        if !crate::challenge::within_skew(signed.time, now_s) {
             return Err(PoolError::Unauthorized(format!(
                 "signed nonce time {} is too far from the pool's clock ({now_s})",
                 signed.time

@@ -18,7 +18,7 @@ impl Pool {
     /// key; issues a new session token and sorts the tasks it was resuming.
     pub async fn register_provider(&self, req: Register) -> Result<Registered, PoolError> {
         let now_s = self.now() / 1000;
-        if (req.time - now_s).abs() > crate::challenge::REGISTRATION_SKEW_SECONDS {
+        if !crate::challenge::within_skew(req.time, now_s) {
             return Err(PoolError::Unauthorized(format!(
                 "registration time {} is more than {} s from the pool's clock ({now_s})",
                 req.time,

@@ -527,3 +527,40 @@ lr = 0.001
     assert!(fits.parameters.unwrap() > 0);
     assert!(fits.memory_bytes.unwrap() < 1 << 30);
 }
+
+/// A signed time at the ends of `i64` (found by schemathesis against
+/// `/v1/openapi.json`: the skew check overflowed and the connection
+/// dropped) is refused as too far from the pool's clock, on every route
+/// that takes one, and the pool carries on.
+#[tokio::test]
+async fn a_signed_time_at_the_ends_of_i64_is_refused() {
+    let tp = TestPool::start().await;
+    let p = tp.provider("far").await;
+    for time in [i64::MIN, i64::MIN + 1, i64::MAX] {
+        let mut body = serde_json::to_value(p.register_body(Vec::new()).await).unwrap();
+        body["time"] = json!(time);
+        let err = p
+            .client
+            .post("/v1/providers/register", &body)
+            .await
+            .err(401);
+        assert!(err.message.contains("more than 300 s"), "{}", err.message);
+        let signed = json!({"public_key": p.key.public_key(), "time": time, "nonce": "00",
+                            "signature": "00".repeat(64)});
+        for path in ["/v1/providers/earnings", "/v1/providers/status"] {
+            let err = p.client.post(path, &signed).await.err(401);
+            assert!(err.message.contains("too far"), "{path}: {}", err.message);
+        }
+        let err = p
+            .client
+            .post(
+                "/v1/providers/stake",
+                &json!({"action": "deposit", "signed_nonce": signed}),
+            )
+            .await;
+        assert_ne!(err.status.as_u16(), 500);
+    }
+    // Still serving.
+    let info: PoolInfo = tp.anon().get("/v1/pool").await.ok();
+    assert_eq!(info.backend, "dev");
+}
