@@ -191,14 +191,21 @@ struct Written {
 /// heartbeat must write. `?1` the provider, `?2` now.
 const STANDING: &str = "SELECT p.paused, p.held IS NOT NULL AS held, \
      p.disconnected_at IS NOT NULL AS disconnected, p.duplicate_of IS NOT NULL AS duplicate, \
-     p.device, p.memory_bytes, p.next_proof_at, p.next_compliance_at, p.compliance_asked_at, \
+     p.next_proof_at, p.next_compliance_at, p.compliance_asked_at, \
      EXISTS (SELECT 1 FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
              AND c.expires_at > ?2) AS certified, \
      EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.status = 'queued' \
+             AND (t.kind = 'replay' OR NOT EXISTS (SELECT 1 FROM job_bars b \
+                  WHERE b.job_id = t.job_id AND b.provider_id = p.id)) \
+             AND CASE t.kind \
+                 WHEN 'replay' THEN p.validate = 1 AND p.validator_barred = 0 \
+                 ELSE p.trains = 1 AND j.status IN ('queued', 'running') END \
              AND (t.kind = 'outer' OR ((j.device = 'any' OR j.device = p.device) \
                   AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' \
                       THEN COALESCE(p.host_memory_bytes, 0) ELSE p.memory_bytes END \
-                  AND (j.runtime = 'native' OR p.containers = 1)))) AS work \
+                  AND (j.runtime = 'native' OR p.containers = 1) \
+                  AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= p.price_per_hour) \
+                  AND (t.kind = 'replay' OR j.region IS NULL OR j.region = p.region)))) AS work \
      FROM providers p WHERE p.id = ?1";
 
 /// Where a provider stands when it heart-beats ([`STANDING`]).
@@ -209,15 +216,14 @@ struct Standing {
     disconnected: bool,
     /// Held for a GPU another provider claims too.
     duplicate: bool,
-    device: String,
-    memory_bytes: i64,
     next_proof_at: Option<i64>,
     next_compliance_at: Option<i64>,
     compliance_asked_at: Option<i64>,
     /// Holds a tier now.
     certified: bool,
-    /// A queued task exists that its device, memory and runtime could take
-    /// (the claim checks the rest).
+    /// A queued task exists that it could take as far as one read tells
+    /// (its role, device, memory, runtime, price, region, bars; the claim
+    /// checks the rest under the lock).
     work: bool,
 }
 
@@ -309,6 +315,9 @@ struct Claimant {
     containers: bool,
     /// Its RAM, against which container jobs are matched.
     host_memory: i64,
+    /// Its device kind and memory, against which native jobs are matched.
+    device: String,
+    memory: i64,
 }
 
 impl Pool {
@@ -353,8 +362,20 @@ impl Pool {
             Need::Nothing | Need::Write => None,
         };
         let written = if need == Need::Write || claiming.is_some() {
-            self.heartbeat_write(provider, &hb, &beat, &standing)
-                .await?
+            match self.heartbeat_write(provider, &hb, &beat).await {
+                Ok(written) => written,
+                // Refused while the pool runs behind: still heard from. A
+                // heartbeat that only wanted work waits for it instead.
+                Err(PoolError::Busy(_)) if need == Need::Claim => {
+                    self.sighted(provider, &beat);
+                    Written::default()
+                }
+                Err(e @ PoolError::Busy(_)) => {
+                    self.sighted(provider, &beat);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             self.sighted(provider, &beat);
             Written::default()
@@ -396,8 +417,7 @@ impl Pool {
                     .flatten();
                 if claiming.is_some() {
                     let mut w = self.write().await?;
-                    (assignments, held_back) =
-                        self.claim(&mut w, provider, &standing, hb.capacity).await?;
+                    (assignments, held_back) = self.claim(&mut w, provider, hb.capacity).await?;
                     w.commit().await?;
                 }
                 self.sighted(provider, &beat);
@@ -450,7 +470,6 @@ impl Pool {
         provider: &ProviderId,
         hb: &Heartbeat,
         beat: &Beat,
-        standing: &Standing,
     ) -> Result<Written, PoolError> {
         let mut w = if hb.running.is_empty() {
             self.write_unless_behind().await?
@@ -504,11 +523,7 @@ impl Pool {
         )
         .await?;
         let cancel = self.renew(&mut w, provider, &hb.running).await?;
-        let (assignments, held_back) = if standing.work {
-            self.claim(&mut w, provider, standing, hb.capacity).await?
-        } else {
-            Default::default()
-        };
+        let (assignments, held_back) = self.claim(&mut w, provider, hb.capacity).await?;
         w.commit().await?;
         Ok(Written {
             assignments,
@@ -567,7 +582,6 @@ impl Pool {
         &self,
         w: &mut Write<'_>,
         provider: &ProviderId,
-        standing: &Standing,
         capacity: u32,
     ) -> Result<(Vec<Assignment>, Vec<String>), PoolError> {
         let mut out = Vec::new();
@@ -581,11 +595,14 @@ impl Pool {
             region,
             containers,
             host_memory,
+            device,
+            memory,
         } = sqlx::query_as(
             "SELECT price_per_hour AS price, unstake_requested_at AS unstaking, \
              validate = 1 AND validator_barred = 0 AS validates, trains = 1 AS trains, \
              COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) AS held, \
-             region, containers = 1 AS containers, COALESCE(host_memory_bytes, 0) AS host_memory \
+             region, containers = 1 AS containers, COALESCE(host_memory_bytes, 0) AS host_memory, \
+             device, memory_bytes AS memory \
              FROM providers WHERE id = ?",
         )
         .bind(provider.as_str())
@@ -702,8 +719,8 @@ impl Pool {
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
                     .bind(now)
-                    .bind(&standing.device)
-                    .bind(standing.memory_bytes)
+                    .bind(&device)
+                    .bind(memory)
                     .bind(price)
                     .bind(containers)
                     .bind(host_memory)
@@ -725,8 +742,8 @@ impl Pool {
                     .bind(provider.as_str())
                     .bind(now + self.lease_ms())
                     .bind(now)
-                    .bind(&standing.device)
-                    .bind(standing.memory_bytes)
+                    .bind(&device)
+                    .bind(memory)
                     .bind(price)
                     .bind(staked)
                     .bind(stake_free_budget)

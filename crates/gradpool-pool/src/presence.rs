@@ -375,6 +375,10 @@ mod tests {
             crate::store::rfc3339(pool.now()),
             "the listing shows the sighting"
         );
+        // A transaction that takes them and then does not commit (a
+        // refused request, a client gone) puts them back.
+        drop(pool.write().await.unwrap());
+        assert_eq!(stored_last_seen(&pool).await, before);
         pool.write().await.unwrap().commit().await.unwrap();
         assert_eq!(stored_last_seen(&pool).await, pool.now());
         // A provider sighted within the lease is not marked absent later.

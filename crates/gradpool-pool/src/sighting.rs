@@ -7,8 +7,8 @@
 //! `GET /v1/providers` lays the sightings not yet written over what it
 //! reads ([`Sightings::get`]); the overview (`/metrics`, `pool status`)
 //! reads the database alone, up to a reaper period behind. A write
-//! transaction that fails after taking them loses them; the provider's
-//! next heartbeat sights it again.
+//! transaction that fails or is rolled back after taking them puts them
+//! back.
 
 use sqlx::SqliteConnection;
 use std::collections::HashMap;
@@ -57,12 +57,20 @@ impl Sightings {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes every unwritten sighting in `conn`'s transaction. A
-    /// sighting never moves `last_seen` back (a slow path's write may
-    /// have recorded a later one).
-    pub(crate) async fn write(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        let sightings = self.take();
-        for (provider, s) in &sightings {
+    /// Writes every unwritten sighting in `conn`'s transaction. They are
+    /// put back when the returned [`Taken`] drops unless the transaction
+    /// committed ([`Taken::written`]): a write that fails or is rolled
+    /// back loses none. A sighting never moves `last_seen` back (a
+    /// heartbeat's own write may have recorded a later one).
+    pub(crate) async fn write<'a>(
+        &'a self,
+        conn: &mut SqliteConnection,
+    ) -> Result<Taken<'a>, sqlx::Error> {
+        let taken = Taken {
+            from: self,
+            sightings: self.take(),
+        };
+        for (provider, s) in &taken.sightings {
             sqlx::query(
                 "UPDATE providers SET last_seen = ?1, telemetry = ?2 \
                  WHERE id = ?3 AND last_seen <= ?1",
@@ -73,7 +81,29 @@ impl Sightings {
             .execute(&mut *conn)
             .await?;
         }
-        Ok(())
+        Ok(taken)
+    }
+}
+
+/// Sightings taken out to be written by one transaction: recorded again
+/// when dropped, unless [`Taken::written`] says it committed.
+pub(crate) struct Taken<'a> {
+    from: &'a Sightings,
+    sightings: HashMap<String, Sighting>,
+}
+
+impl Taken<'_> {
+    /// The transaction that wrote them committed.
+    pub(crate) fn written(mut self) {
+        self.sightings.clear();
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        for (provider, s) in self.sightings.drain() {
+            self.from.record(&provider, s);
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub(crate) struct Write<'a> {
     events: Vec<JobEvent>,
     queued_work: bool,
     pub(crate) now: i64,
+    /// The sightings this transaction writes first: put back unless it
+    /// commits.
+    sighted: crate::sighting::Taken<'a>,
     _lock: tokio::sync::MutexGuard<'a, ()>,
 }
 
@@ -88,6 +91,7 @@ impl<'a> Write<'a> {
         tokio::spawn(self.tx.commit())
             .await
             .map_err(|e| PoolError::Internal(format!("committing: {e}")))??;
+        self.sighted.written();
         self.pool.publish(self.events);
         if self.queued_work {
             self.pool.inner.work.notify_waiters();
@@ -179,13 +183,14 @@ impl Pool {
             .await
             .map_err(|e| PoolError::Internal(format!("beginning a transaction: {e}")))??;
         let mut tx = tx;
-        self.inner.sightings.write(&mut tx).await?;
+        let sighted = self.inner.sightings.write(&mut tx).await?;
         Ok(Write {
             pool: self,
             tx,
             events: Vec::new(),
             queued_work: false,
             now: self.now(),
+            sighted,
             _lock: lock,
         })
     }
