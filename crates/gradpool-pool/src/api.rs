@@ -360,7 +360,7 @@ async fn get_blob(
     if !pool.can_read_blob(&caller, &sha).await? {
         return Err(missing());
     }
-    let file = match tokio::fs::File::open(pool.inner.blobs.path_of(&sha)).await {
+    let file = match tokio::fs::File::open(pool.inner.blobs.local(&sha).await?).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(e.into()),

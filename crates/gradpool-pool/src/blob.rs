@@ -1,12 +1,18 @@
 //! The blob store: datasets, checkpoints and models, named by the sha256 of
-//! their bytes and kept at `blobs/ab/abcd…`.
+//! their bytes and kept at `blobs/ab/abcd…`, or in S3-compatible object
+//! storage under `PREFIX/ab/abcd…` with `blobs/` as the local copies the
+//! pool computes with (checkpoints are read memory-mapped).
 //!
 //! Uploads stream to a temporary file in `blobs/tmp/` while being hashed
 //! and counted; only a complete upload whose digest matches its name and
-//! that stays within the size limit is fsynced and renamed into place.
-//! Anything else leaves nothing behind.
+//! that stays within the size limit is fsynced, sent to object storage
+//! (when there is one) and renamed into place. Anything else leaves
+//! nothing behind, locally or in the bucket. A blob missing locally is
+//! fetched from object storage when needed ([`BlobStore::local`]), and
+//! kept only if its bytes have its digest.
 
 use crate::auth::Caller;
+use crate::config::ObjectStorage;
 use crate::error::PoolError;
 use crate::Pool;
 use bytes::Bytes;
@@ -14,14 +20,74 @@ use futures::{Stream, StreamExt};
 use gradpool_core::id::random_hex;
 use gradpool_core::state::TransferDirection;
 use gradpool_core::Sha256Hex;
+use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-/// Content-addressed files under one directory.
+/// Content-addressed files under one directory, and in object storage
+/// when the pool has one.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    remote: Option<Remote>,
+}
+
+/// A bucket (and a prefix in it) of S3-compatible object storage.
+#[derive(Debug, Clone)]
+struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: object_store::path::Path,
+}
+
+impl Remote {
+    fn open(config: &ObjectStorage) -> Result<Remote, PoolError> {
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region);
+        if let Some(c) = &config.credentials {
+            builder = builder
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            // `ObjectStorage::parse` allows plain http on loopback only.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let store = builder
+            .build()
+            .map_err(|e| PoolError::BadRequest(format!("object storage: {e}")))?;
+        Ok(Remote {
+            store: Arc::new(store),
+            prefix: object_store::path::Path::from(config.prefix.as_str()),
+        })
+    }
+
+    fn key(&self, sha: &Sha256Hex) -> object_store::path::Path {
+        let s = sha.as_str();
+        self.prefix.child(&s[..2]).child(s)
+    }
+
+    /// Sends the file at `path` as `sha`'s object (in parts when large).
+    /// The object appears only once complete; a failed multipart upload is
+    /// aborted (one that fails at its very end leaves parts the bucket's
+    /// lifecycle rule for incomplete uploads removes).
+    async fn upload(&self, path: &Path, sha: &Sha256Hex) -> Result<(), PoolError> {
+        let mut writer = object_store::buffered::BufWriter::new(self.store.clone(), self.key(sha));
+        let mut file = tokio::fs::File::open(path).await?;
+        if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+            let _ = writer.abort().await;
+            return Err(unavailable(e));
+        }
+        writer.shutdown().await.map_err(unavailable)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PoolError {
+    PoolError::Unavailable(format!("object storage: {e}"))
 }
 
 /// Deletes a temporary file unless it was moved into place.
@@ -39,26 +105,87 @@ impl Drop for TempFile {
 }
 
 impl BlobStore {
-    /// Opens (creating) the store at `dir`; clears leftovers of interrupted
-    /// uploads.
-    pub async fn open(dir: PathBuf) -> Result<BlobStore, PoolError> {
+    /// Opens (creating) the store at `dir`, with `object_storage` when
+    /// given; clears leftovers of interrupted uploads.
+    pub async fn open(
+        dir: PathBuf,
+        object_storage: Option<&ObjectStorage>,
+    ) -> Result<BlobStore, PoolError> {
         let tmp = dir.join("tmp");
         if tokio::fs::try_exists(&tmp).await? {
             tokio::fs::remove_dir_all(&tmp).await?;
         }
         tokio::fs::create_dir_all(&tmp).await?;
-        Ok(BlobStore { dir })
+        let remote = object_storage.map(Remote::open).transpose()?;
+        Ok(BlobStore { dir, remote })
     }
 
-    /// Where the blob with this digest lives (whether or not it exists).
-    pub fn path_of(&self, sha: &Sha256Hex) -> PathBuf {
+    /// Where the local copy of the blob with this digest lives.
+    fn path_of(&self, sha: &Sha256Hex) -> PathBuf {
         let s = sha.as_str();
         self.dir.join(&s[..2]).join(s)
     }
 
-    /// Whether the blob's file is present.
+    /// The local copy of a blob, fetched from object storage first if it
+    /// is only there. The path of a blob stored nowhere is returned as it
+    /// is (opening it fails as a missing file does).
+    pub async fn local(&self, sha: &Sha256Hex) -> Result<PathBuf, PoolError> {
+        let path = self.path_of(sha);
+        let Some(remote) = &self.remote else {
+            return Ok(path);
+        };
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(path);
+        }
+        let got = match remote.store.get(&remote.key(sha)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(path),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let stream = got.into_stream();
+        // What the bucket holds is checked as an upload is: a wrong or
+        // cut object is never taken for the blob.
+        self.keep(sha, stream, u64::MAX, None)
+            .await
+            .map_err(|e| match e {
+                PoolError::DigestMismatch(m) | PoolError::BadRequest(m) => {
+                    PoolError::Internal(format!("object storage holds a bad copy of {sha}: {m}"))
+                }
+                e => e,
+            })?;
+        Ok(path)
+    }
+
+    /// Removes a blob nothing refers to any more: its local copy and its
+    /// object.
+    pub async fn remove(&self, sha: &Sha256Hex) -> Result<(), PoolError> {
+        match tokio::fs::remove_file(self.path_of(sha)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(r) = &self.remote {
+            match r.store.delete(&r.key(sha)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the blob is stored (locally or in object storage).
     pub async fn exists(&self, sha: &Sha256Hex) -> Result<bool, PoolError> {
-        Ok(tokio::fs::try_exists(self.path_of(sha)).await?)
+        if tokio::fs::try_exists(self.path_of(sha)).await? {
+            return Ok(true);
+        }
+        match &self.remote {
+            None => Ok(false),
+            Some(r) => match r.store.head(&r.key(sha)).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            },
+        }
     }
 
     /// Streams `body` into the store under `expected`, refusing more than
@@ -69,6 +196,23 @@ impl BlobStore {
         expected: &Sha256Hex,
         body: S,
         max_bytes: u64,
+    ) -> Result<u64, PoolError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.keep(expected, body, max_bytes, self.remote.as_ref())
+            .await
+    }
+
+    /// Streams `body` to a temporary file, checks it, sends it to `remote`
+    /// if given, and moves it into place.
+    async fn keep<S, E>(
+        &self,
+        expected: &Sha256Hex,
+        body: S,
+        max_bytes: u64,
+        remote: Option<&Remote>,
     ) -> Result<u64, PoolError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -101,6 +245,9 @@ impl BlobStore {
         file.flush().await?;
         file.sync_all().await?;
         drop(file);
+        if let Some(remote) = remote {
+            remote.upload(&temp.path, expected).await?;
+        }
         let dest = self.path_of(expected);
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await?;

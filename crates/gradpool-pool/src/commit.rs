@@ -304,8 +304,11 @@ impl Pool {
                     .as_deref()
                     .map(|sha| sha.parse::<Sha256Hex>())
                     .transpose()
-                    .map_err(|e| PoolError::Internal(format!("job {}: {e}", job.id)))?
-                    .map(|sha| self.inner.blobs.path_of(&sha));
+                    .map_err(|e| PoolError::Internal(format!("job {}: {e}", job.id)))?;
+                let start = match start {
+                    Some(sha) => Some(self.inner.blobs.local(&sha).await?),
+                    None => None,
+                };
                 crate::model::inspect_container_checkpoint(path, start, cm.end_step, cm.prev)
                     .await?
             }
@@ -374,7 +377,6 @@ impl Pool {
         what: &str,
         sha: &Sha256Hex,
     ) -> Result<std::path::PathBuf, PoolError> {
-        let path = self.inner.blobs.path_of(sha);
         let uploaded: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
         )
@@ -382,6 +384,12 @@ impl Pool {
         .bind(provider.as_str())
         .fetch_one(&self.inner.db)
         .await?;
+        // Only then fetched (from object storage): naming someone else's
+        // blob costs the pool nothing.
+        let path = match uploaded {
+            true => self.inner.blobs.local(sha).await?,
+            false => std::path::PathBuf::new(),
+        };
         if !uploaded || !tokio::fs::try_exists(&path).await? {
             return Err(PoolError::BadRequest(format!(
                 "{what} blob {sha} not found among this provider's uploads; upload it before committing"

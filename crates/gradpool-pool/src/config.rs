@@ -48,6 +48,10 @@ pub struct PoolConfig {
     /// segments, how long the pool waits for the others, in seconds,
     /// before it closes the round without them (see [`crate::round`]).
     pub round_grace_seconds: u64,
+    /// Where blobs are kept: `None`, the data directory (`blobs/`); or
+    /// S3-compatible object storage, with `blobs/` as the local copies the
+    /// pool computes with.
+    pub object_storage: Option<ObjectStorage>,
     /// Where the pool reads the time (the system's clock; tests move a
     /// [`ManualClock`](crate::clock::ManualClock) by hand).
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
@@ -97,8 +101,94 @@ impl Default for PoolConfig {
             max_job_memory_bytes: 256 << 30,
             throttle: crate::throttle::ThrottleConfig::default(),
             round_grace_seconds: 60,
+            object_storage: None,
             clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
+    }
+}
+
+/// S3-compatible object storage for the pool's blobs. The credentials
+/// come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// optionally `AWS_SESSION_TOKEN`), never from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStorage {
+    /// The bucket, and a prefix in it for this pool's objects.
+    pub bucket: String,
+    pub prefix: String,
+    /// The service's URL (`https://s3.example.net`, MinIO's, Garage's…);
+    /// `None`: AWS's, from the region.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// `None`: from the environment, as the AWS tools read them.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An access key for object storage.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"…")
+            .finish()
+    }
+}
+
+impl ObjectStorage {
+    /// Reads `s3://bucket[/prefix]`, with the service at `endpoint`. A
+    /// plain `http://` endpoint is refused unless it is on this machine
+    /// (blobs would cross the network in the clear).
+    pub fn parse(url: &str, endpoint: Option<&str>, region: &str) -> Result<ObjectStorage, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("--blob-store {url:?}: expected s3://BUCKET[/PREFIX]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !valid_bucket {
+            return Err(format!(
+                "--blob-store {url:?}: {bucket:?} is not a bucket name (3 to 63 lowercase \
+                 letters, digits, '-' and '.')"
+            ));
+        }
+        if let Some(e) = endpoint {
+            let url = url::Url::parse(e)
+                .map_err(|_| format!("--s3-endpoint {e:?}: expected http(s)://HOST[:PORT]"))?;
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            match url.scheme() {
+                "https" if url.host().is_some() => {}
+                "http" if loopback => {}
+                "http" => {
+                    return Err(format!(
+                        "--s3-endpoint {e:?}: plain http only on this machine; use https"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "--s3-endpoint {e:?}: expected http(s)://HOST[:PORT]"
+                    ))
+                }
+            }
+        }
+        Ok(ObjectStorage {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            region: region.to_owned(),
+            credentials: None,
+        })
     }
 }
 

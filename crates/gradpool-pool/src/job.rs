@@ -250,7 +250,7 @@ impl Pool {
                 )
                 .await?;
                 let cap = (u64::from(c.memory_gib) << 30).saturating_add(1 << 30);
-                crate::model::check_initial(self.inner.blobs.path_of(initial), cap).await?;
+                crate::model::check_initial(self.inner.blobs.local(initial).await?, cap).await?;
                 out.push((initial.clone(), JobBlobRole::Initial));
             }
             (None, Some(_)) => {

@@ -83,7 +83,9 @@ pub mod tls;
 pub mod tx;
 pub mod wallet;
 
-pub use config::{MoneyBackend, MoneyConfig, PoolConfig, VerificationConfig};
+pub use config::{
+    MoneyBackend, MoneyConfig, ObjectStorage, PoolConfig, S3Credentials, VerificationConfig,
+};
 pub use error::PoolError;
 pub use throttle::ThrottleConfig;
 
@@ -172,7 +174,11 @@ impl Pool {
         }
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let db = store::open(&config.data_dir.join("pool.sqlite")).await?;
-        let blobs = blob::BlobStore::open(config.data_dir.join("blobs")).await?;
+        let blobs = blob::BlobStore::open(
+            config.data_dir.join("blobs"),
+            config.object_storage.as_ref(),
+        )
+        .await?;
         let (events, _) = broadcast::channel(1024);
         let throttle = config.throttle;
         tracing::info!(data_dir = %config.data_dir.display(), "pool opened");

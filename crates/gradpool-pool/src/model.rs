@@ -46,7 +46,7 @@ impl Pool {
             // A confidential job's sealed data: its customer says.
             Some(shape) => shape,
             None => {
-                let path = self.inner.blobs.path_of(data);
+                let path = self.inner.blobs.local(data).await?;
                 let spec_copy = spec.clone();
                 tokio::task::spawn_blocking(move || {
                     let file = std::fs::File::open(&path)?;
@@ -296,12 +296,13 @@ impl Pool {
                 .bind(JobBlobRole::Initial.as_str())
                 .fetch_optional(&self.inner.db)
                 .await?;
-        sha.map(|s| {
-            s.parse::<Sha256Hex>()
-                .map(|sha| self.inner.blobs.path_of(&sha))
-                .map_err(|e| PoolError::Internal(format!("job {job}: stored initial digest: {e}")))
-        })
-        .transpose()
+        let Some(sha) = sha else {
+            return Ok(None);
+        };
+        let sha = sha
+            .parse::<Sha256Hex>()
+            .map_err(|e| PoolError::Internal(format!("job {job}: stored initial digest: {e}")))?;
+        Ok(Some(self.inner.blobs.local(&sha).await?))
     }
 
     /// The weights a parallel job's pseudo-gradients carry, by name and

@@ -127,7 +127,7 @@ impl Pool {
     /// The first bytes of a blob, as many as a sealed file's header.
     async fn blob_head(&self, sha: &gradpool_core::Sha256Hex) -> Result<Vec<u8>, PoolError> {
         use tokio::io::AsyncReadExt;
-        let file = tokio::fs::File::open(self.inner.blobs.path_of(sha)).await?;
+        let file = tokio::fs::File::open(self.inner.blobs.local(sha).await?).await?;
         let mut head = Vec::with_capacity(HEADER);
         file.take(HEADER as u64).read_to_end(&mut head).await?;
         Ok(head)

@@ -133,7 +133,7 @@ impl Pool {
                 answer.answer_sha256
             )));
         }
-        let path = self.inner.blobs.path_of(&answer.answer_sha256);
+        let path = self.inner.blobs.local(&answer.answer_sha256).await?;
         let bytes = tokio::fs::read(&path).await.map_err(|_| {
             PoolError::BadRequest(format!(
                 "answer_sha256: blob {} is not uploaded",
@@ -225,7 +225,9 @@ impl Pool {
         .rows_affected();
         w.commit().await?;
         if removed > 0 {
-            let _ = tokio::fs::remove_file(&path).await;
+            if let Err(e) = self.inner.blobs.remove(&answer.answer_sha256).await {
+                tracing::warn!(sha256 = %answer.answer_sha256, error = %e, "removing a proof's answer");
+            }
         }
         tracing::info!(provider = %provider, proof = id, n, elapsed_ms, proven_gflops, outcome = %outcome, "hardware proof answered");
         Ok(ProofResult {

@@ -432,18 +432,18 @@ impl Pool {
             .as_deref()
             .map(|s| s.parse::<Sha256Hex>())
             .transpose()
-            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))?
-            .map(|sha| self.inner.blobs.path_of(&sha));
-        let inputs: Vec<(u32, std::path::PathBuf)> = round
-            .inputs
-            .iter()
-            .map(|i| {
-                (
-                    i.worker,
-                    self.inner.blobs.path_of(&i.pseudo_gradient_sha256),
-                )
-            })
-            .collect();
+            .map_err(|e| PoolError::Internal(format!("stored digest: {e}")))?;
+        let global_path = match global_path {
+            Some(sha) => Some(self.inner.blobs.local(&sha).await?),
+            None => None,
+        };
+        let mut inputs: Vec<(u32, std::path::PathBuf)> = Vec::with_capacity(round.inputs.len());
+        for i in &round.inputs {
+            inputs.push((
+                i.worker,
+                self.inner.blobs.local(&i.pseudo_gradient_sha256).await?,
+            ));
+        }
         let prev = job.chain_head()?;
         let (step, chained) = (round.step, round.inputs.clone());
         // A container job's round 0 starts from its initial checkpoint.

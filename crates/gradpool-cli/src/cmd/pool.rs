@@ -9,7 +9,7 @@ use gradpool_pool::ledger::Ledger;
 use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
 use gradpool_pool::wallet::MoneroBackend;
 use gradpool_pool::{
-    MoneyBackend, MoneyConfig, Pool, PoolConfig, ThrottleConfig, VerificationConfig,
+    MoneyBackend, MoneyConfig, ObjectStorage, Pool, PoolConfig, ThrottleConfig, VerificationConfig,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,19 @@ pub struct PoolArgs {
     /// How often providers heart-beat while they work.
     #[arg(long, default_value_t = 3)]
     heartbeat_seconds: u32,
+    /// Keep blobs in S3-compatible object storage (`s3://BUCKET[/PREFIX]`),
+    /// with DATA_DIR/blobs as the local copies the pool computes with.
+    /// The access key comes from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "S3_URL")]
+    blob_store: Option<String>,
+    /// The object storage service (MinIO, Garage, Ceph…), e.g.
+    /// `https://s3.example.net`; without it, AWS's for --s3-region.
+    #[arg(long, requires = "blob_store")]
+    s3_endpoint: Option<String>,
+    /// The object storage's region.
+    #[arg(long, default_value = "us-east-1", requires = "blob_store")]
+    s3_region: String,
     /// Largest blob (dataset, checkpoint) accepted, in MiB.
     #[arg(long, default_value_t = 4096)]
     max_blob_mib: u64,
@@ -402,6 +415,12 @@ async fn reconcile(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
+    let object_storage = a
+        .blob_store
+        .as_deref()
+        .map(|url| ObjectStorage::parse(url, a.s3_endpoint.as_deref(), &a.s3_region))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let config = PoolConfig {
         data_dir: a.data_dir.clone(),
         lease_seconds: a.lease_seconds,
@@ -444,6 +463,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             faucet_per_hour: a.faucet_per_hour,
             anonymous_per_minute: a.anonymous_per_minute,
         },
+        object_storage,
         ..PoolConfig::default()
     };
     let pool = Pool::open(config)
