@@ -154,17 +154,29 @@ pub(crate) async fn assignment(
     Ok(out)
 }
 
-/// Counts a heartbeat waiting for work while it lives.
-struct LongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
+/// A heartbeat counted in `count` while it lives: waiting for work
+/// ([`Pool::long_polls`]), or on its way to claim ([`MAX_CLAIMERS`]).
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl<'a> LongPoll<'a> {
-    fn start(count: &'a std::sync::atomic::AtomicUsize) -> LongPoll<'a> {
+impl<'a> Counted<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        LongPoll(count)
+        Counted(count)
+    }
+
+    /// Counts one more, unless `max` are counted already.
+    fn start_below(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Counted<'a>> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Counted(count))
     }
 }
 
-impl Drop for LongPoll<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -280,28 +292,6 @@ enum Need {
 /// writes that would find the task gone.
 pub const MAX_CLAIMERS: usize = 4;
 
-/// A heartbeat on its way to claim, counted while it lives.
-struct Claiming<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Claiming<'a> {
-    /// Counts one more claimer, unless [`MAX_CLAIMERS`] are on their way.
-    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Option<Claiming<'a>> {
-        use std::sync::atomic::Ordering;
-        count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_CLAIMERS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Claiming(count))
-    }
-}
-
-impl Drop for Claiming<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// What the claim asks of the provider it leases to.
 #[derive(sqlx::FromRow)]
 struct Claimant {
@@ -358,7 +348,7 @@ impl Pool {
         let standing = self.standing(provider).await?;
         let need = standing.need(self, &hb, &beat);
         let claiming = match need {
-            Need::Claim => Claiming::start(&self.inner.claimers),
+            Need::Claim => Counted::start_below(&self.inner.claimers, MAX_CLAIMERS),
             Need::Nothing | Need::Write => None,
         };
         let written = if need == Need::Write || claiming.is_some() {
@@ -397,7 +387,7 @@ impl Pool {
             wait = wait.min((self.inner.config.lease_seconds / 2).max(1));
         }
         if assignments.is_empty() && hb.capacity > 0 && wait > 0 {
-            let _waiting = LongPoll::start(&self.inner.long_polls);
+            let _waiting = Counted::start(&self.inner.long_polls);
             // Wait for work that fits this provider, re-checking whenever any
             // task is queued, until the deadline.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
@@ -413,7 +403,7 @@ impl Pool {
                 let standing = self.standing(provider).await?;
                 let claiming = standing
                     .claims(&hb, &beat)
-                    .then(|| Claiming::start(&self.inner.claimers))
+                    .then(|| Counted::start_below(&self.inner.claimers, MAX_CLAIMERS))
                     .flatten();
                 if claiming.is_some() {
                     let mut w = self.write().await?;

@@ -70,27 +70,6 @@ fn local(tp: &TestPool, sha: &Sha256Hex) -> PathBuf {
     tp.blob_dir().join(&sha.as_str()[..2]).join(sha.as_str())
 }
 
-/// Every file under `dir` (none if it does not exist).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[tokio::test]
 async fn a_blob_is_kept_in_the_bucket_and_comes_back_from_it() {
     let s3 = tempfile::tempdir().unwrap();
@@ -142,7 +121,7 @@ async fn a_refused_upload_leaves_nothing_in_the_bucket() {
     .await;
     let alice = tp.customer("alice").await;
     let kept = alice.upload(b"kept").await;
-    let before = files(&s3.path().join(BUCKET));
+    let before = stored_files(&s3.path().join(BUCKET));
     assert_eq!(before, [object(s3.path(), &kept)]);
 
     // Bytes with another digest.
@@ -157,17 +136,10 @@ async fn a_refused_upload_leaves_nothing_in_the_bucket() {
     let big_sha = Sha256Hex::of(&big);
     let e = alice.put_blob(big_sha.as_str(), big.clone()).await.err(413);
     assert_eq!(e.code, "too_large");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(300).map(|c| Ok(c.to_vec())).collect();
-    let resp = alice
-        .req(reqwest::Method::PUT, &format!("/v1/blobs/{big_sha}"))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let resp = alice.put_blob_streamed(big_sha.as_str(), &big, 300).await;
     assert_eq!(resp.status(), 413);
 
-    assert_eq!(files(&s3.path().join(BUCKET)), before);
+    assert_eq!(stored_files(&s3.path().join(BUCKET)), before);
     assert!(!local(&tp, &other).exists() && !local(&tp, &big_sha).exists());
 }
 
@@ -183,7 +155,7 @@ async fn a_store_that_refuses_the_pool_stores_nothing() {
     let e = alice.put_blob(sha.as_str(), bytes).await.err(503);
     assert_eq!(e.code, "unavailable");
     assert!(e.message.contains("object storage"), "{}", e.message);
-    assert!(files(&s3.path().join(BUCKET)).is_empty());
+    assert!(stored_files(&s3.path().join(BUCKET)).is_empty());
     assert!(!local(&tp, &sha).exists(), "kept locally though not stored");
 }
 

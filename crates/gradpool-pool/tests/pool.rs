@@ -72,22 +72,6 @@ async fn accounts_and_authentication() {
     closed.shutdown().await;
 }
 
-fn stored_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn blob_upload_and_download() {
     let tp = TestPool::start_with(|c| c.max_blob_bytes = 1000).await;
@@ -136,16 +120,7 @@ async fn blob_upload_and_download() {
     let e = alice.put_blob(big_sha.as_str(), big.clone()).await.err(413);
     assert_eq!(e.code, "too_large");
     // Too large, streamed without a length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(300).map(|c| Ok(c.to_vec())).collect();
-    let resp = alice
-        .http
-        .put(format!("{}/v1/blobs/{big_sha}", alice.base))
-        .bearer_auth(alice.token.as_deref().unwrap())
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let resp = alice.put_blob_streamed(big_sha.as_str(), &big, 300).await;
     assert_eq!(resp.status(), 413);
     let e: ApiError = resp.json().await.unwrap();
     assert_eq!(e.code, "too_large");

@@ -284,6 +284,23 @@ impl Client {
 
     /// Uploads `bytes` under their own digest in `chunks` pieces, pausing
     /// `pause` before each: a slow link, as the pool measures it.
+    /// `PUT`s `bytes` under `sha` in chunks of `chunk` bytes, with no
+    /// length declared: the pool learns the size only as it reads.
+    pub async fn put_blob_streamed(
+        &self,
+        sha: &str,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> reqwest::Response {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            bytes.chunks(chunk).map(|c| Ok(c.to_vec())).collect();
+        self.req(reqwest::Method::PUT, &format!("/v1/blobs/{sha}"))
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn put_blob_in_chunks(
         &self,
         bytes: &[u8],
@@ -717,4 +734,25 @@ pub async fn signed_nonce(tp: &TestPool, p: &TestProvider, purpose: &str) -> Sig
 pub async fn earnings(tp: &TestPool, p: &TestProvider) -> Earnings {
     let signed = signed_nonce(tp, p, "earnings").await;
     tp.anon().post("/v1/providers/earnings", &signed).await.ok()
+}
+
+/// Every file under `dir`, sorted (none if it does not exist).
+pub fn stored_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
