@@ -29,7 +29,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pool: the coordinator providers and customers connect to.
-    Pool(gradpool_cli::cmd::pool::PoolArgs),
+    Pool(Box<gradpool_cli::cmd::pool::PoolArgs>),
     /// Run the provider agent on this machine.
     Provider(Box<gradpool_cli::cmd::provider::ProviderArgs>),
     /// Customer accounts.
@@ -161,7 +161,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Pool(a) => gradpool_cli::cmd::pool::run(a).await,
+        Command::Pool(a) => gradpool_cli::cmd::pool::run(*a).await,
         Command::Provider(a) => gradpool_cli::cmd::provider::run(*a).await,
         Command::Account(c) => gradpool_cli::cmd::account::run(c).await,
         Command::Job(c) => gradpool_cli::cmd::job::run(c).await,

@@ -242,7 +242,7 @@ async fn metrics(
     let text = pool
         .inner
         .metrics
-        .render(&overview)
+        .render(&overview, pool.inner.leadership.leading())
         .map_err(|e| PoolError::Internal(format!("encoding the metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }
@@ -287,7 +287,7 @@ async fn account(
     Customer(id): Customer,
 ) -> Result<Json<AccountView>, PoolError> {
     let (name, created_at): (String, i64) =
-        sqlx::query_as("SELECT name, created_at FROM accounts WHERE id = ?")
+        sqlx::query_as("SELECT name, created_at FROM accounts WHERE id = $1")
             .bind(id.as_str())
             .fetch_one(&pool.inner.db)
             .await?;
@@ -998,7 +998,7 @@ async fn provider_status(
     .find(|p| p.id == provider)
     .ok_or_else(|| PoolError::NotFound(format!("provider {provider} has never registered here")))?;
     let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT status, reason, at FROM provider_status WHERE provider_id = ? ORDER BY at DESC, rowid DESC LIMIT 50",
+        "SELECT status, reason, at FROM provider_status WHERE provider_id = $1 ORDER BY at DESC, rowid DESC LIMIT 50",
     )
     .bind(provider.as_str())
     .fetch_all(&mut *conn)

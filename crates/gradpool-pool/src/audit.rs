@@ -49,7 +49,7 @@ use gradpool_core::state::{AuditReason, AuditStatus, CommitmentStatus};
 use gradpool_core::verification::{audit_probability, CROSS_CLASS_TOLERANCE};
 use gradpool_core::wire::{JobEventKind, JobStatus, ReplayView, TaskKind, VerdictView};
 use gradpool_core::{JobId, ProviderId, SignedCommitment, SignedReplay};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// An audit as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -75,8 +75,8 @@ pub(crate) struct AuditRow {
 const AUDIT_COLUMNS: &str = "id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
     claimed_checkpoint_sha256, class, reason, truth_sha256, status, at_fault, created_at, decided_at";
 
-pub(crate) async fn audit(conn: &mut SqliteConnection, id: &str) -> Result<AuditRow, PoolError> {
-    sqlx::query_as::<_, AuditRow>(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?"))
+pub(crate) async fn audit(conn: &mut AnyConnection, id: &str) -> Result<AuditRow, PoolError> {
+    sqlx::query_as::<_, AuditRow>(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -94,6 +94,7 @@ fn draw() -> f64 {
 struct ReplayRow {
     validator_id: String,
     signed: String,
+    #[sqlx(try_from = "crate::db::Flag")]
     matches: bool,
 }
 
@@ -107,7 +108,7 @@ pub(crate) async fn draw_audit(
     provider: &ProviderId,
 ) -> Result<bool, PoolError> {
     let config = w.pool().inner.config.verification;
-    let streak: i64 = sqlx::query_scalar("SELECT streak FROM providers WHERE id = ?")
+    let streak: i64 = sqlx::query_scalar("SELECT streak FROM providers WHERE id = $1")
         .bind(provider.as_str())
         .fetch_one(w.conn())
         .await?;
@@ -155,7 +156,7 @@ pub(crate) async fn open_audit(
     let Some((provider, signed, claimed, status)): Option<(String, String, String, String)> =
         sqlx::query_as(
             "SELECT provider_id, signed, checkpoint_sha256, status FROM commitments \
-             WHERE job_id = ? AND segment = ?",
+             WHERE job_id = $1 AND segment = $2",
         )
         .bind(job_id)
         .bind(i64::from(segment))
@@ -176,7 +177,7 @@ pub(crate) async fn open_audit(
     sqlx::query(
         "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
          claimed_checkpoint_sha256, class, reason, status, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10)",
     )
     .bind(&id)
     .bind(job_id)
@@ -190,7 +191,7 @@ pub(crate) async fn open_audit(
     .bind(now)
     .execute(w.conn())
     .await?;
-    sqlx::query("UPDATE commitments SET status = 'auditing' WHERE job_id = ? AND segment = ?")
+    sqlx::query("UPDATE commitments SET status = 'auditing' WHERE job_id = $1 AND segment = $2")
         .bind(job_id)
         .bind(i64::from(segment))
         .execute(w.conn())
@@ -217,7 +218,7 @@ pub(crate) async fn checkpoint_before(
     job_id: &str,
     segment: u32,
 ) -> Result<Option<String>, PoolError> {
-    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = ?")
+    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = $1")
         .bind(job_id)
         .fetch_one(w.conn())
         .await?;
@@ -231,7 +232,7 @@ pub(crate) async fn checkpoint_before(
         return Ok(None);
     }
     let sha: Option<String> = sqlx::query_scalar(
-        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND segment = ?",
+        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = $1 AND segment = $2",
     )
     .bind(job_id)
     .bind(i64::from(segment) - 1)
@@ -261,10 +262,10 @@ pub(crate) async fn queue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<()
     let (start, end, round, worker, slot): (i64, i64, Option<i64>, Option<i64>, Option<String>) =
         sqlx::query_as(
             "SELECT t.start_step, t.end_step, t.round, t.worker, t.slot_sha256 FROM tasks t \
-             JOIN commitments c ON c.task_id = t.id WHERE c.job_id = ? AND c.segment = ? \
+             JOIN commitments c ON c.task_id = t.id WHERE c.job_id = $1 AND c.segment = $2 \
              UNION ALL \
              SELECT t.start_step, t.end_step, t.round, t.worker, t.slot_sha256 FROM tasks t \
-             JOIN discarded_commitments d ON d.task_id = t.id WHERE d.job_id = ? AND d.segment = ? \
+             JOIN discarded_commitments d ON d.task_id = t.id WHERE d.job_id = $3 AND d.segment = $4 \
              LIMIT 1",
         )
         .bind(&a.job_id)
@@ -277,7 +278,7 @@ pub(crate) async fn queue_replay(w: &mut Write<'_>, audit_id: &str) -> Result<()
     let now = w.now;
     sqlx::query(
         "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, kind, audit_id, \
-         round, worker, slot_sha256) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'replay', ?, ?, ?, ?)",
+         round, worker, slot_sha256) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, 'replay', $8, $9, $10, $11)",
     )
     .bind(id.as_str())
     .bind(&a.job_id)
@@ -310,7 +311,7 @@ pub(crate) async fn plant_audit(w: &mut Write<'_>) -> Result<(), PoolError> {
         return Ok(());
     };
     let wrong: Option<String> = sqlx::query_scalar(
-        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND checkpoint_sha256 != ? \
+        "SELECT checkpoint_sha256 FROM commitments WHERE job_id = $1 AND checkpoint_sha256 != $2 \
          ORDER BY random() LIMIT 1",
     )
     .bind(&job_id)
@@ -327,7 +328,7 @@ pub(crate) async fn plant_audit(w: &mut Write<'_>) -> Result<(), PoolError> {
     sqlx::query(
         "INSERT INTO audits (id, job_id, segment, provider_id, signed, start_checkpoint_sha256, \
          claimed_checkpoint_sha256, class, reason, truth_sha256, status, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planted', ?, 'open', ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'planted', $9, 'open', $10)",
     )
     .bind(&id)
     .bind(&job_id)
@@ -363,9 +364,9 @@ pub(crate) async fn end_job(
 pub(crate) async fn void_audits(w: &mut Write<'_>, job_id: &str) -> Result<(), PoolError> {
     let now = w.now;
     sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = $1 \
          WHERE kind = 'replay' AND status IN ('queued', 'leased') \
-           AND audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND status = 'open' \
+           AND audit_id IN (SELECT id FROM audits WHERE job_id = $2 AND status = 'open' \
                             AND reason != 'planted')",
     )
     .bind(now)
@@ -373,8 +374,8 @@ pub(crate) async fn void_audits(w: &mut Write<'_>, job_id: &str) -> Result<(), P
     .execute(w.conn())
     .await?;
     sqlx::query(
-        "UPDATE audits SET status = 'void', decided_at = ?1 \
-         WHERE job_id = ?2 AND status = 'open' AND reason != 'planted'",
+        "UPDATE audits SET status = 'void', decided_at = $1 \
+         WHERE job_id = $2 AND status = 'open' AND reason != 'planted'",
     )
     .bind(now)
     .bind(job_id)
@@ -393,8 +394,8 @@ pub(crate) async fn finish_if_done(w: &mut Write<'_>, job_id: &str) -> Result<bo
         return Ok(false);
     }
     let (open, unserved): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(status = 'open'), 0), COALESCE(SUM(status = 'unserved'), 0) \
-         FROM audits WHERE job_id = ? AND reason != 'planted'",
+        "SELECT COALESCE(CAST(SUM(CASE WHEN status = 'open' THEN 1 ELSE 0 END) AS BIGINT), 0), COALESCE(CAST(SUM(CASE WHEN status = 'unserved' THEN 1 ELSE 0 END) AS BIGINT), 0) \
+         FROM audits WHERE job_id = $1 AND reason != 'planted'",
     )
     .bind(job_id)
     .fetch_one(w.conn())
@@ -425,7 +426,7 @@ pub(crate) async fn decide(w: &mut Write<'_>, audit_id: &str) -> Result<(), Pool
         return Ok(());
     }
     let replays: Vec<ReplayRow> = sqlx::query_as(
-        "SELECT validator_id, signed, matches FROM replays WHERE audit_id = ? ORDER BY reported_at, rowid",
+        "SELECT validator_id, signed, matches FROM replays WHERE audit_id = $1 ORDER BY reported_at, rowid",
     )
     .bind(audit_id)
     .fetch_all(w.conn())
@@ -569,8 +570,8 @@ async fn unserved(
 ) -> Result<(), PoolError> {
     let now = w.now;
     sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ? \
-         WHERE audit_id = ? AND status = 'queued'",
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = $1 \
+         WHERE audit_id = $2 AND status = 'queued'",
     )
     .bind(now)
     .bind(audit_id)
@@ -578,7 +579,7 @@ async fn unserved(
     .await?;
     sqlx::query(
         "UPDATE commitments SET status = 'accepted' \
-         WHERE job_id = ? AND segment = ? AND status = 'auditing'",
+         WHERE job_id = $1 AND segment = $2 AND status = 'auditing'",
     )
     .bind(job_id)
     .bind(segment)
@@ -607,7 +608,7 @@ pub(crate) async fn close_audit(
     at_fault: Option<&str>,
 ) -> Result<(), PoolError> {
     let now = w.now;
-    sqlx::query("UPDATE audits SET status = ?, at_fault = ?, decided_at = ? WHERE id = ?")
+    sqlx::query("UPDATE audits SET status = $1, at_fault = $2, decided_at = $3 WHERE id = $4")
         .bind(status)
         .bind(at_fault)
         .bind(now)
@@ -618,7 +619,7 @@ pub(crate) async fn close_audit(
 }
 
 pub(crate) async fn add_streak(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
-    sqlx::query("UPDATE providers SET streak = streak + 1 WHERE id = ?")
+    sqlx::query("UPDATE providers SET streak = streak + 1 WHERE id = $1")
         .bind(provider)
         .execute(w.conn())
         .await?;
@@ -643,7 +644,7 @@ pub(crate) async fn verified(
         .hash
         .to_string();
     sqlx::query(
-        "UPDATE commitments SET status = 'verified' WHERE job_id = ? AND segment = ? AND hash = ?",
+        "UPDATE commitments SET status = 'verified' WHERE job_id = $1 AND segment = $2 AND hash = $3",
     )
     .bind(&a.job_id)
     .bind(a.segment)
@@ -676,7 +677,7 @@ pub(crate) async fn provider_fault(
 ) -> Result<(), PoolError> {
     let cheater = a.provider_id.clone();
     crate::audit::close_audit(w, a, "provider_fault", Some(&cheater)).await?;
-    let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = ?")
+    let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = $1")
         .bind(&a.job_id)
         .fetch_one(w.conn())
         .await?;
@@ -700,7 +701,7 @@ pub(crate) async fn provider_fault(
     crate::audit::roll_back(w, &a.job_id, to_u32(a.segment), &a.id, &cheater).await?;
     // Everything else the cheater trained for this job is suspect.
     let others: Vec<i64> = sqlx::query_scalar(
-        "SELECT segment FROM commitments WHERE job_id = ? AND provider_id = ? AND status = 'accepted' \
+        "SELECT segment FROM commitments WHERE job_id = $1 AND provider_id = $2 AND status = 'accepted' \
          ORDER BY segment",
     )
     .bind(&a.job_id)
@@ -730,7 +731,7 @@ pub(crate) async fn bar(
     provider: &str,
     evidence: Evidence<'_>,
 ) -> Result<(), PoolError> {
-    sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = ?")
+    sqlx::query("UPDATE providers SET streak = 0, faults = faults + 1 WHERE id = $1")
         .bind(provider)
         .execute(w.conn())
         .await?;
@@ -740,7 +741,7 @@ pub(crate) async fn bar(
     };
     let now = w.now;
     sqlx::query(
-        "INSERT OR IGNORE INTO job_bars (job_id, provider_id, audit_id, task_id, at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO job_bars (job_id, provider_id, audit_id, task_id, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(job_id)
     .bind(provider)
@@ -763,7 +764,7 @@ pub(crate) async fn roll_back(
     cheater: &str,
 ) -> Result<(), PoolError> {
     let now = w.now;
-    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = ?")
+    let workers: Option<i64> = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = $1")
         .bind(job_id)
         .fetch_one(w.conn())
         .await?;
@@ -782,8 +783,8 @@ pub(crate) async fn roll_back(
     sqlx::query(
         "INSERT INTO discarded_commitments (job_id, segment, provider_id, task_id, checkpoint_sha256, hash, \
          signed, status, committed_at, audit_id, discarded_at) \
-         SELECT job_id, segment, provider_id, task_id, checkpoint_sha256, hash, signed, status, committed_at, ?, ? \
-         FROM commitments WHERE job_id = ? AND segment >= ?",
+         SELECT job_id, segment, provider_id, task_id, checkpoint_sha256, hash, signed, status, committed_at, $1, $2 \
+         FROM commitments WHERE job_id = $3 AND segment >= $4",
     )
     .bind(audit_id)
     .bind(now)
@@ -791,15 +792,15 @@ pub(crate) async fn roll_back(
     .bind(seg)
     .execute(w.conn())
     .await?;
-    sqlx::query("DELETE FROM commitments WHERE job_id = ? AND segment >= ?")
+    sqlx::query("DELETE FROM commitments WHERE job_id = $1 AND segment >= $2")
         .bind(job_id)
         .bind(seg)
         .execute(w.conn())
         .await?;
     sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = ?1 \
-         WHERE job_id = ?2 AND status IN ('queued', 'leased') \
-           AND (kind IN ('train', 'outer') OR audit_id IN (SELECT id FROM audits WHERE job_id = ?2 AND segment >= ?3 \
+        "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, updated_at = $1 \
+         WHERE job_id = $2 AND status IN ('queued', 'leased') \
+           AND (kind IN ('train', 'outer') OR audit_id IN (SELECT id FROM audits WHERE job_id = $2 AND segment >= $3 \
                                                AND status = 'open' AND reason != 'planted'))",
     )
     .bind(now)
@@ -808,8 +809,8 @@ pub(crate) async fn roll_back(
     .execute(w.conn())
     .await?;
     sqlx::query(
-        "UPDATE audits SET status = 'void', decided_at = ?1 \
-         WHERE job_id = ?2 AND segment >= ?3 AND status = 'open' AND reason != 'planted'",
+        "UPDATE audits SET status = 'void', decided_at = $1 \
+         WHERE job_id = $2 AND segment >= $3 AND status = 'open' AND reason != 'planted'",
     )
     .bind(now)
     .bind(job_id)
@@ -824,7 +825,7 @@ pub(crate) async fn roll_back(
     } else {
         sqlx::query_as(
             "SELECT checkpoint_sha256, hash, end_step, loss_trace, eval_loss FROM commitments \
-             WHERE job_id = ? AND segment = ?",
+             WHERE job_id = $1 AND segment = $2",
         )
         .bind(job_id)
         .bind(seg - 1)
@@ -845,8 +846,8 @@ pub(crate) async fn roll_back(
         ),
     };
     sqlx::query(
-        "UPDATE jobs SET step = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, \
-         last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
+        "UPDATE jobs SET step = $1, segments_done = $2, checkpoint_sha256 = $3, commitment = $4, \
+         last_loss = $5, eval_loss = $6, updated_at = $7 WHERE id = $8",
     )
     .bind(step)
     .bind(seg)
@@ -888,7 +889,7 @@ async fn roll_back_round(
 ) -> Result<(), PoolError> {
     let now = w.now;
     sqlx::query(
-        "UPDATE outer_steps SET discarded_at = ? WHERE job_id = ? AND round >= ? AND discarded_at IS NULL",
+        "UPDATE outer_steps SET discarded_at = $1 WHERE job_id = $2 AND round >= $3 AND discarded_at IS NULL",
     )
     .bind(now)
     .bind(job_id)
@@ -897,7 +898,7 @@ async fn roll_back_round(
     .await?;
     let (global, hash) = crate::queue::global_of_round(w.conn(), job_id, round).await?;
     let (loss, eval_loss): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT loss, eval_loss FROM outer_steps WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+        "SELECT loss, eval_loss FROM outer_steps WHERE job_id = $1 AND round = $2 AND discarded_at IS NULL",
     )
     .bind(job_id)
     .bind(round - 1)
@@ -909,8 +910,8 @@ async fn roll_back_round(
         .ok_or_else(|| PoolError::Internal(format!("job {job_id} vanished")))?;
     let step = round * job.checkpoint_every;
     sqlx::query(
-        "UPDATE jobs SET step = ?, round = ?, segments_done = ?, checkpoint_sha256 = ?, commitment = ?, \
-         last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
+        "UPDATE jobs SET step = $1, round = $2, segments_done = $3, checkpoint_sha256 = $4, commitment = $5, \
+         last_loss = $6, eval_loss = $7, updated_at = $8 WHERE id = $9",
     )
     .bind(step)
     .bind(round)
@@ -950,7 +951,7 @@ pub(crate) async fn punish_validator(
     a: &AuditRow,
 ) -> Result<(), PoolError> {
     sqlx::query(
-        "UPDATE providers SET streak = 0, faults = faults + 1, validator_barred = 1 WHERE id = ?",
+        "UPDATE providers SET streak = 0, faults = faults + 1, validator_barred = 1 WHERE id = $1",
     )
     .bind(validator)
     .execute(w.conn())
@@ -992,8 +993,8 @@ impl Pool {
             .unwrap_or(i64::MAX / 2)
             .saturating_mul(1000);
         let expired: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "UPDATE audits SET status = 'unserved', decided_at = ?1 \
-             WHERE status = 'open' AND reason != 'planted' AND created_at < ?1 - ?2 \
+            "UPDATE audits SET status = 'unserved', decided_at = $1 \
+             WHERE status = 'open' AND reason != 'planted' AND created_at < $1 - $2 \
                AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.audit_id = audits.id AND t.status = 'leased') \
              RETURNING id, job_id, segment, provider_id",
         )
@@ -1084,18 +1085,18 @@ impl Pool {
         };
         let now = w.now;
         sqlx::query(
-            "INSERT INTO replays (task_id, audit_id, validator_id, signed, matches, reported_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO replays (task_id, audit_id, validator_id, signed, matches, reported_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(task_id)
         .bind(&audit_id)
         .bind(provider.as_str())
         .bind(serde_json::to_string(&r)?)
-        .bind(matches)
+        .bind(i64::from(matches))
         .bind(now)
         .execute(w.conn())
         .await?;
         sqlx::query(
-            "UPDATE tasks SET status = 'committed', step = end_step, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE tasks SET status = 'committed', step = end_step, lease_expires_at = NULL, updated_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(task_id)
@@ -1135,7 +1136,7 @@ impl Pool {
         let mut conn = self.inner.db.acquire().await?;
         store::owned_job(&mut conn, account.as_str(), job_id).await?;
         let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audits WHERE job_id = ? AND reason != 'planted' \
+            "SELECT {AUDIT_COLUMNS} FROM audits WHERE job_id = $1 AND reason != 'planted' \
              ORDER BY created_at, rowid"
         ))
         .bind(job_id)
@@ -1144,7 +1145,7 @@ impl Pool {
         let mut out = Vec::with_capacity(rows.len());
         for a in rows {
             let replays: Vec<ReplayRow> = sqlx::query_as(
-                "SELECT validator_id, signed, matches FROM replays WHERE audit_id = ? ORDER BY reported_at, rowid",
+                "SELECT validator_id, signed, matches FROM replays WHERE audit_id = $1 ORDER BY reported_at, rowid",
             )
             .bind(&a.id)
             .fetch_all(&mut *conn)
@@ -1186,14 +1187,14 @@ impl Pool {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let train_tasks: Vec<(String, Option<i64>)> = sqlx::query_as(
-                "SELECT id, billed_ms FROM tasks WHERE provider_id = ? AND kind = 'train' \
+                "SELECT id, billed_ms FROM tasks WHERE provider_id = $1 AND kind = 'train' \
                  AND status = 'committed' ORDER BY updated_at, rowid",
             )
             .bind(&id)
             .fetch_all(&mut *conn)
             .await?;
             let signed: Vec<String> =
-                sqlx::query_scalar("SELECT signed FROM replays WHERE validator_id = ?")
+                sqlx::query_scalar("SELECT signed FROM replays WHERE validator_id = $1")
                     .bind(&id)
                     .fetch_all(&mut *conn)
                     .await?;
@@ -1203,15 +1204,15 @@ impl Pool {
                 replay_ms = replay_ms.saturating_add(r.report.compute_ms);
             }
             let (audited, provider_faults): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(status = 'provider_fault'), 0) FROM audits \
-                 WHERE provider_id = ?1 AND reason != 'planted' \
+                "SELECT COUNT(*), COALESCE(CAST(SUM(CASE WHEN status = 'provider_fault' THEN 1 ELSE 0 END) AS BIGINT), 0) FROM audits \
+                 WHERE provider_id = $1 AND reason != 'planted' \
                    AND status IN ('verified', 'provider_fault', 'validator_fault')",
             )
             .bind(&id)
             .fetch_one(&mut *conn)
             .await?;
             let validator_faults: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM audits WHERE status = 'validator_fault' AND at_fault = ?",
+                "SELECT COUNT(*) FROM audits WHERE status = 'validator_fault' AND at_fault = $1",
             )
             .bind(&id)
             .fetch_one(&mut *conn)

@@ -39,7 +39,7 @@ pub(crate) async fn create_account(pool: &Pool, name: &str) -> Result<AccountCre
     let id = AccountId::random();
     let key = new_api_key();
     let mut w = pool.write().await?;
-    sqlx::query("INSERT INTO accounts (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO accounts (id, name, key_hash, created_at) VALUES ($1, $2, $3, $4)")
         .bind(id.as_str())
         .bind(name)
         .bind(secret_hash(&key))
@@ -70,7 +70,7 @@ fn bearer(parts: &Parts) -> Result<&str, PoolError> {
 }
 
 async fn account_by_key(pool: &Pool, key: &str) -> Result<Option<AccountId>, PoolError> {
-    let id: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE key_hash = ?")
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE key_hash = $1")
         .bind(secret_hash(key))
         .fetch_optional(&pool.inner.db)
         .await?;
@@ -78,7 +78,7 @@ async fn account_by_key(pool: &Pool, key: &str) -> Result<Option<AccountId>, Poo
 }
 
 async fn provider_by_token(pool: &Pool, token: &str) -> Result<Option<ProviderId>, PoolError> {
-    let id: Option<String> = sqlx::query_scalar("SELECT id FROM providers WHERE token_hash = ?")
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM providers WHERE token_hash = $1")
         .bind(secret_hash(token))
         .fetch_optional(&pool.inner.db)
         .await?;

@@ -284,14 +284,14 @@ impl Pool {
         let now = self.now();
         let size = i64::try_from(size).map_err(|_| too_large(self.inner.config.max_blob_bytes))?;
         let mut w = self.write().await?;
-        sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(sha.as_str())
             .bind(size)
             .bind(now)
             .execute(w.conn())
             .await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO blob_uploads (sha256, principal, uploaded_at) VALUES (?, ?, ?)",
+            "INSERT INTO blob_uploads (sha256, principal, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(sha.as_str())
         .bind(caller.principal())
@@ -335,7 +335,7 @@ impl Pool {
         ms: u64,
     ) -> Result<(), PoolError> {
         let mut w = self.write().await?;
-        sqlx::query("UPDATE blob_transfers SET ms = ? WHERE id = ? AND ms IS NULL")
+        sqlx::query("UPDATE blob_transfers SET ms = $1 WHERE id = $2 AND ms IS NULL")
             .bind(i64::try_from(ms).unwrap_or(i64::MAX))
             .bind(transfer)
             .execute(w.conn())
@@ -354,34 +354,35 @@ impl Pool {
     ) -> Result<bool, PoolError> {
         let sql = match caller {
             Caller::Customer(_) => {
-                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
-                 OR EXISTS (SELECT 1 FROM jobs WHERE account_id = ?2 AND data_sha256 = ?1) \
+                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = $1 AND principal = $2) \
+                 OR EXISTS (SELECT 1 FROM jobs WHERE account_id = $2 AND data_sha256 = $1) \
                  OR EXISTS (SELECT 1 FROM job_blobs b JOIN jobs j ON j.id = b.job_id \
-                            WHERE j.account_id = ?2 AND b.sha256 = ?1) \
+                            WHERE j.account_id = $2 AND b.sha256 = $1) \
                  OR EXISTS (SELECT 1 FROM commitments c JOIN jobs j ON j.id = c.job_id \
-                            WHERE j.account_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
+                            WHERE j.account_id = $2 AND (c.checkpoint_sha256 = $1 OR c.pseudo_gradient_sha256 = $1)) \
                  OR EXISTS (SELECT 1 FROM outer_steps o JOIN jobs j ON j.id = o.job_id \
-                            WHERE j.account_id = ?2 \
-                              AND (o.global_sha256 = ?1 OR o.update_sha256 = ?1 OR o.from_global_sha256 = ?1))"
+                            WHERE j.account_id = $2 \
+                              AND (o.global_sha256 = $1 OR o.update_sha256 = $1 OR o.from_global_sha256 = $1))"
             }
             Caller::Provider(_) => {
-                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1 AND principal = ?2) \
+                "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = $1 AND principal = $2) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id \
-                            WHERE t.provider_id = ?2 AND j.data_sha256 = ?1) \
+                            WHERE t.provider_id = $2 AND j.data_sha256 = $1) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN job_blobs b ON b.job_id = t.job_id \
-                            WHERE t.provider_id = ?2 AND b.sha256 = ?1) \
+                            WHERE t.provider_id = $2 AND b.sha256 = $1) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN commitments c ON c.job_id = t.job_id \
-                            WHERE t.provider_id = ?2 AND (c.checkpoint_sha256 = ?1 OR c.pseudo_gradient_sha256 = ?1)) \
+                            WHERE t.provider_id = $2 AND (c.checkpoint_sha256 = $1 OR c.pseudo_gradient_sha256 = $1)) \
                  OR EXISTS (SELECT 1 FROM tasks t JOIN outer_steps o ON o.job_id = t.job_id \
-                            WHERE t.provider_id = ?2 \
-                              AND (o.global_sha256 = ?1 OR o.update_sha256 = ?1 OR o.from_global_sha256 = ?1))"
+                            WHERE t.provider_id = $2 \
+                              AND (o.global_sha256 = $1 OR o.update_sha256 = $1 OR o.from_global_sha256 = $1))"
             }
         };
-        let ok: bool = sqlx::query_scalar(sql)
+        let ok: bool = sqlx::query_scalar::<_, crate::db::Flag>(sql)
             .bind(sha.as_str())
             .bind(caller.principal())
             .fetch_one(&self.inner.db)
-            .await?;
+            .await?
+            .0;
         Ok(ok)
     }
 }
@@ -396,8 +397,9 @@ async fn transfer(
     ms: Option<u64>,
 ) -> Result<i64, PoolError> {
     let now = w.now;
-    let done = sqlx::query(
-        "INSERT INTO blob_transfers (sha256, principal, direction, bytes, ms, at) VALUES (?, ?, ?, ?, ?, ?)",
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO blob_transfers (sha256, principal, direction, bytes, ms, at) VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id",
     )
     .bind(sha.as_str())
     .bind(caller.principal())
@@ -405,7 +407,7 @@ async fn transfer(
     .bind(bytes)
     .bind(ms.map(|m| i64::try_from(m).unwrap_or(i64::MAX)))
     .bind(now)
-    .execute(w.conn())
+    .fetch_one(w.conn())
     .await?;
-    Ok(done.last_insert_rowid())
+    Ok(id)
 }

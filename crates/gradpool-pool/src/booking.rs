@@ -21,7 +21,7 @@ use crate::Pool;
 use gradpool_core::state::{BookingStatus, ProviderChange};
 use gradpool_core::wire::{Book, BookingView};
 use gradpool_core::{AccountId, Piconero, ProviderId};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// The most GPUs one booking reserves.
 const MAX_GPUS: u32 = 64;
@@ -63,13 +63,9 @@ struct BookingRow {
     created_at: i64,
 }
 
-async fn view(
-    conn: &mut SqliteConnection,
-    r: BookingRow,
-    now: i64,
-) -> Result<BookingView, PoolError> {
+async fn view(conn: &mut AnyConnection, r: BookingRow, now: i64) -> Result<BookingView, PoolError> {
     let providers: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT provider_id, price_per_hour FROM booking_providers WHERE booking_id = ? ORDER BY rowid",
+        "SELECT provider_id, price_per_hour FROM booking_providers WHERE booking_id = $1 ORDER BY rowid",
     )
     .bind(&r.id)
     .fetch_all(&mut *conn)
@@ -104,9 +100,9 @@ async fn view(
 const COLUMNS: &str =
     "id, account_id, gpus, starts_at, ends_at, min_score, held, status, created_at";
 
-async fn row_of(conn: &mut SqliteConnection, id: &str) -> Result<Option<BookingRow>, PoolError> {
+async fn row_of(conn: &mut AnyConnection, id: &str) -> Result<Option<BookingRow>, PoolError> {
     Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = ?"))
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM bookings WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?,
@@ -114,11 +110,7 @@ async fn row_of(conn: &mut SqliteConnection, id: &str) -> Result<Option<BookingR
 }
 
 /// The booking `id` as it stands now.
-async fn view_of(
-    conn: &mut SqliteConnection,
-    id: &str,
-    now: i64,
-) -> Result<BookingView, PoolError> {
+async fn view_of(conn: &mut AnyConnection, id: &str, now: i64) -> Result<BookingView, PoolError> {
     let row = row_of(conn, id)
         .await?
         .ok_or_else(|| PoolError::Internal(format!("booking {id} vanished")))?;
@@ -169,12 +161,12 @@ impl Pool {
         let candidates: Vec<(String, i64)> = sqlx::query_as(
             "SELECT p.id, p.price_per_hour FROM providers p \
              WHERE p.trains = 1 AND p.held IS NULL AND p.duplicate_of IS NULL \
-               AND p.last_seen >= ?1 AND COALESCE(p.proven_gflops, p.benchmark_gflops, 0) >= ?2 \
+               AND p.last_seen >= $1 AND COALESCE(p.proven_gflops, p.benchmark_gflops, 0) >= $2 \
                AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
                                WHERE bp.provider_id = p.id AND b.status = 'reserved' \
-                                 AND b.starts_at < ?4 AND b.ends_at > ?3) \
+                                 AND b.starts_at < $4 AND b.ends_at > $3) \
              ORDER BY COALESCE(p.proven_gflops, p.benchmark_gflops, 0) DESC, p.price_per_hour, p.id \
-             LIMIT ?5",
+             LIMIT $5",
         )
         .bind(w.now - lease_ms)
         .bind(req.min_score.unwrap_or(0.0))
@@ -228,7 +220,7 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO bookings (id, account_id, gpus, starts_at, ends_at, min_score, held, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8)",
         )
         .bind(&id)
         .bind(account.as_str())
@@ -242,7 +234,7 @@ impl Pool {
         .await?;
         for (provider, price) in &candidates {
             sqlx::query(
-                "INSERT INTO booking_providers (booking_id, provider_id, price_per_hour) VALUES (?, ?, ?)",
+                "INSERT INTO booking_providers (booking_id, provider_id, price_per_hour) VALUES ($1, $2, $3)",
             )
             .bind(&id)
             .bind(provider)
@@ -268,7 +260,7 @@ impl Pool {
     pub async fn bookings(&self, account: &AccountId) -> Result<Vec<BookingView>, PoolError> {
         let mut conn = self.inner.db.acquire().await?;
         let rows: Vec<BookingRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM bookings WHERE account_id = ? ORDER BY created_at DESC, rowid DESC"
+            "SELECT {COLUMNS} FROM bookings WHERE account_id = $1 ORDER BY created_at DESC, rowid DESC"
         ))
         .bind(account.as_str())
         .fetch_all(&mut *conn)
@@ -308,7 +300,7 @@ impl Pool {
     pub async fn end_bookings(&self) -> Result<usize, PoolError> {
         let mut w = self.write().await?;
         let due: Vec<BookingRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM bookings WHERE status = 'reserved' AND ends_at <= ?"
+            "SELECT {COLUMNS} FROM bookings WHERE status = 'reserved' AND ends_at <= $1"
         ))
         .bind(w.now)
         .fetch_all(w.conn())
@@ -340,13 +332,13 @@ async fn close(
         )
         .await?;
     }
-    sqlx::query("UPDATE bookings SET status = ? WHERE id = ?")
+    sqlx::query("UPDATE bookings SET status = $1 WHERE id = $2")
         .bind(status.as_str())
         .bind(&row.id)
         .execute(w.conn())
         .await?;
     let providers: Vec<String> =
-        sqlx::query_scalar("SELECT provider_id FROM booking_providers WHERE booking_id = ?")
+        sqlx::query_scalar("SELECT provider_id FROM booking_providers WHERE booking_id = $1")
             .bind(&row.id)
             .fetch_all(w.conn())
             .await?;
@@ -361,7 +353,7 @@ async fn close(
     }
     // Its unfinished jobs go on outside it, on any provider.
     let released = sqlx::query(
-        "UPDATE jobs SET booking_id = NULL WHERE booking_id = ? AND status IN ('queued', 'running')",
+        "UPDATE jobs SET booking_id = NULL WHERE booking_id = $1 AND status IN ('queued', 'running')",
     )
     .bind(&row.id)
     .execute(w.conn())

@@ -16,14 +16,14 @@ use crate::error::PoolError;
 use crate::tx::Write;
 use gradpool_core::compliance::SignedCompliance;
 use gradpool_core::state::ProviderTier;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// The claim's rule, over the job `j`, the claiming provider `?1` and the
 /// time `?3`: a job with a tier goes only to a provider certified into it
 /// now.
 pub(crate) const HOLDS_TIER: &str = "(j.tier IS NULL OR EXISTS (SELECT 1 FROM certifications cert \
-     WHERE cert.provider_id = ?1 AND cert.tier = j.tier AND cert.revoked_at IS NULL \
-     AND cert.expires_at > ?3))";
+     WHERE cert.provider_id = $1 AND cert.tier = j.tier AND cert.revoked_at IS NULL \
+     AND cert.expires_at > $3))";
 
 /// How long a provider has to answer the pool's request for its checks.
 pub const COMPLIANCE_DEADLINE_MS: i64 = 10 * 60 * 1000;
@@ -44,7 +44,7 @@ pub struct Certification {
 /// Certifies `provider` into `tier` for `days` from `now` (ms): refused
 /// unless its latest compliance report passes, every check of it.
 pub async fn certify(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
     tier: ProviderTier,
     days: u32,
@@ -56,7 +56,7 @@ pub async fn certify(
         )));
     }
     let stored: Option<Option<String>> =
-        sqlx::query_scalar("SELECT compliance FROM providers WHERE id = ?")
+        sqlx::query_scalar("SELECT compliance FROM providers WHERE id = $1")
             .bind(provider)
             .fetch_optional(&mut *conn)
             .await?;
@@ -77,7 +77,7 @@ pub async fn certify(
     }
     let expires_at = now.saturating_add(i64::from(days) * 86_400_000);
     sqlx::query(
-        "INSERT INTO certifications (provider_id, tier, certified_at, expires_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO certifications (provider_id, tier, certified_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(provider)
     .bind(tier.as_str())
@@ -95,14 +95,14 @@ pub async fn certify(
 
 /// Ends `provider`'s current certifications with `reason`; how many.
 pub async fn revoke(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
     reason: &str,
     now: i64,
 ) -> Result<u64, PoolError> {
     let done = sqlx::query(
-        "UPDATE certifications SET revoked_at = ?, reason = ? \
-         WHERE provider_id = ? AND revoked_at IS NULL AND expires_at > ?",
+        "UPDATE certifications SET revoked_at = $1, reason = $2 \
+         WHERE provider_id = $3 AND revoked_at IS NULL AND expires_at > $4",
     )
     .bind(now)
     .bind(reason)
@@ -116,7 +116,7 @@ pub async fn revoke(
 /// After a registration: a certified provider whose report fails, or that
 /// sent none, loses its tier at once.
 pub(crate) async fn registered(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
     report: Option<&SignedCompliance>,
     now: i64,
@@ -138,13 +138,13 @@ pub(crate) async fn registered(
 
 /// The tier `provider` holds now, and until when (ms).
 pub async fn current(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
     now: i64,
 ) -> Result<Option<(ProviderTier, i64)>, PoolError> {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT tier, expires_at FROM certifications WHERE provider_id = ? AND revoked_at IS NULL \
-         AND expires_at > ? ORDER BY expires_at DESC LIMIT 1",
+        "SELECT tier, expires_at FROM certifications WHERE provider_id = $1 AND revoked_at IS NULL \
+         AND expires_at > $2 ORDER BY expires_at DESC LIMIT 1",
     )
     .bind(provider)
     .bind(now)
@@ -182,7 +182,7 @@ pub(crate) async fn compliance_if_due(
         return Ok(false);
     }
     let (next, asked): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT next_compliance_at, compliance_asked_at FROM providers WHERE id = ?",
+        "SELECT next_compliance_at, compliance_asked_at FROM providers WHERE id = $1",
     )
     .bind(provider)
     .fetch_one(w.conn())
@@ -196,7 +196,7 @@ pub(crate) async fn compliance_if_due(
                 now,
             )
             .await?;
-            sqlx::query("UPDATE providers SET compliance_asked_at = NULL WHERE id = ?")
+            sqlx::query("UPDATE providers SET compliance_asked_at = NULL WHERE id = $1")
                 .bind(provider)
                 .execute(w.conn())
                 .await?;
@@ -211,7 +211,7 @@ pub(crate) async fn compliance_if_due(
     let planned = now + crate::proof::random_delay_ms(mean_s);
     if due || next.is_none() {
         sqlx::query(
-            "UPDATE providers SET next_compliance_at = ?, compliance_asked_at = ? WHERE id = ?",
+            "UPDATE providers SET next_compliance_at = $1, compliance_asked_at = $2 WHERE id = $3",
         )
         .bind(planned)
         .bind(due.then_some(now))
@@ -232,7 +232,7 @@ impl crate::Pool {
     ) -> Result<bool, PoolError> {
         report.report.check().map_err(PoolError::BadRequest)?;
         let mut w = self.write().await?;
-        let key: String = sqlx::query_scalar("SELECT public_key FROM providers WHERE id = ?")
+        let key: String = sqlx::query_scalar("SELECT public_key FROM providers WHERE id = $1")
             .bind(provider.as_str())
             .fetch_one(w.conn())
             .await?;
@@ -244,11 +244,13 @@ impl crate::Pool {
                 "compliance: not signed by this provider's node key".into(),
             ));
         }
-        sqlx::query("UPDATE providers SET compliance = ?, compliance_asked_at = NULL WHERE id = ?")
-            .bind(serde_json::to_string(&report)?)
-            .bind(provider.as_str())
-            .execute(w.conn())
-            .await?;
+        sqlx::query(
+            "UPDATE providers SET compliance = $1, compliance_asked_at = NULL WHERE id = $2",
+        )
+        .bind(serde_json::to_string(&report)?)
+        .bind(provider.as_str())
+        .execute(w.conn())
+        .await?;
         let now = w.now;
         registered(w.conn(), provider.as_str(), Some(&report), now).await?;
         w.commit().await?;

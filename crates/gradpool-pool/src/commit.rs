@@ -35,7 +35,7 @@ impl Pool {
             && task.provider_id.as_deref() == Some(provider.as_str())
         {
             let stored: Option<String> =
-                sqlx::query_scalar("SELECT signed FROM commitments WHERE task_id = ?")
+                sqlx::query_scalar("SELECT signed FROM commitments WHERE task_id = $1")
                     .bind(task_id)
                     .fetch_optional(&mut *conn)
                     .await?;
@@ -68,7 +68,7 @@ impl Pool {
         sqlx::query(
             "INSERT INTO commitments (job_id, segment, provider_id, task_id, start_step, end_step, checkpoint_sha256, \
              prev, hash, signed, loss_trace, committed_at, eval_loss, pseudo_gradient_sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&job.id)
         .bind(task.segment)
@@ -87,8 +87,8 @@ impl Pool {
         .execute(w.conn())
         .await?;
         sqlx::query(
-            "UPDATE tasks SET status = 'committed', step = ?, lease_expires_at = NULL, updated_at = ?, \
-             share = ?, foreign_processes = ? WHERE id = ?",
+            "UPDATE tasks SET status = 'committed', step = $1, lease_expires_at = NULL, updated_at = $2, \
+             share = $3, foreign_processes = $4 WHERE id = $5",
         )
         .bind(end)
         .bind(now)
@@ -102,7 +102,7 @@ impl Pool {
             // A worker's segment: the job moves on only with the round's
             // outer step.
             sqlx::query(
-                "UPDATE jobs SET segments_done = segments_done + 1, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET segments_done = segments_done + 1, updated_at = $1 WHERE id = $2",
             )
             .bind(now)
             .bind(&job.id)
@@ -110,8 +110,8 @@ impl Pool {
             .await?;
         } else {
             sqlx::query(
-                "UPDATE jobs SET step = ?, segments_done = segments_done + 1, checkpoint_sha256 = ?, commitment = ?, \
-                 last_loss = ?, eval_loss = ?, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET step = $1, segments_done = segments_done + 1, checkpoint_sha256 = $2, commitment = $3, \
+                 last_loss = $4, eval_loss = $5, updated_at = $6 WHERE id = $7",
             )
             .bind(end)
             .bind(cm.checkpoint_sha256.as_str())
@@ -266,7 +266,7 @@ impl Pool {
         // Every segment moves the weights: a checkpoint the job already has
         // (or its start) is an old one submitted again.
         let earlier: Option<i64> = sqlx::query_scalar(
-            "SELECT segment FROM commitments WHERE job_id = ? AND checkpoint_sha256 = ?",
+            "SELECT segment FROM commitments WHERE job_id = $1 AND checkpoint_sha256 = $2",
         )
         .bind(&job.id)
         .bind(cm.checkpoint_sha256.as_str())
@@ -377,13 +377,14 @@ impl Pool {
         what: &str,
         sha: &Sha256Hex,
     ) -> Result<std::path::PathBuf, PoolError> {
-        let uploaded: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        let uploaded: bool = sqlx::query_scalar::<_, crate::db::Flag>(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = $1 AND principal = $2)",
         )
         .bind(sha.as_str())
         .bind(provider.as_str())
         .fetch_one(&self.inner.db)
-        .await?;
+        .await?
+        .0;
         // Only then fetched (from object storage): naming someone else's
         // blob costs the pool nothing.
         let path = match uploaded {

@@ -52,6 +52,10 @@ pub struct PoolConfig {
     /// S3-compatible object storage, with `blobs/` as the local copies the
     /// pool computes with.
     pub object_storage: Option<ObjectStorage>,
+    /// Where the database lives: `None`, SQLite in the data directory
+    /// (`pool.sqlite`); or a PostgreSQL database, which several pool
+    /// processes may serve together.
+    pub database: Option<crate::db::DatabaseUrl>,
     /// Where the pool reads the time (the system's clock; tests move a
     /// [`ManualClock`](crate::clock::ManualClock) by hand).
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
@@ -102,6 +106,7 @@ impl Default for PoolConfig {
             throttle: crate::throttle::ThrottleConfig::default(),
             round_grace_seconds: 60,
             object_storage: None,
+            database: None,
             clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
     }

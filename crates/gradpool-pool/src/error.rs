@@ -63,6 +63,18 @@ pub enum PoolError {
     Internal(String),
 }
 
+impl From<crate::db::DbError> for PoolError {
+    fn from(e: crate::db::DbError) -> PoolError {
+        use crate::db::DbError;
+        match e {
+            DbError::Config(m) => PoolError::BadRequest(m),
+            DbError::Sqlx(e) => PoolError::Db(e),
+            DbError::Migrate(e) => PoolError::Migrate(e),
+            other => PoolError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl PoolError {
     /// The HTTP status and stable code of this error.
     pub fn status(&self) -> (StatusCode, &'static str) {

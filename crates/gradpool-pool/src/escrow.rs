@@ -237,7 +237,7 @@ pub(crate) async fn pay_segment(
         kind,
     } = work;
     let (rate, assigned_at, start, end): (Option<i64>, Option<i64>, i64, i64) = sqlx::query_as(
-        "SELECT price_per_hour, assigned_at, start_step, end_step FROM tasks WHERE id = ?",
+        "SELECT price_per_hour, assigned_at, start_step, end_step FROM tasks WHERE id = $1",
     )
     .bind(task_id)
     .fetch_one(w.conn())
@@ -246,8 +246,9 @@ pub(crate) async fn pay_segment(
     // provider cannot widen its cap by claiming to be slow, since its
     // hardware proof measures it.
     let gflops: Option<f64> = sqlx::query_scalar(
-        "SELECT NULLIF(MAX(COALESCE(benchmark_gflops, 0), COALESCE(proven_gflops, 0)), 0) \
-         FROM providers WHERE id = ?",
+        "SELECT NULLIF(CASE WHEN COALESCE(benchmark_gflops, 0) > COALESCE(proven_gflops, 0) \
+         THEN COALESCE(benchmark_gflops, 0) ELSE COALESCE(proven_gflops, 0) END, 0) \
+         FROM providers WHERE id = $1",
     )
     .bind(provider.as_str())
     .fetch_one(w.conn())
@@ -269,7 +270,7 @@ pub(crate) async fn pay_segment(
         Piconero(u64::try_from(left).unwrap_or(0)),
         fees,
     );
-    sqlx::query("UPDATE tasks SET billed_ms = ?, price = ? WHERE id = ?")
+    sqlx::query("UPDATE tasks SET billed_ms = $1, price = $2 WHERE id = $3")
         .bind(i64::try_from(billed).unwrap_or(i64::MAX))
         .bind(i64::try_from(price.price.0).unwrap_or(i64::MAX))
         .bind(task_id)
@@ -308,11 +309,12 @@ pub(crate) async fn pay_segment(
         )
         .await?;
     }
-    let spent: i64 =
-        sqlx::query_scalar("SELECT COALESCE(SUM(price), 0) FROM tasks WHERE job_id = ?")
-            .bind(&job.id)
-            .fetch_one(w.conn())
-            .await?;
+    let spent: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(CAST(SUM(price) AS BIGINT), 0) FROM tasks WHERE job_id = $1",
+    )
+    .bind(&job.id)
+    .fetch_one(w.conn())
+    .await?;
     w.event(
         &job.id,
         JobEventKind::Payment {
@@ -342,7 +344,7 @@ pub(crate) async fn pay_planted_replay(
     reported_ms: u64,
 ) -> Result<Piconero, PoolError> {
     let (rate, assigned_at): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT price_per_hour, assigned_at FROM tasks WHERE id = ?")
+        sqlx::query_as("SELECT price_per_hour, assigned_at FROM tasks WHERE id = $1")
             .bind(task_id)
             .fetch_one(w.conn())
             .await?;
@@ -368,7 +370,7 @@ pub(crate) async fn pay_planted_replay(
         )
         .await?;
     }
-    sqlx::query("UPDATE tasks SET billed_ms = ? WHERE id = ?")
+    sqlx::query("UPDATE tasks SET billed_ms = $1 WHERE id = $2")
         .bind(i64::try_from(billed).unwrap_or(i64::MAX))
         .bind(task_id)
         .execute(w.conn())
@@ -397,10 +399,10 @@ pub(crate) async fn settle_job(w: &mut Write<'_>, job: &JobRow) -> Result<(), Po
         .await?;
     }
     let pending: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT a.id, SUM(p.amount) FROM ledger_accounts a \
+        "SELECT a.id, CAST(SUM(p.amount) AS BIGINT) FROM ledger_accounts a \
          JOIN postings p ON p.account_id = a.id \
-         WHERE a.kind = 'provider_pending' AND a.owner LIKE '%:' || ? \
-         GROUP BY a.id HAVING SUM(p.amount) > 0",
+         WHERE a.kind = 'provider_pending' AND a.owner LIKE '%:' || $1 \
+         GROUP BY a.id HAVING CAST(SUM(p.amount) AS BIGINT) > 0",
     )
     .bind(&job.id)
     .fetch_all(w.conn())

@@ -144,7 +144,64 @@ impl Follower {
     }
 }
 
+/// How often a pool process on PostgreSQL reads the events written since
+/// it last looked.
+const RELAY_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Events the relay reads at a time.
+const RELAY_PAGE: u32 = 1024;
+
 impl Pool {
+    /// On PostgreSQL, where several pool processes write: publishes every
+    /// committed event to this process's followers, in the order written,
+    /// whichever process wrote it, and wakes this process's long polls
+    /// (new events are what may have queued work). Runs until `stop`.
+    pub(crate) async fn run_relay(self, stop: tokio_util::sync::CancellationToken) {
+        let mut last = loop {
+            match self.last_event_id().await {
+                Ok(id) => break id,
+                Err(e) => tracing::warn!(error = %e, "reading the last event failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RELAY_PERIOD) => {}
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RELAY_PERIOD) => {}
+            }
+            match self.relay_after(last).await {
+                Ok(next) => last = next,
+                Err(e) => tracing::warn!(error = %e, "relaying events failed"),
+            }
+        }
+    }
+
+    async fn last_event_id(&self) -> Result<i64, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        store::last_event_id(&mut conn).await
+    }
+
+    /// Publishes the events after `last`; returns the last one read.
+    async fn relay_after(&self, mut last: i64) -> Result<i64, PoolError> {
+        loop {
+            let mut conn = self.inner.db.acquire().await?;
+            let (events, read_to) = store::events_since(&mut conn, last, RELAY_PAGE).await?;
+            drop(conn);
+            let more = read_to > last;
+            last = read_to;
+            if !events.is_empty() {
+                self.publish(events);
+                self.inner.work.notify_waiters();
+            }
+            if !more {
+                return Ok(last);
+            }
+        }
+    }
+
     /// Publishes committed events to live followers.
     pub(crate) fn publish(&self, events: Vec<JobEvent>) {
         for event in events {

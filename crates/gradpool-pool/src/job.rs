@@ -109,7 +109,7 @@ impl Pool {
              steps, checkpoint_every, segments_total, commitment, created_at, updated_at, budget, \
              max_price_per_hour, flops_per_step, verification, model, memory_bytes, booking_id, workers, \
              min_workers, region, runtime, confidential, tier) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
         )
         .bind(id.as_str())
         .bind(account.as_str())
@@ -135,13 +135,13 @@ impl Pool {
         .bind(min_workers)
         .bind(spec.resources.region.as_deref())
         .bind(spec.runtime().as_str())
-        .bind(spec.privacy.is_some())
+        .bind(i64::from(spec.privacy.is_some()))
         .bind(crate::privacy::tier_of(&spec).map(|t| t.as_str()))
         .execute(w.conn())
         .await?;
         crate::privacy::store_keys(w.conn(), id.as_str(), &sealed_keys).await?;
         for (sha, role) in &job_blobs {
-            sqlx::query("INSERT OR IGNORE INTO job_blobs (job_id, sha256, role) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO job_blobs (job_id, sha256, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(id.as_str())
                 .bind(sha.as_str())
                 .bind(role.as_str())
@@ -184,7 +184,7 @@ impl Pool {
         field: &str,
         what: &str,
     ) -> Result<u64, PoolError> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE sha256 = ?")
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE sha256 = $1")
             .bind(sha.as_str())
             .fetch_optional(&self.inner.db)
             .await?;
@@ -287,8 +287,8 @@ impl Pool {
         }
         let now = w.now;
         sqlx::query(
-            "UPDATE tasks SET status = 'cancelled', updated_at = ? \
-             WHERE job_id = ? AND kind IN ('train', 'outer') AND status IN ('queued', 'leased')",
+            "UPDATE tasks SET status = 'cancelled', updated_at = $1 \
+             WHERE job_id = $2 AND kind IN ('train', 'outer') AND status IN ('queued', 'leased')",
         )
         .bind(now)
         .bind(job_id)
@@ -315,13 +315,13 @@ impl Pool {
 /// A booking a job may be submitted into: the customer's own, and not
 /// over or cancelled.
 async fn check_booking(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account: &str,
     booking: &str,
     now: i64,
 ) -> Result<(), PoolError> {
     let row: Option<(String, String, i64)> =
-        sqlx::query_as("SELECT account_id, status, ends_at FROM bookings WHERE id = ?")
+        sqlx::query_as("SELECT account_id, status, ends_at FROM bookings WHERE id = $1")
             .bind(booking)
             .fetch_optional(conn)
             .await?;

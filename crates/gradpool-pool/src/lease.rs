@@ -24,7 +24,7 @@ use gradpool_core::wire::{
     RoundTask, RoundUpdate, TaskFailed, TaskKind,
 };
 use gradpool_core::{JobId, ProviderId, SignedCommitment, TaskId};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -39,13 +39,13 @@ pub const MAX_WAIT_SECONDS: u32 = 30;
 /// How round `round`'s weights came from the round before's: its outer
 /// step's update, for a provider that holds the earlier weights.
 async fn round_update(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     round: i64,
 ) -> Result<Option<RoundUpdate>, PoolError> {
     let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT from_global_sha256, update_sha256, weights_sha256 FROM outer_steps \
-         WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+         WHERE job_id = $1 AND round = $2 AND discarded_at IS NULL",
     )
     .bind(job_id)
     .bind(round - 1)
@@ -68,7 +68,7 @@ async fn round_update(
 /// The assignment a provider gets for a leased task: a segment to train
 /// from the job's last accepted checkpoint, or one to replay for an audit.
 pub(crate) async fn assignment(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRow,
     task: &TaskRow,
     lease_seconds: u32,
@@ -97,7 +97,7 @@ pub(crate) async fn assignment(
     if job.confidential {
         // Leased only to key holders (the claim's rule): its own key.
         let sealed: Option<String> = sqlx::query_scalar(
-            "SELECT sealed_key FROM job_keys WHERE job_id = ? AND provider_id = ?",
+            "SELECT sealed_key FROM job_keys WHERE job_id = $1 AND provider_id = $2",
         )
         .bind(&job.id)
         .bind(task.provider_id.as_deref())
@@ -205,7 +205,7 @@ const STANDING: &str = "SELECT p.paused, p.held IS NOT NULL AS held, \
      p.disconnected_at IS NOT NULL AS disconnected, p.duplicate_of IS NOT NULL AS duplicate, \
      p.next_proof_at, p.next_compliance_at, p.compliance_asked_at, \
      EXISTS (SELECT 1 FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
-             AND c.expires_at > ?2) AS certified, \
+             AND c.expires_at > $2) AS certified, \
      EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.status = 'queued' \
              AND (t.kind = 'replay' OR NOT EXISTS (SELECT 1 FROM job_bars b \
                   WHERE b.job_id = t.job_id AND b.provider_id = p.id)) \
@@ -218,24 +218,29 @@ const STANDING: &str = "SELECT p.paused, p.held IS NOT NULL AS held, \
                   AND (j.runtime = 'native' OR p.containers = 1) \
                   AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= p.price_per_hour) \
                   AND (t.kind = 'replay' OR j.region IS NULL OR j.region = p.region)))) AS work \
-     FROM providers p WHERE p.id = ?1";
+     FROM providers p WHERE p.id = $1";
 
 /// Where a provider stands when it heart-beats ([`STANDING`]).
 #[derive(sqlx::FromRow)]
 struct Standing {
     paused: Option<String>,
+    #[sqlx(try_from = "crate::db::Flag")]
     held: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     disconnected: bool,
     /// Held for a GPU another provider claims too.
+    #[sqlx(try_from = "crate::db::Flag")]
     duplicate: bool,
     next_proof_at: Option<i64>,
     next_compliance_at: Option<i64>,
     compliance_asked_at: Option<i64>,
     /// Holds a tier now.
+    #[sqlx(try_from = "crate::db::Flag")]
     certified: bool,
     /// A queued task exists that it could take as far as one read tells
     /// (its role, device, memory, runtime, price, region, bars; the claim
     /// checks the rest under the lock).
+    #[sqlx(try_from = "crate::db::Flag")]
     work: bool,
 }
 
@@ -297,11 +302,14 @@ pub const MAX_CLAIMERS: usize = 4;
 struct Claimant {
     price: i64,
     unstaking: Option<i64>,
+    #[sqlx(try_from = "crate::db::Flag")]
     validates: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     trains: bool,
     /// Why it gets nothing: a proof pending, a GPU claimed twice, a pause.
     held: Option<String>,
     region: Option<String>,
+    #[sqlx(try_from = "crate::db::Flag")]
     containers: bool,
     /// Its RAM, against which container jobs are matched.
     host_memory: i64,
@@ -468,7 +476,7 @@ impl Pool {
         };
         let now = w.now;
         let was_paused: Option<String> =
-            sqlx::query_scalar::<_, Option<String>>("SELECT paused FROM providers WHERE id = ?")
+            sqlx::query_scalar::<_, Option<String>>("SELECT paused FROM providers WHERE id = $1")
                 .bind(provider.as_str())
                 .fetch_optional(w.conn())
                 .await?
@@ -476,13 +484,15 @@ impl Pool {
                     PoolError::Unauthorized("unknown provider; register again".into())
                 })?;
         let paused = beat.paused.as_deref();
-        sqlx::query("UPDATE providers SET last_seen = ?, telemetry = ?, paused = ? WHERE id = ?")
-            .bind(now)
-            .bind(&beat.telemetry)
-            .bind(paused)
-            .bind(provider.as_str())
-            .execute(w.conn())
-            .await?;
+        sqlx::query(
+            "UPDATE providers SET last_seen = $1, telemetry = $2, paused = $3 WHERE id = $4",
+        )
+        .bind(now)
+        .bind(&beat.telemetry)
+        .bind(paused)
+        .bind(provider.as_str())
+        .execute(w.conn())
+        .await?;
         if paused != was_paused.as_deref() {
             crate::presence::record_status(
                 &mut w,
@@ -536,8 +546,8 @@ impl Pool {
         let mut cancel = Vec::new();
         for running in running {
             let renewed = sqlx::query(
-                "UPDATE tasks SET lease_expires_at = ?, step = ?, updated_at = ? \
-                 WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
+                "UPDATE tasks SET lease_expires_at = $1, step = $2, updated_at = $3 \
+                 WHERE id = $4 AND provider_id = $5 AND status = 'leased' AND lease_expires_at >= $6",
             )
             .bind(now + self.lease_ms())
             .bind(i64::try_from(running.step).unwrap_or(i64::MAX))
@@ -593,7 +603,7 @@ impl Pool {
              COALESCE(held, CASE WHEN duplicate_of IS NOT NULL THEN 'gpu claimed twice' END, paused) AS held, \
              region, containers = 1 AS containers, COALESCE(host_memory_bytes, 0) AS host_memory, \
              device, memory_bytes AS memory \
-             FROM providers WHERE id = ?",
+             FROM providers WHERE id = $1",
         )
         .bind(provider.as_str())
         .fetch_one(w.conn())
@@ -604,61 +614,62 @@ impl Pool {
         let stake_free_budget = i64::try_from(money.stake_required_above.0).unwrap_or(i64::MAX);
         // Replays first: an open audit holds its job's completion.
         let replay_sql = format!(
-            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
-             updated_at = ?3, price_per_hour = ?6 \
+            "UPDATE tasks SET status = 'leased', provider_id = $1, lease_expires_at = $2, assigned_at = $3, \
+             updated_at = $3, price_per_hour = $6 \
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN audits a ON a.id = t.audit_id \
                          WHERE t.status = 'queued' AND t.kind = 'replay' AND a.status = 'open' \
-                           AND a.provider_id != ?1 \
-                           AND (j.device = 'any' OR j.device = ?4) \
-                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN ?8 ELSE ?5 END \
-                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
-                           AND (j.runtime = 'native' OR ?7) \
-                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                           AND a.provider_id != $1 \
+                           AND (j.device = 'any' OR j.device = $4) \
+                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN $8 ELSE $5 END \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= $6) \
+                           AND (j.runtime = 'native' OR $7) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = $1)) \
                            AND {HOLDS_TIER} \
-                           AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = ?1) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.audit_id = t.audit_id AND r.provider_id = $1) \
                            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
-                                           WHERE x.provider_id = ?1 AND y.provider_id = a.provider_id) \
+                                           WHERE x.provider_id = $1 AND y.provider_id = a.provider_id) \
                            AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = a.claimed_checkpoint_sha256) \
                            AND (t.slot_sha256 IS NULL OR EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256)) \
                          ORDER BY t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
+        let held_back_jobs = self.inner.dialect.json_text_elements("$10");
         let train_sql = format!(
-            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
-             updated_at = ?3, price_per_hour = ?6 \
+            "UPDATE tasks SET status = 'leased', provider_id = $1, lease_expires_at = $2, assigned_at = $3, \
+             updated_at = $3, price_per_hour = $6 \
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                          WHERE t.status = 'queued' AND t.kind = 'train' AND j.status IN ('queued', 'running') \
-                           AND (j.device = 'any' OR j.device = ?4) \
-                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN ?13 ELSE ?5 END \
-                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= ?6) \
-                           AND (j.budget > 0 OR ?6 = 0) \
-                           AND (?7 OR j.budget <= ?8) \
+                           AND (j.device = 'any' OR j.device = $4) \
+                           AND j.min_memory_bytes <= CASE WHEN j.runtime = 'container' THEN $13 ELSE $5 END \
+                           AND (j.max_price_per_hour IS NULL OR j.max_price_per_hour >= $6) \
+                           AND (j.budget > 0 OR $6 = 0) \
+                           AND ($7 OR j.budget <= $8) \
                            AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id \
                                AND f.segment = t.segment AND f.status = 'failed' AND f.kind = 'train' \
-                               AND f.provider_id = ?1) \
-                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
-                           AND (j.region IS NULL OR j.region = ?9) \
-                           AND (j.runtime = 'native' OR ?12) \
-                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                               AND f.provider_id = $1) \
+                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = $1) \
+                           AND (j.region IS NULL OR j.region = $9) \
+                           AND (j.runtime = 'native' OR $12) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = $1)) \
                            AND {HOLDS_TIER} \
-                           AND NOT (t.round IS NOT NULL AND t.updated_at > ?11 \
-                               AND t.job_id IN (SELECT value FROM json_each(?10))) \
+                           AND NOT (t.round IS NOT NULL AND t.updated_at > $11 \
+                               AND t.job_id IN ({held_back_jobs})) \
                            AND (t.round IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.job_id = t.job_id \
-                               AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = ?1)) \
+                               AND o.status = 'leased' AND o.kind = 'train' AND o.provider_id = $1)) \
                            AND (t.slot_sha256 IS NULL OR EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256) \
                                OR EXISTS (SELECT 1 FROM commitments h WHERE h.job_id = t.job_id \
-                                   AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = ?1)) \
+                                   AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = $1)) \
                            AND NOT EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings bk ON bk.id = bp.booking_id \
-                               WHERE bp.provider_id = ?1 AND bk.status = 'reserved' AND bk.starts_at <= ?3 \
-                                 AND bk.ends_at > ?3 AND bk.account_id != j.account_id) \
+                               WHERE bp.provider_id = $1 AND bk.status = 'reserved' AND bk.starts_at <= $3 \
+                                 AND bk.ends_at > $3 AND bk.account_id != j.account_id) \
                            AND (j.booking_id IS NULL OR EXISTS (SELECT 1 FROM booking_providers bp \
                                JOIN bookings bk ON bk.id = bp.booking_id \
-                               WHERE bk.id = j.booking_id AND bp.provider_id = ?1 AND bk.status = 'reserved' \
-                                 AND bk.starts_at <= ?3 AND bk.ends_at > ?3)) \
+                               WHERE bk.id = j.booking_id AND bp.provider_id = $1 AND bk.status = 'reserved' \
+                                 AND bk.starts_at <= $3 AND bk.ends_at > $3)) \
                          ORDER BY j.created_at, j.rowid, \
                            NOT EXISTS (SELECT 1 FROM commitments h WHERE h.job_id = t.job_id \
-                               AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = ?1), \
+                               AND h.checkpoint_sha256 = t.slot_sha256 AND h.provider_id = $1), \
                            t.created_at, t.rowid LIMIT 1) \
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
@@ -670,19 +681,19 @@ impl Pool {
         // checkpoint it starts from: it gets it first, others once it is
         // gone (unseen for a lease) or the step has waited half a lease.
         let outer_sql = format!(
-            "UPDATE tasks SET status = 'leased', provider_id = ?1, lease_expires_at = ?2, assigned_at = ?3, \
-             updated_at = ?3 \
+            "UPDATE tasks SET status = 'leased', provider_id = $1, lease_expires_at = $2, assigned_at = $3, \
+             updated_at = $3 \
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id \
                          WHERE t.status = 'queued' AND t.kind = 'outer' AND j.status IN ('queued', 'running') \
                            AND NOT EXISTS (SELECT 1 FROM tasks f WHERE f.job_id = t.job_id AND f.kind = 'outer' \
-                               AND f.round = t.round AND f.status = 'failed' AND f.provider_id = ?1) \
-                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = ?1) \
-                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = ?1)) \
+                               AND f.round = t.round AND f.status = 'failed' AND f.provider_id = $1) \
+                           AND NOT EXISTS (SELECT 1 FROM job_bars b WHERE b.job_id = t.job_id AND b.provider_id = $1) \
+                           AND (j.confidential = 0 OR EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = t.job_id AND k.provider_id = $1)) \
                            AND {HOLDS_TIER} \
-                           AND (t.updated_at <= ?5 OR NOT EXISTS (SELECT 1 FROM outer_steps p \
+                           AND (t.updated_at <= $5 OR NOT EXISTS (SELECT 1 FROM outer_steps p \
                                JOIN providers q ON q.id = p.provider_id \
                                WHERE p.job_id = t.job_id AND p.round = t.round - 1 AND p.discarded_at IS NULL \
-                                 AND p.provider_id != ?1 AND q.last_seen >= ?4 \
+                                 AND p.provider_id != $1 AND q.last_seen >= $4 \
                                  AND NOT EXISTS (SELECT 1 FROM job_bars x WHERE x.job_id = t.job_id \
                                                  AND x.provider_id = p.provider_id))) \
                          ORDER BY j.created_at, j.rowid, t.created_at, t.rowid LIMIT 1) \
@@ -788,7 +799,7 @@ impl Pool {
         let mut w = self.write().await?;
         let task = leased_task(w.conn(), provider, task_id).await?;
         let now = w.now;
-        sqlx::query("UPDATE tasks SET step = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE tasks SET step = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::try_from(p.step).unwrap_or(i64::MAX))
             .bind(now)
             .bind(task_id)
@@ -823,7 +834,7 @@ impl Pool {
         let task = leased_task(w.conn(), provider, task_id).await?;
         let now = w.now;
         sqlx::query(
-            "UPDATE tasks SET status = 'failed', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE tasks SET status = 'failed', reason = $1, lease_expires_at = NULL, updated_at = $2 WHERE id = $3",
         )
         .bind(&reason)
         .bind(now)
@@ -850,8 +861,8 @@ impl Pool {
         // A segment counts the failures of its training, an outer step those
         // of its round's step.
         let failures: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = ? AND segment = ? AND status = 'failed' \
-             AND kind = ?",
+            "SELECT COUNT(DISTINCT provider_id) FROM tasks WHERE job_id = $1 AND segment = $2 AND status = 'failed' \
+             AND kind = $3",
         )
         .bind(&task.job_id)
         .bind(task.segment)
@@ -890,7 +901,7 @@ impl Pool {
         let mut w = self.write().await?;
         let task = leased_task(w.conn(), provider, task_id).await?;
         sqlx::query(
-            "UPDATE tasks SET status = 'released', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE tasks SET status = 'released', reason = $1, lease_expires_at = NULL, updated_at = $2 WHERE id = $3",
         )
         .bind(&reason)
         .bind(w.now)
@@ -922,8 +933,8 @@ impl Pool {
         let now = w.now;
         let behind = self.inner.backlog.delay_ms(now);
         let expired: Vec<TaskRow> = sqlx::query_as(&format!(
-            "UPDATE tasks SET status = 'expired', updated_at = ?1 \
-             WHERE status = 'leased' AND lease_expires_at < ?2 \
+            "UPDATE tasks SET status = 'expired', updated_at = $1 \
+             WHERE status = 'leased' AND lease_expires_at < $2 \
              RETURNING {TASK_COLUMNS}"
         ))
         .bind(now)
@@ -953,6 +964,14 @@ impl Pool {
     /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`],
     /// [`Pool::reset_lost_slots`] and [`Pool::close_late_rounds`]
     /// periodically until `stop`.
+    /// Writes the sightings no write transaction has taken yet.
+    async fn write_sightings(&self) -> Result<(), PoolError> {
+        if self.inner.sightings.is_empty() {
+            return Ok(());
+        }
+        self.write().await?.commit().await
+    }
+
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
         let period = Duration::from_millis((lease_ms / 4).clamp(100, 1000));
@@ -960,6 +979,15 @@ impl Pool {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
+            }
+            // One process runs the loops (see `db::Leadership`); the
+            // others write their sightings, which no other writer would.
+            if !self.inner.leadership.lead().await {
+                if let Err(e) = self.write_sightings().await {
+                    tracing::warn!(error = %e, "writing sightings failed");
+                }
+                self.inner.throttle.prune();
+                continue;
             }
             if let Err(e) = self.reap_expired_leases().await {
                 tracing::warn!(error = %e, "lease reaper failed");

@@ -9,7 +9,7 @@
 //! Balances are derived (the sum of an account's postings), never stored.
 //! Only `wallet` accounts may go negative: they mirror money that entered or
 //! left through Monero. Every other account is refused a posting that would
-//! take it below zero, inside the same `BEGIN IMMEDIATE` transaction that
+//! take it below zero, inside the same write transaction (`db::begin_write`) that
 //! writes the entry, so concurrent withdrawals cannot overdraw.
 //!
 //! The `*_in` functions post on a connection inside the caller's
@@ -22,7 +22,7 @@
 use crate::clock::Clock;
 use futures::TryStreamExt;
 use gradpool_core::Piconero;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -261,10 +261,10 @@ impl fmt::Display for Reconciliation {
 }
 
 /// The ledger over the pool's database (a cheap clone of its connection
-/// pool). Each [`Ledger::post`] is one `BEGIN IMMEDIATE` transaction.
+/// pool). Each [`Ledger::post`] is one write transaction ([`crate::db::begin_write`]).
 #[derive(Clone)]
 pub struct Ledger {
-    db: SqlitePool,
+    db: AnyPool,
     clock: Arc<dyn Clock>,
 }
 
@@ -286,19 +286,20 @@ fn canonical(postings: &[(LedgerAccountId, i64)]) -> Vec<(String, i64)> {
     v
 }
 
-async fn balance_in(conn: &mut SqliteConnection, account: &str) -> Result<i64, LedgerError> {
-    let (sum,): (i64,) =
-        sqlx::query_as("SELECT COALESCE(SUM(amount), 0) FROM postings WHERE account_id = ?")
-            .bind(account)
-            .fetch_one(&mut *conn)
-            .await?;
+async fn balance_in(conn: &mut AnyConnection, account: &str) -> Result<i64, LedgerError> {
+    let (sum,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(CAST(SUM(amount) AS BIGINT), 0) FROM postings WHERE account_id = $1",
+    )
+    .bind(account)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(sum)
 }
 
 /// The account of `kind` owned by `owner`, created if missing, on `conn`
 /// (inside the caller's transaction, if any).
 pub async fn account_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     kind: AccountKind,
     owner: &str,
@@ -309,7 +310,7 @@ pub async fn account_in(
     let id = LedgerAccountId::new(kind, owner);
     sqlx::query(
         "INSERT INTO ledger_accounts (id, kind, owner, may_go_negative, created_at) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id.as_str())
     .bind(kind.as_str())
@@ -323,7 +324,7 @@ pub async fn account_in(
 
 /// An account's balance on `conn`; 0 for an account that does not exist.
 pub async fn balance_of(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &LedgerAccountId,
 ) -> Result<i64, LedgerError> {
     balance_in(conn, account.as_str()).await
@@ -337,7 +338,7 @@ pub async fn balance_of(
 /// seen before returns the original entry if its postings are the same (in
 /// any order), and [`LedgerError::KeyReused`] if not.
 pub async fn post_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     key: &str,
     memo: &str,
@@ -364,13 +365,13 @@ pub async fn post_in(
     let wanted = canonical(postings);
 
     let seen: Option<(i64,)> =
-        sqlx::query_as("SELECT id FROM journal_entries WHERE idempotency_key = ?")
+        sqlx::query_as("SELECT id FROM journal_entries WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(&mut *conn)
             .await?;
     if let Some((id,)) = seen {
         let mut stored: Vec<(String, i64)> =
-            sqlx::query_as("SELECT account_id, amount FROM postings WHERE entry_id = ?")
+            sqlx::query_as("SELECT account_id, amount FROM postings WHERE entry_id = $1")
                 .bind(id)
                 .fetch_all(&mut *conn)
                 .await?;
@@ -388,7 +389,7 @@ pub async fn post_in(
     for (account, change) in &net {
         let id = LedgerAccountId((*account).to_owned());
         let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT kind, may_go_negative FROM ledger_accounts WHERE id = ?")
+            sqlx::query_as("SELECT kind, may_go_negative FROM ledger_accounts WHERE id = $1")
                 .bind(*account)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -412,17 +413,16 @@ pub async fn post_in(
         }
     }
 
-    let entry = sqlx::query(
-        "INSERT INTO journal_entries (idempotency_key, memo, created_at) VALUES (?, ?, ?)",
+    let entry: i64 = sqlx::query_scalar(
+        "INSERT INTO journal_entries (idempotency_key, memo, created_at) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(key)
     .bind(memo)
     .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .last_insert_rowid();
+    .fetch_one(&mut *conn)
+    .await?;
     for (account, amount) in postings {
-        sqlx::query("INSERT INTO postings (entry_id, account_id, amount) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO postings (entry_id, account_id, amount) VALUES ($1, $2, $3)")
             .bind(entry)
             .bind(account.as_str())
             .bind(*amount)
@@ -435,7 +435,7 @@ pub async fn post_in(
 /// Moves a positive `amount` from one account to another on `conn` (see
 /// [`post_in`]).
 pub async fn transfer_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     from: &LedgerAccountId,
     to: &LedgerAccountId,
@@ -451,14 +451,14 @@ pub async fn transfer_in(
 }
 
 impl Ledger {
-    /// A ledger over a migrated pool database (see [`crate::store::open`]),
+    /// A ledger over a migrated pool database (see [`crate::db::open`]),
     /// stamping entries with the system's clock.
-    pub fn new(db: SqlitePool) -> Ledger {
+    pub fn new(db: AnyPool) -> Ledger {
         Ledger::with_clock(db, Arc::new(crate::clock::SystemClock))
     }
 
     /// A ledger that stamps entries with `clock`.
-    pub fn with_clock(db: SqlitePool, clock: Arc<dyn Clock>) -> Ledger {
+    pub fn with_clock(db: AnyPool, clock: Arc<dyn Clock>) -> Ledger {
         Ledger { db, clock }
     }
 
@@ -483,7 +483,7 @@ impl Ledger {
         balance_in(&mut conn, account.as_str()).await
     }
 
-    /// Posts one journal entry in its own `BEGIN IMMEDIATE` transaction;
+    /// Posts one journal entry in a write transaction of its own;
     /// see [`post_in`].
     pub async fn post(
         &self,
@@ -491,7 +491,7 @@ impl Ledger {
         memo: &str,
         postings: &[(LedgerAccountId, i64)],
     ) -> Result<EntryId, LedgerError> {
-        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::db::begin_write(&self.db).await?;
         let entry = post_in(&mut tx, self.clock.now_ms(), key, memo, postings).await?;
         tx.commit().await?;
         Ok(entry)
@@ -534,7 +534,7 @@ impl Ledger {
         amount: Piconero,
         key: &str,
     ) -> Result<EntryId, LedgerError> {
-        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::db::begin_write(&self.db).await?;
         let entry = transfer_in(
             &mut tx,
             self.clock.now_ms(),

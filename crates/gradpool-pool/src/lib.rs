@@ -6,7 +6,9 @@
 //!
 //! - [`api`]: the routes and their handlers.
 //! - [`auth`]: API keys of customers and session tokens of providers.
-//! - [`store`]: the database: schema, rows and views.
+//! - [`db`]: the engine (SQLite, or PostgreSQL), opened and migrated, and
+//!   the few things the two dialects say differently.
+//! - [`store`]: rows and views.
 //! - [`tx`]: the write transaction every change goes through.
 //! - [`queue`]: the task queue and a job's state, shared by the flows above.
 //! - [`job`]: submit, cancel, requeuing a task that ended unfinished.
@@ -59,6 +61,7 @@ pub mod challenge;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod escrow;
 pub mod events;
@@ -103,7 +106,12 @@ pub struct Pool {
 
 pub(crate) struct Inner {
     pub(crate) config: PoolConfig,
-    pub(crate) db: sqlx::SqlitePool,
+    pub(crate) db: sqlx::AnyPool,
+    /// Which engine `db` speaks to.
+    pub(crate) dialect: db::Dialect,
+    /// Whether this process runs the background loops (one process does,
+    /// across all that serve the pool).
+    pub(crate) leadership: db::Leadership,
     pub(crate) blobs: blob::BlobStore,
     /// Serialises write transactions: SQLite has one writer anyway, and
     /// taking the lock up front avoids busy-snapshot failures of deferred
@@ -173,7 +181,11 @@ impl Pool {
             )));
         }
         tokio::fs::create_dir_all(&config.data_dir).await?;
-        let db = store::open(&config.data_dir.join("pool.sqlite")).await?;
+        let (db, dialect) = db::open(
+            &config.data_dir.join("pool.sqlite"),
+            config.database.as_ref(),
+        )
+        .await?;
         let blobs = blob::BlobStore::open(
             config.data_dir.join("blobs"),
             config.object_storage.as_ref(),
@@ -181,11 +193,14 @@ impl Pool {
         .await?;
         let (events, _) = broadcast::channel(1024);
         let throttle = config.throttle;
+        let leadership = db::Leadership::new(config.database.clone());
         tracing::info!(data_dir = %config.data_dir.display(), "pool opened");
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
                 db,
+                dialect,
+                leadership,
                 blobs,
                 write_lock: Mutex::new(()),
                 backlog: tx::Backlog::default(),
@@ -202,6 +217,16 @@ impl Pool {
         };
         pool.learn_missing_models().await?;
         Ok(pool)
+    }
+
+    /// The pool's database (for operators' tools and tests that read it).
+    pub fn database(&self) -> &sqlx::AnyPool {
+        &self.inner.db
+    }
+
+    /// Which engine the pool's database runs on.
+    pub fn dialect(&self) -> db::Dialect {
+        self.inner.dialect
     }
 
     /// The pool's money ledger.
@@ -242,6 +267,10 @@ impl Pool {
         let stop = self.inner.stop.clone();
         let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
         let wallet = tokio::spawn(self.clone().run_wallet(stop.clone()));
+        let relay = match self.inner.dialect {
+            db::Dialect::Postgres => Some(tokio::spawn(self.clone().run_relay(stop.clone()))),
+            db::Dialect::Sqlite => None,
+        };
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "pool listening");
         }
@@ -260,6 +289,9 @@ impl Pool {
         stop.cancel();
         let _ = reaper.await;
         let _ = wallet.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         result.map_err(PoolError::Io)
     }
 
@@ -277,6 +309,7 @@ impl Pool {
 #[cfg(test)]
 const LAYERS: &[&str] = &[
     "clock",
+    "db",
     "ledger",
     "error",
     "sighting",

@@ -83,8 +83,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The text exposition of these metrics and of `overview`.
-    pub fn render(&self, overview: &Overview) -> Result<String, std::fmt::Error> {
+    /// The text exposition of these metrics and of `overview`; `leading`
+    /// says whether this process runs the background loops.
+    pub fn render(&self, overview: &Overview, leading: bool) -> Result<String, std::fmt::Error> {
         let mut r = Registry::with_prefix("gradpool");
         r.register(
             "http_requests",
@@ -96,6 +97,12 @@ impl Metrics {
             "Time to answer an API request, by route and method",
             Unit::Seconds,
             self.latency.clone(),
+        );
+        r.register(
+            "leader",
+            "1 when this process runs the pool's background loops (the lease reaper, deposits, \
+             payouts, audit deadlines): one process of those serving a pool does",
+            Gauge::<i64>::from_value(i64::from(leading)),
         );
         register_state(&mut r, overview);
         let mut out = String::new();

@@ -141,7 +141,7 @@ impl Pool {
             };
             match learnt {
                 Ok((model, memory)) => {
-                    sqlx::query("UPDATE jobs SET model = ?, memory_bytes = ? WHERE id = ?")
+                    sqlx::query("UPDATE jobs SET model = $1, memory_bytes = $2 WHERE id = $3")
                         .bind(serde_json::to_string(&model)?)
                         .bind(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX))
                         .bind(&id)
@@ -188,12 +188,12 @@ pub(crate) async fn inspect_checkpoint(
 /// image's digest, its device class and thread count
 /// ([`gradpool_core::container::class`]).
 pub(crate) async fn class_for(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     provider: &str,
     job: &crate::store::JobRow,
 ) -> Result<String, PoolError> {
     let (class, hardware): (String, String) =
-        sqlx::query_as("SELECT class, hardware FROM providers WHERE id = ?")
+        sqlx::query_as("SELECT class, hardware FROM providers WHERE id = $1")
             .bind(provider)
             .fetch_one(&mut *conn)
             .await?;
@@ -201,7 +201,7 @@ pub(crate) async fn class_for(
         return Ok(class);
     }
     let image: String =
-        sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = ? AND role = ?")
+        sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = $1 AND role = $2")
             .bind(&job.id)
             .bind(JobBlobRole::Image.as_str())
             .fetch_optional(&mut *conn)
@@ -291,7 +291,7 @@ impl Pool {
     /// job has one.
     pub(crate) async fn initial_of(&self, job: &str) -> Result<Option<PathBuf>, PoolError> {
         let sha: Option<String> =
-            sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = ? AND role = ?")
+            sqlx::query_scalar("SELECT sha256 FROM job_blobs WHERE job_id = $1 AND role = $2")
                 .bind(job)
                 .bind(JobBlobRole::Initial.as_str())
                 .fetch_optional(&self.inner.db)

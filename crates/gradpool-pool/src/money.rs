@@ -20,7 +20,7 @@ use gradpool_core::wire::{
 };
 use gradpool_core::{AccountId, Piconero, ProviderId};
 use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// Payout addresses a provider may name at most.
 pub const MAX_PAYOUT_SPLITS: usize = 16;
@@ -83,19 +83,19 @@ pub fn split_by_shares(amount: u64, shares: &[u32]) -> Vec<u64> {
     out
 }
 
-async fn balance(conn: &mut SqliteConnection, account: &LedgerAccountId) -> Result<u64, PoolError> {
+async fn balance(conn: &mut AnyConnection, account: &LedgerAccountId) -> Result<u64, PoolError> {
     Ok(u64::try_from(ledger::balance_of(conn, account).await?).unwrap_or(0))
 }
 
 /// The sum of balances of accounts of `kind` whose owner matches `pattern`.
 async fn balance_like(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     kind: AccountKind,
     pattern: &str,
 ) -> Result<u64, PoolError> {
     let sum: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(p.amount), 0) FROM postings p \
-         JOIN ledger_accounts a ON a.id = p.account_id WHERE a.kind = ? AND a.owner LIKE ?",
+        "SELECT COALESCE(CAST(SUM(p.amount) AS BIGINT), 0) FROM postings p \
+         JOIN ledger_accounts a ON a.id = p.account_id WHERE a.kind = $1 AND a.owner LIKE $2",
     )
     .bind(kind.as_str())
     .bind(pattern)
@@ -106,12 +106,12 @@ async fn balance_like(
 
 /// Payouts that took money from `account`, newest first.
 async fn payouts_from(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &LedgerAccountId,
 ) -> Result<Vec<PayoutView>, PoolError> {
     let rows: Vec<(String, String, String, i64, Option<String>, i64)> = sqlx::query_as(
         "SELECT p.id, p.status, d.address, d.amount, p.txid, p.created_at FROM payouts p \
-         JOIN payout_destinations d ON d.payout_id = p.id WHERE d.ledger_account = ? \
+         JOIN payout_destinations d ON d.payout_id = p.id WHERE d.ledger_account = $1 \
          ORDER BY p.created_at DESC, p.rowid DESC LIMIT 100",
     )
     .bind(account.as_str())
@@ -148,7 +148,7 @@ pub struct PayoutLine {
 
 /// Every payout and withdrawal destination, newest first, at most `limit`:
 /// the operator's view of money leaving the pool (`gradpool pool payouts`).
-pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<PayoutLine>, PoolError> {
+pub async fn payout_lines(db: &sqlx::AnyPool, limit: u32) -> Result<Vec<PayoutLine>, PoolError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         id: String,
@@ -165,7 +165,7 @@ pub async fn payout_lines(db: &sqlx::SqlitePool, limit: u32) -> Result<Vec<Payou
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT p.id, p.kind, p.status, d.ledger_account AS account, d.address, d.amount, p.txid, \
          p.created_at FROM payouts p JOIN payout_destinations d ON d.payout_id = p.id \
-         ORDER BY p.created_at DESC, p.rowid DESC, d.rowid LIMIT ?",
+         ORDER BY p.created_at DESC, p.rowid DESC, d.rowid LIMIT $1",
     )
     .bind(i64::from(limit))
     .fetch_all(db)
@@ -194,7 +194,7 @@ pub(crate) async fn release_stake_if_due(
     cooldown_seconds: u64,
 ) -> Result<(), PoolError> {
     let requested: Option<i64> =
-        sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = ?")
+        sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = $1")
             .bind(provider)
             .fetch_optional(w.conn())
             .await?
@@ -219,7 +219,7 @@ pub(crate) async fn release_stake_if_due(
         )
         .await?;
     }
-    sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = ?")
+    sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = $1")
         .bind(provider)
         .execute(w.conn())
         .await?;
@@ -321,7 +321,7 @@ impl Pool {
     ) -> Result<(Piconero, Piconero), PoolError> {
         let bps = self.inner.config.money.slash_validator_bps;
         let mut w = self.write().await?;
-        let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = ?")
+        let customer: String = sqlx::query_scalar("SELECT account_id FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_optional(w.conn())
             .await?
@@ -346,16 +346,16 @@ impl Pool {
         let available = balance(&mut conn, &customer_account(account.as_str())).await?;
         // Jobs' budgets and bookings' holds.
         let escrowed: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id IN \
-               (SELECT 'escrow:' || id FROM jobs WHERE account_id = ?1 \
-                UNION ALL SELECT 'escrow:' || id FROM bookings WHERE account_id = ?1)",
+            "SELECT COALESCE(CAST(SUM(p.amount) AS BIGINT), 0) FROM postings p WHERE p.account_id IN \
+               (SELECT 'escrow:' || id FROM jobs WHERE account_id = $1 \
+                UNION ALL SELECT 'escrow:' || id FROM bookings WHERE account_id = $1)",
         )
         .bind(account.as_str())
         .fetch_one(&mut *conn)
         .await?;
         let withdrawing: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(d.amount), 0) FROM payout_destinations d JOIN payouts p ON p.id = d.payout_id \
-             WHERE d.ledger_account = ? AND p.status IN ('reserved', 'built')",
+            "SELECT COALESCE(CAST(SUM(d.amount) AS BIGINT), 0) FROM payout_destinations d JOIN payouts p ON p.id = d.payout_id \
+             WHERE d.ledger_account = $1 AND p.status IN ('reserved', 'built')",
         )
         .bind(customer_account(account.as_str()).as_str())
         .fetch_one(&mut *conn)
@@ -447,7 +447,7 @@ impl Pool {
         let mut w = self.write().await?;
         let customer = w.account(AccountKind::Customer, account.as_str()).await?;
         let existing: Option<(String, i64)> = sqlx::query_as(
-            "SELECT d.address, d.amount FROM payout_destinations d WHERE d.payout_id = ?",
+            "SELECT d.address, d.amount FROM payout_destinations d WHERE d.payout_id = $1",
         )
         .bind(&id)
         .fetch_optional(w.conn())
@@ -480,7 +480,7 @@ impl Pool {
             .await?;
             let now = w.now;
             sqlx::query(
-                "INSERT INTO payouts (id, kind, status, created_at, updated_at) VALUES (?, 'withdrawal', ?, ?, ?)",
+                "INSERT INTO payouts (id, kind, status, created_at, updated_at) VALUES ($1, 'withdrawal', $2, $3, $4)",
             )
             .bind(&id)
             .bind(status.as_str())
@@ -489,7 +489,7 @@ impl Pool {
             .execute(w.conn())
             .await?;
             sqlx::query(
-                "INSERT INTO payout_destinations (payout_id, address, amount, ledger_account) VALUES (?, ?, ?, ?)",
+                "INSERT INTO payout_destinations (payout_id, address, amount, ledger_account) VALUES ($1, $2, $3, $4)",
             )
             .bind(&id)
             .bind(&req.to)
@@ -549,7 +549,7 @@ impl Pool {
 
     async fn earnings_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         provider: &ProviderId,
     ) -> Result<Earnings, PoolError> {
         let p = provider.as_str();
@@ -558,7 +558,7 @@ impl Pool {
         let available = balance(conn, &available_id).await?;
         let stake = balance(conn, &stake_account(p)).await?;
         let requested: Option<i64> =
-            sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = ?")
+            sqlx::query_scalar("SELECT unstake_requested_at FROM providers WHERE id = $1")
                 .bind(p)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -578,7 +578,7 @@ impl Pool {
             .map(|p| p.amount.0)
             .sum();
         let payout: Vec<PayoutSplit> = sqlx::query_as::<_, (String, i64)>(
-            "SELECT address, share FROM payout_splits WHERE provider_id = ? ORDER BY rowid",
+            "SELECT address, share FROM payout_splits WHERE provider_id = $1 ORDER BY rowid",
         )
         .bind(p)
         .fetch_all(&mut *conn)
@@ -590,7 +590,7 @@ impl Pool {
         })
         .collect();
         let stake_deposit_address: Option<String> =
-            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = ?")
+            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = $1")
                 .bind(stake_account(p).as_str())
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -642,7 +642,7 @@ impl Pool {
                 )
                 .await?;
                 // Adding to the stake cancels a withdrawal under way.
-                sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = ?")
+                sqlx::query("UPDATE providers SET unstake_requested_at = NULL WHERE id = $1")
                     .bind(p)
                     .execute(w.conn())
                     .await?;
@@ -656,7 +656,7 @@ impl Pool {
                 }
                 let now = w.now;
                 sqlx::query(
-                    "UPDATE providers SET unstake_requested_at = COALESCE(unstake_requested_at, ?) WHERE id = ?",
+                    "UPDATE providers SET unstake_requested_at = COALESCE(unstake_requested_at, $1) WHERE id = $2",
                 )
                 .bind(now)
                 .bind(p)

@@ -12,7 +12,7 @@ use gradpool_core::state::{
     AuditStatus, JobStatus, PayoutStatus, ProviderStatus, State as _, TaskKind, TaskStatus,
 };
 use serde::Serialize;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::collections::BTreeMap;
 
 /// The window throughput is measured over.
@@ -80,7 +80,7 @@ impl crate::Pool {
 /// Reads the overview at `now` (ms), a provider counting as disconnected
 /// after `lease_seconds` without a word.
 pub async fn read(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     lease_seconds: u32,
 ) -> Result<Overview, PoolError> {
@@ -124,19 +124,19 @@ pub async fn read(
     )
     .await?;
     let ledger: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT a.kind, COALESCE(SUM(p.amount), 0) FROM ledger_accounts a \
+        "SELECT a.kind, COALESCE(CAST(SUM(p.amount) AS BIGINT), 0) FROM ledger_accounts a \
          LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.kind",
     )
     .fetch_all(&mut *conn)
     .await?;
     o.ledger = ledger.into_iter().collect();
     let (blobs, bytes): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs")
+        sqlx::query_as("SELECT COUNT(*), COALESCE(CAST(SUM(size) AS BIGINT), 0) FROM blobs")
             .fetch_one(&mut *conn)
             .await?;
     (o.blobs, o.blob_bytes) = (count(blobs), count(bytes));
     let (segments, steps): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(end_step - start_step), 0) FROM commitments WHERE committed_at > ?",
+        "SELECT COUNT(*), COALESCE(CAST(SUM(end_step - start_step) AS BIGINT), 0) FROM commitments WHERE committed_at > $1",
     )
     .bind(now - THROUGHPUT_WINDOW_MS)
     .fetch_one(&mut *conn)
@@ -147,18 +147,19 @@ pub async fn read(
 
 /// Providers by status, and the connected ones by device.
 async fn providers(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     lease_seconds: u32,
     o: &mut Overview,
 ) -> Result<(), PoolError> {
-    type Row = (i64, String, bool, bool, bool, bool);
+    use crate::db::Flag;
+    type Row = (i64, String, Flag, Flag, Flag, Flag);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT p.last_seen, p.device, \
            EXISTS (SELECT 1 FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased'), \
            p.held IS NOT NULL OR p.duplicate_of IS NOT NULL, p.paused IS NOT NULL, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
-              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) \
+              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > $1) \
          FROM providers p",
     )
     .bind(now)
@@ -167,10 +168,10 @@ async fn providers(
     for (last_seen, device, leased, held, paused, booked) in rows {
         let facts = StatusFacts {
             last_seen,
-            leased,
-            held,
-            paused,
-            booked,
+            leased: leased.0,
+            held: held.0,
+            paused: paused.0,
+            booked: booked.0,
         };
         let status = facts.status(now, lease_seconds);
         *o.providers.entry(status.as_str().to_owned()).or_default() += 1;
@@ -182,7 +183,7 @@ async fn providers(
 }
 
 /// Tasks by kind and state, the training queue, and expired leases.
-async fn tasks(conn: &mut SqliteConnection, o: &mut Overview) -> Result<(), PoolError> {
+async fn tasks(conn: &mut AnyConnection, o: &mut Overview) -> Result<(), PoolError> {
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT kind, status, COUNT(*) FROM tasks GROUP BY kind, status")
             .fetch_all(&mut *conn)
@@ -208,7 +209,7 @@ async fn tasks(conn: &mut SqliteConnection, o: &mut Overview) -> Result<(), Pool
 
 /// Adds the `(key, count)` rows of `sql` into `into`.
 async fn counted(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     sql: &str,
     into: &mut BTreeMap<String, u64>,
 ) -> Result<(), PoolError> {

@@ -18,7 +18,7 @@ use gradpool_core::spec::DeviceRequest;
 use gradpool_core::state::{JobStatus, Runtime};
 use gradpool_core::wire::JobView;
 use gradpool_core::Piconero;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// What the claim asks of a provider that trains, besides being free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,16 +110,22 @@ struct Offer {
     memory_bytes: i64,
     host_memory_bytes: i64,
     price_per_hour: i64,
+    #[sqlx(try_from = "crate::db::Flag")]
     trains: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     containers: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     unavailable: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     unstaking: bool,
     #[sqlx(skip)]
     stake: i64,
+    #[sqlx(try_from = "crate::db::Flag")]
     booked: bool,
     region: Option<String>,
     /// In the job's booking and inside its window (true for a job with no
     /// booking).
+    #[sqlx(try_from = "crate::db::Flag")]
     in_booking: bool,
 }
 
@@ -162,7 +168,7 @@ fn refusal(job: &JobRow, offer: &Offer, money: &crate::config::MoneyConfig) -> O
 
 /// The connected providers, as placement sees them for `job`.
 async fn offers(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRow,
     now: i64,
     lease_ms: i64,
@@ -172,12 +178,12 @@ async fn offers(
            (p.held IS NOT NULL OR p.duplicate_of IS NOT NULL OR p.paused IS NOT NULL) AS unavailable, \
            p.unstake_requested_at IS NOT NULL AS unstaking, \
            EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
-                   WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.starts_at <= ?1 \
-                     AND b.ends_at > ?1 AND b.account_id != ?2) AS booked, \
-           (?4 IS NULL OR EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
-                   WHERE b.id = ?4 AND bp.provider_id = p.id AND b.status = 'reserved' \
-                     AND b.starts_at <= ?1 AND b.ends_at > ?1)) AS in_booking \
-         FROM providers p WHERE p.last_seen >= ?1 - ?3",
+                   WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.starts_at <= $1 \
+                     AND b.ends_at > $1 AND b.account_id != $2) AS booked, \
+           ($4 IS NULL OR EXISTS (SELECT 1 FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
+                   WHERE b.id = $4 AND bp.provider_id = p.id AND b.status = 'reserved' \
+                     AND b.starts_at <= $1 AND b.ends_at > $1)) AS in_booking \
+         FROM providers p WHERE p.last_seen >= $1 - $3",
     )
     .bind(now)
     .bind(&job.account_id)
@@ -194,7 +200,7 @@ async fn offers(
 
 /// Why no connected provider can take `job` now, or `None` when one can.
 pub(crate) async fn why_waiting(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRow,
     now: i64,
     lease_ms: i64,
@@ -280,14 +286,14 @@ pub fn holds_back(me: Option<f64>, others: &[Option<f64>], open: usize) -> bool 
 
 /// The paces of the connected providers.
 async fn paces(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     lease_ms: i64,
 ) -> Result<std::collections::HashMap<String, Pace>, PoolError> {
     let rows: Vec<Pace> = sqlx::query_as(&format!(
         "SELECT p.id, COALESCE(p.proven_gflops, p.benchmark_gflops) AS gflops, s.bytes, s.ms \
          FROM providers p LEFT JOIN {} s ON s.principal = p.id \
-         WHERE p.last_seen >= ?1 - ?2",
+         WHERE p.last_seen >= $1 - $2",
         crate::store::TRANSFER_RATES
     ))
     .bind(now)
@@ -301,10 +307,10 @@ async fn paces(
 /// and the outer update down, each the size of the job's latest
 /// pseudo-gradient, or (before any) of its parameters at the spec's
 /// compression.
-async fn round_bytes(conn: &mut SqliteConnection, job: &JobRow) -> Result<f64, PoolError> {
+async fn round_bytes(conn: &mut AnyConnection, job: &JobRow) -> Result<f64, PoolError> {
     let last: Option<i64> = sqlx::query_scalar(
         "SELECT b.size FROM commitments c JOIN blobs b ON b.sha256 = c.pseudo_gradient_sha256 \
-         WHERE c.job_id = ? ORDER BY c.segment DESC LIMIT 1",
+         WHERE c.job_id = $1 ORDER BY c.segment DESC LIMIT 1",
     )
     .bind(&job.id)
     .fetch_optional(conn)
@@ -326,7 +332,7 @@ async fn round_bytes(conn: &mut SqliteConnection, job: &JobRow) -> Result<f64, P
 /// a lease ago) `provider` is held back from now. Past that age a segment
 /// goes to whoever comes, so a round never waits on placement longer.
 pub(crate) async fn held_back(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
     now: i64,
     lease_ms: i64,
@@ -334,7 +340,7 @@ pub(crate) async fn held_back(
 ) -> Result<Vec<String>, PoolError> {
     let rounds: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT t.job_id, COUNT(*), MAX(t.end_step - t.start_step) FROM tasks t JOIN jobs j ON j.id = t.job_id \
-         WHERE t.status = 'queued' AND t.kind = 'train' AND t.round IS NOT NULL AND t.updated_at > ? \
+         WHERE t.status = 'queued' AND t.kind = 'train' AND t.round IS NOT NULL AND t.updated_at > $1 \
            AND j.status IN ('queued', 'running') GROUP BY t.job_id",
     )
     .bind(now - lease_ms / 2)
@@ -352,8 +358,8 @@ pub(crate) async fn held_back(
         let flops = job.flops_per_step.map(|f| f * steps as f64);
         let bytes = round_bytes(conn, &job).await?;
         let busy: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT provider_id FROM tasks WHERE job_id = ?1 AND status = 'leased' AND kind = 'train' \
-             UNION SELECT provider_id FROM job_bars WHERE job_id = ?1",
+            "SELECT provider_id FROM tasks WHERE job_id = $1 AND status = 'leased' AND kind = 'train' \
+             UNION SELECT provider_id FROM job_bars WHERE job_id = $1",
         )
         .bind(&job.id)
         .fetch_all(&mut *conn)
@@ -381,29 +387,30 @@ pub(crate) async fn held_back(
 /// could take a replay of `trainer`'s work: validators never replay their
 /// own work nor that of a provider sharing a payout address with them.
 pub(crate) async fn validator_available(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     lease_ms: i64,
     trainer: &str,
     besides: Option<&str>,
 ) -> Result<bool, PoolError> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar::<_, crate::db::Flag>(
         "SELECT EXISTS (SELECT 1 FROM providers v WHERE v.validate = 1 AND v.validator_barred = 0 \
-           AND v.id != ?1 AND v.id != COALESCE(?2, '') AND v.last_seen >= ?3 \
+           AND v.id != $1 AND v.id != COALESCE($2, '') AND v.last_seen >= $3 \
            AND NOT EXISTS (SELECT 1 FROM payout_splits x JOIN payout_splits y ON x.address = y.address \
-                           WHERE x.provider_id = v.id AND y.provider_id = ?1))",
+                           WHERE x.provider_id = v.id AND y.provider_id = $1))",
     )
     .bind(trainer)
     .bind(besides)
     .bind(now - lease_ms)
     .fetch_one(conn)
-    .await?)
+    .await?
+    .0)
 }
 
 /// How many open audits of `job_id` no connected validator could take
 /// now (none is replaying them, and none eligible is connected).
 pub(crate) async fn audits_waiting(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     now: i64,
     lease_ms: i64,
@@ -411,7 +418,7 @@ pub(crate) async fn audits_waiting(
     let open: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT a.provider_id, \
            (SELECT r.validator_id FROM replays r WHERE r.audit_id = a.id ORDER BY r.reported_at LIMIT 1) \
-         FROM audits a WHERE a.job_id = ? AND a.status = 'open' AND a.reason != 'planted' \
+         FROM audits a WHERE a.job_id = $1 AND a.status = 'open' AND a.reason != 'planted' \
            AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.audit_id = a.id AND t.status = 'leased')",
     )
     .bind(job_id)
@@ -432,7 +439,7 @@ impl Pool {
     /// drawn audits wait for an eligible validator or went unserved.
     pub(crate) async fn job_view(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         job: &JobRow,
     ) -> Result<JobView, PoolError> {
         let mut view = job.view()?;
@@ -445,7 +452,7 @@ impl Pool {
             view.audits_waiting = audits_waiting(conn, &job.id, now, lease_ms).await?;
         }
         view.audits_unserved = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM audits WHERE job_id = ? AND status = 'unserved'",
+            "SELECT COUNT(*) FROM audits WHERE job_id = $1 AND status = 'unserved'",
         )
         .bind(&job.id)
         .fetch_one(&mut *conn)

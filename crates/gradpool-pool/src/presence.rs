@@ -25,7 +25,7 @@ pub(crate) async fn record_status(
 ) -> Result<(), PoolError> {
     let now = w.now;
     sqlx::query(
-        "INSERT INTO provider_status (provider_id, status, reason, at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO provider_status (provider_id, status, reason, at) VALUES ($1, $2, $3, $4)",
     )
     .bind(provider)
     .bind(status.as_str())
@@ -40,7 +40,7 @@ pub(crate) async fn record_status(
 /// disconnected, it is connected again.
 pub(crate) async fn seen(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
     let reconnected = sqlx::query(
-        "UPDATE providers SET disconnected_at = NULL WHERE id = ? AND disconnected_at IS NOT NULL",
+        "UPDATE providers SET disconnected_at = NULL WHERE id = $1 AND disconnected_at IS NOT NULL",
     )
     .bind(provider)
     .execute(w.conn())
@@ -62,7 +62,7 @@ pub(crate) async fn check_gpu_claim(
     lease_ms: i64,
 ) -> Result<(), PoolError> {
     let p = provider.as_str();
-    sqlx::query("UPDATE providers SET gpu_uuid = ? WHERE id = ?")
+    sqlx::query("UPDATE providers SET gpu_uuid = $1 WHERE id = $2")
         .bind(uuid)
         .bind(p)
         .execute(w.conn())
@@ -70,7 +70,7 @@ pub(crate) async fn check_gpu_claim(
     let others: Vec<String> = match uuid {
         Some(uuid) => {
             sqlx::query_scalar(
-                "SELECT id FROM providers WHERE gpu_uuid = ? AND id != ? AND last_seen >= ? ORDER BY registered_at",
+                "SELECT id FROM providers WHERE gpu_uuid = $1 AND id != $2 AND last_seen >= $3 ORDER BY registered_at",
             )
             .bind(uuid)
             .bind(p)
@@ -84,7 +84,7 @@ pub(crate) async fn check_gpu_claim(
         return crate::presence::release_duplicate(w, p).await;
     };
     let reason = crate::store::duplicate_reason(uuid, first);
-    sqlx::query("UPDATE providers SET duplicate_of = ? WHERE id = ?")
+    sqlx::query("UPDATE providers SET duplicate_of = $1 WHERE id = $2")
         .bind(first)
         .bind(p)
         .execute(w.conn())
@@ -92,7 +92,7 @@ pub(crate) async fn check_gpu_claim(
     crate::presence::record_status(w, p, ProviderChange::Held, Some(&reason)).await?;
     for other in &others {
         let set = sqlx::query(
-            "UPDATE providers SET duplicate_of = ? WHERE id = ? AND duplicate_of IS NULL",
+            "UPDATE providers SET duplicate_of = $1 WHERE id = $2 AND duplicate_of IS NULL",
         )
         .bind(p)
         .bind(other)
@@ -123,9 +123,9 @@ pub(crate) async fn release_duplicate_if_gone(
 ) -> Result<(), PoolError> {
     let released = sqlx::query(
         "UPDATE providers SET duplicate_of = NULL \
-         WHERE id = ?1 AND duplicate_of IS NOT NULL \
+         WHERE id = $1 AND duplicate_of IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM providers o WHERE o.id = providers.duplicate_of \
-                           AND o.gpu_uuid IS providers.gpu_uuid AND o.last_seen >= ?2)",
+                           AND o.gpu_uuid IS NOT DISTINCT FROM providers.gpu_uuid AND o.last_seen >= $2)",
     )
     .bind(provider)
     .bind(w.now - lease_ms)
@@ -137,7 +137,7 @@ pub(crate) async fn release_duplicate_if_gone(
 
 pub(crate) async fn release_duplicate(w: &mut Write<'_>, provider: &str) -> Result<(), PoolError> {
     let released = sqlx::query(
-        "UPDATE providers SET duplicate_of = NULL WHERE id = ? AND duplicate_of IS NOT NULL",
+        "UPDATE providers SET duplicate_of = NULL WHERE id = $1 AND duplicate_of IS NOT NULL",
     )
     .bind(provider)
     .execute(w.conn())
@@ -179,7 +179,7 @@ impl Pool {
         let mut conn = self.inner.db.acquire().await?;
         let now = self.now();
         let provider_prices: Vec<i64> = sqlx::query_scalar(
-            "SELECT price_per_hour FROM providers WHERE last_seen >= ? AND trains = 1",
+            "SELECT price_per_hour FROM providers WHERE last_seen >= $1 AND trains = 1",
         )
         .bind(now - lease_ms)
         .fetch_all(&mut *conn)
@@ -226,8 +226,8 @@ impl Pool {
         let lease_ms =
             i64::from(self.inner.config.lease_seconds) * 1000 + self.inner.backlog.delay_ms(now);
         let gone: Vec<String> = sqlx::query_scalar(
-            "UPDATE providers SET disconnected_at = ?1 \
-             WHERE disconnected_at IS NULL AND last_seen < ?1 - ?2 RETURNING id",
+            "UPDATE providers SET disconnected_at = $1 \
+             WHERE disconnected_at IS NULL AND last_seen < $1 - $2 RETURNING id",
         )
         .bind(now)
         .bind(lease_ms)
@@ -247,7 +247,7 @@ impl Pool {
         // so an open proof is closed only a lease period after its deadline.
         let unanswered: Vec<String> = sqlx::query_scalar(
             "UPDATE proofs SET status = 'no_answer' \
-             WHERE status = 'open' AND issued_at + deadline_ms + ?2 < ?1 RETURNING provider_id",
+             WHERE status = 'open' AND issued_at + deadline_ms + $2 < $1 RETURNING provider_id",
         )
         .bind(now)
         .bind(lease_ms)
@@ -255,7 +255,7 @@ impl Pool {
         .await?;
         for p in &unanswered {
             let why = "hardware proof failed: no answer before its deadline";
-            sqlx::query("UPDATE providers SET held = ? WHERE id = ?")
+            sqlx::query("UPDATE providers SET held = $1 WHERE id = $2")
                 .bind(why)
                 .bind(p)
                 .execute(w.conn())
@@ -290,7 +290,7 @@ mod tests {
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, \
              registered_at, last_seen) VALUES ('prov_a', 'k', 'a', \
              '{\"device\":\"cpu\",\"name\":\"a\",\"threads\":1,\"memory_bytes\":1,\"isa\":\"x86-64\"}', \
-             'cpu', 1, 'c', ?1, ?2)",
+             'cpu', 1, 'c', $1, $2)",
         )
         .bind(now - 100_000)
         .bind(now - silent_ms)

@@ -19,7 +19,7 @@ use gradpool_core::spec::{KeyHolder, KeyHolders, MAX_KEY_HOLDERS};
 use gradpool_core::state::ProviderTier;
 use gradpool_core::wire::{JobKey, SubmitJob};
 use gradpool_core::JobSpec;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 impl Pool {
     /// The sealed keys a submitted job brings, checked against its spec:
@@ -173,11 +173,11 @@ fn check_shape(spec: &JobSpec, shape: Option<DataShape>) -> Result<(), PoolError
 
 /// The encryption key `provider` announced, if any.
 async fn announced_key(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &str,
 ) -> Result<Option<AnnouncedKey>, PoolError> {
     let stored: Option<Option<String>> =
-        sqlx::query_scalar("SELECT encryption_key FROM providers WHERE id = ?")
+        sqlx::query_scalar("SELECT encryption_key FROM providers WHERE id = $1")
             .bind(provider)
             .fetch_optional(conn)
             .await?;
@@ -188,12 +188,12 @@ async fn announced_key(
 
 /// Records a confidential job's sealed keys.
 pub(crate) async fn store_keys(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &str,
     keys: &[JobKey],
 ) -> Result<(), PoolError> {
     for k in keys {
-        sqlx::query("INSERT INTO job_keys (job_id, provider_id, sealed_key) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO job_keys (job_id, provider_id, sealed_key) VALUES ($1, $2, $3)")
             .bind(job)
             .bind(k.provider.as_str())
             .bind(String::from(k.sealed_key.clone()))

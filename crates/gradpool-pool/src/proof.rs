@@ -54,13 +54,13 @@ pub(crate) async fn issue_proof(
     // A new challenge replaces any still open (from an earlier
     // registration): only the newest can be answered, and an old one
     // lapsing must not hold a provider that passed since.
-    sqlx::query("UPDATE proofs SET status = 'void' WHERE provider_id = ? AND status = 'open'")
+    sqlx::query("UPDATE proofs SET status = 'void' WHERE provider_id = $1 AND status = 'open'")
         .bind(provider.as_str())
         .execute(w.conn())
         .await?;
     sqlx::query(
         "INSERT INTO proofs (id, provider_id, seed, n, claimed_gflops, issued_at, deadline_ms, status) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'open')",
     )
     .bind(&challenge.id)
     .bind(provider.as_str())
@@ -73,7 +73,7 @@ pub(crate) async fn issue_proof(
     .await?;
     // Until it answers, it is held: a provider that cannot prove its
     // hardware gets no work.
-    sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = ?")
+    sqlx::query("UPDATE providers SET held = 'hardware proof pending' WHERE id = $1")
         .bind(provider.as_str())
         .execute(w.conn())
         .await?;
@@ -100,7 +100,7 @@ impl Pool {
         let row: Option<(i64, i64, i64, i64, String)> = {
             let mut conn = self.inner.db.acquire().await?;
             sqlx::query_as(
-                "SELECT seed, n, issued_at, deadline_ms, status FROM proofs WHERE id = ? AND provider_id = ?",
+                "SELECT seed, n, issued_at, deadline_ms, status FROM proofs WHERE id = $1 AND provider_id = $2",
             )
             .bind(id)
             .bind(provider.as_str())
@@ -120,13 +120,14 @@ impl Pool {
         let elapsed_ms = u64::try_from(received - issued_at).unwrap_or(0).max(1);
         // Only the provider's own upload: naming another's blob by its
         // digest must neither read it nor have it removed below.
-        let uploaded: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ? AND principal = ?)",
+        let uploaded: bool = sqlx::query_scalar::<_, crate::db::Flag>(
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = $1 AND principal = $2)",
         )
         .bind(answer.answer_sha256.as_str())
         .bind(provider.as_str())
         .fetch_one(&self.inner.db)
-        .await?;
+        .await?
+        .0;
         if !uploaded {
             return Err(PoolError::BadRequest(format!(
                 "answer_sha256: blob {} is not among your uploads",
@@ -158,7 +159,7 @@ impl Pool {
         };
         let mut w = self.write().await?;
         sqlx::query(
-            "UPDATE proofs SET status = ?, elapsed_ms = ?, proven_gflops = ? WHERE id = ? AND status = 'open'",
+            "UPDATE proofs SET status = $1, elapsed_ms = $2, proven_gflops = $3 WHERE id = $4 AND status = 'open'",
         )
         .bind(outcome.as_str())
         .bind(elapsed_ms as i64)
@@ -167,7 +168,7 @@ impl Pool {
         .execute(w.conn())
         .await?;
         if outcome == ProofStatus::Passed {
-            sqlx::query("UPDATE providers SET held = NULL, proven_gflops = ? WHERE id = ?")
+            sqlx::query("UPDATE providers SET held = NULL, proven_gflops = $1 WHERE id = $2")
                 .bind(proven_gflops)
                 .bind(provider.as_str())
                 .execute(w.conn())
@@ -187,7 +188,7 @@ impl Pool {
                     "hardware proof failed: {elapsed_ms} ms where the claimed speed allows {deadline_ms} ms"
                 )
             };
-            sqlx::query("UPDATE providers SET held = ? WHERE id = ?")
+            sqlx::query("UPDATE providers SET held = $1 WHERE id = $2")
                 .bind(&why)
                 .bind(provider.as_str())
                 .execute(w.conn())
@@ -203,21 +204,21 @@ impl Pool {
         // The answer served its purpose: the provider's upload of it goes,
         // and the blob itself unless anyone else uploaded the same bytes or
         // a job refers to them.
-        sqlx::query("DELETE FROM blob_uploads WHERE sha256 = ? AND principal = ?")
+        sqlx::query("DELETE FROM blob_uploads WHERE sha256 = $1 AND principal = $2")
             .bind(answer.answer_sha256.as_str())
             .bind(provider.as_str())
             .execute(w.conn())
             .await?;
         let removed = sqlx::query(
-            "DELETE FROM blobs WHERE sha256 = ?1 \
-               AND NOT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = ?1) \
-               AND NOT EXISTS (SELECT 1 FROM jobs WHERE data_sha256 = ?1 OR checkpoint_sha256 = ?1) \
-               AND NOT EXISTS (SELECT 1 FROM job_blobs WHERE sha256 = ?1) \
+            "DELETE FROM blobs WHERE sha256 = $1 \
+               AND NOT EXISTS (SELECT 1 FROM blob_uploads WHERE sha256 = $1) \
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE data_sha256 = $1 OR checkpoint_sha256 = $1) \
+               AND NOT EXISTS (SELECT 1 FROM job_blobs WHERE sha256 = $1) \
                AND NOT EXISTS (SELECT 1 FROM commitments \
-                               WHERE checkpoint_sha256 = ?1 OR pseudo_gradient_sha256 = ?1) \
+                               WHERE checkpoint_sha256 = $1 OR pseudo_gradient_sha256 = $1) \
                AND NOT EXISTS (SELECT 1 FROM outer_steps \
-                               WHERE global_sha256 = ?1 OR update_sha256 = ?1 OR from_global_sha256 = ?1 \
-                                  OR weights_sha256 = ?1)",
+                               WHERE global_sha256 = $1 OR update_sha256 = $1 OR from_global_sha256 = $1 \
+                                  OR weights_sha256 = $1)",
         )
         .bind(answer.answer_sha256.as_str())
         .execute(w.conn())
@@ -256,7 +257,7 @@ pub(crate) async fn plan_next_proof(
     mean_s: u64,
 ) -> Result<(), PoolError> {
     let next = (mean_s > 0).then(|| w.now + random_delay_ms(mean_s));
-    sqlx::query("UPDATE providers SET next_proof_at = ? WHERE id = ?")
+    sqlx::query("UPDATE providers SET next_proof_at = $1 WHERE id = $2")
         .bind(next)
         .bind(provider)
         .execute(w.conn())
@@ -279,7 +280,7 @@ pub(crate) async fn proof_if_due(
         held: Option<String>,
     }
     let row: Option<Due> = sqlx::query_as(
-        "SELECT next_proof_at, benchmark_gflops, memory_bytes, held FROM providers WHERE id = ?",
+        "SELECT next_proof_at, benchmark_gflops, memory_bytes, held FROM providers WHERE id = $1",
     )
     .bind(provider.as_str())
     .fetch_optional(w.conn())
@@ -299,7 +300,7 @@ pub(crate) async fn proof_if_due(
         return Ok(None);
     }
     let open: Option<String> =
-        sqlx::query_scalar("SELECT id FROM proofs WHERE provider_id = ? AND status = 'open'")
+        sqlx::query_scalar("SELECT id FROM proofs WHERE provider_id = $1 AND status = 'open'")
             .bind(provider.as_str())
             .fetch_optional(w.conn())
             .await?;

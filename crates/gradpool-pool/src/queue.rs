@@ -8,7 +8,7 @@ use crate::tx::Write;
 use gradpool_core::state::TaskStatus;
 use gradpool_core::wire::{JobEventKind, JobStatus};
 use gradpool_core::{ProviderId, Sha256Hex, TaskId};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// Queues a new task for a segment of a job. A parallel job's segment
 /// `r·workers + w` is worker `w`'s inner segment of round `r`: it trains
@@ -30,7 +30,7 @@ pub(crate) async fn queue_segment(
     let slot: Option<String> = match (round, worker, job.workers) {
         (Some(r), Some(wk), Some(n)) => {
             sqlx::query_scalar(
-                "SELECT checkpoint_sha256 FROM commitments WHERE job_id = ? AND segment < ? AND segment % ? = ? \
+                "SELECT checkpoint_sha256 FROM commitments WHERE job_id = $1 AND segment < $2 AND segment % $3 = $4 \
                  ORDER BY segment DESC LIMIT 1",
             )
             .bind(&job.id)
@@ -45,7 +45,7 @@ pub(crate) async fn queue_segment(
     let id = TaskId::random();
     sqlx::query(
         "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, \
-         round, worker, slot_sha256) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+         round, worker, slot_sha256) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10)",
     )
     .bind(id.as_str())
     .bind(&job.id)
@@ -89,7 +89,7 @@ pub(crate) async fn queue_outer(
     let id = TaskId::random();
     sqlx::query(
         "INSERT INTO tasks (id, job_id, segment, start_step, end_step, status, created_at, updated_at, \
-         kind, round) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 'outer', ?)",
+         kind, round) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, 'outer', $8)",
     )
     .bind(id.as_str())
     .bind(&job.id)
@@ -109,7 +109,7 @@ pub(crate) async fn queue_outer(
 /// hash: the accepted outer step of the round before, or (round 0) the
 /// seeded initial weights (`None`) and the genesis hash.
 pub(crate) async fn global_of_round(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     round: i64,
 ) -> Result<(Option<String>, String), PoolError> {
@@ -118,7 +118,7 @@ pub(crate) async fn global_of_round(
         return Ok((None, genesis.to_string()));
     }
     let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT global_sha256, hash FROM outer_steps WHERE job_id = ? AND round = ? AND discarded_at IS NULL",
+        "SELECT global_sha256, hash FROM outer_steps WHERE job_id = $1 AND round = $2 AND discarded_at IS NULL",
     )
     .bind(job_id)
     .bind(round - 1)
@@ -135,14 +135,14 @@ pub(crate) async fn global_of_round(
 /// The inner segments of a parallel job's round that enter its outer
 /// step: every accepted commitment of the round, in worker order.
 pub(crate) async fn round_inputs(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRow,
     round: i64,
 ) -> Result<Vec<gradpool_core::commitment::OuterInput>, PoolError> {
     let n = job.workers.unwrap_or(1);
     let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
         "SELECT segment, checkpoint_sha256, hash, pseudo_gradient_sha256 FROM commitments \
-         WHERE job_id = ? AND segment >= ? AND segment < ? ORDER BY segment",
+         WHERE job_id = $1 AND segment >= $2 AND segment < $3 ORDER BY segment",
     )
     .bind(&job.id)
     .bind(round * n)
@@ -164,21 +164,26 @@ pub(crate) async fn round_inputs(
         .collect()
 }
 
-/// The checkpoints provider `?1` keeps that the pool needs now (see
+/// The checkpoints provider `$1` keeps that the pool needs now (see
 /// [`wanted`]); on the partial index of commitments that sent a
 /// pseudo-gradient (migration 0023), since every heartbeat asks.
-const WANTED: &str = "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
-         WHERE c.provider_id = ?1 AND c.pseudo_gradient_sha256 IS NOT NULL \
+fn wanted_sql(dialect: crate::db::Dialect) -> String {
+    let held_back = dialect.json_text_elements("$3");
+    format!(
+        "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
+         WHERE c.provider_id = $1 AND c.pseudo_gradient_sha256 IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = c.checkpoint_sha256) \
            AND (EXISTS (SELECT 1 FROM audits a WHERE a.job_id = c.job_id AND a.status = 'open' \
                         AND a.claimed_checkpoint_sha256 = c.checkpoint_sha256) \
                 OR EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = c.job_id AND q.status = 'queued' \
                            AND q.slot_sha256 = c.checkpoint_sha256 \
-                           AND (q.kind = 'replay' OR q.updated_at <= ?2 \
-                                OR q.job_id IN (SELECT value FROM json_each(?3)))) \
+                           AND (q.kind = 'replay' OR q.updated_at <= $2 \
+                                OR q.job_id IN ({held_back}))) \
                 OR EXISTS (SELECT 1 FROM checkpoint_requests r WHERE r.job_id = c.job_id \
                            AND r.sha256 = c.checkpoint_sha256)) \
-         LIMIT 16";
+         LIMIT 16"
+    )
+}
 
 /// The checkpoints `provider` committed for parallel jobs' segments
 /// (which sent only their pseudo-gradient) that the pool now needs, and
@@ -188,12 +193,12 @@ const WANTED: &str = "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
 /// is held back from (`held_back`), so another provider may continue the
 /// slot, and those the job's customer asked for.
 pub(crate) async fn wanted(
-    db: &sqlx::SqlitePool,
+    db: &sqlx::AnyPool,
     provider: &ProviderId,
     queued_before: i64,
     held_back: &[String],
 ) -> Result<Vec<Sha256Hex>, PoolError> {
-    let rows: Vec<String> = sqlx::query_scalar(WANTED)
+    let rows: Vec<String> = sqlx::query_scalar(&wanted_sql(crate::db::Dialect::of_pool(db)))
         .bind(provider.as_str())
         .bind(queued_before)
         .bind(serde_json::to_string(held_back)?)
@@ -216,7 +221,7 @@ pub(crate) async fn set_status(
     reason: Option<String>,
 ) -> Result<(), PoolError> {
     sqlx::query(
-        "UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
+        "UPDATE jobs SET status = $1, error = COALESCE($2, error), updated_at = $3 WHERE id = $4",
     )
     .bind(status.as_str())
     .bind(reason.as_deref())
@@ -228,10 +233,7 @@ pub(crate) async fn set_status(
         .await
 }
 
-pub(crate) async fn job_of(
-    conn: &mut SqliteConnection,
-    task: &TaskRow,
-) -> Result<JobRow, PoolError> {
+pub(crate) async fn job_of(conn: &mut AnyConnection, task: &TaskRow) -> Result<JobRow, PoolError> {
     store::job(conn, &task.job_id)
         .await?
         .ok_or_else(|| PoolError::Internal(format!("task {} has no job", task.id)))
@@ -239,7 +241,7 @@ pub(crate) async fn job_of(
 
 /// A task the caller must hold: it exists and is leased to `provider`.
 pub(crate) async fn leased_task(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     provider: &ProviderId,
     task_id: &str,
 ) -> Result<TaskRow, PoolError> {
@@ -257,22 +259,24 @@ pub(crate) async fn leased_task(
 
 #[cfg(test)]
 mod tests {
-    /// Every heartbeat runs [`super::WANTED`]: it must find the provider's
+    /// Every heartbeat runs [`super::wanted_sql`]: it must find the provider's
     /// commitments by index, not read them all.
     #[tokio::test]
     async fn the_wanted_checkpoints_are_found_by_index() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::open(&dir.path().join("pool.sqlite"))
+        let (db, _) = crate::db::open(&dir.path().join("pool.sqlite"), None)
             .await
             .unwrap();
-        let plan: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", super::WANTED))
-                .bind("prov_a")
-                .bind(0_i64)
-                .bind("[]")
-                .fetch_all(&db)
-                .await
-                .unwrap();
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::wanted_sql(crate::db::Dialect::Sqlite)
+        ))
+        .bind("prov_a")
+        .bind(0_i64)
+        .bind("[]")
+        .fetch_all(&db)
+        .await
+        .unwrap();
         let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
         assert!(
             steps

@@ -95,11 +95,11 @@ impl Pool {
             "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, token_hash, \
              registered_at, last_seen, price_per_hour, benchmark_gflops, validate, trains, region, containers, \
              host_memory_bytes, encryption_key, compliance) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
-             ON CONFLICT (id) DO UPDATE SET name = ?3, hardware = ?4, device = ?5, memory_bytes = ?6, \
-             class = ?7, token_hash = ?8, last_seen = ?9, price_per_hour = ?10, benchmark_gflops = ?11, \
-             validate = ?12, trains = ?13, region = ?14, containers = ?15, host_memory_bytes = ?16, \
-             encryption_key = ?17, compliance = ?18",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT (id) DO UPDATE SET name = $3, hardware = $4, device = $5, memory_bytes = $6, \
+             class = $7, token_hash = $8, last_seen = $9, price_per_hour = $10, benchmark_gflops = $11, \
+             validate = $12, trains = $13, region = $14, containers = $15, host_memory_bytes = $16, \
+             encryption_key = $17, compliance = $18",
         )
         .bind(provider.as_str())
         .bind(req.public_key.to_string())
@@ -112,10 +112,10 @@ impl Pool {
         .bind(now)
         .bind(price)
         .bind(gflops)
-        .bind(req.validate)
-        .bind(req.train)
+        .bind(i64::from(req.validate))
+        .bind(i64::from(req.train))
         .bind(req.region.as_deref())
-        .bind(req.containers)
+        .bind(i64::from(req.containers))
         .bind(i64::try_from(req.hardware.host_memory()).unwrap_or(i64::MAX))
         .bind(encryption_key)
         .bind(compliance)
@@ -123,17 +123,19 @@ impl Pool {
         .await?;
         crate::certification::registered(w.conn(), provider.as_str(), req.compliance.as_ref(), now)
             .await?;
-        sqlx::query("DELETE FROM payout_splits WHERE provider_id = ?")
+        sqlx::query("DELETE FROM payout_splits WHERE provider_id = $1")
             .bind(provider.as_str())
             .execute(w.conn())
             .await?;
         for split in &req.payout {
-            sqlx::query("INSERT INTO payout_splits (provider_id, address, share) VALUES (?, ?, ?)")
-                .bind(provider.as_str())
-                .bind(&split.address)
-                .bind(i64::from(split.share))
-                .execute(w.conn())
-                .await?;
+            sqlx::query(
+                "INSERT INTO payout_splits (provider_id, address, share) VALUES ($1, $2, $3)",
+            )
+            .bind(provider.as_str())
+            .bind(&split.address)
+            .bind(i64::from(split.share))
+            .execute(w.conn())
+            .await?;
         }
         crate::presence::seen(&mut w, provider.as_str()).await?;
         crate::presence::record_status(&mut w, provider.as_str(), ProviderChange::Registered, None)
@@ -157,8 +159,8 @@ impl Pool {
         let mut dropped = Vec::new();
         for task_id in req.resuming {
             let renewed = sqlx::query(
-                "UPDATE tasks SET lease_expires_at = ?, updated_at = ? \
-                 WHERE id = ? AND provider_id = ? AND status = 'leased' AND lease_expires_at >= ?",
+                "UPDATE tasks SET lease_expires_at = $1, updated_at = $2 \
+                 WHERE id = $3 AND provider_id = $4 AND status = 'leased' AND lease_expires_at >= $5",
             )
             .bind(now + self.lease_ms())
             .bind(now)
@@ -191,11 +193,11 @@ impl Pool {
             None
         };
         let kept: Vec<&str> = resume.iter().map(|a| a.task_id.as_str()).collect();
-        let abandoned = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = 0, updated_at = ?1 \
-             WHERE provider_id = ?2 AND status = 'leased' \
-               AND id NOT IN (SELECT value FROM json_each(?3))",
-        )
+        let abandoned = sqlx::query(&format!(
+            "UPDATE tasks SET lease_expires_at = 0, updated_at = $1 \
+             WHERE provider_id = $2 AND status = 'leased' AND id NOT IN ({})",
+            self.inner.dialect.json_text_elements("$3")
+        ))
         .bind(now)
         .bind(provider.as_str())
         .bind(serde_json::to_string(&kept)?)

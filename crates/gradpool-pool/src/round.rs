@@ -47,21 +47,22 @@ pub(crate) async fn segment_committed(w: &mut Write<'_>, job: &JobRow) -> Result
     let round = job.round;
     let workers = job.workers.unwrap_or(1);
     let committed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ?",
+        "SELECT COUNT(*) FROM commitments WHERE job_id = $1 AND segment >= $2 AND segment < $3",
     )
     .bind(&job.id)
     .bind(round * workers)
     .bind((round + 1) * workers)
     .fetch_one(w.conn())
     .await?;
-    let pending: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? AND kind = 'outer' AND round = ? \
+    let pending: bool = sqlx::query_scalar::<_, crate::db::Flag>(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND kind = 'outer' AND round = $2 \
          AND status IN ('queued', 'leased'))",
     )
     .bind(&job.id)
     .bind(round)
     .fetch_one(w.conn())
-    .await?;
+    .await?
+    .0;
     if pending {
         return Ok(());
     }
@@ -86,8 +87,8 @@ pub(crate) async fn close_if_due(w: &mut Write<'_>, job: &JobRow) -> Result<bool
     };
     let round = job.round;
     let nth: Option<i64> = sqlx::query_scalar(
-        "SELECT committed_at FROM commitments WHERE job_id = ? AND segment >= ? AND segment < ? \
-         ORDER BY committed_at LIMIT 1 OFFSET ?",
+        "SELECT committed_at FROM commitments WHERE job_id = $1 AND segment >= $2 AND segment < $3 \
+         ORDER BY committed_at LIMIT 1 OFFSET $4",
     )
     .bind(&job.id)
     .bind(round * n)
@@ -106,8 +107,8 @@ pub(crate) async fn close_if_due(w: &mut Write<'_>, job: &JobRow) -> Result<bool
         grace_ms / 1000
     );
     let cut: Vec<(Option<i64>, Option<String>)> = sqlx::query_as(
-        "UPDATE tasks SET status = 'cancelled', reason = ?, lease_expires_at = NULL, updated_at = ? \
-         WHERE job_id = ? AND kind = 'train' AND round = ? AND status IN ('queued', 'leased') \
+        "UPDATE tasks SET status = 'cancelled', reason = $1, lease_expires_at = NULL, updated_at = $2 \
+         WHERE job_id = $3 AND kind = 'train' AND round = $4 AND status IN ('queued', 'leased') \
          RETURNING worker, provider_id",
     )
     .bind(&reason)
@@ -157,30 +158,33 @@ impl Pool {
             asked: Vec::new(),
         };
         for (i, sha) in shas.into_iter().enumerate() {
-            let committed: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM commitments WHERE job_id = ? AND checkpoint_sha256 = ?)",
+            let committed: bool = sqlx::query_scalar::<_, crate::db::Flag>(
+                "SELECT EXISTS (SELECT 1 FROM commitments WHERE job_id = $1 AND checkpoint_sha256 = $2)",
             )
             .bind(&job.id)
             .bind(sha.as_str())
             .fetch_one(w.conn())
-            .await?;
+            .await?
+            .0;
             if !committed {
                 return Err(PoolError::BadRequest(format!(
                     "checkpoint_sha256[{i}]: {sha} is not a committed checkpoint of job {}",
                     job.id
                 )));
             }
-            let present: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?)")
-                    .bind(sha.as_str())
-                    .fetch_one(w.conn())
-                    .await?;
+            let present: bool = sqlx::query_scalar::<_, crate::db::Flag>(
+                "SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = $1)",
+            )
+            .bind(sha.as_str())
+            .fetch_one(w.conn())
+            .await?
+            .0;
             if present {
                 reply.present.push(sha);
                 continue;
             }
             sqlx::query(
-                "INSERT OR IGNORE INTO checkpoint_requests (job_id, sha256, requested_at) VALUES (?, ?, ?)",
+                "INSERT INTO checkpoint_requests (job_id, sha256, requested_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
             .bind(&job.id)
             .bind(sha.as_str())
@@ -207,13 +211,13 @@ impl Pool {
              JOIN providers p ON p.id = h.provider_id \
              WHERE t.status = 'queued' AND t.kind = 'train' AND t.slot_sha256 IS NOT NULL \
                AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = t.slot_sha256) \
-               AND p.last_seen < ?",
+               AND p.last_seen < $1",
         )
         .bind(gone_before)
         .fetch_all(w.conn())
         .await?;
         for slot in &lost {
-            sqlx::query("UPDATE tasks SET slot_sha256 = NULL, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE tasks SET slot_sha256 = NULL, updated_at = $1 WHERE id = $2")
                 .bind(w.now)
                 .bind(&slot.id)
                 .execute(w.conn())
@@ -302,7 +306,7 @@ impl Pool {
         {
             // The same accepted step, sent again.
             let stored: Option<String> = sqlx::query_scalar(
-                "SELECT signed FROM outer_steps WHERE task_id = ? AND discarded_at IS NULL",
+                "SELECT signed FROM outer_steps WHERE task_id = $1 AND discarded_at IS NULL",
             )
             .bind(task_id)
             .fetch_optional(&mut *conn)
@@ -369,7 +373,7 @@ impl Pool {
     /// signer, job, round, step, chain and inputs.
     async fn check_outer(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut sqlx::AnyConnection,
         provider: &ProviderId,
         task: &TaskRow,
         job: &JobRow,
@@ -503,7 +507,7 @@ impl Pool {
         self.inner.blobs.put(sha, body, u64::MAX).await?;
         let mut w = self.write().await?;
         let now = w.now;
-        sqlx::query("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(sha.as_str())
             .bind(i64::try_from(size).unwrap_or(i64::MAX))
             .bind(now)
@@ -527,7 +531,7 @@ impl Pool {
         let job = job_of(w.conn(), &task).await?;
         let now = w.now;
         sqlx::query(
-            "UPDATE tasks SET status = 'failed', reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE tasks SET status = 'failed', reason = $1, lease_expires_at = NULL, updated_at = $2 WHERE id = $3",
         )
         .bind(format!("forged outer step: {reason}"))
         .bind(now)
@@ -589,7 +593,7 @@ impl Pool {
         sqlx::query(
             "INSERT INTO outer_steps (job_id, round, provider_id, task_id, step, global_sha256, prev, hash, \
              signed, loss, eval_loss, committed_at, update_sha256, from_global_sha256, weights_sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&job.id)
         .bind(round.round)
@@ -609,16 +613,16 @@ impl Pool {
         .execute(w.conn())
         .await?;
         sqlx::query(
-            "UPDATE tasks SET status = 'committed', step = end_step, lease_expires_at = NULL, updated_at = ? \
-             WHERE id = ?",
+            "UPDATE tasks SET status = 'committed', step = end_step, lease_expires_at = NULL, updated_at = $1 \
+             WHERE id = $2",
         )
         .bind(now)
         .bind(&task.id)
         .execute(w.conn())
         .await?;
         sqlx::query(
-            "UPDATE jobs SET step = ?, round = round + 1, checkpoint_sha256 = ?, commitment = ?, last_loss = ?, \
-             eval_loss = ?, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET step = $1, round = round + 1, checkpoint_sha256 = $2, commitment = $3, last_loss = $4, \
+             eval_loss = $5, updated_at = $6 WHERE id = $7",
         )
         .bind(i64::try_from(cm.step).unwrap_or(i64::MAX))
         .bind(cm.global_sha256.as_str())
@@ -674,8 +678,8 @@ async fn round_figures(
 ) -> Result<(f32, Option<f32>, f64), PoolError> {
     let n = job.workers.unwrap_or(1);
     let rows: Vec<(String, Option<f64>, i64)> = sqlx::query_as(
-        "SELECT loss_trace, eval_loss, committed_at FROM commitments WHERE job_id = ? AND segment >= ? \
-         AND segment < ? ORDER BY segment",
+        "SELECT loss_trace, eval_loss, committed_at FROM commitments WHERE job_id = $1 AND segment >= $2 \
+         AND segment < $3 ORDER BY segment",
     )
     .bind(&job.id)
     .bind(round * n)

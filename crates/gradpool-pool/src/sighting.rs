@@ -10,7 +10,7 @@
 //! transaction that fails or is rolled back after taking them puts them
 //! back.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::collections::HashMap;
 
 /// One provider's latest sighting.
@@ -42,6 +42,11 @@ impl Sightings {
         }
     }
 
+    /// Whether no sighting waits to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The unwritten sighting of `provider`, if any.
     pub(crate) fn get(&self, provider: &str) -> Option<Sighting> {
         self.lock().get(provider).cloned()
@@ -64,7 +69,7 @@ impl Sightings {
     /// heartbeat's own write may have recorded a later one).
     pub(crate) async fn write<'a>(
         &'a self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
     ) -> Result<Taken<'a>, sqlx::Error> {
         let taken = Taken {
             from: self,
@@ -72,8 +77,8 @@ impl Sightings {
         };
         for (provider, s) in &taken.sightings {
             sqlx::query(
-                "UPDATE providers SET last_seen = ?1, telemetry = ?2 \
-                 WHERE id = ?3 AND last_seen <= ?1",
+                "UPDATE providers SET last_seen = $1, telemetry = $2 \
+                 WHERE id = $3 AND last_seen <= $1",
             )
             .bind(s.at)
             .bind(&s.telemetry)

@@ -14,87 +14,7 @@ use gradpool_core::state::{
 use gradpool_core::verification::{audit_probability, reputation, Sampling};
 use gradpool_core::wire::{JobEvent, JobEventKind, JobView, ProviderView, SegmentView};
 use gradpool_core::{JobId, Piconero, ProviderId, Sha256Hex, SignedCommitment};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
-use std::path::Path;
-use std::time::Duration;
-
-/// Opens the database file (creating it), with WAL, a busy timeout and
-/// foreign keys, and brings its schema up to date.
-pub async fn open(path: &Path) -> Result<SqlitePool, PoolError> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
-    migrate(options.clone()).await?;
-    let db = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await?;
-    Ok(db)
-}
-
-/// Brings the schema up to date on a connection of its own, with foreign
-/// keys off: a migration that rebuilds a table (SQLite's only way to add a
-/// `CHECK`) drops the old one while others still reference it by name.
-/// Every foreign key is checked once the migrations are done.
-async fn migrate(options: SqliteConnectOptions) -> Result<(), PoolError> {
-    let mut conn = SqliteConnection::connect_with(&options.foreign_keys(false)).await?;
-    sqlx::migrate!("./migrations").run(&mut conn).await?;
-    pin_held_out(&mut conn).await?;
-    let broken = sqlx::query("PRAGMA foreign_key_check")
-        .fetch_all(&mut conn)
-        .await?;
-    conn.close().await?;
-    if broken.is_empty() {
-        Ok(())
-    } else {
-        Err(PoolError::Internal(format!(
-            "the database has {} rows whose foreign keys point nowhere",
-            broken.len()
-        )))
-    }
-}
-
-/// Writes `data.eval_fraction = 0.0` into the text specs of the jobs
-/// migration 0012 listed that do not say, so that they keep holding
-/// nothing out now that a text's default is a tenth; then forgets the list.
-async fn pin_held_out(conn: &mut SqliteConnection) -> Result<(), PoolError> {
-    let listed: Vec<(String, String)> = sqlx::query_as(
-        "SELECT j.id, j.spec_toml FROM held_out_pins p JOIN jobs j ON j.id = p.job_id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for (id, spec) in listed {
-        if let Some(pinned) = pinned_held_out(&spec) {
-            sqlx::query("UPDATE jobs SET spec_toml = ? WHERE id = ?")
-                .bind(pinned)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    sqlx::query("DELETE FROM held_out_pins")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// The spec with `eval_fraction = 0.0` in its `[data]`, when it is a text
-/// spec that does not say; `None` when nothing needs writing.
-fn pinned_held_out(spec: &str) -> Option<String> {
-    let mut doc: toml_edit::DocumentMut = spec.parse().ok()?;
-    let data = doc.get_mut("data")?.as_table_like_mut()?;
-    let text = data.get("format").and_then(|f| f.as_str()) == Some("text");
-    if !text || data.contains_key("eval_fraction") {
-        return None;
-    }
-    data.insert("eval_fraction", toml_edit::value(0.0));
-    Some(doc.to_string())
-}
+use sqlx::AnyConnection;
 
 /// Unix milliseconds as RFC 3339 UTC (`2026-01-01T00:00:00.123Z`).
 pub fn rfc3339(ms: i64) -> String {
@@ -176,6 +96,7 @@ pub struct JobRow {
     #[sqlx(try_from = "String")]
     pub runtime: Runtime,
     /// Its dataset and checkpoints are sealed; only key holders get it.
+    #[sqlx(try_from = "crate::db::Flag")]
     pub confidential: bool,
 }
 
@@ -184,8 +105,8 @@ const JOB_COLUMNS: &str = "id, account_id, name, spec_toml, data_sha256, device,
     commitment, error, created_at, updated_at, \
     (SELECT t.provider_id FROM tasks t WHERE t.job_id = jobs.id AND t.status = 'leased' AND t.kind = 'train' \
      ORDER BY t.assigned_at DESC LIMIT 1) AS provider, budget, max_price_per_hour, flops_per_step, \
-    (SELECT COALESCE(SUM(t.price), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
-    (SELECT COALESCE(SUM(p.amount), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round, runtime, confidential = 1 AS confidential";
+    (SELECT COALESCE(CAST(SUM(t.price) AS BIGINT), 0) FROM tasks t WHERE t.job_id = jobs.id) AS spent, \
+    (SELECT COALESCE(CAST(SUM(p.amount) AS BIGINT), 0) FROM postings p WHERE p.account_id = 'escrow:' || jobs.id) AS escrow, verification, model, memory_bytes, min_memory_bytes, booking_id, workers, min_workers, region, round, runtime, confidential = 1 AS confidential";
 
 impl JobRow {
     /// The head of the job's commitment chain: its last accepted
@@ -258,8 +179,8 @@ fn parse_sha(s: &str) -> Result<Sha256Hex, PoolError> {
 }
 
 /// A job by id, whoever owns it.
-pub async fn job(conn: &mut SqliteConnection, id: &str) -> Result<Option<JobRow>, PoolError> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+pub async fn job(conn: &mut AnyConnection, id: &str) -> Result<Option<JobRow>, PoolError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
     Ok(sqlx::query_as::<_, JobRow>(&sql)
         .bind(id)
         .fetch_optional(conn)
@@ -269,7 +190,7 @@ pub async fn job(conn: &mut SqliteConnection, id: &str) -> Result<Option<JobRow>
 /// A job by id if `account` owns it; `NotFound` otherwise (a job of another
 /// account is never revealed).
 pub async fn owned_job(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &str,
     id: &str,
 ) -> Result<JobRow, PoolError> {
@@ -280,9 +201,9 @@ pub async fn owned_job(
 }
 
 /// The jobs of an account, newest first.
-pub async fn jobs_of(conn: &mut SqliteConnection, account: &str) -> Result<Vec<JobRow>, PoolError> {
+pub async fn jobs_of(conn: &mut AnyConnection, account: &str) -> Result<Vec<JobRow>, PoolError> {
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE account_id = ? ORDER BY created_at DESC, rowid DESC"
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE account_id = $1 ORDER BY created_at DESC, rowid DESC"
     );
     Ok(sqlx::query_as::<_, JobRow>(&sql)
         .bind(account)
@@ -320,9 +241,9 @@ pub(crate) const TASK_COLUMNS: &str =
      round, worker, slot_sha256";
 
 /// A task by id.
-pub async fn task(conn: &mut SqliteConnection, id: &str) -> Result<Option<TaskRow>, PoolError> {
+pub async fn task(conn: &mut AnyConnection, id: &str) -> Result<Option<TaskRow>, PoolError> {
     Ok(
-        sqlx::query_as::<_, TaskRow>(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
+        sqlx::query_as::<_, TaskRow>(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
             .bind(id)
             .fetch_optional(conn)
             .await?,
@@ -332,14 +253,14 @@ pub async fn task(conn: &mut SqliteConnection, id: &str) -> Result<Option<TaskRo
 /// Appends an event to a job's log. The caller publishes it once its
 /// transaction has committed.
 pub async fn insert_event(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     kind: JobEventKind,
     at: i64,
 ) -> Result<JobEvent, PoolError> {
     let body = serde_json::to_string(&kind)?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO job_events (job_id, at, body) VALUES (?, ?, ?) RETURNING id",
+        "INSERT INTO job_events (job_id, at, body) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(job_id)
     .bind(at)
@@ -354,37 +275,73 @@ pub async fn insert_event(
     })
 }
 
+/// Up to `limit` events of any job with id greater than `after`, in
+/// order, and the id of the last row read (`after` when none): an
+/// unreadable row is skipped, not read again.
+pub async fn events_since(
+    conn: &mut AnyConnection,
+    after: i64,
+    limit: u32,
+) -> Result<(Vec<JobEvent>, i64), PoolError> {
+    let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+        "SELECT id, job_id, at, body FROM job_events WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    let last = rows.last().map_or(after, |r| r.0);
+    let events = rows
+        .into_iter()
+        .filter_map(|(id, job_id, at, body)| stored_event(id, &job_id, at, &body))
+        .collect();
+    Ok((events, last))
+}
+
+/// The newest event's id (0 with none).
+pub async fn last_event_id(conn: &mut AnyConnection) -> Result<i64, PoolError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM job_events")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// A stored event. A read never fails on a row: an event that does not
+/// parse (written by an older pool) is skipped, with a warning.
+fn stored_event(id: i64, job_id: &str, at: i64, body: &str) -> Option<JobEvent> {
+    match serde_json::from_str(body) {
+        Ok(kind) => Some(JobEvent {
+            id,
+            job_id: JobId::from(job_id),
+            at: rfc3339(at),
+            kind,
+        }),
+        Err(e) => {
+            tracing::warn!(job = %job_id, event = id, error = %e, "unreadable stored event; skipped");
+            None
+        }
+    }
+}
+
 /// Up to `limit` of a job's events with id greater than `after`, in order.
 pub async fn events_after(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     after: i64,
     limit: u32,
 ) -> Result<Vec<JobEvent>, PoolError> {
     let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT id, at, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+        "SELECT id, at, body FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(job_id)
     .bind(after)
-    .bind(limit)
+    .bind(i64::from(limit))
     .fetch_all(conn)
     .await?;
-    // A read never fails on a row: an event that does not parse (written by
-    // an older pool) is skipped, with a warning, and the stream goes on.
     Ok(rows
         .into_iter()
-        .filter_map(|(id, at, body)| match serde_json::from_str(&body) {
-            Ok(kind) => Some(JobEvent {
-                id,
-                job_id: JobId::from(job_id),
-                at: rfc3339(at),
-                kind,
-            }),
-            Err(e) => {
-                tracing::warn!(job = %job_id, event = id, error = %e, "unreadable stored event; skipped");
-                None
-            }
-        })
+        .filter_map(|(id, at, body)| stored_event(id, job_id, at, &body))
         .collect())
 }
 
@@ -417,13 +374,13 @@ struct SegmentRow {
 
 /// The accepted commitments of a job, in segment order.
 pub async fn segments(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
 ) -> Result<Vec<SegmentView>, PoolError> {
     let rows: Vec<SegmentRow> = sqlx::query_as(
         "SELECT c.segment, c.start_step, c.end_step, c.provider_id, c.checkpoint_sha256, c.signed, c.loss_trace, \
          c.eval_loss, c.committed_at, c.status, t.share, t.foreign_processes \
-         FROM commitments c LEFT JOIN tasks t ON t.id = c.task_id WHERE c.job_id = ? ORDER BY c.segment",
+         FROM commitments c LEFT JOIN tasks t ON t.id = c.task_id WHERE c.job_id = $1 ORDER BY c.segment",
     )
     .bind(job_id)
     .fetch_all(conn)
@@ -470,19 +427,19 @@ struct OuterRow {
 /// update or global checkpoint down) and its milliseconds from lease to
 /// commitment.
 async fn worker_figures(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     n: i64,
 ) -> Result<std::collections::BTreeMap<i64, (i64, i64)>, PoolError> {
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
         "SELECT c.segment, COALESCE(c.committed_at - t.assigned_at, 0), \
-           COALESCE((SELECT SUM(b.bytes) FROM blob_transfers b WHERE b.principal = c.provider_id \
+           COALESCE((SELECT CAST(SUM(b.bytes) AS BIGINT) FROM blob_transfers b WHERE b.principal = c.provider_id \
                      AND b.direction = 'upload' AND b.sha256 = c.pseudo_gradient_sha256), 0) \
-           + COALESCE((SELECT SUM(b.bytes) FROM blob_transfers b JOIN outer_steps o \
-                       ON o.job_id = c.job_id AND o.round = c.segment / ?2 - 1 AND o.discarded_at IS NULL \
+           + COALESCE((SELECT CAST(SUM(b.bytes) AS BIGINT) FROM blob_transfers b JOIN outer_steps o \
+                       ON o.job_id = c.job_id AND o.round = c.segment / $2 - 1 AND o.discarded_at IS NULL \
                        WHERE b.principal = c.provider_id AND b.direction = 'download' \
                          AND (b.sha256 = o.update_sha256 OR b.sha256 = o.global_sha256)), 0) \
-         FROM commitments c JOIN tasks t ON t.id = c.task_id WHERE c.job_id = ?1",
+         FROM commitments c JOIN tasks t ON t.id = c.task_id WHERE c.job_id = $1",
     )
     .bind(job_id)
     .bind(n)
@@ -497,7 +454,7 @@ async fn worker_figures(
 /// A parallel job's rounds so far, from its accepted segments and outer
 /// steps (none for other jobs).
 pub async fn rounds(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRow,
 ) -> Result<Vec<gradpool_core::wire::RoundView>, PoolError> {
     use gradpool_core::wire::{OuterView, RoundView, RoundWorker};
@@ -506,7 +463,7 @@ pub async fn rounds(
     };
     let segments = segments(&mut *conn, &job.id).await?;
     let committed: std::collections::BTreeMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT segment, committed_at FROM commitments WHERE job_id = ?",
+        "SELECT segment, committed_at FROM commitments WHERE job_id = $1",
     )
     .bind(&job.id)
     .fetch_all(&mut *conn)
@@ -515,17 +472,17 @@ pub async fn rounds(
     .collect();
     let outers: Vec<OuterRow> = sqlx::query_as(
         "SELECT round, provider_id, global_sha256, signed, loss, eval_loss, committed_at, update_sha256 FROM outer_steps \
-         WHERE job_id = ? AND discarded_at IS NULL ORDER BY round",
+         WHERE job_id = $1 AND discarded_at IS NULL ORDER BY round",
     )
     .bind(&job.id)
     .fetch_all(&mut *conn)
     .await?;
     let moved: std::collections::BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT sha256, SUM(bytes) FROM blob_transfers WHERE sha256 IN \
-         (SELECT checkpoint_sha256 FROM commitments WHERE job_id = ?1 \
-          UNION SELECT pseudo_gradient_sha256 FROM commitments WHERE job_id = ?1 \
-          UNION SELECT global_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL \
-          UNION SELECT update_sha256 FROM outer_steps WHERE job_id = ?1 AND discarded_at IS NULL) \
+        "SELECT sha256, CAST(SUM(bytes) AS BIGINT) FROM blob_transfers WHERE sha256 IN \
+         (SELECT checkpoint_sha256 FROM commitments WHERE job_id = $1 \
+          UNION SELECT pseudo_gradient_sha256 FROM commitments WHERE job_id = $1 \
+          UNION SELECT global_sha256 FROM outer_steps WHERE job_id = $1 AND discarded_at IS NULL \
+          UNION SELECT update_sha256 FROM outer_steps WHERE job_id = $1 AND discarded_at IS NULL) \
          GROUP BY sha256",
     )
     .bind(&job.id)
@@ -657,8 +614,11 @@ struct ProviderRow {
     leased: i64,
     committed: i64,
     booked: i64,
+    #[sqlx(try_from = "crate::db::Flag")]
     validate: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     trains: bool,
+    #[sqlx(try_from = "crate::db::Flag")]
     containers: bool,
     encryption_key: Option<String>,
     compliance: Option<String>,
@@ -680,14 +640,14 @@ struct ProviderRow {
 /// bytes, ms)`: the sums over its latest 32 blob transfers of at least
 /// 64 KiB with a measured time (smaller ones say more about latency than
 /// about the rate). Its rate is `bytes / ms`.
-pub(crate) const TRANSFER_RATES: &str = "(SELECT principal, SUM(bytes) AS bytes, SUM(ms) AS ms FROM \
+pub(crate) const TRANSFER_RATES: &str = "(SELECT principal, CAST(SUM(bytes) AS BIGINT) AS bytes, CAST(SUM(ms) AS BIGINT) AS ms FROM \
     (SELECT principal, bytes, ms, ROW_NUMBER() OVER (PARTITION BY principal ORDER BY at DESC, id DESC) AS n \
-     FROM blob_transfers WHERE ms IS NOT NULL AND bytes >= 65536) WHERE n <= 32 GROUP BY principal)";
+     FROM blob_transfers WHERE ms IS NOT NULL AND bytes >= 65536) AS latest WHERE n <= 32 GROUP BY principal)";
 
 /// All providers, as anyone sees them: `disconnected` when not seen for a
 /// lease period, `sharing` when holding a lease, else `idle`.
 pub(crate) async fn providers(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
     lease_seconds: u32,
     sampling: Sampling,
@@ -697,12 +657,12 @@ pub(crate) async fn providers(
         "SELECT p.id, p.name, p.hardware, p.class, p.last_seen, p.price_per_hour, p.validate, p.trains, p.containers, p.encryption_key, p.compliance, p.paused, p.held, p.duplicate_of, p.gpu_uuid, p.telemetry, p.proven_gflops, p.streak, p.faults, \
            (SELECT COUNT(*) FROM tasks t WHERE t.provider_id = p.id AND t.status = 'leased') AS leased, \
            (SELECT tier FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
-              AND c.expires_at > ?1 ORDER BY c.expires_at DESC LIMIT 1) AS certified, \
+              AND c.expires_at > $1 ORDER BY c.expires_at DESC LIMIT 1) AS certified, \
            (SELECT MAX(expires_at) FROM certifications c WHERE c.provider_id = p.id AND c.revoked_at IS NULL \
-              AND c.expires_at > ?1) AS certified_until, \
+              AND c.expires_at > $1) AS certified_until, \
            (SELECT COUNT(*) FROM commitments c WHERE c.provider_id = p.id) AS committed, \
            (SELECT COUNT(*) FROM booking_providers bp JOIN bookings b ON b.id = bp.booking_id \
-              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > ?1) AS booked, \
+              WHERE bp.provider_id = p.id AND b.status = 'reserved' AND b.ends_at > $1) AS booked, \
            s.bytes AS transfer_bytes, s.ms AS transfer_ms \
          FROM providers p LEFT JOIN {TRANSFER_RATES} s ON s.principal = p.id ORDER BY p.registered_at, p.id",
     ))
@@ -791,167 +751,4 @@ pub(crate) async fn providers(
 /// The `held` text of a provider whose GPU another provider also claims.
 pub(crate) fn duplicate_reason(uuid: &str, other: &str) -> String {
     format!("GPU {uuid} is also claimed by provider {other}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gradpool_core::state::*;
-
-    /// The schema's `CHECK` on each state column lists exactly the
-    /// spellings of its enum: a state added to one but not the other fails
-    /// here, not in production.
-    #[tokio::test]
-    async fn every_state_column_checks_exactly_its_enums_spellings() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("pool.db")).await.unwrap();
-        let columns: [(&str, &str, String); 18] = [
-            ("jobs", "status", JobStatus::check_list()),
-            ("jobs", "runtime", Runtime::check_list()),
-            ("job_blobs", "role", JobBlobRole::check_list()),
-            ("certifications", "tier", ProviderTier::check_list()),
-            (
-                "jobs",
-                "verification",
-                "'none', 'standard', 'paranoid'".into(),
-            ),
-            ("jobs", "device", "'any', 'cpu', 'cuda'".into()),
-            ("tasks", "status", TaskStatus::check_list()),
-            ("tasks", "kind", TaskKind::check_list()),
-            ("commitments", "status", CommitmentStatus::check_list()),
-            (
-                "discarded_commitments",
-                "status",
-                CommitmentStatus::check_list(),
-            ),
-            ("audits", "reason", AuditReason::check_list()),
-            ("audits", "status", AuditStatus::check_list()),
-            ("payouts", "kind", PayoutKind::check_list()),
-            ("payouts", "status", PayoutStatus::check_list()),
-            ("proofs", "status", ProofStatus::check_list()),
-            // `active` is shown, never stored.
-            (
-                "bookings",
-                "status",
-                "'reserved', 'ended', 'cancelled'".into(),
-            ),
-            ("provider_status", "status", ProviderChange::check_list()),
-            (
-                "blob_transfers",
-                "direction",
-                TransferDirection::check_list(),
-            ),
-        ];
-        for (table, column, list) in columns {
-            let sql: String = sqlx::query_scalar(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
-            )
-            .bind(table)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-            let check = format!("CHECK ({column} IN ({list}))");
-            assert!(
-                sql.contains(&check),
-                "{table}.{column} lacks {check}:\n{sql}"
-            );
-        }
-    }
-
-    /// A text spec that does not say what it holds out is pinned to
-    /// nothing, the old default; others are left as they are.
-    #[test]
-    fn specs_from_before_the_held_out_default_keep_holding_nothing_out() {
-        let old = "name = \"x\"\n[data]\nformat = \"text\" # chars\n[train]\nsteps = 1\n";
-        let pinned = pinned_held_out(old).unwrap();
-        assert!(pinned.contains("# chars"), "{pinned}");
-        let v: toml::Table = pinned.parse().unwrap();
-        assert_eq!(v["data"]["eval_fraction"].as_float(), Some(0.0));
-        let inline = "[train]\nsteps = 1\n[model]\nkind = \"gpt\"\ndata = 1\n";
-        assert_eq!(pinned_held_out(inline), None);
-        assert_eq!(pinned_held_out(&pinned), None);
-        let csv = "[data]\nformat = \"csv\"\n";
-        assert_eq!(pinned_held_out(csv), None);
-        let inline_table = "data = { format = \"text\" }\n";
-        let v: toml::Table = pinned_held_out(inline_table).unwrap().parse().unwrap();
-        assert_eq!(v["data"]["eval_fraction"].as_float(), Some(0.0));
-    }
-
-    /// A job listed by migration 0012 is pinned when the database opens,
-    /// once; a job submitted after keeps the new default.
-    #[tokio::test]
-    async fn listed_jobs_are_pinned_when_the_database_opens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.db");
-        let db = open(&path).await.unwrap();
-        let spec = "name = \"x\"\n[data]\nformat = \"text\"\n";
-        sqlx::query(
-            "INSERT INTO accounts (id, name, key_hash, created_at) VALUES ('a', 'a', 'h', 0)",
-        )
-        .execute(&db)
-        .await
-        .unwrap();
-        sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ('d', 1, 0)")
-            .execute(&db)
-            .await
-            .unwrap();
-        for id in ["old", "new"] {
-            sqlx::query(
-                "INSERT INTO jobs (id, account_id, name, spec_toml, data_sha256, device, min_memory_bytes, \
-                 status, steps, checkpoint_every, segments_total, commitment, created_at, updated_at) \
-                 VALUES (?, 'a', 'x', ?, 'd', 'any', 0, 'queued', 1, 1, 1, 'c', 0, 0)",
-            )
-            .bind(id)
-            .bind(spec)
-            .execute(&db)
-            .await
-            .unwrap();
-        }
-        // As migration 0012 lists the jobs it found.
-        sqlx::query("INSERT INTO held_out_pins (job_id) VALUES ('old')")
-            .execute(&db)
-            .await
-            .unwrap();
-        db.close().await;
-        let db = open(&path).await.unwrap();
-        let stored = |id: &'static str| {
-            let db = db.clone();
-            async move {
-                sqlx::query_scalar::<_, String>("SELECT spec_toml FROM jobs WHERE id = ?")
-                    .bind(id)
-                    .fetch_one(&db)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert!(stored("old").await.contains("eval_fraction = 0.0"));
-        assert_eq!(stored("new").await, spec);
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM held_out_pins")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        assert_eq!(left, 0);
-    }
-
-    /// A state no enum has is refused by the database itself.
-    #[tokio::test]
-    async fn the_database_refuses_a_state_no_enum_has() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("pool.db")).await.unwrap();
-        let err = sqlx::query(
-            "INSERT INTO payouts (id, kind, status, created_at, updated_at) \
-             VALUES ('p1', 'withdrawal', 'sent', 0, 0)",
-        )
-        .execute(&db)
-        .await
-        .unwrap_err();
-        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
-        sqlx::query(
-            "INSERT INTO payouts (id, kind, status, created_at, updated_at) \
-             VALUES ('p1', 'withdrawal', 'reserved', 0, 0)",
-        )
-        .execute(&db)
-        .await
-        .unwrap();
-    }
 }

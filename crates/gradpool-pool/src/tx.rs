@@ -9,14 +9,14 @@ use crate::store::{self};
 use crate::Pool;
 use gradpool_core::wire::{JobEvent, JobEventKind};
 use gradpool_core::Piconero;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// A write transaction: holds the pool's write lock, collects the events it
 /// appends and publishes them (and wakes waiting providers if it queued
 /// work) only once it has committed.
 pub(crate) struct Write<'a> {
     pool: &'a Pool,
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
     events: Vec<JobEvent>,
     queued_work: bool,
     pub(crate) now: i64,
@@ -27,7 +27,7 @@ pub(crate) struct Write<'a> {
 }
 
 impl<'a> Write<'a> {
-    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 
@@ -92,7 +92,12 @@ impl<'a> Write<'a> {
             .await
             .map_err(|e| PoolError::Internal(format!("committing: {e}")))??;
         self.sighted.written();
-        self.pool.publish(self.events);
+        // On PostgreSQL, where other processes write too, the relay
+        // publishes every process's events in the order they were written
+        // (`Pool::run_relay`).
+        if self.pool.inner.dialect == crate::db::Dialect::Sqlite {
+            self.pool.publish(self.events);
+        }
         if self.queued_work {
             self.pool.inner.work.notify_waiters();
         }
@@ -169,9 +174,10 @@ impl Pool {
         let waiting = self.inner.backlog.arrive(self.now());
         let lock = self.inner.write_lock.lock().await;
         drop(waiting);
-        // IMMEDIATE: take SQLite's write lock now, waiting (busy timeout) for a
-        // writer outside this lock (a blob upload, another process) instead
-        // of failing when a read snapshot turns out stale at the first write.
+        // Take the database's write lock now (see `db::begin_write`),
+        // waiting for a writer outside this lock (a blob upload, another
+        // process) instead of failing when a read snapshot turns out stale
+        // at the first write.
         //
         // Begun in a task of its own, for the reason `commit` is: a BEGIN
         // cut short after SQLite ran it leaves sqlx counting a transaction
@@ -179,7 +185,7 @@ impl Pool {
         // Begun to the end, a transaction nobody takes is rolled back as
         // it drops.
         let db = self.inner.db.clone();
-        let tx = tokio::spawn(async move { db.begin_with("BEGIN IMMEDIATE").await })
+        let tx = tokio::spawn(async move { crate::db::begin_write(&db).await })
             .await
             .map_err(|e| PoolError::Internal(format!("beginning a transaction: {e}")))??;
         let mut tx = tx;

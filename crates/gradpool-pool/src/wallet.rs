@@ -126,7 +126,7 @@ impl Pool {
         let (m, wallet) = self.monero()?;
         let confirmations = m.confirmations;
         let known: Option<String> =
-            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = ?")
+            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = $1")
                 .bind(ledger_account.as_str())
                 .fetch_optional(&self.inner.db)
                 .await?;
@@ -148,7 +148,7 @@ impl Pool {
         let now = w.now;
         sqlx::query(
             "INSERT INTO deposit_addresses (address, subaddr_index, ledger_account, created_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (ledger_account) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (ledger_account) DO NOTHING",
         )
         .bind(sub.address.as_str())
         .bind(i64::from(sub.index))
@@ -158,7 +158,7 @@ impl Pool {
         .await?;
         // Another request may have won the race: its address stands.
         let address: String =
-            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = ?")
+            sqlx::query_scalar("SELECT address FROM deposit_addresses WHERE ledger_account = $1")
                 .bind(ledger_account.as_str())
                 .fetch_one(w.conn())
                 .await?;
@@ -213,7 +213,7 @@ impl Pool {
             let subaddr = t.subaddr_index.minor;
             let mut w = self.write().await?;
             let account: Option<String> = sqlx::query_scalar(
-                "SELECT ledger_account FROM deposit_addresses WHERE subaddr_index = ?",
+                "SELECT ledger_account FROM deposit_addresses WHERE subaddr_index = $1",
             )
             .bind(i64::from(subaddr))
             .fetch_optional(w.conn())
@@ -226,7 +226,7 @@ impl Pool {
             let now = w.now;
             let inserted = sqlx::query(
                 "INSERT INTO deposits (txid, subaddr_index, amount, height, ledger_account, credited_at) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(t.txid.as_str())
             .bind(i64::from(subaddr))
@@ -267,11 +267,12 @@ impl Pool {
         let threshold = i64::try_from(m.payout_threshold.0).unwrap_or(i64::MAX);
         let mut w = self.write().await?;
         let due: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT a.owner, SUM(p.amount) AS balance FROM ledger_accounts a \
+            "SELECT a.owner, CAST(SUM(p.amount) AS BIGINT) AS balance FROM ledger_accounts a \
              JOIN postings p ON p.account_id = a.id \
              WHERE a.kind = 'provider_available' \
                AND EXISTS (SELECT 1 FROM payout_splits s WHERE s.provider_id = a.owner) \
-             GROUP BY a.id HAVING balance >= MAX(?, 1) ORDER BY balance DESC",
+             GROUP BY a.id, a.owner HAVING SUM(p.amount) >= CASE WHEN $1 > 1 THEN $1 ELSE 1 END \
+             ORDER BY balance DESC",
         )
         .bind(threshold)
         .fetch_all(w.conn())
@@ -284,7 +285,7 @@ impl Pool {
         let mut rows: Vec<(String, i64, LedgerAccountId)> = Vec::new();
         for (provider, balance) in due {
             let splits: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT address, share FROM payout_splits WHERE provider_id = ? ORDER BY rowid",
+                "SELECT address, share FROM payout_splits WHERE provider_id = $1 ORDER BY rowid",
             )
             .bind(&provider)
             .fetch_all(w.conn())
@@ -325,7 +326,7 @@ impl Pool {
         .await?;
         let now = w.now;
         sqlx::query(
-            "INSERT INTO payouts (id, kind, status, created_at, updated_at) VALUES (?, 'provider', 'reserved', ?, ?)",
+            "INSERT INTO payouts (id, kind, status, created_at, updated_at) VALUES ($1, 'provider', 'reserved', $2, $3)",
         )
         .bind(&id)
         .bind(now)
@@ -334,7 +335,7 @@ impl Pool {
         .await?;
         for (address, amount, from) in rows {
             sqlx::query(
-                "INSERT INTO payout_destinations (payout_id, address, amount, ledger_account) VALUES (?, ?, ?, ?)",
+                "INSERT INTO payout_destinations (payout_id, address, amount, ledger_account) VALUES ($1, $2, $3, $4)",
             )
             .bind(&id)
             .bind(address)
@@ -377,7 +378,7 @@ impl Pool {
             .await?;
         }
         let now = w.now;
-        sqlx::query("UPDATE payouts SET status = 'relayed', updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE payouts SET status = 'relayed', updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(w.conn())
@@ -405,11 +406,12 @@ impl Pool {
         // New provider payouts are reserved only once nothing is in flight.
         let mut reserved_new = false;
         loop {
-            let next: Option<(String, String)> = sqlx::query_as(
+            let next: Option<(String, String)> = sqlx::query_as(&format!(
                 "SELECT id, status FROM payouts WHERE status IN ('built', 'reserved') \
-                   AND id NOT IN (SELECT value FROM json_each(?)) \
+                   AND id NOT IN ({}) \
                  ORDER BY CASE status WHEN 'built' THEN 0 ELSE 1 END, created_at, rowid LIMIT 1",
-            )
+                self.inner.dialect.json_text_elements("$1")
+            ))
             .bind(serde_json::to_string(&report.waiting)?)
             .fetch_optional(&self.inner.db)
             .await?;
@@ -450,7 +452,7 @@ impl Pool {
         daemon: &DaemonRpc,
     ) -> Result<String, PoolError> {
         let (txid, metadata): (Option<String>, Option<String>) =
-            sqlx::query_as("SELECT txid, tx_metadata FROM payouts WHERE id = ?")
+            sqlx::query_as("SELECT txid, tx_metadata FROM payouts WHERE id = $1")
                 .bind(id)
                 .fetch_one(&self.inner.db)
                 .await?;
@@ -470,7 +472,7 @@ impl Pool {
     /// Settles a relayed payout with the network fee recorded when it was
     /// built.
     async fn settle_built(&self, id: &str) -> Result<(), PoolError> {
-        let fee: Option<i64> = sqlx::query_scalar("SELECT fee FROM payouts WHERE id = ?")
+        let fee: Option<i64> = sqlx::query_scalar("SELECT fee FROM payouts WHERE id = $1")
             .bind(id)
             .fetch_one(&self.inner.db)
             .await?;
@@ -484,7 +486,7 @@ impl Pool {
     async fn build_reserved(&self, id: &str, wallet: &WalletRpc) -> Result<Built, PoolError> {
         let network = self.inner.config.money.network;
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT address, amount FROM payout_destinations WHERE payout_id = ? ORDER BY rowid",
+            "SELECT address, amount FROM payout_destinations WHERE payout_id = $1 ORDER BY rowid",
         )
         .bind(id)
         .fetch_all(&self.inner.db)
@@ -524,8 +526,8 @@ impl Pool {
         let mut w = self.write().await?;
         let now = w.now;
         sqlx::query(
-            "UPDATE payouts SET status = 'built', txid = ?, tx_metadata = ?, fee = ?, updated_at = ? \
-             WHERE id = ? AND status = 'reserved'",
+            "UPDATE payouts SET status = 'built', txid = $1, tx_metadata = $2, fee = $3, updated_at = $4 \
+             WHERE id = $5 AND status = 'reserved'",
         )
         .bind(built.tx_hash.as_str())
         .bind(metadata.as_hex())
@@ -553,8 +555,10 @@ impl Pool {
         // the crediting of deposits.
         let deposits = async {
             loop {
-                if let Err(e) = self.watch_deposits().await {
-                    tracing::warn!(error = %e, "deposit watch failed");
+                if self.inner.leadership.lead().await {
+                    if let Err(e) = self.watch_deposits().await {
+                        tracing::warn!(error = %e, "deposit watch failed");
+                    }
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -564,12 +568,14 @@ impl Pool {
         };
         let payouts = async {
             loop {
-                match self.pay_out(&|_| {}).await {
-                    Ok(report) if !report.waiting.is_empty() => {
-                        tracing::info!(waiting = ?report.waiting, "payouts wait for unlocked money");
+                if self.inner.leadership.lead().await {
+                    match self.pay_out(&|_| {}).await {
+                        Ok(report) if !report.waiting.is_empty() => {
+                            tracing::info!(waiting = ?report.waiting, "payouts wait for unlocked money");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "payout failed; retrying later"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "payout failed; retrying later"),
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

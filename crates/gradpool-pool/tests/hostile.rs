@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use gradpool_core::hardware::Telemetry;
 use gradpool_core::wire::*;
+use gradpool_pool::db::Dialect;
 use gradpool_pool::ThrottleConfig;
 use serde_json::{json, Value};
 
@@ -83,23 +84,22 @@ async fn stored_non_finite_numbers_do_not_break_reads() {
     let job = c.submit(SPEC, b"some text to train on").await;
     let a = p.take().await;
     p.finish(&a, b"checkpoint 0").await;
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        tp.pool.config().data_dir.join("pool.sqlite").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE commitments SET loss_trace = '[4.0, null, 3.9]' WHERE job_id = ?")
+    let db = tp.pool.database();
+    sqlx::query("UPDATE commitments SET loss_trace = '[4.0, null, 3.9]' WHERE job_id = $1")
         .bind(job.id.as_str())
-        .execute(&db)
+        .execute(db)
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE job_events SET body = json_set(body, '$.loss', json('null')) \
-         WHERE job_id = ? AND body LIKE '%\"checkpoint\"%'",
-    )
+    let null_loss = match tp.pool.dialect() {
+        Dialect::Sqlite => "json_set(body, '$.loss', json('null'))",
+        Dialect::Postgres => "CAST(jsonb_set(CAST(body AS jsonb), '{loss}', 'null') AS text)",
+    };
+    sqlx::query(&format!(
+        "UPDATE job_events SET body = {null_loss} \
+         WHERE job_id = $1 AND body LIKE '%\"checkpoint\"%'"
+    ))
     .bind(job.id.as_str())
-    .execute(&db)
+    .execute(db)
     .await
     .unwrap();
 

@@ -1,26 +1,53 @@
-//! The money ledger on a real SQLite file: balances, refusals, idempotency,
+//! The money ledger on a real database (a SQLite file, or PostgreSQL): balances, refusals, idempotency,
 //! concurrent withdrawals, and random sequences checked against a model.
 
+mod common;
+
 use gradpool_core::Piconero;
+use gradpool_pool::db::DatabaseUrl;
 use gradpool_pool::ledger::{AccountKind, Ledger, LedgerAccountId, LedgerError};
 use gradpool_pool::{Pool, PoolConfig};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
-/// A pool data directory opened through `Pool::open` (which migrates it),
-/// and a ledger over a second connection pool on the same file.
-async fn ledger() -> (tempfile::TempDir, Ledger) {
+/// A pool's database (SQLite in a data directory, or PostgreSQL: see
+/// `common::test_database`), migrated by `Pool::open`.
+struct Opened {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    database: Option<DatabaseUrl>,
+}
+
+impl Opened {
+    /// A second connection pool to the same database, as another
+    /// process would have.
+    async fn connect(&self) -> sqlx::AnyPool {
+        gradpool_pool::db::open(&self.path, self.database.as_ref())
+            .await
+            .expect("open db")
+            .0
+    }
+}
+
+/// A migrated pool database and a ledger over a second connection pool to
+/// it.
+async fn ledger() -> (Opened, Ledger) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let database = common::test_database().await;
     let _pool = Pool::open(PoolConfig {
         data_dir: dir.path().to_path_buf(),
+        database: database.clone(),
         ..PoolConfig::default()
     })
     .await
     .expect("open pool");
-    let db = gradpool_pool::store::open(&dir.path().join("pool.sqlite"))
-        .await
-        .expect("open db");
-    (dir, Ledger::new(db))
+    let opened = Opened {
+        path: dir.path().join("pool.sqlite"),
+        _dir: dir,
+        database,
+    };
+    let db = opened.connect().await;
+    (opened, Ledger::new(db))
 }
 
 fn pico(x: u64) -> Piconero {
@@ -252,11 +279,7 @@ async fn concurrent_withdrawals_cannot_overdraw() {
     l.deposit(&alice, pico(100), "dep").await.unwrap();
 
     // Two connection pools on the same file, as two processes would be.
-    let other = Ledger::new(
-        gradpool_pool::store::open(&dir.path().join("pool.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let other = Ledger::new(dir.connect().await);
     let mut tasks = Vec::new();
     for i in 0..20 {
         let l = if i % 2 == 0 { l.clone() } else { other.clone() };
@@ -292,10 +315,8 @@ async fn reconciliation_finds_tampering() {
     l.deposit(&alice, pico(10), "dep").await.unwrap();
     assert!(l.reconcile().await.unwrap().is_clean());
 
-    let db = gradpool_pool::store::open(&dir.path().join("pool.sqlite"))
-        .await
-        .unwrap();
-    sqlx::query("UPDATE postings SET amount = -25 WHERE account_id = ?")
+    let db = dir.connect().await;
+    sqlx::query("UPDATE postings SET amount = -25 WHERE account_id = $1")
         .bind(alice.as_str())
         .execute(&db)
         .await

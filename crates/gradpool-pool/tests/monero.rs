@@ -14,6 +14,7 @@ use gradpool_core::wire::*;
 use gradpool_core::Piconero;
 use gradpool_monero::rpc::{TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Network, Regtest, WalletRpcProcess};
+use gradpool_pool::db::DatabaseUrl;
 use gradpool_pool::wallet::{MoneroBackend, PayoutStage};
 use gradpool_pool::{MoneyBackend, Pool, PoolConfig};
 use std::collections::BTreeMap;
@@ -68,13 +69,16 @@ async fn start_chain() -> Chain {
     }
 }
 
-fn monero_config(chain: &Chain, data_dir: &Path) -> PoolConfig {
+/// A pool on the regtest chain, in `data_dir`, on `database` (see
+/// `common::test_database`).
+fn monero_config(chain: &Chain, data_dir: &Path, database: Option<DatabaseUrl>) -> PoolConfig {
     let mut config = PoolConfig {
         data_dir: data_dir.to_owned(),
         lease_seconds: 5,
         heartbeat_seconds: 1,
         // Its test providers answer no hardware proof.
         hardware_proof: false,
+        database,
         ..PoolConfig::default()
     };
     config.money.backend = MoneyBackend::Monero(MoneroBackend {
@@ -271,7 +275,7 @@ async fn deposits_are_credited_once_after_enough_confirmations() {
     let chain = start_chain().await;
     let tp = TestPool::start_with(|c| {
         let d = c.data_dir.clone();
-        *c = monero_config(&chain, &d);
+        *c = monero_config(&chain, &d, c.database.clone());
     })
     .await;
     let c = tp.customer("alice").await;
@@ -359,7 +363,7 @@ async fn a_job_pays_its_provider_on_chain_exactly() {
     let chain = start_chain().await;
     let tp = TestPool::start_with(|c| {
         let d = c.data_dir.clone();
-        *c = monero_config(&chain, &d);
+        *c = monero_config(&chain, &d, c.database.clone());
     })
     .await;
     let c = tp.customer("alice").await;
@@ -432,7 +436,7 @@ async fn a_round_while_the_change_is_locked_waits_and_pays_later() {
     let chain = start_chain().await;
     let tp = TestPool::start_with(|c| {
         let d = c.data_dir.clone();
-        *c = monero_config(&chain, &d);
+        *c = monero_config(&chain, &d, c.database.clone());
     })
     .await;
     let c = tp.customer("alice").await;
@@ -524,9 +528,13 @@ async fn crash_child() {
         panic!("crash_child runs only as the crash test's child process");
     };
     let parts: Vec<&str> = config.split(' ').collect();
+    let database = std::env::var("GRADPOOL_CRASH_DATABASE")
+        .ok()
+        .map(|url| DatabaseUrl::parse(&url).unwrap());
     let mut config = PoolConfig {
         data_dir: dir.clone().into(),
         hardware_proof: false,
+        database,
         ..PoolConfig::default()
     };
     config.money.backend = MoneyBackend::Monero(MoneroBackend {
@@ -563,8 +571,13 @@ async fn crash_child() {
 const CRASH_POINT: &str = "gradpool-crash-point-reached";
 
 /// Runs a payout in a child process and SIGKILLs it at `at`.
-async fn pay_out_and_die(chain: &Chain, data_dir: &Path, at: &str) {
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+async fn pay_out_and_die(chain: &Chain, tp: &TestPool, at: &str) {
+    let data_dir = &tp.pool.config().data_dir;
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    if let Some(database) = &tp.pool.config().database {
+        command.env("GRADPOOL_CRASH_DATABASE", database.as_str());
+    }
+    let mut child = command
         .args(["crash_child", "--exact", "--ignored", "--nocapture"])
         .env("GRADPOOL_CRASH_DIR", data_dir)
         .env("GRADPOOL_CRASH_AT", at)
@@ -604,7 +617,8 @@ async fn pay_out_and_die(chain: &Chain, data_dir: &Path, at: &str) {
 async fn a_payout_killed_before_or_after_relaying_pays_exactly_once() {
     let chain = start_chain().await;
     let data_dir = chain.dir.path().join("pool");
-    let tp = TestPool::start_with(|c| *c = monero_config(&chain, &data_dir)).await;
+    let tp =
+        TestPool::start_with(|c| *c = monero_config(&chain, &data_dir, c.database.clone())).await;
     let c = tp.customer("alice").await;
     fund(&tp, &chain, &c, 2 * XMR).await;
     chain.mine(10).await;
@@ -615,7 +629,7 @@ async fn a_payout_killed_before_or_after_relaying_pays_exactly_once() {
         run_job(&c, &p, "0.1").await;
         let earned = earnings(&tp, &p).await.available.0;
         expected += earned;
-        pay_out_and_die(&chain, &data_dir, at).await;
+        pay_out_and_die(&chain, &tp, at).await;
         // After the restart (this process opens the same database), the
         // payout is finished, not repeated.
         let after = tp.pool.pay_out(&|_| {}).await.unwrap();

@@ -379,9 +379,13 @@ async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
 
     // The operator's listing (`gradpool pool payouts`) has each withdrawal
     // once, from a second connection to the same database.
-    let db = gradpool_pool::store::open(&tp.pool.config().data_dir.join("pool.sqlite"))
-        .await
-        .unwrap();
+    let db = gradpool_pool::db::open(
+        &tp.pool.config().data_dir.join("pool.sqlite"),
+        tp.pool.config().database.as_ref(),
+    )
+    .await
+    .unwrap()
+    .0;
     let lines = gradpool_pool::money::payout_lines(&db, 50).await.unwrap();
     assert_eq!(lines.len(), 4);
     assert!(lines.iter().all(|l| l.kind == PayoutKind::Withdrawal

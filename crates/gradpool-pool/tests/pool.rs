@@ -42,14 +42,7 @@ async fn accounts_and_authentication() {
     p.client.get("/v1/jobs").await.err(401);
     // The key is stored hashed only.
     let stored: Vec<String> = sqlx::query_scalar("SELECT key_hash FROM accounts")
-        .fetch_all(
-            &sqlx::SqlitePool::connect(&format!(
-                "sqlite://{}",
-                tp.pool.config().data_dir.join("pool.sqlite").display()
-            ))
-            .await
-            .unwrap(),
-        )
+        .fetch_all(tp.pool.database())
         .await
         .unwrap();
     assert!(!stored.iter().any(|h| h.contains(&created.api_key[3..])));

@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use gradpool_core::verification::Sampling;
 use gradpool_core::Piconero;
+use gradpool_pool::db::DatabaseUrl;
 use gradpool_pool::ledger::Ledger;
 use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
 use gradpool_pool::wallet::MoneroBackend;
@@ -22,6 +23,14 @@ pub struct PoolArgs {
     /// Where the pool keeps its database (pool.sqlite) and blobs.
     #[arg(long, default_value = "gradpool-pool")]
     data_dir: PathBuf,
+    /// Keep the pool's state in this PostgreSQL database
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`) instead of
+    /// DATA_DIR/pool.sqlite. Several pool processes may serve one pool on
+    /// it (with blobs in --blob-store, or a data directory they share).
+    /// Read from GRADPOOL_DATABASE when not given, which keeps a password
+    /// off the command line.
+    #[arg(long, value_name = "URL", env = "GRADPOOL_DATABASE")]
+    database: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
@@ -180,11 +189,44 @@ pub enum PoolCommand {
     Status(StatusArgs),
 }
 
+/// Where an operator's command finds the pool's database.
 #[derive(Args)]
-pub struct StatusArgs {
+pub struct PoolDatabase {
     /// The pool's data directory (holding pool.sqlite).
     #[arg(long, default_value = "gradpool-pool")]
     data_dir: PathBuf,
+    /// The pool's PostgreSQL database, when it runs on one (as `gradpool
+    /// pool --database`).
+    #[arg(long, value_name = "URL", env = "GRADPOOL_DATABASE")]
+    database: Option<String>,
+}
+
+impl PoolDatabase {
+    /// Opens (and migrates) the database.
+    async fn open(&self) -> anyhow::Result<gradpool_pool::db::AnyPool> {
+        let url = self
+            .database
+            .as_deref()
+            .map(DatabaseUrl::parse)
+            .transpose()?;
+        let path = match &url {
+            Some(_) => self.data_dir.join("pool.sqlite"),
+            None => db_path(&self.data_dir)?,
+        };
+        let (db, _) = gradpool_pool::db::open(&path, url.as_ref())
+            .await
+            .with_context(|| match &url {
+                Some(url) => format!("cannot open {}", url.redacted()),
+                None => format!("cannot open {}", path.display()),
+            })?;
+        Ok(db)
+    }
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: PoolDatabase,
     /// The pool's lease, as it was started with (`--lease-seconds`): a
     /// provider silent for longer counts as disconnected.
     #[arg(long, default_value_t = 15)]
@@ -204,9 +246,8 @@ pub struct CertifyArgs {
     /// How long it holds, in days (1 to 366).
     #[arg(long)]
     days: u32,
-    /// The pool's data directory (holding pool.sqlite).
-    #[arg(long, default_value = "gradpool-pool")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: PoolDatabase,
 }
 
 #[derive(Args)]
@@ -216,16 +257,14 @@ pub struct RevokeArgs {
     /// Why, as the record keeps it.
     #[arg(long, default_value = "revoked by the operator")]
     reason: String,
-    /// The pool's data directory (holding pool.sqlite).
-    #[arg(long, default_value = "gradpool-pool")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: PoolDatabase,
 }
 
 #[derive(Args)]
 pub struct PayoutsArgs {
-    /// The pool's data directory (holding pool.sqlite).
-    #[arg(long, default_value = "gradpool-pool")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: PoolDatabase,
     /// How many to show.
     #[arg(long, default_value_t = 50)]
     limit: u32,
@@ -236,9 +275,8 @@ pub struct PayoutsArgs {
 
 #[derive(Args)]
 pub struct ReconcileArgs {
-    /// The pool's data directory (holding pool.sqlite).
-    #[arg(long, default_value = "gradpool-pool")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: PoolDatabase,
 }
 
 pub async fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
@@ -264,10 +302,7 @@ fn db_path(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let path = db_path(&a.data_dir)?;
-    let db = gradpool_pool::store::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let db = a.store.open().await?;
     let mut conn = db.acquire().await?;
     let o = gradpool_pool::overview::read(&mut conn, now_ms(), a.lease_seconds).await?;
     if a.json {
@@ -318,10 +353,7 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {
-    let path = db_path(&a.data_dir)?;
-    let db = gradpool_pool::store::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let db = a.store.open().await?;
     let lines = gradpool_pool::money::payout_lines(&db, a.limit).await?;
     let fees = Ledger::new(db.clone())
         .balance(&gradpool_pool::escrow::pool_fees_account())
@@ -354,6 +386,19 @@ async fn payouts(a: PayoutsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the pool keeps its state, for the line it prints when it starts.
+fn where_kept(pool: &Pool) -> String {
+    let config = pool.config();
+    match &config.database {
+        Some(url) => format!(
+            "data in {}, database {}",
+            config.data_dir.display(),
+            url.redacted()
+        ),
+        None => format!("data in {}", config.data_dir.display()),
+    }
+}
+
 /// Milliseconds since the epoch, the pool's clock on this machine.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -364,10 +409,7 @@ fn now_ms() -> i64 {
 async fn certify(a: CertifyArgs) -> anyhow::Result<ExitCode> {
     let tier: gradpool_core::state::ProviderTier =
         a.tier.parse().map_err(|e| anyhow::anyhow!("--tier: {e}"))?;
-    let path = db_path(&a.data_dir)?;
-    let db = gradpool_pool::store::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let db = a.store.open().await?;
     let mut conn = db.acquire().await?;
     let c = gradpool_pool::certification::certify(&mut conn, &a.provider, tier, a.days, now_ms())
         .await?;
@@ -386,10 +428,7 @@ async fn certify(a: CertifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let path = db_path(&a.data_dir)?;
-    let db = gradpool_pool::store::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let db = a.store.open().await?;
     let mut conn = db.acquire().await?;
     let ended =
         gradpool_pool::certification::revoke(&mut conn, &a.provider, &a.reason, now_ms()).await?;
@@ -398,14 +437,11 @@ async fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn reconcile(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let path = db_path(&a.data_dir)?;
-    let db = gradpool_pool::store::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let db = a.store.open().await?;
     let report = Ledger::new(db)
         .reconcile()
         .await
-        .with_context(|| format!("cannot reconcile the ledger in {}", path.display()))?;
+        .context("cannot reconcile the ledger")?;
     println!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
@@ -464,6 +500,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             anonymous_per_minute: a.anonymous_per_minute,
         },
         object_storage,
+        database: a.database.as_deref().map(DatabaseUrl::parse).transpose()?,
         ..PoolConfig::default()
     };
     let pool = Pool::open(config)
@@ -493,19 +530,13 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
             );
         }
         tracing::info!(%addr, data_dir = %a.data_dir.display(), "pool listening");
-        println!(
-            "pool listening on http://{addr} (data in {})",
-            a.data_dir.display()
-        );
+        println!("pool listening on http://{addr} ({})", where_kept(&pool));
         pool.serve(listener, super::interrupted()).await?;
         return Ok(ExitCode::SUCCESS);
     };
     let tls = Tls::load(&source).context("cannot set up TLS")?;
     tracing::info!(%addr, data_dir = %a.data_dir.display(), fingerprint = %tls.fingerprint, "pool listening over TLS");
-    println!(
-        "pool listening on https://{addr} (data in {})",
-        a.data_dir.display()
-    );
+    println!("pool listening on https://{addr} ({})", where_kept(&pool));
     if tls.self_signed {
         println!(
             "certificate {} (self-signed; clients pass --pool-fingerprint {} or accept it on first use)",

@@ -38,6 +38,58 @@ checkpoint_every = 10
 lr = 0.001
 "#;
 
+/// The database a test's pool uses: `None` (SQLite in its data
+/// directory) unless `GRADPOOL_TEST_POSTGRES` names a PostgreSQL server
+/// (`postgres://user@host:port/db`, as `.ci/run` sets it): then a new,
+/// empty database on that server, for this test alone.
+pub async fn test_database() -> Option<gradpool_pool::db::DatabaseUrl> {
+    use sqlx::Connection;
+    let server = std::env::var("GRADPOOL_TEST_POSTGRES").ok()?;
+    sqlx::any::install_default_drivers();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let name = format!("gp_test_{now}_{}", gradpool_core::id::random_hex(6));
+    let mut conn = sqlx::AnyConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("GRADPOOL_TEST_POSTGRES={server}: {e}"));
+    drop_stale_databases(&mut conn, now).await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&name);
+    Some(gradpool_pool::db::DatabaseUrl::parse(url.as_str()).unwrap())
+}
+
+/// Drops the test databases made more than two minutes ago that nobody
+/// is connected to (their tests are over), so that a run of the suite
+/// keeps a bounded number of them on the server.
+async fn drop_stale_databases(conn: &mut sqlx::AnyConnection, now: u64) {
+    let idle: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database d WHERE datname LIKE 'gp_test_%' \
+         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    for name in idle {
+        let made: Option<u64> = name
+            .strip_prefix("gp_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse().ok());
+        if made.is_some_and(|made| now.saturating_sub(made) > 120) {
+            // Another test may be dropping it too: either one does.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
 pub struct TestPool {
     pub url: String,
     pub pool: Pool,
@@ -62,6 +114,7 @@ impl TestPool {
             data_dir: dir.path().join("pool"),
             lease_seconds: 5,
             heartbeat_seconds: 1,
+            database: test_database().await,
             ..PoolConfig::default()
         };
         config.verification.plant_rate = 0.0;
