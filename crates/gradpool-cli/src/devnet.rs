@@ -20,6 +20,7 @@ use gradpool_core::wire::{ProviderView, SegmentView, VerdictView};
 use gradpool_core::{JobSpec, Piconero, ProviderId};
 use gradpool_monero::rpc::{Subaddress, TransferOptions, TransferQuery};
 use gradpool_monero::{Address, Regtest, WalletRpcProcess};
+use gradpool_pool::db::DatabaseUrl;
 use gradpool_pool::tls::{Tls, TlsListener, TlsSource};
 use gradpool_pool::wallet::MoneroBackend;
 use gradpool_pool::MoneyBackend;
@@ -110,6 +111,12 @@ pub struct DevnetArgs {
     /// 2.5 minutes). With --workers, a parallel container job.
     #[arg(long, conflicts_with = "spec")]
     container: bool,
+    /// Keep the pool's state in PostgreSQL instead of SQLite: with no URL,
+    /// a throwaway cluster this devnet starts (Debian's `postgresql`:
+    /// initdb and pg_ctl, in its work directory) and stops; with one, that
+    /// database (it should be empty).
+    #[arg(long, value_name = "URL", num_args = 0..=1)]
+    postgres: Option<Option<String>>,
     /// The container job's image (an OCI archive) for --container
     /// (default: built once into ~/.cache/gradpool/).
     #[arg(long, value_name = "FILE", requires = "container")]
@@ -227,6 +234,25 @@ impl DevChain {
     }
 }
 
+/// The pool's database for `--postgres`: a throwaway cluster (kept
+/// running by the returned handle) or the URL given; none (SQLite)
+/// without it.
+fn devnet_database(
+    a: &DevnetArgs,
+) -> anyhow::Result<(Option<crate::postgres::Cluster>, Option<DatabaseUrl>)> {
+    match &a.postgres {
+        None => Ok((None, None)),
+        Some(Some(url)) => Ok((None, Some(DatabaseUrl::parse(url)?))),
+        Some(None) => {
+            let cluster = crate::postgres::Cluster::start()
+                .context("cannot start a PostgreSQL cluster for --postgres")?;
+            println!("postgres   {} (a throwaway cluster)", cluster.url);
+            let url = DatabaseUrl::parse(&cluster.url)?;
+            Ok((Some(cluster), Some(url)))
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Summary {
     job_id: String,
@@ -259,6 +285,8 @@ struct Summary {
     /// The pool's data directory: `--keep DIR`'s copy, else the temporary
     /// one, gone after the run.
     pool_data_dir: PathBuf,
+    /// The pool's database: `sqlite` or `postgres` (`--postgres`).
+    database: String,
 }
 
 /// A parallel job's rounds, as the pool recorded them.
@@ -419,11 +447,14 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
-    // The pool.
+    // The pool, on PostgreSQL with --postgres (the cluster lives until
+    // the run ends).
+    let (_cluster, database) = devnet_database(&a)?;
     let mut config = PoolConfig {
         data_dir: work_path.join("pool"),
         lease_seconds: a.lease_seconds,
         heartbeat_seconds: 1,
+        database,
         ..PoolConfig::default()
     };
     config.verification.audit_deadline_seconds = a.audit_deadline_s;
@@ -1008,6 +1039,7 @@ async fn drive(
             Some(Some(dir)) => dir.join("pool"),
             _ => work.join("pool"),
         },
+        database: pool.dialect().name().to_owned(),
     };
     let summary_path = a.out.join("summary.json");
     std::fs::write(

@@ -16,5 +16,6 @@ pub mod cmd;
 pub mod credentials;
 pub mod devnet;
 pub mod pool_trust;
+pub mod postgres;
 pub mod provider_config;
 pub mod watch;

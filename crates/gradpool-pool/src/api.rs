@@ -929,7 +929,7 @@ async fn earnings(
     ApiJson(signed): ApiJson<SignedNonce>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_signed_nonce("earnings", &signed)?;
+    let provider = pool.verify_signed_nonce("earnings", &signed).await?;
     Ok(Json(pool.earnings(&provider).await?))
 }
 
@@ -984,7 +984,7 @@ async fn provider_status(
     ApiJson(signed): ApiJson<SignedNonce>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_signed_nonce("status", &signed)?;
+    let provider = pool.verify_signed_nonce("status", &signed).await?;
     let mut conn = pool.inner.db.acquire().await?;
     let view = store::providers(
         &mut conn,
@@ -1033,6 +1033,6 @@ async fn stake(
     ApiJson(req): ApiJson<StakeRequest>,
 ) -> Result<impl IntoResponse, PoolError> {
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
-    let provider = pool.verify_signed_nonce("stake", &req.signed_nonce)?;
+    let provider = pool.verify_signed_nonce("stake", &req.signed_nonce).await?;
     Ok(Json(pool.stake(&provider, &req).await?))
 }

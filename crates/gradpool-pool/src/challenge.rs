@@ -13,12 +13,16 @@
 //! is remembered only once it is *used*, by a request whose signature
 //! verified, until it expires: that keeps it single-use, and what can be
 //! remembered is bounded by signed requests (which the throttle limits per
-//! client), never by anonymous ones. The key is drawn when the pool opens;
-//! nonces issued before a restart are refused after it, and a provider asks
-//! for a new one.
+//! client), never by anonymous ones. The key is drawn once and kept in the
+//! database (`pool_secrets`), so every process serving the pool (and the
+//! same one after a restart) recognises the others' nonces. With several
+//! processes (PostgreSQL), a used nonce is also recorded in `used_nonces`,
+//! so it is used once across all of them.
 
+use crate::db::Dialect;
 use crate::error::PoolError;
 use gradpool_core::wire::RegistrationChallenge;
+use sqlx::AnyPool;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -33,6 +37,9 @@ const NONCE_LEN: usize = BODY_LEN + 32;
 pub(crate) struct Challenges {
     key: [u8; 32],
     used: Mutex<Used>,
+    /// The database where used nonces are recorded too, when other
+    /// processes may be taking them (PostgreSQL).
+    shared: Option<AnyPool>,
 }
 
 #[derive(Default)]
@@ -50,14 +57,37 @@ fn unusable() -> PoolError {
 }
 
 impl Challenges {
-    /// Nonces under a fresh random key.
-    pub(crate) fn new() -> Result<Challenges, PoolError> {
-        let mut key = [0u8; 32];
-        getrandom::getrandom(&mut key)
-            .map_err(|e| PoolError::Internal(format!("random source: {e}")))?;
+    /// Nonces under a fresh random key, known to this process alone.
+    #[cfg(test)]
+    fn new() -> Result<Challenges, PoolError> {
+        Ok(Challenges {
+            key: random_key()?,
+            used: Mutex::new(Used::default()),
+            shared: None,
+        })
+    }
+
+    /// Nonces under the pool's key in `db` (drawn and stored by the first
+    /// process to open it).
+    pub(crate) async fn open(db: &AnyPool) -> Result<Challenges, PoolError> {
+        sqlx::query("INSERT INTO pool_secrets (name, value) VALUES ('challenge', $1) ON CONFLICT DO NOTHING")
+            .bind(hex::encode(random_key()?))
+            .execute(db)
+            .await?;
+        let stored: String =
+            sqlx::query_scalar("SELECT value FROM pool_secrets WHERE name = 'challenge'")
+                .fetch_one(db)
+                .await?;
+        let key = hex::decode(&stored)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                PoolError::Internal("pool_secrets: the challenge key is not 32 bytes of hex".into())
+            })?;
         Ok(Challenges {
             key,
             used: Mutex::new(Used::default()),
+            shared: (Dialect::of_pool(db) == Dialect::Postgres).then(|| db.clone()),
         })
     }
 
@@ -83,7 +113,7 @@ impl Challenges {
     /// Uses a nonce: one this pool issued, not expired at `now_ms`, and
     /// not used before. Call it only after the request's signature
     /// verified, so that a forged request cannot burn a nonce.
-    pub(crate) fn take(&self, nonce: &str, now_ms: i64) -> Result<(), PoolError> {
+    pub(crate) async fn take(&self, nonce: &str, now_ms: i64) -> Result<(), PoolError> {
         if nonce.len() != 2 * NONCE_LEN {
             return Err(unusable());
         }
@@ -101,19 +131,61 @@ impl Challenges {
         if expires <= now_ms {
             return Err(unusable());
         }
-        let mut used = self
-            .used
-            .lock()
-            .map_err(|_| PoolError::Internal("nonce table poisoned".into()))?;
-        if now_ms - used.pruned_at >= 1000 {
-            used.expiry.retain(|_, e| *e > now_ms);
-            used.pruned_at = now_ms;
-        }
-        match used.expiry.insert(body, expires) {
+        let prune = {
+            let mut used = self
+                .used
+                .lock()
+                .map_err(|_| PoolError::Internal("nonce table poisoned".into()))?;
+            let prune = now_ms - used.pruned_at >= 1000;
+            if prune {
+                used.expiry.retain(|_, e| *e > now_ms);
+                used.pruned_at = now_ms;
+            }
+            if used.expiry.insert(body, expires).is_some() {
+                return Err(unusable());
+            }
+            prune
+        };
+        match &self.shared {
             None => Ok(()),
-            Some(_) => Err(unusable()),
+            Some(db) => take_shared(db, &body, expires, now_ms, prune).await,
         }
     }
+}
+
+/// Records a nonce as used in the database, where every process of the
+/// pool looks; refused if one already did.
+async fn take_shared(
+    db: &AnyPool,
+    body: &[u8],
+    expires: i64,
+    now_ms: i64,
+    prune: bool,
+) -> Result<(), PoolError> {
+    if prune {
+        sqlx::query("DELETE FROM used_nonces WHERE expires_at <= $1")
+            .bind(now_ms)
+            .execute(db)
+            .await?;
+    }
+    let recorded: Option<String> = sqlx::query_scalar(
+        "INSERT INTO used_nonces (body, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING body",
+    )
+    .bind(hex::encode(body))
+    .bind(expires)
+    .fetch_optional(db)
+    .await?;
+    match recorded {
+        Some(_) => Ok(()),
+        None => Err(unusable()),
+    }
+}
+
+fn random_key() -> Result<[u8; 32], PoolError> {
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key)
+        .map_err(|e| PoolError::Internal(format!("random source: {e}")))?;
+    Ok(key)
 }
 
 /// How far a registration's timestamp may be from the pool's clock.
@@ -130,29 +202,29 @@ pub(crate) fn within_skew(time_s: i64, now_s: i64) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_nonce_is_good_once_and_only_before_it_expires() {
+    #[tokio::test]
+    async fn a_nonce_is_good_once_and_only_before_it_expires() {
         let c = Challenges::new().unwrap();
         let n = c.issue(1_000).unwrap().nonce;
-        c.take(&n, 2_000).unwrap();
-        assert!(c.take(&n, 2_000).is_err(), "used twice");
+        c.take(&n, 2_000).await.unwrap();
+        assert!(c.take(&n, 2_000).await.is_err(), "used twice");
         let late = c.issue(1_000).unwrap().nonce;
-        assert!(c.take(&late, 1_000 + 60_000).is_err(), "expired");
+        assert!(c.take(&late, 1_000 + 60_000).await.is_err(), "expired");
     }
 
-    #[test]
-    fn nonces_of_another_key_or_edited_ones_are_refused() {
+    #[tokio::test]
+    async fn nonces_of_another_key_or_edited_ones_are_refused() {
         let (a, b) = (Challenges::new().unwrap(), Challenges::new().unwrap());
         let n = a.issue(0).unwrap().nonce;
-        assert!(b.take(&n, 1).is_err());
+        assert!(b.take(&n, 1).await.is_err());
         // Pushing the expiry forward breaks the MAC.
         let mut bytes = hex::decode(&n).unwrap();
         bytes[0] = 0x7f;
-        assert!(a.take(&hex::encode(bytes), 1).is_err());
+        assert!(a.take(&hex::encode(bytes), 1).await.is_err());
         for junk in ["", "zz", &"0".repeat(2 * NONCE_LEN), &n[..n.len() - 2]] {
-            assert!(a.take(junk, 1).is_err(), "{junk:?}");
+            assert!(a.take(junk, 1).await.is_err(), "{junk:?}");
         }
-        a.take(&n, 1).unwrap();
+        a.take(&n, 1).await.unwrap();
     }
 
     #[test]

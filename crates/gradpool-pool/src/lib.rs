@@ -194,6 +194,7 @@ impl Pool {
         let (events, _) = broadcast::channel(1024);
         let throttle = config.throttle;
         let leadership = db::Leadership::new(config.database.clone());
+        let challenges = challenge::Challenges::open(&db).await?;
         tracing::info!(data_dir = %config.data_dir.display(), "pool opened");
         let pool = Pool {
             inner: Arc::new(Inner {
@@ -207,7 +208,7 @@ impl Pool {
                 work: Notify::new(),
                 events,
                 stop: tokio_util::sync::CancellationToken::new(),
-                challenges: challenge::Challenges::new()?,
+                challenges,
                 throttle: throttle::Throttle::new(throttle),
                 sightings: Default::default(),
                 claimers: Default::default(),

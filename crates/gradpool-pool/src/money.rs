@@ -510,7 +510,7 @@ impl Pool {
 
     /// Checks a [`SignedNonce`] for `purpose` and returns the provider whose
     /// key signed it. The nonce is consumed.
-    pub(crate) fn verify_signed_nonce(
+    pub(crate) async fn verify_signed_nonce(
         &self,
         purpose: &str,
         signed: &SignedNonce,
@@ -532,7 +532,10 @@ impl Pool {
                 "the nonce's signature does not verify".into(),
             ));
         }
-        self.inner.challenges.take(&signed.nonce, self.now())?;
+        self.inner
+            .challenges
+            .take(&signed.nonce, self.now())
+            .await?;
         Ok(ProviderId::from_public_key(&signed.public_key.0))
     }
 

@@ -37,7 +37,7 @@ impl Pool {
         gradpool_core::wire::check_task_count("resuming", req.resuming.len())
             .map_err(PoolError::BadRequest)?;
         // Only after the signature: a forged request must not burn a nonce.
-        self.inner.challenges.take(&req.nonce, self.now())?;
+        self.inner.challenges.take(&req.nonce, self.now()).await?;
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(PoolError::BadRequest(

@@ -1184,3 +1184,32 @@ async fn a_job_keeps_to_its_region() {
         .err(400);
     assert!(e.message.starts_with("region:"), "{}", e.message);
 }
+
+/// A registration challenge one process of a pool issued registers at
+/// another (the key is the pool's, kept in its database), once: on
+/// PostgreSQL, where several processes serve one pool, a nonce used at one
+/// is refused at every other.
+#[tokio::test]
+async fn a_challenge_from_one_process_registers_at_another_once() {
+    let tp = TestPool::start().await;
+    let other = tp.another_process().await;
+    let p = tp.provider("rig").await;
+    let body = p.register_body(vec![]).await;
+    let reg: Registered = other
+        .anon()
+        .post("/v1/providers/register", &body)
+        .await
+        .ok();
+    assert_eq!(reg.provider_id, p.key.provider_id());
+    other
+        .anon()
+        .post("/v1/providers/register", &body)
+        .await
+        .err(401);
+    if tp.pool.dialect() == gradpool_pool::db::Dialect::Postgres {
+        tp.anon()
+            .post("/v1/providers/register", &body)
+            .await
+            .err(401);
+    }
+}

@@ -48,7 +48,9 @@ pub struct PoolBenchArgs {
     /// time).
     #[arg(long, default_value_t = 16)]
     pub jobs: u32,
-    /// The pool's database: `sqlite` (a file in a fresh data directory).
+    /// The pool's database: `sqlite` (a file in a fresh data directory),
+    /// `postgres` (a throwaway cluster the bench starts: Debian's
+    /// `postgresql`), or a `postgres://` URL of an empty database.
     #[arg(long, default_value = "sqlite")]
     pub database: String,
 }
@@ -82,19 +84,31 @@ pub struct PoolBenchReport {
 }
 
 pub async fn run(a: PoolBenchArgs) -> anyhow::Result<ExitCode> {
-    if a.database != "sqlite" {
-        bail!(
-            "--database {}: this pool runs on SQLite only so far (`sqlite`)",
-            a.database
-        );
-    }
     if a.providers == 0 || a.interval_seconds == 0 || a.seconds == 0 {
         bail!("--providers, --interval-seconds and --seconds: at least 1");
     }
     let dir = tempfile::tempdir().context("cannot make the pool's data directory")?;
-    let (pool, url) = start_pool(dir.path(), a.interval_seconds)?;
+    let (cluster, database) = match a.database.as_str() {
+        "sqlite" => (None, None),
+        "postgres" => {
+            let cluster = crate::postgres::Cluster::start()
+                .context("cannot start a PostgreSQL cluster for --database postgres")?;
+            let url = cluster.url.clone();
+            (Some(cluster), Some(url))
+        }
+        url => {
+            gradpool_pool::db::DatabaseUrl::parse(url)?;
+            (None, Some(url.to_owned()))
+        }
+    };
+    let (pool, url) = start_pool(
+        &dir.path().join("pool"),
+        a.interval_seconds,
+        database.as_deref(),
+    )?;
     let result = measure(&a, &url).await;
     drop(pool);
+    drop(cluster);
     let report = result?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -115,10 +129,18 @@ impl Drop for PoolProcess {
 }
 
 /// Starts `gradpool pool` on a free port; its process and URL.
-fn start_pool(dir: &std::path::Path, interval: u32) -> anyhow::Result<(PoolProcess, String)> {
+fn start_pool(
+    dir: &std::path::Path,
+    interval: u32,
+    database: Option<&str>,
+) -> anyhow::Result<(PoolProcess, String)> {
     let exe = std::env::current_exe().context("cannot find this program")?;
     let lease = (3 * interval).max(15).to_string();
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    if let Some(database) = database {
+        command.env("GRADPOOL_DATABASE", database);
+    }
+    let mut child = command
         .args(["pool", "--listen", "127.0.0.1:0", "--no-hardware-proof"])
         .args(["--heartbeat-seconds", &interval.to_string()])
         .args(["--lease-seconds", &lease])
@@ -212,7 +234,10 @@ async fn measure(a: &PoolBenchArgs, url: &str) -> anyhow::Result<PoolBenchReport
     let per_sec = |n: u64| n as f64 / seconds;
     let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Ok(PoolBenchReport {
-        database: a.database.clone(),
+        database: match a.database.as_str() {
+            "sqlite" => "sqlite".to_owned(),
+            _ => "postgres".to_owned(),
+        },
         providers: a.providers,
         interval_seconds: a.interval_seconds,
         seconds,

@@ -152,6 +152,12 @@ impl TestPool {
         next
     }
 
+    /// A second pool process on the same data directory and database,
+    /// with a listener of its own, as a pool run as several processes has.
+    pub async fn another_process(&self) -> TestPool {
+        TestPool::serve(self.pool.config().clone(), self.clock.clone()).await
+    }
+
     async fn serve(config: PoolConfig, clock: std::sync::Arc<ManualClock>) -> TestPool {
         let pool = Pool::open(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
