@@ -59,11 +59,14 @@ fn bench_pool_drives_a_pool_with_simulated_providers() {
 #[test]
 fn bench_pool_refuses_a_database_it_cannot_run_on() {
     let out = Command::new(BIN)
-        .args(["bench", "pool", "--database", "postgres://localhost/x"])
+        .args(["bench", "pool", "--database", "mysql://localhost/x"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--database"), "{stderr}");
+    assert!(
+        stderr.contains("--database") && stderr.contains("mysql://"),
+        "{stderr}"
+    );
 }
