@@ -75,19 +75,36 @@ impl Sightings {
             from: self,
             sightings: self.take(),
         };
-        for (provider, s) in &taken.sightings {
-            sqlx::query(
-                "UPDATE providers SET last_seen = $1, telemetry = $2 \
-                 WHERE id = $3 AND last_seen <= $1",
-            )
-            .bind(s.at)
-            .bind(&s.telemetry)
-            .bind(provider)
-            .execute(&mut *conn)
-            .await?;
+        let rows: Vec<(&String, &Sighting)> = taken.sightings.iter().collect();
+        for batch in rows.chunks(BATCH) {
+            let sql = batch_sql(batch.len());
+            let mut update = sqlx::query(&sql);
+            for (provider, s) in batch {
+                update = update.bind(provider.as_str()).bind(s.at).bind(&s.telemetry);
+            }
+            update.execute(&mut *conn).await?;
         }
         Ok(taken)
     }
+}
+
+/// Sightings written by one statement: one round trip to the database
+/// for each, not one per provider.
+const BATCH: usize = 500;
+
+/// The statement that writes `n` sightings, bound as `(provider, at,
+/// telemetry)` triples (a `VALUES` list's columns are `column1`… in both
+/// engines).
+fn batch_sql(n: usize) -> String {
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    format!(
+        "UPDATE providers SET last_seen = v.column2, telemetry = v.column3 \
+         FROM (VALUES {}) AS v \
+         WHERE providers.id = v.column1 AND providers.last_seen <= v.column2",
+        values.join(", ")
+    )
 }
 
 /// Sightings taken out to be written by one transaction: recorded again
