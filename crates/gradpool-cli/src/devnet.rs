@@ -493,9 +493,16 @@ pub async fn run(a: DevnetArgs) -> anyhow::Result<ExitCode> {
                 .await
         })
     };
+    let kept = match pool.dialect() {
+        gradpool_pool::db::Dialect::Sqlite => {
+            format!("SQLite in {}", work_path.join("pool").display())
+        }
+        gradpool_pool::db::Dialect::Postgres => {
+            format!("PostgreSQL, blobs in {}", work_path.join("pool").display())
+        }
+    };
     println!(
-        "pool       {url}  (SQLite in {}; TLS certificate {})",
-        work_path.join("pool").display(),
+        "pool       {url}  ({kept}; TLS certificate {})",
         tls.fingerprint
     );
 

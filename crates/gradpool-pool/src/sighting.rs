@@ -140,6 +140,53 @@ mod tests {
         }
     }
 
+    /// More sightings than one statement writes are all written, and none
+    /// moves a provider's `last_seen` back.
+    #[tokio::test]
+    async fn sightings_are_written_in_batches_and_never_move_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::db::open(&dir.path().join("pool.sqlite"), None)
+            .await
+            .unwrap();
+        let n = 2 * BATCH + 7;
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO providers (id, public_key, name, hardware, device, memory_bytes, class, \
+                 registered_at, last_seen) VALUES ($1, 'k', 'n', '{}', 'cpu', 0, 'c', 0, $2)",
+            )
+            .bind(format!("prov_{i}"))
+            // The last provider was seen later than its sighting says.
+            .bind(if i == n - 1 { 1_000_000 } else { 0 })
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        let s = Sightings::default();
+        for i in 0..n {
+            s.record(&format!("prov_{i}"), at(500 + i as i64));
+        }
+        let mut tx = db.begin().await.unwrap();
+        let taken = s.write(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        taken.written();
+        assert!(s.is_empty());
+        let rows: Vec<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT id, last_seen, telemetry FROM providers")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), n);
+        for (id, last_seen, telemetry) in rows {
+            let i: i64 = id["prov_".len()..].parse().unwrap();
+            if i == n as i64 - 1 {
+                assert_eq!((last_seen, telemetry), (1_000_000, None), "{id} moved back");
+            } else {
+                assert_eq!(last_seen, 500 + i, "{id}");
+                assert_eq!(telemetry, Some(at(500 + i).telemetry), "{id}");
+            }
+        }
+    }
+
     #[test]
     fn the_latest_sighting_wins_whatever_the_order() {
         let s = Sightings::default();
