@@ -261,7 +261,7 @@ impl fmt::Display for Reconciliation {
 }
 
 /// The ledger over the pool's database (a cheap clone of its connection
-/// pool). Each [`Ledger::post`] is one write transaction ([`crate::db::begin_write`]).
+/// pool). Each [`Ledger::post`] is one write transaction (`db::begin_write`).
 #[derive(Clone)]
 pub struct Ledger {
     db: AnyPool,

@@ -1,8 +1,9 @@
 //! The gradpool pool: the coordinator between customers and providers.
 //!
-//! A [`Pool`] owns a SQLite database and a content-addressed blob store
-//! under [`PoolConfig::data_dir`], and serves the HTTP API described in
-//! [`gradpool_core::wire`]:
+//! A [`Pool`] owns a database (SQLite under [`PoolConfig::data_dir`], or
+//! PostgreSQL, [`PoolConfig::database`], which several pool processes may
+//! share) and a content-addressed blob store, and serves the HTTP API
+//! described in [`gradpool_core::wire`]:
 //!
 //! - [`api`]: the routes and their handlers.
 //! - [`auth`]: API keys of customers and session tokens of providers.
@@ -33,7 +34,8 @@
 //!   against every committed checkpoint.
 //! - [`clock`]: where the pool reads the time (the system's, or one tests
 //!   move by hand).
-//! - [`challenge`]: single-use nonces that store nothing until used.
+//! - [`challenge`]: single-use nonces that store nothing until used, under
+//!   the pool's key (shared by all its processes).
 //! - [`throttle`]: per-client limits on the routes anyone can call.
 //! - [`tls`]: the API over TLS, with a certificate from files or one the
 //!   pool makes and keeps.
@@ -163,8 +165,9 @@ impl Pool {
     }
 
     /// Opens (or creates) the pool's data directory: the database
-    /// `pool.sqlite` (WAL, busy timeout, foreign keys, migrated) and the blob
-    /// store `blobs/`.
+    /// `pool.sqlite` (WAL, busy timeout, foreign keys, migrated), or the
+    /// PostgreSQL database of [`PoolConfig::database`] (migrated), and the
+    /// blob store `blobs/`.
     pub async fn open(config: PoolConfig) -> Result<Pool, PoolError> {
         if config.heartbeat_seconds == 0 || 2 * config.heartbeat_seconds > config.lease_seconds {
             return Err(PoolError::BadRequest(format!(
