@@ -39,7 +39,8 @@ impl Cluster {
         let port = free_port()?;
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c max_connections=200",
+             -c synchronous_commit=off -c max_wal_size=64MB -c min_wal_size=32MB \
+             -c max_connections=200",
             dir.display()
         );
         run(as_owner(&bin.join("pg_ctl"))
