@@ -2,7 +2,8 @@
 //! (and one data directory, for the blobs): providers and the customer
 //! spread across both, one process is SIGKILLed mid-job, and the other
 //! carries the job to the end. The background loops run in one process at
-//! a time: sampled all along, never both, and the survivor takes them over.
+//! a time: the second never takes the lead (by its own log) while the
+//! first lives, and takes it over once the first is gone.
 //!
 //! The database is on a throwaway cluster this test starts (Debian's
 //! `postgresql`, which `.ci/run` installs).
@@ -11,21 +12,21 @@ mod common;
 
 use common::*;
 use gradpool_client::Api;
-use gradpool_core::wire::{
-    AccountCreated, CreateAccount, JobEvent, JobEventKind, JobStatus, JobView,
-};
+use gradpool_core::wire::{AccountCreated, CreateAccount, JobEvent, JobEventKind, JobStatus};
 use gradpool_provider::{CpuDevice, ProviderConfig};
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A `gradpool pool` child process, killed when dropped.
 struct PoolProcess {
     child: std::process::Child,
     url: String,
+    /// Whether it has logged that it leads the background loops.
+    led: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PoolProcess {
@@ -44,10 +45,23 @@ impl PoolProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env("GRADPOOL_DATABASE", database)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,gradpool_pool::db=info")
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let (lead, led) = tokio::sync::watch::channel(false);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("leading the background loops") {
+                    lead.send_replace(true);
+                }
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let url = loop {
@@ -61,7 +75,15 @@ impl PoolProcess {
         };
         // Keep reading so that the pool never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        PoolProcess { child, url }
+        PoolProcess { child, url, led }
+    }
+
+    /// Waits until it logs that it leads the background loops.
+    async fn took_the_lead(&mut self, limit: Duration) {
+        tokio::time::timeout(limit, self.led.wait_for(|led| *led))
+            .await
+            .expect("it never took the lead")
+            .unwrap();
     }
 
     /// Whether this process runs the background loops now, by its
@@ -118,13 +140,9 @@ async fn two_pool_processes_serve_one_job_and_one_survives_a_sigkill() {
     let db = cluster.url.clone();
     let data_dir = tmp.path().join("pool");
     // a first, until it leads; then b, which cannot.
-    let a = PoolProcess::start(&data_dir, &db);
-    let start = Instant::now();
-    while a.leads().await != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "a never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let b = PoolProcess::start(&data_dir, &db);
+    let mut a = PoolProcess::start(&data_dir, &db);
+    a.took_the_lead(Duration::from_secs(30)).await;
+    let mut b = PoolProcess::start(&data_dir, &db);
 
     // One customer account, made through one process, used through both.
     let anon = Api::new(&a.url, None, &Default::default()).unwrap();
@@ -154,25 +172,26 @@ async fn two_pool_processes_serve_one_job_and_one_survives_a_sigkill() {
     // through the table.
     let followed = tokio::spawn(follow(on_b.clone(), id.clone()));
 
-    // Until a few segments are in, and after: never two leaders.
-    let start = Instant::now();
-    loop {
-        assert_eq!(
-            (a.leads().await, b.leads().await),
-            (Some(true), Some(false)),
-            "a leads the background loops and b does not while both live"
-        );
-        let job: JobView = on_a.get(&format!("/v1/jobs/{id}")).await.unwrap();
-        if job.segments_done >= 3 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "{job:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Until a few segments are in: a leads, and b never took the lead.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        first_event(&on_a, &id, |e| {
+            matches!(e.kind, JobEventKind::Checkpoint { segment: 2, .. })
+        }),
+    )
+    .await
+    .expect("three segments did not commit");
+    assert_eq!(
+        (a.leads().await, b.leads().await),
+        (Some(true), Some(false)),
+        "a leads the background loops and b does not while both live"
+    );
+    assert!(!*b.led.borrow(), "b took the lead while a lived");
 
     // SIGKILL the leader, with its providers' requests in flight: b takes
     // the loops over (its reaper hands a's leases on) and the job ends.
     drop(a);
+    b.took_the_lead(Duration::from_secs(30)).await;
     let end = wait_final(&on_b, &id, Duration::from_secs(240)).await;
     assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
     assert_eq!(end.step, 80);
