@@ -42,15 +42,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The engine behind `conn`.
-    pub fn of(conn: &AnyConnection) -> Dialect {
-        if conn.backend_name() == "PostgreSQL" {
-            Dialect::Postgres
-        } else {
-            Dialect::Sqlite
-        }
-    }
-
     /// The engine behind a connection pool.
     pub fn of_pool(db: &AnyPool) -> Dialect {
         let url = &db.connect_options().database_url;
@@ -130,15 +121,12 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 
 /// Opens the database, brings its schema up to date and returns a
 /// connection pool to it: SQLite at `sqlite_path` unless `url` names a
-/// PostgreSQL database.
-pub async fn open(
-    sqlite_path: &Path,
-    url: Option<&DatabaseUrl>,
-) -> Result<(AnyPool, Dialect), DbError> {
+/// PostgreSQL database ([`Dialect::of_pool`] tells which).
+pub async fn open(sqlite_path: &Path, url: Option<&DatabaseUrl>) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
     match url {
-        None => Ok((open_sqlite(sqlite_path).await?, Dialect::Sqlite)),
-        Some(url) => Ok((open_postgres(url).await?, Dialect::Postgres)),
+        None => open_sqlite(sqlite_path).await,
+        Some(url) => open_postgres(url).await,
     }
 }
 
@@ -421,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn every_state_column_checks_exactly_its_enums_spellings() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, _) = open(&dir.path().join("pool.db"), None).await.unwrap();
+        let db = open(&dir.path().join("pool.db"), None).await.unwrap();
         let columns: [(&str, &str, String); 18] = [
             ("jobs", "status", JobStatus::check_list()),
             ("jobs", "runtime", Runtime::check_list()),
@@ -505,7 +493,7 @@ mod tests {
     async fn listed_jobs_are_pinned_when_the_database_opens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.db");
-        let (db, _) = open(&path, None).await.unwrap();
+        let db = open(&path, None).await.unwrap();
         let spec = "name = \"x\"\n[data]\nformat = \"text\"\n";
         sqlx::query(
             "INSERT INTO accounts (id, name, key_hash, created_at) VALUES ('a', 'a', 'h', 0)",
@@ -535,7 +523,7 @@ mod tests {
             .await
             .unwrap();
         db.close().await;
-        let (db, _) = open(&path, None).await.unwrap();
+        let db = open(&path, None).await.unwrap();
         let stored = |id: &'static str| {
             let db = db.clone();
             async move {
@@ -559,7 +547,7 @@ mod tests {
     #[tokio::test]
     async fn the_database_refuses_a_state_no_enum_has() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, _) = open(&dir.path().join("pool.db"), None).await.unwrap();
+        let db = open(&dir.path().join("pool.db"), None).await.unwrap();
         let err = sqlx::query(
             "INSERT INTO payouts (id, kind, status, created_at, updated_at) \
              VALUES ('p1', 'withdrawal', 'sent', 0, 0)",

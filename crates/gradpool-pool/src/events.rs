@@ -184,19 +184,21 @@ impl Pool {
         store::last_event_id(&mut conn).await
     }
 
-    /// Publishes the events after `last`; returns the last one read.
+    /// Publishes the events after `last`, a page at a time until a page
+    /// comes back short; returns the last one read. (A page short only of
+    /// unreadable rows ends the round early: the next one goes on.)
     async fn relay_after(&self, mut last: i64) -> Result<i64, PoolError> {
         loop {
             let mut conn = self.inner.db.acquire().await?;
             let (events, read_to) = store::events_since(&mut conn, last, RELAY_PAGE).await?;
             drop(conn);
-            let more = read_to > last;
             last = read_to;
+            let full = events.len() == RELAY_PAGE as usize;
             if !events.is_empty() {
                 self.publish(events);
                 self.inner.work.notify_waiters();
             }
-            if !more {
+            if !full {
                 return Ok(last);
             }
         }

@@ -634,7 +634,7 @@ impl Pool {
                AND status = 'queued' \
              RETURNING {TASK_COLUMNS}"
         );
-        let held_back_jobs = self.inner.dialect.json_text_elements("$10");
+        let held_back_jobs = self.dialect().json_text_elements("$10");
         let train_sql = format!(
             "UPDATE tasks SET status = 'leased', provider_id = $1, lease_expires_at = $2, assigned_at = $3, \
              updated_at = $3, price_per_hour = $6 \

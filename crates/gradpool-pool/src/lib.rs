@@ -109,8 +109,6 @@ pub struct Pool {
 pub(crate) struct Inner {
     pub(crate) config: PoolConfig,
     pub(crate) db: sqlx::AnyPool,
-    /// Which engine `db` speaks to.
-    pub(crate) dialect: db::Dialect,
     /// Whether this process runs the background loops (one process does,
     /// across all that serve the pool).
     pub(crate) leadership: db::Leadership,
@@ -184,7 +182,7 @@ impl Pool {
             )));
         }
         tokio::fs::create_dir_all(&config.data_dir).await?;
-        let (db, dialect) = db::open(
+        let db = db::open(
             &config.data_dir.join("pool.sqlite"),
             config.database.as_ref(),
         )
@@ -203,7 +201,6 @@ impl Pool {
             inner: Arc::new(Inner {
                 config,
                 db,
-                dialect,
                 leadership,
                 blobs,
                 write_lock: Mutex::new(()),
@@ -230,7 +227,7 @@ impl Pool {
 
     /// Which engine the pool's database runs on.
     pub fn dialect(&self) -> db::Dialect {
-        self.inner.dialect
+        db::Dialect::of_pool(&self.inner.db)
     }
 
     /// The pool's money ledger.
@@ -271,7 +268,7 @@ impl Pool {
         let stop = self.inner.stop.clone();
         let reaper = tokio::spawn(self.clone().run_reaper(stop.clone()));
         let wallet = tokio::spawn(self.clone().run_wallet(stop.clone()));
-        let relay = match self.inner.dialect {
+        let relay = match self.dialect() {
             db::Dialect::Postgres => Some(tokio::spawn(self.clone().run_relay(stop.clone()))),
             db::Dialect::Sqlite => None,
         };

@@ -166,8 +166,19 @@ pub(crate) async fn round_inputs(
 
 /// The checkpoints provider `$1` keeps that the pool needs now (see
 /// [`wanted`]); on the partial index of commitments that sent a
-/// pseudo-gradient (migration 0023), since every heartbeat asks.
-fn wanted_sql(dialect: crate::db::Dialect) -> String {
+/// pseudo-gradient (migration 0023), since every heartbeat asks. Made once
+/// per dialect.
+fn wanted_sql(dialect: crate::db::Dialect) -> &'static str {
+    static SQLITE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static POSTGRES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let made = match dialect {
+        crate::db::Dialect::Sqlite => &SQLITE,
+        crate::db::Dialect::Postgres => &POSTGRES,
+    };
+    made.get_or_init(|| wanted_sql_of(dialect))
+}
+
+fn wanted_sql_of(dialect: crate::db::Dialect) -> String {
     let held_back = dialect.json_text_elements("$3");
     format!(
         "SELECT DISTINCT c.checkpoint_sha256 FROM commitments c \
@@ -198,7 +209,7 @@ pub(crate) async fn wanted(
     queued_before: i64,
     held_back: &[String],
 ) -> Result<Vec<Sha256Hex>, PoolError> {
-    let rows: Vec<String> = sqlx::query_scalar(&wanted_sql(crate::db::Dialect::of_pool(db)))
+    let rows: Vec<String> = sqlx::query_scalar(wanted_sql(crate::db::Dialect::of_pool(db)))
         .bind(provider.as_str())
         .bind(queued_before)
         .bind(serde_json::to_string(held_back)?)
@@ -264,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn the_wanted_checkpoints_are_found_by_index() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, _) = crate::db::open(&dir.path().join("pool.sqlite"), None)
+        let db = crate::db::open(&dir.path().join("pool.sqlite"), None)
             .await
             .unwrap();
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!(

@@ -196,7 +196,7 @@ impl Pool {
         let abandoned = sqlx::query(&format!(
             "UPDATE tasks SET lease_expires_at = 0, updated_at = $1 \
              WHERE provider_id = $2 AND status = 'leased' AND id NOT IN ({})",
-            self.inner.dialect.json_text_elements("$3")
+            self.dialect().json_text_elements("$3")
         ))
         .bind(now)
         .bind(provider.as_str())

@@ -145,7 +145,7 @@ mod tests {
     #[tokio::test]
     async fn sightings_are_written_in_batches_and_never_move_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, _) = crate::db::open(&dir.path().join("pool.sqlite"), None)
+        let db = crate::db::open(&dir.path().join("pool.sqlite"), None)
             .await
             .unwrap();
         let n = 2 * BATCH + 7;

@@ -95,7 +95,7 @@ impl<'a> Write<'a> {
         // On PostgreSQL, where other processes write too, the relay
         // publishes every process's events in the order they were written
         // (`Pool::run_relay`).
-        if self.pool.inner.dialect == crate::db::Dialect::Sqlite {
+        if self.pool.dialect() == crate::db::Dialect::Sqlite {
             self.pool.publish(self.events);
         }
         if self.queued_work {

@@ -410,7 +410,7 @@ impl Pool {
                 "SELECT id, status FROM payouts WHERE status IN ('built', 'reserved') \
                    AND id NOT IN ({}) \
                  ORDER BY CASE status WHEN 'built' THEN 0 ELSE 1 END, created_at, rowid LIMIT 1",
-                self.inner.dialect.json_text_elements("$1")
+                self.dialect().json_text_elements("$1")
             ))
             .bind(serde_json::to_string(&report.waiting)?)
             .fetch_optional(&self.inner.db)

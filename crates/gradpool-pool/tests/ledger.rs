@@ -25,7 +25,6 @@ impl Opened {
         gradpool_pool::db::open(&self.path, self.database.as_ref())
             .await
             .expect("open db")
-            .0
     }
 }
 

@@ -384,8 +384,7 @@ async fn withdrawals_are_checked_idempotent_and_never_overdraw() {
         tp.pool.config().database.as_ref(),
     )
     .await
-    .unwrap()
-    .0;
+    .unwrap();
     let lines = gradpool_pool::money::payout_lines(&db, 50).await.unwrap();
     assert_eq!(lines.len(), 4);
     assert!(lines.iter().all(|l| l.kind == PayoutKind::Withdrawal

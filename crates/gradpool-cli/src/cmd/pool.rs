@@ -213,7 +213,7 @@ impl PoolDatabase {
             Some(_) => self.data_dir.join("pool.sqlite"),
             None => db_path(&self.data_dir)?,
         };
-        let (db, _) = gradpool_pool::db::open(&path, url.as_ref())
+        let db = gradpool_pool::db::open(&path, url.as_ref())
             .await
             .with_context(|| match &url {
                 Some(url) => format!("cannot open {}", url.redacted()),
