@@ -45,6 +45,9 @@ enum Command {
     Train(gradpool_cli::cmd::local::TrainArgs),
     /// Generate text with a trained model.
     Sample(gradpool_cli::cmd::local::SampleArgs),
+    /// Print a trained model's logits on a text (GPT) or feature rows (MLP),
+    /// as JSON.
+    Logits(gradpool_cli::cmd::local::LogitsArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(gradpool_cli::cmd::local::BenchCommand),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Segment(_)
             | Command::Train(_)
             | Command::Sample(_)
+            | Command::Logits(_)
             | Command::Bench(_)
             | Command::Provider(_)
             | Command::Devnet(_)
@@ -85,9 +89,11 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         // Cheaters being caught are the point of the run, not warnings.
         Command::Bench(gradpool_cli::cmd::local::BenchCommand::Verify(_)) => "error",
-        Command::Segment(_) | Command::Sample(_) | Command::Bench(_) | Command::Checkpoint(_) => {
-            "warn"
-        }
+        Command::Segment(_)
+        | Command::Sample(_)
+        | Command::Logits(_)
+        | Command::Bench(_)
+        | Command::Checkpoint(_) => "warn",
         Command::Devnet(_) | Command::Job(_) | Command::Account(_) | Command::Book(_) => "warn",
         _ => "info",
     };
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         Command::Segment(c) => gradpool_cli::cmd::local::segment(c),
         Command::Train(a) => gradpool_cli::cmd::local::train(a),
         Command::Sample(a) => gradpool_cli::cmd::local::sample(a),
+        Command::Logits(a) => gradpool_cli::cmd::local::logits(a),
         Command::Bench(c) => gradpool_cli::cmd::local::bench(c),
         Command::Checkpoint(c) => gradpool_cli::cmd::local::checkpoint(c),
         other => runtime().and_then(|rt| rt.block_on(run_async(other))),
@@ -170,6 +177,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Segment(_)
         | Command::Train(_)
         | Command::Sample(_)
+        | Command::Logits(_)
         | Command::Bench(_)
         | Command::Checkpoint(_) => {
             unreachable!("handled before the runtime starts")

@@ -20,6 +20,9 @@ pub enum TrainError {
     /// A sampling request could not be served.
     #[error("cannot sample: {0}")]
     Sample(String),
+    /// An input a model cannot take (`logits`).
+    #[error("the model cannot take this input: {0}")]
+    Input(String),
     /// Training diverged (a loss or gradient became NaN or infinite).
     #[error("training diverged at step {step}: {what}")]
     Diverged { step: u64, what: String },

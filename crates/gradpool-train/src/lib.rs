@@ -13,7 +13,8 @@
 //! - [`segment`]: [`run_segment`], the unit of work a provider runs.
 //! - [`parallel`]: parallel (DiLoCo) jobs: a worker's inner segment, the
 //!   outer step on files, a whole parallel job trained here.
-//! - [`sample`]: [`export_model`] and [`sample()`](sample::sample).
+//! - [`sample`]: [`export_model`], [`sample()`](sample::sample) and
+//!   [`logits()`](sample::logits).
 //! - [`bench`]: the reference training benchmark.
 //! - `cheat` (feature `cheat`): segments that fake their work, for testing
 //!   audits.
@@ -65,7 +66,7 @@ pub use checkpoint::{spec_fingerprint, CHECKPOINT_FORMAT, MODEL_FORMAT};
 pub use dataset::{CsvInfo, Dataset};
 pub use error::TrainError;
 pub use model::ModelMeta;
-pub use sample::{export_model, sample};
+pub use sample::{export_model, logits, sample, LogitsInput};
 pub use segment::{
     evaluate, run_segment, run_segment_autograd, Evaluation, SegmentOutcome, StepReport,
 };

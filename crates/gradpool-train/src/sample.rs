@@ -44,61 +44,19 @@ pub fn sample(
             "temperature must be a number >= 0, got {temperature}"
         )));
     }
-    let mut parsed = checkpoint::read(model)?;
-    let format = parsed.meta(model, "format")?;
-    if format != MODEL_FORMAT {
-        return Err(TrainError::checkpoint(
-            model,
-            format!("format is {format:?}, expected {MODEL_FORMAT:?} (export a checkpoint first)"),
-        ));
-    }
-    let meta: ModelMeta = serde_json::from_str(parsed.meta(model, "model")?)
-        .map_err(|e| TrainError::checkpoint(model, format!("bad model metadata: {e}")))?;
+    let (net, parsed) = load(model, device)?;
     let ModelMeta::Gpt {
         block_size,
         vocab_size,
         ..
-    } = meta
+    } = net.meta
     else {
         return Err(TrainError::Sample(
             "sampling needs a GPT model; this file holds an MLP classifier".into(),
         ));
     };
-    let vocab =
-        parse_vocab(parsed.meta(model, "vocab")?).map_err(|e| TrainError::checkpoint(model, e))?;
-    if vocab.len() != vocab_size {
-        return Err(TrainError::checkpoint(
-            model,
-            format!(
-                "vocab has {} entries, model expects {vocab_size}",
-                vocab.len()
-            ),
-        ));
-    }
-    let values = parsed.take_params(model, &meta, "")?;
-    parsed.no_extra(model)?;
-    let net = Model::from_values(meta, values, device)?;
-
-    let mut unknown: Vec<char> = prompt
-        .chars()
-        .filter(|c| vocab.binary_search(c).is_err())
-        .collect();
-    unknown.sort_unstable();
-    unknown.dedup();
-    if !unknown.is_empty() {
-        return Err(TrainError::Sample(format!(
-            "prompt has characters not in the model's vocabulary: {}",
-            unknown
-                .iter()
-                .map(|c| format!("{c:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    let mut ids: Vec<u32> = prompt
-        .chars()
-        .filter_map(|c| vocab.binary_search(&c).ok().map(|i| i as u32))
-        .collect();
+    let vocab = vocab_of(model, &parsed, vocab_size)?;
+    let mut ids = encode(&vocab, prompt, "prompt", TrainError::Sample)?;
     if ids.is_empty() {
         // An empty prompt starts from a newline if the vocab has one, else
         // from the first character.
@@ -138,6 +96,159 @@ pub fn sample(
         out.push(vocab[next]);
     }
     Ok(out)
+}
+
+/// Opens a model file written by [`export_model`]: the model, and the
+/// file's metadata (its vocabulary or CSV features).
+fn load(model: &Path, device: &Device) -> Result<(Model, checkpoint::Parsed), TrainError> {
+    let mut parsed = checkpoint::read(model)?;
+    let format = parsed.meta(model, "format")?;
+    if format != MODEL_FORMAT {
+        return Err(TrainError::checkpoint(
+            model,
+            format!("format is {format:?}, expected {MODEL_FORMAT:?} (export a checkpoint first)"),
+        ));
+    }
+    let meta: ModelMeta = serde_json::from_str(parsed.meta(model, "model")?)
+        .map_err(|e| TrainError::checkpoint(model, format!("bad model metadata: {e}")))?;
+    let values = parsed.take_params(model, &meta, "")?;
+    parsed.no_extra(model)?;
+    Ok((Model::from_values(meta, values, device)?, parsed))
+}
+
+/// A GPT model file's vocabulary, checked against its config.
+fn vocab_of(
+    model: &Path,
+    parsed: &checkpoint::Parsed,
+    vocab_size: usize,
+) -> Result<Vec<char>, TrainError> {
+    let vocab =
+        parse_vocab(parsed.meta(model, "vocab")?).map_err(|e| TrainError::checkpoint(model, e))?;
+    if vocab.len() != vocab_size {
+        return Err(TrainError::checkpoint(
+            model,
+            format!(
+                "vocab has {} entries, model expects {vocab_size}",
+                vocab.len()
+            ),
+        ));
+    }
+    Ok(vocab)
+}
+
+/// `text` as token ids; a character outside the vocabulary is refused,
+/// naming it.
+fn encode(
+    vocab: &[char],
+    text: &str,
+    what: &str,
+    error: fn(String) -> TrainError,
+) -> Result<Vec<u32>, TrainError> {
+    let mut unknown: Vec<char> = text
+        .chars()
+        .filter(|c| vocab.binary_search(c).is_err())
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        return Err(error(format!(
+            "{what} has characters not in the model's vocabulary: {}",
+            unknown
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(text
+        .chars()
+        .filter_map(|c| vocab.binary_search(&c).ok().map(|i| i as u32))
+        .collect())
+}
+
+/// What a model's logits are asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum LogitsInput<'a> {
+    /// Text, for a GPT: the logits at each of its characters (at most
+    /// `block_size` of them).
+    Text(&'a str),
+    /// Rows of raw feature values, for an MLP: standardised as in
+    /// training, then one row of class logits each.
+    Features(&'a [Vec<f32>]),
+}
+
+/// The logits of a model file written by [`export_model`] on `input`: one
+/// row per character of the text (GPT) or per feature row (MLP).
+pub fn logits(
+    model: &Path,
+    input: LogitsInput<'_>,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let (net, parsed) = load(model, device)?;
+    let out = match (&net.meta, input) {
+        (
+            ModelMeta::Gpt {
+                block_size,
+                vocab_size,
+                ..
+            },
+            LogitsInput::Text(text),
+        ) => {
+            let ids = encode(
+                &vocab_of(model, &parsed, *vocab_size)?,
+                text,
+                "the text",
+                TrainError::Input,
+            )?;
+            if ids.is_empty() || ids.len() > *block_size {
+                return Err(TrainError::Input(format!(
+                    "the text has {} characters; the model takes 1 to {block_size}",
+                    ids.len()
+                )));
+            }
+            let input = Tensor::from_slice(&ids, (1, ids.len()), device)?;
+            net.gpt_logits(&input)?
+        }
+        (ModelMeta::Mlp { inputs, .. }, LogitsInput::Features(rows)) => {
+            let info: crate::CsvInfo = serde_json::from_str(parsed.meta(model, "csv")?)
+                .map_err(|e| TrainError::checkpoint(model, format!("bad csv metadata: {e}")))?;
+            let mut flat = Vec::with_capacity(rows.len() * inputs);
+            for (i, row) in rows.iter().enumerate() {
+                if row.len() != *inputs {
+                    return Err(TrainError::Input(format!(
+                        "row {} has {} features; the model takes {inputs} ({})",
+                        i + 1,
+                        row.len(),
+                        info.features.join(", ")
+                    )));
+                }
+                for ((v, m), s) in row.iter().zip(&info.mean).zip(&info.std) {
+                    flat.push((v - m) / s);
+                }
+            }
+            let x = Tensor::from_vec(flat, (rows.len(), *inputs), device)?;
+            net.mlp_logits(&x)?
+        }
+        (ModelMeta::Gpt { .. }, LogitsInput::Features(_)) => {
+            return Err(TrainError::Input(
+                "this file holds a GPT: give it text, not features".into(),
+            ))
+        }
+        (ModelMeta::Mlp { .. }, LogitsInput::Text(_)) => {
+            return Err(TrainError::Input(
+                "this file holds an MLP classifier: give it feature rows, not text".into(),
+            ))
+        }
+        (ModelMeta::Container { .. }, _) => {
+            return Err(TrainError::Input(
+                "a container job's model is its script's: load it in PyTorch".into(),
+            ))
+        }
+    };
+    Ok(out
+        .detach()
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?)
 }
 
 fn argmax(v: &[f64]) -> usize {

@@ -2,7 +2,8 @@
 
 use gradpool_core::JobSpec;
 use gradpool_train::{
-    export_model, run_segment, sample, Dataset, Device, SegmentOutcome, TrainError,
+    export_model, logits, run_segment, sample, Dataset, Device, LogitsInput, SegmentOutcome,
+    TrainError,
 };
 use std::path::Path;
 
@@ -149,6 +150,21 @@ fn mlp_resume_matches_and_learns() {
     export_model(&spec, &a, &model).unwrap();
     let err = sample(&model, "x", 5, 0.0, 1, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("GPT"), "{err}");
+    // Its logits: one row of class scores per row of raw features.
+    let rows = vec![vec![5.1, 3.5, 1.4], vec![6.7, 3.0, 5.2]];
+    let scores = logits(&model, LogitsInput::Features(&rows), &Device::Cpu).unwrap();
+    assert_eq!(scores.len(), 2);
+    assert!(scores
+        .iter()
+        .all(|r| r.len() == 3 && r.iter().all(|v| v.is_finite())));
+    assert_ne!(scores[0], scores[1]);
+    let short = vec![vec![5.1, 3.5]];
+    assert_eq!(scores[0].len(), data.vocab_size());
+    let err = logits(&model, LogitsInput::Features(&short), &Device::Cpu).unwrap_err();
+    assert!(matches!(err, TrainError::Input(_)), "{err}");
+    assert!(err.to_string().contains("row 1 has 2 features"), "{err}");
+    let err = logits(&model, LogitsInput::Text("x"), &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("feature rows"), "{err}");
 }
 
 #[test]
@@ -268,6 +284,22 @@ warmup_steps = 10
     let err = sample(&model, "ROMEO: ☃€", 5, 1.0, 0, &Device::Cpu).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("'☃'") && msg.contains("'€'"), "{msg}");
+    // Its logits: a row per character, the last predicting what greedy
+    // sampling writes next.
+    let rows = logits(&model, LogitsInput::Text("ROMEO:"), &Device::Cpu).unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r.len() == 65));
+    let last = &rows[5];
+    let best = (0..65).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+    let next = sample(&model, "ROMEO:", 1, 0.0, 0, &Device::Cpu).unwrap();
+    assert_eq!(data.vocab().unwrap()[best].to_string(), next);
+    let long = "a".repeat(33);
+    let err = logits(&model, LogitsInput::Text(&long), &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("1 to 32"), "{err}");
+    let err = logits(&model, LogitsInput::Text("€"), &Device::Cpu).unwrap_err();
+    assert!(matches!(err, TrainError::Input(_)), "{err}");
+    let err = logits(&model, LogitsInput::Features(&[]), &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("give it text"), "{err}");
     // Exporting from a checkpoint of another spec is refused.
     let other = gpt_spec(7, 20);
     assert!(export_model(&other, &ckpt, &dir.path().join("x")).is_err());

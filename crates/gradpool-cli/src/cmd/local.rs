@@ -70,6 +70,28 @@ pub struct SampleArgs {
     device: DeviceFlags,
 }
 
+/// `gradpool logits`: what a trained model computes on an input, as JSON.
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    /// A model written by `gradpool job fetch` or `gradpool train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// For a GPT: the text (up to its context length); one row of logits
+    /// per character, each predicting the next.
+    #[arg(
+        long,
+        conflicts_with = "features",
+        required_unless_present = "features"
+    )]
+    text: Option<String>,
+    /// For an MLP: a row of raw feature values, comma-separated in the
+    /// CSV's column order; repeat for more rows.
+    #[arg(long, value_name = "V1,V2,…")]
+    features: Vec<String>,
+    #[command(flatten)]
+    device: DeviceFlags,
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Train the reference GPT (4 layers, 4 heads, width 128, block 64,
@@ -708,6 +730,35 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<ExitCode> {
         &device,
     )?;
     println!("{}{text}", a.prompt);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `{"logits": [[…], …]}`: one row per character or feature row.
+pub fn logits(a: LogitsArgs) -> anyhow::Result<ExitCode> {
+    let device = open_device(&a.device)?;
+    let rows = a
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .with_context(|| format!("--features row {}: {v:?} is not a number", i + 1))
+                })
+                .collect::<anyhow::Result<Vec<f32>>>()
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let input = match &a.text {
+        Some(text) => gradpool_train::LogitsInput::Text(text),
+        None => gradpool_train::LogitsInput::Features(&rows),
+    };
+    let logits = gradpool_train::logits(&a.model, input, &device)
+        .with_context(|| format!("cannot run {}", a.model.display()))?;
+    println!("{}", serde_json::json!({ "logits": logits }));
     Ok(ExitCode::SUCCESS)
 }
 
