@@ -414,6 +414,7 @@ class Job:
     spent: int
     escrow: int
     provider: Optional[str]
+    providers: int
     spec_toml: str
 
     def __init__(self, client: Client, view: Mapping[str, Any]) -> None:
@@ -425,7 +426,7 @@ class Job:
         for k in (
             "id", "name", "status", "steps", "step", "segments_done", "segments_total",
             "last_loss", "eval_loss", "checkpoint_sha256", "error", "budget", "spent",
-            "escrow", "provider", "spec_toml",
+            "escrow", "provider", "providers", "spec_toml",
         ):
             setattr(self, k, view.get(k))
 

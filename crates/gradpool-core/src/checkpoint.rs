@@ -20,6 +20,20 @@ use std::collections::BTreeMap;
 /// Format tag of checkpoint files.
 pub const CHECKPOINT_FORMAT: &str = "gradpool-checkpoint-v1";
 
+/// Format tag of model files: a built-in model's parameters under their
+/// own names, without the optimizer's state, and its checkpoint's metadata
+/// (the model's config, the data's vocabulary or features).
+pub const MODEL_FORMAT: &str = "gradpool-model-v1";
+
+/// The checkpoint formats a built-in model's file can be taken from: a
+/// checkpoint, and a parallel job's global or weights checkpoint
+/// ([`crate::outer`]). Each holds the parameters as `param.NAME`.
+const PARAMETER_FORMATS: [&str; 3] = [
+    CHECKPOINT_FORMAT,
+    crate::outer::GLOBAL_FORMAT,
+    crate::outer::WEIGHTS_FORMAT,
+];
+
 /// f32 tensors by name: shape and row-major values.
 pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -144,6 +158,50 @@ pub struct CheckpointDefect(pub String);
 
 fn defect(reason: impl Into<String>) -> CheckpointDefect {
     CheckpointDefect(reason.into())
+}
+
+/// The model file ([`MODEL_FORMAT`]) of a built-in model's checkpoint:
+/// its `param.NAME` tensors as `NAME`, and its metadata but for a parallel
+/// job's `round` and `workers`, with `format` = [`MODEL_FORMAT`]. The same
+/// bytes as `gradpool job fetch` writes.
+pub fn model_file(checkpoint: &[u8]) -> Result<Vec<u8>, CheckpointDefect> {
+    let st = SafeTensors::deserialize(checkpoint)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(checkpoint)
+        .map_err(|e| defect(format!("not a safetensors file: {e}")))?;
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    let format = metadata.get("format").map(String::as_str).unwrap_or("");
+    if !PARAMETER_FORMATS.contains(&format) {
+        return Err(defect(format!(
+            "format is {format:?}, not a checkpoint of a built-in model"
+        )));
+    }
+    if !metadata.contains_key("model") {
+        return Err(defect("its metadata has no \"model\""));
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let Some(short) = name.strip_prefix("param.") else {
+            continue;
+        };
+        if view.dtype() != Dtype::F32 {
+            return Err(defect(format!("{name} is {:?}, not F32", view.dtype())));
+        }
+        tensors.insert(short.to_owned(), (view.shape().to_vec(), view.data()));
+    }
+    if tensors.is_empty() {
+        return Err(defect("it holds no param.* tensor"));
+    }
+    for key in ["round", "workers"] {
+        metadata.remove(key);
+    }
+    metadata.insert("format".into(), MODEL_FORMAT.into());
+    let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+    let typed = tensors
+        .iter()
+        .map(|(n, (shape, data))| (n.clone(), (shape.as_slice(), Values::Raw("F32", data))))
+        .collect();
+    Ok(to_bytes_typed(&typed, &metadata))
 }
 
 /// The most a checkpoint's header takes: its tensors' entries and its

@@ -35,6 +35,9 @@
 //! | `POST /v1/providers/earnings`     | node key | [`SignedNonce`] → [`Earnings`]              |
 //! | `POST /v1/providers/stake`        | node key | [`StakeRequest`] → [`Earnings`]           |
 //! | `GET  /v1/pool`                   | anyone   | → [`PoolInfo`]                            |
+//! | `GET  /v1/overview`               | anyone   | → [`PoolOverview`]                        |
+//! | `GET  /v1/providers/{id}`         | any key  | → [`ProviderView`]                        |
+//! | `GET  /v1/jobs/{id}/model`        | customer | → the model file (safetensors)            |
 //! | `POST /v1/bookings`               | customer | [`Book`] → [`BookingView`]                |
 //! | `GET  /v1/bookings`               | customer | → `[BookingView]`                         |
 //! | `POST /v1/bookings/{id}/cancel`   | customer | → [`BookingView`]                         |
@@ -200,6 +203,9 @@ pub struct JobView {
     /// deadline; a job with any ends `unverified`.
     #[serde(default)]
     pub audits_unserved: u32,
+    /// How many providers trained its committed segments.
+    #[serde(default)]
+    pub providers: u32,
     /// A parallel job's worker slots and the round it trains (its steps
     /// advance a round at a time); `None` for other jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1101,6 +1107,37 @@ pub struct PoolInfo {
     pub jobs_open: u32,
     /// Whether providers must pass hardware proofs.
     pub hardware_proof: bool,
+}
+
+/// The pool at a glance, for anyone (`GET /v1/overview`): the front page
+/// of its dashboard. Aggregates only, but for the latest verdicts, which
+/// name the providers they judged (as their reputation does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PoolOverview {
+    pub pool: PoolInfo,
+    /// Providers by status (every status, zeros included).
+    pub providers: std::collections::BTreeMap<String, u64>,
+    /// Providers not disconnected, by device (`cpu`, `cuda`).
+    pub devices: std::collections::BTreeMap<String, u64>,
+    /// Jobs by state (every state, zeros included).
+    pub jobs: std::collections::BTreeMap<String, u64>,
+    /// The latest decided audits, newest first.
+    pub recent_verdicts: Vec<PublicVerdict>,
+}
+
+/// A decided audit as anyone sees it: whose segment, why it was audited
+/// and what was found; not whose job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublicVerdict {
+    /// The provider that trained the segment.
+    pub provider: ProviderId,
+    pub reason: AuditReason,
+    /// `verified`, `provider_fault`, `validator_fault` or `void`.
+    pub outcome: AuditStatus,
+    pub at_fault: Option<ProviderId>,
+    pub decided_at: String,
 }
 
 /// Where to send Monero to fund an account.

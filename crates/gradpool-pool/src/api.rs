@@ -75,6 +75,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 pub fn router(pool: Pool) -> Router {
     let (router, _) = described().split_for_parts();
     router
+        .merge(crate::dashboard::router())
         .fallback(|| async { PoolError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(pool.clone(), measured))
         .with_state(pool)
@@ -102,6 +103,9 @@ fn described() -> OpenApiRouter<Pool> {
         .routes(routes!(job_events))
         .routes(routes!(job_verdicts))
         .routes(routes!(pool_info))
+        .routes(routes!(overview))
+        .routes(routes!(get_provider))
+        .routes(routes!(job_model))
         .routes(routes!(book, list_bookings))
         .routes(routes!(cancel_booking))
         .routes(routes!(list_providers))
@@ -605,6 +609,36 @@ async fn list_providers(
     ))
 }
 
+/// One provider, as anyone with a key sees it.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/{id}",
+    tag = "providers",
+    params(("id" = String, Path, description = "The provider's id (`prov_…`)")),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "The provider", body = gradpool_core::wire::ProviderView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn get_provider(
+    State(pool): State<Pool>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    let providers = store::providers(
+        &mut conn,
+        pool.now(),
+        pool.inner.config.lease_seconds,
+        pool.inner.config.verification.sampling,
+        &pool.inner.sightings,
+    )
+    .await?;
+    providers
+        .into_iter()
+        .find(|p| p.id.as_str() == id)
+        .map(Json)
+        .ok_or_else(|| PoolError::not_found(format!("provider {id}")))
+}
+
 /// Reserves providers for a window.
 #[utoipa::path(
     post,
@@ -663,6 +697,33 @@ async fn cancel_booking(
 )]
 async fn pool_info(State(pool): State<Pool>) -> Result<impl IntoResponse, PoolError> {
     Ok(Json(pool.info().await?))
+}
+
+/// How many of the latest verdicts the overview shows.
+const OVERVIEW_VERDICTS: u32 = 20;
+
+/// The pool at a glance, for anyone: providers by status and device, jobs by state, prices, the latest verdicts.
+#[utoipa::path(
+    get,
+    path = "/v1/overview",
+    tag = "pool",
+    responses((status = 200, description = "The pool at a glance", body = gradpool_core::wire::PoolOverview), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn overview(
+    State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
+) -> Result<impl IntoResponse, PoolError> {
+    // It reads every provider: an anonymous caller gets it at the
+    // anonymous rate.
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
+    let o = pool.overview().await?;
+    Ok(Json(gradpool_core::wire::PoolOverview {
+        pool: pool.info().await?,
+        providers: o.providers,
+        devices: o.devices,
+        jobs: o.jobs,
+        recent_verdicts: pool.recent_verdicts(OVERVIEW_VERDICTS).await?,
+    }))
 }
 
 /// A nonce for a provider to sign (registration, earnings, status, stake).
@@ -847,6 +908,31 @@ async fn job_verdicts(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, PoolError> {
     Ok(Json(pool.verdicts(&account, &id).await?))
+}
+
+/// The model a job trained: its last accepted checkpoint's weights, as `gradpool job fetch` writes them.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/model",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The id")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "model.safetensors: the weights, the model's config and the data's vocabulary or features in its metadata", body = Vec<u8>, content_type = "application/octet-stream"), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn job_model(
+    State(pool): State<Pool>,
+    Customer(account): Customer,
+    Path(id): Path<String>,
+) -> Result<Response, PoolError> {
+    let bytes = pool.model_file(&account, &id).await?;
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"model.safetensors\"".to_owned(),
+        ),
+    ];
+    Ok((headers, bytes).into_response())
 }
 
 /// The caller's balance.

@@ -1175,6 +1175,32 @@ impl Pool {
         Ok(out)
     }
 
+    /// The latest `limit` decided audits, newest first, as anyone sees
+    /// them (planted audits are the pool's own and not shown).
+    pub async fn recent_verdicts(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<gradpool_core::wire::PublicVerdict>, PoolError> {
+        let mut conn = self.inner.db.acquire().await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audits WHERE decided_at IS NOT NULL \
+             AND reason != 'planted' ORDER BY decided_at DESC, rowid DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|a| gradpool_core::wire::PublicVerdict {
+                provider: ProviderId::from(a.provider_id.as_str()),
+                reason: a.reason,
+                outcome: a.status,
+                at_fault: a.at_fault.as_deref().map(ProviderId::from),
+                decided_at: a.decided_at.map(store::rfc3339).unwrap_or_default(),
+            })
+            .collect())
+    }
+
     /// What every provider trained and replayed and the verdicts on it,
     /// over the pool's whole history: the figures `gradpool bench verify`
     /// measures detection, false positives and overhead with.

@@ -63,6 +63,7 @@ pub mod challenge;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod escrow;
@@ -342,6 +343,7 @@ const LAYERS: &[&str] = &[
     "booking",
     "events",
     "blob",
+    "dashboard",
     "api",
 ];
 

@@ -9,6 +9,8 @@
 //!   largest device any of its providers has, or than
 //!   [`PoolConfig::max_job_memory_bytes`](crate::PoolConfig::max_job_memory_bytes).
 //!   The estimate is also the least memory a provider needs to get the job.
+//! - A customer downloads the model a job trained ([`Pool::model_file`]):
+//!   its last accepted checkpoint's weights, without the optimizer's state.
 //! - At commit the checkpoint is read once, memory-mapped: its header,
 //!   every tensor's name, dtype and shape, and every value
 //!   ([`gradpool_core::checkpoint::inspect`]), and its chain hash.
@@ -342,5 +344,52 @@ impl Pool {
                 .collect())
         })
         .await?
+    }
+}
+
+impl Pool {
+    /// The model file of `account`'s job `job_id`, from its last accepted
+    /// checkpoint: a built-in model's as `gradpool job fetch` writes it
+    /// ([`gradpool_core::checkpoint::model_file`]), a container job's
+    /// weights under its script's names. A confidential job's checkpoint is
+    /// sealed: only the customer's key opens it, so the pool refuses.
+    pub async fn model_file(
+        &self,
+        account: &gradpool_core::AccountId,
+        job_id: &str,
+    ) -> Result<Vec<u8>, PoolError> {
+        let job = {
+            let mut conn = self.inner.db.acquire().await?;
+            crate::store::owned_job(&mut conn, account.as_str(), job_id).await?
+        };
+        let Some(sha) = job.checkpoint_sha256.as_deref() else {
+            return Err(PoolError::Conflict(format!(
+                "job {job_id} has no accepted checkpoint yet"
+            )));
+        };
+        let spec = JobSpec::from_toml_str(&job.spec_toml)
+            .map_err(|e| PoolError::Internal(format!("job {job_id}'s spec: {e}")))?;
+        if spec.privacy.is_some() {
+            return Err(PoolError::Conflict(format!(
+                "job {job_id} is confidential: its checkpoint is sealed to your key; \
+                 fetch it with `gradpool job fetch`, which opens it"
+            )));
+        }
+        let sha: Sha256Hex = sha
+            .parse()
+            .map_err(|e| PoolError::Internal(format!("checkpoint digest: {e}")))?;
+        let bytes = tokio::fs::read(self.inner.blobs.local(&sha).await?).await?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            PoolError::Internal(format!("checkpoint {sha} of job {job_id}: {e}"))
+        };
+        match (spec.container(), spec.parallel.is_some()) {
+            (Some(_), true) => gradpool_core::outer::Global::from_bytes(&bytes)
+                .map(|g| gradpool_core::container::global_model(&g))
+                .map_err(|e| invalid(&e)),
+            (Some(_), false) => {
+                gradpool_core::container::model_weights(&bytes).map_err(|e| invalid(&e))
+            }
+            (None, _) => gradpool_core::checkpoint::model_file(&bytes).map_err(|e| invalid(&e)),
+        }
     }
 }

@@ -459,6 +459,14 @@ impl Pool {
         .await?
         .try_into()
         .unwrap_or(u32::MAX);
+        view.providers = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT provider_id) FROM commitments WHERE job_id = $1",
+        )
+        .bind(&job.id)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_into()
+        .unwrap_or(u32::MAX);
         Ok(view)
     }
 }

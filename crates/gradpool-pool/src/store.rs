@@ -154,6 +154,7 @@ impl JobRow {
             booking: self.booking_id.clone(),
             audits_waiting: 0,
             audits_unserved: 0,
+            providers: 0,
             parallel: self.workers.filter(|n| *n > 0).map(|n| {
                 let every = self.checkpoint_every.max(1);
                 gradpool_core::wire::ParallelProgress {

@@ -164,8 +164,9 @@ async fn every_route_is_described_and_every_description_is_served() {
     assert_eq!(security["session"]["scheme"], "bearer");
 }
 
-/// The router has no way in but the described routes: `api.rs` names no
-/// route outside `routes!`.
+/// The API has no way in but the described routes: `api.rs` names no
+/// route outside `routes!` (the dashboard's pages, `dashboard.rs`, are
+/// not the API).
 #[test]
 fn the_api_routes_nothing_undescribed() {
     let source = std::fs::read_to_string(

@@ -1213,3 +1213,102 @@ async fn a_challenge_from_one_process_registers_at_another_once() {
             .err(401);
     }
 }
+
+#[tokio::test]
+async fn the_dashboards_routes_show_what_each_caller_may_see() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let mallory = tp.customer("mallory").await;
+    let job = alice.submit(SPEC, b"some text").await;
+    let p = tp.provider("rig").await;
+
+    // The overview is anyone's: aggregates, and no job of anyone.
+    let o: PoolOverview = tp.anon().get("/v1/overview").await.ok();
+    assert_eq!(o.jobs["queued"], 1);
+    assert_eq!(o.providers["idle"], 1);
+    assert_eq!(o.devices["cpu"], 1);
+    assert_eq!(o.pool.providers_connected, 1);
+    assert!(o.recent_verdicts.is_empty());
+    let text = tp
+        .anon()
+        .req(reqwest::Method::GET, "/v1/overview")
+        .send()
+        .await
+        .unwrap();
+    assert!(!text.text().await.unwrap().contains(job.id.as_str()));
+
+    // One provider, for anyone with a key; an unknown one is not found.
+    let id = p.key.provider_id();
+    let one: ProviderView = mallory.get(&format!("/v1/providers/{id}")).await.ok();
+    assert_eq!((one.id, one.name.as_str()), (id.clone(), "rig"));
+    tp.anon().get(&format!("/v1/providers/{id}")).await.err(401);
+    let missing = mallory
+        .get("/v1/providers/prov_0000000000000000")
+        .await
+        .err(404);
+    assert_eq!(missing.code, "not_found");
+
+    // The model: none before a checkpoint; the owner's only.
+    let path = format!("/v1/jobs/{}/model", job.id);
+    assert_eq!(alice.get(&path).await.err(409).code, "conflict");
+    let a = p.take().await;
+    let ckpt = checkpoint(&a, b"checkpoint 0");
+    p.client.upload(&ckpt).await;
+    let _: CommitReply = p.commit(&a.task_id, &p.commit_for(&a, &ckpt)).await.ok();
+    mallory.get(&path).await.err(404);
+    let (status, model) = alice.get_bytes(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(model, gradpool_core::checkpoint::model_file(&ckpt).unwrap());
+    // The weights without AdamW's two moments: a third of the checkpoint.
+    assert!(
+        model.len() < ckpt.len() / 2,
+        "{} of {}",
+        model.len(),
+        ckpt.len()
+    );
+    let view = alice.job(&job.id).await;
+    assert_eq!(view.providers, 1);
+
+    // The page and its files, under a policy that allows this origin only.
+    let page = tp
+        .anon()
+        .req(reqwest::Method::GET, "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let etag = page.headers()["etag"].clone();
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+    let again = tp
+        .anon()
+        .req(reqwest::Method::GET, "/")
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    for file in ["app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css"] {
+        let r = tp
+            .anon()
+            .req(reqwest::Method::GET, &format!("/assets/{file}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{file}");
+    }
+    let r = tp
+        .anon()
+        .req(reqwest::Method::GET, "/assets/..%2Fsrc%2Flib.rs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

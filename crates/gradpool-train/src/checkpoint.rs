@@ -21,9 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-pub use gradpool_core::checkpoint::CHECKPOINT_FORMAT;
-/// Format tag of exported model files.
-pub const MODEL_FORMAT: &str = "gradpool-model-v1";
+pub use gradpool_core::checkpoint::{CHECKPOINT_FORMAT, MODEL_FORMAT};
 
 /// A named f32 tensor on the host.
 pub(crate) struct HostTensor {

@@ -273,6 +273,11 @@ warmup_steps = 10
     assert!(tail < head - 1.0, "head {head} tail {tail}");
     let model = dir.path().join("model.safetensors");
     export_model(&spec, &ckpt, &model).unwrap();
+    // The pool makes the same model file from the checkpoint's bytes alone.
+    assert_eq!(
+        gradpool_core::checkpoint::model_file(&std::fs::read(&ckpt).unwrap()).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
     let text = sample(&model, "ROMEO:", 50, 0.8, 42, &Device::Cpu).unwrap();
     assert_eq!(text.chars().count(), 50);
     assert_eq!(
