@@ -373,6 +373,36 @@ async fn a_customer_follows_a_job_live_and_downloads_its_model() {
     text(&c, "#telemetry").await;
     check(&c, "6-provider").await;
 
+    // The rig's owner, with the link the rig prints: its own page.
+    let out = succeeded(
+        std::process::Command::new(BIN)
+            .args([
+                "provider",
+                "dashboard",
+                "--json",
+                "--pool",
+                &pool.url,
+                "--data-dir",
+            ])
+            .arg(tmp.path().join("rig-1")),
+    );
+    let link: Value = serde_json::from_slice(&out).unwrap();
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/#/rig/gpv_", pool.url)),
+        "{url}"
+    );
+    c.goto(url).await.unwrap();
+    assert_eq!(text(&c, "h1").await, "rig-1");
+    assert_eq!(text(&c, "[data-field=segments] dd").await, "8");
+    assert!(text(&c, "#history").await.contains("registered"));
+    assert!(text(&c, "[data-field=pending] dd").await.ends_with("XMR"));
+    text(&c, "#proofs").await;
+    text(&c, "#audits").await;
+    // The token left the address bar (and the history) at once.
+    assert_eq!(c.current_url().await.unwrap().fragment(), Some("/rig"));
+    check(&c, "7-rig").await;
+
     c.close().await.unwrap();
     rig.stop().await;
 }

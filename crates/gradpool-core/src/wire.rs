@@ -38,6 +38,8 @@
 //! | `GET  /v1/overview`               | anyone   | → [`PoolOverview`]                        |
 //! | `GET  /v1/providers/{id}`         | any key  | → [`ProviderView`]                        |
 //! | `GET  /v1/jobs/{id}/model`        | customer | → the model file (safetensors)            |
+//! | `POST /v1/providers/views`        | node key | [`SignedNonce`] → [`ViewOpened`]          |
+//! | `GET  /v1/providers/me`           | view     | → [`RigView`]                             |
 //! | `POST /v1/bookings`               | customer | [`Book`] → [`BookingView`]                |
 //! | `GET  /v1/bookings`               | customer | → `[BookingView]`                         |
 //! | `POST /v1/bookings/{id}/cancel`   | customer | → [`BookingView`]                         |
@@ -46,7 +48,8 @@
 //!
 //! Customers authenticate with `Authorization: Bearer <api key>`; providers
 //! with the session token [`Registered::token`] they got by proving they
-//! hold their node key. Errors are [`ApiError`] bodies.
+//! hold their node key; a rig's owner, on the dashboard, with the read-only
+//! view token [`ViewOpened::token`] a node proof opened. Errors are [`ApiError`] bodies.
 
 use crate::commitment::{SignedCommitment, SignedReplay};
 use crate::hardware::{Hardware, Telemetry};
@@ -1138,6 +1141,50 @@ pub struct PublicVerdict {
     pub outcome: AuditStatus,
     pub at_fault: Option<ProviderId>,
     pub decided_at: String,
+}
+
+/// A read-only view of one provider, opened by its owner with a node proof
+/// (`POST /v1/providers/views`, purpose `view`): what the dashboard's rig
+/// page reads `GET /v1/providers/me` with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ViewOpened {
+    /// `gpv_…`: shows this provider's page and nothing else, and does
+    /// nothing; shown once, the pool keeps its sha256.
+    pub token: String,
+    pub provider_id: ProviderId,
+    /// When it stops working, RFC 3339.
+    pub expires_at: String,
+}
+
+/// Everything a rig's owner sees of it (`GET /v1/providers/me`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RigView {
+    pub provider: ProviderView,
+    /// Its changes of standing, newest first.
+    pub history: Vec<StatusChange>,
+    pub earnings: Earnings,
+    /// Its hardware proofs, newest first.
+    pub proofs: Vec<ProofRecord>,
+    /// Decided audits of segments it trained, newest first.
+    pub verdicts: Vec<PublicVerdict>,
+}
+
+/// One hardware proof of a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProofRecord {
+    /// `open`, `passed`, `wrong_answer`, `too_slow`, `no_answer` or `void`.
+    pub outcome: crate::state::ProofStatus,
+    pub issued_at: String,
+    /// The speed the owner's agent claimed, GFLOP/s.
+    #[serde(default, deserialize_with = "crate::finite::option_f64")]
+    pub claimed_gflops: Option<f64>,
+    /// The speed it proved, GFLOP/s.
+    #[serde(default, deserialize_with = "crate::finite::option_f64")]
+    pub proven_gflops: Option<f64>,
+    pub elapsed_ms: Option<u64>,
 }
 
 /// Where to send Monero to fund an account.

@@ -3,7 +3,9 @@
 // Pages (the URL's hash): #/ the pool at a glance (anyone), #/signin,
 // #/jobs (a customer's jobs, balance and deposit address), #/jobs/ID (a
 // job's live loss curve, segments, verdicts, rounds, money, its model),
-// #/providers/ID (a provider's standing and telemetry).
+// #/providers/ID (a provider's standing and telemetry), #/rig (a rig
+// owner's own page, opened with the link `gradpool provider dashboard`
+// prints: #/rig/TOKEN, a read-only view token a node proof opened).
 //
 // Every value from the pool goes into the page as text (textContent),
 // never as markup. The API key lives in this tab's sessionStorage and
@@ -12,6 +14,7 @@
 
 (function () {
   const KEY = "gradpool.api_key";
+  const VIEW = "gradpool.view_token";
   const PICONERO_PER_XMR = 1000000000000n;
   const FINAL = new Set(["succeeded", "unverified", "failed", "cancelled"]);
 
@@ -138,7 +141,8 @@
   async function call(path, opts) {
     opts = opts || {};
     const headers = Object.assign({}, opts.headers || {});
-    if (key() && opts.anonymous !== true) headers["Authorization"] = `Bearer ${key()}`;
+    const secret = opts.token || (opts.anonymous === true ? null : key());
+    if (secret) headers["Authorization"] = `Bearer ${secret}`;
     let r;
     try {
       r = await fetch(path, { method: opts.method || "GET", headers, body: opts.body, signal: opts.signal });
@@ -154,7 +158,10 @@
         body = null;
       }
       const err = new ApiError(r.status, (body && body.code) || `http_${r.status}`, (body && body.message) || r.statusText);
-      if (r.status === 401 && key() && opts.anonymous !== true) {
+      if (r.status === 401 && opts.token) {
+        sessionStorage.removeItem(VIEW);
+        signedIn();
+      } else if (r.status === 401 && key() && opts.anonymous !== true) {
         sessionStorage.removeItem(KEY);
         signedIn();
       }
@@ -626,6 +633,72 @@
     return out;
   }
 
+  /** A rig owner's own page, read with its view token. */
+  async function rigPage(token, signal) {
+    if (token) {
+      // From the link: kept in this tab, taken out of the address bar.
+      sessionStorage.setItem(VIEW, token);
+      history.replaceState(null, "", "#/rig");
+      signedIn();
+    }
+    const view = sessionStorage.getItem(VIEW);
+    if (!view) {
+      render(
+        "Your rig",
+        h("p", {}, "Open your rig's page with the link this command prints on the rig:"),
+        h("pre", {}, h("code", {}, "gradpool provider dashboard --pool POOL --data-dir DATA_DIR")),
+        h("p", { class: "muted" }, "It proves the rig holds its node key; the link shows this page for 12 hours and changes nothing."),
+      );
+      return;
+    }
+    const samples = [];
+    const spark = {};
+    while (!signal.aborted) {
+      const r = await call("/v1/providers/me", { token: view, signal });
+      const p = r.provider;
+      const e = r.earnings;
+      samples.push([Date.now() / 1000, p.telemetry || {}]);
+      if (samples.length > 120) samples.shift();
+      render(
+        p.name,
+        cards([
+          ["Status", status(p.status), "status"],
+          p.paused_reason ? ["Paused because", p.paused_reason] : null,
+          p.held ? ["Held", p.held] : null,
+          ["Earned, pending", xmr(e.pending), "pending"],
+          ["Available", xmr(e.available), "available"],
+          ["Paid out", xmr(e.paid), "paid"],
+          ["Stake", xmr(e.stake) + (e.unstake_at ? ` (back on ${when(e.unstake_at)})` : "")],
+          ["Price", `${xmr(p.price_per_hour)}/h`],
+          ["Reputation", `${(p.reputation * 100).toFixed(0)}% (${p.streak} audits passed, ${p.faults} faults)`, "reputation"],
+          ["Segments committed", p.segments_committed, "segments"],
+          ["Hardware proof", p.proven_gflops ? `${p.proven_gflops.toFixed(1)} GFLOP/s` : "—"],
+          ["Id", h("span", { class: "mono" }, p.id)],
+        ]),
+        h("h2", {}, "Telemetry"),
+        h("p", { class: "muted" }, "Its last heartbeats, as read while this page is open."),
+        telemetryCharts(samples, spark),
+        h("h2", {}, "Status history"),
+        table("Changes of standing, newest first", ["When", "Change", "Why"],
+          r.history.map((c) => [when(c.at), status(c.status), c.reason || "—"]), { id: "history" }),
+        h("h2", {}, "Payouts"),
+        table("Where payouts go", ["Address", "Share"], e.payout.map((d) => [h("span", { class: "mono" }, d.address), num(d.share)])),
+        table("Payouts, newest first", ["Created", "Status", "Amount", "Transaction"],
+          e.payouts.map((o) => [when(o.created_at), status(o.status), num(xmr(o.amount)), o.txid ? h("span", { class: "mono" }, o.txid) : "—"]), { id: "payouts" }),
+        h("h2", {}, "Hardware proofs"),
+        table("Proofs of its speed, newest first", ["Issued", "Outcome", "Claimed", "Proven", "Took"],
+          r.proofs.map((q) => [when(q.issued_at), status(q.outcome),
+            num(q.claimed_gflops ? `${q.claimed_gflops.toFixed(1)} GFLOP/s` : "—"),
+            num(q.proven_gflops ? `${q.proven_gflops.toFixed(1)} GFLOP/s` : "—"),
+            num(q.elapsed_ms !== null && q.elapsed_ms !== undefined ? `${q.elapsed_ms} ms` : "—")]), { id: "proofs" }),
+        h("h2", {}, "Audits"),
+        table("Decided audits of segments it trained, newest first", ["Decided", "Reason", "Outcome", "At fault"],
+          r.verdicts.map((v) => [when(v.decided_at), v.reason, status(v.outcome), v.at_fault ? providerLink(v.at_fault) : "nobody"]), { id: "audits" }),
+      );
+      await sleep(5000, signal);
+    }
+  }
+
   // ------------------------------------------------------------ routing
 
   function sleep(ms, signal) {
@@ -637,6 +710,7 @@
 
   function signedIn() {
     document.body.classList.toggle("has-key", Boolean(key()));
+    document.body.classList.toggle("has-view", Boolean(sessionStorage.getItem(VIEW)));
   }
 
   function requireKey(why) {
@@ -671,6 +745,7 @@
     else if (parts[0] === "jobs" && parts[1]) run = jobPage(parts[1], signal);
     else if (parts[0] === "jobs") run = jobsPage(signal);
     else if (parts[0] === "providers" && parts[1]) run = providerPage(parts[1], signal);
+    else if (parts[0] === "rig") run = rigPage(parts[1], signal);
     else run = overviewPage(signal);
     run.catch(report);
     main().focus({ preventScroll: true });
@@ -679,6 +754,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("signout").addEventListener("click", () => {
       sessionStorage.removeItem(KEY);
+      sessionStorage.removeItem(VIEW);
       signedIn();
       location.hash = "#/";
     });

@@ -106,6 +106,8 @@ fn described() -> OpenApiRouter<Pool> {
         .routes(routes!(overview))
         .routes(routes!(get_provider))
         .routes(routes!(job_model))
+        .routes(routes!(open_view))
+        .routes(routes!(rig_view))
         .routes(routes!(book, list_bookings))
         .routes(routes!(cancel_booking))
         .routes(routes!(list_providers))
@@ -181,6 +183,10 @@ impl utoipa::Modify for Credentials {
         components.add_security_scheme(
             "session",
             bearer("A provider's session token (`gps_…`), from `POST /v1/providers/register`"),
+        );
+        components.add_security_scheme(
+            "view",
+            bearer("A read-only view of one provider (`gpv_…`), from `POST /v1/providers/views`"),
         );
     }
 }
@@ -639,6 +645,74 @@ async fn get_provider(
         .ok_or_else(|| PoolError::not_found(format!("provider {id}")))
 }
 
+/// Opens a read-only view of a provider's page for its owner, who signs a nonce (purpose `view`) with its node key.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/views",
+    tag = "providers",
+    request_body = gradpool_core::wire::SignedNonce,
+    responses((status = 201, description = "The view token, shown once", body = gradpool_core::wire::ViewOpened), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn open_view(
+    State(pool): State<Pool>,
+    ClientAddr(client): ClientAddr,
+    ApiJson(signed): ApiJson<SignedNonce>,
+) -> Result<impl IntoResponse, PoolError> {
+    pool.inner.throttle.check(RouteClass::Anonymous, client)?;
+    let provider = pool.verify_signed_nonce("view", &signed).await?;
+    let (token, expires_at) = crate::auth::open_view(&pool, &provider).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(gradpool_core::wire::ViewOpened {
+            token,
+            provider_id: provider,
+            expires_at: store::rfc3339(expires_at),
+        }),
+    ))
+}
+
+/// How much of a provider's history its owner's page shows.
+const RIG_HISTORY: u32 = 50;
+
+/// A provider's own page: standing and its history, earnings and payouts, hardware proofs, audits.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/me",
+    tag = "providers",
+    security(("view" = [])),
+    responses((status = 200, description = "The provider, as its owner sees it", body = gradpool_core::wire::RigView), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn rig_view(
+    State(pool): State<Pool>,
+    crate::auth::RigOwner(provider): crate::auth::RigOwner,
+) -> Result<impl IntoResponse, PoolError> {
+    let mut conn = pool.inner.db.acquire().await?;
+    let view = store::providers(
+        &mut conn,
+        pool.now(),
+        pool.inner.config.lease_seconds,
+        pool.inner.config.verification.sampling,
+        &pool.inner.sightings,
+    )
+    .await?
+    .into_iter()
+    .find(|p| p.id == provider)
+    .ok_or_else(|| PoolError::not_found(format!("provider {provider}")))?;
+    let history =
+        crate::presence::status_history(&mut conn, provider.as_str(), RIG_HISTORY).await?;
+    let proofs = crate::proof::proofs_of(&mut conn, provider.as_str(), RIG_HISTORY).await?;
+    let earnings = pool.earnings_in(&mut conn, &provider).await?;
+    drop(conn);
+    let verdicts = pool.recent_verdicts(RIG_HISTORY, Some(&provider)).await?;
+    Ok(Json(gradpool_core::wire::RigView {
+        provider: view,
+        history,
+        earnings,
+        proofs,
+        verdicts,
+    }))
+}
+
 /// Reserves providers for a window.
 #[utoipa::path(
     post,
@@ -722,7 +796,7 @@ async fn overview(
         providers: o.providers,
         devices: o.devices,
         jobs: o.jobs,
-        recent_verdicts: pool.recent_verdicts(OVERVIEW_VERDICTS).await?,
+        recent_verdicts: pool.recent_verdicts(OVERVIEW_VERDICTS, None).await?,
     }))
 }
 
@@ -1083,22 +1157,7 @@ async fn provider_status(
     .into_iter()
     .find(|p| p.id == provider)
     .ok_or_else(|| PoolError::NotFound(format!("provider {provider} has never registered here")))?;
-    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT status, reason, at FROM provider_status WHERE provider_id = $1 ORDER BY at DESC, rowid DESC LIMIT 50",
-    )
-    .bind(provider.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let history = rows
-        .into_iter()
-        .map(|(status, reason, at)| {
-            Ok(gradpool_core::wire::StatusChange {
-                status: status.parse()?,
-                reason,
-                at: store::rfc3339(at),
-            })
-        })
-        .collect::<Result<_, PoolError>>()?;
+    let history = crate::presence::status_history(&mut conn, provider.as_str(), 50).await?;
     Ok(Json(gradpool_core::wire::ProviderStatusReply {
         provider: view,
         history,

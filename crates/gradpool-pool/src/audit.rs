@@ -1176,19 +1176,36 @@ impl Pool {
     }
 
     /// The latest `limit` decided audits, newest first, as anyone sees
-    /// them (planted audits are the pool's own and not shown).
+    /// them (planted audits are the pool's own and not shown); with
+    /// `trainer`, only those of segments it trained.
     pub async fn recent_verdicts(
         &self,
         limit: u32,
+        trainer: Option<&ProviderId>,
     ) -> Result<Vec<gradpool_core::wire::PublicVerdict>, PoolError> {
         let mut conn = self.inner.db.acquire().await?;
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audits WHERE decided_at IS NOT NULL \
-             AND reason != 'planted' ORDER BY decided_at DESC, rowid DESC LIMIT $1"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?;
+        let decided = "decided_at IS NOT NULL AND reason != 'planted'";
+        let order = "ORDER BY decided_at DESC, rowid DESC";
+        let rows: Vec<AuditRow> = match trainer {
+            None => {
+                sqlx::query_as(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audits WHERE {decided} {order} LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            Some(p) => {
+                sqlx::query_as(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audits WHERE {decided} AND provider_id = $2 \
+                     {order} LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .bind(p.as_str())
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
         Ok(rows
             .into_iter()
             .map(|a| gradpool_core::wire::PublicVerdict {

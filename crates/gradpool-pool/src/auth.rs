@@ -1,8 +1,11 @@
-//! Who is calling: customers by API key, providers by session token.
+//! Who is calling: customers by API key, providers by session token, a
+//! rig's owner by view token.
 //!
-//! Both are `Authorization: Bearer <secret>`. API keys look like
-//! `gp_<64 hex>`, provider session tokens `gps_<64 hex>`; the pool stores
-//! only their sha256.
+//! All are `Authorization: Bearer <secret>`. API keys look like
+//! `gp_<64 hex>`, provider session tokens `gps_<64 hex>`, view tokens
+//! `gpv_<64 hex>`; the pool stores only their sha256. A view token is
+//! opened with a node proof ([`open_view`]), shows its provider's page
+//! and nothing else, and expires after [`VIEW_SECONDS`].
 
 use crate::error::PoolError;
 use crate::Pool;
@@ -26,6 +29,45 @@ pub fn new_api_key() -> String {
 /// A fresh provider session token.
 pub fn new_session_token() -> String {
     format!("gps_{}", random_hex(32))
+}
+
+/// How long a view token lasts.
+pub const VIEW_SECONDS: i64 = 12 * 3600;
+
+/// Opens a read-only view of `provider`'s page for its owner, who proved
+/// they hold its node key: its token (shown once) and when it expires
+/// (ms). Expired views are forgotten on the way.
+pub(crate) async fn open_view(
+    pool: &Pool,
+    provider: &ProviderId,
+) -> Result<(String, i64), PoolError> {
+    let token = format!("gpv_{}", random_hex(32));
+    let mut w = pool.write().await?;
+    let known: Option<String> = sqlx::query_scalar("SELECT id FROM providers WHERE id = $1")
+        .bind(provider.as_str())
+        .fetch_optional(w.conn())
+        .await?;
+    if known.is_none() {
+        return Err(PoolError::NotFound(format!(
+            "provider {provider} has never registered here"
+        )));
+    }
+    let expires_at = w.now + VIEW_SECONDS * 1000;
+    sqlx::query("DELETE FROM provider_views WHERE expires_at <= $1")
+        .bind(w.now)
+        .execute(w.conn())
+        .await?;
+    sqlx::query(
+        "INSERT INTO provider_views (token_hash, provider_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(secret_hash(&token))
+    .bind(provider.as_str())
+    .bind(expires_at)
+    .execute(w.conn())
+    .await?;
+    w.commit().await?;
+    tracing::info!(provider = %provider, "rig view opened");
+    Ok((token, expires_at))
 }
 
 /// Creates an account and returns its (only) copy of the API key.
@@ -118,6 +160,33 @@ impl FromRequestParts<Pool> for ProviderSession {
             .await?
             .map(ProviderSession)
             .ok_or_else(unknown_key)
+    }
+}
+
+/// A rig's owner, by a view token its node proof opened: reads that
+/// provider's page, nothing else.
+#[derive(Debug, Clone)]
+pub struct RigOwner(pub ProviderId);
+
+impl FromRequestParts<Pool> for RigOwner {
+    type Rejection = PoolError;
+
+    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT provider_id FROM provider_views WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(secret_hash(token))
+        .bind(pool.now())
+        .fetch_optional(&pool.inner.db)
+        .await?;
+        id.map(|id| RigOwner(ProviderId::from(id.as_str())))
+            .ok_or_else(|| {
+                PoolError::Unauthorized(
+                    "unknown or expired view token: open a new one with gradpool provider dashboard"
+                        .into(),
+                )
+            })
     }
 }
 

@@ -550,7 +550,8 @@ impl Pool {
         Ok(earnings)
     }
 
-    async fn earnings_in(
+    /// [`Pool::earnings`], read only: the stake as it stands.
+    pub(crate) async fn earnings_in(
         &self,
         conn: &mut AnyConnection,
         provider: &ProviderId,

@@ -15,6 +15,7 @@ use crate::Pool;
 use gradpool_core::state::ProviderChange;
 use gradpool_core::wire::PoolInfo;
 use gradpool_core::{Piconero, ProviderId};
+use sqlx::AnyConnection;
 
 /// Appends to the provider's status history.
 pub(crate) async fn record_status(
@@ -265,6 +266,31 @@ impl Pool {
         w.commit().await?;
         Ok(gone.len())
     }
+}
+
+/// `provider`'s changes of standing, newest first, at most `limit`.
+pub(crate) async fn status_history(
+    conn: &mut AnyConnection,
+    provider: &str,
+    limit: u32,
+) -> Result<Vec<gradpool_core::wire::StatusChange>, PoolError> {
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT status, reason, at FROM provider_status WHERE provider_id = $1 \
+         ORDER BY at DESC, rowid DESC LIMIT $2",
+    )
+    .bind(provider)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(status, reason, at)| {
+            Ok(gradpool_core::wire::StatusChange {
+                status: status.parse()?,
+                reason,
+                at: crate::store::rfc3339(at),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -313,3 +313,40 @@ pub(crate) async fn proof_if_due(
     tracing::info!(provider = %provider, proof = %challenge.id, n = challenge.n, "hardware proof at a random time");
     Ok(Some(challenge))
 }
+
+/// A row of `proofs` as the owner's page reads it.
+#[derive(sqlx::FromRow)]
+struct ProofRow {
+    status: String,
+    issued_at: i64,
+    claimed_gflops: Option<f64>,
+    proven_gflops: Option<f64>,
+    elapsed_ms: Option<i64>,
+}
+
+/// `provider`'s hardware proofs, newest first, at most `limit`.
+pub(crate) async fn proofs_of(
+    conn: &mut sqlx::AnyConnection,
+    provider: &str,
+    limit: u32,
+) -> Result<Vec<gradpool_core::wire::ProofRecord>, PoolError> {
+    let rows: Vec<ProofRow> = sqlx::query_as(
+        "SELECT status, issued_at, claimed_gflops, proven_gflops, elapsed_ms FROM proofs \
+         WHERE provider_id = $1 ORDER BY issued_at DESC, id LIMIT $2",
+    )
+    .bind(provider)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(gradpool_core::wire::ProofRecord {
+                outcome: r.status.parse()?,
+                issued_at: crate::store::rfc3339(r.issued_at),
+                claimed_gflops: r.claimed_gflops,
+                proven_gflops: r.proven_gflops,
+                elapsed_ms: r.elapsed_ms.and_then(|e| u64::try_from(e).ok()),
+            })
+        })
+        .collect()
+}

@@ -1312,3 +1312,54 @@ async fn the_dashboards_routes_show_what_each_caller_may_see() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_node_proof_opens_a_read_only_view_of_its_own_provider() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let p = tp.provider("rig").await;
+    let other = tp.provider("other").await;
+
+    let signed = signed_nonce(&tp, &p, "view").await;
+    let opened: ViewOpened = tp.anon().post("/v1/providers/views", &signed).await.ok();
+    assert!(opened.token.starts_with("gpv_"));
+    assert_eq!(opened.provider_id, p.key.provider_id());
+    // The nonce is spent.
+    tp.anon()
+        .post("/v1/providers/views", &signed)
+        .await
+        .err(401);
+    // A proof made for another purpose opens nothing.
+    let earnings = signed_nonce(&tp, &p, "earnings").await;
+    tp.anon()
+        .post("/v1/providers/views", &earnings)
+        .await
+        .err(401);
+
+    let owner = tp.anon().with_token(&opened.token);
+    let view: RigView = owner.get("/v1/providers/me").await.ok();
+    assert_eq!(view.provider.id, p.key.provider_id());
+    assert_eq!(view.provider.name, "rig");
+    assert!(view
+        .history
+        .iter()
+        .any(|c| c.status == gradpool_core::state::ProviderChange::Registered));
+    assert_eq!(view.earnings.provider_id, p.key.provider_id());
+    assert!(view.verdicts.is_empty());
+
+    // It reads that page and does nothing else; nobody else's key reads it.
+    assert_eq!(owner.get("/v1/jobs").await.err(401).code, "unauthorized");
+    owner.get("/v1/providers").await.err(401);
+    alice.get("/v1/providers/me").await.err(401);
+    other.client.get("/v1/providers/me").await.err(401);
+    tp.anon()
+        .with_token("gpv_0000000000000000000000000000000000000000000000000000000000000000")
+        .get("/v1/providers/me")
+        .await
+        .err(401);
+
+    // It expires.
+    tp.advance(13 * 3600 * 1000);
+    let expired = owner.get("/v1/providers/me").await.err(401);
+    assert!(expired.message.contains("expired"), "{}", expired.message);
+}

@@ -257,6 +257,10 @@ pub enum ProviderCommand {
     /// Show this provider's earnings (pending, available, paid), stake and
     /// payouts.
     Earnings(NodeArgs),
+    /// Open this provider's page on the pool's dashboard: prints a link,
+    /// good for 12 hours, that shows its standing, earnings, payouts,
+    /// hardware proofs and audits (and nothing else; it changes nothing).
+    Dashboard(NodeArgs),
     /// Stake earnings (required for large jobs), or ask for the stake back.
     #[command(subcommand)]
     Stake(StakeCommand),
@@ -369,6 +373,7 @@ pub async fn run(mut a: ProviderArgs) -> anyhow::Result<ExitCode> {
     match a.command.take() {
         Some(ProviderCommand::Status(rig)) => status(&rig).await,
         Some(ProviderCommand::Earnings(node)) => earnings(&node).await,
+        Some(ProviderCommand::Dashboard(node)) => dashboard(&node).await,
         Some(ProviderCommand::Stake(StakeCommand::Add { amount, node })) => {
             stake(&node, wire::StakeAction::Add { amount }).await
         }
@@ -855,6 +860,28 @@ async fn earnings(node: &NodeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&e)?);
     } else {
         print_earnings(&e);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dashboard(node: &NodeArgs) -> anyhow::Result<ExitCode> {
+    let api = crate::pool_trust::api(&node.pool, None)?;
+    let signed = signed_nonce(&api, &node.data_dir, "view").await?;
+    let view: wire::ViewOpened = api.post("/v1/providers/views", &signed).await?;
+    // The token rides in the fragment, which the browser never sends: the
+    // page keeps it in the tab and takes it out of the address bar.
+    let link = format!("{}/#/rig/{}", api.base(), view.token);
+    if node.json {
+        println!(
+            "{}",
+            serde_json::json!({ "url": link, "provider_id": view.provider_id, "expires_at": view.expires_at })
+        );
+    } else {
+        println!("{link}");
+        println!(
+            "(the page of {} until {}: open it in a browser; anyone with the link can read it)",
+            view.provider_id, view.expires_at
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
