@@ -211,3 +211,26 @@ def test_a_pinned_certificate_is_trusted_and_a_changed_one_refused(tls_pool: Poo
     # Without a pin, a self-signed certificate is not trusted at all.
     with pytest.raises(Unreachable, match="TLS"):
         Client(tls_pool.url, api_key=c.api_key).account()
+
+
+def test_a_booking_holds_its_price_and_a_cancel_gives_it_back(pool: Pool) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    c = customer(pool, "margaret")
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=2)
+    until = start + timedelta(hours=1)
+    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    booking = c.book(1, iso(start), iso(until))
+    assert booking.id.startswith("bk_") and booking.status == "reserved"
+    assert booking.gpus == 1 and len(booking.providers) == 1
+    # rig-1 asks 0.001 XMR an hour: the hour's price is held.
+    assert booking.held == gradpool.xmr("0.001")
+    assert c.balance().escrowed == booking.held
+    assert [b.id for b in c.bookings()] == [booking.id]
+    cancelled = c.cancel_booking(booking.id)
+    assert cancelled.status == "cancelled"
+    assert c.balance().escrowed == 0
+    # Two GPUs from a pool of one: refused, saying why.
+    with pytest.raises(PoolError) as e:
+        c.book(2, iso(start), iso(until))
+    assert e.value.code == "conflict" and "gpus" in e.value.message

@@ -403,6 +403,24 @@ async fn a_customer_follows_a_job_live_and_downloads_its_model() {
     assert_eq!(c.current_url().await.unwrap().fragment(), Some("/rig"));
     check(&c, "7-rig").await;
 
+    // On a phone: nothing wider than the screen but what scrolls inside
+    // its own box (the tables).
+    c.set_window_size(390, 844).await.unwrap();
+    for (page, name) in [
+        (format!("#/jobs/{}", job.id), "8-phone-job"),
+        ("#/".to_owned(), "9-phone-overview"),
+    ] {
+        c.goto(&format!("{}/{page}", pool.url)).await.unwrap();
+        text(&c, "h1").await;
+        until(
+            &c,
+            "the page fitting the screen",
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+        )
+        .await;
+        check(&c, name).await;
+    }
+
     c.close().await.unwrap();
     rig.stop().await;
 }
