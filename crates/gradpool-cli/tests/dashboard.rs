@@ -360,7 +360,9 @@ async fn a_customer_follows_a_job_live_and_downloads_its_model() {
     }
     check(&c, "5-job-done").await;
 
-    // The provider that trained it.
+    // The provider that trained it, with the pool's telemetry sample and
+    // its last heartbeat's reading charted.
+    assert_eq!(pool.pool.sample_telemetry().await.unwrap(), 1);
     c.find(Locator::Css("#segments a"))
         .await
         .unwrap()
@@ -371,6 +373,12 @@ async fn a_customer_follows_a_job_live_and_downloads_its_model() {
     let segments = text(&c, "[data-field=segments] dd").await;
     assert_eq!(segments, "8");
     text(&c, "#telemetry").await;
+    until(
+        &c,
+        "a chart of two readings",
+        "const s = document.querySelector('#telemetry .spark'); return !!s && Number(s.dataset.samples) >= 2;",
+    )
+    .await;
     check(&c, "6-provider").await;
 
     // The rig's owner, with the link the rig prints: its own page.

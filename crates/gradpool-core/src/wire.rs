@@ -37,6 +37,7 @@
 //! | `GET  /v1/pool`                   | anyone   | → [`PoolInfo`]                            |
 //! | `GET  /v1/overview`               | anyone   | → [`PoolOverview`]                        |
 //! | `GET  /v1/providers/{id}`         | any key  | → [`ProviderView`]                        |
+//! | `GET  /v1/providers/{id}/telemetry` | any key | → `[TelemetrySample]`                     |
 //! | `GET  /v1/jobs/{id}/model`        | customer | → the model file (safetensors)            |
 //! | `POST /v1/providers/views`        | node key | [`SignedNonce`] → [`ViewOpened`]          |
 //! | `GET  /v1/providers/me`           | view     | → [`RigView`]                             |
@@ -1169,6 +1170,18 @@ pub struct RigView {
     pub proofs: Vec<ProofRecord>,
     /// Decided audits of segments it trained, newest first.
     pub verdicts: Vec<PublicVerdict>,
+    /// Its telemetry over the last hour, oldest first.
+    pub telemetry: Vec<TelemetrySample>,
+}
+
+/// A provider's telemetry as the pool sampled it (once a minute, kept for
+/// an hour): what the dashboard charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TelemetrySample {
+    /// The minute it was taken in, RFC 3339.
+    pub at: String,
+    pub telemetry: Telemetry,
 }
 
 /// One hardware proof of a provider.

@@ -563,14 +563,18 @@
   }
 
   async function providerPage(id, signal) {
-    if (!requireKey("Providers are shown to signed-in customers of this pool.")) return;
-    const samples = [];
-    const spark = {};
+    const path = `/v1/providers/${encodeURIComponent(id)}`;
     const draw = async () => {
-      const p = await call(`/v1/providers/${encodeURIComponent(id)}`, { signal });
-      const t = p.telemetry || {};
-      samples.push([Date.now() / 1000, t]);
-      if (samples.length > 120) samples.shift();
+      let p, history;
+      try {
+        [p, history] = await Promise.all([call(path, { signal }), call(`${path}/telemetry`, { signal })]);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401) {
+          requireKey("This pool shows providers to its signed-in customers.");
+          return false;
+        }
+        throw e;
+      }
       const hw = p.hardware || {};
       render(
         p.name,
@@ -592,15 +596,21 @@
           ["Id", h("span", { class: "mono" }, p.id)],
         ]),
         h("h2", {}, "Telemetry"),
-        h("p", { class: "muted" }, "Its last heartbeats, as read while this page is open."),
-        telemetryCharts(samples, spark),
+        h("p", { class: "muted" }, "The last hour, a sample a minute, and its last heartbeat."),
+        telemetryCharts(samplesOf(history, p)),
       );
       return true;
     };
-    while (!signal.aborted) {
-      await draw();
+    while (!signal.aborted && (await draw())) {
       await sleep(5000, signal);
     }
+  }
+
+  /** The pool's samples, then the provider's last reading. */
+  function samplesOf(history, provider) {
+    const out = history.map((s) => [Date.parse(s.at) / 1000, s.telemetry]);
+    if (provider.telemetry) out.push([Date.parse(provider.last_seen) / 1000, provider.telemetry]);
+    return out.sort((a, b) => a[0] - b[0]);
   }
 
   const TELEMETRY = [
@@ -611,15 +621,15 @@
     ["memory_used_bytes", "Memory used", "MB", 1e-6],
   ];
 
-  function telemetryCharts(samples, spark) {
+  function telemetryCharts(samples) {
     const out = h("dl", { class: "cards", id: "telemetry" });
     for (const [field, label, unit, scale] of TELEMETRY) {
       const values = samples.map(([, t]) => (t[field] === undefined || t[field] === null ? null : Number(t[field]) * (scale || 1)));
       const last = values[values.length - 1];
       if (values.every((v) => v === null)) continue;
-      const box = h("div", { class: "spark", role: "img", "aria-label": `${label}: ${last === null ? "unknown" : last.toFixed(1) + " " + unit}` });
+      const box = h("div", { class: "spark", role: "img", "data-samples": String(values.filter((v) => v !== null).length), "aria-label": `${label}: ${last === null ? "unknown" : last.toFixed(1) + " " + unit}, ${values.length} readings` });
       out.append(h("div", { class: "card" }, h("dt", {}, label), h("dd", {}, last === null ? "—" : `${last.toFixed(1)} ${unit}`), box));
-      spark[field] = new uPlot(
+      new uPlot(
         {
           width: 160, height: 48, legend: { show: false }, cursor: { show: false },
           scales: { x: { time: false } }, axes: [{ show: false }, { show: false }],
@@ -651,14 +661,10 @@
       );
       return;
     }
-    const samples = [];
-    const spark = {};
     while (!signal.aborted) {
       const r = await call("/v1/providers/me", { token: view, signal });
       const p = r.provider;
       const e = r.earnings;
-      samples.push([Date.now() / 1000, p.telemetry || {}]);
-      if (samples.length > 120) samples.shift();
       render(
         p.name,
         cards([
@@ -676,8 +682,8 @@
           ["Id", h("span", { class: "mono" }, p.id)],
         ]),
         h("h2", {}, "Telemetry"),
-        h("p", { class: "muted" }, "Its last heartbeats, as read while this page is open."),
-        telemetryCharts(samples, spark),
+        h("p", { class: "muted" }, "The last hour, a sample a minute, and its last heartbeat."),
+        telemetryCharts(samplesOf(r.telemetry, p)),
         h("h2", {}, "Status history"),
         table("Changes of standing, newest first", ["When", "Change", "Why"],
           r.history.map((c) => [when(c.at), status(c.status), c.reason || "—"]), { id: "history" }),

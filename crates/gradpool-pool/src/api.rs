@@ -105,6 +105,7 @@ fn described() -> OpenApiRouter<Pool> {
         .routes(routes!(pool_info))
         .routes(routes!(overview))
         .routes(routes!(get_provider))
+        .routes(routes!(provider_telemetry))
         .routes(routes!(job_model))
         .routes(routes!(open_view))
         .routes(routes!(rig_view))
@@ -615,7 +616,17 @@ async fn list_providers(
     ))
 }
 
-/// One provider, as anyone with a key sees it.
+/// Whether a caller may read providers' pages: anyone with a key, and
+/// anyone at all on a pool that makes them public.
+fn may_see_providers(pool: &Pool, caller: Result<Caller, PoolError>) -> Result<(), PoolError> {
+    match caller {
+        Ok(_) => Ok(()),
+        Err(_) if pool.inner.config.public_providers => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One provider, as anyone with a key sees it (anyone at all, on a pool started with `--public-providers`).
 #[utoipa::path(
     get,
     path = "/v1/providers/{id}",
@@ -626,9 +637,10 @@ async fn list_providers(
 )]
 async fn get_provider(
     State(pool): State<Pool>,
-    _caller: Caller,
+    caller: Result<Caller, PoolError>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, PoolError> {
+    may_see_providers(&pool, caller)?;
     let mut conn = pool.inner.db.acquire().await?;
     let providers = store::providers(
         &mut conn,
@@ -643,6 +655,34 @@ async fn get_provider(
         .find(|p| p.id.as_str() == id)
         .map(Json)
         .ok_or_else(|| PoolError::not_found(format!("provider {id}")))
+}
+
+/// A provider's telemetry over the last hour, a sample a minute, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/{id}/telemetry",
+    tag = "providers",
+    params(("id" = String, Path, description = "The provider's id (`prov_…`)")),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "Its samples", body = Vec<gradpool_core::wire::TelemetrySample>), (status = "4XX", description = "Refused: the code and message say why", body = gradpool_core::wire::ApiError), (status = "5XX", description = "The pool failed, or is busy (503, with Retry-After)", body = gradpool_core::wire::ApiError))
+)]
+async fn provider_telemetry(
+    State(pool): State<Pool>,
+    caller: Result<Caller, PoolError>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, PoolError> {
+    may_see_providers(&pool, caller)?;
+    let mut conn = pool.inner.db.acquire().await?;
+    let known: Option<String> = sqlx::query_scalar("SELECT id FROM providers WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if known.is_none() {
+        return Err(PoolError::not_found(format!("provider {id}")));
+    }
+    Ok(Json(
+        crate::presence::telemetry_history(&mut conn, &id).await?,
+    ))
 }
 
 /// Opens a read-only view of a provider's page for its owner, who signs a nonce (purpose `view`) with its node key.
@@ -702,6 +742,7 @@ async fn rig_view(
         crate::presence::status_history(&mut conn, provider.as_str(), RIG_HISTORY).await?;
     let proofs = crate::proof::proofs_of(&mut conn, provider.as_str(), RIG_HISTORY).await?;
     let earnings = pool.earnings_in(&mut conn, &provider).await?;
+    let telemetry = crate::presence::telemetry_history(&mut conn, provider.as_str()).await?;
     drop(conn);
     let verdicts = pool.recent_verdicts(RIG_HISTORY, Some(&provider)).await?;
     Ok(Json(gradpool_core::wire::RigView {
@@ -710,6 +751,7 @@ async fn rig_view(
         earnings,
         proofs,
         verdicts,
+        telemetry,
     }))
 }
 

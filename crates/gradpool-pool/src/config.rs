@@ -23,6 +23,9 @@ pub struct PoolConfig {
     pub max_image_bytes: u64,
     /// Whether anyone may create an account with `POST /v1/accounts`.
     pub open_signup: bool,
+    /// Show providers' pages (`GET /v1/providers/{id}` and its telemetry)
+    /// to anyone, not only to callers with a key.
+    pub public_providers: bool,
     /// Fees, stakes and where the money lives.
     pub money: MoneyConfig,
     /// How segments are audited.
@@ -97,6 +100,7 @@ impl Default for PoolConfig {
             max_blob_bytes: 4 << 30,
             max_image_bytes: 2 << 30,
             open_signup: true,
+            public_providers: false,
             money: MoneyConfig::default(),
             verification: VerificationConfig::default(),
             hardware_proof: true,

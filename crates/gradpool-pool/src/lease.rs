@@ -960,10 +960,6 @@ impl Pool {
         Ok(expired.len())
     }
 
-    /// Runs [`Pool::reap_expired_leases`], [`Pool::mark_absent`],
-    /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`],
-    /// [`Pool::reset_lost_slots`] and [`Pool::close_late_rounds`]
-    /// periodically until `stop`.
     /// Writes the sightings no write transaction has taken yet.
     async fn write_sightings(&self) -> Result<(), PoolError> {
         if self.inner.sightings.is_empty() {
@@ -972,9 +968,15 @@ impl Pool {
         self.write().await?.commit().await
     }
 
+    /// Runs [`Pool::reap_expired_leases`], [`Pool::mark_absent`],
+    /// [`Pool::expire_unserved_audits`], [`Pool::end_bookings`],
+    /// [`Pool::reset_lost_slots`] and [`Pool::close_late_rounds`]
+    /// periodically until `stop`, and [`Pool::sample_telemetry`] once a
+    /// minute.
     pub(crate) async fn run_reaper(self, stop: CancellationToken) {
         let lease_ms = u64::from(self.inner.config.lease_seconds) * 1000;
         let period = Duration::from_millis((lease_ms / 4).clamp(100, 1000));
+        let mut sampled = i64::MIN;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -1006,6 +1008,13 @@ impl Pool {
             }
             if let Err(e) = self.close_late_rounds().await {
                 tracing::warn!(error = %e, "closing late rounds failed");
+            }
+            let minute = self.now().div_euclid(crate::presence::TELEMETRY_EVERY_MS);
+            if minute > sampled {
+                match self.sample_telemetry().await {
+                    Ok(_) => sampled = minute,
+                    Err(e) => tracing::warn!(error = %e, "sampling telemetry failed"),
+                }
             }
             self.inner.throttle.prune();
         }

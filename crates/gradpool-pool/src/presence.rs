@@ -293,6 +293,65 @@ pub(crate) async fn status_history(
         .collect()
 }
 
+/// How often the pool keeps a sample of each connected provider's
+/// telemetry.
+pub const TELEMETRY_EVERY_MS: i64 = 60_000;
+
+/// How long telemetry samples are kept.
+pub const TELEMETRY_KEPT_MS: i64 = 3_600_000;
+
+impl Pool {
+    /// Keeps a sample of every connected provider's last telemetry, keyed
+    /// by the minute of `now` (a second call in the same minute adds
+    /// nothing), and forgets samples older than [`TELEMETRY_KEPT_MS`].
+    /// Run by the reaper once a minute. Returns how many it kept.
+    pub async fn sample_telemetry(&self) -> Result<u64, PoolError> {
+        let lease_ms = i64::from(self.inner.config.lease_seconds) * 1000;
+        let mut w = self.write().await?;
+        let now = w.now;
+        let minute = now - now.rem_euclid(TELEMETRY_EVERY_MS);
+        let kept = sqlx::query(
+            "INSERT INTO telemetry_samples (provider_id, at, telemetry) \
+             SELECT id, $1, telemetry FROM providers \
+             WHERE telemetry IS NOT NULL AND last_seen >= $2 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(minute)
+        .bind(now - lease_ms)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM telemetry_samples WHERE at < $1")
+            .bind(now - TELEMETRY_KEPT_MS)
+            .execute(w.conn())
+            .await?;
+        w.commit().await?;
+        Ok(kept)
+    }
+}
+
+/// `provider`'s telemetry samples, oldest first (a malformed one skipped).
+pub(crate) async fn telemetry_history(
+    conn: &mut AnyConnection,
+    provider: &str,
+) -> Result<Vec<gradpool_core::wire::TelemetrySample>, PoolError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT at, telemetry FROM telemetry_samples WHERE provider_id = $1 ORDER BY at",
+    )
+    .bind(provider)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(at, t)| {
+            Some(gradpool_core::wire::TelemetrySample {
+                at: crate::store::rfc3339(at),
+                telemetry: serde_json::from_str(&t).ok()?,
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::clock::ManualClock;

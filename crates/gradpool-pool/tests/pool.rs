@@ -1363,3 +1363,51 @@ async fn a_node_proof_opens_a_read_only_view_of_its_own_provider() {
     let expired = owner.get("/v1/providers/me").await.err(401);
     assert!(expired.message.contains("expired"), "{}", expired.message);
 }
+
+#[tokio::test]
+async fn telemetry_is_sampled_once_a_minute_kept_an_hour_and_shown_as_configured() {
+    let tp = TestPool::start().await;
+    let alice = tp.customer("alice").await;
+    let p = tp.provider("rig").await;
+    let id = p.key.provider_id();
+    let path = format!("/v1/providers/{id}/telemetry");
+    p.heartbeat(&[], 0, 0).await;
+
+    assert_eq!(tp.pool.sample_telemetry().await.unwrap(), 1);
+    // The same minute again keeps nothing more.
+    assert_eq!(tp.pool.sample_telemetry().await.unwrap(), 0);
+    tp.advance(60_000);
+    p.heartbeat(&[], 0, 0).await;
+    assert_eq!(tp.pool.sample_telemetry().await.unwrap(), 1);
+    let samples: Vec<TelemetrySample> = alice.get(&path).await.ok();
+    assert_eq!(samples.len(), 2);
+    assert!(samples[0].at < samples[1].at);
+    // Not for anyone without a key, here; an unknown provider is not found.
+    tp.anon().get(&path).await.err(401);
+    alice
+        .get("/v1/providers/prov_0000000000000000/telemetry")
+        .await
+        .err(404);
+
+    // A provider gone quiet is not sampled; an hour later the old samples go.
+    tp.advance(2 * 3_600_000);
+    assert_eq!(tp.pool.sample_telemetry().await.unwrap(), 0);
+    let samples: Vec<TelemetrySample> = alice.get(&path).await.ok();
+    assert!(samples.is_empty(), "{samples:?}");
+
+    // A pool that makes provider pages public shows them to anyone.
+    let public = TestPool::start_with(|c| c.public_providers = true).await;
+    let q = public.provider("open-rig").await;
+    let one: ProviderView = public
+        .anon()
+        .get(&format!("/v1/providers/{}", q.key.provider_id()))
+        .await
+        .ok();
+    assert_eq!(one.name, "open-rig");
+    let none: Vec<TelemetrySample> = public
+        .anon()
+        .get(&format!("/v1/providers/{}/telemetry", q.key.provider_id()))
+        .await
+        .ok();
+    assert!(none.is_empty());
+}

@@ -78,6 +78,10 @@ pub struct PoolArgs {
     /// Refuse `POST /v1/accounts`: accounts are created by the operator only.
     #[arg(long)]
     closed_signup: bool,
+    /// Show every provider's page on the dashboard (standing, telemetry)
+    /// to anyone, not only to signed-in customers.
+    #[arg(long)]
+    public_providers: bool,
     /// The pool's fee on every verified segment, in basis points (200 = 2%).
     #[arg(long, default_value_t = 200)]
     pool_fee_bps: u32,
@@ -464,6 +468,7 @@ async fn serve(a: PoolArgs) -> anyhow::Result<ExitCode> {
         max_blob_bytes: a.max_blob_mib * 1024 * 1024,
         max_image_bytes: a.max_image_mib * 1024 * 1024,
         open_signup: !a.closed_signup,
+        public_providers: a.public_providers,
         money: MoneyConfig {
             backend: match (a.monero_wallet_rpc, a.monero_daemon) {
                 (Some(wallet_rpc), Some(daemon_rpc)) => MoneyBackend::Monero(MoneroBackend {
