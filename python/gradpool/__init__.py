@@ -36,13 +36,19 @@ _LAZY = {
     "format_xmr": "types",
 }
 
+# Submodules reachable as attributes (`gradpool.torch.load(...)` after
+# `import gradpool`), imported on first use.
+_SUBMODULES = {"client", "errors", "model", "safetensors", "segment", "torch", "types"}
+
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gradpool' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -119,7 +119,6 @@ def test_an_mlp_job_loads_in_torch_with_the_native_logits(
     pool: Pool, iris: Path, tmp_path: Path
 ) -> None:
     import torch
-    import gradpool.torch
 
     c = customer(pool, "grace")
     spec = Path(__file__).resolve().parents[2] / "examples" / "iris-mlp.toml"
@@ -234,3 +233,23 @@ def test_a_booking_holds_its_price_and_a_cancel_gives_it_back(pool: Pool) -> Non
     with pytest.raises(PoolError) as e:
         c.book(2, iso(start), iso(until))
     assert e.value.code == "conflict" and "gpus" in e.value.message
+
+
+def test_the_package_imports_what_is_used_and_no_more() -> None:
+    import sys
+
+    # The segment contract imports none of the client's dependencies: an
+    # image installs the package with --no-deps.
+    run = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, gradpool.segment; "
+         "assert not {'httpx', 'safetensors', 'torch'} & set(sys.modules), sorted(sys.modules)"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    # The README's `gradpool.torch.load` after a bare `import gradpool`.
+    run = subprocess.run(
+        [sys.executable, "-c", "import gradpool; print(gradpool.torch.load.__name__, gradpool.Client.__name__)"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0 and run.stdout.split() == ["load", "Client"], run.stderr
