@@ -604,16 +604,7 @@ async fn list_providers(
     _caller: Caller,
 ) -> Result<impl IntoResponse, PoolError> {
     let mut conn = pool.inner.db.acquire().await?;
-    Ok(Json(
-        store::providers(
-            &mut conn,
-            pool.now(),
-            pool.inner.config.lease_seconds,
-            pool.inner.config.verification.sampling,
-            &pool.inner.sightings,
-        )
-        .await?,
-    ))
+    Ok(Json(pool.provider_views(&mut conn).await?))
 }
 
 /// Whether a caller may read providers' pages: anyone with a key, and
@@ -642,19 +633,7 @@ async fn get_provider(
 ) -> Result<impl IntoResponse, PoolError> {
     may_see_providers(&pool, caller)?;
     let mut conn = pool.inner.db.acquire().await?;
-    let providers = store::providers(
-        &mut conn,
-        pool.now(),
-        pool.inner.config.lease_seconds,
-        pool.inner.config.verification.sampling,
-        &pool.inner.sightings,
-    )
-    .await?;
-    providers
-        .into_iter()
-        .find(|p| p.id.as_str() == id)
-        .map(Json)
-        .ok_or_else(|| PoolError::not_found(format!("provider {id}")))
+    Ok(Json(pool.provider_view(&mut conn, &id).await?))
 }
 
 /// A provider's telemetry over the last hour, a sample a minute, oldest first.
@@ -727,17 +706,7 @@ async fn rig_view(
     crate::auth::RigOwner(provider): crate::auth::RigOwner,
 ) -> Result<impl IntoResponse, PoolError> {
     let mut conn = pool.inner.db.acquire().await?;
-    let view = store::providers(
-        &mut conn,
-        pool.now(),
-        pool.inner.config.lease_seconds,
-        pool.inner.config.verification.sampling,
-        &pool.inner.sightings,
-    )
-    .await?
-    .into_iter()
-    .find(|p| p.id == provider)
-    .ok_or_else(|| PoolError::not_found(format!("provider {provider}")))?;
+    let view = pool.provider_view(&mut conn, provider.as_str()).await?;
     let history =
         crate::presence::status_history(&mut conn, provider.as_str(), RIG_HISTORY).await?;
     let proofs = crate::proof::proofs_of(&mut conn, provider.as_str(), RIG_HISTORY).await?;
@@ -1188,17 +1157,15 @@ async fn provider_status(
     pool.inner.throttle.check(RouteClass::Anonymous, client)?;
     let provider = pool.verify_signed_nonce("status", &signed).await?;
     let mut conn = pool.inner.db.acquire().await?;
-    let view = store::providers(
-        &mut conn,
-        pool.now(),
-        pool.inner.config.lease_seconds,
-        pool.inner.config.verification.sampling,
-        &pool.inner.sightings,
-    )
-    .await?
-    .into_iter()
-    .find(|p| p.id == provider)
-    .ok_or_else(|| PoolError::NotFound(format!("provider {provider} has never registered here")))?;
+    let view = pool
+        .provider_view(&mut conn, provider.as_str())
+        .await
+        .map_err(|e| match e {
+            PoolError::NotFound(_) => {
+                PoolError::NotFound(format!("provider {provider} has never registered here"))
+            }
+            e => e,
+        })?;
     let history = crate::presence::status_history(&mut conn, provider.as_str(), 50).await?;
     Ok(Json(gradpool_core::wire::ProviderStatusReply {
         provider: view,

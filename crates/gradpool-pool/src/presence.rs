@@ -268,6 +268,37 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Every provider as others see it, now.
+    pub(crate) async fn provider_views(
+        &self,
+        conn: &mut AnyConnection,
+    ) -> Result<Vec<gradpool_core::wire::ProviderView>, PoolError> {
+        crate::store::providers(
+            conn,
+            self.now(),
+            self.inner.config.lease_seconds,
+            self.inner.config.verification.sampling,
+            &self.inner.sightings,
+        )
+        .await
+    }
+
+    /// Provider `id` as others see it, now; unknown, a not-found error
+    /// that names it.
+    pub(crate) async fn provider_view(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<gradpool_core::wire::ProviderView, PoolError> {
+        self.provider_views(conn)
+            .await?
+            .into_iter()
+            .find(|p| p.id.as_str() == id)
+            .ok_or_else(|| PoolError::not_found(format!("provider {id}")))
+    }
+}
+
 /// `provider`'s changes of standing, newest first, at most `limit`.
 pub(crate) async fn status_history(
     conn: &mut AnyConnection,
