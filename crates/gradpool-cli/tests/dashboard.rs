@@ -335,26 +335,19 @@ async fn a_customer_follows_a_job_live_and_downloads_its_model() {
     )
     .await;
     let file = downloads.join("dashboard-gpt-model.safetensors");
-    let start = Instant::now();
-    while !file.is_file() {
-        assert!(
-            start.elapsed() < LIMIT,
-            "no {} in {downloads:?}",
-            file.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The same model `gradpool job fetch` writes.
+    // The same model `gradpool job fetch` writes, once Chromium has
+    // written it whole.
     let (fetched, _) =
         gradpool_cli::cmd::job::fetch_model(&api, job.id.as_str(), &tmp.path().join("out"), false)
             .await
             .unwrap();
+    let want = std::fs::read(&fetched).unwrap();
     let start = Instant::now();
-    while std::fs::read(&file).unwrap() != std::fs::read(&fetched).unwrap() {
-        // Chromium may still be writing it.
+    while std::fs::read(&file).ok().as_ref() != Some(&want) {
         assert!(
             start.elapsed() < LIMIT,
-            "the downloaded model differs from job fetch's"
+            "{} is missing or differs from job fetch's model",
+            file.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
